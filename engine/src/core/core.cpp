@@ -1,0 +1,589 @@
+#include "core/core.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+#include "core/geo.hpp"
+
+namespace dgdo {
+
+namespace {
+
+template <class T>
+std::optional<InputEvent> decode_as(const uint8_t* body, uint32_t len) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    if (len != sizeof(T)) return std::nullopt;
+    T rec;
+    std::memcpy(&rec, body, sizeof rec);
+    return InputEvent{rec};
+}
+
+// 1-36 chars of [A-Za-z0-9_.:-], NUL-padded.
+std::optional<std::string> parse_id(const dgdo_id& id) {
+    size_t n = 0;
+    while (n < sizeof id.chars && id.chars[n] != '\0') {
+        const char c = id.chars[n];
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                        c == '.' || c == ':' || c == '-';
+        if (!ok) return std::nullopt;
+        ++n;
+    }
+    if (n == 0 || n > DGDO_ID_MAX) return std::nullopt;
+    return std::string(id.chars, n);
+}
+
+std::string actor_of(const dgdo_in_meta& m) { return parse_id(m.actor).value_or(std::string()); }
+
+void put_id(dgdo_id& dst, const std::string& src) {
+    std::memset(dst.chars, 0, sizeof dst.chars);
+    std::memcpy(dst.chars, src.data(), std::min(src.size(), static_cast<size_t>(DGDO_ID_MAX)));
+}
+
+template <class T>
+T blank() {
+    T rec;
+    std::memset(&rec, 0, sizeof rec);  // padding included: output bytes must be deterministic
+    return rec;
+}
+
+}  // namespace
+
+std::optional<InputEvent> decode_inbound(int32_t type, const uint8_t* body, uint32_t len) {
+    switch (type) {
+    case DGDO_IN_SESSION_OPEN: {
+        if (len != sizeof(dgdo_in_session)) return std::nullopt;
+        SessionOpen e;
+        std::memcpy(&e.rec, body, sizeof e.rec);
+        return InputEvent{e};
+    }
+    case DGDO_IN_SESSION_CLOSE: {
+        if (len != sizeof(dgdo_in_session)) return std::nullopt;
+        SessionClose e;
+        std::memcpy(&e.rec, body, sizeof e.rec);
+        return InputEvent{e};
+    }
+    case DGDO_IN_DRIVER_LOCATION: return decode_as<dgdo_in_driver_location>(body, len);
+    case DGDO_IN_DRIVER_STATUS: return decode_as<dgdo_in_driver_status>(body, len);
+    case DGDO_IN_RIDE_REQUEST: return decode_as<dgdo_in_ride_request>(body, len);
+    case DGDO_IN_ORDER_COMMAND: return decode_as<dgdo_in_order_command>(body, len);
+    case DGDO_IN_NEARBY: return decode_as<dgdo_in_nearby>(body, len);
+    default: return std::nullopt;
+    }
+}
+
+Core::Core(Config cfg, std::unique_ptr<DriverIndex> index)
+    : cfg_(cfg), index_(index ? std::move(index) : std::make_unique<LinearIndex>()) {}
+
+void Core::apply(const InputEvent& ev, std::vector<OutRecord>& out) {
+    out_ = &out;
+    std::visit([this](const auto& e) { on(e); }, ev);
+    out_ = nullptr;
+}
+
+uint64_t Core::ns(double seconds) const {
+    // At least 1 ns so a timer set now never fires in the tick that set it.
+    const double v = seconds * 1e9;
+    return v < 1.0 ? 1 : static_cast<uint64_t>(v);
+}
+
+const Order* Core::find_order(uint64_t id) const {
+    auto it = orders_.find(id);
+    return it == orders_.end() ? nullptr : &it->second;
+}
+
+const Driver* Core::find_driver(const std::string& id) const {
+    auto it = drivers_.find(id);
+    return it == drivers_.end() ? nullptr : &it->second;
+}
+
+CoreStats Core::stats() const {
+    CoreStats s = counters_;
+    for (const auto& [id, d] : drivers_) {
+        s.drivers_online += d.online;
+        s.drivers_available += available(d);
+    }
+    for (const auto& [id, o] : orders_) s.active_orders += !is_terminal(o.state);
+    return s;
+}
+
+// ---- validation ------------------------------------------------------------
+
+uint8_t Core::check_actor(const dgdo_in_meta& m, uint8_t role) const {
+    if (m.role != role) return DGDO_RESULT_FORBIDDEN;
+    if (!parse_id(m.actor)) return DGDO_RESULT_BAD_MESSAGE;
+    return DGDO_RESULT_OK;
+}
+
+void Core::reply(const dgdo_in_meta& m, uint8_t status, uint64_t order_id) {
+    if (m.corr == 0) return;
+    auto r = blank<dgdo_out_command_result>();
+    r.meta.to_conn = m.conn;
+    r.meta.to_worker = m.worker;
+    r.meta.to_role = m.role;
+    if (auto id = parse_id(m.actor)) put_id(r.meta.to_id, *id);
+    r.corr = m.corr;
+    r.order_id = order_id;
+    r.status = status;
+    emit(DGDO_OUT_COMMAND_RESULT, r);
+}
+
+// ---- sessions ----------------------------------------------------------------
+
+void Core::on(const SessionOpen& e) {
+    const dgdo_in_meta& m = e.rec.meta;
+    const auto id = parse_id(m.actor);
+    const bool role_ok = m.role == DGDO_ROLE_DRIVER || m.role == DGDO_ROLE_PASSENGER || m.role == DGDO_ROLE_ADMIN;
+    if (!role_ok || (!id && m.role != DGDO_ROLE_ADMIN)) return reply(m, DGDO_RESULT_BAD_MESSAGE);
+    reply(m, DGDO_RESULT_OK);
+    const std::string who = id.value_or(std::string());
+    sessions_[{m.role, who}] = Session{m.worker, m.conn, true};
+    if (m.role != DGDO_ROLE_DRIVER) return;
+    Driver& d = driver(who);
+    if (!d.connected) {
+        grace_timers_.erase({d.grace_deadline_ns, d.id});
+        d.connected = true;
+        d.grace_deadline_ns = 0;
+        if (available(d)) dispatch_waiting();
+    }
+}
+
+void Core::on(const SessionClose& e) {
+    const dgdo_in_meta& m = e.rec.meta;
+    const SessionKey key{m.role, actor_of(m)};
+    auto it = sessions_.find(key);
+    // A replacing connection may have opened before the old one's close arrived.
+    const bool current = it != sessions_.end() && it->second.open && it->second.worker == m.worker &&
+                         it->second.conn == m.conn;
+    reply(m, DGDO_RESULT_OK);
+    if (current) close_session(key);
+}
+
+void Core::on(const WorkerDetached& e) {
+    std::vector<SessionKey> gone;
+    for (const auto& [key, s] : sessions_)
+        if (s.open && s.worker == e.worker) gone.push_back(key);
+    for (const auto& key : gone) close_session(key);
+}
+
+void Core::close_session(const SessionKey& key) {
+    sessions_[key].open = false;  // keep the worker: the sidecar holds missed messages for resume
+    if (key.first == DGDO_ROLE_PASSENGER) nearby_.erase(key.second);
+    if (key.first != DGDO_ROLE_DRIVER) return;
+    Driver& d = driver(key.second);
+    if (!d.connected) return;
+    d.connected = false;
+    d.grace_deadline_ns = now_ + ns(cfg_.grace_s);
+    grace_timers_.insert({d.grace_deadline_ns, d.id});
+}
+
+// ---- drivers ---------------------------------------------------------------
+
+Driver& Core::driver(const std::string& id) {
+    auto [it, inserted] = drivers_.try_emplace(id);
+    if (inserted) it->second.id = id;
+    return it->second;
+}
+
+bool Core::available(const Driver& d) const {
+    return d.online && d.connected && d.has_pos && d.offer == 0 && d.trip == 0;
+}
+
+void Core::set_online(Driver& d, bool online) {
+    d.online = online;
+    if (online && d.has_pos)
+        index_->upsert(d.id, d.pos);
+    else
+        index_->erase(d.id);
+}
+
+void Core::on(const dgdo_in_driver_location& e) {
+    if (uint8_t r = check_actor(e.meta, DGDO_ROLE_DRIVER)) return reply(e.meta, r);
+    if (!valid_point(e.pos)) return reply(e.meta, DGDO_RESULT_BAD_MESSAGE);
+    reply(e.meta, DGDO_RESULT_OK);
+    Driver& d = driver(actor_of(e.meta));
+    d.pos = e.pos;
+    d.has_pos = true;
+    d.heading = e.heading;
+    d.speed_kmh = e.speed_kmh;
+    if (d.online) index_->upsert(d.id, d.pos);
+    track(d);
+}
+
+// While a trip is bound to the driver, its positions go to the passenger.
+void Core::track(const Driver& d) {
+    if (d.trip == 0) return;
+    Order& o = orders_.at(d.trip);
+    if (!has_trip(o.state)) return;
+    auto p = blank<dgdo_out_driver_position>();
+    p.meta = to(DGDO_ROLE_PASSENGER, o.passenger);
+    p.order_id = o.id;
+    put_id(p.driver_id, d.id);
+    p.pos = d.pos;
+    p.heading = d.heading;
+    p.speed_kmh = d.speed_kmh;
+    emit(DGDO_OUT_DRIVER_POSITION, p);
+
+    if (o.state == OrderState::Arrived) return;  // at the pickup: nothing to estimate until the trip starts
+    if (o.estimate_sent && now_ - o.last_estimate_ns < ns(cfg_.estimate_interval_s)) return;
+    auto est = blank<dgdo_out_estimate_update>();
+    est.meta = to(DGDO_ROLE_PASSENGER, o.passenger);
+    est.order_id = o.id;
+    if (o.state == OrderState::Accepted) {
+        est.distance_m = haversine_m(d.pos, o.pickup);
+        est.eta_s = drive_s(est.distance_m, cfg_.detour, cfg_.speed_kmh) + cfg_.pickup_overhead_s;
+    } else {
+        est.distance_m = haversine_m(d.pos, o.dropoff);
+        est.eta_s = drive_s(est.distance_m, cfg_.detour, cfg_.speed_kmh);
+    }
+    emit(DGDO_OUT_ESTIMATE_UPDATE, est);
+    o.estimate_sent = true;
+    o.last_estimate_ns = now_;
+}
+
+void Core::on(const dgdo_in_driver_status& e) {
+    if (uint8_t r = check_actor(e.meta, DGDO_ROLE_DRIVER)) return reply(e.meta, r);
+    if (e.status != DGDO_DRIVER_ONLINE && e.status != DGDO_DRIVER_OFFLINE)
+        return reply(e.meta, DGDO_RESULT_BAD_MESSAGE);
+    reply(e.meta, DGDO_RESULT_OK);
+    Driver& d = driver(actor_of(e.meta));
+    const bool online = e.status == DGDO_DRIVER_ONLINE;
+    if (d.online == online) return;
+    set_online(d, online);
+    if (online) {
+        if (available(d)) dispatch_waiting();
+        return;
+    }
+    if (d.offer != 0) {
+        Order& o = orders_.at(d.offer);
+        withdraw_offer(o, DGDO_REASON_DRIVER_OFFLINE);
+        try_offer(o);
+    }
+}
+
+// ---- orders ----------------------------------------------------------------
+
+void Core::on(const dgdo_in_ride_request& e) {
+    if (uint8_t r = check_actor(e.meta, DGDO_ROLE_PASSENGER)) return reply(e.meta, r);
+    if (!valid_point(e.pickup) || !valid_point(e.dropoff)) return reply(e.meta, DGDO_RESULT_BAD_MESSAGE);
+    const std::string passenger = actor_of(e.meta);
+    if (e.idem_key != 0) {
+        auto it = idem_.find({passenger, e.idem_key});
+        if (it != idem_.end()) return reply(e.meta, DGDO_RESULT_OK, it->second);
+    }
+    const uint64_t id = next_order_id_++;
+    Order& o = orders_[id];
+    o.id = id;
+    o.passenger = passenger;
+    o.pickup = e.pickup;
+    o.dropoff = e.dropoff;
+    o.created_ns = now_;
+    if (e.idem_key != 0) idem_[{passenger, e.idem_key}] = id;
+    ++counters_.orders_created;
+    reply(e.meta, DGDO_RESULT_OK, id);
+    enter_searching(o);
+    order_update(o, DGDO_ROLE_PASSENGER, o.passenger);
+    try_offer(o);
+}
+
+void Core::on(const dgdo_in_order_command& e) {
+    const dgdo_in_meta& m = e.meta;
+    if (e.command < DGDO_CMD_ACCEPT || e.command > DGDO_CMD_CANCEL) return reply(m, DGDO_RESULT_BAD_MESSAGE, e.order_id);
+    const auto actor = parse_id(m.actor);
+    if (!actor) return reply(m, DGDO_RESULT_BAD_MESSAGE, e.order_id);
+    auto it = orders_.find(e.order_id);
+    if (it == orders_.end()) return reply(m, DGDO_RESULT_NOT_FOUND, e.order_id);
+    Order& o = it->second;
+
+    Party party;
+    if (m.role == DGDO_ROLE_PASSENGER && *actor == o.passenger)
+        party = Party::Passenger;
+    else if (m.role == DGDO_ROLE_DRIVER && !o.driver.empty() && *actor == o.driver)
+        party = Party::CurrentDriver;
+    else if (m.role == DGDO_ROLE_DRIVER && o.tried.count(*actor))
+        party = Party::FormerDriver;
+    else
+        return reply(m, DGDO_RESULT_FORBIDDEN, o.id);
+
+    const auto next = next_state(o.state, e.command, party);
+    if (!next) return reply(m, DGDO_RESULT_CONFLICT, o.id);
+    reply(m, DGDO_RESULT_OK, o.id);
+
+    const OrderState prev = o.state;
+    switch (e.command) {
+    case DGDO_CMD_ACCEPT: {
+        Driver& d = driver(o.driver);
+        offer_timers_.erase({o.offer_deadline_ns, o.id});
+        search_timers_.erase({o.search_deadline_ns, o.id});
+        d.offer = 0;
+        d.trip = o.id;
+        o.state = *next;
+        o.estimate_sent = false;
+        ++counters_.orders_matched;
+        update_both(o);
+        return;
+    }
+    case DGDO_CMD_ARRIVED:
+    case DGDO_CMD_START:
+        o.state = *next;
+        update_both(o);
+        return;
+    case DGDO_CMD_COMPLETE: {
+        driver(o.driver).trip = 0;
+        o.state = *next;
+        ++counters_.orders_completed;
+        update_both(o);
+        dispatch_waiting();
+        return;
+    }
+    default: break;
+    }
+
+    // REJECT or CANCEL.
+    if (party == Party::Passenger) {
+        const std::string bound = o.driver;
+        search_timers_.erase({o.search_deadline_ns, o.id});
+        offer_timers_.erase({o.offer_deadline_ns, o.id});
+        searching_.erase(o.id);
+        o.state = *next;
+        o.driver.clear();
+        order_update(o, DGDO_ROLE_PASSENGER, o.passenger, DGDO_REASON_PASSENGER_CANCELED);
+        if (!bound.empty()) {
+            Driver& d = driver(bound);
+            if (has_trip(prev)) order_update(o, DGDO_ROLE_DRIVER, bound, DGDO_REASON_PASSENGER_CANCELED);
+            cancel_order(o, bound, DGDO_REASON_PASSENGER_CANCELED);
+            d.offer = 0;
+            d.trip = 0;
+            if (available(d)) dispatch_waiting();
+        }
+        return;
+    }
+    if (prev == OrderState::Offered) {  // the driver declines its offer
+        withdraw_offer(o, DGDO_REASON_NONE);
+        try_offer(o);
+        dispatch_waiting();
+        return;
+    }
+    // The driver gives up an accepted trip: back to search without it.
+    Driver& d = driver(o.driver);
+    d.trip = 0;
+    o.tried.insert(d.id);
+    const std::string gone = o.driver;
+    o.driver.clear();
+    enter_searching(o);
+    cancel_order(o, gone, DGDO_REASON_DRIVER_CANCELED);
+    order_update(o, DGDO_ROLE_PASSENGER, o.passenger, DGDO_REASON_DRIVER_CANCELED);
+    try_offer(o);
+    dispatch_waiting();
+}
+
+void Core::enter_searching(Order& o) {
+    o.state = OrderState::Searching;
+    search_timers_.erase({o.search_deadline_ns, o.id});
+    o.search_deadline_ns = now_ + ns(cfg_.search_timeout_s);
+    search_timers_.insert({o.search_deadline_ns, o.id});
+    searching_.insert(o.id);
+}
+
+void Core::withdraw_offer(Order& o, uint8_t reason) {
+    if (o.state != OrderState::Offered) return;
+    Driver& d = driver(o.driver);
+    offer_timers_.erase({o.offer_deadline_ns, o.id});
+    if (reason != DGDO_REASON_NONE) cancel_order(o, d.id, reason);
+    d.offer = 0;
+    o.tried.insert(d.id);
+    o.driver.clear();
+    o.state = OrderState::Searching;
+    searching_.insert(o.id);
+}
+
+void Core::try_offer(Order& o) {
+    if (o.state != OrderState::Searching) return;
+    auto eligible = [this, &o](const std::string& id) {
+        auto it = drivers_.find(id);
+        return it != drivers_.end() && available(it->second) && !o.tried.count(id);
+    };
+    auto c = index_->nearest(o.pickup, cfg_.radius_m, eligible);
+    if (!c) c = index_->nearest(o.pickup, cfg_.wide_radius_m, eligible);
+    if (!c) return;
+    Driver& d = driver(c->id);
+    d.offer = o.id;
+    o.state = OrderState::Offered;
+    o.driver = d.id;
+    o.offer_deadline_ns = now_ + ns(cfg_.offer_timeout_s);
+    offer_timers_.insert({o.offer_deadline_ns, o.id});
+    searching_.erase(o.id);
+    new_order(o, *c);
+}
+
+// Oldest order first: ids grow with arrival.
+void Core::dispatch_waiting() {
+    std::vector<uint64_t> ids(searching_.begin(), searching_.end());
+    for (uint64_t id : ids) try_offer(orders_.at(id));
+}
+
+// ---- nearby ----------------------------------------------------------------
+
+void Core::on(const dgdo_in_nearby& e) {
+    if (uint8_t r = check_actor(e.meta, DGDO_ROLE_PASSENGER)) return reply(e.meta, r);
+    const std::string passenger = actor_of(e.meta);
+    if (!e.subscribe) {
+        reply(e.meta, DGDO_RESULT_OK);
+        nearby_.erase(passenger);
+        return;
+    }
+    if (!valid_point(e.center) || !std::isfinite(e.radius_m) || e.radius_m < 0 ||
+        e.radius_m > cfg_.nearby_max_radius_m)
+        return reply(e.meta, DGDO_RESULT_BAD_MESSAGE);
+    reply(e.meta, DGDO_RESULT_OK);
+    const NearbySub sub{e.center, e.radius_m > 0 ? e.radius_m : cfg_.nearby_default_radius_m};
+    nearby_[passenger] = sub;
+    send_nearby(passenger, sub);
+}
+
+void Core::send_nearby(const std::string& passenger, const NearbySub& sub) {
+    auto rec = blank<dgdo_out_nearby_drivers>();
+    rec.meta = to(DGDO_ROLE_PASSENGER, passenger);
+    const auto found = index_->within(sub.center, sub.radius_m, DGDO_NEARBY_MAX);
+    rec.count = static_cast<uint32_t>(found.size());
+    for (size_t i = 0; i < found.size(); ++i) {
+        put_id(rec.drivers[i].driver_id, found[i].id);
+        rec.drivers[i].pos = found[i].pos;
+    }
+    // Variable length: only `count` entries travel.
+    emit(DGDO_OUT_NEARBY_DRIVERS, rec, offsetof(dgdo_out_nearby_drivers, drivers) + found.size() * sizeof(dgdo_nearby_entry));
+}
+
+// ---- time ------------------------------------------------------------------
+
+void Core::on(const Tick& e) {
+    if (e.now_ns < now_) return;  // time never runs backwards inside the core
+    now_ = e.now_ns;
+    if (!ticked_) {
+        ticked_ = true;
+        next_nearby_ns_ = now_ + ns(cfg_.nearby_interval_s);
+        next_stats_ns_ = now_ + ns(cfg_.stats_interval_s);
+    }
+    expire_searches();
+    expire_graces();
+    expire_offers();
+    dispatch_waiting();
+    if (now_ >= next_nearby_ns_) {
+        next_nearby_ns_ = now_ + ns(cfg_.nearby_interval_s);
+        for (const auto& [passenger, sub] : nearby_) send_nearby(passenger, sub);
+    }
+    if (now_ >= next_stats_ns_) {
+        next_stats_ns_ = now_ + ns(cfg_.stats_interval_s);
+        send_stats();
+    }
+}
+
+void Core::expire_searches() {
+    while (!search_timers_.empty() && search_timers_.begin()->first <= now_) {
+        const uint64_t id = search_timers_.begin()->second;
+        search_timers_.erase(search_timers_.begin());
+        Order& o = orders_.at(id);
+        if (o.state == OrderState::Offered) withdraw_offer(o, DGDO_REASON_OFFER_EXPIRED);
+        if (o.state != OrderState::Searching) continue;
+        searching_.erase(id);
+        o.state = OrderState::NoDriver;
+        order_update(o, DGDO_ROLE_PASSENGER, o.passenger, DGDO_REASON_NO_DRIVER);
+    }
+}
+
+void Core::expire_graces() {
+    while (!grace_timers_.empty() && grace_timers_.begin()->first <= now_) {
+        const std::string id = grace_timers_.begin()->second;
+        grace_timers_.erase(grace_timers_.begin());
+        Driver& d = driver(id);
+        if (d.connected) continue;
+        d.grace_deadline_ns = 0;
+        if (d.offer != 0) {
+            Order& o = orders_.at(d.offer);
+            withdraw_offer(o, DGDO_REASON_DRIVER_DISCONNECTED);
+            try_offer(o);
+        }
+        if (d.online) set_online(d, false);
+    }
+}
+
+void Core::expire_offers() {
+    while (!offer_timers_.empty() && offer_timers_.begin()->first <= now_) {
+        const auto [deadline, id] = *offer_timers_.begin();
+        offer_timers_.erase(offer_timers_.begin());
+        Order& o = orders_.at(id);
+        if (o.state != OrderState::Offered || o.offer_deadline_ns != deadline) continue;
+        withdraw_offer(o, DGDO_REASON_OFFER_EXPIRED);
+        try_offer(o);
+    }
+}
+
+void Core::send_stats() {
+    const CoreStats s = stats();
+    auto rec = blank<dgdo_out_engine_stats>();
+    rec.meta.to_role = DGDO_ROLE_ADMIN;
+    rec.drivers_online = s.drivers_online;
+    rec.drivers_available = s.drivers_available;
+    rec.active_orders = s.active_orders;
+    rec.orders_created = s.orders_created;
+    rec.orders_matched = s.orders_matched;
+    rec.orders_completed = s.orders_completed;
+    emit(DGDO_OUT_ENGINE_STATS, rec);
+}
+
+// ---- output ----------------------------------------------------------------
+
+dgdo_out_meta Core::to(uint8_t role, const std::string& id) const {
+    auto meta = blank<dgdo_out_meta>();
+    meta.to_role = role;
+    put_id(meta.to_id, id);
+    auto it = sessions_.find({role, id});
+    if (it != sessions_.end()) meta.to_worker = it->second.worker;
+    return meta;  // to_conn 0: the sidecar routes by role + id, which survives reconnects
+}
+
+void Core::order_update(const Order& o, uint8_t role, const std::string& id, uint8_t reason) {
+    auto u = blank<dgdo_out_order_update>();
+    u.meta = to(role, id);
+    u.order_id = o.id;
+    u.status = app_status(o.state);
+    u.reason = reason;
+    put_id(u.driver_id, o.driver);
+    put_id(u.passenger_id, o.passenger);
+    emit(DGDO_OUT_ORDER_UPDATE, u);
+}
+
+void Core::update_both(const Order& o, uint8_t reason) {
+    order_update(o, DGDO_ROLE_PASSENGER, o.passenger, reason);
+    order_update(o, DGDO_ROLE_DRIVER, o.driver, reason);
+}
+
+void Core::cancel_order(const Order& o, const std::string& driver_id, uint8_t reason) {
+    auto c = blank<dgdo_out_cancel_order>();
+    c.meta = to(DGDO_ROLE_DRIVER, driver_id);
+    c.order_id = o.id;
+    c.reason = reason;
+    emit(DGDO_OUT_CANCEL_ORDER, c);
+}
+
+void Core::new_order(const Order& o, const Candidate& c) {
+    auto n = blank<dgdo_out_new_order>();
+    n.meta = to(DGDO_ROLE_DRIVER, c.id);
+    n.order_id = o.id;
+    put_id(n.passenger_id, o.passenger);
+    n.pickup = o.pickup;
+    n.dropoff = o.dropoff;
+    n.distance_m = c.distance_m;
+    n.eta_s = drive_s(c.distance_m, cfg_.detour, cfg_.speed_kmh) + cfg_.pickup_overhead_s;
+    n.expires_in_s = cfg_.offer_timeout_s;
+    emit(DGDO_OUT_NEW_ORDER, n);
+}
+
+template <class T>
+void Core::emit(int32_t type, const T& rec, size_t len) {
+    OutRecord r{type, std::vector<uint8_t>(len)};
+    std::memcpy(r.body.data(), &rec, len);
+    out_->push_back(std::move(r));
+}
+
+}  // namespace dgdo

@@ -1,0 +1,172 @@
+// dgdo::Core — the dispatch state machine (business-logic-processor shape).
+//
+// apply(input) appends output records and returns; nothing else leaves the
+// core. Time enters only as Tick; the core reads no clock and does no I/O,
+// so the same input sequence always yields the same output bytes.
+//
+// What each input produces (a COMMAND_RESULT first whenever meta.corr != 0):
+//   SESSION_OPEN/CLOSE  routing only; a driver's close starts the grace timer
+//   DRIVER_LOCATION     DRIVER_POSITION (+ throttled ESTIMATE_UPDATE) to the passenger of its trip
+//   DRIVER_STATUS       online: may trigger NEW_ORDER; offline: withdraws its offer
+//   RIDE_REQUEST        ORDER_UPDATE searching, then NEW_ORDER to the nearest driver
+//   ORDER_COMMAND       ORDER_UPDATE to passenger and driver; CANCEL_ORDER / NEW_ORDER as needed
+//   NEARBY              a NEARBY_DRIVERS snapshot now and about once a second
+//   Tick                offer expiry, search timeout, grace expiry, retries, stats
+//   WorkerDetached      SESSION_CLOSE for every session on that worker
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "core/config.hpp"
+#include "core/driver_index.hpp"
+#include "core/order.hpp"
+#include "dgdo/events.h"
+
+namespace dgdo {
+
+struct Tick {
+    uint64_t now_ns;
+};
+struct WorkerDetached {
+    uint16_t worker;
+};
+struct SessionOpen {
+    dgdo_in_session rec;
+};
+struct SessionClose {
+    dgdo_in_session rec;
+};
+
+using InputEvent = std::variant<SessionOpen, SessionClose, dgdo_in_driver_location, dgdo_in_driver_status,
+                                dgdo_in_ride_request, dgdo_in_order_command, dgdo_in_nearby, Tick, WorkerDetached>;
+
+// An outbound ring record: type from enum dgdo_event_type, body the events.h struct.
+struct OutRecord {
+    int32_t type;
+    std::vector<uint8_t> body;
+};
+
+// Decodes one inbound ring record; nullopt for an unknown type or a body whose
+// length is not exactly the struct's size.
+std::optional<InputEvent> decode_inbound(int32_t type, const uint8_t* body, uint32_t len);
+
+struct Driver {
+    std::string id;
+    dgdo_point pos{};
+    bool has_pos = false;
+    float heading = 0;
+    float speed_kmh = 0;
+    bool online = false;
+    bool connected = true;  // false between a SESSION_CLOSE and the next SESSION_OPEN
+    uint64_t grace_deadline_ns = 0;
+    uint64_t offer = 0;  // order offered to this driver, 0 = none
+    uint64_t trip = 0;   // order this driver is bound to, 0 = none
+};
+
+struct CoreStats {
+    uint32_t drivers_online = 0;
+    uint32_t drivers_available = 0;
+    uint32_t active_orders = 0;
+    uint64_t orders_created = 0;
+    uint64_t orders_matched = 0;
+    uint64_t orders_completed = 0;
+};
+
+class Core {
+public:
+    explicit Core(Config cfg = {}, std::unique_ptr<DriverIndex> index = nullptr);
+
+    void apply(const InputEvent& ev, std::vector<OutRecord>& out);
+
+    // Read-only views (tests, gauges).
+    const Order* find_order(uint64_t id) const;
+    const Driver* find_driver(const std::string& id) const;
+    CoreStats stats() const;
+    uint64_t now_ns() const { return now_; }
+    const Config& config() const { return cfg_; }
+
+private:
+    struct Session {
+        uint16_t worker = 0;
+        uint32_t conn = 0;
+        bool open = false;
+    };
+    struct NearbySub {
+        dgdo_point center;
+        double radius_m;
+    };
+    using SessionKey = std::pair<uint8_t, std::string>;  // (role, id)
+    using Timer = std::pair<uint64_t, uint64_t>;         // (deadline ns, order id)
+
+    void on(const SessionOpen& e);
+    void on(const SessionClose& e);
+    void on(const dgdo_in_driver_location& e);
+    void on(const dgdo_in_driver_status& e);
+    void on(const dgdo_in_ride_request& e);
+    void on(const dgdo_in_order_command& e);
+    void on(const dgdo_in_nearby& e);
+    void on(const Tick& e);
+    void on(const WorkerDetached& e);
+
+    // Validation helpers: return a dgdo_result (OK = proceed).
+    uint8_t check_actor(const dgdo_in_meta& m, uint8_t role) const;
+    void reply(const dgdo_in_meta& m, uint8_t status, uint64_t order_id = 0);
+
+    // Effects.
+    Driver& driver(const std::string& id);
+    bool available(const Driver& d) const;
+    void set_online(Driver& d, bool online);
+    void close_session(const SessionKey& key);
+    void try_offer(Order& o);
+    void dispatch_waiting();
+    void enter_searching(Order& o);
+    // Takes the offer back from o.driver (if any), excludes that driver, notifies it with `reason` (0 = silent).
+    void withdraw_offer(Order& o, uint8_t reason);
+    void expire_graces();
+    void expire_searches();
+    void expire_offers();
+    void send_nearby(const std::string& passenger, const NearbySub& sub);
+    void send_stats();
+    void track(const Driver& d);
+
+    // Output builders (one record per recipient).
+    dgdo_out_meta to(uint8_t role, const std::string& id) const;
+    void order_update(const Order& o, uint8_t role, const std::string& id, uint8_t reason = DGDO_REASON_NONE);
+    void update_both(const Order& o, uint8_t reason = DGDO_REASON_NONE);
+    void cancel_order(const Order& o, const std::string& driver_id, uint8_t reason);
+    void new_order(const Order& o, const Candidate& c);
+    template <class T>
+    void emit(int32_t type, const T& rec, size_t len = sizeof(T));
+
+    uint64_t ns(double seconds) const;
+
+    Config cfg_;
+    std::unique_ptr<DriverIndex> index_;
+    std::vector<OutRecord>* out_ = nullptr;
+    uint64_t now_ = 0;
+    bool ticked_ = false;
+    uint64_t next_nearby_ns_ = 0;
+    uint64_t next_stats_ns_ = 0;
+    uint64_t next_order_id_ = 1001;
+
+    std::map<std::string, Driver> drivers_;
+    std::map<uint64_t, Order> orders_;
+    std::set<uint64_t> searching_;  // orders in Searching with no offer out
+    std::map<std::pair<std::string, uint64_t>, uint64_t> idem_;  // (passenger, idem_key) -> order
+    std::map<SessionKey, Session> sessions_;
+    std::map<std::string, NearbySub> nearby_;
+    std::set<Timer> offer_timers_;
+    std::set<Timer> search_timers_;
+    std::set<std::pair<uint64_t, std::string>> grace_timers_;
+    CoreStats counters_;
+};
+
+}  // namespace dgdo

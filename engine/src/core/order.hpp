@@ -1,0 +1,75 @@
+// Order lifecycle: every legal (state, command, actor) -> next state lives in
+// kTransitions. A lookup miss is a CONFLICT, never an exception.
+//
+//   searching --offer--> offered --accept--> accepted --arrived--> arrived --start--> started --complete--> completed
+//       ^                  |  reject/driver cancel/expiry   |  driver cancel  |
+//       +------------------+--------------------------------+-----------------+
+//   passenger cancel: searching | offered | accepted | arrived -> canceled
+//   search timeout:   searching | offered -> no_driver   (tick-driven, not a command)
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "dgdo/events.h"
+
+namespace dgdo {
+
+enum class OrderState : uint8_t { Searching, Offered, Accepted, Arrived, Started, Completed, Canceled, NoDriver };
+
+// Who is acting, relative to the order.
+enum class Party : uint8_t {
+    Passenger,      // the order's passenger
+    CurrentDriver,  // the driver holding the offer or the trip
+    FormerDriver,   // a driver the order has moved on from (late accept, ...)
+};
+
+struct Transition {
+    OrderState from;
+    uint8_t command;  // enum dgdo_order_command
+    Party party;
+    OrderState to;
+};
+
+inline constexpr Transition kTransitions[] = {
+    {OrderState::Offered, DGDO_CMD_ACCEPT, Party::CurrentDriver, OrderState::Accepted},
+    {OrderState::Offered, DGDO_CMD_REJECT, Party::CurrentDriver, OrderState::Searching},
+    {OrderState::Offered, DGDO_CMD_CANCEL, Party::CurrentDriver, OrderState::Searching},
+    {OrderState::Accepted, DGDO_CMD_ARRIVED, Party::CurrentDriver, OrderState::Arrived},
+    {OrderState::Arrived, DGDO_CMD_START, Party::CurrentDriver, OrderState::Started},
+    {OrderState::Started, DGDO_CMD_COMPLETE, Party::CurrentDriver, OrderState::Completed},
+    {OrderState::Accepted, DGDO_CMD_CANCEL, Party::CurrentDriver, OrderState::Searching},
+    {OrderState::Arrived, DGDO_CMD_CANCEL, Party::CurrentDriver, OrderState::Searching},
+    {OrderState::Searching, DGDO_CMD_CANCEL, Party::Passenger, OrderState::Canceled},
+    {OrderState::Offered, DGDO_CMD_CANCEL, Party::Passenger, OrderState::Canceled},
+    {OrderState::Accepted, DGDO_CMD_CANCEL, Party::Passenger, OrderState::Canceled},
+    {OrderState::Arrived, DGDO_CMD_CANCEL, Party::Passenger, OrderState::Canceled},
+};
+
+std::optional<OrderState> next_state(OrderState from, uint8_t command, Party party);
+
+// The status apps see (an offer in flight still reads "searching" to the passenger).
+uint8_t app_status(OrderState s);
+
+bool is_terminal(OrderState s);
+// Accepted, arrived or started: a driver is bound to the order.
+bool has_trip(OrderState s);
+
+struct Order {
+    uint64_t id = 0;
+    std::string passenger;
+    dgdo_point pickup{};
+    dgdo_point dropoff{};
+    OrderState state = OrderState::Searching;
+    std::string driver;           // offered or assigned driver; empty while searching
+    std::set<std::string> tried;  // drivers this order moved on from: never offered again
+    uint64_t created_ns = 0;
+    uint64_t search_deadline_ns = 0;
+    uint64_t offer_deadline_ns = 0;
+    uint64_t last_estimate_ns = 0;
+    bool estimate_sent = false;
+};
+
+}  // namespace dgdo
