@@ -1,0 +1,24 @@
+// Command line of dgdo-engine.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "core/config.hpp"
+
+namespace dgdo {
+
+struct Options {
+    std::string control;
+    std::string instance = "default";
+    uint64_t ring_capacity = 4194304;
+    uint64_t tick_ms = 100;
+    uint64_t spin_us = 50;
+    Config core;
+};
+
+// nullopt with *exit_code set: --help (0) or a usage error (2, message on stderr).
+std::optional<Options> parse_cli(int argc, char** argv, int* exit_code);
+
+}  // namespace dgdo

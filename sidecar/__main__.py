@@ -1,0 +1,182 @@
+"""`dgdo`: run the engine and the sidecar together, or the sidecar alone.
+
+    dgdo run [--host H] [--port P] [--demo N | --no-demo]   engine + sidecar (+ demo)
+    dgdo sidecar --control PATH [--host H] [--port P]       sidecar for a running engine
+    dgdo engine-path                                        where the engine binary is
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import uvloop
+
+from sidecar.server import App
+
+log = logging.getLogger("dgdo")
+
+REPO_ENGINE = Path(__file__).resolve().parents[1] / "build" / "engine" / "dgdo-engine"
+
+
+def engine_path() -> str:
+    """The engine binary: $DGDO_ENGINE, else the repo's build, else PATH."""
+    env = os.environ.get("DGDO_ENGINE")
+    if env:
+        return env
+    if REPO_ENGINE.exists():
+        return str(REPO_ENGINE)
+    found = shutil.which("dgdo-engine")
+    if found:
+        return found
+    raise SystemExit("dgdo: engine binary not found (build it with `make engine` or set DGDO_ENGINE)")
+
+
+ENGINE_FLAGS = ("offer_timeout_s", "radius_m", "wide_radius_m", "speed_kmh", "detour", "search_timeout_s")
+
+
+def _engine_args(args: argparse.Namespace) -> list[str]:
+    out = []
+    for name in ENGINE_FLAGS:
+        v = getattr(args, name, None)
+        if v is not None:
+            out += ["--" + name.replace("_", "-"), str(v)]
+    return out
+
+
+async def _status_loop(app: App, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        print(f"[dgdo] {app.stats.status_line()}", flush=True)
+
+
+async def serve(args: argparse.Namespace, control: str, engine: subprocess.Popen[bytes] | None) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    app = App(control, worker=args.worker)
+    await app.start(args.host, args.port)
+    print(f"[dgdo] sidecar listening on ws://{args.host}:{app.port} (engine control {control})", flush=True)
+    tasks: list[asyncio.Task[None]] = []
+    demo: subprocess.Popen[bytes] | None = None
+    if args.status_interval > 0:
+        tasks.append(loop.create_task(_status_loop(app, args.status_interval)))
+    if engine is not None:
+        tasks.append(loop.create_task(_watch_engine(engine, stop)))
+    if getattr(args, "demo", 0):
+        await app.link.attach_forever()
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "sidecar.demo", "--url", f"ws://{args.host}:{app.port}",
+             "--drivers", str(args.demo)],
+        )
+    await stop.wait()
+    print("[dgdo] stopping", flush=True)
+    if demo is not None:
+        demo.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            demo.wait(5)
+    for t in tasks:
+        t.cancel()
+    await app.stop()
+    return 0
+
+
+async def _watch_engine(engine: subprocess.Popen[bytes], stop: asyncio.Event) -> None:
+    """`dgdo run` owns its engine: if it exits, say so and stop."""
+    while engine.poll() is None:
+        await asyncio.sleep(0.5)
+    log.error("engine exited with status %s", engine.returncode)
+    stop.set()
+
+
+def _start_engine(args: argparse.Namespace, control: str) -> subprocess.Popen[bytes]:
+    cmd = [engine_path(), "--control", control, "--instance", args.instance, *_engine_args(args)]
+    engine = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+    assert engine.stdout is not None
+    line = engine.stdout.readline().decode().strip()  # "dgdo-engine ready control=... pid=... epoch=..."
+    if not line.startswith("dgdo-engine ready"):
+        engine.wait(5)
+        raise SystemExit(f"dgdo: engine failed to start (status {engine.returncode})")
+    print(f"[dgdo] {line}", flush=True)
+    # The engine logs to stderr; pass on anything else it prints so its pipe never fills.
+    threading.Thread(target=shutil.copyfileobj, args=(engine.stdout, sys.stdout.buffer), daemon=True).start()
+    return engine
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    runtime = tempfile.mkdtemp(prefix="dgdo-")
+    control = os.path.join(runtime, "engine.sock")
+    engine = _start_engine(args, control)
+    try:
+        return uvloop.run(serve(args, control, engine))
+    finally:
+        if engine.poll() is None:
+            engine.terminate()
+            try:
+                engine.wait(10)
+            except subprocess.TimeoutExpired:
+                engine.kill()
+                engine.wait()
+        shutil.rmtree(runtime, ignore_errors=True)
+        print("[dgdo] stopped", flush=True)
+
+
+def cmd_sidecar(args: argparse.Namespace) -> int:
+    return uvloop.run(serve(args, args.control, None))
+
+
+def _add_server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--worker", type=int, default=1, help="sidecar worker id (1-65535)")
+    p.add_argument("--status-interval", type=float, default=1.0, help="seconds between status lines; 0 = off")
+    p.add_argument("--log-level", default="INFO")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dgdo", description="DG Do dispatch")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start engine + sidecar (+ demo)")
+    _add_server_args(run)
+    demo = run.add_mutually_exclusive_group()
+    demo.add_argument("--demo", type=int, default=20, metavar="N", help="simulated drivers (default 20)")
+    demo.add_argument("--no-demo", dest="demo", action="store_const", const=0)
+    run.add_argument("--instance", default=f"run{os.getpid()}", help="engine instance name (shm names)")
+    run.add_argument("--offer-timeout-s", dest="offer_timeout_s", type=float)
+    run.add_argument("--radius-m", dest="radius_m", type=float)
+    run.add_argument("--wide-radius-m", dest="wide_radius_m", type=float)
+    run.add_argument("--speed-kmh", dest="speed_kmh", type=float)
+    run.add_argument("--detour", type=float)
+    run.add_argument("--search-timeout-s", dest="search_timeout_s", type=float)
+    run.set_defaults(func=cmd_run)
+
+    side = sub.add_parser("sidecar", help="run the sidecar for an engine that is already running")
+    _add_server_args(side)
+    side.add_argument("--control", required=True, help="the engine's control socket")
+    side.set_defaults(func=cmd_sidecar, demo=0)
+
+    path = sub.add_parser("engine-path", help="print the engine binary's path")
+    path.set_defaults(func=lambda a: print(engine_path()) or 0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

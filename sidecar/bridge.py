@@ -1,0 +1,211 @@
+"""Engine events -> WebSocket messages: the sidecar's outbound dispatcher.
+
+Each outbound record names its recipient (role + id, or a connection for
+command results). The bridge turns it into the public message, numbers it
+when it is reliable (order_update, new_order, cancel_order), sends it to the
+recipient's live connection if any, and measures engine commit -> socket
+write latency from the record's CLOCK_REALTIME commit stamp.
+
+Reliable messages for a recipient who is not connected stay in its mailbox
+(see connections.Mailbox) and are replayed on resume; positions and
+estimates for an absent recipient are simply dropped (latest-wins data).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sidecar import records as R
+from sidecar.connections import Connection, Registry
+from sidecar.events import ErrorCode, Role
+from sidecar.records import Result, T, id_str
+from sidecar.ring import Consumer
+from sidecar.stats import EngineSnapshot, SidecarStats
+
+log = logging.getLogger("dgdo.bridge")
+
+ROLE_OF_WIRE = {R.Role.DRIVER: Role.DRIVER, R.Role.PASSENGER: Role.PASSENGER, R.Role.ADMIN: Role.ADMIN}
+STATUS_NAME = {s: s.name.lower() for s in R.OrderStatus}
+REASON_NAME = {r: r.name.lower() for r in R.Reason}
+RESULT_ERROR = {
+    Result.CONFLICT: (ErrorCode.CONFLICT, "invalid transition for the order's current state"),
+    Result.NOT_FOUND: (ErrorCode.NOT_FOUND, "order_id: no such order"),
+    Result.FORBIDDEN: (ErrorCode.FORBIDDEN, "order_id: not your order"),
+    Result.BAD_MESSAGE: (ErrorCode.BAD_MESSAGE, "refused by the engine"),
+}
+
+
+class PendingReply:
+    """A command waiting for the engine's COMMAND_RESULT."""
+
+    __slots__ = ("conn", "request_id")
+
+    def __init__(self, conn: Connection, request_id: str | int | None) -> None:
+        self.conn = conn
+        self.request_id = request_id
+
+
+class Bridge:
+    def __init__(self, registry: Registry, stats: SidecarStats) -> None:
+        self.registry = registry
+        self.stats = stats
+        self.pending: dict[int, PendingReply] = {}
+        self._corr = 0
+        self.on_engine_stats: Callable[[EngineSnapshot], None] = lambda s: None
+        self._handlers: dict[int, Callable[[memoryview], None]] = {
+            T.OUT_COMMAND_RESULT: self._command_result,
+            T.OUT_ORDER_UPDATE: self._order_update,
+            T.OUT_NEW_ORDER: self._new_order,
+            T.OUT_CANCEL_ORDER: self._cancel_order,
+            T.OUT_DRIVER_POSITION: self._driver_position,
+            T.OUT_ESTIMATE_UPDATE: self._estimate_update,
+            T.OUT_NEARBY_DRIVERS: self._nearby_drivers,
+            T.OUT_ENGINE_STATS: self._engine_stats,
+        }
+
+    # ---- correlation ---------------------------------------------------------------
+
+    def expect_reply(self, conn: Connection, request_id: str | int | None) -> int:
+        """A correlation id for a command whose outcome the engine will report."""
+        self._corr += 1
+        self.pending[self._corr] = PendingReply(conn, request_id)
+        return self._corr
+
+    def fail_pending(self, code: ErrorCode, message: str) -> None:
+        """Answers every command in flight with an error (the engine went away)."""
+        pending, self.pending = self.pending, {}
+        ts = time.time_ns() // 1_000_000
+        for p in pending.values():
+            out: dict[str, Any] = {"type": "error", "code": code.value, "message": message, "ts": ts}
+            if p.request_id is not None:
+                out["id"] = p.request_id
+            p.conn.send(out)
+
+    # ---- dispatch ---------------------------------------------------------------------
+
+    def on_records(self, consumer: Consumer, nbytes: int) -> None:
+        handlers = self._handlers
+        for rec in consumer.records(nbytes):
+            self.stats.records_in += 1
+            h = handlers.get(rec.type)
+            if h is None:
+                log.warning("! unknown record type %d from the engine", rec.type)
+                continue
+            try:
+                h(rec.body)
+            except Exception:  # one bad record must not stop the stream
+                log.exception("! failed to deliver record type %d", rec.type)
+
+    def _deliver(self, role_w: int, to_id: bytes, message: dict[str, Any], commit_real_ns: int,
+                 reliable: bool) -> None:
+        role = ROLE_OF_WIRE.get(role_w)
+        if role is None:
+            return
+        app_id = id_str(to_id)
+        conn = self.registry.find(role, app_id)
+        if reliable:
+            box = conn.mailbox if conn is not None else self.registry.mailbox(role, app_id)
+            box.stamp(message)
+        if conn is not None and conn.send(message):
+            self.stats.messages_out += 1
+            self.stats.push_latency.add(time.time_ns() - commit_real_ns)
+
+    @staticmethod
+    def _ts(commit_real_ns: int) -> int:
+        return commit_real_ns // 1_000_000
+
+    def _command_result(self, body: memoryview) -> None:
+        (_m, real, to_conn, _w, _r, _id, corr, order_id, status) = R.OUT_COMMAND_RESULT.unpack(body)
+        p = self.pending.pop(corr, None)
+        if p is None:
+            return
+        ts = self._ts(real)
+        if status == Result.OK:
+            if p.request_id is None:
+                return
+            out: dict[str, Any] = {"type": "ack", "id": p.request_id, "ts": ts}
+            if order_id:
+                out["order_id"] = order_id
+        else:
+            code, message = RESULT_ERROR.get(Result(status), (ErrorCode.BAD_MESSAGE, "refused"))
+            out = {"type": "error", "code": code.value, "message": message, "ts": ts}
+            if order_id:
+                out["order_id"] = order_id
+            if p.request_id is not None:
+                out["id"] = p.request_id
+            self.stats.errors_sent += 1
+        if p.conn.send(out):
+            self.stats.messages_out += 1
+            self.stats.push_latency.add(time.time_ns() - real)
+
+    def _order_update(self, body: memoryview) -> None:
+        (_m, real, _c, _w, role, to_id, order_id, status, reason, driver_id, passenger_id) = (
+            R.OUT_ORDER_UPDATE.unpack(body)
+        )
+        msg: dict[str, Any] = {
+            "type": "order_update", "order_id": order_id, "status": STATUS_NAME[R.OrderStatus(status)],
+            "ts": self._ts(real),
+        }
+        if driver_id[0]:
+            msg["driver_id"] = id_str(driver_id)
+        if role == R.Role.DRIVER:
+            msg["passenger_id"] = id_str(passenger_id)
+        if reason:
+            msg["reason"] = REASON_NAME[R.Reason(reason)]
+        self._deliver(role, to_id, msg, real, True)
+
+    def _new_order(self, body: memoryview) -> None:
+        (_m, real, _c, _w, role, to_id, order_id, passenger_id,
+         plat, plon, dlat, dlon, distance_m, eta_s, expires_in_s) = R.OUT_NEW_ORDER.unpack(body)
+        msg = {
+            "type": "new_order", "order_id": order_id, "passenger_id": id_str(passenger_id),
+            "pickup": {"lat": plat, "lon": plon}, "dropoff": {"lat": dlat, "lon": dlon},
+            "distance_m": round(distance_m, 1), "eta_s": round(eta_s, 1),
+            "expires_in_s": round(expires_in_s, 3), "ts": self._ts(real),
+        }
+        self._deliver(role, to_id, msg, real, True)
+
+    def _cancel_order(self, body: memoryview) -> None:
+        (_m, real, _c, _w, role, to_id, order_id, reason) = R.OUT_CANCEL_ORDER.unpack(body)
+        msg = {"type": "cancel_order", "order_id": order_id, "reason": REASON_NAME[R.Reason(reason)],
+               "ts": self._ts(real)}
+        self._deliver(role, to_id, msg, real, True)
+
+    def _driver_position(self, body: memoryview) -> None:
+        (_m, real, _c, _w, role, to_id, order_id, driver_id, lat, lon, heading, speed) = (
+            R.OUT_DRIVER_POSITION.unpack(body)
+        )
+        msg: dict[str, Any] = {"type": "driver_location", "order_id": order_id, "driver_id": id_str(driver_id),
+                               "lat": lat, "lon": lon, "ts": self._ts(real)}
+        if heading == heading:  # not NaN
+            msg["heading"] = round(heading, 1)
+        if speed == speed:
+            msg["speed_kmh"] = round(speed, 1)
+        self._deliver(role, to_id, msg, real, False)
+
+    def _estimate_update(self, body: memoryview) -> None:
+        (_m, real, _c, _w, role, to_id, order_id, eta_s, distance_m) = R.OUT_ESTIMATE_UPDATE.unpack(body)
+        msg = {"type": "estimate_update", "order_id": order_id, "eta_s": round(eta_s, 1),
+               "distance_m": round(distance_m, 1), "ts": self._ts(real)}
+        self._deliver(role, to_id, msg, real, False)
+
+    def _nearby_drivers(self, body: memoryview) -> None:
+        (_m, real, _c, _w, role, to_id, count) = R.OUT_NEARBY_HEAD.unpack_from(body)
+        size = R.NEARBY_ENTRY.size
+        drivers = []
+        for i in range(min(count, (len(body) - R.OUT_NEARBY_HEAD.size) // size)):
+            did, lat, lon = R.NEARBY_ENTRY.unpack_from(body, R.OUT_NEARBY_HEAD.size + i * size)
+            drivers.append({"driver_id": id_str(did), "lat": lat, "lon": lon})
+        msg = {"type": "nearby_drivers", "drivers": drivers, "ts": self._ts(real)}
+        self._deliver(role, to_id, msg, real, False)
+
+    def _engine_stats(self, body: memoryview) -> None:
+        (_m, _real, _c, _w, _r, _id, online, available, active, created, matched, completed, p99) = (
+            R.OUT_ENGINE_STATS.unpack(body)
+        )
+        snap = EngineSnapshot(online, available, active, created, matched, completed, p99)
+        self.stats.engine = snap
+        self.on_engine_stats(snap)

@@ -1,0 +1,258 @@
+"""A sidecar worker's attachment to the engine: control socket, two rings, two doorbells.
+
+Attach (include/dgdo/control.h): connect the engine's UNIX SOCK_SEQPACKET
+socket, send hello, receive the ring names and the two eventfds. Then:
+
+* inbound (apps -> engine): `publish()` frames records into a pending buffer
+  and one flush per event-loop turn writes them all with one cffi call; the
+  engine's doorbell is rung only when the engine has parked.
+* outbound (engine -> apps): the worker doorbell is an `add_reader` fd; each
+  wake drains the out ring in batches (one cffi call each) and hands the
+  records to `on_records`, then parks again.
+* the control socket is watched too: EOF means the engine died. The link
+  then reports `attached = False` and keeps trying to attach again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+
+from sidecar import ring
+from sidecar.ring import Consumer, Producer, Segment
+
+log = logging.getLogger("dgdo.link")
+
+HELLO = struct.Struct("<IHHiI")
+ATTACH = struct.Struct("<IHHiiQQQ64s64s")
+CTL_MAGIC = ring.lib.DGDO_CTL_MAGIC
+CTL_VERSION = ring.lib.DGDO_CTL_VERSION
+ONE = (1).to_bytes(8, "little")
+if HELLO.size != ring.sizeof("dgdo_ctl_hello") or ATTACH.size != ring.sizeof("dgdo_ctl_attach"):
+    raise ImportError("control.h layout differs between Python and C")
+
+MAX_PENDING_BYTES = 16 * 1024 * 1024  # inbound bytes held while the ring is full or the engine away
+
+
+class EngineUnavailable(Exception):
+    """No engine attached, or its ring stayed full past the limit."""
+
+
+class EngineLink:
+    """Args:
+    control_path: the engine's control socket.
+    worker: this worker's id (1-65535).
+    on_records: called with (consumer, nbytes) after each drain that copied records.
+    on_state: called with True on attach and False on detach.
+    """
+
+    def __init__(
+        self,
+        control_path: str,
+        worker: int,
+        on_records: Callable[[Consumer, int], None],
+        on_state: Callable[[bool], None] = lambda up: None,
+    ) -> None:
+        self.control_path = control_path
+        self.worker = worker
+        self.on_records = on_records
+        self.on_state = on_state
+        self.attached = False
+        self.epoch = 0
+        self.engine_pid = 0
+        self._loop = asyncio.get_running_loop()
+        self._sock: socket.socket | None = None
+        self._in_seg: Segment | None = None
+        self._out_seg: Segment | None = None
+        self.producer: Producer | None = None
+        self.consumer: Consumer | None = None
+        self._engine_bell = -1
+        self._worker_bell = -1
+        self._pending = bytearray()
+        self._flush_scheduled = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._reattach_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.wakeups = 0
+
+    # ---- attach / detach -------------------------------------------------------
+
+    async def attach(self, timeout: float = 5.0) -> None:
+        """Attaches once. Raises OSError / TimeoutError / ring.RingError on failure."""
+        loop = self._loop
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, self.control_path), timeout)
+            sock.send(HELLO.pack(CTL_MAGIC, CTL_VERSION, self.worker, os.getpid(), 0))
+            readable = loop.create_future()
+            loop.add_reader(sock.fileno(), lambda: readable.done() or readable.set_result(None))
+            try:
+                await asyncio.wait_for(readable, timeout)
+            finally:
+                loop.remove_reader(sock.fileno())
+            data, fds, _flags, _addr = socket.recv_fds(sock, ATTACH.size, 2)
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            if len(data) != ATTACH.size or len(fds) != 2:
+                raise ConnectionError(f"bad attach reply ({len(data)} bytes, {len(fds)} fds)")
+            magic, version, worker, pid, status, epoch, _in_cap, _out_cap, in_name, out_name = ATTACH.unpack(data)
+            if magic != CTL_MAGIC or version != CTL_VERSION or worker != self.worker:
+                raise ConnectionError("attach reply of another protocol, version or worker")
+            if status != 0:
+                raise ConnectionError(f"engine refused attach: status {status}")
+            in_seg = Segment(in_name.rstrip(b"\0").decode(), epoch=epoch)
+            out_seg = Segment(out_name.rstrip(b"\0").decode(), epoch=epoch)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            sock.close()
+            raise
+        self._sock = sock
+        self._in_seg, self._out_seg = in_seg, out_seg
+        self.producer, self.consumer = Producer(in_seg), Consumer(out_seg)
+        self._engine_bell, self._worker_bell = fds
+        os.set_blocking(self._engine_bell, False)
+        os.set_blocking(self._worker_bell, False)
+        self.epoch, self.engine_pid = epoch, pid
+        loop.add_reader(self._worker_bell, self._on_doorbell)
+        loop.add_reader(sock.fileno(), self._on_control)
+        self.attached = True
+        log.info("= attached to engine pid %d epoch %d (worker %d)", pid, epoch, self.worker)
+        self.on_state(True)
+        self._schedule_flush()
+        self._drain()  # records the engine queued before we watched the doorbell
+
+    async def attach_forever(self, interval: float = 0.2) -> None:
+        """Attaches, retrying until it succeeds or the link is closed."""
+        warned = False
+        while not self._closed and not self.attached:
+            try:
+                await self.attach()
+                return
+            except (OSError, TimeoutError, ConnectionError, ring.RingError) as e:
+                if not warned:
+                    log.warning("! engine not reachable at %s (%s); retrying", self.control_path, e)
+                    warned = True
+                await asyncio.sleep(interval)
+
+    def _detach(self) -> None:
+        if not self.attached:
+            return
+        self.attached = False
+        loop = self._loop
+        with contextlib.suppress(Exception):
+            loop.remove_reader(self._worker_bell)
+        if self._sock is not None:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        for fd in (self._engine_bell, self._worker_bell):
+            if fd >= 0:
+                os.close(fd)
+        self._engine_bell = self._worker_bell = -1
+        self.producer = self.consumer = None
+        for seg in (self._in_seg, self._out_seg):
+            if seg is not None:
+                seg.close()
+        self._in_seg = self._out_seg = None
+        log.warning("! engine detached")
+        self.on_state(False)
+
+    def _on_control(self) -> None:
+        try:
+            data = self._sock.recv(256) if self._sock else b""
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # EOF: the engine is gone
+            self._detach()
+            if not self._closed:
+                self._reattach_task = self._loop.create_task(self.attach_forever())
+
+    def close(self) -> None:
+        self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+        if self._reattach_task is not None:
+            self._reattach_task.cancel()
+        self._detach()
+
+    # ---- inbound: apps -> engine --------------------------------------------------
+
+    def publish(self, type_: int, body: bytes) -> None:
+        """Queues one record for the engine; it is written at the end of this loop turn.
+
+        Raises:
+            EngineUnavailable: no engine attached, or the backlog is over its limit.
+        """
+        if not self.attached:
+            raise EngineUnavailable("engine not attached")
+        if len(self._pending) > MAX_PENDING_BYTES:
+            raise EngineUnavailable("engine backlog full")
+        ring.frame(self._pending, type_, body)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._pending:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        p = self.producer
+        if p is None or not self._pending:
+            return
+        n, status = p.publish(self._pending)
+        if n:
+            del self._pending[:n]
+            if p.should_wake():
+                os.write(self._engine_bell, ONE)
+        if self._pending and self._retry is None:
+            # Full ring: retry soon; records stay in order and are never dropped.
+            if status == ring.TOO_LARGE:
+                log.error("! record over the ring's max size dropped")
+                self._pending.clear()
+                return
+            self._retry = self._loop.call_later(0.0005, self._retry_flush)
+
+    def _retry_flush(self) -> None:
+        self._retry = None
+        self._flush()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    # ---- outbound: engine -> apps -------------------------------------------------
+
+    def _on_doorbell(self) -> None:
+        self.wakeups += 1
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._worker_bell, 8)
+        c = self.consumer
+        if c is not None:
+            c.unpark()
+            self._drain()
+
+    def _drain(self) -> None:
+        c = self.consumer
+        while c is not None:
+            n = c.drain()
+            if n:
+                self.on_records(c, n)
+                c = self.consumer  # a handler may have detached us
+                continue
+            if c.park():
+                c.heartbeat(time.monotonic_ns())
+                return

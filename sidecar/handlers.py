@@ -1,0 +1,134 @@
+"""Validated client messages -> engine records (or local answers).
+
+The sidecar decides nothing about dispatch: each command becomes one ring
+record for the engine, carrying a correlation id when its outcome must be
+answered (`ack` / `error`). Only `ping` and admin subscriptions are answered
+here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from sidecar import records as R
+from sidecar.bridge import Bridge
+from sidecar.connections import Connection, now_ms
+from sidecar.engine_link import EngineLink, EngineUnavailable
+from sidecar.events import (
+    AdminSubscribe,
+    DriverLocation,
+    DriverStatus,
+    ErrorCode,
+    Nearby,
+    OrderAction,
+    Ping,
+    RideRequest,
+)
+from sidecar.protocol import Request
+from sidecar.stats import SidecarStats
+
+COMMANDS = {
+    "order_accept": R.Command.ACCEPT,
+    "order_reject": R.Command.REJECT,
+    "order_arrived": R.Command.ARRIVED,
+    "trip_start": R.Command.START,
+    "trip_complete": R.Command.COMPLETE,
+    "order_cancel": R.Command.CANCEL,
+}
+
+
+def idempotency_key(passenger_id: str, request_id: str | int | None) -> int:
+    """A stable 64-bit key for (passenger, request id); 0 when there is no id."""
+    if request_id is None:
+        return 0
+    digest = hashlib.blake2b(f"{passenger_id}\0{request_id!r}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
+
+
+class Handlers:
+    def __init__(self, link: EngineLink, bridge: Bridge, stats: SidecarStats) -> None:
+        self.link = link
+        self.bridge = bridge
+        self.stats = stats
+        self._by_type = {
+            DriverLocation: self._driver_location,
+            DriverStatus: self._driver_status,
+            RideRequest: self._ride_request,
+            OrderAction: self._order_action,
+            Nearby: self._nearby,
+            AdminSubscribe: self._admin_subscribe,
+            Ping: self._ping,
+        }
+
+    def handle(self, conn: Connection, req: Request) -> None:
+        try:
+            self._by_type[type(req.message)](conn, req)
+        except EngineUnavailable as e:
+            self.error(conn, ErrorCode.ENGINE_UNAVAILABLE, str(e), req.request_id)
+
+    def error(self, conn: Connection, code: ErrorCode, message: str, request_id: Any = None) -> None:
+        out: dict[str, Any] = {"type": "error", "code": code.value, "message": message, "ts": now_ms()}
+        if request_id is not None:
+            out["id"] = request_id
+        self.stats.errors_sent += 1
+        conn.send(out)
+
+    def _corr(self, conn: Connection, req: Request, always: bool = False) -> int:
+        if req.request_id is None and not always:
+            return 0
+        return self.bridge.expect_reply(conn, req.request_id)
+
+    def _publish(self, type_: int, body: bytes, corr: int) -> None:
+        try:
+            self.link.publish(type_, body)
+        except EngineUnavailable:
+            self.bridge.pending.pop(corr, None)
+            raise
+        self.stats.records_out += 1
+
+    def _driver_location(self, conn: Connection, req: Request) -> None:
+        m: DriverLocation = req.message  # type: ignore[assignment]
+        corr = self._corr(conn, req)
+        body = R.driver_location(conn.origin, time.monotonic_ns(), corr,
+                                 m.lat, m.lon, m.heading, m.speed_kmh, m.accuracy_m)
+        self._publish(R.T.IN_DRIVER_LOCATION, body, corr)
+
+    def _driver_status(self, conn: Connection, req: Request) -> None:
+        m: DriverStatus = req.message  # type: ignore[assignment]
+        corr = self._corr(conn, req)
+        body = R.driver_status(conn.origin, time.monotonic_ns(), corr, m.online)
+        self._publish(R.T.IN_DRIVER_STATUS, body, corr)
+
+    def _ride_request(self, conn: Connection, req: Request) -> None:
+        m: RideRequest = req.message  # type: ignore[assignment]
+        corr = self._corr(conn, req, always=True)
+        body = R.ride_request(conn.origin, time.monotonic_ns(), corr,
+                              idempotency_key(conn.app_id, req.request_id), m.pickup, m.dropoff)
+        self._publish(R.T.IN_RIDE_REQUEST, body, corr)
+
+    def _order_action(self, conn: Connection, req: Request) -> None:
+        m: OrderAction = req.message  # type: ignore[assignment]
+        corr = self._corr(conn, req, always=True)
+        body = R.order_command(conn.origin, time.monotonic_ns(), corr, m.order_id, COMMANDS[m.action], m.reason)
+        self._publish(R.T.IN_ORDER_COMMAND, body, corr)
+
+    def _nearby(self, conn: Connection, req: Request) -> None:
+        m: Nearby = req.message  # type: ignore[assignment]
+        corr = self._corr(conn, req)
+        body = R.nearby(conn.origin, time.monotonic_ns(), corr,
+                        m.lat if m.subscribe else 0.0, m.lon if m.subscribe else 0.0, m.radius_m, m.subscribe)
+        self._publish(R.T.IN_NEARBY, body, corr)
+
+    def _admin_subscribe(self, conn: Connection, req: Request) -> None:
+        m: AdminSubscribe = req.message  # type: ignore[assignment]
+        conn.topics = m.topics
+        if req.request_id is not None:
+            conn.send({"type": "ack", "id": req.request_id, "topics": sorted(m.topics), "ts": now_ms()})
+
+    def _ping(self, conn: Connection, req: Request) -> None:
+        out: dict[str, Any] = {"type": "pong", "ts": now_ms()}
+        if req.request_id is not None:
+            out["id"] = req.request_id
+        conn.send(out)

@@ -1,0 +1,208 @@
+"""Sans-I/O protocol: frames in, typed messages or typed errors out.
+
+Nothing here touches a socket or awaits. The server feeds each WebSocket
+data frame to a per-connection `Decoder` and sends what `encode()` returns;
+tests drive the same calls with bytes only.
+
+Flow for one inbound frame::
+
+    decoder.feed(binary, fin, payload) -> Request | None (fragment held)
+                                        raises ClientError (answer `error`)
+                                        raises MessageTooBig (close 1009)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import msgpack
+
+from sidecar.events import (
+    SCHEMAS,
+    BadFrame,
+    BadMessage,
+    ClientError,
+    ClientMessage,
+    Forbidden,
+    Role,
+    UnknownType,
+)
+
+MAX_MESSAGE_BYTES = 64 * 1024  # a ride_request is ~150 bytes; 64 KiB leaves room for admin tools
+MAX_REQUEST_ID_LEN = 64
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class Format(Enum):
+    JSON = "dgdo.v1.json"
+    MSGPACK = "dgdo.v1.msgpack"
+
+
+JSON, MSGPACK = Format.JSON, Format.MSGPACK
+
+
+class MessageTooBig(Exception):
+    """A message (all its fragments together) over the cap: close with 1009."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A validated client message and the request id to answer, if any."""
+
+    message: ClientMessage
+    request_id: str | int | None
+
+
+def _request_id(m: dict[str, Any]) -> str | int | None:
+    rid = m.get("id")
+    if rid is None:
+        return None
+    if isinstance(rid, bool) or not isinstance(rid, str | int):
+        raise BadMessage("id: must be a string or an integer")
+    if isinstance(rid, str) and not 0 < len(rid) <= MAX_REQUEST_ID_LEN:
+        raise BadMessage(f"id: 1 to {MAX_REQUEST_ID_LEN} characters")
+    if isinstance(rid, int) and not INT64_MIN <= rid <= INT64_MAX:
+        raise BadMessage("id: out of range")
+    return rid
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_payload(payload: bytes, binary: bool) -> dict[str, Any]:
+    """Decodes one whole message: text frames are JSON, binary frames msgpack.
+
+    Raises:
+        BadFrame: not decodable, or not a map at the top level.
+    """
+    try:
+        if binary:
+            obj = msgpack.unpackb(
+                payload, raw=False, strict_map_key=True, max_str_len=MAX_MESSAGE_BYTES,
+                max_bin_len=MAX_MESSAGE_BYTES, max_array_len=4096, max_map_len=256, max_ext_len=0,
+            )
+        else:
+            obj = json.loads(payload, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadFrame("nesting too deep") from None
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        kind = "msgpack" if binary else "JSON"
+        raise BadFrame(f"undecodable {kind}: {str(e)[:80]}") from None
+    if not isinstance(obj, dict):
+        raise BadFrame("a message must be a map with a 'type'")
+    return obj
+
+
+def parse_message(m: dict[str, Any], role: Role, conn_id: str) -> Request:
+    """Validates a decoded map for a connection of `role` with id `conn_id`.
+
+    Raises:
+        BadMessage, UnknownType, Forbidden: with the request id attached.
+    """
+    rid = None
+    try:
+        rid = _request_id(m)
+        mtype = m.get("type")
+        if not isinstance(mtype, str):
+            raise BadMessage("type: required, a string")
+        schema = SCHEMAS.get(mtype)
+        if schema is None:
+            raise UnknownType(f"type: unknown message type {mtype[:40]!r}")
+        cls, roles = schema
+        if role not in roles:
+            raise Forbidden(f"type: {mtype} is not allowed for a {role.value}")
+        return Request(cls.from_map(m, conn_id), rid)
+    except ClientError as e:
+        e.request_id = rid
+        raise
+
+
+class Decoder:
+    """Per-connection inbound state: reassembles fragments under the size cap.
+
+    picows hands over frames, not messages; a fragmented message counts
+    against the cap as it grows, so it is refused before it is buffered whole.
+    """
+
+    def __init__(self, role: Role, conn_id: str, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self.role = role
+        self.conn_id = conn_id
+        self.max_bytes = max_bytes
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._binary = False
+
+    def feed(self, binary: bool | None, fin: bool, payload: bytes) -> Request | None:
+        """Feeds one data frame.
+
+        Args:
+            binary: True for BINARY, False for TEXT, None for CONTINUATION.
+            fin: the frame's FIN bit.
+            payload: the frame's payload.
+        Returns:
+            The request when the message is complete, None while fragments arrive.
+        Raises:
+            MessageTooBig: the message exceeds the cap (close 1009).
+            ClientError: the message is invalid (answer with an `error`).
+        """
+        if binary is None:
+            if not self._parts:
+                raise BadFrame("continuation frame without a message to continue")
+        elif self._parts:
+            self._reset()
+            raise BadFrame("new message started before the previous one finished")
+        else:
+            self._binary = binary
+        self._size += len(payload)
+        if self._size > self.max_bytes:
+            self._reset()
+            raise MessageTooBig(f"message over {self.max_bytes} bytes")
+        if not fin:
+            self._parts.append(payload)
+            return None
+        if self._parts:
+            self._parts.append(payload)
+            payload = b"".join(self._parts)
+        is_binary = self._binary
+        self._reset()
+        return parse_message(parse_payload(payload, is_binary), self.role, self.conn_id)
+
+    def _reset(self) -> None:
+        self._parts = []
+        self._size = 0
+
+
+def _json_default(o: object) -> Any:
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _finite(m: dict[str, Any]) -> dict[str, Any]:
+    # JSON has no NaN: unknown optional numbers are left out, never sent as NaN.
+    return {k: v for k, v in m.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+_json_encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)
+
+
+def encode(message: dict[str, Any], fmt: Format) -> bytes:
+    """Encodes a server message for a connection's negotiated format."""
+    if fmt is JSON:
+        return _json_encoder.encode(message).encode()
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def clean(message: dict[str, Any]) -> dict[str, Any]:
+    """Drops NaN fields (unknown optional values) from a message before encoding."""
+    return _finite(message)
+
+
+def error_message(err: ClientError, ts_ms: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "error", "code": err.code.value, "message": err.message, "ts": ts_ms}
+    if err.request_id is not None:
+        out["id"] = err.request_id
+    return out

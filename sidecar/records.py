@@ -1,0 +1,195 @@
+"""The ring records of include/dgdo/events.h, packed and unpacked in Python.
+
+Each struct.Struct below mirrors one C struct byte for byte; at import the
+sizes are checked against what the C compiler laid out (through cffi), so
+the two languages cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from sidecar import ring
+
+ID_SIZE = 40
+
+
+class T(IntEnum):
+    """Record type ids (enum dgdo_event_type)."""
+
+    IN_SESSION_OPEN = 1
+    IN_SESSION_CLOSE = 2
+    IN_DRIVER_LOCATION = 3
+    IN_DRIVER_STATUS = 4
+    IN_RIDE_REQUEST = 5
+    IN_ORDER_COMMAND = 6
+    IN_NEARBY = 7
+    OUT_COMMAND_RESULT = 100
+    OUT_ORDER_UPDATE = 101
+    OUT_NEW_ORDER = 102
+    OUT_CANCEL_ORDER = 103
+    OUT_DRIVER_POSITION = 104
+    OUT_ESTIMATE_UPDATE = 105
+    OUT_NEARBY_DRIVERS = 106
+    OUT_ENGINE_STATS = 107
+
+
+class Role(IntEnum):
+    NONE = 0
+    DRIVER = 1
+    PASSENGER = 2
+    ADMIN = 3
+
+
+class Command(IntEnum):
+    ACCEPT = 1
+    REJECT = 2
+    ARRIVED = 3
+    START = 4
+    COMPLETE = 5
+    CANCEL = 6
+
+
+class OrderStatus(IntEnum):
+    SEARCHING = 1
+    ACCEPTED = 2
+    ARRIVING = 3
+    ARRIVED = 4
+    STARTED = 5
+    COMPLETED = 6
+    CANCELED = 7
+    NO_DRIVER = 8
+
+
+class Reason(IntEnum):
+    NONE = 0
+    PASSENGER_CANCELED = 1
+    DRIVER_CANCELED = 2
+    OFFER_EXPIRED = 3
+    OFFER_REJECTED = 4
+    NO_DRIVER = 5
+    DRIVER_OFFLINE = 6
+    DRIVER_DISCONNECTED = 7
+
+
+class Result(IntEnum):
+    OK = 0
+    CONFLICT = 1
+    NOT_FOUND = 2
+    FORBIDDEN = 3
+    BAD_MESSAGE = 4
+
+
+_META = "QQIHBx40s"  # dgdo_in_meta and dgdo_out_meta share one shape
+IN_SESSION = struct.Struct("<" + _META)
+IN_DRIVER_LOCATION = struct.Struct("<" + _META + "ddfff4x")
+IN_DRIVER_STATUS = struct.Struct("<" + _META + "B7x")
+IN_RIDE_REQUEST = struct.Struct("<" + _META + "Qdddd")
+IN_ORDER_COMMAND = struct.Struct("<" + _META + "QB7x64s")
+IN_NEARBY = struct.Struct("<" + _META + "dddB7x")
+
+OUT_META = struct.Struct("<" + _META)
+OUT_COMMAND_RESULT = struct.Struct("<" + _META + "QQB7x")
+OUT_ORDER_UPDATE = struct.Struct("<" + _META + "QBB6x40s40s")
+OUT_NEW_ORDER = struct.Struct("<" + _META + "Q40sddddddd")
+OUT_CANCEL_ORDER = struct.Struct("<" + _META + "QB7x")
+OUT_DRIVER_POSITION = struct.Struct("<" + _META + "Q40sddff8x")
+OUT_ESTIMATE_UPDATE = struct.Struct("<" + _META + "Qdd")
+OUT_NEARBY_HEAD = struct.Struct("<" + _META + "I4x")
+NEARBY_ENTRY = struct.Struct("<40sdd")
+OUT_ENGINE_STATS = struct.Struct("<" + _META + "III4xQQQQ")
+
+_C_NAMES = {
+    "dgdo_in_session": IN_SESSION,
+    "dgdo_in_driver_location": IN_DRIVER_LOCATION,
+    "dgdo_in_driver_status": IN_DRIVER_STATUS,
+    "dgdo_in_ride_request": IN_RIDE_REQUEST,
+    "dgdo_in_order_command": IN_ORDER_COMMAND,
+    "dgdo_in_nearby": IN_NEARBY,
+    "dgdo_out_meta": OUT_META,
+    "dgdo_out_command_result": OUT_COMMAND_RESULT,
+    "dgdo_out_order_update": OUT_ORDER_UPDATE,
+    "dgdo_out_new_order": OUT_NEW_ORDER,
+    "dgdo_out_cancel_order": OUT_CANCEL_ORDER,
+    "dgdo_out_driver_position": OUT_DRIVER_POSITION,
+    "dgdo_out_estimate_update": OUT_ESTIMATE_UPDATE,
+    "dgdo_nearby_entry": NEARBY_ENTRY,
+    "dgdo_out_engine_stats": OUT_ENGINE_STATS,
+}
+for _c_name, _s in _C_NAMES.items():
+    if _s.size != ring.sizeof(_c_name):
+        raise ImportError(f"{_c_name}: Python packs {_s.size} bytes, C lays out {ring.sizeof(_c_name)}")
+if OUT_NEARBY_HEAD.size != ring.offsetof("dgdo_out_nearby_drivers", "drivers"):
+    raise ImportError("dgdo_out_nearby_drivers header size differs between Python and C")
+
+NAN = math.nan
+
+
+def id_bytes(value: str) -> bytes:
+    """An id for a dgdo_id field (already validated: 1-36 ASCII chars)."""
+    return value.encode("ascii")
+
+
+def id_str(raw: bytes) -> str:
+    return raw.rstrip(b"\0").decode("ascii", "replace")
+
+
+@dataclass(slots=True)
+class Origin:
+    """Who sends an inbound record: the fixed part of dgdo_in_meta for one connection."""
+
+    conn: int
+    worker: int
+    role: Role
+    actor: bytes
+
+
+def session(origin: Origin, recv_ns: int) -> bytes:
+    return IN_SESSION.pack(recv_ns, 0, origin.conn, origin.worker, origin.role, origin.actor)
+
+
+def driver_location(
+    origin: Origin, recv_ns: int, corr: int, lat: float, lon: float,
+    heading: float = NAN, speed_kmh: float = NAN, accuracy_m: float = NAN,
+) -> bytes:
+    return IN_DRIVER_LOCATION.pack(
+        recv_ns, corr, origin.conn, origin.worker, origin.role, origin.actor,
+        lat, lon, heading, speed_kmh, accuracy_m,
+    )
+
+
+def driver_status(origin: Origin, recv_ns: int, corr: int, online: bool) -> bytes:
+    return IN_DRIVER_STATUS.pack(
+        recv_ns, corr, origin.conn, origin.worker, origin.role, origin.actor, 1 if online else 0
+    )
+
+
+def ride_request(
+    origin: Origin, recv_ns: int, corr: int, idem_key: int,
+    pickup: tuple[float, float], dropoff: tuple[float, float],
+) -> bytes:
+    return IN_RIDE_REQUEST.pack(
+        recv_ns, corr, origin.conn, origin.worker, origin.role, origin.actor,
+        idem_key, pickup[0], pickup[1], dropoff[0], dropoff[1],
+    )
+
+
+def order_command(
+    origin: Origin, recv_ns: int, corr: int, order_id: int, command: Command, reason: str = ""
+) -> bytes:
+    return IN_ORDER_COMMAND.pack(
+        recv_ns, corr, origin.conn, origin.worker, origin.role, origin.actor,
+        order_id, command, reason.encode("utf-8")[:64],
+    )
+
+
+def nearby(
+    origin: Origin, recv_ns: int, corr: int, lat: float, lon: float, radius_m: float, subscribe: bool
+) -> bytes:
+    return IN_NEARBY.pack(
+        recv_ns, corr, origin.conn, origin.worker, origin.role, origin.actor,
+        lat, lon, radius_m, 1 if subscribe else 0,
+    )

@@ -1,0 +1,217 @@
+"""The shared-memory ring (include/dgdo/ring.h) from Python, through cffi.
+
+A `Segment` maps one /dev/shm ring segment; a `Producer` or `Consumer` is
+this process's side of it. Both move batches: `Consumer.drain()` copies every
+committed record (up to a limit) into one reusable buffer with one C call, and
+`Producer.publish()` writes a buffer of pre-framed records with one C call.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sidecar.ring._dgdo_ring import ffi, lib
+
+HEADER_SIZE: int = lib.DGDO_RING_HEADER_SIZE
+RECORD_HEADER: int = lib.DGDO_RECORD_HEADER
+RECORD_ALIGN: int = lib.DGDO_RECORD_ALIGN
+PADDING: int = lib.DGDO_RING_PADDING
+
+OK: int = lib.DGDO_RING_OK
+FULL: int = lib.DGDO_RING_FULL
+TOO_LARGE: int = lib.DGDO_RING_TOO_LARGE
+
+STATUS_NAMES = {
+    lib.DGDO_RING_OK: "ok",
+    lib.DGDO_RING_FULL: "full",
+    lib.DGDO_RING_TOO_LARGE: "too large",
+    lib.DGDO_RING_BAD_MAGIC: "not a dgdo ring segment",
+    lib.DGDO_RING_BAD_VERSION: "ring layout version mismatch",
+    lib.DGDO_RING_BAD_CAPACITY: "bad capacity",
+    lib.DGDO_RING_BAD_SIZE: "segment smaller than its header says",
+    lib.DGDO_RING_BAD_EPOCH: "stale segment (epoch of another engine run)",
+}
+
+_FRAME = struct.Struct("<ii")
+
+
+class RingError(Exception):
+    """A segment that cannot be used: wrong magic, version, size or epoch."""
+
+    def __init__(self, status: int, where: str) -> None:
+        super().__init__(f"{where}: {STATUS_NAMES.get(status, status)}")
+        self.status = status
+
+
+def aligned(length: int) -> int:
+    """Bytes a record of `length` (header included) occupies in the ring."""
+    return (length + RECORD_ALIGN - 1) & ~(RECORD_ALIGN - 1)
+
+
+def frame(buf: bytearray, type_: int, body: bytes | bytearray | memoryview) -> None:
+    """Appends one record to `buf`, framed and padded as the ring frames it."""
+    length = RECORD_HEADER + len(body)
+    buf += _FRAME.pack(length, type_)
+    buf += body
+    pad = aligned(length) - length
+    if pad:
+        buf += b"\0" * pad
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    type: int
+    body: memoryview
+
+
+class Segment:
+    """One ring segment in /dev/shm, mapped read-write.
+
+    Args:
+        name: the shm name as shm_open takes it ("/dgdo.default.w1.out").
+        create_capacity: when given, create and format a new segment with
+            this data capacity (tests; the engine creates the real ones).
+        epoch: the engine run's epoch the segment must carry (0 = any).
+    Raises:
+        RingError: the segment is not a valid ring of this layout/epoch.
+        FileNotFoundError: no such segment.
+    """
+
+    def __init__(self, name: str, create_capacity: int | None = None, epoch: int = 0) -> None:
+        self.name = name
+        self.path = "/dev/shm/" + name.lstrip("/")
+        if create_capacity is not None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.ftruncate(fd, lib.dgdo_ring_segment_size(create_capacity))
+                self._map = mmap.mmap(fd, 0)
+            finally:
+                os.close(fd)
+            rc = lib.dgdo_ring_format(ffi.from_buffer(self._map), create_capacity, epoch)
+            if rc != OK:
+                self.close()
+                raise RingError(rc, name)
+        else:
+            fd = os.open(self.path, os.O_RDWR)
+            try:
+                self._map = mmap.mmap(fd, 0)
+            finally:
+                os.close(fd)
+        self.ptr = ffi.from_buffer(self._map)
+        rc = lib.dgdo_ring_check(self.ptr, len(self._map), epoch)
+        if rc != OK:
+            self.close()
+            raise RingError(rc, name)
+        self.epoch: int = lib.dgdo_py_epoch(self.ptr)
+        self.max_record: int = lib.dgdo_py_max_record(self.ptr)
+
+    def close(self) -> None:
+        self.ptr = None
+        m = getattr(self, "_map", None)
+        if m is not None:
+            try:
+                m.close()
+            except BufferError:
+                pass  # a cffi buffer still points at it; the OS unmaps at exit
+            self._map = None
+
+    def unlink(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class Producer:
+    """This process's producing side of a segment."""
+
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+        self._p = ffi.new("dgdo_ring_producer *")
+        lib.dgdo_ring_producer_init(self._p, segment.ptr, os.getpid())
+        self._status = ffi.new("int *")
+
+    def write(self, type_: int, body: bytes) -> int:
+        """Writes one record; returns OK, FULL or TOO_LARGE. Call should_wake() after a batch."""
+        return lib.dgdo_ring_write(self._p, type_, body, len(body))
+
+    def publish(self, framed: bytearray) -> tuple[int, int]:
+        """Writes records framed by `frame()` until one does not fit.
+
+        Returns:
+            (bytes consumed from `framed`, last status). The caller keeps the
+            unconsumed tail and retries it before anything newer.
+        """
+        n = lib.dgdo_py_publish(self._p, ffi.from_buffer(framed), len(framed), self._status)
+        return n, self._status[0]
+
+    def should_wake(self) -> bool:
+        """After committing: True when the consumer parked and we must ring its doorbell."""
+        return bool(lib.dgdo_ring_producer_should_wake(self._p))
+
+    def depth(self) -> int:
+        return lib.dgdo_py_depth(self._p)
+
+    def heartbeat(self, now_ns: int) -> None:
+        lib.dgdo_ring_producer_heartbeat(self._p, now_ns)
+
+
+class Consumer:
+    """This process's consuming side of a segment.
+
+    `drain()` returns records whose bodies are views into a buffer that the
+    next drain() overwrites: decode them before draining again.
+    """
+
+    def __init__(self, segment: Segment, buffer_size: int | None = None) -> None:
+        self.segment = segment
+        self._c = ffi.new("dgdo_ring_consumer *")
+        lib.dgdo_ring_consumer_init(self._c, segment.ptr, os.getpid())
+        # At least one maximal record must fit, or a drain could never progress.
+        size = max(buffer_size or 0, segment.max_record + RECORD_ALIGN, 64 * 1024)
+        self._buf = bytearray(size)
+        self._cbuf = ffi.from_buffer(self._buf)
+        self._view = memoryview(self._buf)
+
+    def drain(self, limit: int = 4096) -> int:
+        """Copies up to `limit` records into the buffer; returns the bytes copied."""
+        return lib.dgdo_ring_drain_copy(self._c, self._cbuf, len(self._buf), limit)
+
+    def records(self, nbytes: int) -> Iterator[Record]:
+        """Iterates the records of the last drain() that copied `nbytes`."""
+        view, off = self._view, 0
+        unpack = _FRAME.unpack_from
+        while off < nbytes:
+            length, type_ = unpack(view, off)
+            yield Record(type_, view[off + RECORD_HEADER : off + length])
+            off += aligned(length)
+
+    @property
+    def buffer(self) -> memoryview:
+        return self._view
+
+    def pending(self) -> bool:
+        return bool(lib.dgdo_ring_pending(self._c))
+
+    def park(self) -> bool:
+        """Announces sleep; False when a record arrived meanwhile (read instead)."""
+        return bool(lib.dgdo_ring_park(self._c))
+
+    def unpark(self) -> None:
+        lib.dgdo_ring_unpark(self._c)
+
+    def heartbeat(self, now_ns: int) -> None:
+        lib.dgdo_ring_consumer_heartbeat(self._c, now_ns)
+
+
+def sizeof(name: str) -> int:
+    """sizeof() of a struct in include/dgdo, as the C compiler laid it out."""
+    return lib.dgdo_py_sizeof(name.encode())
+
+
+def offsetof(type_name: str, field: str) -> int:
+    return lib.dgdo_py_offsetof(type_name.encode(), field.encode())

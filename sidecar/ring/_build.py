@@ -1,0 +1,131 @@
+"""cffi API-mode build of the ring: compiles include/dgdo/*.h as they are.
+
+The functions exposed here move whole batches, so Python pays one cffi call
+per wake-up (drain) or per event-loop turn (publish), never one per field.
+"""
+
+from pathlib import Path
+
+from cffi import FFI
+
+INCLUDE = Path(__file__).resolve().parents[2] / "include"
+
+CDEF = """
+typedef struct { ...; } dgdo_ring_header;
+typedef struct { ...; } dgdo_ring_producer;
+typedef struct { ...; } dgdo_ring_consumer;
+
+#define DGDO_RING_HEADER_SIZE ...
+#define DGDO_RING_TAIL_OFFSET ...
+#define DGDO_RING_HEAD_OFFSET ...
+#define DGDO_RING_PARKED_OFFSET ...
+#define DGDO_RING_PRODUCER_HB_OFFSET ...
+#define DGDO_RING_CONSUMER_HB_OFFSET ...
+#define DGDO_RECORD_HEADER ...
+#define DGDO_RECORD_ALIGN ...
+#define DGDO_RING_PADDING ...
+#define DGDO_RING_MIN_CAPACITY ...
+#define DGDO_CTL_MAGIC ...
+#define DGDO_CTL_VERSION ...
+
+enum dgdo_ring_status {
+    DGDO_RING_OK, DGDO_RING_FULL, DGDO_RING_TOO_LARGE, DGDO_RING_BAD_MAGIC,
+    DGDO_RING_BAD_VERSION, DGDO_RING_BAD_CAPACITY, DGDO_RING_BAD_SIZE, DGDO_RING_BAD_EPOCH
+};
+
+size_t dgdo_ring_segment_size(uint64_t capacity);
+int dgdo_ring_format(void *segment, uint64_t capacity, uint64_t epoch);
+int dgdo_ring_check(const void *segment, size_t mapped, uint64_t epoch);
+void dgdo_ring_producer_init(dgdo_ring_producer *p, void *segment, int32_t pid);
+void dgdo_ring_consumer_init(dgdo_ring_consumer *c, void *segment, int32_t pid);
+int dgdo_ring_write(dgdo_ring_producer *p, int32_t type, const void *body, uint32_t body_len);
+int dgdo_ring_producer_should_wake(dgdo_ring_producer *p);
+size_t dgdo_ring_drain_copy(dgdo_ring_consumer *c, uint8_t *out, size_t out_cap, uint32_t limit);
+int dgdo_ring_pending(dgdo_ring_consumer *c);
+int dgdo_ring_park(dgdo_ring_consumer *c);
+void dgdo_ring_unpark(dgdo_ring_consumer *c);
+void dgdo_ring_producer_heartbeat(dgdo_ring_producer *p, uint64_t now_ns);
+void dgdo_ring_consumer_heartbeat(dgdo_ring_consumer *c, uint64_t now_ns);
+
+uint64_t dgdo_py_depth(dgdo_ring_producer *p);
+uint64_t dgdo_py_epoch(const void *segment);
+uint32_t dgdo_py_max_record(const void *segment);
+size_t dgdo_py_publish(dgdo_ring_producer *p, const uint8_t *buf, size_t len, int *status);
+size_t dgdo_py_sizeof(const char *name);
+size_t dgdo_py_offsetof(const char *type_name, const char *field);
+"""
+
+SOURCE = r"""
+#include <string.h>
+#include "dgdo/ring.h"
+#include "dgdo/events.h"
+#include "dgdo/control.h"
+
+static uint64_t dgdo_py_depth(dgdo_ring_producer *p) { return dgdo_ring_depth(p->hdr); }
+static uint64_t dgdo_py_epoch(const void *segment) { return ((const dgdo_ring_header *)segment)->epoch; }
+static uint32_t dgdo_py_max_record(const void *segment) {
+    return ((const dgdo_ring_header *)segment)->max_record;
+}
+
+/*
+ * Publishes records framed as the ring frames them ({int32 length incl.
+ * header, int32 type, body} padded to 8) from one Python buffer. Stops at
+ * the first record that does not fit now; returns the bytes consumed from
+ * `buf` and the last dgdo_ring_status in *status.
+ */
+static size_t dgdo_py_publish(dgdo_ring_producer *p, const uint8_t *buf, size_t len, int *status) {
+    size_t off = 0;
+    *status = DGDO_RING_OK;
+    while (off + DGDO_RECORD_HEADER <= len) {
+        int32_t length, type;
+        memcpy(&length, buf + off + DGDO_RECORD_LENGTH_OFFSET, 4);
+        memcpy(&type, buf + off + DGDO_RECORD_TYPE_OFFSET, 4);
+        if (length < (int32_t)DGDO_RECORD_HEADER || off + (size_t)length > len) {
+            *status = DGDO_RING_BAD_SIZE;
+            break;
+        }
+        int rc = dgdo_ring_write(p, type, buf + off + DGDO_RECORD_BODY_OFFSET,
+                                 (uint32_t)length - DGDO_RECORD_HEADER);
+        if (rc != DGDO_RING_OK) { *status = rc; break; }
+        off += dgdo_record_aligned((uint32_t)length);
+    }
+    return off < len ? off : len;
+}
+
+#define DGDO_SIZE(T) if (!strcmp(name, #T)) return sizeof(T);
+static size_t dgdo_py_sizeof(const char *name) {
+    DGDO_SIZE(dgdo_ring_header) DGDO_SIZE(dgdo_in_meta) DGDO_SIZE(dgdo_out_meta)
+    DGDO_SIZE(dgdo_in_session) DGDO_SIZE(dgdo_in_driver_location) DGDO_SIZE(dgdo_in_driver_status)
+    DGDO_SIZE(dgdo_in_ride_request) DGDO_SIZE(dgdo_in_order_command) DGDO_SIZE(dgdo_in_nearby)
+    DGDO_SIZE(dgdo_out_command_result) DGDO_SIZE(dgdo_out_order_update) DGDO_SIZE(dgdo_out_new_order)
+    DGDO_SIZE(dgdo_out_cancel_order) DGDO_SIZE(dgdo_out_driver_position)
+    DGDO_SIZE(dgdo_out_estimate_update) DGDO_SIZE(dgdo_out_nearby_drivers)
+    DGDO_SIZE(dgdo_nearby_entry) DGDO_SIZE(dgdo_out_engine_stats)
+    DGDO_SIZE(dgdo_ctl_hello) DGDO_SIZE(dgdo_ctl_attach)
+    return 0;
+}
+
+#define DGDO_OFF(T, F) if (!strcmp(type_name, #T) && !strcmp(field, #F)) return offsetof(T, F);
+static size_t dgdo_py_offsetof(const char *type_name, const char *field) {
+    DGDO_OFF(dgdo_in_driver_location, pos) DGDO_OFF(dgdo_in_driver_location, heading)
+    DGDO_OFF(dgdo_in_ride_request, pickup) DGDO_OFF(dgdo_in_order_command, reason)
+    DGDO_OFF(dgdo_in_nearby, subscribe)
+    DGDO_OFF(dgdo_out_order_update, driver_id) DGDO_OFF(dgdo_out_order_update, passenger_id)
+    DGDO_OFF(dgdo_out_new_order, expires_in_s) DGDO_OFF(dgdo_out_driver_position, speed_kmh)
+    DGDO_OFF(dgdo_out_estimate_update, distance_m) DGDO_OFF(dgdo_out_nearby_drivers, drivers)
+    DGDO_OFF(dgdo_out_engine_stats, match_p99_ns) DGDO_OFF(dgdo_ctl_attach, out_name)
+    return (size_t)-1;
+}
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "sidecar.ring._dgdo_ring",
+    SOURCE,
+    include_dirs=[str(INCLUDE)],
+    extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)
