@@ -1,0 +1,422 @@
+#include "loop/event_loop.hpp"
+
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <string>
+
+#include "loop/control_server.hpp"
+
+namespace dgdo {
+
+namespace {
+
+// epoll keys: kind in the top byte, an attachment serial below.
+enum Kind : uint64_t { kListen = 1, kTimer, kSignal, kHello, kControl, kDoorbell };
+constexpr uint64_t key(Kind k, uint64_t serial = 0) { return (static_cast<uint64_t>(k) << 56) | serial; }
+constexpr Kind kind_of(uint64_t key) { return static_cast<Kind>(key >> 56); }
+constexpr uint64_t serial_of(uint64_t key) { return key & ((1ull << 56) - 1); }
+
+constexpr uint32_t kBatch = 256;     // records per ring per drain: bounds the time one worker holds the loop
+constexpr size_t kMatchWindow = 1024;
+
+uint64_t clock_ns(clockid_t id) {
+    timespec ts{};
+    clock_gettime(id, &ts);
+    return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+void close_fd(int& fd) {
+    if (fd >= 0) close(fd);
+    fd = -1;
+}
+
+void add_fd(int epoll_fd, int fd, uint64_t k) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = k;
+    if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) std::fprintf(stderr, "dgdo-engine: ! epoll add: %s\n", std::strerror(errno));
+}
+
+}  // namespace
+
+EventLoop::Worker::~Worker() {
+    close_fd(ctl_fd);
+    close_fd(engine_bell);
+    close_fd(worker_bell);
+}
+
+EventLoop::EventLoop(const Options& opt, uint64_t epoch) : opt_(opt), epoch_(epoch), core_(opt.core) {}
+
+EventLoop::~EventLoop() {
+    workers_.clear();  // unmaps and unlinks every segment
+    for (auto& [serial, fd] : hello_wait_) close(fd);
+    if (listen_fd_ >= 0) {
+        close_fd(listen_fd_);
+        unlink(opt_.control.c_str());
+    }
+    close_fd(timer_fd_);
+    close_fd(signal_fd_);
+    close_fd(epoll_fd_);
+}
+
+int EventLoop::init() {
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGTERM);
+    if (sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) return -errno;
+    signal(SIGPIPE, SIG_IGN);
+    signal_fd_ = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+    timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (signal_fd_ < 0 || epoll_fd_ < 0 || timer_fd_ < 0) return -errno;
+    itimerspec period{};
+    period.it_interval.tv_sec = static_cast<time_t>(opt_.tick_ms / 1000);
+    period.it_interval.tv_nsec = static_cast<long>((opt_.tick_ms % 1000) * 1000000);
+    period.it_value = period.it_interval;
+    if (timerfd_settime(timer_fd_, 0, &period, nullptr) != 0) return -errno;
+    listen_fd_ = listen_control(opt_.control);
+    if (listen_fd_ < 0) {
+        const int err = listen_fd_;
+        listen_fd_ = -1;
+        return err;
+    }
+    add_fd(epoll_fd_, listen_fd_, key(kListen));
+    add_fd(epoll_fd_, timer_fd_, key(kTimer));
+    add_fd(epoll_fd_, signal_fd_, key(kSignal));
+    match_ns_.reserve(kMatchWindow);
+    return 0;
+}
+
+int EventLoop::run() {
+    tick();  // the core's clock starts now, before any order can be timed
+    const uint64_t spin_ns = opt_.spin_us * 1000;
+    uint64_t busy_at = clock_ns(CLOCK_MONOTONIC);
+    epoll_event events[64];
+    while (!stop_) {
+        const size_t n = drain_all();
+        const uint64_t now = clock_ns(CLOCK_MONOTONIC);
+        if (n > 0) busy_at = now;
+        int timeout = 0;
+        bool parked = false;
+        if (n == 0 && now - busy_at >= spin_ns) {
+            if (!park_all()) continue;  // a record slipped in while parking
+            parked = true;
+            timeout = any_pending() ? 1 : -1;  // a full out ring has no doorbell back to us: poll it
+        }
+        const int k = epoll_wait(epoll_fd_, events, 64, timeout);
+        if (parked) unpark_all();
+        if (k < 0 && errno != EINTR) {
+            std::fprintf(stderr, "dgdo-engine: ! epoll_wait: %s\n", std::strerror(errno));
+            return 1;
+        }
+        for (int i = 0; i < k; ++i) handle(events[i]);
+        if (k > 0) busy_at = clock_ns(CLOCK_MONOTONIC);
+    }
+    std::fprintf(stderr, "dgdo-engine: x shutting down\n");
+    return 0;
+}
+
+void EventLoop::handle(const epoll_event& ev) {
+    const uint64_t k = ev.data.u64;
+    switch (kind_of(k)) {
+    case kListen: accept_all(); return;
+    case kTimer: {
+        uint64_t expirations;
+        if (read(timer_fd_, &expirations, sizeof expirations) > 0) tick();
+        return;
+    }
+    case kSignal: {
+        signalfd_siginfo si;
+        if (read(signal_fd_, &si, sizeof si) > 0) stop_ = true;
+        return;
+    }
+    case kHello: on_hello(serial_of(k)); return;
+    case kControl: {
+        Worker* w = by_serial(serial_of(k));
+        if (!w) return;  // a stale event for an attachment already replaced
+        char buf[64];
+        const ssize_t n = recv(w->ctl_fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) || (ev.events & (EPOLLHUP | EPOLLERR)))
+            detach(w->id, "control socket closed");
+        return;
+    }
+    case kDoorbell: {
+        Worker* w = by_serial(serial_of(k));
+        uint64_t v;
+        if (w && read(w->engine_bell, &v, sizeof v) < 0 && errno != EAGAIN)
+            std::fprintf(stderr, "dgdo-engine: ! doorbell read: %s\n", std::strerror(errno));
+        return;  // the next drain_all() reads the ring
+    }
+    }
+}
+
+void EventLoop::accept_all() {
+    for (;;) {
+        const int fd = accept_control(listen_fd_);
+        if (fd < 0) return;
+        const uint64_t serial = next_serial_++;
+        hello_wait_[serial] = fd;
+        add_fd(epoll_fd_, fd, key(kHello, serial));
+    }
+}
+
+void EventLoop::on_hello(uint64_t serial) {
+    auto it = hello_wait_.find(serial);
+    if (it == hello_wait_.end()) return;
+    const int fd = it->second;
+    dgdo_ctl_hello hello{};
+    const HelloRead r = recv_hello(fd, &hello);
+    if (r == HelloRead::Again) return;
+    hello_wait_.erase(it);
+    if (r == HelloRead::Ok) return attach(fd, hello.worker);
+    if (r == HelloRead::Bad) {
+        std::fprintf(stderr, "dgdo-engine: ! bad hello (magic/version), closing\n");
+        dgdo_ctl_attach nack{};
+        nack.magic = DGDO_CTL_MAGIC;
+        nack.version = DGDO_CTL_VERSION;
+        nack.pid = static_cast<int32_t>(getpid());
+        nack.status = -EPROTO;
+        send_attach(fd, nack, nullptr, 0);
+    }
+    close(fd);
+}
+
+void EventLoop::attach(int fd, uint16_t worker_id) {
+    if (workers_.count(worker_id)) detach(worker_id, "re-attached");
+    auto w = std::make_unique<Worker>();
+    w->id = worker_id;
+    w->serial = next_serial_++;
+    w->ctl_fd = fd;
+    dgdo_ctl_attach reply{};
+    reply.magic = DGDO_CTL_MAGIC;
+    reply.version = DGDO_CTL_VERSION;
+    reply.worker = worker_id;
+    reply.pid = static_cast<int32_t>(getpid());
+    reply.epoch = epoch_;
+    reply.in_capacity = opt_.ring_capacity;
+    reply.out_capacity = opt_.ring_capacity;
+    const std::string base = "/dgdo." + opt_.instance + ".w" + std::to_string(worker_id);
+    std::snprintf(reply.in_name, sizeof reply.in_name, "%s.in", base.c_str());
+    std::snprintf(reply.out_name, sizeof reply.out_name, "%s.out", base.c_str());
+    int status = w->in.create(reply.in_name, opt_.ring_capacity, epoch_);
+    if (status == 0) status = w->out.create(reply.out_name, opt_.ring_capacity, epoch_);
+    if (status == 0) {
+        w->engine_bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        w->worker_bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (w->engine_bell < 0 || w->worker_bell < 0) status = -errno;
+    }
+    reply.status = status;
+    if (status != 0) {
+        std::fprintf(stderr, "dgdo-engine: ! attach of worker %u failed: %d\n", worker_id, status);
+        send_attach(fd, reply, nullptr, 0);
+        return;  // ~Worker closes fd and unlinks what was created
+    }
+    dgdo_ring_consumer_init(&w->cons, w->in.base(), static_cast<int32_t>(getpid()));
+    dgdo_ring_producer_init(&w->prod, w->out.base(), static_cast<int32_t>(getpid()));
+    const int fds[2] = {w->engine_bell, w->worker_bell};
+    if (int rc = send_attach(fd, reply, fds, 2); rc != 0) {
+        std::fprintf(stderr, "dgdo-engine: ! attach reply to worker %u failed: %s\n", worker_id, std::strerror(-rc));
+        return;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = key(kControl, w->serial);
+    epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev);
+    add_fd(epoll_fd_, w->engine_bell, key(kDoorbell, w->serial));
+    std::fprintf(stderr, "dgdo-engine: = worker %u attached (%s, %s)\n", worker_id, reply.in_name, reply.out_name);
+    workers_[worker_id] = std::move(w);
+}
+
+void EventLoop::detach(uint16_t worker_id, const char* why) {
+    auto it = workers_.find(worker_id);
+    if (it == workers_.end()) return;
+    while (drain(*it->second) > 0) {
+    }  // what the worker sent before it went still counts
+    if (!it->second->pending.empty())
+        std::fprintf(stderr, "dgdo-engine: ! worker %u: %zu undelivered records dropped\n", worker_id,
+                     it->second->pending.size());
+    workers_.erase(it);
+    std::fprintf(stderr, "dgdo-engine: x worker %u detached: %s\n", worker_id, why);
+    apply(WorkerDetached{worker_id});
+    publish();
+}
+
+EventLoop::Worker* EventLoop::by_serial(uint64_t serial) {
+    for (auto& [id, w] : workers_)
+        if (w->serial == serial) return w.get();
+    return nullptr;
+}
+
+// ---- data path ---------------------------------------------------------------
+
+void EventLoop::on_record(void* ctx, int32_t type, const uint8_t* body, uint32_t len) {
+    auto* self = static_cast<EventLoop*>(ctx);
+    const auto ev = decode_inbound(type, body, len);
+    if (!ev) {
+        std::fprintf(stderr, "dgdo-engine: ! skipped inbound record type %d length %u\n", type, len);
+        return;
+    }
+    self->apply(*ev);
+}
+
+void EventLoop::apply(const InputEvent& ev) {
+    const size_t before = out_.size();
+    const uint64_t t0 = clock_ns(CLOCK_MONOTONIC);
+    core_.apply(ev, out_);
+    const bool offered = std::any_of(out_.begin() + static_cast<std::ptrdiff_t>(before), out_.end(),
+                                     [](const OutRecord& r) { return r.type == DGDO_OUT_NEW_ORDER; });
+    if (!offered) return;
+    const uint64_t took = clock_ns(CLOCK_MONOTONIC) - t0;
+    if (match_ns_.size() < kMatchWindow)
+        match_ns_.push_back(took);
+    else
+        match_ns_[match_next_++ % kMatchWindow] = took;
+}
+
+uint64_t EventLoop::match_p99() const {
+    if (match_ns_.empty()) return 0;
+    std::vector<uint64_t> v = match_ns_;
+    const size_t idx = (v.size() * 99) / 100;
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(idx), v.end());
+    return v[idx];
+}
+
+size_t EventLoop::drain(Worker& w) {
+    const uint32_t n = dgdo_ring_read(&w.cons, &EventLoop::on_record, this, kBatch);
+    publish();
+    return n;
+}
+
+size_t EventLoop::drain_all() {
+    size_t n = 0;
+    for (auto& [id, w] : workers_) {
+        flush_pending(*w);
+        n += drain(*w);
+    }
+    ring_doorbells();
+    return n;
+}
+
+void EventLoop::publish() {
+    if (out_.empty()) return;
+    const uint64_t mono = clock_ns(CLOCK_MONOTONIC);
+    const uint64_t real = clock_ns(CLOCK_REALTIME);
+    for (OutRecord& rec : out_) {
+        dgdo_out_meta meta;
+        std::memcpy(&meta, rec.body.data(), sizeof meta);
+        meta.commit_mono_ns = mono;
+        meta.commit_real_ns = real;
+        std::memcpy(rec.body.data(), &meta, sizeof meta);
+        if (rec.type == DGDO_OUT_ENGINE_STATS) {
+            const uint64_t p99 = match_p99();
+            std::memcpy(rec.body.data() + offsetof(dgdo_out_engine_stats, match_p99_ns), &p99, sizeof p99);
+        }
+        auto it = workers_.find(meta.to_worker);
+        if (meta.to_role == DGDO_ROLE_ADMIN && (meta.to_worker == 0 || it == workers_.end())) {
+            for (auto& [id, w] : workers_) deliver(*w, rec);
+        } else if (it != workers_.end()) {
+            deliver(*it->second, rec);
+        } else if (dropped_++ % 1000 == 0) {  // rate-limited: a gone worker can mean many of these
+            std::fprintf(stderr, "dgdo-engine: ! record type %d for gone worker %u dropped (%llu so far)\n", rec.type,
+                         meta.to_worker, static_cast<unsigned long long>(dropped_));
+        }
+    }
+    out_.clear();
+}
+
+void EventLoop::deliver(Worker& w, const OutRecord& rec) {
+    if (w.pending.empty()) {
+        const int rc = dgdo_ring_write(&w.prod, rec.type, rec.body.data(), static_cast<uint32_t>(rec.body.size()));
+        if (rc == DGDO_RING_OK) {
+            w.wrote = true;
+            return;
+        }
+        if (rc != DGDO_RING_FULL) {
+            std::fprintf(stderr, "dgdo-engine: ! record type %d not written: %d\n", rec.type, rc);
+            return;
+        }
+    }
+    // Behind a full ring: keep order. A newer position of the same order replaces a queued one.
+    if (rec.type == DGDO_OUT_DRIVER_POSITION && !w.pending.empty()) {
+        const size_t order_at = offsetof(dgdo_out_driver_position, order_id);
+        for (auto it = w.pending.rbegin(); it != w.pending.rend(); ++it) {
+            if (it->type == DGDO_OUT_DRIVER_POSITION &&
+                std::memcmp(it->body.data() + order_at, rec.body.data() + order_at, sizeof(uint64_t)) == 0 &&
+                std::memcmp(it->body.data() + 24, rec.body.data() + 24, sizeof(dgdo_id)) == 0) {
+                it->body = rec.body;
+                return;
+            }
+        }
+    }
+    w.pending.push_back(rec);
+}
+
+void EventLoop::flush_pending(Worker& w) {
+    while (!w.pending.empty()) {
+        const OutRecord& rec = w.pending.front();
+        const int rc = dgdo_ring_write(&w.prod, rec.type, rec.body.data(), static_cast<uint32_t>(rec.body.size()));
+        if (rc == DGDO_RING_FULL) break;
+        if (rc == DGDO_RING_OK) w.wrote = true;
+        w.pending.pop_front();
+    }
+}
+
+// Once per batch, and only for a consumer that said it sleeps.
+void EventLoop::ring_doorbells() {
+    for (auto& [id, w] : workers_) {
+        if (!w->wrote) continue;
+        w->wrote = false;
+        if (!dgdo_ring_producer_should_wake(&w->prod)) continue;
+        const uint64_t one = 1;
+        if (write(w->worker_bell, &one, sizeof one) < 0 && errno != EAGAIN)
+            std::fprintf(stderr, "dgdo-engine: ! worker %u doorbell: %s\n", id, std::strerror(errno));
+    }
+}
+
+bool EventLoop::park_all() {
+    for (auto& [id, w] : workers_) {
+        if (!dgdo_ring_park(&w->cons)) {
+            unpark_all();
+            return false;
+        }
+        w->parked = true;
+    }
+    return true;
+}
+
+void EventLoop::unpark_all() {
+    for (auto& [id, w] : workers_) {
+        if (w->parked) dgdo_ring_unpark(&w->cons);
+        w->parked = false;
+    }
+}
+
+bool EventLoop::any_pending() const {
+    for (const auto& [id, w] : workers_)
+        if (!w->pending.empty()) return true;
+    return false;
+}
+
+void EventLoop::tick() {
+    const uint64_t now = clock_ns(CLOCK_MONOTONIC);
+    for (auto& [id, w] : workers_) {
+        dgdo_ring_consumer_heartbeat(&w->cons, now);
+        dgdo_ring_producer_heartbeat(&w->prod, now);
+    }
+    apply(Tick{now});
+    publish();
+    ring_doorbells();
+}
+
+}  // namespace dgdo

@@ -1,0 +1,83 @@
+// The I/O loop around the core: rings in, core.apply, rings out, doorbells.
+// It makes no dispatch decision; it only moves bytes and time.
+#pragma once
+
+#include <sys/epoll.h>
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "core/core.hpp"
+#include "dgdo/ring.h"
+#include "loop/cli.hpp"
+#include "loop/shm_segment.hpp"
+
+namespace dgdo {
+
+class EventLoop {
+public:
+    EventLoop(const Options& opt, uint64_t epoch);
+    ~EventLoop();
+    EventLoop(const EventLoop&) = delete;
+    EventLoop& operator=(const EventLoop&) = delete;
+
+    // Listens and sets up epoll, the tick timer and the signal fd. 0 or -errno.
+    int init();
+    // Runs until SIGINT/SIGTERM; returns the exit code.
+    int run();
+
+private:
+    struct Worker {
+        uint16_t id = 0;
+        uint64_t serial = 0;  // epoll key; a re-attached worker gets a new one
+        int ctl_fd = -1;
+        int engine_bell = -1;  // the sidecar rings it when our "in" consumer is parked
+        int worker_bell = -1;  // we ring it when the worker's "out" consumer is parked
+        ShmSegment in, out;
+        dgdo_ring_consumer cons{};
+        dgdo_ring_producer prod{};
+        std::deque<OutRecord> pending;  // records the full "out" ring could not take yet, in order
+        bool wrote = false;
+        bool parked = false;
+        ~Worker();
+    };
+
+    void handle(const epoll_event& ev);
+    void accept_all();
+    void on_hello(uint64_t serial);
+    void attach(int fd, uint16_t worker_id);
+    void detach(uint16_t worker_id, const char* why);
+    size_t drain(Worker& w);
+    size_t drain_all();
+    void apply(const InputEvent& ev);
+    void publish();
+    void deliver(Worker& w, const OutRecord& rec);
+    void flush_pending(Worker& w);
+    void ring_doorbells();
+    bool park_all();
+    void unpark_all();
+    void tick();
+    bool any_pending() const;
+    uint64_t match_p99() const;
+    Worker* by_serial(uint64_t serial);
+
+    static void on_record(void* ctx, int32_t type, const uint8_t* body, uint32_t len);
+
+    const Options opt_;
+    const uint64_t epoch_;
+    Core core_;
+    std::vector<OutRecord> out_;
+    int epoll_fd_ = -1, listen_fd_ = -1, timer_fd_ = -1, signal_fd_ = -1;
+    bool stop_ = false;
+    uint64_t next_serial_ = 1;
+    std::map<uint16_t, std::unique_ptr<Worker>> workers_;
+    std::map<uint64_t, int> hello_wait_;  // serial -> accepted fd that has not said hello yet
+    std::vector<uint64_t> match_ns_;      // recent offer-decision times, for ENGINE_STATS
+    size_t match_next_ = 0;
+    uint64_t dropped_ = 0;
+};
+
+}  // namespace dgdo

@@ -1,0 +1,29 @@
+// dgdo-engine: parse the CLI, run the loop, clean up shm and the socket on exit.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+
+#include "loop/cli.hpp"
+#include "loop/event_loop.hpp"
+
+int main(int argc, char** argv) {
+    int code = 0;
+    const auto opt = dgdo::parse_cli(argc, argv, &code);
+    if (!opt) return code;
+
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    const uint64_t epoch = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+
+    dgdo::EventLoop loop(*opt, epoch);
+    if (const int rc = loop.init(); rc != 0) {
+        std::fprintf(stderr, "dgdo-engine: ! cannot start on %s: %s\n", opt->control.c_str(), std::strerror(-rc));
+        return 1;
+    }
+    std::printf("dgdo-engine ready control=%s pid=%d epoch=%llu\n", opt->control.c_str(), static_cast<int>(getpid()),
+                static_cast<unsigned long long>(epoch));
+    std::fflush(stdout);
+    return loop.run();
+}
