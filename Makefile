@@ -1,0 +1,47 @@
+# DG Do dispatch. The two commands: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+BUILD  := build/engine
+HOST   ?= 127.0.0.1
+PORT   ?= 8765
+DEMO   ?= 20
+
+.PHONY: all run test test-engine test-python deps engine venv lint bench-engine clean
+
+all: engine venv
+
+run: engine venv
+	$(BIN)/dgdo run --host $(HOST) --port $(PORT) --demo $(DEMO)
+
+test: engine venv
+	ctest --test-dir $(BUILD) --output-on-failure -j2
+	$(BIN)/python -m pytest
+
+test-engine: engine
+	ctest --test-dir $(BUILD) --output-on-failure -j2
+
+test-python: engine venv
+	$(BIN)/python -m pytest
+
+deps: build/.deps
+build/.deps: scripts/install-deps.sh
+	./scripts/install-deps.sh
+	@mkdir -p build && touch $@
+
+engine: deps
+	cmake -S engine -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BUILD) -j2
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: build/.deps pyproject.toml setup.py sidecar/ring/_build.py include/dgdo/ring.h include/dgdo/events.h include/dgdo/control.h
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+lint: venv
+	$(BIN)/ruff check sidecar tests bench
+
+clean:
+	rm -rf build $(VENV) sidecar/ring/_dgdo_ring*.so

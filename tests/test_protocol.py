@@ -1,0 +1,108 @@
+"""The sans-I/O protocol in bytes only: decode, validate, reassemble, encode."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import msgpack
+import pytest
+
+from sidecar import events as E
+from sidecar.protocol import JSON, MSGPACK, Decoder, MessageTooBig, encode
+
+
+def feed(m: object, role: E.Role = E.DRIVER, binary: bool = False, conn_id: str = "d1"):
+    data = msgpack.packb(m) if binary else json.dumps(m).encode()
+    return Decoder(role, conn_id).feed(binary, True, data)
+
+
+def test_driver_location_decodes_to_a_typed_message_with_its_request_id() -> None:
+    req = feed({"type": "driver_location", "lat": 38.56, "lon": 68.78, "heading": 90, "id": 7})
+    assert req.request_id == 7
+    assert isinstance(req.message, E.DriverLocation)
+    assert (req.message.lat, req.message.lon, req.message.heading) == (38.56, 68.78, 90.0)
+    assert math.isnan(req.message.speed_kmh)
+
+
+def test_msgpack_binary_frames_decode_the_same_as_json() -> None:
+    m = {"type": "ride_request", "id": "r1", "pickup": {"lat": 1, "lon": 2}, "dropoff": {"lat": 3, "lon": 4}}
+    a = feed(m, E.PASSENGER, binary=False, conn_id="p1")
+    b = feed(m, E.PASSENGER, binary=True, conn_id="p1")
+    assert a == b and a.message.pickup == (1.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("message", "error", "field"),
+    [
+        ({"type": "driver_location", "lat": 91, "lon": 0}, E.BadMessage, "lat"),
+        ({"type": "driver_location", "lat": "1", "lon": 0}, E.BadMessage, "lat"),
+        ({"type": "driver_location", "lat": True, "lon": 0}, E.BadMessage, "lat"),
+        ({"type": "driver_location", "lat": 1}, E.BadMessage, "lon"),
+        ({"type": "driver_location", "lat": 1, "lon": 2, "driver_id": "d2"}, E.Forbidden, "driver_id"),
+        ({"type": "driver_status", "status": "sleeping"}, E.BadMessage, "status"),
+        ({"type": "order_accept"}, E.BadMessage, "order_id"),
+        ({"type": "order_accept", "order_id": -1}, E.BadMessage, "order_id"),
+        ({"type": "order_accept", "order_id": 1.5}, E.BadMessage, "order_id"),
+        ({"type": "ride_request", "pickup": {}, "dropoff": {}}, E.Forbidden, "type"),
+        ({"type": "teleport"}, E.UnknownType, "type"),
+        ({"lat": 1}, E.BadMessage, "type"),
+        ({"type": "ping", "id": [1]}, E.BadMessage, "id"),
+        ({"type": "ping", "id": "x" * 65}, E.BadMessage, "id"),
+    ],
+)
+def test_invalid_fields_are_named_in_the_error(message: dict, error: type, field: str) -> None:
+    with pytest.raises(error) as exc:
+        feed(message)
+    assert exc.value.message.startswith(field)
+
+
+def test_error_keeps_the_request_id_so_the_client_can_match_it() -> None:
+    with pytest.raises(E.BadMessage) as exc:
+        feed({"type": "driver_location", "lat": 100, "lon": 0, "id": "abc"})
+    assert exc.value.request_id == "abc"
+
+
+@pytest.mark.parametrize("raw", [b"{", b"[1,2]", b"NaN", b'{"type": NaN}', b"\xff\xfe", b'"str"'])
+def test_undecodable_json_is_a_bad_frame(raw: bytes) -> None:
+    with pytest.raises(E.BadFrame):
+        Decoder(E.DRIVER, "d1").feed(False, True, raw)
+
+
+@pytest.mark.parametrize("raw", [b"\xc1", b"\x93\x01", msgpack.packb([1, 2]), b"\x81\xa1"])
+def test_undecodable_msgpack_is_a_bad_frame(raw: bytes) -> None:
+    with pytest.raises(E.BadFrame):
+        Decoder(E.DRIVER, "d1").feed(True, True, raw)
+
+
+def test_deep_nesting_is_a_bad_frame_not_a_crash() -> None:
+    raw = b'{"type":"ping","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises((E.BadFrame, MessageTooBig)):
+        Decoder(E.DRIVER, "d1", max_bytes=1 << 20).feed(False, True, raw)
+
+
+def test_fragments_reassemble_into_one_message() -> None:
+    d = Decoder(E.DRIVER, "d1")
+    raw = json.dumps({"type": "ping", "id": "frag"}).encode()
+    assert d.feed(False, False, raw[:5]) is None
+    assert d.feed(None, False, raw[5:9]) is None
+    req = d.feed(None, True, raw[9:])
+    assert req is not None and req.request_id == "frag"
+
+
+def test_fragments_count_against_the_size_cap() -> None:
+    d = Decoder(E.DRIVER, "d1", max_bytes=100)
+    assert d.feed(False, False, b"x" * 60) is None
+    with pytest.raises(MessageTooBig):
+        d.feed(None, False, b"x" * 60)
+
+
+def test_continuation_without_a_start_is_a_bad_frame() -> None:
+    with pytest.raises(E.BadFrame):
+        Decoder(E.DRIVER, "d1").feed(None, True, b"{}")
+
+
+def test_encode_matches_the_format() -> None:
+    m = {"type": "pong", "ts": 1}
+    assert encode(m, JSON) == b'{"type":"pong","ts":1}'
+    assert msgpack.unpackb(encode(m, MSGPACK)) == m
