@@ -345,8 +345,7 @@ void Core::on(const dgdo_in_order_command& e) {
         search_timers_.erase({o.search_deadline_ns, o.id});
         offer_timers_.erase({o.offer_deadline_ns, o.id});
         searching_.erase(o.id);
-        o.state = *next;
-        o.driver.clear();
+        o.state = *next;  // o.driver stays: the record of who held the order
         order_update(o, DGDO_ROLE_PASSENGER, o.passenger, DGDO_REASON_PASSENGER_CANCELED);
         if (!bound.empty()) {
             Driver& d = driver(bound);
