@@ -16,6 +16,7 @@ run: engine venv
 
 test: engine venv
 	ctest --test-dir $(BUILD) --output-on-failure -j2
+	$(BIN)/ruff check sidecar tests bench
 	$(BIN)/python -m pytest
 
 test-engine: engine
