@@ -1,1 +1,131 @@
-#include <gtest/gtest.h>
+// Passenger and driver cancels, and what a disconnecting driver does to its offer.
+#undef NDEBUG
+#include "core_harness.hpp"
+
+namespace dgdo::test {
+namespace {
+
+TEST(CoreCancel, PassengerCancelWhileSearchingEndsTheOrder) {
+    Harness h;
+    const uint64_t id = h.order_for("p1");
+    const auto out = h.passenger_cmd("p1", id, DGDO_CMD_CANCEL);
+    EXPECT_EQ(result_of(out), DGDO_RESULT_OK);
+    const auto upd = to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1");
+    ASSERT_EQ(upd.size(), 1u);
+    EXPECT_EQ(as<dgdo_out_order_update>(upd[0]).status, DGDO_ORDER_CANCELED);
+    EXPECT_EQ(as<dgdo_out_order_update>(upd[0]).reason, DGDO_REASON_PASSENGER_CANCELED);
+    EXPECT_EQ(h.state(id), OrderState::Canceled);
+    EXPECT_TRUE(of_type(h.tick(61), DGDO_OUT_ORDER_UPDATE).empty());  // no no_driver later
+}
+
+TEST(CoreCancel, PassengerCancelWhileOfferedWithdrawsTheOffer) {
+    Harness h;
+    h.online("d1", at(100));
+    const uint64_t id = h.order_for("p1");
+    const auto out = h.passenger_cmd("p1", id, DGDO_CMD_CANCEL);
+    const auto c = to_whom(out, DGDO_OUT_CANCEL_ORDER, DGDO_ROLE_DRIVER, "d1");
+    ASSERT_EQ(c.size(), 1u);
+    EXPECT_EQ(as<dgdo_out_cancel_order>(c[0]).reason, DGDO_REASON_PASSENGER_CANCELED);
+    EXPECT_TRUE(to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_DRIVER, "d1").empty());
+    EXPECT_EQ(h.core.find_driver("d1")->offer, 0u);
+    EXPECT_TRUE(of_type(h.tick(15), DGDO_OUT_CANCEL_ORDER).empty());  // the offer timer is gone too
+}
+
+TEST(CoreCancel, PassengerCancelAfterAcceptFreesTheDriver) {
+    Harness h;
+    h.online("d1", at(100));
+    const uint64_t id = h.order_for("p1");
+    h.driver_cmd("d1", id, DGDO_CMD_ACCEPT);
+    const auto out = h.passenger_cmd("p1", id, DGDO_CMD_CANCEL);
+    EXPECT_EQ(statuses_to(out, DGDO_ROLE_PASSENGER, "p1"), std::vector<uint8_t>{DGDO_ORDER_CANCELED});
+    EXPECT_EQ(statuses_to(out, DGDO_ROLE_DRIVER, "d1"), std::vector<uint8_t>{DGDO_ORDER_CANCELED});
+    EXPECT_EQ(to_whom(out, DGDO_OUT_CANCEL_ORDER, DGDO_ROLE_DRIVER, "d1").size(), 1u);
+    EXPECT_EQ(h.core.find_driver("d1")->trip, 0u);
+    const uint64_t next = h.order_for("p2");
+    EXPECT_EQ(h.core.find_order(next)->driver, "d1");
+}
+
+TEST(CoreCancel, PassengerCannotCancelAStartedTrip) {
+    Harness h;
+    h.online("d1", at(100));
+    const uint64_t id = h.order_for("p1");
+    h.driver_cmd("d1", id, DGDO_CMD_ACCEPT);
+    h.driver_cmd("d1", id, DGDO_CMD_ARRIVED);
+    h.driver_cmd("d1", id, DGDO_CMD_START);
+    EXPECT_EQ(result_of(h.passenger_cmd("p1", id, DGDO_CMD_CANCEL)), DGDO_RESULT_CONFLICT);
+    EXPECT_EQ(h.state(id), OrderState::Started);
+}
+
+TEST(CoreCancel, DriverCancelAfterAcceptPutsTheOrderBackIntoSearchWithoutThatDriver) {
+    Harness h;
+    h.online("d1", at(100));
+    h.online("d2", at(1500));
+    const uint64_t id = h.order_for("p1");
+    h.driver_cmd("d1", id, DGDO_CMD_ACCEPT);
+    const auto out = h.driver_cmd("d1", id, DGDO_CMD_CANCEL);
+    EXPECT_EQ(result_of(out), DGDO_RESULT_OK);
+    const auto upd = to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1");
+    ASSERT_EQ(upd.size(), 1u);
+    EXPECT_EQ(as<dgdo_out_order_update>(upd[0]).status, DGDO_ORDER_SEARCHING);
+    EXPECT_EQ(as<dgdo_out_order_update>(upd[0]).reason, DGDO_REASON_DRIVER_CANCELED);
+    const auto c = to_whom(out, DGDO_OUT_CANCEL_ORDER, DGDO_ROLE_DRIVER, "d1");
+    ASSERT_EQ(c.size(), 1u);
+    EXPECT_EQ(as<dgdo_out_cancel_order>(c[0]).reason, DGDO_REASON_DRIVER_CANCELED);
+    EXPECT_EQ(offered_to(out, "d2"), id);
+    EXPECT_EQ(h.core.find_driver("d1")->trip, 0u);
+    EXPECT_TRUE(h.core.find_order(id)->tried.count("d1"));
+}
+
+TEST(CoreCancel, DisconnectedDriversOfferIsReofferedAfterTheGracePeriod) {
+    Harness h;
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 5);
+    h.online("d1", at(100));
+    h.online("d2", at(700));
+    const uint64_t id = h.order_for("p1");
+    h.session(false, DGDO_ROLE_DRIVER, "d1", 1, 5);
+    EXPECT_TRUE(of_type(h.tick(9.9), DGDO_OUT_NEW_ORDER).empty());
+    const auto out = h.tick(0.1);
+    const auto c = to_whom(out, DGDO_OUT_CANCEL_ORDER, DGDO_ROLE_DRIVER, "d1");
+    ASSERT_EQ(c.size(), 1u);
+    EXPECT_EQ(as<dgdo_out_cancel_order>(c[0]).reason, DGDO_REASON_DRIVER_DISCONNECTED);
+    EXPECT_EQ(offered_to(out, "d2"), id);
+    EXPECT_FALSE(h.core.find_driver("d1")->online);
+}
+
+TEST(CoreCancel, DriverThatReconnectsWithinGraceKeepsItsOffer) {
+    Harness h;
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 5);
+    h.online("d1", at(100));
+    h.online("d2", at(700));
+    const uint64_t id = h.order_for("p1");
+    h.session(false, DGDO_ROLE_DRIVER, "d1", 1, 5);
+    h.tick(5);
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 2, 9);
+    EXPECT_TRUE(of_type(h.tick(6), DGDO_OUT_CANCEL_ORDER).empty());
+    EXPECT_EQ(result_of(h.driver_cmd("d1", id, DGDO_CMD_ACCEPT)), DGDO_RESULT_OK);
+}
+
+TEST(CoreCancel, StaleCloseOfAReplacedConnectionIsIgnored) {
+    Harness h;
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 5);
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 6);  // a second connection replaces the first
+    h.session(false, DGDO_ROLE_DRIVER, "d1", 1, 5);
+    EXPECT_TRUE(h.core.find_driver("d1")->connected);
+}
+
+TEST(CoreCancel, DetachedWorkerDisconnectsItsDrivers) {
+    Harness h;
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 3, 5);
+    h.session(true, DGDO_ROLE_DRIVER, "d2", 4, 5);
+    h.online("d1", at(100));
+    h.online("d2", at(100));
+    h.step(WorkerDetached{3});
+    EXPECT_FALSE(h.core.find_driver("d1")->connected);
+    EXPECT_TRUE(h.core.find_driver("d2")->connected);
+    h.tick(10);
+    EXPECT_FALSE(h.core.find_driver("d1")->online);
+    EXPECT_TRUE(h.core.find_driver("d2")->online);
+}
+
+}  // namespace
+}  // namespace dgdo::test
