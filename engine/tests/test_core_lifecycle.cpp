@@ -178,6 +178,17 @@ TEST(CoreLifecycle, RecordsAreAddressedToTheRecipientsWorker) {
     EXPECT_EQ(offer.meta.to_conn, 0u);  // routed by role + id
 }
 
+TEST(CoreLifecycle, WithoutASessionRecordsGoToTheWorkerTheActorLastSpokeThrough) {
+    Harness h;
+    dgdo_in_ride_request e;
+    std::memset(&e, 0, sizeof e);
+    e.meta = h.meta(DGDO_ROLE_PASSENGER, "p1", 4, 1);
+    e.pickup = kCenter;
+    e.dropoff = at(1000);
+    const auto out = h.step(e);
+    EXPECT_EQ(as<dgdo_out_order_update>(of_type(out, DGDO_OUT_ORDER_UPDATE).at(0)).meta.to_worker, 4u);
+}
+
 TEST(CoreLifecycle, InboundRecordOfTheWrongLengthIsNotDecoded) {
     dgdo_in_driver_status s;
     std::memset(&s, 0, sizeof s);

@@ -77,7 +77,16 @@ Core::Core(Config cfg, std::unique_ptr<DriverIndex> index)
 
 void Core::apply(const InputEvent& ev, std::vector<OutRecord>& out) {
     out_ = &out;
-    std::visit([this](const auto& e) { on(e); }, ev);
+    std::visit(
+        [this](const auto& e) {
+            using T = std::decay_t<decltype(e)>;
+            if constexpr (std::is_same_v<T, SessionOpen> || std::is_same_v<T, SessionClose>) {
+            } else if constexpr (requires { e.meta; }) {
+                learn_route(e.meta);
+            }
+            on(e);
+        },
+        ev);
     out_ = nullptr;
 }
 
@@ -164,6 +173,15 @@ void Core::on(const WorkerDetached& e) {
     for (const auto& [key, s] : sessions_)
         if (s.open && s.worker == e.worker) gone.push_back(key);
     for (const auto& key : gone) close_session(key);
+}
+
+// Without an open session, the worker a command came through is the best route back.
+void Core::learn_route(const dgdo_in_meta& m) {
+    if (m.role != DGDO_ROLE_DRIVER && m.role != DGDO_ROLE_PASSENGER) return;
+    const auto id = parse_id(m.actor);
+    if (!id) return;
+    Session& s = sessions_[{m.role, *id}];
+    if (!s.open) s.worker = m.worker;
 }
 
 void Core::close_session(const SessionKey& key) {

@@ -124,6 +124,7 @@ private:
     Driver& driver(const std::string& id);
     bool available(const Driver& d) const;
     void set_online(Driver& d, bool online);
+    void learn_route(const dgdo_in_meta& m);
     void close_session(const SessionKey& key);
     void try_offer(Order& o);
     void dispatch_waiting();
