@@ -118,7 +118,7 @@ class Bridge:
         return commit_real_ns // 1_000_000
 
     def _command_result(self, body: memoryview) -> None:
-        (_m, real, to_conn, _w, _r, _id, corr, order_id, status) = R.OUT_COMMAND_RESULT.unpack(body)
+        (_m, real, _to_conn, _w, _r, _id, corr, order_id, status) = R.OUT_COMMAND_RESULT.unpack(body)
         p = self.pending.pop(corr, None)
         if p is None:
             return

@@ -10,6 +10,7 @@ tells the engine when a session opens and closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -83,10 +84,8 @@ class App:
             self.bridge.fail_pending(ErrorCode.ENGINE_UNAVAILABLE, "engine restarted; retry the command")
 
     def _publish_session(self, conn: Connection, type_: int) -> None:
-        try:
+        with contextlib.suppress(EngineUnavailable):  # re-announced on attach
             self.link.publish(type_, R.session(conn.origin, time.monotonic_ns()))
-        except EngineUnavailable:
-            pass  # re-announced on attach
 
     # ---- handshake --------------------------------------------------------------
 

@@ -30,7 +30,7 @@ class LatencyWindow:
             return [0 for _ in ps]
         s = sorted(self._samples)
         n = len(s)
-        return [s[min(n - 1, max(0, int(round(p / 100.0 * n + 0.5)) - 1))] for p in ps]
+        return [s[min(n - 1, max(0, round(p / 100.0 * n + 0.5) - 1))] for p in ps]
 
     def __len__(self) -> int:
         return len(self._samples)

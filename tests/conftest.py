@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -42,10 +43,8 @@ def ringpeer_bin() -> Path:
 def shm_name() -> Iterator[str]:
     name = f"/dgdo-test-{uuid.uuid4().hex[:12]}"
     yield name
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink("/dev/shm" + name)
-    except FileNotFoundError:
-        pass
 
 
 class LineReader:

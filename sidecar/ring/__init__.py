@@ -8,6 +8,7 @@ committed record (up to a limit) into one reusable buffer with one C call, and
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -113,17 +114,13 @@ class Segment:
         self.ptr = None
         m = getattr(self, "_map", None)
         if m is not None:
-            try:
+            with contextlib.suppress(BufferError):  # a cffi buffer still points at it; unmapped at exit
                 m.close()
-            except BufferError:
-                pass  # a cffi buffer still points at it; the OS unmaps at exit
             self._map = None
 
     def unlink(self) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
 
 class Producer:
