@@ -22,6 +22,10 @@ std::unique_ptr<Setup> order_in(OrderState target) {
     case OrderState::Searching: h.driver_cmd("d1", s->id, DGDO_CMD_REJECT); break;  // d1 becomes a former driver
     case OrderState::Offered: break;
     case OrderState::Accepted: h.driver_cmd("d1", s->id, DGDO_CMD_ACCEPT); break;
+    case OrderState::Arriving:
+        h.driver_cmd("d1", s->id, DGDO_CMD_ACCEPT);
+        h.location("d1", at(90));  // the first position after the accept
+        break;
     case OrderState::Arrived:
         h.driver_cmd("d1", s->id, DGDO_CMD_ACCEPT);
         h.driver_cmd("d1", s->id, DGDO_CMD_ARRIVED);
@@ -60,9 +64,9 @@ Snapshot snap(const Setup& s) {
     return Snapshot{o->state, o->driver, o->tried.size(), d->offer, d->trip};
 }
 
-const OrderState kAll[] = {OrderState::Searching, OrderState::Offered,   OrderState::Accepted,
-                           OrderState::Arrived,   OrderState::Started,   OrderState::Completed,
-                           OrderState::Canceled,  OrderState::NoDriver};
+const OrderState kAll[] = {OrderState::Searching, OrderState::Offered,  OrderState::Accepted,
+                           OrderState::Arriving,  OrderState::Arrived,  OrderState::Started,
+                           OrderState::Completed, OrderState::Canceled, OrderState::NoDriver};
 
 TEST(CoreTransitions, EveryCommandNotInTheTableIsConflictAndChangesNothing) {
     int checked = 0;

@@ -1,8 +1,16 @@
-// Dispatch tunables. Seconds and metres as the CLI takes them; the core
+// Dispatch tunables. Seconds and metres as the CLI and the config file take
+// them (the key is the flag without "--", '-' or '_' alike); the core
 // converts to nanoseconds once.
 #pragma once
 
+#include <cstdint>
+
 namespace dgdo {
+
+enum class Matching : uint8_t {
+    Greedy,   // each order is offered to its nearest available driver at once
+    Batched,  // orders wait up to batch_window_s; one min-cost assignment per window
+};
 
 struct Config {
     double offer_timeout_s = 15.0;     // a driver's time to accept an offer
@@ -18,6 +26,12 @@ struct Config {
     double stats_interval_s = 1.0;     // ENGINE_STATS cadence
     double nearby_max_radius_m = 5000.0;
     double nearby_default_radius_m = 2000.0;  // when a subscribe gives radius 0
+    Matching matching = Matching::Greedy;
+    double batch_window_s = 2.0;       // batched mode: how long requests collect
+    uint32_t batch_candidates = 8;     // batched mode: nearest drivers considered per order
+    double retention_s = 3600.0;       // finished orders (and their idempotency keys) are forgotten after this
+    double cell_m = 250.0;             // grid index cell edge
+    double ref_lat = 38.56;            // latitude where cells are cell_m wide (Dushanbe)
 };
 
 }  // namespace dgdo

@@ -1,10 +1,12 @@
 #include "core/core.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
 
 #include "core/geo.hpp"
+#include "core/hungarian.hpp"
 
 namespace dgdo {
 
@@ -73,7 +75,7 @@ std::optional<InputEvent> decode_inbound(int32_t type, const uint8_t* body, uint
 }
 
 Core::Core(Config cfg, std::unique_ptr<DriverIndex> index)
-    : cfg_(cfg), index_(index ? std::move(index) : std::make_unique<LinearIndex>()) {}
+    : cfg_(cfg), index_(index ? std::move(index) : std::make_unique<GridIndex>(cfg.cell_m, cfg.ref_lat)) {}
 
 void Core::apply(const InputEvent& ev, std::vector<OutRecord>& out) {
     out_ = &out;
@@ -225,6 +227,13 @@ void Core::on(const dgdo_in_driver_location& e) {
     d.heading = e.heading;
     d.speed_kmh = e.speed_kmh;
     if (d.online) index_->upsert(d.id, d.pos);
+    if (d.trip != 0) {
+        Order& o = orders_.at(d.trip);
+        if (o.state == OrderState::Accepted) {  // on the way: the passenger hears it before the position
+            o.state = OrderState::Arriving;
+            update_both(o);
+        }
+    }
     track(d);
 }
 
@@ -247,7 +256,7 @@ void Core::track(const Driver& d) {
     auto est = blank<dgdo_out_estimate_update>();
     est.meta = to(DGDO_ROLE_PASSENGER, o.passenger);
     est.order_id = o.id;
-    if (o.state == OrderState::Accepted) {
+    if (o.state == OrderState::Accepted || o.state == OrderState::Arriving) {
         est.distance_m = haversine_m(d.pos, o.pickup);
         est.eta_s = drive_s(est.distance_m, cfg_.detour, cfg_.speed_kmh) + cfg_.pickup_overhead_s;
     } else {
@@ -296,6 +305,7 @@ void Core::on(const dgdo_in_ride_request& e) {
     o.pickup = e.pickup;
     o.dropoff = e.dropoff;
     o.created_ns = now_;
+    o.idem_key = e.idem_key;
     if (e.idem_key != 0) idem_[{passenger, e.idem_key}] = id;
     ++counters_.orders_created;
     reply(e.meta, DGDO_RESULT_OK, id);
@@ -349,6 +359,7 @@ void Core::on(const dgdo_in_order_command& e) {
     case DGDO_CMD_COMPLETE: {
         driver(o.driver).trip = 0;
         o.state = *next;
+        finish(o);
         ++counters_.orders_completed;
         update_both(o);
         dispatch_waiting();
@@ -364,6 +375,7 @@ void Core::on(const dgdo_in_order_command& e) {
         offer_timers_.erase({o.offer_deadline_ns, o.id});
         searching_.erase(o.id);
         o.state = *next;  // o.driver stays: the record of who held the order
+        finish(o);
         order_update(o, DGDO_ROLE_PASSENGER, o.passenger, DGDO_REASON_PASSENGER_CANCELED);
         if (!bound.empty()) {
             Driver& d = driver(bound);
@@ -414,29 +426,112 @@ void Core::withdraw_offer(Order& o, uint8_t reason) {
     searching_.insert(o.id);
 }
 
+bool Core::eligible_for(const Order& o, const std::string& driver_id) const {
+    auto it = drivers_.find(driver_id);
+    return it != drivers_.end() && available(it->second) && !o.tried.count(driver_id);
+}
+
 void Core::try_offer(Order& o) {
     if (o.state != OrderState::Searching) return;
-    auto eligible = [this, &o](const std::string& id) {
-        auto it = drivers_.find(id);
-        return it != drivers_.end() && available(it->second) && !o.tried.count(id);
-    };
+    if (cfg_.matching == Matching::Batched) return arm_batch();
+    auto eligible = [this, &o](const std::string& id) { return eligible_for(o, id); };
     auto c = index_->nearest(o.pickup, cfg_.radius_m, eligible);
     if (!c) c = index_->nearest(o.pickup, cfg_.wide_radius_m, eligible);
-    if (!c) return;
-    Driver& d = driver(c->id);
+    if (c) make_offer(o, *c);
+}
+
+void Core::make_offer(Order& o, const Candidate& c) {
+    Driver& d = driver(c.id);
     d.offer = o.id;
     o.state = OrderState::Offered;
     o.driver = d.id;
     o.offer_deadline_ns = now_ + ns(cfg_.offer_timeout_s);
     offer_timers_.insert({o.offer_deadline_ns, o.id});
     searching_.erase(o.id);
-    new_order(o, *c);
+    new_order(o, c);
 }
 
 // Oldest order first: ids grow with arrival.
 void Core::dispatch_waiting() {
+    if (cfg_.matching == Matching::Batched) {
+        if (!searching_.empty()) arm_batch();
+        return;
+    }
     std::vector<uint64_t> ids(searching_.begin(), searching_.end());
     for (uint64_t id : ids) try_offer(orders_.at(id));
+}
+
+void Core::arm_batch() {
+    if (batch_due_ns_ == 0) batch_due_ns_ = now_ + ns(cfg_.batch_window_s);
+}
+
+// One min-cost assignment over every waiting order and its nearest available
+// drivers. Rows are orders (by id), columns drivers (by id): the same state
+// always gives the same offers.
+void Core::run_batch() {
+    batch_due_ns_ = 0;
+    struct Row {
+        uint64_t order;
+        std::vector<Candidate> cands;
+    };
+    std::vector<Row> rows;
+    std::map<std::string, int> cols;  // driver id -> column, in id order
+    for (uint64_t id : searching_) {
+        const Order& o = orders_.at(id);
+        auto eligible = [this, &o](const std::string& d) { return eligible_for(o, d); };
+        auto c = index_->nearest_k(o.pickup, cfg_.radius_m, cfg_.batch_candidates, eligible);
+        if (c.empty()) c = index_->nearest_k(o.pickup, cfg_.wide_radius_m, cfg_.batch_candidates, eligible);
+        if (c.empty()) continue;
+        for (const auto& cand : c) cols.emplace(cand.id, 0);
+        rows.push_back(Row{id, std::move(c)});
+    }
+    if (!rows.empty()) {
+        int next = 0;
+        for (auto& [id, col] : cols) col = next++;
+        const int n = static_cast<int>(rows.size());
+        const int m = std::max(n, static_cast<int>(cols.size()));  // dummy columns when drivers are short
+        // Larger than any sum of real costs: as many orders as possible get a driver, then the least total distance.
+        const double no_pair = (cfg_.wide_radius_m + 1.0) * (n + 1);
+        std::vector<double> cost(static_cast<size_t>(n) * static_cast<size_t>(m), no_pair);
+        for (int i = 0; i < n; ++i)
+            for (const auto& cand : rows[static_cast<size_t>(i)].cands)
+                cost[static_cast<size_t>(i) * static_cast<size_t>(m) + static_cast<size_t>(cols.at(cand.id))] =
+                    cand.distance_m;
+        const std::vector<int> pick = hungarian(cost, n, m);
+        for (int i = 0; i < n; ++i) {
+            const Row& r = rows[static_cast<size_t>(i)];
+            const int col = pick[static_cast<size_t>(i)];
+            for (const auto& cand : r.cands) {
+                if (cols.at(cand.id) != col) continue;
+                make_offer(orders_.at(r.order), cand);
+                break;
+            }
+        }
+    }
+    if (!searching_.empty()) arm_batch();  // the unmatched wait for the next window
+}
+
+void Core::finish(Order& o) {
+    o.finished_ns = now_;
+    finished_.emplace_back(now_, o.id);
+}
+
+// Finished orders and their idempotency keys are kept retention_s, then forgotten:
+// later commands on them are not_found, and the same key makes a new order.
+void Core::prune_finished() {
+    const uint64_t keep = ns(cfg_.retention_s);
+    while (!finished_.empty() && finished_.front().first + keep <= now_) {
+        const uint64_t id = finished_.front().second;
+        finished_.pop_front();
+        auto it = orders_.find(id);
+        if (it == orders_.end()) continue;
+        const Order& o = it->second;
+        if (o.idem_key != 0) {
+            auto k = idem_.find({o.passenger, o.idem_key});
+            if (k != idem_.end() && k->second == id) idem_.erase(k);
+        }
+        orders_.erase(it);
+    }
 }
 
 // ---- nearby ----------------------------------------------------------------
@@ -485,6 +580,8 @@ void Core::on(const Tick& e) {
     expire_graces();
     expire_offers();
     dispatch_waiting();
+    if (batch_due_ns_ != 0 && now_ >= batch_due_ns_) run_batch();
+    prune_finished();
     if (now_ >= next_nearby_ns_) {
         next_nearby_ns_ = now_ + ns(cfg_.nearby_interval_s);
         for (const auto& [passenger, sub] : nearby_) send_nearby(passenger, sub);
@@ -504,6 +601,7 @@ void Core::expire_searches() {
         if (o.state != OrderState::Searching) continue;
         searching_.erase(id);
         o.state = OrderState::NoDriver;
+        finish(o);
         order_update(o, DGDO_ROLE_PASSENGER, o.passenger, DGDO_REASON_NO_DRIVER);
     }
 }

@@ -6,16 +6,26 @@
 //
 // What each input produces (a COMMAND_RESULT first whenever meta.corr != 0):
 //   SESSION_OPEN/CLOSE  routing only; a driver's close starts the grace timer
-//   DRIVER_LOCATION     DRIVER_POSITION (+ throttled ESTIMATE_UPDATE) to the passenger of its trip
+//   DRIVER_LOCATION     first one after an accept: ORDER_UPDATE arriving to both sides; then
+//                       DRIVER_POSITION (+ throttled ESTIMATE_UPDATE) to the passenger of its trip
 //   DRIVER_STATUS       online: may trigger NEW_ORDER; offline: withdraws its offer
 //   RIDE_REQUEST        ORDER_UPDATE searching, then NEW_ORDER to the nearest driver
 //   ORDER_COMMAND       ORDER_UPDATE to passenger and driver; CANCEL_ORDER / NEW_ORDER as needed
 //   NEARBY              a NEARBY_DRIVERS snapshot now and about once a second
-//   Tick                offer expiry, search timeout, grace expiry, retries, stats
+//   Tick                offer expiry, search timeout, grace expiry, retries, the batch
+//                       (batched mode), pruning of finished orders, stats
+//
+// Matching. Greedy (default): an order is offered to the nearest available
+// driver within radius_m, else wide_radius_m, as soon as it is searching.
+// Batched: searching orders wait for the window (batch_window_s from the first
+// one); then one min-cost assignment (Hungarian, cost = pickup distance) over
+// each order's batch_candidates nearest available drivers (radius_m, else
+// wide_radius_m) decides every offer at once; the unmatched wait for the next.
 //   WorkerDetached      SESSION_CLOSE for every session on that worker
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -91,6 +101,8 @@ public:
     const Driver* find_driver(const std::string& id) const;
     CoreStats stats() const;
     uint64_t now_ns() const { return now_; }
+    std::size_t order_count() const { return orders_.size(); }
+    std::size_t idem_count() const { return idem_.size(); }
     const Config& config() const { return cfg_; }
 
 private:
@@ -127,7 +139,13 @@ private:
     void learn_route(const dgdo_in_meta& m);
     void close_session(const SessionKey& key);
     void try_offer(Order& o);
+    void make_offer(Order& o, const Candidate& c);
     void dispatch_waiting();
+    void arm_batch();
+    void run_batch();
+    void finish(Order& o);
+    void prune_finished();
+    bool eligible_for(const Order& o, const std::string& driver_id) const;
     void enter_searching(Order& o);
     // Takes the offer back from o.driver (if any), excludes that driver, notifies it with `reason` (0 = silent).
     void withdraw_offer(Order& o, uint8_t reason);
@@ -157,6 +175,7 @@ private:
     uint64_t next_nearby_ns_ = 0;
     uint64_t next_stats_ns_ = 0;
     uint64_t next_order_id_ = 1001;
+    uint64_t batch_due_ns_ = 0;  // 0 = no batch pending
 
     std::map<std::string, Driver> drivers_;
     std::map<uint64_t, Order> orders_;
@@ -167,6 +186,7 @@ private:
     std::set<Timer> offer_timers_;
     std::set<Timer> search_timers_;
     std::set<std::pair<uint64_t, std::string>> grace_timers_;
+    std::deque<std::pair<uint64_t, uint64_t>> finished_;  // (finished ns, order id), oldest first
     CoreStats counters_;
 };
 

@@ -13,6 +13,7 @@ uint8_t app_status(OrderState s) {
     case OrderState::Searching:
     case OrderState::Offered: return DGDO_ORDER_SEARCHING;
     case OrderState::Accepted: return DGDO_ORDER_ACCEPTED;
+    case OrderState::Arriving: return DGDO_ORDER_ARRIVING;
     case OrderState::Arrived: return DGDO_ORDER_ARRIVED;
     case OrderState::Started: return DGDO_ORDER_STARTED;
     case OrderState::Completed: return DGDO_ORDER_COMPLETED;
@@ -27,7 +28,8 @@ bool is_terminal(OrderState s) {
 }
 
 bool has_trip(OrderState s) {
-    return s == OrderState::Accepted || s == OrderState::Arrived || s == OrderState::Started;
+    return s == OrderState::Accepted || s == OrderState::Arriving || s == OrderState::Arrived ||
+           s == OrderState::Started;
 }
 
 }  // namespace dgdo

@@ -1,11 +1,17 @@
 // Order lifecycle: every legal (state, command, actor) -> next state lives in
 // kTransitions. A lookup miss is a CONFLICT, never an exception.
 //
-//   searching --offer--> offered --accept--> accepted --arrived--> arrived --start--> started --complete--> completed
-//       ^                  |  reject/driver cancel/expiry   |  driver cancel  |
-//       +------------------+--------------------------------+-----------------+
-//   passenger cancel: searching | offered | accepted | arrived -> canceled
+//   searching --offer--> offered --accept--> accepted --(position)--> arriving --arrived--> arrived --start--> started --complete--> completed
+//       ^                  |  reject/driver cancel/expiry   |  driver cancel (accepted | arriving | arrived)
+//       +------------------+--------------------------------+
+//   passenger cancel: searching | offered | accepted | arriving | arrived -> canceled
 //   search timeout:   searching | offered -> no_driver   (tick-driven, not a command)
+//
+// ARRIVING is not a command: the first driver_location after the accept moves
+// accepted -> arriving (the driver is visibly on the way; the passenger gets
+// "arriving" and, from then on, live positions and ETAs). A driver may also
+// report `arrived` straight from accepted (it was already at the pickup).
+// The offer itself (searching -> offered) is the engine's decision, not a command.
 #pragma once
 
 #include <cstdint>
@@ -17,7 +23,7 @@
 
 namespace dgdo {
 
-enum class OrderState : uint8_t { Searching, Offered, Accepted, Arrived, Started, Completed, Canceled, NoDriver };
+enum class OrderState : uint8_t { Searching, Offered, Accepted, Arriving, Arrived, Started, Completed, Canceled, NoDriver };
 
 // Who is acting, relative to the order.
 enum class Party : uint8_t {
@@ -38,13 +44,16 @@ inline constexpr Transition kTransitions[] = {
     {OrderState::Offered, DGDO_CMD_REJECT, Party::CurrentDriver, OrderState::Searching},
     {OrderState::Offered, DGDO_CMD_CANCEL, Party::CurrentDriver, OrderState::Searching},
     {OrderState::Accepted, DGDO_CMD_ARRIVED, Party::CurrentDriver, OrderState::Arrived},
+    {OrderState::Arriving, DGDO_CMD_ARRIVED, Party::CurrentDriver, OrderState::Arrived},
     {OrderState::Arrived, DGDO_CMD_START, Party::CurrentDriver, OrderState::Started},
     {OrderState::Started, DGDO_CMD_COMPLETE, Party::CurrentDriver, OrderState::Completed},
     {OrderState::Accepted, DGDO_CMD_CANCEL, Party::CurrentDriver, OrderState::Searching},
+    {OrderState::Arriving, DGDO_CMD_CANCEL, Party::CurrentDriver, OrderState::Searching},
     {OrderState::Arrived, DGDO_CMD_CANCEL, Party::CurrentDriver, OrderState::Searching},
     {OrderState::Searching, DGDO_CMD_CANCEL, Party::Passenger, OrderState::Canceled},
     {OrderState::Offered, DGDO_CMD_CANCEL, Party::Passenger, OrderState::Canceled},
     {OrderState::Accepted, DGDO_CMD_CANCEL, Party::Passenger, OrderState::Canceled},
+    {OrderState::Arriving, DGDO_CMD_CANCEL, Party::Passenger, OrderState::Canceled},
     {OrderState::Arrived, DGDO_CMD_CANCEL, Party::Passenger, OrderState::Canceled},
 };
 
@@ -54,7 +63,7 @@ std::optional<OrderState> next_state(OrderState from, uint8_t command, Party par
 uint8_t app_status(OrderState s);
 
 bool is_terminal(OrderState s);
-// Accepted, arrived or started: a driver is bound to the order.
+// Accepted, arriving, arrived or started: a driver is bound to the order.
 bool has_trip(OrderState s);
 
 struct Order {
@@ -70,6 +79,8 @@ struct Order {
     uint64_t offer_deadline_ns = 0;
     uint64_t last_estimate_ns = 0;
     bool estimate_sent = false;
+    uint64_t idem_key = 0;     // the passenger's idempotency key, 0 = none
+    uint64_t finished_ns = 0;  // when it became terminal (pruned retention_s later)
 };
 
 }  // namespace dgdo

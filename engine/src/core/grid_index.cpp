@@ -1,0 +1,176 @@
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/driver_index.hpp"
+#include "core/geo.hpp"
+
+namespace dgdo {
+
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+constexpr double kMetresPerDegree = kEarthRadiusM * kPi / 180.0;
+// The equirectangular ranking is within ~0.1 % of haversine at city scale;
+// anything within this margin of the k-th candidate gets an exact distance.
+constexpr double kRankSlack = 1.002;
+constexpr double kRankSlackM = 1.0;
+
+struct Ranked {
+    double d2;  // squared equirectangular metres
+    uint32_t driver;
+    bool operator>(const Ranked& o) const { return d2 > o.d2 || (d2 == o.d2 && driver > o.driver); }
+};
+
+}  // namespace
+
+GridIndex::GridIndex(double cell_m, double ref_lat)
+    : cell_lat_deg_(cell_m / kMetresPerDegree),
+      cell_lon_deg_(cell_m / (kMetresPerDegree * std::max(0.01, std::cos(ref_lat * kPi / 180.0)))) {}
+
+int32_t GridIndex::row(double lat) const { return static_cast<int32_t>(std::floor(lat / cell_lat_deg_)); }
+int32_t GridIndex::col(double lon) const { return static_cast<int32_t>(std::floor(lon / cell_lon_deg_)); }
+
+void GridIndex::remove_from_cell(Entry& e) {
+    auto it = cells_.find(e.cell);
+    std::vector<Slot>& v = it->second;
+    const uint32_t last = static_cast<uint32_t>(v.size() - 1);
+    if (e.at != last) {
+        v[e.at] = v[last];
+        drivers_[v[e.at].driver].at = e.at;
+    }
+    v.pop_back();
+    if (v.empty()) cells_.erase(it);
+}
+
+void GridIndex::upsert(const std::string& id, dgdo_point pos) {
+    const uint64_t cell = key(row(pos.lat), col(pos.lon));
+    auto [it, inserted] = where_.try_emplace(id, 0u);
+    if (!inserted) {
+        Entry& e = drivers_[it->second];
+        if (e.cell == cell) {  // the common case: a few metres inside the same cell
+            Slot& s = cells_.find(cell)->second[e.at];
+            s.lat = pos.lat;
+            s.lon = pos.lon;
+            return;
+        }
+        remove_from_cell(e);
+    } else {
+        uint32_t slot;
+        if (!free_.empty()) {
+            slot = free_.back();
+            free_.pop_back();
+        } else {
+            slot = static_cast<uint32_t>(drivers_.size());
+            drivers_.emplace_back();
+        }
+        it->second = slot;
+        drivers_[slot].id = id;
+        drivers_[slot].live = true;
+    }
+    const uint32_t slot = it->second;
+    std::vector<Slot>& v = cells_[cell];
+    drivers_[slot].cell = cell;
+    drivers_[slot].at = static_cast<uint32_t>(v.size());
+    v.push_back(Slot{pos.lat, pos.lon, slot});
+}
+
+void GridIndex::erase(const std::string& id) {
+    auto it = where_.find(id);
+    if (it == where_.end()) return;
+    Entry& e = drivers_[it->second];
+    remove_from_cell(e);
+    e.live = false;
+    e.id.clear();
+    free_.push_back(it->second);
+    where_.erase(it);
+}
+
+std::vector<Candidate> GridIndex::nearest_k(dgdo_point at, double radius_m, std::size_t k,
+                                            const Eligible& eligible) const {
+    std::vector<Candidate> result;
+    if (k == 0 || where_.empty()) return result;
+
+    // Local metric at the query point.
+    const double m_lat = kMetresPerDegree;
+    const double m_lon = kMetresPerDegree * std::cos(at.lat * kPi / 180.0);
+    const double cell_h = cell_lat_deg_ * m_lat;
+    const double cell_w = cell_lon_deg_ * m_lon;
+    const int32_t r0 = row(at.lat), c0 = col(at.lon);
+    // Where the query sits inside its own cell, in metres from each edge.
+    const double off_s = (at.lat - r0 * cell_lat_deg_) * m_lat, off_n = cell_h - off_s;
+    const double off_w = (at.lon - c0 * cell_lon_deg_) * m_lon, off_e = cell_w - off_w;
+    const double edge = std::min(std::min(off_s, off_n), std::min(off_w, off_e));
+    const double step = std::min(cell_h, cell_w);
+    const int32_t max_ring = static_cast<int32_t>(std::ceil(radius_m / step)) + 1;
+    const double limit = radius_m * kRankSlack + kRankSlackM;
+    const double limit2 = limit * limit;
+
+    std::vector<Ranked> heap;  // min-heap on (d2, driver)
+    std::vector<Ranked> chosen;
+    double cutoff2 = limit2;  // once k are chosen: the k-th rank plus slack
+    bool done = false;
+
+    auto scan = [&](int32_t r, int32_t c) {
+        auto it = cells_.find(key(r, c));
+        if (it == cells_.end()) return;
+        for (const Slot& s : it->second) {
+            const double dy = (s.lat - at.lat) * m_lat, dx = (s.lon - at.lon) * m_lon;
+            const double d2 = dy * dy + dx * dx;
+            if (d2 <= cutoff2) {
+                heap.push_back(Ranked{d2, s.driver});
+                std::push_heap(heap.begin(), heap.end(), std::greater<>{});
+            }
+        }
+    };
+
+    for (int32_t ring = 0; ring <= max_ring && !done; ++ring) {
+        if (ring == 0) {
+            scan(r0, c0);
+        } else {
+            for (int32_t c = c0 - ring; c <= c0 + ring; ++c) {
+                scan(r0 - ring, c);
+                scan(r0 + ring, c);
+            }
+            for (int32_t r = r0 - ring + 1; r <= r0 + ring - 1; ++r) {
+                scan(r, c0 - ring);
+                scan(r, c0 + ring);
+            }
+        }
+        // Nothing outside rings 0..ring is nearer than this.
+        const double bound = ring == max_ring ? std::numeric_limits<double>::infinity() : edge + ring * step;
+        const double bound2 = bound * bound;
+        while (!heap.empty() && heap.front().d2 <= bound2) {
+            std::pop_heap(heap.begin(), heap.end(), std::greater<>{});
+            const Ranked e = heap.back();
+            heap.pop_back();
+            if (e.d2 > cutoff2) {
+                done = true;
+                break;
+            }
+            if (eligible && !eligible(drivers_[e.driver].id)) continue;
+            chosen.push_back(e);
+            if (chosen.size() == k) {
+                const double d = std::sqrt(e.d2) * kRankSlack + kRankSlackM;
+                cutoff2 = std::min(limit2, d * d);
+            }
+        }
+        if (bound2 > cutoff2) done = true;
+    }
+
+    result.reserve(chosen.size());
+    for (const Ranked& e : chosen) {
+        const Entry& d = drivers_[e.driver];
+        const Slot& s = cells_.find(d.cell)->second[d.at];
+        const dgdo_point p{s.lat, s.lon};
+        const double dist = haversine_m(at, p);
+        if (dist <= radius_m) result.push_back(Candidate{d.id, p, dist});
+    }
+    std::sort(result.begin(), result.end(), [](const Candidate& a, const Candidate& b) {
+        return a.distance_m < b.distance_m || (a.distance_m == b.distance_m && a.id < b.id);
+    });
+    if (result.size() > k) result.resize(k);
+    return result;
+}
+
+}  // namespace dgdo
