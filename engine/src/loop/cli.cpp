@@ -1,10 +1,13 @@
 #include "loop/cli.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <string>
 
 #include "dgdo/control.h"
 #include "dgdo/ring.h"
@@ -15,6 +18,8 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: dgdo-engine --control PATH [options]\n"
+    "  --config FILE           settings as `key = value` lines (key = flag without --; # comments);\n"
+    "                          flags on the command line override the file\n"
     "  --control PATH          UNIX seqpacket socket sidecar workers attach to (required)\n"
     "  --instance NAME         shm name prefix: /dgdo.NAME.wN.{in,out} (default \"default\")\n"
     "  --ring-capacity BYTES   data bytes per ring, a power of two (default 4194304)\n"
@@ -26,6 +31,11 @@ constexpr const char* kUsage =
     "  --pickup-overhead-s S   added to pickup ETAs (default 30)\n"
     "  --search-timeout-s S    no acceptance by then -> no_driver (default 60)\n"
     "  --grace-s S             disconnected driver keeps its offer (default 10)\n"
+    "  --matching MODE         greedy (default) | batched\n"
+    "  --batch-window-s S      batched mode: requests collect this long (default 2)\n"
+    "  --batch-candidates N    batched mode: nearest drivers considered per order (default 8)\n"
+    "  --retention-s S         finished orders and idempotency keys kept this long (default 3600)\n"
+    "  --cell-m M              spatial grid cell edge (default 250)\n"
     "  --tick-ms MS            core tick period (default 100)\n"
     "  --spin-us US            busy-poll before parking (default 50)\n"
     "  --help\n";
@@ -59,6 +69,82 @@ bool valid_instance(const std::string& s) {
 
 }  // namespace
 
+// Applies one setting; "" on success, else the error message.
+std::string apply_setting(Options& o, const std::string& raw_key, const std::string& value) {
+    std::string key = raw_key.rfind("--", 0) == 0 ? raw_key.substr(2) : raw_key;
+    std::replace(key.begin(), key.end(), '_', '-');
+    struct DoubleKey {
+        const char* name;
+        double* dst;
+        bool positive;
+    };
+    const DoubleKey doubles[] = {
+        {"offer-timeout-s", &o.core.offer_timeout_s, true}, {"radius-m", &o.core.radius_m, true},
+        {"wide-radius-m", &o.core.wide_radius_m, true},     {"speed-kmh", &o.core.speed_kmh, true},
+        {"detour", &o.core.detour, true},                   {"pickup-overhead-s", &o.core.pickup_overhead_s, false},
+        {"search-timeout-s", &o.core.search_timeout_s, true}, {"grace-s", &o.core.grace_s, false},
+        {"batch-window-s", &o.core.batch_window_s, true},   {"retention-s", &o.core.retention_s, true},
+        {"cell-m", &o.core.cell_m, true},
+    };
+    const char* v = value.c_str();
+    for (const auto& d : doubles) {
+        if (key != d.name) continue;
+        if (!parse_double(v, d.dst) || (d.positive && *d.dst <= 0)) return "bad value for --" + key + ": " + value;
+        return "";
+    }
+    if (key == "control") {
+        o.control = value;
+    } else if (key == "instance") {
+        o.instance = value;
+        if (!valid_instance(o.instance)) return "bad --instance: " + value;
+    } else if (key == "ring-capacity") {
+        if (!parse_u64(v, &o.ring_capacity) || !dgdo_ring_capacity_ok(o.ring_capacity))
+            return "--ring-capacity must be a power of two in [256, 2^30]: " + value;
+    } else if (key == "tick-ms") {
+        if (!parse_u64(v, &o.tick_ms) || o.tick_ms == 0 || o.tick_ms > 60000) return "bad --tick-ms: " + value;
+    } else if (key == "spin-us") {
+        if (!parse_u64(v, &o.spin_us) || o.spin_us > 1000000) return "bad --spin-us: " + value;
+    } else if (key == "matching") {
+        if (value == "greedy")
+            o.core.matching = Matching::Greedy;
+        else if (value == "batched")
+            o.core.matching = Matching::Batched;
+        else
+            return "--matching must be greedy or batched: " + value;
+    } else if (key == "batch-candidates") {
+        uint64_t n = 0;
+        if (!parse_u64(v, &n) || n == 0 || n > 64) return "--batch-candidates must be 1..64: " + value;
+        o.core.batch_candidates = static_cast<uint32_t>(n);
+    } else {
+        return "unknown setting " + raw_key;
+    }
+    return "";
+}
+
+std::string trim(const std::string& s) {
+    const auto b = s.find_first_not_of(" \t\r");
+    if (b == std::string::npos) return "";
+    const auto e = s.find_last_not_of(" \t\r");
+    return s.substr(b, e - b + 1);
+}
+
+std::string load_config(Options& o, const std::string& path) {
+    std::ifstream in(path);
+    if (!in) return "cannot read --config " + path;
+    std::string line;
+    for (int n = 1; std::getline(in, line); ++n) {
+        if (const auto hash = line.find('#'); hash != std::string::npos) line.resize(hash);
+        line = trim(line);
+        if (line.empty()) continue;
+        const auto eq = line.find('=');
+        if (eq == std::string::npos) return path + ":" + std::to_string(n) + ": expected `key = value`";
+        const std::string key = trim(line.substr(0, eq)), value = trim(line.substr(eq + 1));
+        if (key == "config") return path + ":" + std::to_string(n) + ": config cannot include another file";
+        if (auto err = apply_setting(o, key, value); !err.empty()) return path + ":" + std::to_string(n) + ": " + err;
+    }
+    return "";
+}
+
 std::optional<Options> parse_cli(int argc, char** argv, int* exit_code) {
     Options o;
     auto fail = [exit_code](const std::string& msg) -> std::optional<Options> {
@@ -66,17 +152,7 @@ std::optional<Options> parse_cli(int argc, char** argv, int* exit_code) {
         *exit_code = 2;
         return std::nullopt;
     };
-    struct DoubleFlag {
-        const char* name;
-        double* dst;
-        bool positive;
-    };
-    const DoubleFlag doubles[] = {
-        {"--offer-timeout-s", &o.core.offer_timeout_s, true}, {"--radius-m", &o.core.radius_m, true},
-        {"--wide-radius-m", &o.core.wide_radius_m, true},     {"--speed-kmh", &o.core.speed_kmh, true},
-        {"--detour", &o.core.detour, true},                   {"--pickup-overhead-s", &o.core.pickup_overhead_s, false},
-        {"--search-timeout-s", &o.core.search_timeout_s, true}, {"--grace-s", &o.core.grace_s, false},
-    };
+    // The file first, wherever --config sits, so flags always override it.
     for (int i = 1; i < argc; ++i) {
         const std::string flag = argv[i];
         if (flag == "--help" || flag == "-h") {
@@ -84,32 +160,18 @@ std::optional<Options> parse_cli(int argc, char** argv, int* exit_code) {
             *exit_code = 0;
             return std::nullopt;
         }
+        if (flag == "--config") {
+            if (i + 1 >= argc) return fail("missing value for --config");
+            if (auto err = load_config(o, argv[i + 1]); !err.empty()) return fail(err);
+        }
+    }
+    for (int i = 1; i < argc; ++i) {
+        const std::string flag = argv[i];
+        if (flag.rfind("--", 0) != 0) return fail("unexpected argument " + flag);
         if (i + 1 >= argc) return fail("missing value for " + flag);
-        const char* value = argv[++i];
-        bool known = false;
-        for (const auto& d : doubles) {
-            if (flag != d.name) continue;
-            known = true;
-            if (!parse_double(value, d.dst) || (d.positive && *d.dst <= 0))
-                return fail("bad value for " + flag + ": " + value);
-        }
-        if (known) continue;
-        if (flag == "--control") {
-            o.control = value;
-        } else if (flag == "--instance") {
-            o.instance = value;
-            if (!valid_instance(o.instance)) return fail(std::string("bad --instance: ") + value);
-        } else if (flag == "--ring-capacity") {
-            if (!parse_u64(value, &o.ring_capacity) || !dgdo_ring_capacity_ok(o.ring_capacity))
-                return fail(std::string("--ring-capacity must be a power of two in [256, 2^30]: ") + value);
-        } else if (flag == "--tick-ms") {
-            if (!parse_u64(value, &o.tick_ms) || o.tick_ms == 0 || o.tick_ms > 60000)
-                return fail(std::string("bad --tick-ms: ") + value);
-        } else if (flag == "--spin-us") {
-            if (!parse_u64(value, &o.spin_us) || o.spin_us > 1000000) return fail(std::string("bad --spin-us: ") + value);
-        } else {
-            return fail("unknown flag " + flag);
-        }
+        const std::string value = argv[++i];
+        if (flag == "--config") continue;
+        if (auto err = apply_setting(o, flag, value); !err.empty()) return fail(err);
     }
     if (o.control.empty()) return fail("--control PATH is required");
     if (o.control.size() >= 108) return fail("--control path too long for a UNIX socket");

@@ -19,6 +19,10 @@ struct Options {
 };
 
 // nullopt with *exit_code set: --help (0) or a usage error (2, message on stderr).
+// Flags override a --config file (`key = value` lines, key = the flag without "--").
 std::optional<Options> parse_cli(int argc, char** argv, int* exit_code);
+
+// One setting by name ("radius-m", "radius_m" or "--radius-m"); "" or the error.
+std::string apply_setting(Options& o, const std::string& key, const std::string& value);
 
 }  // namespace dgdo
