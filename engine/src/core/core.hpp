@@ -31,6 +31,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -116,6 +117,11 @@ private:
         double radius_m;
     };
     using SessionKey = std::pair<uint8_t, std::string>;  // (role, id)
+    struct SessionKeyHash {
+        std::size_t operator()(const SessionKey& k) const noexcept {
+            return std::hash<std::string>{}(k.second) * 31u + k.first;
+        }
+    };
     using Timer = std::pair<uint64_t, uint64_t>;         // (deadline ns, order id)
 
     void on(const SessionOpen& e);
@@ -177,11 +183,11 @@ private:
     uint64_t next_order_id_ = 1001;
     uint64_t batch_due_ns_ = 0;  // 0 = no batch pending
 
-    std::map<std::string, Driver> drivers_;
+    std::unordered_map<std::string, Driver> drivers_;  // never iterated in an order that reaches outputs
     std::map<uint64_t, Order> orders_;
     std::set<uint64_t> searching_;  // orders in Searching with no offer out
     std::map<std::pair<std::string, uint64_t>, uint64_t> idem_;  // (passenger, idem_key) -> order
-    std::map<SessionKey, Session> sessions_;
+    std::unordered_map<SessionKey, Session, SessionKeyHash> sessions_;  // iteration order never reaches outputs
     std::map<std::string, NearbySub> nearby_;
     std::set<Timer> offer_timers_;
     std::set<Timer> search_timers_;

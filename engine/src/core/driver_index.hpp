@@ -80,6 +80,14 @@ public:
 
     std::size_t cells() const { return cells_.size(); }
 
+    // A driver's stable handle while it stays indexed (no string hashing on the
+    // hot path), or UINT32_MAX. move(handle, pos) == upsert(id, pos).
+    uint32_t handle(const std::string& id) const {
+        auto it = where_.find(id);
+        return it == where_.end() ? UINT32_MAX : it->second;
+    }
+    void move(uint32_t handle, dgdo_point pos);
+
 private:
     struct Slot {  // one driver in a cell's array
         double lat, lon;
@@ -88,7 +96,8 @@ private:
     struct Entry {
         std::string id;
         uint64_t cell = 0;
-        uint32_t at = 0;  // position in cells_[cell]
+        std::vector<Slot>* slots = nullptr;  // &cells_[cell]: map nodes never move
+        uint32_t at = 0;                     // position in *slots
         bool live = false;
     };
     struct CellHash {

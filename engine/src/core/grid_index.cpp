@@ -49,7 +49,7 @@ void GridIndex::upsert(const std::string& id, dgdo_point pos) {
     if (!inserted) {
         Entry& e = drivers_[it->second];
         if (e.cell == cell) {  // the common case: a few metres inside the same cell
-            Slot& s = cells_.find(cell)->second[e.at];
+            Slot& s = (*e.slots)[e.at];
             s.lat = pos.lat;
             s.lon = pos.lon;
             return;
@@ -71,8 +71,26 @@ void GridIndex::upsert(const std::string& id, dgdo_point pos) {
     const uint32_t slot = it->second;
     std::vector<Slot>& v = cells_[cell];
     drivers_[slot].cell = cell;
+    drivers_[slot].slots = &v;
     drivers_[slot].at = static_cast<uint32_t>(v.size());
     v.push_back(Slot{pos.lat, pos.lon, slot});
+}
+
+void GridIndex::move(uint32_t handle, dgdo_point pos) {
+    Entry& e = drivers_[handle];
+    const uint64_t cell = key(row(pos.lat), col(pos.lon));
+    if (e.cell == cell) {
+        Slot& s = (*e.slots)[e.at];
+        s.lat = pos.lat;
+        s.lon = pos.lon;
+        return;
+    }
+    remove_from_cell(e);
+    std::vector<Slot>& v = cells_[cell];
+    e.cell = cell;
+    e.slots = &v;
+    e.at = static_cast<uint32_t>(v.size());
+    v.push_back(Slot{pos.lat, pos.lon, handle});
 }
 
 void GridIndex::erase(const std::string& id) {
@@ -161,7 +179,7 @@ std::vector<Candidate> GridIndex::nearest_k(dgdo_point at, double radius_m, std:
     result.reserve(chosen.size());
     for (const Ranked& e : chosen) {
         const Entry& d = drivers_[e.driver];
-        const Slot& s = cells_.find(d.cell)->second[d.at];
+        const Slot& s = (*d.slots)[d.at];
         const dgdo_point p{s.lat, s.lon};
         const double dist = haversine_m(at, p);
         if (dist <= radius_m) result.push_back(Candidate{d.id, p, dist});
