@@ -46,3 +46,11 @@ lint: venv
 
 clean:
 	rm -rf build $(VENV) sidecar/ring/_dgdo_ring*.so
+
+# Engine benchmarks (bench/engine): hot paths at 100k drivers; greedy vs batched matching.
+.PHONY: bench-sim
+bench-engine: engine
+	$(BUILD)/dgdo-engine-bench
+
+bench-sim: engine
+	$(BUILD)/dgdo-matching-sim

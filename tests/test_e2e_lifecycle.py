@@ -1,0 +1,157 @@
+"""The order lifecycle and every cancellation path, end to end through the real sidecar and engine."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import Stack, start_stack
+from wsclient import AppClient
+
+PICKUP = {"lat": 38.5598, "lon": 68.7870}
+DROPOFF = {"lat": 38.5750, "lon": 68.7950}
+NEAR = (38.5610, 68.7860)  # ~150 m from the pickup
+FAR = (38.5700, 68.7870)  # ~1.1 km from the pickup
+
+
+async def online_driver(stack: Stack, driver_id: str, where: tuple[float, float]) -> AppClient:
+    d = await AppClient.open(f"{stack.url}/ws/driver/{driver_id}")
+    await d.expect("welcome", role="driver", id=driver_id)
+    await d.send({"type": "driver_location", "lat": where[0], "lon": where[1], "id": "l0"})
+    await d.expect("ack", id="l0")
+    await d.send({"type": "driver_status", "status": "online", "id": "s0"})
+    await d.expect("ack", id="s0")
+    return d
+
+
+async def passenger(stack: Stack, passenger_id: str = "p1") -> AppClient:
+    p = await AppClient.open(f"{stack.url}/ws/passenger/{passenger_id}")
+    await p.expect("welcome", role="passenger", id=passenger_id)
+    return p
+
+
+async def request_ride(p: AppClient) -> int:
+    await p.send({"type": "ride_request", "id": "r1", "pickup": PICKUP, "dropoff": DROPOFF})
+    order_id = (await p.expect("ack", id="r1"))["order_id"]
+    await p.expect("order_update", order_id=order_id, status="searching")
+    return order_id
+
+
+async def accept(driver: AppClient, order_id: int, pax: AppClient) -> None:
+    await driver.send({"type": "order_accept", "order_id": order_id, "id": "acc"})
+    await driver.expect("ack", id="acc")
+    await pax.expect("order_update", order_id=order_id, status="accepted")
+
+
+async def test_passenger_cancel_while_searching_ends_the_order(stack: Stack) -> None:
+    p = await passenger(stack)
+    order_id = await request_ride(p)  # nobody is online: the order stays searching
+    await p.send({"type": "order_cancel", "order_id": order_id, "id": "c"})
+    await p.expect("ack", id="c")
+    update = await p.expect("order_update", order_id=order_id)
+    assert (update["status"], update["reason"]) == ("canceled", "passenger_canceled")
+
+
+async def test_passenger_cancel_while_offered_withdraws_the_offer(stack: Stack) -> None:
+    d1 = await online_driver(stack, "d1", NEAR)
+    p = await passenger(stack)
+    order_id = await request_ride(p)
+    await d1.expect("new_order", order_id=order_id)
+    await p.send({"type": "order_cancel", "order_id": order_id, "id": "c"})
+    await p.expect("ack", id="c")
+    assert (await p.expect("order_update", order_id=order_id))["status"] == "canceled"
+    cancel = await d1.expect("cancel_order", order_id=order_id)
+    assert cancel["reason"] == "passenger_canceled"
+    # The offer is gone: accepting it now is a conflict.
+    await d1.send({"type": "order_accept", "order_id": order_id, "id": "late"})
+    assert (await d1.expect("error", id="late"))["code"] == "conflict"
+
+
+async def test_passenger_cancel_after_accept_tells_the_driver(stack: Stack) -> None:
+    d1 = await online_driver(stack, "d1", NEAR)
+    p = await passenger(stack)
+    order_id = await request_ride(p)
+    await d1.expect("new_order", order_id=order_id)
+    await accept(d1, order_id, p)
+    await p.send({"type": "order_cancel", "order_id": order_id, "reason": "changed my mind", "id": "c"})
+    await p.expect("ack", id="c")
+    assert (await p.expect("order_update", order_id=order_id))["status"] == "canceled"
+    cancel = await d1.expect("cancel_order", order_id=order_id)
+    assert cancel["reason"] == "passenger_canceled"
+
+
+async def test_driver_cancel_after_accept_puts_the_order_back_into_search_for_another_driver(stack: Stack) -> None:
+    d1 = await online_driver(stack, "d1", NEAR)
+    d2 = await online_driver(stack, "d2", FAR)
+    p = await passenger(stack)
+    order_id = await request_ride(p)
+    await d1.expect("new_order", order_id=order_id)
+    await accept(d1, order_id, p)
+    await d1.send({"type": "order_cancel", "order_id": order_id, "id": "c"})
+    await d1.expect("ack", id="c")
+    again = await p.expect("order_update", order_id=order_id)
+    assert (again["status"], again["reason"]) == ("searching", "driver_canceled")
+    offer = await d2.expect("new_order", order_id=order_id)
+    assert 800 < offer["distance_m"] < 1500
+    await accept(d2, order_id, p)
+    assert p.seen[-1]["driver_id"] == "d2"
+
+
+async def test_reject_sends_the_offer_to_the_next_driver(stack: Stack) -> None:
+    d1 = await online_driver(stack, "d1", NEAR)
+    d2 = await online_driver(stack, "d2", FAR)
+    p = await passenger(stack)
+    order_id = await request_ride(p)
+    await d1.expect("new_order", order_id=order_id)
+    await d1.send({"type": "order_reject", "order_id": order_id, "id": "rj"})
+    await d1.expect("ack", id="rj")
+    await d2.expect("new_order", order_id=order_id)
+    # d1 is out of this order for good.
+    await d1.send({"type": "order_accept", "order_id": order_id, "id": "late"})
+    assert (await d1.expect("error", id="late"))["code"] == "conflict"
+
+
+async def test_invalid_transitions_are_conflicts_and_change_nothing(stack: Stack) -> None:
+    d1 = await online_driver(stack, "d1", NEAR)
+    p = await passenger(stack)
+    order_id = await request_ride(p)
+    await d1.expect("new_order", order_id=order_id)
+    for step in ("order_arrived", "trip_start", "trip_complete"):  # none is legal before the accept
+        await d1.send({"type": step, "order_id": order_id, "id": step})
+        assert (await d1.expect("error", id=step))["code"] == "conflict"
+    await accept(d1, order_id, p)  # the order was untouched: the accept still works
+    await d1.send({"type": "trip_complete", "order_id": order_id, "id": "early"})
+    assert (await d1.expect("error", id="early"))["code"] == "conflict"
+
+
+async def test_first_position_after_accept_makes_the_order_arriving(stack: Stack) -> None:
+    d1 = await online_driver(stack, "d1", NEAR)
+    p = await passenger(stack)
+    order_id = await request_ride(p)
+    await d1.expect("new_order", order_id=order_id)
+    await accept(d1, order_id, p)
+    await d1.send({"type": "driver_location", "lat": 38.5605, "lon": 68.7865})
+    assert (await p.expect("order_update", order_id=order_id))["status"] == "arriving"
+    pos = await p.expect("driver_location")
+    assert pos["driver_id"] == "d1"
+    estimate = await p.expect("estimate_update", order_id=order_id)
+    assert 0 < estimate["distance_m"] < 200 and estimate["eta_s"] > 30
+    for step, status in (("order_arrived", "arrived"), ("trip_start", "started"), ("trip_complete", "completed")):
+        await d1.send({"type": step, "order_id": order_id, "id": step})
+        await d1.expect("ack", id=step)
+        assert (await p.expect("order_update", order_id=order_id))["status"] == status
+
+
+@pytest.fixture
+def impatient_stack(engine_bin) -> Stack:
+    s = start_stack("--search-timeout-s", "1")
+    yield s
+    assert s.stop() == 0
+    assert [f for f in os.listdir("/dev/shm") if s.instance in f] == []
+
+
+async def test_no_driver_when_nobody_accepts_before_the_search_timeout(impatient_stack: Stack) -> None:
+    p = await passenger(impatient_stack)
+    order_id = await request_ride(p)
+    update = await p.expect("order_update", order_id=order_id, timeout=10)
+    assert (update["status"], update["reason"]) == ("no_driver", "no_driver")
