@@ -54,3 +54,22 @@ bench-engine: engine
 
 bench-sim: engine
 	$(BUILD)/dgdo-matching-sim
+
+# ---- benchmarks (bench/): see README "Benchmarks". ARGS=--quick | --smoke for shorter runs.
+ARGS ?=
+.PHONY: bench-latency bench-ring bench-deps
+bench-deps: $(VENV)/.bench-installed
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+bench-latency: engine bench-deps
+	$(BIN)/python bench/latency/run.py $(ARGS)
+
+build/bench/ring_bench: bench/ring/ring_bench.cpp include/dgdo/ring.h
+	@mkdir -p build/bench
+	$(CXX) -std=c++20 -O2 -Wall -Wextra -I include -o $@ bench/ring/ring_bench.cpp -lrt -pthread
+
+bench-ring: build/bench/ring_bench venv
+	build/bench/ring_bench $(ARGS)
+	$(BIN)/python bench/ring/py_bench.py $(ARGS)

@@ -1,0 +1,149 @@
+"""The real sidecar (sidecar.server.App: picows, registry, bridge, encode) fed by another transport.
+
+    alt_sidecar.py --feed zmq  --endpoint ipc:///tmp/x.ipc --port P
+    alt_sidecar.py --feed unix --endpoint /tmp/x.sock      --port P
+    alt_sidecar.py --feed pipe                             --port P   (records on stdin)
+    alt_sidecar.py --feed http --endpoint 127.0.0.1:Q      --port P   (POST /events)
+
+Only the feed differs from the production sidecar: every received batch of
+engine records (the ring's own framing) goes to the same
+`Bridge.on_records()` -> registry lookup -> `encode()` -> picows send as the
+ring path. The engine link stays unattached (commands get
+engine_unavailable; the bench's clients only listen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+import uvloop  # noqa: E402
+from picows import ws_create_server  # noqa: E402
+
+from sidecar.server import MAX_FRAME_BYTES, App  # noqa: E402
+
+
+class StreamFeed(asyncio.Protocol):
+    """A byte stream of records (UNIX socket or pipe): hand over every whole record at once."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.buf:
+            n = common.complete_prefix(data)
+            if n:
+                self.app.bridge.on_records(common.Chunk(data), n)
+            if n < len(data):
+                self.buf += data[n:]
+            return
+        self.buf += data
+        n = common.complete_prefix(self.buf)
+        if n:
+            chunk = bytes(self.buf[:n])
+            del self.buf[:n]
+            self.app.bridge.on_records(common.Chunk(chunk), n)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+
+class HttpFeed(asyncio.Protocol):
+    """Minimal keep-alive HTTP/1.1: POST with Content-Length, body = records, answer 204 after delivery."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            length = 0
+            for line in bytes(self.buf[:end]).split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(self.buf) < end + 4 + length:
+                return
+            body = bytes(self.buf[end + 4 : end + 4 + length])
+            del self.buf[: end + 4 + length]
+            self.app.bridge.on_records(common.Chunk(body), len(body))
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+
+def zmq_pull(loop: asyncio.AbstractEventLoop, endpoint: str, on_message) -> object:
+    """A PULL socket watched by the event loop (its FD is edge-triggered: drain until Again)."""
+    import zmq
+
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    sock.bind(endpoint)
+
+    def readable() -> None:
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                data = sock.recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            on_message(data)
+
+    loop.add_reader(sock.getsockopt(zmq.FD), readable)
+    loop.call_soon(readable)
+    return sock
+
+
+async def main(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    app = App("/nonexistent/bench-no-engine.sock", worker=1)
+    app.server = await ws_create_server(  # the arguments App.start() uses
+        app.listener_factory, "127.0.0.1", args.port,
+        enable_auto_ping=True, auto_ping_idle_timeout=30, auto_ping_reply_timeout=15,
+        max_frame_size=MAX_FRAME_BYTES,
+    )
+
+    def deliver(data: bytes) -> None:
+        app.bridge.on_records(common.Chunk(data), len(data))
+
+    if args.feed == "zmq":
+        keep = zmq_pull(loop, args.endpoint, deliver)
+    elif args.feed == "unix":
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(args.endpoint)
+        keep = await loop.create_unix_server(lambda: StreamFeed(app), args.endpoint)
+    elif args.feed == "pipe":
+        os.set_blocking(sys.stdin.fileno(), False)
+        keep = await loop.connect_read_pipe(lambda: StreamFeed(app), os.fdopen(sys.stdin.fileno(), "rb", 0))
+    else:
+        host, port = args.endpoint.rsplit(":", 1)
+        keep = await loop.create_server(lambda: HttpFeed(app), host, int(port))
+    print(f"alt-sidecar: {args.feed} ready on port {app.port}", file=sys.stderr, flush=True)
+    await stop.wait()
+    del keep
+    app.server.close()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--feed", required=True, choices=["zmq", "unix", "pipe", "http"])
+    ap.add_argument("--endpoint", default="")
+    ap.add_argument("--port", type=int, required=True)
+    uvloop.run(main(ap.parse_args()))

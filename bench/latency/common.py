@@ -1,0 +1,125 @@
+"""Shared pieces of the latency suite: records the engine stand-in sends, stream framing, stats.
+
+The bench carries the engine's commit time to the app client inside the record
+itself: the engine stand-in (feeder.py) writes ``order_id = commit_real_ns``
+into every NEW_ORDER and DRIVER_POSITION it publishes, and the sidecar passes
+order_id through unchanged to the app message. The client then computes
+``time.time_ns() at frame receipt - order_id``: engine commit -> app holds the
+frame, on one host, CLOCK_REALTIME on both ends, with no sidecar change.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import struct
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from sidecar import records as R  # noqa: E402
+from sidecar.ring import Record, aligned, frame  # noqa: E402
+
+JWT_SECRET = "dgdo-bench-secret-0123456789abcdef-not-for-production"  # set in every sidecar the bench starts; clients mint tokens with it
+_HDR = struct.Struct("<ii")
+PICKUP = (38.5598, 68.7870)
+DROPOFF = (38.5750, 68.7950)
+
+
+def driver_id(i: int) -> str:
+    return f"bd{i}"
+
+
+def passenger_id(i: int) -> str:
+    return f"bp{i}"
+
+
+def new_order(to_driver: str, commit_real_ns: int, commit_mono_ns: int) -> bytes:
+    """A NEW_ORDER body, routed by role + id, whose order_id is the commit stamp."""
+    meta = (commit_mono_ns, commit_real_ns, 0, 1, R.Role.DRIVER, to_driver.encode())
+    return R.OUT_NEW_ORDER.pack(*meta, commit_real_ns, b"bench-passenger", *PICKUP, *DROPOFF, 612.3, 165.0, 15.0)
+
+
+def driver_position(to_passenger: str, commit_real_ns: int, commit_mono_ns: int) -> bytes:
+    meta = (commit_mono_ns, commit_real_ns, 0, 1, R.Role.PASSENGER, to_passenger.encode())
+    return R.OUT_DRIVER_POSITION.pack(*meta, commit_real_ns, b"bench-driver", 38.5605, 68.784, 80.0, 31.0)
+
+
+def batch(offers: list[str], positions: list[str]) -> bytes:
+    """One engine batch: every record stamped with the same commit time, as the engine's publish() does."""
+    buf = bytearray()
+    mono, real = time.monotonic_ns(), time.time_ns()
+    for d in offers:
+        frame(buf, R.T.OUT_NEW_ORDER, new_order(d, real, mono))
+    for p in positions:
+        frame(buf, R.T.OUT_DRIVER_POSITION, driver_position(p, real, mono))
+    return bytes(buf)
+
+
+class Chunk:
+    """Looks like a ring Consumer to Bridge.on_records(): records of one received buffer."""
+
+    __slots__ = ("view",)
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self.view = memoryview(data)
+
+    def records(self, nbytes: int) -> Iterator[Record]:
+        view, off = self.view, 0
+        unpack = _HDR.unpack_from
+        while off < nbytes:
+            length, type_ = unpack(view, off)
+            if type_ != -1:
+                yield Record(type_, view[off + 8 : off + length])
+            off += aligned(length)
+
+
+def complete_prefix(buf: bytearray | bytes) -> int:
+    """Bytes at the start of `buf` that hold whole records (for stream transports)."""
+    off, n = 0, len(buf)
+    while n - off >= 8:
+        length = _HDR.unpack_from(buf, off)[0]
+        step = aligned(length)
+        if length < 8 or n - off < step:
+            break
+        off += step
+    return off
+
+
+def token(role: str, sub: str) -> str:
+    import jwt
+
+    return jwt.encode({"sub": sub, "role": role, "exp": int(time.time()) + 86400}, JWT_SECRET, "HS256")
+
+
+def percentiles(samples: list[int], ps: tuple[float, ...] = (50, 90, 99, 99.9)) -> list[int]:
+    """Nearest-rank percentiles."""
+    if not samples:
+        return [0 for _ in ps]
+    s = sorted(samples)
+    n = len(s)
+    return [s[min(n - 1, max(0, -(-int(p * n) // 100) - 1))] for p in ps]
+
+
+def machine() -> dict[str, str | int]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count() or 0,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_at_start": f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+    }

@@ -1,0 +1,311 @@
+"""The engine stand-in: publishes stamped engine batches to a sidecar over one transport.
+
+    feeder.py --transport ring --control PATH --instance NAME --cmd PATH
+    feeder.py --transport zmq|unix|http --endpoint EP --cmd PATH
+    feeder.py --transport pipe --cmd PATH            (batches go to stdout)
+
+For `ring` it plays the engine's side of include/dgdo/control.h exactly as
+engine/src/loop/event_loop.cpp does: listens on the control socket, creates
+the two segments with this run's epoch, passes two eventfds with SCM_RIGHTS,
+then per batch writes records into the out ring and rings the worker's
+doorbell only when `dgdo_ring_producer_should_wake()` says it parked.
+For the other transports the same batch bytes go out with one send per batch.
+
+The bench runner drives it over a UNIX stream socket (--cmd): one JSON line
+per phase, {"offers_per_s", "positions_per_s", "seconds", "drivers",
+"passengers"}; the answer is {"batches", "offers", "positions"}.
+Every record is stamped (CLOCK_REALTIME, once per batch as the engine does)
+immediately before the batch is handed to the transport.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import contextlib
+import http.client
+import json
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+from sidecar import ring  # noqa: E402
+from sidecar.engine_link import ATTACH, CTL_MAGIC, CTL_VERSION, HELLO  # noqa: E402
+
+ONE = (1).to_bytes(8, "little")
+RING_CAPACITY = 1 << 22
+
+
+class RingSender:
+    """The engine's side of one worker attachment."""
+
+    def __init__(self, control: str, instance: str) -> None:
+        self.instance = instance
+        self.epoch = secrets.randbits(63) | 1
+        self.lock = threading.Lock()
+        self.producer: ring.Producer | None = None
+        self.consumer: ring.Consumer | None = None
+        self.bell = -1
+        self.keep: list[object] = []
+        self.wakeups = 0
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(control)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.listener.bind(control)
+        self.listener.listen(4)
+        self.control = control
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            conn, _ = self.listener.accept()
+            data = conn.recv(64)
+            if len(data) != HELLO.size:
+                conn.close()
+                continue
+            magic, version, worker, _pid, _ = HELLO.unpack(data)
+            if magic != CTL_MAGIC or version != CTL_VERSION:
+                conn.close()
+                continue
+            base = f"/dgdo.{self.instance}.w{worker}"
+            segs = []
+            for suffix in ("in", "out"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"/dev/shm{base}.{suffix}")
+                segs.append(ring.Segment(f"{base}.{suffix}", create_capacity=RING_CAPACITY, epoch=self.epoch))
+            engine_bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            worker_bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            with self.lock:
+                self.consumer = ring.Consumer(segs[0])
+                self.producer = ring.Producer(segs[1])
+                self.bell = worker_bell
+                self.keep += [conn, engine_bell, *segs]
+            reply = ATTACH.pack(CTL_MAGIC, CTL_VERSION, worker, os.getpid(), 0, self.epoch, RING_CAPACITY,
+                                RING_CAPACITY, f"{base}.in".encode(), f"{base}.out".encode())
+            conn.sendmsg([reply], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [engine_bell, worker_bell]))])
+            print(f"feeder: worker {worker} attached", file=sys.stderr, flush=True)
+
+    @property
+    def ready(self) -> bool:
+        return self.producer is not None
+
+    def send(self, data: bytes) -> None:
+        p = self.producer
+        assert p is not None
+        buf = bytearray(data)
+        while buf:
+            n, _status = p.publish(buf)
+            del buf[:n]
+            if p.should_wake():
+                self.wakeups += 1
+                os.write(self.bell, ONE)
+            if buf:
+                time.sleep(0.0001)  # full ring: never drop, wait for the sidecar
+
+    def idle(self) -> None:
+        """Drains what the sidecar sent the engine (session opens); the bench ignores it."""
+        c = self.consumer
+        if c is not None:
+            while c.drain():
+                pass
+
+    def close(self) -> None:
+        for seg in self.keep:
+            if isinstance(seg, ring.Segment):
+                seg.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.control)
+
+
+class ZmqSender:
+    def __init__(self, endpoint: str) -> None:
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.sock.connect(endpoint)
+        self.ready = True
+
+    def send(self, data: bytes) -> None:
+        self.sock.send(data, copy=True)
+
+    def idle(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+class UnixSender:
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.sock.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.ready = True
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def idle(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class PipeSender:
+    """The engine writes its events to stdout; the sidecar reads the other end of the pipe."""
+
+    def __init__(self) -> None:
+        self.fd = sys.stdout.fileno()
+        self.ready = True
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+
+    def idle(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class HttpSender:
+    """One keep-alive HTTP/1.1 connection, one POST per batch, waiting for each answer (like requests/httpx)."""
+
+    def __init__(self, endpoint: str) -> None:
+        host, port = endpoint.rsplit(":", 1)
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.conn.connect()
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.ready = True
+
+    def send(self, data: bytes) -> None:
+        self.conn.request("POST", "/events", body=data, headers={"Content-Type": "application/octet-stream"})
+        r = self.conn.getresponse()
+        r.read()
+
+    def idle(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def run_phase(sender, spec: dict) -> dict:
+    offers_per_s = float(spec["offers_per_s"])
+    positions_per_s = float(spec.get("positions_per_s", 0))
+    seconds = float(spec["seconds"])
+    drivers = [common.driver_id(i) for i in range(int(spec["drivers"]))]
+    passengers = [common.passenger_id(i) for i in range(int(spec["passengers"]))]
+    tick = 0.001  # the engine publishes per loop turn; 1 ms turns at these rates
+    offers_per_tick = offers_per_s * tick
+    pos_per_tick = positions_per_s * tick
+    owed_o = owed_p = 0.0
+    di = pi = 0
+    n_batches = n_offers = n_pos = 0
+    t0 = time.monotonic()
+    end = t0 + seconds
+    k = 0
+    while True:
+        k += 1
+        due = t0 + k * tick
+        now = time.monotonic()
+        if due >= end:
+            break
+        if due > now:
+            time.sleep(due - now)
+        owed_o += offers_per_tick
+        owed_p += pos_per_tick
+        no, np_ = int(owed_o), int(owed_p)
+        if no == 0 and np_ == 0:
+            continue
+        owed_o -= no
+        owed_p -= np_
+        offers = [drivers[(di + i) % len(drivers)] for i in range(no)]
+        positions = [passengers[(pi + i) % len(passengers)] for i in range(np_)] if passengers else []
+        di += no
+        pi += np_
+        sender.send(common.batch(offers, positions))  # stamped inside batch(), right before the send
+        n_batches += 1
+        n_offers += no
+        n_pos += len(positions)
+        if k % 64 == 0:
+            sender.idle()
+    return {"batches": n_batches, "offers": n_offers, "positions": n_pos, "seconds": time.monotonic() - t0,
+            "wakeups": getattr(sender, "wakeups", None)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--transport", required=True, choices=["ring", "zmq", "unix", "pipe", "http"])
+    ap.add_argument("--endpoint", default="")
+    ap.add_argument("--control", default="")
+    ap.add_argument("--instance", default="bench")
+    ap.add_argument("--cmd", required=True, help="UNIX socket path the runner sends phase commands to")
+    args = ap.parse_args()
+
+    if args.transport == "ring":
+        sender = RingSender(args.control, args.instance)
+    elif args.transport == "zmq":
+        sender = ZmqSender(args.endpoint)
+    elif args.transport == "unix":
+        sender = UnixSender(args.endpoint)
+    elif args.transport == "pipe":
+        sender = PipeSender()
+    else:
+        sender = HttpSender(args.endpoint)
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(args.cmd)
+    cmd = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    cmd.bind(args.cmd)
+    cmd.listen(1)
+    print("feeder: ready", file=sys.stderr, flush=True)
+    try:
+        conn, _ = cmd.accept()
+        f = conn.makefile("rwb", buffering=0)
+        for line in f:
+            spec = json.loads(line)
+            if spec.get("cmd") == "quit":
+                break
+            if spec.get("cmd") == "ready?":
+                f.write((json.dumps({"ready": bool(sender.ready)}) + "\n").encode())
+                continue
+            result = run_phase(sender, spec)
+            f.write((json.dumps(result) + "\n").encode())
+    finally:
+        sender.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(args.cmd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,543 @@
+"""Assignment-to-push latency: the ring-fed sidecar against the feeds a team would reach for.
+
+    .venv/bin/python bench/latency/run.py [--quick | --smoke] [--repeats N] [--seconds S]
+
+What is measured (all on 127.0.0.1, one host, CLOCK_REALTIME on both ends):
+
+* `ring`: the production sidecar process (`dgdo sidecar --control ...`),
+  attached over the real control socket and shm rings to feeder.py, which
+  plays the engine's side of the rings. Latency = the driver client's
+  `time.time_ns()` when the frame arrives - the commit stamp the engine side
+  wrote into the record (carried to the client in `order_id`, see common.py).
+* `zmq ipc`, `unix socket`, `stdout pipe`, `http POST`: the same sidecar code
+  (App: bridge, registry, encode, picows) fed the same record batches over
+  that transport (alt_sidecar.py), by the same feeder.
+* `fastapi+zmq`: FastAPI/uvicorn WebSocket server with the same bridge, fed
+  by ZeroMQ (fastapi_sidecar.py).
+* `engine e2e`: the real engine + sidecar (`dgdo run --no-demo`): passenger
+  sends ride_request -> driver holds new_order (client clock only; includes
+  the inbound hop and matching). The sidecar does not expose the engine's
+  commit ns to apps, so engine-commit -> driver for the real engine is taken
+  from the rows above.
+
+Phases: idle = ~1k offers/s; load = ~10k offers/s + ~10k driver positions/s
+(engine batches every 1 ms). Variants run one after another in each repeat,
+in a rotated order; the table gives medians over repeats and the median of
+per-repeat ratios against `ring` (side by side in one run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+import uvloop  # noqa: E402
+from picows import WSListener, WSMsgType, WSTransport, ws_connect  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = common.ROOT
+PY = sys.executable
+RESULTS = ROOT / "bench" / "results"
+VARIANTS = ["ring", "zmq ipc", "unix socket", "stdout pipe", "http POST", "fastapi+zmq"]
+E2E = "engine e2e"
+PCTS = (50, 90, 99, 99.9)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- processes ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """The processes of one variant."""
+
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    port: int = 0
+    cmd_path: str = ""
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(self.procs):
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def start_stack(variant: str, tmp: Path, logf) -> Stack:
+    env = dict(os.environ, DGDO_JWT_SECRET=common.JWT_SECRET, PYTHONUNBUFFERED="1")
+    port = free_port()
+    cmd_path = str(tmp / f"feeder-{port}.cmd")
+    st = Stack(port=port, cmd_path=cmd_path)
+    feeder = [PY, str(HERE / "feeder.py"), "--cmd", cmd_path]
+    kw = {"env": env, "stderr": logf, "cwd": str(ROOT)}
+    if variant == "ring":
+        control = str(tmp / f"engine-{port}.sock")
+        inst = f"bench{os.getpid()}p{port}"
+        st.procs.append(subprocess.Popen([*feeder, "--transport", "ring", "--control", control, "--instance", inst],
+                                         stdout=subprocess.DEVNULL, **kw))
+        _wait_path(control)
+        st.procs.append(subprocess.Popen([PY, "-m", "sidecar", "sidecar", "--control", control, "--port", str(port),
+                                          "--status-interval", "0", "--log-level", "WARNING"],
+                                         stdout=subprocess.DEVNULL, **kw))
+    elif variant == "stdout pipe":
+        f = subprocess.Popen([*feeder, "--transport", "pipe"], stdout=subprocess.PIPE, **kw)
+        st.procs.append(f)
+        st.procs.append(subprocess.Popen([PY, str(HERE / "alt_sidecar.py"), "--feed", "pipe", "--port", str(port)],
+                                         stdin=f.stdout, stdout=subprocess.DEVNULL, **kw))
+        assert f.stdout is not None
+        f.stdout.close()  # the sidecar holds the read end now
+    else:
+        if variant == "zmq ipc" or variant == "fastapi+zmq":
+            transport, endpoint = "zmq", f"ipc://{tmp}/zmq-{port}.ipc"
+        elif variant == "unix socket":
+            transport, endpoint = "unix", str(tmp / f"feed-{port}.sock")
+        else:
+            transport, endpoint = "http", f"127.0.0.1:{free_port()}"
+        if variant == "fastapi+zmq":
+            side = [PY, str(HERE / "fastapi_sidecar.py"), "--endpoint", endpoint, "--port", str(port)]
+        else:
+            side = [PY, str(HERE / "alt_sidecar.py"), "--feed", transport, "--endpoint", endpoint, "--port", str(port)]
+        st.procs.append(subprocess.Popen(side, stdout=subprocess.DEVNULL, **kw))
+        _wait_port(port)
+        st.procs.append(subprocess.Popen([*feeder, "--transport", transport, "--endpoint", endpoint],
+                                         stdout=subprocess.DEVNULL, **kw))
+    _wait_port(port)
+    _wait_path(cmd_path)
+    return st
+
+
+def _wait_path(path: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear")
+        time.sleep(0.02)
+
+
+def _wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"port {port} not listening")
+        time.sleep(0.02)
+
+
+# ---- clients -----------------------------------------------------------------------------------
+
+
+class Sink(WSListener):
+    """Keeps (receive ns, payload) and decodes nothing until the phase is over."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, bytes]] = []
+        self.welcomed = asyncio.get_running_loop().create_future()
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        t = time.time_ns()
+        if frame.msg_type is WSMsgType.TEXT or frame.msg_type is WSMsgType.BINARY:
+            self.frames.append((t, frame.get_payload_as_bytes()))
+            if not self.welcomed.done():
+                self.welcomed.set_result(None)
+
+
+async def connect(port: int, role: str, app_id: str, listener_factory) -> tuple[WSTransport, WSListener]:
+    url = f"ws://127.0.0.1:{port}/ws/{role}/{app_id}?token={common.token(role, app_id)}"
+    return await ws_connect(listener_factory, url)
+
+
+class Feeder:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_unix_connection(self.path)
+
+    async def call(self, spec: dict) -> dict:
+        self.writer.write((json.dumps(spec) + "\n").encode())
+        await self.writer.drain()
+        return json.loads(await self.reader.readline())
+
+    async def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not (await self.call({"cmd": "ready?"}))["ready"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError("engine side never attached")
+            await asyncio.sleep(0.05)
+
+    async def quit(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.write(b'{"cmd": "quit"}\n')
+            await self.writer.drain()
+            self.writer.close()
+
+
+def harvest(sinks: list[Sink]) -> tuple[list[int], list[int]]:
+    """Offer and position latencies (ns) from what the clients hold; empties the sinks."""
+    offers: list[int] = []
+    positions: list[int] = []
+    for s in sinks:
+        frames, s.frames = s.frames, []
+        for t, payload in frames:
+            m = json.loads(payload)
+            ty = m.get("type")
+            if ty == "new_order":
+                offers.append(t - m["order_id"])
+            elif ty == "driver_location":
+                positions.append(t - m["order_id"])
+    return offers, positions
+
+
+async def run_variant(variant: str, phases: list[dict], tmp: Path, logf, n_clients: int) -> dict[str, dict]:
+    st = start_stack(variant, tmp, logf)
+    out: dict[str, dict] = {}
+    transports: list[WSTransport] = []
+    try:
+        sinks: list[Sink] = []
+        for i in range(n_clients):
+            for role, app_id in (("driver", common.driver_id(i)), ("passenger", common.passenger_id(i))):
+                tr, li = await connect(st.port, role, app_id, Sink)
+                transports.append(tr)
+                sinks.append(li)
+        await asyncio.wait_for(asyncio.gather(*(s.welcomed for s in sinks)), 20)
+        feeder = Feeder(st.cmd_path)
+        await feeder.open()
+        await feeder.wait_ready()
+        await asyncio.sleep(0.3)  # session opens and attach settle
+        harvest(sinks)
+        for ph in phases:
+            spec = {**ph, "drivers": n_clients, "passengers": n_clients}
+            sent = await feeder.call(spec)
+            await asyncio.sleep(0.25)  # stragglers
+            offers, positions = harvest(sinks)
+            out[ph["name"]] = {"offers": offers, "positions": positions, "sent": sent}
+        await feeder.quit()
+    finally:
+        for tr in transports:
+            with contextlib.suppress(Exception):
+                tr.disconnect()
+        st.stop()
+    return out
+
+
+# ---- the real engine, end to end ----------------------------------------------------------------
+
+
+class E2EClient(WSListener):
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.waiters: dict[tuple, asyncio.Future] = {}
+        self.welcomed = self.loop.create_future()
+
+    def expect(self, key: tuple) -> asyncio.Future:
+        f = self.loop.create_future()
+        self.waiters[key] = f
+        return f
+
+    def on_ws_frame(self, transport: WSTransport, frame) -> None:
+        t = time.time_ns()
+        if frame.msg_type is not WSMsgType.TEXT:
+            return
+        m = json.loads(frame.get_payload_as_bytes())
+        ty = m.get("type")
+        if ty == "welcome" and not self.welcomed.done():
+            self.welcomed.set_result(m)
+        for key in ((ty, m.get("id")), (ty, m.get("order_id")), (ty, None)):
+            f = self.waiters.pop(key, None)
+            if f is not None and not f.done():
+                f.set_result((t, m))
+                return
+
+
+def _send(tr: WSTransport, m: dict) -> None:
+    tr.send(WSMsgType.TEXT, json.dumps(m).encode())
+
+
+async def run_e2e(seconds: float, max_rate: float, logf) -> dict:
+    port = free_port()
+    env = dict(os.environ, DGDO_JWT_SECRET=common.JWT_SECRET, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "dgdo"), "run", "--no-demo", "--port", str(port),
+                             "--instance", f"bench{os.getpid()}e{port}", "--status-interval", "0"],
+                            env=env, stdout=logf, stderr=logf, cwd=str(ROOT))
+    samples: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise TimeoutError("engine + sidecar did not come up")
+            time.sleep(0.05)
+        dtr, d = await connect(port, "driver", "e2e-d1", E2EClient)
+        ptr, p = await connect(port, "passenger", "e2e-p1", E2EClient)
+        await asyncio.wait_for(asyncio.gather(d.welcomed, p.welcomed), 10)
+        f = d.expect(("ack", "s1"))
+        _send(dtr, {"type": "driver_status", "status": "online", "id": "s1"})
+        await asyncio.wait_for(f, 5)
+        f = d.expect(("ack", "l1"))
+        _send(dtr, {"type": "driver_location", "lat": 38.5610, "lon": 68.7800, "id": "l1"})
+        await asyncio.wait_for(f, 5)
+        end = time.monotonic() + seconds
+        gap = 1.0 / max_rate
+        i = 0
+        while time.monotonic() < end:
+            i += 1
+            offer = d.expect(("new_order", None))
+            t0 = time.time_ns()
+            _send(ptr, {"type": "ride_request", "id": f"r{i}", "pickup": {"lat": 38.5598, "lon": 68.7870},
+                        "dropoff": {"lat": 38.5750, "lon": 68.7950}})
+            t1, m = await asyncio.wait_for(offer, 5)
+            samples.append(t1 - t0)
+            withdrawn = d.expect(("cancel_order", m["order_id"]))
+            _send(ptr, {"type": "order_cancel", "order_id": m["order_id"]})
+            await asyncio.wait_for(withdrawn, 5)
+            await asyncio.sleep(gap)
+        metrics = ""
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            metrics = r.read().decode()
+        push = {}
+        for line in metrics.splitlines():
+            if line.startswith("dgdo_push_latency_seconds"):
+                q = line.split('quantile="')[1].split('"')[0]
+                push[f"p{float(q) * 100:g}_us"] = float(line.split()[-1]) * 1e6
+        dtr.disconnect()
+        ptr.disconnect()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return {"samples": samples, "sidecar_push_metrics": push}
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+def summarize(ns: list[int]) -> dict:
+    if not ns:
+        return {"n": 0}
+    vals = common.percentiles(ns, PCTS)
+    return {"n": len(ns), "p50": vals[0] / 1e3, "p90": vals[1] / 1e3, "p99": vals[2] / 1e3, "p99.9": vals[3] / 1e3,
+            "max": max(ns) / 1e3}
+
+
+KEYS = ("p50", "p90", "p99", "p99.9", "max")
+
+
+def median_of(runs: list[dict]) -> dict:
+    runs = [r for r in runs if r.get("n")]
+    if not runs:
+        return {"n": 0}
+    out = {k: statistics.median(r[k] for r in runs) for k in KEYS}
+    out["n"] = sum(r["n"] for r in runs)
+    return out
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, "
+        f"load avg at start {m['loadavg_at_start']}",
+        f"Command: `{results['command']}` — {results['repeats']} repeats, phases of {results['seconds']} s; "
+        "µs, median over repeats; ratio = median of per-repeat p50 (p99) ratios vs `ring`, same run.",
+        "",
+        "| feed → sidecar | phase | n | p50 | p90 | p99 | p99.9 | max | p50 ×ring | p99 ×ring |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["rows"]:
+        s = row["offers"]
+        if not s.get("n"):
+            lines.append(f"| {row['variant']} | {row['phase']} | 0 | – | – | – | – | – | – | – |")
+            continue
+        r50, r99 = row.get("ratio_p50"), row.get("ratio_p99")
+        lines.append(
+            f"| {row['variant']} | {row['phase']} | {s['n']} | {s['p50']:.1f} | {s['p90']:.1f} | {s['p99']:.1f} | "
+            f"{s['p99.9']:.1f} | {s['max']:.1f} | {'%.2f' % r50 if r50 else '–'} | {'%.2f' % r99 if r99 else '–'} |"
+        )
+    if results.get("targets"):
+        t = results["targets"]
+        lines += ["", f"Targets (DESIGN §6, ring idle): p50 {t['p50']:.1f} µs vs ≤ 40 ({t['p50_ok']}), "
+                      f"p99 {t['p99']:.1f} µs vs ≤ 150 ({t['p99_ok']})."]
+    if results.get("e2e_push_metrics"):
+        lines += [f"Engine e2e: the sidecar's own commit → socket-write gauge (/metrics): "
+                  + ", ".join(f"{k} {v:.1f} µs" for k, v in results["e2e_push_metrics"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def plot(pooled: dict[tuple[str, str], list[int]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = sorted({ph for _, ph in pooled}, key=lambda p: ["idle", "load"].index(p) if p in ("idle", "load") else 9)
+    fig, axes = plt.subplots(1, len(phases), figsize=(6.5 * len(phases), 4.6), squeeze=False)
+    for ax, ph in zip(axes[0], phases, strict=True):
+        for (variant, p), ns in pooled.items():
+            if p != ph or not ns:
+                continue
+            s = sorted(ns)
+            n = len(s)
+            ax.plot([v / 1e3 for v in s], [(i + 1) / n for i in range(n)], label=f"{variant} (n={n})",
+                    linewidth=2.2 if variant == "ring" else 1.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("engine commit → driver client holds frame (µs, log)")
+        ax.set_ylabel("fraction ≤ x")
+        ax.set_title(f"assignment-to-push CDF, {ph}")
+        ax.axvline(40, color="grey", linestyle=":", linewidth=1)
+        ax.axvline(150, color="grey", linestyle="--", linewidth=1)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    if args.smoke:
+        repeats, seconds, idle_rate, load_rate, pos_rate, n_clients = 1, 0.3, 500, 2000, 2000, 4
+    elif args.quick:
+        repeats, seconds, idle_rate, load_rate, pos_rate, n_clients = 3, 2.0, 1000, 10_000, 10_000, 16
+    else:
+        repeats, seconds, idle_rate, load_rate, pos_rate, n_clients = 5, 5.0, 1000, 10_000, 10_000, 16
+    repeats = args.repeats or repeats
+    seconds = args.seconds or seconds
+    variants = args.variants.split(",") if args.variants else [*VARIANTS, E2E]
+    phases = [
+        {"name": "idle", "offers_per_s": idle_rate, "positions_per_s": 0, "seconds": seconds},
+        {"name": "load", "offers_per_s": load_rate, "positions_per_s": pos_rate, "seconds": seconds},
+    ]
+    out_dir = Path(args.out) if args.out else RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = out_dir / f"latency-{stamp}{'-smoke' if args.smoke else ''}"
+    machine = common.machine()
+    log(f"[bench] {machine['cpu']} ×{machine['cores']}, Linux {machine['kernel']}, Python {machine['python']}")
+    log(f"[bench] {len(variants)} variants × {repeats} repeats, phases {seconds} s "
+        f"(idle {idle_rate}/s; load {load_rate}/s offers + {pos_rate}/s positions); logs in {base}.log")
+
+    per: dict[tuple[str, str], list[dict]] = {}
+    pooled: dict[tuple[str, str], list[int]] = {}
+    pooled_pos: dict[tuple[str, str], list[int]] = {}
+    sent_total: dict[tuple[str, str], int] = {}
+    e2e_push: dict = {}
+    total = repeats * len(variants)
+    step = 0
+    t_start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="dgdo-bench-") as tmpd, open(f"{base}.log", "wb") as logf:
+        tmp = Path(tmpd)
+        for rep in range(repeats):
+            order = variants[rep % len(variants):] + variants[: rep % len(variants)]
+            for variant in order:
+                step += 1
+                t0 = time.monotonic()
+                try:
+                    if variant == E2E:
+                        res = await run_e2e(seconds, max_rate=500 if not args.smoke else 200, logf=logf)
+                        e2e_push = res["sidecar_push_metrics"]
+                        got = {"idle": {"offers": res["samples"], "positions": [], "sent": {"offers": len(res["samples"])}}}
+                    else:
+                        got = await run_variant(variant, phases, tmp, logf, n_clients)
+                except Exception as e:  # one broken variant must not lose the others
+                    log(f"[{step}/{total}] {variant}: FAILED ({type(e).__name__}: {e})")
+                    continue
+                for ph, r in got.items():
+                    s = summarize(r["offers"])
+                    per.setdefault((variant, ph), []).append(s)
+                    pooled.setdefault((variant, ph), []).extend(r["offers"])
+                    pooled_pos.setdefault((variant, ph), []).extend(r["positions"])
+                    sent_total[(variant, ph)] = sent_total.get((variant, ph), 0) + int(r["sent"].get("offers", 0))
+                    if s.get("n"):
+                        log(f"[{step}/{total}] rep {rep + 1} {variant:12s} {ph:5s} n={s['n']:6d} "
+                            f"p50={s['p50']:8.1f} p99={s['p99']:9.1f} max={s['max']:9.1f} µs "
+                            f"({time.monotonic() - t0:.1f} s; {time.monotonic() - t_start:.0f} s total)")
+                    else:
+                        log(f"[{step}/{total}] rep {rep + 1} {variant:12s} {ph:5s} no samples")
+
+    rows = []
+    for variant in variants:
+        for ph in ("idle", "load"):
+            runs = per.get((variant, ph))
+            if runs is None:
+                continue
+            row = {"variant": variant, "phase": ph, "offers": median_of(runs), "repeats": runs,
+                   "sent_offers": sent_total.get((variant, ph), 0),
+                   "received_offers": len(pooled.get((variant, ph), [])),
+                   "positions": summarize(pooled_pos.get((variant, ph), []))}
+            ring_runs = per.get(("ring", ph))
+            if variant not in ("ring", E2E) and ring_runs:
+                r50 = [a["p50"] / b["p50"] for a, b in zip(runs, ring_runs, strict=False) if a.get("n") and b.get("n")]
+                r99 = [a["p99"] / b["p99"] for a, b in zip(runs, ring_runs, strict=False) if a.get("n") and b.get("n")]
+                row["ratio_p50"] = statistics.median(r50) if r50 else None
+                row["ratio_p99"] = statistics.median(r99) if r99 else None
+            rows.append(row)
+    targets = None
+    ring_idle = next((r["offers"] for r in rows if r["variant"] == "ring" and r["phase"] == "idle"), None)
+    if ring_idle and ring_idle.get("n"):
+        targets = {"p50": ring_idle["p50"], "p99": ring_idle["p99"],
+                   "p50_ok": "met" if ring_idle["p50"] <= 40 else f"missed by {ring_idle['p50'] - 40:.1f} µs",
+                   "p99_ok": "met" if ring_idle["p99"] <= 150 else f"missed by {ring_idle['p99'] - 150:.1f} µs"}
+    cmd = "make bench-latency" + (" ARGS=--quick" if args.quick else "") + (" ARGS=--smoke" if args.smoke else "")
+    results = {"command": cmd, "argv": sys.argv[1:], "machine": machine, "repeats": repeats, "seconds": seconds,
+               "rates": {"idle_offers_per_s": idle_rate, "load_offers_per_s": load_rate,
+                         "load_positions_per_s": pos_rate, "clients_per_role": n_clients},
+               "rows": rows, "targets": targets, "e2e_push_metrics": e2e_push,
+               "note": "µs; 'engine e2e' is ride_request sent -> new_order received (includes the inbound hop)"}
+    md = markdown(results)
+    Path(f"{base}.json").write_text(json.dumps(results, indent=1))
+    Path(f"{base}.md").write_text(md)
+    with contextlib.suppress(Exception):
+        plot({k: v for k, v in pooled.items() if v}, Path(f"{base}.png"))
+    print(md)
+    log(f"[bench] wrote {base}.md, {base}.json, {base}.png")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="3 repeats of 2 s phases")
+    ap.add_argument("--smoke", action="store_true", help="tiny run for tests: 1 repeat, 0.3 s phases, low rates")
+    ap.add_argument("--repeats", type=int, default=0)
+    ap.add_argument("--seconds", type=float, default=0)
+    ap.add_argument("--variants", default="", help=f"comma list of: {', '.join([*VARIANTS, E2E])}")
+    ap.add_argument("--out", default="", help="output directory (default bench/results)")
+    return uvloop.run(main_async(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
