@@ -75,7 +75,7 @@ async def serve(args: argparse.Namespace, control: str, engine: subprocess.Popen
     if engine is not None:
         tasks.append(loop.create_task(_watch_engine(engine, stop)))
     if getattr(args, "demo", 0):
-        await app.link.attach_forever()
+        await app.link.wait_attached()
         demo = subprocess.Popen(
             [sys.executable, "-m", "sidecar.demo", "--url", f"ws://{args.host}:{app.port}",
              "--drivers", str(args.demo)],

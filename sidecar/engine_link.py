@@ -79,12 +79,23 @@ class EngineLink:
         self._retry: asyncio.TimerHandle | None = None
         self._reattach_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._up = asyncio.Event()
         self.wakeups = 0
 
     # ---- attach / detach -------------------------------------------------------
 
+    def start(self) -> None:
+        """Starts attaching in the background (once); see wait_attached()."""
+        if self._reattach_task is None or self._reattach_task.done():
+            self._reattach_task = self._loop.create_task(self.attach_forever())
+
+    async def wait_attached(self) -> None:
+        await self._up.wait()
+
     async def attach(self, timeout: float = 5.0) -> None:
         """Attaches once. Raises OSError / TimeoutError / ring.RingError on failure."""
+        if self.attached:
+            return
         loop = self._loop
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.setblocking(False)
@@ -126,6 +137,7 @@ class EngineLink:
         loop.add_reader(self._worker_bell, self._on_doorbell)
         loop.add_reader(sock.fileno(), self._on_control)
         self.attached = True
+        self._up.set()
         log.info("= attached to engine pid %d epoch %d (worker %d)", pid, epoch, self.worker)
         self.on_state(True)
         self._schedule_flush()
@@ -148,6 +160,7 @@ class EngineLink:
         if not self.attached:
             return
         self.attached = False
+        self._up.clear()
         loop = self._loop
         with contextlib.suppress(Exception):
             loop.remove_reader(self._worker_bell)
@@ -178,7 +191,7 @@ class EngineLink:
         if not data:  # EOF: the engine is gone
             self._detach()
             if not self._closed:
-                self._reattach_task = self._loop.create_task(self.attach_forever())
+                self.start()
 
     def close(self) -> None:
         self._closed = True

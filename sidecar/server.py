@@ -61,7 +61,7 @@ class App:
             enable_auto_ping=True, auto_ping_idle_timeout=30, auto_ping_reply_timeout=15,
             max_frame_size=MAX_FRAME_BYTES,
         )
-        asyncio.get_running_loop().create_task(self.link.attach_forever())
+        self.link.start()
 
     @property
     def port(self) -> int:
