@@ -22,11 +22,11 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-import uvloop  # noqa: E402
-from picows import ws_create_server  # noqa: E402
+import common
+import uvloop
+from picows import ws_create_server
 
-from sidecar.server import MAX_FRAME_BYTES, App  # noqa: E402
+from sidecar.server import MAX_FRAME_BYTES, App
 
 
 class StreamFeed(asyncio.Protocol):

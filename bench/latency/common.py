@@ -25,7 +25,8 @@ if str(ROOT) not in sys.path:
 from sidecar import records as R  # noqa: E402
 from sidecar.ring import Record, aligned, frame  # noqa: E402
 
-JWT_SECRET = "dgdo-bench-secret-0123456789abcdef-not-for-production"  # set in every sidecar the bench starts; clients mint tokens with it
+# Set as DGDO_JWT_SECRET in every sidecar the bench starts; clients mint tokens with it.
+JWT_SECRET = "dgdo-bench-secret-0123456789abcdef-not-for-production"
 _HDR = struct.Struct("<ii")
 PICKUP = (38.5598, 68.7870)
 DROPOFF = (38.5750, 68.7950)

@@ -19,17 +19,17 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-import uvicorn  # noqa: E402
-from alt_sidecar import zmq_pull  # noqa: E402
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect  # noqa: E402
-from picows import WSMsgType  # noqa: E402
+import common
+import uvicorn
+from alt_sidecar import zmq_pull
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from picows import WSMsgType
 
-from sidecar.bridge import Bridge  # noqa: E402
-from sidecar.connections import Registry  # noqa: E402
-from sidecar.events import Role  # noqa: E402
-from sidecar.protocol import JSON  # noqa: E402
-from sidecar.stats import SidecarStats  # noqa: E402
+from sidecar.bridge import Bridge
+from sidecar.connections import Registry
+from sidecar.events import Role
+from sidecar.protocol import JSON
+from sidecar.stats import SidecarStats
 
 stats = SidecarStats()
 registry = Registry(1)

@@ -33,10 +33,10 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common
 
-from sidecar import ring  # noqa: E402
-from sidecar.engine_link import ATTACH, CTL_MAGIC, CTL_VERSION, HELLO  # noqa: E402
+from sidecar import ring
+from sidecar.engine_link import ATTACH, CTL_MAGIC, CTL_VERSION, HELLO
 
 ONE = (1).to_bytes(8, "little")
 RING_CAPACITY = 1 << 22
@@ -88,7 +88,8 @@ class RingSender:
                 self.keep += [conn, engine_bell, *segs]
             reply = ATTACH.pack(CTL_MAGIC, CTL_VERSION, worker, os.getpid(), 0, self.epoch, RING_CAPACITY,
                                 RING_CAPACITY, f"{base}.in".encode(), f"{base}.out".encode())
-            conn.sendmsg([reply], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [engine_bell, worker_bell]))])
+            fds = array.array("i", [engine_bell, worker_bell])
+            conn.sendmsg([reply], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
             print(f"feeder: worker {worker} attached", file=sys.stderr, flush=True)
 
     @property

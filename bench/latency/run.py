@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-import uvloop  # noqa: E402
-from picows import WSListener, WSMsgType, WSTransport, ws_connect  # noqa: E402
+import common
+import uvloop
+from picows import WSListener, WSMsgType, WSTransport, ws_connect
 
 HERE = Path(__file__).resolve().parent
 ROOT = common.ROOT
@@ -294,10 +294,10 @@ async def run_e2e(seconds: float, max_rate: float, logf) -> dict:
     try:
         deadline = time.monotonic() + 30
         while True:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        break
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    break
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise TimeoutError("engine + sidecar did not come up")
             time.sleep(0.05)
@@ -387,14 +387,14 @@ def markdown(results: dict) -> str:
         r50, r99 = row.get("ratio_p50"), row.get("ratio_p99")
         lines.append(
             f"| {row['variant']} | {row['phase']} | {s['n']} | {s['p50']:.1f} | {s['p90']:.1f} | {s['p99']:.1f} | "
-            f"{s['p99.9']:.1f} | {s['max']:.1f} | {'%.2f' % r50 if r50 else '–'} | {'%.2f' % r99 if r99 else '–'} |"
+            f"{s['p99.9']:.1f} | {s['max']:.1f} | {f'{r50:.2f}' if r50 else '–'} | {f'{r99:.2f}' if r99 else '–'} |"
         )
     if results.get("targets"):
         t = results["targets"]
         lines += ["", f"Targets (DESIGN §6, ring idle): p50 {t['p50']:.1f} µs vs ≤ 40 ({t['p50_ok']}), "
                       f"p99 {t['p99']:.1f} µs vs ≤ 150 ({t['p99_ok']})."]
     if results.get("e2e_push_metrics"):
-        lines += [f"Engine e2e: the sidecar's own commit → socket-write gauge (/metrics): "
+        lines += ["Engine e2e: the sidecar's own commit → socket-write gauge (/metrics): "
                   + ", ".join(f"{k} {v:.1f} µs" for k, v in results["e2e_push_metrics"].items())]
     return "\n".join(lines) + "\n"
 
@@ -470,7 +470,8 @@ async def main_async(args: argparse.Namespace) -> int:
                     if variant == E2E:
                         res = await run_e2e(seconds, max_rate=500 if not args.smoke else 200, logf=logf)
                         e2e_push = res["sidecar_push_metrics"]
-                        got = {"idle": {"offers": res["samples"], "positions": [], "sent": {"offers": len(res["samples"])}}}
+                        n = len(res["samples"])
+                        got = {"idle": {"offers": res["samples"], "positions": [], "sent": {"offers": n}}}
                     else:
                         got = await run_variant(variant, phases, tmp, logf, n_clients)
                 except Exception as e:  # one broken variant must not lose the others
