@@ -42,7 +42,9 @@ def engine_path() -> str:
     raise SystemExit("dgdo: engine binary not found (build it with `make engine` or set DGDO_ENGINE)")
 
 
-ENGINE_FLAGS = ("offer_timeout_s", "radius_m", "wide_radius_m", "speed_kmh", "detour", "search_timeout_s")
+ENGINE_FLAGS = (
+    "ring_capacity", "offer_timeout_s", "radius_m", "wide_radius_m", "speed_kmh", "detour", "search_timeout_s",
+)
 
 
 def _engine_args(args: argparse.Namespace) -> list[str]:
@@ -60,7 +62,7 @@ async def _status_loop(app: App, interval: float) -> None:
         print(f"[dgdo] {app.stats.status_line()}", flush=True)
 
 
-async def serve(args: argparse.Namespace, control: str, engine: subprocess.Popen[bytes] | None) -> int:
+async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -73,7 +75,7 @@ async def serve(args: argparse.Namespace, control: str, engine: subprocess.Popen
     if args.status_interval > 0:
         tasks.append(loop.create_task(_status_loop(app, args.status_interval)))
     if engine is not None:
-        tasks.append(loop.create_task(_watch_engine(engine, stop)))
+        tasks.append(loop.create_task(engine.watch(stop)))
     if getattr(args, "demo", 0):
         await app.link.wait_attached()
         demo = subprocess.Popen(
@@ -92,42 +94,92 @@ async def serve(args: argparse.Namespace, control: str, engine: subprocess.Popen
     return 0
 
 
-async def _watch_engine(engine: subprocess.Popen[bytes], stop: asyncio.Event) -> None:
-    """`dgdo run` owns its engine: if it exits, say so and stop."""
-    while engine.poll() is None:
-        await asyncio.sleep(0.5)
-    log.error("engine exited with status %s", engine.returncode)
-    stop.set()
+class EngineSupervisor:
+    """`dgdo run` owns its engine: starts it, restarts it when it dies, stops it at the end.
 
+    A restarted engine is a new run (new epoch, fresh rings); the sidecar notices the
+    death on its control socket and re-attaches by itself.
+    """
 
-def _start_engine(args: argparse.Namespace, control: str) -> subprocess.Popen[bytes]:
-    cmd = [engine_path(), "--control", control, "--instance", args.instance, *_engine_args(args)]
-    engine = subprocess.Popen(cmd, stdout=subprocess.PIPE)
-    assert engine.stdout is not None
-    line = engine.stdout.readline().decode().strip()  # "dgdo-engine ready control=... pid=... epoch=..."
-    if not line.startswith("dgdo-engine ready"):
-        engine.wait(5)
-        raise SystemExit(f"dgdo: engine failed to start (status {engine.returncode})")
-    print(f"[dgdo] {line}", flush=True)
-    # The engine logs to stderr; pass on anything else it prints so its pipe never fills.
-    threading.Thread(target=shutil.copyfileobj, args=(engine.stdout, sys.stdout.buffer), daemon=True).start()
-    return engine
+    MAX_BACKOFF_S = 5.0
+
+    def __init__(self, args: argparse.Namespace, control: str) -> None:
+        self.cmd = [engine_path(), "--control", control, "--instance", args.instance, *_engine_args(args)]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        """Starts the engine and waits for its ready line. Raises RuntimeError if it fails."""
+        proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode().strip()  # "dgdo-engine ready control=... pid=... epoch=..."
+        if not line.startswith("dgdo-engine ready"):
+            proc.wait(5)
+            raise RuntimeError(f"engine failed to start (status {proc.returncode})")
+        print(f"[dgdo] {line}", flush=True)
+        # The engine logs to stderr; pass on anything else it prints so its pipe never fills.
+        threading.Thread(target=shutil.copyfileobj, args=(proc.stdout, sys.stdout.buffer), daemon=True).start()
+        self.proc = proc
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = 0.2
+        while not stop.is_set():
+            assert self.proc is not None
+            rc = await self._exited(self.proc)
+            if stop.is_set():
+                return
+            log.error("! engine exited with status %s; restarting", rc)
+            while not stop.is_set():
+                try:
+                    await loop.run_in_executor(None, self.start)
+                    self.restarts += 1
+                    backoff = 0.2
+                    break
+                except (RuntimeError, OSError) as e:
+                    log.error("! %s; retrying in %.1f s", e, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(self.MAX_BACKOFF_S, backoff * 2)
+
+    @staticmethod
+    async def _exited(proc: subprocess.Popen[bytes]) -> int:
+        """Awaits the process's exit through a pidfd: no polling, no thread."""
+        loop = asyncio.get_running_loop()
+        fd = os.pidfd_open(proc.pid)
+        exited = loop.create_future()
+        loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+        try:
+            await exited
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+        return proc.wait()
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     runtime = tempfile.mkdtemp(prefix="dgdo-")
     control = os.path.join(runtime, "engine.sock")
-    engine = _start_engine(args, control)
+    engine = EngineSupervisor(args, control)
+    try:
+        engine.start()
+    except RuntimeError as e:
+        shutil.rmtree(runtime, ignore_errors=True)
+        raise SystemExit(f"dgdo: {e}") from None
     try:
         return uvloop.run(serve(args, control, engine))
     finally:
-        if engine.poll() is None:
-            engine.terminate()
-            try:
-                engine.wait(10)
-            except subprocess.TimeoutExpired:
-                engine.kill()
-                engine.wait()
+        engine.stop()
         shutil.rmtree(runtime, ignore_errors=True)
         print("[dgdo] stopped", flush=True)
 
@@ -154,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--demo", type=int, default=20, metavar="N", help="simulated drivers (default 20)")
     demo.add_argument("--no-demo", dest="demo", action="store_const", const=0)
     run.add_argument("--instance", default=f"run{os.getpid()}", help="engine instance name (shm names)")
+    run.add_argument("--ring-capacity", dest="ring_capacity", type=int, help="bytes per ring (power of two)")
     run.add_argument("--offer-timeout-s", dest="offer_timeout_s", type=float)
     run.add_argument("--radius-m", dest="radius_m", type=float)
     run.add_argument("--wide-radius-m", dest="wide_radius_m", type=float)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from sidecar import records as R
@@ -74,9 +74,15 @@ class Bridge:
         self.pending[self._corr] = PendingReply(conn, request_id)
         return self._corr
 
-    def fail_pending(self, code: ErrorCode, message: str) -> None:
-        """Answers every command in flight with an error (the engine went away)."""
-        pending, self.pending = self.pending, {}
+    def fail_pending(self, code: ErrorCode, message: str, keep: Collection[int] = ()) -> None:
+        """Answers the commands in flight with an error (the engine went away).
+
+        Args:
+            keep: correlation ids of commands that were never consumed and will be
+                carried over to the next engine: they stay pending.
+        """
+        pending = {c: p for c, p in self.pending.items() if c not in keep}
+        self.pending = {c: p for c, p in self.pending.items() if c in keep}
         ts = time.time_ns() // 1_000_000
         for p in pending.values():
             out: dict[str, Any] = {"type": "error", "code": code.value, "message": message, "ts": ts}

@@ -37,11 +37,18 @@ ONE = (1).to_bytes(8, "little")
 if HELLO.size != ring.sizeof("dgdo_ctl_hello") or ATTACH.size != ring.sizeof("dgdo_ctl_attach"):
     raise ImportError("control.h layout differs between Python and C")
 
-MAX_PENDING_BYTES = 16 * 1024 * 1024  # inbound bytes held while the ring is full or the engine away
+MAX_BACKLOG_BYTES = 1024 * 1024  # ~9k commands waiting for ring space; beyond it new commands are refused
+MAX_BACKLOG_AGE_S = 1.0  # a backlog that has not drained for this long means the engine is not keeping up
+CORR = struct.Struct("<Q")
+CORR_OFFSET = ring.RECORD_HEADER + 8  # dgdo_in_meta.corr, inside a framed inbound record
 
 
 class EngineUnavailable(Exception):
-    """No engine attached, or its ring stayed full past the limit."""
+    """No engine attached: the command was not taken."""
+
+
+class Overloaded(Exception):
+    """The engine's ring stayed full: the command was not taken (nothing already queued is dropped)."""
 
 
 class EngineLink:
@@ -75,6 +82,9 @@ class EngineLink:
         self._engine_bell = -1
         self._worker_bell = -1
         self._pending = bytearray()
+        self._backlog_since = 0.0  # monotonic time the ring first refused what is pending
+        self._latest: dict[object, tuple[int, bytes]] = {}  # coalesced positions waiting behind a backlog
+        self.salvaged_corrs: set[int] = set()  # commands carried over from a dead engine's ring
         self._flush_scheduled = False
         self._retry: asyncio.TimerHandle | None = None
         self._reattach_task: asyncio.Task[None] | None = None
@@ -173,6 +183,8 @@ class EngineLink:
             if fd >= 0:
                 os.close(fd)
         self._engine_bell = self._worker_bell = -1
+        if self.producer is not None:
+            self._salvage(self.producer)
         self.producer = self.consumer = None
         for seg in (self._in_seg, self._out_seg):
             if seg is not None:
@@ -180,6 +192,24 @@ class EngineLink:
         self._in_seg = self._out_seg = None
         log.warning("! engine detached")
         self.on_state(False)
+
+    def _salvage(self, producer: Producer) -> None:
+        """Keeps the records the dead engine never consumed, to publish them to the next one first."""
+        saved = producer.unconsumed()
+        if not saved:
+            self.salvaged_corrs = set()
+            return
+        corrs = set()
+        off = 0
+        while off < len(saved):
+            length = int.from_bytes(saved[off : off + 4], "little")
+            corr = CORR.unpack_from(saved, off + CORR_OFFSET)[0]
+            if corr:
+                corrs.add(corr)
+            off += ring.aligned(length)
+        self._pending[0:0] = saved
+        self.salvaged_corrs = corrs
+        log.warning("= %d bytes of commands kept for the next engine", len(saved))
 
     def _on_control(self) -> None:
         try:
@@ -206,13 +236,33 @@ class EngineLink:
     def publish(self, type_: int, body: bytes) -> None:
         """Queues one record for the engine; it is written at the end of this loop turn.
 
+        Records are written in the order published and never dropped once taken.
+
         Raises:
-            EngineUnavailable: no engine attached, or the backlog is over its limit.
+            EngineUnavailable: no engine attached.
+            Overloaded: the ring has been full too long or the backlog is at its cap.
         """
         if not self.attached:
             raise EngineUnavailable("engine not attached")
-        if len(self._pending) > MAX_PENDING_BYTES:
-            raise EngineUnavailable("engine backlog full")
+        if self._backlog_since and (
+            len(self._pending) >= MAX_BACKLOG_BYTES
+            or time.monotonic() - self._backlog_since > MAX_BACKLOG_AGE_S
+        ):
+            raise Overloaded("engine is not keeping up; retry shortly")
+        ring.frame(self._pending, type_, body)
+        self._schedule_flush()
+
+    def publish_latest(self, key: object, type_: int, body: bytes) -> None:
+        """Like publish(), for latest-wins data (positions): behind a backlog only the newest per key waits.
+
+        Raises:
+            EngineUnavailable: no engine attached.
+        """
+        if not self.attached:
+            raise EngineUnavailable("engine not attached")
+        if self._backlog_since:
+            self._latest[key] = (type_, body)
+            return
         ring.frame(self._pending, type_, body)
         self._schedule_flush()
 
@@ -229,14 +279,25 @@ class EngineLink:
         n, status = p.publish(self._pending)
         if n:
             del self._pending[:n]
-            if p.should_wake():
-                os.write(self._engine_bell, ONE)
-        if self._pending and self._retry is None:
+        if not self._pending and self._latest:
+            for type_, body in self._latest.values():
+                ring.frame(self._pending, type_, body)
+            self._latest.clear()
+            n2, status = p.publish(self._pending)
+            del self._pending[:n2]
+            n += n2
+        if n and p.should_wake():
+            os.write(self._engine_bell, ONE)
+        if not self._pending:
+            self._backlog_since = 0.0
+        elif self._retry is None:
             # Full ring: retry soon; records stay in order and are never dropped.
             if status == ring.TOO_LARGE:
                 log.error("! record over the ring's max size dropped")
                 self._pending.clear()
                 return
+            if not self._backlog_since:
+                self._backlog_since = time.monotonic()
             self._retry = self._loop.call_later(0.0005, self._retry_flush)
 
     def _retry_flush(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from sidecar import records as R
 from sidecar.bridge import Bridge
 from sidecar.connections import Connection, now_ms
-from sidecar.engine_link import EngineLink, EngineUnavailable
+from sidecar.engine_link import EngineLink, EngineUnavailable, Overloaded
 from sidecar.events import (
     AdminSubscribe,
     DriverLocation,
@@ -67,6 +67,8 @@ class Handlers:
             self._by_type[type(req.message)](conn, req)
         except EngineUnavailable as e:
             self.error(conn, ErrorCode.ENGINE_UNAVAILABLE, str(e), req.request_id)
+        except Overloaded as e:
+            self.error(conn, ErrorCode.OVERLOADED, str(e), req.request_id)
 
     def error(self, conn: Connection, code: ErrorCode, message: str, request_id: Any = None) -> None:
         out: dict[str, Any] = {"type": "error", "code": code.value, "message": message, "ts": now_ms()}
@@ -80,10 +82,13 @@ class Handlers:
             return 0
         return self.bridge.expect_reply(conn, req.request_id)
 
-    def _publish(self, type_: int, body: bytes, corr: int) -> None:
+    def _publish(self, type_: int, body: bytes, corr: int, latest_key: object = None) -> None:
         try:
-            self.link.publish(type_, body)
-        except EngineUnavailable:
+            if latest_key is not None and not corr:
+                self.link.publish_latest(latest_key, type_, body)
+            else:
+                self.link.publish(type_, body)
+        except (EngineUnavailable, Overloaded):
             self.bridge.pending.pop(corr, None)
             raise
         self.stats.records_out += 1
@@ -93,7 +98,7 @@ class Handlers:
         corr = self._corr(conn, req)
         body = R.driver_location(conn.origin, time.monotonic_ns(), corr,
                                  m.lat, m.lon, m.heading, m.speed_kmh, m.accuracy_m)
-        self._publish(R.T.IN_DRIVER_LOCATION, body, corr)
+        self._publish(R.T.IN_DRIVER_LOCATION, body, corr, latest_key=conn.app_id)
 
     def _driver_status(self, conn: Connection, req: Request) -> None:
         m: DriverStatus = req.message  # type: ignore[assignment]

@@ -81,7 +81,8 @@ class App:
             for conn in self.registry:
                 self._publish_session(conn, R.T.IN_SESSION_OPEN)
         else:
-            self.bridge.fail_pending(ErrorCode.ENGINE_UNAVAILABLE, "engine restarted; retry the command")
+            self.bridge.fail_pending(ErrorCode.ENGINE_UNAVAILABLE, "engine restarted; retry the command",
+                                     keep=self.link.salvaged_corrs)
 
     def _publish_session(self, conn: Connection, type_: int) -> None:
         with contextlib.suppress(EngineUnavailable):  # re-announced on attach

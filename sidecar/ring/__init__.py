@@ -146,6 +146,13 @@ class Producer:
         n = lib.dgdo_py_publish(self._p, ffi.from_buffer(framed), len(framed), self._status)
         return n, self._status[0]
 
+    def unconsumed(self) -> bytes:
+        """The records a dead consumer never took, framed for publish() to another ring."""
+        cap = self.depth() + RECORD_ALIGN
+        buf = bytearray(cap)
+        n = lib.dgdo_py_unconsumed(self._p, ffi.from_buffer(buf), cap)
+        return bytes(buf[:n])
+
     def should_wake(self) -> bool:
         """After committing: True when the consumer parked and we must ring its doorbell."""
         return bool(lib.dgdo_ring_producer_should_wake(self._p))

@@ -51,6 +51,7 @@ uint64_t dgdo_py_depth(dgdo_ring_producer *p);
 uint64_t dgdo_py_epoch(const void *segment);
 uint32_t dgdo_py_max_record(const void *segment);
 size_t dgdo_py_publish(dgdo_ring_producer *p, const uint8_t *buf, size_t len, int *status);
+size_t dgdo_py_unconsumed(dgdo_ring_producer *p, uint8_t *out, size_t cap);
 size_t dgdo_py_sizeof(const char *name);
 size_t dgdo_py_offsetof(const char *type_name, const char *field);
 """
@@ -90,6 +91,31 @@ static size_t dgdo_py_publish(dgdo_ring_producer *p, const uint8_t *buf, size_t 
         off += dgdo_record_aligned((uint32_t)length);
     }
     return off < len ? off : len;
+}
+
+/*
+ * After the consumer died: copies the records it never consumed (head to
+ * our tail, padding skipped) into `out`, framed as dgdo_py_publish takes
+ * them, so they can be published again to the next consumer. Returns the
+ * bytes copied; stops early when `cap` is too small.
+ */
+static size_t dgdo_py_unconsumed(dgdo_ring_producer *p, uint8_t *out, size_t cap) {
+    uint64_t pos = DGDO_LOAD(&p->hdr->head, acquire); /* pairs with the dead consumer's last release */
+    size_t used = 0;
+    while (pos < p->tail) {
+        const uint64_t index = pos & p->mask;
+        const int32_t length = DGDO_LOAD(dgdo_record_length_at(p->data, index), acquire);
+        if (length <= 0) break;
+        const int32_t type = *(const int32_t *)(const void *)(p->data + index + DGDO_RECORD_TYPE_OFFSET);
+        const uint32_t aligned = dgdo_record_aligned((uint32_t)length);
+        if (type != DGDO_RING_PADDING) {
+            if (used + aligned > cap) break;
+            memcpy(out + used, p->data + index, aligned);
+            used += aligned;
+        }
+        pos += aligned;
+    }
+    return used;
 }
 
 #define DGDO_SIZE(T) if (!strcmp(name, #T)) return sizeof(T);
