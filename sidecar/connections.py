@@ -56,7 +56,7 @@ class Mailbox:
 class Connection:
     """One authenticated WebSocket: its identity, format and transport."""
 
-    __slots__ = ("app_id", "conn_id", "fmt", "mailbox", "origin", "role", "topics", "transport")
+    __slots__ = ("app_id", "conn_id", "fmt", "mailbox", "origin", "resync", "role", "topics", "transport")
 
     def __init__(self, conn_id: int, role: Role, app_id: str, fmt: Format, worker: int) -> None:
         self.conn_id = conn_id
@@ -66,6 +66,9 @@ class Connection:
         self.transport: WSTransport | None = None
         self.mailbox: Mailbox | None = None
         self.topics: frozenset[str] = frozenset()
+        # The latest status / position / nearby record per type: what a restarted engine
+        # needs to know about this connection, replayed after the session is re-announced.
+        self.resync: dict[int, bytes] = {}
         self.origin = Origin(conn_id, worker, WIRE_ROLE[role], app_id.encode("ascii"))
 
     def send(self, message: dict[str, Any]) -> bool:

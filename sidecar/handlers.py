@@ -98,12 +98,14 @@ class Handlers:
         corr = self._corr(conn, req)
         body = R.driver_location(conn.origin, time.monotonic_ns(), corr,
                                  m.lat, m.lon, m.heading, m.speed_kmh, m.accuracy_m)
+        conn.resync[R.T.IN_DRIVER_LOCATION] = body
         self._publish(R.T.IN_DRIVER_LOCATION, body, corr, latest_key=conn.app_id)
 
     def _driver_status(self, conn: Connection, req: Request) -> None:
         m: DriverStatus = req.message  # type: ignore[assignment]
         corr = self._corr(conn, req)
         body = R.driver_status(conn.origin, time.monotonic_ns(), corr, m.online)
+        conn.resync[R.T.IN_DRIVER_STATUS] = body
         self._publish(R.T.IN_DRIVER_STATUS, body, corr)
 
     def _ride_request(self, conn: Connection, req: Request) -> None:
@@ -124,6 +126,7 @@ class Handlers:
         corr = self._corr(conn, req)
         body = R.nearby(conn.origin, time.monotonic_ns(), corr,
                         m.lat if m.subscribe else 0.0, m.lon if m.subscribe else 0.0, m.radius_m, m.subscribe)
+        conn.resync[R.T.IN_NEARBY] = body
         self._publish(R.T.IN_NEARBY, body, corr)
 
     def _admin_subscribe(self, conn: Connection, req: Request) -> None:

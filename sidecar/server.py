@@ -30,7 +30,7 @@ from picows import (
 from sidecar import records as R
 from sidecar.bridge import Bridge
 from sidecar.connections import Connection, Registry, now_ms
-from sidecar.engine_link import EngineLink, EngineUnavailable
+from sidecar.engine_link import EngineLink, EngineUnavailable, Overloaded
 from sidecar.events import ClientError, ErrorCode
 from sidecar.handlers import Handlers
 from sidecar.protocol import Decoder, MessageTooBig
@@ -80,12 +80,15 @@ class App:
             # Tell a (possibly restarted) engine who is connected here.
             for conn in self.registry:
                 self._publish_session(conn, R.T.IN_SESSION_OPEN)
+                for type_, body in conn.resync.items():
+                    with contextlib.suppress(EngineUnavailable, Overloaded):
+                        self.link.publish(type_, body)
         else:
             self.bridge.fail_pending(ErrorCode.ENGINE_UNAVAILABLE, "engine restarted; retry the command",
                                      keep=self.link.salvaged_corrs)
 
     def _publish_session(self, conn: Connection, type_: int) -> None:
-        with contextlib.suppress(EngineUnavailable):  # re-announced on attach
+        with contextlib.suppress(EngineUnavailable, Overloaded):  # re-announced on attach
             self.link.publish(type_, R.session(conn.origin, time.monotonic_ns()))
 
     # ---- handshake --------------------------------------------------------------
