@@ -1,0 +1,791 @@
+"""The built-in demo: simulated drivers and passengers in Dushanbe over the public protocol.
+
+    python -m sidecar.demo --url ws://127.0.0.1:8765 --drivers 20 [--rate 2] [--duration 0]
+
+Everything goes through real WebSockets and the public JSON protocol (DESIGN §4),
+exactly as an app would speak it, so the demo exercises the whole stack:
+sidecar, rings and engine. One process, one uvloop event loop; every
+connection is a picows listener and every simulated person a task.
+
+* Drivers `d-NNN` go online, wander at ~30 km/h and report their position
+  every second. An offer (`new_order`) is accepted ~90% of the time after a
+  short think; the driver then drives to the pickup and to the dropoff in
+  compressed time (seconds, not minutes) so that rides complete quickly.
+* Passengers `p-NNN` arrive at a steady rate, request a ride between two random
+  points, follow `order_update` until the order ends, and hang up.
+
+Every 5 s a `[demo]` status line goes to stdout; at exit, a `[demo] done ...`
+summary. SIGINT/SIGTERM or `--duration` end the run: passengers cancel open
+rides, drivers end started trips and go offline (so a server that outlives the
+demo is left with nobody stuck on a trip), all sockets are closed, and the
+process exits 0 (1 only if the server could never be reached). With
+DGDO_JWT_SECRET set, each connection carries a minted `?token=`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvloop
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSHandshakeError,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    ws_connect,
+)
+
+log = logging.getLogger("dgdo.demo")
+
+# ---- the city --------------------------------------------------------------------------
+
+CENTER_LAT, CENTER_LON = 38.56, 68.78
+CITY_HALF_SIZE_M = 5_000.0  # the city is ~10 km across
+EARTH_RADIUS_M = 6_371_000.0
+M_PER_DEG_LAT = math.pi * EARTH_RADIUS_M / 180.0
+
+# ---- pacing (seconds unless named otherwise) -------------------------------------------
+
+IDLE_REPORT_S = 1.0  # position reports while wandering
+TRIP_REPORT_S = 0.5  # position reports while on a job
+CRUISE_KMH = 30.0
+THINK_S = (0.2, 1.0)  # before answering an offer
+TO_PICKUP_S = (2.0, 4.0)  # compressed drive to the pickup
+TO_DROPOFF_S = (3.0, 5.0)  # compressed drive to the dropoff
+BOARDING_S = 0.3  # between `order_arrived` and `trip_start`
+ACCEPT_PROBABILITY = 0.9
+REPLY_TIMEOUT_S = 5.0  # for an ack/error; the engine answers in microseconds when healthy
+WELCOME_TIMEOUT_S = 5.0
+CONNECT_RETRY_S = 10.0  # how long to keep trying while the server is not up yet
+PASSENGER_PATIENCE_S = 120.0  # after this a passenger cancels and leaves (a stalled engine)
+CLOSE_TIMEOUT_S = 0.5  # wait for the server's CLOSE echo before dropping the socket
+STATUS_EVERY_S = 5.0
+SHUTDOWN_GRACE_S = 1.5  # the whole shutdown must fit in 2 s
+
+TERMINAL_STATUSES = frozenset({"completed", "canceled", "no_driver"})
+MATCHED_STATUSES = frozenset({"accepted", "arriving", "arrived", "started", "completed"})
+
+
+# ---- geometry (pure) -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CityBox:
+    """The rectangle the simulation stays in, in degrees."""
+
+    lat_min: float
+    lat_max: float
+    lon_min: float
+    lon_max: float
+
+    @classmethod
+    def around(cls, lat: float, lon: float, half_size_m: float) -> CityBox:
+        dlat = half_size_m / M_PER_DEG_LAT
+        dlon = half_size_m / (M_PER_DEG_LAT * math.cos(math.radians(lat)))
+        return cls(lat - dlat, lat + dlat, lon - dlon, lon + dlon)
+
+    def contains(self, lat: float, lon: float) -> bool:
+        return self.lat_min <= lat <= self.lat_max and self.lon_min <= lon <= self.lon_max
+
+    def random_point(self, rng: random.Random) -> tuple[float, float]:
+        return rng.uniform(self.lat_min, self.lat_max), rng.uniform(self.lon_min, self.lon_max)
+
+
+DUSHANBE = CityBox.around(CENTER_LAT, CENTER_LON, CITY_HALF_SIZE_M)
+
+
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Haversine distance."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Initial compass bearing from point 1 to point 2, in [0, 360)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dl = math.radians(lon2 - lon1)
+    x = math.sin(dl) * math.cos(p2)
+    y = math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl)
+    return math.degrees(math.atan2(x, y)) % 360.0
+
+
+def step(lat: float, lon: float, heading: float, meters: float) -> tuple[float, float]:
+    """Moves `meters` along `heading`; a flat-earth step is exact enough at city scale."""
+    h = math.radians(heading)
+    dlat = meters * math.cos(h) / M_PER_DEG_LAT
+    dlon = meters * math.sin(h) / (M_PER_DEG_LAT * math.cos(math.radians(lat)))
+    return lat + dlat, lon + dlon
+
+
+def wander(lat: float, lon: float, heading: float, meters: float, box: CityBox,
+           rng: random.Random) -> tuple[float, float, float]:
+    """One random-walk step: drift the heading a little, turn back at the city edge.
+
+    Returns (lat, lon, heading).
+    """
+    heading = (heading + rng.gauss(0.0, 25.0)) % 360.0
+    nlat, nlon = step(lat, lon, heading, meters)
+    if not box.contains(nlat, nlon):
+        # Head for the center (with some spread) rather than bouncing off the edge forever.
+        center_lat = (box.lat_min + box.lat_max) / 2
+        center_lon = (box.lon_min + box.lon_max) / 2
+        heading = (bearing_deg(lat, lon, center_lat, center_lon) + rng.uniform(-45.0, 45.0)) % 360.0
+        nlat, nlon = step(lat, lon, heading, meters)
+    return nlat, nlon, heading
+
+
+def route_points(start: tuple[float, float], end: tuple[float, float], n: int) -> list[tuple[float, float]]:
+    """`n` evenly spaced points after `start`, the last one exactly `end` (straight line)."""
+    n = max(1, n)
+    (lat0, lon0), (lat1, lon1) = start, end
+    return [(lat0 + (lat1 - lat0) * i / n, lon0 + (lon1 - lon0) * i / n) for i in range(1, n + 1)]
+
+
+# ---- counters --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Counters:
+    """What the demo has seen, for the status lines and the final summary."""
+
+    requested: int = 0
+    accepted: int = 0
+    completed: int = 0
+    no_driver: int = 0
+    canceled: int = 0
+    errors: int = 0
+    gave_up: int = 0  # passengers that waited PASSENGER_PATIENCE_S and canceled
+    throttled: int = 0  # passenger arrivals skipped because too many were active
+    offers: int = 0
+    rejected: int = 0
+    positions_seen: int = 0  # driver_location pushes received by passengers
+    estimates_seen: int = 0  # estimate_update pushes received by passengers
+    drivers_online: int = 0
+    passengers_active: int = 0
+
+    def status_line(self, elapsed_s: float) -> str:
+        return (f"[demo] t={elapsed_s:.0f}s drivers_online={self.drivers_online} "
+                f"requested={self.requested} accepted={self.accepted} completed={self.completed} "
+                f"no_driver={self.no_driver} canceled={self.canceled} errors={self.errors} "
+                f"active={self.passengers_active} offers={self.offers} rejected={self.rejected} "
+                f"positions={self.positions_seen} estimates={self.estimates_seen}"
+                + (f" throttled={self.throttled}" if self.throttled else "")
+                + (f" gave_up={self.gave_up}" if self.gave_up else ""))
+
+    def summary_line(self) -> str:
+        return (f"[demo] done requested={self.requested} accepted={self.accepted} "
+                f"completed={self.completed} no_driver={self.no_driver} errors={self.errors}")
+
+
+# ---- one connection ---------------------------------------------------------------------------
+
+
+class Unreachable(Exception):
+    """The server did not accept a connection within the retry window (or refused it for good)."""
+
+
+class Refused(Exception):
+    """The server answered a request with an `error`."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        super().__init__(f"{reply.get('code')}: {reply.get('message')}")
+        self.reply = reply
+
+
+class Link(WSListener):
+    """One picows connection speaking JSON: request/reply by `id`, everything else to `on_push`.
+
+    picows hands over raw frames: it neither reassembles fragments (the server
+    sends only whole text frames, so none are expected) nor answers a CLOSE, so
+    the echo is done here.
+    """
+
+    def __init__(self, name: str, counters: Counters, on_push: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__()
+        self.name = name
+        self.counters = counters
+        self.on_push = on_push
+        self.transport: WSTransport | None = None
+        loop = asyncio.get_running_loop()
+        self.welcome: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.closed = asyncio.Event()
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+
+    def factory(self, *_negotiated: Any) -> Link:
+        """For `ws_connect`: this listener, whatever picows passes (request, response) or not."""
+        return self
+
+    # -- picows callbacks (synchronous, on the loop) --
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is WSMsgType.TEXT:
+            try:
+                msg = json.loads(frame.get_payload_as_bytes())
+            except ValueError:
+                log.warning("%s: undecodable frame from the server", self.name)
+                return
+            if isinstance(msg, dict):
+                self._dispatch(msg)
+        elif frame.msg_type is WSMsgType.CLOSE:
+            code = frame.get_close_code()
+            log.debug("%s: server closed (%s %s)", self.name, code, frame.get_close_reason())
+            if not transport.is_close_frame_sent:
+                transport.send_close(code if code is not WSCloseCode.NO_INFO else WSCloseCode.OK)
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed.set()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError(f"{self.name}: disconnected"))
+        self._pending.clear()
+        if not self.welcome.done():
+            self.welcome.set_exception(ConnectionError(f"{self.name}: disconnected before welcome"))
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "error":
+            self.counters.errors += 1
+            log.debug("%s: error %s: %s", self.name, msg.get("code"), msg.get("message"))
+        if kind in ("ack", "error") and isinstance(msg.get("id"), str):
+            fut = self._pending.pop(msg["id"], None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+                return
+        if kind == "welcome":
+            if not self.welcome.done():
+                self.welcome.set_result(msg)
+            return
+        self.on_push(msg)
+
+    # -- sending --
+
+    @property
+    def is_open(self) -> bool:
+        t = self.transport
+        return t is not None and not t.is_disconnected and not t.is_close_frame_sent
+
+    def send(self, msg: dict[str, Any]) -> None:
+        """Fire and forget; dropped silently once the socket is closing."""
+        if self.is_open:
+            assert self.transport is not None
+            self.transport.send(WSMsgType.TEXT, json.dumps(msg, separators=(",", ":")).encode())
+
+    async def request(self, msg: dict[str, Any], request_id: str | None = None,
+                      timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
+        """Sends `msg` with an `id` and returns its `ack`.
+
+        Raises:
+            Refused: the server answered with an `error`.
+            ConnectionError: the socket went away first.
+            TimeoutError: no answer within `timeout` seconds.
+        """
+        if not self.is_open:
+            raise ConnectionError(f"{self.name}: not connected")
+        rid = request_id or f"{self.name}.{next(self._ids)}"
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        self.send({**msg, "id": rid})
+        try:
+            reply = await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(rid, None)
+        if reply["type"] == "error":
+            raise Refused(reply)
+        return reply
+
+    async def close(self) -> None:
+        """Polite close: send CLOSE, wait briefly for the server's echo, then hang up."""
+        t = self.transport
+        if t is None or t.is_disconnected:
+            return
+        if not t.is_close_frame_sent:
+            t.send_close(WSCloseCode.OK)
+        try:
+            await asyncio.wait_for(self.closed.wait(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            # A busy or stopping server: hang up with a FIN (graceful), not a reset, so the
+            # goodbyes already written (cancel, offline) are still delivered.
+            t.disconnect()
+
+
+def _token_query(role: str, sub: str) -> str:
+    """`?token=...` when DGDO_JWT_SECRET is set, so the demo also works against an auth-enabled server."""
+    secret = os.environ.get("DGDO_JWT_SECRET")
+    if not secret:
+        return ""
+    import jwt  # only needed when auth is on
+
+    token = jwt.encode({"sub": sub, "role": role, "exp": int(time.time()) + 7 * 86400}, secret, "HS256")
+    return f"?token={token}"
+
+
+async def open_link(base_url: str, role: str, app_id: str, counters: Counters,
+                    on_push: Callable[[dict[str, Any]], None], retry_s: float = CONNECT_RETRY_S) -> Link:
+    """Connects `/ws/{role}/{app_id}` and waits for `welcome`, retrying while the server is not up.
+
+    Raises:
+        Unreachable: no connection within `retry_s`, or the server refused the upgrade with a 4xx.
+    """
+    url = f"{base_url.rstrip('/')}/ws/{role}/{app_id}{_token_query(role, app_id)}"
+    deadline = time.monotonic() + retry_s
+    delay = 0.1
+    while True:
+        link = Link(app_id, counters, on_push)
+        try:
+            await ws_connect(link.factory, url)
+            await asyncio.wait_for(link.welcome, WELCOME_TIMEOUT_S)
+            return link
+        except WSHandshakeError as e:
+            status = e.response.status if e.response is not None else None
+            if status is not None and 400 <= int(status) < 500:
+                raise Unreachable(f"{url}: upgrade refused with HTTP {int(status)}") from e
+            error: Exception = e
+        except (OSError, TimeoutError, ConnectionError) as e:
+            error = e
+        await link.close()
+        if time.monotonic() + delay > deadline:
+            raise Unreachable(f"{url}: {error}") from error
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+# ---- drivers -------------------------------------------------------------------------------------
+
+
+class DemoDriver:
+    """A driver who wanders until offered a ride, then (usually) takes it to completion."""
+
+    def __init__(self, driver_id: str, url: str, counters: Counters, rng: random.Random,
+                 box: CityBox = DUSHANBE) -> None:
+        self.id = driver_id
+        self.url = url
+        self.counters = counters
+        self.rng = rng
+        self.box = box
+        self.lat, self.lon = box.random_point(rng)
+        self.heading = rng.uniform(0.0, 360.0)
+        self.link: Link | None = None
+        self.order_id: int | None = None  # the offer or trip this driver is busy with
+        self.job: asyncio.Task[None] | None = None
+        self.riding: int | None = None  # the order whose trip has started (passenger on board)
+        self.online = asyncio.Event()  # set once the first `online` was acknowledged
+
+    async def run(self) -> None:
+        """Stays connected for the whole demo, reconnecting if the server drops the socket."""
+        try:
+            while True:
+                try:
+                    self.link = await open_link(self.url, "driver", self.id, self.counters, self._on_push)
+                except Unreachable as e:
+                    log.warning("%s: giving up: %s", self.id, e)
+                    return
+                try:
+                    await self._session(self.link)
+                except (ConnectionError, TimeoutError, Refused) as e:
+                    log.debug("%s: session ended: %s", self.id, e)
+                self._drop_job()
+                await asyncio.sleep(0.5)  # the server went away; let it come back
+        finally:
+            riding = self.riding
+            self._drop_job()
+            if self.link is not None:
+                # Say goodbye properly, so a server that outlives the demo has no driver stuck on a
+                # trip: a started trip cannot be canceled, so drop the passenger off here and now.
+                # CLOSE follows on the same stream, so the server sees these first.
+                if riding is not None:
+                    self.link.send({"type": "trip_complete", "order_id": riding})
+                self.link.send({"type": "driver_status", "status": "offline"})
+                await self.link.close()
+
+    async def _session(self, link: Link) -> None:
+        await link.request({"type": "driver_status", "status": "online"})
+        self.counters.drivers_online += 1
+        self.online.set()
+        try:
+            while not link.closed.is_set():
+                if self.order_id is None:  # on a job, the job reports positions itself
+                    self.lat, self.lon, self.heading = wander(
+                        self.lat, self.lon, self.heading, CRUISE_KMH / 3.6 * IDLE_REPORT_S, self.box, self.rng)
+                    self._report(CRUISE_KMH)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(link.closed.wait(), IDLE_REPORT_S)
+        finally:
+            self.counters.drivers_online -= 1
+
+    def _report(self, speed_kmh: float) -> None:
+        if self.link is not None:
+            self.link.send({"type": "driver_location", "lat": round(self.lat, 6), "lon": round(self.lon, 6),
+                            "heading": round(self.heading, 1), "speed_kmh": round(speed_kmh, 1)})
+
+    # -- pushes from the server --
+
+    def _on_push(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "new_order":
+            self._offered(msg)
+        elif _withdraws(msg) and msg.get("order_id") == self.order_id:
+            log.debug("%s: order %s withdrawn (%s)", self.id, self.order_id, msg.get("reason"))
+            self._drop_job()
+
+    def _offered(self, offer: dict[str, Any]) -> None:
+        self.counters.offers += 1
+        order_id = offer.get("order_id")
+        if not isinstance(order_id, int):
+            return
+        if self.order_id is not None:
+            # The engine gives a driver one offer/trip at a time, so this is a race at the
+            # end of a trip; decline rather than juggle two jobs.
+            self._reply_soon("order_reject", order_id)
+            return
+        self.order_id = order_id
+        self.job = asyncio.get_running_loop().create_task(self._do_job(order_id, offer))
+        self.job.add_done_callback(self._job_done)
+
+    def _reply_soon(self, action: str, order_id: int) -> None:
+        if self.link is not None:
+            self.link.send({"type": action, "order_id": order_id})
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        if self.job is task:
+            self.job = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s: job failed: %r", self.id, exc)
+
+    def _drop_job(self) -> None:
+        self.order_id = None
+        if self.job is not None:
+            self.job.cancel()
+            self.job = None
+
+    # -- one offer, start to finish --
+
+    async def _do_job(self, order_id: int, offer: dict[str, Any]) -> None:
+        link = self.link
+        assert link is not None
+        try:
+            await asyncio.sleep(self.rng.uniform(*THINK_S))
+            if self.rng.random() >= ACCEPT_PROBABILITY:
+                self.counters.rejected += 1
+                self.order_id = None
+                await link.request({"type": "order_reject", "order_id": order_id})
+                return
+            await link.request({"type": "order_accept", "order_id": order_id})
+            await self._drive_to(_point(offer["pickup"]), self.rng.uniform(*TO_PICKUP_S))
+            await link.request({"type": "order_arrived", "order_id": order_id})
+            await asyncio.sleep(BOARDING_S)
+            await link.request({"type": "trip_start", "order_id": order_id})
+            self.riding = order_id
+            await self._drive_to(_point(offer["dropoff"]), self.rng.uniform(*TO_DROPOFF_S))
+            # Free before the ack: the engine may offer the next ride in the same batch as the ack.
+            self.order_id = self.riding = None
+            await link.request({"type": "trip_complete", "order_id": order_id})
+        except (Refused, TimeoutError, ConnectionError, KeyError, TypeError) as e:
+            # An expired or withdrawn offer, a passenger who canceled, a dropped socket:
+            # all normal in a busy city. Back to wandering.
+            log.debug("%s: order %s abandoned: %s", self.id, order_id, e)
+        finally:
+            if self.order_id == order_id:
+                self.order_id = None
+            if self.riding == order_id:
+                self.riding = None
+
+    async def _drive_to(self, target: tuple[float, float], seconds: float) -> None:
+        """Straight-line drive reporting every TRIP_REPORT_S, compressed into `seconds`."""
+        n = max(1, round(seconds / TRIP_REPORT_S))
+        if distance_m(self.lat, self.lon, *target) > 1.0:
+            self.heading = bearing_deg(self.lat, self.lon, *target)
+        # Time is compressed, so the true speed would be absurd; report a plausible city speed.
+        speed = self.rng.uniform(25.0, 50.0)
+        for lat, lon in route_points((self.lat, self.lon), target, n):
+            await asyncio.sleep(TRIP_REPORT_S)
+            self.lat, self.lon = lat, lon
+            self._report(speed)
+
+
+def _withdraws(msg: dict[str, Any]) -> bool:
+    """An offer withdrawn or a trip canceled under the driver."""
+    kind = msg.get("type")
+    return kind == "cancel_order" or (kind == "order_update" and msg.get("status") == "canceled")
+
+
+def _point(p: Any) -> tuple[float, float]:
+    return float(p["lat"]), float(p["lon"])
+
+
+# ---- passengers ------------------------------------------------------------------------------
+
+
+class DemoPassenger:
+    """Requests one ride, follows it to its end, and hangs up."""
+
+    def __init__(self, passenger_id: str, request_id: str, url: str, counters: Counters,
+                 rng: random.Random, box: CityBox = DUSHANBE) -> None:
+        self.id = passenger_id
+        self.request_id = request_id
+        self.url = url
+        self.counters = counters
+        self.pickup = box.random_point(rng)
+        self.dropoff = box.random_point(rng)
+        # Rides shorter than ~1 km are not worth a taxi; pick another dropoff.
+        while distance_m(*self.pickup, *self.dropoff) < 1000.0:
+            self.dropoff = box.random_point(rng)
+        self.status: str | None = None
+        self.order_id: int | None = None
+        self.matched = False
+        self.ended = asyncio.Event()
+
+    async def run(self) -> None:
+        link: Link | None = None
+        self.counters.passengers_active += 1
+        try:
+            link = await open_link(self.url, "passenger", self.id, self.counters, self._on_push)
+            self.counters.requested += 1
+            ack = await link.request({
+                "type": "ride_request",
+                "pickup": {"lat": round(self.pickup[0], 6), "lon": round(self.pickup[1], 6)},
+                "dropoff": {"lat": round(self.dropoff[0], 6), "lon": round(self.dropoff[1], 6)},
+            }, request_id=self.request_id)
+            if isinstance(ack.get("order_id"), int):
+                self.order_id = ack["order_id"]
+            try:
+                await asyncio.wait_for(self._until_ended(link), PASSENGER_PATIENCE_S)
+            except TimeoutError:
+                self.counters.gave_up += 1
+        except (Unreachable, Refused, TimeoutError, ConnectionError) as e:
+            log.debug("%s: %s", self.id, e)
+        finally:
+            self.counters.passengers_active -= 1
+            if link is not None:
+                # Leaving (out of patience, or the demo is stopping) with a ride still open:
+                # cancel it, so its driver is freed rather than stuck on a trip nobody ends.
+                # (A started trip cannot be canceled; its driver ends it instead.)
+                # Not waiting for the ack: a server that is itself shutting down may never send it,
+                # and the CLOSE that follows on the same stream is only handled after the cancel.
+                if self.order_id is not None and not self.ended.is_set() and self.status != "started":
+                    link.send({"type": "order_cancel", "order_id": self.order_id, "reason": "passenger left"})
+                await link.close()
+
+    async def _until_ended(self, link: Link) -> None:
+        ended = asyncio.ensure_future(self.ended.wait())
+        gone = asyncio.ensure_future(link.closed.wait())
+        try:
+            await asyncio.wait({ended, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            gone.cancel()
+
+    def _on_push(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "order_update":
+            if self.order_id is None and isinstance(msg.get("order_id"), int):
+                self.order_id = msg["order_id"]  # the update may beat the ack
+            self._update(str(msg.get("status")))
+        elif kind == "driver_location":
+            self.counters.positions_seen += 1
+        elif kind == "estimate_update":
+            self.counters.estimates_seen += 1
+
+    def _update(self, status: str) -> None:
+        if self.ended.is_set():
+            return
+        self.status = status
+        if status in MATCHED_STATUSES and not self.matched:
+            self.matched = True
+            self.counters.accepted += 1
+        if status == "completed":
+            self.counters.completed += 1
+        elif status == "canceled":
+            self.counters.canceled += 1
+        elif status == "no_driver":
+            self.counters.no_driver += 1
+        if status in TERMINAL_STATUSES:
+            self.ended.set()
+
+
+# ---- the fleet -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DemoConfig:
+    url: str = "ws://127.0.0.1:8765"
+    drivers: int = 20
+    rate: float = 2.0  # passengers per second
+    duration: float = 0.0  # 0 = until signaled
+    seed: int | None = None
+    quiet: bool = False
+    max_passengers: int = 0  # 0 = 4 x drivers (at least 8)
+    status_every: float = STATUS_EVERY_S
+
+    @property
+    def passenger_cap(self) -> int:
+        return self.max_passengers or max(8, 4 * self.drivers)
+
+
+@dataclass
+class Fleet:
+    """Runs the drivers, feeds passengers at a steady rate, and reports."""
+
+    config: DemoConfig
+    counters: Counters = field(default_factory=Counters)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.config.seed)
+        # Request ids are unique per run, even with --seed, so a second demo against the same
+        # server does not get the first one's orders back (ride_request is idempotent per id).
+        self.run_tag = os.urandom(4).hex()
+        self.drivers = [
+            DemoDriver(f"d-{i:03d}", self.config.url, self.counters, random.Random(self.rng.getrandbits(64)))
+            for i in range(1, self.config.drivers + 1)
+        ]
+        self.passengers: set[asyncio.Task[None]] = set()
+        self.started = time.monotonic()
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Runs until `stop` is set (or `--duration` passes); returns the exit status."""
+        loop = asyncio.get_running_loop()
+        driver_tasks = [loop.create_task(d.run()) for d in self.drivers]
+        background = [loop.create_task(self._feed_passengers())]
+        if not self.config.quiet and self.config.status_every > 0:
+            background.append(loop.create_task(self._report()))
+        timeout = self.config.duration or None
+        unreachable = loop.create_task(self._all_drivers_gave_up(driver_tasks))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_first(stop.wait(), unreachable), timeout)
+        failed = unreachable.done() and not unreachable.cancelled() and unreachable.result()
+        unreachable.cancel()
+        await self._shutdown(driver_tasks + background)
+        print(self.counters.summary_line(), flush=True)
+        if failed:
+            print(f"[demo] could not connect to {self.config.url}", file=sys.stderr, flush=True)
+            return 1
+        return 0
+
+    async def _all_drivers_gave_up(self, tasks: list[asyncio.Task[None]]) -> bool:
+        """True when every driver task ended without ever going online (the server is not there)."""
+        if not tasks:
+            await asyncio.Future()  # no drivers: nothing to watch
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return not any(d.online.is_set() for d in self.drivers)
+
+    async def _feed_passengers(self) -> None:
+        # Let the drivers get online first, or the first riders would all get no_driver.
+        deadline = time.monotonic() + CONNECT_RETRY_S
+        while not all(d.online.is_set() for d in self.drivers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if self.config.rate <= 0:
+            return
+        interval = 1.0 / self.config.rate
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        for n in itertools.count(1):
+            # An absolute schedule keeps the rate steady however long each spawn takes.
+            next_at += interval
+            if len(self.passengers) >= self.config.passenger_cap:
+                self.counters.throttled += 1  # a stalled engine must not grow tasks without bound
+            else:
+                p = DemoPassenger(f"p-{n:03d}", f"ride-{self.run_tag}-{n}", self.config.url,
+                                  self.counters, self.rng)
+                task = loop.create_task(p.run())
+                self.passengers.add(task)
+                task.add_done_callback(self.passengers.discard)
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.status_every)
+            print(self.counters.status_line(time.monotonic() - self.started), flush=True)
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Cancels everyone; each client closes its socket on the way out."""
+        everything = tasks + list(self.passengers)
+        for t in everything:
+            t.cancel()
+        if everything:
+            _done, pending = await asyncio.wait(everything, timeout=SHUTDOWN_GRACE_S)
+            if pending:
+                log.warning("%d clients did not close in time", len(pending))
+        # Any socket left behind by a client that ran out of time is closed when the process exits.
+
+
+async def _first(*aws: Any) -> None:
+    """Waits for the first of `aws` to finish and cancels the rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+
+
+# ---- CLI --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sidecar.demo",
+                                description="Simulated Dushanbe drivers and passengers for DG Do.")
+    p.add_argument("--url", default="ws://127.0.0.1:8765", help="the sidecar's base WebSocket URL")
+    p.add_argument("--drivers", type=int, default=20, metavar="N", help="simulated drivers (default 20)")
+    p.add_argument("--rate", type=float, default=2.0, metavar="R",
+                   help="passenger ride requests per second (default 2, i.e. one every 0.5 s)")
+    p.add_argument("--duration", type=float, default=0.0, metavar="S",
+                   help="stop after S seconds (0 = run until signaled)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible positions and choices")
+    p.add_argument("--max-passengers", type=int, default=0, metavar="M",
+                   help="cap on concurrently active passengers (default 4 x drivers)")
+    p.add_argument("--quiet", action="store_true", help="no periodic status lines (the summary is still printed)")
+    p.add_argument("--log-level", default="WARNING", help="logging level (DEBUG shows every error reply)")
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[DemoConfig, str]:
+    args = build_parser().parse_args(argv)
+    if args.drivers < 0 or args.rate < 0 or args.duration < 0 or args.max_passengers < 0:
+        build_parser().error("--drivers, --rate, --duration and --max-passengers must not be negative")
+    config = DemoConfig(url=args.url, drivers=args.drivers, rate=args.rate, duration=args.duration,
+                        seed=args.seed, quiet=args.quiet, max_passengers=args.max_passengers)
+    return config, args.log_level
+
+
+async def amain(config: DemoConfig) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if not config.quiet:
+        print(f"[demo] {config.drivers} drivers, {config.rate:g} passengers/s against {config.url}", flush=True)
+    return await Fleet(config).run(stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, level = parse_config(argv)
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("picows").setLevel(logging.WARNING)  # it logs every connect at INFO
+    return uvloop.run(amain(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
