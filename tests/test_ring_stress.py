@@ -1,0 +1,131 @@
+"""Cross-process stress at full speed, both directions, and parking under bursty traffic.
+
+Counts scale with DGDO_STRESS (default 1 = CI-sized, a few seconds; 20 = millions of records).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+from pathlib import Path
+
+from ringcheck import body, check
+
+from sidecar import ring
+
+SCALE = int(os.environ.get("DGDO_STRESS", "1"))
+CAPACITY = 64 * 1024
+MAX_PAYLOAD = 1000  # with CAPACITY/8 = 8192 the largest allowed record is exercised separately below
+
+
+def _peer(ringpeer: Path, *args: str, bell: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([ringpeer, *args, "--wake-fd", str(bell)], pass_fds=[bell],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_cpp_to_cpp_no_loss_dup_reorder_or_tear(ringpeer_bin: Path, shm_name: str) -> None:
+    count = 500_000 * SCALE
+    seg = ring.Segment(shm_name, create_capacity=CAPACITY)
+    bell_c = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    consumer = _peer(ringpeer_bin, "consume", "--shm", shm_name, "--count", str(count),
+                     "--max-payload", str(MAX_PAYLOAD), "--timeout-s", "120", bell=bell_c)
+    producer = _peer(ringpeer_bin, "produce", "--shm", shm_name, "--count", str(count),
+                     "--max-payload", str(MAX_PAYLOAD), bell=bell_c)
+    _p_out, p_err = producer.communicate(timeout=300)
+    c_out, c_err = consumer.communicate(timeout=300)
+    assert producer.returncode == 0, p_err.decode()
+    assert consumer.returncode == 0, c_err.decode()
+    assert c_out.decode().split()[:2] == ["consumed", str(count)]
+    seg.close()
+    os.close(bell_c)
+
+
+def test_python_to_cpp_batches_at_full_speed(ringpeer_bin: Path, shm_name: str) -> None:
+    count = 100_000 * SCALE
+    seg = ring.Segment(shm_name, create_capacity=CAPACITY)
+    bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    peer = _peer(ringpeer_bin, "consume", "--shm", shm_name, "--count", str(count),
+                 "--max-payload", str(MAX_PAYLOAD), "--timeout-s", "120", bell=bell)
+    producer = ring.Producer(seg)
+    pending = bytearray()
+    seq = 0
+    while seq < count or pending:
+        while seq < count and len(pending) < 16 * 1024:  # batches, as the sidecar publishes them
+            ring.frame(pending, 7, body(seq, MAX_PAYLOAD))
+            seq += 1
+        n, _status = producer.publish(pending)
+        del pending[:n]
+        if producer.should_wake():
+            os.eventfd_write(bell, 1)
+        assert peer.poll() is None or peer.returncode == 0, peer.stderr.read().decode() if peer.stderr else ""
+    out, err = peer.communicate(timeout=120)
+    assert peer.returncode == 0, err.decode()
+    assert out.decode().split()[:2] == ["consumed", str(count)]
+    seg.close()
+    os.close(bell)
+
+
+def test_cpp_to_python_drains_in_batches_without_loss(ringpeer_bin: Path, shm_name: str) -> None:
+    count = 100_000 * SCALE
+    seg = ring.Segment(shm_name, create_capacity=CAPACITY)
+    bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    consumer = ring.Consumer(seg)
+    peer = _peer(ringpeer_bin, "produce", "--shm", shm_name, "--count", str(count),
+                 "--max-payload", str(MAX_PAYLOAD), bell=bell)
+    expected = 0
+    while expected < count:
+        n = consumer.drain()
+        if n:
+            for rec in consumer.records(n):
+                check(expected, rec.type, rec.body, MAX_PAYLOAD)
+                expected += 1
+        elif consumer.park():
+            assert select.select([bell], [], [], 10)[0], f"stalled at {expected} with the producer alive"
+            os.eventfd_read(bell)
+            consumer.unpark()
+    _out, err = peer.communicate(timeout=60)
+    assert peer.returncode == 0, err.decode()
+    seg.close()
+    os.close(bell)
+
+
+def test_no_lost_wakeup_when_the_consumer_parks_between_every_burst(ringpeer_bin: Path, shm_name: str) -> None:
+    count = 60_000 * SCALE
+    seg = ring.Segment(shm_name, create_capacity=4096)
+    bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    consumer = _peer(ringpeer_bin, "consume", "--shm", shm_name, "--count", str(count),
+                     "--max-payload", "64", "--timeout-s", "10", bell=bell)
+    producer = _peer(ringpeer_bin, "produce", "--shm", shm_name, "--count", str(count),
+                     "--max-payload", "64", "--burst", "3", "--gap-us", "20", bell=bell)
+    _p_out, p_err = producer.communicate(timeout=300)
+    c_out, c_err = consumer.communicate(timeout=300)
+    assert producer.returncode == 0, p_err.decode()
+    assert consumer.returncode == 0, f"consumer stalled or failed (3 = stall): {c_err.decode()}"
+    words = c_out.decode().split()
+    assert words[:2] == ["consumed", str(count)]
+    wakeups = int(words[words.index("wakeups") + 1])
+    assert wakeups > count // 30, f"only {wakeups} wake-ups: the gaps should park the consumer often"
+    seg.close()
+    os.close(bell)
+
+
+def test_largest_allowed_record_crosses_processes_intact(ringpeer_bin: Path, shm_name: str) -> None:
+    capacity = 4096
+    largest = capacity // 8 - ring.RECORD_HEADER - 8  # max record minus header minus the seq field
+    seg = ring.Segment(shm_name, create_capacity=capacity)
+    bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    peer = _peer(ringpeer_bin, "consume", "--shm", shm_name, "--count", "2000",
+                 "--max-payload", str(largest), "--timeout-s", "30", bell=bell)
+    producer = ring.Producer(seg)
+    for seq in range(2000):
+        data = body(seq, largest)
+        while producer.write(7, data) == ring.FULL:
+            if producer.should_wake():
+                os.eventfd_write(bell, 1)
+        if producer.should_wake():
+            os.eventfd_write(bell, 1)
+    _out, err = peer.communicate(timeout=60)
+    assert peer.returncode == 0, err.decode()
+    seg.close()
+    os.close(bell)
