@@ -42,17 +42,34 @@ def engine_path() -> str:
     raise SystemExit("dgdo: engine binary not found (build it with `make engine` or set DGDO_ENGINE)")
 
 
-ENGINE_FLAGS = (
-    "ring_capacity", "offer_timeout_s", "radius_m", "wide_radius_m", "speed_kmh", "detour", "search_timeout_s",
-)
+# Engine settings `dgdo run` passes through unchanged: flag -> (type, help). Unset ones keep
+# the engine's defaults (or the values of its --config file).
+ENGINE_FLAGS: dict[str, tuple[type, str]] = {
+    "--config": (str, "engine config file (key = value lines); flags override it"),
+    "--ring-capacity": (int, "bytes per ring, a power of two"),
+    "--offer-timeout-s": (float, "seconds a driver has to accept an offer (15)"),
+    "--radius-m": (float, "first search radius (3000)"),
+    "--wide-radius-m": (float, "widened search radius (7000)"),
+    "--speed-kmh": (float, "average speed for ETAs (22)"),
+    "--detour": (float, "road detour factor over the great circle (1.35)"),
+    "--search-timeout-s": (float, "seconds an order searches before no_driver (60)"),
+    "--matching": (str, "greedy | batched"),
+    "--batch-window-s": (float, "batched mode: window collecting requests (2)"),
+    "--batch-candidates": (int, "batched mode: nearest drivers considered per order (8)"),
+    "--retention-s": (float, "seconds finished orders stay queryable (3600)"),
+}
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
 
 
 def _engine_args(args: argparse.Namespace) -> list[str]:
     out = []
-    for name in ENGINE_FLAGS:
-        v = getattr(args, name, None)
+    for flag in ENGINE_FLAGS:
+        v = getattr(args, _dest(flag), None)
         if v is not None:
-            out += ["--" + name.replace("_", "-"), str(v)]
+            out += [flag, str(v)]
     return out
 
 
@@ -85,9 +102,11 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
     await stop.wait()
     print("[dgdo] stopping", flush=True)
     if demo is not None:
-        demo.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            demo.wait(5)
+        demo.terminate()  # the loop keeps serving while the demo says goodbye
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(EngineSupervisor.exited(demo), 5)
+        if demo.poll() is None:
+            demo.kill()
     for t in tasks:
         t.cancel()
     await app.stop()
@@ -126,7 +145,7 @@ class EngineSupervisor:
         backoff = 0.2
         while not stop.is_set():
             assert self.proc is not None
-            rc = await self._exited(self.proc)
+            rc = await self.exited(self.proc)
             if stop.is_set():
                 return
             log.error("! engine exited with status %s; restarting", rc)
@@ -142,7 +161,7 @@ class EngineSupervisor:
                     backoff = min(self.MAX_BACKOFF_S, backoff * 2)
 
     @staticmethod
-    async def _exited(proc: subprocess.Popen[bytes]) -> int:
+    async def exited(proc: subprocess.Popen[bytes]) -> int:
         """Awaits the process's exit through a pidfd: no polling, no thread."""
         loop = asyncio.get_running_loop()
         fd = os.pidfd_open(proc.pid)
@@ -206,13 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--demo", type=int, default=20, metavar="N", help="simulated drivers (default 20)")
     demo.add_argument("--no-demo", dest="demo", action="store_const", const=0)
     run.add_argument("--instance", default=f"run{os.getpid()}", help="engine instance name (shm names)")
-    run.add_argument("--ring-capacity", dest="ring_capacity", type=int, help="bytes per ring (power of two)")
-    run.add_argument("--offer-timeout-s", dest="offer_timeout_s", type=float)
-    run.add_argument("--radius-m", dest="radius_m", type=float)
-    run.add_argument("--wide-radius-m", dest="wide_radius_m", type=float)
-    run.add_argument("--speed-kmh", dest="speed_kmh", type=float)
-    run.add_argument("--detour", type=float)
-    run.add_argument("--search-timeout-s", dest="search_timeout_s", type=float)
+    for flag, (type_, help_) in ENGINE_FLAGS.items():
+        run.add_argument(flag, dest=_dest(flag), type=type_, help=help_)
     run.set_defaults(func=cmd_run)
 
     side = sub.add_parser("sidecar", help="run the sidecar for an engine that is already running")
