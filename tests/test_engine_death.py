@@ -70,13 +70,11 @@ class Split:
         return f"ws://127.0.0.1:{self.port}"
 
 
-@pytest.fixture
-def split(engine_bin: Path) -> Iterator[Split]:
+def start_split(engine_bin: Path, *engine_args: str) -> Split:
     runtime = tempfile.mkdtemp(prefix="dgdo-test-")
     control = os.path.join(runtime, "engine.sock")
-    instance = f"t{uuid.uuid4().hex[:8]}"
-    s = Split(engine_bin, control, instance, None, None, 0)  # type: ignore[arg-type]
-    s.start_engine()
+    s = Split(engine_bin, control, f"t{uuid.uuid4().hex[:8]}", None, None, 0)  # type: ignore[arg-type]
+    s.start_engine(*engine_args)
     s.sidecar = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "sidecar", "--control", control, "--port", "0", "--status-interval", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -84,7 +82,10 @@ def split(engine_bin: Path) -> Iterator[Split]:
     s.out = LineReader(s.sidecar.stdout)
     s.port = int(s.out.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)").group(1))
     s.wait_health(200)
-    yield s
+    return s
+
+
+def stop_split(s: Split) -> None:
     s.sidecar.send_signal(signal.SIGTERM)
     assert s.sidecar.wait(20) == 0
     if s.engine is not None and s.engine.poll() is None:
@@ -92,8 +93,15 @@ def split(engine_bin: Path) -> Iterator[Split]:
         s.engine.terminate()
         assert s.engine.wait(10) == 0
     for name in os.listdir("/dev/shm"):
-        if instance in name:
+        if s.instance in name:
             os.unlink("/dev/shm/" + name)
+
+
+@pytest.fixture
+def split(engine_bin: Path) -> Iterator[Split]:
+    s = start_split(engine_bin)
+    yield s
+    stop_split(s)
 
 
 async def online_driver(url: str, driver_id: str) -> AppClient:
@@ -175,18 +183,7 @@ async def test_a_stale_segment_from_a_crashed_run_is_not_mistaken_for_a_live_one
 
 
 async def test_full_ring_refuses_with_overloaded_and_never_loses_an_accepted_order(engine_bin: Path) -> None:
-    runtime = tempfile.mkdtemp(prefix="dgdo-test-")
-    control = os.path.join(runtime, "engine.sock")
-    instance = f"t{uuid.uuid4().hex[:8]}"
-    s = Split(engine_bin, control, instance, None, None, 0)  # type: ignore[arg-type]
-    s.start_engine("--ring-capacity", "4096")
-    s.sidecar = subprocess.Popen(
-        [sys.executable, "-m", "sidecar", "sidecar", "--control", control, "--port", "0", "--status-interval", "0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )
-    s.out = LineReader(s.sidecar.stdout)
-    s.port = int(s.out.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)").group(1))
-    s.wait_health(200)
+    s = start_split(engine_bin, "--ring-capacity", "4096")
     try:
         passenger = await AppClient.open(f"{s.url}/ws/passenger/p4")
         await passenger.expect("welcome")
@@ -224,8 +221,4 @@ async def test_full_ring_refuses_with_overloaded_and_never_loses_an_accepted_ord
         assert len(set(acked.values())) == len(acked)
         await passenger.close()
     finally:
-        s.sidecar.send_signal(signal.SIGTERM)
-        s.sidecar.wait(20)
-        s.engine.send_signal(signal.SIGCONT)
-        s.engine.terminate()
-        s.engine.wait(10)
+        stop_split(s)
