@@ -8,7 +8,8 @@
 // 2. one-way latency, consumer spinning: the producer stamps CLOCK_MONOTONIC into the body
 //    and commits one record every ~20 us; the consumer, busy-polling, takes now - stamp.
 // 3. one-way latency, consumer parked: the consumer parks (dgdo_ring_park) and blocks in
-//    read() on an eventfd doorbell; the producer commits one record every ~200 us and rings
+//    read() on an eventfd doorbell; the producer commits one record every 50 us, 200 us or
+//    1 ms (the idle rate of the latency suite) and rings
 //    the doorbell when dgdo_ring_producer_should_wake() says so. This is the engine -> sidecar
 //    wake-up path, without Python.
 // Prints a Markdown table and one JSON line. Machine noise: run it on a quiet box.
@@ -230,8 +231,12 @@ int main(int argc, char** argv) {
     const double t168 = throughput(n(20e6), 168);
     std::fprintf(stderr, "ring_bench: one-way latency, consumer spinning ...\n");
     auto spin = latency(n(200e3), 20000, false);
-    std::fprintf(stderr, "ring_bench: one-way latency, consumer parked on eventfd ...\n");
-    auto park = latency(n(20e3), 200000, true);
+    std::fprintf(stderr, "ring_bench: one-way latency, consumer parked on eventfd, 1 record / 50 us ...\n");
+    auto park50 = latency(n(20e3), 50000, true);
+    std::fprintf(stderr, "ring_bench: one-way latency, consumer parked on eventfd, 1 record / 200 us ...\n");
+    auto park = latency(n(10e3), 200000, true);
+    std::fprintf(stderr, "ring_bench: one-way latency, consumer parked on eventfd, 1 record / 1 ms ...\n");
+    auto park1000 = latency(n(4e3), 1000000, true);
 
     std::printf("\n| C++ -> C++ over /dev/shm ring, 2 processes | value |\n|---|---:|\n");
     std::printf("| throughput, 64 B bodies | %.2f M records/s |\n", t64 / 1e6);
@@ -240,11 +245,14 @@ int main(int argc, char** argv) {
     struct Row { const char* name; std::vector<uint64_t>* v; };
     std::string json = "{\"throughput_64B_per_s\": " + std::to_string(t64) +
                        ", \"throughput_168B_per_s\": " + std::to_string(t168);
-    for (Row r : {Row{"consumer spinning", &spin}, Row{"consumer parked (eventfd doorbell)", &park}}) {
+    for (Row r : {Row{"consumer spinning, 1 record / 20 us", &spin},
+                  Row{"consumer parked (eventfd doorbell), 1 record / 50 us", &park50},
+                  Row{"consumer parked (eventfd doorbell), 1 record / 200 us", &park},
+                  Row{"consumer parked (eventfd doorbell), 1 record / 1 ms", &park1000}}) {
         const double p50 = pct(*r.v, 50), p90 = pct(*r.v, 90), p99 = pct(*r.v, 99), p999 = pct(*r.v, 99.9),
                      mx = pct(*r.v, 100);
         std::printf("| %s | %zu | %.2f | %.2f | %.2f | %.2f | %.2f |\n", r.name, r.v->size(), p50, p90, p99, p999, mx);
-        json += std::string(", \"") + (r.v == &spin ? "spin" : "parked") + "_us\": {\"p50\": " + std::to_string(p50) +
+        json += std::string(", \"") + (r.v == &spin ? "spin" : r.v == &park50 ? "parked_50us" : r.v == &park ? "parked_200us" : "parked_1ms") + "_us\": {\"p50\": " + std::to_string(p50) +
                 ", \"p90\": " + std::to_string(p90) + ", \"p99\": " + std::to_string(p99) +
                 ", \"p99.9\": " + std::to_string(p999) + ", \"max\": " + std::to_string(mx) + "}";
     }
