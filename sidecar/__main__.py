@@ -22,6 +22,7 @@ from pathlib import Path
 
 import uvloop
 
+from sidecar.engine_link import REPLY_SPIN_US
 from sidecar.server import App
 
 log = logging.getLogger("dgdo")
@@ -84,7 +85,7 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    app = App(control, worker=args.worker)
+    app = App(control, worker=args.worker, reply_spin_us=args.reply_spin_us)
     await app.start(args.host, args.port)
     print(f"[dgdo] sidecar listening on ws://{args.host}:{app.port} (engine control {control})", flush=True)
     tasks: list[asyncio.Task[None]] = []
@@ -213,6 +214,8 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker", type=int, default=1, help="sidecar worker id (1-65535)")
     p.add_argument("--status-interval", type=float, default=1.0, help="seconds between status lines; 0 = off")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--reply-spin-us", type=float, default=REPLY_SPIN_US,
+                   help="µs to poll for the engine's answer to a command before parking (0 = never spin)")
 
 
 def build_parser() -> argparse.ArgumentParser:

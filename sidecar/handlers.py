@@ -87,7 +87,7 @@ class Handlers:
             if latest_key is not None and not corr:
                 self.link.publish_latest(latest_key, type_, body)
             else:
-                self.link.publish(type_, body)
+                self.link.publish(type_, body, reply_due=bool(corr))
         except (EngineUnavailable, Overloaded):
             self.bridge.pending.pop(corr, None)
             raise

@@ -30,7 +30,7 @@ from picows import (
 from sidecar import records as R
 from sidecar.bridge import Bridge
 from sidecar.connections import Connection, Registry, now_ms
-from sidecar.engine_link import EngineLink, EngineUnavailable, Overloaded
+from sidecar.engine_link import REPLY_SPIN_US, EngineLink, EngineUnavailable, Overloaded
 from sidecar.events import ClientError, ErrorCode
 from sidecar.handlers import Handlers
 from sidecar.protocol import Decoder, MessageTooBig
@@ -46,12 +46,12 @@ MAX_FRAME_BYTES = 1024 * 1024  # picows' own per-frame guard; messages are cappe
 class App:
     """One sidecar worker: its engine link, registry, bridge and handlers."""
 
-    def __init__(self, control_path: str, worker: int = 1) -> None:
+    def __init__(self, control_path: str, worker: int = 1, reply_spin_us: float = REPLY_SPIN_US) -> None:
         self.worker = worker
         self.stats = SidecarStats()
         self.registry = Registry(worker)
         self.bridge = Bridge(self.registry, self.stats)
-        self.link = EngineLink(control_path, worker, self.bridge.on_records, self._on_engine_state)
+        self.link = EngineLink(control_path, worker, self.bridge.on_records, self._on_engine_state, reply_spin_us)
         self.handlers = Handlers(self.link, self.bridge, self.stats)
         self.server: asyncio.Server | None = None
 
