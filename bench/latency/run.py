@@ -219,7 +219,20 @@ def harvest(sinks: list[Sink]) -> tuple[list[int], list[int]]:
     return offers, positions
 
 
-async def run_variant(variant: str, phases: list[dict], tmp: Path, logf, n_clients: int) -> dict[str, dict]:
+def start_profile(variant: str, st: Stack, phase: str, seconds: float, out: Path | None) -> subprocess.Popen | None:
+    """py-spy on the sidecar process of the `ring` variant during one phase (--profile DIR)."""
+    pyspy = Path(PY).with_name("py-spy")
+    if out is None or variant != "ring" or not pyspy.exists():
+        return None
+    sidecar = st.procs[-1].pid
+    dest = out / f"pyspy-ring-{phase}-{sidecar}.txt"
+    return subprocess.Popen([str(pyspy), "record", "-p", str(sidecar), "-d", str(max(1, int(seconds))), "-r", "1000",
+                             "--format", "raw", "-o", str(dest), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def run_variant(variant: str, phases: list[dict], tmp: Path, logf, n_clients: int,
+                      profile: Path | None = None) -> dict[str, dict]:
     st = start_stack(variant, tmp, logf)
     out: dict[str, dict] = {}
     transports: list[WSTransport] = []
@@ -238,7 +251,10 @@ async def run_variant(variant: str, phases: list[dict], tmp: Path, logf, n_clien
         harvest(sinks)
         for ph in phases:
             spec = {**ph, "drivers": n_clients, "passengers": n_clients}
+            prof = start_profile(variant, st, ph["name"], ph["seconds"], profile)
             sent = await feeder.call(spec)
+            if prof is not None:
+                await asyncio.get_running_loop().run_in_executor(None, prof.wait)
             await asyncio.sleep(0.25)  # stragglers
             offers, positions = harvest(sinks)
             out[ph["name"]] = {"offers": offers, "positions": positions, "sent": sent,
@@ -486,7 +502,8 @@ async def main_async(args: argparse.Namespace) -> int:
                         n = len(res["samples"])
                         got = {"idle": {"offers": res["samples"], "positions": [], "sent": {"offers": n}}}
                     else:
-                        got = await run_variant(variant, phases, tmp, logf, n_clients)
+                        got = await run_variant(variant, phases, tmp, logf, n_clients,
+                                                Path(args.profile) if args.profile else None)
                 except Exception as e:  # one broken variant must not lose the others
                     log(f"[{step}/{total}] {variant}: FAILED ({type(e).__name__}: {e})")
                     continue
@@ -555,6 +572,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=0)
     ap.add_argument("--variants", default="", help=f"comma list of: {', '.join([*VARIANTS, E2E])}")
     ap.add_argument("--out", default="", help="output directory (default bench/results)")
+    ap.add_argument("--profile", default="", help="directory for py-spy profiles of the ring sidecar (needs py-spy)")
     return uvloop.run(main_async(ap.parse_args()))
 
 
