@@ -1,0 +1,476 @@
+"""docs/protocol.md and docs/asyncapi.yaml agree with the code, so that they cannot drift.
+
+Three layers of truth, each checked against the next:
+* the code: `events.SCHEMAS` + the validators (client -> server), the maps built in sidecar/*.py
+  (server -> client, found by reading the source), and a live session with the real stack;
+* `sidecar.schema`: the wire fields of every message, probed against the validators;
+* the two documents: every message, field, enum value, error code, close code and limit.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import json
+import math
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import yaml
+from connect import ws_url
+from wsclient import AppClient
+
+from sidecar import connections, events, protocol, schema, server
+from sidecar import records as R
+from sidecar.bridge import REASON_NAME, STATUS_NAME
+from sidecar.events import SCHEMAS, ClientError, ErrorCode, Role
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTOCOL_MD = ROOT / "docs" / "protocol.md"
+ASYNCAPI = ROOT / "docs" / "asyncapi.yaml"
+CONN_ID = {Role.DRIVER: "d1", Role.PASSENGER: "p1", Role.ADMIN: "admin"}
+CHANNEL = {Role.DRIVER: "driver", Role.PASSENGER: "passenger", Role.ADMIN: "admin"}
+# Dataclass attribute -> the wire field it comes from, where the names differ.
+WIRE_NAME = {"online": "status", "action": "type", "subscribe": "type"}
+
+
+# ---- the documents, loaded -----------------------------------------------------------
+
+
+@cache
+def markdown() -> str:
+    return PROTOCOL_MD.read_text()
+
+
+@cache
+def md_examples() -> list[tuple[str, dict[str, Any]]]:
+    """(direction, message) for every ```json client / ```json server block of protocol.md."""
+    out = []
+    for direction, body in re.findall(r"```json (client|server)\n(.*?)```", markdown(), re.S):
+        out.append((direction, json.loads(body)))
+    return out
+
+
+@cache
+def api() -> dict[str, Any]:
+    return yaml.safe_load(ASYNCAPI.read_text())
+
+
+def deref(node: Any) -> Any:
+    """Follows local `$ref`s ('#/a/b/c') until a node without one."""
+    while isinstance(node, dict) and "$ref" in node:
+        ref = node["$ref"]
+        assert ref.startswith("#/"), ref
+        node = api()
+        for part in ref[2:].split("/"):
+            node = node[part]
+    return node
+
+
+def operation_messages(action: str) -> dict[str, set[str]]:
+    """channel key -> names of the messages in its operations with `action` (send = server pushes)."""
+    out: dict[str, set[str]] = {}
+    channels = api()["channels"]
+    for op in api()["operations"].values():
+        if op["action"] != action:
+            continue
+        channel = next(k for k, v in channels.items() if v is deref(op["channel"]))
+        out.setdefault(channel, set()).update(deref(m)["name"] for m in op["messages"])
+    return out
+
+
+def api_message(name: str, direction: str) -> dict[str, Any]:
+    """The components message for a type name; `direction` is 'client' or 'server'."""
+    return api()["components"]["messages"][f"{direction}.{name}"]
+
+
+def payload_schema(name: str, direction: str) -> dict[str, Any]:
+    return deref(api_message(name, direction)["payload"])
+
+
+# ---- a small JSON Schema checker (the keywords asyncapi.yaml uses) ----------------------
+
+
+def violations(value: Any, sch: dict[str, Any], path: str = "$") -> list[str]:
+    sch = deref(sch)
+    errs: list[str] = []
+    if "oneOf" in sch:
+        if sum(not violations(value, s, path) for s in sch["oneOf"]) != 1:
+            errs.append(f"{path}: matches not exactly one of oneOf")
+        return errs
+    if "const" in sch and value != sch["const"]:
+        errs.append(f"{path}: {value!r} != const {sch['const']!r}")
+    if "enum" in sch and value not in sch["enum"]:
+        errs.append(f"{path}: {value!r} not in {sch['enum']}")
+    kind = sch.get("type")
+    checks = {
+        "object": lambda v: isinstance(v, dict),
+        "array": lambda v: isinstance(v, list),
+        "string": lambda v: isinstance(v, str),
+        "boolean": lambda v: isinstance(v, bool),
+        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    }
+    if kind is not None and not checks[kind](value):
+        return [*errs, f"{path}: {value!r} is not {kind}"]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if "minimum" in sch and value < sch["minimum"]:
+            errs.append(f"{path}: {value} < {sch['minimum']}")
+        if "maximum" in sch and value > sch["maximum"]:
+            errs.append(f"{path}: {value} > {sch['maximum']}")
+    if isinstance(value, str):
+        if "maxLength" in sch and len(value) > sch["maxLength"]:
+            errs.append(f"{path}: longer than {sch['maxLength']}")
+        if "minLength" in sch and len(value) < sch["minLength"]:
+            errs.append(f"{path}: shorter than {sch['minLength']}")
+        if "pattern" in sch and not re.search(sch["pattern"], value):
+            errs.append(f"{path}: does not match {sch['pattern']}")
+    if isinstance(value, dict):
+        props = sch.get("properties", {})
+        errs += [f"{path}.{k}: required" for k in sch.get("required", []) if k not in value]
+        if sch.get("additionalProperties") is False:
+            errs += [f"{path}.{k}: not in the schema" for k in value if k not in props]
+        for k, v in value.items():
+            if k in props:
+                errs += violations(v, props[k], f"{path}.{k}")
+    if isinstance(value, list) and "items" in sch:
+        for i, v in enumerate(value):
+            errs += violations(v, sch["items"], f"{path}[{i}]")
+    return errs
+
+
+# ---- what the code sends -------------------------------------------------------------
+
+
+def code_sent_types() -> dict[str, str]:
+    """Server message type -> the file that builds it: every `{"type": "<literal>", ...}` in sidecar/.
+
+    The demo is a client (its maps are client messages) and is left out.
+    """
+    found: dict[str, str] = {}
+    for path in sorted((ROOT / "sidecar").rglob("*.py")):
+        if path.name in ("demo.py", "schema.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Dict):
+                for k, v in zip(node.keys, node.values, strict=True):
+                    if (isinstance(k, ast.Constant) and k.value == "type"
+                            and isinstance(v, ast.Constant) and isinstance(v.value, str)):
+                        found.setdefault(v.value, path.name)
+    return found
+
+
+def parse_as(message: dict[str, Any], role: Role, binary: bool = False) -> protocol.Request:
+    data = msgpack.packb(message) if binary else json.dumps(message).encode()
+    return protocol.parse_message(protocol.parse_payload(data, binary), role, CONN_ID[role])
+
+
+def example(type_: str) -> dict[str, Any]:
+    return copy.deepcopy(api_message(type_, "client")["examples"][0]["payload"])
+
+
+# ---- both documents name every message ----------------------------------------------------
+
+
+def test_the_schema_tables_list_exactly_the_client_messages_the_code_accepts() -> None:
+    assert set(schema.CLIENT_MESSAGES) == set(SCHEMAS)
+    for t, (_cls, roles) in SCHEMAS.items():
+        assert schema.CLIENT_MESSAGES[t].roles == roles, t
+
+
+def test_every_server_message_the_code_builds_is_in_the_schema_table() -> None:
+    sent = code_sent_types()
+    assert {"welcome", "ack", "error", "pong", "order_update", "new_order"} <= set(sent), sent
+    missing = {t: f for t, f in sent.items() if t not in schema.SERVER_MESSAGES}
+    assert not missing, f"sent by the code but not in sidecar/schema.py SERVER_MESSAGES: {missing}"
+
+
+@pytest.mark.parametrize("type_", sorted(SCHEMAS))
+def test_client_message_is_in_protocol_md_and_asyncapi_for_its_roles(type_: str) -> None:
+    assert re.search(rf"^### .*`{type_}`", markdown(), re.M), f"no section for {type_} in protocol.md"
+    assert any(d == "client" and m["type"] == type_ for d, m in md_examples()), f"no example of {type_}"
+    msg = api_message(type_, "client")
+    assert msg["name"] == type_
+    assert payload_schema(type_, "client")["properties"]["type"] == {"const": type_}
+    receives = operation_messages("receive")
+    on = {ch for ch, names in receives.items() if type_ in names}
+    assert on == {CHANNEL[r] for r in SCHEMAS[type_][1]}, f"{type_} received on {on}"
+
+
+@pytest.mark.parametrize("type_", sorted(schema.SERVER_MESSAGES))
+def test_server_message_is_in_protocol_md_and_asyncapi_for_its_recipients(type_: str) -> None:
+    assert re.search(rf"^### .*`{type_}`", markdown(), re.M), f"no section for {type_} in protocol.md"
+    assert any(d == "server" and m["type"] == type_ for d, m in md_examples()), f"no example of {type_}"
+    assert api_message(type_, "server")["name"] == type_
+    assert payload_schema(type_, "server")["properties"]["type"] == {"const": type_}
+    sends = operation_messages("send")
+    on = {ch for ch, names in sends.items() if type_ in names}
+    assert on == {CHANNEL[r] for r in schema.SERVER_MESSAGES[type_].roles}, f"{type_} sent on {on}"
+
+
+def test_asyncapi_is_a_3_0_document_with_the_three_paths_and_resolvable_refs() -> None:
+    doc = api()
+    assert doc["asyncapi"].startswith("3.0")
+    addresses = {c["address"] for c in doc["channels"].values()}
+    assert addresses == {"/ws/driver/{driver_id}", "/ws/passenger/{passenger_id}", "/ws/admin"}
+    for key, ch in doc["channels"].items():
+        for name, m in ch["messages"].items():
+            assert deref(m)["name"] == name, f"channel {key}: message key {name}"
+    for op in doc["operations"].values():
+        deref(op["channel"])
+        channel_msgs = [deref(m) for m in deref(op["channel"])["messages"].values()]
+        for m in op["messages"]:
+            assert any(deref(m) is cm for cm in channel_msgs), f"{m} is not a message of its channel"
+    names = [m["name"] for m in doc["components"]["messages"].values()]
+    documented = set(names)
+    assert set(SCHEMAS) | set(schema.SERVER_MESSAGES) == documented
+
+
+# ---- fields: documents vs tables vs dataclasses vs validators ------------------------------------
+
+
+@pytest.mark.parametrize("type_", sorted(SCHEMAS))
+def test_asyncapi_client_fields_equal_the_schema_table(type_: str) -> None:
+    sch = payload_schema(type_, "client")
+    shape = schema.CLIENT_MESSAGES[type_]
+    assert set(sch["required"]) - {"type"} == shape.required
+    assert set(sch["properties"]) - {"type", "id"} == shape.fields
+    assert "id" in sch["properties"], "every client message may carry an id"
+
+
+@pytest.mark.parametrize("type_", sorted(schema.SERVER_MESSAGES))
+def test_asyncapi_server_fields_equal_the_schema_table(type_: str) -> None:
+    sch = payload_schema(type_, "server")
+    shape = schema.SERVER_MESSAGES[type_]
+    assert set(sch["required"]) - {"type"} == shape.required
+    assert set(sch["properties"]) - {"type"} == shape.fields
+    assert "ts" in shape.required
+    if shape.reliable:  # (welcome carries the recipient's latest seq too, without being numbered)
+        assert "seq" in shape.required and deref(sch["properties"]["seq"])["minimum"] == 1
+
+
+def message_classes() -> dict[type, list[str]]:
+    out: dict[type, list[str]] = {}
+    for t, (cls, _roles) in SCHEMAS.items():
+        out.setdefault(cls, []).append(t)
+    return out
+
+
+@pytest.mark.parametrize("cls", list(message_classes()), ids=lambda c: c.__name__)
+def test_dataclass_fields_come_from_documented_wire_fields(cls: type) -> None:
+    """Every dataclass attribute is read from a documented field; a one-type class requires the same."""
+    types = message_classes()[cls]
+    documented = set().union(*(schema.CLIENT_MESSAGES[t].fields for t in types)) | {"type"}
+    wire = {WIRE_NAME.get(f.name, f.name) for f in dataclasses.fields(cls)}
+    assert wire <= documented, f"{cls.__name__} holds {wire - documented}, not documented"
+    if len(types) == 1:
+        required = {WIRE_NAME.get(f.name, f.name) for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        assert required == schema.CLIENT_MESSAGES[types[0]].required, f"{cls.__name__} requires {required}"
+
+
+@pytest.mark.parametrize("type_", sorted(SCHEMAS))
+def test_required_fields_are_exactly_those_the_validator_demands(type_: str) -> None:
+    """Each required field, left out, is refused naming it; each optional one may be left out."""
+    shape = schema.CLIENT_MESSAGES[type_]
+    role = min(shape.roles)
+    full = example(type_)
+    for f in shape.optional:  # the fullest valid message: every optional field at a valid value
+        full.setdefault(f, valid_value(payload_schema(type_, "client")["properties"][f], f))
+    parse_as(full, role)
+    for f in shape.required:
+        m = {k: v for k, v in full.items() if k != f}
+        with pytest.raises(ClientError) as exc:
+            parse_as(m, role)
+        assert exc.value.message.startswith(f), exc.value.message
+    for f in shape.optional:
+        parse_as({k: v for k, v in full.items() if k != f}, role)
+
+
+def valid_value(sch: dict[str, Any], field: str) -> Any:
+    sch = deref(sch)
+    if field == "driver_id":
+        return CONN_ID[Role.DRIVER]
+    if "enum" in sch:
+        return sch["enum"][0]
+    if sch.get("type") in ("number", "integer"):
+        return sch.get("minimum", 0)
+    if sch.get("type") == "string":
+        return "x"
+    raise AssertionError(f"no valid value for {field}: {sch}")
+
+
+def numeric_bounds() -> list[tuple[str, str, float, float]]:
+    out = []
+    for type_ in sorted(SCHEMAS):
+        for field, prop in payload_schema(type_, "client")["properties"].items():
+            p = deref(prop)
+            if p.get("type") == "number" and "minimum" in p and "maximum" in p:
+                out.append((type_, field, p["minimum"], p["maximum"]))
+    return out
+
+
+@pytest.mark.parametrize(("type_", "field", "lo", "hi"), numeric_bounds())
+def test_documented_number_ranges_are_the_validators_ranges(type_: str, field: str, lo: float, hi: float) -> None:
+    role = min(SCHEMAS[type_][1])
+    base = example(type_)
+    if type_ == "nearby_unsubscribe":
+        base.update(lat=1.0, lon=1.0)
+    for ok in (lo, hi):
+        parse_as({**base, field: ok}, role)
+    for bad in (lo - 0.001, hi + 0.001, math.inf):
+        with pytest.raises(ClientError) as exc:
+            parse_as({**base, field: bad}, role, binary=True)  # msgpack: inf is representable
+        assert exc.value.message.startswith(field)
+
+
+def test_enums_in_asyncapi_are_the_codes_enums() -> None:
+    schemas = api()["components"]["schemas"]
+    assert set(schemas["ErrorCode"]["enum"]) == {c.value for c in ErrorCode}
+    assert set(schemas["OrderStatus"]["enum"]) == set(STATUS_NAME.values())
+    assert set(schemas["Reason"]["enum"]) == set(REASON_NAME.values()) - {REASON_NAME[R.Reason.NONE]}
+    assert set(schemas["AdminTopic"]["enum"]) == set(events.ADMIN_TOPICS)
+    assert deref(payload_schema("driver_status", "client")["properties"]["status"])["enum"] == ["online", "offline"]
+
+
+# ---- examples: each parses, validates and matches the schemas ---------------------------------
+
+
+def test_protocol_md_has_examples_in_both_directions() -> None:
+    kinds = {(d, m["type"]) for d, m in md_examples()}
+    assert {("client", t) for t in SCHEMAS} <= kinds
+    assert {("server", t) for t in schema.SERVER_MESSAGES} <= kinds
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "msgpack"])
+def test_every_client_example_in_both_documents_is_accepted_by_the_decoder(binary: bool) -> None:
+    examples = [m for d, m in md_examples() if d == "client"]
+    examples += [e["payload"] for k, m in api()["components"]["messages"].items() if k.startswith("client.")
+                 for e in m.get("examples", [])]
+    for m in examples:
+        for role in SCHEMAS[m["type"]][1]:
+            data = msgpack.packb(m) if binary else json.dumps(m).encode()
+            req = protocol.Decoder(role, CONN_ID[role]).feed(binary, True, data)
+            assert req is not None and req.request_id == m.get("id"), m
+        errs = violations(m, payload_schema(m["type"], "client"))
+        assert not errs, (m, errs)
+
+
+def test_every_server_example_matches_its_asyncapi_schema() -> None:
+    examples = [m for d, m in md_examples() if d == "server"]
+    examples += [e["payload"] for k, m in api()["components"]["messages"].items() if k.startswith("server.")
+                 for e in m.get("examples", [])]
+    for m in examples:
+        assert m["type"] in schema.SERVER_MESSAGES, m
+        errs = violations(m, payload_schema(m["type"], "server"))
+        assert not errs, (m, errs)
+        if m["type"] == "error":
+            assert m["code"] in {c.value for c in ErrorCode}
+
+
+def test_error_examples_name_their_field_as_the_validator_does() -> None:
+    """A documented `bad_message`/`forbidden`/`unknown_type` text is what the decoder says."""
+    said = {m["message"] for d, m in md_examples() if d == "server" and m["type"] == "error"}
+    produced = set()
+    for m, role in (({"type": "driver_status", "status": "sleeping"}, Role.DRIVER),
+                    ({"type": "teleport"}, Role.DRIVER),
+                    ({"type": "order_accept", "order_id": 1}, Role.PASSENGER)):
+        with pytest.raises(ClientError) as exc:
+            parse_as(m, role)
+        produced.add(exc.value.message)
+    assert produced <= said, produced - said
+
+
+# ---- error codes, close codes, limits ------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [c.value for c in ErrorCode])
+def test_every_error_code_has_a_row_saying_when(code: str) -> None:
+    assert re.search(rf"^\| `{code}` \| \S", markdown(), re.M), f"no row for {code} in the error table"
+
+
+@pytest.mark.parametrize("close", [1000, 1008, 1009, server.CLOSE_REPLACED, 4008])
+def test_close_codes_are_documented_in_both(close: int) -> None:
+    assert re.search(rf"^\| {close} \|", markdown(), re.M)
+    assert str(close) in api()["info"]["description"]
+
+
+def test_limits_in_protocol_md_are_the_codes_limits() -> None:
+    md = markdown()
+    assert f"{protocol.MAX_MESSAGE_BYTES} bytes" in md
+    assert f"1–{protocol.MAX_REQUEST_ID_LEN} characters" in md
+    assert f"at most {events.MAX_REASON_BYTES} bytes" in md
+    assert f"1…{events.MAX_NEARBY_RADIUS_M:g}" in md
+    assert f"last {connections.REPLAY_DEPTH} per recipient" in md
+    assert events.ID_RE.pattern.replace("{1,36}", "") in md
+    assert f"{server.MAX_FRAME_BYTES // (1024 * 1024)} MiB" in md
+    assert protocol.JSON.value in md and protocol.MSGPACK.value in md
+
+
+# ---- a live session: what the server really sends fits the documents --------------------------
+
+
+async def test_a_live_ride_sends_only_documented_messages_with_documented_fields(stack) -> None:
+    driver = await AppClient.open(ws_url(stack, "driver", "d1"))
+    passenger = await AppClient.open(ws_url(stack, "passenger", "p1"), subprotocol="dgdo.v1.msgpack")
+    admin = await AppClient.open(ws_url(stack, "admin"))
+    try:
+        for c in (driver, passenger, admin):
+            await c.expect("welcome")
+        await admin.send({"type": "subscribe", "topics": ["system_stats"], "id": 1})
+        await admin.expect("ack", id=1)
+        await driver.send({"type": "driver_status", "status": "online", "id": "s1"})
+        await driver.expect("ack", id="s1")
+        await driver.send({"type": "driver_location", "lat": 38.561, "lon": 68.78, "heading": 90})
+        await passenger.send({"type": "nearby_subscribe", "lat": 38.5598, "lon": 68.787, "id": "n1"})
+        await passenger.send({"type": "ride_request", "id": "r1", "pickup": {"lat": 38.5598, "lon": 68.787},
+                              "dropoff": {"lat": 38.575, "lon": 68.795}})
+        order = (await passenger.expect("ack", id="r1"))["order_id"]
+        await driver.expect("new_order", order_id=order)
+        await driver.send({"type": "order_accept", "order_id": order, "id": "a1"})
+        await passenger.expect("order_update", status="accepted")
+        await driver.send({"type": "driver_location", "lat": 38.5605, "lon": 68.784, "speed_kmh": 20})
+        await passenger.expect("driver_location")
+        for action, status in (("order_arrived", "arrived"), ("trip_start", "started"),
+                               ("trip_complete", "completed")):
+            await driver.send({"type": action, "order_id": order})
+            await passenger.expect("order_update", status=status)
+        # an offer withdrawn: the passenger cancels while the driver holds it
+        await passenger.send({"type": "ride_request", "id": "r2", "pickup": {"lat": 38.5598, "lon": 68.787},
+                              "dropoff": {"lat": 38.575, "lon": 68.795}})
+        order2 = (await passenger.expect("ack", id="r2"))["order_id"]
+        await driver.expect("new_order", order_id=order2)
+        await passenger.send({"type": "order_cancel", "order_id": order2, "reason": "changed my mind", "id": "c1"})
+        await driver.expect("cancel_order", order_id=order2)
+        # errors of each local kind, and one from the engine
+        await driver.ws.send("{not json")
+        await driver.expect("error", code="bad_frame")
+        await driver.send({"type": "teleport", "id": 5})
+        await driver.expect("error", code="unknown_type", id=5)
+        await passenger.send({"type": "order_accept", "order_id": 1, "id": 6})
+        await passenger.expect("error", code="forbidden", id=6)
+        await driver.send({"type": "trip_start", "order_id": order, "id": 7})
+        await driver.expect("error", id=7)
+        for c in (driver, passenger, admin):
+            await c.send({"type": "ping", "id": "last"})
+            await c.expect("pong", id="last")
+    finally:
+        for c in (driver, passenger, admin):
+            await c.close()
+    seen = {"driver": driver.seen, "passenger": passenger.seen, "admin": admin.seen}
+    kinds: set[str] = set()
+    for who, messages in seen.items():
+        for m in messages:
+            t = m.get("type")
+            kinds.add(t)
+            assert t in schema.SERVER_MESSAGES, f"{who} got undocumented {t}: {m}"
+            assert Role(who) in schema.SERVER_MESSAGES[t].roles, f"{who} got {t}, documented for others"
+            errs = violations(m, payload_schema(t, "server"))
+            assert not errs, (who, m, errs)
+    assert {"welcome", "ack", "error", "pong", "order_update", "new_order", "cancel_order",
+            "driver_location"} <= kinds
