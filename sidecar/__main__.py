@@ -2,7 +2,12 @@
 
     dgdo run [--host H] [--port P] [--demo N | --no-demo]   engine + sidecar (+ demo)
     dgdo sidecar --control PATH [--host H] [--port P]       sidecar for a running engine
+    dgdo token --role R --sub ID [--ttl S] [--secret S]     mint a JWT for an app
     dgdo engine-path                                        where the engine binary is
+
+Auth is always on: the secret comes from DGDO_JWT_SECRET. `dgdo run` without
+one makes up a secret for the run, prints it once and hands it to the demo;
+`dgdo sidecar` refuses to start without one unless told --insecure-no-auth.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ from pathlib import Path
 
 import uvloop
 
+from sidecar import auth
 from sidecar.engine_link import REPLY_SPIN_US
-from sidecar.server import App
+from sidecar.events import is_valid_id
+from sidecar.limits import Rate
+from sidecar.server import App, Settings
 
 log = logging.getLogger("dgdo")
 
@@ -85,7 +93,7 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    app = App(control, worker=args.worker, reply_spin_us=args.reply_spin_us)
+    app = App(control, worker=args.worker, reply_spin_us=args.reply_spin_us, settings=_settings(args))
     await app.start(args.host, args.port)
     print(f"[dgdo] sidecar listening on ws://{args.host}:{app.port} (engine control {control})", flush=True)
     tasks: list[asyncio.Task[None]] = []
@@ -99,6 +107,7 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
         demo = subprocess.Popen(
             [sys.executable, "-m", "sidecar.demo", "--url", f"ws://{args.host}:{app.port}",
              "--drivers", str(args.demo)],
+            start_new_session=True,
         )
     await stop.wait()
     print("[dgdo] stopping", flush=True)
@@ -130,7 +139,9 @@ class EngineSupervisor:
 
     def start(self) -> None:
         """Starts the engine and waits for its ready line. Raises RuntimeError if it fails."""
-        proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE)
+        # Its own session: a Ctrl-C at the terminal reaches only us, and we stop the engine
+        # after the sidecar (a SIGINT to the whole group would look like a crash to restart).
+        proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, start_new_session=True)
         assert proc.stdout is not None
         line = proc.stdout.readline().decode().strip()  # "dgdo-engine ready control=... pid=... epoch=..."
         if not line.startswith("dgdo-engine ready"):
@@ -187,7 +198,43 @@ class EngineSupervisor:
             proc.wait()
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(
+        jwt_secret=None if args.insecure_no_auth else os.environ[auth.ENV_SECRET],
+        ping_idle_s=args.ping_idle_s, ping_reply_s=min(args.ping_reply_s, args.ping_idle_s),
+        positions_rate=Rate(args.positions_per_s, args.positions_burst),
+        messages_rate=Rate(args.messages_per_s, args.messages_burst),
+        max_paused_s=args.max_paused_s,
+    )
+
+
+def _ensure_secret(args: argparse.Namespace, make_up: bool) -> None:
+    """Leaves DGDO_JWT_SECRET set (or auth explicitly off); `dgdo run` makes one up for local runs."""
+    if args.insecure_no_auth or os.environ.get(auth.ENV_SECRET):
+        if args.insecure_no_auth:
+            log.warning("! auth is OFF (--insecure-no-auth): anyone can connect as anyone")
+        return
+    if not make_up:
+        raise SystemExit(f"dgdo: set {auth.ENV_SECRET} (the JWT HS256 secret apps' tokens are signed with), "
+                         "or pass --insecure-no-auth for a trusted test network")
+    # Set in our own environment, so the demo (a child process) mints its tokens with it.
+    os.environ[auth.ENV_SECRET] = secret = auth.new_secret()
+    print(f"[dgdo] {auth.ENV_SECRET} not set: this run's secret is {secret}\n"
+          f"[dgdo]   mint a token with: {auth.ENV_SECRET}={secret} dgdo token --role driver --sub d1", flush=True)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    secret = args.secret or os.environ.get(auth.ENV_SECRET)
+    if not secret:
+        raise SystemExit(f"dgdo token: set {auth.ENV_SECRET} or pass --secret")
+    if not is_valid_id(args.sub):
+        raise SystemExit("dgdo token: --sub must be 1-36 characters of [A-Za-z0-9_.:-]")
+    print(auth.mint(secret, args.role, args.sub, args.ttl))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    _ensure_secret(args, make_up=True)
     runtime = tempfile.mkdtemp(prefix="dgdo-")
     control = os.path.join(runtime, "engine.sock")
     engine = EngineSupervisor(args, control)
@@ -205,6 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
+    _ensure_secret(args, make_up=False)
     return uvloop.run(serve(args, args.control, None))
 
 
@@ -214,6 +262,16 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker", type=int, default=1, help="sidecar worker id (1-65535)")
     p.add_argument("--status-interval", type=float, default=1.0, help="seconds between status lines; 0 = off")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help=f"accept connections without a token (default: JWT HS256 with ${auth.ENV_SECRET})")
+    p.add_argument("--ping-idle-s", type=float, default=30.0, help="ping a client silent for this long")
+    p.add_argument("--ping-reply-s", type=float, default=15.0, help="drop a client whose pong is this late")
+    p.add_argument("--positions-per-s", type=float, default=10.0, help="positions a connection may send, sustained")
+    p.add_argument("--positions-burst", type=float, default=20.0, help="... and in a burst")
+    p.add_argument("--messages-per-s", type=float, default=2000.0, help="messages of any type, sustained")
+    p.add_argument("--messages-burst", type=float, default=2000.0, help="... and in a burst")
+    p.add_argument("--max-paused-s", type=float, default=10.0,
+                   help="close (4008) a client whose write buffer stays full this long")
     p.add_argument("--reply-spin-us", type=float, default=REPLY_SPIN_US,
                    help="µs to poll for the engine's answer to a command before parking (0 = never spin)")
 
@@ -236,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_args(side)
     side.add_argument("--control", required=True, help="the engine's control socket")
     side.set_defaults(func=cmd_sidecar, demo=0)
+
+    tok = sub.add_parser("token", help=f"mint a JWT for an app (secret from ${auth.ENV_SECRET})")
+    tok.add_argument("--role", required=True, choices=["driver", "passenger", "admin"])
+    tok.add_argument("--sub", required=True, help="the driver's / passenger's id (admins: any name)")
+    tok.add_argument("--ttl", type=float, default=auth.DEFAULT_TTL_S, help="seconds until it expires (default 1 day)")
+    tok.add_argument("--secret", help=f"signing secret (default ${auth.ENV_SECRET})")
+    tok.set_defaults(func=cmd_token)
 
     path = sub.add_parser("engine-path", help="print the engine binary's path")
     path.set_defaults(func=lambda a: print(engine_path()) or 0)
