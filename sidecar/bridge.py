@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from sidecar import records as R
-from sidecar.connections import Connection, Registry
+from sidecar.connections import Connection, Registry, broadcast
 from sidecar.events import ErrorCode, Role
 from sidecar.records import Result, T, id_str
 from sidecar.ring import Consumer
@@ -89,6 +89,22 @@ class Bridge:
             if p.request_id is not None:
                 out["id"] = p.request_id
             p.conn.send(out)
+
+    # ---- admins ----------------------------------------------------------------------
+
+    def broadcast(self, conns: Collection[Connection], message: dict[str, Any]) -> None:
+        self.stats.messages_out += broadcast(conns, message)
+
+    def to_admins(self, topic: str, message: dict[str, Any]) -> None:
+        """Sends a monitoring message to the admins subscribed to `topic`."""
+        admins = self.registry.admins
+        if admins:
+            subscribers = [c for c in admins if topic in c.topics]
+            if subscribers:
+                self.broadcast(subscribers, message)
+
+    def admin_log(self, level: str, text: str) -> None:
+        self.to_admins("log", {"type": "log", "level": level, "message": text, "ts": time.time_ns() // 1_000_000})
 
     # ---- dispatch ---------------------------------------------------------------------
 
@@ -162,6 +178,23 @@ class Bridge:
         if reason:
             msg["reason"] = REASON_NAME[R.Reason(reason)]
         self._deliver(role, to_id, msg, real, True)
+        if role == R.Role.PASSENGER and self.registry.admins:
+            # Each change reaches the passenger (and the driver, once there is one): admins see it once.
+            self._admin_order(msg, id_str(to_id))
+
+    def _admin_order(self, update: dict[str, Any], passenger_id: str) -> None:
+        ts = update["ts"]
+        order = {"order_id": update["order_id"], "status": update["status"], "passenger_id": passenger_id}
+        if "driver_id" in update:
+            order["driver_id"] = update["driver_id"]
+        if "reason" in update:
+            order["reason"] = update["reason"]
+        self.to_admins("active_orders", {"type": "active_orders", **order,
+                                         "active": self.stats.engine.active_orders, "ts": ts})
+        if update["status"] == "accepted":
+            self.to_admins("assignments", {"type": "assignment", "order_id": update["order_id"],
+                                           "driver_id": update.get("driver_id", ""), "passenger_id": passenger_id,
+                                           "ts": ts})
 
     def _new_order(self, body: memoryview) -> None:
         (_m, real, _c, _w, role, to_id, order_id, passenger_id,

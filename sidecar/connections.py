@@ -7,15 +7,17 @@ client reconnecting with `?last_seq=N` gets what it missed, in order.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from picows import WSMsgType, WSTransport
+from picows import WSCloseCode, WSMsgType, WSTransport
 
 from sidecar.events import Role
+from sidecar.limits import MAX_QUEUED, Outbox
 from sidecar.protocol import JSON, Format, encode
 from sidecar.records import Origin
 from sidecar.records import Role as WireRole
@@ -53,10 +55,24 @@ class Mailbox:
         return [m for m in self.recent if m["seq"] > last_seq]
 
 
-class Connection:
-    """One authenticated WebSocket: its identity, format and transport."""
+CLOSE_GRACE_S = 10.0  # how long a closing connection may take to flush before it is aborted
+CLOSE_SLOW_READER = 4008  # the client stopped reading: what it missed waits in its mailbox (?last_seq)
+_CLOSE_CODES = {c.value: c for c in WSCloseCode}
 
-    __slots__ = ("app_id", "conn_id", "fmt", "mailbox", "origin", "resync", "role", "topics", "transport")
+
+class Connection:
+    """One authenticated WebSocket: its identity, format, transport and outbound flow state.
+
+    Slow readers (DESIGN §4 "Delivery"): the server sets the transport's write-buffer
+    watermarks; above the high one picows calls `pause()`. While paused nothing is
+    written: messages go to the `Outbox` (positions coalesced, reliable ones queued),
+    and `resume()` sends them in order. A client that owes more than the outbox holds
+    is closed with 4008 by `on_overflow`; reliable messages are never dropped silently,
+    they stay in the mailbox for a resume.
+    """
+
+    __slots__ = ("app_id", "closing", "conn_id", "fmt", "mailbox", "on_overflow", "origin", "outbox", "paused",
+                 "resync", "role", "topics", "transport")
 
     def __init__(self, conn_id: int, role: Role, app_id: str, fmt: Format, worker: int) -> None:
         self.conn_id = conn_id
@@ -70,23 +86,76 @@ class Connection:
         # needs to know about this connection, replayed after the session is re-announced.
         self.resync: dict[int, bytes] = {}
         self.origin = Origin(conn_id, worker, WIRE_ROLE[role], app_id.encode("ascii"))
+        self.outbox: Outbox | None = None  # created on the first pause
+        self.paused = False
+        self.closing = False  # a CLOSE was sent: nothing more is written
+        self.on_overflow: Callable[[Connection], None] = lambda conn: conn.close(CLOSE_SLOW_READER, "slow reader")
 
     def send(self, message: dict[str, Any]) -> bool:
-        """Encodes and writes one message; False when the socket is gone."""
+        """Encodes and writes one message (or queues it while paused); False when the socket is gone."""
         t = self.transport
-        if t is None or t.is_disconnected:
+        if t is None or self.closing or t.is_disconnected:
             return False
-        data = encode(message, self.fmt)
-        t.send(WSMsgType.TEXT if self.fmt is JSON else WSMsgType.BINARY, data)
+        if self.paused:
+            assert self.outbox is not None
+            if not self.outbox.put(message):
+                self.on_overflow(self)
+                return False
+            return True
+        t.send(WSMsgType.TEXT if self.fmt is JSON else WSMsgType.BINARY, encode(message, self.fmt))
         return True
+
+    def pause(self, max_queued: int = MAX_QUEUED) -> None:
+        """The transport's write buffer went above its high-water mark."""
+        self.paused = True
+        if self.outbox is None:  # most connections never pause: no outbox until one does
+            self.outbox = Outbox(max_queued)
+
+    def resume(self) -> None:
+        """The write buffer drained below its low-water mark: send what is owed, oldest first."""
+        self.paused = False
+        box = self.outbox
+        if box is None:
+            return
+        for message in box.drain():
+            if not self.send(message) or self.paused:
+                # Paused again (this write crossed the mark) or gone: the rest stays queued.
+                break
 
     def close(self, code: int, reason: str) -> None:
         t = self.transport
-        if t is not None and not t.is_disconnected:
-            from picows import WSCloseCode
+        if self.outbox is not None:
+            self.outbox.pending.clear()  # reliable ones are in the mailbox; the rest is stale
+        if t is not None and not self.closing and not t.is_disconnected:
+            self.closing = True
+            t.send_close(_CLOSE_CODES.get(code, code), reason.encode())  # type: ignore[arg-type]
+            t.disconnect()  # graceful: the buffered frames, then the CLOSE, then FIN
+            if t.underlying_transport.get_write_buffer_size():
+                # A client that never reads would keep that buffer forever: give it a grace period.
+                asyncio.get_running_loop().call_later(CLOSE_GRACE_S, t.disconnect, False)
 
-            t.send_close(WSCloseCode(code) if code in WSCloseCode._value2member_map_ else code, reason.encode())
-            t.disconnect()
+
+def broadcast(conns: Iterable[Connection], message: dict[str, Any]) -> int:
+    """Sends one message to many connections, encoding it once per format.
+
+    No backpressure of its own: a paused connection queues the map in its outbox (where
+    latest-wins types coalesce), a closing or closed one is skipped. Returns how many took it.
+    """
+    encoded: dict[Format, bytes] = {}
+    n = 0
+    for conn in conns:
+        t = conn.transport
+        if t is None or conn.closing or t.is_disconnected:
+            continue
+        if conn.paused:
+            n += conn.send(message)
+            continue
+        data = encoded.get(conn.fmt)
+        if data is None:
+            data = encoded[conn.fmt] = encode(message, conn.fmt)
+        t.send(WSMsgType.TEXT if conn.fmt is JSON else WSMsgType.BINARY, data)
+        n += 1
+    return n
 
 
 class Registry:

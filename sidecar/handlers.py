@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sidecar import records as R
@@ -52,6 +53,7 @@ class Handlers:
         self.link = link
         self.bridge = bridge
         self.stats = stats
+        self.system_stats: Callable[[], dict[str, Any]] | None = None  # set by the server: the admin snapshot
         self._by_type = {
             DriverLocation: self._driver_location,
             DriverStatus: self._driver_status,
@@ -107,6 +109,8 @@ class Handlers:
         body = R.driver_status(conn.origin, time.monotonic_ns(), corr, m.online)
         conn.resync[R.T.IN_DRIVER_STATUS] = body
         self._publish(R.T.IN_DRIVER_STATUS, body, corr)
+        self.bridge.to_admins("drivers", {"type": "driver_status", "driver_id": conn.app_id,
+                                          "status": "online" if m.online else "offline", "ts": now_ms()})
 
     def _ride_request(self, conn: Connection, req: Request) -> None:
         m: RideRequest = req.message  # type: ignore[assignment]
@@ -134,6 +138,8 @@ class Handlers:
         conn.topics = m.topics
         if req.request_id is not None:
             conn.send({"type": "ack", "id": req.request_id, "topics": sorted(m.topics), "ts": now_ms()})
+        if "system_stats" in m.topics and self.system_stats is not None:
+            conn.send(self.system_stats())  # a dashboard shows numbers at once, not a second later
 
     def _ping(self, conn: Connection, req: Request) -> None:
         out: dict[str, Any] = {"type": "pong", "ts": now_ms()}

@@ -83,6 +83,15 @@ SERVER_MESSAGES: dict[str, Shape] = {
         _s("driver_location", {PASSENGER}, "order_id driver_id lat lon ts", "heading speed_kmh"),
         _s("estimate_update", {PASSENGER}, "order_id eta_s distance_m ts"),
         _s("nearby_drivers", {PASSENGER}, "drivers ts"),
+        # /ws/admin, by topic (subscribe): system_stats -> system_stats, active_orders -> active_orders,
+        # assignments -> assignment, drivers -> driver_status, log -> log.
+        _s("system_stats", {ADMIN},
+           "matching_latency_us push_latency_us orders_per_min orders drivers_online drivers_available"
+           " active_orders connections paused_connections engine_attached ring_depths ts"),
+        _s("active_orders", {ADMIN}, "order_id status passenger_id active ts", "driver_id reason"),
+        _s("assignment", {ADMIN}, "order_id driver_id passenger_id ts"),
+        _s("driver_status", {ADMIN}, "driver_id status ts"),
+        _s("log", {ADMIN}, "level message ts"),
     )
 }
 """Server -> client messages by type (every one carries `ts`, listed in `required`)."""

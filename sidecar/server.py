@@ -1,10 +1,17 @@
-"""The WebSocket server: a thin picows shell around protocol, router, handlers and bridge.
+"""The WebSocket server: a thin picows shell around protocol, router, auth, limits, handlers and bridge.
 
 picows calls the listener factory synchronously with the parsed upgrade
-request, before the upgrade: routing, format choice (and later auth) happen
-there and map to one HTTP status each. Per connection, `AppListener` feeds
-data frames to its sans-I/O `Decoder`, answers CLOSE (picows does not), and
-tells the engine when a session opens and closes.
+request, before the upgrade: routing, auth and format choice happen there,
+and each refusal maps to one HTTP status (RouteError carries its own;
+auth.HTTP_STATUS maps the auth errors). Per connection, `AppListener` feeds
+data frames to its sans-I/O `Decoder`, charges its `RateLimiter`, answers
+CLOSE (picows does not), relays picows' pause/resume of writing to the
+connection's outbox, and tells the engine when a session opens and closes.
+
+Close codes this server sends: 1000 (reply to the client's CLOSE), 1001
+(shutdown; a ping not answered in time — picows' auto-ping), 1008 (flooding
+past the rate limit), 1009 (a message over the size cap), 4001 (replaced by
+a newer connection with the same role and id), 4008 (slow reader).
 """
 
 from __future__ import annotations
@@ -12,7 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
+from collections import deque
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from picows import (
@@ -28,11 +38,23 @@ from picows import (
 )
 
 from sidecar import records as R
+from sidecar.auth import ENV_SECRET, Authenticator, AuthError, Unauthenticated, http_status
 from sidecar.bridge import Bridge
-from sidecar.connections import Connection, Registry, now_ms
+from sidecar.connections import CLOSE_SLOW_READER, Connection, Registry, now_ms
 from sidecar.engine_link import REPLY_SPIN_US, EngineLink, EngineUnavailable, Overloaded
-from sidecar.events import ClientError, ErrorCode
+from sidecar.events import ClientError, DriverLocation, ErrorCode, Nearby, Role
 from sidecar.handlers import Handlers
+from sidecar.limits import (
+    ABUSE,
+    ABUSE_AFTER,
+    LIMITED,
+    MAX_PAUSED_S,
+    MAX_QUEUED,
+    MESSAGES_RATE,
+    POSITIONS_RATE,
+    Rate,
+    RateLimiter,
+)
 from sidecar.protocol import Decoder, MessageTooBig
 from sidecar.router import HttpRoute, RouteError, WsRoute, choose_format, route
 from sidecar.stats import SidecarStats
@@ -41,27 +63,57 @@ log = logging.getLogger("dgdo.server")
 
 CLOSE_REPLACED = 4001  # a newer connection with the same role and id took over
 MAX_FRAME_BYTES = 1024 * 1024  # picows' own per-frame guard; messages are capped lower by the Decoder
+# Per-connection write buffer (bytes in uvloop's buffer, beyond the kernel's socket buffer): a few
+# hundred messages. 50k connections x 64 KiB is only reached if all of them stop reading at once.
+WRITE_HIGH = 64 * 1024
+WRITE_LOW = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What an operator may tune per worker; the defaults are the production ones."""
+
+    # None turns auth off (only `dgdo sidecar --insecure-no-auth` does that on purpose).
+    jwt_secret: str | None = field(default_factory=lambda: os.environ.get(ENV_SECRET) or None)
+    ping_idle_s: float = 30.0  # no data from the client for this long -> PING
+    ping_reply_s: float = 15.0  # no PONG within this -> close 1001 and drop
+    positions_rate: Rate = POSITIONS_RATE
+    messages_rate: Rate = MESSAGES_RATE
+    abuse_after: int = ABUSE_AFTER
+    write_high: int = WRITE_HIGH
+    write_low: int = WRITE_LOW
+    max_queued: int = MAX_QUEUED
+    max_paused_s: float = MAX_PAUSED_S
+    stats_interval_s: float = 1.0  # system_stats to subscribed admins
 
 
 class App:
     """One sidecar worker: its engine link, registry, bridge and handlers."""
 
-    def __init__(self, control_path: str, worker: int = 1, reply_spin_us: float = REPLY_SPIN_US) -> None:
+    def __init__(self, control_path: str, worker: int = 1, reply_spin_us: float = REPLY_SPIN_US,
+                 settings: Settings | None = None) -> None:
         self.worker = worker
+        self.settings = settings = settings or Settings()
+        self.auth = Authenticator(settings.jwt_secret)
         self.stats = SidecarStats()
         self.registry = Registry(worker)
         self.bridge = Bridge(self.registry, self.stats)
         self.link = EngineLink(control_path, worker, self.bridge.on_records, self._on_engine_state, reply_spin_us)
         self.handlers = Handlers(self.link, self.bridge, self.stats)
+        self.handlers.system_stats = self.system_stats
         self.server: asyncio.Server | None = None
+        self._stats_task: asyncio.Task[None] | None = None
+        self._created: deque[tuple[float, int]] = deque()  # (monotonic s, orders created) over the last minute
 
     async def start(self, host: str, port: int) -> None:
+        s = self.settings
         self.server = await ws_create_server(
             self.listener_factory, host, port,
-            enable_auto_ping=True, auto_ping_idle_timeout=30, auto_ping_reply_timeout=15,
+            enable_auto_ping=True, auto_ping_idle_timeout=s.ping_idle_s, auto_ping_reply_timeout=s.ping_reply_s,
             max_frame_size=MAX_FRAME_BYTES,
         )
         self.link.start()
+        self._stats_task = asyncio.get_running_loop().create_task(self._admin_stats_loop())
 
     @property
     def port(self) -> int:
@@ -69,6 +121,8 @@ class App:
         return self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        if self._stats_task is not None:
+            self._stats_task.cancel()
         for conn in self.registry:
             conn.close(int(WSCloseCode.GOING_AWAY), "server shutting down")
         if self.server is not None:
@@ -76,6 +130,7 @@ class App:
         self.link.close()
 
     def _on_engine_state(self, up: bool) -> None:
+        self.bridge.admin_log("info" if up else "error", "engine attached" if up else "engine detached")
         if up:
             # Tell a (possibly restarted) engine who is connected here.
             for conn in self.registry:
@@ -96,10 +151,20 @@ class App:
     def listener_factory(self, request: WSUpgradeRequest) -> Any:
         try:
             r = route(request.method, request.path)
+            if isinstance(r, HttpRoute):
+                return self._http_page(r)
+            # The admin path carries no id: any admin token opens it, and its sub names the session.
+            claims = self.auth.authenticate(r.role, None if r.role is Role.ADMIN else r.app_id, r.query,
+                                            request.headers.get("Authorization"))
         except RouteError as e:
             return _http(e.status, e.message)
-        if isinstance(r, HttpRoute):
-            return self._http_page(r)
+        except AuthError as e:
+            self.stats.auth_refused += 1
+            # RFC 6750 §3: a 401 names the scheme the client should retry with.
+            extra = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if isinstance(e, Unauthenticated) else None
+            return _http(http_status(e), e.message, extra_headers=extra)
+        if claims is not None and r.role is Role.ADMIN:
+            r = replace(r, app_id=claims.sub)
         fmt, subprotocol = choose_format(request.headers.get("Sec-WebSocket-Protocol"), r.query)
         conn = self.registry.new(r.role, r.app_id, fmt)
         headers = {"Sec-WebSocket-Protocol": subprotocol} if subprotocol else None
@@ -126,11 +191,60 @@ class App:
             f"dgdo_push_latency_seconds{{quantile=\"0.99\"}} {p99 / 1e9:.9f}",
             f"dgdo_messages_out_total {s.messages_out}",
             f"dgdo_frames_in_total {s.frames_in}",
+            f"dgdo_auth_refused_total {s.auth_refused}",
+            f"dgdo_rate_limited_total {s.rate_limited}",
+            f"dgdo_closed_total{{reason=\"abuse\"}} {s.abuse_closes}",
+            f"dgdo_closed_total{{reason=\"slow_reader\"}} {s.slow_reader_closes}",
+            f"dgdo_closed_total{{reason=\"too_large\"}} {s.too_large_closes}",
+            f"dgdo_paused_connections {s.paused}",
             f"dgdo_drivers_online {e.drivers_online}",
             f"dgdo_orders_created_total {e.orders_created}",
             f"dgdo_orders_completed_total {e.orders_completed}",
         ]
         return "\n".join(lines) + "\n"
+
+    # ---- admin ------------------------------------------------------------------
+
+    def system_stats(self) -> dict[str, Any]:
+        """The `system_stats` admin message: the engine's last ENGINE_STATS plus this worker's gauges."""
+        s, e = self.stats, self.stats.engine
+        now = time.monotonic()
+        created = self._created
+        created.append((now, e.orders_created))
+        while len(created) > 1 and now - created[0][0] > 60.0:
+            created.popleft()
+        span = now - created[0][0]
+        per_min = (e.orders_created - created[0][1]) * 60.0 / span if span >= 1.0 else 0.0
+        p50, p99 = s.push_latency.percentiles(50, 99)
+        producer = self.link.producer
+        return {
+            "type": "system_stats",
+            "matching_latency_us": {"p99": round(e.match_p99_ns / 1000, 1)},
+            "push_latency_us": {"p50": round(p50 / 1000, 1), "p99": round(p99 / 1000, 1)},
+            "orders_per_min": round(per_min, 1),
+            "orders": {"created": e.orders_created, "matched": e.orders_matched, "completed": e.orders_completed},
+            "drivers_online": e.drivers_online,
+            "drivers_available": e.drivers_available,
+            "active_orders": e.active_orders,
+            "connections": len(self.registry),
+            "paused_connections": s.paused,
+            "engine_attached": self.link.attached,
+            "ring_depths": {
+                "in_bytes": producer.depth() if producer is not None and self.link.attached else 0,
+                "in_backlog_bytes": self.link.backlog,
+            },
+            "ts": now_ms(),
+        }
+
+    async def _admin_stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.stats_interval_s)
+            subscribers = [c for c in self.registry.admins if "system_stats" in c.topics]
+            if subscribers:
+                try:
+                    self.bridge.broadcast(subscribers, self.system_stats())
+                except Exception:  # a bad tick must not end the stream
+                    log.exception("! system_stats failed")
 
     # ---- connection lifecycle --------------------------------------------------
 
@@ -148,16 +262,37 @@ class App:
         self._publish_session(conn, R.T.IN_SESSION_OPEN)
 
     def disconnected(self, conn: Connection) -> None:
+        if conn.paused:
+            self.stats.paused -= 1
+            conn.paused = False
         if self.registry.remove(conn):
             self.stats.connections = len(self.registry)
             self._publish_session(conn, R.T.IN_SESSION_CLOSE)
+            if conn.role is Role.DRIVER:
+                self.bridge.to_admins("drivers", {"type": "driver_status", "driver_id": conn.app_id,
+                                                  "status": "disconnected", "ts": now_ms()})
+
+    def close_for(self, conn: Connection, code: int, why: str) -> None:
+        """Closes a connection for misbehaving, counted and logged to admins."""
+        if conn.closing:
+            return
+        if code == CLOSE_SLOW_READER:
+            self.stats.slow_reader_closes += 1
+        elif code == WSCloseCode.POLICY_VIOLATION.value:
+            self.stats.abuse_closes += 1
+        elif code == WSCloseCode.MESSAGE_TOO_BIG.value:
+            self.stats.too_large_closes += 1
+        conn.close(code, why)
+        self.bridge.admin_log("warning", f"closed {conn.role.value} {conn.app_id} with {code}: {why}")
 
 
-def _http(status: int, body: str, content_type: str = "text/plain; charset=utf-8") -> WSUpgradeResponseWithListener:
+def _http(status: int, body: str, content_type: str = "text/plain; charset=utf-8",
+          extra_headers: dict[str, str] | None = None) -> WSUpgradeResponseWithListener:
+    headers = {"Content-Type": content_type, **(extra_headers or {})}
     if status >= 400:
-        resp = WSUpgradeResponse.create_error_response(status, body.encode(), {"Content-Type": content_type})
+        resp = WSUpgradeResponse.create_error_response(status, body.encode(), headers)
     else:
-        resp = WSUpgradeResponse.create_ok_response(body.encode(), {"Content-Type": content_type})
+        resp = WSUpgradeResponse.create_ok_response(body.encode(), headers)
     return WSUpgradeResponseWithListener(resp, None)
 
 
@@ -167,32 +302,80 @@ class AppListener(WSListener):
         self.conn = conn
         self.route = r
         self.decoder = Decoder(conn.role, conn.app_id)
+        s = app.settings
+        self.limiter = RateLimiter(time.monotonic(), s.positions_rate, s.messages_rate, s.abuse_after)
+        self._paused_timer: asyncio.TimerHandle | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
+        s = self.app.settings
+        transport.underlying_transport.set_write_buffer_limits(high=s.write_high, low=s.write_low)
         self.conn.transport = transport
+        self.conn.on_overflow = lambda conn: self.app.close_for(conn, CLOSE_SLOW_READER, "slow reader: too much owed")
         self.app.connected(self.conn, self.route)
+
+    # picows forwards asyncio's flow-control callbacks of the underlying transport here.
+    def pause_writing(self) -> None:
+        conn = self.conn
+        if conn.paused or conn.closing:
+            return
+        conn.pause(self.app.settings.max_queued)
+        self.app.stats.paused += 1
+        self._paused_timer = asyncio.get_running_loop().call_later(self.app.settings.max_paused_s, self._still_paused)
+
+    def resume_writing(self) -> None:
+        if self._paused_timer is not None:
+            self._paused_timer.cancel()
+            self._paused_timer = None
+        if self.conn.paused:
+            self.app.stats.paused -= 1
+            self.conn.resume()
+
+    def _still_paused(self) -> None:
+        self._paused_timer = None
+        if self.conn.paused:
+            self.app.close_for(self.conn, CLOSE_SLOW_READER, "slow reader: not reading")
+
+    def _admit(self, position: bool, request_id: str | int | None) -> bool:
+        verdict = self.limiter.check(time.monotonic(), position)
+        if verdict is LIMITED:
+            self.app.stats.rate_limited += 1
+            self.app.handlers.error(self.conn, ErrorCode.RATE_LIMITED, "too many messages; slow down", request_id)
+            return False
+        if verdict is ABUSE:
+            self.app.close_for(self.conn, WSCloseCode.POLICY_VIOLATION.value, "rate limit exceeded persistently")
+            return False
+        return True
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         t = frame.msg_type
         if t is WSMsgType.TEXT or t is WSMsgType.BINARY or t is WSMsgType.CONTINUATION:
+            if self.conn.closing:
+                return
             self.app.stats.frames_in += 1
             binary = None if t is WSMsgType.CONTINUATION else t is WSMsgType.BINARY
             try:
                 req = self.decoder.feed(binary, frame.fin, frame.get_payload_as_bytes())
             except MessageTooBig as e:
-                transport.send_close(WSCloseCode.MESSAGE_TOO_BIG, str(e).encode())
-                transport.disconnect()
+                self.app.close_for(self.conn, WSCloseCode.MESSAGE_TOO_BIG.value, str(e))
                 return
             except ClientError as e:
-                self.app.handlers.error(self.conn, e.code, e.message, e.request_id)
+                # Undecodable messages cost tokens too: a garbage flood is still a flood.
+                if self._admit(False, e.request_id):
+                    self.app.handlers.error(self.conn, e.code, e.message, e.request_id)
                 return
             if req is not None:
-                self.app.handlers.handle(self.conn, req)
+                m = req.message
+                if self._admit(isinstance(m, DriverLocation | Nearby), req.request_id):
+                    self.app.handlers.handle(self.conn, req)
         elif t is WSMsgType.CLOSE:
             # picows leaves the reply to us (RFC 6455 §5.5.1): echo the code, then hang up.
-            code = frame.get_close_code()
-            transport.send_close(code if code is not WSCloseCode.NO_INFO else WSCloseCode.OK)
+            if not transport.is_close_frame_sent:  # we may have closed first: then this is the echo
+                code = frame.get_close_code()
+                transport.send_close(code if code is not WSCloseCode.NO_INFO else WSCloseCode.OK)
             transport.disconnect()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self._paused_timer is not None:
+            self._paused_timer.cancel()
+            self._paused_timer = None
         self.app.disconnected(self.conn)

@@ -59,6 +59,12 @@ class SidecarStats:
     records_out: int = 0  # records published to the engine
     errors_sent: int = 0
     connections: int = 0
+    paused: int = 0  # connections whose write buffer is above its high-water mark right now
+    auth_refused: int = 0
+    rate_limited: int = 0
+    abuse_closes: int = 0
+    slow_reader_closes: int = 0
+    too_large_closes: int = 0
 
     def status_line(self) -> str:
         p50, p99 = self.push_latency.percentiles(50, 99)

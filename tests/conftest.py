@@ -22,6 +22,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every sidecar the tests start checks tokens signed with this; clients mint theirs with `mint()`.
+JWT_SECRET = "dgdo-tests-secret-0123456789abcdef-not-for-production"
+
+
+def mint(role: str, sub: str, ttl_s: float = 3600, secret: str = JWT_SECRET) -> str:
+    """A token for (role, sub) that the test stacks accept."""
+    from sidecar import auth
+
+    return auth.mint(secret, role, sub, ttl_s)
+
+
+def stack_env(**extra: str) -> dict[str, str]:
+    """The environment for a sidecar process under test: the known secret, unbuffered output."""
+    return {**os.environ, "DGDO_JWT_SECRET": JWT_SECRET, "PYTHONUNBUFFERED": "1", **extra}
+
 BUILD = ROOT / "build" / "engine"
 ENGINE = BUILD / "dgdo-engine"
 RINGPEER = BUILD / "dgdo-ringpeer"
@@ -84,6 +99,7 @@ class Stack:
     out: LineReader
     port: int
     instance: str
+    jwt_secret: str = JWT_SECRET
 
     @property
     def url(self) -> str:
@@ -123,7 +139,7 @@ def start_stack(*extra: str, env: dict[str, str] | None = None) -> Stack:
     instance = f"t{uuid.uuid4().hex[:8]}"
     cmd = [sys.executable, "-m", "sidecar", "run", "--host", "127.0.0.1", "--port", "0", "--no-demo",
            "--status-interval", "0", "--instance", instance, *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, env=stack_env(**(env or {})))
     out = LineReader(proc.stdout)
     try:
         m = out.wait_for(r"sidecar listening on ws://127\.0\.0\.1:(\d+)")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, LineReader
+from conftest import ROOT, LineReader, stack_env
 from wsclient import AppClient
 
 from sidecar import ring
@@ -77,7 +77,7 @@ def start_split(engine_bin: Path, *engine_args: str) -> Split:
     s.start_engine(*engine_args)
     s.sidecar = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "sidecar", "--control", control, "--port", "0", "--status-interval", "0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=stack_env(),
     )
     s.out = LineReader(s.sidecar.stdout)
     s.port = int(s.out.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)").group(1))

@@ -5,9 +5,29 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import msgpack
 from websockets.asyncio.client import ClientConnection, connect
+
+AUTO = "auto"  # mint a token for the URL's role and id (the tests' secret)
+
+
+def with_token(url: str, token: str | None = AUTO) -> str:
+    """`url` with `?token=` added: minted for the path's role and id when `token` is AUTO, none when None.
+
+    A URL that already carries a token is left alone.
+    """
+    parts = urlsplit(url)
+    if token is None or "token" in parse_qs(parts.query):
+        return url
+    if token == AUTO:
+        from conftest import mint
+
+        segments = parts.path.strip("/").split("/")  # ws / driver / d1, or ws / admin
+        role, sub = (segments[1], segments[2]) if len(segments) == 3 else ("admin", "admin")
+        token = mint(role, sub)
+    return url + ("&" if parts.query else "?") + f"token={token}"
 
 
 class AppClient:
@@ -17,8 +37,10 @@ class AppClient:
         self.seen: list[dict[str, Any]] = []  # every message received, in order
 
     @classmethod
-    async def open(cls, url: str, *, subprotocol: str | None = None, **kw: Any) -> AppClient:
-        ws = await connect(url, subprotocols=[subprotocol] if subprotocol else None, **kw)
+    async def open(cls, url: str, *, subprotocol: str | None = None, token: str | None = AUTO,
+                   **kw: Any) -> AppClient:
+        """Connects; `token` AUTO mints one for the path, None sends none, a string is sent as `?token=`."""
+        ws = await connect(with_token(url, token), subprotocols=[subprotocol] if subprotocol else None, **kw)
         return cls(ws, binary=subprotocol == "dgdo.v1.msgpack")
 
     async def send(self, message: dict[str, Any]) -> None:

@@ -1,0 +1,182 @@
+"""Who may open which WebSocket: JWT HS256 checked on the upgrade request, before any frame.
+
+Pure functions over the token, the route and the secret (no I/O), so every
+case is testable without a socket. The server turns each `AuthError` into
+the HTTP status in `HTTP_STATUS` — the one place where that mapping lives:
+
+    AuthError
+     ├── Unauthenticated        401  who you are is unknown (retry with a good token)
+     │    ├── MissingToken            no ?token= and no Authorization: Bearer
+     │    ├── BadToken                undecodable, bad signature, bad or missing claims
+     │    └── ExpiredToken            exp in the past
+     └── NotAllowed             403  you are known, but this path is not yours
+          ├── WrongRole               role claim differs from the path's role
+          └── WrongSubject            sub differs from the path's id
+
+Browsers cannot set headers on a WebSocket, hence `?token=`; native apps may
+prefer `Authorization: Bearer`. When both are sent the header wins (query
+strings end up in access logs; a header is the better-kept of the two).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from sidecar.events import Role, is_valid_id
+
+ALGORITHM = "HS256"
+ENV_SECRET = "DGDO_JWT_SECRET"
+DEFAULT_TTL_S = 24 * 3600
+ROLES = frozenset(r.value for r in Role)
+LEEWAY_S = 5  # tolerated clock skew between the token's issuer and this host
+MAX_TOKEN_LEN = 2048  # a token with sub/role/exp is ~150 bytes; refuse to verify megabytes
+
+
+class AuthError(Exception):
+    """The upgrade is refused; the subclass decides the HTTP status (see HTTP_STATUS)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Unauthenticated(AuthError):
+    pass
+
+
+class MissingToken(Unauthenticated):
+    pass
+
+
+class BadToken(Unauthenticated):
+    pass
+
+
+class ExpiredToken(Unauthenticated):
+    pass
+
+
+class NotAllowed(AuthError):
+    pass
+
+
+class WrongRole(NotAllowed):
+    pass
+
+
+class WrongSubject(NotAllowed):
+    pass
+
+
+# The one mapping of handshake refusals to HTTP statuses (RFC 6750 §3.1: 401 invalid_token, 403 insufficient_scope).
+HTTP_STATUS: dict[type[AuthError], int] = {
+    MissingToken: 401,
+    BadToken: 401,
+    ExpiredToken: 401,
+    WrongRole: 403,
+    WrongSubject: 403,
+}
+
+
+def http_status(err: AuthError) -> int:
+    return HTTP_STATUS[type(err)]
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    sub: str
+    role: Role
+    exp: int
+
+
+def new_secret() -> str:
+    """A random secret for a local run (256 bits, URL-safe so it can go in an env var)."""
+    return secrets.token_urlsafe(32)
+
+
+def mint(secret: str, role: Role | str, sub: str, ttl_s: float = DEFAULT_TTL_S, now: float | None = None) -> str:
+    """Signs a token for `role`/`sub` valid for `ttl_s` seconds."""
+    issued = int(time.time() if now is None else now)
+    payload = {"sub": sub, "role": str(Role(role)), "iat": issued, "exp": issued + int(ttl_s)}
+    return jwt.encode(payload, secret, algorithm=ALGORITHM)
+
+
+def token_from(query: dict[str, str], authorization: str | None) -> str:
+    """The bearer token of an upgrade request.
+
+    Raises:
+        MissingToken: neither the header nor `?token=` carries one.
+    """
+    if authorization:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    token = query.get("token", "")
+    if token:
+        return token
+    raise MissingToken("no token: send ?token= or Authorization: Bearer")
+
+
+def verify(token: str, secret: str) -> Claims:
+    """Checks the signature and the claims.
+
+    Raises:
+        BadToken: malformed, wrong signature or algorithm, a claim missing or invalid.
+        ExpiredToken: `exp` is in the past.
+    """
+    if len(token) > MAX_TOKEN_LEN:
+        raise BadToken("token too long")
+    options: dict[str, Any] = {"require": ["exp", "sub", "role"], "verify_sub": False}
+    try:
+        payload = jwt.decode(token, secret, algorithms=[ALGORITHM], options=options, leeway=LEEWAY_S)
+    except jwt.ExpiredSignatureError:
+        raise ExpiredToken("token expired") from None
+    except jwt.InvalidTokenError as e:
+        raise BadToken(f"invalid token: {str(e)[:80]}") from None
+    sub, role, exp = payload.get("sub"), payload.get("role"), payload.get("exp")
+    if not is_valid_id(sub):
+        raise BadToken("sub: 1-36 characters of [A-Za-z0-9_.:-]")
+    if not isinstance(role, str) or role not in ROLES:
+        raise BadToken("role: must be driver, passenger or admin")
+    return Claims(sub, Role(role), int(exp))
+
+
+def authorize(claims: Claims, role: Role, app_id: str | None) -> None:
+    """Checks that the token's holder may open the path of `role` / `app_id` (None: any id, the admin path).
+
+    Raises:
+        WrongRole, WrongSubject.
+    """
+    if claims.role is not role:
+        raise WrongRole(f"a {claims.role.value} token cannot open a {role.value} path")
+    if app_id is not None and claims.sub != app_id:
+        raise WrongSubject("the token's sub does not match the path's id")
+
+
+class Authenticator:
+    """Authenticates upgrade requests with one secret; `None` turns auth off (--insecure-no-auth)."""
+
+    def __init__(self, secret: str | None) -> None:
+        self.secret = secret
+
+    @property
+    def enabled(self) -> bool:
+        return self.secret is not None
+
+    def authenticate(self, role: Role, app_id: str | None, query: dict[str, str],
+                     authorization: str | None) -> Claims | None:
+        """Returns the verified claims, or None when auth is off.
+
+        Raises:
+            AuthError: map with `http_status()`.
+        """
+        if self.secret is None:
+            return None
+        claims = verify(token_from(query, authorization), self.secret)
+        authorize(claims, role, app_id)
+        return claims
