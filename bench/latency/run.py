@@ -421,6 +421,9 @@ def markdown(results: dict) -> str:
     if results.get("e2e_push_metrics"):
         lines += ["Engine e2e: the sidecar's own commit → socket-write gauge (/metrics): "
                   + ", ".join(f"{k} {v:.1f} µs" for k, v in results["e2e_push_metrics"].items())]
+    if results.get("failures"):
+        lines += ["", f"{len(results['failures'])} variant runs failed and are left out (see the JSON): "
+                      + "; ".join(f"rep {f['repeat']} {f['variant']}" for f in results["failures"])]
     lines += ["", "Last column: the sidecar's own gauge (engine commit → picows send returned, last 8192 "
                   "pushes of the phase, offers and positions), from its /metrics; the rest of the total is "
                   "socket → client. The FastAPI server has no such gauge."]
@@ -485,6 +488,8 @@ async def main_async(args: argparse.Namespace) -> int:
     sent_total: dict[tuple[str, str], int] = {}
     e2e_push: dict = {}
     side: dict[tuple[str, str], list[dict]] = {}
+    per_rep: dict[tuple[str, str], dict[int, dict]] = {}  # ratios pair runs of the same repeat only
+    failures: list[dict] = []
     total = repeats * len(variants)
     step = 0
     t_start = time.monotonic()
@@ -506,10 +511,12 @@ async def main_async(args: argparse.Namespace) -> int:
                                                 Path(args.profile) if args.profile else None)
                 except Exception as e:  # one broken variant must not lose the others
                     log(f"[{step}/{total}] {variant}: FAILED ({type(e).__name__}: {e})")
+                    failures.append({"repeat": rep + 1, "variant": variant, "error": f"{type(e).__name__}: {e}"})
                     continue
                 for ph, r in got.items():
                     s = summarize(r["offers"])
                     per.setdefault((variant, ph), []).append(s)
+                    per_rep.setdefault((variant, ph), {})[rep] = s
                     pooled.setdefault((variant, ph), []).extend(r["offers"])
                     pooled_pos.setdefault((variant, ph), []).extend(r["positions"])
                     sent_total[(variant, ph)] = sent_total.get((variant, ph), 0) + int(r["sent"].get("offers", 0))
@@ -535,10 +542,14 @@ async def main_async(args: argparse.Namespace) -> int:
             sp = side.get((variant, ph))
             if sp:
                 row["sidecar_commit_to_write"] = {k: statistics.median(d[k] for d in sp) for k in sp[0]}
-            ring_runs = per.get(("ring", ph))
+            ring_runs = per_rep.get(("ring", ph), {})
             if variant not in ("ring", E2E) and ring_runs:
-                r50 = [a["p50"] / b["p50"] for a, b in zip(runs, ring_runs, strict=False) if a.get("n") and b.get("n")]
-                r99 = [a["p99"] / b["p99"] for a, b in zip(runs, ring_runs, strict=False) if a.get("n") and b.get("n")]
+                mine = per_rep[(variant, ph)]
+                pairs = [(mine[k], ring_runs[k]) for k in mine if k in ring_runs]
+                pairs = [(a, b) for a, b in pairs if a.get("n") and b.get("n")]
+                r50 = [a["p50"] / b["p50"] for a, b in pairs]
+                r99 = [a["p99"] / b["p99"] for a, b in pairs]
+                row["ratio_pairs"] = len(pairs)
                 row["ratio_p50"] = statistics.median(r50) if r50 else None
                 row["ratio_p99"] = statistics.median(r99) if r99 else None
             rows.append(row)
@@ -552,7 +563,7 @@ async def main_async(args: argparse.Namespace) -> int:
     results = {"command": cmd, "argv": sys.argv[1:], "machine": machine, "repeats": repeats, "seconds": seconds,
                "rates": {"idle_offers_per_s": idle_rate, "load_offers_per_s": load_rate,
                          "load_positions_per_s": pos_rate, "clients_per_role": n_clients},
-               "rows": rows, "targets": targets, "e2e_push_metrics": e2e_push,
+               "rows": rows, "targets": targets, "e2e_push_metrics": e2e_push, "failures": failures,
                "note": "µs; 'engine e2e' is ride_request sent -> new_order received (includes the inbound hop)"}
     md = markdown(results)
     Path(f"{base}.json").write_text(json.dumps(results, indent=1))
