@@ -55,6 +55,7 @@ class Mailbox:
         return [m for m in self.recent if m["seq"] > last_seq]
 
 
+CLOSE_WAIT_S = 2.0  # how long a CLOSE we sent waits for the client's echo (RFC 6455 §7.1.1)
 CLOSE_GRACE_S = 10.0  # how long a closing connection may take to flush before it is aborted
 CLOSE_SLOW_READER = 4008  # the client stopped reading: what it missed waits in its mailbox (?last_seq)
 _CLOSE_CODES = {c.value: c for c in WSCloseCode}
@@ -129,10 +130,12 @@ class Connection:
         if t is not None and not self.closing and not t.is_disconnected:
             self.closing = True
             t.send_close(_CLOSE_CODES.get(code, code), reason.encode())  # type: ignore[arg-type]
-            t.disconnect()  # graceful: the buffered frames, then the CLOSE, then FIN
-            if t.underlying_transport.get_write_buffer_size():
-                # A client that never reads would keep that buffer forever: give it a grace period.
-                asyncio.get_running_loop().call_later(CLOSE_GRACE_S, t.disconnect, False)
+            # Not disconnect() now: closing a socket with unread input sends RST, and the client's
+            # kernel then drops our CLOSE frame unread (a flooding client always has input in flight).
+            # The client's CLOSE echo normally ends it (AppListener); these only bound the wait.
+            loop = asyncio.get_running_loop()
+            loop.call_later(CLOSE_WAIT_S, t.disconnect)  # graceful: buffered frames, the CLOSE, then FIN
+            loop.call_later(CLOSE_GRACE_S, t.disconnect, False)  # a client that never reads: abort
 
 
 def broadcast(conns: Iterable[Connection], message: dict[str, Any]) -> int:

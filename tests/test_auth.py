@@ -1,0 +1,176 @@
+"""Auth: JWT HS256 checked before the upgrade — the pure checks, then every case against the real sidecar.
+
+Two independent clients refuse or accept the same way: the `websockets` library (query token)
+and picows (Authorization header).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import jwt
+import pytest
+from conftest import JWT_SECRET, ROOT, Stack, mint
+from picows import WSHandshakeError
+from picowsclient import PicowsClient
+from websockets.exceptions import InvalidStatus
+from wsclient import AppClient
+
+from sidecar import auth
+from sidecar.events import Role
+
+# ---- pure -------------------------------------------------------------------------
+
+
+def test_a_minted_token_verifies_to_its_claims() -> None:
+    claims = auth.verify(auth.mint(JWT_SECRET, "driver", "d1", ttl_s=60), JWT_SECRET)
+    assert (claims.sub, claims.role) == ("d1", Role.DRIVER)
+    assert claims.exp > time.time()
+
+
+@pytest.mark.parametrize(("token", "error"), [
+    (jwt.encode({"sub": "d1", "role": "driver", "exp": 2**40}, "another-secret-of-at-least-32-bytes!!"),
+     auth.BadToken),
+    (jwt.encode({"sub": "d1", "role": "driver", "exp": 1}, JWT_SECRET), auth.ExpiredToken),
+    (jwt.encode({"sub": "d1", "role": "driver"}, JWT_SECRET), auth.BadToken),  # exp is required
+    (jwt.encode({"role": "driver", "exp": 2**40}, JWT_SECRET), auth.BadToken),
+    (jwt.encode({"sub": "d1", "role": "pilot", "exp": 2**40}, JWT_SECRET), auth.BadToken),
+    (jwt.encode({"sub": "not an id!", "role": "driver", "exp": 2**40}, JWT_SECRET), auth.BadToken),
+    (jwt.encode({"sub": "d1", "role": "driver", "exp": 2**40}, JWT_SECRET * 2, algorithm="HS512"), auth.BadToken),
+    ("not.a.jwt", auth.BadToken),
+    ("x" * 5000, auth.BadToken),
+])
+def test_bad_tokens_are_refused_with_401(token: str, error: type[auth.AuthError]) -> None:
+    with pytest.raises(error) as e:
+        auth.verify(token, JWT_SECRET)
+    assert auth.http_status(e.value) == 401
+
+
+def test_alg_none_is_refused() -> None:
+    unsigned = jwt.encode({"sub": "d1", "role": "driver", "exp": 2**40}, None, algorithm="none")
+    with pytest.raises(auth.BadToken):
+        auth.verify(unsigned, JWT_SECRET)
+
+
+def test_role_and_subject_must_match_the_path_else_403() -> None:
+    claims = auth.Claims("d1", Role.DRIVER, 2**40)
+    auth.authorize(claims, Role.DRIVER, "d1")
+    for role, app_id, error in ((Role.PASSENGER, "d1", auth.WrongRole), (Role.DRIVER, "d2", auth.WrongSubject),
+                                (Role.ADMIN, None, auth.WrongRole)):
+        with pytest.raises(error) as e:
+            auth.authorize(claims, role, app_id)
+        assert auth.http_status(e.value) == 403
+    auth.authorize(auth.Claims("ops-1", Role.ADMIN, 2**40), Role.ADMIN, None)  # any admin opens /ws/admin
+
+
+def test_every_auth_error_class_has_exactly_one_status() -> None:
+    leaves = {c for c in vars(auth).values()
+              if isinstance(c, type) and issubclass(c, auth.AuthError) and not c.__subclasses__()}
+    assert leaves == set(auth.HTTP_STATUS)
+
+
+def test_the_header_wins_over_the_query_and_missing_is_401() -> None:
+    assert auth.token_from({"token": "q"}, "Bearer h") == "h"
+    assert auth.token_from({"token": "q"}, None) == "q"
+    assert auth.token_from({"token": "q"}, "Basic abc") == "q"
+    with pytest.raises(auth.MissingToken):
+        auth.token_from({}, None)
+    with pytest.raises(auth.MissingToken):
+        auth.token_from({"token": ""}, "Bearer ")
+
+
+# ---- CLI ------------------------------------------------------------------------------
+
+
+def _dgdo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k != "DGDO_JWT_SECRET"}
+    return subprocess.run([sys.executable, "-m", "sidecar", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**base, **(env or {})}, timeout=30)
+
+
+def test_dgdo_token_mints_with_the_env_secret_or_the_flag() -> None:
+    out = _dgdo("token", "--role", "passenger", "--sub", "p9", "--ttl", "120", env={"DGDO_JWT_SECRET": JWT_SECRET})
+    assert out.returncode == 0, out.stderr
+    claims = auth.verify(out.stdout.strip(), JWT_SECRET)
+    assert (claims.sub, claims.role) == ("p9", Role.PASSENGER) and claims.exp <= time.time() + 121
+    out = _dgdo("token", "--role", "admin", "--sub", "ops", "--secret", "s" * 40)
+    assert auth.verify(out.stdout.strip(), "s" * 40).role is Role.ADMIN
+    assert _dgdo("token", "--role", "driver", "--sub", "d1").returncode != 0  # no secret anywhere
+
+
+def test_dgdo_sidecar_refuses_to_start_without_a_secret() -> None:
+    out = _dgdo("sidecar", "--control", "/nonexistent.sock", "--port", "0")
+    assert out.returncode != 0
+    assert "DGDO_JWT_SECRET" in out.stderr and "--insecure-no-auth" in out.stderr
+
+
+# ---- live: the real sidecar -------------------------------------------------------------
+
+
+async def _ws_status(url: str, **kw: object) -> int:
+    with pytest.raises(InvalidStatus) as e:
+        await AppClient.open(url, **kw)  # type: ignore[arg-type]
+    return e.value.response.status_code
+
+
+async def _picows_status(url: str, **kw: object) -> int:
+    with pytest.raises(WSHandshakeError) as e:
+        await PicowsClient.open(url, **kw)  # type: ignore[arg-type]
+    assert e.value.response is not None
+    return int(e.value.response.status)
+
+
+async def test_no_token_is_401_before_the_upgrade(stack: Stack) -> None:
+    assert await _ws_status(f"{stack.url}/ws/driver/d1", token=None) == 401
+    assert await _picows_status(f"{stack.url}/ws/passenger/p1", token=None) == 401
+    assert await _ws_status(f"{stack.url}/ws/admin", token=None) == 401
+
+
+async def test_bad_signature_and_expired_tokens_are_401(stack: Stack) -> None:
+    forged = auth.mint("some-other-secret-that-is-32-bytes-long", "driver", "d1")
+    assert await _ws_status(f"{stack.url}/ws/driver/d1", token=forged) == 401
+    assert await _picows_status(f"{stack.url}/ws/driver/d1", token=None,
+                                headers={"Authorization": f"Bearer {forged}"}) == 401
+    expired = mint("driver", "d1", ttl_s=-60)
+    assert await _ws_status(f"{stack.url}/ws/driver/d1", token=expired) == 401
+    assert await _picows_status(f"{stack.url}/ws/driver/d1", token=expired) == 401
+
+
+async def test_wrong_role_or_wrong_id_is_403(stack: Stack) -> None:
+    assert await _ws_status(f"{stack.url}/ws/driver/d1", token=mint("passenger", "d1")) == 403
+    assert await _ws_status(f"{stack.url}/ws/driver/d1", token=mint("driver", "d2")) == 403
+    assert await _picows_status(f"{stack.url}/ws/passenger/p1", token=mint("passenger", "p2")) == 403
+    assert await _picows_status(f"{stack.url}/ws/admin", token=mint("driver", "admin")) == 403
+
+
+async def test_a_token_in_the_header_or_the_query_opens_the_path(stack: Stack) -> None:
+    tok = mint("driver", "d1")
+    via_header = await PicowsClient.open(f"{stack.url}/ws/driver/d1", token=None,
+                                         headers={"Authorization": f"Bearer {tok}"})
+    assert (await via_header.expect("welcome"))["id"] == "d1"
+    await via_header.close()
+    via_query = await AppClient.open(f"{stack.url}/ws/driver/d1", token=tok)
+    assert (await via_query.expect("welcome"))["id"] == "d1"
+    await via_query.close()
+    via_ws_header = await AppClient.open(f"{stack.url}/ws/passenger/p1", token=None,
+                                         additional_headers={"Authorization": f"Bearer {mint('passenger', 'p1')}"})
+    assert (await via_ws_header.expect("welcome"))["role"] == "passenger"
+    await via_ws_header.close()
+
+
+async def test_an_admin_token_opens_the_admin_path_and_its_sub_names_the_session(stack: Stack) -> None:
+    admin = await AppClient.open(f"{stack.url}/ws/admin", token=mint("admin", "ops-1"))
+    welcome = await admin.expect("welcome")
+    assert (welcome["role"], welcome["id"]) == ("admin", "ops-1")
+    await admin.close()
+
+
+async def test_refusals_are_counted_in_metrics(stack: Stack) -> None:
+    await _ws_status(f"{stack.url}/ws/driver/d1", token=None)
+    status, body = stack.http_get("/metrics")
+    assert status == 200
+    assert any(line.startswith("dgdo_auth_refused_total ") and int(line.split()[1]) >= 1
+               for line in body.decode().splitlines())

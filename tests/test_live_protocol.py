@@ -1,0 +1,351 @@
+"""The public protocol against the real engine + sidecar, from two independent clients.
+
+`websockets` (wsclient.AppClient) and picows (picowsclient.PicowsClient), JSON text and
+msgpack binary (subprotocol or ?format=msgpack): every client message type, every error
+code the sidecar produces here (engine_unavailable and overloaded: test_engine_death.py),
+the close codes (1000 echo, 1001 idle, 1008 abuse, 1009 too large, 4001 replaced), resume.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from conftest import Stack, start_stack
+from picows import WSCloseCode, WSMsgType
+from picowsclient import PicowsClient
+from websockets.exceptions import ConnectionClosed
+from wsclient import AppClient
+
+from sidecar.protocol import MAX_MESSAGE_BYTES
+
+PICKUP = {"lat": 38.5598, "lon": 68.7870}
+DROPOFF = {"lat": 38.5750, "lon": 68.7950}
+Client = AppClient | PicowsClient
+
+# (library, format, how the format is chosen)
+CLIENTS = [
+    ("websockets", "json", None),
+    ("websockets", "msgpack", "subprotocol"),
+    ("picows", "json", None),
+    ("picows", "msgpack", "query"),
+]
+
+
+async def connect(stack: Stack, lib: str, fmt: str, how: str | None, path: str) -> Client:
+    url = f"{stack.url}{path}"
+    sub = "dgdo.v1.msgpack" if how == "subprotocol" else None
+    if how == "query":
+        url += "?format=msgpack"
+    cls = AppClient if lib == "websockets" else PicowsClient
+    return await cls.open(url, subprotocol=sub)
+
+
+async def send(c: Client, m: dict[str, Any]) -> None:
+    r = c.send(m)
+    if inspect.isawaitable(r):
+        await r
+
+
+async def request(c: Client, m: dict[str, Any], answer: str = "ack") -> dict[str, Any]:
+    await send(c, m)
+    return await c.expect(answer, id=m["id"])
+
+
+async def online_driver(c: Client, lat: float = 38.5610, lon: float = 68.7800) -> None:
+    await c.expect("welcome")
+    await request(c, {"type": "driver_status", "status": "online", "id": "on"})
+    await request(c, {"type": "driver_location", "lat": lat, "lon": lon, "id": "loc"})
+
+
+@pytest.mark.parametrize(("lib", "fmt", "how"), CLIENTS, ids=[f"{a}-{b}-{c}" for a, b, c in CLIENTS])
+async def test_every_client_message_type_is_answered(stack: Stack, lib: str, fmt: str, how: str | None) -> None:
+    d = await connect(stack, lib, fmt, how, "/ws/driver/d1")
+    p = await connect(stack, lib, fmt, how, "/ws/passenger/p1")
+    admin = await connect(stack, lib, fmt, how, "/ws/admin")
+    await online_driver(d)
+    await p.expect("welcome")
+    await admin.expect("welcome", role="admin")
+
+    ack = await request(admin, {"type": "subscribe", "topics": ["assignments"], "id": "sub"})
+    assert ack["topics"] == ["assignments"]
+    await request(p, {"type": "nearby_subscribe", "lat": 38.56, "lon": 68.78, "radius_m": 2000, "id": "near"})
+    assert "driver_id" in json.dumps((await p.expect("nearby_drivers"))["drivers"])
+
+    # ride 1: an id repeated is the same order; the driver rejects; the passenger cancels.
+    first = (await request(p, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF, "id": "r1"}))
+    again = (await request(p, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF, "id": "r1"}))
+    order1 = first["order_id"]
+    assert again["order_id"] == order1
+    await d.expect("new_order", order_id=order1)
+    await request(d, {"type": "order_reject", "order_id": order1, "id": "rej"})
+    await request(p, {"type": "order_cancel", "order_id": order1, "reason": "changed my mind", "id": "pc"})
+    await p.expect("order_update", order_id=order1, status="canceled")
+
+    # ride 2: accepted and driven to the end.
+    order2 = (await request(p, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF, "id": "r2"}))["order_id"]
+    await d.expect("new_order", order_id=order2)
+    await request(d, {"type": "order_accept", "order_id": order2, "id": "acc"})
+    assignment = await admin.expect("assignment", order_id=order2)
+    assert (assignment["driver_id"], assignment["passenger_id"]) == ("d1", "p1")
+    await send(d, {"type": "driver_location", "lat": 38.5605, "lon": 68.7840, "heading": 80, "speed_kmh": 30})
+    pos = await p.expect("driver_location", order_id=order2)
+    assert (pos["driver_id"], pos["lat"], pos["lon"]) == ("d1", 38.5605, 68.7840)
+    for step, status in (("order_arrived", "arrived"), ("trip_start", "started"), ("trip_complete", "completed")):
+        await request(d, {"type": step, "order_id": order2, "id": step})
+        await p.expect("order_update", order_id=order2, status=status)
+
+    # ride 3: the driver cancels after accepting; the order goes back to searching.
+    order3 = (await request(p, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF, "id": "r3"}))["order_id"]
+    await d.expect("new_order", order_id=order3)
+    await request(d, {"type": "order_accept", "order_id": order3, "id": "acc3"})
+    await request(d, {"type": "order_cancel", "order_id": order3, "reason": "flat tyre", "id": "dc"})
+    await p.expect("order_update", order_id=order3, status="searching")
+    await request(p, {"type": "order_cancel", "order_id": order3, "id": "pc3"})
+
+    await request(p, {"type": "nearby_unsubscribe", "id": "far"})
+    await request(d, {"type": "driver_status", "status": "offline", "id": "off"})
+    for c in (d, p, admin):
+        assert (await request(c, {"type": "ping", "id": 7}, answer="pong"))["id"] == 7
+    reliable = [m for m in p.seen if m["type"] == "order_update"]
+    assert [m["seq"] for m in reliable] == sorted({m["seq"] for m in reliable})
+    assert all(isinstance(m["ts"], int) for m in p.seen + d.seen)
+    for c in (d, p, admin):
+        await c.close()
+
+
+async def test_the_negotiated_format_decides_the_server_frames_the_client_may_send_either(stack: Stack) -> None:
+    mp = await AppClient.open(f"{stack.url}/ws/driver/d1", subprotocol="dgdo.v1.msgpack")
+    assert mp.ws.subprotocol == "dgdo.v1.msgpack"
+    await mp.expect("welcome")
+    await mp.ws.send(json.dumps({"type": "ping", "id": "text-on-msgpack"}))  # a text frame is JSON
+    raw = await mp.ws.recv()
+    assert isinstance(raw, bytes) and msgpack.unpackb(raw)["id"] == "text-on-msgpack"
+    await mp.close()
+
+    js = await PicowsClient.open(f"{stack.url}/ws/passenger/p1")
+    await js.expect("welcome")
+    js.send({"type": "ping", "id": "binary-on-json"}, binary=True)  # a binary frame is msgpack
+    assert (await js.expect("pong"))["id"] == "binary-on-json"  # recv() checks it came back as text
+    await js.close()
+
+    q = await PicowsClient.open(f"{stack.url}/ws/passenger/p2?format=msgpack")
+    assert (await q.expect("welcome"))["role"] == "passenger"  # recv() checks it came as binary
+    await q.close()
+
+
+ERROR_CASES: list[tuple[str, Any, str, str]] = [
+    # (role, what is sent: a map, or raw bytes/str for a frame, code, a word the message names)
+    ("driver", "not json {", "bad_frame", "JSON"),
+    ("driver", b"\xc1\xff", "bad_frame", "msgpack"),
+    ("driver", "[1, 2]", "bad_frame", "map"),
+    ("driver", {"type": "driver_location", "lat": 91, "lon": 68.78}, "bad_message", "lat"),
+    ("driver", {"type": "driver_location", "lat": 38.5}, "bad_message", "lon"),
+    ("driver", {"type": "driver_status", "status": "asleep"}, "bad_message", "status"),
+    ("driver", {"type": "order_accept", "order_id": "1001"}, "bad_message", "order_id"),
+    ("driver", {"type": "order_cancel", "order_id": 1, "reason": "x" * 100}, "bad_message", "reason"),
+    ("passenger", {"type": "ride_request", "pickup": {"lat": 38.5}, "dropoff": DROPOFF}, "bad_message", "pickup.lon"),
+    ("passenger", {"type": "nearby_subscribe", "lat": 38.5, "lon": 68.7, "radius_m": 9000}, "bad_message", "radius_m"),
+    ("admin", {"type": "subscribe", "topics": ["gossip"]}, "bad_message", "topics"),
+    ("driver", {"type": "ping", "id": 1.5}, "bad_message", "id"),
+    ("driver", {"type": "teleport"}, "unknown_type", "teleport"),
+    ("driver", {"lat": 1}, "bad_message", "type"),
+    ("passenger", {"type": "driver_location", "lat": 38.5, "lon": 68.7}, "forbidden", "passenger"),
+    ("driver", {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF}, "forbidden", "driver"),
+    ("driver", {"type": "driver_location", "lat": 38.5, "lon": 68.7, "driver_id": "d2"}, "forbidden", "driver_id"),
+    ("admin", {"type": "order_cancel", "order_id": 1}, "forbidden", "admin"),
+    ("driver", {"type": "trip_start", "order_id": 999_999}, "not_found", "order_id"),
+]
+
+
+@pytest.fixture(scope="module")
+def shared_stack(engine_bin: Path) -> Iterator[Stack]:
+    s = start_stack()
+    yield s
+    assert s.stop() == 0
+
+
+@pytest.mark.parametrize(("role", "sent", "code", "word"), ERROR_CASES, ids=[f"{c[2]}-{i}" for i, c in
+                                                                          enumerate(ERROR_CASES)])
+@pytest.mark.parametrize("lib", ["websockets", "picows"])
+async def test_a_bad_message_gets_its_error_code_and_the_connection_stays(
+        shared_stack: Stack, lib: str, role: str, sent: Any, code: str, word: str) -> None:
+    path = "/ws/admin" if role == "admin" else f"/ws/{role}/{role[0]}-{lib}"
+    c = await connect(shared_stack, lib, "json", None, path)
+    await c.expect("welcome")
+    if isinstance(sent, dict):
+        await send(c, {**sent, "id": "e"} if "id" not in sent else sent)
+    elif isinstance(c, AppClient):
+        await c.ws.send(sent)
+    else:
+        c.send_frame(WSMsgType.BINARY if isinstance(sent, bytes) else WSMsgType.TEXT,
+                     sent if isinstance(sent, bytes) else sent.encode())
+    err = await c.expect("error")
+    assert err["code"] == code, err
+    assert word in err["message"], err
+    if isinstance(sent, dict) and code != "bad_message":
+        assert err["id"] == "e"
+    assert (await request(c, {"type": "ping", "id": "alive"}, answer="pong"))["id"] == "alive"
+    await c.close()
+
+
+async def test_an_invalid_transition_is_conflict(stack: Stack) -> None:
+    d = await AppClient.open(f"{stack.url}/ws/driver/d1")
+    await online_driver(d)
+    p = await PicowsClient.open(f"{stack.url}/ws/passenger/p1", subprotocol="dgdo.v1.msgpack")
+    await p.expect("welcome")
+    order = (await request(p, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF, "id": "r"}))["order_id"]
+    await d.expect("new_order", order_id=order)
+    await send(d, {"type": "trip_complete", "order_id": order, "id": "too-soon"})  # offered, not started
+    err = await d.expect("error", id="too-soon")
+    assert err["code"] == "conflict"
+    await request(d, {"type": "order_accept", "order_id": order, "id": "ok"})  # the state did not change
+    await d.close()
+    await p.close()
+
+
+async def test_another_drivers_order_is_forbidden(stack: Stack) -> None:
+    d1 = await AppClient.open(f"{stack.url}/ws/driver/d1")
+    await online_driver(d1)
+    d2 = await AppClient.open(f"{stack.url}/ws/driver/d2")
+    await online_driver(d2, 38.70, 68.95)  # far away: not offered
+    p = await AppClient.open(f"{stack.url}/ws/passenger/p1")
+    order = (await request(p, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF, "id": "r"}))["order_id"]
+    await d1.expect("new_order", order_id=order)
+    await request(d1, {"type": "order_accept", "order_id": order, "id": "a"})
+    await send(d2, {"type": "trip_start", "order_id": order, "id": "steal"})
+    assert (await d2.expect("error", id="steal"))["code"] == "forbidden"
+    for c in (d1, d2, p):
+        await c.close()
+
+
+async def test_a_second_connection_with_the_same_role_and_id_replaces_the_first_4001(stack: Stack) -> None:
+    first = await AppClient.open(f"{stack.url}/ws/driver/d1")
+    await first.expect("welcome")
+    second = await PicowsClient.open(f"{stack.url}/ws/driver/d1")
+    await second.expect("welcome")
+    with pytest.raises(ConnectionClosed) as e:
+        await first.recv()
+    assert e.value.rcvd is not None and e.value.rcvd.code == 4001
+    third = await AppClient.open(f"{stack.url}/ws/driver/d1")
+    assert await second.wait_closed() == 4001
+    assert (await request(third, {"type": "ping", "id": 1}, answer="pong"))["id"] == 1
+    await third.close()
+
+
+async def test_the_close_handshake_is_answered_with_the_clients_code(stack: Stack) -> None:
+    c = await PicowsClient.open(f"{stack.url}/ws/passenger/p1")
+    await c.expect("welcome")
+    c.transport.send_close(WSCloseCode.GOING_AWAY, b"app in background")
+    assert await c.wait_closed() == 1001
+    w = await AppClient.open(f"{stack.url}/ws/passenger/p2")
+    await w.expect("welcome")
+    await w.ws.close(1000)
+    rcvd = w.ws.protocol.close_rcvd
+    assert w.ws.close_code == 1000 and rcvd is not None and rcvd.code == 1000
+
+
+async def test_fragments_reassemble_under_the_cap_and_close_1009_past_it(stack: Stack) -> None:
+    c = await PicowsClient.open(f"{stack.url}/ws/driver/d1")
+    await c.expect("welcome")
+    body = json.dumps({"type": "ping", "id": "frag"}).encode()
+    c.send_frame(WSMsgType.TEXT, body[:5], fin=False)
+    c.send_frame(WSMsgType.CONTINUATION, body[5:12], fin=False)
+    c.send_frame(WSMsgType.CONTINUATION, body[12:], fin=True)
+    assert (await c.expect("pong"))["id"] == "frag"
+    # Each fragment is small; together they pass the cap. The server must not wait for FIN.
+    chunk = b" " * 16_384
+    c.send_frame(WSMsgType.TEXT, b'{"type":"ping","pad":"', fin=False)
+    for _ in range(MAX_MESSAGE_BYTES // len(chunk) + 1):
+        c.send_frame(WSMsgType.CONTINUATION, chunk, fin=False)
+    assert await c.wait_closed() == 1009
+    _status, metrics = stack.http_get("/metrics")
+    assert 'dgdo_closed_total{reason="too_large"} 1' in metrics.decode()
+
+
+async def test_a_position_flood_gets_rate_limited_then_closed_1008(stack: Stack) -> None:
+    d = await PicowsClient.open(f"{stack.url}/ws/driver/d1")
+    await d.expect("welcome")
+    for i in range(300):  # a buggy app in a loop; the bucket holds 20
+        d.send({"type": "driver_location", "lat": 38.56, "lon": 68.78, "id": i})
+    assert await d.wait_closed() == 1008
+    limited = [m for m in d.seen if m.get("code") == "rate_limited"]
+    while not d.listener.frames.empty():
+        limited += [m for m in [await d.recv()] if m.get("code") == "rate_limited"]
+    assert 1 <= len(limited) <= 100
+    assert all(m["type"] == "error" and isinstance(m["id"], int) for m in limited)
+
+
+async def test_a_driver_reporting_in_bursts_is_limited_but_not_closed(stack: Stack) -> None:
+    d = await AppClient.open(f"{stack.url}/ws/driver/d1")
+    await d.expect("welcome")
+    for i in range(30):
+        await d.send({"type": "driver_location", "lat": 38.56, "lon": 68.78, "id": i})
+    codes = []
+    while len(codes) < 30:
+        m = await d.recv()
+        if m["type"] in ("ack", "error"):
+            codes.append(m.get("code", "ack"))
+    assert codes.count("ack") >= 20 and "rate_limited" in codes
+    assert (await request(d, {"type": "ping", "id": "after"}, answer="pong"))["id"] == "after"
+    await d.close()
+
+
+async def test_a_client_that_ignores_pings_is_reaped_one_that_answers_stays(engine_bin: Path) -> None:
+    s = start_stack("--ping-idle-s", "0.3", "--ping-reply-s", "0.3")
+    try:
+        deaf = await PicowsClient.open(f"{s.url}/ws/driver/d1", enable_auto_pong=False)
+        polite = await PicowsClient.open(f"{s.url}/ws/driver/d2")  # picows answers pings by default
+        await deaf.expect("welcome")
+        await polite.expect("welcome")
+        assert await deaf.wait_closed(timeout=5) == 1001
+        assert (await request(polite, {"type": "ping", "id": "alive"}, answer="pong"))["id"] == "alive"
+        await polite.close()
+    finally:
+        assert s.stop() == 0
+
+
+async def test_resume_replays_missed_reliable_messages_in_order(stack: Stack) -> None:
+    d = await AppClient.open(f"{stack.url}/ws/driver/d1")
+    await online_driver(d)
+    p = await AppClient.open(f"{stack.url}/ws/passenger/p1")
+    await p.expect("welcome")
+    order = (await request(p, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF, "id": "r"}))["order_id"]
+    offer = await d.expect("new_order", order_id=order)
+    await request(d, {"type": "order_accept", "order_id": order, "id": "a"})
+    accepted = await p.expect("order_update", status="accepted")
+    await p.close()  # the passenger's app goes into a tunnel
+    for step in ("order_arrived", "trip_start"):
+        await request(d, {"type": step, "order_id": order, "id": step})
+
+    back = await PicowsClient.open(f"{stack.url}/ws/passenger/p1?last_seq={accepted['seq']}")
+    welcome = await back.expect("welcome")
+    assert welcome["resumed"] is True and welcome["seq"] == accepted["seq"] + 2
+    missed = [await back.expect("order_update") for _ in range(2)]
+    assert [(m["status"], m["seq"]) for m in missed] == [("arrived", accepted["seq"] + 1),
+                                                         ("started", accepted["seq"] + 2)]
+    await back.close()
+    assert offer["seq"] >= 1
+    await d.close()
+
+
+async def test_resume_says_false_when_the_missed_messages_are_no_longer_held(stack: Stack) -> None:
+    from sidecar.connections import REPLAY_DEPTH
+
+    p = await AppClient.open(f"{stack.url}/ws/passenger/p1")
+    await p.expect("welcome")
+    for i in range(REPLAY_DEPTH // 2 + 1):  # searching + canceled: two reliable messages per ride
+        order = (await request(p, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF,
+                                   "id": f"r{i}"}))["order_id"]
+        await request(p, {"type": "order_cancel", "order_id": order, "id": f"c{i}"})
+    await p.expect("order_update", status="canceled", order_id=order)
+    await p.close()
+    back = await AppClient.open(f"{stack.url}/ws/passenger/p1?last_seq=1")
+    welcome = await back.expect("welcome")
+    assert welcome["resumed"] is False and welcome["seq"] >= REPLAY_DEPTH + 2
+    await back.close()
