@@ -249,7 +249,7 @@ class App:
     # ---- connection lifecycle --------------------------------------------------
 
     def connected(self, conn: Connection, r: WsRoute) -> None:
-        self.registry.add(conn, on_replaced=lambda old: old.close(CLOSE_REPLACED, "replaced by a newer connection"))
+        self.registry.add(conn, on_replaced=self._replaced)
         self.stats.connections = len(self.registry)
         box = conn.mailbox
         assert box is not None
@@ -260,6 +260,10 @@ class App:
         for m in missed or ():
             conn.send(m)
         self._publish_session(conn, R.T.IN_SESSION_OPEN)
+
+    def _replaced(self, old: Connection) -> None:
+        old.close(CLOSE_REPLACED, "replaced by a newer connection")
+        self.bridge.admin_log("info", f"{old.role.value} {old.app_id} reconnected; the older connection closed 4001")
 
     def disconnected(self, conn: Connection) -> None:
         if conn.paused:
