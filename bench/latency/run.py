@@ -444,7 +444,8 @@ def plot(pooled: dict[tuple[str, str], list[int]], path: Path) -> None:
                 continue
             s = sorted(ns)
             n = len(s)
-            ax.plot([v / 1e3 for v in s], [(i + 1) / n for i in range(n)], label=f"{variant} (n={n})",
+            name = f"{variant}: ride_request → new_order" if variant == E2E else variant
+            ax.plot([v / 1e3 for v in s], [(i + 1) / n for i in range(n)], label=f"{name} (n={n})",
                     linewidth=2.2 if variant == "ring" else 1.2)
         ax.set_xscale("log")
         ax.set_xlabel("engine commit → driver client holds frame (µs, log)")
