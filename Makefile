@@ -14,7 +14,7 @@ all: engine venv
 run: engine venv
 	$(BIN)/dgdo run --host $(HOST) --port $(PORT) --demo $(DEMO)
 
-test: engine venv
+test: engine venv bench-deps
 	ctest --test-dir $(BUILD) --output-on-failure -j2
 	$(BIN)/ruff check sidecar tests bench
 	$(BIN)/python -m pytest
