@@ -20,7 +20,8 @@ def token(stack: Any, role: str, sub: str) -> str | None:
         mint = getattr(owner, "mint", None) or getattr(owner, "token", None)
         if callable(mint):
             return mint(role, sub)
-    secret = os.environ.get("DGDO_JWT_SECRET") or getattr(stack, "jwt_secret", None)
+    secret = (getattr(stack, "jwt_secret", None) or getattr(stack, "secret", None)
+              or getattr(conftest, "JWT_SECRET", None) or os.environ.get("DGDO_JWT_SECRET"))
     if secret:
         import jwt
 
