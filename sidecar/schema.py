@@ -95,3 +95,12 @@ SERVER_MESSAGES: dict[str, Shape] = {
     )
 }
 """Server -> client messages by type (every one carries `ts`, listed in `required`)."""
+
+ADMIN_TOPIC_MESSAGES: dict[str, str] = {
+    "system_stats": "system_stats",
+    "active_orders": "active_orders",
+    "drivers": "driver_status",
+    "assignments": "assignment",
+    "log": "log",
+}
+"""Admin `subscribe` topic -> the message type it brings."""

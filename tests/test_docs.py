@@ -92,7 +92,7 @@ def test_every_server_message_the_code_builds_is_in_the_schema_table() -> None:
 
 @pytest.mark.parametrize("type_", sorted(SCHEMAS))
 def test_client_message_is_in_protocol_md_and_asyncapi_for_its_roles(type_: str) -> None:
-    assert re.search(rf"^### .*`{type_}`", markdown(), re.M), f"no section for {type_} in protocol.md"
+    assert re.search(rf"^#{{3,4}} .*`{type_}`", markdown(), re.M), f"no section for {type_} in protocol.md"
     assert any(d == "client" and m["type"] == type_ for d, m in md_examples()), f"no example of {type_}"
     msg = api_message(type_, "client")
     assert msg["name"] == type_
@@ -104,13 +104,21 @@ def test_client_message_is_in_protocol_md_and_asyncapi_for_its_roles(type_: str)
 
 @pytest.mark.parametrize("type_", sorted(schema.SERVER_MESSAGES))
 def test_server_message_is_in_protocol_md_and_asyncapi_for_its_recipients(type_: str) -> None:
-    assert re.search(rf"^### .*`{type_}`", markdown(), re.M), f"no section for {type_} in protocol.md"
+    assert re.search(rf"^#{{3,4}} .*`{type_}`", markdown(), re.M), f"no section for {type_} in protocol.md"
     assert any(d == "server" and m["type"] == type_ for d, m in md_examples()), f"no example of {type_}"
     assert api_message(type_, "server")["name"] == type_
     assert payload_schema(type_, "server")["properties"]["type"] == {"const": type_}
     sends = operation_messages("send")
     on = {ch for ch, names in sends.items() if type_ in names}
     assert on == {CHANNEL[r] for r in schema.SERVER_MESSAGES[type_].roles}, f"{type_} sent on {on}"
+
+
+def test_every_admin_topic_brings_a_documented_admin_message() -> None:
+    assert set(schema.ADMIN_TOPIC_MESSAGES) == set(events.ADMIN_TOPICS)
+    for topic, type_ in schema.ADMIN_TOPIC_MESSAGES.items():
+        assert schema.SERVER_MESSAGES[type_].roles == {Role.ADMIN}
+        assert re.search(rf"^\| `{topic}` \| `{type_}` \|", markdown(), re.M), f"topic {topic} not in the table"
+        assert f"{topic} -> {type_}" in " ".join(api()["channels"]["admin"]["description"].split())
 
 
 def test_asyncapi_is_a_3_0_document_with_the_three_paths_and_resolvable_refs() -> None:
@@ -322,7 +330,7 @@ async def test_a_live_ride_sends_only_documented_messages_with_documented_fields
     try:
         for c in (driver, passenger, admin):
             await c.expect("welcome")
-        await admin.send({"type": "subscribe", "topics": ["system_stats"], "id": 1})
+        await admin.send({"type": "subscribe", "topics": sorted(events.ADMIN_TOPICS), "id": 1})
         await admin.expect("ack", id=1)
         await driver.send({"type": "driver_status", "status": "online", "id": "s1"})
         await driver.expect("ack", id="s1")
@@ -356,6 +364,7 @@ async def test_a_live_ride_sends_only_documented_messages_with_documented_fields
         await passenger.expect("error", code="forbidden", id=6)
         await driver.send({"type": "trip_start", "order_id": order, "id": 7})
         await driver.expect("error", id=7)
+        await admin.expect("system_stats")
         for c in (driver, passenger, admin):
             await c.send({"type": "ping", "id": "last"})
             await c.expect("pong", id="last")
@@ -373,4 +382,4 @@ async def test_a_live_ride_sends_only_documented_messages_with_documented_fields
             errs = violations(m, payload_schema(t, "server"))
             assert not errs, (who, m, errs)
     assert {"welcome", "ack", "error", "pong", "order_update", "new_order", "cancel_order",
-            "driver_location"} <= kinds
+            "driver_location", "system_stats", "active_orders", "driver_status", "assignment"} <= kinds
