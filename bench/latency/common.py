@@ -15,7 +15,6 @@ import platform
 import struct
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from sidecar import records as R  # noqa: E402
-from sidecar.ring import Record, aligned, frame  # noqa: E402
+from sidecar.ring import aligned, frame  # noqa: E402
 
 # Set as DGDO_JWT_SECRET in every sidecar the bench starts; clients mint tokens with it.
 JWT_SECRET = "dgdo-bench-secret-0123456789abcdef-not-for-production"
@@ -79,21 +78,12 @@ def batch(offers: list[str], positions: list[str]) -> bytes:
 
 
 class Chunk:
-    """Looks like a ring Consumer to Bridge.on_records(): records of one received buffer."""
+    """Looks like a ring Consumer to Bridge.on_records(): the framed records of one received buffer."""
 
-    __slots__ = ("view",)
+    __slots__ = ("buffer",)
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
-        self.view = memoryview(data)
-
-    def records(self, nbytes: int) -> Iterator[Record]:
-        view, off = self.view, 0
-        unpack = _HDR.unpack_from
-        while off < nbytes:
-            length, type_ = unpack(view, off)
-            if type_ != -1:
-                yield Record(type_, view[off + 8 : off + length])
-            off += aligned(length)
+        self.buffer = memoryview(data)
 
 
 def complete_prefix(buf: bytearray | bytes) -> int:

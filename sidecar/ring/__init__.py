@@ -37,7 +37,7 @@ STATUS_NAMES = {
     lib.DGDO_RING_BAD_EPOCH: "stale segment (epoch of another engine run)",
 }
 
-_FRAME = struct.Struct("<ii")
+FRAME = struct.Struct("<ii")  # {int32 length incl. header, int32 type}
 
 
 class RingError(Exception):
@@ -56,7 +56,7 @@ def aligned(length: int) -> int:
 def frame(buf: bytearray, type_: int, body: bytes | bytearray | memoryview) -> None:
     """Appends one record to `buf`, framed and padded as the ring frames it."""
     length = RECORD_HEADER + len(body)
-    buf += _FRAME.pack(length, type_)
+    buf += FRAME.pack(length, type_)
     buf += body
     pad = aligned(length) - length
     if pad:
@@ -188,7 +188,7 @@ class Consumer:
     def records(self, nbytes: int) -> Iterator[Record]:
         """Iterates the records of the last drain() that copied `nbytes`."""
         view, off = self._view, 0
-        unpack = _FRAME.unpack_from
+        unpack = FRAME.unpack_from
         while off < nbytes:
             length, type_ = unpack(view, off)
             yield Record(type_, view[off + RECORD_HEADER : off + length])
