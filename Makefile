@@ -73,3 +73,9 @@ build/bench/ring_bench: bench/ring/ring_bench.cpp include/dgdo/ring.h
 bench-ring: build/bench/ring_bench venv
 	build/bench/ring_bench $(ARGS)
 	$(BIN)/python bench/ring/py_bench.py $(ARGS)
+
+# Protocol micro-benchmark (bench/protocol): codec µs per message JSON vs msgpack, and driver_location
+# ingest per sidecar core against the real stack. ARGS=--smoke for a ~10 s check.
+.PHONY: bench-protocol
+bench-protocol: engine venv
+	$(BIN)/python bench/protocol/bench_codec.py $(ARGS)

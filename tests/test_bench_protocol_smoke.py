@@ -1,0 +1,41 @@
+"""The protocol benchmark runs end to end in --smoke mode and reports sane figures (no timing targets)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+BENCH = ROOT / "bench" / "protocol" / "bench_codec.py"
+
+
+def test_bench_protocol_smoke_reports_codec_and_ingest_figures(engine_bin: Path, tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(BENCH), "--smoke", "--json", str(out_json)],
+                          capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "## Protocol benchmark (smoke)" in out and "Machine:" in out
+    table = [ln for ln in out.splitlines() if ln.startswith("| decode+validate") or ln.startswith("| encode")]
+    assert len(table) == 5
+    result = json.loads(out_json.read_text())
+    assert {(r["op"], r["message"]) for r in result["codec"]} == {
+        ("decode+validate", "driver_location"), ("decode+validate", "ride_request"),
+        ("encode", "new_order"), ("encode", "order_update"), ("encode", "driver_location")}
+    for r in result["codec"]:
+        for key in ("json_us", "msgpack_us"):
+            assert math.isfinite(r[key]) and 0 < r[key] < 10_000, r
+        assert r["bytes_json"] > 20 and r["bytes_msgpack"] > 20
+    for fmt in ("json", "msgpack"):
+        runs = result["ingest_runs"][fmt]
+        assert runs, fmt
+        for run in runs:
+            assert run["frames"] > 0 and run["sidecar_cpu_s"] > 0, run
+            assert run["rate_limited"] == 0, "the bench lifts the rate limits; nothing should be refused"
+            assert run["frames"] <= run["loader_sent"], "the sidecar cannot decode more than was sent"
+        assert result["ingest"][fmt]["frames_per_cpu_s"] > 0
+    assert "frames per sidecar CPU-second" in out
