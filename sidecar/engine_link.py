@@ -340,12 +340,20 @@ class EngineLink:
 
     def _on_doorbell(self) -> None:
         self.wakeups += 1
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._worker_bell, 8)
         c = self.consumer
-        if c is not None:
-            c.unpark()
-            self._drain()
+        if c is None:
+            return
+        # Deliver first, then clear the eventfd: its read() is a syscall the push need not wait
+        # for. No wake-up is lost: the producer rings only after we park again, which _drain()
+        # does after this read.
+        c.unpark()
+        n = c.drain()
+        if n:
+            self.on_records(c, n)
+        if self._worker_bell >= 0:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._worker_bell, 8)
+        self._drain()
 
     def _drain(self) -> None:
         c = self.consumer
