@@ -37,5 +37,6 @@ def test_bench_protocol_smoke_reports_codec_and_ingest_figures(engine_bin: Path,
             assert run["frames"] > 0 and run["sidecar_cpu_s"] > 0, run
             assert run["rate_limited"] == 0, "the bench lifts the rate limits; nothing should be refused"
             assert run["frames"] <= run["loader_sent"], "the sidecar cannot decode more than was sent"
-        assert result["ingest"][fmt]["frames_per_cpu_s"] > 0
+            assert run["conns"] == 4
+        assert result["ingest"][f"{fmt}/4"]["frames_per_cpu_s"] > 0
     assert "frames per sidecar CPU-second" in out
