@@ -147,7 +147,7 @@ async def load(url: str, conns: int, seconds: float, binary: bool) -> tuple[int,
 
 
 def metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as r:
         text = r.read().decode()
     out = {}
     for line in text.splitlines():
