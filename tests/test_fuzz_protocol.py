@@ -435,7 +435,7 @@ def fuzz(engine_bin) -> Any:
     assert stack.stop() == 0
 
 
-LIVE_EXAMPLES = 110
+LIVE_EXAMPLES = 140
 RUNS_PER_EXAMPLE = (40, 80)
 
 
@@ -450,6 +450,7 @@ def test_live_server_answers_fuzzed_frames_with_well_formed_errors(fuzz: Fuzz, r
 
 
 def test_live_fuzz_covered_10k_frames_and_left_the_server_healthy(fuzz: Fuzz) -> None:
+    print(f"live fuzz: {fuzz.frames} hypothesis frames over {len(fuzz.clients)} connections")
     # Top up to 10k frames if hypothesis ran fewer examples (e.g. replaying a stored failure).
     while fuzz.frames < 10_000:
         fuzz.next_client().send_runs([[(False, True, b'{"type":"teleport"}')]] * 200)
