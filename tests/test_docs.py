@@ -33,7 +33,7 @@ from docschema import (
 )
 from wsclient import AppClient
 
-from sidecar import connections, events, protocol, schema, server
+from sidecar import connections, events, limits, protocol, schema, server
 from sidecar import records as R
 from sidecar.bridge import REASON_NAME, STATUS_NAME
 from sidecar.events import SCHEMAS, ClientError, ErrorCode, Role
@@ -318,6 +318,11 @@ def test_limits_in_protocol_md_are_the_codes_limits() -> None:
     assert events.ID_RE.pattern.replace("{1,36}", "") in md
     assert f"{server.MAX_FRAME_BYTES // (1024 * 1024)} MiB" in md
     assert protocol.JSON.value in md and protocol.MSGPACK.value in md
+    pos, msgs = limits.POSITIONS_RATE, limits.MESSAGES_RATE
+    assert f"{pos.per_s:g} a second sustained, bursts of {pos.burst:g}" in md
+    assert f"{msgs.per_s:g} a second sustained, bursts of {msgs.burst:g}" in md
+    assert f"{limits.ABUSE_AFTER} refusals in a row" in md
+    assert f"up to {limits.MAX_QUEUED}" in md and f"{limits.MAX_PAUSED_S:g} s without the buffer draining" in md
 
 
 # ---- a live session: what the server really sends fits the documents --------------------------
