@@ -84,7 +84,7 @@ class Result(IntEnum):
 
 
 _META = "QQIHBx40s"  # dgdo_in_meta and dgdo_out_meta share one shape
-IN_SESSION = struct.Struct("<" + _META)
+IN_SESSION = struct.Struct("<" + _META + "B7x")
 IN_DRIVER_LOCATION = struct.Struct("<" + _META + "ddfff4x")
 IN_DRIVER_STATUS = struct.Struct("<" + _META + "B7x")
 IN_RIDE_REQUEST = struct.Struct("<" + _META + "Qdddd")
@@ -147,8 +147,9 @@ class Origin:
     actor: bytes
 
 
-def session(origin: Origin, recv_ns: int) -> bytes:
-    return IN_SESSION.pack(recv_ns, 0, origin.conn, origin.worker, origin.role, origin.actor)
+def session(origin: Origin, recv_ns: int, snapshot: bool = False) -> bytes:
+    """SESSION_OPEN / SESSION_CLOSE; `snapshot` asks the engine for the app's current orders."""
+    return IN_SESSION.pack(recv_ns, 0, origin.conn, origin.worker, origin.role, origin.actor, 1 if snapshot else 0)
 
 
 def driver_location(

@@ -142,9 +142,9 @@ class App:
             self.bridge.fail_pending(ErrorCode.ENGINE_UNAVAILABLE, "engine restarted; retry the command",
                                      keep=self.link.salvaged_corrs)
 
-    def _publish_session(self, conn: Connection, type_: int) -> None:
+    def _publish_session(self, conn: Connection, type_: int, snapshot: bool = False) -> None:
         with contextlib.suppress(EngineUnavailable, Overloaded):  # re-announced on attach
-            self.link.publish(type_, R.session(conn.origin, time.monotonic_ns()))
+            self.link.publish(type_, R.session(conn.origin, time.monotonic_ns(), snapshot))
 
     # ---- handshake --------------------------------------------------------------
 
@@ -259,7 +259,8 @@ class App:
         conn.send(welcome)
         for m in missed or ():
             conn.send(m)
-        self._publish_session(conn, R.T.IN_SESSION_OPEN)
+        # Not resumed: the engine sends the current state of the app's orders instead.
+        self._publish_session(conn, R.T.IN_SESSION_OPEN, snapshot=missed is None)
 
     def _replaced(self, old: Connection) -> None:
         old.close(CLOSE_REPLACED, "replaced by a newer connection")

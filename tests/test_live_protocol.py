@@ -349,3 +349,29 @@ async def test_resume_says_false_when_the_missed_messages_are_no_longer_held(sta
     welcome = await back.expect("welcome")
     assert welcome["resumed"] is False and welcome["seq"] >= REPLAY_DEPTH + 2
     await back.close()
+
+
+async def test_without_resume_the_app_gets_a_snapshot_of_its_live_orders(stack: Stack) -> None:
+    d = await AppClient.open(f"{stack.url}/ws/driver/d1")
+    await online_driver(d)
+    p = await AppClient.open(f"{stack.url}/ws/passenger/p1")
+    await p.expect("welcome")
+    order = (await request(p, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF, "id": "r"}))["order_id"]
+    await d.expect("new_order", order_id=order)
+    await request(d, {"type": "order_accept", "order_id": order, "id": "a"})
+    await p.expect("order_update", status="accepted")
+    await p.close()
+    await d.close()
+
+    # Both apps restart with no seq to resume from: each gets where its order stands, as new messages.
+    p2 = await PicowsClient.open(f"{stack.url}/ws/passenger/p1")
+    welcome = await p2.expect("welcome")
+    assert welcome["resumed"] is False
+    snap = await p2.expect("order_update", order_id=order)
+    assert (snap["status"], snap["driver_id"], snap["seq"]) == ("accepted", "d1", welcome["seq"] + 1)
+    d2 = await AppClient.open(f"{stack.url}/ws/driver/d1")
+    assert (await d2.expect("welcome"))["resumed"] is False
+    trip = await d2.expect("order_update", order_id=order)
+    assert (trip["status"], trip["passenger_id"]) == ("accepted", "p1")
+    await p2.close()
+    await d2.close()

@@ -117,10 +117,12 @@ struct Harness {
         return command(DGDO_ROLE_PASSENGER, p, order, cmd);
     }
 
-    std::vector<OutRecord> session(bool open, uint8_t role, const std::string& actor, uint16_t worker, uint32_t conn) {
+    std::vector<OutRecord> session(bool open, uint8_t role, const std::string& actor, uint16_t worker, uint32_t conn,
+                                   bool snapshot = false) {
         dgdo_in_session s;
         std::memset(&s, 0, sizeof s);
         s.meta = meta(role, actor, worker, conn);
+        s.snapshot = snapshot ? 1 : 0;
         if (open) return step(SessionOpen{s});
         return step(SessionClose{s});
     }

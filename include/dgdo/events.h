@@ -165,11 +165,21 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_meta) == 64, "dgdo_out_meta");
 
 /* ---- inbound ------------------------------------------------------------ */
 
-/* SESSION_OPEN / SESSION_CLOSE: meta only (role, actor, conn, worker). 64 bytes. */
+/*
+ * SESSION_OPEN / SESSION_CLOSE, 72 bytes:
+ *    0 meta        64    role, actor, conn, worker
+ *   64 snapshot    u8    OPEN only: 1 = the app could not resume from its mailbox; send the
+ *                        current state of its orders (ORDER_UPDATE, and NEW_ORDER for an
+ *                        open offer) as fresh reliable messages
+ *   65 pad_[7]
+ */
 typedef struct dgdo_in_session {
     dgdo_in_meta meta;
+    uint8_t snapshot;
+    uint8_t pad_[7];
 } dgdo_in_session;
-DGDO_EV_STATIC_ASSERT(sizeof(dgdo_in_session) == 64, "dgdo_in_session");
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_in_session, snapshot) == 64, "snapshot");
+DGDO_EV_STATIC_ASSERT(sizeof(dgdo_in_session) == 72, "dgdo_in_session");
 
 /*
  * DRIVER_LOCATION, 96 bytes:

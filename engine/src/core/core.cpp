@@ -149,6 +149,7 @@ void Core::on(const SessionOpen& e) {
     reply(m, DGDO_RESULT_OK);
     const std::string who = id.value_or(std::string());
     sessions_[{m.role, who}] = Session{m.worker, m.conn, true};
+    if (e.rec.snapshot) snapshot(m.role, who);
     if (m.role != DGDO_ROLE_DRIVER) return;
     Driver& d = driver(who);
     if (!d.connected) {
@@ -156,6 +157,25 @@ void Core::on(const SessionOpen& e) {
         d.connected = true;
         d.grace_deadline_ns = 0;
         if (available(d)) dispatch_waiting();
+    }
+}
+
+// An app that could not resume gets the state of what it is part of, as fresh messages.
+void Core::snapshot(uint8_t role, const std::string& who) {
+    if (role == DGDO_ROLE_PASSENGER) {
+        auto it = live_by_passenger_.find(who);
+        if (it == live_by_passenger_.end()) return;
+        for (uint64_t id : it->second) order_update(orders_.at(id), DGDO_ROLE_PASSENGER, who);
+        return;
+    }
+    if (role != DGDO_ROLE_DRIVER) return;
+    auto d = drivers_.find(who);
+    if (d == drivers_.end()) return;
+    if (d->second.trip != 0) order_update(orders_.at(d->second.trip), DGDO_ROLE_DRIVER, who);
+    if (d->second.offer != 0) {
+        const Order& o = orders_.at(d->second.offer);
+        const double distance = d->second.has_pos ? haversine_m(d->second.pos, o.pickup) : 0.0;
+        new_order(o, Candidate{who, d->second.pos, distance});
     }
 }
 
@@ -307,6 +327,7 @@ void Core::on(const dgdo_in_ride_request& e) {
     o.created_ns = now_;
     o.idem_key = e.idem_key;
     if (e.idem_key != 0) idem_[{passenger, e.idem_key}] = id;
+    live_by_passenger_[passenger].insert(id);
     ++counters_.orders_created;
     reply(e.meta, DGDO_RESULT_OK, id);
     enter_searching(o);
@@ -514,6 +535,9 @@ void Core::run_batch() {
 void Core::finish(Order& o) {
     o.finished_ns = now_;
     finished_.emplace_back(now_, o.id);
+    auto live = live_by_passenger_.find(o.passenger);
+    if (live != live_by_passenger_.end() && live->second.erase(o.id) && live->second.empty())
+        live_by_passenger_.erase(live);
 }
 
 // Finished orders and their idempotency keys are kept retention_s, then forgotten:
@@ -690,7 +714,8 @@ void Core::new_order(const Order& o, const Candidate& c) {
     n.dropoff = o.dropoff;
     n.distance_m = c.distance_m;
     n.eta_s = drive_s(c.distance_m, cfg_.detour, cfg_.speed_kmh) + cfg_.pickup_overhead_s;
-    n.expires_in_s = cfg_.offer_timeout_s;
+    // Time left on the offer: the full timeout when made, less in a snapshot.
+    n.expires_in_s = o.offer_deadline_ns > now_ ? static_cast<double>(o.offer_deadline_ns - now_) / 1e9 : 0.0;
     emit(DGDO_OUT_NEW_ORDER, n);
 }
 

@@ -5,7 +5,9 @@
 // so the same input sequence always yields the same output bytes.
 //
 // What each input produces (a COMMAND_RESULT first whenever meta.corr != 0):
-//   SESSION_OPEN/CLOSE  routing only; a driver's close starts the grace timer
+//   SESSION_OPEN/CLOSE  routing; a driver's close starts the grace timer; an open with
+//                       snapshot set: ORDER_UPDATE for each of the actor's live orders
+//                       (and NEW_ORDER for a driver's open offer)
 //   DRIVER_LOCATION     first one after an accept: ORDER_UPDATE arriving to both sides; then
 //                       DRIVER_POSITION (+ throttled ESTIMATE_UPDATE) to the passenger of its trip
 //   DRIVER_STATUS       online: may trigger NEW_ORDER; offline: withdraws its offer
@@ -125,6 +127,7 @@ private:
     using Timer = std::pair<uint64_t, uint64_t>;         // (deadline ns, order id)
 
     void on(const SessionOpen& e);
+    void snapshot(uint8_t role, const std::string& who);
     void on(const SessionClose& e);
     void on(const dgdo_in_driver_location& e);
     void on(const dgdo_in_driver_status& e);
@@ -185,6 +188,7 @@ private:
 
     std::unordered_map<std::string, Driver> drivers_;  // never iterated in an order that reaches outputs
     std::map<uint64_t, Order> orders_;
+    std::map<std::string, std::set<uint64_t>> live_by_passenger_;  // orders not yet terminal, for snapshots
     std::set<uint64_t> searching_;  // orders in Searching with no offer out
     std::map<std::pair<std::string, uint64_t>, uint64_t> idem_;  // (passenger, idem_key) -> order
     std::unordered_map<SessionKey, Session, SessionKeyHash> sessions_;  // iteration order never reaches outputs

@@ -1,0 +1,58 @@
+// A session opened with `snapshot` gets the state of what the app is part of.
+#undef NDEBUG
+#include "core_harness.hpp"
+
+namespace dgdo::test {
+namespace {
+
+TEST(CoreSnapshot, PassengerGetsItsLiveOrdersAndNothingFinished) {
+    Harness h;
+    h.online("d1", at(300));
+    const uint64_t done = h.order_for("p1");
+    h.driver_cmd("d1", done, DGDO_CMD_ACCEPT);
+    h.driver_cmd("d1", done, DGDO_CMD_ARRIVED);
+    h.driver_cmd("d1", done, DGDO_CMD_START);
+    h.driver_cmd("d1", done, DGDO_CMD_COMPLETE);
+    const uint64_t live = h.order_for("p1");
+    h.driver_cmd("d1", live, DGDO_CMD_ACCEPT);
+
+    auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7, /*snapshot=*/true);
+    const auto updates = to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1");
+    ASSERT_EQ(updates.size(), 1u);
+    const auto u = as<dgdo_out_order_update>(updates[0]);
+    EXPECT_EQ(u.order_id, live);
+    EXPECT_EQ(u.status, DGDO_ORDER_ACCEPTED);
+    EXPECT_EQ(id_str(u.driver_id), "d1");
+}
+
+TEST(CoreSnapshot, DriverGetsItsTripAndItsOpenOfferWithTheTimeLeft) {
+    Harness h;
+    h.online("d1", at(300));
+    const uint64_t id = h.order_for("p1");
+    h.tick(5);
+    auto out = h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 8, true);
+    const auto offers = to_whom(out, DGDO_OUT_NEW_ORDER, DGDO_ROLE_DRIVER, "d1");
+    ASSERT_EQ(offers.size(), 1u);
+    const auto n = as<dgdo_out_new_order>(offers[0]);
+    EXPECT_EQ(n.order_id, id);
+    EXPECT_NEAR(n.expires_in_s, 10, 0.2);
+    EXPECT_NEAR(n.distance_m, 300, 2);
+
+    h.driver_cmd("d1", id, DGDO_CMD_ACCEPT);
+    out = h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 9, true);
+    EXPECT_EQ(statuses_to(out, DGDO_ROLE_DRIVER, "d1"), std::vector<uint8_t>{DGDO_ORDER_ACCEPTED});
+    EXPECT_TRUE(to_whom(out, DGDO_OUT_NEW_ORDER, DGDO_ROLE_DRIVER, "d1").empty());
+}
+
+TEST(CoreSnapshot, NoSnapshotUnlessAsked) {
+    Harness h;
+    h.online("d1", at(300));
+    h.order_for("p1");
+    auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7);
+    EXPECT_TRUE(of_type(out, DGDO_OUT_ORDER_UPDATE).empty());
+    out = h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 8);
+    EXPECT_TRUE(of_type(out, DGDO_OUT_NEW_ORDER).empty());
+}
+
+}  // namespace
+}  // namespace dgdo::test
