@@ -37,6 +37,7 @@ from picows import (
     ws_create_server,
 )
 
+from sidecar import metrics
 from sidecar import records as R
 from sidecar.auth import ENV_SECRET, Authenticator, AuthError, Unauthenticated, http_status
 from sidecar.bridge import Bridge
@@ -178,30 +179,11 @@ class App:
                 return _http(200, "ok")
             return _http(503, "engine unavailable")
         if r.path == "/metrics":
-            return _http(200, self.metrics_text(), "text/plain; version=0.0.4")
+            return _http(200, self.metrics_text(), metrics.CONTENT_TYPE_LATEST)
         return _http(404, "no such page")
 
     def metrics_text(self) -> str:
-        s, e = self.stats, self.stats.engine
-        p50, p99 = s.push_latency.percentiles(50, 99)
-        lines = [
-            f"dgdo_engine_attached {int(self.link.attached)}",
-            f"dgdo_connections {len(self.registry)}",
-            f"dgdo_push_latency_seconds{{quantile=\"0.5\"}} {p50 / 1e9:.9f}",
-            f"dgdo_push_latency_seconds{{quantile=\"0.99\"}} {p99 / 1e9:.9f}",
-            f"dgdo_messages_out_total {s.messages_out}",
-            f"dgdo_frames_in_total {s.frames_in}",
-            f"dgdo_auth_refused_total {s.auth_refused}",
-            f"dgdo_rate_limited_total {s.rate_limited}",
-            f"dgdo_closed_total{{reason=\"abuse\"}} {s.abuse_closes}",
-            f"dgdo_closed_total{{reason=\"slow_reader\"}} {s.slow_reader_closes}",
-            f"dgdo_closed_total{{reason=\"too_large\"}} {s.too_large_closes}",
-            f"dgdo_paused_connections {s.paused}",
-            f"dgdo_drivers_online {e.drivers_online}",
-            f"dgdo_orders_created_total {e.orders_created}",
-            f"dgdo_orders_completed_total {e.orders_completed}",
-        ]
-        return "\n".join(lines) + "\n"
+        return metrics.render(self).decode()
 
     # ---- admin ------------------------------------------------------------------
 
