@@ -66,6 +66,7 @@ ENGINE_FLAGS: dict[str, tuple[type, str]] = {
     "--batch-window-s": (float, "batched mode: window collecting requests (2)"),
     "--batch-candidates": (int, "batched mode: nearest drivers considered per order (8)"),
     "--retention-s": (float, "seconds finished orders stay queryable (3600)"),
+    "--spin-us": (int, "µs the engine polls its rings before parking (50)"),
 }
 
 

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <thread>
 
 #include "dgdo/control.h"
 #include "dgdo/ring.h"
@@ -37,7 +38,7 @@ constexpr const char* kUsage =
     "  --retention-s S         finished orders and idempotency keys kept this long (default 3600)\n"
     "  --cell-m M              spatial grid cell edge (default 250)\n"
     "  --tick-ms MS            core tick period (default 100)\n"
-    "  --spin-us US            busy-poll before parking (default 50)\n"
+    "  --spin-us US            busy-poll before parking (default 50; 0 with 2 CPUs or fewer)\n"
     "  --help\n";
 
 bool parse_double(const char* s, double* out) {
@@ -147,6 +148,9 @@ std::string load_config(Options& o, const std::string& path) {
 
 std::optional<Options> parse_cli(int argc, char** argv, int* exit_code) {
     Options o;
+    // On 2 vCPUs a spinning engine takes the core the sidecar needs to wake on: measured
+    // with the demo, push p50 went from ~220 µs (spin 50) to ~110 µs (spin 0).
+    o.spin_us = std::thread::hardware_concurrency() > 2 ? 50 : 0;
     auto fail = [exit_code](const std::string& msg) -> std::optional<Options> {
         std::fprintf(stderr, "dgdo-engine: %s\n%s", msg.c_str(), kUsage);
         *exit_code = 2;
