@@ -13,7 +13,7 @@ from typing import Any
 
 import msgpack
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
-from wsclient import AUTO, with_token
+from wsclient import AUTO, Expecting, with_token
 
 
 class _Listener(WSListener):
@@ -39,7 +39,7 @@ class _Listener(WSListener):
         self.closed.set()
 
 
-class PicowsClient:
+class PicowsClient(Expecting):
     def __init__(self, transport: WSTransport, listener: _Listener, binary: bool) -> None:
         self.transport = transport
         self.listener = listener
@@ -73,17 +73,6 @@ class PicowsClient:
         m = msgpack.unpackb(payload) if self.binary else json.loads(payload)
         self.seen.append(m)
         return m
-
-    async def expect(self, type_: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise TimeoutError(f"no {type_} {fields}; saw {[m.get('type') for m in self.seen[-10:]]}")
-            m = await self.recv(left)
-            if m.get("type") == type_ and all(m.get(k) == v for k, v in fields.items()):
-                return m
 
     async def wait_closed(self, timeout: float = 10.0) -> int | None:
         """Waits for the server to hang up; returns the CLOSE code it sent (None: no CLOSE frame)."""

@@ -30,7 +30,28 @@ def with_token(url: str, token: str | None = AUTO) -> str:
     return url + ("&" if parts.query else "?") + f"token={token}"
 
 
-class AppClient:
+class Expecting:
+    """`expect()` for a client that has `recv()` and keeps every message in `seen`."""
+
+    seen: list[dict[str, Any]]
+
+    async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def expect(self, type_: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+        """The next message of `type_` whose fields match, skipping others (positions, snapshots)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"no {type_} {fields}; saw {[m.get('type') for m in self.seen[-10:]]}")
+            m = await self.recv(left)
+            if m.get("type") == type_ and all(m.get(k) == v for k, v in fields.items()):
+                return m
+
+
+class AppClient(Expecting):
     def __init__(self, ws: ClientConnection, binary: bool = False) -> None:
         self.ws = ws
         self.binary = binary
@@ -54,18 +75,6 @@ class AppClient:
         m = msgpack.unpackb(raw) if isinstance(raw, bytes) else json.loads(raw)
         self.seen.append(m)
         return m
-
-    async def expect(self, type_: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
-        """The next message of `type_` whose fields match, skipping others (positions, snapshots)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise TimeoutError(f"no {type_} {fields}; saw {[m.get('type') for m in self.seen[-10:]]}")
-            m = await self.recv(left)
-            if m.get("type") == type_ and all(m.get(k) == v for k, v in fields.items()):
-                return m
 
     async def close(self) -> None:
         await self.ws.close()

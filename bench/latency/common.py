@@ -10,8 +10,6 @@ frame, on one host, CLOCK_REALTIME on both ends, with no sidecar change.
 
 from __future__ import annotations
 
-import os
-import platform
 import struct
 import sys
 import time
@@ -21,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.machine import describe  # noqa: E402
 from sidecar import records as R  # noqa: E402
 from sidecar.ring import aligned, frame  # noqa: E402
 
@@ -114,19 +113,4 @@ def percentiles(samples: list[int], ps: tuple[float, ...] = (50, 90, 99, 99.9)) 
 
 
 def machine() -> dict[str, str | int]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count() or 0,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "loadavg_at_start": f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
-    }
+    return describe()

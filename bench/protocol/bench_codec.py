@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import msgpack  # noqa: E402
 import psutil  # noqa: E402
 
+from bench.machine import describe, one_line  # noqa: E402
 from sidecar import auth  # noqa: E402
 from sidecar.events import DRIVER, PASSENGER  # noqa: E402
 from sidecar.protocol import JSON, MSGPACK, Decoder, encode  # noqa: E402
@@ -246,18 +246,6 @@ def ingest_once(conns: int, seconds: float, binary: bool) -> dict[str, float]:
             proc.kill()
 
 
-def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} vCPU, Linux {platform.release()}, Python {platform.python_version()}"
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny counts: checks that everything runs")
@@ -297,7 +285,7 @@ def main() -> int:
         return statistics.median(vals) if vals else float("nan")
 
     mode = "smoke" if a.smoke else "full"
-    print(f"## Protocol benchmark ({mode})\n\nMachine: {machine()}\n")
+    print(f"## Protocol benchmark ({mode})\n\nMachine: {one_line(describe())}\n")
     print(f"### Codec (median of {repeats} x {number} calls)\n")
     print("| op | message | JSON µs | msgpack µs | JSON/msgpack | bytes JSON | bytes msgpack |")
     print("|---|---|---|---|---|---|---|")
@@ -322,7 +310,7 @@ def main() -> int:
     if all("records_to_engine_per_s" not in r for runs in ingest.values() for r in runs):
         print("Records/s arriving at the engine: not exported by /metrics (frames decoded are counted above;"
               " positions may coalesce per driver before the ring when it is full).")
-    result = {"mode": mode, "machine": machine(), "repeats": repeats, "conns": sweep, "seconds": seconds,
+    result = {"mode": mode, "machine": describe(), "repeats": repeats, "conns": sweep, "seconds": seconds,
               "codec": rows, "ingest_runs": ingest, "ingest": summary, "target_per_core": TARGET_PER_CORE}
     if a.json:
         a.json.write_text(json.dumps(result, indent=2))
