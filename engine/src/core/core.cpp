@@ -35,6 +35,21 @@ std::optional<std::string> parse_id(const dgdo_id& id) {
     return std::string(id.chars, n);
 }
 
+// parse_id without the string: the id's bytes as a table key.
+bool parse_key(const dgdo_id& id, IdKey& key) {
+    size_t n = 0;
+    while (n < sizeof id.chars && id.chars[n] != '\0') {
+        const char c = id.chars[n];
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                        c == '.' || c == ':' || c == '-';
+        if (!ok) return false;
+        ++n;
+    }
+    if (n == 0 || n > DGDO_ID_MAX) return false;
+    key = IdKey::of(id.chars, n);
+    return true;
+}
+
 std::string actor_of(const dgdo_in_meta& m) { return parse_id(m.actor).value_or(std::string()); }
 
 void put_id(dgdo_id& dst, const std::string& src) {
@@ -83,6 +98,8 @@ void Core::apply(const InputEvent& ev, std::vector<OutRecord>& out) {
         [this](const auto& e) {
             using T = std::decay_t<decltype(e)>;
             if constexpr (std::is_same_v<T, SessionOpen> || std::is_same_v<T, SessionClose>) {
+            } else if constexpr (std::is_same_v<T, dgdo_in_driver_location>) {
+                // learn_route inside on(): the hot path parses the id once
             } else if constexpr (requires { e.meta; }) {
                 learn_route(e.meta);
             }
@@ -104,13 +121,19 @@ const Order* Core::find_order(uint64_t id) const {
 }
 
 const Driver* Core::find_driver(const std::string& id) const {
-    auto it = drivers_.find(id);
-    return it == drivers_.end() ? nullptr : &it->second;
+    const IdKey k = IdKey::of(id);
+    const uint32_t i = driver_ids_.find(k.hash(), [&](uint32_t v) { return drivers_[v].key == k; });
+    return i == IdTable::kNone ? nullptr : &drivers_[i];
+}
+
+Driver* Core::find_driver(const IdKey& k) {
+    const uint32_t i = driver_ids_.find(k.hash(), [&](uint32_t v) { return drivers_[v].key == k; });
+    return i == IdTable::kNone ? nullptr : &drivers_[i];
 }
 
 CoreStats Core::stats() const {
     CoreStats s = counters_;
-    for (const auto& [id, d] : drivers_) {
+    for (const Driver& d : drivers_) {
         s.drivers_online += d.online;
         s.drivers_available += available(d);
     }
@@ -169,13 +192,13 @@ void Core::snapshot(uint8_t role, const std::string& who) {
         return;
     }
     if (role != DGDO_ROLE_DRIVER) return;
-    auto d = drivers_.find(who);
-    if (d == drivers_.end()) return;
-    if (d->second.trip != 0) order_update(orders_.at(d->second.trip), DGDO_ROLE_DRIVER, who);
-    if (d->second.offer != 0) {
-        const Order& o = orders_.at(d->second.offer);
-        const double distance = d->second.has_pos ? haversine_m(d->second.pos, o.pickup) : 0.0;
-        new_order(o, Candidate{who, d->second.pos, distance});
+    const Driver* d = find_driver(who);
+    if (d == nullptr) return;
+    if (d->trip != 0) order_update(orders_.at(d->trip), DGDO_ROLE_DRIVER, who);
+    if (d->offer != 0) {
+        const Order& o = orders_.at(d->offer);
+        const double distance = d->has_pos ? haversine_m(d->pos, o.pickup) : 0.0;
+        new_order(o, Candidate{who, d->pos, distance});
     }
 }
 
@@ -219,10 +242,30 @@ void Core::close_session(const SessionKey& key) {
 
 // ---- drivers ---------------------------------------------------------------
 
-Driver& Core::driver(const std::string& id) {
-    auto [it, inserted] = drivers_.try_emplace(id);
-    if (inserted) it->second.id = id;
-    return it->second;
+Driver& Core::driver(const std::string& id) { return driver(IdKey::of(id), id.data()); }
+
+// `chars` holds the key's len bytes.
+Driver& Core::driver(const IdKey& k, const char* chars) {
+    const uint64_t h = k.hash();
+    const uint32_t i = driver_ids_.find(h, [&](uint32_t v) { return drivers_[v].key == k; });
+    if (i != IdTable::kNone) return drivers_[i];
+    Driver& d = drivers_.emplace_back();
+    d.id.assign(chars, k.len);
+    d.key = k;
+    driver_ids_.insert(h, static_cast<uint32_t>(drivers_.size() - 1));
+    return d;
+}
+
+// Into the index at d.pos; a driver already indexed moves by its handle.
+void Core::index_put(Driver& d) {
+    if (d.index_handle != UINT32_MAX) return index_->move(d.index_handle, d.pos);
+    index_->upsert(d.id, d.pos);
+    d.index_handle = index_->handle(d.id);
+}
+
+void Core::index_drop(Driver& d) {
+    index_->erase(d.id);
+    d.index_handle = UINT32_MAX;
 }
 
 bool Core::available(const Driver& d) const {
@@ -232,21 +275,37 @@ bool Core::available(const Driver& d) const {
 void Core::set_online(Driver& d, bool online) {
     d.online = online;
     if (online && d.has_pos)
-        index_->upsert(d.id, d.pos);
+        index_put(d);
     else
-        index_->erase(d.id);
+        index_drop(d);
 }
 
+// The hot path: apply() leaves learn_route to this handler, which does the same
+// with one parse of the id and one driver-table lookup (the session is cached
+// on the driver), and moves an indexed driver by its handle.
 void Core::on(const dgdo_in_driver_location& e) {
-    if (uint8_t r = check_actor(e.meta, DGDO_ROLE_DRIVER)) return reply(e.meta, r);
-    if (!valid_point(e.pos)) return reply(e.meta, DGDO_RESULT_BAD_MESSAGE);
-    reply(e.meta, DGDO_RESULT_OK);
-    Driver& d = driver(actor_of(e.meta));
+    const dgdo_in_meta& m = e.meta;
+    IdKey k;
+    if (m.role != DGDO_ROLE_DRIVER || !parse_key(m.actor, k)) {
+        learn_route(m);
+        return reply(m, check_actor(m, DGDO_ROLE_DRIVER));  // never OK here
+    }
+    Driver* known = find_driver(k);
+    Session* s = known != nullptr ? static_cast<Session*>(known->session) : nullptr;
+    if (s == nullptr) {
+        s = &sessions_[{m.role, std::string(m.actor.chars, k.len)}];
+        if (known != nullptr) known->session = s;
+    }
+    if (!s->open) s->worker = m.worker;
+    if (!valid_point(e.pos)) return reply(m, DGDO_RESULT_BAD_MESSAGE);
+    reply(m, DGDO_RESULT_OK);
+    Driver& d = known != nullptr ? *known : driver(k, m.actor.chars);
+    d.session = s;
     d.pos = e.pos;
     d.has_pos = true;
     d.heading = e.heading;
     d.speed_kmh = e.speed_kmh;
-    if (d.online) index_->upsert(d.id, d.pos);
+    if (d.online) index_put(d);
     if (d.trip != 0) {
         Order& o = orders_.at(d.trip);
         if (o.state == OrderState::Accepted) {  // on the way: the passenger hears it before the position
@@ -448,8 +507,8 @@ void Core::withdraw_offer(Order& o, uint8_t reason) {
 }
 
 bool Core::eligible_for(const Order& o, const std::string& driver_id) const {
-    auto it = drivers_.find(driver_id);
-    return it != drivers_.end() && available(it->second) && !o.tried.count(driver_id);
+    const Driver* d = find_driver(driver_id);
+    return d != nullptr && available(*d) && !o.tried.count(driver_id);
 }
 
 void Core::try_offer(Order& o) {

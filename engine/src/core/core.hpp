@@ -40,6 +40,7 @@
 
 #include "core/config.hpp"
 #include "core/driver_index.hpp"
+#include "core/id_table.hpp"
 #include "core/order.hpp"
 #include "dgdo/events.h"
 
@@ -73,6 +74,7 @@ std::optional<InputEvent> decode_inbound(int32_t type, const uint8_t* body, uint
 
 struct Driver {
     std::string id;
+    IdKey key;  // id's bytes: the key of Core's driver table
     dgdo_point pos{};
     bool has_pos = false;
     float heading = 0;
@@ -82,6 +84,8 @@ struct Driver {
     uint64_t grace_deadline_ns = 0;
     uint64_t offer = 0;  // order offered to this driver, 0 = none
     uint64_t trip = 0;   // order this driver is bound to, 0 = none
+    uint32_t index_handle = UINT32_MAX;  // its DriverIndex handle while indexed (if the index has handles)
+    void* session = nullptr;             // cached &sessions_[{driver, id}] (never erased, so stable)
 };
 
 struct CoreStats {
@@ -143,6 +147,10 @@ private:
 
     // Effects.
     Driver& driver(const std::string& id);
+    Driver* find_driver(const IdKey& k);
+    Driver& driver(const IdKey& k, const char* chars);
+    void index_put(Driver& d);
+    void index_drop(Driver& d);
     bool available(const Driver& d) const;
     void set_online(Driver& d, bool online);
     void learn_route(const dgdo_in_meta& m);
@@ -186,7 +194,8 @@ private:
     uint64_t next_order_id_ = 1001;
     uint64_t batch_due_ns_ = 0;  // 0 = no batch pending
 
-    std::unordered_map<std::string, Driver> drivers_;  // never iterated in an order that reaches outputs
+    std::deque<Driver> drivers_;  // dense, never erased, stable references; never iterated in an order that reaches outputs
+    IdTable driver_ids_;          // id -> index into drivers_
     std::map<uint64_t, Order> orders_;
     std::map<std::string, std::set<uint64_t>> live_by_passenger_;  // orders not yet terminal, for snapshots
     std::set<uint64_t> searching_;  // orders in Searching with no offer out

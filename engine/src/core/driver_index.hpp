@@ -12,6 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/id_table.hpp"
 #include "dgdo/events.h"
 
 namespace dgdo {
@@ -34,6 +35,11 @@ public:
     virtual std::vector<Candidate> nearest_k(dgdo_point at, double radius_m, std::size_t k,
                                              const Eligible& eligible) const = 0;
     virtual std::size_t size() const = 0;
+
+    // Optional fast path: a stable handle for an indexed id (UINT32_MAX when the
+    // index has none), valid until erase(id); move(handle, pos) == upsert(id, pos).
+    virtual uint32_t handle(const std::string&) const { return UINT32_MAX; }
+    virtual void move(uint32_t, dgdo_point) {}
 
     std::optional<Candidate> nearest(dgdo_point at, double radius_m, const Eligible& eligible) const {
         auto v = nearest_k(at, radius_m, 1, eligible);
@@ -59,15 +65,23 @@ private:
 };
 
 // Uniform grid in degrees: cells of cell_m × cell_m at ref_lat (≈ 250 m in
-// Dushanbe), a hash map cell → the drivers in it (coordinates stored inline,
-// so a scan touches one contiguous array per cell).
+// Dushanbe), cell → the drivers in it (coordinates stored inline, so a scan
+// touches one contiguous array per cell).
 //
+//   ids:   an open-addressing table (IdTable) over a dense array of 64-byte
+//          entries that hold the id bytes inline (IdKey): a lookup by id is a
+//          hash of five words, one probe and one entry, no allocation.
+//   cells: another IdTable from the cell key to a dense array of cells; a cell
+//          emptied by moves keeps its index (and its array's capacity), so an
+//          entry names its cell by index and a move never rehashes.
 //   upsert: a move inside the same cell rewrites two doubles; a move across
 //           cells swap-removes from the old cell's array and appends to the new.
 //   nearest_k: scans square rings of cells outward from the query's cell,
 //           ranks by a cheap equirectangular distance, asks `eligible` in that
 //           order, stops when the next ring cannot hold anything nearer, then
 //           computes haversine for the few survivors and sorts by (distance, id).
+//           Its working buffers are reused between queries (the index is
+//           single-threaded, like the core).
 class GridIndex final : public DriverIndex {
 public:
     explicit GridIndex(double cell_m = 250.0, double ref_lat = 38.56);
@@ -78,36 +92,27 @@ public:
                                      const Eligible& eligible) const override;
     std::size_t size() const override { return where_.size(); }
 
-    std::size_t cells() const { return cells_.size(); }
+    std::size_t cells() const { return live_cells_; }  // cells holding at least one driver
 
     // A driver's stable handle while it stays indexed (no string hashing on the
     // hot path), or UINT32_MAX. move(handle, pos) == upsert(id, pos).
-    uint32_t handle(const std::string& id) const {
-        auto it = where_.find(id);
-        return it == where_.end() ? UINT32_MAX : it->second;
-    }
-    void move(uint32_t handle, dgdo_point pos);
+    uint32_t handle(const std::string& id) const override { return find(IdKey::of(id), id); }
+    void move(uint32_t handle, dgdo_point pos) override;
 
 private:
     struct Slot {  // one driver in a cell's array
         double lat, lon;
         uint32_t driver;  // index into drivers_
     };
-    struct Entry {
-        std::string id;
-        uint64_t cell = 0;
-        std::vector<Slot>* slots = nullptr;  // &cells_[cell]: map nodes never move
-        uint32_t at = 0;                     // position in *slots
-        bool live = false;
+    struct alignas(64) Entry {  // one cache line: everything a move touches
+        IdKey key;              // the id's bytes (all of it when key.fits())
+        uint64_t cell_key = 0;  // grid coordinates of its cell
+        uint32_t cell = 0;      // index into cells_
+        uint32_t at = 0;        // position in cells_[cell].slots
     };
-    struct CellHash {
-        std::size_t operator()(uint64_t k) const noexcept {  // splitmix64 finaliser
-            k ^= k >> 30;
-            k *= 0xbf58476d1ce4e5b9ull;
-            k ^= k >> 27;
-            k *= 0x94d049bb133111ebull;
-            return static_cast<std::size_t>(k ^ (k >> 31));
-        }
+    struct Cell {
+        std::vector<Slot> slots;
+        uint64_t key = 0;
     };
 
     int32_t row(double lat) const;
@@ -115,14 +120,34 @@ private:
     static uint64_t key(int32_t r, int32_t c) {
         return (static_cast<uint64_t>(static_cast<uint32_t>(r)) << 32) | static_cast<uint32_t>(c);
     }
+    uint32_t find(const IdKey& k, const std::string& id) const;
+    uint32_t cell_at(uint64_t cell_key);  // finds or creates
+    const Cell* find_cell(uint64_t cell_key) const {
+        const uint32_t i =
+            cell_table_.find(IdKey::mix(cell_key), [&](uint32_t v) { return cells_[v].key == cell_key; });
+        return i == IdTable::kNone ? nullptr : &cells_[i];
+    }
+    void place(uint32_t handle, uint64_t cell_key, dgdo_point pos);
     void remove_from_cell(Entry& e);
 
     double cell_lat_deg_;
     double cell_lon_deg_;
-    std::unordered_map<uint64_t, std::vector<Slot>, CellHash> cells_;
-    std::unordered_map<std::string, uint32_t> where_;
+    std::vector<Cell> cells_;
+    IdTable cell_table_;  // cell key -> index into cells_
+    std::size_t live_cells_ = 0;
+    IdTable where_;                 // id -> index into drivers_
     std::vector<Entry> drivers_;
+    std::vector<std::string> ids_;  // drivers_[i]'s id as a string (cold: eligibility, results)
     std::vector<uint32_t> free_;
+
+    struct Ranked {
+        double d2;  // squared equirectangular metres
+        uint32_t driver;
+        bool operator>(const Ranked& o) const { return d2 > o.d2 || (d2 == o.d2 && driver > o.driver); }
+    };
+    mutable std::vector<Ranked> heap_;    // min-heap on (d2, driver)
+    mutable std::vector<Ranked> chosen_;
+    mutable std::vector<double> seen_;    // max-heap of the k best d2 seen (no filter only)
 };
 
 }  // namespace dgdo

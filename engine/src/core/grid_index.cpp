@@ -16,12 +16,6 @@ constexpr double kMetresPerDegree = kEarthRadiusM * kPi / 180.0;
 constexpr double kRankSlack = 1.002;
 constexpr double kRankSlackM = 1.0;
 
-struct Ranked {
-    double d2;  // squared equirectangular metres
-    uint32_t driver;
-    bool operator>(const Ranked& o) const { return d2 > o.d2 || (d2 == o.d2 && driver > o.driver); }
-};
-
 }  // namespace
 
 GridIndex::GridIndex(double cell_m, double ref_lat)
@@ -31,77 +25,86 @@ GridIndex::GridIndex(double cell_m, double ref_lat)
 int32_t GridIndex::row(double lat) const { return static_cast<int32_t>(std::floor(lat / cell_lat_deg_)); }
 int32_t GridIndex::col(double lon) const { return static_cast<int32_t>(std::floor(lon / cell_lon_deg_)); }
 
+uint32_t GridIndex::find(const IdKey& k, const std::string& id) const {
+    return where_.find(k.hash(), [&](uint32_t v) { return drivers_[v].key == k && (k.fits() || ids_[v] == id); });
+}
+
+uint32_t GridIndex::cell_at(uint64_t cell_key) {
+    const uint64_t h = IdKey::mix(cell_key);
+    const uint32_t i = cell_table_.find(h, [&](uint32_t v) { return cells_[v].key == cell_key; });
+    if (i != IdTable::kNone) return i;
+    const uint32_t n = static_cast<uint32_t>(cells_.size());
+    cells_.emplace_back();
+    cells_.back().key = cell_key;
+    cell_table_.insert(h, n);
+    return n;
+}
+
+void GridIndex::place(uint32_t handle, uint64_t cell_key, dgdo_point pos) {
+    Entry& e = drivers_[handle];
+    const uint32_t ci = cell_at(cell_key);
+    std::vector<Slot>& v = cells_[ci].slots;
+    if (v.empty()) ++live_cells_;
+    e.cell_key = cell_key;
+    e.cell = ci;
+    e.at = static_cast<uint32_t>(v.size());
+    v.push_back(Slot{pos.lat, pos.lon, handle});
+}
+
 void GridIndex::remove_from_cell(Entry& e) {
-    auto it = cells_.find(e.cell);
-    std::vector<Slot>& v = it->second;
+    std::vector<Slot>& v = cells_[e.cell].slots;
     const uint32_t last = static_cast<uint32_t>(v.size() - 1);
     if (e.at != last) {
         v[e.at] = v[last];
         drivers_[v[e.at].driver].at = e.at;
     }
     v.pop_back();
-    if (v.empty()) cells_.erase(it);
+    if (v.empty()) --live_cells_;
 }
 
 void GridIndex::upsert(const std::string& id, dgdo_point pos) {
-    const uint64_t cell = key(row(pos.lat), col(pos.lon));
-    auto [it, inserted] = where_.try_emplace(id, 0u);
-    if (!inserted) {
-        Entry& e = drivers_[it->second];
-        if (e.cell == cell) {  // the common case: a few metres inside the same cell
-            Slot& s = (*e.slots)[e.at];
-            s.lat = pos.lat;
-            s.lon = pos.lon;
-            return;
-        }
-        remove_from_cell(e);
+    const IdKey k = IdKey::of(id);
+    const uint64_t h = k.hash();
+    const uint32_t found =
+        where_.find(h, [&](uint32_t v) { return drivers_[v].key == k && (k.fits() || ids_[v] == id); });
+    if (found != IdTable::kNone) return move(found, pos);
+    uint32_t slot;
+    if (!free_.empty()) {
+        slot = free_.back();
+        free_.pop_back();
     } else {
-        uint32_t slot;
-        if (!free_.empty()) {
-            slot = free_.back();
-            free_.pop_back();
-        } else {
-            slot = static_cast<uint32_t>(drivers_.size());
-            drivers_.emplace_back();
-        }
-        it->second = slot;
-        drivers_[slot].id = id;
-        drivers_[slot].live = true;
+        slot = static_cast<uint32_t>(drivers_.size());
+        drivers_.emplace_back();
+        ids_.emplace_back();
     }
-    const uint32_t slot = it->second;
-    std::vector<Slot>& v = cells_[cell];
-    drivers_[slot].cell = cell;
-    drivers_[slot].slots = &v;
-    drivers_[slot].at = static_cast<uint32_t>(v.size());
-    v.push_back(Slot{pos.lat, pos.lon, slot});
+    drivers_[slot].key = k;
+    ids_[slot] = id;
+    where_.insert(h, slot);
+    place(slot, key(row(pos.lat), col(pos.lon)), pos);
 }
 
 void GridIndex::move(uint32_t handle, dgdo_point pos) {
     Entry& e = drivers_[handle];
     const uint64_t cell = key(row(pos.lat), col(pos.lon));
-    if (e.cell == cell) {
-        Slot& s = (*e.slots)[e.at];
+    if (e.cell_key == cell) {  // the common case: a few metres inside the same cell
+        Slot& s = cells_[e.cell].slots[e.at];
         s.lat = pos.lat;
         s.lon = pos.lon;
         return;
     }
     remove_from_cell(e);
-    std::vector<Slot>& v = cells_[cell];
-    e.cell = cell;
-    e.slots = &v;
-    e.at = static_cast<uint32_t>(v.size());
-    v.push_back(Slot{pos.lat, pos.lon, handle});
+    place(handle, cell, pos);
 }
 
 void GridIndex::erase(const std::string& id) {
-    auto it = where_.find(id);
-    if (it == where_.end()) return;
-    Entry& e = drivers_[it->second];
-    remove_from_cell(e);
-    e.live = false;
-    e.id.clear();
-    free_.push_back(it->second);
-    where_.erase(it);
+    const IdKey k = IdKey::of(id);
+    const uint32_t slot = find(k, id);
+    if (slot == IdTable::kNone) return;
+    remove_from_cell(drivers_[slot]);
+    where_.erase(k.hash(), [&](uint32_t v) { return v == slot; });
+    drivers_[slot] = Entry{};
+    ids_[slot].clear();
+    free_.push_back(slot);
 }
 
 std::vector<Candidate> GridIndex::nearest_k(dgdo_point at, double radius_m, std::size_t k,
@@ -124,20 +127,39 @@ std::vector<Candidate> GridIndex::nearest_k(dgdo_point at, double radius_m, std:
     const double limit = radius_m * kRankSlack + kRankSlackM;
     const double limit2 = limit * limit;
 
-    std::vector<Ranked> heap;  // min-heap on (d2, driver)
-    std::vector<Ranked> chosen;
+    std::vector<Ranked>& heap = heap_;  // min-heap on (d2, driver)
+    std::vector<Ranked>& chosen = chosen_;
+    std::vector<double>& seen = seen_;  // without a filter every driver is eligible: the k-th best
+    heap.clear();                       // seen so far bounds the answer (plus slack) already
+    chosen.clear();
+    seen.clear();
     double cutoff2 = limit2;  // once k are chosen: the k-th rank plus slack
     bool done = false;
 
     auto scan = [&](int32_t r, int32_t c) {
-        auto it = cells_.find(key(r, c));
-        if (it == cells_.end()) return;
-        for (const Slot& s : it->second) {
+        const Cell* cell = find_cell(key(r, c));
+        if (cell == nullptr) return;
+        for (const Slot& s : cell->slots) {
             const double dy = (s.lat - at.lat) * m_lat, dx = (s.lon - at.lon) * m_lon;
             const double d2 = dy * dy + dx * dx;
             if (d2 <= cutoff2) {
                 heap.push_back(Ranked{d2, s.driver});
                 std::push_heap(heap.begin(), heap.end(), std::greater<>{});
+                if (!eligible) {
+                    // Anything beyond the k-th best seen (plus slack) can never be chosen.
+                    if (seen.size() < k) {
+                        seen.push_back(d2);
+                        std::push_heap(seen.begin(), seen.end());
+                    } else if (d2 < seen.front()) {
+                        std::pop_heap(seen.begin(), seen.end());
+                        seen.back() = d2;
+                        std::push_heap(seen.begin(), seen.end());
+                    }
+                    if (seen.size() == k) {
+                        const double d = std::sqrt(seen.front()) * kRankSlack + kRankSlackM;
+                        cutoff2 = std::min(cutoff2, d * d);
+                    }
+                }
             }
         }
     };
@@ -166,11 +188,11 @@ std::vector<Candidate> GridIndex::nearest_k(dgdo_point at, double radius_m, std:
                 done = true;
                 break;
             }
-            if (eligible && !eligible(drivers_[e.driver].id)) continue;
+            if (eligible && !eligible(ids_[e.driver])) continue;
             chosen.push_back(e);
             if (chosen.size() == k) {
                 const double d = std::sqrt(e.d2) * kRankSlack + kRankSlackM;
-                cutoff2 = std::min(limit2, d * d);
+                cutoff2 = std::min(cutoff2, d * d);
             }
         }
         if (bound2 > cutoff2) done = true;
@@ -179,10 +201,10 @@ std::vector<Candidate> GridIndex::nearest_k(dgdo_point at, double radius_m, std:
     result.reserve(chosen.size());
     for (const Ranked& e : chosen) {
         const Entry& d = drivers_[e.driver];
-        const Slot& s = (*d.slots)[d.at];
+        const Slot& s = cells_[d.cell].slots[d.at];
         const dgdo_point p{s.lat, s.lon};
         const double dist = haversine_m(at, p);
-        if (dist <= radius_m) result.push_back(Candidate{d.id, p, dist});
+        if (dist <= radius_m) result.push_back(Candidate{ids_[e.driver], p, dist});
     }
     std::sort(result.begin(), result.end(), [](const Candidate& a, const Candidate& b) {
         return a.distance_m < b.distance_m || (a.distance_m == b.distance_m && a.id < b.id);
