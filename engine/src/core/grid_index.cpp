@@ -22,8 +22,16 @@ GridIndex::GridIndex(double cell_m, double ref_lat)
     : cell_lat_deg_(cell_m / kMetresPerDegree),
       cell_lon_deg_(cell_m / (kMetresPerDegree * std::max(0.01, std::cos(ref_lat * kPi / 180.0)))) {}
 
-int32_t GridIndex::row(double lat) const { return static_cast<int32_t>(std::floor(lat / cell_lat_deg_)); }
-int32_t GridIndex::col(double lon) const { return static_cast<int32_t>(std::floor(lon / cell_lon_deg_)); }
+// floor() without the libm call (x86-64 has no SSE4.1 round at the baseline):
+// truncate, then step down for a negative non-integer. Same value as
+// static_cast<int32_t>(std::floor(x)) wherever that is defined.
+static inline int32_t floor_i32(double x) {
+    const int32_t t = static_cast<int32_t>(x);
+    return t - (static_cast<double>(t) > x);
+}
+
+int32_t GridIndex::row(double lat) const { return floor_i32(lat / cell_lat_deg_); }
+int32_t GridIndex::col(double lon) const { return floor_i32(lon / cell_lon_deg_); }
 
 uint32_t GridIndex::find(const IdKey& k, const std::string& id) const {
     return where_.find(k.hash(), [&](uint32_t v) { return drivers_[v].key == k && (k.fits() || ids_[v] == id); });
