@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ for _mod in ("zmq", "fastapi", "uvicorn", "matplotlib"):
 
 @pytest.mark.timeout(240)
 def test_smoke_run_reports_every_variant_with_ordered_percentiles(engine_bin: Path, tmp_path: Path) -> None:
+    shm_before = {n for n in os.listdir("/dev/shm") if n.startswith("dgdo.bench")}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "latency" / "run.py"), "--smoke", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=220, cwd=ROOT,
@@ -46,3 +48,5 @@ def test_smoke_run_reports_every_variant_with_ordered_percentiles(engine_bin: Pa
     for v in [*VARIANTS, "engine e2e"]:
         assert f"| {v} |" in md
     assert reports[0].with_suffix(".png").stat().st_size > 1000
+    left = {n for n in os.listdir("/dev/shm") if n.startswith("dgdo.bench")} - shm_before
+    assert not left, f"the bench left shared memory behind: {sorted(left)}"

@@ -27,6 +27,7 @@ import http.client
 import json
 import os
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -283,6 +284,9 @@ def main() -> int:
     else:
         sender = HttpSender(args.endpoint)
 
+    # SIGTERM (how the bench stops us) must still run the `finally` below: like the engine,
+    # the feeder leaves no /dev/shm segment or socket behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.cmd)
     cmd = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
