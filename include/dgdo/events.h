@@ -141,7 +141,8 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_in_meta) == 64, "dgdo_in_meta");
  *    0 commit_mono_ns u64  engine commit time, CLOCK_MONOTONIC
  *    8 commit_real_ns u64  engine commit time, CLOCK_REALTIME
  *   16 to_conn        u32  recipient connection (0 = route by role + id)
- *   20 to_worker      u16  recipient's sidecar worker
+ *   20 to_worker      u16  recipient's sidecar worker (1-65535; 0 = unknown: admin
+ *                          records go to every worker)
  *   22 to_role        u8   enum dgdo_role of the recipient
  *   23 pad_           u8
  *   24 to_id          id   recipient id (empty for admin broadcasts)
@@ -402,13 +403,15 @@ DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_estimate_update, distance_m) == 80, "dis
 DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_estimate_update) == 88, "dgdo_out_estimate_update");
 
 /*
- * NEARBY_DRIVERS (snapshot to a subscribed passenger), 72 + 56 * count bytes:
+ * NEARBY_DRIVERS (snapshot to a subscribed passenger): variable length, only the
+ * `count` entries used are sent, so a record is DGDO_NEARBY_HEAD_SIZE + 56 * count bytes:
  *    0 meta     64
  *   64 count    u32   entries that follow (at most DGDO_NEARBY_MAX)
  *   68 pad_     u32
  *   72 drivers  dgdo_nearby_entry[count]
  */
 #define DGDO_NEARBY_MAX 32
+#define DGDO_NEARBY_HEAD_SIZE 72
 typedef struct dgdo_nearby_entry {
     dgdo_id driver_id;
     dgdo_point pos;
@@ -421,7 +424,9 @@ typedef struct dgdo_out_nearby_drivers {
     dgdo_nearby_entry drivers[DGDO_NEARBY_MAX];
 } dgdo_out_nearby_drivers;
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_nearby_drivers, count) == 64, "count");
-DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_nearby_drivers, drivers) == 72, "drivers");
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_nearby_drivers, drivers) == DGDO_NEARBY_HEAD_SIZE, "drivers");
+DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_nearby_drivers) == DGDO_NEARBY_HEAD_SIZE + 56 * DGDO_NEARBY_MAX,
+                      "dgdo_out_nearby_drivers");
 
 /*
  * ENGINE_STATS (admin broadcast, about once a second), 112 bytes:

@@ -25,8 +25,8 @@
  *      128  TAIL          tail position (u64)        producer (release)
  *      256  HEAD          head position (u64)        consumer (release)
  *      384  PARKED        parked flag (u32)          consumer sets, producer clears
- *      512  PRODUCER_HB   producer heartbeat ns      producer (relaxed)
- *      640  CONSUMER_HB   consumer heartbeat ns      consumer (relaxed)
+ *      512  PRODUCER_HB   producer heartbeat ns      producer (relaxed), CLOCK_MONOTONIC
+ *      640  CONSUMER_HB   consumer heartbeat ns      consumer (relaxed), CLOCK_MONOTONIC
  *      768  (zero up to the end of the 4096-byte page)
  *     4096  DATA          records                    producer, zeroed by consumer
  *
@@ -213,7 +213,10 @@ static inline int dgdo_ring_capacity_ok(uint64_t capacity) {
            (capacity & (capacity - 1u)) == 0;
 }
 
-/* Formats a zero-filled segment of dgdo_ring_segment_size(capacity) bytes. */
+/*
+ * Formats a segment of dgdo_ring_segment_size(capacity) bytes. The data area must be
+ * zero-filled (a fresh ftruncate'd shm object is): a zero length reads as "not committed".
+ */
 static inline int dgdo_ring_format(void *segment, uint64_t capacity, uint64_t epoch) {
     if (!dgdo_ring_capacity_ok(capacity)) return DGDO_RING_BAD_CAPACITY;
     dgdo_ring_header *h = (dgdo_ring_header *)segment;

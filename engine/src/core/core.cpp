@@ -646,7 +646,7 @@ void Core::send_nearby(const std::string& passenger, const NearbySub& sub) {
         rec.drivers[i].pos = found[i].pos;
     }
     // Variable length: only `count` entries travel.
-    emit(DGDO_OUT_NEARBY_DRIVERS, rec, offsetof(dgdo_out_nearby_drivers, drivers) + found.size() * sizeof(dgdo_nearby_entry));
+    emit(DGDO_OUT_NEARBY_DRIVERS, rec, DGDO_NEARBY_HEAD_SIZE + found.size() * sizeof(dgdo_nearby_entry));
 }
 
 // ---- time ------------------------------------------------------------------
