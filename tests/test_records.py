@@ -9,6 +9,8 @@ what C laid out — for every record type.
 from __future__ import annotations
 
 import math
+import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +80,28 @@ def leaves(ffi: FFI, ctype, prefix: str = "") -> list[tuple[str, object]]:
     return out
 
 
+def python_fields(fmt: str) -> list[tuple[int, int]]:
+    """(offset, size) of each value a struct format packs, padding ('x') skipped."""
+    out, off = [], 0
+    for count, code in re.findall(r"(\d*)([a-zA-Z?])", fmt.lstrip("<")):
+        n = int(count or 1)
+        size = struct.calcsize("<" + code)
+        if code == "x":
+            off += n
+        elif code == "s":
+            out.append((off, n))
+            off += n
+        else:
+            for _ in range(n):
+                out.append((off, size))
+                off += size
+    return out
+
+
+def c_offset(ffi: FFI, c_name: str, path: str) -> int:
+    return ffi.offsetof(c_name, *path.split("."))
+
+
 def sample(ffi: FFI, t, i: int) -> object:
     """A distinct value for field number i of C type t (what Python would pack for it)."""
     if t.kind == "array":  # char[N]: an id or a reason
@@ -108,7 +132,10 @@ def test_python_and_c_agree_on_every_field(c, c_name: str) -> None:
     py = PAIRS[c_name]
     assert py.size == ffi.sizeof(ctype)
     values = [sample(ffi, t, i) for i, (_, t) in enumerate(fields)]
-    assert len(values) == len(py.unpack(bytes(py.size))), "Python and C disagree on the number of fields"
+    layout = python_fields(py.format)
+    assert len(layout) == len(fields), "Python and C disagree on the number of fields"
+    for (path, t), (off, size) in zip(fields, layout, strict=True):
+        assert (off, size) == (c_offset(ffi, c_name, path), ffi.sizeof(t)), f"{c_name}.{path}: offset/size"
 
     # Python packs -> C reads every field by name.
     packed = py.pack(*values)
