@@ -306,6 +306,9 @@ def main() -> int:
             result = run_phase(sender, spec)
             f.write((json.dumps(result) + "\n").encode())
     finally:
+        # A SIGTERM landing here (the runner stops every process right after `quit`) would
+        # raise SystemExit between two unlinks and leave a segment behind.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         sender.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(args.cmd)
