@@ -30,7 +30,7 @@ import uvloop
 from sidecar import auth
 from sidecar.engine_link import REPLY_SPIN_US
 from sidecar.events import is_valid_id
-from sidecar.limits import Rate
+from sidecar.limits import MAX_QUEUED, Rate
 from sidecar.server import App, Settings
 
 log = logging.getLogger("dgdo")
@@ -205,7 +205,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         ping_idle_s=args.ping_idle_s, ping_reply_s=min(args.ping_reply_s, args.ping_idle_s),
         positions_rate=Rate(args.positions_per_s, args.positions_burst),
         messages_rate=Rate(args.messages_per_s, args.messages_burst),
-        max_paused_s=args.max_paused_s,
+        max_paused_s=args.max_paused_s, max_queued=args.max_queued,
     )
 
 
@@ -273,6 +273,8 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--messages-burst", type=float, default=2000.0, help="... and in a burst")
     p.add_argument("--max-paused-s", type=float, default=10.0,
                    help="close (4008) a client whose write buffer stays full this long")
+    p.add_argument("--max-queued", type=int, default=MAX_QUEUED,
+                   help="messages a paused (not reading) client may owe before it is closed with 4008")
     p.add_argument("--reply-spin-us", type=float, default=REPLY_SPIN_US,
                    help="µs to poll for the engine's answer to a command before parking (0 = never spin)")
 

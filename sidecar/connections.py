@@ -3,6 +3,15 @@
 A `Mailbox` outlives the connection: it numbers the reliable messages of
 one recipient (`seq`, +1 each) and keeps the most recent ones so that a
 client reconnecting with `?last_seq=N` gets what it missed, in order.
+
+A mailbox's numbering starts at the wall clock in microseconds, not at 0: a
+sidecar that restarted (or a mailbox forgotten and created again) then numbers
+above anything the previous one handed out, so a client's `last_seq` from before
+is recognised as not resumable instead of being mistaken for a point in the new
+numbering. (Within a process that always holds; across a restart, as long as one
+recipient got fewer than a million reliable messages a second on average and the
+clock did not step back. µs since 1970 stay below 2**53, so JavaScript clients read
+them exactly.)
 """
 
 from __future__ import annotations
@@ -32,24 +41,45 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_highest_seq = 0  # the highest seq any mailbox of this process started at or handed out
+
+
+def seq_base() -> int:
+    """Where a new mailbox starts numbering: microseconds since the epoch (see the module doc),
+    and in any case above every seq this process has used, so a mailbox made again numbers on."""
+    global _highest_seq
+    _highest_seq = max(time.time_ns() // 1000, _highest_seq + 1)
+    return _highest_seq
+
+
 class Mailbox:
     __slots__ = ("recent", "seq")
 
-    def __init__(self) -> None:
-        self.seq = 0
+    def __init__(self, base: int | None = None) -> None:
+        self.seq = seq_base() if base is None else base  # the latest seq handed out (none yet: the base)
         self.recent: deque[dict[str, Any]] = deque(maxlen=REPLAY_DEPTH)
 
     def stamp(self, message: dict[str, Any]) -> dict[str, Any]:
         """Numbers a reliable message and keeps it for replay."""
-        self.seq += 1
-        message["seq"] = self.seq
+        global _highest_seq
+        self.seq = seq = self.seq + 1
+        if seq > _highest_seq:
+            _highest_seq = seq
+        message["seq"] = seq
         self.recent.append(message)
         return message
 
     def since(self, last_seq: int) -> list[dict[str, Any]] | None:
-        """The messages after `last_seq`, or None when some are no longer held."""
-        if last_seq >= self.seq:
+        """The messages after `last_seq`, or None when they cannot be replayed.
+
+        None (not resumable: the caller sends a snapshot instead) when some are no longer
+        held, and when `last_seq` is ahead of this mailbox: a number this mailbox never
+        handed out comes from an earlier sidecar or an earlier, forgotten mailbox.
+        """
+        if last_seq == self.seq:
             return []
+        if last_seq > self.seq:
+            return None
         if not self.recent or self.recent[0]["seq"] > last_seq + 1:
             return None
         return [m for m in self.recent if m["seq"] > last_seq]

@@ -142,8 +142,11 @@ class DriverLocation:
 
     @classmethod
     def from_map(cls, m: dict[str, Any], conn_id: str) -> DriverLocation:
-        if "driver_id" in m and m["driver_id"] != conn_id:
-            raise Forbidden("driver_id: does not match this connection")
+        if "driver_id" in m:
+            if not isinstance(m["driver_id"], str):
+                raise BadMessage("driver_id: must be a string (your own id)")
+            if m["driver_id"] != conn_id:
+                raise Forbidden("driver_id: does not match this connection")
         return cls(
             lat=_number(m, "lat", -90.0, 90.0),
             lon=_number(m, "lon", -180.0, 180.0),

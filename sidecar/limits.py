@@ -4,7 +4,8 @@ Nothing here reads a clock or touches a socket: callers pass `now` (monotonic
 seconds) and act on the returned verdicts, so tests drive every case with
 plain numbers.
 
-Inbound, every complete message costs a token from a generous `messages`
+Inbound, every complete message costs a token per frame it spanned (one for
+an ordinary message, more for a fragmented one) from a generous `messages`
 bucket (a flood guard: one connection cannot monopolise a worker that does
 ~100k messages/s), and latest-wins inputs (`driver_location`,
 `nearby_subscribe`/`_unsubscribe`) also cost one from the `positions`
@@ -54,13 +55,14 @@ class TokenBucket:
         self.tokens = rate.burst
         self.stamp = now
 
-    def take(self, now: float) -> bool:
-        """Takes one token if there is one."""
+    def take(self, now: float, cost: float = 1.0) -> bool:
+        """Takes `cost` tokens (at most a full bucket's worth) if there are that many."""
         if now > self.stamp:
             self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.per_s)
             self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        cost = min(cost, self.burst)
+        if self.tokens >= cost:
+            self.tokens -= cost
             return True
         return False
 
@@ -86,13 +88,16 @@ class RateLimiter:
         self.abuse_after = abuse_after
         self.refused_in_a_row = 0
 
-    def check(self, now: float, position: bool) -> Verdict:
-        """Charges one message (and one position when `position`).
+    def check(self, now: float, position: bool, frames: int = 1) -> Verdict:
+        """Charges one message of `frames` frames (and one position when `position`).
+
+        Each frame of a fragmented message costs a token: fragments are work, and empty
+        ones would otherwise be free.
 
         A run of refusals can only grow while the client keeps sending faster than the
         refill rate, so "N in a row" needs no time window of its own.
         """
-        ok = self.messages.take(now) and (not position or self.positions.take(now))
+        ok = self.messages.take(now, frames) and (not position or self.positions.take(now))
         if ok:
             self.refused_in_a_row = 0
             return ADMIT

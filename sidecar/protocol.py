@@ -32,6 +32,9 @@ from sidecar.events import (
 )
 
 MAX_MESSAGE_BYTES = 64 * 1024  # a ride_request is ~150 bytes; 64 KiB leaves room for admin tools
+# Frames one message may span. Empty CONTINUATION frames add no bytes, so the byte cap alone
+# would let a client grow the fragment list (and the work per message) without bound.
+MAX_FRAGMENTS = 256
 MAX_REQUEST_ID_LEN = 64
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -45,7 +48,10 @@ JSON, MSGPACK = Format.JSON, Format.MSGPACK
 
 
 class MessageTooBig(Exception):
-    """A message (all its fragments together) over the cap: close with 1009."""
+    """A message (all its fragments together) over the byte or fragment cap: close with 1009.
+
+    `str(e)` is the text of the `too_large` error sent just before the close.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +130,14 @@ class Decoder:
     against the cap as it grows, so it is refused before it is buffered whole.
     """
 
-    def __init__(self, role: Role, conn_id: str, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, role: Role, conn_id: str, max_bytes: int = MAX_MESSAGE_BYTES,
+                 max_fragments: int = MAX_FRAGMENTS) -> None:
         self.role = role
         self.conn_id = conn_id
         self.max_bytes = max_bytes
+        self.max_fragments = max_fragments
+        self.frames = 0  # data frames fed so far (a count for tests and metrics)
+        self.last_frames = 0  # frames the message just completed or refused spanned: what it costs
         self._parts: list[bytes] = []
         self._size = 0
         self._binary = False
@@ -142,24 +152,42 @@ class Decoder:
         Returns:
             The request when the message is complete, None while fragments arrive.
         Raises:
-            MessageTooBig: the message exceeds the cap (close 1009).
+            MessageTooBig: the message exceeds the byte cap or spans more than
+                `max_fragments` frames (close 1009).
             ClientError: the message is invalid (answer with an `error`).
+        After a return or a raise other than for a held fragment, `last_frames` says how
+        many frames the message spanned.
         """
+        self.frames += 1
         if binary is None:
             if not self._parts:
+                self.last_frames = 1
                 raise BadFrame("continuation frame without a message to continue")
         elif self._parts:
+            self.last_frames = len(self._parts) + 1
             self._reset()
             raise BadFrame("new message started before the previous one finished")
         else:
             self._binary = binary
-        self._size += len(payload)
-        if self._size > self.max_bytes:
+        size = self._size + len(payload)
+        frames = len(self._parts) + 1
+        if size > self.max_bytes:
+            self.last_frames = frames
             self._reset()
-            raise MessageTooBig(f"message over {self.max_bytes} bytes")
+            if frames == 1:
+                raise MessageTooBig(f"message of {size} bytes exceeds the limit of {self.max_bytes} bytes")
+            raise MessageTooBig(f"message of {size} bytes so far (in {frames} fragments) exceeds the limit "
+                                f"of {self.max_bytes} bytes")
         if not fin:
+            if frames >= self.max_fragments:  # the next frame would pass the cap: refuse now
+                self.last_frames = frames
+                self._reset()
+                raise MessageTooBig(f"message of more than {self.max_fragments} fragments exceeds the limit "
+                                    f"of {self.max_fragments} fragments")
             self._parts.append(payload)
+            self._size = size
             return None
+        self.last_frames = frames
         if self._parts:
             self._parts.append(payload)
             payload = b"".join(self._parts)

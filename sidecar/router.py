@@ -14,6 +14,7 @@ from sidecar.protocol import JSON, MSGPACK, Format
 
 HTTP_PAGES = frozenset({"/healthz", "/metrics", "/admin"})
 MAX_TARGET = 2048
+QUERY_FORMATS = frozenset({"json", "msgpack"})
 
 
 class RouteError(Exception):
@@ -80,11 +81,17 @@ def choose_format(offered: str | None, query: dict[str, str]) -> tuple[Format, s
         query: the query parameters (`format=msgpack` for clients that cannot set subprotocols).
     Returns:
         (format, subprotocol to echo in the 101 response or None).
+    Raises:
+        RouteError: 400 for a `format` other than json or msgpack (a typo must not
+            silently fall back to JSON), even when a subprotocol decides.
     """
+    asked = query.get("format")
+    if asked is not None and asked not in QUERY_FORMATS:
+        raise RouteError(400, "format: must be json or msgpack")
     if offered:
         for name in (p.strip() for p in offered.split(",")):
             if name == JSON.value:
                 return JSON, name
             if name == MSGPACK.value:
                 return MSGPACK, name
-    return (MSGPACK if query.get("format") == "msgpack" else JSON), None
+    return (MSGPACK if asked == "msgpack" else JSON), None

@@ -10,7 +10,8 @@ connection's outbox, and tells the engine when a session opens and closes.
 
 Close codes this server sends: 1000 (reply to the client's CLOSE), 1001
 (shutdown; a ping not answered in time — picows' auto-ping), 1008 (flooding
-past the rate limit), 1009 (a message over the size cap), 4001 (replaced by
+past the rate limit), 1009 (a message over the size or fragment cap, after a
+`too_large` error saying which), 4001 (replaced by
 a newer connection with the same role and id), 4008 (slow reader).
 """
 
@@ -155,6 +156,7 @@ class App:
             if isinstance(r, HttpRoute):
                 return self._http_page(r)
             # The admin path carries no id: any admin token opens it, and its sub names the session.
+            fmt, subprotocol = choose_format(request.headers.get("Sec-WebSocket-Protocol"), r.query)
             claims = self.auth.authenticate(r.role, None if r.role is Role.ADMIN else r.app_id, r.query,
                                             request.headers.get("Authorization"))
         except RouteError as e:
@@ -166,7 +168,6 @@ class App:
             return _http(http_status(e), e.message, extra_headers=extra)
         if claims is not None and r.role is Role.ADMIN:
             r = replace(r, app_id=claims.sub)
-        fmt, subprotocol = choose_format(request.headers.get("Sec-WebSocket-Protocol"), r.query)
         conn = self.registry.new(r.role, r.app_id, fmt)
         headers = {"Sec-WebSocket-Protocol": subprotocol} if subprotocol else None
         return WSUpgradeResponseWithListener(
@@ -323,7 +324,7 @@ class AppListener(WSListener):
             self.app.close_for(self.conn, CLOSE_SLOW_READER, "slow reader: not reading")
 
     def _admit(self, position: bool, request_id: str | int | None) -> bool:
-        verdict = self.limiter.check(time.monotonic(), position)
+        verdict = self.limiter.check(time.monotonic(), position, self.decoder.last_frames)
         if verdict is LIMITED:
             self.app.stats.rate_limited += 1
             self.app.handlers.error(self.conn, ErrorCode.RATE_LIMITED, "too many messages; slow down", request_id)
@@ -343,7 +344,9 @@ class AppListener(WSListener):
             try:
                 req = self.decoder.feed(binary, frame.fin, frame.get_payload_as_bytes())
             except MessageTooBig as e:
-                self.app.close_for(self.conn, WSCloseCode.MESSAGE_TOO_BIG.value, str(e))
+                # Say why in the negotiated format, then close: the app can log the reason.
+                self.app.handlers.error(self.conn, ErrorCode.TOO_LARGE, str(e))
+                self.app.close_for(self.conn, WSCloseCode.MESSAGE_TOO_BIG.value, "message too big")
                 return
             except ClientError as e:
                 # Undecodable messages cost tokens too: a garbage flood is still a flood.

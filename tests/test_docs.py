@@ -311,6 +311,8 @@ def test_close_codes_are_documented_in_both(close: int) -> None:
 def test_limits_in_protocol_md_are_the_codes_limits() -> None:
     md = markdown()
     assert f"{protocol.MAX_MESSAGE_BYTES} bytes" in md
+    assert f"at most {protocol.MAX_FRAGMENTS} frames per message" in md
+    assert f"more than {protocol.MAX_FRAGMENTS} fragments" in md  # the 1009 row and the too_large row
     assert f"1–{protocol.MAX_REQUEST_ID_LEN} characters" in md
     assert f"at most {events.MAX_REASON_BYTES} bytes" in md
     assert f"1…{events.MAX_NEARBY_RADIUS_M:g}" in md

@@ -5,8 +5,9 @@ types, unknown fields, truncated msgpack, mutated messages of every type, fragme
 order), `Decoder.feed` returns a Request (or None for an unfinished fragment) or raises a
 ClientError / MessageTooBig, quickly; the error it produces can always be sent back.
 
-Live: ≥ 10k such frames over picows client connections (driver and passenger, JSON and
-msgpack), with the local Decoder as the oracle: every frame it refuses gets its `error` (or a
+Live: ≥ 10k such hypothesis-generated frames (counted as sent, and checked against the
+server's own count of frames decoded) over picows client connections (driver, passenger and
+admin, JSON and msgpack), with the local Decoder as the oracle: every frame it refuses gets its `error` (or a
 `rate_limited` one) from the server, in order; every reply fits its documented schema; the
 server stays healthy, and a well-behaved client on the independent `websockets` library gets
 every pong it asks for while the fuzz runs.
@@ -406,8 +407,10 @@ class Fuzz:
             FuzzClient(self.lt, stack, Role.DRIVER, "d2", True),
             FuzzClient(self.lt, stack, Role.PASSENGER, "p1", False),
             FuzzClient(self.lt, stack, Role.PASSENGER, "p2", True),
+            FuzzClient(self.lt, stack, Role.ADMIN, "admin", False),  # the admin path's sub is its id
         ]
         self.turn = 0
+        self.frames_in_before = 0
         self.calm = CalmClient(stack)
         self.calm.start()
 
@@ -426,16 +429,26 @@ class Fuzz:
         self.lt.stop()
 
 
+def frames_decoded(stack: Any) -> int:
+    """The server's own count of data frames it fed to its decoders (dgdo_frames_in_total)."""
+    _status, body = stack.http_get("/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith("dgdo_frames_in_total "):
+            return int(float(line.split()[1]))
+    raise KeyError("dgdo_frames_in_total")
+
+
 @pytest.fixture(scope="module")
 def fuzz(engine_bin) -> Any:
     stack = start_stack()
     f = Fuzz(stack)
+    f.frames_in_before = frames_decoded(stack)
     yield f
     f.close()
     assert stack.stop() == 0
 
 
-LIVE_EXAMPLES = 140
+LIVE_EXAMPLES = 200  # ~70 frames per example (40-80 runs of 1-3 frames): ~14k frames, over 10k
 RUNS_PER_EXAMPLE = (40, 80)
 
 
@@ -450,15 +463,20 @@ def test_live_server_answers_fuzzed_frames_with_well_formed_errors(fuzz: Fuzz, r
 
 
 def test_live_fuzz_covered_10k_frames_and_left_the_server_healthy(fuzz: Fuzz) -> None:
-    print(f"live fuzz: {fuzz.frames} hypothesis frames over {len(fuzz.clients)} connections")
-    # Top up to 10k frames if hypothesis ran fewer examples (e.g. replaying a stored failure).
-    while fuzz.frames < 10_000:
-        fuzz.next_client().send_runs([[(False, True, b'{"type":"teleport"}')]] * 200)
+    sent = fuzz.frames  # hypothesis-made frames only: nothing else has been sent through the fuzz clients yet
+    decoded = frames_decoded(fuzz.stack) - fuzz.frames_in_before
+    print(f"live fuzz: {sent} hypothesis frames sent over {len(fuzz.clients)} connections; "
+          f"the server decoded {decoded} data frames (theirs, the sentinel pings, the calm client's)")
+    assert sent >= 10_000, f"only {sent} hypothesis frames reached the server"
+    assert decoded >= sent, "the server decoded fewer frames than were sent: some were lost"
     assert fuzz.stack.http_get("/healthz")[0] == 200
     assert fuzz.calm.failures == [], fuzz.calm.failures[:3]
     assert fuzz.calm.pongs >= 5, "the well-behaved client got no pongs"
     for c in fuzz.clients:  # each fuzzed connection still works
         c.send_runs([[(False, True, b'{"type":"ping","id":"last"}')]])
     errors = [m for c in fuzz.clients for m in c.replies if m["type"] == "error"]
-    assert {m["code"] for m in errors} >= {"bad_frame", "bad_message", "unknown_type"}
+    assert {m["code"] for m in errors} >= {"bad_frame", "bad_message", "unknown_type", "forbidden"}
+    admin = fuzz.clients[-1]
+    assert admin.role is Role.ADMIN and admin.frames > 0
+    assert any(m["type"] == "error" and m["code"] == "forbidden" for m in admin.replies)
     assert fuzz.stack.proc.poll() is None

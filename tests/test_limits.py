@@ -77,3 +77,12 @@ def test_draining_can_stop_early_and_keeps_the_rest() -> None:
     assert [next(it)["seq"] for _ in range(2)] == [0, 1]
     it.close()
     assert [m["seq"] for m in box.drain()] == [2, 3, 4]
+
+
+def test_each_frame_of_a_fragmented_message_costs_a_token() -> None:
+    lim = RateLimiter(0.0, messages=Rate(per_s=1.0, burst=300.0), abuse_after=3)
+    assert lim.check(0.0, False, frames=256) is ADMIT
+    assert lim.check(0.0, False, frames=44) is ADMIT
+    assert lim.check(0.0, False, frames=1) is LIMITED  # 300 tokens spent on two messages
+    assert lim.check(0.0, False, frames=256) is LIMITED
+    assert lim.check(0.0, False, frames=256) is ABUSE

@@ -19,10 +19,10 @@ import pytest
 from conftest import Stack, start_stack
 from picows import WSCloseCode, WSMsgType
 from picowsclient import PicowsClient
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wsclient import AppClient
 
-from sidecar.protocol import MAX_MESSAGE_BYTES
+from sidecar.protocol import MAX_FRAGMENTS, MAX_MESSAGE_BYTES
 
 PICKUP = {"lat": 38.5598, "lon": 68.7870}
 DROPOFF = {"lat": 38.5750, "lon": 68.7950}
@@ -139,6 +139,12 @@ async def test_the_negotiated_format_decides_the_server_frames_the_client_may_se
     await q.close()
 
 
+async def test_an_unknown_format_is_refused_with_400_not_served_as_json(shared_stack: Stack) -> None:
+    with pytest.raises(InvalidStatus) as e:
+        await AppClient.open(f"{shared_stack.url}/ws/driver/d1?format=msgpak")
+    assert e.value.response.status_code == 400 and b"format" in e.value.response.body
+
+
 ERROR_CASES: list[tuple[str, Any, str, str]] = [
     # (role, what is sent: a map, or raw bytes/str for a frame, code, a word the message names)
     ("driver", "not json {", "bad_frame", "JSON"),
@@ -158,6 +164,7 @@ ERROR_CASES: list[tuple[str, Any, str, str]] = [
     ("passenger", {"type": "driver_location", "lat": 38.5, "lon": 68.7}, "forbidden", "passenger"),
     ("driver", {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF}, "forbidden", "driver"),
     ("driver", {"type": "driver_location", "lat": 38.5, "lon": 68.7, "driver_id": "d2"}, "forbidden", "driver_id"),
+    ("driver", {"type": "driver_location", "lat": 38.5, "lon": 68.7, "driver_id": 7}, "bad_message", "driver_id"),
     ("admin", {"type": "order_cancel", "order_id": 1}, "forbidden", "admin"),
     ("driver", {"type": "trip_start", "order_id": 999_999}, "not_found", "order_id"),
 ]
@@ -172,24 +179,30 @@ def shared_stack(engine_bin: Path) -> Iterator[Stack]:
 
 @pytest.mark.parametrize(("role", "sent", "code", "word"), ERROR_CASES, ids=[f"{c[2]}-{i}" for i, c in
                                                                           enumerate(ERROR_CASES)])
-@pytest.mark.parametrize("lib", ["websockets", "picows"])
+@pytest.mark.parametrize(("lib", "fmt", "how"), CLIENTS, ids=[f"{a}-{b}-{c}" for a, b, c in CLIENTS])
 async def test_a_bad_message_gets_its_error_code_and_the_connection_stays(
-        shared_stack: Stack, lib: str, role: str, sent: Any, code: str, word: str) -> None:
-    path = "/ws/admin" if role == "admin" else f"/ws/{role}/{role[0]}-{lib}"
-    c = await connect(shared_stack, lib, "json", None, path)
+        shared_stack: Stack, lib: str, fmt: str, how: str | None, role: str, sent: Any, code: str,
+        word: str) -> None:
+    path = "/ws/admin" if role == "admin" else f"/ws/{role}/{role[0]}-{lib}-{fmt}"
+    c = await connect(shared_stack, lib, fmt, how, path)
     await c.expect("welcome")
-    if isinstance(sent, dict):
+    if isinstance(sent, dict):  # a map goes out in the connection's format (msgpack: a binary frame)
         await send(c, {**sent, "id": "e"} if "id" not in sent else sent)
     elif isinstance(c, AppClient):
         await c.ws.send(sent)
     else:
         c.send_frame(WSMsgType.BINARY if isinstance(sent, bytes) else WSMsgType.TEXT,
                      sent if isinstance(sent, bytes) else sent.encode())
-    err = await c.expect("error")
+    err = await c.expect("error")  # recv() decodes it in the negotiated format
     assert err["code"] == code, err
     assert word in err["message"], err
-    if isinstance(sent, dict) and code != "bad_message":
-        assert err["id"] == "e"
+    if isinstance(sent, dict):
+        if "id" not in sent:  # a valid id was sent: the error names it, whatever the code
+            assert err["id"] == "e", err
+        else:  # the id itself was the fault
+            assert "id" not in err, err
+    else:
+        assert "id" not in err, err
     assert (await request(c, {"type": "ping", "id": "alive"}, answer="pong"))["id"] == "alive"
     await c.close()
 
@@ -263,9 +276,91 @@ async def test_fragments_reassemble_under_the_cap_and_close_1009_past_it(stack: 
     c.send_frame(WSMsgType.TEXT, b'{"type":"ping","pad":"', fin=False)
     for _ in range(MAX_MESSAGE_BYTES // len(chunk) + 1):
         c.send_frame(WSMsgType.CONTINUATION, chunk, fin=False)
+    err = await c.expect("error", code="too_large")
+    assert f"exceeds the limit of {MAX_MESSAGE_BYTES} bytes" in err["message"]
     assert await c.wait_closed() == 1009
     _status, metrics = stack.http_get("/metrics")
     assert 'dgdo_closed_total{reason="too_large"} 1' in metrics.decode()
+
+
+@pytest.mark.parametrize(("lib", "fmt", "how"), CLIENTS, ids=[f"{a}-{b}-{c}" for a, b, c in CLIENTS])
+@pytest.mark.parametrize("fragmented", [False, True], ids=["one-frame", "fragmented"])
+async def test_an_oversize_message_gets_too_large_then_close_1009(
+        shared_stack: Stack, lib: str, fmt: str, how: str | None, fragmented: bool) -> None:
+    c = await connect(shared_stack, lib, fmt, how, f"/ws/driver/big-{lib}-{fmt}-{fragmented}")
+    await c.expect("welcome")
+    size = 100_000  # over the 64 KiB message cap, under picows' 1 MiB frame guard
+    body = b"\x81\xa4type\xa4ping" if fmt == "msgpack" else b'{"type":"ping","pad":"'
+    body = body.ljust(size, b" ")
+    kind = WSMsgType.BINARY if fmt == "msgpack" else WSMsgType.TEXT
+    if isinstance(c, AppClient):
+        data: Any = body if fmt == "msgpack" else body.decode()
+        # websockets fragments a message given as an iterable of chunks
+        await c.ws.send([data[i:i + 8192] for i in range(0, size, 8192)] if fragmented else data)
+    elif fragmented:
+        for i in range(0, size, 8192):
+            c.send_frame(kind if i == 0 else WSMsgType.CONTINUATION, body[i:i + 8192], fin=i + 8192 >= size)
+    else:
+        c.send_frame(kind, body)
+    err = await c.expect("error")
+    assert err["code"] == "too_large" and "id" not in err, err
+    if fragmented:  # refused as soon as the fragments so far pass the cap, before the end arrives
+        assert err["message"].startswith("message of 73728 bytes so far (in 9 fragments) exceeds the limit of "
+                                         f"{MAX_MESSAGE_BYTES} bytes"), err
+    else:
+        assert err["message"] == f"message of {size} bytes exceeds the limit of {MAX_MESSAGE_BYTES} bytes", err
+    if isinstance(c, AppClient):
+        with pytest.raises(ConnectionClosed) as e:
+            await c.recv()
+        assert e.value.rcvd is not None and e.value.rcvd.code == 1009
+    else:
+        assert await c.wait_closed() == 1009
+
+
+async def test_a_flood_of_empty_continuations_is_cut_off_and_nobody_else_notices(engine_bin: Path) -> None:
+    s = start_stack("--messages-per-s", "50")  # burst 2000 as in production; a slow refill for (b)
+    try:
+        bystander = await AppClient.open(f"{s.url}/ws/passenger/calm", subprotocol="dgdo.v1.msgpack")
+        await bystander.expect("welcome")
+        ping = json.dumps({"type": "ping", "id": "f"}).encode()
+
+        # (a) One message that never ends: 100k empty fragments. Refused at the fragment cap.
+        a = await PicowsClient.open(f"{s.url}/ws/driver/flood-a")
+        await a.expect("welcome")
+        a.send_frame(WSMsgType.TEXT, ping, fin=False)
+        for _ in range(100_000):
+            a.send_frame(WSMsgType.CONTINUATION, b"", fin=False)
+        err = await a.expect("error", code="too_large")
+        assert f"{MAX_FRAGMENTS} fragments" in err["message"], err
+        assert await a.wait_closed() == 1009
+        assert (await request(bystander, {"type": "ping", "id": "a"}, answer="pong"))["id"] == "a"
+
+        # (b) Messages just under the fragment cap, back to back: each frame costs a rate token, so
+        # 100k frames are ~400 messages' worth of 250 tokens against a bucket of 2000: limited, then 1008.
+        b = await PicowsClient.open(f"{s.url}/ws/driver/flood-b")
+        await b.expect("welcome")
+        frames = 0
+        while frames < 100_000:
+            b.send_frame(WSMsgType.TEXT, ping, fin=False)
+            for _ in range(MAX_FRAGMENTS - 7):
+                b.send_frame(WSMsgType.CONTINUATION, b"", fin=False)
+            b.send_frame(WSMsgType.CONTINUATION, b"", fin=True)
+            frames += MAX_FRAGMENTS - 5
+        assert await b.wait_closed(timeout=30) == 1008
+        pongs = [m for m in b.seen if m["type"] == "pong"]
+        while not b.listener.frames.empty():
+            m = await b.recv()
+            if m["type"] == "pong":
+                pongs.append(m)
+        assert len(pongs) <= 2000 // (MAX_FRAGMENTS - 5) + 2  # the burst, not 400 messages
+        assert any(m.get("code") == "rate_limited" for m in b.seen)
+
+        assert (await request(bystander, {"type": "ping", "id": "b"}, answer="pong"))["id"] == "b"
+        status, _ = s.http_get("/healthz")
+        assert status == 200
+        await bystander.close()
+    finally:
+        assert s.stop() == 0
 
 
 async def test_a_position_flood_gets_rate_limited_then_closed_1008(stack: Stack) -> None:
@@ -375,3 +470,34 @@ async def test_without_resume_the_app_gets_a_snapshot_of_its_live_orders(stack: 
     assert (trip["status"], trip["passenger_id"]) == ("accepted", "p1")
     await p2.close()
     await d2.close()
+
+
+async def test_a_last_seq_ahead_of_the_server_is_not_resumable_and_gets_a_snapshot(stack: Stack) -> None:
+    # What an app sees after the sidecar restarted: it remembers a seq the new mailbox never handed out.
+    d = await AppClient.open(f"{stack.url}/ws/driver/d1")
+    await online_driver(d)
+    p = await PicowsClient.open(f"{stack.url}/ws/passenger/p1")
+    first = await p.expect("welcome")
+    order = (await request(p, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF, "id": "r"}))["order_id"]
+    await d.expect("new_order", order_id=order)
+    await request(d, {"type": "order_accept", "order_id": order, "id": "a"})
+    accepted = await p.expect("order_update", status="accepted")
+    await p.close()
+
+    ahead = accepted["seq"] + 1_000_000
+    back = await AppClient.open(f"{stack.url}/ws/passenger/p1?last_seq={ahead}")
+    welcome = await back.expect("welcome")
+    assert welcome["resumed"] is False and welcome["seq"] == accepted["seq"]
+    snap = await back.expect("order_update", order_id=order)
+    assert (snap["status"], snap["driver_id"], snap["seq"]) == ("accepted", "d1", accepted["seq"] + 1)
+    await back.close()
+
+    # Up to date: resumed with nothing to replay; the numbering carries on from where it was.
+    again = await PicowsClient.open(f"{stack.url}/ws/passenger/p1?last_seq={snap['seq']}")
+    welcome = await again.expect("welcome")
+    assert welcome["resumed"] is True and welcome["seq"] == snap["seq"]
+    assert (await request(again, {"type": "ping", "id": "x"}, answer="pong"))["id"] == "x"
+    assert not [m for m in again.seen if "seq" in m and m["type"] != "welcome"]  # nothing replayed
+    assert first["seq"] > 10**15  # numbering starts at the clock (µs), so a restart cannot go backwards
+    await again.close()
+    await d.close()

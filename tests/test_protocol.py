@@ -97,6 +97,31 @@ def test_fragments_count_against_the_size_cap() -> None:
         d.feed(None, False, b"x" * 60)
 
 
+def test_a_single_frame_over_the_cap_says_its_size_and_the_limit() -> None:
+    d = Decoder(E.DRIVER, "d1")
+    with pytest.raises(MessageTooBig, match=r"^message of 70000 bytes exceeds the limit of 65536 bytes$"):
+        d.feed(True, True, b"\x00" * 70_000)
+    assert d.last_frames == 1
+
+
+def test_empty_continuations_cannot_grow_a_message_past_the_fragment_cap() -> None:
+    d = Decoder(E.DRIVER, "d1", max_fragments=8)
+    raw = json.dumps({"type": "ping", "id": "f"}).encode()
+    assert d.feed(False, False, raw) is None
+    for _ in range(6):
+        assert d.feed(None, False, b"") is None
+    assert d.feed(None, True, b"").request_id == "f"  # exactly 8 frames: fine
+    assert d.last_frames == 8
+    assert d.feed(False, False, raw) is None
+    for _ in range(6):
+        d.feed(None, False, b"")
+    with pytest.raises(MessageTooBig, match="8 fragments"):
+        d.feed(None, False, b"")  # the 8th frame without FIN: a 9th would be needed
+    assert d.last_frames == 8 and d.frames == 16
+    with pytest.raises(E.BadFrame):  # the refused message is forgotten whole
+        d.feed(None, True, b"")
+
+
 def test_continuation_without_a_start_is_a_bad_frame() -> None:
     with pytest.raises(E.BadFrame):
         Decoder(E.DRIVER, "d1").feed(None, True, b"{}")
@@ -106,3 +131,52 @@ def test_encode_matches_the_format() -> None:
     m = {"type": "pong", "ts": 1}
     assert encode(m, JSON) == b'{"type":"pong","ts":1}'
     assert msgpack.unpackb(encode(m, MSGPACK)) == m
+
+
+# ---- resume numbering (connections.Mailbox) ------------------------------------------------------
+
+
+def test_a_mailbox_replays_what_is_held_and_refuses_numbers_it_never_handed_out() -> None:
+    from sidecar.connections import REPLAY_DEPTH, Mailbox
+
+    box = Mailbox(base=100)
+    assert box.since(100) == []  # up to date: resumed, nothing missed
+    for _ in range(3):
+        box.stamp({"type": "order_update"})
+    assert [m["seq"] for m in box.since(101) or []] == [102, 103]
+    assert box.since(103) == []
+    assert box.since(104) is None  # ahead: from an earlier sidecar or a forgotten mailbox -> snapshot
+    assert box.since(10**15) is None
+    assert box.since(50) is None  # before this mailbox's first number: not held
+    for _ in range(REPLAY_DEPTH):
+        box.stamp({"type": "order_update"})
+    assert box.since(101) is None  # fell out of the replay window
+
+
+def test_a_new_mailbox_numbers_above_what_an_earlier_one_reached() -> None:
+    from sidecar.connections import Mailbox
+
+    old = Mailbox()
+    for _ in range(1000):
+        old.stamp({"type": "order_update"})
+    new = Mailbox()  # the sidecar restarted, or the mailbox was forgotten and made again
+    assert new.seq > old.seq
+    assert new.since(old.seq) is None and new.since(5) is None
+    assert new.seq < 2**53  # exact in JavaScript numbers
+
+
+# ---- format choice (router.choose_format) ---------------------------------------------------------
+
+
+def test_the_format_query_takes_json_or_msgpack_and_refuses_anything_else() -> None:
+    from sidecar.router import RouteError, choose_format
+
+    assert choose_format(None, {"format": "msgpack"}) == (MSGPACK, None)
+    assert choose_format(None, {"format": "json"}) == (JSON, None)
+    assert choose_format("dgdo.v1.msgpack", {}) == (MSGPACK, "dgdo.v1.msgpack")
+    for bad in ("bogus", "MSGPACK", ""):
+        with pytest.raises(RouteError) as e:
+            choose_format(None, {"format": bad})
+        assert e.value.status == 400 and "format" in e.value.message
+    with pytest.raises(RouteError):
+        choose_format("dgdo.v1.json", {"format": "xml"})
