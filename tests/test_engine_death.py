@@ -345,3 +345,22 @@ async def test_kill_mid_batch_loses_no_command_queued_behind_it(split: Split) ->
     assert caught, "the engine was never stopped inside a batch: the test did not exercise the kill mid-batch"
     for p in passengers:
         await p.close()
+
+
+def test_a_second_engine_on_a_live_ones_control_path_is_refused(split: Split) -> None:
+    assert split.engine is not None
+    second = subprocess.run(
+        [split.engine_bin, "--control", split.control, "--instance", split.instance],
+        capture_output=True, timeout=10,
+    )
+    assert second.returncode != 0
+    assert b"another engine is live" in second.stderr, second.stderr
+    assert split.healthz() == 200  # the first one still serves: its socket and segments are untouched
+    # The same instance on another control path: the live engine's segments refuse it too.
+    other = subprocess.run(
+        [split.engine_bin, "--control", split.control + ".2", "--instance", split.instance],
+        capture_output=True, timeout=10,
+    )
+    assert other.returncode != 0
+    assert b"segments of a live engine" in other.stderr, other.stderr
+    assert split.healthz() == 200

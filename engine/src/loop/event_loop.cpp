@@ -1,6 +1,8 @@
 #include "loop/event_loop.hpp"
 
+#include <dirent.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -85,6 +87,9 @@ int EventLoop::init() {
     period.it_interval.tv_nsec = static_cast<long>((opt_.tick_ms % 1000) * 1000000);
     period.it_value = period.it_interval;
     if (timerfd_settime(timer_fd_, 0, &period, nullptr) != 0) return -errno;
+    // A live engine on our control path is the clearer refusal: ask it before looking at segments.
+    if (const int rc = probe_control(opt_.control); rc != 0) return rc;
+    if (const int rc = check_leftovers(); rc != 0) return rc;
     listen_fd_ = listen_control(opt_.control);
     if (listen_fd_ < 0) {
         const int err = listen_fd_;
@@ -96,6 +101,34 @@ int EventLoop::init() {
     add_fd(epoll_fd_, signal_fd_, key(kSignal));
     match_ns_.reserve(kMatchWindow);
     return 0;
+}
+
+// Segments of this instance left in /dev/shm: a live engine's (another engine runs with our
+// --instance, maybe on another control path) refuses the start; a dead run's are removed now.
+int EventLoop::check_leftovers() {
+    DIR* dir = opendir("/dev/shm");
+    if (!dir) return 0;  // no /dev/shm to scan: create() still checks each name
+    const std::string prefix = "dgdo." + opt_.instance + ".w";
+    const uint64_t now = clock_ns(CLOCK_MONOTONIC);
+    int rc = 0;
+    while (const dirent* e = readdir(dir)) {
+        const std::string name = e->d_name;
+        if (name.rfind(prefix, 0) != 0) continue;
+        const bool in = name.ends_with(".in"), out = name.ends_with(".out");
+        if (!in && !out) continue;
+        const SegmentOwner o = inspect_segment("/" + name, out, now);
+        if (o.live) {
+            std::fprintf(stderr, "dgdo-engine: ! segment /%s belongs to a live engine %s\n", name.c_str(),
+                         describe_owner(o).c_str());
+            rc = -EBUSY;
+        } else if (o.exists) {
+            std::fprintf(stderr, "dgdo-engine: = stale segment /%s %s, removing\n", name.c_str(),
+                         describe_owner(o).c_str());
+            shm_unlink(("/" + name).c_str());
+        }
+    }
+    closedir(dir);
+    return rc;
 }
 
 int EventLoop::run() {
@@ -209,8 +242,8 @@ void EventLoop::attach(int fd, uint16_t worker_id) {
     const std::string base = "/dgdo." + opt_.instance + ".w" + std::to_string(worker_id);
     std::snprintf(reply.in_name, sizeof reply.in_name, "%s.in", base.c_str());
     std::snprintf(reply.out_name, sizeof reply.out_name, "%s.out", base.c_str());
-    int status = w->in.create(reply.in_name, opt_.ring_capacity, epoch_);
-    if (status == 0) status = w->out.create(reply.out_name, opt_.ring_capacity, epoch_);
+    int status = w->in.create(reply.in_name, opt_.ring_capacity, epoch_, /*engine_produces=*/false);
+    if (status == 0) status = w->out.create(reply.out_name, opt_.ring_capacity, epoch_, /*engine_produces=*/true);
     if (status == 0) {
         w->engine_bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         w->worker_bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -224,6 +257,11 @@ void EventLoop::attach(int fd, uint16_t worker_id) {
     }
     dgdo_ring_consumer_init(&w->cons, w->in.base(), static_cast<int32_t>(getpid()));
     dgdo_ring_producer_init(&w->prod, w->out.base(), static_cast<int32_t>(getpid()));
+    // Beat at once, not at the next tick: a segment that names a live pid but has never beaten
+    // would read as stale to another engine's check.
+    const uint64_t now = clock_ns(CLOCK_MONOTONIC);
+    dgdo_ring_consumer_heartbeat(&w->cons, now);
+    dgdo_ring_producer_heartbeat(&w->prod, now);
     const int fds[2] = {w->engine_bell, w->worker_bell};
     if (int rc = send_attach(fd, reply, fds, 2); rc != 0) {
         std::fprintf(stderr, "dgdo-engine: ! attach reply to worker %u failed: %s\n", worker_id, std::strerror(-rc));

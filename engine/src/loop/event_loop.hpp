@@ -45,6 +45,7 @@ private:
         ~Worker();
     };
 
+    int check_leftovers();
     void handle(const epoll_event& ev);
     void accept_all();
     void on_hello(uint64_t serial);
