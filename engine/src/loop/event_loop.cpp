@@ -30,6 +30,9 @@ constexpr uint64_t serial_of(uint64_t key) { return key & ((1ull << 56) - 1); }
 
 constexpr uint32_t kBatch = 256;     // records per ring per drain: bounds the time one worker holds the loop
 constexpr size_t kMatchWindow = 1024;
+// Order records one worker may have waiting behind its full out ring before it counts as wedged
+// (deliver()): ~250k records, minutes of a busy city's traffic for one stalled sidecar.
+constexpr size_t kMaxPendingBytes = 64u << 20;
 
 uint64_t clock_ns(clockid_t id) {
     timespec ts{};
@@ -343,6 +346,7 @@ size_t EventLoop::drain_all() {
         n += drain(*w);
     }
     ring_doorbells();
+    detach_wedged();
     return n;
 }
 
@@ -373,7 +377,18 @@ void EventLoop::publish() {
     out_.clear();
 }
 
+// Full "out" ring. The core cannot wait (one loop serves every worker), so what the ring does
+// not take waits in w.pending, in order, and goes first at the next turn:
+// * driver positions are latest-wins: a newer one for the same recipient, driver and order
+//   replaces the queued one in place (a hash map finds it), so positions take at most one slot
+//   per such key however long the sidecar stalls;
+// * everything else (order updates, offers, results...) is never dropped while the worker is
+//   attached. Its queue is bounded by kMaxPendingBytes: a worker that lets that much pile up is
+//   wedged, and it is detached (logged, its control socket closed). That is loud, not silent:
+//   its sidecar sees EOF, re-attaches and re-announces its sessions, and its apps resync from
+//   snapshots (`resumed = false`), as after any engine restart.
 void EventLoop::deliver(Worker& w, const OutRecord& rec) {
+    if (w.wedged) return;  // detached at the end of this turn; detach() reports what it drops
     if (w.pending.empty()) {
         const int rc = dgdo_ring_write(&w.prod, rec.type, rec.body.data(), static_cast<uint32_t>(rec.body.size()));
         if (rc == DGDO_RING_OK) {
@@ -385,29 +400,61 @@ void EventLoop::deliver(Worker& w, const OutRecord& rec) {
             return;
         }
     }
-    // Behind a full ring: keep order. A newer position of the same order replaces a queued one.
-    if (rec.type == DGDO_OUT_DRIVER_POSITION && !w.pending.empty()) {
-        const size_t order_at = offsetof(dgdo_out_driver_position, order_id);
-        for (auto it = w.pending.rbegin(); it != w.pending.rend(); ++it) {
-            if (it->type == DGDO_OUT_DRIVER_POSITION &&
-                std::memcmp(it->body.data() + order_at, rec.body.data() + order_at, sizeof(uint64_t)) == 0 &&
-                std::memcmp(it->body.data() + 24, rec.body.data() + 24, sizeof(dgdo_id)) == 0) {
-                it->body = rec.body;
-                return;
-            }
+    if (rec.type == DGDO_OUT_DRIVER_POSITION && rec.body.size() == sizeof(dgdo_out_driver_position)) {
+        dgdo_out_driver_position pos;
+        std::memcpy(&pos, rec.body.data(), sizeof pos);
+        // Recipient (connection, role, id), driver, order: the fields that make two positions the same stream.
+        std::string k(reinterpret_cast<const char*>(&pos.meta.to_conn), sizeof pos.meta.to_conn);
+        k.push_back(static_cast<char>(pos.meta.to_role));
+        k.append(reinterpret_cast<const char*>(&pos.meta.to_id), sizeof pos.meta.to_id);
+        k.append(reinterpret_cast<const char*>(&pos.driver_id), sizeof pos.driver_id);
+        k.append(reinterpret_cast<const char*>(&pos.order_id), sizeof pos.order_id);
+        auto [it, fresh] = w.position_at.try_emplace(k, w.pending_base + w.pending.size());
+        if (!fresh) {
+            w.pending[it->second - w.pending_base].rec.body = rec.body;  // same size: pending_bytes unchanged
+            ++w.coalesced;
+            return;
         }
+        w.pending_bytes += rec.body.size();
+        w.pending.push_back({rec, std::move(k)});
+        return;
     }
-    w.pending.push_back(rec);
+    if (w.pending_bytes + rec.body.size() > kMaxPendingBytes) {
+        std::fprintf(stderr,
+                     "dgdo-engine: ! worker %u wedged: its out ring stayed full with %zu records (%zu bytes) waiting; "
+                     "detaching it\n",
+                     w.id, w.pending.size(), w.pending_bytes);
+        w.wedged = true;
+        return;
+    }
+    w.pending_bytes += rec.body.size();
+    w.pending.push_back({rec, {}});
 }
 
 void EventLoop::flush_pending(Worker& w) {
     while (!w.pending.empty()) {
-        const OutRecord& rec = w.pending.front();
+        const Worker::Queued& q = w.pending.front();
+        const OutRecord& rec = q.rec;
         const int rc = dgdo_ring_write(&w.prod, rec.type, rec.body.data(), static_cast<uint32_t>(rec.body.size()));
         if (rc == DGDO_RING_FULL) break;
         if (rc == DGDO_RING_OK) w.wrote = true;
+        if (!q.position_key.empty()) w.position_at.erase(q.position_key);  // newer ones now queue afresh
+        w.pending_bytes -= rec.body.size();
         w.pending.pop_front();
+        ++w.pending_base;
     }
+    if (w.pending.empty() && w.coalesced) {
+        std::fprintf(stderr, "dgdo-engine: = worker %u caught up; %llu positions coalesced while its ring was full\n",
+                     w.id, static_cast<unsigned long long>(w.coalesced));
+        w.coalesced = 0;
+    }
+}
+
+void EventLoop::detach_wedged() {
+    std::vector<uint16_t> wedged;
+    for (auto& [id, w] : workers_)
+        if (w->wedged) wedged.push_back(id);
+    for (const uint16_t id : wedged) detach(id, "wedged: out ring full too long");
 }
 
 // Once per batch, and only for a consumer that said it sleeps.
