@@ -177,6 +177,15 @@ class EngineLink:
     def _detach(self) -> None:
         if not self.attached:
             return
+        # What the engine committed before it died still counts: an answer to a command it took may
+        # sit in the out ring with no doorbell rung (killed between its write and its wake-up). Deliver
+        # it now, before the commands still in flight are failed as engine_unavailable.
+        c = self.consumer
+        while c is not None and self.attached:
+            n = c.drain()
+            if not n:
+                break
+            self.on_records(c, n)
         self.attached = False
         self._up.clear()
         loop = self._loop

@@ -5,14 +5,18 @@ Counts scale with DGDO_STRESS (default 1 = CI-sized, a few seconds; 20 = million
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import subprocess
 from pathlib import Path
 
+import uvloop
+from fakeengine import FakeEngine
 from ringcheck import body, check
 
 from sidecar import ring
+from sidecar.engine_link import EngineLink
 
 SCALE = int(os.environ.get("DGDO_STRESS", "1"))
 CAPACITY = 64 * 1024
@@ -90,24 +94,73 @@ def test_cpp_to_python_drains_in_batches_without_loss(ringpeer_bin: Path, shm_na
     os.close(bell)
 
 
+# Lost wake-up tests: after every burst (and its doorbell) the producer waits up to this long for
+# the consumer to release all of it before its idle gap, and fails (exit 4) if it does not. A
+# wake-up lost while the consumer parks is then a failure, not a delay the next burst hides.
+DRAIN_DEADLINE_MS = "2000"
+WAKE_BURSTS = 55_000 * SCALE  # >= 50k park/unpark cycles in CI, within about a minute
+
+
 def test_no_lost_wakeup_when_the_consumer_parks_between_every_burst(ringpeer_bin: Path, shm_name: str) -> None:
-    count = 60_000 * SCALE
+    count = WAKE_BURSTS * 3
     seg = ring.Segment(shm_name, create_capacity=4096)
     bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     consumer = _peer(ringpeer_bin, "consume", "--shm", shm_name, "--count", str(count),
                      "--max-payload", "64", "--timeout-s", "10", bell=bell)
     producer = _peer(ringpeer_bin, "produce", "--shm", shm_name, "--count", str(count),
-                     "--max-payload", "64", "--burst", "3", "--gap-us", "20", bell=bell)
+                     "--max-payload", "64", "--burst", "3", "--gap-us", "10",
+                     "--await-drain-ms", DRAIN_DEADLINE_MS, bell=bell)
     _p_out, p_err = producer.communicate(timeout=300)
+    if producer.returncode != 0:
+        consumer.kill()
     c_out, c_err = consumer.communicate(timeout=300)
-    assert producer.returncode == 0, p_err.decode()
+    assert producer.returncode == 0, f"producer failed (4 = a burst never drained): {p_err.decode()}"
     assert consumer.returncode == 0, f"consumer stalled or failed (3 = stall): {c_err.decode()}"
     words = c_out.decode().split()
     assert words[:2] == ["consumed", str(count)]
     wakeups = int(words[words.index("wakeups") + 1])
-    assert wakeups > count // 30, f"only {wakeups} wake-ups: the gaps should park the consumer often"
+    assert wakeups >= WAKE_BURSTS * 9 // 10, f"only {wakeups} wake-ups for {WAKE_BURSTS} bursts"
     seg.close()
     os.close(bell)
+
+
+def test_no_lost_wakeup_through_the_sidecars_doorbell_path(ringpeer_bin: Path) -> None:
+    """The production consumer: EngineLink's doorbell reader and park under uvloop, fed by a C++ producer."""
+    count = WAKE_BURSTS * 4
+    engine = FakeEngine(capacity=4096)
+    result: dict[str, object] = {}
+
+    async def main() -> None:
+        seen = [0]
+        errors: list[str] = []
+
+        def on_records(c: ring.Consumer, n: int) -> None:
+            for rec in c.records(n):
+                try:
+                    check(seen[0], rec.type, rec.body, 64)
+                except AssertionError as e:  # raised in a reader callback it would only be logged
+                    errors.append(str(e))
+                seen[0] += 1
+
+        link = EngineLink(engine.path, 1, on_records, reply_spin_us=0)
+        await link.attach(timeout=5)
+        peer = _peer(ringpeer_bin, "produce", "--shm", engine.out_name, "--count", str(count),
+                     "--max-payload", "64", "--burst", "4", "--gap-us", "10",
+                     "--await-drain-ms", DRAIN_DEADLINE_MS, bell=engine.worker_bell)
+        while peer.poll() is None:
+            await asyncio.sleep(0.02)
+        _out, err = peer.communicate()
+        link.close()
+        result.update(rc=peer.returncode, err=err.decode(), seen=seen[0], errors=errors, wakeups=link.wakeups)
+
+    try:
+        uvloop.run(main())
+    finally:
+        engine.close()
+    assert result["rc"] == 0, f"producer failed (4 = a burst never drained: lost wake-up): {result['err']}"
+    assert not result["errors"], result["errors"][:3]
+    assert result["seen"] == count
+    assert result["wakeups"] >= WAKE_BURSTS * 9 // 10, f"only {result['wakeups']} wake-ups for {WAKE_BURSTS} bursts"
 
 
 def test_largest_allowed_record_crosses_processes_intact(ringpeer_bin: Path, shm_name: str) -> None:

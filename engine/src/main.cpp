@@ -1,6 +1,7 @@
 // dgdo-engine: parse the CLI, run the loop, clean up shm and the socket on exit.
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -19,7 +20,18 @@ int main(int argc, char** argv) {
 
     dgdo::EventLoop loop(*opt, epoch);
     if (const int rc = loop.init(); rc != 0) {
-        std::fprintf(stderr, "dgdo-engine: ! cannot start on %s: %s\n", opt->control.c_str(), std::strerror(-rc));
+        if (rc == -EADDRINUSE)
+            std::fprintf(stderr,
+                         "dgdo-engine: ! another engine is live on %s (it accepts connections); refusing to start. "
+                         "Stop it first, or give this one its own --control and --instance.\n",
+                         opt->control.c_str());
+        else if (rc == -EBUSY)
+            std::fprintf(stderr,
+                         "dgdo-engine: ! instance \"%s\" has ring segments of a live engine; refusing to start. "
+                         "Stop it first, or give this one its own --instance.\n",
+                         opt->instance.c_str());
+        else
+            std::fprintf(stderr, "dgdo-engine: ! cannot start on %s: %s\n", opt->control.c_str(), std::strerror(-rc));
         return 1;
     }
     std::printf("dgdo-engine ready control=%s pid=%d epoch=%llu\n", opt->control.c_str(), static_cast<int>(getpid()),

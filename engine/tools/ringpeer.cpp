@@ -1,12 +1,16 @@
 // dgdo-ringpeer: one side of a cross-process ring check, driven by tests.
 //
 //   produce --shm NAME --count N --max-payload B --wake-fd FD [--burst K --gap-us G]
+//           [--await-drain-ms D]
 //   consume --shm NAME --count N --max-payload B --wake-fd FD [--timeout-s T]
 //
 // The test creates and formats the segment and the eventfd. Record `seq` is
 // type 7 with body {u64 seq, payload[(seq * 7919) % (B + 1)]}, payload byte i
 // = (seq + i) & 0xff. consume exits 0 when all N match, 1 on a mismatch,
-// 3 when nothing arrives for T seconds.
+// 3 when nothing arrives for T seconds. With --await-drain-ms, produce waits
+// after each burst (and its doorbell) until the consumer has released all of
+// it, and exits 4 when that takes longer than D ms: a lost wake-up then fails
+// at once instead of being rescued by the next burst's doorbell.
 #include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
@@ -32,14 +36,14 @@ constexpr int32_t kType = 7;
 
 struct Args {
     std::string mode, shm;
-    uint64_t count = 0, max_payload = 0, burst = 0, gap_us = 0;
+    uint64_t count = 0, max_payload = 0, burst = 0, gap_us = 0, await_drain_ms = 0;
     int wake_fd = -1;
     double timeout_s = 60;
 };
 
 [[noreturn]] void usage(const char* msg) {
     std::fprintf(stderr, "dgdo-ringpeer: %s\nusage: dgdo-ringpeer produce|consume --shm NAME --count N "
-                         "--max-payload B --wake-fd FD [--burst K --gap-us G] [--timeout-s T]\n", msg);
+                         "--max-payload B --wake-fd FD [--burst K --gap-us G --await-drain-ms D] [--timeout-s T]\n", msg);
     std::exit(2);
 }
 
@@ -66,6 +70,7 @@ Args parse(int argc, char** argv) {
         else if (f == "--wake-fd") a.wake_fd = static_cast<int>(number(v));
         else if (f == "--burst") a.burst = number(v);
         else if (f == "--gap-us") a.gap_us = number(v);
+        else if (f == "--await-drain-ms") a.await_drain_ms = number(v);
         else if (f == "--timeout-s") a.timeout_s = std::strtod(v, nullptr);
         else usage(("unknown flag " + f).c_str());
     }
@@ -114,6 +119,20 @@ int produce(const Args& a) {
         const bool end_of_burst = a.burst == 0 || (seq + 1) % a.burst == 0 || seq + 1 == a.count;
         if (!end_of_burst) continue;
         if (dgdo_ring_producer_should_wake(&p)) ring_doorbell(a.wake_fd);
+        if (a.await_drain_ms) {
+            const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(a.await_drain_ms);
+            while (DGDO_LOAD(&p.hdr->head, acquire) != p.tail) {  // pairs with the consumer's head release
+                if (std::chrono::steady_clock::now() > deadline) {
+                    std::fprintf(stderr, "stall: burst ending at seq %llu not drained within %llu ms "
+                                 "(head %llu tail %llu parked %u): a lost wake-up\n",
+                                 (unsigned long long)seq, (unsigned long long)a.await_drain_ms,
+                                 (unsigned long long)DGDO_LOAD(&p.hdr->head, acquire), (unsigned long long)p.tail,
+                                 DGDO_LOAD(&p.hdr->parked, relaxed));
+                    return 4;
+                }
+                sched_yield();
+            }
+        }
         if (a.burst && a.gap_us) {
             const uint64_t sleep_us = a.gap_us + rng() % (a.gap_us + 1);
             std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));

@@ -47,6 +47,14 @@
  * consumer acquire-loads the length and stops at a length <= 0, so it never
  * needs the producer's tail. It zeroes what it consumed before it releases
  * head, so a slot the producer reuses always reads as "not yet committed".
+ * Head is released once per batch, so a consumer killed mid-batch leaves
+ * consumed-but-unreleased records behind head's successor. To let the
+ * producer tell them from committed ones after such a death, a record is
+ * retired in three steps (dgdo_ring_retire): length := -(aligned size),
+ * zero the rest, length := 0. At any instant a retired or retiring record
+ * therefore reads as "length < 0: skip -length bytes" or "length 0: skip 8",
+ * never as a committed record with a half-zeroed body (see the sidecar's
+ * dgdo_py_unconsumed).
  * When a record does not fit before the end, the producer first writes a
  * padding record (type DGDO_RING_PADDING) that fills the space to the end.
  *
@@ -79,6 +87,7 @@
 #define DGDO_STORE(p, v, mo) std::atomic_store_explicit((p), (v), std::memory_order_##mo)
 #define DGDO_XCHG(p, v, mo) std::atomic_exchange_explicit((p), (v), std::memory_order_##mo)
 #define DGDO_FENCE() std::atomic_thread_fence(std::memory_order_seq_cst)
+#define DGDO_COMPILER_FENCE() std::atomic_signal_fence(std::memory_order_seq_cst)
 #define DGDO_STATIC_ASSERT static_assert
 extern "C" {
 #else
@@ -88,6 +97,7 @@ extern "C" {
 #define DGDO_STORE(p, v, mo) atomic_store_explicit((p), (v), memory_order_##mo)
 #define DGDO_XCHG(p, v, mo) atomic_exchange_explicit((p), (v), memory_order_##mo)
 #define DGDO_FENCE() atomic_thread_fence(memory_order_seq_cst)
+#define DGDO_COMPILER_FENCE() atomic_signal_fence(memory_order_seq_cst)
 #define DGDO_STATIC_ASSERT _Static_assert
 #endif
 
@@ -316,6 +326,24 @@ static inline uint64_t dgdo_ring_depth(const dgdo_ring_header *h) {
 
 /* ---- consumer ----------------------------------------------------------- */
 
+/*
+ * Zeroes a consumed record (or padding) of `aligned` bytes at `index` so
+ * that the slot reads as uncommitted, in an order that stays unambiguous if
+ * this process is killed half-way: first the negated length (a "consumed,
+ * skip me" marker that still says how far to skip), then the type and body,
+ * then the length. The compiler fences keep that program order (a SIGKILL
+ * leaves exactly a program-order prefix of our stores); the head release
+ * that follows publishes the zeroes to the producer.
+ */
+static inline void dgdo_ring_retire(uint8_t *data, uint64_t index, uint32_t aligned) {
+    DGDO_ATOMIC(int32_t) *len = dgdo_record_length_at(data, index);
+    DGDO_STORE(len, -(int32_t)aligned, relaxed);
+    DGDO_COMPILER_FENCE();
+    memset(data + index + DGDO_RECORD_TYPE_OFFSET, 0, aligned - DGDO_RECORD_TYPE_OFFSET);
+    DGDO_COMPILER_FENCE();
+    DGDO_STORE(len, 0, relaxed);
+}
+
 typedef void (*dgdo_ring_handler)(void *ctx, int32_t type, const uint8_t *body, uint32_t body_len);
 
 /*
@@ -334,9 +362,9 @@ static inline uint32_t dgdo_ring_read(dgdo_ring_consumer *c, dgdo_ring_handler h
         if (type != DGDO_RING_PADDING) {
             handler(ctx, type, c->data + index + DGDO_RECORD_BODY_OFFSET, (uint32_t)length - DGDO_RECORD_HEADER);
             ++count;
-            memset(c->data + index, 0, aligned);
+            dgdo_ring_retire(c->data, index, aligned);
         } else {
-            memset(c->data + index, 0, DGDO_RECORD_HEADER); /* the rest was never written */
+            dgdo_ring_retire(c->data, index, DGDO_RECORD_HEADER); /* the rest was never written */
         }
         head += aligned;
     }
@@ -369,9 +397,9 @@ static inline size_t dgdo_ring_drain_copy(dgdo_ring_consumer *c, uint8_t *out, s
             if (aligned > (uint32_t)length) memset(out + used + length, 0, aligned - (uint32_t)length);
             used += aligned;
             ++count;
-            memset(c->data + index, 0, aligned);
+            dgdo_ring_retire(c->data, index, aligned);
         } else {
-            memset(c->data + index, 0, DGDO_RECORD_HEADER);
+            dgdo_ring_retire(c->data, index, DGDO_RECORD_HEADER);
         }
         head += aligned;
     }

@@ -98,16 +98,36 @@ static size_t dgdo_py_publish(dgdo_ring_producer *p, const uint8_t *buf, size_t 
  * our tail, padding skipped) into `out`, framed as dgdo_py_publish takes
  * them, so they can be published again to the next consumer. Returns the
  * bytes copied; stops early when `cap` is too small.
+ *
+ * The consumer releases head once per batch, so a consumer killed mid-batch
+ * leaves records it already took between head and the first one it did not:
+ * those read as retired (ring.h, dgdo_ring_retire): length < 0 while being
+ * zeroed (skip -length bytes) or length 0 once zeroed (skip the 8-byte
+ * header word; a zeroed record is zero throughout). Everything committed
+ * after them, up to our own tail, is carried over. A header that cannot be
+ * a record (out of bounds) stops the scan rather than copy garbage.
  */
 static size_t dgdo_py_unconsumed(dgdo_ring_producer *p, uint8_t *out, size_t cap) {
     uint64_t pos = DGDO_LOAD(&p->hdr->head, acquire); /* pairs with the dead consumer's last release */
+    const uint64_t capacity = p->mask + 1u;
     size_t used = 0;
     while (pos < p->tail) {
         const uint64_t index = pos & p->mask;
+        const uint64_t room = capacity - index < p->tail - pos ? capacity - index : p->tail - pos;
         const int32_t length = DGDO_LOAD(dgdo_record_length_at(p->data, index), acquire);
-        if (length <= 0) break;
-        const int32_t type = *(const int32_t *)(const void *)(p->data + index + DGDO_RECORD_TYPE_OFFSET);
+        if (length == 0) { /* retired and zeroed by the dead consumer */
+            pos += DGDO_RECORD_HEADER;
+            continue;
+        }
+        if (length < 0) { /* the dead consumer was zeroing it: consumed */
+            const uint64_t skip = (uint64_t)-(int64_t)length;
+            if (skip % DGDO_RECORD_ALIGN || skip > room) break;
+            pos += skip;
+            continue;
+        }
         const uint32_t aligned = dgdo_record_aligned((uint32_t)length);
+        if ((uint32_t)length < DGDO_RECORD_HEADER || aligned > room) break;
+        const int32_t type = *(const int32_t *)(const void *)(p->data + index + DGDO_RECORD_TYPE_OFFSET);
         if (type != DGDO_RING_PADDING) {
             if (used + aligned > cap) break;
             memcpy(out + used, p->data + index, aligned);

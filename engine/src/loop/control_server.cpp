@@ -10,18 +10,35 @@
 
 namespace dgdo {
 
+int probe_control(const std::string& path) {
+    sockaddr_un addr{};
+    if (path.size() >= sizeof addr.sun_path) return -ENAMETOOLONG;
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    // Nonblocking, so a live engine with a full backlog (EAGAIN) is not waited for: it is live too.
+    const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    const int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    const int err = rc == 0 ? 0 : errno;
+    close(fd);  // the live engine sees a connection close before hello: it drops it, nothing else
+    if (rc == 0 || err == EAGAIN || err == EINPROGRESS) return -EADDRINUSE;
+    if (err == ECONNREFUSED || err == ENOENT) return 0;
+    return -err;
+}
+
 int listen_control(const std::string& path) {
     sockaddr_un addr{};
     if (path.size() >= sizeof addr.sun_path) return -ENAMETOOLONG;
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
     struct stat st {};
     if (lstat(path.c_str(), &st) == 0) {
         if (!S_ISSOCK(st.st_mode)) return -EEXIST;  // never clobber a file that is not a socket
-        unlink(path.c_str());
+        if (const int live = probe_control(path); live != 0) return live;
+        unlink(path.c_str());  // nobody listens: the socket file of a dead run
     }
     const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
-    addr.sun_family = AF_UNIX;
-    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
     if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || chmod(path.c_str(), 0600) != 0 ||
         listen(fd, 64) != 0) {
         const int err = -errno;

@@ -7,8 +7,14 @@
 
 namespace dgdo {
 
-// Binds a SOCK_SEQPACKET listener at `path` (replacing a stale socket file), mode 0600.
-// Returns the fd or -errno.
+// Whether an engine listens at `path`: -EADDRINUSE when a connect() succeeds (a live engine,
+// even a stopped one, whose kernel still accepts), 0 when nobody does (no file, or the socket
+// file of a dead run), else -errno.
+int probe_control(const std::string& path);
+
+// Binds a SOCK_SEQPACKET listener at `path`, mode 0600. The socket file of a dead run is
+// replaced; a live engine's is not (-EADDRINUSE), so a second engine never silently takes
+// over the first one's path. Returns the fd or -errno.
 int listen_control(const std::string& path);
 
 // Accepts one pending connection (nonblocking, cloexec); -errno when none.

@@ -1,6 +1,8 @@
 #include "loop/event_loop.hpp"
 
+#include <dirent.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -28,6 +30,9 @@ constexpr uint64_t serial_of(uint64_t key) { return key & ((1ull << 56) - 1); }
 
 constexpr uint32_t kBatch = 256;     // records per ring per drain: bounds the time one worker holds the loop
 constexpr size_t kMatchWindow = 1024;
+// Order records one worker may have waiting behind its full out ring before it counts as wedged
+// (deliver()): ~250k records, minutes of a busy city's traffic for one stalled sidecar.
+constexpr size_t kMaxPendingBytes = 64u << 20;
 
 uint64_t clock_ns(clockid_t id) {
     timespec ts{};
@@ -85,6 +90,9 @@ int EventLoop::init() {
     period.it_interval.tv_nsec = static_cast<long>((opt_.tick_ms % 1000) * 1000000);
     period.it_value = period.it_interval;
     if (timerfd_settime(timer_fd_, 0, &period, nullptr) != 0) return -errno;
+    // A live engine on our control path is the clearer refusal: ask it before looking at segments.
+    if (const int rc = probe_control(opt_.control); rc != 0) return rc;
+    if (const int rc = check_leftovers(); rc != 0) return rc;
     listen_fd_ = listen_control(opt_.control);
     if (listen_fd_ < 0) {
         const int err = listen_fd_;
@@ -96,6 +104,34 @@ int EventLoop::init() {
     add_fd(epoll_fd_, signal_fd_, key(kSignal));
     match_ns_.reserve(kMatchWindow);
     return 0;
+}
+
+// Segments of this instance left in /dev/shm: a live engine's (another engine runs with our
+// --instance, maybe on another control path) refuses the start; a dead run's are removed now.
+int EventLoop::check_leftovers() {
+    DIR* dir = opendir("/dev/shm");
+    if (!dir) return 0;  // no /dev/shm to scan: create() still checks each name
+    const std::string prefix = "dgdo." + opt_.instance + ".w";
+    const uint64_t now = clock_ns(CLOCK_MONOTONIC);
+    int rc = 0;
+    while (const dirent* e = readdir(dir)) {
+        const std::string name = e->d_name;
+        if (name.rfind(prefix, 0) != 0) continue;
+        const bool in = name.ends_with(".in"), out = name.ends_with(".out");
+        if (!in && !out) continue;
+        const SegmentOwner o = inspect_segment("/" + name, out, now);
+        if (o.live) {
+            std::fprintf(stderr, "dgdo-engine: ! segment /%s belongs to a live engine %s\n", name.c_str(),
+                         describe_owner(o).c_str());
+            rc = -EBUSY;
+        } else if (o.exists) {
+            std::fprintf(stderr, "dgdo-engine: = stale segment /%s %s, removing\n", name.c_str(),
+                         describe_owner(o).c_str());
+            shm_unlink(("/" + name).c_str());
+        }
+    }
+    closedir(dir);
+    return rc;
 }
 
 int EventLoop::run() {
@@ -209,8 +245,8 @@ void EventLoop::attach(int fd, uint16_t worker_id) {
     const std::string base = "/dgdo." + opt_.instance + ".w" + std::to_string(worker_id);
     std::snprintf(reply.in_name, sizeof reply.in_name, "%s.in", base.c_str());
     std::snprintf(reply.out_name, sizeof reply.out_name, "%s.out", base.c_str());
-    int status = w->in.create(reply.in_name, opt_.ring_capacity, epoch_);
-    if (status == 0) status = w->out.create(reply.out_name, opt_.ring_capacity, epoch_);
+    int status = w->in.create(reply.in_name, opt_.ring_capacity, epoch_, /*engine_produces=*/false);
+    if (status == 0) status = w->out.create(reply.out_name, opt_.ring_capacity, epoch_, /*engine_produces=*/true);
     if (status == 0) {
         w->engine_bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         w->worker_bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -224,6 +260,11 @@ void EventLoop::attach(int fd, uint16_t worker_id) {
     }
     dgdo_ring_consumer_init(&w->cons, w->in.base(), static_cast<int32_t>(getpid()));
     dgdo_ring_producer_init(&w->prod, w->out.base(), static_cast<int32_t>(getpid()));
+    // Beat at once, not at the next tick: a segment that names a live pid but has never beaten
+    // would read as stale to another engine's check.
+    const uint64_t now = clock_ns(CLOCK_MONOTONIC);
+    dgdo_ring_consumer_heartbeat(&w->cons, now);
+    dgdo_ring_producer_heartbeat(&w->prod, now);
     const int fds[2] = {w->engine_bell, w->worker_bell};
     if (int rc = send_attach(fd, reply, fds, 2); rc != 0) {
         std::fprintf(stderr, "dgdo-engine: ! attach reply to worker %u failed: %s\n", worker_id, std::strerror(-rc));
@@ -305,6 +346,7 @@ size_t EventLoop::drain_all() {
         n += drain(*w);
     }
     ring_doorbells();
+    detach_wedged();
     return n;
 }
 
@@ -335,7 +377,18 @@ void EventLoop::publish() {
     out_.clear();
 }
 
+// Full "out" ring. The core cannot wait (one loop serves every worker), so what the ring does
+// not take waits in w.pending, in order, and goes first at the next turn:
+// * driver positions are latest-wins: a newer one for the same recipient, driver and order
+//   replaces the queued one in place (a hash map finds it), so positions take at most one slot
+//   per such key however long the sidecar stalls;
+// * everything else (order updates, offers, results...) is never dropped while the worker is
+//   attached. Its queue is bounded by kMaxPendingBytes: a worker that lets that much pile up is
+//   wedged, and it is detached (logged, its control socket closed). That is loud, not silent:
+//   its sidecar sees EOF, re-attaches and re-announces its sessions, and its apps resync from
+//   snapshots (`resumed = false`), as after any engine restart.
 void EventLoop::deliver(Worker& w, const OutRecord& rec) {
+    if (w.wedged) return;  // detached at the end of this turn; detach() reports what it drops
     if (w.pending.empty()) {
         const int rc = dgdo_ring_write(&w.prod, rec.type, rec.body.data(), static_cast<uint32_t>(rec.body.size()));
         if (rc == DGDO_RING_OK) {
@@ -347,29 +400,61 @@ void EventLoop::deliver(Worker& w, const OutRecord& rec) {
             return;
         }
     }
-    // Behind a full ring: keep order. A newer position of the same order replaces a queued one.
-    if (rec.type == DGDO_OUT_DRIVER_POSITION && !w.pending.empty()) {
-        const size_t order_at = offsetof(dgdo_out_driver_position, order_id);
-        for (auto it = w.pending.rbegin(); it != w.pending.rend(); ++it) {
-            if (it->type == DGDO_OUT_DRIVER_POSITION &&
-                std::memcmp(it->body.data() + order_at, rec.body.data() + order_at, sizeof(uint64_t)) == 0 &&
-                std::memcmp(it->body.data() + 24, rec.body.data() + 24, sizeof(dgdo_id)) == 0) {
-                it->body = rec.body;
-                return;
-            }
+    if (rec.type == DGDO_OUT_DRIVER_POSITION && rec.body.size() == sizeof(dgdo_out_driver_position)) {
+        dgdo_out_driver_position pos;
+        std::memcpy(&pos, rec.body.data(), sizeof pos);
+        // Recipient (connection, role, id), driver, order: the fields that make two positions the same stream.
+        std::string k(reinterpret_cast<const char*>(&pos.meta.to_conn), sizeof pos.meta.to_conn);
+        k.push_back(static_cast<char>(pos.meta.to_role));
+        k.append(reinterpret_cast<const char*>(&pos.meta.to_id), sizeof pos.meta.to_id);
+        k.append(reinterpret_cast<const char*>(&pos.driver_id), sizeof pos.driver_id);
+        k.append(reinterpret_cast<const char*>(&pos.order_id), sizeof pos.order_id);
+        auto [it, fresh] = w.position_at.try_emplace(k, w.pending_base + w.pending.size());
+        if (!fresh) {
+            w.pending[it->second - w.pending_base].rec.body = rec.body;  // same size: pending_bytes unchanged
+            ++w.coalesced;
+            return;
         }
+        w.pending_bytes += rec.body.size();
+        w.pending.push_back({rec, std::move(k)});
+        return;
     }
-    w.pending.push_back(rec);
+    if (w.pending_bytes + rec.body.size() > kMaxPendingBytes) {
+        std::fprintf(stderr,
+                     "dgdo-engine: ! worker %u wedged: its out ring stayed full with %zu records (%zu bytes) waiting; "
+                     "detaching it\n",
+                     w.id, w.pending.size(), w.pending_bytes);
+        w.wedged = true;
+        return;
+    }
+    w.pending_bytes += rec.body.size();
+    w.pending.push_back({rec, {}});
 }
 
 void EventLoop::flush_pending(Worker& w) {
     while (!w.pending.empty()) {
-        const OutRecord& rec = w.pending.front();
+        const Worker::Queued& q = w.pending.front();
+        const OutRecord& rec = q.rec;
         const int rc = dgdo_ring_write(&w.prod, rec.type, rec.body.data(), static_cast<uint32_t>(rec.body.size()));
         if (rc == DGDO_RING_FULL) break;
         if (rc == DGDO_RING_OK) w.wrote = true;
+        if (!q.position_key.empty()) w.position_at.erase(q.position_key);  // newer ones now queue afresh
+        w.pending_bytes -= rec.body.size();
         w.pending.pop_front();
+        ++w.pending_base;
     }
+    if (w.pending.empty() && w.coalesced) {
+        std::fprintf(stderr, "dgdo-engine: = worker %u caught up; %llu positions coalesced while its ring was full\n",
+                     w.id, static_cast<unsigned long long>(w.coalesced));
+        w.coalesced = 0;
+    }
+}
+
+void EventLoop::detach_wedged() {
+    std::vector<uint16_t> wedged;
+    for (auto& [id, w] : workers_)
+        if (w->wedged) wedged.push_back(id);
+    for (const uint16_t id : wedged) detach(id, "wedged: out ring full too long");
 }
 
 // Once per batch, and only for a consumer that said it sleeps.

@@ -8,6 +8,8 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "core/core.hpp"
@@ -39,12 +41,24 @@ private:
         ShmSegment in, out;
         dgdo_ring_consumer cons{};
         dgdo_ring_producer prod{};
-        std::deque<OutRecord> pending;  // records the full "out" ring could not take yet, in order
+        // Behind a full "out" ring (see deliver()): every record in order, a driver position
+        // replaced in place by a newer one for the same recipient, driver and order.
+        struct Queued {
+            OutRecord rec;
+            std::string position_key;  // empty unless a coalescable driver position
+        };
+        std::deque<Queued> pending;
+        uint64_t pending_base = 0;                            // sequence number of pending.front()
+        std::unordered_map<std::string, uint64_t> position_at;  // position key -> its sequence number
+        size_t pending_bytes = 0;
+        uint64_t coalesced = 0;
+        bool wedged = false;  // its order records passed kMaxPendingBytes: detached at the next turn
         bool wrote = false;
         bool parked = false;
         ~Worker();
     };
 
+    int check_leftovers();
     void handle(const epoll_event& ev);
     void accept_all();
     void on_hello(uint64_t serial);
@@ -56,6 +70,7 @@ private:
     void publish();
     void deliver(Worker& w, const OutRecord& rec);
     void flush_pending(Worker& w);
+    void detach_wedged();
     void ring_doorbells();
     bool park_all();
     void unpark_all();
