@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "loop/cli.hpp"
 
 namespace dgdo {
@@ -20,7 +22,10 @@ std::optional<Options> parse(std::vector<std::string> args, int* code) {
 }
 
 std::string write_config(const std::string& text) {
-    const std::string path = testing::TempDir() + "dgdo-engine-test.conf";
+    // ctest runs each test as its own process, in parallel: one file per test and process.
+    const std::string path = testing::TempDir() + "dgdo-engine-test-" +
+                             testing::UnitTest::GetInstance()->current_test_info()->name() + "-" +
+                             std::to_string(getpid()) + ".conf";
     std::ofstream(path) << text;
     return path;
 }
