@@ -77,7 +77,9 @@ TEST(CoreMatching, WideRadiusIsSearchedOnlyWhenTheFirstRingIsEmpty) {
 }
 
 TEST(CoreMatching, OrderWithNoAcceptanceEndsAsNoDriverAfterTheSearchTimeout) {
-    Harness h;
+    Config cfg;
+    cfg.exhausted_wait_s = 1000;  // only the hard cap ends it here
+    Harness h(cfg);
     const uint64_t id = h.order_for("p1");
     EXPECT_TRUE(of_type(h.tick(59.9), DGDO_OUT_ORDER_UPDATE).empty());
     const auto out = h.tick(0.1);

@@ -19,7 +19,12 @@ struct Config {
     double speed_kmh = 22.0;           // city average for ETAs
     double detour = 1.35;              // road distance / great-circle distance
     double pickup_overhead_s = 30.0;   // added to every pickup ETA
-    double search_timeout_s = 60.0;    // no acceptance by then -> no_driver
+    double search_timeout_s = 60.0;    // hard cap: no acceptance by then -> no_driver
+    // Once no untried available driver is within wide_radius_m, a passenger
+    // should not stare at "searching" for the full search_timeout_s: the order
+    // waits this long for a driver it has not tried yet, then ends no_driver
+    // (0 = at once). The wait restarts after each further refusal.
+    double exhausted_wait_s = 10.0;
     double grace_s = 10.0;             // a disconnected driver keeps its offer this long
     double estimate_interval_s = 3.0;  // ESTIMATE_UPDATE throttle per order
     double nearby_interval_s = 1.0;    // NEARBY_DRIVERS cadence

@@ -517,12 +517,24 @@ void Core::try_offer(Order& o) {
     auto eligible = [this, &o](const std::string& id) { return eligible_for(o, id); };
     auto c = index_->nearest(o.pickup, cfg_.radius_m, eligible);
     if (!c) c = index_->nearest(o.pickup, cfg_.wide_radius_m, eligible);
-    if (c) make_offer(o, *c);
+    if (c)
+        make_offer(o, *c);
+    else
+        exhaust(o);
+}
+
+void Core::exhaust(Order& o) {
+    if (o.exhausted_deadline_ns != 0) return;  // already waiting: a retry that finds nobody does not extend it
+    if (cfg_.exhausted_wait_s <= 0) return end_no_driver(o);
+    o.exhausted_deadline_ns = now_ + ns(cfg_.exhausted_wait_s);
+    exhausted_timers_.insert({o.exhausted_deadline_ns, o.id});
 }
 
 void Core::make_offer(Order& o, const Candidate& c) {
     Driver& d = driver(c.id);
     d.offer = o.id;
+    exhausted_timers_.erase({o.exhausted_deadline_ns, o.id});
+    o.exhausted_deadline_ns = 0;
     o.state = OrderState::Offered;
     o.driver = d.id;
     o.offer_deadline_ns = now_ + ns(cfg_.offer_timeout_s);
@@ -555,13 +567,17 @@ void Core::run_batch() {
         std::vector<Candidate> cands;
     };
     std::vector<Row> rows;
+    std::vector<uint64_t> none_left;
     std::map<std::string, int> cols;  // driver id -> column, in id order
     for (uint64_t id : searching_) {
         const Order& o = orders_.at(id);
         auto eligible = [this, &o](const std::string& d) { return eligible_for(o, d); };
         auto c = index_->nearest_k(o.pickup, cfg_.radius_m, cfg_.batch_candidates, eligible);
         if (c.empty()) c = index_->nearest_k(o.pickup, cfg_.wide_radius_m, cfg_.batch_candidates, eligible);
-        if (c.empty()) continue;
+        if (c.empty()) {
+            none_left.push_back(id);
+            continue;
+        }
         for (const auto& cand : c) cols.emplace(cand.id, 0);
         rows.push_back(Row{id, std::move(c)});
     }
@@ -588,10 +604,13 @@ void Core::run_batch() {
             }
         }
     }
+    for (uint64_t id : none_left) exhaust(orders_.at(id));  // after the loop: this may end orders
     if (!searching_.empty()) arm_batch();  // the unmatched wait for the next window
 }
 
 void Core::finish(Order& o) {
+    exhausted_timers_.erase({o.exhausted_deadline_ns, o.id});
+    o.exhausted_deadline_ns = 0;
     o.finished_ns = now_;
     finished_.emplace_back(now_, o.id);
     auto live = live_by_passenger_.find(o.passenger);
@@ -660,6 +679,7 @@ void Core::on(const Tick& e) {
         next_stats_ns_ = now_ + ns(cfg_.stats_interval_s);
     }
     expire_searches();
+    expire_exhausted();
     expire_graces();
     expire_offers();
     dispatch_waiting();
@@ -681,12 +701,27 @@ void Core::expire_searches() {
         search_timers_.erase(search_timers_.begin());
         Order& o = orders_.at(id);
         if (o.state == OrderState::Offered) withdraw_offer(o, DGDO_REASON_OFFER_EXPIRED);
-        if (o.state != OrderState::Searching) continue;
-        searching_.erase(id);
-        o.state = OrderState::NoDriver;
-        finish(o);
-        order_update(o, DGDO_ROLE_PASSENGER, o.passenger, DGDO_REASON_NO_DRIVER);
+        if (o.state == OrderState::Searching) end_no_driver(o);
     }
+}
+
+void Core::expire_exhausted() {
+    while (!exhausted_timers_.empty() && exhausted_timers_.begin()->first <= now_) {
+        const uint64_t id = exhausted_timers_.begin()->second;
+        exhausted_timers_.erase(exhausted_timers_.begin());
+        Order& o = orders_.at(id);
+        o.exhausted_deadline_ns = 0;
+        if (o.state == OrderState::Searching) end_no_driver(o);
+    }
+}
+
+// Only from Searching: an outstanding offer is withdrawn first by the caller.
+void Core::end_no_driver(Order& o) {
+    search_timers_.erase({o.search_deadline_ns, o.id});
+    searching_.erase(o.id);
+    o.state = OrderState::NoDriver;
+    finish(o);
+    order_update(o, DGDO_ROLE_PASSENGER, o.passenger, DGDO_REASON_NO_DRIVER);
 }
 
 void Core::expire_graces() {

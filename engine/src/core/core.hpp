@@ -14,7 +14,7 @@
 //   RIDE_REQUEST        ORDER_UPDATE searching, then NEW_ORDER to the nearest driver
 //   ORDER_COMMAND       ORDER_UPDATE to passenger and driver; CANCEL_ORDER / NEW_ORDER as needed
 //   NEARBY              a NEARBY_DRIVERS snapshot now and about once a second
-//   Tick                offer expiry, search timeout, grace expiry, retries, the batch
+//   Tick                offer expiry, search timeout, exhausted wait, grace expiry, retries, the batch
 //                       (batched mode), pruning of finished orders, stats
 //
 // Matching. Greedy (default): an order is offered to the nearest available
@@ -168,6 +168,10 @@ private:
     void withdraw_offer(Order& o, uint8_t reason);
     void expire_graces();
     void expire_searches();
+    // Nobody left to offer o to: start its exhausted wait (or end it now when the wait is 0).
+    void exhaust(Order& o);
+    void expire_exhausted();
+    void end_no_driver(Order& o);
     void expire_offers();
     void send_nearby(const std::string& passenger, const NearbySub& sub);
     void send_stats();
@@ -204,6 +208,7 @@ private:
     std::map<std::string, NearbySub> nearby_;
     std::set<Timer> offer_timers_;
     std::set<Timer> search_timers_;
+    std::set<Timer> exhausted_timers_;
     std::set<std::pair<uint64_t, std::string>> grace_timers_;
     std::deque<std::pair<uint64_t, uint64_t>> finished_;  // (finished ns, order id), oldest first
     CoreStats counters_;

@@ -31,6 +31,8 @@ constexpr const char* kUsage =
     "  --detour F              road/great-circle factor (default 1.35)\n"
     "  --pickup-overhead-s S   added to pickup ETAs (default 30)\n"
     "  --search-timeout-s S    no acceptance by then -> no_driver (default 60)\n"
+    "  --exhausted-wait-s S    nobody left to offer to: wait this long for a new driver, then\n"
+    "                          no_driver (default 10; 0 = at once)\n"
     "  --grace-s S             disconnected driver keeps its offer (default 10)\n"
     "  --matching MODE         greedy (default) | batched\n"
     "  --batch-window-s S      batched mode: requests collect this long (default 2)\n"
@@ -85,7 +87,7 @@ std::string apply_setting(Options& o, const std::string& raw_key, const std::str
         {"detour", &o.core.detour, true},                   {"pickup-overhead-s", &o.core.pickup_overhead_s, false},
         {"search-timeout-s", &o.core.search_timeout_s, true}, {"grace-s", &o.core.grace_s, false},
         {"batch-window-s", &o.core.batch_window_s, true},   {"retention-s", &o.core.retention_s, true},
-        {"cell-m", &o.core.cell_m, true},
+        {"cell-m", &o.core.cell_m, true},   {"exhausted-wait-s", &o.core.exhausted_wait_s, false},
     };
     const char* v = value.c_str();
     for (const auto& d : doubles) {
