@@ -34,6 +34,12 @@ struct Config {
     Matching matching = Matching::Greedy;
     double batch_window_s = 2.0;       // batched mode: how long requests collect
     uint32_t batch_candidates = 8;     // batched mode: nearest drivers considered per order
+    // batched mode: orders per min-cost solve. Hungarian is O(n² m); past this the window is
+    // split into solves, orders whose nearest driver is closest going first.
+    uint32_t batch_max_orders = 128;
+    // A waiting order is retried when a driver near it becomes available, and otherwise this
+    // often (staggered per order by up to a quarter of it) to catch drivers driving into range.
+    double retry_interval_s = 1.0;
     double retention_s = 3600.0;       // finished orders (and their idempotency keys) are forgotten after this
     double cell_m = 250.0;             // grid index cell edge
     double ref_lat = 38.56;            // latitude where cells are cell_m wide (Dushanbe)

@@ -78,6 +78,7 @@ struct Order {
     uint64_t created_ns = 0;
     uint64_t search_deadline_ns = 0;
     uint64_t offer_deadline_ns = 0;
+    uint64_t retry_ns = 0;               // next greedy retry while waiting; 0 = none scheduled
     uint64_t exhausted_deadline_ns = 0;  // nobody left to offer it to: no_driver then; 0 = has candidates
     uint64_t last_estimate_ns = 0;
     bool estimate_sent = false;
