@@ -70,6 +70,8 @@ ENGINE_FLAGS: dict[str, tuple[type, str]] = {
     "--matching": (str, "greedy | batched"),
     "--batch-window-s": (float, "batched mode: window collecting requests (2)"),
     "--batch-candidates": (int, "batched mode: nearest drivers considered per order (8)"),
+    "--batch-max-orders": (int, "batched mode: orders per min-cost solve, more are split (128)"),
+    "--retry-interval-s": (float, "seconds between a waiting order's looks for drivers (1)"),
     "--retention-s": (float, "seconds finished orders stay queryable (3600)"),
     "--spin-us": (int, "µs the engine polls its rings before parking (50)"),
 }

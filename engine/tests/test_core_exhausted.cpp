@@ -151,5 +151,15 @@ TEST(CoreExhausted, WaitIsAFlagAndAConfigKey) {
     EXPECT_EQ(Config{}.exhausted_wait_s, 10.0);
 }
 
+TEST(CoreLoad, RetryIntervalAndBatchCapAreSettings) {
+    Options o;
+    EXPECT_EQ(apply_setting(o, "retry_interval_s", "0.5"), "");
+    EXPECT_EQ(apply_setting(o, "--batch-max-orders", "64"), "");
+    EXPECT_EQ(o.core.retry_interval_s, 0.5);
+    EXPECT_EQ(o.core.batch_max_orders, 64u);
+    EXPECT_NE(apply_setting(o, "batch-max-orders", "0"), "");
+    EXPECT_NE(apply_setting(o, "retry-interval-s", "0"), "");
+}
+
 }  // namespace
 }  // namespace dgdo::test
