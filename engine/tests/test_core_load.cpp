@@ -55,6 +55,23 @@ TEST(CoreLoad, RetriesAreStaggeredAcrossTicks) {
     EXPECT_LT(busiest, 200u);
 }
 
+TEST(CoreLoad, RetriesPerTickAreCappedAndTheRestFollowInLaterTicks) {
+    size_t searches = 0;
+    Config c;
+    c.exhausted_wait_s = 1000;
+    c.retries_per_tick = 30;
+    Harness h(c, std::make_unique<CountingIndex>(&searches));
+    for (int i = 0; i < 200; ++i) h.ride("p" + std::to_string(i), at(10.0 * i));
+    size_t total = 0;
+    for (int i = 0; i < 20; ++i) {
+        searches = 0;
+        h.tick(0.1);
+        EXPECT_LE(searches, 30u);
+        total += searches;
+    }
+    EXPECT_GE(total, 200u);  // nobody starves: every order got its retry within 2 s
+}
+
 TEST(CoreLoad, FreedDriverGoesToTheOldestWaitingOrderWithinItsReach) {
     Harness h;
     h.online("d1", at(100));

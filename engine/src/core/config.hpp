@@ -40,6 +40,9 @@ struct Config {
     // A waiting order is retried when a driver near it becomes available, and otherwise this
     // often (staggered per order by up to a quarter of it) to catch drivers driving into range.
     double retry_interval_s = 1.0;
+    // At most this many retries per tick; the rest stay due for the next tick, oldest due
+    // first. Bounds a tick after a burst of failures (a retry in an empty area scans ~7 km).
+    uint32_t retries_per_tick = 200;
     double retention_s = 3600.0;       // finished orders (and their idempotency keys) are forgotten after this
     double cell_m = 250.0;             // grid index cell edge
     double ref_lat = 38.56;            // latitude where cells are cell_m wide (Dushanbe)

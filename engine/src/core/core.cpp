@@ -573,7 +573,8 @@ void Core::schedule_retry(Order& o) {
 }
 
 void Core::retry_due() {
-    while (!retry_timers_.empty() && retry_timers_.begin()->first <= now_) {
+    for (uint32_t n = 0; n < cfg_.retries_per_tick && !retry_timers_.empty() && retry_timers_.begin()->first <= now_;
+         ++n) {
         const uint64_t id = retry_timers_.begin()->second;
         retry_timers_.erase(retry_timers_.begin());
         Order& o = orders_.at(id);
