@@ -76,6 +76,23 @@ TEST(CoreMatching, WideRadiusIsSearchedOnlyWhenTheFirstRingIsEmpty) {
     EXPECT_EQ(h2.core.find_order(h2.order_for("p1"))->driver, "d2km");
 }
 
+TEST(CoreMatching, RejectInsideTheFirstRingSendsTheOfferToADriverInTheWideRing) {
+    Harness h;
+    h.online("d1km", at(1000));
+    h.online("d5km", at(0, 5000));
+    h.online("d8km", at(8000));
+    const uint64_t id = h.order_for("p1");
+    ASSERT_EQ(h.core.find_order(id)->driver, "d1km");
+    const auto out = h.driver_cmd("d1km", id, DGDO_CMD_REJECT);
+    const auto offers = of_type(out, DGDO_OUT_NEW_ORDER);
+    ASSERT_EQ(offers.size(), 1u);
+    const auto n = as<dgdo_out_new_order>(offers[0]);
+    EXPECT_EQ(id_str(n.meta.to_id), "d5km");
+    EXPECT_EQ(n.order_id, id);
+    EXPECT_NEAR(n.distance_m, 5000, 10);
+    EXPECT_NEAR(n.eta_s, 5000 * 1.35 / (22 / 3.6) + 30, 2);
+}
+
 TEST(CoreMatching, OrderWithNoAcceptanceEndsAsNoDriverAfterTheSearchTimeout) {
     Config cfg;
     cfg.exhausted_wait_s = 1000;  // only the hard cap ends it here

@@ -471,8 +471,12 @@ void Core::on(const dgdo_in_order_command& e) {
         return;
     }
     case DGDO_CMD_ARRIVED:
+        o.state = *next;
+        update_both(o);
+        return;
     case DGDO_CMD_START:
         o.state = *next;
+        o.estimate_sent = false;  // the last estimate was to the pickup: the next position brings the dropoff's at once
         update_both(o);
         return;
     case DGDO_CMD_COMPLETE: {
@@ -508,7 +512,8 @@ void Core::on(const dgdo_in_order_command& e) {
         return;
     }
     if (prev == OrderState::Offered) {  // the driver declines its offer
-        withdraw_offer(o, DGDO_REASON_NONE);
+        // A cancel gets the same reliable cancel_order as one after accept (a reject is answered by its ack).
+        withdraw_offer(o, e.command == DGDO_CMD_CANCEL ? DGDO_REASON_DRIVER_CANCELED : DGDO_REASON_NONE);
         try_offer(o);
         return;
     }

@@ -99,6 +99,14 @@ public:
     uint32_t handle(const std::string& id) const override { return find(IdKey::of(id), id); }
     void move(uint32_t handle, dgdo_point pos) override;
 
+    // Where a handle's coordinates live: its cell and its place in that cell's array
+    // (tests check that a move inside a cell rewrites them in place).
+    struct Place {
+        uint32_t cell, at;
+        bool operator==(const Place&) const = default;
+    };
+    Place place_of(uint32_t handle) const { return Place{drivers_[handle].cell, drivers_[handle].at}; }
+
 private:
     struct Slot {  // one driver in a cell's array
         double lat, lon;
