@@ -2,6 +2,7 @@
 // changes or about once a second, busy drivers cost searches nothing, and a
 // large batch is solved in capped chunks.
 #undef NDEBUG
+#include <random>
 #include <set>
 
 #include "core/driver_index.hpp"
@@ -118,6 +119,43 @@ TEST(CoreLoad, OnlyAvailableDriversAreIndexed) {
     h.passenger_cmd("p1", id, DGDO_CMD_CANCEL);
     EXPECT_EQ(index->size(), 2u);
     EXPECT_EQ(h.core.stats().drivers_available, 2u);
+}
+
+// The gauges are kept incrementally (and drivers_available is the index's
+// size): through a random run they must equal a count from scratch.
+TEST(CoreLoad, StatsEqualACountFromScratchThroughARandomRun) {
+    Harness h;
+    std::mt19937 rng(5);
+    for (int i = 0; i < 3000; ++i) {
+        const std::string d = "d" + std::to_string(rng() % 25);
+        switch (rng() % 9) {
+        case 0: h.status(d, static_cast<uint8_t>(rng() % 2)); break;
+        case 1: h.ride("p" + std::to_string(rng() % 15), at(static_cast<double>(rng() % 4000))); break;
+        case 2:
+        case 3: {
+            const uint64_t id = 1001 + rng() % 400;
+            const Order* o = h.core.find_order(id);
+            h.driver_cmd(o && !o->driver.empty() ? o->driver : d, id, static_cast<uint8_t>(1 + rng() % 6));
+            break;
+        }
+        case 4: h.passenger_cmd("p" + std::to_string(rng() % 15), 1001 + rng() % 400, DGDO_CMD_CANCEL); break;
+        case 5: h.session(rng() % 2, DGDO_ROLE_DRIVER, d, 1, 1); break;
+        case 6: h.tick(0.5 * static_cast<double>(rng() % 8)); break;
+        default: h.location(d, at(static_cast<double>(rng() % 6000))); break;
+        }
+        uint32_t online = 0, available = 0, active = 0;
+        for (int k = 0; k < 25; ++k)
+            if (const Driver* x = h.core.find_driver("d" + std::to_string(k))) {
+                online += x->online;
+                available += x->online && x->connected && x->has_pos && x->offer == 0 && x->trip == 0;
+            }
+        for (uint64_t id = 1001; id < 1401; ++id)
+            if (const Order* o = h.core.find_order(id)) active += !is_terminal(o->state);
+        const CoreStats s = h.core.stats();
+        ASSERT_EQ(s.drivers_online, online) << "step " << i;
+        ASSERT_EQ(s.drivers_available, available) << "step " << i;
+        ASSERT_EQ(s.active_orders, active) << "step " << i;
+    }
 }
 
 Config batched(uint32_t cap) {

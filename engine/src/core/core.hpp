@@ -230,6 +230,7 @@ private:
     std::set<std::pair<uint64_t, std::string>> grace_timers_;
     std::deque<std::pair<uint64_t, uint64_t>> finished_;  // (finished ns, order id), oldest first
     CoreStats counters_;
+    uint32_t online_count_ = 0;
 };
 
 }  // namespace dgdo
