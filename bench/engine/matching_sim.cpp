@@ -5,8 +5,8 @@
 // (Poisson arrivals, uniform pickups and dropoffs). A driver accepts an offer
 // 2 s after receiving it, drives to the pickup (great-circle × detour at
 // 22 km/h), boards the passenger (30 s), drives to the dropoff, completes and
-// waits there. Orders with no accepted driver after the search timeout end as
-// no_driver. Capacity = drivers / mean cycle time; demand is a share of it.
+// waits there. Orders end as no_driver when no free driver is left within reach
+// for exhausted_wait_s, or at the latest after the search timeout. Capacity = drivers / mean cycle time; demand is a share of it.
 // Only requests after a warm-up are measured.
 #include <cmath>
 #include <cstdio>

@@ -42,7 +42,9 @@ struct Harness {
     uint64_t next_corr = 1;
     std::vector<OutRecord> all;  // every output since construction
 
-    explicit Harness(Config cfg = {}) : core(cfg) { tick(0); }
+    explicit Harness(Config cfg = {}, std::unique_ptr<DriverIndex> index = nullptr) : core(cfg, std::move(index)) {
+        tick(0);
+    }
 
     std::vector<OutRecord> step(const InputEvent& ev) {
         std::vector<OutRecord> out;

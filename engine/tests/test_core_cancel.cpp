@@ -76,6 +76,77 @@ TEST(CoreCancel, DriverCancelAfterAcceptPutsTheOrderBackIntoSearchWithoutThatDri
     EXPECT_TRUE(h.core.find_order(id)->tried.count("d1"));
 }
 
+// Takes an order for p1 at kCenter from d1 (at 100 m) through to `arrived`.
+uint64_t arrived_with_d1(Harness& h) {
+    const uint64_t id = h.order_for("p1");
+    EXPECT_EQ(h.core.find_order(id)->driver, "d1");
+    h.driver_cmd("d1", id, DGDO_CMD_ACCEPT);
+    h.location("d1", at(50));
+    EXPECT_EQ(result_of(h.driver_cmd("d1", id, DGDO_CMD_ARRIVED)), DGDO_RESULT_OK);
+    EXPECT_EQ(h.state(id), OrderState::Arrived);
+    return id;
+}
+
+TEST(CoreCancel, PassengerCancelFromArrivedTellsOnlyThatDriverAndFreesItForTheNextOrder) {
+    Harness h;
+    h.online("d1", at(100));
+    h.online("d2", at(20000));  // online, but out of reach: must hear nothing
+    const uint64_t id = arrived_with_d1(h);
+    const uint64_t waiting = h.order_for("p2", at(300));
+    ASSERT_EQ(h.state(waiting), OrderState::Searching);
+    const auto out = h.passenger_cmd("p1", id, DGDO_CMD_CANCEL);
+    EXPECT_EQ(result_of(out), DGDO_RESULT_OK);
+    const auto c = of_type(out, DGDO_OUT_CANCEL_ORDER);
+    ASSERT_EQ(c.size(), 1u);
+    EXPECT_EQ(id_str(as<dgdo_out_cancel_order>(c[0]).meta.to_id), "d1");
+    EXPECT_EQ(as<dgdo_out_cancel_order>(c[0]).order_id, id);
+    EXPECT_EQ(as<dgdo_out_cancel_order>(c[0]).reason, DGDO_REASON_PASSENGER_CANCELED);
+    EXPECT_EQ(statuses_to(out, DGDO_ROLE_DRIVER, "d1"), std::vector<uint8_t>{DGDO_ORDER_CANCELED});
+    EXPECT_EQ(h.core.find_driver("d1")->trip, 0u);
+    EXPECT_EQ(offered_to(out, "d1"), waiting);  // freed: the waiting order comes to it at once
+    EXPECT_TRUE(to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_DRIVER, "d2").empty());
+}
+
+TEST(CoreCancel, DriverCancelFromArrivedSendsItCancelOrderAndReoffersTheOrderToAnother) {
+    Harness h;
+    h.online("d1", at(100));
+    h.online("d2", at(1500));
+    const uint64_t id = arrived_with_d1(h);
+    const auto out = h.driver_cmd("d1", id, DGDO_CMD_CANCEL);
+    EXPECT_EQ(result_of(out), DGDO_RESULT_OK);
+    const auto c = of_type(out, DGDO_OUT_CANCEL_ORDER);
+    ASSERT_EQ(c.size(), 1u);
+    EXPECT_EQ(id_str(as<dgdo_out_cancel_order>(c[0]).meta.to_id), "d1");
+    EXPECT_EQ(as<dgdo_out_cancel_order>(c[0]).reason, DGDO_REASON_DRIVER_CANCELED);
+    EXPECT_EQ(statuses_to(out, DGDO_ROLE_PASSENGER, "p1"), std::vector<uint8_t>{DGDO_ORDER_SEARCHING});
+    EXPECT_EQ(offered_to(out, "d2"), id);
+    EXPECT_EQ(offered_to(out, "d1"), 0u);
+    EXPECT_EQ(h.core.find_driver("d1")->trip, 0u);
+    EXPECT_EQ(h.core.stats().drivers_available, 1u);  // d1 free again, d2 holding the offer
+    const uint64_t next = h.order_for("p2", at(100));
+    EXPECT_EQ(h.core.find_order(next)->driver, "d1");  // free for other orders, just not this one
+}
+
+TEST(CoreCancel, DriverCancellingItsOwnOfferGetsCancelOrderAndTheOfferMovesOn) {
+    Harness h;
+    h.online("d1", at(100));
+    h.online("d2", at(1500));
+    const uint64_t id = h.order_for("p1");
+    ASSERT_EQ(h.core.find_order(id)->driver, "d1");
+    const auto out = h.driver_cmd("d1", id, DGDO_CMD_CANCEL);
+    EXPECT_EQ(result_of(out), DGDO_RESULT_OK);
+    const auto c = of_type(out, DGDO_OUT_CANCEL_ORDER);
+    ASSERT_EQ(c.size(), 1u);
+    EXPECT_EQ(id_str(as<dgdo_out_cancel_order>(c[0]).meta.to_id), "d1");
+    EXPECT_EQ(as<dgdo_out_cancel_order>(c[0]).reason, DGDO_REASON_DRIVER_CANCELED);
+    EXPECT_EQ(offered_to(out, "d2"), id);
+    EXPECT_TRUE(statuses_to(out, DGDO_ROLE_PASSENGER, "p1").empty());  // still "searching" to the passenger
+    EXPECT_EQ(h.core.find_driver("d1")->offer, 0u);
+    EXPECT_EQ(result_of(h.driver_cmd("d1", id, DGDO_CMD_ACCEPT)), DGDO_RESULT_CONFLICT);
+    const uint64_t next = h.order_for("p2", at(100));
+    EXPECT_EQ(h.core.find_order(next)->driver, "d1");
+}
+
 TEST(CoreCancel, DisconnectedDriversOfferIsReofferedAfterTheGracePeriod) {
     Harness h;
     h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 5);

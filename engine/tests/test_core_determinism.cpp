@@ -85,6 +85,7 @@ struct Journaled {
     std::vector<uint8_t> body;
 };
 constexpr int32_t kTickType = -1000;
+constexpr int32_t kDetachType = -1001;  // a sidecar worker gone (the loop's event, not a ring record)
 
 template <class T>
 Journaled journal_of(int32_t type, const T& rec) {
@@ -98,6 +99,7 @@ Journaled journal_of(const InputEvent& ev) {
         [](const auto& e) -> Journaled {
             using T = std::decay_t<decltype(e)>;
             if constexpr (std::is_same_v<T, Tick>) return journal_of(kTickType, e.now_ns);
+            else if constexpr (std::is_same_v<T, WorkerDetached>) return journal_of(kDetachType, e.worker);
             else if constexpr (std::is_same_v<T, SessionOpen>) return journal_of(DGDO_IN_SESSION_OPEN, e.rec);
             else if constexpr (std::is_same_v<T, SessionClose>) return journal_of(DGDO_IN_SESSION_CLOSE, e.rec);
             else if constexpr (std::is_same_v<T, dgdo_in_driver_location>) return journal_of(DGDO_IN_DRIVER_LOCATION, e);
@@ -118,6 +120,12 @@ std::vector<OutRecord> replay(const std::vector<Journaled>& journal, Config cfg)
             uint64_t now;
             std::memcpy(&now, j.body.data(), sizeof now);
             core.apply(Tick{now}, out);
+            continue;
+        }
+        if (j.type == kDetachType) {
+            uint16_t worker;
+            std::memcpy(&worker, j.body.data(), sizeof worker);
+            core.apply(WorkerDetached{worker}, out);
             continue;
         }
         const auto ev = decode_inbound(j.type, j.body.data(), static_cast<uint32_t>(j.body.size()));
@@ -144,7 +152,7 @@ void record_and_replay_twice(Config cfg) {
         for (int i = 0; i < 4000; ++i) {
             const std::string d = "d" + std::to_string(rng() % 40);
             const std::string p = "p" + std::to_string(rng() % 30);
-            switch (rng() % 9) {
+            switch (rng() % 13) {
             case 0: {
                 dgdo_in_driver_status e{};
                 e.meta = meta_source.meta(DGDO_ROLE_DRIVER, d);
@@ -182,6 +190,31 @@ void record_and_replay_twice(Config cfg) {
                 break;
             }
             case 5: now += (rng() % 30) * 100'000'000ull; feed(Tick{now}); break;
+            case 9:
+            case 10: {  // apps connect and drop, on one of two workers, sometimes asking for a snapshot
+                const bool driver = rng() % 2;
+                dgdo_in_session e{};
+                e.meta = meta_source.meta(driver ? DGDO_ROLE_DRIVER : DGDO_ROLE_PASSENGER, driver ? d : p,
+                                          static_cast<uint16_t>(1 + rng() % 2), 1 + rng() % 3);
+                e.snapshot = rng() % 2;
+                if (rng() % 2)
+                    feed(SessionOpen{e});
+                else
+                    feed(SessionClose{e});
+                break;
+            }
+            case 11: {
+                dgdo_in_nearby e{};
+                e.meta = meta_source.meta(DGDO_ROLE_PASSENGER, p);
+                e.center = at(static_cast<double>(rng() % 4000) - 2000, static_cast<double>(rng() % 4000) - 2000);
+                e.radius_m = static_cast<double>(rng() % 5000);
+                e.subscribe = rng() % 4 != 0;
+                feed(e);
+                break;
+            }
+            case 12:
+                if (rng() % 8 == 0) feed(WorkerDetached{static_cast<uint16_t>(1 + rng() % 2)});
+                break;
             default: {
                 dgdo_in_driver_location e{};
                 e.meta = meta_source.meta(DGDO_ROLE_DRIVER, d);
@@ -196,14 +229,22 @@ void record_and_replay_twice(Config cfg) {
     const auto second = replay(journal, cfg);
     ASSERT_EQ(first.size(), live.size());
     ASSERT_EQ(second.size(), live.size());
-    size_t offers = 0;
+    size_t offers = 0, nearby = 0;
     for (size_t i = 0; i < live.size(); ++i) {
         ASSERT_EQ(first[i].type, live[i].type) << i;
         ASSERT_EQ(first[i].body, live[i].body) << i;
         ASSERT_EQ(second[i].body, live[i].body) << i;
         offers += live[i].type == DGDO_OUT_NEW_ORDER;
+        nearby += live[i].type == DGDO_OUT_NEARBY_DRIVERS;
     }
     EXPECT_GT(offers, 50u);
+    EXPECT_GT(nearby, 50u);
+    std::map<int32_t, size_t> kinds;
+    for (const auto& j : journal) ++kinds[j.type];
+    EXPECT_GT(kinds[DGDO_IN_SESSION_OPEN], 20u);  // the journal really holds every kind of input
+    EXPECT_GT(kinds[DGDO_IN_SESSION_CLOSE], 20u);
+    EXPECT_GT(kinds[DGDO_IN_NEARBY], 20u);
+    EXPECT_GT(kinds[kDetachType], 5u);
 }
 
 TEST(CoreDeterminism, RecordedJournalReplayedTwiceGivesTheLiveOutputsByteForByte) {

@@ -76,8 +76,27 @@ TEST(CoreMatching, WideRadiusIsSearchedOnlyWhenTheFirstRingIsEmpty) {
     EXPECT_EQ(h2.core.find_order(h2.order_for("p1"))->driver, "d2km");
 }
 
-TEST(CoreMatching, OrderWithNoAcceptanceEndsAsNoDriverAfterTheSearchTimeout) {
+TEST(CoreMatching, RejectInsideTheFirstRingSendsTheOfferToADriverInTheWideRing) {
     Harness h;
+    h.online("d1km", at(1000));
+    h.online("d5km", at(0, 5000));
+    h.online("d8km", at(8000));
+    const uint64_t id = h.order_for("p1");
+    ASSERT_EQ(h.core.find_order(id)->driver, "d1km");
+    const auto out = h.driver_cmd("d1km", id, DGDO_CMD_REJECT);
+    const auto offers = of_type(out, DGDO_OUT_NEW_ORDER);
+    ASSERT_EQ(offers.size(), 1u);
+    const auto n = as<dgdo_out_new_order>(offers[0]);
+    EXPECT_EQ(id_str(n.meta.to_id), "d5km");
+    EXPECT_EQ(n.order_id, id);
+    EXPECT_NEAR(n.distance_m, 5000, 10);
+    EXPECT_NEAR(n.eta_s, 5000 * 1.35 / (22 / 3.6) + 30, 2);
+}
+
+TEST(CoreMatching, OrderWithNoAcceptanceEndsAsNoDriverAfterTheSearchTimeout) {
+    Config cfg;
+    cfg.exhausted_wait_s = 1000;  // only the hard cap ends it here
+    Harness h(cfg);
     const uint64_t id = h.order_for("p1");
     EXPECT_TRUE(of_type(h.tick(59.9), DGDO_OUT_ORDER_UPDATE).empty());
     const auto out = h.tick(0.1);
@@ -110,13 +129,15 @@ TEST(CoreMatching, SearchingOrderIsOfferedWhenADriverComesOnline) {
     EXPECT_EQ(offered_to(out, "d1"), id);
 }
 
-TEST(CoreMatching, SearchingOrderIsRetriedOnTicksWhenADriverMovesIntoRange) {
+TEST(CoreMatching, SearchingOrderIsRetriedWithinAboutASecondWhenADriverMovesIntoRange) {
     Harness h;
     h.online("d1", at(9000));
     const uint64_t id = h.order_for("p1");
     EXPECT_EQ(h.state(id), OrderState::Searching);
     h.location("d1", at(1000));
-    EXPECT_EQ(offered_to(h.tick(0.1), "d1"), id);
+    std::vector<OutRecord> out;
+    for (int i = 0; i < 13 && out.empty(); ++i) out = of_type(h.tick(0.1), DGDO_OUT_NEW_ORDER);
+    EXPECT_EQ(offered_to(out, "d1"), id);
 }
 
 TEST(CoreMatching, DriverHoldsAtMostOneOffer) {

@@ -59,6 +59,49 @@ TEST(CoreTracking, EstimateAfterTheStartIsToTheDropoff) {
     EXPECT_NEAR(as<dgdo_out_estimate_update>(est[0]).eta_s, 2000 * 1.35 / (22 / 3.6), 1);
 }
 
+TEST(CoreTracking, FirstPositionAfterTheStartBringsTheDropoffEstimateDespiteTheThrottle) {
+    Harness h;
+    h.online("d1", at(2000));
+    const auto r = h.ride("p1", kCenter, 0, at(3000));
+    const uint64_t id = as<dgdo_out_command_result>(r[0]).order_id;
+    h.driver_cmd("d1", id, DGDO_CMD_ACCEPT);
+    ASSERT_EQ(of_type(h.location("d1", at(100)), DGDO_OUT_ESTIMATE_UPDATE).size(), 1u);  // to the pickup
+    h.tick(1);
+    h.driver_cmd("d1", id, DGDO_CMD_ARRIVED);
+    h.driver_cmd("d1", id, DGDO_CMD_START);
+    const auto est = of_type(h.location("d1", at(1000)), DGDO_OUT_ESTIMATE_UPDATE);  // 1 s after the last one
+    ASSERT_EQ(est.size(), 1u);
+    EXPECT_NEAR(as<dgdo_out_estimate_update>(est[0]).distance_m, 2000, 5);  // to the dropoff, not the pickup
+    EXPECT_NEAR(as<dgdo_out_estimate_update>(est[0]).eta_s, 2000 * 1.35 / (22 / 3.6), 1);
+    h.tick(1);
+    EXPECT_TRUE(of_type(h.location("d1", at(1100)), DGDO_OUT_ESTIMATE_UPDATE).empty());  // throttled again
+}
+
+TEST(CoreTracking, NearbyListsOnlyDriversFreeToTakeARide) {
+    Harness h;
+    h.session(true, DGDO_ROLE_DRIVER, "gone", 1, 9);
+    h.online("free", at(300));
+    h.online("offered", at(100));
+    h.online("ontrip", at(200));
+    h.online("gone", at(250));
+    const uint64_t a = h.order_for("pA");  // "offered" takes it
+    const uint64_t b = h.order_for("pB");  // then "ontrip"
+    h.driver_cmd("ontrip", b, DGDO_CMD_ACCEPT);
+    h.session(false, DGDO_ROLE_DRIVER, "gone", 1, 9);  // within its grace, but not offerable
+    ASSERT_EQ(h.core.find_order(a)->driver, "offered");
+    auto list = [&h](const std::vector<OutRecord>& out) {
+        std::vector<std::string> ids;
+        const auto snaps = to_whom(out, DGDO_OUT_NEARBY_DRIVERS, DGDO_ROLE_PASSENGER, "p1");
+        if (snaps.empty()) return ids;
+        const auto n = as<dgdo_out_nearby_drivers>(snaps.back());
+        for (uint32_t i = 0; i < n.count; ++i) ids.push_back(id_str(n.drivers[i].driver_id));
+        return ids;
+    };
+    EXPECT_EQ(list(h.nearby("p1", kCenter, 2000)), std::vector<std::string>{"free"});
+    h.passenger_cmd("pA", a, DGDO_CMD_CANCEL);  // "offered" is free again
+    EXPECT_EQ(list(h.tick(1)), (std::vector<std::string>{"offered", "free"}));
+}
+
 TEST(CoreTracking, NearbySubscriberGetsOnlineDriversNearestFirstAboutOnceASecond) {
     Harness h;
     h.online("far", at(1500));

@@ -73,6 +73,29 @@ TEST(GridIndex, AMoveInsideTheCellOnlyRewritesCoordinates) {
     EXPECT_EQ(grid.size(), 0u);
 }
 
+TEST(GridIndex, AMoveInsideTheCellKeepsTheDriversHandleAndSlot) {
+    GridIndex grid;
+    grid.upsert("d0", at(5, 5));
+    grid.upsert("d1", at(10, 10));
+    grid.upsert("d2", at(15, 15));
+    const uint32_t h0 = grid.handle("d0"), h1 = grid.handle("d1"), h2 = grid.handle("d2");
+    const auto p0 = grid.place_of(h0), p1 = grid.place_of(h1), p2 = grid.place_of(h2);
+    ASSERT_EQ(p0.cell, p1.cell);  // one cell, three slots
+    grid.upsert("d1", at(40, 30));
+    grid.move(h1, at(50, 35));
+    EXPECT_EQ(grid.handle("d1"), h1);
+    EXPECT_EQ(grid.place_of(h1), p1);  // rewritten where it was
+    EXPECT_EQ(grid.place_of(h0), p0);  // nobody else shifted
+    EXPECT_EQ(grid.place_of(h2), p2);
+    EXPECT_NEAR(grid.nearest(at(50, 35), 5, nullptr)->distance_m, 0.0, 1e-6);
+
+    grid.upsert("d0", at(2000, 0));  // across cells: the handle stays, the last slot fills the gap
+    EXPECT_EQ(grid.handle("d0"), h0);
+    EXPECT_NE(grid.place_of(h0).cell, p0.cell);
+    EXPECT_EQ(grid.place_of(h2), p0);
+    EXPECT_EQ(grid.place_of(h1), p1);
+}
+
 TEST(GridIndex, EqualDistancesGoToTheSmallerId) {
     GridIndex grid;
     grid.upsert("b", at(0, 500));

@@ -19,7 +19,12 @@ struct Config {
     double speed_kmh = 22.0;           // city average for ETAs
     double detour = 1.35;              // road distance / great-circle distance
     double pickup_overhead_s = 30.0;   // added to every pickup ETA
-    double search_timeout_s = 60.0;    // no acceptance by then -> no_driver
+    double search_timeout_s = 60.0;    // hard cap: no acceptance by then -> no_driver
+    // Once no untried available driver is within wide_radius_m, a passenger
+    // should not stare at "searching" for the full search_timeout_s: the order
+    // waits this long for a driver it has not tried yet, then ends no_driver
+    // (0 = at once). The wait restarts after each further refusal.
+    double exhausted_wait_s = 10.0;
     double grace_s = 10.0;             // a disconnected driver keeps its offer this long
     double estimate_interval_s = 3.0;  // ESTIMATE_UPDATE throttle per order
     double nearby_interval_s = 1.0;    // NEARBY_DRIVERS cadence
@@ -29,6 +34,15 @@ struct Config {
     Matching matching = Matching::Greedy;
     double batch_window_s = 2.0;       // batched mode: how long requests collect
     uint32_t batch_candidates = 8;     // batched mode: nearest drivers considered per order
+    // batched mode: orders per min-cost solve. Hungarian is O(n² m); past this the window is
+    // split into solves, orders whose nearest driver is closest going first.
+    uint32_t batch_max_orders = 128;
+    // A waiting order is retried when a driver near it becomes available, and otherwise this
+    // often (staggered per order by up to a quarter of it) to catch drivers driving into range.
+    double retry_interval_s = 1.0;
+    // At most this many retries per tick; the rest stay due for the next tick, oldest due
+    // first. Bounds a tick after a burst of failures (a retry in an empty area scans ~7 km).
+    uint32_t retries_per_tick = 200;
     double retention_s = 3600.0;       // finished orders (and their idempotency keys) are forgotten after this
     double cell_m = 250.0;             // grid index cell edge
     double ref_lat = 38.56;            // latitude where cells are cell_m wide (Dushanbe)

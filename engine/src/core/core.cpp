@@ -106,6 +106,7 @@ void Core::apply(const InputEvent& ev, std::vector<OutRecord>& out) {
             on(e);
         },
         ev);
+    match_freed();
     out_ = nullptr;
 }
 
@@ -131,13 +132,12 @@ Driver* Core::find_driver(const IdKey& k) {
     return i == IdTable::kNone ? nullptr : &drivers_[i];
 }
 
+// O(1): it runs every stats tick, and walking 100k drivers and every retained order took milliseconds.
 CoreStats Core::stats() const {
     CoreStats s = counters_;
-    for (const Driver& d : drivers_) {
-        s.drivers_online += d.online;
-        s.drivers_available += available(d);
-    }
-    for (const auto& [id, o] : orders_) s.active_orders += !is_terminal(o.state);
+    s.drivers_online = online_count_;
+    s.drivers_available = static_cast<uint32_t>(index_->size());  // the index holds exactly the available
+    s.active_orders = static_cast<uint32_t>(orders_.size() - finished_.size());  // finished_: the terminal ones kept
     return s;
 }
 
@@ -179,7 +179,7 @@ void Core::on(const SessionOpen& e) {
         grace_timers_.erase({d.grace_deadline_ns, d.id});
         d.connected = true;
         d.grace_deadline_ns = 0;
-        if (available(d)) dispatch_waiting();
+        sync_index(d);
     }
 }
 
@@ -236,6 +236,7 @@ void Core::close_session(const SessionKey& key) {
     Driver& d = driver(key.second);
     if (!d.connected) return;
     d.connected = false;
+    sync_index(d);
     d.grace_deadline_ns = now_ + ns(cfg_.grace_s);
     grace_timers_.insert({d.grace_deadline_ns, d.id});
 }
@@ -260,12 +261,52 @@ Driver& Core::driver(const IdKey& k, const char* chars) {
 void Core::index_put(Driver& d) {
     if (d.index_handle != UINT32_MAX) return index_->move(d.index_handle, d.pos);
     index_->upsert(d.id, d.pos);
+    d.indexed = true;
     d.index_handle = index_->handle(d.id);
 }
 
 void Core::index_drop(Driver& d) {
+    if (!d.indexed) return;
     index_->erase(d.id);
+    d.indexed = false;
     d.index_handle = UINT32_MAX;
+}
+
+void Core::sync_index(Driver& d) {
+    if (!available(d)) return index_drop(d);
+    if (d.indexed) return;
+    index_put(d);
+    freed_.push_back(&d);
+}
+
+// After the input's own effects, so a freed driver's NEW_ORDER follows them.
+void Core::match_freed() {
+    for (size_t i = 0; i < freed_.size(); ++i) {  // offers only take drivers: freed_ cannot grow here
+        const Driver& d = *freed_[i];
+        if (!available(d) || searching_.empty()) continue;
+        if (cfg_.matching == Matching::Batched)
+            arm_batch();
+        else
+            offer_freed(d);
+    }
+    freed_.clear();
+}
+
+// One more driver can only change the outcome for waiting orders within its
+// reach that have not tried it; the oldest of them gets the first chance.
+void Core::offer_freed(const Driver& d) {
+    constexpr double kDegM = 111195.0;
+    const double reach = cfg_.wide_radius_m * 1.01 + 1.0;  // equirectangular vs haversine slack
+    const double lon_m = kDegM * std::cos(d.pos.lat * 3.14159265358979323846 / 180.0);
+    std::vector<uint64_t> near;
+    for (const auto& [id, pickup] : searching_) {
+        const double dy = (pickup.lat - d.pos.lat) * kDegM, dx = (pickup.lon - d.pos.lon) * lon_m;
+        if (dy * dy + dx * dx <= reach * reach && !orders_.at(id).tried.count(d.id)) near.push_back(id);
+    }
+    for (uint64_t id : near) {
+        if (!available(d)) break;
+        try_offer(orders_.at(id));
+    }
 }
 
 bool Core::available(const Driver& d) const {
@@ -273,11 +314,9 @@ bool Core::available(const Driver& d) const {
 }
 
 void Core::set_online(Driver& d, bool online) {
+    if (d.online != online) online_count_ += online ? 1u : -1u;
     d.online = online;
-    if (online && d.has_pos)
-        index_put(d);
-    else
-        index_drop(d);
+    sync_index(d);
 }
 
 // The hot path: apply() leaves learn_route to this handler, which does the same
@@ -305,7 +344,10 @@ void Core::on(const dgdo_in_driver_location& e) {
     d.has_pos = true;
     d.heading = e.heading;
     d.speed_kmh = e.speed_kmh;
-    if (d.online) index_put(d);
+    if (d.indexed)
+        index_put(d);
+    else
+        sync_index(d);  // its first position may make it available
     if (d.trip != 0) {
         Order& o = orders_.at(d.trip);
         if (o.state == OrderState::Accepted) {  // on the way: the passenger hears it before the position
@@ -356,10 +398,7 @@ void Core::on(const dgdo_in_driver_status& e) {
     const bool online = e.status == DGDO_DRIVER_ONLINE;
     if (d.online == online) return;
     set_online(d, online);
-    if (online) {
-        if (available(d)) dispatch_waiting();
-        return;
-    }
+    if (online) return;
     if (d.offer != 0) {
         Order& o = orders_.at(d.offer);
         withdraw_offer(o, DGDO_REASON_DRIVER_OFFLINE);
@@ -432,17 +471,22 @@ void Core::on(const dgdo_in_order_command& e) {
         return;
     }
     case DGDO_CMD_ARRIVED:
-    case DGDO_CMD_START:
         o.state = *next;
         update_both(o);
         return;
+    case DGDO_CMD_START:
+        o.state = *next;
+        o.estimate_sent = false;  // the last estimate was to the pickup: the next position brings the dropoff's at once
+        update_both(o);
+        return;
     case DGDO_CMD_COMPLETE: {
-        driver(o.driver).trip = 0;
+        Driver& d = driver(o.driver);
+        d.trip = 0;
         o.state = *next;
         finish(o);
         ++counters_.orders_completed;
         update_both(o);
-        dispatch_waiting();
+        sync_index(d);
         return;
     }
     default: break;
@@ -463,27 +507,27 @@ void Core::on(const dgdo_in_order_command& e) {
             cancel_order(o, bound, DGDO_REASON_PASSENGER_CANCELED);
             d.offer = 0;
             d.trip = 0;
-            if (available(d)) dispatch_waiting();
+            sync_index(d);
         }
         return;
     }
     if (prev == OrderState::Offered) {  // the driver declines its offer
-        withdraw_offer(o, DGDO_REASON_NONE);
+        // A cancel gets the same reliable cancel_order as one after accept (a reject is answered by its ack).
+        withdraw_offer(o, e.command == DGDO_CMD_CANCEL ? DGDO_REASON_DRIVER_CANCELED : DGDO_REASON_NONE);
         try_offer(o);
-        dispatch_waiting();
         return;
     }
     // The driver gives up an accepted trip: back to search without it.
     Driver& d = driver(o.driver);
     d.trip = 0;
     o.tried.insert(d.id);
+    sync_index(d);
     const std::string gone = o.driver;
     o.driver.clear();
     enter_searching(o);
     cancel_order(o, gone, DGDO_REASON_DRIVER_CANCELED);
     order_update(o, DGDO_ROLE_PASSENGER, o.passenger, DGDO_REASON_DRIVER_CANCELED);
     try_offer(o);
-    dispatch_waiting();
 }
 
 void Core::enter_searching(Order& o) {
@@ -491,7 +535,7 @@ void Core::enter_searching(Order& o) {
     search_timers_.erase({o.search_deadline_ns, o.id});
     o.search_deadline_ns = now_ + ns(cfg_.search_timeout_s);
     search_timers_.insert({o.search_deadline_ns, o.id});
-    searching_.insert(o.id);
+    searching_.emplace(o.id, o.pickup);
 }
 
 void Core::withdraw_offer(Order& o, uint8_t reason) {
@@ -501,9 +545,10 @@ void Core::withdraw_offer(Order& o, uint8_t reason) {
     if (reason != DGDO_REASON_NONE) cancel_order(o, d.id, reason);
     d.offer = 0;
     o.tried.insert(d.id);
+    sync_index(d);
     o.driver.clear();
     o.state = OrderState::Searching;
-    searching_.insert(o.id);
+    searching_.emplace(o.id, o.pickup);
 }
 
 bool Core::eligible_for(const Order& o, const std::string& driver_id) const {
@@ -515,14 +560,49 @@ void Core::try_offer(Order& o) {
     if (o.state != OrderState::Searching) return;
     if (cfg_.matching == Matching::Batched) return arm_batch();
     auto eligible = [this, &o](const std::string& id) { return eligible_for(o, id); };
-    auto c = index_->nearest(o.pickup, cfg_.radius_m, eligible);
-    if (!c) c = index_->nearest(o.pickup, cfg_.wide_radius_m, eligible);
-    if (c) make_offer(o, *c);
+    // One search: the nearest within wide_radius_m is the nearest within radius_m whenever
+    // one is there, so "radius_m, else wide_radius_m" needs no second scan.
+    const auto c = index_->nearest(o.pickup, std::max(cfg_.radius_m, cfg_.wide_radius_m), eligible);
+    if (c) return make_offer(o, *c);
+    schedule_retry(o);
+    exhaust(o);
+}
+
+void Core::schedule_retry(Order& o) {
+    if (o.retry_ns != 0) return;
+    // Up to a quarter interval later by order id, so a burst of failures does not retry in one tick.
+    const uint64_t every = ns(cfg_.retry_interval_s);
+    const uint64_t spread = ((o.id * 0x9E3779B97F4A7C15ull) >> 56) * (every / 4) / 256;
+    o.retry_ns = now_ + every + spread;
+    retry_timers_.insert({o.retry_ns, o.id});
+}
+
+void Core::retry_due() {
+    for (uint32_t n = 0; n < cfg_.retries_per_tick && !retry_timers_.empty() && retry_timers_.begin()->first <= now_;
+         ++n) {
+        const uint64_t id = retry_timers_.begin()->second;
+        retry_timers_.erase(retry_timers_.begin());
+        Order& o = orders_.at(id);
+        o.retry_ns = 0;
+        try_offer(o);
+    }
+}
+
+void Core::exhaust(Order& o) {
+    if (o.exhausted_deadline_ns != 0) return;  // already waiting: a retry that finds nobody does not extend it
+    if (cfg_.exhausted_wait_s <= 0) return end_no_driver(o);
+    o.exhausted_deadline_ns = now_ + ns(cfg_.exhausted_wait_s);
+    exhausted_timers_.insert({o.exhausted_deadline_ns, o.id});
 }
 
 void Core::make_offer(Order& o, const Candidate& c) {
     Driver& d = driver(c.id);
     d.offer = o.id;
+    sync_index(d);
+    exhausted_timers_.erase({o.exhausted_deadline_ns, o.id});
+    o.exhausted_deadline_ns = 0;
+    retry_timers_.erase({o.retry_ns, o.id});
+    o.retry_ns = 0;
     o.state = OrderState::Offered;
     o.driver = d.id;
     o.offer_deadline_ns = now_ + ns(cfg_.offer_timeout_s);
@@ -531,67 +611,92 @@ void Core::make_offer(Order& o, const Candidate& c) {
     new_order(o, c);
 }
 
-// Oldest order first: ids grow with arrival.
-void Core::dispatch_waiting() {
-    if (cfg_.matching == Matching::Batched) {
-        if (!searching_.empty()) arm_batch();
-        return;
-    }
-    std::vector<uint64_t> ids(searching_.begin(), searching_.end());
-    for (uint64_t id : ids) try_offer(orders_.at(id));
-}
-
 void Core::arm_batch() {
     if (batch_due_ns_ == 0) batch_due_ns_ = now_ + ns(cfg_.batch_window_s);
 }
 
-// One min-cost assignment over every waiting order and its nearest available
-// drivers. Rows are orders (by id), columns drivers (by id): the same state
-// always gives the same offers.
+// The batch_candidates nearest eligible drivers within radius_m, else within
+// wide_radius_m. Nearest-first, so the ones within radius_m are a prefix of the
+// wide search: one scan answers both.
+std::vector<Candidate> Core::batch_candidates(const Order& o) const {
+    auto eligible = [this, &o](const std::string& d) { return eligible_for(o, d); };
+    auto c = index_->nearest_k(o.pickup, std::max(cfg_.radius_m, cfg_.wide_radius_m), cfg_.batch_candidates, eligible);
+    if (!c.empty() && c.front().distance_m <= cfg_.radius_m)
+        c.erase(std::find_if(c.begin(), c.end(), [this](const Candidate& x) { return x.distance_m > cfg_.radius_m; }),
+                c.end());
+    return c;
+}
+
+// Min-cost assignments over the waiting orders and their nearest available
+// drivers, at most batch_max_orders per solve (Hungarian is O(n² m)). Orders
+// whose nearest driver is closest are solved first; a later solve sees only
+// the drivers earlier ones left. Rows are ordered by (nearest distance, order
+// id), columns by driver id: the same state always gives the same offers.
 void Core::run_batch() {
     batch_due_ns_ = 0;
-    struct Row {
-        uint64_t order;
-        std::vector<Candidate> cands;
-    };
-    std::vector<Row> rows;
-    std::map<std::string, int> cols;  // driver id -> column, in id order
-    for (uint64_t id : searching_) {
-        const Order& o = orders_.at(id);
-        auto eligible = [this, &o](const std::string& d) { return eligible_for(o, d); };
-        auto c = index_->nearest_k(o.pickup, cfg_.radius_m, cfg_.batch_candidates, eligible);
-        if (c.empty()) c = index_->nearest_k(o.pickup, cfg_.wide_radius_m, cfg_.batch_candidates, eligible);
-        if (c.empty()) continue;
-        for (const auto& cand : c) cols.emplace(cand.id, 0);
-        rows.push_back(Row{id, std::move(c)});
+    std::vector<BatchRow> rows;
+    std::vector<uint64_t> none_left;
+    for (const auto& [id, pickup] : searching_) {
+        auto c = batch_candidates(orders_.at(id));
+        if (c.empty())
+            none_left.push_back(id);
+        else
+            rows.push_back(BatchRow{id, std::move(c)});
     }
-    if (!rows.empty()) {
-        int next = 0;
-        for (auto& [id, col] : cols) col = next++;
-        const int n = static_cast<int>(rows.size());
-        const int m = std::max(n, static_cast<int>(cols.size()));  // dummy columns when drivers are short
-        // Larger than any sum of real costs: as many orders as possible get a driver, then the least total distance.
-        const double no_pair = (cfg_.wide_radius_m + 1.0) * (n + 1);
-        std::vector<double> cost(static_cast<size_t>(n) * static_cast<size_t>(m), no_pair);
-        for (int i = 0; i < n; ++i)
-            for (const auto& cand : rows[static_cast<size_t>(i)].cands)
-                cost[static_cast<size_t>(i) * static_cast<size_t>(m) + static_cast<size_t>(cols.at(cand.id))] =
-                    cand.distance_m;
-        const std::vector<int> pick = hungarian(cost, n, m);
-        for (int i = 0; i < n; ++i) {
-            const Row& r = rows[static_cast<size_t>(i)];
-            const int col = pick[static_cast<size_t>(i)];
-            for (const auto& cand : r.cands) {
-                if (cols.at(cand.id) != col) continue;
-                make_offer(orders_.at(r.order), cand);
-                break;
+    std::stable_sort(rows.begin(), rows.end(), [](const BatchRow& a, const BatchRow& b) {
+        return a.cands.front().distance_m < b.cands.front().distance_m;
+    });
+    const size_t cap = std::max<size_t>(1, cfg_.batch_max_orders);
+    for (size_t from = 0; from < rows.size(); from += cap) {
+        std::vector<BatchRow> chunk(rows.begin() + static_cast<std::ptrdiff_t>(from),
+                                    rows.begin() + static_cast<std::ptrdiff_t>(std::min(rows.size(), from + cap)));
+        if (from > 0) {
+            for (BatchRow& r : chunk) {
+                const Order& o = orders_.at(r.order);
+                std::erase_if(r.cands, [this, &o](const Candidate& c) { return !eligible_for(o, c.id); });
+                if (r.cands.empty()) r.cands = batch_candidates(o);
             }
+            std::erase_if(chunk, [](const BatchRow& r) { return r.cands.empty(); });  // outbid: next window
         }
+        solve_batch(chunk);
     }
+    for (uint64_t id : none_left) exhaust(orders_.at(id));  // after the loop: this may end orders
     if (!searching_.empty()) arm_batch();  // the unmatched wait for the next window
 }
 
+void Core::solve_batch(const std::vector<BatchRow>& rows) {
+    if (rows.empty()) return;
+    std::map<std::string, int> cols;  // driver id -> column, in id order
+    for (const BatchRow& r : rows)
+        for (const auto& cand : r.cands) cols.emplace(cand.id, 0);
+    int next = 0;
+    for (auto& [id, col] : cols) col = next++;
+    const int n = static_cast<int>(rows.size());
+    const int m = std::max(n, static_cast<int>(cols.size()));  // dummy columns when drivers are short
+    // Larger than any sum of real costs: as many orders as possible get a driver, then the least total distance.
+    const double no_pair = (cfg_.wide_radius_m + 1.0) * (n + 1);
+    std::vector<double> cost(static_cast<size_t>(n) * static_cast<size_t>(m), no_pair);
+    for (int i = 0; i < n; ++i)
+        for (const auto& cand : rows[static_cast<size_t>(i)].cands)
+            cost[static_cast<size_t>(i) * static_cast<size_t>(m) + static_cast<size_t>(cols.at(cand.id))] =
+                cand.distance_m;
+    const std::vector<int> pick = hungarian(cost, n, m);
+    for (int i = 0; i < n; ++i) {
+        const BatchRow& r = rows[static_cast<size_t>(i)];
+        const int col = pick[static_cast<size_t>(i)];
+        for (const auto& cand : r.cands) {
+            if (cols.at(cand.id) != col) continue;
+            make_offer(orders_.at(r.order), cand);
+            break;
+        }
+    }
+}
+
 void Core::finish(Order& o) {
+    exhausted_timers_.erase({o.exhausted_deadline_ns, o.id});
+    o.exhausted_deadline_ns = 0;
+    retry_timers_.erase({o.retry_ns, o.id});
+    o.retry_ns = 0;
     o.finished_ns = now_;
     finished_.emplace_back(now_, o.id);
     auto live = live_by_passenger_.find(o.passenger);
@@ -660,9 +765,13 @@ void Core::on(const Tick& e) {
         next_stats_ns_ = now_ + ns(cfg_.stats_interval_s);
     }
     expire_searches();
+    expire_exhausted();
     expire_graces();
     expire_offers();
-    dispatch_waiting();
+    if (cfg_.matching == Matching::Greedy)
+        retry_due();
+    else if (!searching_.empty())
+        arm_batch();
     if (batch_due_ns_ != 0 && now_ >= batch_due_ns_) run_batch();
     prune_finished();
     if (now_ >= next_nearby_ns_) {
@@ -681,12 +790,27 @@ void Core::expire_searches() {
         search_timers_.erase(search_timers_.begin());
         Order& o = orders_.at(id);
         if (o.state == OrderState::Offered) withdraw_offer(o, DGDO_REASON_OFFER_EXPIRED);
-        if (o.state != OrderState::Searching) continue;
-        searching_.erase(id);
-        o.state = OrderState::NoDriver;
-        finish(o);
-        order_update(o, DGDO_ROLE_PASSENGER, o.passenger, DGDO_REASON_NO_DRIVER);
+        if (o.state == OrderState::Searching) end_no_driver(o);
     }
+}
+
+void Core::expire_exhausted() {
+    while (!exhausted_timers_.empty() && exhausted_timers_.begin()->first <= now_) {
+        const uint64_t id = exhausted_timers_.begin()->second;
+        exhausted_timers_.erase(exhausted_timers_.begin());
+        Order& o = orders_.at(id);
+        o.exhausted_deadline_ns = 0;
+        if (o.state == OrderState::Searching) end_no_driver(o);
+    }
+}
+
+// Only from Searching: an outstanding offer is withdrawn first by the caller.
+void Core::end_no_driver(Order& o) {
+    search_timers_.erase({o.search_deadline_ns, o.id});
+    searching_.erase(o.id);
+    o.state = OrderState::NoDriver;
+    finish(o);
+    order_update(o, DGDO_ROLE_PASSENGER, o.passenger, DGDO_REASON_NO_DRIVER);
 }
 
 void Core::expire_graces() {

@@ -11,10 +11,12 @@
 //   DRIVER_LOCATION     first one after an accept: ORDER_UPDATE arriving to both sides; then
 //                       DRIVER_POSITION (+ throttled ESTIMATE_UPDATE) to the passenger of its trip
 //   DRIVER_STATUS       online: may trigger NEW_ORDER; offline: withdraws its offer
+//   (any input that leaves a driver newly available: NEW_ORDER to it for the oldest
+//    waiting order in reach, after the input's own outputs)
 //   RIDE_REQUEST        ORDER_UPDATE searching, then NEW_ORDER to the nearest driver
 //   ORDER_COMMAND       ORDER_UPDATE to passenger and driver; CANCEL_ORDER / NEW_ORDER as needed
 //   NEARBY              a NEARBY_DRIVERS snapshot now and about once a second
-//   Tick                offer expiry, search timeout, grace expiry, retries, the batch
+//   Tick                offer expiry, search timeout, exhausted wait, grace expiry, due retries, the batch
 //                       (batched mode), pruning of finished orders, stats
 //
 // Matching. Greedy (default): an order is offered to the nearest available
@@ -22,7 +24,8 @@
 // Batched: searching orders wait for the window (batch_window_s from the first
 // one); then one min-cost assignment (Hungarian, cost = pickup distance) over
 // each order's batch_candidates nearest available drivers (radius_m, else
-// wide_radius_m) decides every offer at once; the unmatched wait for the next.
+// wide_radius_m) decides every offer at once, in solves of at most
+// batch_max_orders; the unmatched wait for the next.
 //   WorkerDetached      SESSION_CLOSE for every session on that worker
 #pragma once
 
@@ -84,6 +87,7 @@ struct Driver {
     uint64_t grace_deadline_ns = 0;
     uint64_t offer = 0;  // order offered to this driver, 0 = none
     uint64_t trip = 0;   // order this driver is bound to, 0 = none
+    bool indexed = false;                // in the index, which holds exactly the available drivers
     uint32_t index_handle = UINT32_MAX;  // its DriverIndex handle while indexed (if the index has handles)
     void* session = nullptr;             // cached &sessions_[{driver, id}] (never erased, so stable)
 };
@@ -151,15 +155,27 @@ private:
     Driver& driver(const IdKey& k, const char* chars);
     void index_put(Driver& d);
     void index_drop(Driver& d);
+    // Call after anything that may change available(d): keeps the index equal to the
+    // available drivers and queues a newly available one for the waiting orders.
+    void sync_index(Driver& d);
+    void match_freed();
+    void offer_freed(const Driver& d);
     bool available(const Driver& d) const;
     void set_online(Driver& d, bool online);
     void learn_route(const dgdo_in_meta& m);
     void close_session(const SessionKey& key);
     void try_offer(Order& o);
     void make_offer(Order& o, const Candidate& c);
-    void dispatch_waiting();
+    void schedule_retry(Order& o);
+    void retry_due();
     void arm_batch();
     void run_batch();
+    struct BatchRow {
+        uint64_t order;
+        std::vector<Candidate> cands;  // nearest first
+    };
+    std::vector<Candidate> batch_candidates(const Order& o) const;
+    void solve_batch(const std::vector<BatchRow>& rows);
     void finish(Order& o);
     void prune_finished();
     bool eligible_for(const Order& o, const std::string& driver_id) const;
@@ -168,6 +184,10 @@ private:
     void withdraw_offer(Order& o, uint8_t reason);
     void expire_graces();
     void expire_searches();
+    // Nobody left to offer o to: start its exhausted wait (or end it now when the wait is 0).
+    void exhaust(Order& o);
+    void expire_exhausted();
+    void end_no_driver(Order& o);
     void expire_offers();
     void send_nearby(const std::string& passenger, const NearbySub& sub);
     void send_stats();
@@ -198,15 +218,19 @@ private:
     IdTable driver_ids_;          // id -> index into drivers_
     std::map<uint64_t, Order> orders_;
     std::map<std::string, std::set<uint64_t>> live_by_passenger_;  // orders not yet terminal, for snapshots
-    std::set<uint64_t> searching_;  // orders in Searching with no offer out
+    std::map<uint64_t, dgdo_point> searching_;  // orders in Searching with no offer out -> pickup
+    std::vector<Driver*> freed_;                 // became available during this apply(), in that order
     std::map<std::pair<std::string, uint64_t>, uint64_t> idem_;  // (passenger, idem_key) -> order
     std::unordered_map<SessionKey, Session, SessionKeyHash> sessions_;  // iteration order never reaches outputs
     std::map<std::string, NearbySub> nearby_;
     std::set<Timer> offer_timers_;
     std::set<Timer> search_timers_;
+    std::set<Timer> exhausted_timers_;
+    std::set<Timer> retry_timers_;
     std::set<std::pair<uint64_t, std::string>> grace_timers_;
     std::deque<std::pair<uint64_t, uint64_t>> finished_;  // (finished ns, order id), oldest first
     CoreStats counters_;
+    uint32_t online_count_ = 0;
 };
 
 }  // namespace dgdo

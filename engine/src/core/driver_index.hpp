@@ -76,6 +76,9 @@ private:
 //          entry names its cell by index and a move never rehashes.
 //   upsert: a move inside the same cell rewrites two doubles; a move across
 //           cells swap-removes from the old cell's array and appends to the new.
+//   blocks: 8 × 8 cells (≈ 2 km) each count the drivers in them, so a search
+//           through an empty district (an order nobody is free near, retried
+//           every second) skips a block with one probe, not 64 cell probes.
 //   nearest_k: scans square rings of cells outward from the query's cell,
 //           ranks by a cheap equirectangular distance, asks `eligible` in that
 //           order, stops when the next ring cannot hold anything nearer, then
@@ -99,6 +102,14 @@ public:
     uint32_t handle(const std::string& id) const override { return find(IdKey::of(id), id); }
     void move(uint32_t handle, dgdo_point pos) override;
 
+    // Where a handle's coordinates live: its cell and its place in that cell's array
+    // (tests check that a move inside a cell rewrites them in place).
+    struct Place {
+        uint32_t cell, at;
+        bool operator==(const Place&) const = default;
+    };
+    Place place_of(uint32_t handle) const { return Place{drivers_[handle].cell, drivers_[handle].at}; }
+
 private:
     struct Slot {  // one driver in a cell's array
         double lat, lon;
@@ -113,7 +124,13 @@ private:
     struct Cell {
         std::vector<Slot> slots;
         uint64_t key = 0;
+        uint32_t block = 0;  // index into blocks_
     };
+    struct Block {
+        uint64_t key = 0;
+        uint32_t drivers = 0;
+    };
+    static constexpr int kBlockShift = 3;  // 8 × 8 cells
 
     int32_t row(double lat) const;
     int32_t col(double lon) const;
@@ -122,6 +139,13 @@ private:
     }
     uint32_t find(const IdKey& k, const std::string& id) const;
     uint32_t cell_at(uint64_t cell_key);  // finds or creates
+    uint32_t block_at(uint64_t block_key);  // finds or creates
+    static uint64_t block_of(int32_t r, int32_t c) { return key(r >> kBlockShift, c >> kBlockShift); }
+    uint32_t drivers_in_block(uint64_t block_key) const {
+        const uint32_t i =
+            block_table_.find(IdKey::mix(block_key), [&](uint32_t v) { return blocks_[v].key == block_key; });
+        return i == IdTable::kNone ? 0 : blocks_[i].drivers;
+    }
     const Cell* find_cell(uint64_t cell_key) const {
         const uint32_t i =
             cell_table_.find(IdKey::mix(cell_key), [&](uint32_t v) { return cells_[v].key == cell_key; });
@@ -134,6 +158,8 @@ private:
     double cell_lon_deg_;
     std::vector<Cell> cells_;
     IdTable cell_table_;  // cell key -> index into cells_
+    std::vector<Block> blocks_;
+    IdTable block_table_;  // block key -> index into blocks_
     std::size_t live_cells_ = 0;
     IdTable where_;                 // id -> index into drivers_
     std::vector<Entry> drivers_;

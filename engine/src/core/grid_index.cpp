@@ -42,9 +42,23 @@ uint32_t GridIndex::cell_at(uint64_t cell_key) {
     const uint32_t i = cell_table_.find(h, [&](uint32_t v) { return cells_[v].key == cell_key; });
     if (i != IdTable::kNone) return i;
     const uint32_t n = static_cast<uint32_t>(cells_.size());
+    const auto r = static_cast<int32_t>(static_cast<uint32_t>(cell_key >> 32));
+    const auto c = static_cast<int32_t>(static_cast<uint32_t>(cell_key));
+    const uint32_t b = block_at(block_of(r, c));  // before the emplace: no reference into cells_ is live
     cells_.emplace_back();
     cells_.back().key = cell_key;
+    cells_.back().block = b;
     cell_table_.insert(h, n);
+    return n;
+}
+
+uint32_t GridIndex::block_at(uint64_t block_key) {
+    const uint64_t h = IdKey::mix(block_key);
+    const uint32_t i = block_table_.find(h, [&](uint32_t v) { return blocks_[v].key == block_key; });
+    if (i != IdTable::kNone) return i;
+    const uint32_t n = static_cast<uint32_t>(blocks_.size());
+    blocks_.push_back(Block{block_key, 0});
+    block_table_.insert(h, n);
     return n;
 }
 
@@ -53,6 +67,7 @@ void GridIndex::place(uint32_t handle, uint64_t cell_key, dgdo_point pos) {
     const uint32_t ci = cell_at(cell_key);
     std::vector<Slot>& v = cells_[ci].slots;
     if (v.empty()) ++live_cells_;
+    ++blocks_[cells_[ci].block].drivers;
     e.cell_key = cell_key;
     e.cell = ci;
     e.at = static_cast<uint32_t>(v.size());
@@ -68,6 +83,7 @@ void GridIndex::remove_from_cell(Entry& e) {
     }
     v.pop_back();
     if (v.empty()) --live_cells_;
+    --blocks_[cells_[e.cell].block].drivers;
 }
 
 void GridIndex::upsert(const std::string& id, dgdo_point pos) {
@@ -144,7 +160,17 @@ std::vector<Candidate> GridIndex::nearest_k(dgdo_point at, double radius_m, std:
     double cutoff2 = limit2;  // once k are chosen: the k-th rank plus slack
     bool done = false;
 
+    // Ring edges are walked cell by cell along a row or column, so consecutive
+    // cells mostly share a block: remember the last one asked about.
+    uint64_t last_block = ~0ull;
+    bool block_empty = false;
     auto scan = [&](int32_t r, int32_t c) {
+        const uint64_t b = block_of(r, c);
+        if (b != last_block) {
+            last_block = b;
+            block_empty = drivers_in_block(b) == 0;
+        }
+        if (block_empty) return;
         const Cell* cell = find_cell(key(r, c));
         if (cell == nullptr) return;
         for (const Slot& s : cell->slots) {
@@ -176,14 +202,11 @@ std::vector<Candidate> GridIndex::nearest_k(dgdo_point at, double radius_m, std:
         if (ring == 0) {
             scan(r0, c0);
         } else {
-            for (int32_t c = c0 - ring; c <= c0 + ring; ++c) {
-                scan(r0 - ring, c);
-                scan(r0 + ring, c);
-            }
-            for (int32_t r = r0 - ring + 1; r <= r0 + ring - 1; ++r) {
-                scan(r, c0 - ring);
-                scan(r, c0 + ring);
-            }
+            // One edge at a time (the order within a ring does not change the answer).
+            for (int32_t c = c0 - ring; c <= c0 + ring; ++c) scan(r0 - ring, c);
+            for (int32_t c = c0 - ring; c <= c0 + ring; ++c) scan(r0 + ring, c);
+            for (int32_t r = r0 - ring + 1; r <= r0 + ring - 1; ++r) scan(r, c0 - ring);
+            for (int32_t r = r0 - ring + 1; r <= r0 + ring - 1; ++r) scan(r, c0 + ring);
         }
         // Nothing outside rings 0..ring is nearer than this.
         const double bound = ring == max_ring ? std::numeric_limits<double>::infinity() : edge + ring * step;

@@ -6,6 +6,7 @@
 //       +------------------+--------------------------------+
 //   passenger cancel: searching | offered | accepted | arriving | arrived -> canceled
 //   search timeout:   searching | offered -> no_driver   (tick-driven, not a command)
+//   none left:        searching -> no_driver, exhausted_wait_s after the last candidate is gone
 //
 // ARRIVING is not a command: the first driver_location after the accept moves
 // accepted -> arriving (the driver is visibly on the way; the passenger gets
@@ -77,6 +78,8 @@ struct Order {
     uint64_t created_ns = 0;
     uint64_t search_deadline_ns = 0;
     uint64_t offer_deadline_ns = 0;
+    uint64_t retry_ns = 0;               // next greedy retry while waiting; 0 = none scheduled
+    uint64_t exhausted_deadline_ns = 0;  // nobody left to offer it to: no_driver then; 0 = has candidates
     uint64_t last_estimate_ns = 0;
     bool estimate_sent = false;
     uint64_t idem_key = 0;     // the passenger's idempotency key, 0 = none

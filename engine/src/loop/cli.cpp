@@ -31,10 +31,14 @@ constexpr const char* kUsage =
     "  --detour F              road/great-circle factor (default 1.35)\n"
     "  --pickup-overhead-s S   added to pickup ETAs (default 30)\n"
     "  --search-timeout-s S    no acceptance by then -> no_driver (default 60)\n"
+    "  --exhausted-wait-s S    nobody left to offer to: wait this long for a new driver, then\n"
+    "                          no_driver (default 10; 0 = at once)\n"
     "  --grace-s S             disconnected driver keeps its offer (default 10)\n"
     "  --matching MODE         greedy (default) | batched\n"
     "  --batch-window-s S      batched mode: requests collect this long (default 2)\n"
     "  --batch-candidates N    batched mode: nearest drivers considered per order (default 8)\n"
+    "  --batch-max-orders N    batched mode: orders per min-cost solve; more are split (default 128)\n"
+    "  --retry-interval-s S    how often a waiting order looks again for drivers (default 1)\n"
     "  --retention-s S         finished orders and idempotency keys kept this long (default 3600)\n"
     "  --cell-m M              spatial grid cell edge (default 250)\n"
     "  --tick-ms MS            core tick period (default 100)\n"
@@ -85,7 +89,8 @@ std::string apply_setting(Options& o, const std::string& raw_key, const std::str
         {"detour", &o.core.detour, true},                   {"pickup-overhead-s", &o.core.pickup_overhead_s, false},
         {"search-timeout-s", &o.core.search_timeout_s, true}, {"grace-s", &o.core.grace_s, false},
         {"batch-window-s", &o.core.batch_window_s, true},   {"retention-s", &o.core.retention_s, true},
-        {"cell-m", &o.core.cell_m, true},
+        {"cell-m", &o.core.cell_m, true},   {"exhausted-wait-s", &o.core.exhausted_wait_s, false},
+        {"retry-interval-s", &o.core.retry_interval_s, true},
     };
     const char* v = value.c_str();
     for (const auto& d : doubles) {
@@ -116,6 +121,10 @@ std::string apply_setting(Options& o, const std::string& raw_key, const std::str
         uint64_t n = 0;
         if (!parse_u64(v, &n) || n == 0 || n > 64) return "--batch-candidates must be 1..64: " + value;
         o.core.batch_candidates = static_cast<uint32_t>(n);
+    } else if (key == "batch-max-orders") {
+        uint64_t n = 0;
+        if (!parse_u64(v, &n) || n == 0 || n > 4096) return "--batch-max-orders must be 1..4096: " + value;
+        o.core.batch_max_orders = static_cast<uint32_t>(n);
     } else {
         return "unknown setting " + raw_key;
     }
