@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import tempfile
 import uuid
@@ -57,4 +58,4 @@ async def test_link_refuses_segments_of_another_epoch(reply_epoch: int) -> None:
         for s in segs:
             s.close()
             s.unlink()
-        os.unlink(path)
+        shutil.rmtree(os.path.dirname(path))

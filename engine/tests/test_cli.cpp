@@ -21,14 +21,18 @@ std::optional<Options> parse(std::vector<std::string> args, int* code) {
     return parse_cli(static_cast<int>(argv.size()), argv.data(), code);
 }
 
-std::string write_config(const std::string& text) {
-    // ctest runs each test as its own process, in parallel: one file per test and process.
-    const std::string path = testing::TempDir() + "dgdo-engine-test-" +
-                             testing::UnitTest::GetInstance()->current_test_info()->name() + "-" +
-                             std::to_string(getpid()) + ".conf";
-    std::ofstream(path) << text;
-    return path;
-}
+// A config file that lives as long as the object. ctest runs each test as its own process, in
+// parallel: one file per test and process.
+struct ConfigFile {
+    const std::string path;  // const: `ConfigFile(...).path` is an xvalue and would be moved from
+    explicit ConfigFile(const std::string& text)
+        : path(testing::TempDir() + "dgdo-engine-test-" +
+               testing::UnitTest::GetInstance()->current_test_info()->name() + "-" + std::to_string(getpid()) +
+               ".conf") {
+        std::ofstream(path) << text;
+    }
+    ~ConfigFile() { std::remove(path.c_str()); }
+};
 
 TEST(Cli, FlagsSetEveryDispatchTunable) {
     int code = -1;
@@ -50,7 +54,7 @@ TEST(Cli, FlagsSetEveryDispatchTunable) {
 }
 
 TEST(Cli, ConfigFileIsReadAndFlagsOverrideItWhereverTheyStand) {
-    const auto path = write_config(
+    const ConfigFile cfg(
         "# dispatch\n"
         "control = /tmp/from-file\n"
         "radius_m = 1500   # underscores or dashes\n"
@@ -58,7 +62,7 @@ TEST(Cli, ConfigFileIsReadAndFlagsOverrideItWhereverTheyStand) {
         "\n"
         "matching = batched\n");
     int code = -1;
-    const auto o = parse({"--radius-m", "2500", "--config", path}, &code);
+    const auto o = parse({"--radius-m", "2500", "--config", cfg.path}, &code);
     ASSERT_TRUE(o.has_value());
     EXPECT_EQ(o->control, "/tmp/from-file");
     EXPECT_EQ(o->core.radius_m, 2500);
@@ -68,10 +72,10 @@ TEST(Cli, ConfigFileIsReadAndFlagsOverrideItWhereverTheyStand) {
 
 TEST(Cli, BadConfigLinesAndUnknownKeysAreUsageErrors) {
     int code = -1;
-    EXPECT_FALSE(parse({"--control", "/tmp/s", "--config", write_config("radius_m 100\n")}, &code));
+    EXPECT_FALSE(parse({"--control", "/tmp/s", "--config", ConfigFile("radius_m 100\n").path}, &code));
     EXPECT_EQ(code, 2);
     code = -1;
-    EXPECT_FALSE(parse({"--control", "/tmp/s", "--config", write_config("colour = blue\n")}, &code));
+    EXPECT_FALSE(parse({"--control", "/tmp/s", "--config", ConfigFile("colour = blue\n").path}, &code));
     EXPECT_EQ(code, 2);
     EXPECT_FALSE(parse({"--control", "/tmp/s", "--config", "/nonexistent/dgdo.conf"}, &code));
     EXPECT_FALSE(parse({"--control", "/tmp/s", "--matching", "fastest"}, &code));
