@@ -57,10 +57,13 @@ class TokenBucket:
 
     def take(self, now: float, cost: float = 1.0) -> bool:
         """Takes `cost` tokens (at most a full bucket's worth) if there are that many."""
+        # Plain comparisons rather than min(): this runs for every inbound frame.
         if now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.per_s)
+            tokens = self.tokens + (now - self.stamp) * self.per_s
+            self.tokens = tokens if tokens < self.burst else self.burst
             self.stamp = now
-        cost = min(cost, self.burst)
+        if cost > self.burst:
+            cost = self.burst
         if self.tokens >= cost:
             self.tokens -= cost
             return True
