@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -51,5 +52,4 @@ class FakeEngine:
             seg.unlink()
         for fd in (self.engine_bell, self.worker_bell):
             os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,6 +97,7 @@ def stop_split(s: Split) -> None:
     for name in os.listdir("/dev/shm"):
         if s.instance in name:
             os.unlink("/dev/shm/" + name)
+    shutil.rmtree(os.path.dirname(s.control), ignore_errors=True)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ positions must arrive coalesced (fewer than sent) with the newest one last.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,4 +107,5 @@ async def test_stalled_sidecar_gets_every_order_event_in_order_and_positions_coa
         for name in os.listdir("/dev/shm"):
             if instance in name:
                 os.unlink("/dev/shm/" + name)
+        shutil.rmtree(os.path.dirname(control), ignore_errors=True)
     assert b"positions coalesced" in err, err.decode()[-2000:]
