@@ -72,8 +72,10 @@ async def test_every_client_message_type_is_answered(stack: Stack, lib: str, fmt
     await p.expect("welcome")
     await admin.expect("welcome", role="admin")
 
-    ack = await request(admin, {"type": "subscribe", "topics": ["assignments"], "id": "sub"})
-    assert ack["topics"] == ["assignments"]
+    topics = ["assignments", "system_stats", "active_orders", "drivers", "log"]
+    ack = await request(admin, {"type": "subscribe", "topics": topics, "id": "sub"})
+    assert sorted(ack["topics"]) == sorted(topics)
+    assert (await admin.expect("system_stats"))["engine_attached"] is True
     await request(p, {"type": "nearby_subscribe", "lat": 38.56, "lon": 68.78, "radius_m": 2000, "id": "near"})
     assert "driver_id" in json.dumps((await p.expect("nearby_drivers"))["drivers"])
 
@@ -82,6 +84,7 @@ async def test_every_client_message_type_is_answered(stack: Stack, lib: str, fmt
     again = (await request(p, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF, "id": "r1"}))
     order1 = first["order_id"]
     assert again["order_id"] == order1
+    assert (await admin.expect("active_orders", order_id=order1))["status"] == "searching"
     await d.expect("new_order", order_id=order1)
     await request(d, {"type": "order_reject", "order_id": order1, "id": "rej"})
     await request(p, {"type": "order_cancel", "order_id": order1, "reason": "changed my mind", "id": "pc"})
@@ -96,9 +99,12 @@ async def test_every_client_message_type_is_answered(stack: Stack, lib: str, fmt
     await send(d, {"type": "driver_location", "lat": 38.5605, "lon": 68.7840, "heading": 80, "speed_kmh": 30})
     pos = await p.expect("driver_location", order_id=order2)
     assert (pos["driver_id"], pos["lat"], pos["lon"]) == ("d1", 38.5605, 68.7840)
+    assert any(m.get("status") == "arriving" for m in p.seen if m["type"] == "order_update")
+    assert (await p.expect("estimate_update", order_id=order2))["eta_s"] > 0
     for step, status in (("order_arrived", "arrived"), ("trip_start", "started"), ("trip_complete", "completed")):
         await request(d, {"type": step, "order_id": order2, "id": step})
         await p.expect("order_update", order_id=order2, status=status)
+    assert (await request(d, {"type": "trip_start", "order_id": order2, "id": "again"}, "error"))["code"] == "conflict"
 
     # ride 3: the driver cancels after accepting; the order goes back to searching.
     order3 = (await request(p, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF, "id": "r3"}))["order_id"]
@@ -108,14 +114,27 @@ async def test_every_client_message_type_is_answered(stack: Stack, lib: str, fmt
     await p.expect("order_update", order_id=order3, status="searching")
     await request(p, {"type": "order_cancel", "order_id": order3, "id": "pc3"})
 
+    # ride 4: the passenger cancels while the driver holds the offer: the driver is told.
+    order4 = (await request(p, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF, "id": "r4"}))["order_id"]
+    await d.expect("new_order", order_id=order4)
+    await request(p, {"type": "order_cancel", "order_id": order4, "id": "pc4"})
+    assert (await d.expect("cancel_order", order_id=order4))["reason"] == "passenger_canceled"
+
     await request(p, {"type": "nearby_unsubscribe", "id": "far"})
     await request(d, {"type": "driver_status", "status": "offline", "id": "off"})
+    await admin.expect("driver_status", driver_id="d1", status="offline")
+    for _ in range(40):  # past the position bucket's burst
+        await send(d, {"type": "driver_location", "lat": 38.5605, "lon": 68.7840})
+    assert "slow down" in (await d.expect("error", code="rate_limited"))["message"]
     for c in (d, p, admin):
         assert (await request(c, {"type": "ping", "id": 7}, answer="pong"))["id"] == 7
     reliable = [m for m in p.seen if m["type"] == "order_update"]
     assert [m["seq"] for m in reliable] == sorted({m["seq"] for m in reliable})
     assert all(isinstance(m["ts"], int) for m in p.seen + d.seen)
-    for c in (d, p, admin):
+    p_again = await connect(stack, lib, fmt, how, "/ws/passenger/p1")  # replaces p: admins are told
+    await p_again.expect("welcome")
+    assert "4001" in (await admin.expect("log"))["message"]
+    for c in (d, p, p_again, admin):
         await c.close()
 
 
