@@ -119,16 +119,7 @@ int EventLoop::check_leftovers() {
         if (name.rfind(prefix, 0) != 0) continue;
         const bool in = name.ends_with(".in"), out = name.ends_with(".out");
         if (!in && !out) continue;
-        const SegmentOwner o = inspect_segment("/" + name, out, now);
-        if (o.live) {
-            std::fprintf(stderr, "dgdo-engine: ! segment /%s belongs to a live engine %s\n", name.c_str(),
-                         describe_owner(o).c_str());
-            rc = -EBUSY;
-        } else if (o.exists) {
-            std::fprintf(stderr, "dgdo-engine: = stale segment /%s %s, removing\n", name.c_str(),
-                         describe_owner(o).c_str());
-            shm_unlink(("/" + name).c_str());
-        }
+        if (reclaim_segment("/" + name, out, now) != 0) rc = -EBUSY;
     }
     closedir(dir);
     return rc;

@@ -73,22 +73,28 @@ std::string describe_owner(const SegmentOwner& o) {
     return buf;
 }
 
-int ShmSegment::create(const std::string& name, uint64_t capacity, uint64_t epoch, bool engine_produces,
-                       uint64_t stale_after_ns) {
-    destroy();
-    const SegmentOwner old = inspect_segment(name, engine_produces, mono_now(), stale_after_ns);
+int reclaim_segment(const std::string& name, bool engine_produces, uint64_t now_mono_ns,
+                    uint64_t stale_after_ns) {
+    const SegmentOwner old = inspect_segment(name, engine_produces, now_mono_ns, stale_after_ns);
     if (old.live) {
         std::fprintf(stderr, "dgdo-engine: ! segment %s belongs to a live engine %s; not taking it over\n",
                      name.c_str(), describe_owner(old).c_str());
         return -EBUSY;
     }
     if (old.exists) {
-        // A leftover of a crashed run: its sidecar may still map it (and salvage from it); we start
-        // from a fresh, zeroed object under the same name.
+        // A leftover of a crashed run: its sidecar may still map it (and salvage from it); the
+        // next owner starts from a fresh, zeroed object under the same name.
         std::fprintf(stderr, "dgdo-engine: = stale segment %s %s, removing\n", name.c_str(),
                      describe_owner(old).c_str());
         shm_unlink(name.c_str());
     }
+    return 0;
+}
+
+int ShmSegment::create(const std::string& name, uint64_t capacity, uint64_t epoch, bool engine_produces,
+                       uint64_t stale_after_ns) {
+    destroy();
+    if (const int rc = reclaim_segment(name, engine_produces, mono_now(), stale_after_ns); rc != 0) return rc;
     const int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
     if (fd < 0) return -errno;
     name_ = name;

@@ -32,6 +32,11 @@ SegmentOwner inspect_segment(const std::string& name, bool engine_produces, uint
 // "stale segment /x of pid 12 epoch 34 (pid dead), removing" style reason text.
 std::string describe_owner(const SegmentOwner& o);
 
+// Clears the way for segment `name`: a leftover whose engine is gone is logged and unlinked
+// (0); one a live engine still beats in is logged and left alone (-EBUSY); none at all is 0.
+int reclaim_segment(const std::string& name, bool engine_produces, uint64_t now_mono_ns,
+                    uint64_t stale_after_ns = kStaleHeartbeatNs);
+
 class ShmSegment {
 public:
     ShmSegment() = default;
