@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <type_traits>
 
 #include "core/geo.hpp"
@@ -295,12 +296,11 @@ void Core::match_freed() {
 // One more driver can only change the outcome for waiting orders within its
 // reach that have not tried it; the oldest of them gets the first chance.
 void Core::offer_freed(const Driver& d) {
-    constexpr double kDegM = 111195.0;
     const double reach = cfg_.wide_radius_m * 1.01 + 1.0;  // equirectangular vs haversine slack
-    const double lon_m = kDegM * std::cos(d.pos.lat * 3.14159265358979323846 / 180.0);
+    const double lon_m = kMetresPerDegree * std::cos(d.pos.lat * kPi / 180.0);
     std::vector<uint64_t> near;
     for (const auto& [id, pickup] : searching_) {
-        const double dy = (pickup.lat - d.pos.lat) * kDegM, dx = (pickup.lon - d.pos.lon) * lon_m;
+        const double dy = (pickup.lat - d.pos.lat) * kMetresPerDegree, dx = (pickup.lon - d.pos.lon) * lon_m;
         if (dy * dy + dx * dx <= reach * reach && !orders_.at(id).tried.count(d.id)) near.push_back(id);
     }
     for (uint64_t id : near) {
@@ -595,14 +595,19 @@ void Core::exhaust(Order& o) {
     exhausted_timers_.insert({o.exhausted_deadline_ns, o.id});
 }
 
-void Core::make_offer(Order& o, const Candidate& c) {
-    Driver& d = driver(c.id);
-    d.offer = o.id;
-    sync_index(d);
+// An order that stops searching (offered or finished) leaves the retry and exhausted-wait queues.
+void Core::clear_search_timers(Order& o) {
     exhausted_timers_.erase({o.exhausted_deadline_ns, o.id});
     o.exhausted_deadline_ns = 0;
     retry_timers_.erase({o.retry_ns, o.id});
     o.retry_ns = 0;
+}
+
+void Core::make_offer(Order& o, const Candidate& c) {
+    Driver& d = driver(c.id);
+    d.offer = o.id;
+    sync_index(d);
+    clear_search_timers(o);
     o.state = OrderState::Offered;
     o.driver = d.id;
     o.offer_deadline_ns = now_ + ns(cfg_.offer_timeout_s);
@@ -648,8 +653,9 @@ void Core::run_batch() {
     });
     const size_t cap = std::max<size_t>(1, cfg_.batch_max_orders);
     for (size_t from = 0; from < rows.size(); from += cap) {
-        std::vector<BatchRow> chunk(rows.begin() + static_cast<std::ptrdiff_t>(from),
-                                    rows.begin() + static_cast<std::ptrdiff_t>(std::min(rows.size(), from + cap)));
+        std::vector<BatchRow> chunk(  // rows are not read again: move, not copy, the candidates
+            std::make_move_iterator(rows.begin() + static_cast<std::ptrdiff_t>(from)),
+            std::make_move_iterator(rows.begin() + static_cast<std::ptrdiff_t>(std::min(rows.size(), from + cap))));
         if (from > 0) {
             for (BatchRow& r : chunk) {
                 const Order& o = orders_.at(r.order);
@@ -693,10 +699,7 @@ void Core::solve_batch(const std::vector<BatchRow>& rows) {
 }
 
 void Core::finish(Order& o) {
-    exhausted_timers_.erase({o.exhausted_deadline_ns, o.id});
-    o.exhausted_deadline_ns = 0;
-    retry_timers_.erase({o.retry_ns, o.id});
-    o.retry_ns = 0;
+    clear_search_timers(o);
     o.finished_ns = now_;
     finished_.emplace_back(now_, o.id);
     auto live = live_by_passenger_.find(o.passenger);

@@ -167,6 +167,7 @@ private:
     void try_offer(Order& o);
     void make_offer(Order& o, const Candidate& c);
     void schedule_retry(Order& o);
+    void clear_search_timers(Order& o);
     void retry_due();
     void arm_batch();
     void run_batch();

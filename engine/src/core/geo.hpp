@@ -8,9 +8,11 @@
 namespace dgdo {
 
 inline constexpr double kEarthRadiusM = 6371008.8;  // IUGG mean radius
+inline constexpr double kPi = 3.14159265358979323846;
+inline constexpr double kMetresPerDegree = kEarthRadiusM * kPi / 180.0;  // of latitude
 
 inline double haversine_m(dgdo_point a, dgdo_point b) {
-    constexpr double rad = 3.14159265358979323846 / 180.0;
+    constexpr double rad = kPi / 180.0;
     const double dlat = (b.lat - a.lat) * rad;
     const double dlon = (b.lon - a.lon) * rad;
     const double s = std::sin(dlat / 2) * std::sin(dlat / 2) +

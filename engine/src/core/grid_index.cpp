@@ -9,8 +9,6 @@ namespace dgdo {
 
 namespace {
 
-constexpr double kPi = 3.14159265358979323846;
-constexpr double kMetresPerDegree = kEarthRadiusM * kPi / 180.0;
 // The equirectangular ranking is within ~0.1 % of haversine at city scale;
 // anything within this margin of the k-th candidate gets an exact distance.
 constexpr double kRankSlack = 1.002;
