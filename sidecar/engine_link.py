@@ -180,12 +180,7 @@ class EngineLink:
         # What the engine committed before it died still counts: an answer to a command it took may
         # sit in the out ring with no doorbell rung (killed between its write and its wake-up). Deliver
         # it now, before the commands still in flight are failed as engine_unavailable.
-        c = self.consumer
-        while c is not None and self.attached:
-            n = c.drain()
-            if not n:
-                break
-            self.on_records(c, n)
+        self._deliver()
         self.attached = False
         self._up.clear()
         loop = self._loop
@@ -364,14 +359,16 @@ class EngineLink:
                 os.read(self._worker_bell, 8)
         self._drain()
 
-    def _drain(self) -> None:
+    def _deliver(self) -> Consumer | None:
+        """Hands every committed record to `on_records`; the consumer, or None once a handler detached us."""
         c = self.consumer
-        while c is not None:
-            n = c.drain()
-            if n:
-                self.on_records(c, n)
-                c = self.consumer  # a handler may have detached us
-                continue
+        while c is not None and (n := c.drain()):
+            self.on_records(c, n)
+            c = self.consumer  # a handler may have detached us
+        return c
+
+    def _drain(self) -> None:
+        while (c := self._deliver()) is not None:
             if c.park():
                 c.heartbeat(time.monotonic_ns())
                 return

@@ -149,11 +149,11 @@ class DriverLocation:
 
     @classmethod
     def from_map(cls, m: dict[str, Any], conn_id: str) -> DriverLocation:
-        if "driver_id" in m:
-            if not isinstance(m["driver_id"], str):
+        did = m.get("driver_id", _ABSENT)
+        if did is not _ABSENT and did != conn_id:  # one lookup on the hot path; conn_id is a str
+            if not isinstance(did, str):
                 raise BadMessage("driver_id: must be a string (your own id)")
-            if m["driver_id"] != conn_id:
-                raise Forbidden("driver_id: does not match this connection")
+            raise Forbidden("driver_id: does not match this connection")
         return cls(
             lat=_number(m, "lat", -90.0, 90.0),
             lon=_number(m, "lon", -180.0, 180.0),
