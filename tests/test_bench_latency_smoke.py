@@ -12,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ["ring", "zmq ipc", "unix socket", "stdout pipe", "http POST", "fastapi+zmq"]
+E2E = ["engine e2e", "e2e journal never", "e2e journal interval", "e2e journal batch"]
 
 for _mod in ("zmq", "fastapi", "uvicorn", "matplotlib"):
     pytest.importorskip(_mod, reason="bench extra not installed: pip install -e '.[bench]' (make bench-deps)")
@@ -25,7 +26,7 @@ def test_smoke_run_reports_every_variant_with_ordered_percentiles(engine_bin: Pa
         capture_output=True, text=True, timeout=220, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[1/7]" in proc.stderr and "[7/7]" in proc.stderr  # progress was shown
+    assert "[1/10]" in proc.stderr and "[10/10]" in proc.stderr  # progress was shown
 
     reports = list(tmp_path.glob("latency-*-smoke.json"))
     assert len(reports) == 1
@@ -33,7 +34,7 @@ def test_smoke_run_reports_every_variant_with_ordered_percentiles(engine_bin: Pa
     assert {"cpu", "cores", "kernel", "python"} <= result["machine"].keys()
 
     rows = {(r["variant"], r["phase"]): r for r in result["rows"]}
-    expected = {(v, ph) for v in VARIANTS for ph in ("idle", "load")} | {("engine e2e", "idle")}
+    expected = {(v, ph) for v in VARIANTS for ph in ("idle", "load")} | {(v, "idle") for v in E2E}
     assert set(rows) == expected
     for key, row in rows.items():
         s = row["offers"]
@@ -45,7 +46,7 @@ def test_smoke_run_reports_every_variant_with_ordered_percentiles(engine_bin: Pa
     md = reports[0].with_suffix(".md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + len(expected)  # header + one row per (variant, phase)
-    for v in [*VARIANTS, "engine e2e"]:
+    for v in [*VARIANTS, *E2E]:
         assert f"| {v} |" in md
     assert reports[0].with_suffix(".png").stat().st_size > 1000
     left = {n for n in os.listdir("/dev/shm") if n.startswith("dgdo.bench")} - shm_before

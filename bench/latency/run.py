@@ -19,6 +19,9 @@ What is measured (all on 127.0.0.1, one host, CLOCK_REALTIME on both ends):
   the inbound hop and matching). The sidecar does not expose the engine's
   commit ns to apps, so engine-commit -> driver for the real engine is taken
   from the rows above.
+* `e2e journal never|interval|batch`: the same, with the engine journaling every input into a
+  fresh state dir under that fsync policy (`--state-dir`, `--fsync`): what durability costs on
+  the path a passenger feels, side by side with `engine e2e` (no journal) in one run.
 
 Phases: idle = ~1k offers/s; load = ~10k offers/s + ~10k driver positions/s
 (engine batches every 1 ms). Variants run one after another in each repeat,
@@ -56,6 +59,8 @@ PY = sys.executable
 RESULTS = ROOT / "bench" / "results"
 VARIANTS = ["ring", "zmq ipc", "unix socket", "stdout pipe", "http POST", "fastapi+zmq"]
 E2E = "engine e2e"
+# The same path with the engine journaling every input, per fsync policy (DESIGN §7).
+E2E_JOURNAL = {"e2e journal never": "never", "e2e journal interval": "interval", "e2e journal batch": "batch"}
 PCTS = (50, 90, 99, 99.9)
 
 
@@ -312,11 +317,18 @@ def _send(tr: WSTransport, m: dict) -> None:
     tr.send(WSMsgType.TEXT, json.dumps(m).encode())
 
 
-async def run_e2e(seconds: float, max_rate: float, logf) -> dict:
+async def run_e2e(seconds: float, max_rate: float, logf, fsync: str | None = None, tmp: Path | None = None) -> dict:
+    """The real engine + sidecar; `fsync` None runs the engine without a journal, else with one
+    in a fresh state dir under `tmp` and that fsync policy (never | interval | batch)."""
     port = free_port()
     env = dict(os.environ, DGDO_JWT_SECRET=common.JWT_SECRET, PYTHONUNBUFFERED="1")
+    journal: list[str] = []
+    if fsync is not None:
+        assert tmp is not None
+        state = tmp / f"state-{fsync}-{port}"
+        journal = ["--state-dir", str(state), "--fsync", fsync]
     proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "dgdo"), "run", "--no-demo", "--port", str(port),
-                             "--instance", f"bench{os.getpid()}e{port}", "--status-interval", "0"],
+                             "--instance", f"bench{os.getpid()}e{port}", "--status-interval", "0", *journal],
                             env=env, stdout=logf, stderr=logf, cwd=str(ROOT))
     samples: list[int] = []
     try:
@@ -444,7 +456,7 @@ def plot(pooled: dict[tuple[str, str], list[int]], path: Path) -> None:
                 continue
             s = sorted(ns)
             n = len(s)
-            name = f"{variant}: ride_request → new_order" if variant == E2E else variant
+            name = f"{variant}: ride_request → new_order" if variant == E2E or variant in E2E_JOURNAL else variant
             ax.plot([v / 1e3 for v in s], [(i + 1) / n for i in range(n)], label=f"{name} (n={n})",
                     linewidth=2.2 if variant == "ring" else 1.2)
         ax.set_xscale("log")
@@ -469,7 +481,7 @@ async def main_async(args: argparse.Namespace) -> int:
         repeats, seconds, idle_rate, load_rate, pos_rate, n_clients = 5, 5.0, 1000, 10_000, 10_000, 16
     repeats = args.repeats or repeats
     seconds = args.seconds or seconds
-    variants = args.variants.split(",") if args.variants else [*VARIANTS, E2E]
+    variants = args.variants.split(",") if args.variants else [*VARIANTS, E2E, *E2E_JOURNAL]
     phases = [
         {"name": "idle", "offers_per_s": idle_rate, "positions_per_s": 0, "seconds": seconds},
         {"name": "load", "offers_per_s": load_rate, "positions_per_s": pos_rate, "seconds": seconds},
@@ -502,8 +514,9 @@ async def main_async(args: argparse.Namespace) -> int:
                 step += 1
                 t0 = time.monotonic()
                 try:
-                    if variant == E2E:
-                        res = await run_e2e(seconds, max_rate=500 if not args.smoke else 200, logf=logf)
+                    if variant == E2E or variant in E2E_JOURNAL:
+                        res = await run_e2e(seconds, max_rate=500 if not args.smoke else 200, logf=logf,
+                                            fsync=E2E_JOURNAL.get(variant), tmp=tmp)
                         e2e_push = res["sidecar_push_metrics"]
                         n = len(res["samples"])
                         got = {"idle": {"offers": res["samples"], "positions": [], "sent": {"offers": n}}}
@@ -544,7 +557,7 @@ async def main_async(args: argparse.Namespace) -> int:
             if sp:
                 row["sidecar_commit_to_write"] = {k: statistics.median(d[k] for d in sp) for k in sp[0]}
             ring_runs = per_rep.get(("ring", ph), {})
-            if variant not in ("ring", E2E) and ring_runs:
+            if variant not in ("ring", E2E, *E2E_JOURNAL) and ring_runs:
                 mine = per_rep[(variant, ph)]
                 pairs = [(mine[k], ring_runs[k]) for k in mine if k in ring_runs]
                 pairs = [(a, b) for a, b in pairs if a.get("n") and b.get("n")]
@@ -582,7 +595,7 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny run for tests: 1 repeat, 0.3 s phases, low rates")
     ap.add_argument("--repeats", type=int, default=0)
     ap.add_argument("--seconds", type=float, default=0)
-    ap.add_argument("--variants", default="", help=f"comma list of: {', '.join([*VARIANTS, E2E])}")
+    ap.add_argument("--variants", default="", help=f"comma list of: {', '.join([*VARIANTS, E2E, *E2E_JOURNAL])}")
     ap.add_argument("--out", default="", help="output directory (default bench/results)")
     ap.add_argument("--profile", default="", help="directory for py-spy profiles of the ring sidecar (needs py-spy)")
     return uvloop.run(main_async(ap.parse_args()))
