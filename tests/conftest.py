@@ -15,6 +15,7 @@ import os
 import queue
 import re
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -198,11 +199,17 @@ PLACES = ("/dev/shm", "/tmp")
 
 
 def dgdo_entries() -> set[str]:
-    """Entries of ours that could outlive a process: dgdo* names in /dev/shm and /tmp."""
+    """What a process of ours could leave behind: dgdo* segments in /dev/shm, and dgdo* sockets and
+    directories (a control socket's) in /tmp. Regular files in /tmp are not ours to judge: nothing
+    of ours writes one, and other programs on a shared machine (profilers) do."""
     found = set()
     for place in PLACES:
         with contextlib.suppress(OSError):
-            found |= {os.path.join(place, n) for n in os.listdir(place) if n.startswith("dgdo")}
+            for e in os.scandir(place):
+                with contextlib.suppress(OSError):
+                    if e.name.startswith("dgdo") and (place == "/dev/shm" or e.is_dir(follow_symlinks=False)
+                                                      or stat.S_ISSOCK(e.stat(follow_symlinks=False).st_mode)):
+                        found.add(e.path)
     return found
 
 
