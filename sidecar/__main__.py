@@ -47,6 +47,8 @@ def engine_path() -> str:
     """The engine binary: $DGDO_ENGINE, else the repo's build, else PATH."""
     env = os.environ.get("DGDO_ENGINE")
     if env:
+        if not (os.path.isfile(env) and os.access(env, os.X_OK)):
+            raise SystemExit(f"dgdo: DGDO_ENGINE={env} is not an executable file")
         return env
     if REPO_ENGINE.exists():
         return str(REPO_ENGINE)
