@@ -1,13 +1,18 @@
 """`dgdo`: run the engine and the sidecar together, or the sidecar alone.
 
-    dgdo run [--host H] [--port P] [--demo N | --no-demo]   engine + sidecar (+ demo)
-    dgdo sidecar --control PATH [--host H] [--port P]       sidecar for a running engine
+    dgdo run [--host H] [--port P] [--demo N | --no-demo] [--state-dir DIR]
+                                                            engine + sidecar (+ demo)
+    dgdo sidecar --control PATH|@NAME [--host H] [--port P] sidecar for a running engine
     dgdo token --role R --sub ID [--ttl S] [--secret S]     mint a JWT for an app
     dgdo engine-path                                        where the engine binary is
 
 Auth is always on: the secret comes from DGDO_JWT_SECRET. `dgdo run` without
 one makes up a secret for the run, prints it once and hands it to the demo;
 `dgdo sidecar` refuses to start without one unless told --insecure-no-auth.
+
+`dgdo run` leaves nothing behind, whatever kills it: the engine's control socket is an abstract
+name (no file), its rings are memfds (nothing in /dev/shm), and the engine and the demo end with
+`dgdo run` even after a kill -9 (PR_SET_PDEATHSIG, see sidecar/lifetime.py).
 """
 
 from __future__ import annotations
@@ -17,18 +22,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
 import uvloop
 
-from sidecar import auth
-from sidecar.engine_link import REPLY_SPIN_US
+from sidecar import auth, lifetime
+from sidecar.engine_link import ENGINE_TIMEOUT_S, REPLY_SPIN_US
 from sidecar.events import is_valid_id
 from sidecar.limits import MAX_QUEUED, Rate
 from sidecar.server import App, Settings
@@ -42,6 +47,8 @@ def engine_path() -> str:
     """The engine binary: $DGDO_ENGINE, else the repo's build, else PATH."""
     env = os.environ.get("DGDO_ENGINE")
     if env:
+        if not (os.path.isfile(env) and os.access(env, os.X_OK)):
+            raise SystemExit(f"dgdo: DGDO_ENGINE={env} is not an executable file")
         return env
     if REPO_ENGINE.exists():
         return str(REPO_ENGINE)
@@ -49,6 +56,22 @@ def engine_path() -> str:
     if found:
         return found
     raise SystemExit("dgdo: engine binary not found (build it with `make engine` or set DGDO_ENGINE)")
+
+
+def default_state_dir(port: int) -> Path:
+    """Where `dgdo run` keeps the engine's journal and snapshots unless told: per user and port,
+    so that a restart on the same port recovers the same city."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "dgdo" / f"run-{port}"
+
+
+def engine_supports(engine: str, flag: str) -> bool:
+    """Whether the engine binary knows `flag` (its --help lists it): an older build has no journal."""
+    try:
+        done = subprocess.run([engine, "--help"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return flag.encode() in done.stdout
 
 
 # Engine settings `dgdo run` passes through unchanged: flag -> (type, help). Unset ones keep
@@ -112,11 +135,13 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
         tasks.append(loop.create_task(engine.watch(stop)))
     if getattr(args, "demo", 0):
         await app.link.wait_attached()
+        # From this (the main) thread, with the marker that makes it end with us even after our kill -9.
         demo = subprocess.Popen(
             [sys.executable, "-m", "sidecar.demo", "--url", f"ws://{args.host}:{app.port}",
              "--drivers", str(args.demo)],
-            start_new_session=True,
+            start_new_session=True, env=lifetime.child_env(),
         )
+        print(f"[dgdo] demo pid={demo.pid}", flush=True)
     await stop.wait()
     print("[dgdo] stopping", flush=True)
     if demo is not None:
@@ -135,21 +160,28 @@ class EngineSupervisor:
     """`dgdo run` owns its engine: starts it, restarts it when it dies, stops it at the end.
 
     A restarted engine is a new run (new epoch, fresh rings); the sidecar notices the
-    death on its control socket and re-attaches by itself.
+    death on its control socket and re-attaches by itself. The engine runs with
+    --die-with-parent: should `dgdo run` be killed (even with -9), the kernel sends it
+    SIGTERM. That signal comes when the *thread* that forked it ends, so every spawn
+    happens on the main thread; only the wait for the ready line goes to a worker thread.
     """
 
     MAX_BACKOFF_S = 5.0
 
-    def __init__(self, args: argparse.Namespace, control: str) -> None:
-        self.cmd = [engine_path(), "--control", control, "--instance", args.instance, *_engine_args(args)]
+    def __init__(self, args: argparse.Namespace, control: str, state_dir: Path | None = None) -> None:
+        state = ["--state-dir", str(state_dir)] if state_dir is not None else []
+        self.cmd = [engine_path(), "--control", control, "--instance", args.instance,
+                    "--die-with-parent", str(os.getpid()), *state, *_engine_args(args)]
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
-    def start(self) -> None:
-        """Starts the engine and waits for its ready line. Raises RuntimeError if it fails."""
+    def spawn(self) -> subprocess.Popen[bytes]:
         # Its own session: a Ctrl-C at the terminal reaches only us, and we stop the engine
         # after the sidecar (a SIGINT to the whole group would look like a crash to restart).
-        proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, start_new_session=True)
+        return subprocess.Popen(self.cmd, stdout=subprocess.PIPE, start_new_session=True)
+
+    def ready(self, proc: subprocess.Popen[bytes]) -> None:
+        """Waits for the engine's ready line. Raises RuntimeError if it fails."""
         assert proc.stdout is not None
         line = proc.stdout.readline().decode().strip()  # "dgdo-engine ready control=... pid=... epoch=..."
         if not line.startswith("dgdo-engine ready"):
@@ -159,6 +191,10 @@ class EngineSupervisor:
         # The engine logs to stderr; pass on anything else it prints so its pipe never fills.
         threading.Thread(target=shutil.copyfileobj, args=(proc.stdout, sys.stdout.buffer), daemon=True).start()
         self.proc = proc
+
+    def start(self) -> None:
+        """Starts the engine and waits for its ready line (main thread). Raises RuntimeError if it fails."""
+        self.ready(self.spawn())
 
     async def watch(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -171,7 +207,8 @@ class EngineSupervisor:
             log.error("! engine exited with status %s; restarting", rc)
             while not stop.is_set():
                 try:
-                    await loop.run_in_executor(None, self.start)
+                    proc = self.spawn()  # here, on the loop's (main) thread: see the class doc
+                    await loop.run_in_executor(None, self.ready, proc)
                     self.restarts += 1
                     backoff = 0.2
                     break
@@ -213,6 +250,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         positions_rate=Rate(args.positions_per_s, args.positions_burst),
         messages_rate=Rate(args.messages_per_s, args.messages_burst),
         max_paused_s=args.max_paused_s, max_queued=args.max_queued,
+        engine_timeout_s=args.engine_timeout_s,
     )
 
 
@@ -243,19 +281,25 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     _ensure_secret(args, make_up=True)
-    runtime = tempfile.mkdtemp(prefix="dgdo-")
-    control = os.path.join(runtime, "engine.sock")
-    engine = EngineSupervisor(args, control)
+    # An abstract socket name: no file to create or remove, gone with the engine even after kill -9.
+    control = f"@dgdo-{args.instance}-{secrets.token_hex(4)}"
+    engine = engine_path()
+    state_dir = args.state_dir or default_state_dir(args.port)
+    if engine_supports(engine, "--state-dir"):
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        print(f"[dgdo] state dir {state_dir}", flush=True)
+    else:
+        print(f"[dgdo] state dir {state_dir} not used: this engine build keeps no journal", flush=True)
+        state_dir = None
+    supervisor = EngineSupervisor(args, control, state_dir)
     try:
-        engine.start()
+        supervisor.start()
     except RuntimeError as e:
-        shutil.rmtree(runtime, ignore_errors=True)
         raise SystemExit(f"dgdo: {e}") from None
     try:
-        return uvloop.run(serve(args, control, engine))
+        return uvloop.run(serve(args, control, supervisor))
     finally:
-        engine.stop()
-        shutil.rmtree(runtime, ignore_errors=True)
+        supervisor.stop()
         print("[dgdo] stopped", flush=True)
 
 
@@ -284,6 +328,9 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
                    help="messages a paused (not reading) client may owe before it is closed with 4008")
     p.add_argument("--reply-spin-us", type=float, default=REPLY_SPIN_US,
                    help="µs to poll for the engine's answer to a command before parking (0 = never spin)")
+    p.add_argument("--engine-timeout-s", type=float, default=ENGINE_TIMEOUT_S,
+                   help="an engine whose heartbeat is older than this is unavailable: /healthz 503, commands "
+                        f"refused with engine_unavailable until it beats again (default {ENGINE_TIMEOUT_S:g})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,14 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo = run.add_mutually_exclusive_group()
     demo.add_argument("--demo", type=int, default=20, metavar="N", help="simulated drivers (default 20)")
     demo.add_argument("--no-demo", dest="demo", action="store_const", const=0)
-    run.add_argument("--instance", default=f"run{os.getpid()}", help="engine instance name (shm names)")
+    run.add_argument("--instance", default=f"run{os.getpid()}", help="engine instance name (labels its ring memfds)")
+    run.add_argument("--state-dir", type=Path, default=None,
+                     help="the engine's journal and snapshots (default $XDG_STATE_HOME/dgdo/run-PORT, "
+                          "else ~/.local/state/dgdo/run-PORT)")
     for flag, (type_, help_) in ENGINE_FLAGS.items():
         run.add_argument(flag, dest=_dest(flag), type=type_, help=help_)
     run.set_defaults(func=cmd_run)
 
     side = sub.add_parser("sidecar", help="run the sidecar for an engine that is already running")
     _add_server_args(side)
-    side.add_argument("--control", required=True, help="the engine's control socket")
+    side.add_argument("--control", required=True, help="the engine's control socket: a path, or @NAME (abstract)")
     side.set_defaults(func=cmd_sidecar, demo=0)
 
     tok = sub.add_parser("token", help=f"mint a JWT for an app (secret from ${auth.ENV_SECRET})")
@@ -318,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    lifetime.die_with_parent_from_env()  # started by `dgdo run`, a test or a bench: end with it
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(name)s %(message)s")
     return int(args.func(args) or 0)

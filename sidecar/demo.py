@@ -51,6 +51,8 @@ from picows import (
     ws_connect,
 )
 
+from sidecar import lifetime
+
 log = logging.getLogger("dgdo.demo")
 
 # ---- the city --------------------------------------------------------------------------
@@ -781,6 +783,7 @@ async def amain(config: DemoConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    lifetime.die_with_parent_from_env()  # started by `dgdo run`: end with it, even after its kill -9
     config, level = parse_config(argv)
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("picows").setLevel(logging.WARNING)  # it logs every connect at INFO

@@ -1,7 +1,9 @@
 """A sidecar worker's attachment to the engine: control socket, two rings, two doorbells.
 
 Attach (include/dgdo/control.h): connect the engine's UNIX SOCK_SEQPACKET
-socket, send hello, receive the ring names and the two eventfds. Then:
+socket (a path, or an abstract "@name"), send hello, receive the two
+doorbell eventfds and the two ring memfds. The rings are mapped and their
+fds closed at once: the mappings alone keep them. Then:
 
 * inbound (apps -> engine): `publish()` frames records into a pending buffer
   and one flush per event-loop turn writes them all with one cffi call; the
@@ -11,6 +13,11 @@ socket, send hello, receive the ring names and the two eventfds. Then:
   records to `on_records`, then parks again.
 * the control socket is watched too: EOF means the engine died. The link
   then reports `attached = False` and keeps trying to attach again.
+* liveness: a stopped or wedged engine keeps its socket open, so a timer
+  reads the out ring's producer heartbeat (the engine beats every
+  DGDO_CTL_HEARTBEAT_MS): silent longer than `engine_timeout_s` and the link
+  reports `available = False` (commands are refused at once) until the
+  beats return.
 """
 
 from __future__ import annotations
@@ -30,9 +37,15 @@ from sidecar.ring import Consumer, Producer, Segment
 log = logging.getLogger("dgdo.link")
 
 HELLO = struct.Struct("<IHHiI")
-ATTACH = struct.Struct("<IHHiiQQQ64s64s")
+ATTACH = struct.Struct("<IHHiiQQQ")
 CTL_MAGIC = ring.lib.DGDO_CTL_MAGIC
 CTL_VERSION = ring.lib.DGDO_CTL_VERSION
+CTL_NFDS = ring.lib.DGDO_CTL_NFDS
+FD_ENGINE_BELL = ring.lib.DGDO_CTL_FD_ENGINE_BELL
+FD_WORKER_BELL = ring.lib.DGDO_CTL_FD_WORKER_BELL
+FD_IN_RING = ring.lib.DGDO_CTL_FD_IN_RING
+FD_OUT_RING = ring.lib.DGDO_CTL_FD_OUT_RING
+HEARTBEAT_S = ring.lib.DGDO_CTL_HEARTBEAT_MS / 1000
 ONE = (1).to_bytes(8, "little")
 if HELLO.size != ring.sizeof("dgdo_ctl_hello") or ATTACH.size != ring.sizeof("dgdo_ctl_attach"):
     raise ImportError("control.h layout differs between Python and C")
@@ -45,6 +58,14 @@ MAX_BACKLOG_AGE_S = 1.0  # a backlog that has not drained for this long means th
 REPLY_SPIN_US = 60.0
 CORR = struct.Struct("<Q")
 CORR_OFFSET = ring.RECORD_HEADER + 8  # dgdo_in_meta.corr, inside a framed inbound record
+# An engine whose heartbeat is older than this is unavailable: 20 missed beats, far beyond a
+# busy loop's jitter, and still short enough that no app waits long on a hung engine.
+ENGINE_TIMEOUT_S = 2.0
+
+
+def socket_address(control: str) -> str:
+    """The address socket.connect() takes for a control name: "@name" is Linux's abstract "\\0name"."""
+    return "\0" + control[1:] if control.startswith("@") else control
 
 
 class EngineUnavailable(Exception):
@@ -61,6 +82,8 @@ class EngineLink:
     worker: this worker's id (1-65535).
     on_records: called with (consumer, nbytes) after each drain that copied records.
     on_state: called with True on attach and False on detach.
+    engine_timeout_s: heartbeat silence after which an attached engine counts as unavailable.
+    on_available: called with False when the attached engine falls silent, True when it beats again.
     """
 
     def __init__(
@@ -70,6 +93,8 @@ class EngineLink:
         on_records: Callable[[Consumer, int], None],
         on_state: Callable[[bool], None] = lambda up: None,
         reply_spin_us: float = REPLY_SPIN_US,
+        engine_timeout_s: float = ENGINE_TIMEOUT_S,
+        on_available: Callable[[bool], None] = lambda up: None,
     ) -> None:
         self.control_path = control_path
         self.reply_spin_ns = int(reply_spin_us * 1000)
@@ -79,6 +104,12 @@ class EngineLink:
         self.on_records = on_records
         self.on_state = on_state
         self.attached = False
+        self.available = False  # attached, and its heartbeat younger than engine_timeout_s
+        self.engine_timeout_ns = int(engine_timeout_s * 1e9)
+        # Look a few times per timeout (detection within ~1.25 x the timeout), never slower than 4/s.
+        self._watch_interval = min(0.25, max(0.02, engine_timeout_s / 4))
+        self._watch: asyncio.TimerHandle | None = None
+        self.on_available = on_available
         self.epoch = 0
         self.engine_pid = 0
         self._loop = asyncio.get_running_loop()
@@ -117,8 +148,9 @@ class EngineLink:
         loop = self._loop
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.setblocking(False)
+        fds: list[int] = []
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, self.control_path), timeout)
+            await asyncio.wait_for(loop.sock_connect(sock, socket_address(self.control_path)), timeout)
             sock.send(HELLO.pack(CTL_MAGIC, CTL_VERSION, self.worker, os.getpid(), 0))
             readable = loop.create_future()
             loop.add_reader(sock.fileno(), lambda: readable.done() or readable.set_result(None))
@@ -126,35 +158,41 @@ class EngineLink:
                 await asyncio.wait_for(readable, timeout)
             finally:
                 loop.remove_reader(sock.fileno())
-            data, fds, _flags, _addr = socket.recv_fds(sock, ATTACH.size, 2)
-        except BaseException:
-            sock.close()
-            raise
-        try:
-            if len(data) != ATTACH.size or len(fds) != 2:
-                raise ConnectionError(f"bad attach reply ({len(data)} bytes, {len(fds)} fds)")
-            magic, version, worker, pid, status, epoch, _in_cap, _out_cap, in_name, out_name = ATTACH.unpack(data)
+            data, fds, _flags, _addr = socket.recv_fds(sock, ATTACH.size, CTL_NFDS, socket.MSG_CMSG_CLOEXEC)
+            if len(data) != ATTACH.size:
+                raise ConnectionError(f"bad attach reply ({len(data)} bytes)")
+            magic, version, worker, pid, status, epoch, _in_cap, _out_cap = ATTACH.unpack(data)
             if magic != CTL_MAGIC or version != CTL_VERSION or worker != self.worker:
                 raise ConnectionError("attach reply of another protocol, version or worker")
             if status != 0:
                 raise ConnectionError(f"engine refused attach: status {status}")
-            in_seg = Segment(in_name.rstrip(b"\0").decode(), epoch=epoch)
-            out_seg = Segment(out_name.rstrip(b"\0").decode(), epoch=epoch)
+            if len(fds) != CTL_NFDS:
+                raise ConnectionError(f"attach reply with {len(fds)} fds, not {CTL_NFDS}")
+            in_seg = Segment.from_fd(fds[FD_IN_RING], epoch=epoch, label=f"w{worker}.in")
+            try:
+                out_seg = Segment.from_fd(fds[FD_OUT_RING], epoch=epoch, label=f"w{worker}.out")
+            except BaseException:
+                in_seg.close()
+                raise
         except BaseException:
             for fd in fds:
                 os.close(fd)
             sock.close()
             raise
+        # The mappings keep the rings; their fds would only keep them longer than us.
+        os.close(fds[FD_IN_RING])
+        os.close(fds[FD_OUT_RING])
         self._sock = sock
         self._in_seg, self._out_seg = in_seg, out_seg
         self.producer, self.consumer = Producer(in_seg), Consumer(out_seg)
-        self._engine_bell, self._worker_bell = fds
+        self._engine_bell, self._worker_bell = fds[FD_ENGINE_BELL], fds[FD_WORKER_BELL]
         os.set_blocking(self._engine_bell, False)
         os.set_blocking(self._worker_bell, False)
         self.epoch, self.engine_pid = epoch, pid
         loop.add_reader(self._worker_bell, self._on_doorbell)
         loop.add_reader(sock.fileno(), self._on_control)
-        self.attached = True
+        self.attached = self.available = True  # the engine beats at attach: its heartbeat is fresh
+        self._watch = loop.call_later(self._watch_interval, self._check_heartbeat)
         self._up.set()
         log.info("= attached to engine pid %d epoch %d (worker %d)", pid, epoch, self.worker)
         self.on_state(True)
@@ -181,7 +219,10 @@ class EngineLink:
         # sit in the out ring with no doorbell rung (killed between its write and its wake-up). Deliver
         # it now, before the commands still in flight are failed as engine_unavailable.
         self._deliver()
-        self.attached = False
+        self.attached = self.available = False
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         self._up.clear()
         loop = self._loop
         with contextlib.suppress(Exception):
@@ -204,6 +245,30 @@ class EngineLink:
         self._in_seg = self._out_seg = None
         log.warning("! engine detached")
         self.on_state(False)
+
+    @property
+    def heartbeat_age_ns(self) -> int | None:
+        """How long ago the attached engine last beat; None when detached."""
+        seg = self._out_seg
+        if not self.attached or seg is None:
+            return None
+        return max(0, time.monotonic_ns() - seg.producer_heartbeat_ns())
+
+    def _check_heartbeat(self) -> None:
+        self._watch = None
+        age = self.heartbeat_age_ns
+        if age is None:
+            return
+        alive = age <= self.engine_timeout_ns
+        if alive != self.available:
+            self.available = alive
+            if alive:
+                log.warning("= engine pid %d beats again: available", self.engine_pid)
+            else:
+                log.error("! engine pid %d silent for %d ms (timeout %d ms): unavailable until it beats again",
+                          self.engine_pid, age // 1_000_000, self.engine_timeout_ns // 1_000_000)
+            self.on_available(alive)
+        self._watch = self._loop.call_later(self._watch_interval, self._check_heartbeat)
 
     def _salvage(self, producer: Producer) -> None:
         """Keeps the records the dead engine never consumed, to publish them to the next one first."""

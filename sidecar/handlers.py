@@ -86,6 +86,8 @@ class Handlers:
 
     def _publish(self, type_: int, body: bytes, corr: int, latest_key: object = None) -> None:
         try:
+            if not self.link.available:  # refused at once: an app must not wait on a silent engine
+                raise EngineUnavailable("engine not responding" if self.link.attached else "engine not attached")
             if latest_key is not None and not corr:
                 self.link.publish_latest(latest_key, type_, body)
             else:

@@ -34,6 +34,10 @@ class SidecarCollector(Collector):
             return CounterMetricFamily(name, doc, value=value)
 
         yield gauge("dgdo_engine_attached", "1 while the engine is attached", int(link.attached))
+        yield gauge("dgdo_engine_available", "1 while the engine is attached and beating", int(link.available))
+        age = link.heartbeat_age_ns
+        if age is not None:
+            yield gauge("dgdo_engine_heartbeat_age_seconds", "age of the engine's last heartbeat", age / 1e9)
         yield gauge("dgdo_connections", "open WebSocket connections", len(app.registry))
         yield gauge("dgdo_paused_connections", "connections above their write-buffer high-water mark", s.paused)
         p50, p99 = s.push_latency.percentiles(50, 99)

@@ -87,7 +87,8 @@ SERVER_MESSAGES: dict[str, Shape] = {
         # assignments -> assignment, drivers -> driver_status, log -> log.
         _s("system_stats", {ADMIN},
            "matching_latency_us push_latency_us orders_per_min orders drivers_online drivers_available"
-           " active_orders connections paused_connections engine_attached ring_depths ts"),
+           " active_orders connections paused_connections engine_attached engine_available ring_depths ts",
+           "engine_heartbeat_age_ms"),
         _s("active_orders", {ADMIN}, "order_id status passenger_id active ts", "driver_id reason"),
         _s("assignment", {ADMIN}, "order_id driver_id passenger_id ts"),
         _s("driver_status", {ADMIN}, "driver_id status ts"),

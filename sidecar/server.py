@@ -43,7 +43,7 @@ from sidecar import records as R
 from sidecar.auth import ENV_SECRET, Authenticator, AuthError, Unauthenticated, http_status
 from sidecar.bridge import Bridge
 from sidecar.connections import CLOSE_SLOW_READER, Connection, Registry, now_ms
-from sidecar.engine_link import REPLY_SPIN_US, EngineLink, EngineUnavailable, Overloaded
+from sidecar.engine_link import ENGINE_TIMEOUT_S, REPLY_SPIN_US, EngineLink, EngineUnavailable, Overloaded
 from sidecar.events import ClientError, DriverLocation, ErrorCode, Nearby, Role
 from sidecar.handlers import Handlers
 from sidecar.limits import (
@@ -87,6 +87,7 @@ class Settings:
     max_queued: int = MAX_QUEUED
     max_paused_s: float = MAX_PAUSED_S
     stats_interval_s: float = 1.0  # system_stats to subscribed admins
+    engine_timeout_s: float = ENGINE_TIMEOUT_S  # heartbeat silence after which the engine is unavailable
 
 
 class App:
@@ -100,7 +101,8 @@ class App:
         self.stats = SidecarStats()
         self.registry = Registry(worker)
         self.bridge = Bridge(self.registry, self.stats)
-        self.link = EngineLink(control_path, worker, self.bridge.on_records, self._on_engine_state, reply_spin_us)
+        self.link = EngineLink(control_path, worker, self.bridge.on_records, self._on_engine_state, reply_spin_us,
+                               settings.engine_timeout_s, self._on_engine_available)
         self.handlers = Handlers(self.link, self.bridge, self.stats)
         self.handlers.system_stats = self.system_stats
         self.server: asyncio.Server | None = None
@@ -144,6 +146,16 @@ class App:
             self.bridge.fail_pending(ErrorCode.ENGINE_UNAVAILABLE, "engine restarted; retry the command",
                                      keep=self.link.salvaged_corrs)
 
+    def _on_engine_available(self, up: bool) -> None:
+        # Attached but silent (stopped, wedged): commands are refused at once meanwhile (Handlers);
+        # those already in the ring wait for it and are answered when it beats again, or failed
+        # as on any engine death if it never does.
+        if up:
+            self.bridge.admin_log("info", "engine beats again: available")
+        else:
+            self.bridge.admin_log("error", f"engine silent for over {self.settings.engine_timeout_s:g} s: "
+                                           "unavailable, commands refused until it beats again")
+
     def _publish_session(self, conn: Connection, type_: int, snapshot: bool = False) -> None:
         with contextlib.suppress(EngineUnavailable, Overloaded):  # re-announced on attach
             self.link.publish(type_, R.session(conn.origin, time.monotonic_ns(), snapshot))
@@ -176,9 +188,9 @@ class App:
 
     def _http_page(self, r: HttpRoute) -> Any:
         if r.path == "/healthz":
-            if self.link.attached:
+            if self.link.available:
                 return _http(200, "ok")
-            return _http(503, "engine unavailable")
+            return _http(503, "engine not responding" if self.link.attached else "engine unavailable")
         if r.path == "/metrics":
             return _http(200, self.metrics_text(), metrics.CONTENT_TYPE_LATEST)
         return _http(404, "no such page")
@@ -212,6 +224,8 @@ class App:
             "connections": len(self.registry),
             "paused_connections": s.paused,
             "engine_attached": self.link.attached,
+            "engine_available": self.link.available,
+            "engine_heartbeat_age_ms": None if (age := self.link.heartbeat_age_ns) is None else age // 1_000_000,
             "ring_depths": {
                 "in_bytes": producer.depth() if producer is not None and self.link.attached else 0,
                 "in_backlog_bytes": self.link.backlog,

@@ -1,4 +1,11 @@
-"""Fixtures that run the real thing: the engine binary, the sidecar process, real sockets."""
+"""Fixtures that run the real thing: the engine binary, the sidecar process, real sockets.
+
+Every process a test starts ends with the test session, even when pytest itself is killed
+with -9 (sidecar/lifetime.py: the sidecar by $DGDO_DIE_WITH_PARENT, the engine by
+--die-with-parent). And the session checks at its very end that it left nothing behind:
+no dgdo entry in /dev/shm or /tmp that was not there before, no engine or sidecar of this
+checkout still running (`leftovers()`); any of those fails the run.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,10 @@ import os
 import queue
 import re
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -19,7 +28,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
+
+from sidecar import lifetime
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every sidecar the tests start checks tokens signed with this; clients mint theirs with `mint()`.
@@ -34,8 +46,14 @@ def mint(role: str, sub: str, ttl_s: float = 3600, secret: str = JWT_SECRET) -> 
 
 
 def stack_env(**extra: str) -> dict[str, str]:
-    """The environment for a sidecar process under test: the known secret, unbuffered output."""
-    return {**os.environ, "DGDO_JWT_SECRET": JWT_SECRET, "PYTHONUNBUFFERED": "1", **extra}
+    """The environment for a sidecar process under test: the known secret, unbuffered output, and
+    the marker that ends it with this pytest process (start it from the main thread)."""
+    return lifetime.child_env({**os.environ, "DGDO_JWT_SECRET": JWT_SECRET, "PYTHONUNBUFFERED": "1", **extra})
+
+
+def engine_cmd(engine: Path, control: str, *extra: str) -> list[str]:
+    """The engine's command line for a test: it ends with this pytest process, even after a kill -9."""
+    return [str(engine), "--control", control, "--die-with-parent", str(os.getpid()), *extra]
 
 BUILD = ROOT / "build" / "engine"
 ENGINE = BUILD / "dgdo-engine"
@@ -54,12 +72,20 @@ def ringpeer_bin() -> Path:
     return RINGPEER
 
 
-@pytest.fixture
-def shm_name() -> Iterator[str]:
-    name = f"/dgdo-test-{uuid.uuid4().hex[:12]}"
-    yield name
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink("/dev/shm" + name)
+_state_root: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def state_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the stacks of this session keep their engine state: one fresh dir per stack, never the
+    user's own `dgdo run` default (a journal there would carry one test's orders into the next)."""
+    root = tmp_path_factory.mktemp("engine-state")
+    _state_root[:] = [root]
+    return root
+
+
+def new_state_dir() -> str:
+    return tempfile.mkdtemp(prefix="stack-", dir=_state_root[0] if _state_root else None)
 
 
 class LineReader:
@@ -100,6 +126,7 @@ class Stack:
     port: int
     instance: str
     jwt_secret: str = JWT_SECRET
+    engine_pid: int = 0
 
     @property
     def url(self) -> str:
@@ -138,7 +165,7 @@ class Stack:
 def start_stack(*extra: str, env: dict[str, str] | None = None) -> Stack:
     instance = f"t{uuid.uuid4().hex[:8]}"
     cmd = [sys.executable, "-m", "sidecar", "run", "--host", "127.0.0.1", "--port", "0", "--no-demo",
-           "--status-interval", "0", "--instance", instance, *extra]
+           "--status-interval", "0", "--instance", instance, "--state-dir", new_state_dir(), *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, env=stack_env(**(env or {})))
     out = LineReader(proc.stdout)
     try:
@@ -147,6 +174,8 @@ def start_stack(*extra: str, env: dict[str, str] | None = None) -> Stack:
         proc.kill()
         raise
     stack = Stack(proc, out, int(m.group(1)), instance)
+    stack.engine_pid = int(next(re.search(r"dgdo-engine ready .* pid=(\d+)", line).group(1)  # type: ignore[union-attr]
+                                for line in out.all if "dgdo-engine ready" in line))
     stack.wait_healthy()
     return stack
 
@@ -162,3 +191,97 @@ def stack(engine_bin: Path) -> Iterator[Stack]:
 
 def dumps(m: dict) -> str:
     return json.dumps(m, separators=(",", ":"))
+
+
+# ---- nothing left behind -----------------------------------------------------------------------
+
+PLACES = ("/dev/shm", "/tmp")
+
+
+def dgdo_entries() -> set[str]:
+    """What a process of ours could leave behind: dgdo* segments in /dev/shm, and dgdo* sockets and
+    directories (a control socket's) in /tmp. Regular files in /tmp are not ours to judge: nothing
+    of ours writes one, and other programs on a shared machine (profilers) do."""
+    found = set()
+    for place in PLACES:
+        with contextlib.suppress(OSError):
+            for e in os.scandir(place):
+                with contextlib.suppress(OSError):
+                    if e.name.startswith("dgdo") and (place == "/dev/shm" or e.is_dir(follow_symlinks=False)
+                                                      or stat.S_ISSOCK(e.stat(follow_symlinks=False).st_mode)):
+                        found.add(e.path)
+    return found
+
+
+def _in_use_elsewhere(path: str) -> bool:
+    """Whether a live process outside this session uses `path` (or something under it) right now: a
+    socket bound there, an open fd, a mapping or its cwd. That is then not our leftover but what a
+    concurrent run (another checkout's tests or benches on this machine) is working with."""
+    with contextlib.suppress(OSError), open("/proc/net/unix") as f:
+        if any(line.rstrip().split(" ")[-1].startswith(path) for line in f):
+            return True
+    me = psutil.Process()
+    ours = {me.pid, *(p.pid for p in me.parents()), *(p.pid for p in me.children(recursive=True))}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in ours:
+            continue
+        with contextlib.suppress(OSError):
+            if os.readlink(f"{entry.path}/cwd").startswith(path):
+                return True
+            for fd in os.scandir(f"{entry.path}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd.path).startswith(path):
+                        return True
+            with open(f"{entry.path}/maps") as maps:
+                if any(path in line for line in maps):
+                    return True
+    return False
+
+
+def our_processes() -> list[psutil.Process]:
+    """Engines built in this checkout and programs started from it, other than us and our parents."""
+    me = psutil.Process()
+    skip = {me.pid, *(p.pid for p in me.parents())}
+    binaries = {os.path.realpath(ENGINE), os.path.realpath(RINGPEER)}
+    found = []
+    for proc in psutil.process_iter(["pid", "exe", "cwd", "cmdline"]):
+        info = proc.info
+        if info["pid"] in skip:
+            continue
+        exe = os.path.realpath(info["exe"]) if info["exe"] else ""
+        cmd = " ".join(info["cmdline"] or ())
+        if exe in binaries or (info["cwd"] == str(ROOT) and ("sidecar" in cmd or "bench/" in cmd)):
+            found.append(proc)
+    return found
+
+
+def leftovers(before: set[str], wait_s: float = 10.0) -> list[str]:
+    """What this session left behind: new dgdo entries in /dev/shm and /tmp, our processes still
+    running. Processes get `wait_s` to finish exiting (a SIGTERM from a dying parent is async)."""
+    deadline = time.monotonic() + wait_s
+    procs = our_processes()
+    while procs and time.monotonic() < deadline:
+        psutil.wait_procs(procs, timeout=max(0.0, deadline - time.monotonic()))
+        procs = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    left = [f"process {p.pid}: {' '.join(p.cmdline())}" for p in procs if p.is_running()]
+    suspects = [e for e in dgdo_entries() - before if not _in_use_elsewhere(e)]
+    # Another run's entry on its way out is gone in a moment; a leftover stays.
+    deadline = time.monotonic() + min(wait_s, 3.0)
+    while suspects and time.monotonic() < deadline:
+        time.sleep(0.2)  # files in a shared /tmp: nothing to await but their disappearance
+        suspects = [e for e in suspects if os.path.lexists(e) and not _in_use_elsewhere(e)]
+    return left + sorted(suspects)
+
+
+_before_session: set[str] = set()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _before_session.update(dgdo_entries())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    left = leftovers(_before_session)
+    if left:
+        sys.stderr.write("\n\nthe test session left these behind:\n" + "".join(f"  {x}\n" for x in left))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -19,14 +19,14 @@ def _wait_readable(fd: int, timeout: float) -> bool:
     return bool(select.select([fd], [], [], timeout)[0])
 
 
-def test_python_producer_to_cpp_consumer_wraps_without_loss(ringpeer_bin: Path, shm_name: str) -> None:
+def test_python_producer_to_cpp_consumer_wraps_without_loss(ringpeer_bin: Path) -> None:
     count = 20_000
-    seg = ring.Segment(shm_name, create_capacity=CAPACITY)
+    seg = ring.Segment.create(CAPACITY)
     bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     peer = subprocess.Popen(
-        [ringpeer_bin, "consume", "--shm", shm_name, "--count", str(count),
+        [ringpeer_bin, "consume", "--ring-fd", str(seg.fd), "--count", str(count),
          "--max-payload", str(MAX_PAYLOAD), "--wake-fd", str(bell), "--timeout-s", "60"],
-        pass_fds=[bell], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        pass_fds=[bell, seg.fd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     producer = ring.Producer(seg)
     full = 0
@@ -48,15 +48,15 @@ def test_python_producer_to_cpp_consumer_wraps_without_loss(ringpeer_bin: Path, 
     os.close(bell)
 
 
-def test_cpp_producer_to_python_consumer_parks_and_is_woken(ringpeer_bin: Path, shm_name: str) -> None:
+def test_cpp_producer_to_python_consumer_parks_and_is_woken(ringpeer_bin: Path) -> None:
     count = 5_000
-    seg = ring.Segment(shm_name, create_capacity=CAPACITY)
+    seg = ring.Segment.create(CAPACITY)
     bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     consumer = ring.Consumer(seg)
     peer = subprocess.Popen(
-        [ringpeer_bin, "produce", "--shm", shm_name, "--count", str(count), "--max-payload", str(MAX_PAYLOAD),
+        [ringpeer_bin, "produce", "--ring-fd", str(seg.fd), "--count", str(count), "--max-payload", str(MAX_PAYLOAD),
          "--wake-fd", str(bell), "--burst", "50", "--gap-us", "2000"],
-        pass_fds=[bell], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        pass_fds=[bell, seg.fd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     expected = 0
     wakeups = 0
@@ -81,15 +81,16 @@ def test_cpp_producer_to_python_consumer_parks_and_is_woken(ringpeer_bin: Path, 
     os.close(bell)
 
 
-def test_a_parked_consumer_is_woken_by_one_record(ringpeer_bin: Path, shm_name: str) -> None:
-    seg = ring.Segment(shm_name, create_capacity=CAPACITY)
+def test_a_parked_consumer_is_woken_by_one_record(ringpeer_bin: Path) -> None:
+    seg = ring.Segment.create(CAPACITY)
     bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     consumer = ring.Consumer(seg)
     assert consumer.park() is True
     assert not _wait_readable(bell, 0.0)
     peer = subprocess.run(
-        [ringpeer_bin, "produce", "--shm", shm_name, "--count", "1", "--max-payload", "8", "--wake-fd", str(bell)],
-        pass_fds=[bell], capture_output=True, timeout=30,
+        [ringpeer_bin, "produce", "--ring-fd", str(seg.fd), "--count", "1", "--max-payload", "8",
+         "--wake-fd", str(bell)],
+        pass_fds=[bell, seg.fd], capture_output=True, timeout=30,
     )
     assert peer.returncode == 0, peer.stderr.decode()
     assert _wait_readable(bell, 5.0), "the producer did not ring the doorbell of a parked consumer"

@@ -10,15 +10,13 @@ positions must arrive coalesced (fewer than sent) with the newest one last.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
-from conftest import ROOT, LineReader, stack_env
+from conftest import ROOT, LineReader, Stack, stack_env
 from wsclient import AppClient
 
 PICKUP = {"lat": 38.5598, "lon": 68.7870}
@@ -34,13 +32,17 @@ def _sidecar(control: str, worker: int) -> tuple[subprocess.Popen[bytes], int]:
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=stack_env(),
     )
     out = LineReader(p.stdout)
-    return p, int(out.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)").group(1))
+    port = int(out.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)").group(1))
+    # Listening comes before attached: a command in between would get engine_unavailable.
+    Stack(p, out, port, f"w{worker}").wait_healthy()
+    return p, port
 
 
 async def test_stalled_sidecar_gets_every_order_event_in_order_and_positions_coalesced(engine_bin: Path) -> None:
-    control = os.path.join(tempfile.mkdtemp(prefix="dgdo-full-"), "engine.sock")
     instance = f"full{uuid.uuid4().hex[:8]}"
-    engine = subprocess.Popen([engine_bin, "--control", control, "--instance", instance, "--ring-capacity", "4096"],
+    control = f"@dgdo-{instance}"  # abstract: nothing in /tmp
+    engine = subprocess.Popen([engine_bin, "--control", control, "--instance", instance, "--ring-capacity", "4096",
+                               "--die-with-parent", str(os.getpid())],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert engine.stdout is not None and engine.stdout.readline().startswith(b"dgdo-engine ready")
     side_p, port_p = _sidecar(control, 1)
@@ -104,8 +106,4 @@ async def test_stalled_sidecar_gets_every_order_event_in_order_and_positions_coa
             side.wait(20)
         engine.terminate()
         _out, err = engine.communicate(timeout=20)
-        for name in os.listdir("/dev/shm"):
-            if instance in name:
-                os.unlink("/dev/shm/" + name)
-        shutil.rmtree(os.path.dirname(control), ignore_errors=True)
     assert b"positions coalesced" in err, err.decode()[-2000:]

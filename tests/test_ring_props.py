@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import uuid
 from collections import deque
 
 from hypothesis import HealthCheck, given, settings
@@ -67,8 +66,7 @@ ops = st.lists(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(capacity=st.sampled_from([256, 512, 1024, 4096]), script=ops)
 def test_ring_matches_the_model_for_any_sequence_of_writes_and_reads(capacity: int, script: list) -> None:
-    name = f"/dgdo-prop-{uuid.uuid4().hex[:12]}"
-    seg = ring.Segment(name, create_capacity=capacity)
+    seg = ring.Segment.create(capacity)
     try:
         p, c, model = ring.Producer(seg), ring.Consumer(seg), Model(capacity)
         counter = itertools.count()
@@ -99,4 +97,3 @@ def test_ring_matches_the_model_for_any_sequence_of_writes_and_reads(capacity: i
         assert _free_region_is_zero(seg, capacity, model.head, model.tail)
     finally:
         seg.close()
-        seg.unlink()

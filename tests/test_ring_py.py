@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -9,8 +10,8 @@ import pytest
 from sidecar import ring
 
 
-def test_records_round_trip_in_order(shm_name: str) -> None:
-    seg = ring.Segment(shm_name, create_capacity=1024)
+def test_records_round_trip_in_order() -> None:
+    seg = ring.Segment.create(1024)
     p, c = ring.Producer(seg), ring.Consumer(seg)
     for i in range(5):
         assert p.write(100 + i, bytes([i]) * i) == ring.OK
@@ -20,8 +21,8 @@ def test_records_round_trip_in_order(shm_name: str) -> None:
     assert c.drain() == 0
 
 
-def test_padding_record_is_inserted_at_the_wrap_and_skipped(shm_name: str) -> None:
-    seg = ring.Segment(shm_name, create_capacity=256)  # max record 32 bytes
+def test_padding_record_is_inserted_at_the_wrap_and_skipped() -> None:
+    seg = ring.Segment.create(256)  # max record 32 bytes
     p, c = ring.Producer(seg), ring.Consumer(seg)
     # 24-byte records (16 body + 8 header): 10 fill 240 bytes, leaving 16 at the end.
     for i in range(10):
@@ -33,8 +34,8 @@ def test_padding_record_is_inserted_at_the_wrap_and_skipped(shm_name: str) -> No
     assert p.depth() == 0
 
 
-def test_record_that_exactly_fills_the_end_needs_no_padding(shm_name: str) -> None:
-    seg = ring.Segment(shm_name, create_capacity=256)
+def test_record_that_exactly_fills_the_end_needs_no_padding() -> None:
+    seg = ring.Segment.create(256)
     p, c = ring.Producer(seg), ring.Consumer(seg)
     for _ in range(8):  # 8 x 32 = 256: the last ends exactly at the end
         assert p.write(1, b"a" * 24) == ring.OK
@@ -44,8 +45,8 @@ def test_record_that_exactly_fills_the_end_needs_no_padding(shm_name: str) -> No
     assert [r.type for r in c.records(c.drain())] == [3]
 
 
-def test_full_ring_refuses_until_the_consumer_moves(shm_name: str) -> None:
-    seg = ring.Segment(shm_name, create_capacity=256)
+def test_full_ring_refuses_until_the_consumer_moves() -> None:
+    seg = ring.Segment.create(256)
     p, c = ring.Producer(seg), ring.Consumer(seg)
     writes = 0
     while p.write(1, b"z" * 20) == ring.OK:
@@ -56,15 +57,15 @@ def test_full_ring_refuses_until_the_consumer_moves(shm_name: str) -> None:
     assert p.write(1, b"z" * 20) == ring.OK
 
 
-def test_oversized_record_is_too_large(shm_name: str) -> None:
-    seg = ring.Segment(shm_name, create_capacity=1024)  # max record 128 bytes incl. header
+def test_oversized_record_is_too_large() -> None:
+    seg = ring.Segment.create(1024)  # max record 128 bytes incl. header
     p = ring.Producer(seg)
     assert p.write(1, b"q" * 121) == ring.TOO_LARGE
     assert p.write(1, b"q" * 120) == ring.OK
 
 
-def test_park_refuses_when_a_record_is_pending_and_should_wake_claims_once(shm_name: str) -> None:
-    seg = ring.Segment(shm_name, create_capacity=1024)
+def test_park_refuses_when_a_record_is_pending_and_should_wake_claims_once() -> None:
+    seg = ring.Segment.create(1024)
     p, c = ring.Producer(seg), ring.Consumer(seg)
     assert p.should_wake() is False  # nobody parked
     assert c.park() is True
@@ -74,8 +75,8 @@ def test_park_refuses_when_a_record_is_pending_and_should_wake_claims_once(shm_n
     assert c.park() is False  # a record waits: read, do not sleep
 
 
-def test_publish_writes_a_framed_batch_and_keeps_what_did_not_fit(shm_name: str) -> None:
-    seg = ring.Segment(shm_name, create_capacity=256)
+def test_publish_writes_a_framed_batch_and_keeps_what_did_not_fit() -> None:
+    seg = ring.Segment.create(256)
     p, c = ring.Producer(seg), ring.Consumer(seg)
     batch = bytearray()
     for i in range(12):
@@ -88,16 +89,37 @@ def test_publish_writes_a_framed_batch_and_keeps_what_did_not_fit(shm_name: str)
     assert (n, status) == (len(batch), ring.OK)
 
 
-def test_a_segment_of_another_epoch_is_recognised_as_stale(shm_name: str) -> None:
-    seg = ring.Segment(shm_name, create_capacity=1024, epoch=41)
-    seg.close()
+def test_a_segment_of_another_epoch_is_recognised_as_stale() -> None:
+    seg = ring.Segment.create(1024, epoch=41)
     with pytest.raises(ring.RingError, match="stale"):
-        ring.Segment(shm_name, epoch=42)
-    assert ring.Segment(shm_name, epoch=41).epoch == 41
+        ring.Segment.from_fd(seg.fd, epoch=42)
+    again = ring.Segment.from_fd(seg.fd, epoch=41)  # a second mapping of the same memfd, as a peer's
+    assert again.epoch == 41
+    again.close()
+    seg.close()
 
 
-def test_garbage_is_not_a_ring(shm_name: str) -> None:
-    with open("/dev/shm" + shm_name, "wb") as f:
-        f.write(b"\x00" * 8192)
-    with pytest.raises(ring.RingError, match="not a dgdo ring"):
-        ring.Segment(shm_name)
+def test_garbage_is_not_a_ring() -> None:
+    fd = os.memfd_create("dgdo.test.garbage", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, b"\x00" * 8192)
+        with pytest.raises(ring.RingError, match="not a dgdo ring"):
+            ring.Segment.from_fd(fd)
+        os.ftruncate(fd, 100)  # shorter than a header
+        with pytest.raises(ring.RingError, match="smaller than its header"):
+            ring.Segment.from_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def test_a_created_segment_is_a_memfd_and_nothing_in_dev_shm() -> None:
+    seg = ring.Segment.create(1024, label="dgdo.test.memfd")
+    try:
+        assert os.readlink(f"/proc/self/fd/{seg.fd}").startswith("/memfd:dgdo.test.memfd")
+        assert not [n for n in os.listdir("/dev/shm") if "dgdo.test.memfd" in n]
+        assert seg.producer_heartbeat_ns() == 0  # never beat
+        ring.Producer(seg).heartbeat(123_456)
+        assert seg.producer_heartbeat_ns() == 123_456
+    finally:
+        seg.close()
+    assert seg.fd == -1

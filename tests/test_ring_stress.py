@@ -23,18 +23,19 @@ CAPACITY = 64 * 1024
 MAX_PAYLOAD = 1000  # with CAPACITY/8 = 8192 the largest allowed record is exercised separately below
 
 
-def _peer(ringpeer: Path, *args: str, bell: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([ringpeer, *args, "--wake-fd", str(bell)], pass_fds=[bell],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def _peer(ringpeer: Path, mode: str, seg: ring.Segment, *args: str, bell: int) -> subprocess.Popen[bytes]:
+    """dgdo-ringpeer on `seg` (a memfd: the child inherits its fd, as the sidecar receives the engine's)."""
+    return subprocess.Popen([ringpeer, mode, "--ring-fd", str(seg.fd), *args, "--wake-fd", str(bell)],
+                            pass_fds=[bell, seg.fd], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def test_cpp_to_cpp_no_loss_dup_reorder_or_tear(ringpeer_bin: Path, shm_name: str) -> None:
+def test_cpp_to_cpp_no_loss_dup_reorder_or_tear(ringpeer_bin: Path) -> None:
     count = 500_000 * SCALE
-    seg = ring.Segment(shm_name, create_capacity=CAPACITY)
+    seg = ring.Segment.create(CAPACITY)
     bell_c = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    consumer = _peer(ringpeer_bin, "consume", "--shm", shm_name, "--count", str(count),
+    consumer = _peer(ringpeer_bin, "consume", seg, "--count", str(count),
                      "--max-payload", str(MAX_PAYLOAD), "--timeout-s", "120", bell=bell_c)
-    producer = _peer(ringpeer_bin, "produce", "--shm", shm_name, "--count", str(count),
+    producer = _peer(ringpeer_bin, "produce", seg, "--count", str(count),
                      "--max-payload", str(MAX_PAYLOAD), bell=bell_c)
     _p_out, p_err = producer.communicate(timeout=300)
     c_out, c_err = consumer.communicate(timeout=300)
@@ -45,11 +46,11 @@ def test_cpp_to_cpp_no_loss_dup_reorder_or_tear(ringpeer_bin: Path, shm_name: st
     os.close(bell_c)
 
 
-def test_python_to_cpp_batches_at_full_speed(ringpeer_bin: Path, shm_name: str) -> None:
+def test_python_to_cpp_batches_at_full_speed(ringpeer_bin: Path) -> None:
     count = 100_000 * SCALE
-    seg = ring.Segment(shm_name, create_capacity=CAPACITY)
+    seg = ring.Segment.create(CAPACITY)
     bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    peer = _peer(ringpeer_bin, "consume", "--shm", shm_name, "--count", str(count),
+    peer = _peer(ringpeer_bin, "consume", seg, "--count", str(count),
                  "--max-payload", str(MAX_PAYLOAD), "--timeout-s", "120", bell=bell)
     producer = ring.Producer(seg)
     pending = bytearray()
@@ -70,12 +71,12 @@ def test_python_to_cpp_batches_at_full_speed(ringpeer_bin: Path, shm_name: str) 
     os.close(bell)
 
 
-def test_cpp_to_python_drains_in_batches_without_loss(ringpeer_bin: Path, shm_name: str) -> None:
+def test_cpp_to_python_drains_in_batches_without_loss(ringpeer_bin: Path) -> None:
     count = 100_000 * SCALE
-    seg = ring.Segment(shm_name, create_capacity=CAPACITY)
+    seg = ring.Segment.create(CAPACITY)
     bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     consumer = ring.Consumer(seg)
-    peer = _peer(ringpeer_bin, "produce", "--shm", shm_name, "--count", str(count),
+    peer = _peer(ringpeer_bin, "produce", seg, "--count", str(count),
                  "--max-payload", str(MAX_PAYLOAD), bell=bell)
     expected = 0
     while expected < count:
@@ -101,13 +102,13 @@ DRAIN_DEADLINE_MS = "2000"
 WAKE_BURSTS = 55_000 * SCALE  # >= 50k park/unpark cycles in CI, within about a minute
 
 
-def test_no_lost_wakeup_when_the_consumer_parks_between_every_burst(ringpeer_bin: Path, shm_name: str) -> None:
+def test_no_lost_wakeup_when_the_consumer_parks_between_every_burst(ringpeer_bin: Path) -> None:
     count = WAKE_BURSTS * 3
-    seg = ring.Segment(shm_name, create_capacity=4096)
+    seg = ring.Segment.create(4096)
     bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    consumer = _peer(ringpeer_bin, "consume", "--shm", shm_name, "--count", str(count),
+    consumer = _peer(ringpeer_bin, "consume", seg, "--count", str(count),
                      "--max-payload", "64", "--timeout-s", "10", bell=bell)
-    producer = _peer(ringpeer_bin, "produce", "--shm", shm_name, "--count", str(count),
+    producer = _peer(ringpeer_bin, "produce", seg, "--count", str(count),
                      "--max-payload", "64", "--burst", "3", "--gap-us", "10",
                      "--await-drain-ms", DRAIN_DEADLINE_MS, bell=bell)
     _p_out, p_err = producer.communicate(timeout=300)
@@ -144,7 +145,7 @@ def test_no_lost_wakeup_through_the_sidecars_doorbell_path(ringpeer_bin: Path) -
 
         link = EngineLink(engine.path, 1, on_records, reply_spin_us=0)
         await link.attach(timeout=5)
-        peer = _peer(ringpeer_bin, "produce", "--shm", engine.out_name, "--count", str(count),
+        peer = _peer(ringpeer_bin, "produce", engine.out_seg, "--count", str(count),
                      "--max-payload", "64", "--burst", "4", "--gap-us", "10",
                      "--await-drain-ms", DRAIN_DEADLINE_MS, bell=engine.worker_bell)
         while peer.poll() is None:
@@ -163,12 +164,12 @@ def test_no_lost_wakeup_through_the_sidecars_doorbell_path(ringpeer_bin: Path) -
     assert result["wakeups"] >= WAKE_BURSTS * 9 // 10, f"only {result['wakeups']} wake-ups for {WAKE_BURSTS} bursts"
 
 
-def test_largest_allowed_record_crosses_processes_intact(ringpeer_bin: Path, shm_name: str) -> None:
+def test_largest_allowed_record_crosses_processes_intact(ringpeer_bin: Path) -> None:
     capacity = 4096
     largest = capacity // 8 - ring.RECORD_HEADER - 8  # max record minus header minus the seq field
-    seg = ring.Segment(shm_name, create_capacity=capacity)
+    seg = ring.Segment.create(capacity)
     bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    peer = _peer(ringpeer_bin, "consume", "--shm", shm_name, "--count", "2000",
+    peer = _peer(ringpeer_bin, "consume", seg, "--count", "2000",
                  "--max-payload", str(largest), "--timeout-s", "30", bell=bell)
     producer = ring.Producer(seg)
     for seq in range(2000):

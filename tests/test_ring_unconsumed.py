@@ -49,8 +49,8 @@ class DeadConsumer:
             self.pos += size
 
 
-def test_committed_records_behind_a_zeroed_prefix_are_all_carried_over(shm_name: str) -> None:
-    seg = ring.Segment(shm_name, create_capacity=1024)
+def test_committed_records_behind_a_zeroed_prefix_are_all_carried_over() -> None:
+    seg = ring.Segment.create(1024)
     p = ring.Producer(seg)
     sent = [(10 + i, bytes([i + 1]) * (3 + 5 * i)) for i in range(10)]
     for t, b in sent:
@@ -60,8 +60,8 @@ def test_committed_records_behind_a_zeroed_prefix_are_all_carried_over(shm_name:
     seg.close()
 
 
-def test_a_record_killed_half_way_through_its_zeroing_counts_as_consumed(shm_name: str) -> None:
-    seg = ring.Segment(shm_name, create_capacity=1024)
+def test_a_record_killed_half_way_through_its_zeroing_counts_as_consumed() -> None:
+    seg = ring.Segment.create(1024)
     p = ring.Producer(seg)
     # Bodies of non-zero bytes that look like record headers, so a scan that lands inside one fails loudly.
     sent = [(7, I32.pack(16) * 12) for _ in range(6)]
@@ -72,8 +72,8 @@ def test_a_record_killed_half_way_through_its_zeroing_counts_as_consumed(shm_nam
     seg.close()
 
 
-def test_zeroed_prefix_across_the_wrap_and_its_padding(shm_name: str) -> None:
-    seg = ring.Segment(shm_name, create_capacity=256)  # max record 32 bytes
+def test_zeroed_prefix_across_the_wrap_and_its_padding() -> None:
+    seg = ring.Segment.create(256)  # max record 32 bytes
     p, c = ring.Producer(seg), ring.Consumer(seg)
     for i in range(10):  # 10 x 24 = 240: leaves 16 bytes before the end
         assert p.write(1, bytes([i]) * 16) == ring.OK
@@ -87,8 +87,8 @@ def test_zeroed_prefix_across_the_wrap_and_its_padding(shm_name: str) -> None:
     seg.close()
 
 
-def test_nothing_retired_and_nothing_left(shm_name: str) -> None:
-    seg = ring.Segment(shm_name, create_capacity=512)
+def test_nothing_retired_and_nothing_left() -> None:
+    seg = ring.Segment.create(512)
     p = ring.Producer(seg)
     assert p.unconsumed() == b""
     sent = [(5, b"abc"), (6, b"")]

@@ -9,7 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from conftest import ROOT, LineReader
+from conftest import ROOT, LineReader, new_state_dir, stack_env
 
 STATUS = (r"drivers online\s+(\d+) \| orders requested\s+(\d+) matched\s+(\d+) completed\s+(\d+)"
           r" \| push p50\s+([\d.]+) µs p99\s+([\d.]+) µs")
@@ -19,8 +19,8 @@ def test_run_with_demo_matches_and_completes_orders_then_stops_clean(engine_bin:
     instance = f"t{uuid.uuid4().hex[:8]}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "run", "--port", "0", "--demo", "6", "--status-interval", "0.5",
-         "--instance", instance],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+         "--instance", instance, "--state-dir", new_state_dir()],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=stack_env(DGDO_JWT_SECRET=""),
     )
     out = LineReader(proc.stdout)
     try:

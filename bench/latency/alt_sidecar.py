@@ -1,7 +1,7 @@
 """The real sidecar (sidecar.server.App: picows, registry, bridge, encode) fed by another transport.
 
-    alt_sidecar.py --feed zmq  --endpoint ipc:///tmp/x.ipc --port P
-    alt_sidecar.py --feed unix --endpoint /tmp/x.sock      --port P
+    alt_sidecar.py --feed zmq  --endpoint ipc://@dgdo-x    --port P   (@: abstract names)
+    alt_sidecar.py --feed unix --endpoint @dgdo-x          --port P
     alt_sidecar.py --feed pipe                             --port P   (records on stdin)
     alt_sidecar.py --feed http --endpoint 127.0.0.1:Q      --port P   (POST /events)
 
@@ -26,6 +26,8 @@ import common
 import uvloop
 from picows import ws_create_server
 
+from sidecar import lifetime
+from sidecar.engine_link import socket_address
 from sidecar.server import MAX_FRAME_BYTES, App
 
 
@@ -126,9 +128,10 @@ async def main(args: argparse.Namespace) -> None:
     if args.feed == "zmq":
         keep = zmq_pull(loop, args.endpoint, deliver)
     elif args.feed == "unix":
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(args.endpoint)
-        keep = await loop.create_unix_server(lambda: StreamFeed(app), args.endpoint)
+        if not args.endpoint.startswith("@"):  # a path of an earlier run; an abstract name has no file
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(args.endpoint)
+        keep = await loop.create_unix_server(lambda: StreamFeed(app), socket_address(args.endpoint))
     elif args.feed == "pipe":
         os.set_blocking(sys.stdin.fileno(), False)
         keep = await loop.connect_read_pipe(lambda: StreamFeed(app), os.fdopen(sys.stdin.fileno(), "rb", 0))
@@ -142,6 +145,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    lifetime.die_with_parent_from_env()  # the bench runner may be killed with -9: end with it
     ap = argparse.ArgumentParser()
     ap.add_argument("--feed", required=True, choices=["zmq", "unix", "pipe", "http"])
     ap.add_argument("--endpoint", default="")

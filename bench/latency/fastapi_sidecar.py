@@ -1,6 +1,6 @@
 """The original plan: a FastAPI/uvicorn WebSocket server fed by ZeroMQ (PULL on ipc://).
 
-    fastapi_sidecar.py --endpoint ipc:///tmp/x.ipc --port P
+    fastapi_sidecar.py --endpoint ipc://@dgdo-x --port P
 
 It keeps the sidecar's logic (sidecar.bridge.Bridge, the Registry, its
 mailboxes and `encode()`); only the WebSocket layer is Starlette's over
@@ -25,6 +25,7 @@ from alt_sidecar import zmq_pull
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from picows import WSMsgType
 
+from sidecar import lifetime
 from sidecar.bridge import Bridge
 from sidecar.connections import Registry
 from sidecar.events import Role
@@ -102,6 +103,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     import uvloop
 
+    lifetime.die_with_parent_from_env()  # the bench runner may be killed with -9: end with it
     ap = argparse.ArgumentParser()
     ap.add_argument("--endpoint", required=True)
     ap.add_argument("--port", type=int, required=True)

@@ -1,16 +1,19 @@
 """The engine stand-in: publishes stamped engine batches to a sidecar over one transport.
 
-    feeder.py --transport ring --control PATH --instance NAME --cmd PATH
+    feeder.py --transport ring --control @NAME --instance NAME --cmd @NAME
     feeder.py --transport zmq|unix|http --endpoint EP --cmd PATH
     feeder.py --transport pipe --cmd PATH            (batches go to stdout)
 
 For `ring` it plays the engine's side of include/dgdo/control.h exactly as
 engine/src/loop/event_loop.cpp does: listens on the control socket, creates
-the two segments with this run's epoch, passes two eventfds with SCM_RIGHTS,
-then per batch writes records into the out ring and rings the worker's
-doorbell only when `dgdo_ring_producer_should_wake()` says it parked.
+the two segments (memfds) with this run's epoch, passes them and two eventfds
+with SCM_RIGHTS, beats the out ring's producer heartbeat, then per batch
+writes records into the out ring and rings the worker's doorbell only when
+`dgdo_ring_producer_should_wake()` says it parked.
 For the other transports the same batch bytes go out with one send per batch.
 
+Sockets named "@..." are Linux abstract names, as the engine's: with memfd
+rings too, a feeder killed by any signal leaves nothing in /tmp or /dev/shm.
 The bench runner drives it over a UNIX stream socket (--cmd): one JSON line
 per phase, {"offers_per_s", "positions_per_s", "seconds", "drivers",
 "passengers"}; the answer is {"batches", "offers", "positions"}.
@@ -21,8 +24,6 @@ immediately before the batch is handed to the transport.
 from __future__ import annotations
 
 import argparse
-import array
-import contextlib
 import http.client
 import json
 import os
@@ -36,8 +37,20 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 
-from sidecar import ring
-from sidecar.engine_link import ATTACH, CTL_MAGIC, CTL_VERSION, HELLO
+from sidecar import lifetime, ring
+from sidecar.engine_link import (
+    ATTACH,
+    CTL_MAGIC,
+    CTL_NFDS,
+    CTL_VERSION,
+    FD_ENGINE_BELL,
+    FD_IN_RING,
+    FD_OUT_RING,
+    FD_WORKER_BELL,
+    HEARTBEAT_S,
+    HELLO,
+    socket_address,
+)
 
 ONE = (1).to_bytes(8, "little")
 RING_CAPACITY = 1 << 22
@@ -55,13 +68,20 @@ class RingSender:
         self.bell = -1
         self.keep: list[object] = []
         self.wakeups = 0
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(control)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.listener.bind(control)
+        self.listener.bind(socket_address(control))
         self.listener.listen(4)
-        self.control = control
         threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=self._beat, daemon=True).start()
+
+    def _beat(self) -> None:
+        """The engine's heartbeat, so the sidecar never takes this feeder for a hung engine."""
+        while True:
+            time.sleep(HEARTBEAT_S)
+            with self.lock:
+                p = self.producer
+            if p is not None:
+                p.heartbeat(time.monotonic_ns())
 
     def _accept(self) -> None:
         while True:
@@ -74,23 +94,23 @@ class RingSender:
             if magic != CTL_MAGIC or version != CTL_VERSION:
                 conn.close()
                 continue
-            base = f"/dgdo.{self.instance}.w{worker}"
-            segs = []
-            for suffix in ("in", "out"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f"/dev/shm{base}.{suffix}")
-                segs.append(ring.Segment(f"{base}.{suffix}", create_capacity=RING_CAPACITY, epoch=self.epoch))
+            label = f"dgdo.{self.instance}.w{worker}"
+            segs = [ring.Segment.create(RING_CAPACITY, epoch=self.epoch, label=f"{label}.{d}") for d in ("in", "out")]
             engine_bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             worker_bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            producer = ring.Producer(segs[1])
+            producer.heartbeat(time.monotonic_ns())  # as the engine does at attach
             with self.lock:
                 self.consumer = ring.Consumer(segs[0])
-                self.producer = ring.Producer(segs[1])
+                self.producer = producer
                 self.bell = worker_bell
                 self.keep += [conn, engine_bell, *segs]
             reply = ATTACH.pack(CTL_MAGIC, CTL_VERSION, worker, os.getpid(), 0, self.epoch, RING_CAPACITY,
-                                RING_CAPACITY, f"{base}.in".encode(), f"{base}.out".encode())
-            fds = array.array("i", [engine_bell, worker_bell])
-            conn.sendmsg([reply], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                                RING_CAPACITY)
+            fds = [0] * CTL_NFDS
+            fds[FD_ENGINE_BELL], fds[FD_WORKER_BELL] = engine_bell, worker_bell
+            fds[FD_IN_RING], fds[FD_OUT_RING] = segs[0].fd, segs[1].fd
+            socket.send_fds(conn, [reply], fds)
             print(f"feeder: worker {worker} attached", file=sys.stderr, flush=True)
 
     @property
@@ -118,11 +138,7 @@ class RingSender:
                 pass
 
     def close(self) -> None:
-        for seg in self.keep:
-            if isinstance(seg, ring.Segment):
-                seg.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.control)
+        pass  # memfds and an abstract name: the kernel takes them back with the process
 
 
 class ZmqSender:
@@ -152,7 +168,7 @@ class UnixSender:
         deadline = time.monotonic() + 10
         while True:
             try:
-                self.sock.connect(path)
+                self.sock.connect(socket_address(path))
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 if time.monotonic() > deadline:
@@ -265,12 +281,13 @@ def run_phase(sender, spec: dict) -> dict:
 
 
 def main() -> int:
+    lifetime.die_with_parent_from_env()  # the bench runner may be killed with -9: end with it
     ap = argparse.ArgumentParser()
     ap.add_argument("--transport", required=True, choices=["ring", "zmq", "unix", "pipe", "http"])
     ap.add_argument("--endpoint", default="")
     ap.add_argument("--control", default="")
     ap.add_argument("--instance", default="bench")
-    ap.add_argument("--cmd", required=True, help="UNIX socket path the runner sends phase commands to")
+    ap.add_argument("--cmd", required=True, help="UNIX socket (path or @abstract) the runner sends phase commands to")
     args = ap.parse_args()
 
     if args.transport == "ring":
@@ -284,13 +301,11 @@ def main() -> int:
     else:
         sender = HttpSender(args.endpoint)
 
-    # SIGTERM (how the bench stops us) must still run the `finally` below: like the engine,
-    # the feeder leaves no /dev/shm segment or socket behind.
+    # Nothing here needs cleaning up on the way out (memfds, abstract names): SIGTERM may end us
+    # anywhere. It still exits through `finally`, for the transports' own close().
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(args.cmd)
     cmd = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    cmd.bind(args.cmd)
+    cmd.bind(socket_address(args.cmd))
     cmd.listen(1)
     print("feeder: ready", file=sys.stderr, flush=True)
     try:
@@ -306,12 +321,7 @@ def main() -> int:
             result = run_phase(sender, spec)
             f.write((json.dumps(result) + "\n").encode())
     finally:
-        # A SIGTERM landing here (the runner stops every process right after `quit`) would
-        # raise SystemExit between two unlinks and leave a segment behind.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         sender.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(args.cmd)
     return 0
 
 

@@ -37,12 +37,12 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -52,6 +52,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 import uvloop
 from picows import WSListener, WSMsgType, WSTransport, ws_connect
+
+from sidecar import lifetime
+from sidecar.engine_link import socket_address
 
 HERE = Path(__file__).resolve().parent
 ROOT = common.ROOT
@@ -97,15 +100,23 @@ class Stack:
                 p.wait()
 
 
-def start_stack(variant: str, tmp: Path, logf) -> Stack:
-    env = dict(os.environ, DGDO_JWT_SECRET=common.JWT_SECRET, PYTHONUNBUFFERED="1")
+# Every socket of the bench is a Linux abstract name ("@..."), every ring a memfd, and every process
+# it starts ends with it (sidecar/lifetime.py): killed by any signal, the bench leaves nothing behind.
+TAG = f"@dgdo-bench-{os.getpid()}"
+
+
+def child_env() -> dict[str, str]:
+    return lifetime.child_env(dict(os.environ, DGDO_JWT_SECRET=common.JWT_SECRET, PYTHONUNBUFFERED="1"))
+
+
+def start_stack(variant: str, logf) -> Stack:
     port = free_port()
-    cmd_path = str(tmp / f"feeder-{port}.cmd")
+    cmd_path = f"{TAG}-feeder-{port}"
     st = Stack(port=port, cmd_path=cmd_path)
     feeder = [PY, str(HERE / "feeder.py"), "--cmd", cmd_path]
-    kw = {"env": env, "stderr": logf, "cwd": str(ROOT)}
+    kw = {"env": child_env(), "stderr": logf, "cwd": str(ROOT)}
     if variant == "ring":
-        control = str(tmp / f"engine-{port}.sock")
+        control = f"{TAG}-engine-{port}"
         inst = f"bench{os.getpid()}p{port}"
         st.procs.append(subprocess.Popen([*feeder, "--transport", "ring", "--control", control, "--instance", inst],
                                          stdout=subprocess.DEVNULL, **kw))
@@ -122,9 +133,9 @@ def start_stack(variant: str, tmp: Path, logf) -> Stack:
         f.stdout.close()  # the sidecar holds the read end now
     else:
         if variant == "zmq ipc" or variant == "fastapi+zmq":
-            transport, endpoint = "zmq", f"ipc://{tmp}/zmq-{port}.ipc"
+            transport, endpoint = "zmq", f"ipc://{TAG}-zmq-{port}"  # libzmq takes "@" as abstract too
         elif variant == "unix socket":
-            transport, endpoint = "unix", str(tmp / f"feed-{port}.sock")
+            transport, endpoint = "unix", f"{TAG}-feed-{port}"
         else:
             transport, endpoint = "http", f"127.0.0.1:{free_port()}"
         if variant == "fastapi+zmq":
@@ -140,9 +151,16 @@ def start_stack(variant: str, tmp: Path, logf) -> Stack:
     return st
 
 
+def _listening(path: str) -> bool:
+    if not path.startswith("@"):
+        return os.path.exists(path)
+    with open("/proc/net/unix") as f:  # abstract names are no files: the kernel's table lists them
+        return any(line.rstrip().endswith(" " + path) for line in f)
+
+
 def _wait_path(path: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
+    while not _listening(path):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} did not appear")
         time.sleep(0.02)
@@ -187,7 +205,9 @@ class Feeder:
         self.path = path
 
     async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_unix_connection(self.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(socket_address(self.path))  # uvloop cannot connect to abstract names itself; local: instant
+        self.reader, self.writer = await asyncio.open_unix_connection(sock=sock)
 
     async def call(self, spec: dict) -> dict:
         self.writer.write((json.dumps(spec) + "\n").encode())
@@ -236,9 +256,9 @@ def start_profile(variant: str, st: Stack, phase: str, seconds: float, out: Path
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-async def run_variant(variant: str, phases: list[dict], tmp: Path, logf, n_clients: int,
+async def run_variant(variant: str, phases: list[dict], logf, n_clients: int,
                       profile: Path | None = None) -> dict[str, dict]:
-    st = start_stack(variant, tmp, logf)
+    st = start_stack(variant, logf)
     out: dict[str, dict] = {}
     transports: list[WSTransport] = []
     try:
@@ -317,19 +337,14 @@ def _send(tr: WSTransport, m: dict) -> None:
     tr.send(WSMsgType.TEXT, json.dumps(m).encode())
 
 
-async def run_e2e(seconds: float, max_rate: float, logf, fsync: str | None = None, tmp: Path | None = None) -> dict:
+async def run_e2e(seconds: float, max_rate: float, logf, state_dir: Path, fsync: str | None = None) -> dict:
     """The real engine + sidecar; `fsync` None runs the engine without a journal, else with one
-    in a fresh state dir under `tmp` and that fsync policy (never | interval | batch)."""
+    in a fresh state dir under `state_dir` and that fsync policy (never | interval | batch)."""
     port = free_port()
-    env = dict(os.environ, DGDO_JWT_SECRET=common.JWT_SECRET, PYTHONUNBUFFERED="1")
-    journal: list[str] = []
-    if fsync is not None:
-        assert tmp is not None
-        state = tmp / f"state-{fsync}-{port}"
-        journal = ["--state-dir", str(state), "--fsync", fsync]
+    journal = ["--no-journal"] if fsync is None else ["--state-dir", str(state_dir / f"e{port}"), "--fsync", fsync]
     proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "dgdo"), "run", "--no-demo", "--port", str(port),
                              "--instance", f"bench{os.getpid()}e{port}", "--status-interval", "0", *journal],
-                            env=env, stdout=logf, stderr=logf, cwd=str(ROOT))
+                            env=child_env(), stdout=logf, stderr=logf, cwd=str(ROOT))
     samples: list[int] = []
     try:
         deadline = time.monotonic() + 30
@@ -506,8 +521,12 @@ async def main_async(args: argparse.Namespace) -> int:
     total = repeats * len(variants)
     step = 0
     t_start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="dgdo-bench-") as tmpd, open(f"{base}.log", "wb") as logf:
-        tmp = Path(tmpd)
+    # The e2e engine's journal (if the build keeps one) goes next to the results, removed at the end
+    # (and on SIGTERM: main_async runs as a task that SIGTERM cancels); a kill -9 leaves it there,
+    # with the results, not in /tmp.
+    state = out_dir / f".state-{stamp}"
+    with contextlib.ExitStack() as cleanup, open(f"{base}.log", "wb") as logf:
+        cleanup.callback(shutil.rmtree, state, True)
         for rep in range(repeats):
             order = variants[rep % len(variants):] + variants[: rep % len(variants)]
             for variant in order:
@@ -516,12 +535,12 @@ async def main_async(args: argparse.Namespace) -> int:
                 try:
                     if variant == E2E or variant in E2E_JOURNAL:
                         res = await run_e2e(seconds, max_rate=500 if not args.smoke else 200, logf=logf,
-                                            fsync=E2E_JOURNAL.get(variant), tmp=tmp)
+                                            state_dir=state, fsync=E2E_JOURNAL.get(variant))
                         e2e_push = res["sidecar_push_metrics"]
                         n = len(res["samples"])
                         got = {"idle": {"offers": res["samples"], "positions": [], "sent": {"offers": n}}}
                     else:
-                        got = await run_variant(variant, phases, tmp, logf, n_clients,
+                        got = await run_variant(variant, phases, logf, n_clients,
                                                 Path(args.profile) if args.profile else None)
                 except Exception as e:  # one broken variant must not lose the others
                     log(f"[{step}/{total}] {variant}: FAILED ({type(e).__name__}: {e})")
@@ -598,7 +617,18 @@ def main() -> int:
     ap.add_argument("--variants", default="", help=f"comma list of: {', '.join([*VARIANTS, E2E, *E2E_JOURNAL])}")
     ap.add_argument("--out", default="", help="output directory (default bench/results)")
     ap.add_argument("--profile", default="", help="directory for py-spy profiles of the ring sidecar (needs py-spy)")
-    return uvloop.run(main_async(ap.parse_args()))
+    return uvloop.run(_cancel_on_sigterm(main_async(ap.parse_args())))
+
+
+async def _cancel_on_sigterm(work) -> int:
+    """Runs `work` as a task that SIGTERM cancels: its `finally` blocks stop every stack it started."""
+    task = asyncio.ensure_future(work)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        log("[bench] stopped by SIGTERM")
+        return 143
 
 
 if __name__ == "__main__":

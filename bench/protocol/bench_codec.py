@@ -29,6 +29,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import timeit
 import urllib.request
@@ -43,7 +44,7 @@ import msgpack  # noqa: E402
 import psutil  # noqa: E402
 
 from bench.machine import describe, one_line  # noqa: E402
-from sidecar import auth  # noqa: E402
+from sidecar import auth, lifetime  # noqa: E402
 from sidecar.events import DRIVER, PASSENGER  # noqa: E402
 from sidecar.protocol import JSON, MSGPACK, Decoder, encode  # noqa: E402
 
@@ -160,10 +161,12 @@ def metrics(port: int) -> dict[str, float]:
     return out
 
 
-def start_stack() -> tuple[subprocess.Popen[bytes], int]:
-    env = {**os.environ, auth.ENV_SECRET: SECRET, "PYTHONUNBUFFERED": "1"}
+def start_stack(state_dir: str) -> tuple[subprocess.Popen[bytes], int]:
+    # Ends with us even after our kill -9 (sidecar/lifetime.py); its engine ends with it.
+    env = lifetime.child_env({**os.environ, auth.ENV_SECRET: SECRET, "PYTHONUNBUFFERED": "1"})
     cmd = [sys.executable, "-m", "sidecar", "run", "--host", "127.0.0.1", "--port", "0", "--no-demo",
-           "--status-interval", "0", "--instance", f"bp{uuid.uuid4().hex[:8]}", "--log-level", "WARNING", *NO_LIMITS]
+           "--status-interval", "0", "--instance", f"bp{uuid.uuid4().hex[:8]}", "--log-level", "WARNING",
+           "--state-dir", state_dir, *NO_LIMITS]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
@@ -211,7 +214,8 @@ def ingest_once(conns: int, seconds: float, binary: bool) -> dict[str, float]:
     (A saturated worker answers /metrics late, so the window is the whole load, not a slice of it;
     the handful of handshakes it includes cost nothing next to millions of frames.)
     """
-    proc, port = start_stack()
+    state = tempfile.TemporaryDirectory(prefix="dgdo-bench-codec-")  # a fresh engine state per run
+    proc, port = start_stack(state.name)
     try:
         side = psutil.Process(proc.pid)
         engine = next((c for c in side.children() if "dgdo-engine" in " ".join(c.cmdline())), None)
@@ -250,6 +254,7 @@ def ingest_once(conns: int, seconds: float, binary: bool) -> dict[str, float]:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        state.cleanup()
 
 
 def main() -> int:

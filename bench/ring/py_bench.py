@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,8 +30,7 @@ from sidecar import ring  # noqa: E402
 
 
 def bench(total: int, batch: int, body: bytes, type_: int, unpack=None, iterate: bool = False) -> dict[str, float]:
-    name = f"/dgdo-pybench-{uuid.uuid4().hex[:10]}"
-    seg = ring.Segment(name, create_capacity=1 << 22)
+    seg = ring.Segment.create(1 << 22, label="dgdo.pybench")  # a memfd: nothing to leak, whatever kills us
     try:
         prod, cons = ring.Producer(seg), ring.Consumer(seg)
         framed = bytearray()
@@ -58,7 +56,6 @@ def bench(total: int, batch: int, body: bytes, type_: int, unpack=None, iterate:
         return {"publish_per_s": done / (pub_ns / 1e9), "drain_per_s": done / (drain_ns / 1e9)}
     finally:
         seg.close()
-        seg.unlink()
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-// ring_bench: C++ -> C++ over a real /dev/shm ring (include/dgdo/ring.h), two processes.
+// ring_bench: C++ -> C++ over a real shared-memory ring (include/dgdo/ring.h, in a memfd), two processes.
 //
 //   ring_bench [--quick | --smoke]
 //
@@ -13,7 +13,6 @@
 //    the doorbell when dgdo_ring_producer_should_wake() says so. This is the engine -> sidecar
 //    wake-up path, without Python.
 // Prints a Markdown table and one JSON line. Machine noise: run it on a quiet box.
-#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -41,17 +40,16 @@ uint64_t now_ns() {
     return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
+// The ring in a memfd, as the engine makes it: the forked child inherits the mapping, and no
+// signal that ends either process can leave a segment behind (no name in /dev/shm to unlink).
 struct Shm {
-    std::string name;
     void* base = nullptr;
     size_t size = 0;
     Shm() {
-        name = "/dgdo-ringbench-" + std::to_string(getpid());
         size = dgdo_ring_segment_size(kCapacity);
-        shm_unlink(name.c_str());
-        const int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+        const int fd = memfd_create("dgdo.ringbench", MFD_CLOEXEC);
         if (fd < 0 || ftruncate(fd, static_cast<off_t>(size)) != 0) {
-            std::perror("shm");
+            std::perror("memfd");
             std::exit(1);
         }
         base = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -62,10 +60,7 @@ struct Shm {
         }
         dgdo_ring_format(base, kCapacity, 1);
     }
-    ~Shm() {
-        munmap(base, size);
-        shm_unlink(name.c_str());
-    }
+    ~Shm() { munmap(base, size); }
 };
 
 // Results travel from the consumer child to the parent through a pipe.
@@ -238,7 +233,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ring_bench: one-way latency, consumer parked on eventfd, 1 record / 1 ms ...\n");
     auto park1000 = latency(n(4e3), 1000000, true);
 
-    std::printf("\n| C++ -> C++ over /dev/shm ring, 2 processes | value |\n|---|---:|\n");
+    std::printf("\n| C++ -> C++ over a shared-memory ring (memfd), 2 processes | value |\n|---|---:|\n");
     std::printf("| throughput, 64 B bodies | %.2f M records/s |\n", t64 / 1e6);
     std::printf("| throughput, 168 B bodies (new_order) | %.2f M records/s |\n", t168 / 1e6);
     std::printf("\n| one-way latency (µs) | n | p50 | p90 | p99 | p99.9 | max |\n|---|---:|---:|---:|---:|---:|---:|\n");

@@ -1,4 +1,6 @@
-// dgdo-engine: parse the CLI, run the loop, clean up shm and the socket on exit.
+// dgdo-engine: parse the CLI, run the loop, clean up the control socket on exit.
+#include <signal.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -9,10 +11,31 @@
 #include "loop/cli.hpp"
 #include "loop/event_loop.hpp"
 
+namespace {
+
+// Asks the kernel for SIGTERM when our parent dies (the loop treats it as any SIGTERM: a clean
+// exit), so a supervisor killed with -9 leaves no engine behind. The request only counts from
+// now on: a parent that died before it (we were reparented already) is caught by comparing
+// getppid() with the pid the parent gave us. False when the parent is gone.
+bool die_with_parent(pid_t parent) {
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) {
+        std::fprintf(stderr, "dgdo-engine: ! prctl(PR_SET_PDEATHSIG): %s\n", std::strerror(errno));
+        return false;
+    }
+    return getppid() == parent;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
     int code = 0;
     const auto opt = dgdo::parse_cli(argc, argv, &code);
     if (!opt) return code;
+    if (opt->die_with_parent && !die_with_parent(opt->die_with_parent)) {
+        std::fprintf(stderr, "dgdo-engine: ! parent %d is gone (--die-with-parent); not starting\n",
+                     static_cast<int>(opt->die_with_parent));
+        return 1;
+    }
 
     timespec ts{};
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -23,13 +46,8 @@ int main(int argc, char** argv) {
         if (rc == -EADDRINUSE)
             std::fprintf(stderr,
                          "dgdo-engine: ! another engine is live on %s (it accepts connections); refusing to start. "
-                         "Stop it first, or give this one its own --control and --instance.\n",
+                         "Stop it first, or give this one its own --control.\n",
                          opt->control.c_str());
-        else if (rc == -EBUSY)
-            std::fprintf(stderr,
-                         "dgdo-engine: ! instance \"%s\" has ring segments of a live engine; refusing to start. "
-                         "Stop it first, or give this one its own --instance.\n",
-                         opt->instance.c_str());
         else
             std::fprintf(stderr, "dgdo-engine: ! cannot start on %s: %s\n", opt->control.c_str(), std::strerror(-rc));
         return 1;

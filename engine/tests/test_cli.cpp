@@ -53,6 +53,22 @@ TEST(Cli, FlagsSetEveryDispatchTunable) {
     EXPECT_EQ(o->core.batch_candidates, 4u);
 }
 
+TEST(Cli, AbstractControlNameAndDieWithParent) {
+    int code = -1;
+    auto o = parse({"--control", "@dgdo-run-1", "--die-with-parent", "4242"}, &code);
+    ASSERT_TRUE(o.has_value());
+    EXPECT_EQ(o->control, "@dgdo-run-1");
+    EXPECT_EQ(o->die_with_parent, 4242);
+    EXPECT_EQ(parse({"--control", "@dgdo-run-1"}, &code)->die_with_parent, 0);  // off unless asked
+    for (const char* bad : {"0", "-1", "x", "4294967296"}) {
+        code = -1;
+        EXPECT_FALSE(parse({"--control", "@c", "--die-with-parent", bad}, &code).has_value()) << bad;
+        EXPECT_EQ(code, 2);
+    }
+    EXPECT_FALSE(parse({"--control", "@"}, &code).has_value());  // an abstract name needs a name
+    EXPECT_EQ(code, 2);
+}
+
 TEST(Cli, ConfigFileIsReadAndFlagsOverrideItWhereverTheyStand) {
     const ConfigFile cfg(
         "# dispatch\n"

@@ -1,17 +1,17 @@
 // dgdo-ringpeer: one side of a cross-process ring check, driven by tests.
 //
-//   produce --shm NAME --count N --max-payload B --wake-fd FD [--burst K --gap-us G]
+//   produce --ring-fd FD --count N --max-payload B --wake-fd FD [--burst K --gap-us G]
 //           [--await-drain-ms D]
-//   consume --shm NAME --count N --max-payload B --wake-fd FD [--timeout-s T]
+//   consume --ring-fd FD --count N --max-payload B --wake-fd FD [--timeout-s T]
 //
-// The test creates and formats the segment and the eventfd. Record `seq` is
+// The test creates and formats the segment (a memfd, as the engine's are) and the eventfd,
+// and passes both fds to this process (inherited). Record `seq` is
 // type 7 with body {u64 seq, payload[(seq * 7919) % (B + 1)]}, payload byte i
 // = (seq + i) & 0xff. consume exits 0 when all N match, 1 on a mismatch,
 // 3 when nothing arrives for T seconds. With --await-drain-ms, produce waits
 // after each burst (and its doorbell) until the consumer has released all of
 // it, and exits 4 when that takes longer than D ms: a lost wake-up then fails
 // at once instead of being rescued by the next burst's doorbell.
-#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -35,14 +35,15 @@ namespace {
 constexpr int32_t kType = 7;
 
 struct Args {
-    std::string mode, shm;
+    std::string mode;
+    int ring_fd = -1;
     uint64_t count = 0, max_payload = 0, burst = 0, gap_us = 0, await_drain_ms = 0;
     int wake_fd = -1;
     double timeout_s = 60;
 };
 
 [[noreturn]] void usage(const char* msg) {
-    std::fprintf(stderr, "dgdo-ringpeer: %s\nusage: dgdo-ringpeer produce|consume --shm NAME --count N "
+    std::fprintf(stderr, "dgdo-ringpeer: %s\nusage: dgdo-ringpeer produce|consume --ring-fd FD --count N "
                          "--max-payload B --wake-fd FD [--burst K --gap-us G --await-drain-ms D] [--timeout-s T]\n", msg);
     std::exit(2);
 }
@@ -64,7 +65,7 @@ Args parse(int argc, char** argv) {
         const std::string f = argv[i];
         if (i + 1 >= argc) usage("flag without value");
         const char* v = argv[i + 1];
-        if (f == "--shm") a.shm = v;
+        if (f == "--ring-fd") a.ring_fd = static_cast<int>(number(v));
         else if (f == "--count") a.count = number(v);
         else if (f == "--max-payload") a.max_payload = number(v);
         else if (f == "--wake-fd") a.wake_fd = static_cast<int>(number(v));
@@ -74,13 +75,11 @@ Args parse(int argc, char** argv) {
         else if (f == "--timeout-s") a.timeout_s = std::strtod(v, nullptr);
         else usage(("unknown flag " + f).c_str());
     }
-    if (a.shm.empty() || a.wake_fd < 0) usage("--shm and --wake-fd are required");
+    if (a.ring_fd < 0 || a.wake_fd < 0) usage("--ring-fd and --wake-fd are required");
     return a;
 }
 
-void* map_segment(const std::string& name, size_t* size) {
-    const int fd = shm_open(name.c_str(), O_RDWR, 0);
-    if (fd < 0) { std::perror("shm_open"); std::exit(1); }
+void* map_segment(int fd, size_t* size) {
     struct stat st {};
     if (fstat(fd, &st) != 0) { std::perror("fstat"); std::exit(1); }
     void* p = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -101,7 +100,7 @@ void ring_doorbell(int fd) {
 
 int produce(const Args& a) {
     size_t size = 0;
-    void* seg = map_segment(a.shm, &size);
+    void* seg = map_segment(a.ring_fd, &size);
     dgdo_ring_producer p;
     dgdo_ring_producer_init(&p, seg, static_cast<int32_t>(getpid()));
     std::vector<uint8_t> body(8 + a.max_payload);
@@ -172,7 +171,7 @@ void check_record(void* ctx, int32_t type, const uint8_t* body, uint32_t len) {
 
 int consume(const Args& a) {
     size_t size = 0;
-    void* seg = map_segment(a.shm, &size);
+    void* seg = map_segment(a.ring_fd, &size);
     dgdo_ring_consumer c;
     dgdo_ring_consumer_init(&c, seg, static_cast<int32_t>(getpid()));
     Check chk{0, a.max_payload, false};

@@ -1,7 +1,7 @@
 """The shared-memory ring (include/dgdo/ring.h) from Python, through cffi.
 
-A `Segment` maps one /dev/shm ring segment; a `Producer` or `Consumer` is
-this process's side of it. Both move batches: `Consumer.drain()` copies every
+A `Segment` maps one ring segment (a memfd: the engine passes its fd at
+attach); a `Producer` or `Consumer` is this process's side of it. Both move batches: `Consumer.drain()` copies every
 committed record (up to a limit) into one reusable buffer with one C call, and
 `Producer.publish()` writes a buffer of pre-framed records with one C call.
 """
@@ -70,57 +70,77 @@ class Record:
 
 
 class Segment:
-    """One ring segment in /dev/shm, mapped read-write.
+    """One ring segment, mapped read-write: a memfd, never a name in /dev/shm.
 
-    Args:
-        name: the shm name as shm_open takes it ("/dgdo.default.w1.out").
-        create_capacity: when given, create and format a new segment with
-            this data capacity (tests; the engine creates the real ones).
-        epoch: the engine run's epoch the segment must carry (0 = any).
-    Raises:
-        RingError: the segment is not a valid ring of this layout/epoch.
-        FileNotFoundError: no such segment.
+    The engine creates its segments and passes their fds at attach
+    (include/dgdo/control.h): `Segment.from_fd()` maps one. Tests and benches
+    that play both sides make their own with `Segment.create()`. Either way
+    the memory lives exactly as long as some process maps it or holds its fd:
+    nothing is left behind, whatever kills whom.
+
+    Raises (both constructors):
+        RingError: not a valid ring of this layout (or of another epoch).
     """
 
-    def __init__(self, name: str, create_capacity: int | None = None, epoch: int = 0) -> None:
-        self.name = name
-        self.path = "/dev/shm/" + name.lstrip("/")
-        if create_capacity is not None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.ftruncate(fd, lib.dgdo_ring_segment_size(create_capacity))
-                self._map = mmap.mmap(fd, 0)
-            finally:
-                os.close(fd)
-            rc = lib.dgdo_ring_format(ffi.from_buffer(self._map), create_capacity, epoch)
-            if rc != OK:
-                self.close()
-                raise RingError(rc, name)
-        else:
-            fd = os.open(self.path, os.O_RDWR)
-            try:
-                self._map = mmap.mmap(fd, 0)
-            finally:
-                os.close(fd)
-        self.ptr = ffi.from_buffer(self._map)
-        rc = lib.dgdo_ring_check(self.ptr, len(self._map), epoch)
+    def __init__(self, mapping: mmap.mmap, epoch: int, label: str, fd: int = -1) -> None:
+        self.label = label
+        self._map: mmap.mmap | None = mapping
+        self.fd = -1
+        self.ptr = ffi.from_buffer(mapping)
+        rc = lib.dgdo_ring_check(self.ptr, len(mapping), epoch)
         if rc != OK:
-            self.close()
-            raise RingError(rc, name)
+            self.close()  # unmaps; `fd` stays the caller's
+            raise RingError(rc, label)
+        self.fd = fd  # kept only by create(): the fd a test passes to the other side
         self.epoch: int = lib.dgdo_py_epoch(self.ptr)
         self.max_record: int = lib.dgdo_py_max_record(self.ptr)
 
+    @classmethod
+    def from_fd(cls, fd: int, epoch: int = 0, label: str = "ring") -> Segment:
+        """Maps the segment behind `fd` (the caller still owns and closes `fd`).
+
+        Args:
+            epoch: the engine run's epoch the segment must carry (0 = any).
+        """
+        size = os.fstat(fd).st_size
+        if size < HEADER_SIZE:
+            raise RingError(lib.DGDO_RING_BAD_SIZE, label)
+        return cls(mmap.mmap(fd, size), epoch, label)
+
+    @classmethod
+    def create(cls, capacity: int, epoch: int = 0, label: str = "dgdo.test") -> Segment:
+        """A new, formatted segment of `capacity` data bytes in a close-on-exec memfd.
+
+        The segment keeps the fd (`.fd`, closed by close()) so that another process can map
+        it too: pass it with `subprocess.Popen(pass_fds=...)` or over SCM_RIGHTS.
+        """
+        fd = os.memfd_create(label, os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, lib.dgdo_ring_segment_size(capacity))
+            mapping = mmap.mmap(fd, 0)
+            rc = lib.dgdo_ring_format(ffi.from_buffer(mapping), capacity, epoch)
+            if rc != OK:
+                mapping.close()
+                raise RingError(rc, label)
+            return cls(mapping, 0, label, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def producer_heartbeat_ns(self) -> int:
+        """The producer's last beat, CLOCK_MONOTONIC ns as `time.monotonic_ns()` reads it; 0 = never."""
+        return lib.dgdo_py_producer_heartbeat(self.ptr)
+
     def close(self) -> None:
         self.ptr = None
-        m = getattr(self, "_map", None)
+        m = self._map
         if m is not None:
             with contextlib.suppress(BufferError):  # a cffi buffer still points at it; unmapped at exit
                 m.close()
             self._map = None
-
-    def unlink(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class Producer:

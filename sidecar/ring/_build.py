@@ -27,6 +27,12 @@ typedef struct { ...; } dgdo_ring_consumer;
 #define DGDO_RING_MIN_CAPACITY ...
 #define DGDO_CTL_MAGIC ...
 #define DGDO_CTL_VERSION ...
+#define DGDO_CTL_HEARTBEAT_MS ...
+#define DGDO_CTL_FD_ENGINE_BELL ...
+#define DGDO_CTL_FD_WORKER_BELL ...
+#define DGDO_CTL_FD_IN_RING ...
+#define DGDO_CTL_FD_OUT_RING ...
+#define DGDO_CTL_NFDS ...
 
 enum dgdo_ring_status {
     DGDO_RING_OK, DGDO_RING_FULL, DGDO_RING_TOO_LARGE, DGDO_RING_BAD_MAGIC,
@@ -50,6 +56,7 @@ void dgdo_ring_consumer_heartbeat(dgdo_ring_consumer *c, uint64_t now_ns);
 uint64_t dgdo_py_depth(dgdo_ring_producer *p);
 uint64_t dgdo_py_epoch(const void *segment);
 uint32_t dgdo_py_max_record(const void *segment);
+uint64_t dgdo_py_producer_heartbeat(const void *segment);
 size_t dgdo_py_publish(dgdo_ring_producer *p, const uint8_t *buf, size_t len, int *status);
 size_t dgdo_py_unconsumed(dgdo_ring_producer *p, uint8_t *out, size_t cap);
 size_t dgdo_py_sizeof(const char *name);
@@ -66,6 +73,11 @@ static uint64_t dgdo_py_depth(dgdo_ring_producer *p) { return dgdo_ring_depth(p-
 static uint64_t dgdo_py_epoch(const void *segment) { return ((const dgdo_ring_header *)segment)->epoch; }
 static uint32_t dgdo_py_max_record(const void *segment) {
     return ((const dgdo_ring_header *)segment)->max_record;
+}
+/* The producer's last beat (CLOCK_MONOTONIC ns; 0 = never): how a worker tells a hung engine. */
+static uint64_t dgdo_py_producer_heartbeat(const void *segment) {
+    /* pairs with dgdo_ring_producer_heartbeat's relaxed store: a lone value, no ordering needed */
+    return DGDO_LOAD(&((dgdo_ring_header *)segment)->producer_heartbeat_ns, relaxed);
 }
 
 /*
@@ -159,7 +171,7 @@ static size_t dgdo_py_offsetof(const char *type_name, const char *field) {
     DGDO_OFF(dgdo_out_order_update, driver_id) DGDO_OFF(dgdo_out_order_update, passenger_id)
     DGDO_OFF(dgdo_out_new_order, expires_in_s) DGDO_OFF(dgdo_out_driver_position, speed_kmh)
     DGDO_OFF(dgdo_out_estimate_update, distance_m) DGDO_OFF(dgdo_out_nearby_drivers, drivers)
-    DGDO_OFF(dgdo_out_engine_stats, match_p99_ns) DGDO_OFF(dgdo_ctl_attach, out_name)
+    DGDO_OFF(dgdo_out_engine_stats, match_p99_ns) DGDO_OFF(dgdo_ctl_attach, out_capacity)
     return (size_t)-1;
 }
 """

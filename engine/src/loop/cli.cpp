@@ -21,8 +21,12 @@ constexpr const char* kUsage =
     "usage: dgdo-engine --control PATH [options]\n"
     "  --config FILE           settings as `key = value` lines (key = flag without --; # comments);\n"
     "                          flags on the command line override the file\n"
-    "  --control PATH          UNIX seqpacket socket sidecar workers attach to (required)\n"
-    "  --instance NAME         shm name prefix: /dgdo.NAME.wN.{in,out} (default \"default\")\n"
+    "  --control PATH|@NAME    UNIX seqpacket socket sidecar workers attach to (required); @NAME is a\n"
+    "                          Linux abstract name: no file, gone with the engine, even after kill -9\n"
+    "  --instance NAME         label of the ring memfds, dgdo.NAME.wN.{in,out} in /proc/PID/fd\n"
+    "                          (default \"default\")\n"
+    "  --die-with-parent PID   exit (as on SIGTERM) when process PID, our parent, dies; refuse to\n"
+    "                          start when it is already gone (a supervisor like `dgdo run` sets it)\n"
     "  --ring-capacity BYTES   data bytes per ring, a power of two (default 4194304)\n"
     "  --offer-timeout-s S     driver's time to accept (default 15)\n"
     "  --radius-m M            first search radius (default 3000)\n"
@@ -65,7 +69,7 @@ bool parse_u64(const char* s, uint64_t* out) {
 }
 
 bool valid_instance(const std::string& s) {
-    if (s.empty() || s.size() > 24) return false;  // keeps "/dgdo.<instance>.w65535.out" under DGDO_SHM_NAME_MAX
+    if (s.empty() || s.size() > 24) return false;  // a short label: "dgdo.<instance>.w65535.out" in /proc
     for (char c : s)
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
             return false;
@@ -108,6 +112,10 @@ std::string apply_setting(Options& o, const std::string& raw_key, const std::str
             return "--ring-capacity must be a power of two in [256, 2^30]: " + value;
     } else if (key == "tick-ms") {
         if (!parse_u64(v, &o.tick_ms) || o.tick_ms == 0 || o.tick_ms > 60000) return "bad --tick-ms: " + value;
+    } else if (key == "die-with-parent") {
+        uint64_t pid = 0;
+        if (!parse_u64(v, &pid) || pid < 1 || pid > INT32_MAX) return "bad --die-with-parent pid: " + value;
+        o.die_with_parent = static_cast<int32_t>(pid);
     } else if (key == "spin-us") {
         if (!parse_u64(v, &o.spin_us) || o.spin_us > 1000000) return "bad --spin-us: " + value;
     } else if (key == "matching") {
@@ -188,6 +196,7 @@ std::optional<Options> parse_cli(int argc, char** argv, int* exit_code) {
     }
     if (o.control.empty()) return fail("--control PATH is required");
     if (o.control.size() >= 108) return fail("--control path too long for a UNIX socket");
+    if (o.control == "@") return fail("--control @NAME needs a name after the @");
     if (o.core.wide_radius_m < o.core.radius_m) return fail("--wide-radius-m must be >= --radius-m");
     return o;
 }

@@ -15,6 +15,7 @@ struct Options {
     uint64_t ring_capacity = 4194304;
     uint64_t tick_ms = 100;
     uint64_t spin_us = 50;
+    int32_t die_with_parent = 0;  // 0: live on when the parent dies
     Config core;
 };
 

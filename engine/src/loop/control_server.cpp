@@ -6,19 +6,40 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 
 namespace dgdo {
 
-int probe_control(const std::string& path) {
-    sockaddr_un addr{};
-    if (path.size() >= sizeof addr.sun_path) return -ENAMETOOLONG;
-    addr.sun_family = AF_UNIX;
-    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+namespace {
+
+// The sockaddr for `control` and its length: an abstract name is sun_path[0] = '\0' followed by
+// the name's bytes (no terminator; the length says where it ends), a path is NUL-terminated.
+int make_addr(const std::string& control, sockaddr_un* addr, socklen_t* len) {
+    *addr = {};
+    addr->sun_family = AF_UNIX;
+    if (control.size() >= sizeof addr->sun_path) return -ENAMETOOLONG;
+    if (is_abstract(control)) {
+        if (control.size() < 2) return -EINVAL;
+        std::memcpy(addr->sun_path + 1, control.data() + 1, control.size() - 1);
+        *len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + control.size());
+    } else {
+        std::memcpy(addr->sun_path, control.c_str(), control.size() + 1);
+        *len = sizeof *addr;
+    }
+    return 0;
+}
+
+}  // namespace
+
+int probe_control(const std::string& control) {
+    sockaddr_un addr;
+    socklen_t len;
+    if (const int rc = make_addr(control, &addr, &len); rc != 0) return rc;
     // Nonblocking, so a live engine with a full backlog (EAGAIN) is not waited for: it is live too.
     const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
-    const int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    const int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr), len);
     const int err = rc == 0 ? 0 : errno;
     close(fd);  // the live engine sees a connection close before hello: it drops it, nothing else
     if (rc == 0 || err == EAGAIN || err == EINPROGRESS) return -EADDRINUSE;
@@ -26,32 +47,44 @@ int probe_control(const std::string& path) {
     return -err;
 }
 
-int listen_control(const std::string& path) {
-    sockaddr_un addr{};
-    if (path.size() >= sizeof addr.sun_path) return -ENAMETOOLONG;
-    addr.sun_family = AF_UNIX;
-    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+int listen_control(const std::string& control) {
+    sockaddr_un addr;
+    socklen_t len;
+    if (const int rc = make_addr(control, &addr, &len); rc != 0) return rc;
+    const bool abstract = is_abstract(control);
     struct stat st {};
-    if (lstat(path.c_str(), &st) == 0) {
+    if (!abstract && lstat(control.c_str(), &st) == 0) {
         if (!S_ISSOCK(st.st_mode)) return -EEXIST;  // never clobber a file that is not a socket
-        if (const int live = probe_control(path); live != 0) return live;
-        unlink(path.c_str());  // nobody listens: the socket file of a dead run
+        if (const int live = probe_control(control); live != 0) return live;
+        unlink(control.c_str());  // nobody listens: the socket file of a dead run
     }
     const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
-    if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || chmod(path.c_str(), 0600) != 0 ||
+    if (bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 || (!abstract && chmod(control.c_str(), 0600) != 0) ||
         listen(fd, 64) != 0) {
         const int err = -errno;
         close(fd);
-        unlink(path.c_str());
+        // Only a path we bound ourselves is ours to remove (EADDRINUSE: someone else's).
+        if (!abstract && err != -EADDRINUSE) unlink(control.c_str());
         return err;
     }
     return fd;
 }
 
+void unlink_control(const std::string& control) {
+    if (!is_abstract(control)) unlink(control.c_str());
+}
+
 int accept_control(int listen_fd) {
     const int fd = accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    return fd < 0 ? -errno : fd;
+    if (fd < 0) return -errno;
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || (cred.uid != geteuid() && cred.uid != 0)) {
+        close(fd);
+        return -EPERM;
+    }
+    return fd;
 }
 
 HelloRead recv_hello(int fd, dgdo_ctl_hello* hello) {
@@ -64,12 +97,12 @@ HelloRead recv_hello(int fd, dgdo_ctl_hello* hello) {
 }
 
 int send_attach(int fd, const dgdo_ctl_attach& attach, const int* fds, int nfds) {
-    if (nfds < 0 || nfds > 2) return -EINVAL;
+    if (nfds < 0 || nfds > DGDO_CTL_NFDS) return -EINVAL;
     iovec iov{const_cast<dgdo_ctl_attach*>(&attach), sizeof attach};
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    alignas(cmsghdr) char control[CMSG_SPACE(2 * sizeof(int))] = {};
+    alignas(cmsghdr) char control[CMSG_SPACE(DGDO_CTL_NFDS * sizeof(int))] = {};
     if (nfds > 0) {
         msg.msg_control = control;
         msg.msg_controllen = CMSG_SPACE(static_cast<size_t>(nfds) * sizeof(int));

@@ -1,6 +1,5 @@
 #include "loop/event_loop.hpp"
 
-#include <dirent.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/eventfd.h>
@@ -23,7 +22,7 @@ namespace dgdo {
 namespace {
 
 // epoll keys: kind in the top byte, an attachment serial below.
-enum Kind : uint64_t { kListen = 1, kTimer, kSignal, kHello, kControl, kDoorbell };
+enum Kind : uint64_t { kListen = 1, kTimer, kSignal, kHello, kControl, kDoorbell, kBeat };
 constexpr uint64_t key(Kind k, uint64_t serial = 0) { return (static_cast<uint64_t>(k) << 56) | serial; }
 constexpr Kind kind_of(uint64_t key) { return static_cast<Kind>(key >> 56); }
 constexpr uint64_t serial_of(uint64_t key) { return key & ((1ull << 56) - 1); }
@@ -63,13 +62,14 @@ EventLoop::Worker::~Worker() {
 EventLoop::EventLoop(const Options& opt, uint64_t epoch) : opt_(opt), epoch_(epoch), core_(opt.core) {}
 
 EventLoop::~EventLoop() {
-    workers_.clear();  // unmaps and unlinks every segment
+    workers_.clear();  // unmaps and closes every segment (a worker's own mapping stays its own)
     for (auto& [serial, fd] : hello_wait_) close(fd);
     if (listen_fd_ >= 0) {
         close_fd(listen_fd_);
-        unlink(opt_.control.c_str());
+        unlink_control(opt_.control);
     }
     close_fd(timer_fd_);
+    close_fd(beat_fd_);
     close_fd(signal_fd_);
     close_fd(epoll_fd_);
 }
@@ -84,15 +84,19 @@ int EventLoop::init() {
     signal_fd_ = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
     timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (signal_fd_ < 0 || epoll_fd_ < 0 || timer_fd_ < 0) return -errno;
-    itimerspec period{};
-    period.it_interval.tv_sec = static_cast<time_t>(opt_.tick_ms / 1000);
-    period.it_interval.tv_nsec = static_cast<long>((opt_.tick_ms % 1000) * 1000000);
-    period.it_value = period.it_interval;
-    if (timerfd_settime(timer_fd_, 0, &period, nullptr) != 0) return -errno;
-    // A live engine on our control path is the clearer refusal: ask it before looking at segments.
+    beat_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (signal_fd_ < 0 || epoll_fd_ < 0 || timer_fd_ < 0 || beat_fd_ < 0) return -errno;
+    auto every = [](int fd, uint64_t ms) {
+        itimerspec period{};
+        period.it_interval.tv_sec = static_cast<time_t>(ms / 1000);
+        period.it_interval.tv_nsec = static_cast<long>((ms % 1000) * 1000000);
+        period.it_value = period.it_interval;
+        return timerfd_settime(fd, 0, &period, nullptr);
+    };
+    if (every(timer_fd_, opt_.tick_ms) != 0 || every(beat_fd_, DGDO_CTL_HEARTBEAT_MS) != 0) return -errno;
+    // Ring segments are memfds (ShmSegment): there are no leftovers of an earlier run to look
+    // for. A live engine on our control socket is the one thing that refuses the start.
     if (const int rc = probe_control(opt_.control); rc != 0) return rc;
-    if (const int rc = check_leftovers(); rc != 0) return rc;
     listen_fd_ = listen_control(opt_.control);
     if (listen_fd_ < 0) {
         const int err = listen_fd_;
@@ -101,28 +105,10 @@ int EventLoop::init() {
     }
     add_fd(epoll_fd_, listen_fd_, key(kListen));
     add_fd(epoll_fd_, timer_fd_, key(kTimer));
+    add_fd(epoll_fd_, beat_fd_, key(kBeat));
     add_fd(epoll_fd_, signal_fd_, key(kSignal));
     match_ns_.reserve(kMatchWindow);
     return 0;
-}
-
-// Segments of this instance left in /dev/shm: a live engine's (another engine runs with our
-// --instance, maybe on another control path) refuses the start; a dead run's are removed now.
-int EventLoop::check_leftovers() {
-    DIR* dir = opendir("/dev/shm");
-    if (!dir) return 0;  // no /dev/shm to scan: create() still checks each name
-    const std::string prefix = "dgdo." + opt_.instance + ".w";
-    const uint64_t now = clock_ns(CLOCK_MONOTONIC);
-    int rc = 0;
-    while (const dirent* e = readdir(dir)) {
-        const std::string name = e->d_name;
-        if (name.rfind(prefix, 0) != 0) continue;
-        const bool in = name.ends_with(".in"), out = name.ends_with(".out");
-        if (!in && !out) continue;
-        if (reclaim_segment("/" + name, out, now) != 0) rc = -EBUSY;
-    }
-    closedir(dir);
-    return rc;
 }
 
 int EventLoop::run() {
@@ -163,6 +149,11 @@ void EventLoop::handle(const epoll_event& ev) {
         if (read(timer_fd_, &expirations, sizeof expirations) > 0) tick();
         return;
     }
+    case kBeat: {
+        uint64_t expirations;
+        if (read(beat_fd_, &expirations, sizeof expirations) > 0) beat();
+        return;
+    }
     case kSignal: {
         signalfd_siginfo si;
         if (read(signal_fd_, &si, sizeof si) > 0) stop_ = true;
@@ -191,6 +182,10 @@ void EventLoop::handle(const epoll_event& ev) {
 void EventLoop::accept_all() {
     for (;;) {
         const int fd = accept_control(listen_fd_);
+        if (fd == -EPERM) {
+            std::fprintf(stderr, "dgdo-engine: ! refused a control connection from another user\n");
+            continue;
+        }
         if (fd < 0) return;
         const uint64_t serial = next_serial_++;
         hello_wait_[serial] = fd;
@@ -233,11 +228,9 @@ void EventLoop::attach(int fd, uint16_t worker_id) {
     reply.epoch = epoch_;
     reply.in_capacity = opt_.ring_capacity;
     reply.out_capacity = opt_.ring_capacity;
-    const std::string base = "/dgdo." + opt_.instance + ".w" + std::to_string(worker_id);
-    std::snprintf(reply.in_name, sizeof reply.in_name, "%s.in", base.c_str());
-    std::snprintf(reply.out_name, sizeof reply.out_name, "%s.out", base.c_str());
-    int status = w->in.create(reply.in_name, opt_.ring_capacity, epoch_, /*engine_produces=*/false);
-    if (status == 0) status = w->out.create(reply.out_name, opt_.ring_capacity, epoch_, /*engine_produces=*/true);
+    const std::string label = "dgdo." + opt_.instance + ".w" + std::to_string(worker_id);
+    int status = w->in.create(label + ".in", opt_.ring_capacity, epoch_);
+    if (status == 0) status = w->out.create(label + ".out", opt_.ring_capacity, epoch_);
     if (status == 0) {
         w->engine_bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         w->worker_bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -247,17 +240,21 @@ void EventLoop::attach(int fd, uint16_t worker_id) {
     if (status != 0) {
         std::fprintf(stderr, "dgdo-engine: ! attach of worker %u failed: %d\n", worker_id, status);
         send_attach(fd, reply, nullptr, 0);
-        return;  // ~Worker closes fd and unlinks what was created
+        return;  // ~Worker closes fd and what was created
     }
     dgdo_ring_consumer_init(&w->cons, w->in.base(), static_cast<int32_t>(getpid()));
     dgdo_ring_producer_init(&w->prod, w->out.base(), static_cast<int32_t>(getpid()));
-    // Beat at once, not at the next tick: a segment that names a live pid but has never beaten
-    // would read as stale to another engine's check.
+    // Beat at once, not at the next beat: the worker judges our liveness by the out ring's
+    // producer heartbeat from its first look.
     const uint64_t now = clock_ns(CLOCK_MONOTONIC);
     dgdo_ring_consumer_heartbeat(&w->cons, now);
     dgdo_ring_producer_heartbeat(&w->prod, now);
-    const int fds[2] = {w->engine_bell, w->worker_bell};
-    if (int rc = send_attach(fd, reply, fds, 2); rc != 0) {
+    int fds[DGDO_CTL_NFDS];
+    fds[DGDO_CTL_FD_ENGINE_BELL] = w->engine_bell;
+    fds[DGDO_CTL_FD_WORKER_BELL] = w->worker_bell;
+    fds[DGDO_CTL_FD_IN_RING] = w->in.fd();
+    fds[DGDO_CTL_FD_OUT_RING] = w->out.fd();
+    if (int rc = send_attach(fd, reply, fds, DGDO_CTL_NFDS); rc != 0) {
         std::fprintf(stderr, "dgdo-engine: ! attach reply to worker %u failed: %s\n", worker_id, std::strerror(-rc));
         return;
     }
@@ -266,7 +263,8 @@ void EventLoop::attach(int fd, uint16_t worker_id) {
     ev.data.u64 = key(kControl, w->serial);
     epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev);
     add_fd(epoll_fd_, w->engine_bell, key(kDoorbell, w->serial));
-    std::fprintf(stderr, "dgdo-engine: = worker %u attached (%s, %s)\n", worker_id, reply.in_name, reply.out_name);
+    std::fprintf(stderr, "dgdo-engine: = worker %u attached (memfds %s.in, %s.out)\n", worker_id, label.c_str(),
+                 label.c_str());
     workers_[worker_id] = std::move(w);
 }
 
@@ -484,12 +482,19 @@ bool EventLoop::any_pending() const {
     return false;
 }
 
-void EventLoop::tick() {
+// The worker reads the out ring's producer heartbeat to tell a hung engine from a busy one
+// (a control socket stays open under SIGSTOP). It has its own timer, not the tick's: the tick
+// period is the core's setting (up to a minute), the heartbeat period is the protocol's.
+void EventLoop::beat() {
     const uint64_t now = clock_ns(CLOCK_MONOTONIC);
     for (auto& [id, w] : workers_) {
         dgdo_ring_consumer_heartbeat(&w->cons, now);
         dgdo_ring_producer_heartbeat(&w->prod, now);
     }
+}
+
+void EventLoop::tick() {
+    const uint64_t now = clock_ns(CLOCK_MONOTONIC);
     apply(Tick{now});
     publish();
     ring_doorbells();

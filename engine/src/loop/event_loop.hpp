@@ -38,7 +38,7 @@ private:
         int ctl_fd = -1;
         int engine_bell = -1;  // the sidecar rings it when our "in" consumer is parked
         int worker_bell = -1;  // we ring it when the worker's "out" consumer is parked
-        ShmSegment in, out;
+        ShmSegment in, out;  // memfds, passed to the worker at attach
         dgdo_ring_consumer cons{};
         dgdo_ring_producer prod{};
         // Behind a full "out" ring (see deliver()): every record in order, a driver position
@@ -58,7 +58,6 @@ private:
         ~Worker();
     };
 
-    int check_leftovers();
     void handle(const epoll_event& ev);
     void accept_all();
     void on_hello(uint64_t serial);
@@ -75,6 +74,7 @@ private:
     bool park_all();
     void unpark_all();
     void tick();
+    void beat();
     bool any_pending() const;
     uint64_t match_p99() const;
     Worker* by_serial(uint64_t serial);
@@ -85,7 +85,7 @@ private:
     const uint64_t epoch_;
     Core core_;
     std::vector<OutRecord> out_;
-    int epoll_fd_ = -1, listen_fd_ = -1, timer_fd_ = -1, signal_fd_ = -1;
+    int epoll_fd_ = -1, listen_fd_ = -1, timer_fd_ = -1, beat_fd_ = -1, signal_fd_ = -1;
     bool stop_ = false;
     uint64_t next_serial_ = 1;
     std::map<uint16_t, std::unique_ptr<Worker>> workers_;
