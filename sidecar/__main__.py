@@ -284,8 +284,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # An abstract socket name: no file to create or remove, gone with the engine even after kill -9.
     control = f"@dgdo-{args.instance}-{secrets.token_hex(4)}"
     engine = engine_path()
-    state_dir = args.state_dir or default_state_dir(args.port)
-    if engine_supports(engine, "--state-dir"):
+    state_dir = None if args.no_journal else args.state_dir or default_state_dir(args.port)
+    if state_dir is None:
+        print("[dgdo] no journal: an engine restart loses every order (--no-journal)", flush=True)
+    elif engine_supports(engine, "--state-dir"):
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         print(f"[dgdo] state dir {state_dir}", flush=True)
     else:
@@ -346,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", type=Path, default=None,
                      help="the engine's journal and snapshots (default $XDG_STATE_HOME/dgdo/run-PORT, "
                           "else ~/.local/state/dgdo/run-PORT)")
+    run.add_argument("--no-journal", action="store_true",
+                     help="run the engine without a journal (benchmarks; nothing survives a restart)")
     for flag, (type_, help_) in ENGINE_FLAGS.items():
         run.add_argument(flag, dest=_dest(flag), type=type_, help=help_)
     run.set_defaults(func=cmd_run)
