@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/config.hpp"
+#include "loop/persistence.hpp"
 
 namespace dgdo {
 
@@ -16,6 +17,7 @@ struct Options {
     uint64_t tick_ms = 100;
     uint64_t spin_us = 50;
     Config core;
+    PersistOptions persist;
 };
 
 // nullopt with *exit_code set: --help (0) or a usage error (2, message on stderr).
