@@ -92,7 +92,7 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
 
     const CoreStats s = core.stats();
     std::fprintf(stderr,
-                 "dgdo-engine: = recovered %s: %u live orders, %zu drivers, time %.3f s, next record %" PRIu64
+                 "dgdo-engine: = recovered %s: %u live orders, %zu drivers online, time %.3f s, next record %" PRIu64
                  ", next order %" PRIu64 ", digest %016" PRIx64 " (snapshot %s + %" PRIu64 " records, %.1f ms); fsync %s\n",
                  dir_.root.c_str(), s.active_orders, static_cast<size_t>(s.drivers_online), core.now_ns() / 1e9,
                  r.end.next_index, core.next_order_id(), r.digest, r.snapshot.empty() ? "none" : r.snapshot.c_str(),
