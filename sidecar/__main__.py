@@ -4,6 +4,7 @@
     dgdo sidecar --control PATH [--host H] [--port P]       sidecar for a running engine
     dgdo token --role R --sub ID [--ttl S] [--secret S]     mint a JWT for an app
     dgdo engine-path                                        where the engine binary is
+    dgdo replay --state-dir DIR --order ID [--json]          an order's timeline from the journal
 
 Auth is always on: the secret comes from DGDO_JWT_SECRET. `dgdo run` without
 one makes up a secret for the run, prints it once and hands it to the demo;
@@ -286,6 +287,15 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
                    help="µs to poll for the engine's answer to a command before parking (0 = never spin)")
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Runs the engine's offline replay (`dgdo-engine replay`) with the same arguments."""
+    return replay(args.replay_args)
+
+
+def replay(argv: list[str]) -> int:
+    return subprocess.run([engine_path(), "replay", *argv], check=False).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgdo", description="DG Do dispatch")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -312,12 +322,21 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--secret", help=f"signing secret (default ${auth.ENV_SECRET})")
     tok.set_defaults(func=cmd_token)
 
+    rep = sub.add_parser(
+        "replay", help="explain an order from the engine's journal: dgdo replay --state-dir DIR --order ID",
+        description="Passes its arguments to `dgdo-engine replay` (see `dgdo replay --help`).", add_help=False)
+    rep.add_argument("replay_args", nargs=argparse.REMAINDER)
+    rep.set_defaults(func=cmd_replay)
+
     path = sub.add_parser("engine-path", help="print the engine binary's path")
     path.set_defaults(func=lambda a: print(engine_path()) or 0)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["replay"]:  # every argument is the engine's (argparse would claim --help and friends)
+        return replay(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(name)s %(message)s")
     return int(args.func(args) or 0)

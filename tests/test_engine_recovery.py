@@ -98,3 +98,89 @@ async def test_a_retried_ride_request_after_a_restart_is_still_the_same_order(du
     await pax.send({"type": "ride_request", "id": "same", "pickup": PICKUP, "dropoff": DROPOFF})
     assert (await pax.expect("ack", id="same"))["order_id"] == order_id != first
     await pax.close()
+
+
+def _mine(client: AppClient, order_id: int) -> list[tuple]:
+    """The reliable messages a client received about one order, as comparable tuples."""
+    got: list[tuple] = []
+    for m in client.seen:
+        if m.get("order_id") != order_id:
+            continue
+        if m["type"] == "order_update":
+            got.append(("order_update", m["status"], m.get("reason", "")))
+        elif m["type"] == "new_order":
+            got.append(("new_order", m["distance_m"], m["eta_s"], m["expires_in_s"]))
+        elif m["type"] == "cancel_order":
+            got.append(("cancel_order", m["reason"]))
+    return got
+
+
+def _replayed(lines: list[dict], to_id: str) -> list[tuple]:
+    """The same, from `dgdo replay --json`, rounded as the sidecar rounds them."""
+    got: list[tuple] = []
+    for line in lines:
+        for o in line["outputs"]:
+            if o["to_id"] != to_id:
+                continue
+            if o["type"] == "order_update":
+                got.append(("order_update", o["status"], o["reason"]))
+            elif o["type"] == "new_order":
+                got.append(("new_order", round(o["distance_m"], 1), round(o["eta_s"], 1), round(o["expires_in_s"], 3)))
+            elif o["type"] == "cancel_order":
+                got.append(("cancel_order", o["reason"]))
+    return got
+
+
+async def test_replay_explains_an_order_with_exactly_what_its_apps_received(durable: Split, state_dir: str) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, stack_env
+
+    near = await online_driver(durable.url, "d1")  # ~600 m from the pickup
+    far = await online_driver(durable.url, "d2")
+    await far.send({"type": "driver_location", "lat": FAR_FROM_PICKUP[0], "lon": FAR_FROM_PICKUP[1], "id": "far"})
+    await far.expect("ack", id="far")
+    pax = await AppClient.open(f"{durable.url}/ws/passenger/p1")
+    await pax.expect("welcome")
+    await pax.send({"type": "ride_request", "id": "r1", "pickup": PICKUP, "dropoff": DROPOFF})
+    order_id = (await pax.expect("ack", id="r1"))["order_id"]
+    await near.expect("new_order", order_id=order_id)
+    await near.send({"type": "order_reject", "order_id": order_id, "id": "no"})
+    await near.expect("ack", id="no")
+    await far.expect("new_order", order_id=order_id)
+    for step, rid in (("order_accept", "a"), ("order_arrived", "b"), ("trip_start", "c"), ("trip_complete", "d")):
+        await far.send({"type": step, "order_id": order_id, "id": rid})
+        await far.expect("ack", id=rid)
+    await pax.expect("order_update", order_id=order_id, status="completed")
+    await far.expect("order_update", order_id=order_id, status="completed")
+
+    # Offline, while the engine still runs: a look at the journal never changes it.
+    out = subprocess.run(
+        [sys.executable, "-m", "sidecar", "replay", "--state-dir", state_dir, "--order", str(order_id), "--json"],
+        cwd=ROOT, env=stack_env(), capture_output=True, timeout=60, check=True,
+    )
+    lines = [json.loads(x) for x in out.stdout.decode().splitlines()]
+    assert _replayed(lines, "p1") == _mine(pax, order_id)
+    assert _replayed(lines, "d1") == _mine(near, order_id)
+    assert _replayed(lines, "d2") == _mine(far, order_id)
+    assert [s for s in _mine(pax, order_id) if s[0] == "order_update"][-1] == ("order_update", "completed", "")
+
+    # And why: d1 was nearest and offered first; after its reject it was "tried before" and d2 was picked.
+    searches = [s for line in lines for s in line["searches"]]
+    assert [s["picked"] for s in searches] == ["d1", "d2"]
+    second = {c["driver"]: c for c in searches[1]["candidates"]}
+    assert second["d1"]["why_not"] == "tried before"
+    assert second["d2"]["why_not"] is None
+    assert second["d1"]["distance_m"] < second["d2"]["distance_m"]
+    kinds = [(line["input"]["kind"], line["input"].get("command")) for line in lines]
+    assert ("order_command", "reject") in kinds and ("order_command", "complete") in kinds
+
+    text = subprocess.run(
+        [sys.executable, "-m", "sidecar", "replay", "--state-dir", state_dir, "--order", str(order_id)],
+        cwd=ROOT, env=stack_env(), capture_output=True, timeout=60, check=True,
+    ).stdout.decode()
+    assert "tried before" in text and "<- offered" in text and f"order {order_id} now: completed" in text
+    for c in (near, far, pax):
+        await c.close()

@@ -24,6 +24,9 @@ struct Options {
 // Flags override a --config file (`key = value` lines, key = the flag without "--").
 std::optional<Options> parse_cli(int argc, char** argv, int* exit_code);
 
+// Reads a `key = value` config file into o; "" or the error.
+std::string load_config(Options& o, const std::string& path);
+
 // One setting by name ("radius-m", "radius_m" or "--radius-m"); "" or the error.
 std::string apply_setting(Options& o, const std::string& key, const std::string& value);
 

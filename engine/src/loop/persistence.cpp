@@ -1,6 +1,9 @@
 #include "loop/persistence.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -28,6 +31,7 @@ uint64_t fingerprint(int32_t type, const uint8_t* body, uint32_t len) {
 Persistence::Persistence(PersistOptions opt) : opt_(std::move(opt)), dir_{opt_.state_dir} {}
 
 Persistence::~Persistence() {
+    reap(/*wait=*/true);
     if (snapshots_) snapshots_->wait_idle();
     snapshots_.reset();
     journal_.reset();
@@ -117,22 +121,60 @@ void Persistence::before_publish() {
 
 void Persistence::after_batch(const Core& core, uint64_t mono_now_ns) {
     if (!journal_) return;
+    if (child_ > 0 && !reap(false)) return;  // the last one is still being written
     const uint64_t index = journal_->next_index();
     const uint64_t since = index - last_snapshot_index_;
     const bool due = since >= opt_.snapshot_every_records ||
                      (since > 0 && static_cast<double>(mono_now_ns - last_snapshot_ns_) >= opt_.snapshot_every_s * 1e9);
     if (!due || snapshots_->busy()) return;
     const auto t0 = std::chrono::steady_clock::now();
-    core.save(scratch_);
-    const uint64_t digest = io::hash64(scratch_.data(), scratch_.size());
     // Whole segments before the snapshot can then go.
     if (const int rc = journal_->rotate(); rc != 0)
         std::fprintf(stderr, "dgdo-engine: ! journal rotation failed: %s\n", std::strerror(-rc));
-    last_stall_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    snapshots_->submit(index, digest, std::move(scratch_));
-    scratch_ = std::string();
     last_snapshot_index_ = index;
     last_snapshot_ns_ = mono_now_ns;
+    const pid_t pid = fork();
+    if (pid == 0) {
+        // The child: a frozen copy of the core. It touches nothing the parent's threads hold
+        // (no stdio: a log line is one write(2)) and leaves with _exit.
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        std::string bytes;
+        core.save(bytes);
+        const uint64_t digest = io::hash64(bytes.data(), bytes.size());
+        const int rc = write_snapshot(dir_.snapshots(), index, digest, bytes);
+        if (rc == 0) prune_state(dir_.snapshots(), dir_.journal());
+        char line[200];
+        const int n = rc == 0 ? std::snprintf(line, sizeof line,
+                                              "dgdo-engine: = snapshot at record %" PRIu64 " written (%zu bytes, digest %016" PRIx64 ")\n",
+                                              index, bytes.size(), digest)
+                              : std::snprintf(line, sizeof line, "dgdo-engine: ! snapshot at record %" PRIu64 " failed: %s\n",
+                                              index, std::strerror(-rc));
+        if (n > 0 && write(STDERR_FILENO, line, static_cast<size_t>(n)) < 0) _exit(1);
+        _exit(rc == 0 ? 0 : 1);
+    }
+    if (pid > 0) {
+        child_ = pid;
+        child_index_ = index;
+    } else {  // no fork (memory, limits): serialize here, write on the thread
+        core.save(scratch_);
+        const uint64_t digest = io::hash64(scratch_.data(), scratch_.size());
+        snapshots_->submit(index, digest, std::move(scratch_));
+        scratch_ = std::string();
+    }
+    last_stall_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// True when no snapshot child is left running.
+bool Persistence::reap(bool wait) {
+    if (child_ <= 0) return true;
+    int status = 0;
+    const pid_t r = waitpid(child_, &status, wait ? 0 : WNOHANG);
+    if (r == 0) return false;
+    if (r == child_ && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+        std::fprintf(stderr, "dgdo-engine: ! snapshot writer for record %" PRIu64 " died (status %d)\n", child_index_,
+                     status);
+    child_ = -1;
+    return true;
 }
 
 bool Persistence::already_journaled(int32_t type, const uint8_t* body, uint32_t len, uint64_t mono_now_ns) {

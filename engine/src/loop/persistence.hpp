@@ -4,6 +4,7 @@
 #pragma once
 
 #include <sys/file.h>
+#include <sys/types.h>
 
 #include <cstdint>
 #include <memory>
@@ -48,7 +49,9 @@ public:
     bool commit();
     // Before the batch's outputs go out (FsyncPolicy::Batch syncs here).
     void before_publish();
-    // After a batch: takes a snapshot when one is due (serialized here, written in the background).
+    // After a batch: takes a snapshot when one is due. A forked child serializes and writes it
+    // (copy-on-write: the loop stalls only for the fork); if fork fails, it is serialized here
+    // and written by a thread.
     void after_batch(const Core& core, uint64_t mono_now_ns);
 
     // True for a record the journal already holds that a sidecar sent again: it salvages
@@ -68,6 +71,9 @@ private:
     uint64_t last_snapshot_index_ = 0;
     uint64_t last_snapshot_ns_ = 0;
     double last_stall_ms_ = 0;
+    pid_t child_ = -1;  // the snapshot writer, while it runs
+    uint64_t child_index_ = 0;
+    bool reap(bool wait);
     std::unordered_set<uint64_t> recent_;  // fingerprints of the inbound records at the journal's end
     uint64_t recent_until_ns_ = 0;
     std::string scratch_;
