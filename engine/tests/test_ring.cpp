@@ -269,3 +269,22 @@ TEST(RingPeek, ReleaseRetiresAPaddingRecordAtTheWrap) {
     ASSERT_EQ(dgdo_ring_write(&r.prod, 11, body.data(), 16), DGDO_RING_OK);  // the slots are reusable
     EXPECT_TRUE(dgdo_ring_pending(&r.cons));
 }
+
+// A completely full ring: nothing is retired during a peek, so one capacity past head lies the
+// first record again. The peek must stop after one lap, not read it twice.
+TEST(RingPeek, APeekOfAFullRingStopsAfterOneLap) {
+    RingFixture r(256);
+    const auto body = bytes(24, 1);  // 32-byte records: eight fill the data area exactly
+    for (int i = 0; i < 8; ++i) ASSERT_EQ(dgdo_ring_write(&r.prod, 100 + i, body.data(), 24), DGDO_RING_OK);
+    ASSERT_EQ(dgdo_ring_write(&r.prod, 200, body.data(), 24), DGDO_RING_FULL);
+    std::vector<Received> got;
+    uint64_t end = 0;
+    ASSERT_EQ(dgdo_ring_peek(&r.cons, collect, &got, 1000, &end), 8u);
+    EXPECT_EQ(end, 256u);
+    EXPECT_EQ(got.back().type, 107);
+    dgdo_ring_release(&r.cons, end);
+    for (int i = 0; i < 8; ++i) ASSERT_EQ(dgdo_ring_write(&r.prod, 300 + i, body.data(), 24), DGDO_RING_OK);  // again, one lap on
+    got.clear();
+    ASSERT_EQ(dgdo_ring_read(&r.cons, collect, &got, 1000), 8u);
+    EXPECT_EQ(got.front().type, 300);
+}

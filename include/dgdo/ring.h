@@ -353,7 +353,9 @@ typedef void (*dgdo_ring_handler)(void *ctx, int32_t type, const uint8_t *body, 
  * dgdo_ring_peek hands up to `limit` committed records to `handler` without
  * consuming them and returns how many; *end is the position just past the
  * last one (padding included). Bodies stay valid until dgdo_ring_release.
- * Peeking again without a release sees the same records.
+ * Peeking again without a release sees the same records. A peek never reads
+ * more than one lap: with nothing retired yet, the slot one capacity past
+ * head is the first record peeked, not a new one.
  *
  * dgdo_ring_release retires every record from head up to `end` (a position a
  * peek returned) and releases head once. Until then a dead consumer's records
@@ -363,7 +365,7 @@ static inline uint32_t dgdo_ring_peek(const dgdo_ring_consumer *c, dgdo_ring_han
                                       uint32_t limit, uint64_t *end) {
     uint64_t head = c->head;
     uint32_t count = 0;
-    while (count < limit) {
+    while (count < limit && head - c->head <= c->mask) { /* at most one lap (capacity = mask + 1) */
         const uint64_t index = head & c->mask;
         const int32_t length = DGDO_LOAD(dgdo_record_length_at(c->data, index), acquire); /* pairs with producer's commit */
         if (length <= 0) break;

@@ -50,6 +50,8 @@ constexpr const char* kUsage =
     "  --fsync-interval-ms MS  interval policy period (default 100)\n"
     "  --snapshot-every-s S    snapshot after this long with new records (default 60)\n"
     "  --snapshot-every-records N  or after this many records (default 1000000)\n"
+    "  --snapshot-keep N       snapshots kept (>= 2), with the journal since the oldest: the history\n"
+    "                          `dgdo replay` can explain (default 10)\n"
     "  --journal-segment-mb MB journal segment size before rotation (default 64)\n"
     "  --tick-ms MS            core tick period (default 100)\n"
     "  --spin-us US            busy-poll before parking (default 50; 0 with 2 CPUs or fewer)\n"
@@ -133,6 +135,9 @@ std::string apply_setting(Options& o, const std::string& raw_key, const std::str
     } else if (key == "snapshot-every-records") {
         if (!parse_u64(v, &o.persist.snapshot_every_records) || o.persist.snapshot_every_records == 0)
             return "bad --snapshot-every-records: " + value;
+    } else if (key == "snapshot-keep") {
+        if (!parse_u64(v, &o.persist.snapshot_keep) || o.persist.snapshot_keep < 2 || o.persist.snapshot_keep > 1000)
+            return "bad --snapshot-keep (2..1000): " + value;
     } else if (key == "journal-segment-mb") {
         uint64_t mb = 0;
         if (!parse_u64(v, &mb) || mb == 0 || mb > 4096) return "bad --journal-segment-mb (1..4096): " + value;

@@ -90,7 +90,7 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
         std::fprintf(stderr, "dgdo-engine: ! journal %s: %s\n", jo.dir.c_str(), std::strerror(-rc));
         return rc;
     }
-    snapshots_ = std::make_unique<SnapshotWriter>(dir_.snapshots(), dir_.journal());
+    snapshots_ = std::make_unique<SnapshotWriter>(dir_.snapshots(), dir_.journal(), opt_.snapshot_keep);
     last_snapshot_index_ = r.snapshot.empty() ? 1 : r.snapshot_index;
     last_snapshot_ns_ = mono_now_ns;
 
@@ -142,7 +142,7 @@ void Persistence::after_batch(const Core& core, uint64_t mono_now_ns) {
         core.save(bytes);
         const uint64_t digest = io::hash64(bytes.data(), bytes.size());
         const int rc = write_snapshot(dir_.snapshots(), index, digest, bytes);
-        if (rc == 0) prune_state(dir_.snapshots(), dir_.journal());
+        if (rc == 0) prune_state(dir_.snapshots(), dir_.journal(), opt_.snapshot_keep);
         char line[200];
         const int n = rc == 0 ? std::snprintf(line, sizeof line,
                                               "dgdo-engine: = snapshot at record %" PRIu64 " written (%zu bytes, digest %016" PRIx64 ")\n",

@@ -24,6 +24,7 @@ struct PersistOptions {
     uint64_t fsync_interval_ms = 100;
     double snapshot_every_s = 60;
     uint64_t snapshot_every_records = 1000000;
+    uint64_t snapshot_keep = 10;  // snapshots kept, and the journal since the oldest: replay's history
     uint64_t segment_bytes = 64ull << 20;
 };
 

@@ -158,8 +158,8 @@ void prune_state(const std::string& snapshot_dir, const std::string& journal_dir
     }
 }
 
-SnapshotWriter::SnapshotWriter(std::string snapshot_dir, std::string journal_dir)
-    : snap_dir_(std::move(snapshot_dir)), journal_dir_(std::move(journal_dir)), thread_([this] { run(); }) {}
+SnapshotWriter::SnapshotWriter(std::string snapshot_dir, std::string journal_dir, size_t keep)
+    : snap_dir_(std::move(snapshot_dir)), journal_dir_(std::move(journal_dir)), keep_(keep), thread_([this] { run(); }) {}
 
 SnapshotWriter::~SnapshotWriter() {
     {
@@ -205,7 +205,7 @@ void SnapshotWriter::run() {
         lock.unlock();
         const auto t0 = std::chrono::steady_clock::now();
         const int rc = write_snapshot(snap_dir_, index, digest, payload);
-        if (rc == 0) prune_state(snap_dir_, journal_dir_);
+        if (rc == 0) prune_state(snap_dir_, journal_dir_, keep_);
         const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         if (rc == 0)
             std::fprintf(stderr, "dgdo-engine: = snapshot at record %" PRIu64 " written (%zu bytes, %.1f ms, digest %016" PRIx64 ")\n",

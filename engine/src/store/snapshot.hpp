@@ -53,7 +53,7 @@ void prune_state(const std::string& snapshot_dir, const std::string& journal_dir
 // Writes snapshots on a background thread, one at a time.
 class SnapshotWriter {
 public:
-    SnapshotWriter(std::string snapshot_dir, std::string journal_dir);
+    SnapshotWriter(std::string snapshot_dir, std::string journal_dir, size_t keep = 2);
     ~SnapshotWriter();
     SnapshotWriter(const SnapshotWriter&) = delete;
     SnapshotWriter& operator=(const SnapshotWriter&) = delete;
@@ -68,6 +68,7 @@ private:
     void run();
 
     std::string snap_dir_, journal_dir_;
+    size_t keep_;
     mutable std::mutex mu_;
     std::condition_variable cv_;
     bool stop_ = false, has_job_ = false, writing_ = false;
