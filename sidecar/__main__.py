@@ -75,6 +75,11 @@ ENGINE_FLAGS: dict[str, tuple[type, str]] = {
     "--retry-interval-s": (float, "seconds between a waiting order's looks for drivers (1)"),
     "--retention-s": (float, "seconds finished orders stay queryable (3600)"),
     "--spin-us": (int, "µs the engine polls its rings before parking (50)"),
+    "--state-dir": (str, "engine journal + snapshots, recovered at start (default: none, not durable)"),
+    "--fsync": (str, "never | interval | batch: when the journal reaches the disk (interval)"),
+    "--fsync-interval-ms": (int, "interval policy: ms between journal syncs (100)"),
+    "--snapshot-every-s": (float, "seconds between engine snapshots (60)"),
+    "--snapshot-keep": (int, "snapshots kept, with their journal: `dgdo replay`'s history (10)"),
 }
 
 

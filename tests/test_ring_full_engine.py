@@ -15,6 +15,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -34,7 +37,22 @@ def _sidecar(control: str, worker: int) -> tuple[subprocess.Popen[bytes], int]:
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=stack_env(),
     )
     out = LineReader(p.stdout)
-    return p, int(out.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)").group(1))
+    port = int(out.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)").group(1))
+    # Listening comes before the engine attach: a command sent in between is refused (engine_unavailable)
+    # and the test would wait for an ack that never comes. Wait for the attach.
+    deadline = time.monotonic() + 20
+    while _healthz(port) != 200:
+        assert time.monotonic() < deadline, f"worker {worker} never attached to the engine"
+        time.sleep(0.02)  # an HTTP endpoint in another process: nothing to await but its answer
+    return p, port
+
+
+def _healthz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 async def test_stalled_sidecar_gets_every_order_event_in_order_and_positions_coalesced(engine_bin: Path) -> None:
