@@ -51,6 +51,7 @@ clean:
 .PHONY: bench-sim
 bench-engine: engine
 	$(BUILD)/dgdo-engine-bench
+	$(BUILD)/dgdo-journal-bench
 
 bench-sim: engine
 	$(BUILD)/dgdo-matching-sim

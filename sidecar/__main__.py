@@ -5,6 +5,7 @@
     dgdo sidecar --control PATH|@NAME [--host H] [--port P] sidecar for a running engine
     dgdo token --role R --sub ID [--ttl S] [--secret S]     mint a JWT for an app
     dgdo engine-path                                        where the engine binary is
+    dgdo replay --state-dir DIR --order ID [--json]          an order's timeline from the journal
 
 Auth is always on: the secret comes from DGDO_JWT_SECRET. `dgdo run` without
 one makes up a secret for the run, prints it once and hands it to the demo;
@@ -97,6 +98,10 @@ ENGINE_FLAGS: dict[str, tuple[type, str]] = {
     "--retry-interval-s": (float, "seconds between a waiting order's looks for drivers (1)"),
     "--retention-s": (float, "seconds finished orders stay queryable (3600)"),
     "--spin-us": (int, "µs the engine polls its rings before parking (50)"),
+    "--fsync": (str, "never | interval | batch: when the journal reaches the disk (interval)"),
+    "--fsync-interval-ms": (int, "interval policy: ms between journal syncs (100)"),
+    "--snapshot-every-s": (float, "seconds between engine snapshots (60)"),
+    "--snapshot-keep": (int, "snapshots kept, with their journal: `dgdo replay`'s history (10)"),
 }
 
 
@@ -335,6 +340,15 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
                         f"refused with engine_unavailable until it beats again (default {ENGINE_TIMEOUT_S:g})")
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Runs the engine's offline replay (`dgdo-engine replay`) with the same arguments."""
+    return replay(args.replay_args)
+
+
+def replay(argv: list[str]) -> int:
+    return subprocess.run([engine_path(), "replay", *argv], check=False).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dgdo", description="DG Do dispatch")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -366,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--secret", help=f"signing secret (default ${auth.ENV_SECRET})")
     tok.set_defaults(func=cmd_token)
 
+    rep = sub.add_parser(
+        "replay", help="explain an order from the engine's journal: dgdo replay --state-dir DIR --order ID",
+        description="Passes its arguments to `dgdo-engine replay` (see `dgdo replay --help`).", add_help=False)
+    rep.add_argument("replay_args", nargs=argparse.REMAINDER)
+    rep.set_defaults(func=cmd_replay)
+
     path = sub.add_parser("engine-path", help="print the engine binary's path")
     path.set_defaults(func=lambda a: print(engine_path()) or 0)
     return parser
@@ -373,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     lifetime.die_with_parent_from_env()  # started by `dgdo run`, a test or a bench: end with it
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["replay"]:  # every argument is the engine's (argparse would claim --help and friends)
+        return replay(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(name)s %(message)s")
     return int(args.func(args) or 0)

@@ -10,6 +10,7 @@
 
 #include "loop/cli.hpp"
 #include "loop/event_loop.hpp"
+#include "replay/replay.hpp"
 
 namespace {
 
@@ -28,6 +29,7 @@ bool die_with_parent(pid_t parent) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (argc > 1 && std::strcmp(argv[1], "replay") == 0) return dgdo::replay_main(argc - 1, argv + 1);
     int code = 0;
     const auto opt = dgdo::parse_cli(argc, argv, &code);
     if (!opt) return code;

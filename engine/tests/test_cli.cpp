@@ -86,6 +86,30 @@ TEST(Cli, ConfigFileIsReadAndFlagsOverrideItWhereverTheyStand) {
     EXPECT_EQ(o->core.matching, Matching::Batched);
 }
 
+TEST(Cli, DurabilitySettingsComeFromFlagsOrTheConfigFile) {
+    int code = -1;
+    auto o = parse({"--control", "/tmp/s"}, &code);
+    ASSERT_TRUE(o.has_value());
+    EXPECT_TRUE(o->persist.state_dir.empty());  // no journal unless asked for
+    EXPECT_EQ(o->persist.fsync, FsyncPolicy::Interval);
+    EXPECT_EQ(o->persist.fsync_interval_ms, 100u);
+    const ConfigFile cfg("state-dir = /var/lib/dgdo\nfsync = batch\nsnapshot_every_s = 30\n");
+    o = parse({"--config", cfg.path, "--control", "/tmp/s", "--fsync-interval-ms", "20", "--snapshot-every-records",
+               "5000", "--snapshot-keep", "3", "--journal-segment-mb", "8"},
+              &code);
+    ASSERT_TRUE(o.has_value());
+    EXPECT_EQ(o->persist.state_dir, "/var/lib/dgdo");
+    EXPECT_EQ(o->persist.fsync, FsyncPolicy::Batch);
+    EXPECT_EQ(o->persist.fsync_interval_ms, 20u);
+    EXPECT_EQ(o->persist.snapshot_every_s, 30);
+    EXPECT_EQ(o->persist.snapshot_every_records, 5000u);
+    EXPECT_EQ(o->persist.snapshot_keep, 3u);
+    EXPECT_EQ(o->persist.segment_bytes, 8ull << 20);
+    EXPECT_FALSE(parse({"--control", "/tmp/s", "--fsync", "sometimes"}, &code));
+    EXPECT_EQ(code, 2);
+    EXPECT_FALSE(parse({"--control", "/tmp/s", "--snapshot-keep", "1"}, &code));
+}
+
 TEST(Cli, BadConfigLinesAndUnknownKeysAreUsageErrors) {
     int code = -1;
     EXPECT_FALSE(parse({"--control", "/tmp/s", "--config", ConfigFile("radius_m 100\n").path}, &code));

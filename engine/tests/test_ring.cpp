@@ -223,3 +223,68 @@ TEST(Ring, ProducerInitResumesAtTheSharedTail) {
 }
 
 }  // namespace
+
+// Two-phase read: what a peek hands out stays committed (a dead consumer's producer salvages it)
+// until the release retires it.
+TEST(RingPeek, PeekedRecordsStayCommittedUntilReleased) {
+    RingFixture r(1024);
+    const auto body = bytes(16, 7);
+    for (int i = 0; i < 3; ++i) ASSERT_EQ(dgdo_ring_write(&r.prod, 10 + i, body.data(), 16), DGDO_RING_OK);
+    std::vector<Received> got;
+    uint64_t end = 0;
+    ASSERT_EQ(dgdo_ring_peek(&r.cons, collect, &got, 2, &end), 2u);
+    EXPECT_EQ(end, 48u);
+    EXPECT_EQ(length_at(r, 0), 24);  // still committed
+    EXPECT_EQ(r.hdr()->head.load(), 0u);
+    got.clear();
+    ASSERT_EQ(dgdo_ring_peek(&r.cons, collect, &got, 2, &end), 2u);  // the same two again
+    EXPECT_EQ(got[0].type, 10);
+    EXPECT_EQ(got[1].body, body);
+    dgdo_ring_release(&r.cons, end);
+    EXPECT_EQ(r.hdr()->head.load(), 48u);
+    for (int i = 0; i < 48; ++i) EXPECT_EQ(r.data()[i], 0) << i;
+    EXPECT_EQ(type_at(r, 48), 12);  // the third is untouched
+    got.clear();
+    ASSERT_EQ(dgdo_ring_read(&r.cons, collect, &got, 10), 1u);
+    EXPECT_EQ(got[0].type, 12);
+}
+
+TEST(RingPeek, ReleaseRetiresAPaddingRecordAtTheWrap) {
+    RingFixture r(256);
+    const auto body = bytes(16, 3);
+    std::vector<Received> got;
+    for (int i = 0; i < 10; ++i) ASSERT_EQ(dgdo_ring_write(&r.prod, i, body.data(), 16), DGDO_RING_OK);
+    ASSERT_EQ(dgdo_ring_read(&r.cons, collect, &got, 100), 10u);
+    ASSERT_EQ(dgdo_ring_write(&r.prod, 10, body.data(), 16), DGDO_RING_OK);  // padding at 240, record at 0
+    got.clear();
+    uint64_t end = 0;
+    ASSERT_EQ(dgdo_ring_peek(&r.cons, collect, &got, 10, &end), 1u);
+    EXPECT_EQ(end, 280u);
+    EXPECT_EQ(length_at(r, 240), 16);
+    dgdo_ring_release(&r.cons, end);
+    EXPECT_EQ(length_at(r, 240), 0);
+    EXPECT_EQ(length_at(r, 0), 0);
+    EXPECT_EQ(r.hdr()->head.load(), 280u);
+    EXPECT_FALSE(dgdo_ring_pending(&r.cons));
+    ASSERT_EQ(dgdo_ring_write(&r.prod, 11, body.data(), 16), DGDO_RING_OK);  // the slots are reusable
+    EXPECT_TRUE(dgdo_ring_pending(&r.cons));
+}
+
+// A completely full ring: nothing is retired during a peek, so one capacity past head lies the
+// first record again. The peek must stop after one lap, not read it twice.
+TEST(RingPeek, APeekOfAFullRingStopsAfterOneLap) {
+    RingFixture r(256);
+    const auto body = bytes(24, 1);  // 32-byte records: eight fill the data area exactly
+    for (int i = 0; i < 8; ++i) ASSERT_EQ(dgdo_ring_write(&r.prod, 100 + i, body.data(), 24), DGDO_RING_OK);
+    ASSERT_EQ(dgdo_ring_write(&r.prod, 200, body.data(), 24), DGDO_RING_FULL);
+    std::vector<Received> got;
+    uint64_t end = 0;
+    ASSERT_EQ(dgdo_ring_peek(&r.cons, collect, &got, 1000, &end), 8u);
+    EXPECT_EQ(end, 256u);
+    EXPECT_EQ(got.back().type, 107);
+    dgdo_ring_release(&r.cons, end);
+    for (int i = 0; i < 8; ++i) ASSERT_EQ(dgdo_ring_write(&r.prod, 300 + i, body.data(), 24), DGDO_RING_OK);  // again, one lap on
+    got.clear();
+    ASSERT_EQ(dgdo_ring_read(&r.cons, collect, &got, 1000), 8u);
+    EXPECT_EQ(got.front().type, 300);
+}

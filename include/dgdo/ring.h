@@ -347,31 +347,63 @@ static inline void dgdo_ring_retire(uint8_t *data, uint64_t index, uint32_t alig
 typedef void (*dgdo_ring_handler)(void *ctx, int32_t type, const uint8_t *body, uint32_t body_len);
 
 /*
- * Hands up to `limit` committed records to `handler`, then releases head
- * once for the whole batch. Returns the number of records handled.
+ * Two-phase read, for a consumer that must make a record durable before the
+ * producer may forget it (the engine journals a batch, then releases it).
+ *
+ * dgdo_ring_peek hands up to `limit` committed records to `handler` without
+ * consuming them and returns how many; *end is the position just past the
+ * last one (padding included). Bodies stay valid until dgdo_ring_release.
+ * Peeking again without a release sees the same records. A peek never reads
+ * more than one lap: with nothing retired yet, the slot one capacity past
+ * head is the first record peeked, not a new one.
+ *
+ * dgdo_ring_release retires every record from head up to `end` (a position a
+ * peek returned) and releases head once. Until then a dead consumer's records
+ * are still committed, so the producer's salvage carries them over.
  */
-static inline uint32_t dgdo_ring_read(dgdo_ring_consumer *c, dgdo_ring_handler handler, void *ctx, uint32_t limit) {
+static inline uint32_t dgdo_ring_peek(const dgdo_ring_consumer *c, dgdo_ring_handler handler, void *ctx,
+                                      uint32_t limit, uint64_t *end) {
     uint64_t head = c->head;
     uint32_t count = 0;
-    while (count < limit) {
+    while (count < limit && head - c->head <= c->mask) { /* at most one lap (capacity = mask + 1) */
         const uint64_t index = head & c->mask;
         const int32_t length = DGDO_LOAD(dgdo_record_length_at(c->data, index), acquire); /* pairs with producer's commit */
         if (length <= 0) break;
         const int32_t type = *(const int32_t *)(const void *)(c->data + index + DGDO_RECORD_TYPE_OFFSET);
-        const uint32_t aligned = dgdo_record_aligned((uint32_t)length);
         if (type != DGDO_RING_PADDING) {
             handler(ctx, type, c->data + index + DGDO_RECORD_BODY_OFFSET, (uint32_t)length - DGDO_RECORD_HEADER);
             ++count;
-            dgdo_ring_retire(c->data, index, aligned);
-        } else {
-            dgdo_ring_retire(c->data, index, DGDO_RECORD_HEADER); /* the rest was never written */
         }
+        head += dgdo_record_aligned((uint32_t)length);
+    }
+    *end = head;
+    return count;
+}
+
+static inline void dgdo_ring_release(dgdo_ring_consumer *c, uint64_t end) {
+    uint64_t head = c->head;
+    while (head < end) {
+        const uint64_t index = head & c->mask;
+        const int32_t length = DGDO_LOAD(dgdo_record_length_at(c->data, index), relaxed); /* peeked: already acquired */
+        const int32_t type = *(const int32_t *)(const void *)(c->data + index + DGDO_RECORD_TYPE_OFFSET);
+        const uint32_t aligned = dgdo_record_aligned((uint32_t)length);
+        dgdo_ring_retire(c->data, index, type == DGDO_RING_PADDING ? DGDO_RECORD_HEADER : aligned);
         head += aligned;
     }
     if (head != c->head) {
         c->head = head;
         DGDO_STORE(&c->hdr->head, head, release); /* pairs with producer's head acquire; publishes the zeroing */
     }
+}
+
+/*
+ * Hands up to `limit` committed records to `handler`, then releases them all
+ * (peek + release). Returns the number of records handled.
+ */
+static inline uint32_t dgdo_ring_read(dgdo_ring_consumer *c, dgdo_ring_handler handler, void *ctx, uint32_t limit) {
+    uint64_t end = 0;
+    const uint32_t count = dgdo_ring_peek(c, handler, ctx, limit, &end);
+    dgdo_ring_release(c, end);
     return count;
 }
 

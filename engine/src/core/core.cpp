@@ -563,6 +563,7 @@ void Core::try_offer(Order& o) {
     // One search: the nearest within wide_radius_m is the nearest within radius_m whenever
     // one is there, so "radius_m, else wide_radius_m" needs no second scan.
     const auto c = index_->nearest(o.pickup, std::max(cfg_.radius_m, cfg_.wide_radius_m), eligible);
+    if (trace_) trace_search(o, c ? c->id : std::string());
     if (c) return make_offer(o, *c);
     schedule_retry(o);
     exhaust(o);
@@ -592,6 +593,7 @@ void Core::exhaust(Order& o) {
     if (o.exhausted_deadline_ns != 0) return;  // already waiting: a retry that finds nobody does not extend it
     if (cfg_.exhausted_wait_s <= 0) return end_no_driver(o);
     o.exhausted_deadline_ns = now_ + ns(cfg_.exhausted_wait_s);
+    if (trace_) trace_->note(o.id, "nobody left in reach: waits " + std::to_string(cfg_.exhausted_wait_s) + " s for a new driver");
     exhausted_timers_.insert({o.exhausted_deadline_ns, o.id});
 }
 
@@ -643,6 +645,7 @@ void Core::run_batch() {
     std::vector<uint64_t> none_left;
     for (const auto& [id, pickup] : searching_) {
         auto c = batch_candidates(orders_.at(id));
+        if (trace_) trace_search(orders_.at(id), std::string());  // the solve picks; NEW_ORDER says whom
         if (c.empty())
             none_left.push_back(id);
         else

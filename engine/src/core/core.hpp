@@ -44,7 +44,9 @@
 #include "core/config.hpp"
 #include "core/driver_index.hpp"
 #include "core/id_table.hpp"
+#include "core/insertion_map.hpp"
 #include "core/order.hpp"
+#include "core/trace.hpp"
 #include "dgdo/events.h"
 
 namespace dgdo {
@@ -115,6 +117,21 @@ public:
     std::size_t order_count() const { return orders_.size(); }
     std::size_t idem_count() const { return idem_.size(); }
     const Config& config() const { return cfg_; }
+    uint64_t next_order_id() const { return next_order_id_; }
+
+    // Snapshots (state_io.cpp). save() writes every member that matters, in an order that
+    // depends only on the inputs applied, so equal states give equal bytes; digest() is a
+    // hash of those bytes. load() fills a freshly constructed core (same Config) and rebuilds
+    // what is derived (id table, spatial index); false on malformed bytes (discard the core).
+    void save(std::string& out) const;
+    bool load(const uint8_t* data, size_t len);
+    uint64_t digest() const;
+    // Workers that had open sessions: after a restart their sessions are gone with the old
+    // process, so recovery applies a WorkerDetached for each.
+    std::vector<uint16_t> workers_with_open_sessions() const;
+
+    // Decision observer for offline replay (trace.hpp); null (the default) costs one branch.
+    void set_trace(CoreTrace* t) { trace_ = t; }
 
 private:
     struct Session {
@@ -204,6 +221,7 @@ private:
     void emit(int32_t type, const T& rec, size_t len = sizeof(T));
 
     uint64_t ns(double seconds) const;
+    void trace_search(const Order& o, const std::string& picked) const;  // trace.cpp
 
     Config cfg_;
     std::unique_ptr<DriverIndex> index_;
@@ -222,7 +240,7 @@ private:
     std::map<uint64_t, dgdo_point> searching_;  // orders in Searching with no offer out -> pickup
     std::vector<Driver*> freed_;                 // became available during this apply(), in that order
     std::map<std::pair<std::string, uint64_t>, uint64_t> idem_;  // (passenger, idem_key) -> order
-    std::unordered_map<SessionKey, Session, SessionKeyHash> sessions_;  // iteration order never reaches outputs
+    InsertionMap<SessionKey, Session, SessionKeyHash> sessions_;  // never erased; iterates in first-seen order
     std::map<std::string, NearbySub> nearby_;
     std::set<Timer> offer_timers_;
     std::set<Timer> search_timers_;
@@ -232,6 +250,7 @@ private:
     std::deque<std::pair<uint64_t, uint64_t>> finished_;  // (finished ns, order id), oldest first
     CoreStats counters_;
     uint32_t online_count_ = 0;
+    CoreTrace* trace_ = nullptr;
 };
 
 }  // namespace dgdo

@@ -45,6 +45,18 @@ constexpr const char* kUsage =
     "  --retry-interval-s S    how often a waiting order looks again for drivers (default 1)\n"
     "  --retention-s S         finished orders and idempotency keys kept this long (default 3600)\n"
     "  --cell-m M              spatial grid cell edge (default 250)\n"
+    "  --state-dir DIR         journal and snapshots live here; recovered at start (default: none,\n"
+    "                          which runs without a journal: a restart loses every order)\n"
+    "  --fsync POLICY          never | interval (default) | batch: when the journal reaches the disk\n"
+    "                          (never: page cache, survives a process crash but not a power loss;\n"
+    "                          interval: synced every --fsync-interval-ms off the hot path;\n"
+    "                          batch: synced before each batch's outputs are published)\n"
+    "  --fsync-interval-ms MS  interval policy period (default 100)\n"
+    "  --snapshot-every-s S    snapshot after this long with new records (default 60)\n"
+    "  --snapshot-every-records N  or after this many records (default 1000000)\n"
+    "  --snapshot-keep N       snapshots kept (>= 2), with the journal since the oldest: the history\n"
+    "                          `dgdo replay` can explain (default 10)\n"
+    "  --journal-segment-mb MB journal segment size before rotation (default 64)\n"
     "  --tick-ms MS            core tick period (default 100)\n"
     "  --spin-us US            busy-poll before parking (default 50; 0 with 2 CPUs or fewer)\n"
     "  --help\n";
@@ -110,6 +122,30 @@ std::string apply_setting(Options& o, const std::string& raw_key, const std::str
     } else if (key == "ring-capacity") {
         if (!parse_u64(v, &o.ring_capacity) || !dgdo_ring_capacity_ok(o.ring_capacity))
             return "--ring-capacity must be a power of two in [256, 2^30]: " + value;
+    } else if (key == "state-dir") {
+        if (value.empty()) return "bad --state-dir: empty";
+        o.persist.state_dir = value;
+    } else if (key == "fsync") {
+        const auto p = parse_fsync(value);
+        if (!p) return "--fsync must be never, interval or batch: " + value;
+        o.persist.fsync = *p;
+    } else if (key == "fsync-interval-ms") {
+        if (!parse_u64(v, &o.persist.fsync_interval_ms) || o.persist.fsync_interval_ms == 0 ||
+            o.persist.fsync_interval_ms > 60000)
+            return "bad --fsync-interval-ms (1..60000): " + value;
+    } else if (key == "snapshot-every-s") {
+        if (!parse_double(v, &o.persist.snapshot_every_s) || o.persist.snapshot_every_s <= 0)
+            return "bad --snapshot-every-s: " + value;
+    } else if (key == "snapshot-every-records") {
+        if (!parse_u64(v, &o.persist.snapshot_every_records) || o.persist.snapshot_every_records == 0)
+            return "bad --snapshot-every-records: " + value;
+    } else if (key == "snapshot-keep") {
+        if (!parse_u64(v, &o.persist.snapshot_keep) || o.persist.snapshot_keep < 2 || o.persist.snapshot_keep > 1000)
+            return "bad --snapshot-keep (2..1000): " + value;
+    } else if (key == "journal-segment-mb") {
+        uint64_t mb = 0;
+        if (!parse_u64(v, &mb) || mb == 0 || mb > 4096) return "bad --journal-segment-mb (1..4096): " + value;
+        o.persist.segment_bytes = mb << 20;
     } else if (key == "tick-ms") {
         if (!parse_u64(v, &o.tick_ms) || o.tick_ms == 0 || o.tick_ms > 60000) return "bad --tick-ms: " + value;
     } else if (key == "die-with-parent") {

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/config.hpp"
+#include "loop/persistence.hpp"
 
 namespace dgdo {
 
@@ -17,11 +18,15 @@ struct Options {
     uint64_t spin_us = 50;
     int32_t die_with_parent = 0;  // 0: live on when the parent dies
     Config core;
+    PersistOptions persist;
 };
 
 // nullopt with *exit_code set: --help (0) or a usage error (2, message on stderr).
 // Flags override a --config file (`key = value` lines, key = the flag without "--").
 std::optional<Options> parse_cli(int argc, char** argv, int* exit_code);
+
+// Reads a `key = value` config file into o; "" or the error.
+std::string load_config(Options& o, const std::string& path);
 
 // One setting by name ("radius-m", "radius_m" or "--radius-m"); "" or the error.
 std::string apply_setting(Options& o, const std::string& key, const std::string& value);

@@ -59,7 +59,8 @@ EventLoop::Worker::~Worker() {
     close_fd(worker_bell);
 }
 
-EventLoop::EventLoop(const Options& opt, uint64_t epoch) : opt_(opt), epoch_(epoch), core_(opt.core) {}
+EventLoop::EventLoop(const Options& opt, uint64_t epoch)
+    : opt_(opt), epoch_(epoch), core_(opt.core), persist_(opt.persist) {}
 
 EventLoop::~EventLoop() {
     workers_.clear();  // unmaps and closes every segment (a worker's own mapping stays its own)
@@ -103,6 +104,15 @@ int EventLoop::init() {
         listen_fd_ = -1;
         return err;
     }
+    // After the refusals above: a second engine must not touch our state directory.
+    const uint64_t mono = clock_ns(CLOCK_MONOTONIC);
+    if (const int rc = persist_.start(core_, opt_.core, mono); rc != 0) return rc;
+    // On the same boot the monotonic clock went on while we were down, so offers and timers
+    // resume on it; after a reboot it restarted below the recovered time: continue from there.
+    if (mono < core_.now_ns()) clock_offset_ = core_.now_ns() - mono;
+    // Sessions open in the recovered state died with the old process; their sidecars
+    // re-announce them when they attach. Until then their drivers are in their grace period.
+    for (const uint16_t w : core_.workers_with_open_sessions()) input(WorkerDetached{w});
     add_fd(epoll_fd_, listen_fd_, key(kListen));
     add_fd(epoll_fd_, timer_fd_, key(kTimer));
     add_fd(epoll_fd_, beat_fd_, key(kBeat));
@@ -137,7 +147,7 @@ int EventLoop::run() {
         if (k > 0) busy_at = clock_ns(CLOCK_MONOTONIC);
     }
     std::fprintf(stderr, "dgdo-engine: x shutting down\n");
-    return 0;
+    return failed_ ? 1 : 0;
 }
 
 void EventLoop::handle(const epoll_event& ev) {
@@ -271,15 +281,14 @@ void EventLoop::attach(int fd, uint16_t worker_id) {
 void EventLoop::detach(uint16_t worker_id, const char* why) {
     auto it = workers_.find(worker_id);
     if (it == workers_.end()) return;
-    while (drain(*it->second) > 0) {
+    while (drain({it->second.get()}) > 0) {
     }  // what the worker sent before it went still counts
     if (!it->second->pending.empty())
         std::fprintf(stderr, "dgdo-engine: ! worker %u: %zu undelivered records dropped\n", worker_id,
                      it->second->pending.size());
     workers_.erase(it);
     std::fprintf(stderr, "dgdo-engine: x worker %u detached: %s\n", worker_id, why);
-    apply(WorkerDetached{worker_id});
-    publish();
+    input(WorkerDetached{worker_id});
 }
 
 EventLoop::Worker* EventLoop::by_serial(uint64_t serial) {
@@ -292,12 +301,35 @@ EventLoop::Worker* EventLoop::by_serial(uint64_t serial) {
 
 void EventLoop::on_record(void* ctx, int32_t type, const uint8_t* body, uint32_t len) {
     auto* self = static_cast<EventLoop*>(ctx);
-    const auto ev = decode_inbound(type, body, len);
+    self->take(*self->peeking_, type, body, len);
+}
+
+// One peeked record: decoded, filtered, added to the journal batch (nothing applied yet).
+void EventLoop::take(Worker& w, int32_t type, const uint8_t* body, uint32_t len) {
+    auto ev = decode_inbound(type, body, len);
     if (!ev) {
-        std::fprintf(stderr, "dgdo-engine: ! skipped inbound record type %d length %u\n", type, len);
+        std::fprintf(stderr, "dgdo-engine: ! skipped inbound record type %d length %u from worker %u\n", type, len, w.id);
         return;
     }
-    self->apply(*ev);
+    if (persist_.already_journaled(type, body, len, clock_ns(CLOCK_MONOTONIC))) {
+        if (redelivered_++ == 0)
+            std::fprintf(stderr, "dgdo-engine: = worker %u sent again records the journal holds; skipping them\n", w.id);
+        return;
+    }
+    persist_.add(type, body, len);
+    batch_.push_back(std::move(*ev));
+}
+
+void EventLoop::input(const InputEvent& ev) {
+    persist_.add(ev);
+    if (!persist_.commit()) {
+        stop_ = failed_ = true;
+        return;
+    }
+    apply(ev);
+    persist_.before_publish();
+    publish();
+    ring_doorbells();
 }
 
 void EventLoop::apply(const InputEvent& ev) {
@@ -322,20 +354,41 @@ uint64_t EventLoop::match_p99() const {
     return v[idx];
 }
 
-size_t EventLoop::drain(Worker& w) {
-    const uint32_t n = dgdo_ring_read(&w.cons, &EventLoop::on_record, this, kBatch);
+// One batch: peek each worker's ring, journal everything peeked with one write, apply it,
+// release it from the rings, then publish. A record leaves its ring only once journaled, so a
+// kill -9 at any point loses nothing: the sidecar salvages what we had not released, and what
+// was journaled as well is recognised and skipped after our restart (already_journaled).
+size_t EventLoop::drain(const std::vector<Worker*>& from) {
+    size_t n = 0;
+    batch_.clear();
+    for (Worker* w : from) {
+        peeking_ = w;
+        n += dgdo_ring_peek(&w->cons, &EventLoop::on_record, this, kBatch, &w->peek_end);
+    }
+    peeking_ = nullptr;
+    if (n == 0) return 0;
+    if (!persist_.commit()) {  // nothing applied, nothing released: the sidecars keep it all
+        stop_ = failed_ = true;
+        return 0;
+    }
+    for (const InputEvent& ev : batch_) apply(ev);
+    for (Worker* w : from) dgdo_ring_release(&w->cons, w->peek_end);
+    persist_.before_publish();
     publish();
     return n;
 }
 
 size_t EventLoop::drain_all() {
-    size_t n = 0;
+    std::vector<Worker*> all;
+    all.reserve(workers_.size());
     for (auto& [id, w] : workers_) {
         flush_pending(*w);
-        n += drain(*w);
+        all.push_back(w.get());
     }
+    const size_t n = stop_ ? 0 : drain(all);
     ring_doorbells();
     detach_wedged();
+    if (n > 0) persist_.after_batch(core_, clock_ns(CLOCK_MONOTONIC));
     return n;
 }
 
@@ -495,9 +548,8 @@ void EventLoop::beat() {
 
 void EventLoop::tick() {
     const uint64_t now = clock_ns(CLOCK_MONOTONIC);
-    apply(Tick{now});
-    publish();
-    ring_doorbells();
+    input(Tick{now + clock_offset_});
+    persist_.after_batch(core_, now);
 }
 
 }  // namespace dgdo

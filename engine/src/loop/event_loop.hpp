@@ -15,6 +15,7 @@
 #include "core/core.hpp"
 #include "dgdo/ring.h"
 #include "loop/cli.hpp"
+#include "loop/persistence.hpp"
 #include "loop/shm_segment.hpp"
 
 namespace dgdo {
@@ -55,6 +56,7 @@ private:
         bool wedged = false;  // its order records passed kMaxPendingBytes: detached at the next turn
         bool wrote = false;
         bool parked = false;
+        uint64_t peek_end = 0;  // ring position after the records peeked for the current batch
         ~Worker();
     };
 
@@ -63,8 +65,10 @@ private:
     void on_hello(uint64_t serial);
     void attach(int fd, uint16_t worker_id);
     void detach(uint16_t worker_id, const char* why);
-    size_t drain(Worker& w);
+    size_t drain(const std::vector<Worker*>& from);
     size_t drain_all();
+    // A loop-made input (tick, detach): journaled, applied, its outputs published.
+    void input(const InputEvent& ev);
     void apply(const InputEvent& ev);
     void publish();
     void deliver(Worker& w, const OutRecord& rec);
@@ -80,13 +84,20 @@ private:
     Worker* by_serial(uint64_t serial);
 
     static void on_record(void* ctx, int32_t type, const uint8_t* body, uint32_t len);
+    void take(Worker& w, int32_t type, const uint8_t* body, uint32_t len);
 
     const Options opt_;
     const uint64_t epoch_;
     Core core_;
+    Persistence persist_;
+    uint64_t clock_offset_ = 0;        // added to CLOCK_MONOTONIC so the core's time never runs back after a restart
+    std::vector<InputEvent> batch_;    // peeked, journaled, then applied
+    Worker* peeking_ = nullptr;
+    uint64_t redelivered_ = 0;
     std::vector<OutRecord> out_;
     int epoll_fd_ = -1, listen_fd_ = -1, timer_fd_ = -1, beat_fd_ = -1, signal_fd_ = -1;
     bool stop_ = false;
+    bool failed_ = false;  // the journal could not be written: exit non-zero
     uint64_t next_serial_ = 1;
     std::map<uint16_t, std::unique_ptr<Worker>> workers_;
     std::map<uint64_t, int> hello_wait_;  // serial -> accepted fd that has not said hello yet

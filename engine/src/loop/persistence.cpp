@@ -1,0 +1,189 @@
+#include "loop/persistence.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+
+#include "core/state_io.hpp"
+
+namespace dgdo {
+
+namespace {
+
+constexpr size_t kRecentRecords = 8192;        // more than a sidecar's unreleased ring can hold in practice
+constexpr uint64_t kRecentWindowNs = 60'000'000'000ull;  // sidecars re-attach within seconds of a restart
+
+uint64_t fingerprint(int32_t type, const uint8_t* body, uint32_t len) {
+    return io::hash64(body, len) ^ (static_cast<uint64_t>(static_cast<uint32_t>(type)) * 0x9E3779B97F4A7C15ull);
+}
+
+}  // namespace
+
+Persistence::Persistence(PersistOptions opt) : opt_(std::move(opt)), dir_{opt_.state_dir} {}
+
+Persistence::~Persistence() {
+    reap(/*wait=*/true);
+    if (snapshots_) snapshots_->wait_idle();
+    snapshots_.reset();
+    journal_.reset();
+    if (lock_fd_ >= 0) close(lock_fd_);
+}
+
+int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
+    if (!enabled()) {
+        std::fprintf(stderr, "dgdo-engine: ! no --state-dir: running without a journal; a restart loses every order\n");
+        return 0;
+    }
+    if (const int rc = make_state_dir(dir_); rc != 0) {
+        std::fprintf(stderr, "dgdo-engine: ! state dir %s: %s\n", dir_.root.c_str(), std::strerror(-rc));
+        return rc;
+    }
+    // One engine per state directory: a second writer would interleave two journals.
+    lock_fd_ = open((dir_.root + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock_fd_ < 0 || flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+        const int err = errno;
+        std::fprintf(stderr, "dgdo-engine: ! state dir %s is in use by another engine (%s)\n", dir_.root.c_str(),
+                     std::strerror(err));
+        return err == EWOULDBLOCK ? -EBUSY : -err;
+    }
+
+    std::deque<uint64_t> recent;
+    const ReplayFn remember = [&](uint64_t, int32_t type, const uint8_t* payload, uint32_t len, const InputEvent&,
+                                  const std::vector<OutRecord>&) {
+        if (type >= JOURNAL_TICK) return;  // made by the loop, never sent again by a sidecar
+        recent.push_back(fingerprint(type, payload, len));
+        if (recent.size() > kRecentRecords) recent.pop_front();
+    };
+    RecoverOptions ro;
+    ro.each = &remember;
+    const Recovery r = recover(core, cfg, dir_, ro);
+    for (const auto& why : r.rejected) std::fprintf(stderr, "dgdo-engine: ! snapshot passed over: %s\n", why.c_str());
+    if (r.end.cut)
+        std::fprintf(stderr, "dgdo-engine: ! journal tail cut at record %" PRIu64 ": %s (%" PRIu64 " bytes dropped)\n",
+                     r.end.next_index, r.end.problem.c_str(), r.end.cut_bytes);
+    if (!r.ok) {
+        std::fprintf(stderr,
+                     "dgdo-engine: ! cannot recover from %s: %s. Refusing to start on a state with a hole in it; "
+                     "move the state directory aside to start empty.\n",
+                     dir_.root.c_str(), r.end.problem.c_str());
+        return -EIO;
+    }
+    recent_.insert(recent.begin(), recent.end());
+    recent_until_ns_ = mono_now_ns + kRecentWindowNs;
+
+    JournalOptions jo;
+    jo.dir = dir_.journal();
+    jo.fsync = opt_.fsync;
+    jo.fsync_interval_ms = opt_.fsync_interval_ms;
+    jo.segment_bytes = opt_.segment_bytes;
+    journal_ = std::make_unique<JournalWriter>(jo);
+    if (const int rc = journal_->open(r.end); rc != 0) {
+        std::fprintf(stderr, "dgdo-engine: ! journal %s: %s\n", jo.dir.c_str(), std::strerror(-rc));
+        return rc;
+    }
+    snapshots_ = std::make_unique<SnapshotWriter>(dir_.snapshots(), dir_.journal(), opt_.snapshot_keep);
+    last_snapshot_index_ = r.snapshot.empty() ? 1 : r.snapshot_index;
+    last_snapshot_ns_ = mono_now_ns;
+
+    const CoreStats s = core.stats();
+    std::fprintf(stderr,
+                 "dgdo-engine: = recovered %s: %u live orders, %zu drivers online, time %.3f s, next record %" PRIu64
+                 ", next order %" PRIu64 ", digest %016" PRIx64 " (snapshot %s + %" PRIu64 " records, %.1f ms); fsync %s\n",
+                 dir_.root.c_str(), s.active_orders, static_cast<size_t>(s.drivers_online), core.now_ns() / 1e9,
+                 r.end.next_index, core.next_order_id(), r.digest, r.snapshot.empty() ? "none" : r.snapshot.c_str(),
+                 r.replayed, r.ms, to_string(opt_.fsync));
+    return 0;
+}
+
+bool Persistence::commit() {
+    if (!journal_) return true;
+    const int rc = journal_->commit();
+    if (rc == 0) return true;
+    std::fprintf(stderr, "dgdo-engine: ! journal write failed: %s; an input that is not journaled is never applied\n",
+                 std::strerror(-rc));
+    return false;
+}
+
+void Persistence::before_publish() {
+    if (!journal_) return;
+    if (const int rc = journal_->sync_before_publish(); rc != 0)
+        std::fprintf(stderr, "dgdo-engine: ! journal fdatasync failed: %s\n", std::strerror(-rc));
+}
+
+void Persistence::after_batch(const Core& core, uint64_t mono_now_ns) {
+    if (!journal_) return;
+    if (child_ > 0 && !reap(false)) return;  // the last one is still being written
+    const uint64_t index = journal_->next_index();
+    const uint64_t since = index - last_snapshot_index_;
+    const bool due = since >= opt_.snapshot_every_records ||
+                     (since > 0 && static_cast<double>(mono_now_ns - last_snapshot_ns_) >= opt_.snapshot_every_s * 1e9);
+    if (!due || snapshots_->busy()) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    // Whole segments before the snapshot can then go.
+    if (const int rc = journal_->rotate(); rc != 0)
+        std::fprintf(stderr, "dgdo-engine: ! journal rotation failed: %s\n", std::strerror(-rc));
+    last_snapshot_index_ = index;
+    last_snapshot_ns_ = mono_now_ns;
+    const pid_t pid = fork();
+    if (pid == 0) {
+        // The child: a frozen copy of the core. It touches nothing the parent's threads hold
+        // (no stdio: a log line is one write(2)) and leaves with _exit.
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        std::string bytes;
+        core.save(bytes);
+        const uint64_t digest = io::hash64(bytes.data(), bytes.size());
+        const int rc = write_snapshot(dir_.snapshots(), index, digest, bytes);
+        if (rc == 0) prune_state(dir_.snapshots(), dir_.journal(), opt_.snapshot_keep);
+        char line[200];
+        const int n = rc == 0 ? std::snprintf(line, sizeof line,
+                                              "dgdo-engine: = snapshot at record %" PRIu64 " written (%zu bytes, digest %016" PRIx64 ")\n",
+                                              index, bytes.size(), digest)
+                              : std::snprintf(line, sizeof line, "dgdo-engine: ! snapshot at record %" PRIu64 " failed: %s\n",
+                                              index, std::strerror(-rc));
+        if (n > 0 && write(STDERR_FILENO, line, static_cast<size_t>(n)) < 0) _exit(1);
+        _exit(rc == 0 ? 0 : 1);
+    }
+    if (pid > 0) {
+        child_ = pid;
+        child_index_ = index;
+    } else {  // no fork (memory, limits): serialize here, write on the thread
+        core.save(scratch_);
+        const uint64_t digest = io::hash64(scratch_.data(), scratch_.size());
+        snapshots_->submit(index, digest, std::move(scratch_));
+        scratch_ = std::string();
+    }
+    last_stall_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// True when no snapshot child is left running.
+bool Persistence::reap(bool wait) {
+    if (child_ <= 0) return true;
+    int status = 0;
+    const pid_t r = waitpid(child_, &status, wait ? 0 : WNOHANG);
+    if (r == 0) return false;
+    if (r == child_ && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+        std::fprintf(stderr, "dgdo-engine: ! snapshot writer for record %" PRIu64 " died (status %d)\n", child_index_,
+                     status);
+    child_ = -1;
+    return true;
+}
+
+bool Persistence::already_journaled(int32_t type, const uint8_t* body, uint32_t len, uint64_t mono_now_ns) {
+    if (recent_.empty()) return false;
+    if (mono_now_ns > recent_until_ns_) {
+        recent_.clear();
+        return false;
+    }
+    return recent_.erase(fingerprint(type, body, len)) > 0;
+}
+
+}  // namespace dgdo

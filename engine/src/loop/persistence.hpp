@@ -1,0 +1,83 @@
+// What the loop needs to be crash-safe: recovery at start, the journal writer, the
+// snapshot schedule, and the filter for records a sidecar sends again after our restart.
+// Without a state directory every call is a no-op and the engine is not durable.
+#pragma once
+
+#include <sys/file.h>
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_set>
+
+#include "core/core.hpp"
+#include "store/journal.hpp"
+#include "store/recovery.hpp"
+#include "store/snapshot.hpp"
+
+namespace dgdo {
+
+struct PersistOptions {
+    std::string state_dir;  // "" = no journal
+    FsyncPolicy fsync = FsyncPolicy::Interval;
+    uint64_t fsync_interval_ms = 100;
+    double snapshot_every_s = 60;
+    uint64_t snapshot_every_records = 1000000;
+    uint64_t snapshot_keep = 10;  // snapshots kept, and the journal since the oldest: replay's history
+    uint64_t segment_bytes = 64ull << 20;
+};
+
+class Persistence {
+public:
+    explicit Persistence(PersistOptions opt);
+    ~Persistence();
+
+    bool enabled() const { return !opt_.state_dir.empty(); }
+
+    // Locks the state directory, recovers `core` from it and opens the journal for appending.
+    // Logs one line with what was recovered. 0, or -errno with the reason logged.
+    int start(Core& core, const Config& cfg, uint64_t mono_now_ns);
+
+    // Journal a record into the current batch (no-op when disabled).
+    void add(int32_t type, const uint8_t* body, uint32_t len) {
+        if (journal_) journal_->add(type, body, len);
+    }
+    void add(const InputEvent& ev) {
+        if (journal_) journal_->add(ev);
+    }
+    // Writes the batch. false: it could not be journaled, so it must not be applied (logged).
+    bool commit();
+    // Before the batch's outputs go out (FsyncPolicy::Batch syncs here).
+    void before_publish();
+    // After a batch: takes a snapshot when one is due. A forked child serializes and writes it
+    // (copy-on-write: the loop stalls only for the fork); if fork fails, it is serialized here
+    // and written by a thread.
+    void after_batch(const Core& core, uint64_t mono_now_ns);
+
+    // True for a record the journal already holds that a sidecar sent again: it salvages
+    // what we had not released when we died, and we journal a batch before releasing it.
+    // Checked only for a while after a recovery.
+    bool already_journaled(int32_t type, const uint8_t* body, uint32_t len, uint64_t mono_now_ns);
+
+    uint64_t records() const { return journal_ ? journal_->next_index() : 0; }
+    double last_stall_ms() const { return last_stall_ms_; }
+
+private:
+    PersistOptions opt_;
+    StateDir dir_;
+    int lock_fd_ = -1;
+    std::unique_ptr<JournalWriter> journal_;
+    std::unique_ptr<SnapshotWriter> snapshots_;
+    uint64_t last_snapshot_index_ = 0;
+    uint64_t last_snapshot_ns_ = 0;
+    double last_stall_ms_ = 0;
+    pid_t child_ = -1;  // the snapshot writer, while it runs
+    uint64_t child_index_ = 0;
+    bool reap(bool wait);
+    std::unordered_set<uint64_t> recent_;  // fingerprints of the inbound records at the journal's end
+    uint64_t recent_until_ns_ = 0;
+    std::string scratch_;
+};
+
+}  // namespace dgdo

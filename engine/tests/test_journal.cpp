@@ -1,0 +1,254 @@
+// The journal's framing: records read back in order; a torn or corrupt tail is cut at the
+// last good record (and only when repairing); segments rotate and are named by their first
+// index; pruning removes whole segments before the oldest snapshot kept.
+#undef NDEBUG
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "journal_fixture.hpp"
+#include "store/crc32c.hpp"
+
+namespace dgdo::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Rec {
+    uint64_t index;
+    int32_t type;
+    std::string payload;
+};
+
+std::vector<Rec> read_all(const StateDir& dir, uint64_t from, JournalEnd* end_out = nullptr, bool repair = false) {
+    std::vector<Rec> v;
+    const JournalEnd end = read_journal(
+        dir.journal(), from,
+        [&](uint64_t i, int32_t t, const uint8_t* p, uint32_t n) {
+            v.push_back({i, t, std::string(reinterpret_cast<const char*>(p), n)});
+        },
+        repair);
+    if (end_out) *end_out = end;
+    return v;
+}
+
+// Writes `n` records of growing payloads, `per_batch` per commit; returns the writer's segment paths.
+void write_records(const StateDir& dir, int n, int per_batch, uint64_t segment_bytes = 64ull << 20) {
+    JournalWriter w(JournalOptions{dir.journal(), FsyncPolicy::Never, 100, segment_bytes});
+    JournalEnd start;
+    start.next_index = 1;
+    ASSERT_EQ(w.open(start), 0);
+    for (int i = 0; i < n; ++i) {
+        const std::string payload(static_cast<size_t>(1 + i % 37), static_cast<char>('a' + i % 26));
+        EXPECT_EQ(w.add(5, payload.data(), static_cast<uint32_t>(payload.size())), static_cast<uint64_t>(i + 1));
+        if ((i + 1) % per_batch == 0) {
+            ASSERT_EQ(w.commit(), 0);
+        }
+    }
+    ASSERT_EQ(w.commit(), 0);
+}
+
+uint64_t size_of(const std::string& p) { return fs::file_size(p); }
+
+TEST(Crc32c, MatchesTheStandardCheckValue) { EXPECT_EQ(crc32c(0, "123456789", 9), 0xE3069283u); }
+
+TEST(Crc32c, ContinuesAcrossCalls) {
+    const std::string s = "the quick brown fox jumps over the lazy dog, twice over";
+    EXPECT_EQ(crc32c(crc32c(0, s.data(), 13), s.data() + 13, s.size() - 13), crc32c(0, s.data(), s.size()));
+}
+
+TEST(Journal, RecordsReadBackInOrderWithIndexTypeAndPayload) {
+    TempStateDir t;
+    write_records(t.dir, 100, 7);
+    JournalEnd end;
+    const auto v = read_all(t.dir, 1, &end);
+    ASSERT_EQ(v.size(), 100u);
+    for (size_t i = 0; i < v.size(); ++i) {
+        EXPECT_EQ(v[i].index, i + 1);
+        EXPECT_EQ(v[i].type, 5);
+        EXPECT_EQ(v[i].payload.size(), 1 + i % 37);
+    }
+    EXPECT_FALSE(end.cut);
+    EXPECT_EQ(end.next_index, 101u);
+    EXPECT_EQ(end.offset, size_of(end.path));
+    EXPECT_EQ(read_all(t.dir, 60).size(), 41u);  // from the middle
+}
+
+TEST(Journal, TornTailIsCutAtTheLastGoodRecordAndAppendingContinuesThere) {
+    TempStateDir t;
+    write_records(t.dir, 50, 10);
+    const auto seg = list_segments(t.dir.journal()).at(0).path;
+    const uint64_t full = size_of(seg);
+    fs::resize_file(seg, full - 5);  // a write torn inside the last record
+    JournalEnd end;
+    EXPECT_EQ(read_all(t.dir, 1, &end, /*repair=*/false).size(), 49u);
+    EXPECT_TRUE(end.cut);
+    EXPECT_EQ(size_of(seg), full - 5);  // not repairing: untouched
+    const auto v = read_all(t.dir, 1, &end, /*repair=*/true);
+    ASSERT_EQ(v.size(), 49u);
+    EXPECT_EQ(end.next_index, 50u);
+    EXPECT_EQ(size_of(seg), end.offset);  // truncated at the last good record
+    EXPECT_NE(end.problem.find("torn"), std::string::npos);
+
+    {
+        JournalWriter w(JournalOptions{t.dir.journal(), FsyncPolicy::Batch, 100, 64ull << 20});
+        ASSERT_EQ(w.open(end), 0);
+        EXPECT_EQ(w.add(6, "xy", 2), 50u);
+        ASSERT_EQ(w.commit(), 0);
+        EXPECT_EQ(w.sync_before_publish(), 0);
+    }
+    const auto after = read_all(t.dir, 1, &end);
+    ASSERT_EQ(after.size(), 50u);
+    EXPECT_EQ(after.back().type, 6);
+    EXPECT_FALSE(end.cut);
+}
+
+TEST(Journal, CorruptRecordCutsTheJournalThereAndDropsLaterSegments) {
+    TempStateDir t;
+    write_records(t.dir, 400, 5, /*segment_bytes=*/2048);  // several segments
+    auto segs = list_segments(t.dir.journal());
+    ASSERT_GE(segs.size(), 3u);
+    // Flip one payload byte of the first record of the second segment.
+    {
+        const int fd = ::open(segs[1].path.c_str(), O_RDWR);
+        ASSERT_GE(fd, 0);
+        char c = 0;
+        ASSERT_EQ(pread(fd, &c, 1, kSegmentHeader + kRecordHeader), 1);
+        c ^= 0x40;
+        ASSERT_EQ(pwrite(fd, &c, 1, kSegmentHeader + kRecordHeader), 1);
+        ::close(fd);
+    }
+    JournalEnd end;
+    const auto v = read_all(t.dir, 1, &end, /*repair=*/true);
+    ASSERT_EQ(v.size(), segs[1].first - 1);  // everything before the bad record
+    EXPECT_NE(end.problem.find("checksum"), std::string::npos);
+    EXPECT_TRUE(end.cut);
+    EXPECT_GT(end.cut_bytes, 0u);
+    const auto left = list_segments(t.dir.journal());
+    ASSERT_EQ(left.size(), 2u);  // the bad one is truncated to its header; later ones are gone
+    EXPECT_EQ(size_of(left[1].path), kSegmentHeader);
+    EXPECT_EQ(end.next_index, segs[1].first);
+    EXPECT_EQ(read_all(t.dir, 1).size(), v.size());  // stable once repaired
+}
+
+TEST(Journal, ZerosAfterTheLastRecordAreCutNotMisread) {
+    TempStateDir t;
+    write_records(t.dir, 20, 20);
+    const auto seg = list_segments(t.dir.journal()).at(0).path;
+    const uint64_t good = size_of(seg);
+    {
+        std::ofstream f(seg, std::ios::app | std::ios::binary);
+        const std::string zeros(4096, '\0');
+        f << zeros;
+    }
+    JournalEnd end;
+    EXPECT_EQ(read_all(t.dir, 1, &end, true).size(), 20u);
+    EXPECT_TRUE(end.cut);
+    EXPECT_EQ(size_of(seg), good);
+}
+
+TEST(Journal, AStaleRecordWithTheWrongIndexEndsTheJournal) {
+    TempStateDir t;
+    write_records(t.dir, 10, 10);
+    const auto seg = list_segments(t.dir.journal()).at(0).path;
+    // Append a copy of the first record (a valid checksum, but index 1 where 11 belongs).
+    std::string bytes;
+    {
+        std::ifstream f(seg, std::ios::binary);
+        bytes.assign(std::istreambuf_iterator<char>(f), {});
+    }
+    const std::string first = bytes.substr(kSegmentHeader, 32);
+    {
+        std::ofstream f(seg, std::ios::app | std::ios::binary);
+        f << first;
+    }
+    JournalEnd end;
+    EXPECT_EQ(read_all(t.dir, 1, &end, false).size(), 10u);
+    EXPECT_NE(end.problem.find("index"), std::string::npos);
+}
+
+TEST(Journal, SegmentsRotateAndAreNamedByTheirFirstRecord) {
+    TempStateDir t;
+    write_records(t.dir, 300, 3, /*segment_bytes=*/1024);
+    const auto segs = list_segments(t.dir.journal());
+    ASSERT_GE(segs.size(), 4u);
+    EXPECT_EQ(segs[0].first, 1u);
+    for (size_t i = 0; i < segs.size(); ++i) {
+        JournalEnd end;
+        std::vector<Rec> v = read_all(t.dir, segs[i].first, &end);
+        ASSERT_FALSE(v.empty());
+        EXPECT_EQ(v.front().index, segs[i].first);  // the name is the first record's index
+        EXPECT_EQ(v.size(), 300 - segs[i].first + 1);
+        if (i + 1 < segs.size()) {
+            EXPECT_LE(size_of(segs[i].path), 1024u + 3 * 72u);  // rotated once past the size
+        }
+    }
+}
+
+TEST(Journal, PruningKeepsTwoSnapshotsAndTheSegmentsTheOlderOneNeeds) {
+    TempStateDir t;
+    write_records(t.dir, 300, 3, /*segment_bytes=*/1024);
+    const auto segs = list_segments(t.dir.journal());
+    ASSERT_GE(segs.size(), 5u);
+    for (uint64_t index : {segs[1].first + 1, segs[2].first + 1, segs[3].first + 1})
+        ASSERT_EQ(write_snapshot(t.dir.snapshots(), index, 0, "x"), 0);
+    prune_state(t.dir.snapshots(), t.dir.journal());
+    const auto snaps = list_snapshots(t.dir.snapshots());
+    ASSERT_EQ(snaps.size(), 2u);
+    EXPECT_EQ(snaps[1].index, segs[2].first + 1);
+    const auto left = list_segments(t.dir.journal());
+    EXPECT_EQ(left.front().first, segs[2].first);  // the older snapshot's records are all still there
+    EXPECT_EQ(read_all(t.dir, snaps[1].index).size(), 300 - snaps[1].index + 1);
+}
+
+TEST(Journal, AJournalThatStartsAfterTheNeededRecordIsAGap) {
+    TempStateDir t;
+    write_records(t.dir, 300, 3, /*segment_bytes=*/1024);
+    const auto segs = list_segments(t.dir.journal());
+    fs::remove(segs[0].path);
+    JournalEnd end;
+    EXPECT_TRUE(read_all(t.dir, 1, &end, true).empty());
+    EXPECT_TRUE(end.gap);
+    EXPECT_EQ(list_segments(t.dir.journal()).size(), segs.size() - 1);  // a gap is never "repaired" away
+}
+
+TEST(Journal, EveryInputRoundTripsThroughItsJournalEncoding) {
+    for (const InputEvent& ev : scripted_inputs(5, 400)) {
+        int32_t type = 0;
+        std::string payload;
+        encode_input(ev, type, payload);
+        const auto back = decode_input(type, reinterpret_cast<const uint8_t*>(payload.data()),
+                                       static_cast<uint32_t>(payload.size()));
+        ASSERT_TRUE(back.has_value()) << type;
+        int32_t type2 = 0;
+        std::string payload2;
+        encode_input(*back, type2, payload2);
+        EXPECT_EQ(type, type2);
+        EXPECT_EQ(payload, payload2);
+    }
+}
+
+TEST(Journal, FsyncPoliciesParseAndNameThemselves) {
+    for (auto p : {FsyncPolicy::Never, FsyncPolicy::Interval, FsyncPolicy::Batch}) EXPECT_EQ(parse_fsync(to_string(p)), p);
+    EXPECT_FALSE(parse_fsync("sometimes"));
+}
+
+TEST(Journal, IntervalPolicyWriterWritesAReadableJournal) {
+    TempStateDir t;
+    {
+        JournalWriter w(JournalOptions{t.dir.journal(), FsyncPolicy::Interval, 1, 64ull << 20});
+        JournalEnd start;
+        start.next_index = 1;
+        ASSERT_EQ(w.open(start), 0);
+        for (int i = 0; i < 50; ++i) {
+            w.add(JOURNAL_TICK, &i, 4);
+            ASSERT_EQ(w.commit(), 0);
+        }
+    }
+    EXPECT_EQ(read_all(t.dir, 1).size(), 50u);
+}
+
+}  // namespace
+}  // namespace dgdo::test

@@ -1,0 +1,239 @@
+// Recovery from snapshot + journal: the state after a restart equals the state before it
+// (digest), replay reproduces the live outputs byte for byte, ids are never reused, and a
+// bad snapshot falls back to the one before it.
+#undef NDEBUG
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <set>
+
+#include "journal_fixture.hpp"
+
+namespace dgdo::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::vector<std::vector<OutRecord>> replay_outputs(const StateDir& dir, uint64_t* digest = nullptr) {
+    std::vector<std::vector<OutRecord>> outs;
+    const ReplayFn each = [&](uint64_t, int32_t, const uint8_t*, uint32_t, const InputEvent&,
+                              const std::vector<OutRecord>& out) { outs.push_back(out); };
+    RecoverOptions o;
+    o.repair = false;
+    o.each = &each;
+    Core core;
+    const Recovery r = recover(core, Config{}, dir, o);
+    EXPECT_TRUE(r.ok);
+    if (digest) *digest = r.digest;
+    return outs;
+}
+
+void expect_same(const std::vector<std::vector<OutRecord>>& a, const std::vector<std::vector<OutRecord>>& b) {
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+        ASSERT_EQ(a[i].size(), b[i].size()) << "input " << i;
+        for (size_t k = 0; k < a[i].size(); ++k) {
+            ASSERT_EQ(a[i][k].type, b[i][k].type) << "input " << i;
+            ASSERT_EQ(a[i][k].body, b[i][k].body) << "input " << i;
+        }
+    }
+}
+
+TEST(CoreState, SaveLoadSaveGivesTheSameBytes) {
+    Core live;
+    for (const auto& ev : scripted_inputs(11, 3000)) {
+        std::vector<OutRecord> out;
+        live.apply(ev, out);
+    }
+    std::string a, b;
+    live.save(a);
+    Core loaded;
+    ASSERT_TRUE(loaded.load(reinterpret_cast<const uint8_t*>(a.data()), a.size()));
+    loaded.save(b);
+    EXPECT_EQ(a, b);
+    EXPECT_EQ(live.digest(), loaded.digest());
+    EXPECT_GT(live.order_count(), 10u);
+}
+
+TEST(CoreState, LoadRejectsTruncatedOrGarbledBytesAndAUsedCore) {
+    Core live;
+    for (const auto& ev : scripted_inputs(12, 500)) {
+        std::vector<OutRecord> out;
+        live.apply(ev, out);
+    }
+    std::string a;
+    live.save(a);
+    for (size_t cut : {size_t{0}, size_t{7}, a.size() / 2, a.size() - 1}) {
+        Core c;
+        EXPECT_FALSE(c.load(reinterpret_cast<const uint8_t*>(a.data()), cut)) << cut;
+    }
+    std::string extra = a + "z";
+    Core c1;
+    EXPECT_FALSE(c1.load(reinterpret_cast<const uint8_t*>(extra.data()), extra.size()));
+    EXPECT_FALSE(live.load(reinterpret_cast<const uint8_t*>(a.data()), a.size()));  // not a fresh core
+}
+
+TEST(Recovery, SnapshotPlusTailEqualsFullReplayAndTheLiveState) {
+    TempStateDir t;
+    const auto in = scripted_inputs(21, 4000);
+    Recorder rec(t.dir);
+    rec.run(in, 0, 2500);
+    rec.snapshot(t.dir);
+    rec.run(in, 2500, in.size());
+    const uint64_t live = rec.core.digest();
+
+    Core a;
+    const Recovery ra = recover(a, Config{}, t.dir, RecoverOptions{false, false, nullptr, nullptr});
+    ASSERT_TRUE(ra.ok);
+    EXPECT_FALSE(ra.snapshot.empty());
+    EXPECT_EQ(ra.replayed, in.size() - 2500);
+    EXPECT_EQ(ra.digest, live);
+
+    for (const auto& s : list_snapshots(t.dir.snapshots())) fs::remove(s.path);
+    Core b;
+    const Recovery rb = recover(b, Config{}, t.dir, RecoverOptions{false, false, nullptr, nullptr});
+    EXPECT_TRUE(rb.snapshot.empty());
+    EXPECT_EQ(rb.replayed, in.size());
+    EXPECT_EQ(rb.digest, live);
+}
+
+TEST(Recovery, ARecordedSessionReplayedTwiceGivesTheLiveOutputsByteForByte) {
+    TempStateDir t;
+    const auto in = scripted_inputs(31, 3000);
+    Recorder rec(t.dir);
+    rec.run(in, 0, in.size());
+    uint64_t d1 = 0, d2 = 0;
+    const auto first = replay_outputs(t.dir, &d1);
+    const auto second = replay_outputs(t.dir, &d2);
+    expect_same(first, second);
+    expect_same(first, rec.outputs);
+    EXPECT_EQ(d1, d2);
+    size_t offers = 0;
+    for (const auto& o : first) offers += of_type(o, DGDO_OUT_NEW_ORDER).size();
+    EXPECT_GT(offers, 30u);  // the session really dispatched
+}
+
+TEST(Recovery, FallsBackToTheOlderSnapshotWhenTheNewestIsCorrupt) {
+    TempStateDir t;
+    const auto in = scripted_inputs(41, 3000);
+    Recorder rec(t.dir);
+    rec.run(in, 0, 1000);
+    rec.snapshot(t.dir);
+    rec.run(in, 1000, 2000);
+    rec.snapshot(t.dir);
+    rec.run(in, 2000, in.size());
+    const auto snaps = list_snapshots(t.dir.snapshots());
+    ASSERT_EQ(snaps.size(), 2u);
+    {
+        const int fd = ::open(snaps[0].path.c_str(), O_RDWR);
+        char c = 0;
+        ASSERT_EQ(pread(fd, &c, 1, kSnapshotHeader + 100), 1);
+        c ^= 1;
+        ASSERT_EQ(pwrite(fd, &c, 1, kSnapshotHeader + 100), 1);
+        ::close(fd);
+    }
+    Core core;
+    const Recovery r = recover(core, Config{}, t.dir, RecoverOptions{false, false, nullptr, nullptr});
+    ASSERT_EQ(r.rejected.size(), 1u);
+    EXPECT_NE(r.rejected[0].find("checksum"), std::string::npos);
+    EXPECT_EQ(r.snapshot, snaps[1].path);
+    EXPECT_EQ(r.replayed, in.size() - 1000);
+    EXPECT_EQ(r.digest, rec.core.digest());
+}
+
+TEST(Recovery, ATornLastBatchRecoversTheStateBeforeIt) {
+    TempStateDir t;
+    const auto in = scripted_inputs(51, 1500);
+    Recorder rec(t.dir);
+    rec.run(in, 0, in.size());
+    const auto seg = list_segments(t.dir.journal()).back().path;
+    fs::resize_file(seg, fs::file_size(seg) - 3);  // the last record is torn
+    Core core;
+    const Recovery r = recover(core, Config{}, t.dir);  // repairs
+    EXPECT_TRUE(r.end.cut);
+    EXPECT_EQ(r.replayed, in.size() - 1);
+    Core reference;
+    for (size_t i = 0; i + 1 < in.size(); ++i) {
+        std::vector<OutRecord> out;
+        reference.apply(in[i], out);
+    }
+    EXPECT_EQ(r.digest, reference.digest());
+}
+
+TEST(Recovery, OrderIdsSurviveARestartAndAreNeverReused) {
+    TempStateDir t;
+    Recorder rec(t.dir);
+    Harness h;  // input builders
+    std::vector<InputEvent> in{Tick{h.now}};
+    for (int i = 0; i < 5; ++i) {
+        dgdo_in_ride_request e{};
+        e.meta = h.meta(DGDO_ROLE_PASSENGER, "p" + std::to_string(i));
+        e.pickup = kCenter;
+        e.dropoff = at(3000, 0);
+        in.push_back(e);
+    }
+    rec.run(in, 0, in.size());
+    std::set<uint64_t> before;
+    for (const auto& out : rec.outputs)
+        for (const auto& r : of_type(out, DGDO_OUT_COMMAND_RESULT)) before.insert(as<dgdo_out_command_result>(r).order_id);
+    ASSERT_EQ(before.size(), 5u);
+
+    Core core;
+    ASSERT_TRUE(recover(core, Config{}, t.dir).ok);
+    for (uint64_t id : before) ASSERT_NE(core.find_order(id), nullptr) << id;
+    dgdo_in_ride_request e{};
+    e.meta = h.meta(DGDO_ROLE_PASSENGER, "p-new");
+    e.pickup = kCenter;
+    e.dropoff = at(3000, 0);
+    std::vector<OutRecord> out;
+    core.apply(e, out);
+    const uint64_t fresh = as<dgdo_out_command_result>(out.at(0)).order_id;
+    EXPECT_GT(fresh, *before.rbegin());
+    EXPECT_EQ(core.find_order(fresh)->passenger, "p-new");
+}
+
+// The spatial index is rebuilt from a snapshot in driver-creation order, not in the order the
+// drivers came and went: its answers must not depend on that history.
+TEST(Recovery, GridIndexAnswersDoNotDependOnInsertionHistory) {
+    std::mt19937 rng(3);
+    std::vector<std::pair<std::string, dgdo_point>> drivers;
+    for (int i = 0; i < 400; ++i) {
+        // A lattice, so many drivers are exactly equidistant from lattice queries.
+        drivers.emplace_back("d" + std::to_string(i), at(100.0 * (i % 20) - 1000, 100.0 * (i / 20) - 1000));
+    }
+    GridIndex a, b;
+    for (const auto& [id, p] : drivers) a.upsert(id, p);
+    auto shuffled = drivers;
+    std::shuffle(shuffled.begin(), shuffled.end(), rng);
+    for (const auto& [id, p] : shuffled) {
+        b.upsert(id, at(5000, 5000));  // somewhere else first, and some leave and come back
+        if (rng() % 3 == 0) b.erase(id);
+    }
+    for (const auto& [id, p] : shuffled) b.upsert(id, p);
+    for (int q = 0; q < 200; ++q) {
+        const dgdo_point c = at(100.0 * (q % 20) - 1050, 100.0 * (q / 10 % 20) - 1000);
+        for (size_t k : {size_t{1}, size_t{2}, size_t{5}}) {
+            const Eligible odd = [](const std::string& id) { return id.back() % 2 == 1; };
+            for (const Eligible* e : {static_cast<const Eligible*>(nullptr), &odd}) {
+                const auto ra = a.nearest_k(c, 3000, k, e ? *e : Eligible{});
+                const auto rb = b.nearest_k(c, 3000, k, e ? *e : Eligible{});
+                ASSERT_EQ(ra.size(), rb.size());
+                for (size_t i = 0; i < ra.size(); ++i) EXPECT_EQ(ra[i].id, rb[i].id) << q << " k=" << k;
+            }
+        }
+    }
+}
+
+TEST(Recovery, WorkersWithOpenSessionsAreListedForTheirDetach) {
+    Harness h;
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 3, 1);
+    h.session(true, DGDO_ROLE_PASSENGER, "p1", 2, 1);
+    h.session(true, DGDO_ROLE_PASSENGER, "p2", 3, 2);
+    h.session(false, DGDO_ROLE_PASSENGER, "p1", 2, 1);
+    EXPECT_EQ(h.core.workers_with_open_sessions(), (std::vector<uint16_t>{3}));
+}
+
+}  // namespace
+}  // namespace dgdo::test

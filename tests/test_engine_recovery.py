@@ -1,0 +1,186 @@
+"""Crash recovery with the real processes: kill -9 of an engine that journals to --state-dir.
+
+The test owns the engine (the sidecar runs as `dgdo sidecar`, as under systemd), puts an order
+in flight, kills the engine with SIGKILL and starts a new one on the same state directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rides import DROPOFF, PICKUP
+from test_engine_death import Split, online_driver, start_split, stop_split
+from wsclient import AppClient
+
+FAR_FROM_PICKUP = (38.5700, 68.7870)  # ~1.1 km: farther than the first driver
+
+
+@pytest.fixture
+def state_dir() -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix="dgdo-state-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def durable(engine_bin: Path, state_dir: str) -> Iterator[Split]:
+    s = start_split(engine_bin, "--state-dir", state_dir, "--fsync", "batch")
+    yield s
+    stop_split(s)
+
+
+async def test_an_accepted_order_survives_kill_9_of_the_engine_with_its_id_and_driver(
+    durable: Split, state_dir: str
+) -> None:
+    driver = await online_driver(durable.url, "d1")
+    pax = await AppClient.open(f"{durable.url}/ws/passenger/p1")
+    await pax.expect("welcome")
+    await pax.send({"type": "ride_request", "id": "r1", "pickup": PICKUP, "dropoff": DROPOFF})
+    order_id = (await pax.expect("ack", id="r1"))["order_id"]
+    await driver.expect("new_order", order_id=order_id)
+    await driver.send({"type": "order_accept", "order_id": order_id, "id": "acc"})
+    await driver.expect("ack", id="acc")
+    await pax.expect("order_update", order_id=order_id, status="accepted")
+
+    assert durable.engine is not None
+    durable.engine.send_signal(signal.SIGKILL)
+    durable.engine.wait()
+    durable.wait_health(503)
+    durable.start_engine("--state-dir", state_dir, "--fsync", "batch")
+    durable.wait_health(200)
+
+    # The order is still there under its id, bound to its driver: the next step of the trip works.
+    await driver.send({"type": "order_arrived", "order_id": order_id, "id": "arr"})
+    await driver.expect("ack", id="arr")
+    await pax.expect("order_update", order_id=order_id, status="arrived", driver_id="d1")
+
+    # d1 keeps its trip: a new order goes to a farther free driver, never to d1, and gets a new id.
+    d2 = await online_driver(durable.url, "d2")
+    await d2.send({"type": "driver_location", "lat": FAR_FROM_PICKUP[0], "lon": FAR_FROM_PICKUP[1], "id": "far"})
+    await d2.expect("ack", id="far")
+    other = await AppClient.open(f"{durable.url}/ws/passenger/p2")
+    await other.expect("welcome")
+    await other.send({"type": "ride_request", "id": "r2", "pickup": PICKUP, "dropoff": DROPOFF})
+    second = (await other.expect("ack", id="r2"))["order_id"]
+    assert second > order_id
+    await d2.expect("new_order", order_id=second)
+    assert not [m for m in driver.seen if m["type"] == "new_order" and m["order_id"] == second]
+
+    # And the trip runs to its end.
+    await driver.send({"type": "trip_start", "order_id": order_id, "id": "go"})
+    await driver.expect("ack", id="go")
+    await driver.send({"type": "trip_complete", "order_id": order_id, "id": "done"})
+    await driver.expect("ack", id="done")
+    await pax.expect("order_update", order_id=order_id, status="completed")
+    for c in (driver, d2, pax, other):
+        await c.close()
+
+
+async def test_a_retried_ride_request_after_a_restart_is_still_the_same_order(durable: Split, state_dir: str) -> None:
+    pax = await AppClient.open(f"{durable.url}/ws/passenger/p9")
+    await pax.expect("welcome")
+    # Not the first order: an engine that forgot everything would hand the retry the first id again.
+    await pax.send({"type": "ride_request", "id": "first", "pickup": PICKUP, "dropoff": DROPOFF})
+    first = (await pax.expect("ack", id="first"))["order_id"]
+    await pax.send({"type": "ride_request", "id": "same", "pickup": PICKUP, "dropoff": DROPOFF})
+    order_id = (await pax.expect("ack", id="same"))["order_id"]
+    assert durable.engine is not None
+    durable.engine.send_signal(signal.SIGKILL)
+    durable.engine.wait()
+    durable.wait_health(503)
+    durable.start_engine("--state-dir", state_dir)
+    durable.wait_health(200)
+    await pax.send({"type": "ride_request", "id": "same", "pickup": PICKUP, "dropoff": DROPOFF})
+    assert (await pax.expect("ack", id="same"))["order_id"] == order_id != first
+    await pax.close()
+
+
+def _mine(client: AppClient, order_id: int) -> list[tuple]:
+    """The reliable messages a client received about one order, as comparable tuples."""
+    got: list[tuple] = []
+    for m in client.seen:
+        if m.get("order_id") != order_id:
+            continue
+        if m["type"] == "order_update":
+            got.append(("order_update", m["status"], m.get("reason", "")))
+        elif m["type"] == "new_order":
+            got.append(("new_order", m["distance_m"], m["eta_s"], m["expires_in_s"]))
+        elif m["type"] == "cancel_order":
+            got.append(("cancel_order", m["reason"]))
+    return got
+
+
+def _replayed(lines: list[dict], to_id: str) -> list[tuple]:
+    """The same, from `dgdo replay --json`, rounded as the sidecar rounds them."""
+    got: list[tuple] = []
+    for line in lines:
+        for o in line["outputs"]:
+            if o["to_id"] != to_id:
+                continue
+            if o["type"] == "order_update":
+                got.append(("order_update", o["status"], o["reason"]))
+            elif o["type"] == "new_order":
+                got.append(("new_order", round(o["distance_m"], 1), round(o["eta_s"], 1), round(o["expires_in_s"], 3)))
+            elif o["type"] == "cancel_order":
+                got.append(("cancel_order", o["reason"]))
+    return got
+
+
+async def test_replay_explains_an_order_with_exactly_what_its_apps_received(durable: Split, state_dir: str) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, stack_env
+
+    near = await online_driver(durable.url, "d1")  # ~600 m from the pickup
+    far = await online_driver(durable.url, "d2")
+    await far.send({"type": "driver_location", "lat": FAR_FROM_PICKUP[0], "lon": FAR_FROM_PICKUP[1], "id": "far"})
+    await far.expect("ack", id="far")
+    pax = await AppClient.open(f"{durable.url}/ws/passenger/p1")
+    await pax.expect("welcome")
+    await pax.send({"type": "ride_request", "id": "r1", "pickup": PICKUP, "dropoff": DROPOFF})
+    order_id = (await pax.expect("ack", id="r1"))["order_id"]
+    await near.expect("new_order", order_id=order_id)
+    await near.send({"type": "order_reject", "order_id": order_id, "id": "no"})
+    await near.expect("ack", id="no")
+    await far.expect("new_order", order_id=order_id)
+    for step, rid in (("order_accept", "a"), ("order_arrived", "b"), ("trip_start", "c"), ("trip_complete", "d")):
+        await far.send({"type": step, "order_id": order_id, "id": rid})
+        await far.expect("ack", id=rid)
+    await pax.expect("order_update", order_id=order_id, status="completed")
+    await far.expect("order_update", order_id=order_id, status="completed")
+
+    # Offline, while the engine still runs: a look at the journal never changes it.
+    out = subprocess.run(
+        [sys.executable, "-m", "sidecar", "replay", "--state-dir", state_dir, "--order", str(order_id), "--json"],
+        cwd=ROOT, env=stack_env(), capture_output=True, timeout=60, check=True,
+    )
+    lines = [json.loads(x) for x in out.stdout.decode().splitlines()]
+    assert _replayed(lines, "p1") == _mine(pax, order_id)
+    assert _replayed(lines, "d1") == _mine(near, order_id)
+    assert _replayed(lines, "d2") == _mine(far, order_id)
+    assert [s for s in _mine(pax, order_id) if s[0] == "order_update"][-1] == ("order_update", "completed", "")
+
+    # And why: d1 was nearest and offered first; after its reject it was "tried before" and d2 was picked.
+    searches = [s for line in lines for s in line["searches"]]
+    assert [s["picked"] for s in searches] == ["d1", "d2"]
+    second = {c["driver"]: c for c in searches[1]["candidates"]}
+    assert second["d1"]["why_not"] == "tried before"
+    assert second["d2"]["why_not"] is None
+    assert second["d1"]["distance_m"] < second["d2"]["distance_m"]
+    kinds = [(line["input"]["kind"], line["input"].get("command")) for line in lines]
+    assert ("order_command", "reject") in kinds and ("order_command", "complete") in kinds
+
+    text = subprocess.run(
+        [sys.executable, "-m", "sidecar", "replay", "--state-dir", state_dir, "--order", str(order_id)],
+        cwd=ROOT, env=stack_env(), capture_output=True, timeout=60, check=True,
+    ).stdout.decode()
+    assert "tried before" in text and "<- offered" in text and f"order {order_id} now: completed" in text
+    for c in (near, far, pax):
+        await c.close()
