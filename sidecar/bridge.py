@@ -181,9 +181,8 @@ class Bridge:
         conn.welcomed = True
         if not resumed or conn.last_seq is None:
             conn.last_seq = seq
-        if conn.send({"type": "welcome", "role": conn.role.value, "id": conn.app_id, "resumed": resumed,
-                      "seq": seq, "ts": ts}):
-            self.stats.messages_out += 1
+        conn.send({"type": "welcome", "role": conn.role.value, "id": conn.app_id, "resumed": resumed,
+                   "seq": seq, "ts": ts})  # a handshake, not counted in messages_out (as before)
 
     def _session_state(self, body: memoryview) -> None:
         (_m, real, to_conn, _w, role, to_id, seq, resumed) = R.OUT_SESSION.unpack(body)
