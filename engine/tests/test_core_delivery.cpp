@@ -409,10 +409,10 @@ TEST(CoreDelivery, ASmallerDepthAtLoadKeepsTheNewestRecords) {
     const uint8_t* p = reinterpret_cast<const uint8_t*>(bytes.data());
     ASSERT_TRUE(small.load(p, p + bytes.size()));
     EXPECT_EQ(small.held(kP1), 3u);
-    std::vector<const OutRecord*> missed;
+    std::vector<OutRecord> missed;
     ASSERT_TRUE(small.since(kP1, 17, missed));
     ASSERT_EQ(missed.size(), 3u);
-    EXPECT_EQ(seq_of(*missed[0]), 18u);
+    EXPECT_EQ(seq_of(missed[0]), 18u);
     EXPECT_FALSE(small.since(kP1, 16, missed));
 }
 

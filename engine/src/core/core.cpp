@@ -202,7 +202,7 @@ void Core::resume(const dgdo_in_session& s, const std::string& who) {
     const dgdo_in_meta& m = s.meta;
     const Deliveries::Key key{m.role, who};
     const bool has_last = (s.flags & DGDO_SESSION_HAS_LAST_SEQ) != 0;
-    std::vector<const OutRecord*> missed;
+    std::vector<OutRecord> missed;
     const bool resumed = has_last && delivery_.since(key, s.last_seq, missed);
     uint64_t ended_after = s.last_seq;
     if (has_last && s.last_seq > delivery_.latest(key)) {
@@ -217,7 +217,7 @@ void Core::resume(const dgdo_in_session& s, const std::string& who) {
     emit(DGDO_OUT_SESSION_STATE, st);
     const size_t first = out_->size();
     if (resumed) {
-        for (const OutRecord* r : missed) out_->push_back(*r);  // copied before anything is stamped
+        for (OutRecord& r : missed) out_->push_back(std::move(r));
     } else {
         snapshot(m.role, who, has_last, ended_after);
     }
@@ -233,11 +233,8 @@ void Core::resume(const dgdo_in_session& s, const std::string& who) {
 // The state of what the app is part of, as fresh reliable records.
 void Core::snapshot(uint8_t role, const std::string& who, bool with_ended, uint64_t ended_after) {
     if (with_ended) {
-        std::vector<const OutRecord*> ended;
-        delivery_.ended_since({role, who}, ended_after, ended);
-        std::vector<OutRecord> again;  // copied first: stamping adds to what `ended` points into
-        again.reserve(ended.size());
-        for (const OutRecord* r : ended) again.push_back(*r);
+        std::vector<OutRecord> again;
+        delivery_.ended_since({role, who}, ended_after, again);
         for (OutRecord& r : again) {
             const dgdo_out_meta meta = to(role, who);
             std::memcpy(r.body.data(), &meta, sizeof meta);

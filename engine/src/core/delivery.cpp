@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <cstring>
 
-#include "dgdo/events.h"
-
 namespace dgdo {
 
 namespace {
@@ -20,19 +18,24 @@ size_t seq_offset(int32_t type) {
 }
 static_assert(offsetof(dgdo_out_order_update, order_id) == 64 && offsetof(dgdo_out_new_order, order_id) == 64 &&
               offsetof(dgdo_out_cancel_order, order_id) == 64);
+static_assert(sizeof(dgdo_out_order_update) <= sizeof(dgdo_out_new_order) &&
+              sizeof(dgdo_out_cancel_order) <= sizeof(dgdo_out_new_order));  // Held's slot fits all three
 constexpr size_t kOrderOffset = 64;
 
-uint64_t read_u64(const OutRecord& r, size_t off) {
+uint64_t read_u64(const uint8_t* body, size_t len, size_t off) {
     uint64_t v = 0;
-    if (off + sizeof v <= r.body.size()) std::memcpy(&v, r.body.data() + off, sizeof v);
+    if (off + sizeof v <= len) std::memcpy(&v, body + off, sizeof v);
     return v;
 }
 
-Deliveries::Key recipient(const OutRecord& r) {
-    dgdo_out_meta m;
-    std::memcpy(&m, r.body.data(), sizeof m);
-    return {m.to_role, std::string(m.to_id.chars, strnlen(m.to_id.chars, DGDO_ID_MAX))};
+// The recipient of a record, as (role, id key): read in place, no string.
+std::pair<uint8_t, IdKey> recipient(const uint8_t* body) {
+    const uint8_t role = body[offsetof(dgdo_out_meta, to_role)];
+    const char* id = reinterpret_cast<const char*>(body + offsetof(dgdo_out_meta, to_id));
+    return {role, IdKey::of(id, strnlen(id, DGDO_ID_MAX))};
 }
+
+IdKey key_of(const std::string& id) { return IdKey::of(id.data(), std::min<size_t>(id.size(), DGDO_ID_MAX)); }
 
 // ---- save / load encoding: little-endian whatever the host ----
 
@@ -46,11 +49,6 @@ void put_key(std::string& out, const Deliveries::Key& k) {
     put(out, k.first, 1);
     put(out, k.second.size(), 1);
     out.append(k.second);
-}
-void put_record(std::string& out, const OutRecord& r) {
-    put(out, static_cast<uint32_t>(r.type), 4);
-    put(out, r.body.size(), 4);
-    out.append(reinterpret_cast<const char*>(r.body.data()), r.body.size());
 }
 
 struct Reader {
@@ -75,16 +73,6 @@ struct Reader {
         p += n;
         return true;
     }
-    bool record(OutRecord& r) {
-        r.type = static_cast<int32_t>(get(4));
-        const uint64_t n = get(4);
-        if (!ok || !Deliveries::reliable(r.type) || n < sizeof(dgdo_out_meta) || n > 4096 ||
-            static_cast<uint64_t>(end - p) < n)
-            return ok = false;
-        r.body.assign(p, p + n);
-        p += n;
-        return true;
-    }
     // A count, refused when it could not fit in what is left (each item takes at least `min` bytes).
     bool count(uint64_t& n, size_t min) {
         n = get(4);
@@ -96,14 +84,56 @@ struct Reader {
 
 uint64_t seq_of(const OutRecord& rec) {
     const size_t off = seq_offset(rec.type);
-    return off == 0 ? 0 : read_u64(rec, off);
+    return off == 0 ? 0 : read_u64(rec.body.data(), rec.body.size(), off);
 }
 
 bool Deliveries::reliable(int32_t type) { return seq_offset(type) != 0; }
 
-Deliveries::Box& Deliveries::box(const Key& k) { return boxes_[k]; }
+// ---- Held ------------------------------------------------------------------------
 
-void Deliveries::push(Box& b, const OutRecord& rec) {
+Deliveries::Held Deliveries::Held::of(const OutRecord& r) {
+    Held h;
+    h.type = r.type;
+    h.len = static_cast<uint32_t>(std::min(r.body.size(), h.bytes.size()));
+    std::memcpy(h.bytes.data(), r.body.data(), h.len);
+    return h;
+}
+
+OutRecord Deliveries::Held::record() const { return OutRecord{type, std::vector<uint8_t>(bytes.begin(), bytes.begin() + len)}; }
+
+uint64_t Deliveries::Held::seq() const { return read_u64(bytes.data(), len, seq_offset(type)); }
+
+bool Deliveries::Held::operator==(const Held& o) const {
+    return type == o.type && len == o.len && std::equal(bytes.begin(), bytes.begin() + len, o.bytes.begin());
+}
+
+// ---- numbering and keeping ----------------------------------------------------------
+
+Deliveries::Key Deliveries::Box::key() const {
+    return {role, std::string(reinterpret_cast<const char*>(id.w), id.len)};
+}
+
+uint32_t Deliveries::find(uint8_t role, const IdKey& id) const {
+    return index_.find(hash(role, id), [&](uint32_t v) { return boxes_[v].role == role && boxes_[v].id == id; });
+}
+
+const Deliveries::Box* Deliveries::find(const Key& k) const {
+    const uint32_t i = find(k.first, key_of(k.second));
+    return i == IdTable::kNone ? nullptr : &boxes_[i];
+}
+
+uint32_t Deliveries::box(uint8_t role, const IdKey& id) {
+    const uint32_t i = find(role, id);
+    if (i != IdTable::kNone) return i;
+    Box& b = boxes_.emplace_back();
+    b.role = role;
+    b.id = id;
+    const auto fresh = static_cast<uint32_t>(boxes_.size() - 1);
+    index_.insert(hash(role, id), fresh);
+    return fresh;
+}
+
+void Deliveries::push(Box& b, const Held& rec) {
     if (depth_ == 0) return;
     if (b.ring.size() < depth_) {
         b.ring.push_back(rec);
@@ -116,121 +146,128 @@ void Deliveries::push(Box& b, const OutRecord& rec) {
 uint64_t Deliveries::stamp(OutRecord& rec) {
     const size_t off = seq_offset(rec.type);
     if (off == 0 || rec.body.size() < off + sizeof(uint64_t)) return 0;
-    const Key k = recipient(rec);
-    Box& b = box(k);
+    const auto [role, id] = recipient(rec.body.data());
+    const uint32_t me = box(role, id);
+    Box& b = boxes_[me];
     const uint64_t seq = ++b.seq;
     std::memcpy(rec.body.data() + off, &seq, sizeof seq);
-    push(b, rec);
-    auto& who = recipients_of_[read_u64(rec, kOrderOffset)];
-    if (std::find(who.begin(), who.end(), k) == who.end()) {
-        who.push_back(k);
+    push(b, Held::of(rec));
+    auto& who = recipients_of_[read_u64(rec.body.data(), rec.body.size(), kOrderOffset)];
+    if (std::find(who.begin(), who.end(), me) == who.end()) {
+        who.push_back(me);
         ++b.orders;
     }
     return seq;
 }
 
 void Deliveries::keep_final(const OutRecord& rec) {
-    if (!reliable(rec.type)) return;
-    auto it = boxes_.find(recipient(rec));
-    if (it == boxes_.end()) return;  // never stamped: nothing to keep
-    it->second.ended[read_u64(rec, kOrderOffset)].push_back(rec);
+    if (!reliable(rec.type) || rec.body.size() < sizeof(dgdo_out_meta)) return;
+    const auto [role, id] = recipient(rec.body.data());
+    const uint32_t i = find(role, id);
+    if (i == IdTable::kNone) return;  // never stamped: nothing to keep
+    boxes_[i].ended[read_u64(rec.body.data(), rec.body.size(), kOrderOffset)].push_back(Held::of(rec));
 }
 
 uint64_t Deliveries::latest(const Key& k) const {
-    auto it = boxes_.find(k);
-    return it == boxes_.end() ? 0 : it->second.seq;
+    const Box* b = find(k);
+    return b == nullptr ? 0 : b->seq;
 }
 
 // The history must stay a run of consecutive seqs ending at b.seq (since() relies on it):
 // across the jump nothing can be replayed, so it goes.
 void Deliveries::raise(const Key& k, uint64_t seq) {
-    Box& b = box(k);
+    Box& b = boxes_[box(k.first, key_of(k.second))];
     if (seq <= b.seq) return;
     b.seq = seq;
-    std::vector<OutRecord>().swap(b.ring);
+    std::vector<Held>().swap(b.ring);
     b.head = 0;
 }
 
-bool Deliveries::since(const Key& k, uint64_t last_seq, std::vector<const OutRecord*>& out) const {
-    const uint64_t latest = this->latest(k);
+bool Deliveries::since(const Key& k, uint64_t last_seq, std::vector<OutRecord>& out) const {
+    const Box* found = find(k);
+    const uint64_t latest = found == nullptr ? 0 : found->seq;
     if (last_seq > latest) return false;
     if (last_seq == latest) return true;
-    const Box& b = boxes_.at(k);  // latest > 0: the box exists
-    if (b.ring.empty()) return false;
+    const Box& b = *found;  // latest > 0: the box exists
     // The history is a run of consecutive seqs ending at b.seq (see raise()).
-    const uint64_t oldest = seq_of(b.ring[b.head]);
-    if (oldest > last_seq + 1) return false;
-    b.each([&](const OutRecord& r) {
-        if (seq_of(r) > last_seq) out.push_back(&r);
+    if (b.ring.empty() || b.ring[b.head].seq() > last_seq + 1) return false;
+    b.each([&](const Held& r) {
+        if (r.seq() > last_seq) out.push_back(r.record());
     });
     return true;
 }
 
-void Deliveries::ended_since(const Key& k, uint64_t after, std::vector<const OutRecord*>& out) const {
-    auto it = boxes_.find(k);
-    if (it == boxes_.end()) return;
-    const size_t first = out.size();
-    for (const auto& [order, recs] : it->second.ended)
-        for (const OutRecord& r : recs)
-            if (seq_of(r) > after) out.push_back(&r);
-    std::stable_sort(out.begin() + static_cast<std::ptrdiff_t>(first), out.end(),
-                     [](const OutRecord* a, const OutRecord* b) { return seq_of(*a) < seq_of(*b); });
+void Deliveries::ended_since(const Key& k, uint64_t after, std::vector<OutRecord>& out) const {
+    const Box* b = find(k);
+    if (b == nullptr) return;
+    std::vector<const Held*> found;
+    for (const auto& [order, recs] : b->ended)
+        for (const Held& r : recs)
+            if (r.seq() > after) found.push_back(&r);
+    std::stable_sort(found.begin(), found.end(), [](const Held* a, const Held* b) { return a->seq() < b->seq(); });
+    for (const Held* r : found) out.push_back(r->record());
 }
 
 void Deliveries::forget_order(uint64_t order) {
     auto it = recipients_of_.find(order);
     if (it == recipients_of_.end()) return;
-    for (const Key& k : it->second) {
-        auto b = boxes_.find(k);
-        if (b == boxes_.end()) continue;
-        Box& box = b->second;
-        box.ended.erase(order);
-        if (--box.orders == 0) {
-            std::vector<OutRecord>().swap(box.ring);  // free it: idle recipients cost their counter only
-            box.head = 0;
+    for (uint32_t i : it->second) {
+        Box& b = boxes_[i];
+        b.ended.erase(order);
+        if (--b.orders == 0) {
+            std::vector<Held>().swap(b.ring);  // free it: idle recipients cost their counter only
+            b.head = 0;
         }
     }
     recipients_of_.erase(it);
 }
 
+// ---- views ---------------------------------------------------------------------------
+
 std::size_t Deliveries::held(const Key& k) const {
-    auto it = boxes_.find(k);
-    return it == boxes_.end() ? 0 : it->second.ring.size();
+    const Box* b = find(k);
+    return b == nullptr ? 0 : b->ring.size();
 }
 
 std::size_t Deliveries::held_total() const {
     std::size_t n = 0;
-    for (const auto& [k, b] : boxes_) n += b.ring.size();
+    for (const Box& b : boxes_) n += b.ring.size();
     return n;
 }
 
 std::size_t Deliveries::ended_total() const {
     std::size_t n = 0;
-    for (const auto& [k, b] : boxes_)
+    for (const Box& b : boxes_)
         for (const auto& [order, recs] : b.ended) n += recs.size();
     return n;
 }
 
 bool Deliveries::Box::operator==(const Box& o) const {
-    if (seq != o.seq || orders != o.orders || ring.size() != o.ring.size() || ended.size() != o.ended.size())
-        return false;
-    for (std::size_t i = 0; i < ring.size(); ++i) {
-        const OutRecord& a = ring[(head + i) % ring.size()];
-        const OutRecord& b = o.ring[(o.head + i) % o.ring.size()];
-        if (a.type != b.type || a.body != b.body) return false;
-    }
-    auto same = [](const OutRecord& a, const OutRecord& b) { return a.type == b.type && a.body == b.body; };
-    for (auto a = ended.begin(), b = o.ended.begin(); a != ended.end(); ++a, ++b)
-        if (a->first != b->first || !std::equal(a->second.begin(), a->second.end(), b->second.begin(),
-                                                b->second.end(), same))
-            return false;
+    if (role != o.role || !(id == o.id) || seq != o.seq || orders != o.orders || ring.size() != o.ring.size() || ended != o.ended) return false;
+    for (std::size_t i = 0; i < ring.size(); ++i)
+        if (!(ring[(head + i) % ring.size()] == o.ring[(o.head + i) % o.ring.size()])) return false;
     return true;
 }
 
+// Equal state, whatever order the recipients were first seen in.
 bool Deliveries::operator==(const Deliveries& o) const {
-    return depth_ == o.depth_ && boxes_ == o.boxes_ && recipients_of_ == o.recipients_of_;
+    if (depth_ != o.depth_ || boxes_.size() != o.boxes_.size() || recipients_of_.size() != o.recipients_of_.size())
+        return false;
+    for (const Box& b : boxes_) {
+        const uint32_t i = o.find(b.role, b.id);
+        if (i == IdTable::kNone || !(b == o.boxes_[i])) return false;
+    }
+    for (const auto& [order, who] : recipients_of_) {
+        auto it = o.recipients_of_.find(order);
+        if (it == o.recipients_of_.end() || it->second.size() != who.size()) return false;
+        for (size_t i = 0; i < who.size(); ++i)
+            if (boxes_[who[i]].key() != o.boxes_[it->second[i]].key()) return false;
+    }
+    return true;
 }
 
+// ---- save / load ------------------------------------------------------------------------
+//
 // Layout (all little-endian):
 //   u32 magic "DGDL", u32 version
 //   u32 recipients, then per recipient in key order:
@@ -239,49 +276,77 @@ bool Deliveries::operator==(const Deliveries& o) const {
 //     u32 orders with final records, per order in id order: u64 order, u32 n, n records
 //   u32 orders with recipients, per order in id order: u64 order, u32 n, n keys in first-stamp order
 void Deliveries::save(std::string& out) const {
+    auto put_held = [&out](const Held& r) {
+        put(out, static_cast<uint32_t>(r.type), 4);
+        put(out, r.len, 4);
+        out.append(reinterpret_cast<const char*>(r.bytes.data()), r.len);
+    };
+    std::vector<std::pair<Key, const Box*>> sorted;
+    sorted.reserve(boxes_.size());
+    for (const Box& b : boxes_) sorted.emplace_back(b.key(), &b);
+    std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
     put(out, kMagic, 4);
     put(out, kVersion, 4);
-    put(out, boxes_.size(), 4);
-    for (const auto& [k, b] : boxes_) {
-        put_key(out, k);
+    put(out, sorted.size(), 4);
+    for (const auto& [key, box] : sorted) {
+        const Box& b = *box;
+        put_key(out, key);
         put(out, b.seq, 8);
         put(out, b.ring.size(), 4);
-        b.each([&](const OutRecord& r) { put_record(out, r); });
+        b.each(put_held);
         put(out, b.ended.size(), 4);
         for (const auto& [order, recs] : b.ended) {
             put(out, order, 8);
             put(out, recs.size(), 4);
-            for (const OutRecord& r : recs) put_record(out, r);
+            for (const Held& r : recs) put_held(r);
         }
     }
-    put(out, recipients_of_.size(), 4);
-    for (const auto& [order, keys] : recipients_of_) {
+    std::vector<uint64_t> orders;
+    orders.reserve(recipients_of_.size());
+    for (const auto& [order, who] : recipients_of_) orders.push_back(order);
+    std::sort(orders.begin(), orders.end());
+    put(out, orders.size(), 4);
+    for (uint64_t order : orders) {
+        const auto& who = recipients_of_.at(order);
         put(out, order, 8);
-        put(out, keys.size(), 4);
-        for (const Key& k : keys) put_key(out, k);
+        put(out, who.size(), 4);
+        for (uint32_t i : who) put_key(out, boxes_[i].key());
     }
 }
 
 bool Deliveries::load(const uint8_t*& p, const uint8_t* end) {
     Reader in{p, end};
+    auto held = [&in](Held& r) {
+        r.type = static_cast<int32_t>(in.get(4));
+        const uint64_t n = in.get(4);
+        const size_t off = seq_offset(r.type);
+        if (!in.ok || off == 0 || n < off + sizeof(uint64_t) || n > r.bytes.size() ||
+            static_cast<uint64_t>(in.end - in.p) < n)
+            return in.ok = false;
+        r.len = static_cast<uint32_t>(n);
+        std::memcpy(r.bytes.data(), in.p, n);
+        in.p += n;
+        return true;
+    };
     if (in.get(4) != kMagic || in.get(4) != kVersion || !in.ok) return false;
-    std::map<Key, Box> boxes;
-    std::map<uint64_t, std::vector<Key>> recipients_of;
+    Deliveries fresh(depth_);  // built aside: this one stays as it was until all is read
+    std::vector<std::pair<uint64_t, std::vector<Key>>> orders;
     uint64_t nboxes = 0;
     if (!in.count(nboxes, 18)) return false;
     for (uint64_t i = 0; i < nboxes; ++i) {
         Key k;
         if (!in.key(k)) return false;
-        Box& b = boxes[k];
+        const IdKey id = key_of(k.second);
+        if (fresh.find(k.first, id) != IdTable::kNone) return false;  // a recipient twice: corrupt
+        Box& b = fresh.boxes_[fresh.box(k.first, id)];
         b.seq = in.get(8);
         uint64_t n = 0;
         if (!in.count(n, 8)) return false;
-        std::vector<OutRecord> held(n);
-        for (auto& r : held)
-            if (!in.record(r)) return false;
-        const size_t keep = std::min<size_t>(held.size(), depth_);  // a smaller depth now: the newest
-        b.ring.assign(std::make_move_iterator(held.end() - static_cast<std::ptrdiff_t>(keep)),
-                      std::make_move_iterator(held.end()));
+        std::vector<Held> ring(n);
+        for (Held& r : ring)
+            if (!held(r)) return false;
+        const size_t keep = std::min<size_t>(ring.size(), depth_);  // a smaller depth now: the newest
+        b.ring.assign(ring.end() - static_cast<std::ptrdiff_t>(keep), ring.end());
         uint64_t nended = 0;
         if (!in.count(nended, 12)) return false;
         for (uint64_t j = 0; j < nended; ++j) {
@@ -289,28 +354,34 @@ bool Deliveries::load(const uint8_t*& p, const uint8_t* end) {
             if (!in.count(n, 8)) return false;
             auto& recs = b.ended[order];
             recs.resize(n);
-            for (auto& r : recs)
-                if (!in.record(r)) return false;
+            for (Held& r : recs)
+                if (!held(r)) return false;
         }
     }
     uint64_t norders = 0;
     if (!in.count(norders, 12)) return false;
     for (uint64_t i = 0; i < norders; ++i) {
-        const uint64_t order = in.get(8);
+        auto& [order, keys] = orders.emplace_back();
+        order = in.get(8);
         uint64_t n = 0;
         if (!in.count(n, 2)) return false;
-        auto& keys = recipients_of[order];
         keys.resize(n);
-        for (Key& k : keys) {
-            if (!in.key(k)) return false;
-            auto b = boxes.find(k);
-            if (b == boxes.end()) return false;  // names a recipient the file does not hold
-            ++b->second.orders;
-        }
+        for (Key& k : keys)
+            if (!in.key(k) || fresh.find(k.first, key_of(k.second)) == IdTable::kNone)
+                return false;  // a recipient the bytes do not hold: corrupt
     }
     if (!in.ok) return false;
-    boxes_ = std::move(boxes);
-    recipients_of_ = std::move(recipients_of);
+    for (auto& [order, keys] : orders) {
+        auto& who = fresh.recipients_of_[order];
+        for (const Key& k : keys) {
+            const uint32_t i = fresh.find(k.first, key_of(k.second));
+            who.push_back(i);
+            ++fresh.boxes_[i].orders;
+        }
+    }
+    boxes_ = std::move(fresh.boxes_);
+    index_ = std::move(fresh.index_);
+    recipients_of_ = std::move(fresh.recipients_of_);
     p = in.p;
     return true;
 }

@@ -23,19 +23,28 @@
 // live order or one finished within retention_s; ended records <= a few per
 // retained order; counters: one (id + 8 bytes) per recipient ever seen.
 //
-// Pure state: no clock, no I/O, and every iteration that reaches an output or
-// the saved bytes is in key order (std::map), so the state is a function of
-// the core's input sequence.
+// Pure state: no clock, no I/O. The hash tables are never iterated in an order
+// that reaches an output; save() writes recipients and orders sorted. So the
+// state, and its bytes, are a function of the core's input sequence.
+//
+// Cost: stamping is on the offer path. A recipient is found as a driver is
+// (IdTable over fixed-width keys: no string, no allocation), boxes live in a
+// dense deque (never erased: counters are kept), and records in fixed slots.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "core/id_table.hpp"
 #include "core/out_record.hpp"
+#include "dgdo/events.h"
 
 namespace dgdo {
 
@@ -61,11 +70,11 @@ public:
     // on above `seq`, so the app's numbering stays increasing. The history is dropped:
     // nothing can be replayed across the jump.
     void raise(const Key& k, uint64_t seq);
-    // The records to `k` after `last_seq`, oldest first, appended to `out`; false (and
-    // `out` untouched) when some are no longer held or last_seq is ahead of the counter.
-    bool since(const Key& k, uint64_t last_seq, std::vector<const OutRecord*>& out) const;
-    // The final records to `k` whose seq is above `after`, in seq order.
-    void ended_since(const Key& k, uint64_t after, std::vector<const OutRecord*>& out) const;
+    // Copies of the records to `k` after `last_seq`, oldest first, appended to `out`; false
+    // (and `out` untouched) when some are no longer held or last_seq is ahead of the counter.
+    bool since(const Key& k, uint64_t last_seq, std::vector<OutRecord>& out) const;
+    // Copies of the final records to `k` whose seq is above `after`, in seq order.
+    void ended_since(const Key& k, uint64_t after, std::vector<OutRecord>& out) const;
     // The core forgot `order`: drop its final records; recipients no held order refers
     // to any more lose their history (not their counter).
     void forget_order(uint64_t order);
@@ -86,24 +95,41 @@ public:
     bool load(const uint8_t*& p, const uint8_t* end);
 
 private:
+    // A kept record: the largest reliable record fits its fixed slot.
+    struct Held {
+        int32_t type = 0;
+        uint32_t len = 0;
+        std::array<uint8_t, sizeof(dgdo_out_new_order)> bytes{};
+        static Held of(const OutRecord& r);
+        OutRecord record() const;
+        uint64_t seq() const;
+        bool operator==(const Held& o) const;
+    };
     struct Box {
-        uint64_t seq = 0;              // latest handed out
-        uint32_t orders = 0;           // orders in recipients_of_ that name this box
-        uint32_t head = 0;             // oldest record in ring once it is full
-        std::vector<OutRecord> ring;   // history; grows to depth_, then wraps
-        std::map<uint64_t, std::vector<OutRecord>> ended;  // order -> final records, seq order
+        uint8_t role = 0;
+        IdKey id;                 // the recipient's id bytes (ids are at most 36 chars: all in id.w)
+        uint64_t seq = 0;         // latest handed out
+        uint32_t orders = 0;      // orders in recipients_of_ that name this box
+        uint32_t head = 0;        // oldest record in ring once it is full
+        std::vector<Held> ring;   // history; grows to depth_, then wraps
+        std::map<uint64_t, std::vector<Held>> ended;  // order -> final records, seq order
+        Key key() const;
         bool operator==(const Box& o) const;
         template <class F>
         void each(F&& f) const {  // history, oldest first
             for (std::size_t i = 0; i < ring.size(); ++i) f(ring[(head + i) % ring.size()]);
         }
     };
-    Box& box(const Key& k);
-    void push(Box& b, const OutRecord& rec);
+    static uint64_t hash(uint8_t role, const IdKey& id) { return IdKey::mix(id.hash() ^ role); }
+    uint32_t find(uint8_t role, const IdKey& id) const;  // index into boxes_, or IdTable::kNone
+    const Box* find(const Key& k) const;
+    uint32_t box(uint8_t role, const IdKey& id);  // found or made: its index
+    void push(Box& b, const Held& rec);
 
     uint32_t depth_;
-    std::map<Key, Box> boxes_;
-    std::map<uint64_t, std::vector<Key>> recipients_of_;  // order -> who got reliable records about it
+    std::deque<Box> boxes_;  // dense, never erased
+    IdTable index_;          // (role, id) -> index into boxes_
+    std::unordered_map<uint64_t, std::vector<uint32_t>> recipients_of_;  // order -> boxes that got records about it
 };
 
 // The seq field of a reliable record's body (0 if it is not one or too short).
