@@ -21,7 +21,8 @@
 // live, none finished within retention_s) loses its history but keeps its
 // counter. So at any time: history <= depth records for each recipient with a
 // live order or one finished within retention_s; ended records <= a few per
-// retained order; counters: one (id + 8 bytes) per recipient ever seen.
+// retained order; counters: one box (about 150 bytes, its history freed) per
+// recipient ever seen.
 //
 // Pure state: no clock, no I/O. The hash tables are never iterated in an order
 // that reaches an output; save() writes recipients and orders sorted. So the
