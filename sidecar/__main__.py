@@ -97,6 +97,7 @@ ENGINE_FLAGS: dict[str, tuple[type, str]] = {
     "--batch-max-orders": (int, "batched mode: orders per min-cost solve, more are split (128)"),
     "--retry-interval-s": (float, "seconds between a waiting order's looks for drivers (1)"),
     "--retention-s": (float, "seconds finished orders stay queryable (3600)"),
+    "--history-depth": (int, "reliable messages the engine keeps per recipient for resume (256)"),
     "--spin-us": (int, "µs the engine polls its rings before parking (50)"),
     "--fsync": (str, "never | interval | batch: when the journal reaches the disk (interval)"),
     "--fsync-interval-ms": (int, "interval policy: ms between journal syncs (100)"),

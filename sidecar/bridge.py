@@ -1,14 +1,19 @@
 """Engine events -> WebSocket messages: the sidecar's outbound dispatcher.
 
-Each outbound record names its recipient (role + id, or a connection for
-command results). The bridge turns it into the public message, numbers it
-when it is reliable (order_update, new_order, cancel_order), sends it to the
-recipient's live connection if any, and measures engine commit -> socket
-write latency from the record's CLOCK_REALTIME commit stamp.
+Each outbound record names its recipient: role + id, or also a connection
+(`to_conn`: command results, and the SESSION_STATE, replay and snapshot that
+answer a session open). The bridge turns it into the public message, sends it
+to the recipient's live connection if any, and measures engine commit ->
+socket write latency from the record's CLOCK_REALTIME commit stamp.
 
-Reliable messages for a recipient who is not connected stay in its mailbox
-(see connections.Mailbox) and are replayed on resume; positions and
-estimates for an absent recipient are simply dropped (latest-wins data).
+Reliable messages (order_update, new_order, cancel_order) arrive numbered:
+the engine stamps `seq` and keeps the recent ones, so nothing here needs to
+survive. A message for a recipient who is not connected is dropped; the app
+gets it on resume (`?last_seq`). A connection is welcomed when the engine's
+SESSION_STATE for it arrives, and receives nothing before: what the engine
+sent meanwhile is in the replay or snapshot right behind the SESSION_STATE.
+A reliable message at or below the connection's `last_seq` was delivered
+already (a replay overlapping a re-announce) and is not sent twice.
 """
 
 from __future__ import annotations
@@ -41,11 +46,12 @@ RESULT_ERROR = {
 class PendingReply:
     """A command waiting for the engine's COMMAND_RESULT."""
 
-    __slots__ = ("conn", "request_id")
+    __slots__ = ("conflict", "conn", "request_id")
 
-    def __init__(self, conn: Connection, request_id: str | int | None) -> None:
+    def __init__(self, conn: Connection, request_id: str | int | None, conflict: str | None = None) -> None:
         self.conn = conn
         self.request_id = request_id
+        self.conflict = conflict
 
 
 class Bridge:
@@ -64,14 +70,20 @@ class Bridge:
             T.OUT_ESTIMATE_UPDATE: self._estimate_update,
             T.OUT_NEARBY_DRIVERS: self._nearby_drivers,
             T.OUT_ENGINE_STATS: self._engine_stats,
+            T.OUT_SESSION_STATE: self._session_state,
         }
 
     # ---- correlation ---------------------------------------------------------------
 
-    def expect_reply(self, conn: Connection, request_id: str | int | None) -> int:
-        """A correlation id for a command whose outcome the engine will report."""
+    def expect_reply(self, conn: Connection, request_id: str | int | None, conflict: str | None = None) -> int:
+        """A correlation id for a command whose outcome the engine will report.
+
+        Args:
+            conflict: the error message should the engine answer `conflict` (the default
+                speaks of an order's state, which fits the order commands).
+        """
         self._corr += 1
-        self.pending[self._corr] = PendingReply(conn, request_id)
+        self.pending[self._corr] = PendingReply(conn, request_id, conflict)
         return self._corr
 
     def fail_pending(self, code: ErrorCode, message: str, keep: Collection[int] = ()) -> None:
@@ -128,19 +140,55 @@ class Bridge:
             off += (length + 7) & ~7
         self.stats.records_in += count
 
-    def _deliver(self, role_w: int, to_id: bytes, message: dict[str, Any], commit_real_ns: int,
-                 reliable: bool) -> None:
+    def _recipient(self, to_conn: int, role_w: int, to_id: bytes) -> Connection | None:
+        """The live connection a record is for: by `to_conn` when set (and only if it is still
+        that role and id: conn ids are per sidecar process), else by role + id."""
         role = ROLE_OF_WIRE.get(role_w)
         if role is None:
+            return None
+        if to_conn:
+            conn = self.registry.by_conn.get(to_conn)
+            if conn is None or conn.role is not role or conn.app_id != id_str(to_id):
+                return None
+            return conn
+        return self.registry.find(role, id_str(to_id))
+
+    def _deliver(self, to_conn: int, role_w: int, to_id: bytes, message: dict[str, Any], commit_real_ns: int,
+                 seq: int = 0) -> None:
+        conn = self._recipient(to_conn, role_w, to_id)
+        if conn is None or not conn.welcomed:
             return
-        app_id = id_str(to_id)
-        conn = self.registry.find(role, app_id)
-        if reliable:
-            box = conn.mailbox if conn is not None else self.registry.mailbox(role, app_id)
-            box.stamp(message)
-        if conn is not None and conn.send(message):
+        if seq:
+            if conn.last_seq is not None and seq <= conn.last_seq:
+                return  # delivered already
+            conn.last_seq = seq
+            message["seq"] = seq
+        if conn.send(message):
             self.stats.messages_out += 1
             self.stats.push_latency.add(time.time_ns() - commit_real_ns)
+
+    def welcome(self, conn: Connection, seq: int, resumed: bool, ts: int) -> None:
+        """Sends the welcome (once per connection) and starts delivering to it.
+
+        After a resumed welcome the replay follows, numbered from the app's own last_seq; after
+        a snapshot, fresh messages above `seq`. A second SESSION_STATE for the same connection
+        (the sidecar re-announced it to a (re)attached engine) sends no welcome.
+        """
+        if conn.welcomed:
+            if not resumed:  # a snapshot follows: numbered above seq
+                conn.last_seq = max(conn.last_seq or 0, seq)
+            return
+        conn.welcomed = True
+        if not resumed or conn.last_seq is None:
+            conn.last_seq = seq
+        conn.send({"type": "welcome", "role": conn.role.value, "id": conn.app_id, "resumed": resumed,
+                   "seq": seq, "ts": ts})  # a handshake, not counted in messages_out (as before)
+
+    def _session_state(self, body: memoryview) -> None:
+        (_m, real, to_conn, _w, role, to_id, seq, resumed) = R.OUT_SESSION.unpack(body)
+        conn = self._recipient(to_conn, role, to_id) if to_conn else None
+        if conn is not None:
+            self.welcome(conn, seq, bool(resumed), self._ts(real))
 
     @staticmethod
     def _ts(commit_real_ns: int) -> int:
@@ -160,6 +208,8 @@ class Bridge:
                 out["order_id"] = order_id
         else:
             code, message = RESULT_ERROR.get(Result(status), (ErrorCode.BAD_MESSAGE, "refused"))
+            if status == Result.CONFLICT and p.conflict is not None:
+                message = p.conflict
             out = {"type": "error", "code": code.value, "message": message, "ts": ts}
             if order_id:
                 out["order_id"] = order_id
@@ -171,7 +221,7 @@ class Bridge:
             self.stats.push_latency.add(time.time_ns() - real)
 
     def _order_update(self, body: memoryview) -> None:
-        (_m, real, _c, _w, role, to_id, order_id, status, reason, driver_id, passenger_id) = (
+        (_m, real, to_conn, _w, role, to_id, order_id, status, reason, driver_id, passenger_id, seq) = (
             R.OUT_ORDER_UPDATE.unpack(body)
         )
         msg: dict[str, Any] = {
@@ -184,9 +234,10 @@ class Bridge:
             msg["passenger_id"] = id_str(passenger_id)
         if reason:
             msg["reason"] = REASON_NAME[R.Reason(reason)]
-        self._deliver(role, to_id, msg, real, True)
-        if role == R.Role.PASSENGER and self.registry.admins:
-            # Each change reaches the passenger (and the driver, once there is one): admins see it once.
+        self._deliver(to_conn, role, to_id, msg, real, seq)
+        if role == R.Role.PASSENGER and not to_conn and self.registry.admins:
+            # Each change reaches the passenger (and the driver, once there is one): admins see it once,
+            # and not again when a replay or snapshot (to one connection) repeats it.
             self._admin_order(msg, id_str(to_id))
 
     def _admin_order(self, update: dict[str, Any], passenger_id: str) -> None:
@@ -204,24 +255,24 @@ class Bridge:
                                            "ts": ts})
 
     def _new_order(self, body: memoryview) -> None:
-        (_m, real, _c, _w, role, to_id, order_id, passenger_id,
-         plat, plon, dlat, dlon, distance_m, eta_s, expires_in_s) = R.OUT_NEW_ORDER.unpack(body)
+        (_m, real, to_conn, _w, role, to_id, order_id, passenger_id,
+         plat, plon, dlat, dlon, distance_m, eta_s, expires_in_s, seq) = R.OUT_NEW_ORDER.unpack(body)
         msg = {
             "type": "new_order", "order_id": order_id, "passenger_id": id_str(passenger_id),
             "pickup": {"lat": plat, "lon": plon}, "dropoff": {"lat": dlat, "lon": dlon},
             "distance_m": round(distance_m, 1), "eta_s": round(eta_s, 1),
             "expires_in_s": round(expires_in_s, 3), "ts": self._ts(real),
         }
-        self._deliver(role, to_id, msg, real, True)
+        self._deliver(to_conn, role, to_id, msg, real, seq)
 
     def _cancel_order(self, body: memoryview) -> None:
-        (_m, real, _c, _w, role, to_id, order_id, reason) = R.OUT_CANCEL_ORDER.unpack(body)
+        (_m, real, to_conn, _w, role, to_id, order_id, reason, seq) = R.OUT_CANCEL_ORDER.unpack(body)
         msg = {"type": "cancel_order", "order_id": order_id, "reason": REASON_NAME[R.Reason(reason)],
                "ts": self._ts(real)}
-        self._deliver(role, to_id, msg, real, True)
+        self._deliver(to_conn, role, to_id, msg, real, seq)
 
     def _driver_position(self, body: memoryview) -> None:
-        (_m, real, _c, _w, role, to_id, order_id, driver_id, lat, lon, heading, speed) = (
+        (_m, real, to_conn, _w, role, to_id, order_id, driver_id, lat, lon, heading, speed) = (
             R.OUT_DRIVER_POSITION.unpack(body)
         )
         msg: dict[str, Any] = {"type": "driver_location", "order_id": order_id, "driver_id": id_str(driver_id),
@@ -230,23 +281,23 @@ class Bridge:
             msg["heading"] = round(heading, 1)
         if speed == speed:
             msg["speed_kmh"] = round(speed, 1)
-        self._deliver(role, to_id, msg, real, False)
+        self._deliver(to_conn, role, to_id, msg, real)
 
     def _estimate_update(self, body: memoryview) -> None:
-        (_m, real, _c, _w, role, to_id, order_id, eta_s, distance_m) = R.OUT_ESTIMATE_UPDATE.unpack(body)
+        (_m, real, to_conn, _w, role, to_id, order_id, eta_s, distance_m) = R.OUT_ESTIMATE_UPDATE.unpack(body)
         msg = {"type": "estimate_update", "order_id": order_id, "eta_s": round(eta_s, 1),
                "distance_m": round(distance_m, 1), "ts": self._ts(real)}
-        self._deliver(role, to_id, msg, real, False)
+        self._deliver(to_conn, role, to_id, msg, real)
 
     def _nearby_drivers(self, body: memoryview) -> None:
-        (_m, real, _c, _w, role, to_id, count) = R.OUT_NEARBY_HEAD.unpack_from(body)
+        (_m, real, to_conn, _w, role, to_id, count) = R.OUT_NEARBY_HEAD.unpack_from(body)
         size = R.NEARBY_ENTRY.size
         drivers = []
         for i in range(min(count, (len(body) - R.OUT_NEARBY_HEAD.size) // size)):
             did, lat, lon = R.NEARBY_ENTRY.unpack_from(body, R.OUT_NEARBY_HEAD.size + i * size)
             drivers.append({"driver_id": id_str(did), "lat": lat, "lon": lon})
         msg = {"type": "nearby_drivers", "drivers": drivers, "ts": self._ts(real)}
-        self._deliver(role, to_id, msg, real, False)
+        self._deliver(to_conn, role, to_id, msg, real)
 
     def _engine_stats(self, body: memoryview) -> None:
         (_m, _real, _c, _w, _r, _id, online, available, active, created, matched, completed, p99) = (

@@ -1,17 +1,10 @@
-"""Who is connected: connections by id and by (role, app id), and per-recipient mailboxes.
+"""Who is connected: connections by id and by (role, app id).
 
-A `Mailbox` outlives the connection: it numbers the reliable messages of
-one recipient (`seq`, +1 each) and keeps the most recent ones so that a
-client reconnecting with `?last_seq=N` gets what it missed, in order.
-
-A mailbox's numbering starts at the wall clock in microseconds, not at 0: a
-sidecar that restarted (or a mailbox forgotten and created again) then numbers
-above anything the previous one handed out, so a client's `last_seq` from before
-is recognised as not resumable instead of being mistaken for a point in the new
-numbering. (Within a process that always holds; across a restart, as long as one
-recipient got fewer than a million reliable messages a second on average and the
-clock did not step back. µs since 1970 stay below 2**53, so JavaScript clients read
-them exactly.)
+The sidecar keeps no delivery state that matters: the engine numbers each recipient's
+reliable messages (`seq`, +1 each) and keeps the recent ones, so any worker, or a
+restarted sidecar, resumes any client. A `Connection` only remembers, in memory, the
+highest seq it delivered (`last_seq`): re-announced to an engine that (re)attaches, it
+lets the engine replay what it committed but never delivered here.
 """
 
 from __future__ import annotations
@@ -19,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -31,9 +23,6 @@ from sidecar.protocol import JSON, Format, encode
 from sidecar.records import Origin
 from sidecar.records import Role as WireRole
 
-REPLAY_DEPTH = 256  # reliable messages kept per recipient for resume
-MAX_MAILBOXES = 200_000  # least recently used mailboxes beyond this are forgotten
-
 WIRE_ROLE = {Role.DRIVER: WireRole.DRIVER, Role.PASSENGER: WireRole.PASSENGER, Role.ADMIN: WireRole.ADMIN}
 
 
@@ -41,53 +30,9 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-_highest_seq = 0  # the highest seq any mailbox of this process started at or handed out
-
-
-def seq_base() -> int:
-    """Where a new mailbox starts numbering: microseconds since the epoch (see the module doc),
-    and in any case above every seq this process has used, so a mailbox made again numbers on."""
-    global _highest_seq
-    _highest_seq = max(time.time_ns() // 1000, _highest_seq + 1)
-    return _highest_seq
-
-
-class Mailbox:
-    __slots__ = ("recent", "seq")
-
-    def __init__(self, base: int | None = None) -> None:
-        self.seq = seq_base() if base is None else base  # the latest seq handed out (none yet: the base)
-        self.recent: deque[dict[str, Any]] = deque(maxlen=REPLAY_DEPTH)
-
-    def stamp(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Numbers a reliable message and keeps it for replay."""
-        global _highest_seq
-        self.seq = seq = self.seq + 1
-        if seq > _highest_seq:
-            _highest_seq = seq
-        message["seq"] = seq
-        self.recent.append(message)
-        return message
-
-    def since(self, last_seq: int) -> list[dict[str, Any]] | None:
-        """The messages after `last_seq`, or None when they cannot be replayed.
-
-        None (not resumable: the caller sends a snapshot instead) when some are no longer
-        held, and when `last_seq` is ahead of this mailbox: a number this mailbox never
-        handed out comes from an earlier sidecar or an earlier, forgotten mailbox.
-        """
-        if last_seq == self.seq:
-            return []
-        if last_seq > self.seq:
-            return None
-        if not self.recent or self.recent[0]["seq"] > last_seq + 1:
-            return None
-        return [m for m in self.recent if m["seq"] > last_seq]
-
-
 CLOSE_WAIT_S = 2.0  # how long a CLOSE we sent waits for the client's echo (RFC 6455 §7.1.1)
 CLOSE_GRACE_S = 10.0  # how long a closing connection may take to flush before it is aborted
-CLOSE_SLOW_READER = 4008  # the client stopped reading: what it missed waits in its mailbox (?last_seq)
+CLOSE_SLOW_READER = 4008  # the client stopped reading: what it missed waits in the engine (?last_seq)
 _CLOSE_CODES = {c.value: c for c in WSCloseCode}
 
 
@@ -98,20 +43,28 @@ class Connection:
     watermarks; above the high one picows calls `pause()`. While paused nothing is
     written: messages go to the `Outbox` (positions coalesced, reliable ones queued),
     and `resume()` sends them in order. A client that owes more than the outbox holds
-    is closed with 4008 by `on_overflow`; reliable messages are never dropped silently,
-    they stay in the mailbox for a resume.
+    is closed with 4008 by `on_overflow`; reliable messages are never dropped silently:
+    the engine keeps them for a resume with `?last_seq`.
+
+    Delivery state: `welcomed` turns true when the engine's SESSION_STATE for this
+    connection arrives and the welcome goes out; until then nothing else is delivered to
+    it (what the engine sent meanwhile is in the replay or the snapshot that follows the
+    SESSION_STATE). `last_seq` is the highest seq delivered (or the welcome's), None
+    before the welcome when the app gave no `?last_seq`.
     """
 
-    __slots__ = ("app_id", "closing", "conn_id", "fmt", "mailbox", "on_overflow", "origin", "outbox", "paused",
-                 "resync", "role", "topics", "transport")
+    __slots__ = ("app_id", "closing", "conn_id", "fmt", "last_seq", "on_overflow", "origin", "outbox", "paused",
+                 "resync", "role", "topics", "transport", "welcomed")
 
-    def __init__(self, conn_id: int, role: Role, app_id: str, fmt: Format, worker: int) -> None:
+    def __init__(self, conn_id: int, role: Role, app_id: str, fmt: Format, worker: int,
+                 last_seq: int | None = None) -> None:
         self.conn_id = conn_id
         self.role = role
         self.app_id = app_id
         self.fmt = fmt
         self.transport: WSTransport | None = None
-        self.mailbox: Mailbox | None = None
+        self.last_seq = last_seq
+        self.welcomed = False
         self.topics: frozenset[str] = frozenset()
         # The latest status / position / nearby record per type: what a restarted engine
         # needs to know about this connection, replayed after the session is re-announced.
@@ -156,7 +109,7 @@ class Connection:
     def close(self, code: int, reason: str) -> None:
         t = self.transport
         if self.outbox is not None:
-            self.outbox.pending.clear()  # reliable ones are in the mailbox; the rest is stale
+            self.outbox.pending.clear()  # reliable ones stay in the engine's history; the rest is stale
         if t is not None and not self.closing and not t.is_disconnected:
             self.closing = True
             t.send_close(_CLOSE_CODES.get(code, code), reason.encode())  # type: ignore[arg-type]
@@ -192,18 +145,17 @@ def broadcast(conns: Iterable[Connection], message: dict[str, Any]) -> int:
 
 
 class Registry:
-    """Connections by conn id and by (role, app id); mailboxes by (role, app id)."""
+    """Connections by conn id and by (role, app id)."""
 
     def __init__(self, worker: int) -> None:
         self.worker = worker
         self._ids = itertools.count(1)
         self.by_conn: dict[int, Connection] = {}
         self.by_app: dict[tuple[Role, str], Connection] = {}
-        self.mailboxes: OrderedDict[tuple[Role, str], Mailbox] = OrderedDict()
         self.admins: set[Connection] = set()
 
-    def new(self, role: Role, app_id: str, fmt: Format) -> Connection:
-        return Connection(next(self._ids), role, app_id, fmt, self.worker)
+    def new(self, role: Role, app_id: str, fmt: Format, last_seq: int | None = None) -> Connection:
+        return Connection(next(self._ids), role, app_id, fmt, self.worker, last_seq)
 
     def add(self, conn: Connection, on_replaced: Callable[[Connection], None]) -> None:
         """Registers a connection; an older one with the same role and id is replaced."""
@@ -214,7 +166,6 @@ class Registry:
             on_replaced(old)
         self.by_conn[conn.conn_id] = conn
         self.by_app[key] = conn
-        conn.mailbox = self.mailbox(conn.role, conn.app_id)
         if conn.role is Role.ADMIN:
             self.admins.add(conn)
 
@@ -227,17 +178,6 @@ class Registry:
             del self.by_app[key]
         self.admins.discard(conn)
         return True
-
-    def mailbox(self, role: Role, app_id: str) -> Mailbox:
-        key = (role, app_id)
-        box = self.mailboxes.get(key)
-        if box is None:
-            box = self.mailboxes[key] = Mailbox()
-            if len(self.mailboxes) > MAX_MAILBOXES:
-                self.mailboxes.popitem(last=False)
-        else:
-            self.mailboxes.move_to_end(key)
-        return box
 
     def find(self, role: Role, app_id: str) -> Connection | None:
         return self.by_app.get((role, app_id))

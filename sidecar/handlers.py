@@ -40,8 +40,17 @@ COMMANDS = {
 }
 
 
+# The engine's answer to a ride_request whose id names another live request of the passenger.
+RIDE_ID_CONFLICT = "id: already used by this passenger for a different ride that is still active"
+
+
 def idempotency_key(passenger_id: str, request_id: str | int | None) -> int:
-    """A stable 64-bit key for (passenger, request id); 0 when there is no id."""
+    """A stable 64-bit key for (passenger, request id); 0 when there is no id.
+
+    The engine holds a key as long as its order is live: a retry gets the same order, the
+    same id with another pickup or dropoff gets `conflict`, and once the order has ended the
+    id is free again (a new session that starts counting at "r1" again never gets an old order).
+    """
     if request_id is None:
         return 0
     digest = hashlib.blake2b(f"{passenger_id}\0{request_id!r}".encode(), digest_size=8).digest()
@@ -79,10 +88,10 @@ class Handlers:
         self.stats.errors_sent += 1
         conn.send(out)
 
-    def _corr(self, conn: Connection, req: Request, always: bool = False) -> int:
+    def _corr(self, conn: Connection, req: Request, always: bool = False, conflict: str | None = None) -> int:
         if req.request_id is None and not always:
             return 0
-        return self.bridge.expect_reply(conn, req.request_id)
+        return self.bridge.expect_reply(conn, req.request_id, conflict)
 
     def _publish(self, type_: int, body: bytes, corr: int, latest_key: object = None) -> None:
         try:
@@ -116,7 +125,7 @@ class Handlers:
 
     def _ride_request(self, conn: Connection, req: Request) -> None:
         m: RideRequest = req.message  # type: ignore[assignment]
-        corr = self._corr(conn, req, always=True)
+        corr = self._corr(conn, req, always=True, conflict=RIDE_ID_CONFLICT)
         body = R.ride_request(conn.origin, time.monotonic_ns(), corr,
                               idempotency_key(conn.app_id, req.request_id), m.pickup, m.dropoff)
         self._publish(R.T.IN_RIDE_REQUEST, body, corr)

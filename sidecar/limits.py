@@ -17,8 +17,8 @@ connection (1008).
 Outbound, `Outbox` holds what a connection owes its client while the
 transport is paused (its write buffer is above the high-water mark):
 latest-wins messages are coalesced per (type, order), reliable ones queue up
-to a cap. Past the cap the connection must be closed (4008); the reliable
-messages stay in the recipient's mailbox for a resume with `?last_seq`.
+to a cap. Past the cap the connection must be closed (4008); the engine keeps
+the reliable messages for a resume with `?last_seq`.
 """
 
 from __future__ import annotations

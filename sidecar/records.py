@@ -35,6 +35,7 @@ class T(IntEnum):
     OUT_ESTIMATE_UPDATE = 105
     OUT_NEARBY_DRIVERS = 106
     OUT_ENGINE_STATS = 107
+    OUT_SESSION_STATE = 108
 
 
 class Role(IntEnum):
@@ -84,7 +85,8 @@ class Result(IntEnum):
 
 
 _META = "QQIHBx40s"  # dgdo_in_meta and dgdo_out_meta share one shape
-IN_SESSION = struct.Struct("<" + _META + "B7x")
+IN_SESSION = struct.Struct("<" + _META + "B7xQ")
+SESSION_HAS_LAST_SEQ = 0x01  # dgdo_in_session.flags: last_seq holds the app's ?last_seq
 IN_DRIVER_LOCATION = struct.Struct("<" + _META + "ddfff4x")
 IN_DRIVER_STATUS = struct.Struct("<" + _META + "B7x")
 IN_RIDE_REQUEST = struct.Struct("<" + _META + "Qdddd")
@@ -93,14 +95,16 @@ IN_NEARBY = struct.Struct("<" + _META + "dddB7x")
 
 OUT_META = struct.Struct("<" + _META)
 OUT_COMMAND_RESULT = struct.Struct("<" + _META + "QQB7x")
-OUT_ORDER_UPDATE = struct.Struct("<" + _META + "QBB6x40s40s")
-OUT_NEW_ORDER = struct.Struct("<" + _META + "Q40sddddddd")
-OUT_CANCEL_ORDER = struct.Struct("<" + _META + "QB7x")
+# Reliable records end with their seq (+1 per recipient, stamped by the engine).
+OUT_ORDER_UPDATE = struct.Struct("<" + _META + "QBB6x40s40sQ")
+OUT_NEW_ORDER = struct.Struct("<" + _META + "Q40sdddddddQ")
+OUT_CANCEL_ORDER = struct.Struct("<" + _META + "QB7xQ")
 OUT_DRIVER_POSITION = struct.Struct("<" + _META + "Q40sddff8x")
 OUT_ESTIMATE_UPDATE = struct.Struct("<" + _META + "Qdd")
 OUT_NEARBY_HEAD = struct.Struct("<" + _META + "I4x")
 NEARBY_ENTRY = struct.Struct("<40sdd")
 OUT_ENGINE_STATS = struct.Struct("<" + _META + "III4xQQQQ")
+OUT_SESSION = struct.Struct("<" + _META + "QB7x")
 
 _C_NAMES = {
     "dgdo_in_session": IN_SESSION,
@@ -118,6 +122,7 @@ _C_NAMES = {
     "dgdo_out_estimate_update": OUT_ESTIMATE_UPDATE,
     "dgdo_nearby_entry": NEARBY_ENTRY,
     "dgdo_out_engine_stats": OUT_ENGINE_STATS,
+    "dgdo_out_session": OUT_SESSION,
 }
 for _c_name, _s in _C_NAMES.items():
     if _s.size != ring.sizeof(_c_name):
@@ -147,9 +152,13 @@ class Origin:
     actor: bytes
 
 
-def session(origin: Origin, recv_ns: int, snapshot: bool = False) -> bytes:
-    """SESSION_OPEN / SESSION_CLOSE; `snapshot` asks the engine for the app's current orders."""
-    return IN_SESSION.pack(recv_ns, 0, origin.conn, origin.worker, origin.role, origin.actor, 1 if snapshot else 0)
+def session(origin: Origin, recv_ns: int, last_seq: int | None = None) -> bytes:
+    """SESSION_OPEN / SESSION_CLOSE. An open with `last_seq` (the highest seq the app has
+    processed) asks the engine to resume from there; without, it gets a snapshot."""
+    if last_seq is None:
+        return IN_SESSION.pack(recv_ns, 0, origin.conn, origin.worker, origin.role, origin.actor, 0, 0)
+    return IN_SESSION.pack(recv_ns, 0, origin.conn, origin.worker, origin.role, origin.actor,
+                           SESSION_HAS_LAST_SEQ, last_seq)
 
 
 def driver_location(

@@ -136,9 +136,11 @@ class App:
     def _on_engine_state(self, up: bool) -> None:
         self.bridge.admin_log("info" if up else "error", "engine attached" if up else "engine detached")
         if up:
-            # Tell a (possibly restarted) engine who is connected here.
+            # Tell a (possibly restarted) engine who is connected here, and how far each got: it
+            # replays what it committed but never delivered here (or sends a snapshot). Those
+            # already welcomed get no second welcome; those still waiting get theirs now.
             for conn in self.registry:
-                self._publish_session(conn, R.T.IN_SESSION_OPEN)
+                self._publish_session(conn, R.T.IN_SESSION_OPEN, conn.last_seq)
                 for type_, body in conn.resync.items():
                     with contextlib.suppress(EngineUnavailable, Overloaded):
                         self.link.publish(type_, body)
@@ -156,9 +158,9 @@ class App:
             self.bridge.admin_log("error", f"engine silent for over {self.settings.engine_timeout_s:g} s: "
                                            "unavailable, commands refused until it beats again")
 
-    def _publish_session(self, conn: Connection, type_: int, snapshot: bool = False) -> None:
+    def _publish_session(self, conn: Connection, type_: int, last_seq: int | None = None) -> None:
         with contextlib.suppress(EngineUnavailable, Overloaded):  # re-announced on attach
-            self.link.publish(type_, R.session(conn.origin, time.monotonic_ns(), snapshot))
+            self.link.publish(type_, R.session(conn.origin, time.monotonic_ns(), last_seq))
 
     # ---- handshake --------------------------------------------------------------
 
@@ -180,7 +182,7 @@ class App:
             return _http(http_status(e), e.message, extra_headers=extra)
         if claims is not None and r.role is Role.ADMIN:
             r = replace(r, app_id=claims.sub)
-        conn = self.registry.new(r.role, r.app_id, fmt)
+        conn = self.registry.new(r.role, r.app_id, fmt, r.last_seq)
         headers = {"Sec-WebSocket-Protocol": subprotocol} if subprotocol else None
         return WSUpgradeResponseWithListener(
             WSUpgradeResponse.create_101_response(extra_headers=headers), AppListener(self, conn, r)
@@ -246,18 +248,15 @@ class App:
     # ---- connection lifecycle --------------------------------------------------
 
     def connected(self, conn: Connection, r: WsRoute) -> None:
+        """Registers the connection and opens its session with the engine.
+
+        The welcome goes out when the engine answers (Bridge.welcome), followed by what the app
+        missed since its `?last_seq` or a snapshot. With no engine attached the connection waits
+        without a welcome: the session is opened when one attaches (_on_engine_state).
+        """
         self.registry.add(conn, on_replaced=self._replaced)
         self.stats.connections = len(self.registry)
-        box = conn.mailbox
-        assert box is not None
-        missed = box.since(r.last_seq) if r.last_seq is not None else None
-        welcome = {"type": "welcome", "role": conn.role.value, "id": conn.app_id,
-                   "resumed": missed is not None, "seq": box.seq, "ts": now_ms()}
-        conn.send(welcome)
-        for m in missed or ():
-            conn.send(m)
-        # Not resumed: the engine sends the current state of the app's orders instead.
-        self._publish_session(conn, R.T.IN_SESSION_OPEN, snapshot=missed is None)
+        self._publish_session(conn, R.T.IN_SESSION_OPEN, r.last_seq)
 
     def _replaced(self, old: Connection) -> None:
         old.close(CLOSE_REPLACED, "replaced by a newer connection")

@@ -33,7 +33,7 @@ from docschema import (
 )
 from wsclient import AppClient
 
-from sidecar import connections, events, limits, protocol, schema, server
+from sidecar import events, limits, protocol, schema, server
 from sidecar import records as R
 from sidecar.bridge import REASON_NAME, STATUS_NAME
 from sidecar.events import SCHEMAS, ClientError, ErrorCode, Role
@@ -45,6 +45,14 @@ WIRE_NAME = {"online": "status", "action": "type", "subscribe": "type"}
 
 
 # ---- what the code sends -------------------------------------------------------------
+
+
+def engine_config(field: str) -> str:
+    """A default of the engine's Config, read from its source (the engine is C++)."""
+    src = (ROOT / "engine" / "src" / "core" / "config.hpp").read_text()
+    m = re.search(rf"\b{field} = ([0-9.]+);", src)
+    assert m, f"no default for {field} in config.hpp"
+    return m.group(1)
 
 
 def code_sent_types() -> dict[str, str]:
@@ -316,7 +324,7 @@ def test_limits_in_protocol_md_are_the_codes_limits() -> None:
     assert f"1–{protocol.MAX_REQUEST_ID_LEN} characters" in md
     assert f"at most {events.MAX_REASON_BYTES} bytes" in md
     assert f"1…{events.MAX_NEARBY_RADIUS_M:g}" in md
-    assert f"last {connections.REPLAY_DEPTH} per recipient" in md
+    assert f"last {engine_config('history_depth')} per recipient" in md
     assert events.ID_RE.pattern.replace("{1,36}", "") in md
     assert f"{server.MAX_FRAME_BYTES // (1024 * 1024)} MiB" in md
     assert protocol.JSON.value in md and protocol.MSGPACK.value in md

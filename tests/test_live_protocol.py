@@ -448,21 +448,29 @@ async def test_resume_replays_missed_reliable_messages_in_order(stack: Stack) ->
     await d.close()
 
 
-async def test_resume_says_false_when_the_missed_messages_are_no_longer_held(stack: Stack) -> None:
-    from sidecar.connections import REPLAY_DEPTH
-
-    p = await AppClient.open(f"{stack.url}/ws/passenger/p1")
-    await p.expect("welcome")
-    for i in range(REPLAY_DEPTH // 2 + 1):  # searching + canceled: two reliable messages per ride
-        order = (await request(p, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF,
-                                   "id": f"r{i}"}))["order_id"]
-        await request(p, {"type": "order_cancel", "order_id": order, "id": f"c{i}"})
-    await p.expect("order_update", status="canceled", order_id=order)
-    await p.close()
-    back = await AppClient.open(f"{stack.url}/ws/passenger/p1?last_seq=1")
-    welcome = await back.expect("welcome")
-    assert welcome["resumed"] is False and welcome["seq"] >= REPLAY_DEPTH + 2
-    await back.close()
+async def test_resume_says_false_when_the_missed_messages_are_no_longer_held() -> None:
+    s = start_stack("--history-depth", "8")  # the engine keeps 8 per recipient (256 by default)
+    try:
+        p = await AppClient.open(f"{s.url}/ws/passenger/p1")
+        assert (await p.expect("welcome"))["seq"] == 0
+        orders = []
+        for i in range(5):  # searching + canceled: two reliable messages per ride, seqs 1..10
+            order = (await request(p, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF,
+                                       "id": f"r{i}"}))["order_id"]
+            await request(p, {"type": "order_cancel", "order_id": order, "id": f"c{i}"})
+            orders.append(order)
+        await p.expect("order_update", status="canceled", order_id=order)
+        await p.close()
+        back = await AppClient.open(f"{s.url}/ws/passenger/p1?last_seq=1")  # 2 is no longer held
+        welcome = await back.expect("welcome")
+        assert welcome["resumed"] is False and welcome["seq"] == 10
+        # The snapshot: every order that ended after seq 1, as new messages numbered on from 10.
+        ended = [await back.expect("order_update") for _ in orders]
+        assert [(m["order_id"], m["status"], m["seq"]) for m in ended] == [
+            (o, "canceled", 11 + i) for i, o in enumerate(orders)]
+        await back.close()
+    finally:
+        assert s.stop() == 0
 
 
 async def test_without_resume_the_app_gets_a_snapshot_of_its_live_orders(stack: Stack) -> None:
@@ -492,7 +500,7 @@ async def test_without_resume_the_app_gets_a_snapshot_of_its_live_orders(stack: 
 
 
 async def test_a_last_seq_ahead_of_the_server_is_not_resumable_and_gets_a_snapshot(stack: Stack) -> None:
-    # What an app sees after the sidecar restarted: it remembers a seq the new mailbox never handed out.
+    # What an app sees after an engine that lost its state: it remembers a seq this engine never handed out.
     d = await AppClient.open(f"{stack.url}/ws/driver/d1")
     await online_driver(d)
     p = await PicowsClient.open(f"{stack.url}/ws/passenger/p1")
@@ -506,9 +514,10 @@ async def test_a_last_seq_ahead_of_the_server_is_not_resumable_and_gets_a_snapsh
     ahead = accepted["seq"] + 1_000_000
     back = await AppClient.open(f"{stack.url}/ws/passenger/p1?last_seq={ahead}")
     welcome = await back.expect("welcome")
-    assert welcome["resumed"] is False and welcome["seq"] == accepted["seq"]
+    # Not resumable; the engine counts on from the app's number, so its seqs never go backwards.
+    assert welcome["resumed"] is False and welcome["seq"] == ahead
     snap = await back.expect("order_update", order_id=order)
-    assert (snap["status"], snap["driver_id"], snap["seq"]) == ("accepted", "d1", accepted["seq"] + 1)
+    assert (snap["status"], snap["driver_id"], snap["seq"]) == ("accepted", "d1", ahead + 1)
     await back.close()
 
     # Up to date: resumed with nothing to replay; the numbering carries on from where it was.
@@ -517,6 +526,4 @@ async def test_a_last_seq_ahead_of_the_server_is_not_resumable_and_gets_a_snapsh
     assert welcome["resumed"] is True and welcome["seq"] == snap["seq"]
     assert (await request(again, {"type": "ping", "id": "x"}, answer="pong"))["id"] == "x"
     assert not [m for m in again.seen if "seq" in m and m["type"] != "welcome"]  # nothing replayed
-    assert first["seq"] > 10**15  # numbering starts at the clock (µs), so a restart cannot go backwards
-    await again.close()
-    await d.close()
+    assert first["seq"] == 0  # a new passenger: numbering starts at 1 with its first message

@@ -133,38 +133,6 @@ def test_encode_matches_the_format() -> None:
     assert msgpack.unpackb(encode(m, MSGPACK)) == m
 
 
-# ---- resume numbering (connections.Mailbox) ------------------------------------------------------
-
-
-def test_a_mailbox_replays_what_is_held_and_refuses_numbers_it_never_handed_out() -> None:
-    from sidecar.connections import REPLAY_DEPTH, Mailbox
-
-    box = Mailbox(base=100)
-    assert box.since(100) == []  # up to date: resumed, nothing missed
-    for _ in range(3):
-        box.stamp({"type": "order_update"})
-    assert [m["seq"] for m in box.since(101) or []] == [102, 103]
-    assert box.since(103) == []
-    assert box.since(104) is None  # ahead: from an earlier sidecar or a forgotten mailbox -> snapshot
-    assert box.since(10**15) is None
-    assert box.since(50) is None  # before this mailbox's first number: not held
-    for _ in range(REPLAY_DEPTH):
-        box.stamp({"type": "order_update"})
-    assert box.since(101) is None  # fell out of the replay window
-
-
-def test_a_new_mailbox_numbers_above_what_an_earlier_one_reached() -> None:
-    from sidecar.connections import Mailbox
-
-    old = Mailbox()
-    for _ in range(1000):
-        old.stamp({"type": "order_update"})
-    new = Mailbox()  # the sidecar restarted, or the mailbox was forgotten and made again
-    assert new.seq > old.seq
-    assert new.since(old.seq) is None and new.since(5) is None
-    assert new.seq < 2**53  # exact in JavaScript numbers
-
-
 # ---- format choice (router.choose_format) ---------------------------------------------------------
 
 

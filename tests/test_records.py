@@ -39,6 +39,7 @@ PAIRS = {
     "dgdo_out_estimate_update": R.OUT_ESTIMATE_UPDATE,
     "dgdo_nearby_entry": R.NEARBY_ENTRY,
     "dgdo_out_engine_stats": R.OUT_ENGINE_STATS,
+    "dgdo_out_session": R.OUT_SESSION,
 }
 
 

@@ -9,7 +9,9 @@ Only the feed differs from the production sidecar: every received batch of
 engine records (the ring's own framing) goes to the same
 `Bridge.on_records()` -> registry lookup -> `encode()` -> picows send as the
 ring path. The engine link stays unattached (commands get
-engine_unavailable; the bench's clients only listen).
+engine_unavailable; the bench's clients only listen), so no engine answers a
+session open: each connection is welcomed at once, as the engine's
+SESSION_STATE would.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
@@ -28,6 +31,8 @@ from picows import ws_create_server
 
 from sidecar import lifetime
 from sidecar.engine_link import socket_address
+from sidecar.connections import Connection
+from sidecar.router import WsRoute
 from sidecar.server import MAX_FRAME_BYTES, App
 
 
@@ -116,6 +121,13 @@ async def main(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     app = App("/nonexistent/bench-no-engine.sock", worker=1)
+    connected = app.connected
+
+    def connected_and_welcomed(conn: Connection, r: WsRoute) -> None:
+        connected(conn, r)
+        app.bridge.welcome(conn, 0, False, time.time_ns() // 1_000_000)
+
+    app.connected = connected_and_welcomed  # type: ignore[method-assign]
     app.server = await ws_create_server(  # the arguments App.start() uses
         app.listener_factory, "127.0.0.1", args.port,
         enable_auto_ping=True, auto_ping_idle_timeout=30, auto_ping_reply_timeout=15,

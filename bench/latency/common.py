@@ -41,7 +41,8 @@ def passenger_id(i: int) -> str:
 def new_order(to_driver: str, commit_real_ns: int, commit_mono_ns: int) -> bytes:
     """A NEW_ORDER body, routed by role + id, whose order_id is the commit stamp."""
     meta = (commit_mono_ns, commit_real_ns, 0, 1, R.Role.DRIVER, to_driver.encode())
-    return R.OUT_NEW_ORDER.pack(*meta, commit_real_ns, b"bench-passenger", *PICKUP, *DROPOFF, 612.3, 165.0, 15.0)
+    return R.OUT_NEW_ORDER.pack(*meta, commit_real_ns, b"bench-passenger", *PICKUP, *DROPOFF, 612.3, 165.0, 15.0,
+                                commit_real_ns)
 
 
 def driver_position(to_passenger: str, commit_real_ns: int, commit_mono_ns: int) -> bytes:
@@ -51,6 +52,14 @@ def driver_position(to_passenger: str, commit_real_ns: int, commit_mono_ns: int)
 
 _STAMPS = struct.Struct("<QQ")  # dgdo_out_meta.commit_mono_ns, commit_real_ns
 _OID = struct.Struct("<Q")  # order_id, at body offset 64 in NEW_ORDER and DRIVER_POSITION
+NEW_ORDER_SEQ = R.OUT_NEW_ORDER.size - 8  # the seq, last in NEW_ORDER
+
+
+def session_state(open_body: bytes | memoryview) -> bytes:
+    """What the engine answers a SESSION_OPEN with, for a stand-in: not resumed, seq 0."""
+    _recv, _corr, conn, worker, role, actor, _flags, _last = R.IN_SESSION.unpack(open_body)
+    now = time.time_ns()
+    return R.OUT_SESSION.pack(time.monotonic_ns(), now, conn, worker, role, actor, 0, 0)
 
 
 def batch(offers: list[str], positions: list[str]) -> bytes:
@@ -65,14 +74,17 @@ def batch(offers: list[str], positions: list[str]) -> bytes:
     for d in offers:
         at.append(len(buf) + 8)
         frame(buf, R.T.OUT_NEW_ORDER, new_order(d, 0, 0))
+    n_offers = len(at)
     for p in positions:
         at.append(len(buf) + 8)
         frame(buf, R.T.OUT_DRIVER_POSITION, driver_position(p, 0, 0))
     mono, real = time.monotonic_ns(), time.time_ns()
     stamps, oid = _STAMPS.pack_into, _OID.pack_into
-    for off in at:
+    for i, off in enumerate(at):
         stamps(buf, off, mono, real)
         oid(buf, off + 64, real)
+        if i < n_offers:  # reliable: a seq that grows per driver, as the engine's does
+            oid(buf, off + NEW_ORDER_SEQ, real + i)
     return bytes(buf)
 
 

@@ -2,8 +2,8 @@
 
     fastapi_sidecar.py --endpoint ipc://@dgdo-x --port P
 
-It keeps the sidecar's logic (sidecar.bridge.Bridge, the Registry, its
-mailboxes and `encode()`); only the WebSocket layer is Starlette's over
+It keeps the sidecar's logic (sidecar.bridge.Bridge, the Registry and
+`encode()`); only the WebSocket layer is Starlette's over
 uvicorn (uvloop, `websockets` protocol) instead of picows. Each connection
 gets a transport adapter with the picows `send()` shape that queues frames
 for a writer task, the usual way to send from sync code in Starlette.
@@ -64,8 +64,7 @@ async def _serve(ws: WebSocket, role: Role, app_id: str) -> None:
     transport = QueueTransport(ws)
     conn.transport = transport  # type: ignore[assignment]
     registry.add(conn, on_replaced=lambda old: None)
-    conn.send({"type": "welcome", "role": role.value, "id": app_id, "resumed": False, "seq": conn.mailbox.seq,
-               "ts": time.time_ns() // 1_000_000})
+    bridge.welcome(conn, 0, False, time.time_ns() // 1_000_000)  # no engine here to answer the session
     writer = asyncio.get_running_loop().create_task(transport.writer())
     try:
         while True:

@@ -9,7 +9,9 @@ engine/src/loop/event_loop.cpp does: listens on the control socket, creates
 the two segments (memfds) with this run's epoch, passes them and two eventfds
 with SCM_RIGHTS, beats the out ring's producer heartbeat, then per batch
 writes records into the out ring and rings the worker's doorbell only when
-`dgdo_ring_producer_should_wake()` says it parked.
+`dgdo_ring_producer_should_wake()` says it parked. It answers each session
+open with a SESSION_STATE, as the engine does, so that the sidecar welcomes
+its apps.
 For the other transports the same batch bytes go out with one send per batch.
 
 Sockets named "@..." are Linux abstract names, as the engine's: with memfd
@@ -38,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 
 from sidecar import lifetime, ring
+from sidecar import records as R
 from sidecar.engine_link import (
     ATTACH,
     CTL_MAGIC,
@@ -112,12 +115,17 @@ class RingSender:
             fds[FD_IN_RING], fds[FD_OUT_RING] = segs[0].fd, segs[1].fd
             socket.send_fds(conn, [reply], fds)
             print(f"feeder: worker {worker} attached", file=sys.stderr, flush=True)
+            threading.Thread(target=self._answer_forever, daemon=True).start()
 
     @property
     def ready(self) -> bool:
         return self.producer is not None
 
     def send(self, data: bytes) -> None:
+        with self.lock:
+            self._write(data)
+
+    def _write(self, data: bytes | bytearray) -> None:
         p = self.producer
         assert p is not None
         buf = bytearray(data)
@@ -131,11 +139,27 @@ class RingSender:
                 time.sleep(0.0001)  # full ring: never drop, wait for the sidecar
 
     def idle(self) -> None:
-        """Drains what the sidecar sent the engine (session opens); the bench ignores it."""
-        c = self.consumer
-        if c is not None:
-            while c.drain():
-                pass
+        """Takes what the sidecar sent the engine: session opens are answered, the rest ignored."""
+        with self.lock:
+            c = self.consumer
+            if c is None:
+                return
+            answers = bytearray()
+            while n := c.drain():
+                view, off = c.buffer, 0
+                while off < n:
+                    length, type_ = ring.FRAME.unpack_from(view, off)
+                    if type_ == R.T.IN_SESSION_OPEN:
+                        body = view[off + ring.RECORD_HEADER : off + length]
+                        ring.frame(answers, R.T.OUT_SESSION_STATE, common.session_state(body))
+                    off += ring.aligned(length)
+            if answers:
+                self._write(answers)
+
+    def _answer_forever(self) -> None:
+        while True:  # a daemon thread: it ends with the process
+            self.idle()
+            time.sleep(0.002)
 
     def close(self) -> None:
         pass  # memfds and an abstract name: the kernel takes them back with the process

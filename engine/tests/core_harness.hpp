@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -119,12 +120,16 @@ struct Harness {
         return command(DGDO_ROLE_PASSENGER, p, order, cmd);
     }
 
+    // An open without last_seq is a first connect; with one, a resume.
     std::vector<OutRecord> session(bool open, uint8_t role, const std::string& actor, uint16_t worker, uint32_t conn,
-                                   bool snapshot = false) {
+                                   std::optional<uint64_t> last_seq = std::nullopt) {
         dgdo_in_session s;
         std::memset(&s, 0, sizeof s);
         s.meta = meta(role, actor, worker, conn);
-        s.snapshot = snapshot ? 1 : 0;
+        if (last_seq) {
+            s.flags = DGDO_SESSION_HAS_LAST_SEQ;
+            s.last_seq = *last_seq;
+        }
         if (open) return step(SessionOpen{s});
         return step(SessionClose{s});
     }
@@ -185,6 +190,24 @@ inline std::vector<uint8_t> statuses_to(const std::vector<OutRecord>& out, uint8
     std::vector<uint8_t> s;
     for (const auto& r : to_whom(out, DGDO_OUT_ORDER_UPDATE, role, id)) s.push_back(as<dgdo_out_order_update>(r).status);
     return s;
+}
+
+// The seq of each reliable record in `out` addressed to (role, id), in order.
+inline std::vector<uint64_t> seqs_to(const std::vector<OutRecord>& out, uint8_t role, const std::string& id) {
+    std::vector<uint64_t> s;
+    for (const auto& o : out) {
+        if (!Deliveries::reliable(o.type)) continue;
+        const auto m = as<dgdo_out_meta>(o);
+        if (m.to_role == role && id_str(m.to_id) == id) s.push_back(seq_of(o));
+    }
+    return s;
+}
+
+// The SESSION_STATE in `out` (there must be exactly one).
+inline dgdo_out_session session_state(const std::vector<OutRecord>& out) {
+    const auto st = of_type(out, DGDO_OUT_SESSION_STATE);
+    EXPECT_EQ(st.size(), 1u);
+    return st.empty() ? dgdo_out_session{} : as<dgdo_out_session>(st[0]);
 }
 
 }  // namespace dgdo::test

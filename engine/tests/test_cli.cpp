@@ -38,7 +38,8 @@ TEST(Cli, FlagsSetEveryDispatchTunable) {
     int code = -1;
     const auto o = parse({"--control", "/tmp/s", "--offer-timeout-s", "5", "--radius-m", "1000", "--wide-radius-m",
                           "4000", "--speed-kmh", "30", "--detour", "1.2", "--search-timeout-s", "20", "--matching",
-                          "batched", "--batch-window-s", "1.5", "--retention-s", "60", "--batch-candidates", "4"},
+                          "batched", "--batch-window-s", "1.5", "--retention-s", "60", "--batch-candidates", "4",
+                          "--history-depth", "32"},
                          &code);
     ASSERT_TRUE(o.has_value());
     EXPECT_EQ(o->core.offer_timeout_s, 5);
@@ -51,6 +52,7 @@ TEST(Cli, FlagsSetEveryDispatchTunable) {
     EXPECT_EQ(o->core.batch_window_s, 1.5);
     EXPECT_EQ(o->core.retention_s, 60);
     EXPECT_EQ(o->core.batch_candidates, 4u);
+    EXPECT_EQ(o->core.history_depth, 32u);
 }
 
 TEST(Cli, AbstractControlNameAndDieWithParent) {

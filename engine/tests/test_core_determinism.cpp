@@ -191,12 +191,15 @@ void record_and_replay_twice(Config cfg) {
             }
             case 5: now += (rng() % 30) * 100'000'000ull; feed(Tick{now}); break;
             case 9:
-            case 10: {  // apps connect and drop, on one of two workers, sometimes asking for a snapshot
+            case 10: {  // apps connect and drop, on one of two workers, sometimes resuming from a last_seq
                 const bool driver = rng() % 2;
                 dgdo_in_session e{};
                 e.meta = meta_source.meta(driver ? DGDO_ROLE_DRIVER : DGDO_ROLE_PASSENGER, driver ? d : p,
                                           static_cast<uint16_t>(1 + rng() % 2), 1 + rng() % 3);
-                e.snapshot = rng() % 2;
+                if (rng() % 2) {
+                    e.flags = DGDO_SESSION_HAS_LAST_SEQ;
+                    e.last_seq = rng() % 40;
+                }
                 if (rng() % 2)
                     feed(SessionOpen{e});
                 else

@@ -47,7 +47,8 @@ enum dgdo_event_type {
     DGDO_OUT_DRIVER_POSITION = 104,/* dgdo_out_driver_position */
     DGDO_OUT_ESTIMATE_UPDATE = 105,/* dgdo_out_estimate_update */
     DGDO_OUT_NEARBY_DRIVERS = 106, /* dgdo_out_nearby_drivers */
-    DGDO_OUT_ENGINE_STATS = 107    /* dgdo_out_engine_stats */
+    DGDO_OUT_ENGINE_STATS = 107,   /* dgdo_out_engine_stats */
+    DGDO_OUT_SESSION_STATE = 108   /* dgdo_out_session */
 };
 
 enum dgdo_role { DGDO_ROLE_NONE = 0, DGDO_ROLE_DRIVER = 1, DGDO_ROLE_PASSENGER = 2, DGDO_ROLE_ADMIN = 3 };
@@ -166,21 +167,29 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_meta) == 64, "dgdo_out_meta");
 
 /* ---- inbound ------------------------------------------------------------ */
 
+/* dgdo_in_session.flags */
+#define DGDO_SESSION_HAS_LAST_SEQ 0x01u /* last_seq holds the app's ?last_seq */
+
 /*
- * SESSION_OPEN / SESSION_CLOSE, 72 bytes:
+ * SESSION_OPEN / SESSION_CLOSE, 80 bytes:
  *    0 meta        64    role, actor, conn, worker
- *   64 snapshot    u8    OPEN only: 1 = the app could not resume from its mailbox; send the
- *                        current state of its orders (ORDER_UPDATE, and NEW_ORDER for an
- *                        open offer) as fresh reliable messages
+ *   64 flags       u8    OPEN only: DGDO_SESSION_HAS_LAST_SEQ
  *   65 pad_[7]
+ *   72 last_seq    u64   OPEN only, with the flag: the highest seq the app has processed
+ *
+ * The engine answers every OPEN with a SESSION_STATE to the opening connection and decides
+ * resume vs snapshot itself: the reliable messages after last_seq if it still holds them all,
+ * else the current state of the actor's orders (and, with last_seq, of those that ended since).
  */
 typedef struct dgdo_in_session {
     dgdo_in_meta meta;
-    uint8_t snapshot;
+    uint8_t flags;
     uint8_t pad_[7];
+    uint64_t last_seq;
 } dgdo_in_session;
-DGDO_EV_STATIC_ASSERT(offsetof(dgdo_in_session, snapshot) == 64, "snapshot");
-DGDO_EV_STATIC_ASSERT(sizeof(dgdo_in_session) == 72, "dgdo_in_session");
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_in_session, flags) == 64, "flags");
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_in_session, last_seq) == 72, "last_seq");
+DGDO_EV_STATIC_ASSERT(sizeof(dgdo_in_session) == 80, "dgdo_in_session");
 
 /*
  * DRIVER_LOCATION, 96 bytes:
@@ -296,7 +305,10 @@ DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_command_result, status) == 80, "status")
 DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_command_result) == 88, "dgdo_out_command_result");
 
 /*
- * ORDER_UPDATE, 160 bytes (to the passenger or the driver of the order):
+ * Reliable records (ORDER_UPDATE, NEW_ORDER, CANCEL_ORDER) end with `seq`: +1 per recipient
+ * (role, id), stamped by the engine, which keeps the recent ones for resume.
+ *
+ * ORDER_UPDATE, 168 bytes (to the passenger or the driver of the order):
  *    0 meta        64
  *   64 order_id    u64
  *   72 status      u8     enum dgdo_order_status
@@ -304,6 +316,7 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_command_result) == 88, "dgdo_out_command_r
  *   74 pad_[6]
  *   80 driver_id   id     empty until assigned
  *  120 passenger_id id
+ *  160 seq         u64
  */
 typedef struct dgdo_out_order_update {
     dgdo_out_meta meta;
@@ -313,16 +326,18 @@ typedef struct dgdo_out_order_update {
     uint8_t pad_[6];
     dgdo_id driver_id;
     dgdo_id passenger_id;
+    uint64_t seq;
 } dgdo_out_order_update;
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_order_update, order_id) == 64, "order_id");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_order_update, status) == 72, "status");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_order_update, reason) == 73, "reason");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_order_update, driver_id) == 80, "driver_id");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_order_update, passenger_id) == 120, "passenger_id");
-DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_order_update) == 160, "dgdo_out_order_update");
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_order_update, seq) == 160, "seq");
+DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_order_update) == 168, "dgdo_out_order_update");
 
 /*
- * NEW_ORDER (an offer to one driver), 168 bytes:
+ * NEW_ORDER (an offer to one driver), 176 bytes:
  *    0 meta          64
  *   64 order_id      u64
  *   72 passenger_id  id
@@ -331,6 +346,7 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_order_update) == 160, "dgdo_out_order_upda
  *  144 distance_m    f64   driver -> pickup
  *  152 eta_s         f64   driver -> pickup
  *  160 expires_in_s  f64
+ *  168 seq           u64
  */
 typedef struct dgdo_out_new_order {
     dgdo_out_meta meta;
@@ -341,6 +357,7 @@ typedef struct dgdo_out_new_order {
     double distance_m;
     double eta_s;
     double expires_in_s;
+    uint64_t seq;
 } dgdo_out_new_order;
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_new_order, order_id) == 64, "order_id");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_new_order, passenger_id) == 72, "passenger_id");
@@ -349,19 +366,22 @@ DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_new_order, dropoff) == 128, "dropoff");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_new_order, distance_m) == 144, "distance_m");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_new_order, eta_s) == 152, "eta_s");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_new_order, expires_in_s) == 160, "expires_in_s");
-DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_new_order) == 168, "dgdo_out_new_order");
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_new_order, seq) == 168, "seq");
+DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_new_order) == 176, "dgdo_out_new_order");
 
-/* CANCEL_ORDER (offer withdrawn / order canceled, to a driver), 80 bytes:
- *    0 meta 64; 64 order_id u64; 72 reason u8 (enum dgdo_reason); 73 pad_[7] */
+/* CANCEL_ORDER (offer withdrawn / order canceled, to a driver), 88 bytes:
+ *    0 meta 64; 64 order_id u64; 72 reason u8 (enum dgdo_reason); 73 pad_[7]; 80 seq u64 */
 typedef struct dgdo_out_cancel_order {
     dgdo_out_meta meta;
     uint64_t order_id;
     uint8_t reason;
     uint8_t pad_[7];
+    uint64_t seq;
 } dgdo_out_cancel_order;
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_cancel_order, order_id) == 64, "order_id");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_cancel_order, reason) == 72, "reason");
-DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_cancel_order) == 80, "dgdo_out_cancel_order");
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_cancel_order, seq) == 80, "seq");
+DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_cancel_order) == 88, "dgdo_out_cancel_order");
 
 /*
  * DRIVER_POSITION (the assigned driver's position, to its passenger), 144 bytes:
@@ -455,6 +475,25 @@ DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, drivers_online) == 64, "dr
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, orders_created) == 80, "orders_created");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, match_p99_ns) == 104, "match_p99_ns");
 DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_engine_stats) == 112, "dgdo_out_engine_stats");
+
+/*
+ * SESSION_STATE (the answer to every SESSION_OPEN, to the opening connection), 80 bytes:
+ *    0 meta        64    to_conn = the opening connection, to_worker, to_role, to_id
+ *   64 seq         u64   the recipient's latest seq at the open, before anything replayed
+ *                        or snapshotted (the app's welcome.seq)
+ *   72 resumed     u8    1: the reliable messages after last_seq follow (original bytes and
+ *                        seqs), or none were missed; 0: a snapshot follows (fresh seqs)
+ *   73 pad_[7]
+ */
+typedef struct dgdo_out_session {
+    dgdo_out_meta meta;
+    uint64_t seq;
+    uint8_t resumed;
+    uint8_t pad_[7];
+} dgdo_out_session;
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_session, seq) == 64, "seq");
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_session, resumed) == 72, "resumed");
+DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_session) == 80, "dgdo_out_session");
 
 #ifdef __cplusplus
 }

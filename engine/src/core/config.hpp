@@ -43,7 +43,10 @@ struct Config {
     // At most this many retries per tick; the rest stay due for the next tick, oldest due
     // first. Bounds a tick after a burst of failures (a retry in an empty area scans ~7 km).
     uint32_t retries_per_tick = 200;
-    double retention_s = 3600.0;       // finished orders (and their idempotency keys) are forgotten after this
+    double retention_s = 3600.0;       // finished orders are forgotten after this
+    // Reliable messages kept per recipient for resume (?last_seq). A recipient's history is
+    // dropped once none of its orders is live or within retention_s (core/delivery.hpp).
+    uint32_t history_depth = 256;
     double cell_m = 250.0;             // grid index cell edge
     double ref_lat = 38.56;            // latitude where cells are cell_m wide (Dushanbe)
 };

@@ -58,6 +58,9 @@ void put_id(dgdo_id& dst, const std::string& src) {
     std::memcpy(dst.chars, src.data(), std::min(src.size(), static_cast<size_t>(DGDO_ID_MAX)));
 }
 
+// A retried request carries the very numbers it carried the first time.
+bool same_point(dgdo_point a, dgdo_point b) { return a.lat == b.lat && a.lon == b.lon; }
+
 template <class T>
 T blank() {
     T rec;
@@ -91,7 +94,9 @@ std::optional<InputEvent> decode_inbound(int32_t type, const uint8_t* body, uint
 }
 
 Core::Core(Config cfg, std::unique_ptr<DriverIndex> index)
-    : cfg_(cfg), index_(index ? std::move(index) : std::make_unique<GridIndex>(cfg.cell_m, cfg.ref_lat)) {}
+    : cfg_(cfg),
+      index_(index ? std::move(index) : std::make_unique<GridIndex>(cfg.cell_m, cfg.ref_lat)),
+      delivery_(cfg.history_depth) {}
 
 void Core::apply(const InputEvent& ev, std::vector<OutRecord>& out) {
     out_ = &out;
@@ -173,7 +178,7 @@ void Core::on(const SessionOpen& e) {
     reply(m, DGDO_RESULT_OK);
     const std::string who = id.value_or(std::string());
     sessions_[{m.role, who}] = Session{m.worker, m.conn, true};
-    if (e.rec.snapshot) snapshot(m.role, who);
+    resume(e.rec, who);
     if (m.role != DGDO_ROLE_DRIVER) return;
     Driver& d = driver(who);
     if (!d.connected) {
@@ -184,8 +189,59 @@ void Core::on(const SessionOpen& e) {
     }
 }
 
-// An app that could not resume gets the state of what it is part of, as fresh messages.
-void Core::snapshot(uint8_t role, const std::string& who) {
+// Answers an open: SESSION_STATE (the app's welcome), then, to the opening connection,
+//  * with last_seq == the latest seq: nothing more (resumed);
+//  * with every record after last_seq still held: those records, original bytes and seqs (resumed);
+//  * otherwise: a snapshot as fresh reliable records (not resumed): the final record of each of
+//    the actor's orders that ended after last_seq (a completed is never silently lost), then
+//    its live orders. Without last_seq, the live orders only.
+// A last_seq ahead of the counter is a number this engine never handed out (its state was
+// lost): numbering goes on above it, so the app's seqs keep growing, and every ended order
+// still retained is included.
+void Core::resume(const dgdo_in_session& s, const std::string& who) {
+    const dgdo_in_meta& m = s.meta;
+    const Deliveries::Key key{m.role, who};
+    const bool has_last = (s.flags & DGDO_SESSION_HAS_LAST_SEQ) != 0;
+    std::vector<OutRecord> missed;
+    const bool resumed = has_last && delivery_.since(key, s.last_seq, missed);
+    uint64_t ended_after = s.last_seq;
+    if (has_last && s.last_seq > delivery_.latest(key)) {
+        delivery_.raise(key, s.last_seq);
+        ended_after = 0;
+    }
+    auto st = blank<dgdo_out_session>();
+    st.meta = to(m.role, who);
+    st.meta.to_conn = m.conn;
+    st.seq = delivery_.latest(key);
+    st.resumed = resumed ? 1 : 0;
+    emit(DGDO_OUT_SESSION_STATE, st);
+    const size_t first = out_->size();
+    if (resumed) {
+        for (OutRecord& r : missed) out_->push_back(std::move(r));
+    } else {
+        snapshot(m.role, who, has_last, ended_after);
+    }
+    for (size_t i = first; i < out_->size(); ++i) {  // to this connection, wherever the app was before
+        dgdo_out_meta meta;
+        std::memcpy(&meta, (*out_)[i].body.data(), sizeof meta);
+        meta.to_conn = m.conn;
+        meta.to_worker = m.worker;
+        std::memcpy((*out_)[i].body.data(), &meta, sizeof meta);
+    }
+}
+
+// The state of what the app is part of, as fresh reliable records.
+void Core::snapshot(uint8_t role, const std::string& who, bool with_ended, uint64_t ended_after) {
+    if (with_ended) {
+        std::vector<OutRecord> again;
+        delivery_.ended_since({role, who}, ended_after, again);
+        for (OutRecord& r : again) {
+            const dgdo_out_meta meta = to(role, who);
+            std::memcpy(r.body.data(), &meta, sizeof meta);
+            delivery_.stamp(r);
+            out_->push_back(std::move(r));
+        }
+    }
     if (role == DGDO_ROLE_PASSENGER) {
         auto it = live_by_passenger_.find(who);
         if (it == live_by_passenger_.end()) return;
@@ -231,7 +287,7 @@ void Core::learn_route(const dgdo_in_meta& m) {
 }
 
 void Core::close_session(const SessionKey& key) {
-    sessions_[key].open = false;  // keep the worker: the sidecar holds missed messages for resume
+    sessions_[key].open = false;  // keep the worker: the best route if the app comes back there
     if (key.first == DGDO_ROLE_PASSENGER) nearby_.erase(key.second);
     if (key.first != DGDO_ROLE_DRIVER) return;
     Driver& d = driver(key.second);
@@ -412,9 +468,14 @@ void Core::on(const dgdo_in_ride_request& e) {
     if (uint8_t r = check_actor(e.meta, DGDO_ROLE_PASSENGER)) return reply(e.meta, r);
     if (!valid_point(e.pickup) || !valid_point(e.dropoff)) return reply(e.meta, DGDO_RESULT_BAD_MESSAGE);
     const std::string passenger = actor_of(e.meta);
-    if (e.idem_key != 0) {
+    if (e.idem_key != 0) {  // a retry of a live request: the same order; the key names nothing else
         auto it = idem_.find({passenger, e.idem_key});
-        if (it != idem_.end()) return reply(e.meta, DGDO_RESULT_OK, it->second);
+        if (it != idem_.end()) {
+            const Order& o = orders_.at(it->second);
+            if (same_point(o.pickup, e.pickup) && same_point(o.dropoff, e.dropoff))
+                return reply(e.meta, DGDO_RESULT_OK, o.id);
+            return reply(e.meta, DGDO_RESULT_CONFLICT);  // the id is in use by a different live request
+        }
     }
     const uint64_t id = next_order_id_++;
     Order& o = orders_[id];
@@ -701,8 +762,14 @@ void Core::solve_batch(const std::vector<BatchRow>& rows) {
     }
 }
 
+// Idempotency keys are scoped to the live order: once it ends, the same request id is a new
+// request (a new session reusing "r1" never gets an old, finished order back).
 void Core::finish(Order& o) {
     clear_search_timers(o);
+    if (o.idem_key != 0) {
+        auto k = idem_.find({o.passenger, o.idem_key});
+        if (k != idem_.end() && k->second == o.id) idem_.erase(k);
+    }
     o.finished_ns = now_;
     finished_.emplace_back(now_, o.id);
     auto live = live_by_passenger_.find(o.passenger);
@@ -710,8 +777,8 @@ void Core::finish(Order& o) {
         live_by_passenger_.erase(live);
 }
 
-// Finished orders and their idempotency keys are kept retention_s, then forgotten:
-// later commands on them are not_found, and the same key makes a new order.
+// Finished orders are kept retention_s, then forgotten: later commands on them are not_found,
+// and their delivery state goes (final records; idle recipients' history).
 void Core::prune_finished() {
     const uint64_t keep = ns(cfg_.retention_s);
     while (!finished_.empty() && finished_.front().first + keep <= now_) {
@@ -719,12 +786,8 @@ void Core::prune_finished() {
         finished_.pop_front();
         auto it = orders_.find(id);
         if (it == orders_.end()) continue;
-        const Order& o = it->second;
-        if (o.idem_key != 0) {
-            auto k = idem_.find({o.passenger, o.idem_key});
-            if (k != idem_.end() && k->second == id) idem_.erase(k);
-        }
         orders_.erase(it);
+        delivery_.forget_order(id);
     }
 }
 
@@ -879,6 +942,7 @@ void Core::order_update(const Order& o, uint8_t role, const std::string& id, uin
     put_id(u.driver_id, o.driver);
     put_id(u.passenger_id, o.passenger);
     emit(DGDO_OUT_ORDER_UPDATE, u);
+    if (is_terminal(o.state)) delivery_.keep_final(out_->back());  // the order's last word to this one
 }
 
 void Core::update_both(const Order& o, uint8_t reason) {
@@ -892,6 +956,7 @@ void Core::cancel_order(const Order& o, const std::string& driver_id, uint8_t re
     c.order_id = o.id;
     c.reason = reason;
     emit(DGDO_OUT_CANCEL_ORDER, c);
+    delivery_.keep_final(out_->back());  // the end of this driver's part in the order
 }
 
 void Core::new_order(const Order& o, const Candidate& c) {
@@ -908,10 +973,12 @@ void Core::new_order(const Order& o, const Candidate& c) {
     emit(DGDO_OUT_NEW_ORDER, n);
 }
 
+// Reliable records get their recipient's next seq here, and a copy is kept for resume.
 template <class T>
 void Core::emit(int32_t type, const T& rec, size_t len) {
     OutRecord r{type, std::vector<uint8_t>(len)};
     std::memcpy(r.body.data(), &rec, len);
+    if (Deliveries::reliable(type)) delivery_.stamp(r);
     out_->push_back(std::move(r));
 }
 

@@ -5,9 +5,11 @@
 // so the same input sequence always yields the same output bytes.
 //
 // What each input produces (a COMMAND_RESULT first whenever meta.corr != 0):
-//   SESSION_OPEN/CLOSE  routing; a driver's close starts the grace timer; an open with
-//                       snapshot set: ORDER_UPDATE for each of the actor's live orders
-//                       (and NEW_ORDER for a driver's open offer)
+//   SESSION_OPEN/CLOSE  routing; a driver's close starts the grace timer. Every open: SESSION_STATE
+//                       to the opening connection, then (see resume()) the reliable records after
+//                       its last_seq, or a snapshot: the final record of each of the actor's orders
+//                       that ended since last_seq, ORDER_UPDATE for each live one (and NEW_ORDER
+//                       for a driver's open offer)
 //   DRIVER_LOCATION     first one after an accept: ORDER_UPDATE arriving to both sides; then
 //                       DRIVER_POSITION (+ throttled ESTIMATE_UPDATE) to the passenger of its trip
 //   DRIVER_STATUS       online: may trigger NEW_ORDER; offline: withdraws its offer
@@ -27,6 +29,9 @@
 // wide_radius_m) decides every offer at once, in solves of at most
 // batch_max_orders; the unmatched wait for the next.
 //   WorkerDetached      SESSION_CLOSE for every session on that worker
+//
+// Reliable records (ORDER_UPDATE, NEW_ORDER, CANCEL_ORDER) carry a seq per recipient and are
+// kept for resume in delivery_ (core/delivery.hpp), as deterministic as the rest.
 #pragma once
 
 #include <cstdint>
@@ -42,11 +47,13 @@
 #include <vector>
 
 #include "core/config.hpp"
+#include "core/delivery.hpp"
 #include "core/driver_index.hpp"
 #include "core/id_table.hpp"
 #include "core/insertion_map.hpp"
 #include "core/order.hpp"
 #include "core/trace.hpp"
+#include "core/out_record.hpp"
 #include "dgdo/events.h"
 
 namespace dgdo {
@@ -66,12 +73,6 @@ struct SessionClose {
 
 using InputEvent = std::variant<SessionOpen, SessionClose, dgdo_in_driver_location, dgdo_in_driver_status,
                                 dgdo_in_ride_request, dgdo_in_order_command, dgdo_in_nearby, Tick, WorkerDetached>;
-
-// An outbound ring record: type from enum dgdo_event_type, body the events.h struct.
-struct OutRecord {
-    int32_t type;
-    std::vector<uint8_t> body;
-};
 
 // Decodes one inbound ring record; nullopt for an unknown type or a body whose
 // length is not exactly the struct's size.
@@ -116,6 +117,7 @@ public:
     uint64_t now_ns() const { return now_; }
     std::size_t order_count() const { return orders_.size(); }
     std::size_t idem_count() const { return idem_.size(); }
+    const Deliveries& deliveries() const { return delivery_; }
     const Config& config() const { return cfg_; }
     uint64_t next_order_id() const { return next_order_id_; }
 
@@ -152,7 +154,8 @@ private:
     using Timer = std::pair<uint64_t, uint64_t>;         // (deadline ns, order id)
 
     void on(const SessionOpen& e);
-    void snapshot(uint8_t role, const std::string& who);
+    void resume(const dgdo_in_session& s, const std::string& who);
+    void snapshot(uint8_t role, const std::string& who, bool with_ended, uint64_t ended_after);
     void on(const SessionClose& e);
     void on(const dgdo_in_driver_location& e);
     void on(const dgdo_in_driver_status& e);
@@ -225,6 +228,7 @@ private:
 
     Config cfg_;
     std::unique_ptr<DriverIndex> index_;
+    Deliveries delivery_;  // seq and history of reliable records, per recipient
     std::vector<OutRecord>* out_ = nullptr;
     uint64_t now_ = 0;
     bool ticked_ = false;
@@ -239,7 +243,7 @@ private:
     std::map<std::string, std::set<uint64_t>> live_by_passenger_;  // orders not yet terminal, for snapshots
     std::map<uint64_t, dgdo_point> searching_;  // orders in Searching with no offer out -> pickup
     std::vector<Driver*> freed_;                 // became available during this apply(), in that order
-    std::map<std::pair<std::string, uint64_t>, uint64_t> idem_;  // (passenger, idem_key) -> order
+    std::map<std::pair<std::string, uint64_t>, uint64_t> idem_;  // (passenger, idem_key) -> live order
     InsertionMap<SessionKey, Session, SessionKeyHash> sessions_;  // never erased; iterates in first-seen order
     std::map<std::string, NearbySub> nearby_;
     std::set<Timer> offer_timers_;

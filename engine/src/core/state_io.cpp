@@ -176,7 +176,7 @@ void Core::save(std::string& out) const {
         put_str(out, id);
     }
     put_timers(out, finished_);
-    // H2: delivery_.save(out);  (reliable-delivery state: seqs and history per recipient)
+    delivery_.save(out);  // reliable-delivery state: seqs and history per recipient
 }
 
 bool Core::load(const uint8_t* data, size_t len) {
@@ -295,7 +295,7 @@ bool Core::load(const uint8_t* data, size_t len) {
         if (!get(p, end, at) || !get(p, end, id)) return false;
         finished_.emplace_back(at, id);
     }
-    // H2: if (!delivery_.load(p, end)) return false;
+    if (!delivery_.load(p, end)) return false;
     if (p != end) return false;
     // Every reference the core follows with .at() must resolve: a loaded core never throws later.
     for (const Driver& d : drivers_)

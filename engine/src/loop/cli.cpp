@@ -43,7 +43,8 @@ constexpr const char* kUsage =
     "  --batch-candidates N    batched mode: nearest drivers considered per order (default 8)\n"
     "  --batch-max-orders N    batched mode: orders per min-cost solve; more are split (default 128)\n"
     "  --retry-interval-s S    how often a waiting order looks again for drivers (default 1)\n"
-    "  --retention-s S         finished orders and idempotency keys kept this long (default 3600)\n"
+    "  --retention-s S         finished orders kept this long (default 3600)\n"
+    "  --history-depth N       reliable messages kept per recipient for resume (default 256)\n"
     "  --cell-m M              spatial grid cell edge (default 250)\n"
     "  --state-dir DIR         journal and snapshots live here; recovered at start (default: none,\n"
     "                          which runs without a journal: a restart loses every order)\n"
@@ -165,6 +166,10 @@ std::string apply_setting(Options& o, const std::string& raw_key, const std::str
         uint64_t n = 0;
         if (!parse_u64(v, &n) || n == 0 || n > 64) return "--batch-candidates must be 1..64: " + value;
         o.core.batch_candidates = static_cast<uint32_t>(n);
+    } else if (key == "history-depth") {
+        uint64_t n = 0;
+        if (!parse_u64(v, &n) || n > 65536) return "--history-depth must be 0..65536: " + value;
+        o.core.history_depth = static_cast<uint32_t>(n);
     } else if (key == "batch-max-orders") {
         uint64_t n = 0;
         if (!parse_u64(v, &n) || n == 0 || n > 4096) return "--batch-max-orders must be 1..4096: " + value;

@@ -1,0 +1,389 @@
+#include "core/delivery.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace dgdo {
+
+namespace {
+
+// Where the seq sits in each reliable record (the order id is at 64 in all three).
+size_t seq_offset(int32_t type) {
+    switch (type) {
+    case DGDO_OUT_ORDER_UPDATE: return offsetof(dgdo_out_order_update, seq);
+    case DGDO_OUT_NEW_ORDER: return offsetof(dgdo_out_new_order, seq);
+    case DGDO_OUT_CANCEL_ORDER: return offsetof(dgdo_out_cancel_order, seq);
+    default: return 0;
+    }
+}
+static_assert(offsetof(dgdo_out_order_update, order_id) == 64 && offsetof(dgdo_out_new_order, order_id) == 64 &&
+              offsetof(dgdo_out_cancel_order, order_id) == 64);
+static_assert(sizeof(dgdo_out_order_update) <= sizeof(dgdo_out_new_order) &&
+              sizeof(dgdo_out_cancel_order) <= sizeof(dgdo_out_new_order));  // Held's slot fits all three
+constexpr size_t kOrderOffset = 64;
+
+uint64_t read_u64(const uint8_t* body, size_t len, size_t off) {
+    uint64_t v = 0;
+    if (off + sizeof v <= len) std::memcpy(&v, body + off, sizeof v);
+    return v;
+}
+
+// The recipient of a record, as (role, id key): read in place, no string.
+std::pair<uint8_t, IdKey> recipient(const uint8_t* body) {
+    const uint8_t role = body[offsetof(dgdo_out_meta, to_role)];
+    const char* id = reinterpret_cast<const char*>(body + offsetof(dgdo_out_meta, to_id));
+    return {role, IdKey::of(id, strnlen(id, DGDO_ID_MAX))};
+}
+
+IdKey key_of(const std::string& id) { return IdKey::of(id.data(), std::min<size_t>(id.size(), DGDO_ID_MAX)); }
+
+// ---- save / load encoding: little-endian whatever the host ----
+
+constexpr uint32_t kMagic = 0x4C444744;  // "DGDL"
+constexpr uint32_t kVersion = 1;
+
+void put(std::string& out, uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+}
+void put_key(std::string& out, const Deliveries::Key& k) {
+    put(out, k.first, 1);
+    put(out, k.second.size(), 1);
+    out.append(k.second);
+}
+
+struct Reader {
+    const uint8_t* p;
+    const uint8_t* end;
+    bool ok = true;
+    uint64_t get(int bytes) {
+        if (!ok || end - p < bytes) {
+            ok = false;
+            return 0;
+        }
+        uint64_t v = 0;
+        for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
+        p += bytes;
+        return v;
+    }
+    bool key(Deliveries::Key& k) {
+        k.first = static_cast<uint8_t>(get(1));
+        const uint64_t n = get(1);
+        if (!ok || n > DGDO_ID_MAX || static_cast<uint64_t>(end - p) < n) return ok = false;
+        k.second.assign(reinterpret_cast<const char*>(p), n);
+        p += n;
+        return true;
+    }
+    // A count, refused when it could not fit in what is left (each item takes at least `min` bytes).
+    bool count(uint64_t& n, size_t min) {
+        n = get(4);
+        return ok = ok && n <= static_cast<uint64_t>(end - p) / min;
+    }
+};
+
+}  // namespace
+
+uint64_t seq_of(const OutRecord& rec) {
+    const size_t off = seq_offset(rec.type);
+    return off == 0 ? 0 : read_u64(rec.body.data(), rec.body.size(), off);
+}
+
+bool Deliveries::reliable(int32_t type) { return seq_offset(type) != 0; }
+
+// ---- Held ------------------------------------------------------------------------
+
+Deliveries::Held Deliveries::Held::of(const OutRecord& r) {
+    Held h;
+    h.type = r.type;
+    h.len = static_cast<uint32_t>(std::min(r.body.size(), h.bytes.size()));
+    std::memcpy(h.bytes.data(), r.body.data(), h.len);
+    return h;
+}
+
+OutRecord Deliveries::Held::record() const { return OutRecord{type, std::vector<uint8_t>(bytes.begin(), bytes.begin() + len)}; }
+
+uint64_t Deliveries::Held::seq() const { return read_u64(bytes.data(), len, seq_offset(type)); }
+
+bool Deliveries::Held::operator==(const Held& o) const {
+    return type == o.type && len == o.len && std::equal(bytes.begin(), bytes.begin() + len, o.bytes.begin());
+}
+
+// ---- numbering and keeping ----------------------------------------------------------
+
+Deliveries::Key Deliveries::Box::key() const {
+    return {role, std::string(reinterpret_cast<const char*>(id.w), id.len)};
+}
+
+uint32_t Deliveries::find(uint8_t role, const IdKey& id) const {
+    return index_.find(hash(role, id), [&](uint32_t v) { return boxes_[v].role == role && boxes_[v].id == id; });
+}
+
+const Deliveries::Box* Deliveries::find(const Key& k) const {
+    const uint32_t i = find(k.first, key_of(k.second));
+    return i == IdTable::kNone ? nullptr : &boxes_[i];
+}
+
+uint32_t Deliveries::box(uint8_t role, const IdKey& id) {
+    const uint32_t i = find(role, id);
+    if (i != IdTable::kNone) return i;
+    Box& b = boxes_.emplace_back();
+    b.role = role;
+    b.id = id;
+    const auto fresh = static_cast<uint32_t>(boxes_.size() - 1);
+    index_.insert(hash(role, id), fresh);
+    return fresh;
+}
+
+void Deliveries::push(Box& b, const Held& rec) {
+    if (depth_ == 0) return;
+    if (b.ring.size() < depth_) {
+        b.ring.push_back(rec);
+        return;
+    }
+    b.ring[b.head] = rec;
+    b.head = (b.head + 1) % static_cast<uint32_t>(b.ring.size());
+}
+
+uint64_t Deliveries::stamp(OutRecord& rec) {
+    const size_t off = seq_offset(rec.type);
+    if (off == 0 || rec.body.size() < off + sizeof(uint64_t)) return 0;
+    const auto [role, id] = recipient(rec.body.data());
+    const uint32_t me = box(role, id);
+    Box& b = boxes_[me];
+    const uint64_t seq = ++b.seq;
+    std::memcpy(rec.body.data() + off, &seq, sizeof seq);
+    push(b, Held::of(rec));
+    auto& who = recipients_of_[read_u64(rec.body.data(), rec.body.size(), kOrderOffset)];
+    if (std::find(who.begin(), who.end(), me) == who.end()) {
+        who.push_back(me);
+        ++b.orders;
+    }
+    return seq;
+}
+
+void Deliveries::keep_final(const OutRecord& rec) {
+    if (!reliable(rec.type) || rec.body.size() < sizeof(dgdo_out_meta)) return;
+    const auto [role, id] = recipient(rec.body.data());
+    const uint32_t i = find(role, id);
+    if (i == IdTable::kNone) return;  // never stamped: nothing to keep
+    boxes_[i].ended[read_u64(rec.body.data(), rec.body.size(), kOrderOffset)].push_back(Held::of(rec));
+}
+
+uint64_t Deliveries::latest(const Key& k) const {
+    const Box* b = find(k);
+    return b == nullptr ? 0 : b->seq;
+}
+
+// The history must stay a run of consecutive seqs ending at b.seq (since() relies on it):
+// across the jump nothing can be replayed, so it goes.
+void Deliveries::raise(const Key& k, uint64_t seq) {
+    Box& b = boxes_[box(k.first, key_of(k.second))];
+    if (seq <= b.seq) return;
+    b.seq = seq;
+    std::vector<Held>().swap(b.ring);
+    b.head = 0;
+}
+
+bool Deliveries::since(const Key& k, uint64_t last_seq, std::vector<OutRecord>& out) const {
+    const Box* found = find(k);
+    const uint64_t latest = found == nullptr ? 0 : found->seq;
+    if (last_seq > latest) return false;
+    if (last_seq == latest) return true;
+    const Box& b = *found;  // latest > 0: the box exists
+    // The history is a run of consecutive seqs ending at b.seq (see raise()).
+    if (b.ring.empty() || b.ring[b.head].seq() > last_seq + 1) return false;
+    b.each([&](const Held& r) {
+        if (r.seq() > last_seq) out.push_back(r.record());
+    });
+    return true;
+}
+
+void Deliveries::ended_since(const Key& k, uint64_t after, std::vector<OutRecord>& out) const {
+    const Box* b = find(k);
+    if (b == nullptr) return;
+    std::vector<const Held*> found;
+    for (const auto& [order, recs] : b->ended)
+        for (const Held& r : recs)
+            if (r.seq() > after) found.push_back(&r);
+    std::stable_sort(found.begin(), found.end(), [](const Held* a, const Held* b) { return a->seq() < b->seq(); });
+    for (const Held* r : found) out.push_back(r->record());
+}
+
+void Deliveries::forget_order(uint64_t order) {
+    auto it = recipients_of_.find(order);
+    if (it == recipients_of_.end()) return;
+    for (uint32_t i : it->second) {
+        Box& b = boxes_[i];
+        b.ended.erase(order);
+        if (--b.orders == 0) {
+            std::vector<Held>().swap(b.ring);  // free it: idle recipients cost their counter only
+            b.head = 0;
+        }
+    }
+    recipients_of_.erase(it);
+}
+
+// ---- views ---------------------------------------------------------------------------
+
+std::size_t Deliveries::held(const Key& k) const {
+    const Box* b = find(k);
+    return b == nullptr ? 0 : b->ring.size();
+}
+
+std::size_t Deliveries::held_total() const {
+    std::size_t n = 0;
+    for (const Box& b : boxes_) n += b.ring.size();
+    return n;
+}
+
+std::size_t Deliveries::ended_total() const {
+    std::size_t n = 0;
+    for (const Box& b : boxes_)
+        for (const auto& [order, recs] : b.ended) n += recs.size();
+    return n;
+}
+
+bool Deliveries::Box::operator==(const Box& o) const {
+    if (role != o.role || !(id == o.id) || seq != o.seq || orders != o.orders || ring.size() != o.ring.size() || ended != o.ended) return false;
+    for (std::size_t i = 0; i < ring.size(); ++i)
+        if (!(ring[(head + i) % ring.size()] == o.ring[(o.head + i) % o.ring.size()])) return false;
+    return true;
+}
+
+// Equal state, whatever order the recipients were first seen in.
+bool Deliveries::operator==(const Deliveries& o) const {
+    if (depth_ != o.depth_ || boxes_.size() != o.boxes_.size() || recipients_of_.size() != o.recipients_of_.size())
+        return false;
+    for (const Box& b : boxes_) {
+        const uint32_t i = o.find(b.role, b.id);
+        if (i == IdTable::kNone || !(b == o.boxes_[i])) return false;
+    }
+    for (const auto& [order, who] : recipients_of_) {
+        auto it = o.recipients_of_.find(order);
+        if (it == o.recipients_of_.end() || it->second.size() != who.size()) return false;
+        for (size_t i = 0; i < who.size(); ++i)
+            if (boxes_[who[i]].key() != o.boxes_[it->second[i]].key()) return false;
+    }
+    return true;
+}
+
+// ---- save / load ------------------------------------------------------------------------
+//
+// Layout (all little-endian):
+//   u32 magic "DGDL", u32 version
+//   u32 recipients, then per recipient in key order:
+//     key (u8 role, u8 len, id), u64 seq,
+//     u32 n, n records oldest first (u32 type, u32 len, body),
+//     u32 orders with final records, per order in id order: u64 order, u32 n, n records
+//   u32 orders with recipients, per order in id order: u64 order, u32 n, n keys in first-stamp order
+void Deliveries::save(std::string& out) const {
+    auto put_held = [&out](const Held& r) {
+        put(out, static_cast<uint32_t>(r.type), 4);
+        put(out, r.len, 4);
+        out.append(reinterpret_cast<const char*>(r.bytes.data()), r.len);
+    };
+    std::vector<std::pair<Key, const Box*>> sorted;
+    sorted.reserve(boxes_.size());
+    for (const Box& b : boxes_) sorted.emplace_back(b.key(), &b);
+    std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    put(out, kMagic, 4);
+    put(out, kVersion, 4);
+    put(out, sorted.size(), 4);
+    for (const auto& [key, box] : sorted) {
+        const Box& b = *box;
+        put_key(out, key);
+        put(out, b.seq, 8);
+        put(out, b.ring.size(), 4);
+        b.each(put_held);
+        put(out, b.ended.size(), 4);
+        for (const auto& [order, recs] : b.ended) {
+            put(out, order, 8);
+            put(out, recs.size(), 4);
+            for (const Held& r : recs) put_held(r);
+        }
+    }
+    std::vector<uint64_t> orders;
+    orders.reserve(recipients_of_.size());
+    for (const auto& [order, who] : recipients_of_) orders.push_back(order);
+    std::sort(orders.begin(), orders.end());
+    put(out, orders.size(), 4);
+    for (uint64_t order : orders) {
+        const auto& who = recipients_of_.at(order);
+        put(out, order, 8);
+        put(out, who.size(), 4);
+        for (uint32_t i : who) put_key(out, boxes_[i].key());
+    }
+}
+
+bool Deliveries::load(const uint8_t*& p, const uint8_t* end) {
+    Reader in{p, end};
+    auto held = [&in](Held& r) {
+        r.type = static_cast<int32_t>(in.get(4));
+        const uint64_t n = in.get(4);
+        const size_t off = seq_offset(r.type);
+        if (!in.ok || off == 0 || n < off + sizeof(uint64_t) || n > r.bytes.size() ||
+            static_cast<uint64_t>(in.end - in.p) < n)
+            return in.ok = false;
+        r.len = static_cast<uint32_t>(n);
+        std::memcpy(r.bytes.data(), in.p, n);
+        in.p += n;
+        return true;
+    };
+    if (in.get(4) != kMagic || in.get(4) != kVersion || !in.ok) return false;
+    Deliveries fresh(depth_);  // built aside: this one stays as it was until all is read
+    std::vector<std::pair<uint64_t, std::vector<Key>>> orders;
+    uint64_t nboxes = 0;
+    if (!in.count(nboxes, 18)) return false;
+    for (uint64_t i = 0; i < nboxes; ++i) {
+        Key k;
+        if (!in.key(k)) return false;
+        const IdKey id = key_of(k.second);
+        if (fresh.find(k.first, id) != IdTable::kNone) return false;  // a recipient twice: corrupt
+        Box& b = fresh.boxes_[fresh.box(k.first, id)];
+        b.seq = in.get(8);
+        uint64_t n = 0;
+        if (!in.count(n, 8)) return false;
+        std::vector<Held> ring(n);
+        for (Held& r : ring)
+            if (!held(r)) return false;
+        const size_t keep = std::min<size_t>(ring.size(), depth_);  // a smaller depth now: the newest
+        b.ring.assign(ring.end() - static_cast<std::ptrdiff_t>(keep), ring.end());
+        uint64_t nended = 0;
+        if (!in.count(nended, 12)) return false;
+        for (uint64_t j = 0; j < nended; ++j) {
+            const uint64_t order = in.get(8);
+            if (!in.count(n, 8)) return false;
+            auto& recs = b.ended[order];
+            recs.resize(n);
+            for (Held& r : recs)
+                if (!held(r)) return false;
+        }
+    }
+    uint64_t norders = 0;
+    if (!in.count(norders, 12)) return false;
+    for (uint64_t i = 0; i < norders; ++i) {
+        auto& [order, keys] = orders.emplace_back();
+        order = in.get(8);
+        uint64_t n = 0;
+        if (!in.count(n, 2)) return false;
+        keys.resize(n);
+        for (Key& k : keys)
+            if (!in.key(k) || fresh.find(k.first, key_of(k.second)) == IdTable::kNone)
+                return false;  // a recipient the bytes do not hold: corrupt
+    }
+    if (!in.ok) return false;
+    for (auto& [order, keys] : orders) {
+        auto& who = fresh.recipients_of_[order];
+        for (const Key& k : keys) {
+            const uint32_t i = fresh.find(k.first, key_of(k.second));
+            who.push_back(i);
+            ++fresh.boxes_[i].orders;
+        }
+    }
+    boxes_ = std::move(fresh.boxes_);
+    index_ = std::move(fresh.index_);
+    recipients_of_ = std::move(fresh.recipients_of_);
+    p = in.p;
+    return true;
+}
+
+}  // namespace dgdo

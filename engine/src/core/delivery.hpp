@@ -1,0 +1,139 @@
+// dgdo::Deliveries — the delivery state of reliable messages, per recipient.
+//
+// A reliable record (ORDER_UPDATE, NEW_ORDER, CANCEL_ORDER) is numbered with
+// its recipient's next seq (+1 per (role, id), from 1) and a copy is kept, so
+// that an app reconnecting with `last_seq` gets what it missed, in order, from
+// whichever sidecar worker it lands on. Kept per recipient:
+//
+//   seq      the latest number handed out. Never dropped: a recipient's
+//            numbering only ever grows, so a last_seq from before is never
+//            mistaken for a point in a new numbering.
+//   history  the last `depth` records (Config::history_depth), oldest first.
+//   ended    per order, the last word this recipient got about it: the terminal
+//            ORDER_UPDATE, or the CANCEL_ORDER that ended a driver's part. A
+//            resume that cannot replay sends these again (fresh seqs) with the
+//            current state, so an order that ended while the app was away is
+//            never silently lost.
+//
+// Memory bound. The core tells forget_order() when it forgets an order (its
+// finished-order retention is over). Ended records go with it, and a recipient
+// that no order still held by the core has sent a reliable record to (none
+// live, none finished within retention_s) loses its history but keeps its
+// counter. So at any time: history <= depth records for each recipient with a
+// live order or one finished within retention_s; ended records <= a few per
+// retained order; counters: one box (about 150 bytes, its history freed) per
+// recipient ever seen.
+//
+// Pure state: no clock, no I/O. The hash tables are never iterated in an order
+// that reaches an output; save() writes recipients and orders sorted. So the
+// state, and its bytes, are a function of the core's input sequence.
+//
+// Cost: stamping is on the offer path. A recipient is found as a driver is
+// (IdTable over fixed-width keys: no string, no allocation), boxes live in a
+// dense deque (never erased: counters are kept), and records in fixed slots.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "core/id_table.hpp"
+#include "core/out_record.hpp"
+#include "dgdo/events.h"
+
+namespace dgdo {
+
+class Deliveries {
+public:
+    using Key = std::pair<uint8_t, std::string>;  // (enum dgdo_role, id)
+
+    explicit Deliveries(uint32_t depth = 256) : depth_(depth) {}
+
+    // ORDER_UPDATE, NEW_ORDER and CANCEL_ORDER: numbered and kept.
+    static bool reliable(int32_t type);
+
+    // Numbers `rec` (a reliable record; recipient and order read from its body) with
+    // its recipient's next seq, writes the seq into it and keeps a copy. Returns the seq.
+    uint64_t stamp(OutRecord& rec);
+    // `rec`, already stamped, is the last word to its recipient about its order:
+    // kept for snapshots until forget_order().
+    void keep_final(const OutRecord& rec);
+
+    // The latest seq handed out to `k` (0 = none yet).
+    uint64_t latest(const Key& k) const;
+    // The app counts beyond what this engine handed out (its state was lost): number
+    // on above `seq`, so the app's numbering stays increasing. The history is dropped:
+    // nothing can be replayed across the jump.
+    void raise(const Key& k, uint64_t seq);
+    // Copies of the records to `k` after `last_seq`, oldest first, appended to `out`; false
+    // (and `out` untouched) when some are no longer held or last_seq is ahead of the counter.
+    bool since(const Key& k, uint64_t last_seq, std::vector<OutRecord>& out) const;
+    // Copies of the final records to `k` whose seq is above `after`, in seq order.
+    void ended_since(const Key& k, uint64_t after, std::vector<OutRecord>& out) const;
+    // The core forgot `order`: drop its final records; recipients no held order refers
+    // to any more lose their history (not their counter).
+    void forget_order(uint64_t order);
+
+    // Read-only views (tests, gauges).
+    uint32_t depth() const { return depth_; }
+    std::size_t recipients() const { return boxes_.size(); }
+    std::size_t held(const Key& k) const;  // history records kept for k
+    std::size_t held_total() const;
+    std::size_t ended_total() const;
+    bool operator==(const Deliveries& o) const;
+
+    // The whole state, little-endian and versioned, recipients in key order: the same
+    // state always gives the same bytes. Appends to `out`.
+    void save(std::string& out) const;
+    // Replaces the state with one save() wrote, advancing `p`; false (state unchanged)
+    // on malformed or truncated input. A history longer than this depth keeps its newest.
+    bool load(const uint8_t*& p, const uint8_t* end);
+
+private:
+    // A kept record: the largest reliable record fits its fixed slot.
+    struct Held {
+        int32_t type = 0;
+        uint32_t len = 0;
+        std::array<uint8_t, sizeof(dgdo_out_new_order)> bytes{};
+        static Held of(const OutRecord& r);
+        OutRecord record() const;
+        uint64_t seq() const;
+        bool operator==(const Held& o) const;
+    };
+    struct Box {
+        uint8_t role = 0;
+        IdKey id;                 // the recipient's id bytes (ids are at most 36 chars: all in id.w)
+        uint64_t seq = 0;         // latest handed out
+        uint32_t orders = 0;      // orders in recipients_of_ that name this box
+        uint32_t head = 0;        // oldest record in ring once it is full
+        std::vector<Held> ring;   // history; grows to depth_, then wraps
+        std::map<uint64_t, std::vector<Held>> ended;  // order -> final records, seq order
+        Key key() const;
+        bool operator==(const Box& o) const;
+        template <class F>
+        void each(F&& f) const {  // history, oldest first
+            for (std::size_t i = 0; i < ring.size(); ++i) f(ring[(head + i) % ring.size()]);
+        }
+    };
+    static uint64_t hash(uint8_t role, const IdKey& id) { return IdKey::mix(id.hash() ^ role); }
+    uint32_t find(uint8_t role, const IdKey& id) const;  // index into boxes_, or IdTable::kNone
+    const Box* find(const Key& k) const;
+    uint32_t box(uint8_t role, const IdKey& id);  // found or made: its index
+    void push(Box& b, const Held& rec);
+
+    uint32_t depth_;
+    std::deque<Box> boxes_;  // dense, never erased
+    IdTable index_;          // (role, id) -> index into boxes_
+    std::unordered_map<uint64_t, std::vector<uint32_t>> recipients_of_;  // order -> boxes that got records about it
+};
+
+// The seq field of a reliable record's body (0 if it is not one or too short).
+uint64_t seq_of(const OutRecord& rec);
+
+}  // namespace dgdo

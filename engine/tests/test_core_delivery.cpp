@@ -1,0 +1,420 @@
+// Reliable delivery in the core: per-recipient seqs, the bounded history, resume by replay or
+// snapshot (with orders that ended while the app was away), request-id idempotency, no double
+// booking, and the Deliveries state saved and loaded.
+#undef NDEBUG
+#include <random>
+
+#include "core_harness.hpp"
+
+namespace dgdo::test {
+namespace {
+
+const Deliveries::Key kP1{DGDO_ROLE_PASSENGER, "p1"};
+const Deliveries::Key kD1{DGDO_ROLE_DRIVER, "d1"};
+
+std::vector<uint64_t> count_from(uint64_t first, uint64_t n) {
+    std::vector<uint64_t> v;
+    for (uint64_t i = 0; i < n; ++i) v.push_back(first + i);
+    return v;
+}
+
+// d1 online 300 m from the pickup; p1's order offered to it and, if `accept`, accepted.
+uint64_t ride_with_d1(Harness& h, bool accept = true) {
+    h.online("d1", at(300));
+    const uint64_t id = h.order_for("p1");
+    if (accept) {
+        EXPECT_EQ(result_of(h.driver_cmd("d1", id, DGDO_CMD_ACCEPT)), DGDO_RESULT_OK);
+    }
+    return id;
+}
+
+void complete(Harness& h, const std::string& d, uint64_t id) {
+    h.driver_cmd(d, id, DGDO_CMD_ARRIVED);
+    h.driver_cmd(d, id, DGDO_CMD_START);
+    h.driver_cmd(d, id, DGDO_CMD_COMPLETE);
+}
+
+// ---- seq -----------------------------------------------------------------------------------
+
+TEST(CoreDelivery, EachRecipientsReliableMessagesCountUpByOneFromOne) {
+    Harness h;
+    const uint64_t a = ride_with_d1(h);
+    complete(h, "d1", a);
+    h.online("d2", at(-20000));
+    const uint64_t b = h.order_for("p2", at(-20000));  // offered to d2, the only driver in reach
+    h.driver_cmd("d2", b, DGDO_CMD_REJECT);            // silent for d2: its ack says it all
+    h.passenger_cmd("p2", b, DGDO_CMD_CANCEL);
+    const uint64_t c = h.order_for("p1");  // d1 again: its numbering goes on
+    h.passenger_cmd("p1", c, DGDO_CMD_CANCEL);
+
+    // p1: searching, accepted, arriving? no position came: accepted, arrived, started, completed; then c.
+    EXPECT_EQ(seqs_to(h.all, DGDO_ROLE_PASSENGER, "p1"), count_from(1, 7));
+    // d1: offer, accepted, arrived, started, completed; offer of c, cancel_order of c.
+    EXPECT_EQ(seqs_to(h.all, DGDO_ROLE_DRIVER, "d1"), count_from(1, 7));
+    EXPECT_EQ(seqs_to(h.all, DGDO_ROLE_PASSENGER, "p2"), count_from(1, 2));  // searching, canceled
+    EXPECT_EQ(seqs_to(h.all, DGDO_ROLE_DRIVER, "d2"), count_from(1, 1));     // the offer
+    EXPECT_EQ(h.core.deliveries().latest(kP1), 7u);
+    // Non-reliable records carry no seq field at all: positions and results stay as they were.
+    EXPECT_EQ(sizeof(dgdo_out_driver_position), 144u);
+}
+
+// ---- history ----------------------------------------------------------------------------------
+
+TEST(CoreDelivery, TheHistoryKeepsTheLastDepthRecordsPerRecipient) {
+    Config c;
+    c.history_depth = 4;
+    Harness h(c);
+    for (int i = 0; i < 5; ++i) h.passenger_cmd("p1", h.order_for("p1"), DGDO_CMD_CANCEL);  // 2 records each
+    EXPECT_EQ(h.core.deliveries().latest(kP1), 10u);
+    EXPECT_EQ(h.core.deliveries().held(kP1), 4u);
+
+    auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7, 6);  // 7..10 are held
+    EXPECT_EQ(session_state(out).resumed, 1);
+    EXPECT_EQ(session_state(out).seq, 10u);
+    EXPECT_EQ(seqs_to(out, DGDO_ROLE_PASSENGER, "p1"), count_from(7, 4));
+
+    out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 8, 5);  // 6 is gone
+    EXPECT_EQ(session_state(out).resumed, 0);
+    EXPECT_EQ(session_state(out).seq, 10u);
+    // The snapshot: the three orders that ended after seq 5 (their `canceled` at 6, 8, 10), as fresh messages.
+    EXPECT_EQ(seqs_to(out, DGDO_ROLE_PASSENGER, "p1"), count_from(11, 3));
+    EXPECT_EQ(statuses_to(out, DGDO_ROLE_PASSENGER, "p1"),
+              (std::vector<uint8_t>{DGDO_ORDER_CANCELED, DGDO_ORDER_CANCELED, DGDO_ORDER_CANCELED}));
+    EXPECT_EQ(h.core.deliveries().held(kP1), 4u);  // still bounded after the snapshot added three
+}
+
+TEST(CoreDelivery, HistoryOfIdleRecipientsGoesWithTheirLastRetainedOrderButTheCounterStays) {
+    Config c;
+    c.retention_s = 100;
+    c.search_timeout_s = c.exhausted_wait_s = 1000;  // y below waits as long as the test needs
+    Harness h(c);
+    const uint64_t a = ride_with_d1(h);
+    complete(h, "d1", a);
+    h.online("d2", at(-20000));  // out of d1's reach
+    const uint64_t x = h.order_for("p2", at(-20000));
+    h.passenger_cmd("p2", x, DGDO_CMD_CANCEL);
+    h.tick(50);
+    const uint64_t y = h.order_for("p2", at(40000));  // p2 is live again; nobody in reach
+    EXPECT_EQ(h.core.deliveries().held(kP1), 5u);
+    h.tick(50);  // a and x are past their retention; y is live
+    ASSERT_EQ(h.core.find_order(a), nullptr);
+    ASSERT_EQ(h.core.find_order(x), nullptr);
+    EXPECT_EQ(h.core.deliveries().held(kP1), 0u);
+    EXPECT_EQ(h.core.deliveries().held(kD1), 0u);
+    EXPECT_EQ(h.core.deliveries().held({DGDO_ROLE_DRIVER, "d2"}), 0u);
+    EXPECT_EQ(h.core.deliveries().held({DGDO_ROLE_PASSENGER, "p2"}), 3u);  // y still refers to it
+    EXPECT_EQ(h.core.deliveries().ended_total(), 0u);
+    EXPECT_EQ(h.core.deliveries().latest(kP1), 5u);
+
+    // An old last_seq can no longer be replayed: a snapshot (nothing live, nothing retained), numbering on.
+    auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7, 2);
+    EXPECT_EQ(session_state(out).resumed, 0);
+    EXPECT_EQ(session_state(out).seq, 5u);
+    EXPECT_TRUE(of_type(out, DGDO_OUT_ORDER_UPDATE).empty());
+    h.order_for("p1");
+    EXPECT_EQ(h.core.deliveries().latest(kP1), 6u);
+    h.passenger_cmd("p2", y, DGDO_CMD_CANCEL);
+}
+
+// ---- resume ----------------------------------------------------------------------------------
+
+TEST(CoreDelivery, ResumeReplaysWhatWasMissedInOrderWithTheOriginalBytesToTheOpeningConnection) {
+    Harness h;
+    const uint64_t id = ride_with_d1(h);  // the app drops after `accepted` (seq 2)
+    auto missed = h.driver_cmd("d1", id, DGDO_CMD_ARRIVED);
+    auto more = h.driver_cmd("d1", id, DGDO_CMD_START);
+    missed.insert(missed.end(), more.begin(), more.end());
+    const auto originals = to_whom(missed, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1");
+    ASSERT_EQ(originals.size(), 2u);
+
+    auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 3, 21, 2);  // back, through another worker
+    ASSERT_EQ(out.at(0).type, DGDO_OUT_COMMAND_RESULT);
+    ASSERT_EQ(out.at(1).type, DGDO_OUT_SESSION_STATE);  // first: the sidecar's welcome
+    const auto st = session_state(out);
+    EXPECT_EQ(st.resumed, 1);
+    EXPECT_EQ(st.seq, 4u);
+    EXPECT_EQ(st.meta.to_conn, 21u);
+    EXPECT_EQ(st.meta.to_worker, 3u);
+    const auto replayed = to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1");
+    ASSERT_EQ(replayed.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) {
+        const auto m = as<dgdo_out_meta>(replayed[i]);
+        EXPECT_EQ(m.to_conn, 21u);
+        EXPECT_EQ(m.to_worker, 3u);
+        EXPECT_TRUE(std::equal(replayed[i].body.begin() + sizeof(dgdo_out_meta), replayed[i].body.end(),
+                               originals[i].body.begin() + sizeof(dgdo_out_meta), originals[i].body.end()));
+    }
+    EXPECT_EQ(as<dgdo_out_order_update>(replayed[0]).status, DGDO_ORDER_ARRIVED);
+    EXPECT_EQ(as<dgdo_out_order_update>(replayed[1]).seq, 4u);
+    EXPECT_EQ(h.core.deliveries().latest(kP1), 4u);  // a replay hands out no new numbers
+}
+
+TEST(CoreDelivery, ResumeSnapshotIncludesAnOrderThatEndedWhileTheAppWasAway) {
+    Config c;
+    c.history_depth = 2;
+    Harness h(c);
+    const uint64_t a = ride_with_d1(h);  // p1: searching 1, accepted 2
+    h.online("d2", at(-300));
+    const uint64_t b = h.order_for("p1");  // searching 3, offered to d2
+    h.session(false, DGDO_ROLE_PASSENGER, "p1", 1, 7);
+    complete(h, "d1", a);  // arrived 4, started 5, completed 6: 4 falls out of the history
+
+    auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 9, 3);
+    const auto st = session_state(out);
+    EXPECT_EQ(st.resumed, 0);
+    EXPECT_EQ(st.seq, 6u);
+    const auto updates = to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1");
+    ASSERT_EQ(updates.size(), 2u);
+    const auto done = as<dgdo_out_order_update>(updates[0]);
+    EXPECT_EQ(done.order_id, a);
+    EXPECT_EQ(done.status, DGDO_ORDER_COMPLETED);
+    EXPECT_EQ(id_str(done.driver_id), "d1");
+    EXPECT_EQ(done.seq, 7u);  // a fresh number, right after the welcome's
+    const auto live = as<dgdo_out_order_update>(updates[1]);
+    EXPECT_EQ(live.order_id, b);
+    EXPECT_EQ(live.status, DGDO_ORDER_SEARCHING);
+    EXPECT_EQ(live.seq, 8u);
+
+    // The app got the completed at 7: a later snapshot from a last_seq past it does not repeat it.
+    out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 10, 7);
+    EXPECT_EQ(session_state(out).resumed, 1);  // 8 is held
+    EXPECT_EQ(seqs_to(out, DGDO_ROLE_PASSENGER, "p1"), std::vector<uint64_t>{8});
+}
+
+TEST(CoreDelivery, ADriverAwayWhileItsPassengerCanceledGetsTheCancelInItsSnapshot) {
+    Config c;
+    c.history_depth = 1;
+    Harness h(c);
+    const uint64_t a = ride_with_d1(h);  // d1: offer 1, accepted 2
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 5, 2);  // up to date: nothing replayed
+    h.session(false, DGDO_ROLE_DRIVER, "d1", 1, 5);
+    h.passenger_cmd("p1", a, DGDO_CMD_CANCEL);  // d1: order_update canceled 3, cancel_order 4
+
+    auto out = h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 6, 2);
+    EXPECT_EQ(session_state(out).resumed, 0);
+    EXPECT_EQ(statuses_to(out, DGDO_ROLE_DRIVER, "d1"), std::vector<uint8_t>{DGDO_ORDER_CANCELED});
+    const auto cancels = to_whom(out, DGDO_OUT_CANCEL_ORDER, DGDO_ROLE_DRIVER, "d1");
+    ASSERT_EQ(cancels.size(), 1u);
+    EXPECT_EQ(as<dgdo_out_cancel_order>(cancels[0]).reason, DGDO_REASON_PASSENGER_CANCELED);
+    EXPECT_EQ(seqs_to(out, DGDO_ROLE_DRIVER, "d1"), count_from(5, 2));
+}
+
+TEST(CoreDelivery, WithoutLastSeqTheSnapshotHoldsTheLiveOrdersOnly) {
+    Harness h;
+    const uint64_t a = ride_with_d1(h);
+    complete(h, "d1", a);
+    auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7);
+    EXPECT_EQ(session_state(out).resumed, 0);
+    EXPECT_EQ(session_state(out).seq, 5u);
+    EXPECT_TRUE(of_type(out, DGDO_OUT_ORDER_UPDATE).empty());
+}
+
+TEST(CoreDelivery, ALastSeqAheadOfTheCounterIsNotResumedAndNumberingGoesOnAboveIt) {
+    Harness h;
+    const uint64_t a = ride_with_d1(h);  // p1 at 2
+    auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7, 1000);  // e.g. an engine that lost its state
+    EXPECT_EQ(session_state(out).resumed, 0);
+    EXPECT_EQ(session_state(out).seq, 1000u);
+    EXPECT_EQ(seqs_to(out, DGDO_ROLE_PASSENGER, "p1"), std::vector<uint64_t>{1001});  // the live order
+    EXPECT_EQ(statuses_to(out, DGDO_ROLE_PASSENGER, "p1"), std::vector<uint8_t>{DGDO_ORDER_ACCEPTED});
+    out = h.driver_cmd("d1", a, DGDO_CMD_ARRIVED);
+    EXPECT_EQ(seqs_to(out, DGDO_ROLE_PASSENGER, "p1"), std::vector<uint64_t>{1002});
+    // The jump cannot be replayed across.
+    out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 8, 1);
+    EXPECT_EQ(session_state(out).resumed, 0);
+}
+
+TEST(CoreDelivery, EveryOpenIsAnsweredWithOneSessionStateAdminsIncluded) {
+    Harness h;
+    auto out = h.session(true, DGDO_ROLE_ADMIN, "ops", 1, 3);
+    const auto st = session_state(out);
+    EXPECT_EQ(st.meta.to_role, DGDO_ROLE_ADMIN);
+    EXPECT_EQ(id_str(st.meta.to_id), "ops");
+    EXPECT_EQ(st.seq, 0u);
+    EXPECT_TRUE(of_type(h.session(false, DGDO_ROLE_ADMIN, "ops", 1, 3), DGDO_OUT_SESSION_STATE).empty());
+}
+
+// ---- idempotency ------------------------------------------------------------------------------
+
+TEST(CoreDelivery, ARetriedRequestIdGetsTheSameLiveOrderAndADifferentRideWithItIsAConflict) {
+    Harness h;
+    const auto first = h.ride("p1", kCenter, 7);
+    const uint64_t a = as<dgdo_out_command_result>(first[0]).order_id;
+    auto again = h.ride("p1", kCenter, 7);
+    EXPECT_EQ(result_of(again), DGDO_RESULT_OK);
+    EXPECT_EQ(as<dgdo_out_command_result>(again[0]).order_id, a);
+    EXPECT_TRUE(of_type(again, DGDO_OUT_ORDER_UPDATE).empty());
+
+    const size_t orders = h.core.order_count();
+    auto other = h.ride("p1", at(500), 7);  // same id, another pickup
+    EXPECT_EQ(result_of(other), DGDO_RESULT_CONFLICT);
+    EXPECT_EQ(as<dgdo_out_command_result>(other[0]).order_id, 0u);  // not the old order
+    EXPECT_EQ(other.size(), 1u);
+    other = h.ride("p1", kCenter, 7, at(-3000));  // same pickup, another dropoff
+    EXPECT_EQ(result_of(other), DGDO_RESULT_CONFLICT);
+    EXPECT_EQ(h.core.order_count(), orders);
+    EXPECT_EQ(h.state(a), OrderState::Searching);
+}
+
+TEST(CoreDelivery, ARequestIdReusedAfterItsOrderEndedMakesANewOrderNeverTheFinishedOne) {
+    Harness h;
+    const uint64_t a = as<dgdo_out_command_result>(h.ride("p1", kCenter, 7)[0]).order_id;
+    h.passenger_cmd("p1", a, DGDO_CMD_CANCEL);
+    EXPECT_EQ(h.core.idem_count(), 0u);
+    EXPECT_NE(h.core.find_order(a), nullptr);  // still retained: commands on it are answered
+    const auto again = h.ride("p1", at(800), 7);  // a new session, its counter back at "r1"
+    EXPECT_EQ(result_of(again), DGDO_RESULT_OK);
+    const uint64_t b = as<dgdo_out_command_result>(again[0]).order_id;
+    EXPECT_NE(b, a);
+    EXPECT_EQ(statuses_to(again, DGDO_ROLE_PASSENGER, "p1"), std::vector<uint8_t>{DGDO_ORDER_SEARCHING});
+    EXPECT_EQ(as<dgdo_out_command_result>(h.ride("p1", at(800), 7)[0]).order_id, b);  // and b is now its order
+    // Keys belong to their passenger.
+    EXPECT_NE(as<dgdo_out_command_result>(h.ride("p2", at(800), 7)[0]).order_id, b);
+}
+
+// ---- no double booking ---------------------------------------------------------------------------
+
+TEST(CoreDelivery, ADriverWithATripNeverGetsASecondNewOrderWhateverIsReannounced) {
+    Harness h;
+    const uint64_t a = ride_with_d1(h);
+    const size_t from = h.all.size();
+    // What a sidecar re-announces after an engine restart or its own, in every order it may come.
+    h.status("d1", DGDO_DRIVER_ONLINE);
+    h.order_for("p2", at(100));
+    h.session(false, DGDO_ROLE_DRIVER, "d1", 1, 7);
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 2, 4, 2);
+    h.status("d1", DGDO_DRIVER_ONLINE);
+    h.location("d1", at(50));
+    h.step(WorkerDetached{2});
+    h.tick(30);  // past the grace: the driver goes offline, the trip stays
+    EXPECT_EQ(h.core.find_driver("d1")->trip, a);
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 3, 1, 2);
+    h.location("d1", at(60));
+    h.status("d1", DGDO_DRIVER_ONLINE);
+    h.status("d1", DGDO_DRIVER_OFFLINE);
+    h.status("d1", DGDO_DRIVER_ONLINE);
+    h.order_for("p3", at(-100));
+    h.tick(1);
+    std::vector<OutRecord> since(h.all.begin() + static_cast<std::ptrdiff_t>(from), h.all.end());
+    EXPECT_TRUE(to_whom(since, DGDO_OUT_NEW_ORDER, DGDO_ROLE_DRIVER, "d1").empty());
+    EXPECT_EQ(h.core.find_driver("d1")->offer, 0u);
+    EXPECT_EQ(h.core.stats().drivers_available, 0u);
+
+    // Once the trip is over, the driver is free again: exactly one offer, for a waiting order.
+    const auto done = h.driver_cmd("d1", a, DGDO_CMD_ARRIVED);
+    h.driver_cmd("d1", a, DGDO_CMD_START);
+    const auto freed = h.driver_cmd("d1", a, DGDO_CMD_COMPLETE);
+    EXPECT_EQ(to_whom(freed, DGDO_OUT_NEW_ORDER, DGDO_ROLE_DRIVER, "d1").size(), 1u);
+    EXPECT_TRUE(to_whom(done, DGDO_OUT_NEW_ORDER, DGDO_ROLE_DRIVER, "d1").empty());
+}
+
+TEST(CoreDelivery, ADriverHoldingAnOfferIsNotOfferedAnotherWhenReannouncedOnline) {
+    Harness h;
+    const uint64_t a = ride_with_d1(h, /*accept=*/false);
+    const size_t from = h.all.size();
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 2, 4);  // snapshot: the offer it holds, again
+    h.status("d1", DGDO_DRIVER_ONLINE);
+    h.location("d1", at(250));
+    h.order_for("p2", at(100));
+    std::vector<OutRecord> since(h.all.begin() + static_cast<std::ptrdiff_t>(from), h.all.end());
+    for (const auto& r : to_whom(since, DGDO_OUT_NEW_ORDER, DGDO_ROLE_DRIVER, "d1"))
+        EXPECT_EQ(as<dgdo_out_new_order>(r).order_id, a);
+    EXPECT_EQ(h.core.find_driver("d1")->offer, a);
+}
+
+// ---- save / load ----------------------------------------------------------------------------------
+
+// A busy little day: rides, accepts, completions, cancels, resumes, retention pruning.
+void busy_day(Harness& h, uint32_t seed) {
+    std::mt19937 rng(seed);
+    for (int i = 0; i < 1500; ++i) {
+        const std::string d = "d" + std::to_string(rng() % 8);
+        const std::string p = "p" + std::to_string(rng() % 8);
+        switch (rng() % 8) {
+        case 0: h.online(d, at(static_cast<double>(rng() % 2000))); break;
+        case 1: h.ride(p, at(static_cast<double>(rng() % 2000)), rng() % 3); break;
+        case 2:
+        case 3: {
+            const uint64_t order = 1001 + rng() % 200;
+            if (const Order* o = h.core.find_order(order); o && !o->driver.empty())
+                h.driver_cmd(o->driver, order, static_cast<uint8_t>(1 + rng() % 5));
+            break;
+        }
+        case 4: h.passenger_cmd(p, 1001 + rng() % 200, DGDO_CMD_CANCEL); break;
+        case 5: h.session(true, DGDO_ROLE_PASSENGER, p, 1, 1, rng() % 2 ? std::optional<uint64_t>(rng() % 30) : std::nullopt); break;
+        default: h.tick(0.5 * (rng() % 10)); break;
+        }
+    }
+}
+
+TEST(CoreDelivery, SaveThenLoadGivesTheSameStateAndTheSameBytes) {
+    Config c;
+    c.retention_s = 60;
+    c.history_depth = 16;
+    Harness h(c);
+    busy_day(h, 7);
+    const Deliveries& live = h.core.deliveries();
+    ASSERT_GT(live.recipients(), 8u);
+    ASSERT_GT(live.held_total(), 50u);
+    ASSERT_GT(live.ended_total(), 5u);
+
+    std::string bytes;
+    live.save(bytes);
+    Deliveries back(16);
+    const uint8_t* p = reinterpret_cast<const uint8_t*>(bytes.data());
+    const uint8_t* end = p + bytes.size();
+    ASSERT_TRUE(back.load(p, end));
+    EXPECT_EQ(p, end);
+    EXPECT_TRUE(back == live);
+    std::string again;
+    back.save(again);
+    EXPECT_EQ(again, bytes);
+
+    // The same inputs through another core: the same bytes (deterministic, key-ordered).
+    Harness twin(c);
+    busy_day(twin, 7);
+    std::string twin_bytes;
+    twin.core.deliveries().save(twin_bytes);
+    EXPECT_EQ(twin_bytes, bytes);
+}
+
+TEST(CoreDelivery, LoadRefusesTruncatedOrForeignBytesAndLeavesTheStateAsItWas) {
+    Harness h;
+    busy_day(h, 11);
+    std::string bytes;
+    h.core.deliveries().save(bytes);
+    Deliveries target(256);
+    std::string before;
+    target.save(before);
+    for (size_t cut : {size_t{0}, size_t{3}, size_t{8}, bytes.size() / 2, bytes.size() - 1}) {
+        const uint8_t* p = reinterpret_cast<const uint8_t*>(bytes.data());
+        EXPECT_FALSE(target.load(p, p + cut)) << cut;
+        EXPECT_EQ(p, reinterpret_cast<const uint8_t*>(bytes.data())) << cut;
+    }
+    std::string foreign = bytes;
+    foreign[0] ^= 0x55;
+    const uint8_t* p = reinterpret_cast<const uint8_t*>(foreign.data());
+    EXPECT_FALSE(target.load(p, p + foreign.size()));
+    std::string after;
+    target.save(after);
+    EXPECT_EQ(after, before);
+}
+
+TEST(CoreDelivery, ASmallerDepthAtLoadKeepsTheNewestRecords) {
+    Harness h;
+    for (int i = 0; i < 10; ++i) h.passenger_cmd("p1", h.order_for("p1"), DGDO_CMD_CANCEL);
+    std::string bytes;
+    h.core.deliveries().save(bytes);
+    Deliveries small(3);
+    const uint8_t* p = reinterpret_cast<const uint8_t*>(bytes.data());
+    ASSERT_TRUE(small.load(p, p + bytes.size()));
+    EXPECT_EQ(small.held(kP1), 3u);
+    std::vector<OutRecord> missed;
+    ASSERT_TRUE(small.since(kP1, 17, missed));
+    ASSERT_EQ(missed.size(), 3u);
+    EXPECT_EQ(seq_of(missed[0]), 18u);
+    EXPECT_FALSE(small.since(kP1, 16, missed));
+}
+
+}  // namespace
+}  // namespace dgdo::test
