@@ -73,6 +73,9 @@ TO_DROPOFF_S = (3.0, 5.0)  # compressed drive to the dropoff
 BOARDING_S = 0.3  # between `order_arrived` and `trip_start`
 ACCEPT_PROBABILITY = 0.9
 REPLY_TIMEOUT_S = 5.0  # for an ack/error; the engine answers in microseconds when healthy
+ENGINE_BACK_S = 30.0  # how long a command is retried while the engine restarts (it recovers in ~1 s)
+RETRY_PAUSE_S = 0.2  # between such retries
+RETRY_CODES = frozenset({"engine_unavailable", "overloaded"})
 WELCOME_TIMEOUT_S = 5.0
 CONNECT_RETRY_S = 10.0  # how long to keep trying while the server is not up yet
 PASSENGER_PATIENCE_S = 120.0  # after this a passenger cancels and leaves (a stalled engine)
@@ -318,6 +321,34 @@ class Link(WSListener):
             raise Refused(reply)
         return reply
 
+    async def command(self, msg: dict[str, Any], request_id: str | None = None,
+                      deadline_s: float = ENGINE_BACK_S) -> dict[str, Any]:
+        """`request()` that rides out an engine restart, as an app should: on `engine_unavailable`,
+        `overloaded` or no answer it sends the same request id again until `deadline_s`. The engine
+        journals what it applied, so a retry of a ride_request returns the same order, and a
+        `conflict` on a retried order command means the first try took effect (returned as is).
+
+        Raises as `request()` does, once the deadline has passed or for any other error.
+        """
+        rid = request_id or f"{self.name}.{next(self._ids)}"
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + deadline_s
+        retried = False
+        while True:
+            try:
+                return await self.request(msg, rid)
+            except Refused as e:
+                code = e.reply.get("code")
+                if retried and code == "conflict":
+                    return e.reply
+                if code not in RETRY_CODES or loop.time() > give_up:
+                    raise
+            except TimeoutError:
+                if loop.time() > give_up:
+                    raise
+            retried = True
+            await asyncio.sleep(RETRY_PAUSE_S)
+
     async def close(self) -> None:
         """Polite close: send CLOSE, wait briefly for the server's echo, then hang up."""
         t = self.transport
@@ -494,16 +525,16 @@ class DemoDriver:
                 self.order_id = None
                 await link.request({"type": "order_reject", "order_id": order_id})
                 return
-            await link.request({"type": "order_accept", "order_id": order_id})
+            await link.command({"type": "order_accept", "order_id": order_id})
             await self._drive_to(_point(offer["pickup"]), self.rng.uniform(*TO_PICKUP_S))
-            await link.request({"type": "order_arrived", "order_id": order_id})
+            await link.command({"type": "order_arrived", "order_id": order_id})
             await asyncio.sleep(BOARDING_S)
-            await link.request({"type": "trip_start", "order_id": order_id})
+            await link.command({"type": "trip_start", "order_id": order_id})
             self.riding = order_id
             await self._drive_to(_point(offer["dropoff"]), self.rng.uniform(*TO_DROPOFF_S))
             # Free before the ack: the engine may offer the next ride in the same batch as the ack.
             self.order_id = self.riding = None
-            await link.request({"type": "trip_complete", "order_id": order_id})
+            await link.command({"type": "trip_complete", "order_id": order_id})
         except (Refused, TimeoutError, ConnectionError, KeyError, TypeError) as e:
             # An expired or withdrawn offer, a passenger who canceled, a dropped socket:
             # all normal in a busy city. Back to wandering.
@@ -565,7 +596,7 @@ class DemoPassenger:
         try:
             link = await open_link(self.url, "passenger", self.id, self.counters, self._on_push)
             self.counters.requested += 1
-            ack = await link.request({
+            ack = await link.command({
                 "type": "ride_request",
                 "pickup": {"lat": round(self.pickup[0], 6), "lon": round(self.pickup[1], 6)},
                 "dropoff": {"lat": round(self.dropoff[0], 6), "lon": round(self.dropoff[1], 6)},

@@ -76,6 +76,7 @@ class Member:
         self._reader: asyncio.Task[None] | None = None
         self._replay_until = 0  # seqs up to this one arrive as a resume replay
         self.connected = asyncio.Event()
+        self._sends: set[asyncio.Future[None]] = set()
 
     @property
     def name(self) -> str:
@@ -193,7 +194,9 @@ class Member:
         """Fire and forget (positions): lost while disconnected, as latest-wins data may be."""
         ws = self.ws
         if ws is not None:
-            asyncio.ensure_future(_quiet(ws.send(json.dumps(message))))
+            task = asyncio.ensure_future(_quiet(ws.send(json.dumps(message))))
+            self._sends.add(task)  # held until done: the loop keeps only weak references to tasks
+            task.add_done_callback(self._sends.discard)
 
 
 async def _quiet(aw: Any) -> None:

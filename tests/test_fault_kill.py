@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from fleet import Fleet
 pytestmark = pytest.mark.timeout(420)
 
 KILLS = 10
+READY = re.compile(r"dgdo-engine ready .*pid=(\d+)")
 DRAIN_S = 120.0  # after the last kill, every ride must end within this
 
 
@@ -71,6 +73,10 @@ async def run_fleet_until_done(fleet: Fleet, faults: asyncio.Task[None]) -> None
 
 def check_ledger(fleet: Fleet, min_completed: int) -> None:
     led = fleet.ledger
+    statuses = [s for s in led.final.values()]
+    print(f"[fault] orders {len(led.owner)}: " + ", ".join(f"{s} {statuses.count(s)}" for s in sorted(set(statuses)))
+          + f"; trips completed by fleet drivers {led.completed_trips}; reconnects resumed {led.resumed}, "
+          f"bridged {led.bridged}; replayed {led.replayed}")
     assert led.violations == [], "\n".join(led.violations[:20])
     assert fleet.unfinished() == [], f"acknowledged orders that never ended: {fleet.unfinished()}"
     done = [oid for oid, status in led.final.items() if status == "completed"]
@@ -103,7 +109,8 @@ def run_stack(engine_bin: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Pop
 async def test_engine_killed_ten_times_under_load_loses_nothing(run_stack) -> None:
     proc, out, port = run_stack
     await wait_health(port, 200)
-    engine_pid = int(out.wait_for(r"dgdo-engine ready .*pid=(\d+)").group(1))
+    ready = [m for m in map(READY.search, out.all) if m]  # printed before "listening": already read
+    engine_pid = int(ready[-1].group(1))
     fleet = Fleet(f"ws://127.0.0.1:{port}", drivers=6, passengers=8, seed=11)
     rng = random.Random(2026)
     kills = 0
@@ -115,7 +122,7 @@ async def test_engine_killed_ten_times_under_load_loses_nothing(run_stack) -> No
             await asyncio.sleep(rng.uniform(0.3, 2.5))  # a random moment in the rides' lives
             os.kill(engine_pid, signal.SIGKILL)
             kills += 1
-            line = await loop.run_in_executor(None, out.wait_for, r"dgdo-engine ready .*pid=(\d+)", 30.0)
+            line = await loop.run_in_executor(None, out.wait_for, READY.pattern, 30.0)
             assert int(line.group(1)) != engine_pid
             engine_pid = int(line.group(1))
             await wait_health(port, 200)

@@ -30,8 +30,8 @@ import uvloop
 from picows import ws_create_server
 
 from sidecar import lifetime
-from sidecar.engine_link import socket_address
 from sidecar.connections import Connection
+from sidecar.engine_link import socket_address
 from sidecar.router import WsRoute
 from sidecar.server import MAX_FRAME_BYTES, App
 
