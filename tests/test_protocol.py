@@ -29,7 +29,7 @@ def test_msgpack_binary_frames_decode_the_same_as_json() -> None:
     m = {"type": "ride_request", "id": "r1", "pickup": {"lat": 1, "lon": 2}, "dropoff": {"lat": 3, "lon": 4}}
     a = feed(m, E.PASSENGER, binary=False, conn_id="p1")
     b = feed(m, E.PASSENGER, binary=True, conn_id="p1")
-    assert a == b and a.message.pickup == (1.0, 2.0)
+    assert a == b and a.message.pickup == E.Point(lat=1.0, lon=2.0)
 
 
 @pytest.mark.parametrize(
