@@ -41,6 +41,7 @@ from sidecar.events import (
     RequestId,
     Role,
     UnknownType,
+    type_name,
 )
 
 __all__ = ["INT64_MAX", "INT64_MIN", "MAX_REQUEST_ID_LEN"]  # re-exported: the limits docs/protocol.md states
@@ -117,12 +118,14 @@ def _check_reason(m: OrderCancel, conn_id: str) -> None:
         raise BadMessage(f"reason: {FIELD_RULES[OrderCancel]['reason'][0]}", m.id)
 
 
-# What the types cannot say, checked after decoding: role -> message class -> extra check (or None).
-# A class missing from a role's table is forbidden to that role.
+# What the types cannot say, checked after decoding: role -> message class -> extra check (or None:
+# nothing to check). A class missing from a role's table is forbidden to that role. One dict
+# lookup per message decides both.
 _CHECKS: dict[type, Callable[[Any, str], None]] = {DriverLocation: _check_driver_id, OrderCancel: _check_reason}
 ALLOWED: dict[Role, dict[type, Callable[[Any, str], None] | None]] = {
     role: {cls: _CHECKS.get(cls) for cls in MESSAGE_TYPES if role in cls.roles} for role in Role
 }
+_FORBIDDEN: Any = object()  # what a role's table gives for a class it does not hold
 
 
 def decode(payload: bytes, binary: bool, role: Role, conn_id: str) -> Request:
@@ -145,12 +148,10 @@ def decode(payload: bytes, binary: bool, role: Role, conn_id: str) -> Request:
         raise BadFrame(undecodable(binary, e)) from None
     except RecursionError:
         raise BadFrame(NESTING_TOO_DEEP) from None
-    cls = type(m)
-    allowed = ALLOWED[role]
-    if cls not in allowed:
-        raise Forbidden(f"type: {cls.__struct_config__.tag} is not allowed for a {role.value}", m.id)
-    check = allowed[cls]
+    check = ALLOWED[role].get(type(m), _FORBIDDEN)
     if check is not None:
+        if check is _FORBIDDEN:
+            raise Forbidden(f"type: {type_name(type(m))} is not allowed for a {role.value}", m.id)
         check(m, conn_id)
     return Request(m, m.id)
 
@@ -232,7 +233,12 @@ class Decoder:
 
     picows hands over frames, not messages; a fragmented message counts
     against the cap as it grows, so it is refused before it is buffered whole.
+    The msgspec decoders are shared by all connections; what is kept per
+    connection is these few slots (one is made for every connection).
     """
+
+    __slots__ = ("_binary", "_parts", "_size", "conn_id", "frames", "last_frames", "max_bytes", "max_fragments",
+                 "role")
 
     def __init__(self, role: Role, conn_id: str, max_bytes: int = MAX_MESSAGE_BYTES,
                  max_fragments: int = MAX_FRAGMENTS) -> None:

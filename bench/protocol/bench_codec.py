@@ -131,10 +131,10 @@ def codec(number: int, repeats: int) -> list[dict[str, Any]]:
 
 
 def instructions(calls: int) -> list[dict[str, Any]]:
-    """Instructions per decode + validate, counted by callgrind: repeatable on a noisy machine.
+    """Instructions per call of every codec row, counted by callgrind: repeatable on a noisy machine.
 
-    Each count is (a run doing `calls` decodes) - (the same run doing none), over `calls`; both
-    runs import and set up the same, so the difference is the decodes alone.
+    Each count is (a run doing `calls` calls) - (the same run doing none), over `calls`: every run
+    imports and sets up the same (`codec_cases()`), so the difference is the calls alone.
     """
     def run(case: str, n: int) -> int:
         out = Path(os.environ.get("TMPDIR", "/tmp")) / f"dgdo-callgrind-{uuid.uuid4().hex[:8]}.out"
@@ -147,22 +147,21 @@ def instructions(calls: int) -> list[dict[str, Any]]:
         finally:
             out.unlink(missing_ok=True)
 
+    base = run("0/json", 0)
     rows = []
-    for message in ("driver_location", "ride_request"):
-        row: dict[str, Any] = {"op": "decode+validate", "message": message, "calls": calls}
-        for key in ("json", "msgpack", "legacy_json", "legacy_msgpack"):
-            case = f"{message}/{key}"
-            base, busy = run(case, 0), run(case, calls)
-            row[f"{key}_instructions"] = (busy - base) / calls
-            log(f"callgrind {case}: {row[f'{key}_instructions']:,.0f} instructions per call")
+    for i, c in enumerate(codec_cases()):
+        row: dict[str, Any] = {"op": c["op"], "message": c["message"], "calls": calls}
+        for key in c["calls"]:
+            row[f"{key}_instructions"] = (run(f"{i}/{key}", calls) - base) / calls
+            log(f"callgrind {c['op']} {c['message']} {key}: {row[f'{key}_instructions']:,.0f} instructions per call")
         rows.append(row)
     return rows
 
 
 def count_calls(case: str, n: int) -> None:
-    """The body of one callgrind run: `n` calls of one codec case (0: set-up only)."""
-    message, key = case.split("/")
-    fn = next(c for c in codec_cases() if c["op"] == "decode+validate" and c["message"] == message)["calls"][key]
+    """The body of one callgrind run: `n` calls of one codec case, `ROW/KEY` (0 calls: set-up only)."""
+    row, key = case.split("/")
+    fn = codec_cases()[int(row)]["calls"][key]
     for _ in range(n):
         fn()
 
@@ -386,11 +385,11 @@ def main() -> int:
               f"{r['bytes_json']} | {r['bytes_msgpack']} |")
     print("\nEncoded bytes are identical to the legacy codec's (asserted), so the wire is unchanged.")
     if counted:
-        print(f"\n### Instructions per decode + validate (callgrind, {counted[0]['calls']} calls per count)\n")
-        print("| message | JSON | msgpack | legacy JSON | legacy msgpack |")
-        print("|---|---|---|---|---|")
+        print(f"\n### Instructions per call (callgrind, {counted[0]['calls']} calls per count)\n")
+        print("| op | message | JSON | msgpack | legacy JSON | legacy msgpack |")
+        print("|---|---|---|---|---|---|")
         for r in counted:
-            print(f"| {r['message']} | {r['json_instructions']:,.0f} | {r['msgpack_instructions']:,.0f} | "
+            print(f"| {r['op']} | {r['message']} | {r['json_instructions']:,.0f} | {r['msgpack_instructions']:,.0f} | "
                   f"{r['legacy_json_instructions']:,.0f} | {r['legacy_msgpack_instructions']:,.0f} |")
     if a.codec_only:
         if a.json:
