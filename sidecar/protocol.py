@@ -9,10 +9,17 @@ Flow for one inbound frame::
     decoder.feed(binary, fin, payload) -> Request | None (fragment held)
                                         raises ClientError (answer `error`)
                                         raises MessageTooBig (close 1009)
+
+A whole message is read by msgspec in one pass, straight into the typed
+message of `events.py` (text frames as JSON, binary frames as msgpack), and
+validated as it is read. Only a refused message is looked at again, to
+answer it the way a client reads an answer (`refusal`). Server messages go
+out through msgspec's encoders (`encode`).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from enum import Enum
@@ -206,6 +213,7 @@ _NAME = re.compile(r"\.([^.\[\]]+)")
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 
 
+@functools.lru_cache(maxsize=1024)  # a client that repeats a mistake repeats msgspec's words too
 def explain(cls: type, reason: str) -> str:
     """msgspec's `Expected `float` <= 90.0 - at `$.pickup.lat`` -> `pickup.lat: must be a number ...`.
 
