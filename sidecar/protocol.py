@@ -148,7 +148,12 @@ def decode(payload: bytes, binary: bool, role: Role, conn_id: str) -> Request:
             message has a valid one, whatever else is wrong with it.
     """
     try:
-        m = _decode_msgpack(payload) if binary else _decode_json(payload)
+        if binary:
+            m = _decode_msgpack(payload)
+        else:
+            if not payload.isascii():  # (the usual message is ASCII: one fast scan, no copy)
+                _check_utf8(payload)
+            m = _decode_json(payload)
     except msgspec.ValidationError as e:
         raise refusal(payload, binary, role, str(e)) from None
     except msgspec.DecodeError as e:
@@ -161,6 +166,15 @@ def decode(payload: bytes, binary: bool, role: Role, conn_id: str) -> Request:
             raise Forbidden(f"type: {type_name(type(m))} is not allowed for a {role.value}", m.id)
         check(m, conn_id)
     return Request(m, m.id)
+
+
+def _check_utf8(payload: bytes) -> None:
+    """A text frame is UTF-8 throughout (RFC 6455 §5.6). msgspec checks the strings it keeps, not
+    those it skips unread in unknown fields, so a non-ASCII payload is checked whole first."""
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadFrame(f"undecodable JSON: invalid UTF-8 (byte {e.start})") from None
 
 
 def undecodable(binary: bool, e: msgspec.DecodeError) -> str:

@@ -166,6 +166,15 @@ def test_unknown_fields_are_skipped_whatever_they_hold() -> None:
     assert Decoder(E.DRIVER, "d1").feed(True, True, data).request_id == 3
 
 
+@pytest.mark.parametrize("raw", [b'{"type":"ping","x":"\xff"}', b'{"type":"ping","\xc3":1}',
+                                 b'{"type":"ping","id":"\xed\xa0\x80"}'])
+def test_a_text_frame_must_be_utf8_even_where_it_is_not_read(raw: bytes) -> None:
+    with pytest.raises(E.BadFrame, match=r"^undecodable JSON: invalid UTF-8"):
+        Decoder(E.DRIVER, "d1").feed(False, True, raw)
+    utf8 = '{"type":"ping","id":"é✓","x":"日本"}'.encode()
+    assert Decoder(E.DRIVER, "d1").feed(False, True, utf8).request_id == "é✓"
+
+
 def test_duplicate_topics_collapse_into_a_set() -> None:
     req = feed({"type": "subscribe", "topics": ["log"] * 1000 + ["drivers"]}, E.ADMIN, conn_id="admin")
     assert req.message.topics == frozenset({"log", "drivers"})
