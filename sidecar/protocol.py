@@ -31,10 +31,7 @@ from msgspec import UNSET, Raw, Struct
 from sidecar.events import (
     CLIENT_MESSAGE,
     FIELD_RULES,
-    INT64_MAX,
-    INT64_MIN,
     MAX_REASON_BYTES,
-    MAX_REQUEST_ID_LEN,
     MESSAGE_TYPES,
     REQUEST_ID_RULE,
     SCHEMAS,
@@ -50,8 +47,7 @@ from sidecar.events import (
     UnknownType,
     type_name,
 )
-
-__all__ = ["INT64_MAX", "INT64_MIN", "MAX_REQUEST_ID_LEN"]  # re-exported: the limits docs/protocol.md states
+from sidecar.events import MAX_REQUEST_ID_LEN as MAX_REQUEST_ID_LEN  # the limits docs/protocol.md states live here
 
 MAX_MESSAGE_BYTES = 64 * 1024  # a ride_request is ~150 bytes; 64 KiB leaves room for admin tools
 # Frames one message may span. Empty CONTINUATION frames add no bytes, so the byte cap alone
@@ -91,8 +87,8 @@ class Request(Struct, frozen=True, gc=False):
 # ---- decoding: one typed pass, and a second look only when it refuses --------------------------
 
 # One decoder per format, shared by every connection: msgspec parses and validates against the
-# tagged union in one pass, allocating only the fields it knows (unknown fields are skipped
-# unread, whatever their size). NaN and ±inf fail every number's bounds; JSON's NaN/Infinity
+# tagged union in one pass, allocating only the fields it knows (unknown fields are parsed for
+# syntax and dropped, whatever their size). NaN and ±inf fail every number's bounds; JSON's NaN/Infinity
 # tokens are not JSON at all. Nesting deeper than the interpreter's recursion limit is a
 # RecursionError, caught below. A map or array header that claims more items than the
 # remaining bytes could hold is refused before anything is allocated.
