@@ -18,7 +18,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from conftest import ROOT, LineReader, stack_env
+from conftest import ROOT, LineReader, Stack, stack_env
 from wsclient import AppClient
 
 PICKUP = {"lat": 38.5598, "lon": 68.7870}
@@ -34,7 +34,10 @@ def _sidecar(control: str, worker: int) -> tuple[subprocess.Popen[bytes], int]:
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=stack_env(),
     )
     out = LineReader(p.stdout)
-    return p, int(out.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)").group(1))
+    port = int(out.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)").group(1))
+    # It listens before it has attached; a command sent before then is answered engine_unavailable.
+    Stack(p, out, port, instance="").wait_healthy()
+    return p, port
 
 
 async def test_stalled_sidecar_gets_every_order_event_in_order_and_positions_coalesced(engine_bin: Path) -> None:
