@@ -1,24 +1,34 @@
-"""Client -> server messages of the public protocol (DESIGN §4), as values.
+"""Client -> server messages of the public protocol (DESIGN §4), as types.
 
-Each message is a frozen, slotted dataclass built only by `from_map()`, which
-validates every field and raises `BadMessage` naming the field. The server
--> client direction is plain maps built in `bridge.py`; their shapes are
-documented in docs/protocol.md.
+Each message type is a frozen `msgspec.Struct` in one union tagged on `"type"`
+(`CLIENT_MESSAGE`). Its constraints live in its annotations: ranges, lengths and
+enums as `msgspec.Meta`, each with the rule an error quotes as its `description`
+(`lat: must be a number between -90 and 90`). So `protocol.py` decodes and validates
+in one pass of msgspec's decoder, and the error texts come from the same place as
+the checks. What a type cannot say — the connection's role, a `driver_id` equal to
+the connection's own, a reason's length in UTF-8 bytes — `protocol.py` checks after
+decoding.
+
+The server -> client direction is plain maps built where the events happen; their
+shapes are in `schema.py` and docs/protocol.md.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,36}")
 MAX_REQUEST_ID_LEN = 64
 MAX_REASON_BYTES = 64
 MAX_NEARBY_RADIUS_M = 5000.0
-INT64_MAX = 2**63 - 1
+DEFAULT_NEARBY_RADIUS_M = 1000.0
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class ErrorCode(StrEnum):
@@ -80,198 +90,201 @@ def is_valid_id(value: object) -> bool:
     return isinstance(value, str) and ID_RE.fullmatch(value) is not None
 
 
-# ---- field readers: each raises BadMessage naming the field ----------------
+# ---- field types: the constraint and the rule an error quotes, side by side ----------------
 
 
-_ABSENT = object()
+def _between(lo: float, hi: float) -> Any:
+    """A finite number in [lo, hi]; NaN and ±inf fail the bounds (msgspec compares, NaN never passes)."""
+    return Annotated[float, Meta(ge=lo, le=hi, description=f"must be a number between {lo:g} and {hi:g}")]
 
 
-def _number(m: dict[str, Any], field: str, lo: float, hi: float, *, required: bool = True) -> float:
-    # The common case first, in one comparison: a float in range (NaN and ±inf fail it).
-    # Positions arrive 100k a second; this is the hot path of ingest.
-    v = m.get(field, _ABSENT)
-    if type(v) is float and lo <= v <= hi:
-        return v
-    if v is _ABSENT:
-        if required:
-            raise BadMessage(f"{field}: required")
-        return math.nan
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise BadMessage(f"{field}: must be a number")
-    f = float(v) if not isinstance(v, int) or abs(v) < 2**53 else math.inf
-    if not math.isfinite(f):
-        raise BadMessage(f"{field}: must be finite")
-    if not lo <= f <= hi:
-        raise BadMessage(f"{field}: must be between {lo:g} and {hi:g}")
-    return f
-
-
-def _point(m: dict[str, Any], field: str) -> tuple[float, float]:
-    p = m.get(field)
-    if not isinstance(p, dict):
-        raise BadMessage(f"{field}: must be an object with lat and lon")
-    try:
-        return _number(p, "lat", -90.0, 90.0), _number(p, "lon", -180.0, 180.0)
-    except BadMessage as e:
-        raise BadMessage(f"{field}.{e.message}") from None
-
-
-def _order_id(m: dict[str, Any]) -> int:
-    v = m.get("order_id")
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise BadMessage("order_id: must be an integer" if "order_id" in m else "order_id: required")
-    if not 1 <= v <= INT64_MAX:
-        raise BadMessage("order_id: out of range")
-    return v
-
-
-def _reason(m: dict[str, Any]) -> str:
-    v = m.get("reason", "")
-    if not isinstance(v, str):
-        raise BadMessage("reason: must be a string")
-    if len(v.encode("utf-8")) > MAX_REASON_BYTES:
-        raise BadMessage(f"reason: at most {MAX_REASON_BYTES} bytes")
-    return v
-
-
-# ---- messages ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DriverLocation:
-    type: ClassVar[str] = "driver_location"
-    roles: ClassVar[frozenset[Role]] = frozenset({DRIVER})
-    lat: float
-    lon: float
-    heading: float = math.nan
-    speed_kmh: float = math.nan
-    accuracy_m: float = math.nan
-
-    @classmethod
-    def from_map(cls, m: dict[str, Any], conn_id: str) -> DriverLocation:
-        did = m.get("driver_id", _ABSENT)
-        if did is not _ABSENT and did != conn_id:  # one lookup on the hot path; conn_id is a str
-            if not isinstance(did, str):
-                raise BadMessage("driver_id: must be a string (your own id)")
-            raise Forbidden("driver_id: does not match this connection")
-        return cls(
-            lat=_number(m, "lat", -90.0, 90.0),
-            lon=_number(m, "lon", -180.0, 180.0),
-            heading=_number(m, "heading", 0.0, 360.0, required=False),
-            speed_kmh=_number(m, "speed_kmh", 0.0, 400.0, required=False),
-            accuracy_m=_number(m, "accuracy_m", 0.0, 100_000.0, required=False),
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DriverStatus:
-    type: ClassVar[str] = "driver_status"
-    roles: ClassVar[frozenset[Role]] = frozenset({DRIVER})
-    online: bool
-
-    @classmethod
-    def from_map(cls, m: dict[str, Any], conn_id: str) -> DriverStatus:
-        status = m.get("status")
-        if status not in ("online", "offline"):
-            raise BadMessage("status: must be 'online' or 'offline'")
-        return cls(online=status == "online")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OrderAction:
-    """order_accept, order_reject, order_arrived, trip_start, trip_complete, order_cancel."""
-
-    TYPES: ClassVar[dict[str, frozenset[Role]]] = {
-        "order_accept": frozenset({DRIVER}),
-        "order_reject": frozenset({DRIVER}),
-        "order_arrived": frozenset({DRIVER}),
-        "trip_start": frozenset({DRIVER}),
-        "trip_complete": frozenset({DRIVER}),
-        "order_cancel": frozenset({DRIVER, PASSENGER}),
-    }
-    action: str
-    order_id: int
-    reason: str = ""
-
-    @classmethod
-    def from_map(cls, m: dict[str, Any], conn_id: str) -> OrderAction:
-        action = m["type"]
-        reason = _reason(m) if action == "order_cancel" else ""
-        return cls(action=action, order_id=_order_id(m), reason=reason)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RideRequest:
-    type: ClassVar[str] = "ride_request"
-    roles: ClassVar[frozenset[Role]] = frozenset({PASSENGER})
-    pickup: tuple[float, float]
-    dropoff: tuple[float, float]
-
-    @classmethod
-    def from_map(cls, m: dict[str, Any], conn_id: str) -> RideRequest:
-        return cls(pickup=_point(m, "pickup"), dropoff=_point(m, "dropoff"))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Nearby:
-    """nearby_subscribe / nearby_unsubscribe."""
-
-    TYPES: ClassVar[dict[str, frozenset[Role]]] = {
-        "nearby_subscribe": frozenset({PASSENGER}),
-        "nearby_unsubscribe": frozenset({PASSENGER}),
-    }
-    subscribe: bool
-    lat: float
-    lon: float
-    radius_m: float
-
-    @classmethod
-    def from_map(cls, m: dict[str, Any], conn_id: str) -> Nearby:
-        subscribe = m["type"] == "nearby_subscribe"
-        radius = _number(m, "radius_m", 1.0, MAX_NEARBY_RADIUS_M, required=False)
-        return cls(
-            subscribe=subscribe,
-            lat=_number(m, "lat", -90.0, 90.0, required=subscribe),
-            lon=_number(m, "lon", -180.0, 180.0, required=subscribe),
-            radius_m=1000.0 if math.isnan(radius) else radius,
-        )
-
-
+Lat = _between(-90.0, 90.0)
+Lon = _between(-180.0, 180.0)
+Heading = _between(0.0, 360.0)
+SpeedKmh = _between(0.0, 400.0)
+AccuracyM = _between(0.0, 100_000.0)
+RadiusM = _between(1.0, MAX_NEARBY_RADIUS_M)
+OrderId = Annotated[int, Meta(ge=1, le=INT64_MAX, description="must be a positive 64-bit integer")]
+# Characters here (all msgspec can count); protocol.py then checks the UTF-8 bytes, which the
+# engine's record holds. 64 characters are at least 64 bytes, so this bound never refuses early.
+Reason = Annotated[str, Meta(max_length=MAX_REASON_BYTES,
+                             description=f"must be a string of at most {MAX_REASON_BYTES} bytes of UTF-8")]
+DriverId = Annotated[str, Meta(description="must be a string (your own id)")]
+Status = Annotated[Literal["online", "offline"], Meta(description="must be 'online' or 'offline'")]
 ADMIN_TOPICS = frozenset({"system_stats", "active_orders", "drivers", "assignments", "log"})
+Topic = Literal["system_stats", "active_orders", "drivers", "assignments", "log"]
+assert set(Topic.__args__) == ADMIN_TOPICS  # type: ignore[attr-defined]
+# A frozenset: duplicates collapse as they are read, so however long the array, at most five
+# strings are kept (the 64 KiB message cap bounds the reading).
+Topics = Annotated[frozenset[Topic],
+                   Meta(description=f"must be a list of topics from {', '.join(sorted(ADMIN_TOPICS))}")]
+REQUEST_ID_RULE = f"must be a string of 1 to {MAX_REQUEST_ID_LEN} characters or a signed 64-bit integer"
+RequestId = Annotated[
+    Annotated[str, Meta(min_length=1, max_length=MAX_REQUEST_ID_LEN)] | Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX)]
+    | None,
+    Meta(description=REQUEST_ID_RULE),
+]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AdminSubscribe:
-    type: ClassVar[str] = "subscribe"
-    roles: ClassVar[frozenset[Role]] = frozenset({ADMIN})
-    topics: frozenset[str]
+class Point(Struct, frozen=True, gc=False):
+    """A WGS 84 position, `{"lat": ..., "lon": ...}` on the wire."""
 
-    @classmethod
-    def from_map(cls, m: dict[str, Any], conn_id: str) -> AdminSubscribe:
-        topics = m.get("topics")
-        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
-            raise BadMessage("topics: must be a list of strings")
-        unknown = sorted(set(topics) - ADMIN_TOPICS)
-        if unknown:
-            raise BadMessage(f"topics: unknown topic {unknown[0]!r}")
-        return cls(topics=frozenset(topics))
+    lat: Lat
+    lon: Lon
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Ping:
-    type: ClassVar[str] = "ping"
-    roles: ClassVar[frozenset[Role]] = frozenset({DRIVER, PASSENGER, ADMIN})
-
-    @classmethod
-    def from_map(cls, m: dict[str, Any], conn_id: str) -> Ping:
-        return cls()
+PointField = Annotated[Point, Meta(description="must be an object with lat and lon")]
 
 
-ClientMessage = DriverLocation | DriverStatus | OrderAction | RideRequest | Nearby | AdminSubscribe | Ping
+# ---- messages ------------------------------------------------------------------------------
+
+
+class ClientMessage(Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
+    """The envelope every client message shares: `type` (the tag) and an optional request `id`.
+
+    `roles` says who may send the message; `gc=False` because a message holds only scalars,
+    strings and Points, never a cycle (and a position arrives 100k times a second).
+    """
+
+    id: RequestId = None
+    roles: ClassVar[frozenset[Role]]
+
+
+class DriverLocation(ClientMessage, tag="driver_location"):
+    roles = frozenset({DRIVER})
+    lat: Lat
+    lon: Lon
+    heading: Heading = math.nan
+    speed_kmh: SpeedKmh = math.nan
+    accuracy_m: AccuracyM = math.nan
+    driver_id: DriverId | UnsetType = UNSET  # present: must equal the connection's id (protocol.py)
+
+
+class DriverStatus(ClientMessage, tag="driver_status"):
+    roles = frozenset({DRIVER})
+    status: Status
+
+    @property
+    def online(self) -> bool:
+        return self.status == "online"
+
+
+class OrderAction(ClientMessage):
+    """A driver's (or, to cancel, a passenger's) command on one order; one subclass per `type`."""
+
+    roles = frozenset({DRIVER})
+    order_id: OrderId
+
+
+class OrderAccept(OrderAction, tag="order_accept"):
+    pass
+
+
+class OrderReject(OrderAction, tag="order_reject"):
+    pass
+
+
+class OrderArrived(OrderAction, tag="order_arrived"):
+    pass
+
+
+class TripStart(OrderAction, tag="trip_start"):
+    pass
+
+
+class TripComplete(OrderAction, tag="trip_complete"):
+    pass
+
+
+class OrderCancel(OrderAction, tag="order_cancel"):
+    roles = frozenset({DRIVER, PASSENGER})
+    reason: Reason = ""
+
+
+class RideRequest(ClientMessage, tag="ride_request"):
+    roles = frozenset({PASSENGER})
+    pickup: PointField
+    dropoff: PointField
+
+
+class Nearby(ClientMessage):
+    """nearby_subscribe / nearby_unsubscribe: drivers around a point, pushed while subscribed."""
+
+    roles = frozenset({PASSENGER})
+    subscribe: ClassVar[bool]
+
+
+class NearbySubscribe(Nearby, tag="nearby_subscribe"):
+    subscribe = True
+    lat: Lat
+    lon: Lon
+    radius_m: RadiusM = DEFAULT_NEARBY_RADIUS_M
+
+
+class NearbyUnsubscribe(Nearby, tag="nearby_unsubscribe"):
+    """The fields are optional and ignored, but checked when present (a client that sends them
+    back from its subscribe should hear about a bad one)."""
+
+    subscribe = False
+    lat: Lat = math.nan
+    lon: Lon = math.nan
+    radius_m: RadiusM = DEFAULT_NEARBY_RADIUS_M
+
+
+class AdminSubscribe(ClientMessage, tag="subscribe"):
+    roles = frozenset({ADMIN})
+    topics: Topics
+
+
+class Ping(ClientMessage, tag="ping"):
+    roles = frozenset({DRIVER, PASSENGER, ADMIN})
+
+
+MESSAGE_TYPES: tuple[type[ClientMessage], ...] = (
+    DriverLocation, DriverStatus, OrderAccept, OrderReject, OrderArrived, TripStart, TripComplete, OrderCancel,
+    RideRequest, NearbySubscribe, NearbyUnsubscribe, AdminSubscribe, Ping,
+)
+CLIENT_MESSAGE: Any = MESSAGE_TYPES[0]
+for _cls in MESSAGE_TYPES[1:]:
+    CLIENT_MESSAGE = CLIENT_MESSAGE | _cls
+"""The tagged union both decoders read: every client message type."""
+
+
+def type_name(cls: type[ClientMessage]) -> str:
+    """The wire `type` of a message class (its msgspec tag)."""
+    return cls.__struct_config__.tag  # type: ignore[return-value]
+
 
 # type name -> (message class, roles allowed to send it)
-SCHEMAS: dict[str, tuple[type, frozenset[Role]]] = {
-    **{c.type: (c, c.roles) for c in (DriverLocation, DriverStatus, RideRequest, AdminSubscribe, Ping)},
-    **{name: (OrderAction, roles) for name, roles in OrderAction.TYPES.items()},
-    **{name: (Nearby, roles) for name, roles in Nearby.TYPES.items()},
+SCHEMAS: dict[str, tuple[type[ClientMessage], frozenset[Role]]] = {
+    type_name(c): (c, c.roles) for c in MESSAGE_TYPES
 }
+
+
+# ---- the rule each field's errors quote ------------------------------------------------------
+
+
+def _rule(t: msgspec.inspect.Type) -> tuple[str | None, type | None]:
+    """(the description a field's type carries, the Struct it holds if any), looking through unions."""
+    rule = None
+    sub = None
+    if isinstance(t, msgspec.inspect.Metadata):
+        rule = (t.extra_json_schema or {}).get("description")
+        inner_rule, sub = _rule(t.type)
+        rule = rule or inner_rule
+    elif isinstance(t, msgspec.inspect.StructType):
+        sub = t.cls
+    elif isinstance(t, msgspec.inspect.UnionType):
+        for member in t.types:
+            r, s = _rule(member)
+            rule, sub = rule or r, sub or s
+    return rule, sub
+
+
+FIELD_RULES: dict[type, dict[str, tuple[str | None, type | None]]] = {}
+"""Struct class -> field name -> (rule, nested Struct): what protocol.py quotes in a `bad_message`."""
+for _cls in (*MESSAGE_TYPES, Point):
+    _info = msgspec.inspect.type_info(_cls)
+    assert isinstance(_info, msgspec.inspect.StructType)
+    FIELD_RULES[_cls] = {f.name: _rule(f.type) for f in _info.fields}
+    assert all(rule for rule, _sub in FIELD_RULES[_cls].values()), f"{_cls.__name__}: a field without a rule"

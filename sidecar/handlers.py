@@ -23,20 +23,28 @@ from sidecar.events import (
     DriverStatus,
     ErrorCode,
     Nearby,
+    NearbySubscribe,
+    NearbyUnsubscribe,
+    OrderAccept,
     OrderAction,
+    OrderArrived,
+    OrderCancel,
+    OrderReject,
     Ping,
     RideRequest,
+    TripComplete,
+    TripStart,
 )
 from sidecar.protocol import Request
 from sidecar.stats import SidecarStats
 
-COMMANDS = {
-    "order_accept": R.Command.ACCEPT,
-    "order_reject": R.Command.REJECT,
-    "order_arrived": R.Command.ARRIVED,
-    "trip_start": R.Command.START,
-    "trip_complete": R.Command.COMPLETE,
-    "order_cancel": R.Command.CANCEL,
+COMMANDS: dict[type[OrderAction], R.Command] = {
+    OrderAccept: R.Command.ACCEPT,
+    OrderReject: R.Command.REJECT,
+    OrderArrived: R.Command.ARRIVED,
+    TripStart: R.Command.START,
+    TripComplete: R.Command.COMPLETE,
+    OrderCancel: R.Command.CANCEL,
 }
 
 
@@ -67,8 +75,9 @@ class Handlers:
             DriverLocation: self._driver_location,
             DriverStatus: self._driver_status,
             RideRequest: self._ride_request,
-            OrderAction: self._order_action,
-            Nearby: self._nearby,
+            **dict.fromkeys(COMMANDS, self._order_action),
+            NearbySubscribe: self._nearby,
+            NearbyUnsubscribe: self._nearby,
             AdminSubscribe: self._admin_subscribe,
             Ping: self._ping,
         }
@@ -127,13 +136,15 @@ class Handlers:
         m: RideRequest = req.message  # type: ignore[assignment]
         corr = self._corr(conn, req, always=True, conflict=RIDE_ID_CONFLICT)
         body = R.ride_request(conn.origin, time.monotonic_ns(), corr,
-                              idempotency_key(conn.app_id, req.request_id), m.pickup, m.dropoff)
+                              idempotency_key(conn.app_id, req.request_id),
+                              (m.pickup.lat, m.pickup.lon), (m.dropoff.lat, m.dropoff.lon))
         self._publish(R.T.IN_RIDE_REQUEST, body, corr)
 
     def _order_action(self, conn: Connection, req: Request) -> None:
         m: OrderAction = req.message  # type: ignore[assignment]
         corr = self._corr(conn, req, always=True)
-        body = R.order_command(conn.origin, time.monotonic_ns(), corr, m.order_id, COMMANDS[m.action], m.reason)
+        reason = m.reason if isinstance(m, OrderCancel) else ""
+        body = R.order_command(conn.origin, time.monotonic_ns(), corr, m.order_id, COMMANDS[type(m)], reason)
         self._publish(R.T.IN_ORDER_COMMAND, body, corr)
 
     def _nearby(self, conn: Connection, req: Request) -> None:

@@ -1,13 +1,12 @@
 """The public protocol's message shapes as data: wire fields per message type, both directions.
 
 `events.SCHEMAS` says which client messages exist and who may send them, and
-the dataclasses validate them; this module adds what those do not say in
-one place: the *wire* field names (a `driver_status` carries `status`, the
-dataclass holds `online`), which of them are required, and the shape of
-every server -> client message (built as plain maps in bridge.py,
-handlers.py and server.py). docs/protocol.md and docs/asyncapi.yaml are
-checked against these tables by tests/test_docs.py, and the tables are
-checked against the validators and a live session, so none can drift.
+their msgspec Structs validate them; this module restates their wire fields
+as a table beside the shape of every server -> client message (built as
+plain maps in bridge.py, handlers.py and server.py), so that both directions
+read alike. docs/protocol.md and docs/asyncapi.yaml are checked against
+these tables by tests/test_docs.py, and the tables are checked against the
+Structs, the decoder and a live session, so none can drift.
 
 The envelope fields are not listed per message: every message has `type`;
 a client message may carry `id`; every server message carries `ts`.

@@ -27,7 +27,7 @@ def test_bench_protocol_smoke_reports_codec_and_ingest_figures(engine_bin: Path,
         ("decode+validate", "driver_location"), ("decode+validate", "ride_request"),
         ("encode", "new_order"), ("encode", "order_update"), ("encode", "driver_location")}
     for r in result["codec"]:
-        for key in ("json_us", "msgpack_us"):
+        for key in ("json_us", "msgpack_us", "legacy_json_us", "legacy_msgpack_us"):
             assert math.isfinite(r[key]) and 0 < r[key] < 10_000, r
         assert r["bytes_json"] > 20 and r["bytes_msgpack"] > 20
     for fmt in ("json", "msgpack"):
@@ -40,3 +40,4 @@ def test_bench_protocol_smoke_reports_codec_and_ingest_figures(engine_bin: Path,
             assert run["conns"] == 4
         assert result["ingest"][f"{fmt}/4"]["frames_per_cpu_s"] > 0
     assert "frames per sidecar CPU-second" in out
+    assert "legacy JSON µs" in out, "the previous codec's figures stand beside the new ones"

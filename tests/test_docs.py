@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import ast
 import copy
-import dataclasses
 import json
 import math
 import re
 from typing import Any
 
 import msgpack
+import msgspec
 import pytest
 from connect import ws_url
 from docschema import (
@@ -40,8 +40,6 @@ from sidecar.events import SCHEMAS, ClientError, ErrorCode, Role
 
 CONN_ID = {Role.DRIVER: "d1", Role.PASSENGER: "p1", Role.ADMIN: "admin"}
 CHANNEL = {Role.DRIVER: "driver", Role.PASSENGER: "passenger", Role.ADMIN: "admin"}
-# Dataclass attribute -> the wire field it comes from, where the names differ.
-WIRE_NAME = {"online": "status", "action": "type", "subscribe": "type"}
 
 
 # ---- what the code sends -------------------------------------------------------------
@@ -75,7 +73,7 @@ def code_sent_types() -> dict[str, str]:
 
 def parse_as(message: dict[str, Any], role: Role, binary: bool = False) -> protocol.Request:
     data = msgpack.packb(message) if binary else json.dumps(message).encode()
-    return protocol.parse_message(protocol.parse_payload(data, binary), role, CONN_ID[role])
+    return protocol.decode(data, binary, role, CONN_ID[role])
 
 
 def example(type_: str) -> dict[str, Any]:
@@ -147,7 +145,7 @@ def test_asyncapi_is_a_3_0_document_with_the_three_paths_and_resolvable_refs() -
     assert set(SCHEMAS) | set(schema.SERVER_MESSAGES) == documented
 
 
-# ---- fields: documents vs tables vs dataclasses vs validators ------------------------------------
+# ---- fields: documents vs tables vs message Structs vs validators --------------------------------
 
 
 @pytest.mark.parametrize("type_", sorted(SCHEMAS))
@@ -178,15 +176,15 @@ def message_classes() -> dict[type, list[str]]:
 
 
 @pytest.mark.parametrize("cls", list(message_classes()), ids=lambda c: c.__name__)
-def test_dataclass_fields_come_from_documented_wire_fields(cls: type) -> None:
-    """Every dataclass attribute is read from a documented field; a one-type class requires the same."""
+def test_message_struct_fields_are_the_documented_wire_fields(cls: type) -> None:
+    """Every Struct field is a documented wire field and back; a one-type class requires the same."""
     types = message_classes()[cls]
-    documented = set().union(*(schema.CLIENT_MESSAGES[t].fields for t in types)) | {"type"}
-    wire = {WIRE_NAME.get(f.name, f.name) for f in dataclasses.fields(cls)}
-    assert wire <= documented, f"{cls.__name__} holds {wire - documented}, not documented"
+    documented = set().union(*(schema.CLIENT_MESSAGES[t].fields for t in types))
+    fields = msgspec.structs.fields(cls)
+    wire = {f.encode_name for f in fields} - {"id"}  # the envelope's `id`, which every message may carry
+    assert wire == documented, f"{cls.__name__} holds {wire}, documented {documented}"
     if len(types) == 1:
-        required = {WIRE_NAME.get(f.name, f.name) for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        required = {f.encode_name for f in fields if f.required}
         assert required == schema.CLIENT_MESSAGES[types[0]].required, f"{cls.__name__} requires {required}"
 
 
@@ -300,6 +298,20 @@ def test_error_examples_name_their_field_as_the_validator_does() -> None:
             parse_as(m, role)
         produced.add(exc.value.message)
     assert produced <= said, produced - said
+
+
+def test_the_bad_message_row_quotes_the_decoder_word_for_word() -> None:
+    """The `field: rule` examples in the error table are what the decoder says (one form throughout)."""
+    md = markdown()
+    for m, role in (({"type": "driver_location", "lat": 91, "lon": 68.78}, Role.DRIVER),
+                    ({"type": "ride_request", "pickup": {"lat": 38.5}, "dropoff": {"lat": 38.5, "lon": 68.7}},
+                     Role.PASSENGER),
+                    ({"type": "order_accept", "order_id": 0}, Role.DRIVER)):
+        for binary in (False, True):
+            with pytest.raises(ClientError) as exc:
+                parse_as(m, role, binary)
+            assert exc.value.code is ErrorCode.BAD_MESSAGE
+            assert f"`{exc.value.message}`" in md, exc.value.message
 
 
 # ---- error codes, close codes, limits ------------------------------------------------------

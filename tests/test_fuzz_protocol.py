@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import queue
+import sys
 import threading
 import time
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import msgpack
 import pytest
 import uvloop
-from conftest import start_stack
+from conftest import ROOT, start_stack
 from connect import ws_url
 from docschema import payload_schema, violations
 from hypothesis import HealthCheck, given, settings
@@ -35,6 +36,7 @@ from hypothesis import strategies as st
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from websockets.sync.client import connect as sync_connect
 
+from sidecar import events as E
 from sidecar import schema
 from sidecar.events import SCHEMAS, ClientError, ErrorCode, Role
 from sidecar.protocol import JSON, MSGPACK, Decoder, MessageTooBig, encode, error_message
@@ -226,6 +228,90 @@ def test_decoder_handles_the_extremes_quickly() -> None:
         kind, _ = feed_checked(dec, frame)
         assert kind == "error"
     assert time.perf_counter() - t0 < 5.0
+
+
+# ---- the previous codec as a second opinion ------------------------------------------------------
+
+
+def _legacy() -> Any:
+    """bench/protocol/legacy_codec.py: the hand-written validators this codec replaced."""
+    sys.path.insert(0, str(ROOT / "bench" / "protocol"))
+    import legacy_codec
+
+    return legacy_codec
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def _values(m: Any) -> tuple[Any, ...]:
+    """What a decoded message carries, for the new Structs and the old dataclasses alike."""
+    if hasattr(m, "__struct_fields__"):  # the new codec
+        tag = type(m).__struct_config__.tag
+        if isinstance(m, E.RideRequest):
+            return tag, (m.pickup.lat, m.pickup.lon), (m.dropoff.lat, m.dropoff.lon)
+        if isinstance(m, E.DriverStatus):
+            return tag, m.online
+        if isinstance(m, E.OrderAction):
+            return tag, m.order_id, getattr(m, "reason", "")
+        if isinstance(m, E.DriverLocation):
+            return tag, m.lat, m.lon, m.heading, m.speed_kmh, m.accuracy_m
+        if isinstance(m, E.Nearby):
+            return tag, m.lat, m.lon, m.radius_m
+        if isinstance(m, E.AdminSubscribe):
+            return tag, m.topics
+        return (tag,)
+    name = type(m).__name__  # the legacy dataclasses
+    if name == "RideRequest":
+        return "ride_request", m.pickup, m.dropoff
+    if name == "DriverStatus":
+        return "driver_status", m.online
+    if name == "OrderAction":
+        return m.action, m.order_id, m.reason
+    if name == "DriverLocation":
+        return "driver_location", m.lat, m.lon, m.heading, m.speed_kmh, m.accuracy_m
+    if name == "Nearby":
+        return "nearby_subscribe" if m.subscribe else "nearby_unsubscribe", m.lat, m.lon, m.radius_m
+    if name == "AdminSubscribe":
+        return "subscribe", m.topics
+    return ("ping",)
+
+
+def _beyond_64_bits(v: Any) -> bool:
+    """orjson refused integers past 64 bits anywhere in a frame; msgspec reads them (and range-checks)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return not -(2**63) <= v < 2**64
+    if isinstance(v, list):
+        return any(_beyond_64_bits(x) for x in v)
+    if isinstance(v, dict):
+        return any(_beyond_64_bits(x) for x in v.values())
+    return False
+
+
+@settings(max_examples=1000, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(m=mutated_messages(), binary=st.booleans(), role=st.sampled_from(list(Role)))
+def test_the_new_codec_accepts_exactly_what_the_old_one_did_with_the_same_values(
+        m: dict[str, Any], binary: bool, role: Role) -> None:
+    """Differential: msgspec's typed decode against the previous hand-written validators."""
+    legacy = _legacy()
+    conn_id = "d1" if role is Role.DRIVER else "p1"
+    data = dump_msgpack(m) if binary else dump_json(m)
+    outcome = []
+    for dec in (Decoder(role, conn_id), legacy.LegacyDecoder(role, conn_id)):
+        try:
+            outcome.append(dec.feed(binary, True, data))
+        except ClientError as e:
+            outcome.append(e.code)
+    new, old = outcome
+    if isinstance(new, ErrorCode) or isinstance(old, ErrorCode):
+        if not binary and _beyond_64_bits(m) and old is ErrorCode.BAD_FRAME:
+            return  # orjson's limit, not a rule of the protocol
+        assert isinstance(new, ErrorCode) and isinstance(old, ErrorCode), (m, new, old)
+        return
+    assert new.request_id == old.request_id, m
+    assert all(_same(a, b) if isinstance(a, float) else a == b
+               for a, b in zip(_values(new.message), _values(old.message), strict=True)), (m, new, old)
 
 
 # ---- the live server ----------------------------------------------------------------------

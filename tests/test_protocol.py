@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import msgpack
 import pytest
@@ -29,7 +30,7 @@ def test_msgpack_binary_frames_decode_the_same_as_json() -> None:
     m = {"type": "ride_request", "id": "r1", "pickup": {"lat": 1, "lon": 2}, "dropoff": {"lat": 3, "lon": 4}}
     a = feed(m, E.PASSENGER, binary=False, conn_id="p1")
     b = feed(m, E.PASSENGER, binary=True, conn_id="p1")
-    assert a == b and a.message.pickup == (1.0, 2.0)
+    assert a == b and a.message.pickup == E.Point(lat=1.0, lon=2.0)
 
 
 @pytest.mark.parametrize(
@@ -61,6 +62,130 @@ def test_error_keeps_the_request_id_so_the_client_can_match_it() -> None:
     with pytest.raises(E.BadMessage) as exc:
         feed({"type": "driver_location", "lat": 100, "lon": 0, "id": "abc"})
     assert exc.value.request_id == "abc"
+
+
+def test_the_request_id_is_echoed_whatever_else_is_wrong() -> None:
+    """The id is read first, so a client can match the error even when msgspec stopped earlier."""
+    for role, m in ((E.DRIVER, {"lat": 100, "type": "driver_location", "lon": 0, "id": "q7"}),
+                    (E.DRIVER, {"type": "order_accept", "order_id": "x", "id": "q7"}),
+                    (E.DRIVER, {"type": "order_cancel", "order_id": 1, "reason": "é" * 33, "id": "q7"}),
+                    (E.PASSENGER, {"type": "ride_request", "pickup": {"lat": 1}, "dropoff": 5, "id": "q7"}),
+                    (E.PASSENGER, {"type": "nearby_subscribe", "lat": 1, "lon": 1, "radius_m": 0, "id": "q7"}),
+                    (E.ADMIN, {"type": "subscribe", "topics": [1], "id": "q7"}),
+                    (E.DRIVER, {"type": "teleport", "id": "q7"}),
+                    (E.DRIVER, {"type": 7, "id": "q7"}),
+                    (E.PASSENGER, {"type": "order_accept", "order_id": "x", "id": "q7"})):
+        for binary in (False, True):
+            with pytest.raises(E.ClientError) as exc:
+                feed(m, role, binary, conn_id="d1" if role is E.DRIVER else "p1")
+            assert exc.value.request_id == "q7", (m, exc.value.message)
+
+
+def test_a_bad_id_is_named_before_any_other_field_and_not_echoed() -> None:
+    for bad in ("", "x" * 65, 1.5, True, 2**63, -(2**63) - 1, [1], {"a": 1}, None):
+        m = {"type": "driver_location", "lat": 100, "id": bad}
+        # null is no id at all: then the field error comes, without an id
+        with pytest.raises(E.BadMessage, match=r"^lat: " if bad is None else r"^id: ") as exc:
+            feed(m)
+        assert exc.value.request_id is None
+    for good in ("x", "x" * 64, 0, -(2**63), 2**63 - 1):
+        assert feed({"type": "ping", "id": good}).request_id == good
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_nan_and_infinity_never_pass_any_number(bad: float) -> None:
+    """msgpack can carry NaN and ±inf; every float field refuses them, naming the field."""
+    cases = [(E.DRIVER, "driver_location", {"lat": 1.0, "lon": 1.0}, ["lat", "lon", "heading", "speed_kmh",
+                                                                        "accuracy_m"]),
+             (E.PASSENGER, "nearby_subscribe", {"lat": 1.0, "lon": 1.0}, ["lat", "lon", "radius_m"]),
+             (E.PASSENGER, "nearby_unsubscribe", {}, ["lat", "lon", "radius_m"])]
+    for role, type_, base, fields in cases:
+        for f in fields:
+            with pytest.raises(E.BadMessage, match=f"^{f}: must be a number between"):
+                feed({"type": type_, **base, f: bad}, role, binary=True, conn_id="x1")
+    for where in ("pickup", "dropoff"):
+        for f in ("lat", "lon"):
+            m = {"type": "ride_request", "pickup": {"lat": 1.0, "lon": 1.0}, "dropoff": {"lat": 1.0, "lon": 1.0}}
+            m[where] = {**m[where], f: bad}
+            with pytest.raises(E.BadMessage, match=rf"^{where}\.{f}: must be a number between"):
+                feed(m, E.PASSENGER, binary=True, conn_id="p1")
+
+
+@pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity"])
+def test_json_nan_tokens_are_not_json(token: bytes) -> None:
+    with pytest.raises(E.BadFrame, match=r"^undecodable JSON"):
+        Decoder(E.DRIVER, "d1").feed(False, True, b'{"type":"driver_location","lat":' + token + b',"lon":1}')
+
+
+def test_a_json_number_too_big_for_a_float_is_out_of_range_not_infinite() -> None:
+    with pytest.raises(E.BadMessage, match=r"^lat: must be a number between -90 and 90$"):
+        Decoder(E.DRIVER, "d1").feed(False, True, b'{"type":"driver_location","lat":1e999,"lon":1}')
+
+
+def test_every_refusal_takes_the_form_field_colon_rule() -> None:
+    form = re.compile(r"^[a-z_]+(\.[a-z_]+)*: [a-z]")
+    messages = [
+        ({"type": "driver_location", "lat": "x", "lon": 1}, E.DRIVER),
+        ({"type": "driver_status"}, E.DRIVER),
+        ({"type": "order_reject", "order_id": 0}, E.DRIVER),
+        ({"type": "ride_request", "pickup": [1, 2], "dropoff": {"lat": 1, "lon": 1}}, E.PASSENGER),
+        ({"type": "ride_request", "pickup": {"lat": 1, "lon": 1}, "dropoff": {"lat": 1, "lon": None}}, E.PASSENGER),
+        ({"type": "subscribe", "topics": ["gossip"]}, E.ADMIN),
+        ({"type": "subscribe", "topics": "log"}, E.ADMIN),
+        ({"type": "ping", "id": 1.5}, E.DRIVER),
+        ({"type": "teleport"}, E.DRIVER),
+        ({"type": "ride_request"}, E.DRIVER),
+    ]
+    for m, role in messages:
+        for binary in (False, True):
+            with pytest.raises(E.ClientError) as exc:
+                feed(m, role, binary, conn_id="x1")
+            assert form.match(exc.value.message), exc.value.message
+
+
+def test_reason_is_measured_in_utf8_bytes() -> None:
+    def cancel(reason: str) -> object:
+        return feed({"type": "order_cancel", "order_id": 5, "reason": reason})
+
+    assert cancel("é" * 32).message.reason == "é" * 32  # 64 bytes
+    assert cancel("x" * 64).message.reason == "x" * 64
+    for over in ("é" * 33, "x" * 65, "😀" * 17):
+        with pytest.raises(E.BadMessage, match=f"^reason: must be a string of at most {E.MAX_REASON_BYTES} bytes"):
+            cancel(over)
+
+
+def test_driver_id_may_be_the_connections_own() -> None:
+    req = feed({"type": "driver_location", "lat": 1, "lon": 2, "driver_id": "d1"})
+    assert isinstance(req.message, E.DriverLocation) and req.message.driver_id == "d1"
+
+
+def test_unknown_fields_are_skipped_whatever_they_hold() -> None:
+    m = {"type": "ping", "id": 3, "extra": {"deep": [[1, 2], {"x": None}]}, "blob": b"\x00" * 100,
+         "ext": msgpack.ExtType(5, b"abc"), "many": list(range(5000))}
+    data = msgpack.packb(m, use_bin_type=True)
+    assert Decoder(E.DRIVER, "d1").feed(True, True, data).request_id == 3
+
+
+@pytest.mark.parametrize("raw", [b'{"type":"ping","x":"\xff"}', b'{"type":"ping","\xc3":1}',
+                                 b'{"type":"ping","id":"\xed\xa0\x80"}'])
+def test_a_text_frame_must_be_utf8_even_where_it_is_not_read(raw: bytes) -> None:
+    with pytest.raises(E.BadFrame, match=r"^undecodable JSON: invalid UTF-8"):
+        Decoder(E.DRIVER, "d1").feed(False, True, raw)
+    utf8 = '{"type":"ping","id":"é✓","x":"日本"}'.encode()
+    assert Decoder(E.DRIVER, "d1").feed(False, True, utf8).request_id == "é✓"
+
+
+def test_duplicate_topics_collapse_into_a_set() -> None:
+    req = feed({"type": "subscribe", "topics": ["log"] * 1000 + ["drivers"]}, E.ADMIN, conn_id="admin")
+    assert req.message.topics == frozenset({"log", "drivers"})
+
+
+def test_each_type_decodes_to_its_own_struct_and_a_nearby_to_a_nearby() -> None:
+    assert isinstance(feed({"type": "nearby_subscribe", "lat": 1, "lon": 2}, E.PASSENGER).message, E.Nearby)
+    un = feed({"type": "nearby_unsubscribe"}, E.PASSENGER).message
+    assert isinstance(un, E.NearbyUnsubscribe) and not un.subscribe and un.radius_m == E.DEFAULT_NEARBY_RADIUS_M
+    assert isinstance(feed({"type": "trip_start", "order_id": 9}).message, E.TripStart)
+    assert feed({"type": "driver_status", "status": "offline"}).message.online is False
 
 
 @pytest.mark.parametrize("raw", [b"{", b"[1,2]", b"NaN", b'{"type": NaN}', b"\xff\xfe", b'"str"'])
@@ -131,6 +256,29 @@ def test_encode_matches_the_format() -> None:
     m = {"type": "pong", "ts": 1}
     assert encode(m, JSON) == b'{"type":"pong","ts":1}'
     assert msgpack.unpackb(encode(m, MSGPACK)) == m
+
+
+SERVER_SAMPLES = [
+    {"type": "new_order", "order_id": 1001, "passenger_id": "p1", "pickup": {"lat": 38.5598, "lon": 68.787},
+     "dropoff": {"lat": 38.575, "lon": 68.795}, "distance_m": 610.2, "eta_s": 165.0, "expires_in_s": 15.0,
+     "seq": 1764090000000001, "ts": 1764090000000},
+    {"type": "order_update", "order_id": 2**63 - 1, "status": "accepted", "driver_id": "d1", "seq": 2, "ts": 1},
+    {"type": "driver_location", "order_id": 7, "driver_id": "d1", "lat": -38.5605, "lon": 1e-7, "heading": 0.0,
+     "speed_kmh": 32.5, "ts": 1764090000000},
+    {"type": "error", "id": -(2**63), "code": "bad_message", "message": "lat: é ✓ \u2028 \"quoted\"\n", "ts": 0},
+    {"type": "ack", "id": "r1", "topics": ["drivers", "log"], "ts": 1764090000000},
+    {"type": "nearby_drivers", "drivers": [{"driver_id": "d1", "lat": 1.0, "lon": 2.0}] * 3, "ts": 5},
+]
+
+
+@pytest.mark.parametrize("m", SERVER_SAMPLES, ids=lambda m: m["type"])
+def test_encoded_server_messages_are_what_independent_codecs_write_and_read(m: dict) -> None:
+    """msgspec encodes; the `msgpack` package (byte for byte) and the stdlib json check it."""
+    packed = encode(m, MSGPACK)
+    assert packed == msgpack.packb(m, use_bin_type=True)
+    assert msgpack.unpackb(packed, raw=False) == m
+    text = encode(m, JSON)
+    assert json.loads(text) == m
 
 
 # ---- format choice (router.choose_format) ---------------------------------------------------------
