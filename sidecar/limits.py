@@ -10,9 +10,17 @@ bucket (a flood guard: one connection cannot monopolise a worker that does
 ~100k messages/s), and latest-wins inputs (`driver_location`,
 `nearby_subscribe`/`_unsubscribe`) also cost one from the `positions`
 bucket, sized for an app that reports once a second with bursts after a
-tunnel or a reconnect. A refused message is answered `rate_limited`; a long
-run of refusals with nothing admitted in between is abuse and closes the
-connection (1008).
+tunnel or a reconnect.
+
+A refusal is made nearly free for the server, so that a flood costs the flooder: only the
+first `ANSWERED_REFUSALS` refusals of each second are answered `rate_limited` (an app that
+bursts learns why), the rest are dropped unanswered, and after each refusal the shell stops
+reading the socket until the bucket that refused holds a token again (`pause_s`): the
+kernel's buffers fill and TCP slows the sender down, at no cost to anyone else. Flooding
+is counted in a sliding window, not "in a row": `ABUSE_AFTER` refusals within
+`ABUSE_WINDOW_S` close the connection (1008), whatever was admitted in between (a bucket
+refilling at 2000/s admits a message every few refusals of a 70k/s flood, which a run
+count never sees as abuse).
 
 Outbound, `Outbox` holds what a connection owes its client while the
 transport is paused (its write buffer is above the high-water mark):
@@ -41,7 +49,16 @@ POSITIONS_RATE = Rate(per_s=10.0, burst=20.0)  # one position a second, bursts a
 # Every message, all types: ride requests, order commands, pings. Generous on purpose (load tools and
 # benchmarks drive hundreds of commands a second over one connection); it bounds a flood, not a person.
 MESSAGES_RATE = Rate(per_s=2000.0, burst=2000.0)
-ABUSE_AFTER = 100  # refusals in a row (nothing admitted in between) -> close 1008
+ABUSE_AFTER = 100  # refusals within ABUSE_WINDOW_S (admitted messages in between or not) -> close 1008
+ABUSE_WINDOW_S = 1.0
+# rate_limited answers per window; further refusals are dropped silently. Enough for an app that
+# bursts 30 positions against a bucket of 20 to be told about each refusal (tests/test_live_protocol.py).
+ANSWERED_REFUSALS = 16
+# How long the shell stops reading a connection after a refusal: until the refusing bucket holds a
+# token again, within these bounds (a 2000/s bucket refills a token in 0.5 ms: too short a pause to
+# relieve anyone; a 10/s one in 100 ms).
+PAUSE_MIN_S = 0.01
+PAUSE_MAX_S = 0.25
 
 
 class TokenBucket:
@@ -72,40 +89,73 @@ class TokenBucket:
 
 class Verdict(Enum):
     ADMIT = "admit"
-    LIMITED = "limited"  # answer rate_limited, drop the message
+    LIMITED = "limited"  # drop the message, answer rate_limited, pause reading (pause_s)
+    DROPPED = "dropped"  # drop the message unanswered, pause reading (pause_s)
     ABUSE = "abuse"  # close the connection (1008)
 
 
-ADMIT, LIMITED, ABUSE = Verdict.ADMIT, Verdict.LIMITED, Verdict.ABUSE
+ADMIT, LIMITED, DROPPED, ABUSE = Verdict.ADMIT, Verdict.LIMITED, Verdict.DROPPED, Verdict.ABUSE
 
 
 class RateLimiter:
-    """The inbound limits of one connection."""
+    """The inbound limits of one connection.
 
-    __slots__ = ("abuse_after", "messages", "positions", "refused_in_a_row")
+    Refusals are counted in a sliding window of `ABUSE_WINDOW_S`, approximated the way
+    rate limiters at scale do (two fixed windows, the previous one weighted by how much of
+    it the sliding window still covers): four numbers per connection instead of a list of
+    timestamps.
+    """
+
+    __slots__ = ("abuse_after", "answered", "messages", "positions", "refused", "refused_before", "refused_by",
+                 "window_start")
 
     def __init__(self, now: float, positions: Rate = POSITIONS_RATE, messages: Rate = MESSAGES_RATE,
                  abuse_after: int = ABUSE_AFTER) -> None:
         self.positions = TokenBucket(positions, now)
         self.messages = TokenBucket(messages, now)
         self.abuse_after = abuse_after
-        self.refused_in_a_row = 0
+        self.window_start = now
+        self.refused = 0  # in the current window
+        self.refused_before = 0  # in the previous window
+        self.answered = 0  # refusals answered in the current window
+        self.refused_by: TokenBucket | None = None  # the bucket of the latest refusal
 
     def check(self, now: float, position: bool, frames: int = 1) -> Verdict:
         """Charges one message of `frames` frames (and one position when `position`).
 
         Each frame of a fragmented message costs a token: fragments are work, and empty
-        ones would otherwise be free.
-
-        A run of refusals can only grow while the client keeps sending faster than the
-        refill rate, so "N in a row" needs no time window of its own.
+        ones would otherwise be free. Control frames (PING, PONG) cost one like a message.
         """
-        ok = self.messages.take(now, frames) and (not position or self.positions.take(now))
-        if ok:
-            self.refused_in_a_row = 0
+        if not self.messages.take(now, frames):
+            self.refused_by = self.messages
+        elif position and not self.positions.take(now):
+            self.refused_by = self.positions
+        else:
             return ADMIT
-        self.refused_in_a_row += 1
-        return ABUSE if self.refused_in_a_row >= self.abuse_after else LIMITED
+        return self._refuse(now)
+
+    def _refuse(self, now: float) -> Verdict:
+        window = ABUSE_WINDOW_S
+        elapsed = now - self.window_start
+        if elapsed >= window:
+            # One window on: the current count becomes the previous one; two or more: both are stale.
+            self.refused_before = self.refused if elapsed < 2 * window else 0
+            self.window_start = now if elapsed >= 2 * window else self.window_start + window
+            self.refused = self.answered = 0
+            elapsed = now - self.window_start
+        self.refused += 1
+        if self.refused + self.refused_before * (1.0 - elapsed / window) >= self.abuse_after:
+            return ABUSE
+        if self.answered < ANSWERED_REFUSALS:
+            self.answered += 1
+            return LIMITED
+        return DROPPED
+
+    def pause_s(self) -> float:
+        """How long to stop reading after a refusal: until the bucket that refused holds a token again."""
+        b = self.refused_by
+        wait = (1.0 - b.tokens) / b.per_s if b is not None and b.per_s > 0 else PAUSE_MAX_S
+        return PAUSE_MIN_S if wait < PAUSE_MIN_S else PAUSE_MAX_S if wait > PAUSE_MAX_S else wait
 
 
 # ---- outbound -----------------------------------------------------------------------

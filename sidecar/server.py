@@ -49,6 +49,7 @@ from sidecar.handlers import Handlers
 from sidecar.limits import (
     ABUSE,
     ABUSE_AFTER,
+    ADMIT,
     LIMITED,
     MAX_PAUSED_S,
     MAX_QUEUED,
@@ -114,6 +115,7 @@ class App:
         self.server = await ws_create_server(
             self.listener_factory, host, port,
             enable_auto_ping=True, auto_ping_idle_timeout=s.ping_idle_s, auto_ping_reply_timeout=s.ping_reply_s,
+            enable_auto_pong=False,  # AppListener answers PINGs, charged to the connection's rate limit
             max_frame_size=MAX_FRAME_BYTES,
         )
         self.link.start()
@@ -306,6 +308,7 @@ class AppListener(WSListener):
         s = app.settings
         self.limiter = RateLimiter(time.monotonic(), s.positions_rate, s.messages_rate, s.abuse_after)
         self._paused_timer: asyncio.TimerHandle | None = None
+        self._reading_paused = False  # stopped reading a client over its rate (_pause_reading)
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         s = self.app.settings
@@ -336,16 +339,36 @@ class AppListener(WSListener):
         if self.conn.paused:
             self.app.close_for(self.conn, CLOSE_SLOW_READER, "slow reader: not reading")
 
-    def _admit(self, position: bool, request_id: str | int | None) -> bool:
-        verdict = self.limiter.check(time.monotonic(), position, self.decoder.last_frames)
-        if verdict is LIMITED:
-            self.app.stats.rate_limited += 1
-            self.app.handlers.error(self.conn, ErrorCode.RATE_LIMITED, "too many messages; slow down", request_id)
-            return False
+    def _admit(self, position: bool, request_id: str | int | None, frames: int = 1) -> bool:
+        verdict = self.limiter.check(time.monotonic(), position, frames)
+        if verdict is ADMIT:
+            return True
+        # Refused: answered only the first few times a second, and the socket is not read until the
+        # bucket refills, so that a flood costs its sender (TCP backpressure), not everyone else.
+        self._pause_reading(self.limiter.pause_s())
         if verdict is ABUSE:
             self.app.close_for(self.conn, WSCloseCode.POLICY_VIOLATION.value, "rate limit exceeded persistently")
             return False
-        return True
+        self.app.stats.rate_limited += 1
+        if verdict is LIMITED:
+            self.app.handlers.error(self.conn, ErrorCode.RATE_LIMITED, "too many messages; slow down", request_id)
+        return False
+
+    def _pause_reading(self, seconds: float) -> None:
+        t = self.conn.transport
+        if self._reading_paused or t is None or t.is_disconnected:
+            return
+        self._reading_paused = True
+        t.underlying_transport.pause_reading()
+        asyncio.get_running_loop().call_later(seconds, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._reading_paused = False
+        t = self.conn.transport
+        # A connection closed for abuse is not read again: its CLOSE went out, and the rest of its
+        # flood would only cost us; the close timer hangs up (connections.CLOSE_WAIT_S).
+        if t is not None and not t.is_disconnected and not self.conn.closing:
+            t.underlying_transport.resume_reading()
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         t = frame.msg_type
@@ -363,13 +386,19 @@ class AppListener(WSListener):
                 return
             except ClientError as e:
                 # Undecodable messages cost tokens too: a garbage flood is still a flood.
-                if self._admit(False, e.request_id):
+                if self._admit(False, e.request_id, self.decoder.last_frames):
                     self.app.handlers.error(self.conn, e.code, e.message, e.request_id)
                 return
             if req is not None:
                 m = req.message
-                if self._admit(isinstance(m, DriverLocation | Nearby), req.request_id):
+                if self._admit(isinstance(m, DriverLocation | Nearby), req.request_id, self.decoder.last_frames):
                     self.app.handlers.handle(self.conn, req)
+        elif t is WSMsgType.PING:
+            # Answered here rather than by picows' auto-pong, so that a PING flood is charged like any other.
+            if not self.conn.closing and self._admit(False, None):
+                transport.send_pong(frame.get_payload_as_bytes())
+        elif t is WSMsgType.PONG:
+            self._admit(False, None)  # unsolicited (picows takes the answers to its own pings): a frame like any
         elif t is WSMsgType.CLOSE:
             # picows leaves the reply to us (RFC 6455 §5.5.1): echo the code, then hang up.
             if not transport.is_close_frame_sent:  # we may have closed first: then this is the echo

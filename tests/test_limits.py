@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from sidecar.limits import ABUSE, ADMIT, LIMITED, Outbox, Rate, RateLimiter, TokenBucket
+from sidecar.limits import (
+    ABUSE,
+    ADMIT,
+    ANSWERED_REFUSALS,
+    DROPPED,
+    LIMITED,
+    PAUSE_MAX_S,
+    PAUSE_MIN_S,
+    Outbox,
+    Rate,
+    RateLimiter,
+    TokenBucket,
+)
 
 
 def test_a_bucket_allows_its_burst_then_its_rate() -> None:
@@ -20,20 +32,69 @@ def test_a_driver_reporting_every_second_is_never_limited() -> None:
         assert rl.check(float(i), position=True) is ADMIT
 
 
-def test_a_position_flood_is_limited_then_closed_as_abuse() -> None:
+def test_a_position_flood_is_limited_answered_a_few_times_then_closed_as_abuse() -> None:
     rl = RateLimiter(0.0, positions=Rate(10, 20), abuse_after=100)
     verdicts = [rl.check(0.0, position=True) for _ in range(20 + 100)]
     assert verdicts[:20] == [ADMIT] * 20
-    assert verdicts[20:119] == [LIMITED] * 99
+    assert verdicts[20 : 20 + ANSWERED_REFUSALS] == [LIMITED] * ANSWERED_REFUSALS  # the app is told why
+    assert verdicts[20 + ANSWERED_REFUSALS : 119] == [DROPPED] * (99 - ANSWERED_REFUSALS)  # then nothing is sent
     assert verdicts[119] is ABUSE
 
 
-def test_an_admitted_message_resets_the_abuse_count() -> None:
-    rl = RateLimiter(0.0, positions=Rate(10, 1), abuse_after=3)
-    assert rl.check(0.0, True) is ADMIT
-    assert [rl.check(0.0, True) for _ in range(2)] == [LIMITED, LIMITED]
-    assert rl.check(0.0, False) is ADMIT  # commands have their own allowance
-    assert [rl.check(0.0, True) for _ in range(2)] == [LIMITED, LIMITED]
+def test_admitted_messages_in_between_do_not_hide_a_flood() -> None:
+    # 72k messages/s against a bucket refilling at 2000/s: every ~36th is admitted. The old rule
+    # ("100 refusals in a row") never fired; a sliding window closes it within its first second.
+    rl = RateLimiter(0.0, messages=Rate(2000, 2000))
+    now, step, admitted, verdict = 0.0, 1 / 72_000, 0, ADMIT
+    while verdict is not ABUSE:
+        now += step
+        verdict = rl.check(now, position=False)
+        admitted += verdict is ADMIT
+        assert now < 1.0
+    assert admitted > 2000  # the burst went through, and some refills after it
+
+
+def test_a_slow_refusal_rate_is_never_abuse_and_answers_are_capped_per_window() -> None:
+    # A driver sending 15 positions a second against 10/s is refused ~5 times a second, forever: limited, not closed.
+    rl = RateLimiter(0.0, positions=Rate(10, 20), abuse_after=100)
+    verdicts = [rl.check(i / 15, position=True) for i in range(15 * 120)]
+    assert ABUSE not in verdicts
+    assert verdicts.count(LIMITED) > 100 and DROPPED not in verdicts
+    # 40 refusals within one window: only the first few are answered.
+    rl = RateLimiter(0.0, positions=Rate(10, 1), abuse_after=1000)
+    verdicts = [rl.check(0.5, position=True) for _ in range(41)][1:]
+    assert verdicts.count(LIMITED) == ANSWERED_REFUSALS and verdicts.count(DROPPED) == 40 - ANSWERED_REFUSALS
+    assert rl.check(1.5, position=True) is ADMIT  # a new window, a refilled bucket
+    assert rl.check(1.5, position=True) is LIMITED  # answered again
+
+
+def test_refusals_of_the_previous_window_count_by_how_much_of_it_is_still_covered() -> None:
+    rl = RateLimiter(0.0, messages=Rate(1, 1), abuse_after=100)
+    assert rl.check(0.0, False) is ADMIT
+    assert ABUSE not in [rl.check(0.9, False) for _ in range(80)]  # 80 refused late in window 1
+    # At 1.5 s half of window 1 is still covered: 40 + 60 new refusals reach 100 (the first is
+    # admitted: the bucket refilled).
+    verdicts = [rl.check(1.5, False) for _ in range(61)]
+    assert verdicts[0] is ADMIT and verdicts[-1] is ABUSE and ABUSE not in verdicts[:-1]
+    rl2 = RateLimiter(0.0, messages=Rate(1, 1), abuse_after=100)
+    rl2.check(0.0, False)
+    [rl2.check(0.9, False) for _ in range(80)]
+    assert ABUSE not in [rl2.check(3.0, False) for _ in range(99)]  # two windows later: forgotten
+
+
+def test_the_pause_after_a_refusal_lasts_until_the_refusing_bucket_refills_within_bounds() -> None:
+    rl = RateLimiter(0.0, positions=Rate(10, 1), messages=Rate(2000, 2000))
+    rl.check(0.0, True)
+    assert rl.check(0.0, True) is LIMITED
+    assert abs(rl.pause_s() - 0.1) < 1e-9  # a position token every 100 ms
+    fast = RateLimiter(0.0, messages=Rate(2000, 1))
+    fast.check(0.0, False)
+    fast.check(0.0, False)
+    assert fast.pause_s() == PAUSE_MIN_S  # 0.5 ms is too short a pause to relieve anyone
+    slow = RateLimiter(0.0, messages=Rate(0.1, 1))
+    slow.check(0.0, False)
+    slow.check(0.0, False)
+    assert slow.pause_s() == PAUSE_MAX_S
 
 
 def test_commands_are_limited_by_the_generous_message_bucket() -> None:
