@@ -343,7 +343,9 @@ def test_limits_in_protocol_md_are_the_codes_limits() -> None:
     pos, msgs = limits.POSITIONS_RATE, limits.MESSAGES_RATE
     assert f"{pos.per_s:g} a second sustained, bursts of {pos.burst:g}" in md
     assert f"{msgs.per_s:g} a second sustained, bursts of {msgs.burst:g}" in md
-    assert f"{limits.ABUSE_AFTER} refusals in a row" in md
+    assert limits.ABUSE_WINDOW_S == 1.0 and f"{limits.ABUSE_AFTER} refusals within one second" in md
+    assert f"the first {limits.ANSWERED_REFUSALS} refusals in a second are answered" in md
+    assert f"({limits.PAUSE_MIN_S * 1000:g}–{limits.PAUSE_MAX_S * 1000:g} ms)" in md
     assert f"up to {limits.MAX_QUEUED}" in md and f"{limits.MAX_PAUSED_S:g} s without the buffer draining" in md
 
 
