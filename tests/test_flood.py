@@ -2,9 +2,9 @@
 
 One client floods at full speed (tests/flooder.py: a raw socket in its own process, as an
 attacker would write it) with the protocol's pings, then another with WebSocket PINGs, then
-another with garbage, then one with pings at 72,000/s. Each is closed with 1008 within 2 s, while a bystander on the same
-sidecar keeps a median ping round trip under 50 ms, and is told `rate_limited` only a few
-times (refusals past the first few a second are dropped unanswered).
+another with garbage, then one with pings at 72,000/s. Each is closed with 1008 within 2 s,
+while a bystander on the same sidecar keeps a median ping round trip under 50 ms. The flooders
+are told `rate_limited` only a few times (refusals past the first few a second go unanswered).
 """
 
 from __future__ import annotations
