@@ -80,3 +80,9 @@ bench-ring: build/bench/ring_bench venv
 .PHONY: bench-protocol
 bench-protocol: engine venv
 	$(BIN)/python bench/protocol/bench_codec.py $(ARGS)
+
+# Push throughput (bench/push): messages the sidecar writes per CPU-second for N = 100, 1000, 5000
+# passengers fed through the rings, beside a bare picows send loop. ARGS=--quick | --smoke.
+.PHONY: bench-push
+bench-push: engine bench-deps
+	$(BIN)/python bench/push/bench_push.py $(ARGS)

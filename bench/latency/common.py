@@ -50,6 +50,15 @@ def driver_position(to_passenger: str, commit_real_ns: int, commit_mono_ns: int)
     return R.OUT_DRIVER_POSITION.pack(*meta, commit_real_ns, b"bench-driver", 38.5605, 68.784, 80.0, 31.0)
 
 
+def order_update(to_passenger: str, order_id: int, seq: int, commit_real_ns: int = 0, commit_mono_ns: int = 0) -> bytes:
+    """An ORDER_UPDATE (driver arriving) for a passenger, routed by role + id; `seq` is its last field."""
+    meta = (commit_mono_ns, commit_real_ns, 0, 1, R.Role.PASSENGER, to_passenger.encode())
+    return R.OUT_ORDER_UPDATE.pack(*meta, order_id, R.OrderStatus.ARRIVING, 0, b"bench-driver",
+                                   to_passenger.encode(), seq)
+
+
+ORDER_UPDATE_SEQ = R.OUT_ORDER_UPDATE.size - 8  # the seq, last in ORDER_UPDATE
+
 _STAMPS = struct.Struct("<QQ")  # dgdo_out_meta.commit_mono_ns, commit_real_ns
 _OID = struct.Struct("<Q")  # order_id, at body offset 64 in NEW_ORDER and DRIVER_POSITION
 NEW_ORDER_SEQ = R.OUT_NEW_ORDER.size - 8  # the seq, last in NEW_ORDER

@@ -18,7 +18,10 @@ Sockets named "@..." are Linux abstract names, as the engine's: with memfd
 rings too, a feeder killed by any signal leaves nothing in /tmp or /dev/shm.
 The bench runner drives it over a UNIX stream socket (--cmd): one JSON line
 per phase, {"offers_per_s", "positions_per_s", "seconds", "drivers",
-"passengers"}; the answer is {"batches", "offers", "positions"}.
+"passengers"}; the answer is {"batches", "offers", "positions"}. The push
+bench (bench/push) sends {"cmd": "push", "passengers", "seconds"}: an order
+update and a position for every passenger per pass, as fast as the sidecar
+drains the ring (see run_push).
 Every record is stamped (CLOCK_REALTIME, once per batch as the engine does)
 immediately before the batch is handed to the transport.
 """
@@ -304,6 +307,38 @@ def run_phase(sender, spec: dict) -> dict:
             "wakeups": getattr(sender, "wakeups", None)}
 
 
+def run_push(sender: RingSender, spec: dict) -> dict:
+    """Push throughput: one ORDER_UPDATE and one DRIVER_POSITION per passenger per pass, for `seconds`.
+
+    A pass is built once; each repeat only renumbers the order updates (seq +1 per pass: the
+    sidecar drops a reliable message at or below what it delivered). The next pass is written
+    when the sidecar has drained half of the previous one, so that the ring is never empty
+    (the sidecar always has work) and never overflows (no waiting on a full ring).
+    """
+    passengers = [common.passenger_id(i) for i in range(int(spec["passengers"]))]
+    buf = bytearray()
+    seq_at = []
+    for i, p in enumerate(passengers):
+        seq_at.append(len(buf) + ring.RECORD_HEADER + common.ORDER_UPDATE_SEQ)
+        ring.frame(buf, R.T.OUT_ORDER_UPDATE, common.order_update(p, 1_000_000 + i, 0))
+        ring.frame(buf, R.T.OUT_DRIVER_POSITION, common.driver_position(p, 0, 0))
+    pack = common._OID.pack_into
+    low = len(buf) // 2
+    t0 = time.monotonic()
+    end = t0 + float(spec["seconds"])
+    passes = 0
+    while time.monotonic() < end:
+        passes += 1
+        for off in seq_at:
+            pack(buf, off, passes)
+        with sender.lock:
+            sender._write(buf)
+            p = sender.producer
+        while p is not None and p.depth() > low and time.monotonic() < end:
+            time.sleep(0.0002)
+    return {"passes": passes, "records": passes * 2 * len(passengers), "seconds": time.monotonic() - t0}
+
+
 def main() -> int:
     lifetime.die_with_parent_from_env()  # the bench runner may be killed with -9: end with it
     ap = argparse.ArgumentParser()
@@ -342,7 +377,7 @@ def main() -> int:
             if spec.get("cmd") == "ready?":
                 f.write((json.dumps({"ready": bool(sender.ready)}) + "\n").encode())
                 continue
-            result = run_phase(sender, spec)
+            result = run_push(sender, spec) if spec.get("cmd") == "push" else run_phase(sender, spec)
             f.write((json.dumps(result) + "\n").encode())
     finally:
         sender.close()
