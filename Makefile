@@ -64,8 +64,11 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	touch $@
 
+# run.py: engine commit -> app per feed; passenger_path.py: a driver's position -> its passenger,
+# through the whole stack, beside a bare picows relay and a FastAPI relay.
 bench-latency: engine bench-deps
 	$(BIN)/python bench/latency/run.py $(ARGS)
+	$(BIN)/python bench/latency/passenger_path.py $(ARGS)
 
 build/bench/ring_bench: bench/ring/ring_bench.cpp include/dgdo/ring.h
 	@mkdir -p build/bench

@@ -1,0 +1,40 @@
+"""The passenger-path latency bench (bench/latency/passenger_path.py) runs every variant in --smoke mode
+and writes a sane report: every send of every variant arrived, percentiles ordered, ratios present.
+No timing assertions (those are the bench's to report)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, dgdo_entries, leftovers
+
+for _mod in ("fastapi", "uvicorn"):
+    pytest.importorskip(_mod, reason="bench extra not installed: pip install -e '.[bench]' (make bench-deps)")
+
+VARIANTS = ["bare picows relay", "fastapi relay", "stack", "stack journal"]
+
+
+@pytest.mark.timeout(240)
+def test_passenger_path_smoke_times_every_variant_and_mode(engine_bin: Path, tmp_path: Path) -> None:
+    before = dgdo_entries()
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "latency" / "passenger_path.py"), "--smoke",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=220, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (report,) = tmp_path.glob("passenger-path-*-smoke.json")
+    res = json.loads(report.read_text())
+    assert res["failures"] == []
+    rows = {(r["variant"], r["mode"]): r for r in res["rows"]}
+    assert set(rows) == {(v, m) for v in VARIANTS for m in ("one at a time", "burst")}
+    for key, r in rows.items():
+        expected = res["singles"] if key[1] == "one at a time" else res["bursts"] * res["pairs"]
+        assert r["n"] == expected, (key, r["n"])  # every position reached its passenger, once
+        assert 0 < r["p50"] <= r["p90"] <= r["p99"] <= r["max"], (key, r)
+        assert r["p50_x_bare"] > 0 and r["p99_x_bare"] > 0
+    assert len(res["goals"]) == 2 and all("stack p50" in g for g in res["goals"])
+    md = report.with_suffix(".md").read_text()
+    assert sum(line.startswith("| ") for line in md.splitlines()) == 1 + len(rows)
+    assert leftovers(before) == [], "the bench left something behind"
