@@ -36,6 +36,7 @@ import uvloop
 from sidecar import auth, lifetime
 from sidecar.engine_link import ENGINE_TIMEOUT_S, REPLY_SPIN_US
 from sidecar.events import is_valid_id
+from sidecar.idle import default_spin_us
 from sidecar.limits import MAX_QUEUED, Rate
 from sidecar.server import App, Settings
 
@@ -257,6 +258,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         messages_rate=Rate(args.messages_per_s, args.messages_burst),
         max_paused_s=args.max_paused_s, max_queued=args.max_queued,
         engine_timeout_s=args.engine_timeout_s,
+        idle_spin_us=default_spin_us() if args.idle_spin_us is None else args.idle_spin_us,
     )
 
 
@@ -336,6 +338,10 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
                    help="messages a paused (not reading) client may owe before it is closed with 4008")
     p.add_argument("--reply-spin-us", type=float, default=REPLY_SPIN_US,
                    help="µs to poll for the engine's answer to a command before parking (0 = never spin)")
+    p.add_argument("--idle-spin-us", type=float, default=None,
+                   help="after work, poll the engine's ring this long (spin, then yield) before parking on its "
+                        f"doorbell: fewer wake-ups, more CPU (default {default_spin_us():g} on this machine: "
+                        "0 with 2 cores or fewer, 100 with more; README 'Idle strategy')")
     p.add_argument("--engine-timeout-s", type=float, default=ENGINE_TIMEOUT_S,
                    help="an engine whose heartbeat is older than this is unavailable: /healthz 503, commands "
                         f"refused with engine_unavailable until it beats again (default {ENGINE_TIMEOUT_S:g})")

@@ -10,7 +10,9 @@ fds closed at once: the mappings alone keep them. Then:
   engine's doorbell is rung only when the engine has parked.
 * outbound (engine -> apps): the worker doorbell is an `add_reader` fd; each
   wake drains the out ring in batches (one cffi call each) and hands the
-  records to `on_records`, then parks again.
+  records to `on_records`, then parks again, or first polls the ring for a
+  while (`idle_spin_us`, sidecar/idle.py: spin, yield, then park) when the
+  operator gives it a budget.
 * the control socket is watched too: EOF means the engine died. The link
   then reports `attached = False` and keeps trying to attach again.
 * liveness: a stopped or wedged engine keeps its socket open, so a timer
@@ -32,6 +34,7 @@ import time
 from collections.abc import Callable
 
 from sidecar import ring
+from sidecar.idle import IdleStrategy
 from sidecar.ring import Consumer, Producer, Segment
 
 log = logging.getLogger("dgdo.link")
@@ -84,6 +87,7 @@ class EngineLink:
     on_state: called with True on attach and False on detach.
     engine_timeout_s: heartbeat silence after which an attached engine counts as unavailable.
     on_available: called with False when the attached engine falls silent, True when it beats again.
+    idle_spin_us: after work, poll the out ring this long before parking (0: park at once).
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class EngineLink:
         reply_spin_us: float = REPLY_SPIN_US,
         engine_timeout_s: float = ENGINE_TIMEOUT_S,
         on_available: Callable[[bool], None] = lambda up: None,
+        idle_spin_us: float = 0.0,
     ) -> None:
         self.control_path = control_path
         self.reply_spin_ns = int(reply_spin_us * 1000)
@@ -130,6 +135,7 @@ class EngineLink:
         self._closed = False
         self._up = asyncio.Event()
         self.wakeups = 0
+        self.idle = IdleStrategy(idle_spin_us, self._poll_ring, self._drain, self._unpark, self._loop)
 
     # ---- attach / detach -------------------------------------------------------
 
@@ -371,6 +377,8 @@ class EngineLink:
         if n and self._reply_due:
             self._reply_due = False
             self._spin_for_reply()
+        if n:
+            self.idle.worked()  # the engine's answer to what we just wrote comes within microseconds
         if not self._pending:
             self._backlog_since = 0.0
         elif self._retry is None:
@@ -422,7 +430,23 @@ class EngineLink:
         if self._worker_bell >= 0:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._worker_bell, 8)
-        self._drain()
+        if self.idle.enabled:
+            self._deliver()
+            self.idle.worked()  # more may follow: poll a while before parking
+        else:
+            self._drain()
+
+    def _poll_ring(self) -> bool:
+        """One poll of the idle strategy: delivers what is committed; True when there was something."""
+        c = self.consumer
+        if c is None or not c.pending():
+            return False
+        self._deliver()
+        return True
+
+    def _unpark(self) -> None:
+        if self.consumer is not None:
+            self.consumer.unpark()  # polling: the engine need not ring our doorbell
 
     def _deliver(self) -> Consumer | None:
         """Hands every committed record to `on_records`; the consumer, or None once a handler detached us."""

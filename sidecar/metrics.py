@@ -53,6 +53,10 @@ class SidecarCollector(Collector):
         yield counter("dgdo_doorbell_wakeups", "wake-ups by the engine's doorbell", link.wakeups)
         yield counter("dgdo_reply_spins", "spins for an engine answer after a command", link.spins)
         yield counter("dgdo_reply_spin_hits", "spins that caught the answer before parking", link.spin_hits)
+        yield counter("dgdo_idle_polls", "event-loop turns spent polling the engine's ring (--idle-spin-us)",
+                      link.idle.polls)
+        yield counter("dgdo_idle_poll_wins", "idle polls that found records (a doorbell wake-up saved)",
+                      link.idle.wins)
         yield gauge("dgdo_inbound_backlog_bytes", "records waiting for space in the engine's ring", link.backlog)
         yield counter("dgdo_auth_refused", "upgrades refused by auth", s.auth_refused)
         yield counter("dgdo_rate_limited", "messages refused by rate limits", s.rate_limited)

@@ -89,6 +89,7 @@ class Settings:
     max_paused_s: float = MAX_PAUSED_S
     stats_interval_s: float = 1.0  # system_stats to subscribed admins
     engine_timeout_s: float = ENGINE_TIMEOUT_S  # heartbeat silence after which the engine is unavailable
+    idle_spin_us: float = 0.0  # after work, poll the engine's ring this long before parking (sidecar/idle.py)
 
 
 class App:
@@ -103,7 +104,7 @@ class App:
         self.registry = Registry(worker)
         self.bridge = Bridge(self.registry, self.stats)
         self.link = EngineLink(control_path, worker, self.bridge.on_records, self._on_engine_state, reply_spin_us,
-                               settings.engine_timeout_s, self._on_engine_available)
+                               settings.engine_timeout_s, self._on_engine_available, settings.idle_spin_us)
         self.handlers = Handlers(self.link, self.bridge, self.stats)
         self.handlers.system_stats = self.system_stats
         self.server: asyncio.Server | None = None

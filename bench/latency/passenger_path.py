@@ -15,8 +15,10 @@ process), in the same run, with the same pairs and the same pacing:
   position the driver sends crosses decode -> ring -> engine -> ring -> encode to the passenger.
 * `stack journal`: the same with the engine's journal on (a fresh state dir, default fsync).
 
-Two ways of sending, both measured per sample (perf_counter_ns just before the driver's send ->
-at the passenger's frame, one process):
+The drivers are connections of a child process (this script with --drivers) and the passengers
+of this one, so that a burst of sends does not hold up the timestamps of the arrivals; both use
+perf_counter_ns, CLOCK_MONOTONIC, one clock across processes. Two ways of sending, both measured
+per sample (just before the driver's send -> the passenger's frame):
 
 * `one at a time`: one driver sends, its passenger's frame is awaited, a short gap, the next driver.
 * `burst`: all drivers send at once (the client's send loop), every 0.2 s; all frames awaited.
@@ -83,20 +85,38 @@ def child_env() -> dict[str, str]:
 
 
 class Timing:
-    """Sends awaiting their passenger's frame: (pair, sample) -> (send ns, future)."""
+    """What the passengers received, matched to the sends afterwards.
+
+    A frame is timestamped and kept as bytes: nothing is decoded while a burst is arriving (a
+    single-threaded client that parsed each frame would delay the timestamps of the next ones).
+    """
 
     def __init__(self) -> None:
-        self.pending: dict[tuple[int, int], tuple[int, asyncio.Future[int]]] = {}
-        self.samples: list[int] = []
+        self.sent: dict[tuple[int, int], int] = {}  # (pair, sample) -> send ns
+        self.raw: list[tuple[int, int, bytes]] = []  # (pair, receive ns, payload)
+        self.want = 0
+        self.done = asyncio.Event()
 
-    def arrived(self, pair: int, lon: float, t: int) -> None:
-        key = (pair, round((lon - LON0) * 1e6))
-        got = self.pending.pop(key, None)
-        if got is not None:
-            sent, fut = got
-            self.samples.append(t - sent)
-            if not fut.done():
-                fut.set_result(t)
+    def expect(self, n: int) -> None:
+        self.want = len(self.raw) + n
+        self.done.clear()
+
+    def arrived(self, pair: int, t: int, payload: bytes) -> None:
+        self.raw.append((pair, t, payload))
+        if len(self.raw) >= self.want:
+            self.done.set()
+
+    def take(self) -> list[int]:
+        """Latencies (ns) of the received frames that match a send; empties both sides."""
+        out = []
+        for pair, t, payload in self.raw:
+            lon = json.loads(payload)["lon"]
+            sent = self.sent.pop((pair, round((lon - LON0) * 1e6)), None)
+            if sent is not None:
+                out.append(t - sent)
+        self.raw.clear()
+        self.sent.clear()
+        return out
 
 
 class Peer(WSListener):
@@ -107,6 +127,7 @@ class Peer(WSListener):
         self.msgs: list[dict] = []
         self.changed = asyncio.Event()
         self.transport: WSTransport | None = None
+        self.auto_accept = False  # a driver that accepts every offer it gets
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -117,10 +138,13 @@ class Peer(WSListener):
             if frame.msg_type is WSMsgType.CLOSE:
                 transport.disconnect()
             return
-        m = json.loads(frame.get_payload_as_bytes())
-        if self.passenger and m.get("type") == "driver_location":
-            self.timing.arrived(self.pair, m["lon"], t)
+        data = frame.get_payload_as_bytes()
+        if self.passenger and b'"driver_location"' in data:
+            self.timing.arrived(self.pair, t, data)
             return
+        m = json.loads(data)
+        if self.auto_accept and m.get("type") == "new_order":
+            self.send({"type": "order_accept", "order_id": m["order_id"], "id": f"a{m['order_id']}"})
         self.msgs.append(m)
         self.changed.set()
 
@@ -149,8 +173,13 @@ class Peer(WSListener):
         return await self.expect(answer, id=m["id"])
 
 
-def peer_factory(timing: Timing, pair: int, passenger: bool):
-    return lambda *_: Peer(timing, pair, passenger)
+def peer_factory(timing: Timing, pair: int, passenger: bool, auto_accept: bool = False):
+    # (picows calls the factory with the request and response: no defaults to capture with)
+    def make(*_: object) -> Peer:
+        peer = Peer(timing, pair, passenger)
+        peer.auto_accept = auto_accept
+        return peer
+    return make
 
 
 def position(pair: int, sample: int) -> dict:
@@ -158,88 +187,164 @@ def position(pair: int, sample: int) -> dict:
             "heading": 90.0, "speed_kmh": 30.0}
 
 
-async def open_pairs(port: int, pairs: int, timing: Timing, tokens: bool) -> list[tuple[Peer, Peer]]:
-    out = []
+async def connect(port: int, role: str, prefix: str, pairs: int, timing: Timing, tokens: bool,
+                  auto_accept: bool = False) -> list[Peer]:
+    peers = []
     for i in range(pairs):
-        peers = []
-        for role, prefix in (("driver", "pd"), ("passenger", "pp")):
-            app_id = f"{prefix}{i}"
-            url = f"ws://127.0.0.1:{port}/ws/{role}/{app_id}"
-            if tokens:
-                url += f"?token={common.token(role, app_id)}"
-            # (picows calls the factory with the request and response: no defaults to capture with)
-            _tr, peer = await ws_connect(peer_factory(timing, i, role == "passenger"), url, enable_auto_ping=False)
-            peers.append(peer)
-        out.append((peers[0], peers[1]))
-    for d, p in out:
-        await d.expect("welcome")
-        await p.expect("welcome")
-    return out
+        app_id = f"{prefix}{i}"
+        url = f"ws://127.0.0.1:{port}/ws/{role}/{app_id}"
+        if tokens:
+            url += f"?token={common.token(role, app_id)}"
+        _tr, peer = await ws_connect(peer_factory(timing, i, role == "passenger", auto_accept), url,
+                                     enable_auto_ping=False)
+        peers.append(peer)
+    for peer in peers:
+        await peer.expect("welcome")
+    return peers
 
 
-async def start_ride(i: int, d: Peer, p: Peer) -> None:
-    """Driver online at the pair's spot, a ride requested there, offered to it, accepted: from
-    now on its positions go to this passenger."""
-    lat = LAT0 + i * PAIR_SPACING_DEG
-    await d.request({"type": "driver_status", "status": "online", "id": "s"})
-    await d.request({"type": "driver_location", "lat": lat, "lon": LON0, "id": "l"})
-    ack = await p.request({"type": "ride_request", "id": "r", "pickup": {"lat": lat + 0.002, "lon": LON0},
-                           "dropoff": {"lat": lat + 0.02, "lon": LON0 + 0.02}})
-    order = ack["order_id"]
-    await d.expect("new_order", order_id=order)
-    await d.request({"type": "order_accept", "order_id": order, "id": "a"})
+# ---- the drivers' process ---------------------------------------------------------------------------
+# The drivers send from their own process, so that a burst of 50 sends does not hold up the
+# timestamps of the frames arriving at the passengers (one event loop would do one, then the
+# other). perf_counter_ns is CLOCK_MONOTONIC: one clock for both processes.
 
 
-async def measure(pairs: list[tuple[Peer, Peer]], timing: Timing, singles: int, bursts: int,
-                  gap_s: float, interval_s: float, sample0: int) -> dict[str, list[int]]:
+async def drivers_main(args: argparse.Namespace) -> None:
+    """`--drivers PORT`: N driver connections; commands on stdin, answers on stdout (one line each).
+
+    Setup (stack only): every driver online at its pair's spot; it accepts any offer it gets.
+    Commands: `b S` a burst (every driver sends, samples S+1...), `o I S` driver I sends sample S,
+    `t` the send times since the last `t` ({"I,S": ns}), `q` quit.
+    """
     loop = asyncio.get_running_loop()
-    n = len(pairs)
-    sample = sample0
+    timing = Timing()
+    drivers = await connect(args.drivers, "driver", "pd", args.pairs, timing, args.stack, auto_accept=args.stack)
+    if args.stack:
+        for i, d in enumerate(drivers):
+            await d.request({"type": "driver_status", "status": "online", "id": "s"})
+            await d.request({"type": "driver_location", "lat": LAT0 + i * PAIR_SPACING_DEG, "lon": LON0, "id": "l"})
+    transports = [d.transport for d in drivers]
+    sent: dict[str, int] = {}
+    print("ready", flush=True)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := (await reader.readline()).split():
+        cmd = line[0]
+        if cmd == b"b":
+            s0 = int(line[1])
+            payloads = [(i, s0 + i + 1, json.dumps(position(i, s0 + i + 1)).encode()) for i in range(len(drivers))]
+            for i, smp, m in payloads:
+                tr = transports[i]
+                assert tr is not None
+                sent[f"{i},{smp}"] = time.perf_counter_ns()
+                tr.send(TEXT, m)
+        elif cmd == b"o":
+            i, smp = int(line[1]), int(line[2])
+            m = json.dumps(position(i, smp)).encode()
+            tr = transports[i]
+            assert tr is not None
+            sent[f"{i},{smp}"] = time.perf_counter_ns()
+            tr.send(TEXT, m)
+        elif cmd == b"t":
+            print(json.dumps(sent), flush=True)
+            sent = {}
+        elif cmd == b"q":
+            break
+    for tr in transports:
+        if tr is not None:
+            tr.disconnect()
+
+
+class Drivers:
+    """The drivers' process, seen from the passengers' side."""
+
+    def __init__(self, port: int, pairs: int, stack: bool, logf) -> None:
+        cmd = [PY, str(Path(__file__).resolve()), "--drivers", str(port), "--pairs", str(pairs)]
+        self.proc = subprocess.Popen([*cmd, *(["--stack"] if stack else [])], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=logf, env=child_env(), cwd=str(ROOT))
+
+    async def line(self, timeout: float = 60) -> bytes:
+        assert self.proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.run_in_executor(None, self.proc.stdout.readline), timeout)
+
+    def command(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    async def ready(self) -> None:
+        line = await self.line()
+        if line.strip() != b"ready":
+            raise RuntimeError(f"drivers did not come up: {line!r}")
+
+    async def times(self, into: dict[tuple[int, int], int]) -> None:
+        self.command("t")
+        for key, t in json.loads(await self.line(10)).items():
+            i, smp = key.split(",")
+            into[(int(i), int(smp))] = t
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.command("q")
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def request_rides(passengers: list[Peer]) -> None:
+    """Each passenger asks for a ride at its pair's spot; its driver (the only one within reach)
+    gets the offer and accepts it (drivers_main): from then on its positions go to this passenger."""
+    for i, p in enumerate(passengers):
+        lat = LAT0 + i * PAIR_SPACING_DEG
+        ack = await p.request({"type": "ride_request", "id": "r", "pickup": {"lat": lat + 0.002, "lon": LON0},
+                               "dropoff": {"lat": lat + 0.02, "lon": LON0 + 0.02}})
+        await p.expect("order_update", order_id=ack["order_id"], status="accepted")
+
+
+async def measure(drivers: Drivers, n: int, timing: Timing, singles: int, bursts: int,
+                  gap_s: float, interval_s: float) -> dict[str, list[int]]:
+    loop = asyncio.get_running_loop()
+    sample = 0
     out: dict[str, list[int]] = {}
 
-    async def one(i: int) -> asyncio.Future[int]:
-        nonlocal sample
-        sample += 1
-        fut = loop.create_future()
-        m = json.dumps(position(i, sample)).encode()
-        tr = pairs[i][0].transport
-        assert tr is not None
-        timing.pending[(i, sample)] = (time.perf_counter_ns(), fut)
-        tr.send(TEXT, m)
-        return fut
+    async def wait(timeout: float = 2.0) -> None:
+        with contextlib.suppress(TimeoutError):  # a lost frame is simply not a sample
+            await asyncio.wait_for(timing.done.wait(), timeout)
 
-    # Warm-up: every pair once (the first position after the accept also moves the order to arriving).
+    def burst() -> None:
+        nonlocal sample
+        timing.expect(n)
+        drivers.command(f"b {sample}")
+        sample += n
+
+    # Warm-up: every pair twice (the first position after the accept also moves the order to arriving).
     for _ in range(2):
-        futs = [await one(i) for i in range(n)]
-        await asyncio.wait(futs, timeout=5)
+        burst()
+        await wait(5)
         await asyncio.sleep(interval_s)
-    timing.samples.clear()
-    timing.pending.clear()
+    await drivers.times(timing.sent)
+    timing.take()
 
     for k in range(singles):
-        fut = await one(k % n)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(fut, 2)
+        sample += 1
+        timing.expect(1)
+        drivers.command(f"o {k % n} {sample}")
+        await wait()
         await asyncio.sleep(gap_s)
-    out["one at a time"], timing.samples = timing.samples, []
-    timing.pending.clear()
+    await drivers.times(timing.sent)
+    out["one at a time"] = timing.take()
 
     next_at = loop.time()
     for _ in range(bursts):
         next_at += interval_s
-        payloads = []
-        for i in range(n):
-            sample += 1
-            payloads.append((i, sample, json.dumps(position(i, sample)).encode(), loop.create_future()))
-        for i, s, m, fut in payloads:
-            tr = pairs[i][0].transport
-            assert tr is not None
-            timing.pending[(i, s)] = (time.perf_counter_ns(), fut)
-            tr.send(TEXT, m)
-        await asyncio.wait([f for *_, f in payloads], timeout=2)
+        burst()
+        await wait()
         await asyncio.sleep(max(0.0, next_at - loop.time()))
-    out["burst"], timing.samples = timing.samples, []
-    timing.pending.clear()
+    await drivers.times(timing.sent)
+    out["burst"] = timing.take()
     return out
 
 
@@ -294,37 +399,34 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def sidecar_pid(proc: subprocess.Popen) -> int:
-    """`dgdo run` is the sidecar itself (the engine is its child)."""
-    return proc.pid
-
-
 async def run_variant(variant: str, args: argparse.Namespace, logf, state: Path, rep: int) -> dict[str, list[int]]:
     port = free_port()
     stack = variant in (STACK, STACK_JOURNAL)
     extra = ["--idle-spin-us", str(args.idle_spin_us)] if stack and args.idle_spin_us is not None else []
     proc = start_server(variant, port, logf, state, extra)
     timing = Timing()
-    prof = None
+    prof = drivers = None
+    passengers: list[Peer] = []
     try:
-        pairs = await open_pairs(port, args.pairs, timing, tokens=stack)
+        drivers = Drivers(port, args.pairs, stack, logf)
+        await drivers.ready()
+        passengers = await connect(port, "passenger", "pp", args.pairs, timing, tokens=stack)
         if stack:
-            for i, (d, p) in enumerate(pairs):
-                await start_ride(i, d, p)
+            await request_rides(passengers)
         if args.profile and stack:
             pyspy = Path(PY).with_name("py-spy")
             if pyspy.exists():
                 dest = Path(args.profile) / f"pyspy-passenger-path-{variant.replace(' ', '-')}-r{rep}.txt"
-                prof = subprocess.Popen([str(pyspy), "record", "-p", str(sidecar_pid(proc)), "-d", "60", "-r", "1000",
+                prof = subprocess.Popen([str(pyspy), "record", "-p", str(proc.pid), "-d", "60", "-r", "1000",
                                          "--format", "raw", "-o", str(dest), "--nonblocking"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        got = await measure(pairs, timing, args.singles, args.bursts, args.gap_s, args.interval_s, 0)
-        for d, p in pairs:
-            for peer in (d, p):
-                if peer.transport is not None:
-                    peer.transport.disconnect()
-        return got
+        return await measure(drivers, args.pairs, timing, args.singles, args.bursts, args.gap_s, args.interval_s)
     finally:
+        for p in passengers:
+            if p.transport is not None:
+                p.transport.disconnect()
+        if drivers is not None:
+            drivers.stop()
         if prof is not None:
             prof.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -472,7 +574,13 @@ def main() -> int:
     ap.add_argument("--out", default="", help="output directory (default bench/results)")
     ap.add_argument("--profile", default="", help="directory for py-spy profiles of the stack's sidecar")
     ap.add_argument("--idle-spin-us", type=float, default=None, help="passed to the stack's sidecar")
-    return uvloop.run(main_async(ap.parse_args()))
+    ap.add_argument("--drivers", type=int, default=0, help=argparse.SUPPRESS)  # the drivers' process: its port
+    ap.add_argument("--stack", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.drivers:
+        lifetime.die_with_parent_from_env()
+        return uvloop.run(drivers_main(args)) or 0
+    return uvloop.run(main_async(args))
 
 
 if __name__ == "__main__":
