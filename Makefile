@@ -86,6 +86,11 @@ bench-protocol: engine venv
 
 # Push throughput (bench/push): messages the sidecar writes per CPU-second for N = 100, 1000, 5000
 # passengers fed through the rings, beside a bare picows send loop. ARGS=--quick | --smoke.
-.PHONY: bench-push
+.PHONY: bench-push bench-conns
 bench-push: engine bench-deps
 	$(BIN)/python bench/push/bench_push.py $(ARGS)
+
+# Memory per idle connection (bench/conns): sidecar RSS with 10,000 idle connections, per connection,
+# beside a bare picows server. ARGS=--smoke | --n N.
+bench-conns: engine venv
+	$(BIN)/python bench/conns/bench_conns.py $(ARGS)

@@ -70,6 +70,31 @@ MAX_FRAME_BYTES = 1024 * 1024  # picows' own per-frame guard; messages are cappe
 # hundred messages. 50k connections x 64 KiB is only reached if all of them stop reading at once.
 WRITE_HIGH = 64 * 1024
 WRITE_LOW = 16 * 1024
+# picows' read buffer per connection, grown (doubled) when a read fills it. Its default, 16 KiB,
+# was half of what an idle connection cost (bench/conns); app messages are ~100-300 bytes, so the
+# smallest picows allows holds a burst of them, and a connection that sends more grows its own.
+READ_BUFFER_BYTES = 2048
+
+
+class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """picows logs every connection and disconnection at INFO: thousands of lines a minute under
+    real traffic (136 in 25 s of the demo). Here they are DEBUG; warnings and errors stay as they are.
+    Being an adapter rather than a Logger, it also spares each connection the child Logger picows
+    would otherwise make for it (~0.6 KB, bench/conns)."""
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.debug(msg, *args, **kwargs)
+
+
+# How picows serves: the bench's bare picows server (bench/push/raw_server.py) uses the same.
+# `use_aiofastnet=False`: uvloop's own TCP transport rather than aiofastnet's, which costs ~5 KB
+# more per connection (13.4 against 8.1 KB for a bare server, bench/conns) for no gain measured
+# on the push path (bench/push).
+PICOWS_SERVER_OPTIONS: dict[str, Any] = {
+    "read_buffer_init_size": READ_BUFFER_BYTES,
+    "logger_name": _QuietLog(logging.getLogger("picows.server"), {}),
+    "use_aiofastnet": False,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +142,7 @@ class App:
             self.listener_factory, host, port,
             enable_auto_ping=True, auto_ping_idle_timeout=s.ping_idle_s, auto_ping_reply_timeout=s.ping_reply_s,
             enable_auto_pong=False,  # AppListener answers PINGs, charged to the connection's rate limit
-            max_frame_size=MAX_FRAME_BYTES,
+            max_frame_size=MAX_FRAME_BYTES, **PICOWS_SERVER_OPTIONS,
         )
         self.link.start()
         self._stats_task = asyncio.get_running_loop().create_task(self._admin_stats_loop())

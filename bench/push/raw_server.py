@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server
 from bench.push.clients import raise_nofile  # noqa: E402
 from sidecar import lifetime  # noqa: E402
 from sidecar.protocol import JSON, encode  # noqa: E402
+from sidecar.server import PICOWS_SERVER_OPTIONS  # noqa: E402
 from sidecar.wsframes import frames  # noqa: E402
 
 # What the sidecar's bridge makes of the feeder's ORDER_UPDATE and DRIVER_POSITION records.
@@ -87,7 +89,11 @@ async def blast(seconds: float, batched: bool = False) -> dict[str, int]:
 
 async def main(port: int) -> None:
     loop = asyncio.get_running_loop()
-    server = await ws_create_server(lambda _req: Conn(), "127.0.0.1", port, enable_auto_ping=False)
+    # The sidecar's own picows settings (read buffer, logger, transport), so that the difference is ours.
+    opts = dict(PICOWS_SERVER_OPTIONS)
+    if os.environ.get("BENCH_AIOFASTNET"):  # to compare picows' two transports
+        opts["use_aiofastnet"] = True
+    server = await ws_create_server(lambda _req: Conn(), "127.0.0.1", port, enable_auto_ping=False, **opts)
     print("raw-server: ready", file=sys.stderr, flush=True)
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
