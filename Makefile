@@ -35,7 +35,7 @@ engine: deps
 	cmake --build $(BUILD) -j2
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: build/.deps pyproject.toml setup.py sidecar/ring/_build.py include/dgdo/ring.h include/dgdo/events.h include/dgdo/control.h
+$(VENV)/.installed: build/.deps pyproject.toml setup.py sidecar/engine/ring/_build.py include/dgdo/ring.h include/dgdo/events.h include/dgdo/control.h
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
@@ -45,7 +45,7 @@ lint: venv
 	$(BIN)/ruff check sidecar tests bench
 
 clean:
-	rm -rf build $(VENV) sidecar/ring/_dgdo_ring*.so
+	rm -rf build $(VENV) sidecar/engine/ring/_dgdo_ring*.so
 
 # Engine benchmarks (bench/engine): hot paths at 100k drivers; greedy vs batched matching.
 .PHONY: bench-sim

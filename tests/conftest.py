@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sidecar import lifetime
+from sidecar.shell import lifetime
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every sidecar the tests start checks tokens signed with this; clients mint theirs with `mint()`.
@@ -40,7 +40,7 @@ JWT_SECRET = "dgdo-tests-secret-0123456789abcdef-not-for-production"
 
 def mint(role: str, sub: str, ttl_s: float = 3600, secret: str = JWT_SECRET) -> str:
     """A token for (role, sub) that the test stacks accept."""
-    from sidecar import auth
+    from sidecar.wire import auth
 
     return auth.mint(secret, role, sub, ttl_s)
 

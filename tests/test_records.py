@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from cffi import FFI
 
-from sidecar import records as R
+from sidecar.engine import records as R
 
 ROOT = Path(__file__).resolve().parents[1]
 INCLUDE = ROOT / "include"

@@ -48,9 +48,10 @@ import msgpack  # noqa: E402
 import psutil  # noqa: E402
 
 from bench.machine import describe, one_line  # noqa: E402
-from sidecar import auth, lifetime  # noqa: E402
-from sidecar.events import DRIVER, PASSENGER  # noqa: E402
-from sidecar.protocol import JSON, MSGPACK, Decoder, encode  # noqa: E402
+from sidecar.shell import lifetime  # noqa: E402
+from sidecar.wire import auth  # noqa: E402
+from sidecar.wire.codec import JSON, MSGPACK, Decoder, encode  # noqa: E402
+from sidecar.wire.messages import DRIVER, PASSENGER  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import legacy_codec as legacy  # noqa: E402

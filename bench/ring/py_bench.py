@@ -1,4 +1,4 @@
-"""Python side of the ring through the cffi wrapper (sidecar/ring): records/s on one core.
+"""Python side of the ring through the cffi wrapper (sidecar/engine/ring): records/s on one core.
 
     .venv/bin/python bench/ring/py_bench.py [--quick | --smoke]
 
@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from sidecar import records as R  # noqa: E402
-from sidecar import ring  # noqa: E402
+from sidecar.engine import records as R  # noqa: E402
+from sidecar.engine import ring  # noqa: E402
 
 
 def bench(total: int, batch: int, body: bytes, type_: int, unpack=None, iterate: bool = False) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """The built-in demo: simulated drivers and passengers in Dushanbe over the public protocol.
 
-    python -m sidecar.demo --url ws://127.0.0.1:8765 --drivers 20 [--rate 2] [--duration 0]
+    python -m dgdo_apps.demo --url ws://127.0.0.1:8765 --drivers 20 [--rate 2] [--duration 0]
 
 Everything goes through real WebSockets and the public JSON protocol (DESIGN §4),
 exactly as an app would speak it, so the demo exercises the whole stack:
@@ -51,7 +51,7 @@ from picows import (
     ws_connect,
 )
 
-from sidecar import lifetime
+from sidecar.shell import lifetime
 
 log = logging.getLogger("dgdo.demo")
 
@@ -778,7 +778,7 @@ async def _first(*aws: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sidecar.demo",
+    p = argparse.ArgumentParser(prog="python -m dgdo_apps.demo",
                                 description="Simulated Dushanbe drivers and passengers for DG Do.")
     p.add_argument("--url", default="ws://127.0.0.1:8765", help="the sidecar's base WebSocket URL")
     p.add_argument("--drivers", type=int, default=20, metavar="N", help="simulated drivers (default 20)")

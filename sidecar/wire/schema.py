@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sidecar.events import ADMIN, DRIVER, PASSENGER, Role
+from sidecar.wire.messages import ADMIN, DRIVER, PASSENGER, Role
 
 ALL_ROLES = frozenset({DRIVER, PASSENGER, ADMIN})
 

@@ -49,12 +49,22 @@ class EngineSnapshot:
     match_p99_ns: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class LinkGauges:
+    """What the engine link reports about itself for `system_stats`: read when an admin needs it."""
+
+    heartbeat_age_ns: int | None = None  # None while detached
+    in_bytes: int = 0  # records in the engine's inbound ring, not yet consumed
+    backlog_bytes: int = 0  # records waiting for space in that ring
+
+
 @dataclass(slots=True)
 class SidecarStats:
     push_latency: LatencyWindow = field(default_factory=LatencyWindow)
     engine: EngineSnapshot = field(default_factory=EngineSnapshot)
     frames_in: int = 0
     messages_out: int = 0
+    positions_coalesced: int = 0  # driver positions a newer one for the same recipient replaced within one drain
     records_in: int = 0  # records drained from the engine
     records_out: int = 0  # records published to the engine
     errors_sent: int = 0
