@@ -16,7 +16,7 @@ run: engine venv
 
 test: engine venv bench-deps
 	ctest --test-dir $(BUILD) --output-on-failure -j2
-	$(BIN)/ruff check sidecar tests bench
+	$(BIN)/ruff check sidecar dgdo_apps tests bench
 	$(BIN)/python -m pytest
 
 test-engine: engine
@@ -42,7 +42,7 @@ $(VENV)/.installed: build/.deps pyproject.toml setup.py sidecar/engine/ring/_bui
 	touch $@
 
 lint: venv
-	$(BIN)/ruff check sidecar tests bench
+	$(BIN)/ruff check sidecar dgdo_apps tests bench
 
 clean:
 	rm -rf build $(VENV) sidecar/engine/ring/_dgdo_ring*.so

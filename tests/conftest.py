@@ -1,7 +1,7 @@
 """Fixtures that run the real thing: the engine binary, the sidecar process, real sockets.
 
 Every process a test starts ends with the test session, even when pytest itself is killed
-with -9 (sidecar/lifetime.py: the sidecar by $DGDO_DIE_WITH_PARENT, the engine by
+with -9 (sidecar/shell/lifetime.py: the sidecar by $DGDO_DIE_WITH_PARENT, the engine by
 --die-with-parent). And the session checks at its very end that it left nothing behind:
 no dgdo entry in /dev/shm or /tmp that was not there before, no engine or sidecar of this
 checkout still running (`leftovers()`); any of those fails the run.

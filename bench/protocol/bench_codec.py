@@ -234,7 +234,7 @@ def metrics(port: int) -> dict[str, float]:
 
 
 def start_stack(state_dir: str) -> tuple[subprocess.Popen[bytes], int]:
-    # Ends with us even after our kill -9 (sidecar/lifetime.py); its engine ends with it.
+    # Ends with us even after our kill -9 (sidecar/shell/lifetime.py); its engine ends with it.
     env = lifetime.child_env({**os.environ, auth.ENV_SECRET: SECRET, "PYTHONUNBUFFERED": "1"})
     cmd = [sys.executable, "-m", "sidecar", "run", "--host", "127.0.0.1", "--port", "0", "--no-demo",
            "--status-interval", "0", "--instance", f"bp{uuid.uuid4().hex[:8]}", "--log-level", "WARNING",

@@ -6,7 +6,7 @@ One thread, one segment, alternating batches so the ring never fills:
 * publish: `Producer.publish()` of a pre-framed batch (one cffi call per batch),
   as EngineLink._flush does for inbound records (96 B driver_location bodies);
 * drain: `Consumer.drain()` copying a batch out (one cffi call per batch);
-* drain + records(): the same plus iterating `Consumer.records()`, what the bridge pays
+* drain + records(): the same plus iterating `Consumer.records()`, what a reader of records one by one pays
   before decoding;
 * drain + records() + unpack: plus `struct.unpack` of each 168 B NEW_ORDER body.
 Each stage is timed separately (perf_counter_ns around the calls), so the numbers are

@@ -13,7 +13,7 @@ one makes up a secret for the run, prints it once and hands it to the demo;
 
 `dgdo run` leaves nothing behind, whatever kills it: the engine's control socket is an abstract
 name (no file), its rings are memfds (nothing in /dev/shm), and the engine and the demo end with
-`dgdo run` even after a kill -9 (PR_SET_PDEATHSIG, see sidecar/lifetime.py).
+`dgdo run` even after a kill -9 (PR_SET_PDEATHSIG, see sidecar/shell/lifetime.py).
 """
 
 from __future__ import annotations

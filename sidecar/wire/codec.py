@@ -11,7 +11,7 @@ Flow for one inbound frame::
                                         raises MessageTooBig (close 1009)
 
 A whole message is read by msgspec in one pass, straight into the typed
-message of `events.py` (text frames as JSON, binary frames as msgpack), and
+message of `messages.py` (text frames as JSON, binary frames as msgpack), and
 validated as it is read. Only a refused message is looked at again, to
 answer it the way a client reads an answer (`refusal`). Server messages go
 out through msgspec's encoders (`encode`).
