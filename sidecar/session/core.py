@@ -518,11 +518,7 @@ class SessionCore:
         self._position_at.clear()
         commits = self._commits
         if commits:
-            now = self.wall_ns()
-            add = self.stats.push_latency.add
-            for c in commits:
-                if c >= 0:
-                    add(now - c)
+            self.stats.push_latency.add_since(self.wall_ns(), commits)
             commits.clear()
 
     def _recipient(self, to_conn: int, role_w: int, to_id: bytes) -> Session | None:

@@ -24,6 +24,20 @@ class LatencyWindow:
             self._i = (self._i + 1) % self.size
         self.count += 1
 
+    def add_since(self, now: int, stamps: list[int]) -> None:
+        """Adds `now - stamp` for each stamp >= 0: one drain's worth in one call."""
+        samples, size, i = self._samples, self.size, self._i
+        for stamp in stamps:
+            if stamp < 0:
+                continue
+            if len(samples) < size:
+                samples.append(now - stamp)
+            else:
+                samples[i] = now - stamp
+                i = (i + 1) % size
+            self.count += 1
+        self._i = i
+
     def percentiles(self, *ps: float) -> list[int]:
         """Nearest-rank percentiles of the window; zeros when empty."""
         if not self._samples:
