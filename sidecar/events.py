@@ -237,7 +237,7 @@ class Nearby:
         )
 
 
-ADMIN_TOPICS = frozenset({"system_stats", "active_orders", "drivers", "assignments", "log"})
+ADMIN_TOPICS = frozenset({"system_stats", "active_orders", "drivers", "assignments", "log", "fleet"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
