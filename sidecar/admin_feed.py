@@ -165,7 +165,7 @@ class AdminFeed:
         self._orders_dirty: set[int] = set()
         self._offers: dict[str, float] = {}  # offered driver -> its offer's deadline (monotonic s)
         self._requests: dict[int, tuple[str, tuple[float, float], tuple[float, float]]] = {}
-        self._last_full = -1e18
+        self._last_full: float | None = None
         self._last_prune = 0.0
         self.counts = dict.fromkeys(RATE_KINDS, 0)  # order events seen, for the per-minute rates
 
@@ -332,7 +332,13 @@ class AdminFeed:
                 "ts": ts_ms}
 
     def full_due(self, now: float) -> bool:
-        """Whether a periodic full snapshot is due (and, if so, counts it as sent)."""
+        """Whether a periodic full snapshot is due (and, if so, counts it as sent).
+
+        The first call only starts the period: a new subscriber got its snapshot on subscribing.
+        """
+        if self._last_full is None:
+            self._last_full = now
+            return False
         if now - self._last_full >= self.full_every_s:
             self._last_full = now
             return True
@@ -341,8 +347,12 @@ class AdminFeed:
     def snapshot(self, ts_ms: int) -> dict[str, Any]:
         """Everything, as one `fleet` message with `full: true` (replaces the client's model).
 
-        Call right after `tick()` so that it carries nothing the previous delta did not announce.
+        Positions not yet folded in are included (and still go out in the next delta: a row
+        repeated is harmless, a driver missing until it moves again is not).
         """
+        for driver_id, pos in self._moved.items():
+            d = self._driver(driver_id)
+            d.lat, d.lon = pos.lat, pos.lon
         rows = [d.row(i) for i, d in self._drivers.items() if d.lat is not None]
         orders = [o.as_map() for o in self._orders.values()]
         return {"type": "fleet", "full": True, "drivers": rows, "gone": [], "orders": orders, "ts": ts_ms}
