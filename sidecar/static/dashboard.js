@@ -10,7 +10,7 @@
 (() => {
   "use strict";
 
-  const CITY = { lat: 38.56, lon: 68.78, name: "Dushanbe centre" };
+  const CITY = { lat: 38.56, lon: 68.78, name: "Dushanbe centre", fitMetres: 11500 };  // the view a reset shows
   const TOPICS = ["system_stats", "fleet", "active_orders", "assignments", "drivers", "log"];
   const TERMINAL = new Set(["completed", "canceled", "no_driver"]);
   const LIVE_STATES = ["searching", "accepted", "arriving", "arrived", "started"];
@@ -212,7 +212,8 @@
     }
     for (const id of m.gone) S.drivers.delete(id);
     for (const o of m.orders) {
-      noteOrderStep(o.order_id, o.changed_ts, o.status, o.driver_id || o.offered_to, null, o);
+      const shown = o.status === "searching" && o.offered_to ? "offered" : o.status;  // as the table shows it
+      noteOrderStep(o.order_id, o.changed_ts, shown, o.driver_id || o.offered_to, null, o);
       if (TERMINAL.has(o.status)) S.orders.delete(o.order_id);
       else S.orders.set(o.order_id, o);
     }
@@ -406,7 +407,7 @@
   const canvas = $("map");
   const ctx = canvas.getContext("2d");
   const TILE = 256;
-  const view = { lat: CITY.lat, lon: CITY.lon, zoom: 12.6 };  // zoom: Web Mercator level (fractional)
+  const view = { lat: CITY.lat, lon: CITY.lon, zoom: 0, fitted: false };  // zoom: Web Mercator level (fractional)
   let drawQueued = false;
   const tiles = new Map();
 
@@ -435,6 +436,15 @@
     const { w, h } = size();
     return [latOf(worldY(view.lat, view.zoom) + py - h / 2, view.zoom),
       lonOf(worldX(view.lon, view.zoom) + px - w / 2, view.zoom)];
+  }
+
+  // The whole service area in view: CITY.fitMetres across the canvas's shorter side.
+  function fitCity() {
+    const { w, h } = size();
+    const mpp = CITY.fitMetres / Math.max(100, Math.min(w, h));
+    view.lat = CITY.lat; view.lon = CITY.lon;
+    view.zoom = Math.log2((156543.03392 * Math.cos((CITY.lat * Math.PI) / 180)) / mpp);
+    view.fitted = true;
   }
 
   const metresPerPixel = () => (156543.03392 * Math.cos((view.lat * Math.PI) / 180)) / 2 ** view.zoom;
@@ -544,6 +554,7 @@
     drawQueued = false;
     const dpr = window.devicePixelRatio || 1;
     const { w, h } = size();
+    if (!view.fitted && w > 0 && h > 0) fitCity();
     if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
       canvas.width = Math.round(w * dpr);
       canvas.height = Math.round(h * dpr);
@@ -732,7 +743,7 @@
   }, { passive: false });
   $("zoom-in").addEventListener("click", () => zoomAt(size().w / 2, size().h / 2, 0.5));
   $("zoom-out").addEventListener("click", () => zoomAt(size().w / 2, size().h / 2, -0.5));
-  $("recenter").addEventListener("click", () => { view.lat = CITY.lat; view.lon = CITY.lon; view.zoom = 12.6; requestDraw(); });
+  $("recenter").addEventListener("click", () => { fitCity(); requestDraw(); });
   new ResizeObserver(requestDraw).observe(canvas);
 
   // ---- controls ------------------------------------------------------------------------------
@@ -769,6 +780,9 @@
   $("timeline-close").addEventListener("click", () => select(null));
   document.querySelectorAll("#log-filters input").forEach((i) => i.addEventListener("input", renderLog));
   setInterval(renderOrders, 1000);  // ages tick
+
+  // What the map drew, in canvas pixels, for tests and the curious: [{kind, id, x, y}].
+  window.dgdo = { markers: () => hits.map(([x, y, kind, id]) => ({ kind, id, x, y })) };
 
   // ---- start ----------------------------------------------------------------------------------
 
