@@ -27,6 +27,7 @@ from sidecar.session.core import (
     ToEngine,
 )
 from sidecar.session.session import Session
+from sidecar.session.stats import LinkGauges
 from sidecar.wire.codec import JSON, MSGPACK, Decoder, Format, Request
 from sidecar.wire.errors import BadMessage, ErrorCode
 from sidecar.wire.messages import Role
@@ -190,7 +191,8 @@ def test_every_engine_record_type_reaches_its_recipient_as_its_public_message() 
          (R.T.OUT_ESTIMATE_UPDATE, R.OUT_ESTIMATE_UPDATE.pack(*meta(p), 1001, 123.45, 678.91)),
          (R.T.OUT_NEARBY_DRIVERS, R.OUT_NEARBY_HEAD.pack(*meta(p), 2) + R.NEARBY_ENTRY.pack(b"d1", 38.5, 68.7)
           + R.NEARBY_ENTRY.pack(b"d2", 38.6, 68.8)),
-         (R.T.OUT_ENGINE_STATS, R.OUT_ENGINE_STATS.pack(*meta(None, 0, R.Role.ADMIN, b""), 3, 2, 1, 10, 8, 5, 4200)))
+         (R.T.OUT_ENGINE_STATS, R.OUT_ENGINE_STATS.pack(*meta(None, 0, R.Role.ADMIN, b""), 3, 2, 1, 10, 8, 5, 4200,
+                                                           1800)))
     out = sent(core)
     ts = (WALL_NS - 250_000) // 1_000_000
     assert out[d] == [
@@ -211,8 +213,8 @@ def test_every_engine_record_type_reaches_its_recipient_as_its_public_message() 
                                                {"driver_id": "d2", "lat": 38.6, "lon": 68.8}], "ts": ts},
     ]
     e = core.stats.engine
-    assert (e.drivers_online, e.drivers_available, e.active_orders, e.orders_created, e.match_p99_ns) == (
-        3, 2, 1, 10, 4200)
+    assert (e.drivers_online, e.drivers_available, e.active_orders, e.orders_created, e.match_p99_ns,
+            e.match_p50_ns) == (3, 2, 1, 10, 4200, 1800)
     assert core.stats.records_in == 8
     assert core.stats.push_latency.count == 7  # every delivered message, measured from its commit
     assert core.stats.push_latency.percentiles(50) == [250_000]
@@ -286,8 +288,8 @@ def test_admin_log_and_system_stats_go_only_to_their_subscribers_and_stats_come_
     out = sent(core)[logs]
     assert out[0] == {"type": "ack", "id": "s", "topics": ["log", "system_stats"], "ts": WALL_NS // 1_000_000}
     assert out[1]["type"] == "system_stats" and out[1]["engine_attached"] is True
-    assert out[1]["engine_heartbeat_age_ms"] == 12 and out[1]["ring_depths"] == {"in_bytes": 64,
-                                                                                 "in_backlog_bytes": 0}
+    assert out[1]["engine_heartbeat_age_ms"] == 12
+    assert out[1]["ring_depths"] == {"in_bytes": 64, "in_backlog_bytes": 0, "out_bytes": 8}
     assert out[1]["connections"] == 2
     core.tick()
     core.engine_available(False, 2.0)
@@ -466,10 +468,16 @@ def test_importing_the_session_core_loads_no_io_module() -> None:
     assert out.stdout.strip() == ""
 
 
-class _Gauges:
-    heartbeat_age_ns = 12_400_000
-    in_bytes = 64
-    backlog_bytes = 0
+R_GAUGES = LinkGauges(heartbeat_age_ns=12_400_000, in_bytes=64, backlog_bytes=0, out_bytes=8)
 
 
-R_GAUGES: Any = _Gauges()
+def test_a_rejected_offer_leaves_the_dashboards_model_at_once() -> None:
+    core = make_core()
+    d = connect(core, Role.DRIVER, "d1")
+    feed(core, (R.T.OUT_NEW_ORDER, R.OUT_NEW_ORDER.pack(*meta(d), 1001, b"p1", 38.5, 68.7, 38.6, 68.8, 800.0, 90.0,
+                                                         15.0, 1)))
+    assert core.feed.driver_counts()["offered"] == 1
+    core.receive(d, request({"type": "order_reject", "order_id": 1001, "id": "r"}, d))
+    (rec,) = core.records_to_send()
+    assert rec.type == R.T.IN_ORDER_COMMAND and rec.corr
+    assert core.feed.driver_counts()["offered"] == 0

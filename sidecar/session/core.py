@@ -13,7 +13,8 @@ Feed (inputs)
     engine:    receive_records(buffer, nbytes) a batch of whole records;
                engine_attached() / engine_detached(carried) / engine_available(up);
                not_taken(record, ...) for a record the link could not take
-    time:      tick() (system_stats to subscribed admins)
+    time:      tick() (system_stats to subscribed admins), feed_tick() (the dashboard's
+               `fleet` deltas, session/admin_feed.py)
 
 Drain (outputs), each emptied as it is read
     records_to_send()  records for the engine, in order (`ToEngine`)
@@ -23,7 +24,8 @@ Drain (outputs), each emptied as it is read
 What it owns: the registry (sessions by conn id and by role + id, the admins), the
 correlations of commands awaiting the engine's answer, the resync state a
 re-attached engine must be told (sessions and their latest status / position /
-nearby records), the admin fan-out by topic, and the delivery bookkeeping the engine
+nearby records), the admin fan-out by topic (and the fleet model the dashboard
+draws, fed as traffic passes), and the delivery bookkeeping the engine
 leaves to the sidecar (welcome gating, `last_seq` per session, de-duplication).
 
 Vocabulary, one meaning each across Python and C++:
@@ -42,7 +44,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
@@ -51,6 +52,7 @@ from msgspec import Struct
 from sidecar.engine import records as R
 from sidecar.engine.records import Result, T, id_str
 from sidecar.session import commands
+from sidecar.session.admin_feed import AdminFeed, RateWindow
 from sidecar.session.limits import MAX_QUEUED, Outbox
 from sidecar.session.session import WIRE_ROLE, Session
 from sidecar.session.stats import EngineSnapshot, LinkGauges, SidecarStats
@@ -64,6 +66,7 @@ from sidecar.wire.messages import (
     NearbySubscribe,
     NearbyUnsubscribe,
     OrderAction,
+    OrderReject,
     Ping,
     RideRequest,
     Role,
@@ -155,7 +158,10 @@ class SessionCore:
         # per drain of engine records
         self._position_at: dict[tuple[int, bytes, int], tuple[int, int]] = {}
         self._commits: list[int] = []  # commit stamps of what this drain delivered: push latency at its end
-        self._created: deque[tuple[float, int]] = deque()  # (monotonic s, orders created) over the last minute
+        # the dashboard's model of the fleet (`fleet` topic), fed as traffic passes
+        self.feed = AdminFeed()
+        self._rates = RateWindow()
+        self._fleet_behind: set[int] = set()  # admins (conn ids) that missed a delta: a full snapshot is owed
         self._by_message: dict[type, Callable[[Session, Any, str | int | None], None]] = {
             DriverLocation: self._driver_location,
             DriverStatus: self._driver_status,
@@ -239,6 +245,7 @@ class SessionCore:
             if self.attached:
                 self._records.append(ToEngine(T.IN_SESSION_CLOSE, R.session(session.origin, self.mono_ns())))
             if session.role is Role.DRIVER:
+                self.feed.driver_gone(session.app_id)
                 self.to_admins("drivers", {"type": "driver_status", "driver_id": session.app_id,
                                            "status": "disconnected", "ts": self._now_ms()})
 
@@ -395,26 +402,31 @@ class SessionCore:
         body = R.driver_location(session.origin, self.mono_ns(), corr,
                                  m.lat, m.lon, m.heading, m.speed_kmh, m.accuracy_m)
         session.resync[T.IN_DRIVER_LOCATION] = body
-        self._publish(session, rid, T.IN_DRIVER_LOCATION, body, corr, latest=session.app_id)
+        if self._publish(session, rid, T.IN_DRIVER_LOCATION, body, corr, latest=session.app_id):
+            self.feed.position(session.app_id, m)
 
     def _driver_status(self, session: Session, m: DriverStatus, rid: str | int | None) -> None:
         corr = self._expect_reply(session, rid) if rid is not None else 0
         body = R.driver_status(session.origin, self.mono_ns(), corr, m.online)
         session.resync[T.IN_DRIVER_STATUS] = body
         if self._publish(session, rid, T.IN_DRIVER_STATUS, body, corr):
+            self.feed.driver_status(session.app_id, m.online)
             self.to_admins("drivers", {"type": "driver_status", "driver_id": session.app_id,
                                        "status": "online" if m.online else "offline", "ts": self._now_ms()})
 
     def _ride_request(self, session: Session, m: RideRequest, rid: str | int | None) -> None:
         corr = self._expect_reply(session, rid, commands.RIDE_ID_CONFLICT)
+        pickup, dropoff = (m.pickup.lat, m.pickup.lon), (m.dropoff.lat, m.dropoff.lon)
         body = R.ride_request(session.origin, self.mono_ns(), corr, commands.idempotency_key(session.app_id, rid),
-                              (m.pickup.lat, m.pickup.lon), (m.dropoff.lat, m.dropoff.lon))
-        self._publish(session, rid, T.IN_RIDE_REQUEST, body, corr)
+                              pickup, dropoff)
+        if self._publish(session, rid, T.IN_RIDE_REQUEST, body, corr):
+            self.feed.ride_requested(corr, session.app_id, pickup, dropoff)
 
     def _order_action(self, session: Session, m: OrderAction, rid: str | int | None) -> None:
         corr = self._expect_reply(session, rid)
-        self._publish(session, rid, T.IN_ORDER_COMMAND, commands.order_command(session.origin, self.mono_ns(), corr, m),
-                      corr)
+        body = commands.order_command(session.origin, self.mono_ns(), corr, m)
+        if self._publish(session, rid, T.IN_ORDER_COMMAND, body, corr) and isinstance(m, OrderReject):
+            self.feed.offer_ended(session.app_id, m.order_id)  # the engine answers a reject with its ack only
 
     def _nearby(self, session: Session, m: Nearby, rid: str | int | None) -> None:
         corr = self._expect_reply(session, rid) if rid is not None else 0
@@ -429,6 +441,8 @@ class SessionCore:
             self._send(session, {"type": "ack", "id": rid, "topics": sorted(m.topics), "ts": self._now_ms()})
         if "system_stats" in m.topics:
             self._send(session, self.system_stats())  # a dashboard shows numbers at once, not a second later
+        if "fleet" in m.topics:
+            self._send(session, self.feed.snapshot(self._now_ms()))  # the whole map at once; deltas follow
 
     def _ping(self, session: Session, m: Ping, rid: str | int | None) -> None:
         out: dict[str, Any] = {"type": "pong", "ts": self._now_ms()}
@@ -579,6 +593,7 @@ class SessionCore:
         if p is None:
             return
         ts = real // 1_000_000
+        self.feed.request_answered(corr, order_id if status == Result.OK else 0, self.mono_ns() / 1e9, ts)
         if status == Result.OK:
             if p.request_id is None:
                 return
@@ -612,6 +627,9 @@ class SessionCore:
         if reason:
             msg["reason"] = REASON_NAME[R.Reason(reason)]
         self._deliver(self._recipient(to_conn, role, to_id), msg, real, seq)
+        if not to_conn:  # a change as it happens (not a replay or snapshot to one session)
+            self.feed.order_update(order_id, msg["status"], id_str(passenger_id), msg.get("driver_id", ""),
+                                   self.mono_ns() / 1e9, msg["ts"])
         if role == R.Role.PASSENGER and not to_conn and self.admins:
             # Each change reaches the passenger (and the driver, once there is one): admins see it once,
             # and not again when a replay or snapshot (to one session) repeats it.
@@ -641,12 +659,17 @@ class SessionCore:
             "expires_in_s": round(expires_in_s, 3), "ts": real // 1_000_000,
         }
         self._deliver(self._recipient(to_conn, role, to_id), msg, real, seq)
+        if not to_conn:
+            self.feed.offer(id_str(to_id), order_id, (plat, plon), (dlat, dlon), eta_s, expires_in_s,
+                            self.mono_ns() / 1e9, msg["ts"])
 
     def _cancel_order(self, buf: Any, off: int, size: int) -> None:
         (_m, real, to_conn, _w, role, to_id, order_id, reason, seq) = R.OUT_CANCEL_ORDER.unpack_from(buf, off)
         msg = {"type": "cancel_order", "order_id": order_id, "reason": REASON_NAME[R.Reason(reason)],
                "ts": real // 1_000_000}
         self._deliver(self._recipient(to_conn, role, to_id), msg, real, seq)
+        if not to_conn:
+            self.feed.offer_ended(id_str(to_id), order_id)
 
     def _driver_position(self, buf: Any, off: int, size: int) -> None:
         (_m, real, to_conn, _w, role, to_id, order_id, driver_id, lat, lon, heading, speed) = (
@@ -681,6 +704,8 @@ class SessionCore:
         msg = {"type": "estimate_update", "order_id": order_id, "eta_s": round(eta_s, 1),
                "distance_m": round(distance_m, 1), "ts": real // 1_000_000}
         self._deliver(self._recipient(to_conn, role, to_id), msg, real)
+        if not to_conn:
+            self.feed.estimate(order_id, eta_s)
 
     def _nearby_drivers(self, buf: Any, off: int, size: int) -> None:
         head = R.OUT_NEARBY_HEAD
@@ -694,10 +719,10 @@ class SessionCore:
         self._deliver(self._recipient(to_conn, role, to_id), msg, real)
 
     def _engine_stats(self, buf: Any, off: int, size: int) -> None:
-        (_m, _real, _c, _w, _r, _id, online, available, active, created, matched, completed, p99) = (
+        (_m, _real, _c, _w, _r, _id, online, available, active, created, matched, completed, p99, p50) = (
             R.OUT_ENGINE_STATS.unpack_from(buf, off)
         )
-        self.stats.engine = EngineSnapshot(online, available, active, created, matched, completed, p99)
+        self.stats.engine = EngineSnapshot(online, available, active, created, matched, completed, p99, p50)
 
     # ---- admins ------------------------------------------------------------------------------
 
@@ -718,33 +743,73 @@ class SessionCore:
 
     def system_stats(self) -> dict[str, Any]:
         """The `system_stats` admin message: the engine's last ENGINE_STATS plus this worker's gauges."""
-        s, e, g = self.stats, self.stats.engine, self.gauges()
-        now = self.mono_ns() / 1e9
-        created = self._created
-        created.append((now, e.orders_created))
-        while len(created) > 1 and now - created[0][0] > 60.0:
-            created.popleft()
-        span = now - created[0][0]
-        per_min = (e.orders_created - created[0][1]) * 60.0 / span if span >= 1.0 else 0.0
+        s, e, g, feed = self.stats, self.stats.engine, self.gauges(), self.feed
+        # Requested, matched and completed are the engine's own counters (every worker's orders);
+        # no_driver is counted from the updates this worker delivers (the engine keeps no such counter).
+        requested, matched, completed, no_driver = self._rates.per_min(
+            self.mono_ns() / 1e9, (e.orders_created, e.orders_matched, e.orders_completed, feed.counts["no_driver"]))
         p50, p99 = s.push_latency.percentiles(50, 99)
+        by_role = dict.fromkeys((r.value for r in Role), 0)
+        for session in self.by_conn.values():
+            by_role[session.role.value] += 1
         age = g.heartbeat_age_ns if self.attached else None
         return {
             "type": "system_stats",
-            "matching_latency_us": {"p99": round(e.match_p99_ns / 1000, 1)},
+            "matching_latency_us": {"p50": round(e.match_p50_ns / 1000, 1), "p99": round(e.match_p99_ns / 1000, 1)},
             "push_latency_us": {"p50": round(p50 / 1000, 1), "p99": round(p99 / 1000, 1)},
-            "orders_per_min": round(per_min, 1),
+            "orders_per_min": requested,
+            "order_rates": {"requested": requested, "matched": matched, "completed": completed,
+                            "no_driver": no_driver},
             "orders": {"created": e.orders_created, "matched": e.orders_matched, "completed": e.orders_completed},
             "drivers_online": e.drivers_online,
             "drivers_available": e.drivers_available,
+            "drivers_by_state": feed.driver_counts(),
             "active_orders": e.active_orders,
+            "live_orders": feed.live_orders(),
             "connections": len(self.by_conn),
+            "connections_by_role": by_role,
             "paused_connections": s.paused,
             "engine_attached": self.attached,
             "engine_available": self.available,
             "engine_heartbeat_age_ms": None if age is None else age // 1_000_000,
-            "ring_depths": {"in_bytes": g.in_bytes if self.attached else 0, "in_backlog_bytes": g.backlog_bytes},
+            "ring_depths": {"in_bytes": g.in_bytes if self.attached else 0, "in_backlog_bytes": g.backlog_bytes,
+                            "out_bytes": g.out_bytes if self.attached else 0},
             "ts": self._now_ms(),
         }
+
+    def feed_tick(self, now: float | None = None, ts_ms: int | None = None) -> None:
+        """One tick of the `fleet` topic: the delta to admins keeping up, a full snapshot to the rest.
+
+        An admin whose socket is paused (its write buffer full) is skipped, not queued: deltas
+        cannot be coalesced, and a tab that cannot keep up must not make the sidecar hold a
+        growing backlog. Once it drains, it gets one full snapshot instead of what it missed.
+        """
+        now = self.mono_ns() / 1e9 if now is None else now
+        ts_ms = self._now_ms() if ts_ms is None else ts_ms
+        feed = self.feed
+        subscribers = [s for s in self.admins if "fleet" in s.topics]
+        delta = feed.tick(now, ts_ms, want=bool(subscribers))
+        behind = self._fleet_behind
+        if not subscribers:
+            behind.clear()
+            return
+        behind.intersection_update(s.conn_id for s in subscribers)
+        if feed.full_due(now):
+            behind.update(s.conn_id for s in subscribers)
+        ready: list[Session] = []
+        owed: list[Session] = []
+        for s in subscribers:
+            if s.paused:
+                behind.add(s.conn_id)
+            elif s.conn_id in behind:
+                owed.append(s)
+                behind.discard(s.conn_id)
+            else:
+                ready.append(s)
+        if owed:
+            self.stats.messages_out += self._broadcast(owed, feed.snapshot(ts_ms))
+        if delta is not None and ready:
+            self.stats.messages_out += self._broadcast(ready, delta)
 
     def _now_ms(self) -> int:
         return self.wall_ns() // 1_000_000

@@ -61,6 +61,7 @@ class EngineSnapshot:
     orders_matched: int = 0
     orders_completed: int = 0
     match_p99_ns: int = 0
+    match_p50_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,7 @@ class LinkGauges:
     heartbeat_age_ns: int | None = None  # None while detached
     in_bytes: int = 0  # records in the engine's inbound ring, not yet consumed
     backlog_bytes: int = 0  # records waiting for space in that ring
+    out_bytes: int = 0  # records in the engine's outbound ring, not yet drained
 
 
 @dataclass(slots=True)

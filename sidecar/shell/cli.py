@@ -125,6 +125,18 @@ async def _status_loop(app: App, interval: float) -> None:
         await asyncio.sleep(interval)
         print(f"[dgdo] {app.stats.status_line()}", flush=True)
 
+def dashboard_url(host: str, port: int, no_auth: bool = False, ttl_s: float = auth.DEFAULT_TTL_S) -> str:
+    """The dashboard's address with a fresh admin token in it: one line a person can click.
+
+    A wildcard listen address is not something a browser can open: the link names the loopback.
+    """
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, f"[{host}]" if ":" in host else host)
+    url = f"http://{shown}:{port}/admin"
+    if no_auth:
+        return url
+    return f"{url}?token={auth.mint(os.environ[auth.ENV_SECRET], 'admin', 'dashboard', ttl_s)}"
+
+
 
 async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor | None) -> int:
     loop = asyncio.get_running_loop()
@@ -133,6 +145,8 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
         loop.add_signal_handler(sig, stop.set)
     app = App(control, worker=args.worker, reply_spin_us=args.reply_spin_us, settings=_settings(args))
     await app.start(args.host, args.port)
+    if getattr(args, "dashboard_link", False):
+        print(f"[dgdo] dashboard: {dashboard_url(args.host, app.port, args.insecure_no_auth)}", flush=True)
     print(f"[dgdo] sidecar listening on ws://{args.host}:{app.port} (engine control {control})", flush=True)
     tasks: list[asyncio.Task[None]] = []
     demo: subprocess.Popen[bytes] | None = None
@@ -368,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run the engine without a journal (benchmarks; nothing survives a restart)")
     for flag, (type_, help_) in ENGINE_FLAGS.items():
         run.add_argument(flag, dest=_dest(flag), type=type_, help=help_)
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, dashboard_link=True)
 
     side = sub.add_parser("sidecar", help="run the sidecar for an engine that is already running")
     _add_server_args(side)
@@ -400,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
         return replay(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # picows logs every accepted connection at INFO: with a fleet connected that buries the lines
+        # a person reads (the dashboard link, the status line). Still there with --log-level DEBUG.
+        logging.getLogger("picows").setLevel(logging.WARNING)
     return int(args.func(args) or 0)
 
 

@@ -48,6 +48,7 @@ from picows import (
 
 from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US, EngineLink, EngineUnavailable, Overloaded
 from sidecar.engine.ring import Consumer
+from sidecar.session.admin_feed import FEED_INTERVAL_S
 from sidecar.session.core import CLOSE_POLICY, CLOSE_REPLACED, CLOSE_SLOW_READER, SessionCore
 from sidecar.session.limits import (
     ABUSE,
@@ -62,12 +63,12 @@ from sidecar.session.limits import (
 )
 from sidecar.session.session import Session
 from sidecar.session.stats import LinkGauges, SidecarStats
-from sidecar.shell import metrics
+from sidecar.shell import dashboard, metrics
 from sidecar.wire.auth import ENV_SECRET, Authenticator, AuthError, Unauthenticated, http_status
 from sidecar.wire.codec import Decoder, MessageTooBig
 from sidecar.wire.errors import ClientError, ErrorCode
 from sidecar.wire.messages import DriverLocation, Nearby, Role
-from sidecar.wire.router import HttpRoute, RouteError, WsRoute, choose_format, route
+from sidecar.wire.router import ADMIN_PAGE, HttpRoute, RouteError, WsRoute, choose_format, route
 
 __all__ = ["CLOSE_REPLACED", "CLOSE_SLOW_READER", "MAX_FRAME_BYTES", "App", "Settings"]
 
@@ -108,6 +109,7 @@ class Settings:
     max_queued: int = MAX_QUEUED
     max_paused_s: float = MAX_PAUSED_S
     stats_interval_s: float = 1.0  # system_stats to subscribed admins
+    feed_interval_s: float = FEED_INTERVAL_S  # `fleet` deltas to subscribed admins
     engine_timeout_s: float = ENGINE_TIMEOUT_S  # heartbeat silence after which the engine is unavailable
 
 
@@ -127,6 +129,7 @@ class App:
         self._loop = asyncio.get_running_loop()
         self._flush_due = False
         self._stats_task: asyncio.Task[None] | None = None
+        self._feed_task: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> None:
         s = self.settings
@@ -136,7 +139,8 @@ class App:
             max_frame_size=MAX_FRAME_BYTES, logger_name=_QuietLog(logging.getLogger("picows.server"), {}),
         )
         self.link.start()
-        self._stats_task = self._loop.create_task(self._admin_stats_loop())
+        self._stats_task = self._loop.create_task(self._admin_loop(self.settings.stats_interval_s, self.core.tick))
+        self._feed_task = self._loop.create_task(self._admin_loop(self.settings.feed_interval_s, self.core.feed_tick))
 
     @property
     def port(self) -> int:
@@ -144,8 +148,9 @@ class App:
         return self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        if self._stats_task is not None:
-            self._stats_task.cancel()
+        for task in (self._stats_task, self._feed_task):
+            if task is not None:
+                task.cancel()
         for session in self.core.sessions():
             self.core.close(session, int(WSCloseCode.GOING_AWAY), "server shutting down")
         self.flush()
@@ -229,9 +234,9 @@ class App:
 
     def _gauges(self) -> LinkGauges:
         link = self.link
-        producer = link.producer
+        producer, consumer = link.producer, link.consumer
         return LinkGauges(link.heartbeat_age_ns, producer.depth() if producer is not None and link.attached else 0,
-                          link.backlog)
+                          link.backlog, consumer.depth() if consumer is not None and link.attached else 0)
 
     # ---- handshake ------------------------------------------------------------------------
 
@@ -239,7 +244,7 @@ class App:
         try:
             r = route(request.method, request.path)
             if isinstance(r, HttpRoute):
-                return self._http_page(r)
+                return self._http_page(r, request.headers.get("Authorization"))
             # The admin path carries no id: any admin token opens it, and its sub names the session.
             fmt, subprotocol = choose_format(request.headers.get("Sec-WebSocket-Protocol"), r.query)
             claims = self.auth.authenticate(r.role, None if r.role is Role.ADMIN else r.app_id, r.query,
@@ -259,13 +264,22 @@ class App:
             WSUpgradeResponse.create_101_response(extra_headers=headers), AppListener(self, session, r)
         )
 
-    def _http_page(self, r: HttpRoute) -> Any:
+    def _http_page(self, r: HttpRoute, authorization: str | None = None) -> Any:
         if r.path == "/healthz":
             if self.link.available:
                 return _http(200, "ok")
             return _http(503, "engine not responding" if self.link.attached else "engine unavailable")
         if r.path == "/metrics":
             return _http(200, self.metrics_text(), metrics.CONTENT_TYPE_LATEST)
+        if r.path == dashboard.WHOAMI:
+            status, body = dashboard.whoami(self.auth, r.query, authorization)
+            if status == 401:
+                self.stats.auth_refused += 1
+            return _http(status, body, dashboard.JSON_TYPE, dashboard.NO_STORE)
+        if r.path.startswith(ADMIN_PAGE):
+            page = dashboard.asset(r.path)
+            if page is not None:
+                return _http(200, page.body, page.content_type, page.headers)
         return _http(404, "no such page")
 
     def metrics_text(self) -> str:
@@ -276,14 +290,19 @@ class App:
     def system_stats(self) -> dict[str, Any]:
         return self.core.system_stats()
 
-    async def _admin_stats_loop(self) -> None:
+    def flush_feed(self) -> None:
+        """One tick of the dashboard's `fleet` topic, written at once."""
+        self.core.feed_tick()
+        self.flush()
+
+    async def _admin_loop(self, interval_s: float, tick: Any) -> None:
         while True:
-            await asyncio.sleep(self.settings.stats_interval_s)
+            await asyncio.sleep(interval_s)
             try:
-                self.core.tick()
+                tick()
                 self.flush()
             except Exception:  # a bad tick must not end the stream
-                log.exception("! system_stats failed")
+                log.exception("! admin tick %s failed", getattr(tick, "__name__", tick))
 
     # ---- connection lifecycle ----------------------------------------------------------------
 
