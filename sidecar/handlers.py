@@ -141,7 +141,7 @@ class Handlers:
                               idempotency_key(conn.app_id, req.request_id),
                               (m.pickup.lat, m.pickup.lon), (m.dropoff.lat, m.dropoff.lon))
         self._publish(R.T.IN_RIDE_REQUEST, body, corr)
-        self.bridge.feed.ride_requested(corr, conn.app_id, m.pickup, m.dropoff)
+        self.bridge.feed.ride_requested(corr, conn.app_id, (m.pickup.lat, m.pickup.lon), (m.dropoff.lat, m.dropoff.lon))
 
     def _order_action(self, conn: Connection, req: Request) -> None:
         m: OrderAction = req.message  # type: ignore[assignment]
@@ -149,7 +149,7 @@ class Handlers:
         reason = m.reason if isinstance(m, OrderCancel) else ""
         body = R.order_command(conn.origin, time.monotonic_ns(), corr, m.order_id, COMMANDS[type(m)], reason)
         self._publish(R.T.IN_ORDER_COMMAND, body, corr)
-        if m.action == "order_reject":  # the engine answers a reject with its ack only
+        if isinstance(m, OrderReject):  # the engine answers a reject with its ack only
             self.bridge.feed.offer_ended(conn.app_id, m.order_id)
 
     def _nearby(self, conn: Connection, req: Request) -> None:
