@@ -16,7 +16,7 @@ run: engine venv
 
 test: engine venv bench-deps
 	ctest --test-dir $(BUILD) --output-on-failure -j2
-	$(BIN)/ruff check sidecar tests bench
+	$(BIN)/ruff check sidecar dgdo_apps tests bench
 	$(BIN)/python -m pytest
 
 test-engine: engine
@@ -35,17 +35,17 @@ engine: deps
 	cmake --build $(BUILD) -j2
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: build/.deps pyproject.toml setup.py sidecar/ring/_build.py include/dgdo/ring.h include/dgdo/events.h include/dgdo/control.h
+$(VENV)/.installed: build/.deps pyproject.toml setup.py sidecar/engine/ring/_build.py include/dgdo/ring.h include/dgdo/events.h include/dgdo/control.h
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
 lint: venv
-	$(BIN)/ruff check sidecar tests bench
+	$(BIN)/ruff check sidecar dgdo_apps tests bench
 
 clean:
-	rm -rf build $(VENV) sidecar/ring/_dgdo_ring*.so
+	rm -rf build $(VENV) sidecar/engine/ring/_dgdo_ring*.so
 
 # Engine benchmarks (bench/engine): hot paths at 100k drivers; greedy vs batched matching.
 .PHONY: bench-sim
@@ -94,3 +94,9 @@ bench-push: engine bench-deps
 # beside a bare picows server. ARGS=--smoke | --n N.
 bench-conns: engine venv
 	$(BIN)/python bench/conns/bench_conns.py $(ARGS)
+
+# Admin feed (bench/admin): 10,000 drivers sending 1 position/s over the public protocol; the messages and
+# bytes per second one dashboard receives, and the sidecar's CPU with 0, 1 and 4 admins. ARGS=--smoke for ~30 s.
+.PHONY: bench-admin
+bench-admin: engine venv
+	$(BIN)/python bench/admin/run.py $(ARGS)

@@ -2,4 +2,4 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["sidecar/ring/_build.py:ffibuilder"])
+setup(cffi_modules=["sidecar/engine/ring/_build.py:ffibuilder"])

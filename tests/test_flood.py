@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT, mint, start_stack
 from wsclient import AppClient
 
-from sidecar.limits import ABUSE_AFTER, ANSWERED_REFUSALS, MESSAGES_RATE
+from sidecar.session.limits import ABUSE_AFTER, ANSWERED_REFUSALS, MESSAGES_RATE
 
 FLOODER = ROOT / "tests" / "flooder.py"
 

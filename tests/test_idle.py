@@ -1,11 +1,11 @@
-"""The idle strategy (sidecar/idle.py): polls after work for its budget, restarts on work, then parks once."""
+"""The idle strategy (sidecar/engine/idle.py): polls after work for its budget, restarts on work, then parks once."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from sidecar.idle import IdleStrategy, default_spin_us
+from sidecar.engine.idle import IdleStrategy, default_spin_us
 
 
 async def test_a_zero_budget_never_polls() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.limits import (
+from sidecar.session.limits import (
     ABUSE,
     ADMIT,
     ANSWERED_REFUSALS,

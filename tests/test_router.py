@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.events import Role
-from sidecar.protocol import JSON, MSGPACK
-from sidecar.router import HttpRoute, RouteError, WsRoute, choose_format, route
+from sidecar.wire.codec import JSON, MSGPACK
+from sidecar.wire.messages import Role
+from sidecar.wire.router import HttpRoute, RouteError, WsRoute, choose_format, route
 
 
 def test_driver_and_passenger_paths_carry_the_id() -> None:
@@ -18,6 +18,13 @@ def test_driver_and_passenger_paths_carry_the_id() -> None:
 
 def test_http_pages_are_routed() -> None:
     assert route(b"GET", b"/healthz") == HttpRoute("/healthz")
+
+
+def test_the_dashboard_and_everything_under_it_are_http_pages_with_their_query() -> None:
+    assert route(b"GET", b"/admin") == HttpRoute("/admin")
+    assert route(b"GET", b"/admin/whoami?token=abc") == HttpRoute("/admin/whoami", {"token": "abc"})
+    assert route(b"GET", b"/admin/dashboard.js") == HttpRoute("/admin/dashboard.js")
+    assert isinstance(route(b"GET", b"/ws/admin?token=abc"), WsRoute)  # the socket is not a page
 
 
 @pytest.mark.parametrize(

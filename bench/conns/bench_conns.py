@@ -40,7 +40,7 @@ import uvloop  # noqa: E402
 from bench.machine import describe, one_line  # noqa: E402
 from bench.push.bench_push import Clients  # noqa: E402
 from bench.push.clients import raise_nofile  # noqa: E402
-from sidecar import lifetime  # noqa: E402
+from sidecar.shell import lifetime  # noqa: E402
 
 PY = sys.executable
 GOAL_KB = 10.0

@@ -54,7 +54,7 @@ import common
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from sidecar import lifetime
+from sidecar.shell import lifetime
 
 HERE = Path(__file__).resolve().parent
 ROOT = common.ROOT

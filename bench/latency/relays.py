@@ -31,7 +31,7 @@ import uvloop
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
-from sidecar import lifetime
+from sidecar.shell import lifetime
 
 WELCOME = b'{"type":"welcome"}'
 

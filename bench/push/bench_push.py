@@ -235,7 +235,7 @@ def markdown(res: dict) -> str:
         lines.append(f"| {row['n']} | {s['per_cpu_s']:,.0f} | {r['per_cpu_s']:,.0f} | {row['ratio']:.2f} | "
                      f"{b['per_cpu_s']:,.0f} | {s['per_s']:,.0f} | {r['per_s']:,.0f} | {s['cpu_pct']:.0f} | {ok} |")
     lines += ["", "`raw picows`: one picows `send` (one send(2)) per message, as the sidecar writes; `raw, 2 frames "
-                  "a write`: the pass's two frames for a client in one write (sidecar/wsframes.py)."]
+                  "a write`: the pass's two frames for a client in one write (sidecar/wire/frames.py)."]
     return "\n".join(lines) + "\n"
 
 

@@ -30,7 +30,7 @@ import common  # noqa: E402
 import uvloop  # noqa: E402
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect  # noqa: E402
 
-from sidecar import lifetime  # noqa: E402
+from sidecar.shell import lifetime  # noqa: E402
 
 
 def raise_nofile() -> int:

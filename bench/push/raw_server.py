@@ -27,10 +27,10 @@ import uvloop  # noqa: E402
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server  # noqa: E402
 
 from bench.push.clients import raise_nofile  # noqa: E402
-from sidecar import lifetime  # noqa: E402
-from sidecar.protocol import JSON, encode  # noqa: E402
-from sidecar.server import PICOWS_SERVER_OPTIONS  # noqa: E402
-from sidecar.wsframes import frames  # noqa: E402
+from sidecar.shell import lifetime  # noqa: E402
+from sidecar.shell.server import PICOWS_SERVER_OPTIONS  # noqa: E402
+from sidecar.wire.codec import JSON, encode  # noqa: E402
+from sidecar.wire.frames import frames  # noqa: E402
 
 # What the sidecar's bridge makes of the feeder's ORDER_UPDATE and DRIVER_POSITION records.
 ORDER_UPDATE = encode({"type": "order_update", "order_id": 1000001, "status": "arriving", "ts": 1764090000000,
@@ -67,7 +67,7 @@ class Conn(WSListener):
 
 
 async def blast(seconds: float, batched: bool = False) -> dict[str, int]:
-    """`batched`: the two frames of a pass in one write (sidecar/wsframes.py), not one picows send each."""
+    """`batched`: the two frames of a pass in one write (sidecar/wire/frames.py), not one picows send each."""
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
     sent = skipped = 0

@@ -11,7 +11,7 @@ fds closed at once: the mappings alone keep them. Then:
 * outbound (engine -> apps): the worker doorbell is an `add_reader` fd; each
   wake drains the out ring in batches (one cffi call each) and hands the
   records to `on_records`, then parks again, or first polls the ring for a
-  while (`idle_spin_us`, sidecar/idle.py: spin, yield, then park) when the
+  while (`idle_spin_us`, sidecar/engine/idle.py: spin, yield, then park) when the
   operator gives it a budget.
 * the control socket is watched too: EOF means the engine died. The link
   then reports `attached = False` and keeps trying to attach again.
@@ -33,9 +33,9 @@ import struct
 import time
 from collections.abc import Callable
 
-from sidecar import ring
-from sidecar.idle import IdleStrategy
-from sidecar.ring import Consumer, Producer, Segment
+from sidecar.engine import ring
+from sidecar.engine.idle import IdleStrategy
+from sidecar.engine.ring import Consumer, Producer, Segment
 
 log = logging.getLogger("dgdo.link")
 
@@ -222,9 +222,9 @@ class EngineLink:
         if not self.attached:
             return
         # What the engine committed before it died still counts: an answer to a command it took may
-        # sit in the out ring with no doorbell rung (killed between its write and its wake-up). Deliver
-        # it now, before the commands still in flight are failed as engine_unavailable.
-        self._deliver()
+        # sit in the out ring with no doorbell rung (killed between its write and its wake-up). Hand
+        # it over now, before the commands still in flight are failed as engine_unavailable.
+        self._hand_over()
         self.attached = self.available = False
         if self._watch is not None:
             self._watch.cancel()
@@ -352,6 +352,10 @@ class EngineLink:
         ring.frame(self._pending, type_, body)
         self._schedule_flush()
 
+    def flush(self) -> None:
+        """Writes what is pending now, instead of at the end of this loop turn (the caller batched already)."""
+        self._flush()
+
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled and self._pending:
             self._flush_scheduled = True
@@ -420,7 +424,7 @@ class EngineLink:
         c = self.consumer
         if c is None:
             return
-        # Deliver first, then clear the eventfd: its read() is a syscall the push need not wait
+        # Hand over first, then clear the eventfd: its read() is a syscall the push need not wait
         # for. No wake-up is lost: the producer rings only after we park again, which _drain()
         # does after this read.
         c.unpark()
@@ -431,7 +435,7 @@ class EngineLink:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._worker_bell, 8)
         if self.idle.enabled:
-            self._deliver()
+            self._hand_over()
             self.idle.worked()  # more may follow: poll a while before parking
         else:
             self._drain()
@@ -441,14 +445,14 @@ class EngineLink:
         c = self.consumer
         if c is None or not c.pending():
             return False
-        self._deliver()
+        self._hand_over()
         return True
 
     def _unpark(self) -> None:
         if self.consumer is not None:
             self.consumer.unpark()  # polling: the engine need not ring our doorbell
 
-    def _deliver(self) -> Consumer | None:
+    def _hand_over(self) -> Consumer | None:
         """Hands every committed record to `on_records`; the consumer, or None once a handler detached us."""
         c = self.consumer
         while c is not None and (n := c.drain()):
@@ -457,7 +461,7 @@ class EngineLink:
         return c
 
     def _drain(self) -> None:
-        while (c := self._deliver()) is not None:
+        while (c := self._hand_over()) is not None:
             if c.park():
                 c.heartbeat(time.monotonic_ns())
                 return

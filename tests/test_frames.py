@@ -1,4 +1,4 @@
-"""Server frames built by sidecar/wsframes.py read back as RFC 6455 frames, at every length boundary."""
+"""Server frames built by sidecar/wire/frames.py read back as RFC 6455 frames, at every length boundary."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from sidecar.wsframes import frames, header
+from sidecar.wire.frames import frames, header
 
 
 def parse(data: bytes) -> list[tuple[int, bool, bytes]]:
