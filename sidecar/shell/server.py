@@ -68,6 +68,7 @@ from sidecar.shell import dashboard, metrics
 from sidecar.wire.auth import ENV_SECRET, Authenticator, AuthError, Unauthenticated, http_status
 from sidecar.wire.codec import Decoder, MessageTooBig
 from sidecar.wire.errors import ClientError, ErrorCode
+from sidecar.wire.frames import frames as server_frames
 from sidecar.wire.messages import DriverLocation, Nearby, Role
 from sidecar.wire.router import ADMIN_PAGE, HttpRoute, RouteError, WsRoute, choose_format, route
 
@@ -199,10 +200,8 @@ class App:
                 except Overloaded as e:
                     core.not_taken(rec, ErrorCode.OVERLOADED, str(e))
         frames = core.data_to_send()
-        for session, data in frames:
-            t: WSTransport | None = session.io
-            if t is not None and not t.is_disconnected:
-                t.send(_BINARY if session.binary else _TEXT, data)
+        if frames:
+            self._write(frames)
         closes = core.closes_to_send()
         for session, code, reason in closes:
             self._close(session, code, reason)
@@ -210,6 +209,37 @@ class App:
             # Written now, in this drain, rather than a loop turn later; the link spins here for
             # a command's answer, and an answer that comes is drained (nested) before this returns.
             self.link.flush()
+
+    @staticmethod
+    def _write(frames: list[tuple[Session, bytes]]) -> None:
+        """Writes a drain's frames: several for one session go out in one write.
+
+        A picows `send` is one send(2) per frame, and on a small VM that system call costs more
+        than the Python that made the message (bench/push); an engine batch often holds several
+        messages for one client (an order update, its estimate, a position), so they are framed
+        together (wire/frames.py) and written at once, in the order the core yielded them.
+        """
+        if len(frames) == 1:
+            session, data = frames[0]
+            t: WSTransport | None = session.io
+            if t is not None and not t.is_disconnected:
+                t.send(_BINARY if session.binary else _TEXT, data)
+            return
+        owed: dict[Session, list[bytes]] = {}
+        for session, data in frames:
+            got = owed.get(session)
+            if got is None:
+                owed[session] = [data]
+            else:
+                got.append(data)
+        for session, payloads in owed.items():
+            t = session.io
+            if t is None or t.is_disconnected:
+                continue
+            if len(payloads) == 1:
+                t.send(_BINARY if session.binary else _TEXT, payloads[0])
+            elif not t.is_close_frame_sent:  # (picows' own send checks this; a raw write must too)
+                t.underlying_transport.write(server_frames(session.binary, payloads))
 
     def _flush_turn(self) -> None:
         self._flush_due = False
