@@ -32,7 +32,7 @@ from picows import ws_create_server
 from sidecar.engine.link import socket_address
 from sidecar.session.session import Session
 from sidecar.shell import lifetime
-from sidecar.shell.server import MAX_FRAME_BYTES, App
+from sidecar.shell.server import MAX_FRAME_BYTES, PICOWS_SERVER_OPTIONS, App
 from sidecar.wire.router import WsRoute
 
 
@@ -130,8 +130,7 @@ async def main(args: argparse.Namespace) -> None:
     app.connected = connected_and_welcomed  # type: ignore[method-assign]
     app.server = await ws_create_server(  # the arguments App.start() uses
         app.listener_factory, "127.0.0.1", args.port,
-        enable_auto_ping=True, auto_ping_idle_timeout=30, auto_ping_reply_timeout=15,
-        max_frame_size=MAX_FRAME_BYTES,
+        enable_auto_ping=False, enable_auto_pong=False, max_frame_size=MAX_FRAME_BYTES, **PICOWS_SERVER_OPTIONS,
     )
 
     def deliver(data: bytes) -> None:

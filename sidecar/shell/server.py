@@ -19,7 +19,7 @@ module owns the sockets and the event loop:
   frames read together is answered together.
 
 Close codes this server sends: 1000 (reply to the client's CLOSE), 1001
-(shutdown; a ping not answered in time — picows' auto-ping), 1008 (flooding
+(shutdown; a ping not answered in time — session/keepalive.py, one sweep for every connection), 1008 (flooding
 past the rate limit), 1009 (a message over the size or fragment cap, after a
 `too_large` error saying which), 4001 (replaced by a newer connection with the
 same role and id), 4008 (slow reader).
@@ -50,6 +50,7 @@ from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US, EngineLink, Eng
 from sidecar.engine.ring import Consumer
 from sidecar.session.admin_feed import FEED_INTERVAL_S
 from sidecar.session.core import CLOSE_POLICY, CLOSE_REPLACED, CLOSE_SLOW_READER, SessionCore
+from sidecar.session.keepalive import Keepalive
 from sidecar.session.limits import (
     ABUSE,
     ABUSE_AFTER,
@@ -152,18 +153,21 @@ class App:
         self._flush_due = False
         self._stats_task: asyncio.Task[None] | None = None
         self._feed_task: asyncio.Task[None] | None = None
+        self.keepalive = Keepalive(settings.ping_idle_s, settings.ping_reply_s)
+        self.listeners: set[AppListener] = set()  # every open connection, for the keepalive sweep
+        self._keepalive_task: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> None:
-        s = self.settings
         self.server = await ws_create_server(
             self.listener_factory, host, port,
-            enable_auto_ping=True, auto_ping_idle_timeout=s.ping_idle_s, auto_ping_reply_timeout=s.ping_reply_s,
+            enable_auto_ping=False,  # one keepalive sweep for all (_keepalive_loop), not a task per connection
             enable_auto_pong=False,  # AppListener answers PINGs, charged to the connection's rate limit
             max_frame_size=MAX_FRAME_BYTES, **PICOWS_SERVER_OPTIONS,
         )
         self.link.start()
         self._stats_task = self._loop.create_task(self._admin_loop(self.settings.stats_interval_s, self.core.tick))
         self._feed_task = self._loop.create_task(self._admin_loop(self.settings.feed_interval_s, self.core.feed_tick))
+        self._keepalive_task = self._loop.create_task(self._keepalive_loop())
 
     @property
     def port(self) -> int:
@@ -171,7 +175,7 @@ class App:
         return self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        for task in (self._stats_task, self._feed_task):
+        for task in (self._stats_task, self._feed_task, self._keepalive_task):
             if task is not None:
                 task.cancel()
         for session in self.core.sessions():
@@ -356,6 +360,22 @@ class App:
             except Exception:  # a bad tick must not end the stream
                 log.exception("! admin tick %s failed", getattr(tick, "__name__", tick))
 
+    async def _keepalive_loop(self) -> None:
+        """PINGs idle clients, closes (1001) those that do not answer: session/keepalive.py."""
+        keepalive = self.keepalive
+        while True:
+            await asyncio.sleep(keepalive.interval_s)
+            ping, dead = keepalive.sweep(time.monotonic(), self.listeners)
+            for listener in ping:
+                t: WSTransport | None = listener.session.io
+                if t is not None and not t.is_disconnected:
+                    t.send_ping()
+            for listener in dead:
+                self.core.close(listener.session, int(WSCloseCode.GOING_AWAY),
+                                f"no answer to a ping within {keepalive.reply_s:g} s")
+            if dead:
+                self.flush()
+
     # ---- connection lifecycle ----------------------------------------------------------------
 
     def connected(self, session: Session, r: WsRoute) -> None:
@@ -381,6 +401,10 @@ def _http(status: int, body: str, content_type: str = "text/plain; charset=utf-8
 class AppListener(WSListener):
     """One connection's picows callbacks: frames in (decode, admit, feed the core), flow control, close."""
 
+    # Slots: one of these per connection (bench/conns), a dict would add ~300 bytes to each.
+    __slots__ = ("_paused_timer", "_reading_paused", "app", "core", "decoder", "last_rx", "limiter", "ping_at",
+                 "route", "session")
+
     def __init__(self, app: App, session: Session, r: WsRoute) -> None:
         self.app = app
         self.core = app.core
@@ -391,11 +415,14 @@ class AppListener(WSListener):
         self.limiter = RateLimiter(time.monotonic(), s.positions_rate, s.messages_rate, s.abuse_after)
         self._paused_timer: asyncio.TimerHandle | None = None
         self._reading_paused = False  # stopped reading a client over its rate (_pause_reading)
+        self.last_rx = time.monotonic()  # keepalive (session/keepalive.py): when we last heard from it
+        self.ping_at = 0.0  # ... and when we sent a PING it has not answered yet
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         s = self.app.settings
         transport.underlying_transport.set_write_buffer_limits(high=s.write_high, low=s.write_low)
         self.session.io = transport
+        self.app.listeners.add(self)
         self.app.connected(self.session, self.route)
 
     # picows forwards asyncio's flow-control callbacks of the underlying transport here.
@@ -421,7 +448,7 @@ class AppListener(WSListener):
             self.app.flush()
 
     def _admit(self, position: bool, request_id: str | int | None, frames: int = 1) -> bool:
-        verdict = self.limiter.check(time.monotonic(), position, frames)
+        verdict = self.limiter.check(self.last_rx, position, frames)
         if verdict is ADMIT:
             return True
         # Refused: answered only the first few times a second, and the socket is not read until the
@@ -453,6 +480,7 @@ class AppListener(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         t = frame.msg_type
+        self.last_rx = time.monotonic()
         if t is WSMsgType.TEXT or t is WSMsgType.BINARY or t is WSMsgType.CONTINUATION:
             session = self.session
             if session.closing:
@@ -480,8 +508,9 @@ class AppListener(WSListener):
                     transport.send_pong(frame.get_payload_as_bytes())
                 self.app.flush_soon()  # a refusal may have closed it
         elif t is WSMsgType.PONG:
-            # Unsolicited (picows takes the answers to its own pings): a frame like any other.
-            if not self.session.closing and not self._admit(False, None):
+            if self.ping_at:
+                self.ping_at = 0.0  # the answer to our keepalive PING
+            elif not self.session.closing and not self._admit(False, None):  # unsolicited: a frame like any
                 self.app.flush_soon()
         elif t is WSMsgType.CLOSE:
             # picows leaves the reply to us (RFC 6455 §5.5.1): echo the code, then hang up.
@@ -491,6 +520,7 @@ class AppListener(WSListener):
             transport.disconnect()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.app.listeners.discard(self)
         if self._paused_timer is not None:
             self._paused_timer.cancel()
             self._paused_timer = None
