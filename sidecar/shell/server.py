@@ -409,7 +409,7 @@ class AppListener(WSListener):
         self.app = app
         self.core = app.core
         self.session = session
-        self.route = r
+        self.route: WsRoute | None = r
         self.decoder = Decoder(session.role, session.app_id)
         s = app.settings
         self.limiter = RateLimiter(time.monotonic(), s.positions_rate, s.messages_rate, s.abuse_after)
@@ -423,7 +423,9 @@ class AppListener(WSListener):
         transport.underlying_transport.set_write_buffer_limits(high=s.write_high, low=s.write_low)
         self.session.io = transport
         self.app.listeners.add(self)
-        self.app.connected(self.session, self.route)
+        r, self.route = self.route, None  # its query holds the token: not kept for the connection's life
+        assert r is not None
+        self.app.connected(self.session, r)
 
     # picows forwards asyncio's flow-control callbacks of the underlying transport here.
     def pause_writing(self) -> None:
