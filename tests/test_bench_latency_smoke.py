@@ -25,7 +25,8 @@ import pytest
 from conftest import dgdo_entries, leftovers
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ["ring", "zmq ipc", "unix socket", "stdout pipe", "http POST", "fastapi+zmq"]
+VARIANTS = ["ring", "ring spin", "zmq ipc", "unix socket", "unix socket spin", "stdout pipe", "http POST",
+            "fastapi+zmq"]
 E2E = ["engine e2e", "e2e journal never", "e2e journal interval", "e2e journal batch"]
 
 for _mod in ("zmq", "fastapi", "uvicorn", "matplotlib"):
@@ -40,7 +41,7 @@ def test_smoke_run_reports_every_variant_with_ordered_percentiles(engine_bin: Pa
         capture_output=True, text=True, timeout=220, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[1/10]" in proc.stderr and "[10/10]" in proc.stderr  # progress was shown
+    assert "[1/12]" in proc.stderr and "[12/12]" in proc.stderr  # progress was shown
 
     reports = list(tmp_path.glob("latency-*-smoke.json"))
     assert len(reports) == 1
@@ -56,6 +57,10 @@ def test_smoke_run_reports_every_variant_with_ordered_percentiles(engine_bin: Pa
         values = [s[k] for k in ("p50", "p90", "p99", "p99.9", "max")]
         assert all(v > 0 for v in values), (key, values)
         assert values == sorted(values), (key, values)
+
+    for v in ("ring", "ring spin", "unix socket", "unix socket spin"):  # what the idle strategy costs is shown
+        for ph in ("idle", "load"):
+            assert 0 <= rows[(v, ph)]["sidecar_cpu_pct"] < 400, (v, ph, rows[(v, ph)].get("sidecar_cpu_pct"))
 
     md = reports[0].with_suffix(".md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ")]

@@ -29,6 +29,7 @@ import common
 import uvloop
 from picows import ws_create_server
 
+from sidecar.engine.idle import IdleStrategy
 from sidecar.engine.link import socket_address
 from sidecar.session.session import Session
 from sidecar.shell import lifetime
@@ -37,13 +38,42 @@ from sidecar.wire.router import WsRoute
 
 
 class StreamFeed(asyncio.Protocol):
-    """A byte stream of records (UNIX socket or pipe): hand over every whole record at once."""
+    """A byte stream of records (UNIX socket or pipe): hand over every whole record at once.
 
-    def __init__(self, app: App) -> None:
+    With `spin_us`, the same idle strategy as the ring's (engine/idle.py): after data, poll the
+    socket (a non-blocking read of its fd, between event-loop turns) for that long before going
+    back to waiting on epoll, so that the ring and the socket are compared with the same strategy.
+    """
+
+    def __init__(self, app: App, spin_us: float = 0.0) -> None:
         self.app = app
         self.buf = bytearray()
+        self.spin_us = spin_us
+        self.fd = -1
+        self.idle: IdleStrategy | None = None
+
+    def connection_made(self, transport) -> None:
+        sock = transport.get_extra_info("socket")
+        if self.spin_us > 0 and sock is not None:
+            self.fd = sock.fileno()
+            self.idle = IdleStrategy(self.spin_us, self._poll, lambda: None)
+
+    def _poll(self) -> bool:
+        try:
+            data = os.read(self.fd, 1 << 18)
+        except (BlockingIOError, OSError):
+            return False
+        if not data:
+            return False
+        self._take(data)
+        return True
 
     def data_received(self, data: bytes) -> None:
+        self._take(data)
+        if self.idle is not None:
+            self.idle.worked()
+
+    def _take(self, data: bytes) -> None:
         if not self.buf:
             n = common.complete_prefix(data)
             if n:
@@ -142,7 +172,8 @@ async def main(args: argparse.Namespace) -> None:
         if not args.endpoint.startswith("@"):  # a path of an earlier run; an abstract name has no file
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(args.endpoint)
-        keep = await loop.create_unix_server(lambda: StreamFeed(app), socket_address(args.endpoint))
+        keep = await loop.create_unix_server(lambda: StreamFeed(app, args.idle_spin_us),
+                                             socket_address(args.endpoint))
     elif args.feed == "pipe":
         os.set_blocking(sys.stdin.fileno(), False)
         keep = await loop.connect_read_pipe(lambda: StreamFeed(app), os.fdopen(sys.stdin.fileno(), "rb", 0))
@@ -161,4 +192,6 @@ if __name__ == "__main__":
     ap.add_argument("--feed", required=True, choices=["zmq", "unix", "pipe", "http"])
     ap.add_argument("--endpoint", default="")
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--idle-spin-us", type=float, default=0.0,
+                    help="unix feed: poll the socket this long after data before waiting on epoll")
     uvloop.run(main(ap.parse_args()))

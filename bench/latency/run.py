@@ -12,6 +12,10 @@ What is measured (all on 127.0.0.1, one host, CLOCK_REALTIME on both ends):
 * `zmq ipc`, `unix socket`, `stdout pipe`, `http POST`: the same sidecar code
   (App: bridge, registry, encode, picows) fed the same record batches over
   that transport (alt_sidecar.py), by the same feeder.
+* `ring spin`, `unix socket spin`: the same two feeds with the sidecar's idle
+  strategy on (`--idle-spin-us`, default 2000 here: sidecar/engine/idle.py): after
+  work it polls the ring (the socket) for that long before parking on the doorbell
+  (epoll). The `sidecar CPU %` column says what that costs.
 * `fastapi+zmq`: FastAPI/uvicorn WebSocket server with the same bridge, fed
   by ZeroMQ (fastapi_sidecar.py).
 * `engine e2e`: the real engine + sidecar (`dgdo run --no-demo`): passenger
@@ -50,6 +54,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
+import psutil
 import uvloop
 from picows import WSListener, WSMsgType, WSTransport, ws_connect
 
@@ -60,7 +65,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = common.ROOT
 PY = sys.executable
 RESULTS = ROOT / "bench" / "results"
-VARIANTS = ["ring", "zmq ipc", "unix socket", "stdout pipe", "http POST", "fastapi+zmq"]
+VARIANTS = ["ring", "ring spin", "zmq ipc", "unix socket", "unix socket spin", "stdout pipe", "http POST",
+            "fastapi+zmq"]
+# The "spin" variants: the sidecar's idle strategy on (--idle-spin-us, sidecar/engine/idle.py), for the
+# ring and, with the same strategy, the UNIX socket. The default budget outlasts the feeder's 1 ms
+# batches: an awake consumer, which is what the ring's ~1 µs hop needs to show.
+SPIN_US = 2000.0
 E2E = "engine e2e"
 # The same path with the engine journaling every input, per fsync policy (DESIGN §7).
 E2E_JOURNAL = {"e2e journal never": "never", "e2e journal interval": "interval", "e2e journal batch": "batch"}
@@ -87,6 +97,7 @@ class Stack:
     procs: list[subprocess.Popen] = field(default_factory=list)
     port: int = 0
     cmd_path: str = ""
+    sidecar: subprocess.Popen | None = None  # the process that serves the WebSocket clients
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -109,8 +120,10 @@ def child_env() -> dict[str, str]:
     return lifetime.child_env(dict(os.environ, DGDO_JWT_SECRET=common.JWT_SECRET, PYTHONUNBUFFERED="1"))
 
 
-def start_stack(variant: str, logf) -> Stack:
+def start_stack(variant: str, logf, spin_us: float = SPIN_US) -> Stack:
     port = free_port()
+    spin = ["--idle-spin-us", f"{spin_us:g}"] if variant.endswith(" spin") else []
+    variant = variant.removesuffix(" spin")
     cmd_path = f"{TAG}-feeder-{port}"
     st = Stack(port=port, cmd_path=cmd_path)
     feeder = [PY, str(HERE / "feeder.py"), "--cmd", cmd_path]
@@ -122,13 +135,16 @@ def start_stack(variant: str, logf) -> Stack:
                                          stdout=subprocess.DEVNULL, **kw))
         _wait_path(control)
         st.procs.append(subprocess.Popen([PY, "-m", "sidecar", "sidecar", "--control", control, "--port", str(port),
-                                          "--status-interval", "0", "--log-level", "WARNING"],
+                                          "--status-interval", "0", "--log-level", "WARNING",
+                                          "--idle-spin-us", spin[1] if spin else "0"],
                                          stdout=subprocess.DEVNULL, **kw))
+        st.sidecar = st.procs[-1]
     elif variant == "stdout pipe":
         f = subprocess.Popen([*feeder, "--transport", "pipe"], stdout=subprocess.PIPE, **kw)
         st.procs.append(f)
         st.procs.append(subprocess.Popen([PY, str(HERE / "alt_sidecar.py"), "--feed", "pipe", "--port", str(port)],
                                          stdin=f.stdout, stdout=subprocess.DEVNULL, **kw))
+        st.sidecar = st.procs[-1]
         assert f.stdout is not None
         f.stdout.close()  # the sidecar holds the read end now
     else:
@@ -141,8 +157,10 @@ def start_stack(variant: str, logf) -> Stack:
         if variant == "fastapi+zmq":
             side = [PY, str(HERE / "fastapi_sidecar.py"), "--endpoint", endpoint, "--port", str(port)]
         else:
-            side = [PY, str(HERE / "alt_sidecar.py"), "--feed", transport, "--endpoint", endpoint, "--port", str(port)]
+            side = [PY, str(HERE / "alt_sidecar.py"), "--feed", transport, "--endpoint", endpoint, "--port", str(port),
+                    *spin]
         st.procs.append(subprocess.Popen(side, stdout=subprocess.DEVNULL, **kw))
+        st.sidecar = st.procs[-1]
         _wait_port(port)
         st.procs.append(subprocess.Popen([*feeder, "--transport", transport, "--endpoint", endpoint],
                                          stdout=subprocess.DEVNULL, **kw))
@@ -247,18 +265,18 @@ def harvest(sinks: list[Sink]) -> tuple[list[int], list[int]]:
 def start_profile(variant: str, st: Stack, phase: str, seconds: float, out: Path | None) -> subprocess.Popen | None:
     """py-spy on the sidecar process of the `ring` variant during one phase (--profile DIR)."""
     pyspy = Path(PY).with_name("py-spy")
-    if out is None or variant != "ring" or not pyspy.exists():
+    if out is None or not variant.startswith("ring") or not pyspy.exists():
         return None
     sidecar = st.procs[-1].pid
-    dest = out / f"pyspy-ring-{phase}-{sidecar}.txt"
+    dest = out / f"pyspy-{variant.replace(' ', '-')}-{phase}-{sidecar}.txt"
     return subprocess.Popen([str(pyspy), "record", "-p", str(sidecar), "-d", str(max(1, int(seconds))), "-r", "1000",
                              "--format", "raw", "-o", str(dest), "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def run_variant(variant: str, phases: list[dict], logf, n_clients: int,
-                      profile: Path | None = None) -> dict[str, dict]:
-    st = start_stack(variant, logf)
+                      profile: Path | None = None, spin_us: float = SPIN_US) -> dict[str, dict]:
+    st = start_stack(variant, logf, spin_us)
     out: dict[str, dict] = {}
     transports: list[WSTransport] = []
     try:
@@ -277,12 +295,16 @@ async def run_variant(variant: str, phases: list[dict], logf, n_clients: int,
         for ph in phases:
             spec = {**ph, "drivers": n_clients, "passengers": n_clients}
             prof = start_profile(variant, st, ph["name"], ph["seconds"], profile)
+            side_proc = psutil.Process(st.sidecar.pid) if st.sidecar is not None else None
+            cpu0 = sum(side_proc.cpu_times()[:2]) if side_proc is not None else 0.0
             sent = await feeder.call(spec)
+            cpu_pct = (100 * (sum(side_proc.cpu_times()[:2]) - cpu0) / float(sent.get("seconds") or spec["seconds"])
+                       if side_proc is not None else None)
             if prof is not None:
                 await asyncio.get_running_loop().run_in_executor(None, prof.wait)
             await asyncio.sleep(0.25)  # stragglers
             offers, positions = harvest(sinks)
-            out[ph["name"]] = {"offers": offers, "positions": positions, "sent": sent,
+            out[ph["name"]] = {"offers": offers, "positions": positions, "sent": sent, "sidecar_cpu_pct": cpu_pct,
                                "sidecar_push": scrape_push(st.port) if variant != "fastapi+zmq" else {}}
         await feeder.quit()
     finally:
@@ -425,21 +447,22 @@ def markdown(results: dict) -> str:
         "µs, median over repeats; ratio = median of per-repeat p50 (p99) ratios vs `ring`, same run.",
         "",
         "| feed → sidecar | phase | n | p50 | p90 | p99 | p99.9 | max | p50 ×ring | p99 ×ring "
-        "| sidecar commit→write p50 / p99 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| sidecar commit→write p50 / p99 | sidecar CPU % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["rows"]:
         s = row["offers"]
         if not s.get("n"):
-            lines.append(f"| {row['variant']} | {row['phase']} | 0 | – | – | – | – | – | – | – | – |")
+            lines.append(f"| {row['variant']} | {row['phase']} | 0 | – | – | – | – | – | – | – | – | – |")
             continue
         r50, r99 = row.get("ratio_p50"), row.get("ratio_p99")
         w = row.get("sidecar_commit_to_write")
         cw = f"{w['p50']:.0f} / {w['p99']:.0f}" if w and "p50" in w else "–"
+        cpu = row.get("sidecar_cpu_pct")
         lines.append(
             f"| {row['variant']} | {row['phase']} | {s['n']} | {s['p50']:.1f} | {s['p90']:.1f} | {s['p99']:.1f} | "
             f"{s['p99.9']:.1f} | {s['max']:.1f} | {f'{r50:.2f}' if r50 else '–'} | "
-            f"{f'{r99:.2f}' if r99 else '–'} | {cw} |"
+            f"{f'{r99:.2f}' if r99 else '–'} | {cw} | {'–' if cpu is None else f'{cpu:.0f}'} |"
         )
     if results.get("targets"):
         t = results["targets"]
@@ -516,6 +539,7 @@ async def main_async(args: argparse.Namespace) -> int:
     sent_total: dict[tuple[str, str], int] = {}
     e2e_push: dict = {}
     side: dict[tuple[str, str], list[dict]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}  # sidecar CPU % per phase
     per_rep: dict[tuple[str, str], dict[int, dict]] = {}  # ratios pair runs of the same repeat only
     failures: list[dict] = []
     total = repeats * len(variants)
@@ -541,7 +565,7 @@ async def main_async(args: argparse.Namespace) -> int:
                         got = {"idle": {"offers": res["samples"], "positions": [], "sent": {"offers": n}}}
                     else:
                         got = await run_variant(variant, phases, logf, n_clients,
-                                                Path(args.profile) if args.profile else None)
+                                                Path(args.profile) if args.profile else None, args.spin_us)
                 except Exception as e:  # one broken variant must not lose the others
                     log(f"[{step}/{total}] {variant}: FAILED ({type(e).__name__}: {e})")
                     failures.append({"repeat": rep + 1, "variant": variant, "error": f"{type(e).__name__}: {e}"})
@@ -555,12 +579,14 @@ async def main_async(args: argparse.Namespace) -> int:
                     sent_total[(variant, ph)] = sent_total.get((variant, ph), 0) + int(r["sent"].get("offers", 0))
                     if r.get("sidecar_push"):
                         side.setdefault((variant, ph), []).append(r["sidecar_push"])
+                    if r.get("sidecar_cpu_pct") is not None:
+                        cpu.setdefault((variant, ph), []).append(r["sidecar_cpu_pct"])
                     if s.get("n"):
-                        log(f"[{step}/{total}] rep {rep + 1} {variant:12s} {ph:5s} n={s['n']:6d} "
+                        log(f"[{step}/{total}] rep {rep + 1} {variant:16s} {ph:5s} n={s['n']:6d} "
                             f"p50={s['p50']:8.1f} p99={s['p99']:9.1f} max={s['max']:9.1f} µs "
                             f"({time.monotonic() - t0:.1f} s; {time.monotonic() - t_start:.0f} s total)")
                     else:
-                        log(f"[{step}/{total}] rep {rep + 1} {variant:12s} {ph:5s} no samples")
+                        log(f"[{step}/{total}] rep {rep + 1} {variant:16s} {ph:5s} no samples")
 
     rows = []
     for variant in variants:
@@ -572,6 +598,8 @@ async def main_async(args: argparse.Namespace) -> int:
                    "sent_offers": sent_total.get((variant, ph), 0),
                    "received_offers": len(pooled.get((variant, ph), [])),
                    "positions": summarize(pooled_pos.get((variant, ph), []))}
+            if cpu.get((variant, ph)):
+                row["sidecar_cpu_pct"] = statistics.median(cpu[(variant, ph)])
             sp = side.get((variant, ph))
             if sp:
                 row["sidecar_commit_to_write"] = {k: statistics.median(d[k] for d in sp) for k in sp[0]}
@@ -616,6 +644,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=0)
     ap.add_argument("--variants", default="", help=f"comma list of: {', '.join([*VARIANTS, E2E, *E2E_JOURNAL])}")
     ap.add_argument("--out", default="", help="output directory (default bench/results)")
+    ap.add_argument("--spin-us", type=float, default=SPIN_US,
+                    help=f"idle-spin budget of the '... spin' variants (default {SPIN_US:g})")
     ap.add_argument("--profile", default="", help="directory for py-spy profiles of the ring sidecar (needs py-spy)")
     return uvloop.run(_cancel_on_sigterm(main_async(ap.parse_args())))
 
