@@ -80,3 +80,9 @@ bench-ring: build/bench/ring_bench venv
 .PHONY: bench-protocol
 bench-protocol: engine venv
 	$(BIN)/python bench/protocol/bench_codec.py $(ARGS)
+
+# Admin feed (bench/admin): 10,000 drivers sending 1 position/s over the public protocol; the messages and
+# bytes per second one dashboard receives, and the sidecar's CPU with 0, 1 and 4 admins. ARGS=--smoke for ~30 s.
+.PHONY: bench-admin
+bench-admin: engine venv
+	$(BIN)/python bench/admin/run.py $(ARGS)

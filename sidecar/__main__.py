@@ -156,6 +156,18 @@ async def _status_loop(app: App, interval: float) -> None:
         print(f"[dgdo] {app.stats.status_line()}", flush=True)
 
 
+def dashboard_url(host: str, port: int, secret: str | None, ttl_s: float = auth.DEFAULT_TTL_S) -> str:
+    """The dashboard's address with a fresh admin token in it: one line a person can click.
+
+    A wildcard listen address is not something a browser can open: the link names the loopback.
+    """
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, f"[{host}]" if ":" in host else host)
+    url = f"http://{shown}:{port}/admin"
+    if secret is None:  # auth off
+        return url
+    return f"{url}?token={auth.mint(secret, 'admin', 'dashboard', ttl_s)}"
+
+
 def _systemd_status(app: App, control: str) -> str:
     if not app.link.attached:
         return f"waiting for the engine on {control}"
@@ -189,6 +201,8 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
         why = os.strerror(e.errno) if e.errno else str(e)
         raise SystemExit(f"dgdo: cannot listen on {args.host}:{args.port}: {why}") from None
     print(f"[dgdo] sidecar listening on ws://{args.host}:{app.port} (engine control {control})", flush=True)
+    if getattr(args, "dashboard_link", False):
+        print(f"[dgdo] dashboard: {dashboard_url(args.host, app.port, secret)}", flush=True)
     tasks: list[asyncio.Task[None]] = []
     demo: subprocess.Popen[bytes] | None = None
     if args.status_interval > 0:
@@ -495,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices = ENGINE_CHOICES.get(flag)
         run.add_argument(flag, dest=_dest(flag), type=type_, help=help_, choices=choices,
                          metavar=None if choices is None else "|".join(choices))
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, dashboard_link=True)
 
     side = sub.add_parser("sidecar", help="run the sidecar for an engine that is already running")
     _add_server_args(side)
@@ -531,10 +545,12 @@ def main(argv: list[str] | None = None) -> int:
     notifier = sd_notify.Notifier.from_env()
     args = build_parser().parse_args(argv)
     args.notifier = notifier
-    level = getattr(args, "log_level", "INFO")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # picows logs every connection at INFO: at a few per second that is most of the output. Kept for DEBUG.
-    logging.getLogger("picows").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    logging.basicConfig(level=getattr(args, "log_level", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # picows logs every accepted connection at INFO: with a fleet connected that buries the lines
+        # a person reads (the dashboard link, the status line). Still there with --log-level DEBUG.
+        logging.getLogger("picows").setLevel(logging.WARNING)
     return int(args.func(args) or 0)
 
 

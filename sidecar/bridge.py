@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from sidecar import records as R
+from sidecar.admin_feed import AdminFeed
 from sidecar.connections import Connection, Registry, broadcast
 from sidecar.events import ErrorCode, Role
 from sidecar.records import Result, T, id_str
@@ -59,6 +60,7 @@ class Bridge:
         self.registry = registry
         self.stats = stats
         self.pending: dict[int, PendingReply] = {}
+        self.feed = AdminFeed()  # the dashboard's model: fed below as records pass, flushed by the server
         self._corr = 0
         self.on_engine_stats: Callable[[EngineSnapshot], None] = lambda s: None
         self._handlers: dict[int, Callable[[memoryview], None]] = {
@@ -200,6 +202,7 @@ class Bridge:
         if p is None:
             return
         ts = self._ts(real)
+        self.feed.request_answered(corr, order_id if status == Result.OK else 0, time.monotonic(), ts)
         if status == Result.OK:
             if p.request_id is None:
                 return
@@ -235,6 +238,9 @@ class Bridge:
         if reason:
             msg["reason"] = REASON_NAME[R.Reason(reason)]
         self._deliver(to_conn, role, to_id, msg, real, seq)
+        if not to_conn:  # a change as it happens (not a replay or snapshot to one connection)
+            self.feed.order_update(order_id, msg["status"], id_str(passenger_id), msg.get("driver_id", ""),
+                                   time.monotonic(), msg["ts"])
         if role == R.Role.PASSENGER and not to_conn and self.registry.admins:
             # Each change reaches the passenger (and the driver, once there is one): admins see it once,
             # and not again when a replay or snapshot (to one connection) repeats it.
@@ -264,12 +270,17 @@ class Bridge:
             "expires_in_s": round(expires_in_s, 3), "ts": self._ts(real),
         }
         self._deliver(to_conn, role, to_id, msg, real, seq)
+        if not to_conn:
+            self.feed.offer(id_str(to_id), order_id, (plat, plon), (dlat, dlon), eta_s, expires_in_s,
+                            time.monotonic(), msg["ts"])
 
     def _cancel_order(self, body: memoryview) -> None:
         (_m, real, to_conn, _w, role, to_id, order_id, reason, seq) = R.OUT_CANCEL_ORDER.unpack(body)
         msg = {"type": "cancel_order", "order_id": order_id, "reason": REASON_NAME[R.Reason(reason)],
                "ts": self._ts(real)}
         self._deliver(to_conn, role, to_id, msg, real, seq)
+        if not to_conn:
+            self.feed.offer_ended(id_str(to_id), order_id)
 
     def _driver_position(self, body: memoryview) -> None:
         (_m, real, to_conn, _w, role, to_id, order_id, driver_id, lat, lon, heading, speed) = (
@@ -288,6 +299,8 @@ class Bridge:
         msg = {"type": "estimate_update", "order_id": order_id, "eta_s": round(eta_s, 1),
                "distance_m": round(distance_m, 1), "ts": self._ts(real)}
         self._deliver(to_conn, role, to_id, msg, real)
+        if not to_conn:
+            self.feed.estimate(order_id, eta_s)
 
     def _nearby_drivers(self, body: memoryview) -> None:
         (_m, real, to_conn, _w, role, to_id, count) = R.OUT_NEARBY_HEAD.unpack_from(body)
@@ -300,9 +313,9 @@ class Bridge:
         self._deliver(to_conn, role, to_id, msg, real)
 
     def _engine_stats(self, body: memoryview) -> None:
-        (_m, _real, _c, _w, _r, _id, online, available, active, created, matched, completed, p99) = (
+        (_m, _real, _c, _w, _r, _id, online, available, active, created, matched, completed, p99, p50) = (
             R.OUT_ENGINE_STATS.unpack(body)
         )
-        snap = EngineSnapshot(online, available, active, created, matched, completed, p99)
+        snap = EngineSnapshot(online, available, active, created, matched, completed, p99, p50)
         self.stats.engine = snap
         self.on_engine_stats(snap)

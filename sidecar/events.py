@@ -111,8 +111,8 @@ Reason = Annotated[str, Meta(max_length=MAX_REASON_BYTES,
                              description=f"must be a string of at most {MAX_REASON_BYTES} bytes of UTF-8")]
 DriverId = Annotated[str, Meta(description="must be a string (your own id)")]
 Status = Annotated[Literal["online", "offline"], Meta(description="must be 'online' or 'offline'")]
-ADMIN_TOPICS = frozenset({"system_stats", "active_orders", "drivers", "assignments", "log"})
-Topic = Literal["system_stats", "active_orders", "drivers", "assignments", "log"]
+ADMIN_TOPICS = frozenset({"system_stats", "active_orders", "drivers", "assignments", "log", "fleet"})
+Topic = Literal["system_stats", "active_orders", "drivers", "assignments", "log", "fleet"]
 assert set(Topic.__args__) == ADMIN_TOPICS  # type: ignore[attr-defined]
 # A frozenset: duplicates collapse as they are read, so however long the array, at most five
 # strings are kept (the 64 KiB message cap bounds the reading).

@@ -122,6 +122,7 @@ class Handlers:
                                  m.lat, m.lon, m.heading, m.speed_kmh, m.accuracy_m)
         conn.resync[R.T.IN_DRIVER_LOCATION] = body
         self._publish(R.T.IN_DRIVER_LOCATION, body, corr, latest_key=conn.app_id)
+        self.bridge.feed.position(conn.app_id, m)
 
     def _driver_status(self, conn: Connection, req: Request) -> None:
         m: DriverStatus = req.message  # type: ignore[assignment]
@@ -129,6 +130,7 @@ class Handlers:
         body = R.driver_status(conn.origin, time.monotonic_ns(), corr, m.online)
         conn.resync[R.T.IN_DRIVER_STATUS] = body
         self._publish(R.T.IN_DRIVER_STATUS, body, corr)
+        self.bridge.feed.driver_status(conn.app_id, m.online)
         self.bridge.to_admins("drivers", {"type": "driver_status", "driver_id": conn.app_id,
                                           "status": "online" if m.online else "offline", "ts": now_ms()})
 
@@ -139,6 +141,7 @@ class Handlers:
                               idempotency_key(conn.app_id, req.request_id),
                               (m.pickup.lat, m.pickup.lon), (m.dropoff.lat, m.dropoff.lon))
         self._publish(R.T.IN_RIDE_REQUEST, body, corr)
+        self.bridge.feed.ride_requested(corr, conn.app_id, (m.pickup.lat, m.pickup.lon), (m.dropoff.lat, m.dropoff.lon))
 
     def _order_action(self, conn: Connection, req: Request) -> None:
         m: OrderAction = req.message  # type: ignore[assignment]
@@ -146,6 +149,8 @@ class Handlers:
         reason = m.reason if isinstance(m, OrderCancel) else ""
         body = R.order_command(conn.origin, time.monotonic_ns(), corr, m.order_id, COMMANDS[type(m)], reason)
         self._publish(R.T.IN_ORDER_COMMAND, body, corr)
+        if isinstance(m, OrderReject):  # the engine answers a reject with its ack only
+            self.bridge.feed.offer_ended(conn.app_id, m.order_id)
 
     def _nearby(self, conn: Connection, req: Request) -> None:
         m: Nearby = req.message  # type: ignore[assignment]
@@ -162,6 +167,8 @@ class Handlers:
             conn.send({"type": "ack", "id": req.request_id, "topics": sorted(m.topics), "ts": now_ms()})
         if "system_stats" in m.topics and self.system_stats is not None:
             conn.send(self.system_stats())  # a dashboard shows numbers at once, not a second later
+        if "fleet" in m.topics:
+            conn.send(self.bridge.feed.snapshot(now_ms()))  # the whole map at once; deltas follow each tick
 
     def _ping(self, conn: Connection, req: Request) -> None:
         out: dict[str, Any] = {"type": "pong", "ts": now_ms()}

@@ -103,7 +103,7 @@ OUT_DRIVER_POSITION = struct.Struct("<" + _META + "Q40sddff8x")
 OUT_ESTIMATE_UPDATE = struct.Struct("<" + _META + "Qdd")
 OUT_NEARBY_HEAD = struct.Struct("<" + _META + "I4x")
 NEARBY_ENTRY = struct.Struct("<40sdd")
-OUT_ENGINE_STATS = struct.Struct("<" + _META + "III4xQQQQ")
+OUT_ENGINE_STATS = struct.Struct("<" + _META + "III4xQQQQQ")
 OUT_SESSION = struct.Struct("<" + _META + "QB7x")
 
 _C_NAMES = {

@@ -6,13 +6,14 @@ a socket. The server maps each `RouteError` to its HTTP status in one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from sidecar.events import Role, is_valid_id
 from sidecar.protocol import JSON, MSGPACK, Format
 
 HTTP_PAGES = frozenset({"/healthz", "/metrics", "/admin"})
+ADMIN_PAGE = "/admin"  # the dashboard and, under /admin/, its files and /admin/whoami
 MAX_TARGET = 2048
 QUERY_FORMATS = frozenset({"json", "msgpack"})
 
@@ -35,6 +36,7 @@ class WsRoute:
 @dataclass(frozen=True, slots=True)
 class HttpRoute:
     path: str
+    query: dict[str, str] = field(default_factory=dict)
 
 
 def route(method: bytes, target: bytes) -> WsRoute | HttpRoute:
@@ -54,8 +56,8 @@ def route(method: bytes, target: bytes) -> WsRoute | HttpRoute:
         raise RouteError(400, "request target must be ASCII") from None
     query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     path = parts.path
-    if path in HTTP_PAGES:
-        return HttpRoute(path)
+    if path in HTTP_PAGES or path.startswith(ADMIN_PAGE + "/"):
+        return HttpRoute(path, query)
     last_seq = None
     if "last_seq" in query:
         raw = query["last_seq"]

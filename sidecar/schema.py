@@ -83,15 +83,17 @@ SERVER_MESSAGES: dict[str, Shape] = {
         _s("estimate_update", {PASSENGER}, "order_id eta_s distance_m ts"),
         _s("nearby_drivers", {PASSENGER}, "drivers ts"),
         # /ws/admin, by topic (subscribe): system_stats -> system_stats, active_orders -> active_orders,
-        # assignments -> assignment, drivers -> driver_status, log -> log.
+        # assignments -> assignment, drivers -> driver_status, log -> log, fleet -> fleet.
         _s("system_stats", {ADMIN},
-           "matching_latency_us push_latency_us orders_per_min orders drivers_online drivers_available"
-           " active_orders connections paused_connections engine_attached engine_available ring_depths ts",
+           "matching_latency_us push_latency_us orders_per_min order_rates orders drivers_online drivers_available"
+           " drivers_by_state active_orders live_orders connections connections_by_role paused_connections"
+           " engine_attached engine_available ring_depths ts",
            "engine_heartbeat_age_ms"),
         _s("active_orders", {ADMIN}, "order_id status passenger_id active ts", "driver_id reason"),
         _s("assignment", {ADMIN}, "order_id driver_id passenger_id ts"),
         _s("driver_status", {ADMIN}, "driver_id status ts"),
         _s("log", {ADMIN}, "level message ts"),
+        _s("fleet", {ADMIN}, "full drivers gone orders ts"),
     )
 }
 """Server -> client messages by type (every one carries `ts`, listed in `required`)."""
@@ -102,5 +104,6 @@ ADMIN_TOPIC_MESSAGES: dict[str, str] = {
     "drivers": "driver_status",
     "assignments": "assignment",
     "log": "log",
+    "fleet": "fleet",
 }
 """Admin `subscribe` topic -> the message type it brings."""

@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import time
-from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -38,8 +37,9 @@ from picows import (
     ws_create_server,
 )
 
-from sidecar import metrics
+from sidecar import dashboard, metrics
 from sidecar import records as R
+from sidecar.admin_feed import FEED_INTERVAL_S, RateWindow
 from sidecar.auth import ENV_SECRET, Authenticator, AuthError, Unauthenticated, http_status
 from sidecar.bridge import Bridge
 from sidecar.connections import CLOSE_SLOW_READER, Connection, Registry, now_ms
@@ -58,7 +58,7 @@ from sidecar.limits import (
     RateLimiter,
 )
 from sidecar.protocol import Decoder, MessageTooBig
-from sidecar.router import HttpRoute, RouteError, WsRoute, choose_format, route
+from sidecar.router import ADMIN_PAGE, HttpRoute, RouteError, WsRoute, choose_format, route
 from sidecar.stats import SidecarStats
 
 log = logging.getLogger("dgdo.server")
@@ -87,6 +87,7 @@ class Settings:
     max_queued: int = MAX_QUEUED
     max_paused_s: float = MAX_PAUSED_S
     stats_interval_s: float = 1.0  # system_stats to subscribed admins
+    feed_interval_s: float = FEED_INTERVAL_S  # `fleet` deltas to subscribed admins
     engine_timeout_s: float = ENGINE_TIMEOUT_S  # heartbeat silence after which the engine is unavailable
 
 
@@ -107,7 +108,9 @@ class App:
         self.handlers.system_stats = self.system_stats
         self.server: asyncio.Server | None = None
         self._stats_task: asyncio.Task[None] | None = None
-        self._created: deque[tuple[float, int]] = deque()  # (monotonic s, orders created) over the last minute
+        self._feed_task: asyncio.Task[None] | None = None
+        self._rates = RateWindow()
+        self._fleet_behind: set[int] = set()  # admins (conn ids) that missed a delta: a full snapshot is owed
 
     async def start(self, host: str, port: int) -> None:
         s = self.settings
@@ -118,6 +121,7 @@ class App:
         )
         self.link.start()
         self._stats_task = asyncio.get_running_loop().create_task(self._admin_stats_loop())
+        self._feed_task = asyncio.get_running_loop().create_task(self._admin_feed_loop())
 
     @property
     def port(self) -> int:
@@ -125,8 +129,9 @@ class App:
         return self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        if self._stats_task is not None:
-            self._stats_task.cancel()
+        for task in (self._stats_task, self._feed_task):
+            if task is not None:
+                task.cancel()
         for conn in self.registry:
             conn.close(int(WSCloseCode.GOING_AWAY), "server shutting down")
         if self.server is not None:
@@ -168,7 +173,7 @@ class App:
         try:
             r = route(request.method, request.path)
             if isinstance(r, HttpRoute):
-                return self._http_page(r)
+                return self._http_page(r, request.headers.get("Authorization"))
             # The admin path carries no id: any admin token opens it, and its sub names the session.
             fmt, subprotocol = choose_format(request.headers.get("Sec-WebSocket-Protocol"), r.query)
             claims = self.auth.authenticate(r.role, None if r.role is Role.ADMIN else r.app_id, r.query,
@@ -188,13 +193,22 @@ class App:
             WSUpgradeResponse.create_101_response(extra_headers=headers), AppListener(self, conn, r)
         )
 
-    def _http_page(self, r: HttpRoute) -> Any:
+    def _http_page(self, r: HttpRoute, authorization: str | None = None) -> Any:
         if r.path == "/healthz":
             if self.link.available:
                 return _http(200, "ok")
             return _http(503, "engine not responding" if self.link.attached else "engine unavailable")
         if r.path == "/metrics":
             return _http(200, self.metrics_text(), metrics.CONTENT_TYPE_LATEST)
+        if r.path == dashboard.WHOAMI:
+            status, body = dashboard.whoami(self.auth, r.query, authorization)
+            if status == 401:
+                self.stats.auth_refused += 1
+            return _http(status, body, dashboard.JSON_TYPE, dashboard.NO_STORE)
+        if r.path.startswith(ADMIN_PAGE):
+            page = dashboard.asset(r.path)
+            if page is not None:
+                return _http(200, page.body, page.content_type, page.headers)
         return _http(404, "no such page")
 
     def metrics_text(self) -> str:
@@ -204,26 +218,31 @@ class App:
 
     def system_stats(self) -> dict[str, Any]:
         """The `system_stats` admin message: the engine's last ENGINE_STATS plus this worker's gauges."""
-        s, e = self.stats, self.stats.engine
-        now = time.monotonic()
-        created = self._created
-        created.append((now, e.orders_created))
-        while len(created) > 1 and now - created[0][0] > 60.0:
-            created.popleft()
-        span = now - created[0][0]
-        per_min = (e.orders_created - created[0][1]) * 60.0 / span if span >= 1.0 else 0.0
+        s, e, feed = self.stats, self.stats.engine, self.bridge.feed
+        # Requested, matched and completed are the engine's own counters (every worker's orders);
+        # no_driver is counted from the updates this worker delivers (the engine keeps no such counter).
+        requested, matched, completed, no_driver = self._rates.per_min(
+            time.monotonic(), (e.orders_created, e.orders_matched, e.orders_completed, feed.counts["no_driver"]))
         p50, p99 = s.push_latency.percentiles(50, 99)
-        producer = self.link.producer
+        producer, consumer = self.link.producer, self.link.consumer
+        by_role = dict.fromkeys((r.value for r in Role), 0)
+        for conn in self.registry.by_conn.values():
+            by_role[conn.role.value] += 1
         return {
             "type": "system_stats",
-            "matching_latency_us": {"p99": round(e.match_p99_ns / 1000, 1)},
+            "matching_latency_us": {"p50": round(e.match_p50_ns / 1000, 1), "p99": round(e.match_p99_ns / 1000, 1)},
             "push_latency_us": {"p50": round(p50 / 1000, 1), "p99": round(p99 / 1000, 1)},
-            "orders_per_min": round(per_min, 1),
+            "orders_per_min": requested,
+            "order_rates": {"requested": requested, "matched": matched, "completed": completed,
+                            "no_driver": no_driver},
             "orders": {"created": e.orders_created, "matched": e.orders_matched, "completed": e.orders_completed},
             "drivers_online": e.drivers_online,
             "drivers_available": e.drivers_available,
+            "drivers_by_state": feed.driver_counts(),
             "active_orders": e.active_orders,
+            "live_orders": feed.live_orders(),
             "connections": len(self.registry),
+            "connections_by_role": by_role,
             "paused_connections": s.paused,
             "engine_attached": self.link.attached,
             "engine_available": self.link.available,
@@ -231,6 +250,7 @@ class App:
             "ring_depths": {
                 "in_bytes": producer.depth() if producer is not None and self.link.attached else 0,
                 "in_backlog_bytes": self.link.backlog,
+                "out_bytes": consumer.depth() if consumer is not None and self.link.attached else 0,
             },
             "ts": now_ms(),
         }
@@ -244,6 +264,46 @@ class App:
                     self.bridge.broadcast(subscribers, self.system_stats())
                 except Exception:  # a bad tick must not end the stream
                     log.exception("! system_stats failed")
+
+    async def _admin_feed_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.feed_interval_s)
+            try:
+                self.flush_feed(time.monotonic(), now_ms())
+            except Exception:  # a bad tick must not end the stream
+                log.exception("! fleet feed failed")
+
+    def flush_feed(self, now: float, ts_ms: int) -> None:
+        """One tick of the `fleet` topic: the delta to admins keeping up, a full snapshot to the rest.
+
+        An admin whose socket is paused (its write buffer full) is skipped, not queued: deltas
+        cannot be coalesced, and a tab that cannot keep up must not make the sidecar hold a
+        growing backlog. Once it drains, it gets one full snapshot instead of what it missed.
+        """
+        feed = self.bridge.feed
+        subscribers = [c for c in self.registry.admins if "fleet" in c.topics]
+        delta = feed.tick(now, ts_ms, want=bool(subscribers))
+        behind = self._fleet_behind
+        if not subscribers:
+            behind.clear()
+            return
+        behind.intersection_update(c.conn_id for c in subscribers)
+        if feed.full_due(now):
+            behind.update(c.conn_id for c in subscribers)
+        ready: list[Connection] = []
+        owed: list[Connection] = []
+        for c in subscribers:
+            if c.paused:
+                behind.add(c.conn_id)
+            elif c.conn_id in behind:
+                owed.append(c)
+                behind.discard(c.conn_id)
+            else:
+                ready.append(c)
+        if owed:
+            self.bridge.broadcast(owed, feed.snapshot(ts_ms))
+        if delta is not None and ready:
+            self.bridge.broadcast(ready, delta)
 
     # ---- connection lifecycle --------------------------------------------------
 
@@ -270,6 +330,7 @@ class App:
             self.stats.connections = len(self.registry)
             self._publish_session(conn, R.T.IN_SESSION_CLOSE)
             if conn.role is Role.DRIVER:
+                self.bridge.feed.driver_gone(conn.app_id)
                 self.bridge.to_admins("drivers", {"type": "driver_status", "driver_id": conn.app_id,
                                                   "status": "disconnected", "ts": now_ms()})
 

@@ -47,6 +47,7 @@ class EngineSnapshot:
     orders_matched: int = 0
     orders_completed: int = 0
     match_p99_ns: int = 0
+    match_p50_ns: int = 0
 
 
 @dataclass(slots=True)

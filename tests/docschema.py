@@ -94,6 +94,7 @@ def violations(value: Any, sch: dict[str, Any], path: str = "$") -> list[str]:
         "boolean": lambda v: isinstance(v, bool),
         "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
         "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        "null": lambda v: v is None,
     }
     if kind is not None and not checks[kind](value):
         return [*errs, f"{path}: {value!r} is not {kind}"]
@@ -117,7 +118,16 @@ def violations(value: Any, sch: dict[str, Any], path: str = "$") -> list[str]:
         for k, v in value.items():
             if k in props:
                 errs += violations(v, props[k], f"{path}.{k}")
-    if isinstance(value, list) and "items" in sch:
-        for i, v in enumerate(value):
-            errs += violations(v, sch["items"], f"{path}[{i}]")
+    if isinstance(value, list):
+        if "minItems" in sch and len(value) < sch["minItems"]:
+            errs.append(f"{path}: fewer than {sch['minItems']} items")
+        if "maxItems" in sch and len(value) > sch["maxItems"]:
+            errs.append(f"{path}: more than {sch['maxItems']} items")
+        items = sch.get("items")
+        if isinstance(items, list):  # a tuple (draft-07 form): one schema per position
+            for i, (v, s) in enumerate(zip(value, items, strict=False)):
+                errs += violations(v, s, f"{path}[{i}]")
+        elif items is not None:
+            for i, v in enumerate(value):
+                errs += violations(v, items, f"{path}[{i}]")
     return errs

@@ -20,6 +20,13 @@ def test_http_pages_are_routed() -> None:
     assert route(b"GET", b"/healthz") == HttpRoute("/healthz")
 
 
+def test_the_dashboard_and_everything_under_it_are_http_pages_with_their_query() -> None:
+    assert route(b"GET", b"/admin") == HttpRoute("/admin")
+    assert route(b"GET", b"/admin/whoami?token=abc") == HttpRoute("/admin/whoami", {"token": "abc"})
+    assert route(b"GET", b"/admin/dashboard.js") == HttpRoute("/admin/dashboard.js")
+    assert isinstance(route(b"GET", b"/ws/admin?token=abc"), WsRoute)  # the socket is not a page
+
+
 @pytest.mark.parametrize(
     ("method", "target", "status"),
     [

@@ -449,7 +449,7 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_nearby_drivers) == DGDO_NEARBY_HEAD_SIZE +
                       "dgdo_out_nearby_drivers");
 
 /*
- * ENGINE_STATS (admin broadcast, about once a second), 112 bytes:
+ * ENGINE_STATS (admin broadcast, about once a second), 120 bytes:
  *    0 meta                64
  *   64 drivers_online      u32
  *   68 drivers_available   u32
@@ -459,6 +459,7 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_nearby_drivers) == DGDO_NEARBY_HEAD_SIZE +
  *   88 orders_matched      u64   accepted
  *   96 orders_completed    u64
  *  104 match_p99_ns        u64   offer decision time, recent window
+ *  112 match_p50_ns        u64   the same window's median
  */
 typedef struct dgdo_out_engine_stats {
     dgdo_out_meta meta;
@@ -470,11 +471,13 @@ typedef struct dgdo_out_engine_stats {
     uint64_t orders_matched;
     uint64_t orders_completed;
     uint64_t match_p99_ns;
+    uint64_t match_p50_ns;
 } dgdo_out_engine_stats;
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, drivers_online) == 64, "drivers_online");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, orders_created) == 80, "orders_created");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, match_p99_ns) == 104, "match_p99_ns");
-DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_engine_stats) == 112, "dgdo_out_engine_stats");
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, match_p50_ns) == 112, "match_p50_ns");
+DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_engine_stats) == 120, "dgdo_out_engine_stats");
 
 /*
  * SESSION_STATE (the answer to every SESSION_OPEN, to the opening connection), 80 bytes:

@@ -221,6 +221,10 @@ class Consumer:
     def pending(self) -> bool:
         return bool(lib.dgdo_ring_pending(self._c))
 
+    def depth(self) -> int:
+        """Bytes the producer has committed and this side has not released (a gauge)."""
+        return lib.dgdo_py_segment_depth(self.segment.ptr)
+
     def park(self) -> bool:
         """Announces sleep; False when a record arrived meanwhile (read instead)."""
         return bool(lib.dgdo_ring_park(self._c))

@@ -54,6 +54,7 @@ void dgdo_ring_producer_heartbeat(dgdo_ring_producer *p, uint64_t now_ns);
 void dgdo_ring_consumer_heartbeat(dgdo_ring_consumer *c, uint64_t now_ns);
 
 uint64_t dgdo_py_depth(dgdo_ring_producer *p);
+uint64_t dgdo_py_segment_depth(const void *segment);
 uint64_t dgdo_py_epoch(const void *segment);
 uint32_t dgdo_py_max_record(const void *segment);
 uint64_t dgdo_py_producer_heartbeat(const void *segment);
@@ -70,6 +71,10 @@ SOURCE = r"""
 #include "dgdo/control.h"
 
 static uint64_t dgdo_py_depth(dgdo_ring_producer *p) { return dgdo_ring_depth(p->hdr); }
+/* Either side's view of a segment's depth: the consumer's gauge of what the engine wrote and it has not taken. */
+static uint64_t dgdo_py_segment_depth(const void *segment) {
+    return dgdo_ring_depth((const dgdo_ring_header *)segment);
+}
 static uint64_t dgdo_py_epoch(const void *segment) { return ((const dgdo_ring_header *)segment)->epoch; }
 static uint32_t dgdo_py_max_record(const void *segment) {
     return ((const dgdo_ring_header *)segment)->max_record;
@@ -171,7 +176,8 @@ static size_t dgdo_py_offsetof(const char *type_name, const char *field) {
     DGDO_OFF(dgdo_out_order_update, driver_id) DGDO_OFF(dgdo_out_order_update, passenger_id)
     DGDO_OFF(dgdo_out_new_order, expires_in_s) DGDO_OFF(dgdo_out_driver_position, speed_kmh)
     DGDO_OFF(dgdo_out_estimate_update, distance_m) DGDO_OFF(dgdo_out_nearby_drivers, drivers)
-    DGDO_OFF(dgdo_out_engine_stats, match_p99_ns) DGDO_OFF(dgdo_ctl_attach, out_capacity)
+    DGDO_OFF(dgdo_out_engine_stats, match_p99_ns)
+    DGDO_OFF(dgdo_out_engine_stats, match_p50_ns) DGDO_OFF(dgdo_ctl_attach, out_capacity)
     return (size_t)-1;
 }
 """

@@ -356,10 +356,10 @@ void EventLoop::apply(const InputEvent& ev) {
         match_ns_[match_next_++ % kMatchWindow] = took;
 }
 
-uint64_t EventLoop::match_p99() const {
+uint64_t EventLoop::match_percentile(unsigned p) const {
     if (match_ns_.empty()) return 0;
     std::vector<uint64_t> v = match_ns_;
-    const size_t idx = (v.size() * 99) / 100;
+    const size_t idx = (v.size() * p) / 100;
     std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(idx), v.end());
     return v[idx];
 }
@@ -413,8 +413,9 @@ void EventLoop::publish() {
         meta.commit_real_ns = real;
         std::memcpy(rec.body.data(), &meta, sizeof meta);
         if (rec.type == DGDO_OUT_ENGINE_STATS) {
-            const uint64_t p99 = match_p99();
+            const uint64_t p99 = match_percentile(99), p50 = match_percentile(50);
             std::memcpy(rec.body.data() + offsetof(dgdo_out_engine_stats, match_p99_ns), &p99, sizeof p99);
+            std::memcpy(rec.body.data() + offsetof(dgdo_out_engine_stats, match_p50_ns), &p50, sizeof p50);
         }
         auto it = workers_.find(meta.to_worker);
         if (meta.to_role == DGDO_ROLE_ADMIN && (meta.to_worker == 0 || it == workers_.end())) {

@@ -83,7 +83,7 @@ private:
     // The one-line status systemd shows (`systemctl status`): workers, drivers, orders.
     std::string status_line() const;
     bool any_pending() const;
-    uint64_t match_p99() const;
+    uint64_t match_percentile(unsigned p) const;
     Worker* by_serial(uint64_t serial);
 
     static void on_record(void* ctx, int32_t type, const uint8_t* body, uint32_t len);

@@ -1,0 +1,196 @@
+"""The dashboard in a real browser: headless Chromium (Debian's, driven by Playwright) against
+`dgdo run --demo N`, asserting what a person would see.
+
+The browser is the system's `chromium` (scripts/install-deps.sh installs it; Playwright's own
+browser download is never used). Every wait is on a DOM condition with a generous timeout: the
+demo's first trips take seconds, and the machine is shared. Each test saves a screenshot in its
+tmp_path (pytest prints the folder of a failing test; `--basetemp` keeps them somewhere known).
+
+The map is a canvas: what it drew is mirrored on the canvas element as `data-drivers` (driver
+markers drawn in view) and in the legend's counts, which is what these tests read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, LineReader, mint, new_state_dir, stack_env
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+DRIVERS = 6
+WAIT_MS = 60_000  # for the demo to produce what is awaited (first trips take a few seconds)
+
+
+def chromium_path() -> str:
+    found = os.environ.get("DGDO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    assert found, "no chromium: scripts/install-deps.sh installs Debian's (make test runs it)"
+    return found
+
+
+class Run:
+    """`dgdo run --demo N` as `make run` starts it, on a port of our choosing (it may be restarted)."""
+
+    def __init__(self, port: int, state_dir: str) -> None:
+        self.port = port
+        self.state_dir = state_dir
+        self.instance = f"t{uuid.uuid4().hex[:8]}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.out: LineReader | None = None
+        self.dashboard = ""
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "run", "--host", "127.0.0.1", "--port", str(self.port),
+             "--demo", str(DRIVERS), "--status-interval", "0", "--instance", self.instance,
+             "--state-dir", self.state_dir],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=stack_env(),
+        )
+        self.out = LineReader(self.proc.stdout)
+        self.dashboard = self.out.wait_for(r"\[dgdo\] dashboard: (http://\S+/admin\?token=\S+)").group(1)
+        self.out.wait_for(r"\[dgdo\] demo pid=")
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # Ctrl-C, as a person stops `make run`
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def run(engine_bin: Path) -> Iterator[Run]:
+    r = Run(free_port(), new_state_dir())
+    r.start()
+    yield r
+    assert r.stop() == 0
+    assert [p for p in os.listdir("/dev/shm") if r.instance in p] == []
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def new_page(browser: Browser) -> Page:
+    page = await browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(WAIT_MS)
+    return page
+
+
+async def test_dashboard_shows_the_demo_fleet_live_orders_and_numbers(run: Run, browser: Browser,
+                                                                     tmp_path: Path) -> None:
+    page = await new_page(browser)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(run.dashboard)
+    try:
+        await expect(page.locator("#conn-status")).to_have_text("live", timeout=WAIT_MS)
+        assert "token=" not in page.url, "the token is taken out of the address bar"
+
+        # Every demo driver is a marker on the map.
+        await expect(page.locator("#map")).to_have_attribute("data-drivers", str(DRIVERS), timeout=WAIT_MS)
+        await expect(page.locator("#stat-drivers-online")).to_have_text(str(DRIVERS), timeout=WAIT_MS)
+
+        # Orders per minute: requested, then completed, above zero.
+        await expect(page.locator("#rate-requested")).to_have_text(re.compile(r"^[1-9]"), timeout=WAIT_MS)
+        await expect(page.locator("#rate-completed")).to_have_text(re.compile(r"^[1-9]"), timeout=WAIT_MS)
+        await expect(page.locator("#conn-driver")).to_have_text(str(DRIVERS))
+
+        # A live order on its way: in the table, its timeline on a click, gone once completed. One
+        # accepted (or driving to the pickup) has seconds left before it completes: time to click it.
+        assigned = page.locator('#orders tbody tr[data-status="accepted"], #orders tbody tr[data-status="arriving"]')
+        await expect(assigned.first).to_be_visible(timeout=WAIT_MS)
+        order_id = await assigned.first.get_attribute("data-order-id")
+        assert order_id
+        row = page.locator(f'#orders tbody tr[data-order-id="{order_id}"]')
+        await row.click()
+        await expect(page.locator("#timeline")).to_be_visible()
+        await expect(page.locator("#timeline-id")).to_have_text(order_id)
+        await expect(page.locator("#timeline-steps li").filter(has_text="started")).to_have_count(1)
+        await page.screenshot(path=tmp_path / "dashboard.png")
+        await expect(row).to_have_count(0, timeout=WAIT_MS)
+        await expect(page.locator("#log li").filter(has_text=f"order {order_id} completed")).to_have_count(1)
+        await expect(page.locator("#timeline-steps li").filter(has_text="completed")).to_have_count(1)
+
+        # Hovering a driver marker tells who it is.
+        box = await page.locator("#map").bounding_box()
+        assert box is not None
+        marker = await page.evaluate("() => window.dgdo.markers().find((m) => m.kind === 'driver')")
+        await page.mouse.move(box["x"] + marker["x"], box["y"] + marker["y"])
+        await expect(page.locator("#tooltip")).to_contain_text(f"driver {marker['id']}")
+        assert errors == [], errors
+    finally:
+        await page.screenshot(path=tmp_path / "dashboard-end.png")
+        print(f"screenshots in {tmp_path}")
+
+
+BAD_TOKENS = {
+    "garbage": "The admin token was refused",
+    mint("admin", "ops", ttl_s=-60): "Your admin token has expired",
+    mint("driver", "d-001"): "not an admin token",
+    "": "No admin token given",
+}
+
+
+async def test_a_bad_token_gets_a_clear_message_and_a_place_to_paste_one(run: Run, browser: Browser,
+                                                                         tmp_path: Path) -> None:
+    for i, (token, says) in enumerate(BAD_TOKENS.items()):
+        page = await new_page(browser)
+        await page.goto(f"{run.base}/admin?token={token}")
+        await expect(page.locator("#auth")).to_be_visible()
+        await expect(page.locator("#auth-message")).to_contain_text(says)
+        await expect(page.locator("#conn-status")).to_have_attribute("data-state", "auth")
+        await page.screenshot(path=tmp_path / f"bad-token-{i}.png")
+        if i < len(BAD_TOKENS) - 1:
+            await page.close()
+    # Pasting a good one (into the last page, which had none) connects.
+    good = run.dashboard.split("token=", 1)[1]
+    await page.fill("#auth-token", good)
+    await page.click("#auth-form button[type=submit]")
+    await expect(page.locator("#conn-status")).to_have_text("live")
+    await expect(page.locator("#auth")).to_be_hidden()
+
+
+async def test_the_page_reconnects_by_itself_when_the_sidecar_restarts(run: Run, browser: Browser,
+                                                                      tmp_path: Path) -> None:
+    page = await new_page(browser)
+    await page.goto(run.dashboard)
+    await expect(page.locator("#map")).to_have_attribute("data-drivers", str(DRIVERS))
+    assert run.stop() == 0
+    await expect(page.locator("#conn-status")).to_have_attribute("data-state", "reconnecting")
+    with contextlib.suppress(Exception):
+        await page.screenshot(path=tmp_path / "reconnecting.png")
+    run.start()  # same port, same state dir: a new sidecar, engine and demo
+    await expect(page.locator("#conn-status")).to_have_text("live")
+    await expect(page.locator("#map")).to_have_attribute("data-drivers", str(DRIVERS))
+    await expect(page.locator("#auth")).to_be_hidden()
