@@ -25,7 +25,7 @@ run: engine venv
 # Tests need the dev extra (pytest, ruff, ...): installed here, never by `make all`/`make venv`.
 test: engine dev-venv bench-deps
 	ctest --test-dir $(BUILD) --output-on-failure -j2
-	$(BIN)/ruff check sidecar tests bench
+	$(BIN)/ruff check sidecar dgdo_apps tests bench
 	$(BIN)/python -m pytest
 
 test-engine: engine
@@ -44,7 +44,7 @@ engine: deps
 	cmake --build $(BUILD) -j2
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: build/.deps pyproject.toml setup.py constraints.txt sidecar/ring/_build.py include/dgdo/ring.h include/dgdo/events.h include/dgdo/control.h
+$(VENV)/.installed: build/.deps pyproject.toml setup.py constraints.txt sidecar/engine/ring/_build.py include/dgdo/ring.h include/dgdo/events.h include/dgdo/control.h
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) -e .
@@ -56,10 +56,10 @@ $(VENV)/.dev-installed: $(VENV)/.installed
 	touch $@
 
 lint: dev-venv
-	$(BIN)/ruff check sidecar tests bench
+	$(BIN)/ruff check sidecar dgdo_apps tests bench
 
 clean:
-	rm -rf build dist $(VENV) sidecar/ring/_dgdo_ring*.so
+	rm -rf build dist $(VENV) sidecar/engine/ring/_dgdo_ring*.so
 
 # A production install into PREFIX (README "Bare-metal install"): PREFIX is a venv holding the
 # runtime dependencies only (pinned) and dgdo built as a wheel, not an editable checkout; bin/

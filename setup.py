@@ -7,6 +7,6 @@ serves every CPython from 3.11 on: the bdist_wheel option tags the wheel cp311-a
 from setuptools import setup
 
 setup(
-    cffi_modules=["sidecar/ring/_build.py:ffibuilder"],
+    cffi_modules=["sidecar/engine/ring/_build.py:ffibuilder"],
     options={"bdist_wheel": {"py_limited_api": "cp311"}},
 )

@@ -1,7 +1,7 @@
 """Fixtures that run the real thing: the engine binary, the sidecar process, real sockets.
 
 Every process a test starts ends with the test session, even when pytest itself is killed
-with -9 (sidecar/lifetime.py: the sidecar by $DGDO_DIE_WITH_PARENT, the engine by
+with -9 (sidecar/shell/lifetime.py: the sidecar by $DGDO_DIE_WITH_PARENT, the engine by
 --die-with-parent). And the session checks at its very end that it left nothing behind:
 no dgdo entry in /dev/shm or /tmp that was not there before, no engine or sidecar of this
 checkout still running (`leftovers()`); any of those fails the run.
@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sidecar import lifetime
+from sidecar.shell import lifetime
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every sidecar the tests start checks tokens signed with this; clients mint theirs with `mint()`.
@@ -40,7 +40,7 @@ JWT_SECRET = "dgdo-tests-secret-0123456789abcdef-not-for-production"
 
 def mint(role: str, sub: str, ttl_s: float = 3600, secret: str = JWT_SECRET) -> str:
     """A token for (role, sub) that the test stacks accept."""
-    from sidecar import auth
+    from sidecar.wire import auth
 
     return auth.mint(secret, role, sub, ttl_s)
 

@@ -14,8 +14,8 @@ import threading
 import time
 import uuid
 
-from sidecar import ring
-from sidecar.engine_link import (
+from sidecar.engine import ring
+from sidecar.engine.link import (
     ATTACH,
     CTL_MAGIC,
     CTL_NFDS,

@@ -8,12 +8,12 @@ in the other format, no PONG) and sees every frame the server sends, CLOSE inclu
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
-import msgpack
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from wsclient import AUTO, Expecting, with_token
+
+from dgdo_apps.client import decode, encode
 
 
 class _Listener(WSListener):
@@ -58,10 +58,7 @@ class PicowsClient(Expecting):
 
     def send(self, message: dict[str, Any], binary: bool | None = None) -> None:
         binary = self.binary if binary is None else binary
-        if binary:
-            self.transport.send(WSMsgType.BINARY, msgpack.packb(message))
-        else:
-            self.transport.send(WSMsgType.TEXT, json.dumps(message).encode())
+        self.transport.send(WSMsgType.BINARY if binary else WSMsgType.TEXT, encode(message, binary))
 
     def send_frame(self, msg_type: WSMsgType, payload: bytes, fin: bool = True) -> None:
         self.transport.send(msg_type, payload, fin=fin)
@@ -70,7 +67,7 @@ class PicowsClient(Expecting):
         """The next message; its frame type must be the negotiated one."""
         mtype, payload, _fin = await asyncio.wait_for(self.listener.frames.get(), timeout)
         assert (mtype is WSMsgType.BINARY) == self.binary, f"got a {mtype} frame on a binary={self.binary} link"
-        m = msgpack.unpackb(payload) if self.binary else json.loads(payload)
+        m = decode(payload, self.binary)
         self.seen.append(m)
         return m
 

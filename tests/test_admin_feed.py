@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
-from sidecar.admin_feed import AdminFeed, RateWindow
-from sidecar.events import Role
-from sidecar.protocol import JSON
-from sidecar.server import App
+from sidecar.session.admin_feed import AdminFeed, RateWindow
+from sidecar.session.core import SessionCore
+from sidecar.wire.codec import JSON
+from sidecar.wire.messages import Role
 
 PICKUP = (38.5598, 68.787)
 DROPOFF = (38.575, 68.795)
@@ -214,38 +214,38 @@ def test_rates_per_minute_over_a_sliding_window() -> None:
     assert w.per_min(90.0, (30, 2)) == (20.0, 0.0)  # (30 - 10) over the minute since the 30 s sample
 
 
-# ---- the server's tick: who gets a delta, who a snapshot ------------------------------------
+# ---- the core's feed tick: who gets a delta, who a snapshot ------------------------------
 
 
 class Recorder:
-    """A transport that keeps what is written (the flush decision is what is under test, not sockets)."""
-
-    is_disconnected = False
+    """What the core queued for one session (the flush decision is what is under test, not sockets)."""
 
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
 
-    def send(self, _type: Any, data: bytes) -> None:
-        self.sent.append(orjson.loads(data))
+
+def admin(core: SessionCore, name: str, topics: frozenset[str] = frozenset({"fleet"})) -> tuple[Any, Recorder]:
+    session = core.new_session(Role.ADMIN, name, JSON)
+    core.open(session)
+    session.topics = topics
+    session.io = Recorder()
+    return session, session.io
 
 
-def admin(app: App, name: str, topics: frozenset[str] = frozenset({"fleet"})) -> tuple[Any, Recorder]:
-    conn = app.registry.new(Role.ADMIN, name, JSON)
-    conn.transport = rec = Recorder()  # type: ignore[assignment]
-    conn.topics = topics
-    app.registry.add(conn, on_replaced=lambda old: None)
-    return conn, rec
+def flush_feed(core: SessionCore, now: float, ts_ms: int) -> None:
+    core.feed_tick(now, ts_ms)
+    for session, data in core.data_to_send():
+        session.io.sent.append(orjson.loads(data))
 
 
-# (async only because App's engine link binds to the running loop; it never attaches here)
-async def test_a_paused_admin_is_skipped_then_gets_one_full_snapshot_instead_of_what_it_missed() -> None:
-    app = App("@dgdo-test-no-engine")
-    _fast, fast_rec = admin(app, "fast")
-    slow, slow_rec = admin(app, "slow")
-    _other, other_rec = admin(app, "other", frozenset({"log"}))
-    feed = app.bridge.feed
+def test_a_paused_admin_is_skipped_then_gets_one_full_snapshot_instead_of_what_it_missed() -> None:
+    core = SessionCore(1)
+    _fast, fast_rec = admin(core, "fast")
+    slow, slow_rec = admin(core, "slow")
+    _other, other_rec = admin(core, "other", frozenset({"log"}))
+    feed = core.feed
     feed.position("d1", Fix(38.56, 68.78))
-    app.flush_feed(0.0, TS)
+    flush_feed(core, 0.0, TS)
     assert [m["full"] for m in fast_rec.sent] == [False] and [m["full"] for m in slow_rec.sent] == [False]
     assert other_rec.sent == []  # not subscribed to fleet
 
@@ -253,25 +253,25 @@ async def test_a_paused_admin_is_skipped_then_gets_one_full_snapshot_instead_of_
     for i in range(3):
         feed.position("d1", Fix(38.56 + i * 0.001, 68.78))
         feed.position(f"n{i}", Fix(38.57, 68.79))
-        app.flush_feed(0.5 + i * 0.5, TS)
+        flush_feed(core, 0.5 + i * 0.5, TS)
     assert len(fast_rec.sent) == 4 and len(slow_rec.sent) == 1
     assert slow.outbox is None or len(slow.outbox) == 0
 
     slow.paused = False
-    app.flush_feed(2.0, TS)  # nothing changed since: the slow one still gets its snapshot
+    flush_feed(core, 2.0, TS)  # nothing changed since: the slow one still gets its snapshot
     last = slow_rec.sent[-1]
     assert last["full"] is True and set(rows(last)) == {"d1", "n0", "n1", "n2"}
     assert len(fast_rec.sent) == 4  # no delta: nothing changed
     feed.position("d1", Fix(38.6, 68.78))
-    app.flush_feed(2.5, TS)
+    flush_feed(core, 2.5, TS)
     assert slow_rec.sent[-1]["full"] is False and fast_rec.sent[-1]["full"] is False
 
 
-async def test_every_subscriber_gets_a_periodic_full_snapshot() -> None:
-    app = App("@dgdo-test-no-engine")
-    _a, rec = admin(app, "a")
-    app.bridge.feed.position("d1", Fix(38.56, 68.78))
-    app.flush_feed(0.0, TS)
-    app.flush_feed(29.0, TS)
-    app.flush_feed(31.0, TS)
+def test_every_subscriber_gets_a_periodic_full_snapshot() -> None:
+    core = SessionCore(1)
+    _a, rec = admin(core, "a")
+    core.feed.position("d1", Fix(38.56, 68.78))
+    flush_feed(core, 0.0, TS)
+    flush_feed(core, 29.0, TS)
+    flush_feed(core, 31.0, TS)
     assert [m["full"] for m in rec.sent] == [False, True]

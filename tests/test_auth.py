@@ -19,8 +19,8 @@ from picowsclient import PicowsClient
 from websockets.exceptions import InvalidStatus
 from wsclient import AppClient
 
-from sidecar import auth
-from sidecar.events import Role
+from sidecar.wire import auth
+from sidecar.wire.messages import Role
 
 # ---- pure -------------------------------------------------------------------------
 

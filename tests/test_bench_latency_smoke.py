@@ -95,7 +95,7 @@ def test_a_bench_killed_mid_run_takes_its_processes_and_leaves_nothing(
         assert _abstract_names(f"@dgdo-bench-{bench.pid}") or variant != "ring"
         bench.send_signal(sig)
         bench.wait(30)
-        _gone, alive = psutil.wait_procs(children, timeout=20)  # they end with it (sidecar/lifetime.py)
+        _gone, alive = psutil.wait_procs(children, timeout=20)  # they end with it (sidecar/shell/lifetime.py)
         assert alive == [], f"still running after the bench's {sig.name}: {alive}"
     finally:
         if bench.poll() is None:

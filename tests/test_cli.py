@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from sidecar import auth
-from sidecar.__main__ import CREDENTIAL_SECRET, configured_secret
-from sidecar.stats import SidecarStats
+from sidecar.session.stats import SidecarStats
+from sidecar.shell.cli import CREDENTIAL_SECRET, configured_secret
+from sidecar.wire import auth
 from tests.conftest import ENGINE, JWT_SECRET, ROOT, stack_env
 from tests.wsclient import AppClient
 

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from sidecar import demo
-from sidecar.demo import DUSHANBE, CityBox, Counters, DemoPassenger
+from dgdo_apps import demo
+from dgdo_apps.demo import DUSHANBE, CityBox, Counters, DemoPassenger
 
 
 def test_city_box_is_about_ten_km_across_around_dushanbe() -> None:

@@ -3,7 +3,7 @@
 Three layers of truth, each checked against the next:
 * the code: `events.SCHEMAS` + the validators (client -> server), the maps built in sidecar/*.py
   (server -> client, found by reading the source), and a live session with the real stack;
-* `sidecar.schema`: the wire fields of every message, probed against the validators;
+* `sidecar.wire.schema`: the wire fields of every message, probed against the validators;
 * the two documents: every message, field, enum value, error code, close code and limit.
 """
 
@@ -33,10 +33,15 @@ from docschema import (
 )
 from wsclient import AppClient
 
-from sidecar import events, limits, protocol, schema, server
-from sidecar import records as R
-from sidecar.bridge import REASON_NAME, STATUS_NAME
-from sidecar.events import SCHEMAS, ClientError, ErrorCode, Role
+from sidecar.engine import records as R
+from sidecar.session import limits
+from sidecar.session.core import REASON_NAME, STATUS_NAME
+from sidecar.shell import server
+from sidecar.wire import codec as protocol
+from sidecar.wire import messages as events
+from sidecar.wire import schema
+from sidecar.wire.errors import ClientError, ErrorCode
+from sidecar.wire.messages import SCHEMAS, Role
 
 CONN_ID = {Role.DRIVER: "d1", Role.PASSENGER: "p1", Role.ADMIN: "admin"}
 CHANNEL = {Role.DRIVER: "driver", Role.PASSENGER: "passenger", Role.ADMIN: "admin"}

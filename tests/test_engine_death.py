@@ -21,7 +21,7 @@ import pytest
 from conftest import ROOT, LineReader, engine_cmd, stack_env
 from wsclient import AppClient
 
-from sidecar import ring
+from sidecar.engine import ring
 
 PICKUP = {"lat": 38.5598, "lon": 68.7870}
 DROPOFF = {"lat": 38.5750, "lon": 68.7950}

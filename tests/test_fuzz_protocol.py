@@ -36,10 +36,11 @@ from hypothesis import strategies as st
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from websockets.sync.client import connect as sync_connect
 
-from sidecar import events as E
-from sidecar import schema
-from sidecar.events import SCHEMAS, ClientError, ErrorCode, Role
-from sidecar.protocol import JSON, MSGPACK, Decoder, MessageTooBig, encode, error_message
+from sidecar.wire import messages as E
+from sidecar.wire import schema
+from sidecar.wire.codec import JSON, MSGPACK, Decoder, MessageTooBig, encode, error_message
+from sidecar.wire.errors import ClientError, ErrorCode
+from sidecar.wire.messages import SCHEMAS, Role
 
 ERROR_CODES = {c.value for c in ErrorCode}
 MESSAGE_CLASSES = {cls for cls, _roles in SCHEMAS.values()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.limits import ABUSE, ADMIT, LIMITED, Outbox, Rate, RateLimiter, TokenBucket
+from sidecar.session.limits import ABUSE, ADMIT, LIMITED, Outbox, Rate, RateLimiter, TokenBucket
 
 
 def test_a_bucket_allows_its_burst_then_its_rate() -> None:

@@ -22,7 +22,7 @@ from picowsclient import PicowsClient
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wsclient import AppClient
 
-from sidecar.protocol import MAX_FRAGMENTS, MAX_MESSAGE_BYTES
+from sidecar.wire.codec import MAX_FRAGMENTS, MAX_MESSAGE_BYTES
 
 PICKUP = {"lat": 38.5598, "lon": 68.7870}
 DROPOFF = {"lat": 38.5750, "lon": 68.7950}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import lifetime
+from sidecar.shell import lifetime
 from tests.conftest import BUILD, JWT_SECRET, ROOT, LineReader, Stack
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -49,7 +49,7 @@ def test_sdist_carries_what_the_extension_build_needs(dist: Path) -> None:
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     assert {"include/dgdo/ring.h", "include/dgdo/events.h", "include/dgdo/control.h", "setup.py",
-            "sidecar/ring/_build.py", "constraints.txt", "systemd/dgdo-engine.service"} <= names
+            "sidecar/engine/ring/_build.py", "constraints.txt", "systemd/dgdo-engine.service"} <= names
 
 
 def test_wheel_is_abi3(dist: Path) -> None:
@@ -58,7 +58,7 @@ def test_wheel_is_abi3(dist: Path) -> None:
     with zipfile.ZipFile(wheel) as z:
         extensions = [n for n in z.namelist() if n.endswith(".so")]
         tags = z.read(f"dgdo-{VERSION}.dist-info/WHEEL").decode()
-    assert extensions == ["sidecar/ring/_dgdo_ring.abi3.so"]
+    assert extensions == ["sidecar/engine/ring/_dgdo_ring.abi3.so"]
     assert "Tag: cp311-abi3-linux" in tags and "Root-Is-Purelib: false" in tags
 
 

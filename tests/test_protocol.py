@@ -9,8 +9,9 @@ import re
 import msgpack
 import pytest
 
-from sidecar import events as E
-from sidecar.protocol import JSON, MSGPACK, Decoder, MessageTooBig, encode
+from sidecar.wire import errors as X
+from sidecar.wire import messages as E
+from sidecar.wire.codec import JSON, MSGPACK, Decoder, MessageTooBig, encode
 
 
 def feed(m: object, role: E.Role = E.DRIVER, binary: bool = False, conn_id: str = "d1"):
@@ -36,20 +37,20 @@ def test_msgpack_binary_frames_decode_the_same_as_json() -> None:
 @pytest.mark.parametrize(
     ("message", "error", "field"),
     [
-        ({"type": "driver_location", "lat": 91, "lon": 0}, E.BadMessage, "lat"),
-        ({"type": "driver_location", "lat": "1", "lon": 0}, E.BadMessage, "lat"),
-        ({"type": "driver_location", "lat": True, "lon": 0}, E.BadMessage, "lat"),
-        ({"type": "driver_location", "lat": 1}, E.BadMessage, "lon"),
-        ({"type": "driver_location", "lat": 1, "lon": 2, "driver_id": "d2"}, E.Forbidden, "driver_id"),
-        ({"type": "driver_status", "status": "sleeping"}, E.BadMessage, "status"),
-        ({"type": "order_accept"}, E.BadMessage, "order_id"),
-        ({"type": "order_accept", "order_id": -1}, E.BadMessage, "order_id"),
-        ({"type": "order_accept", "order_id": 1.5}, E.BadMessage, "order_id"),
-        ({"type": "ride_request", "pickup": {}, "dropoff": {}}, E.Forbidden, "type"),
-        ({"type": "teleport"}, E.UnknownType, "type"),
-        ({"lat": 1}, E.BadMessage, "type"),
-        ({"type": "ping", "id": [1]}, E.BadMessage, "id"),
-        ({"type": "ping", "id": "x" * 65}, E.BadMessage, "id"),
+        ({"type": "driver_location", "lat": 91, "lon": 0}, X.BadMessage, "lat"),
+        ({"type": "driver_location", "lat": "1", "lon": 0}, X.BadMessage, "lat"),
+        ({"type": "driver_location", "lat": True, "lon": 0}, X.BadMessage, "lat"),
+        ({"type": "driver_location", "lat": 1}, X.BadMessage, "lon"),
+        ({"type": "driver_location", "lat": 1, "lon": 2, "driver_id": "d2"}, X.Forbidden, "driver_id"),
+        ({"type": "driver_status", "status": "sleeping"}, X.BadMessage, "status"),
+        ({"type": "order_accept"}, X.BadMessage, "order_id"),
+        ({"type": "order_accept", "order_id": -1}, X.BadMessage, "order_id"),
+        ({"type": "order_accept", "order_id": 1.5}, X.BadMessage, "order_id"),
+        ({"type": "ride_request", "pickup": {}, "dropoff": {}}, X.Forbidden, "type"),
+        ({"type": "teleport"}, X.UnknownType, "type"),
+        ({"lat": 1}, X.BadMessage, "type"),
+        ({"type": "ping", "id": [1]}, X.BadMessage, "id"),
+        ({"type": "ping", "id": "x" * 65}, X.BadMessage, "id"),
     ],
 )
 def test_invalid_fields_are_named_in_the_error(message: dict, error: type, field: str) -> None:
@@ -59,7 +60,7 @@ def test_invalid_fields_are_named_in_the_error(message: dict, error: type, field
 
 
 def test_error_keeps_the_request_id_so_the_client_can_match_it() -> None:
-    with pytest.raises(E.BadMessage) as exc:
+    with pytest.raises(X.BadMessage) as exc:
         feed({"type": "driver_location", "lat": 100, "lon": 0, "id": "abc"})
     assert exc.value.request_id == "abc"
 
@@ -76,7 +77,7 @@ def test_the_request_id_is_echoed_whatever_else_is_wrong() -> None:
                     (E.DRIVER, {"type": 7, "id": "q7"}),
                     (E.PASSENGER, {"type": "order_accept", "order_id": "x", "id": "q7"})):
         for binary in (False, True):
-            with pytest.raises(E.ClientError) as exc:
+            with pytest.raises(X.ClientError) as exc:
                 feed(m, role, binary, conn_id="d1" if role is E.DRIVER else "p1")
             assert exc.value.request_id == "q7", (m, exc.value.message)
 
@@ -85,7 +86,7 @@ def test_a_bad_id_is_named_before_any_other_field_and_not_echoed() -> None:
     for bad in ("", "x" * 65, 1.5, True, 2**63, -(2**63) - 1, [1], {"a": 1}, None):
         m = {"type": "driver_location", "lat": 100, "id": bad}
         # null is no id at all: then the field error comes, without an id
-        with pytest.raises(E.BadMessage, match=r"^lat: " if bad is None else r"^id: ") as exc:
+        with pytest.raises(X.BadMessage, match=r"^lat: " if bad is None else r"^id: ") as exc:
             feed(m)
         assert exc.value.request_id is None
     for good in ("x", "x" * 64, 0, -(2**63), 2**63 - 1):
@@ -101,24 +102,24 @@ def test_nan_and_infinity_never_pass_any_number(bad: float) -> None:
              (E.PASSENGER, "nearby_unsubscribe", {}, ["lat", "lon", "radius_m"])]
     for role, type_, base, fields in cases:
         for f in fields:
-            with pytest.raises(E.BadMessage, match=f"^{f}: must be a number between"):
+            with pytest.raises(X.BadMessage, match=f"^{f}: must be a number between"):
                 feed({"type": type_, **base, f: bad}, role, binary=True, conn_id="x1")
     for where in ("pickup", "dropoff"):
         for f in ("lat", "lon"):
             m = {"type": "ride_request", "pickup": {"lat": 1.0, "lon": 1.0}, "dropoff": {"lat": 1.0, "lon": 1.0}}
             m[where] = {**m[where], f: bad}
-            with pytest.raises(E.BadMessage, match=rf"^{where}\.{f}: must be a number between"):
+            with pytest.raises(X.BadMessage, match=rf"^{where}\.{f}: must be a number between"):
                 feed(m, E.PASSENGER, binary=True, conn_id="p1")
 
 
 @pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity"])
 def test_json_nan_tokens_are_not_json(token: bytes) -> None:
-    with pytest.raises(E.BadFrame, match=r"^undecodable JSON"):
+    with pytest.raises(X.BadFrame, match=r"^undecodable JSON"):
         Decoder(E.DRIVER, "d1").feed(False, True, b'{"type":"driver_location","lat":' + token + b',"lon":1}')
 
 
 def test_a_json_number_too_big_for_a_float_is_out_of_range_not_infinite() -> None:
-    with pytest.raises(E.BadMessage, match=r"^lat: must be a number between -90 and 90$"):
+    with pytest.raises(X.BadMessage, match=r"^lat: must be a number between -90 and 90$"):
         Decoder(E.DRIVER, "d1").feed(False, True, b'{"type":"driver_location","lat":1e999,"lon":1}')
 
 
@@ -138,7 +139,7 @@ def test_every_refusal_takes_the_form_field_colon_rule() -> None:
     ]
     for m, role in messages:
         for binary in (False, True):
-            with pytest.raises(E.ClientError) as exc:
+            with pytest.raises(X.ClientError) as exc:
                 feed(m, role, binary, conn_id="x1")
             assert form.match(exc.value.message), exc.value.message
 
@@ -150,7 +151,7 @@ def test_reason_is_measured_in_utf8_bytes() -> None:
     assert cancel("é" * 32).message.reason == "é" * 32  # 64 bytes
     assert cancel("x" * 64).message.reason == "x" * 64
     for over in ("é" * 33, "x" * 65, "😀" * 17):
-        with pytest.raises(E.BadMessage, match=f"^reason: must be a string of at most {E.MAX_REASON_BYTES} bytes"):
+        with pytest.raises(X.BadMessage, match=f"^reason: must be a string of at most {E.MAX_REASON_BYTES} bytes"):
             cancel(over)
 
 
@@ -169,7 +170,7 @@ def test_unknown_fields_are_skipped_whatever_they_hold() -> None:
 @pytest.mark.parametrize("raw", [b'{"type":"ping","x":"\xff"}', b'{"type":"ping","\xc3":1}',
                                  b'{"type":"ping","id":"\xed\xa0\x80"}'])
 def test_a_text_frame_must_be_utf8_even_where_it_is_not_read(raw: bytes) -> None:
-    with pytest.raises(E.BadFrame, match=r"^undecodable JSON: invalid UTF-8"):
+    with pytest.raises(X.BadFrame, match=r"^undecodable JSON: invalid UTF-8"):
         Decoder(E.DRIVER, "d1").feed(False, True, raw)
     utf8 = '{"type":"ping","id":"é✓","x":"日本"}'.encode()
     assert Decoder(E.DRIVER, "d1").feed(False, True, utf8).request_id == "é✓"
@@ -190,19 +191,19 @@ def test_each_type_decodes_to_its_own_struct_and_a_nearby_to_a_nearby() -> None:
 
 @pytest.mark.parametrize("raw", [b"{", b"[1,2]", b"NaN", b'{"type": NaN}', b"\xff\xfe", b'"str"'])
 def test_undecodable_json_is_a_bad_frame(raw: bytes) -> None:
-    with pytest.raises(E.BadFrame):
+    with pytest.raises(X.BadFrame):
         Decoder(E.DRIVER, "d1").feed(False, True, raw)
 
 
 @pytest.mark.parametrize("raw", [b"\xc1", b"\x93\x01", msgpack.packb([1, 2]), b"\x81\xa1"])
 def test_undecodable_msgpack_is_a_bad_frame(raw: bytes) -> None:
-    with pytest.raises(E.BadFrame):
+    with pytest.raises(X.BadFrame):
         Decoder(E.DRIVER, "d1").feed(True, True, raw)
 
 
 def test_deep_nesting_is_a_bad_frame_not_a_crash() -> None:
     raw = b'{"type":"ping","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    with pytest.raises((E.BadFrame, MessageTooBig)):
+    with pytest.raises((X.BadFrame, MessageTooBig)):
         Decoder(E.DRIVER, "d1", max_bytes=1 << 20).feed(False, True, raw)
 
 
@@ -243,12 +244,12 @@ def test_empty_continuations_cannot_grow_a_message_past_the_fragment_cap() -> No
     with pytest.raises(MessageTooBig, match="8 fragments"):
         d.feed(None, False, b"")  # the 8th frame without FIN: a 9th would be needed
     assert d.last_frames == 8 and d.frames == 16
-    with pytest.raises(E.BadFrame):  # the refused message is forgotten whole
+    with pytest.raises(X.BadFrame):  # the refused message is forgotten whole
         d.feed(None, True, b"")
 
 
 def test_continuation_without_a_start_is_a_bad_frame() -> None:
-    with pytest.raises(E.BadFrame):
+    with pytest.raises(X.BadFrame):
         Decoder(E.DRIVER, "d1").feed(None, True, b"{}")
 
 
@@ -285,7 +286,7 @@ def test_encoded_server_messages_are_what_independent_codecs_write_and_read(m: d
 
 
 def test_the_format_query_takes_json_or_msgpack_and_refuses_anything_else() -> None:
-    from sidecar.router import RouteError, choose_format
+    from sidecar.wire.router import RouteError, choose_format
 
     assert choose_format(None, {"format": "msgpack"}) == (MSGPACK, None)
     assert choose_format(None, {"format": "json"}) == (JSON, None)

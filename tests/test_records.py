@@ -1,4 +1,4 @@
-"""Every record, field by field, between Python (sidecar/records.py) and C (include/dgdo/events.h).
+"""Every record, field by field, between Python (sidecar/engine/records.py) and C (include/dgdo/events.h).
 
 events.h is run through the C preprocessor and handed to cffi as it is; cffi's API mode
 makes the C compiler check each declared field's offset and type, and the test then
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from cffi import FFI
 
-from sidecar import records as R
+from sidecar.engine import records as R
 
 ROOT = Path(__file__).resolve().parents[1]
 INCLUDE = ROOT / "include"

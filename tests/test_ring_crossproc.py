@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ringcheck import body, check
 
-from sidecar import ring
+from sidecar.engine import ring
 
 CAPACITY = 4096  # small, so thousands of records wrap the ring hundreds of times
 MAX_PAYLOAD = 200

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 from fakeengine import FakeEngine
 
-from sidecar import ring
-from sidecar.engine_link import EngineLink
+from sidecar.engine import ring
+from sidecar.engine.link import EngineLink
 
 
 @pytest.mark.parametrize("reply_epoch", [222, 111])

@@ -8,7 +8,7 @@ from collections import deque
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar import ring
+from sidecar.engine import ring
 
 
 class Model:

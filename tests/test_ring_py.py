@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from sidecar import ring
+from sidecar.engine import ring
 
 
 def test_records_round_trip_in_order() -> None:

@@ -15,8 +15,8 @@ import uvloop
 from fakeengine import FakeEngine
 from ringcheck import body, check
 
-from sidecar import ring
-from sidecar.engine_link import EngineLink
+from sidecar.engine import ring
+from sidecar.engine.link import EngineLink
 
 SCALE = int(os.environ.get("DGDO_STRESS", "1"))
 CAPACITY = 64 * 1024

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from sidecar import ring
+from sidecar.engine import ring
 
 I32 = struct.Struct("<i")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.events import Role
-from sidecar.protocol import JSON, MSGPACK
-from sidecar.router import HttpRoute, RouteError, WsRoute, choose_format, route
+from sidecar.wire.codec import JSON, MSGPACK
+from sidecar.wire.messages import Role
+from sidecar.wire.router import HttpRoute, RouteError, WsRoute, choose_format, route
 
 
 def test_driver_and_passenger_paths_carry_the_id() -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sidecar import sd_notify
+from sidecar.shell import sd_notify
 from tests.conftest import ROOT, LineReader, engine_cmd, new_state_dir, stack_env
 
 WATCHDOG_S = 1.0  # pings every 0.5 s

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.__main__ import CREDENTIAL_SECRET
+from sidecar.shell.cli import CREDENTIAL_SECRET
 from tests.conftest import ENGINE, ROOT
 
 UNITS = ROOT / "systemd"

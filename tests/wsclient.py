@@ -1,14 +1,18 @@
-"""A test client on the independent `websockets` library: send maps, await typed messages."""
+"""A test client on the independent `websockets` library: send maps, await typed messages.
+
+Messages are encoded and decoded as the app client does (dgdo_apps/client.py: the `json` and
+`msgpack` packages, never the server's codec); only the WebSocket library differs.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import msgpack
 from websockets.asyncio.client import ClientConnection, connect
+
+from dgdo_apps.client import decode, encode
 
 AUTO = "auto"  # mint a token for the URL's role and id (the tests' secret)
 
@@ -65,14 +69,12 @@ class AppClient(Expecting):
         return cls(ws, binary=subprotocol == "dgdo.v1.msgpack")
 
     async def send(self, message: dict[str, Any]) -> None:
-        if self.binary:
-            await self.ws.send(msgpack.packb(message))
-        else:
-            await self.ws.send(json.dumps(message))
+        data = encode(message, self.binary)
+        await self.ws.send(data if self.binary else data.decode())
 
     async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
         raw = await asyncio.wait_for(self.ws.recv(), timeout)
-        m = msgpack.unpackb(raw) if isinstance(raw, bytes) else json.loads(raw)
+        m = decode(raw, True) if isinstance(raw, bytes) else decode(raw.encode())
         self.seen.append(m)
         return m
 

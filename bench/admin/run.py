@@ -50,7 +50,8 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 
 from bench.machine import describe, one_line  # noqa: E402
-from sidecar import auth, lifetime  # noqa: E402
+from sidecar.shell import lifetime  # noqa: E402
+from sidecar.wire import auth  # noqa: E402
 
 SECRET = "bench-admin-secret-" + "0" * 32
 TOPICS = ["system_stats", "fleet", "active_orders", "assignments", "drivers", "log"]  # as the dashboard asks

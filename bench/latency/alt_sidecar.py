@@ -1,4 +1,4 @@
-"""The real sidecar (sidecar.server.App: picows, registry, bridge, encode) fed by another transport.
+"""The real sidecar (sidecar.shell.server.App: picows around the session core) fed by another transport.
 
     alt_sidecar.py --feed zmq  --endpoint ipc://@dgdo-x    --port P   (@: abstract names)
     alt_sidecar.py --feed unix --endpoint @dgdo-x          --port P
@@ -6,9 +6,9 @@
     alt_sidecar.py --feed http --endpoint 127.0.0.1:Q      --port P   (POST /events)
 
 Only the feed differs from the production sidecar: every received batch of
-engine records (the ring's own framing) goes to the same
-`Bridge.on_records()` -> registry lookup -> `encode()` -> picows send as the
-ring path. The engine link stays unattached (commands get
+engine records (the batch layout a ring drain yields) goes to the same
+`SessionCore.receive_records()` -> registry lookup -> `encode()` -> picows send
+as the ring path. The engine link stays unattached (commands get
 engine_unavailable; the bench's clients only listen), so no engine answers a
 session open: each connection is welcomed at once, as the engine's
 SESSION_STATE would.
@@ -29,11 +29,11 @@ import common
 import uvloop
 from picows import ws_create_server
 
-from sidecar import lifetime
-from sidecar.connections import Connection
-from sidecar.engine_link import socket_address
-from sidecar.router import WsRoute
-from sidecar.server import MAX_FRAME_BYTES, App
+from sidecar.engine.link import socket_address
+from sidecar.session.session import Session
+from sidecar.shell import lifetime
+from sidecar.shell.server import MAX_FRAME_BYTES, App
+from sidecar.wire.router import WsRoute
 
 
 class StreamFeed(asyncio.Protocol):
@@ -47,7 +47,7 @@ class StreamFeed(asyncio.Protocol):
         if not self.buf:
             n = common.complete_prefix(data)
             if n:
-                self.app.bridge.on_records(common.Chunk(data), n)
+                self.app.records(data, n)
             if n < len(data):
                 self.buf += data[n:]
             return
@@ -56,7 +56,7 @@ class StreamFeed(asyncio.Protocol):
         if n:
             chunk = bytes(self.buf[:n])
             del self.buf[:n]
-            self.app.bridge.on_records(common.Chunk(chunk), n)
+            self.app.records(chunk, n)
 
     def connection_lost(self, exc: Exception | None) -> None:
         pass
@@ -88,7 +88,7 @@ class HttpFeed(asyncio.Protocol):
                 return
             body = bytes(self.buf[end + 4 : end + 4 + length])
             del self.buf[: end + 4 + length]
-            self.app.bridge.on_records(common.Chunk(body), len(body))
+            self.app.records(body, len(body))
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
 
@@ -123,9 +123,9 @@ async def main(args: argparse.Namespace) -> None:
     app = App("/nonexistent/bench-no-engine.sock", worker=1)
     connected = app.connected
 
-    def connected_and_welcomed(conn: Connection, r: WsRoute) -> None:
-        connected(conn, r)
-        app.bridge.welcome(conn, 0, False, time.time_ns() // 1_000_000)
+    def connected_and_welcomed(session: Session, r: WsRoute) -> None:
+        connected(session, r)
+        app.core.welcome(session, 0, False, time.time_ns() // 1_000_000)
 
     app.connected = connected_and_welcomed  # type: ignore[method-assign]
     app.server = await ws_create_server(  # the arguments App.start() uses
@@ -135,7 +135,7 @@ async def main(args: argparse.Namespace) -> None:
     )
 
     def deliver(data: bytes) -> None:
-        app.bridge.on_records(common.Chunk(data), len(data))
+        app.records(data, len(data))
 
     if args.feed == "zmq":
         keep = zmq_pull(loop, args.endpoint, deliver)

@@ -20,8 +20,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe  # noqa: E402
-from sidecar import records as R  # noqa: E402
-from sidecar.ring import aligned, frame  # noqa: E402
+from sidecar.engine import records as R  # noqa: E402
+from sidecar.engine.ring import aligned, frame  # noqa: E402
 
 # Set as DGDO_JWT_SECRET in every sidecar the bench starts; clients mint tokens with it.
 JWT_SECRET = "dgdo-bench-secret-0123456789abcdef-not-for-production"
@@ -86,15 +86,6 @@ def batch(offers: list[str], positions: list[str]) -> bytes:
         if i < n_offers:  # reliable: a seq that grows per driver, as the engine's does
             oid(buf, off + NEW_ORDER_SEQ, real + i)
     return bytes(buf)
-
-
-class Chunk:
-    """Looks like a ring Consumer to Bridge.on_records(): the framed records of one received buffer."""
-
-    __slots__ = ("buffer",)
-
-    def __init__(self, data: bytes | bytearray | memoryview) -> None:
-        self.buffer = memoryview(data)
 
 
 def complete_prefix(buf: bytearray | bytes) -> int:

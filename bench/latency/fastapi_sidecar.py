@@ -2,11 +2,12 @@
 
     fastapi_sidecar.py --endpoint ipc://@dgdo-x --port P
 
-It keeps the sidecar's logic (sidecar.bridge.Bridge, the Registry and
-`encode()`); only the WebSocket layer is Starlette's over
-uvicorn (uvloop, `websockets` protocol) instead of picows. Each connection
-gets a transport adapter with the picows `send()` shape that queues frames
-for a writer task, the usual way to send from sync code in Starlette.
+It keeps the sidecar's logic (sidecar.session.core.SessionCore: the registry,
+routing, `encode()`); only the shell around it differs: Starlette's WebSocket
+over uvicorn (uvloop, `websockets` protocol) instead of picows. The core is
+sans-I/O, so this shell is a second one of its kind: each connection's frames
+go to a queue that a writer task sends from, the usual way to send from sync
+code in Starlette.
 """
 
 from __future__ import annotations
@@ -19,61 +20,58 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common
 import uvicorn
 from alt_sidecar import zmq_pull
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from picows import WSMsgType
 
-from sidecar import lifetime
-from sidecar.bridge import Bridge
-from sidecar.connections import Registry
-from sidecar.events import Role
-from sidecar.protocol import JSON
-from sidecar.stats import SidecarStats
+from sidecar.session.core import SessionCore
+from sidecar.shell import lifetime
+from sidecar.wire.codec import JSON
+from sidecar.wire.messages import Role
 
-stats = SidecarStats()
-registry = Registry(1)
-bridge = Bridge(registry, stats)
+core = SessionCore(1)
 app = FastAPI()
 
 
-class QueueTransport:
-    """picows-shaped transport over a Starlette WebSocket."""
+def flush() -> None:
+    """Hands each frame the core yielded to its connection's writer queue."""
+    for session, data in core.data_to_send():
+        queue: asyncio.Queue[bytes] | None = session.io
+        if queue is not None:
+            queue.put_nowait(data)
+    core.records_to_send()  # no engine here: the clients only listen
+    core.closes_to_send()
 
-    def __init__(self, ws: WebSocket) -> None:
-        self.ws = ws
-        self.queue: asyncio.Queue[tuple[WSMsgType, bytes]] = asyncio.Queue()
-        self.is_disconnected = False
 
-    def send(self, msg_type: WSMsgType, data: bytes) -> None:
-        self.queue.put_nowait((msg_type, data))
+def deliver(data: bytes) -> None:
+    core.receive_records(data, len(data))
+    flush()
 
-    async def writer(self) -> None:
-        while True:
-            t, data = await self.queue.get()
-            if t is WSMsgType.TEXT:
-                await self.ws.send_text(data.decode())
-            else:
-                await self.ws.send_bytes(data)
+
+async def _writer(ws: WebSocket, queue: asyncio.Queue[bytes]) -> None:
+    while True:
+        data = await queue.get()
+        await ws.send_text(data.decode())
 
 
 async def _serve(ws: WebSocket, role: Role, app_id: str) -> None:
     await ws.accept()
-    conn = registry.new(role, app_id, JSON)
-    transport = QueueTransport(ws)
-    conn.transport = transport  # type: ignore[assignment]
-    registry.add(conn, on_replaced=lambda old: None)
-    bridge.welcome(conn, 0, False, time.time_ns() // 1_000_000)  # no engine here to answer the session
-    writer = asyncio.get_running_loop().create_task(transport.writer())
+    session = core.new_session(role, app_id, JSON)
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    session.io = queue
+    core.open(session)
+    core.welcome(session, 0, False, time.time_ns() // 1_000_000)  # no engine here to answer the session
+    flush()
+    writer = asyncio.get_running_loop().create_task(_writer(ws, queue))
     try:
         while True:
             await ws.receive_text()
     except WebSocketDisconnect:
         pass
     finally:
-        transport.is_disconnected = True
-        registry.remove(conn)
+        session.io = None
+        core.disconnected(session)
+        flush()
         writer.cancel()
 
 
@@ -89,7 +87,7 @@ async def passenger(ws: WebSocket, passenger_id: str) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    keep = zmq_pull(loop, args.endpoint, lambda data: bridge.on_records(common.Chunk(data), len(data)))
+    keep = zmq_pull(loop, args.endpoint, deliver)
     config = uvicorn.Config(app, host="127.0.0.1", port=args.port, loop="none", ws="websockets-sansio",
                             log_level="warning", lifespan="off")
     server = uvicorn.Server(config)

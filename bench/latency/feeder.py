@@ -39,9 +39,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 
-from sidecar import lifetime, ring
-from sidecar import records as R
-from sidecar.engine_link import (
+from sidecar.engine import records as R
+from sidecar.engine import ring
+from sidecar.engine.link import (
     ATTACH,
     CTL_MAGIC,
     CTL_NFDS,
@@ -54,6 +54,7 @@ from sidecar.engine_link import (
     HELLO,
     socket_address,
 )
+from sidecar.shell import lifetime
 
 ONE = (1).to_bytes(8, "little")
 RING_CAPACITY = 1 << 22

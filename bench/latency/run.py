@@ -53,8 +53,8 @@ import common
 import uvloop
 from picows import WSListener, WSMsgType, WSTransport, ws_connect
 
-from sidecar import lifetime
-from sidecar.engine_link import socket_address
+from sidecar.engine.link import socket_address
+from sidecar.shell import lifetime
 
 HERE = Path(__file__).resolve().parent
 ROOT = common.ROOT

@@ -48,9 +48,10 @@ import msgpack  # noqa: E402
 import psutil  # noqa: E402
 
 from bench.machine import describe, one_line  # noqa: E402
-from sidecar import auth, lifetime  # noqa: E402
-from sidecar.events import DRIVER, PASSENGER  # noqa: E402
-from sidecar.protocol import JSON, MSGPACK, Decoder, encode  # noqa: E402
+from sidecar.shell import lifetime  # noqa: E402
+from sidecar.wire import auth  # noqa: E402
+from sidecar.wire.codec import JSON, MSGPACK, Decoder, encode  # noqa: E402
+from sidecar.wire.messages import DRIVER, PASSENGER  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import legacy_codec as legacy  # noqa: E402
@@ -233,7 +234,7 @@ def metrics(port: int) -> dict[str, float]:
 
 
 def start_stack(state_dir: str) -> tuple[subprocess.Popen[bytes], int]:
-    # Ends with us even after our kill -9 (sidecar/lifetime.py); its engine ends with it.
+    # Ends with us even after our kill -9 (sidecar/shell/lifetime.py); its engine ends with it.
     env = lifetime.child_env({**os.environ, auth.ENV_SECRET: SECRET, "PYTHONUNBUFFERED": "1"})
     cmd = [sys.executable, "-m", "sidecar", "run", "--host", "127.0.0.1", "--port", "0", "--no-demo",
            "--status-interval", "0", "--instance", f"bp{uuid.uuid4().hex[:8]}", "--log-level", "WARNING",

@@ -1,6 +1,6 @@
 """The sidecar's codec before msgspec (the previous implementation), kept for the benchmark only.
 
-`bench_codec.py` times it beside `sidecar.protocol` in the same run, so every figure of the new
+`bench_codec.py` times it beside `sidecar.wire.codec` in the same run, so every figure of the new
 codec has the old one next to it, measured on the same machine under the same load. This is
 a copy of the old decode path (orjson / msgpack.unpackb into a dict, then hand-written
 validators building frozen dataclasses) and the old `encode` (orjson / msgpack.Packer), with
@@ -17,21 +17,17 @@ from typing import Any, ClassVar
 import msgpack
 import orjson
 
-from sidecar.events import (
+from sidecar.wire.codec import JSON, MAX_FRAGMENTS, MAX_MESSAGE_BYTES, Format, MessageTooBig
+from sidecar.wire.errors import BadFrame, BadMessage, ClientError, Forbidden, UnknownType
+from sidecar.wire.messages import (
     ADMIN,
     ADMIN_TOPICS,
     DRIVER,
     MAX_NEARBY_RADIUS_M,
     MAX_REASON_BYTES,
     PASSENGER,
-    BadFrame,
-    BadMessage,
-    ClientError,
-    Forbidden,
     Role,
-    UnknownType,
 )
-from sidecar.protocol import JSON, MAX_FRAGMENTS, MAX_MESSAGE_BYTES, Format, MessageTooBig
 
 MAX_REQUEST_ID_LEN = 64
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

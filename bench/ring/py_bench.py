@@ -1,4 +1,4 @@
-"""Python side of the ring through the cffi wrapper (sidecar/ring): records/s on one core.
+"""Python side of the ring through the cffi wrapper (sidecar/engine/ring): records/s on one core.
 
     .venv/bin/python bench/ring/py_bench.py [--quick | --smoke]
 
@@ -6,7 +6,7 @@ One thread, one segment, alternating batches so the ring never fills:
 * publish: `Producer.publish()` of a pre-framed batch (one cffi call per batch),
   as EngineLink._flush does for inbound records (96 B driver_location bodies);
 * drain: `Consumer.drain()` copying a batch out (one cffi call per batch);
-* drain + records(): the same plus iterating `Consumer.records()`, what the bridge pays
+* drain + records(): the same plus iterating `Consumer.records()`, what a reader of records one by one pays
   before decoding;
 * drain + records() + unpack: plus `struct.unpack` of each 168 B NEW_ORDER body.
 Each stage is timed separately (perf_counter_ns around the calls), so the numbers are
@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from sidecar import records as R  # noqa: E402
-from sidecar import ring  # noqa: E402
+from sidecar.engine import records as R  # noqa: E402
+from sidecar.engine import ring  # noqa: E402
 
 
 def bench(total: int, batch: int, body: bytes, type_: int, unpack=None, iterate: bool = False) -> dict[str, float]:

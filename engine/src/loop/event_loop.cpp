@@ -30,7 +30,7 @@ constexpr uint64_t serial_of(uint64_t key) { return key & ((1ull << 56) - 1); }
 constexpr uint32_t kBatch = 256;     // records per ring per drain: bounds the time one worker holds the loop
 constexpr size_t kMatchWindow = 1024;
 // Order records one worker may have waiting behind its full out ring before it counts as wedged
-// (deliver()): ~250k records, minutes of a busy city's traffic for one stalled sidecar.
+// (write_out()): ~250k records, minutes of a busy city's traffic for one stalled sidecar.
 constexpr size_t kMaxPendingBytes = 64u << 20;
 
 uint64_t clock_ns(clockid_t id) {
@@ -294,7 +294,7 @@ void EventLoop::detach(uint16_t worker_id, const char* why) {
     while (drain({it->second.get()}) > 0) {
     }  // what the worker sent before it went still counts
     if (!it->second->pending.empty())
-        std::fprintf(stderr, "dgdo-engine: ! worker %u: %zu undelivered records dropped\n", worker_id,
+        std::fprintf(stderr, "dgdo-engine: ! worker %u: %zu unwritten records dropped\n", worker_id,
                      it->second->pending.size());
     workers_.erase(it);
     std::fprintf(stderr, "dgdo-engine: x worker %u detached: %s\n", worker_id, why);
@@ -322,7 +322,7 @@ void EventLoop::take(Worker& w, int32_t type, const uint8_t* body, uint32_t len)
         return;
     }
     if (persist_.already_journaled(type, body, len, clock_ns(CLOCK_MONOTONIC))) {
-        if (redelivered_++ == 0)
+        if (resent_++ == 0)
             std::fprintf(stderr, "dgdo-engine: = worker %u sent again records the journal holds; skipping them\n", w.id);
         return;
     }
@@ -419,9 +419,9 @@ void EventLoop::publish() {
         }
         auto it = workers_.find(meta.to_worker);
         if (meta.to_role == DGDO_ROLE_ADMIN && (meta.to_worker == 0 || it == workers_.end())) {
-            for (auto& [id, w] : workers_) deliver(*w, rec);
+            for (auto& [id, w] : workers_) write_out(*w, rec);
         } else if (it != workers_.end()) {
-            deliver(*it->second, rec);
+            write_out(*it->second, rec);
         } else if (dropped_++ % 1000 == 0) {  // rate-limited: a gone worker can mean many of these
             std::fprintf(stderr, "dgdo-engine: ! record type %d for gone worker %u dropped (%llu so far)\n", rec.type,
                          meta.to_worker, static_cast<unsigned long long>(dropped_));
@@ -440,7 +440,7 @@ void EventLoop::publish() {
 //   wedged, and it is detached (logged, its control socket closed). That is loud, not silent:
 //   its sidecar sees EOF, re-attaches and re-announces its sessions, and its apps resync from
 //   snapshots (`resumed = false`), as after any engine restart.
-void EventLoop::deliver(Worker& w, const OutRecord& rec) {
+void EventLoop::write_out(Worker& w, const OutRecord& rec) {
     if (w.wedged) return;  // detached at the end of this turn; detach() reports what it drops
     if (w.pending.empty()) {
         const int rc = dgdo_ring_write(&w.prod, rec.type, rec.body.data(), static_cast<uint32_t>(rec.body.size()));

@@ -43,7 +43,7 @@ private:
         ShmSegment in, out;  // memfds, passed to the worker at attach
         dgdo_ring_consumer cons{};
         dgdo_ring_producer prod{};
-        // Behind a full "out" ring (see deliver()): every record in order, a driver position
+        // Behind a full "out" ring (see write_out()): every record in order, a driver position
         // replaced in place by a newer one for the same recipient, driver and order.
         struct Queued {
             OutRecord rec;
@@ -71,8 +71,12 @@ private:
     // A loop-made input (tick, detach): journaled, applied, its outputs published.
     void input(const InputEvent& ev);
     void apply(const InputEvent& ev);
+    // Words as the sidecar uses them (sidecar/session/core.py): publish = put records into a ring
+    // for the other process; deliver = the delivery contract (seq, history: core/delivery.hpp);
+    // send = a frame on an app's socket (the sidecar's job). publish() stamps the commit times
+    // of this batch's outputs and writes each to its worker's out ring.
     void publish();
-    void deliver(Worker& w, const OutRecord& rec);
+    void write_out(Worker& w, const OutRecord& rec);  // publish one record to one worker's out ring
     void flush_pending(Worker& w);
     void detach_wedged();
     void ring_doorbells();
@@ -96,7 +100,7 @@ private:
     uint64_t clock_offset_ = 0;        // added to CLOCK_MONOTONIC so the core's time never runs back after a restart
     std::vector<InputEvent> batch_;    // peeked, journaled, then applied
     Worker* peeking_ = nullptr;
-    uint64_t redelivered_ = 0;
+    uint64_t resent_ = 0;
     std::vector<OutRecord> out_;
     int epoll_fd_ = -1, listen_fd_ = -1, timer_fd_ = -1, beat_fd_ = -1, signal_fd_ = -1;
     bool stop_ = false;

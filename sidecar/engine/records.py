@@ -1,20 +1,43 @@
-"""The ring records of include/dgdo/events.h, packed and unpacked in Python.
+"""The records of include/dgdo/events.h, packed and unpacked in Python: pure data, no cffi.
 
-Each struct.Struct below mirrors one C struct byte for byte; at import the
-sizes are checked against what the C compiler laid out (through cffi), so
-the two languages cannot drift apart silently.
+Each struct.Struct below mirrors one C struct byte for byte. `check_layout()`
+compares the sizes with what the C compiler laid out (through the cffi ring
+module, which calls it when it is imported), so the two languages cannot drift
+apart silently; this module itself imports nothing compiled, so the session
+core reads and writes records without the ring.
+
+A batch of records (what one drain of the engine's ring yields, what a publish
+writes) is each record's `{int32 length incl. header, int32 type}` header, its
+body, and padding to 8 bytes (`frame()`, `HEADER`, `aligned()`).
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
-from sidecar import ring
-
 ID_SIZE = 40
+HEADER = struct.Struct("<ii")  # {int32 length incl. this header, int32 type} before each record's body
+HEADER_SIZE = 8
+ALIGN = 8
+
+
+def aligned(length: int) -> int:
+    """Bytes a record of `length` (header included) occupies in a batch."""
+    return (length + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def frame(buf: bytearray, type_: int, body: bytes | bytearray | memoryview) -> None:
+    """Appends one record to `buf`, with its header and padding, as a batch holds it."""
+    length = HEADER_SIZE + len(body)
+    buf += HEADER.pack(length, type_)
+    buf += body
+    pad = aligned(length) - length
+    if pad:
+        buf += b"\0" * pad
 
 
 class T(IntEnum):
@@ -124,11 +147,18 @@ _C_NAMES = {
     "dgdo_out_engine_stats": OUT_ENGINE_STATS,
     "dgdo_out_session": OUT_SESSION,
 }
-for _c_name, _s in _C_NAMES.items():
-    if _s.size != ring.sizeof(_c_name):
-        raise ImportError(f"{_c_name}: Python packs {_s.size} bytes, C lays out {ring.sizeof(_c_name)}")
-if OUT_NEARBY_HEAD.size != ring.offsetof("dgdo_out_nearby_drivers", "drivers"):
-    raise ImportError("dgdo_out_nearby_drivers header size differs between Python and C")
+
+
+def check_layout(sizeof: Callable[[str], int], offsetof: Callable[[str, str], int], record_header: int,
+                 record_align: int) -> None:
+    """Raises ImportError when a struct here and its C twin differ (the ring module calls this with cffi's answers)."""
+    for c_name, s in _C_NAMES.items():
+        if s.size != sizeof(c_name):
+            raise ImportError(f"{c_name}: Python packs {s.size} bytes, C lays out {sizeof(c_name)}")
+    if OUT_NEARBY_HEAD.size != offsetof("dgdo_out_nearby_drivers", "drivers"):
+        raise ImportError("dgdo_out_nearby_drivers header size differs between Python and C")
+    if (record_header, record_align) != (HEADER_SIZE, ALIGN):
+        raise ImportError("record header or alignment differs between Python and C")
 
 NAN = math.nan
 
@@ -138,8 +168,18 @@ def id_bytes(value: str) -> bytes:
     return value.encode("ascii")
 
 
+_ID_NAMES: dict[bytes, str] = {}  # a dgdo_id field's bytes -> its str: the same few ids recur in every batch
+_ID_NAMES_MAX = 1 << 16
+
+
 def id_str(raw: bytes) -> str:
-    return raw.rstrip(b"\0").decode("ascii", "replace")
+    """The str of a dgdo_id field (NUL-padded). Cached: decoding costs ~5x a dict lookup on the push path."""
+    name = _ID_NAMES.get(raw)
+    if name is None:
+        if len(_ID_NAMES) >= _ID_NAMES_MAX:
+            _ID_NAMES.clear()
+        name = _ID_NAMES[raw] = raw.rstrip(b"\0").decode("ascii", "replace")
+    return name
 
 
 @dataclass(slots=True)

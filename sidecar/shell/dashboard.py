@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
-from sidecar.auth import Authenticator, AuthError, http_status
-from sidecar.events import Role
+from sidecar.wire.auth import Authenticator, AuthError, http_status
+from sidecar.wire.messages import Role
 
 WHOAMI = "/admin/whoami"
 JSON_TYPE = "application/json"

@@ -27,7 +27,7 @@ from typing import Any
 
 import jwt
 
-from sidecar.events import Role, is_valid_id
+from sidecar.wire.messages import Role, is_valid_id
 
 ALGORITHM = "HS256"
 ENV_SECRET = "DGDO_JWT_SECRET"

@@ -1,11 +1,11 @@
 """The built-in demo: simulated drivers and passengers in Dushanbe over the public protocol.
 
-    python -m sidecar.demo --url ws://127.0.0.1:8765 --drivers 20 [--rate 2] [--duration 0]
+    python -m dgdo_apps.demo --url ws://127.0.0.1:8765 --drivers 20 [--rate 2] [--duration 0]
 
 Everything goes through real WebSockets and the public JSON protocol (DESIGN §4),
 exactly as an app would speak it, so the demo exercises the whole stack:
 sidecar, rings and engine. One process, one uvloop event loop; every
-connection is a picows listener and every simulated person a task.
+connection is an app client (client.py, on picows) and every simulated person a task.
 
 * Drivers `d-NNN` go online, wander at ~30 km/h and report their position
   every second. An offer (`new_order`) is accepted ~90% of the time after a
@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import math
 import os
@@ -36,22 +35,13 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvloop
-from picows import (
-    WSCloseCode,
-    WSFrame,
-    WSHandshakeError,
-    WSListener,
-    WSMsgType,
-    WSTransport,
-    ws_connect,
-)
 
-from sidecar import lifetime
+from dgdo_apps.client import CONNECT_RETRY_S, Link, Refused, Unreachable, open_link
+from sidecar.shell import lifetime
 
 log = logging.getLogger("dgdo.demo")
 
@@ -72,14 +62,7 @@ TO_PICKUP_S = (2.0, 4.0)  # compressed drive to the pickup
 TO_DROPOFF_S = (3.0, 5.0)  # compressed drive to the dropoff
 BOARDING_S = 0.3  # between `order_arrived` and `trip_start`
 ACCEPT_PROBABILITY = 0.9
-REPLY_TIMEOUT_S = 5.0  # for an ack/error; the engine answers in microseconds when healthy
-ENGINE_BACK_S = 30.0  # how long a command is retried while the engine restarts (it recovers in ~1 s)
-RETRY_PAUSE_S = 0.2  # between such retries
-RETRY_CODES = frozenset({"engine_unavailable", "overloaded"})
-WELCOME_TIMEOUT_S = 5.0
-CONNECT_RETRY_S = 10.0  # how long to keep trying while the server is not up yet
 PASSENGER_PATIENCE_S = 120.0  # after this a passenger cancels and leaves (a stalled engine)
-CLOSE_TIMEOUT_S = 0.5  # wait for the server's CLOSE echo before dropping the socket
 STATUS_EVERY_S = 5.0
 SHUTDOWN_GRACE_S = 1.5  # the whole shutdown must fit in 2 s
 
@@ -186,6 +169,9 @@ class Counters:
     drivers_online: int = 0
     passengers_active: int = 0
 
+    def error(self, _reply: dict[str, Any]) -> None:
+        self.errors += 1
+
     def status_line(self, elapsed_s: float) -> str:
         return (f"[demo] t={elapsed_s:.0f}s drivers_online={self.drivers_online} "
                 f"requested={self.requested} accepted={self.accepted} completed={self.completed} "
@@ -201,208 +187,6 @@ class Counters:
 
 
 # ---- one connection ---------------------------------------------------------------------------
-
-
-class Unreachable(Exception):
-    """The server did not accept a connection within the retry window (or refused it for good)."""
-
-
-class Refused(Exception):
-    """The server answered a request with an `error`."""
-
-    def __init__(self, reply: dict[str, Any]) -> None:
-        super().__init__(f"{reply.get('code')}: {reply.get('message')}")
-        self.reply = reply
-
-
-class Link(WSListener):
-    """One picows connection speaking JSON: request/reply by `id`, everything else to `on_push`.
-
-    picows hands over raw frames: it neither reassembles fragments (the server
-    sends only whole text frames, so none are expected) nor answers a CLOSE, so
-    the echo is done here.
-    """
-
-    def __init__(self, name: str, counters: Counters, on_push: Callable[[dict[str, Any]], None]) -> None:
-        super().__init__()
-        self.name = name
-        self.counters = counters
-        self.on_push = on_push
-        self.transport: WSTransport | None = None
-        loop = asyncio.get_running_loop()
-        self.welcome: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self.closed = asyncio.Event()
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._ids = itertools.count(1)
-
-    def factory(self, *_negotiated: Any) -> Link:
-        """For `ws_connect`: this listener, whatever picows passes (request, response) or not."""
-        return self
-
-    # -- picows callbacks (synchronous, on the loop) --
-
-    def on_ws_connected(self, transport: WSTransport) -> None:
-        self.transport = transport
-
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        if frame.msg_type is WSMsgType.TEXT:
-            try:
-                msg = json.loads(frame.get_payload_as_bytes())
-            except ValueError:
-                log.warning("%s: undecodable frame from the server", self.name)
-                return
-            if isinstance(msg, dict):
-                self._dispatch(msg)
-        elif frame.msg_type is WSMsgType.CLOSE:
-            code = frame.get_close_code()
-            log.debug("%s: server closed (%s %s)", self.name, code, frame.get_close_reason())
-            if not transport.is_close_frame_sent:
-                transport.send_close(code if code is not WSCloseCode.NO_INFO else WSCloseCode.OK)
-            transport.disconnect()
-
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self.closed.set()
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(ConnectionError(f"{self.name}: disconnected"))
-        self._pending.clear()
-        if not self.welcome.done():
-            self.welcome.set_exception(ConnectionError(f"{self.name}: disconnected before welcome"))
-
-    def _dispatch(self, msg: dict[str, Any]) -> None:
-        kind = msg.get("type")
-        if kind == "error":
-            self.counters.errors += 1
-            log.debug("%s: error %s: %s", self.name, msg.get("code"), msg.get("message"))
-        if kind in ("ack", "error") and isinstance(msg.get("id"), str):
-            fut = self._pending.pop(msg["id"], None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
-                return
-        if kind == "welcome":
-            if not self.welcome.done():
-                self.welcome.set_result(msg)
-            return
-        self.on_push(msg)
-
-    # -- sending --
-
-    @property
-    def is_open(self) -> bool:
-        t = self.transport
-        return t is not None and not t.is_disconnected and not t.is_close_frame_sent
-
-    def send(self, msg: dict[str, Any]) -> None:
-        """Fire and forget; dropped silently once the socket is closing."""
-        if self.is_open:
-            assert self.transport is not None
-            self.transport.send(WSMsgType.TEXT, json.dumps(msg, separators=(",", ":")).encode())
-
-    async def request(self, msg: dict[str, Any], request_id: str | None = None,
-                      timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
-        """Sends `msg` with an `id` and returns its `ack`.
-
-        Raises:
-            Refused: the server answered with an `error`.
-            ConnectionError: the socket went away first.
-            TimeoutError: no answer within `timeout` seconds.
-        """
-        if not self.is_open:
-            raise ConnectionError(f"{self.name}: not connected")
-        rid = request_id or f"{self.name}.{next(self._ids)}"
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
-        self.send({**msg, "id": rid})
-        try:
-            reply = await asyncio.wait_for(fut, timeout)
-        finally:
-            self._pending.pop(rid, None)
-        if reply["type"] == "error":
-            raise Refused(reply)
-        return reply
-
-    async def command(self, msg: dict[str, Any], request_id: str | None = None,
-                      deadline_s: float = ENGINE_BACK_S) -> dict[str, Any]:
-        """`request()` that rides out an engine restart, as an app should: on `engine_unavailable`,
-        `overloaded` or no answer it sends the same request id again until `deadline_s`. The engine
-        journals what it applied, so a retry of a ride_request returns the same order, and a
-        `conflict` on a retried order command means the first try took effect (returned as is).
-
-        Raises as `request()` does, once the deadline has passed or for any other error.
-        """
-        rid = request_id or f"{self.name}.{next(self._ids)}"
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + deadline_s
-        retried = False
-        while True:
-            try:
-                return await self.request(msg, rid)
-            except Refused as e:
-                code = e.reply.get("code")
-                if retried and code == "conflict":
-                    return e.reply
-                if code not in RETRY_CODES or loop.time() > give_up:
-                    raise
-            except TimeoutError:
-                if loop.time() > give_up:
-                    raise
-            retried = True
-            await asyncio.sleep(RETRY_PAUSE_S)
-
-    async def close(self) -> None:
-        """Polite close: send CLOSE, wait briefly for the server's echo, then hang up."""
-        t = self.transport
-        if t is None or t.is_disconnected:
-            return
-        if not t.is_close_frame_sent:
-            t.send_close(WSCloseCode.OK)
-        try:
-            await asyncio.wait_for(self.closed.wait(), CLOSE_TIMEOUT_S)
-        except TimeoutError:
-            # A busy or stopping server: hang up with a FIN (graceful), not a reset, so the
-            # goodbyes already written (cancel, offline) are still delivered.
-            t.disconnect()
-
-
-def _token_query(role: str, sub: str) -> str:
-    """`?token=...` when DGDO_JWT_SECRET is set, so the demo also works against an auth-enabled server."""
-    secret = os.environ.get("DGDO_JWT_SECRET")
-    if not secret:
-        return ""
-    import jwt  # only needed when auth is on
-
-    token = jwt.encode({"sub": sub, "role": role, "exp": int(time.time()) + 7 * 86400}, secret, "HS256")
-    return f"?token={token}"
-
-
-async def open_link(base_url: str, role: str, app_id: str, counters: Counters,
-                    on_push: Callable[[dict[str, Any]], None], retry_s: float = CONNECT_RETRY_S) -> Link:
-    """Connects `/ws/{role}/{app_id}` and waits for `welcome`, retrying while the server is not up.
-
-    Raises:
-        Unreachable: no connection within `retry_s`, or the server refused the upgrade with a 4xx.
-    """
-    url = f"{base_url.rstrip('/')}/ws/{role}/{app_id}{_token_query(role, app_id)}"
-    deadline = time.monotonic() + retry_s
-    delay = 0.1
-    while True:
-        link = Link(app_id, counters, on_push)
-        try:
-            await ws_connect(link.factory, url)
-            await asyncio.wait_for(link.welcome, WELCOME_TIMEOUT_S)
-            return link
-        except WSHandshakeError as e:
-            status = e.response.status if e.response is not None else None
-            if status is not None and 400 <= int(status) < 500:
-                raise Unreachable(f"{url}: upgrade refused with HTTP {int(status)}") from e
-            error: Exception = e
-        except (OSError, TimeoutError, ConnectionError) as e:
-            error = e
-        await link.close()
-        if time.monotonic() + delay > deadline:
-            raise Unreachable(f"{url}: {error}") from error
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 1.0)
 
 
 # ---- drivers -------------------------------------------------------------------------------------
@@ -431,7 +215,7 @@ class DemoDriver:
         try:
             while True:
                 try:
-                    self.link = await open_link(self.url, "driver", self.id, self.counters, self._on_push)
+                    self.link = await open_link(self.url, "driver", self.id, self._on_push, self.counters.error)
                 except Unreachable as e:
                     log.warning("%s: giving up: %s", self.id, e)
                     return
@@ -594,7 +378,7 @@ class DemoPassenger:
         link: Link | None = None
         self.counters.passengers_active += 1
         try:
-            link = await open_link(self.url, "passenger", self.id, self.counters, self._on_push)
+            link = await open_link(self.url, "passenger", self.id, self._on_push, self.counters.error)
             self.counters.requested += 1
             ack = await link.command({
                 "type": "ride_request",
@@ -778,7 +562,7 @@ async def _first(*aws: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sidecar.demo",
+    p = argparse.ArgumentParser(prog="python -m dgdo_apps.demo",
                                 description="Simulated Dushanbe drivers and passengers for DG Do.")
     p.add_argument("--url", default="ws://127.0.0.1:8765", help="the sidecar's base WebSocket URL")
     p.add_argument("--drivers", type=int, default=20, metavar="N", help="simulated drivers (default 20)")

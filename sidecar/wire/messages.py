@@ -3,10 +3,10 @@
 Each message type is a frozen `msgspec.Struct` in one union tagged on `"type"`
 (`CLIENT_MESSAGE`). Its constraints live in its annotations: ranges, lengths and
 enums as `msgspec.Meta`, each with the rule an error quotes as its `description`
-(`lat: must be a number between -90 and 90`). So `protocol.py` decodes and validates
+(`lat: must be a number between -90 and 90`). So `codec.py` decodes and validates
 in one pass of msgspec's decoder, and the error texts come from the same place as
 the checks. What a type cannot say — the connection's role, a `driver_id` equal to
-the connection's own, a reason's length in UTF-8 bytes — `protocol.py` checks after
+the connection's own, a reason's length in UTF-8 bytes — `codec.py` checks after
 decoding.
 
 The server -> client direction is plain maps built where the events happen; their
@@ -29,52 +29,6 @@ MAX_REASON_BYTES = 64
 MAX_NEARBY_RADIUS_M = 5000.0
 DEFAULT_NEARBY_RADIUS_M = 1000.0
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-
-class ErrorCode(StrEnum):
-    """Wire error codes (DESIGN §4)."""
-
-    BAD_FRAME = "bad_frame"
-    BAD_MESSAGE = "bad_message"
-    UNKNOWN_TYPE = "unknown_type"
-    FORBIDDEN = "forbidden"
-    NOT_FOUND = "not_found"
-    CONFLICT = "conflict"
-    RATE_LIMITED = "rate_limited"
-    TOO_LARGE = "too_large"
-    ENGINE_UNAVAILABLE = "engine_unavailable"
-    OVERLOADED = "overloaded"
-
-
-class ClientError(Exception):
-    """A message the client got wrong; it is answered with an `error` and the connection stays."""
-
-    code: ClassVar[ErrorCode] = ErrorCode.BAD_MESSAGE
-
-    def __init__(self, message: str, request_id: str | int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.request_id = request_id
-
-
-class BadFrame(ClientError):
-    code = ErrorCode.BAD_FRAME
-
-
-class BadMessage(ClientError):
-    code = ErrorCode.BAD_MESSAGE
-
-
-class UnknownType(ClientError):
-    code = ErrorCode.UNKNOWN_TYPE
-
-
-class Forbidden(ClientError):
-    code = ErrorCode.FORBIDDEN
-
-
-class TooLarge(ClientError):
-    code = ErrorCode.TOO_LARGE
 
 
 class Role(StrEnum):
@@ -105,7 +59,7 @@ SpeedKmh = _between(0.0, 400.0)
 AccuracyM = _between(0.0, 100_000.0)
 RadiusM = _between(1.0, MAX_NEARBY_RADIUS_M)
 OrderId = Annotated[int, Meta(ge=1, le=INT64_MAX, description="must be a positive 64-bit integer")]
-# Characters here (all msgspec can count); protocol.py then checks the UTF-8 bytes, which the
+# Characters here (all msgspec can count); codec.py then checks the UTF-8 bytes, which the
 # engine's record holds. 64 characters are at least 64 bytes, so this bound never refuses early.
 Reason = Annotated[str, Meta(max_length=MAX_REASON_BYTES,
                              description=f"must be a string of at most {MAX_REASON_BYTES} bytes of UTF-8")]
@@ -157,7 +111,7 @@ class DriverLocation(ClientMessage, tag="driver_location"):
     heading: Heading = math.nan
     speed_kmh: SpeedKmh = math.nan
     accuracy_m: AccuracyM = math.nan
-    driver_id: DriverId | UnsetType = UNSET  # present: must equal the connection's id (protocol.py)
+    driver_id: DriverId | UnsetType = UNSET  # present: must equal the connection's id (codec.py)
 
 
 class DriverStatus(ClientMessage, tag="driver_status"):
@@ -282,7 +236,7 @@ def _rule(t: msgspec.inspect.Type) -> tuple[str | None, type | None]:
 
 
 FIELD_RULES: dict[type, dict[str, tuple[str | None, type | None]]] = {}
-"""Struct class -> field name -> (rule, nested Struct): what protocol.py quotes in a `bad_message`."""
+"""Struct class -> field name -> (rule, nested Struct): what codec.py quotes in a `bad_message`."""
 for _cls in (*MESSAGE_TYPES, Point):
     _info = msgspec.inspect.type_info(_cls)
     assert isinstance(_info, msgspec.inspect.StructType)

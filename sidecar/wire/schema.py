@@ -1,9 +1,9 @@
 """The public protocol's message shapes as data: wire fields per message type, both directions.
 
-`events.SCHEMAS` says which client messages exist and who may send them, and
+`messages.SCHEMAS` says which client messages exist and who may send them, and
 their msgspec Structs validate them; this module restates their wire fields
 as a table beside the shape of every server -> client message (built as
-plain maps in bridge.py, handlers.py and server.py), so that both directions
+plain maps in session/core.py), so that both directions
 read alike. docs/protocol.md and docs/asyncapi.yaml are checked against
 these tables by tests/test_docs.py, and the tables are checked against the
 Structs, the decoder and a live session, so none can drift.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sidecar.events import ADMIN, DRIVER, PASSENGER, Role
+from sidecar.wire.messages import ADMIN, DRIVER, PASSENGER, Role
 
 ALL_ROLES = frozenset({DRIVER, PASSENGER, ADMIN})
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sidecar.events import Role, is_valid_id
-from sidecar.protocol import JSON, MSGPACK, Format
+from sidecar.wire.codec import JSON, MSGPACK, Format
+from sidecar.wire.messages import Role, is_valid_id
 
 HTTP_PAGES = frozenset({"/healthz", "/metrics", "/admin"})
 ADMIN_PAGE = "/admin"  # the dashboard and, under /admin/, its files and /admin/whoami

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cffi import FFI
 
-INCLUDE = Path(__file__).resolve().parents[2] / "include"
+INCLUDE = Path(__file__).resolve().parents[3] / "include"
 
 CDEF = """
 typedef struct { ...; } dgdo_ring_header;
@@ -185,7 +185,7 @@ static size_t dgdo_py_offsetof(const char *type_name, const char *field) {
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
-    "sidecar.ring._dgdo_ring",
+    "sidecar.engine.ring._dgdo_ring",
     SOURCE,
     include_dirs=[str(INCLUDE)],
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],

@@ -11,7 +11,7 @@ Flow for one inbound frame::
                                         raises MessageTooBig (close 1009)
 
 A whole message is read by msgspec in one pass, straight into the typed
-message of `events.py` (text frames as JSON, binary frames as msgpack), and
+message of `messages.py` (text frames as JSON, binary frames as msgpack), and
 validated as it is read. Only a refused message is looked at again, to
 answer it the way a client reads an answer (`refusal`). Server messages go
 out through msgspec's encoders (`encode`).
@@ -28,26 +28,24 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, Raw, Struct
 
-from sidecar.events import (
+from sidecar.wire.errors import BadFrame, BadMessage, ClientError, Forbidden, UnknownType
+from sidecar.wire.messages import (
     CLIENT_MESSAGE,
     FIELD_RULES,
     MAX_REASON_BYTES,
     MESSAGE_TYPES,
     REQUEST_ID_RULE,
     SCHEMAS,
-    BadFrame,
-    BadMessage,
-    ClientError,
     ClientMessage,
     DriverLocation,
-    Forbidden,
     OrderCancel,
     RequestId,
     Role,
-    UnknownType,
     type_name,
 )
-from sidecar.events import MAX_REQUEST_ID_LEN as MAX_REQUEST_ID_LEN  # the limits docs/protocol.md states live here
+from sidecar.wire.messages import (
+    MAX_REQUEST_ID_LEN as MAX_REQUEST_ID_LEN,  # the limits docs/protocol.md states live here
+)
 
 MAX_MESSAGE_BYTES = 64 * 1024  # a ride_request is ~150 bytes; 64 KiB leaves room for admin tools
 # Frames one message may span. Empty CONTINUATION frames add no bytes, so the byte cap alone

@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from sidecar.server import App
+    from sidecar.shell.server import App
 
 __all__ = ["CONTENT_TYPE_LATEST", "render"]
 
@@ -38,7 +38,7 @@ class SidecarCollector(Collector):
         age = link.heartbeat_age_ns
         if age is not None:
             yield gauge("dgdo_engine_heartbeat_age_seconds", "age of the engine's last heartbeat", age / 1e9)
-        yield gauge("dgdo_connections", "open WebSocket connections", len(app.registry))
+        yield gauge("dgdo_connections", "open WebSocket connections", len(app.core))
         yield gauge("dgdo_paused_connections", "connections above their write-buffer high-water mark", s.paused)
         p50, p99 = s.push_latency.percentiles(50, 99)
         push = GaugeMetricFamily("dgdo_push_latency_seconds", "engine commit -> socket write, recent window",
@@ -47,6 +47,8 @@ class SidecarCollector(Collector):
         push.add_metric(["0.99"], p99 / 1e9)
         yield push
         yield counter("dgdo_messages_out", "messages written to sockets", s.messages_out)
+        yield counter("dgdo_positions_coalesced", "driver positions replaced by a newer one within one drain",
+                      s.positions_coalesced)
         yield counter("dgdo_frames_in", "data frames received from apps", s.frames_in)
         yield counter("dgdo_records_out", "records published to the engine", s.records_out)
         yield counter("dgdo_engine_records_in", "records drained from the engine", s.records_in)

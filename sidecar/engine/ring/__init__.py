@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sidecar.ring._dgdo_ring import ffi, lib
+from sidecar.engine import records
+from sidecar.engine.ring._dgdo_ring import ffi, lib
 
 HEADER_SIZE: int = lib.DGDO_RING_HEADER_SIZE
 RECORD_HEADER: int = lib.DGDO_RECORD_HEADER
@@ -37,7 +37,9 @@ STATUS_NAMES = {
     lib.DGDO_RING_BAD_EPOCH: "stale segment (epoch of another engine run)",
 }
 
-FRAME = struct.Struct("<ii")  # {int32 length incl. header, int32 type}
+FRAME = records.HEADER  # {int32 length incl. header, int32 type}
+aligned = records.aligned  # a record's footprint in the ring: the batch layout is the ring's
+frame = records.frame
 
 
 class RingError(Exception):
@@ -46,21 +48,6 @@ class RingError(Exception):
     def __init__(self, status: int, where: str) -> None:
         super().__init__(f"{where}: {STATUS_NAMES.get(status, status)}")
         self.status = status
-
-
-def aligned(length: int) -> int:
-    """Bytes a record of `length` (header included) occupies in the ring."""
-    return (length + RECORD_ALIGN - 1) & ~(RECORD_ALIGN - 1)
-
-
-def frame(buf: bytearray, type_: int, body: bytes | bytearray | memoryview) -> None:
-    """Appends one record to `buf`, framed and padded as the ring frames it."""
-    length = RECORD_HEADER + len(body)
-    buf += FRAME.pack(length, type_)
-    buf += body
-    pad = aligned(length) - length
-    if pad:
-        buf += b"\0" * pad
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,3 +230,7 @@ def sizeof(name: str) -> int:
 
 def offsetof(type_name: str, field: str) -> int:
     return lib.dgdo_py_offsetof(type_name.encode(), field.encode())
+
+
+# The records' Python layout must be the C compiler's: checked once, here, where cffi is at hand.
+records.check_layout(sizeof, offsetof, RECORD_HEADER, RECORD_ALIGN)

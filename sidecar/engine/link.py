@@ -31,8 +31,8 @@ import struct
 import time
 from collections.abc import Callable
 
-from sidecar import ring
-from sidecar.ring import Consumer, Producer, Segment
+from sidecar.engine import ring
+from sidecar.engine.ring import Consumer, Producer, Segment
 
 log = logging.getLogger("dgdo.link")
 
@@ -216,9 +216,9 @@ class EngineLink:
         if not self.attached:
             return
         # What the engine committed before it died still counts: an answer to a command it took may
-        # sit in the out ring with no doorbell rung (killed between its write and its wake-up). Deliver
-        # it now, before the commands still in flight are failed as engine_unavailable.
-        self._deliver()
+        # sit in the out ring with no doorbell rung (killed between its write and its wake-up). Hand
+        # it over now, before the commands still in flight are failed as engine_unavailable.
+        self._hand_over()
         self.attached = self.available = False
         if self._watch is not None:
             self._watch.cancel()
@@ -346,6 +346,10 @@ class EngineLink:
         ring.frame(self._pending, type_, body)
         self._schedule_flush()
 
+    def flush(self) -> None:
+        """Writes what is pending now, instead of at the end of this loop turn (the caller batched already)."""
+        self._flush()
+
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled and self._pending:
             self._flush_scheduled = True
@@ -412,7 +416,7 @@ class EngineLink:
         c = self.consumer
         if c is None:
             return
-        # Deliver first, then clear the eventfd: its read() is a syscall the push need not wait
+        # Hand over first, then clear the eventfd: its read() is a syscall the push need not wait
         # for. No wake-up is lost: the producer rings only after we park again, which _drain()
         # does after this read.
         c.unpark()
@@ -424,7 +428,7 @@ class EngineLink:
                 os.read(self._worker_bell, 8)
         self._drain()
 
-    def _deliver(self) -> Consumer | None:
+    def _hand_over(self) -> Consumer | None:
         """Hands every committed record to `on_records`; the consumer, or None once a handler detached us."""
         c = self.consumer
         while c is not None and (n := c.drain()):
@@ -433,7 +437,7 @@ class EngineLink:
         return c
 
     def _drain(self) -> None:
-        while (c := self._deliver()) is not None:
+        while (c := self._hand_over()) is not None:
             if c.park():
                 c.heartbeat(time.monotonic_ns())
                 return

@@ -24,6 +24,20 @@ class LatencyWindow:
             self._i = (self._i + 1) % self.size
         self.count += 1
 
+    def add_since(self, now: int, stamps: list[int]) -> None:
+        """Adds `now - stamp` for each stamp >= 0: one drain's worth in one call."""
+        samples, size, i = self._samples, self.size, self._i
+        for stamp in stamps:
+            if stamp < 0:
+                continue
+            if len(samples) < size:
+                samples.append(now - stamp)
+            else:
+                samples[i] = now - stamp
+                i = (i + 1) % size
+            self.count += 1
+        self._i = i
+
     def percentiles(self, *ps: float) -> list[int]:
         """Nearest-rank percentiles of the window; zeros when empty."""
         if not self._samples:
@@ -50,12 +64,23 @@ class EngineSnapshot:
     match_p50_ns: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class LinkGauges:
+    """What the engine link reports about itself for `system_stats`: read when an admin needs it."""
+
+    heartbeat_age_ns: int | None = None  # None while detached
+    in_bytes: int = 0  # records in the engine's inbound ring, not yet consumed
+    backlog_bytes: int = 0  # records waiting for space in that ring
+    out_bytes: int = 0  # records in the engine's outbound ring, not yet drained
+
+
 @dataclass(slots=True)
 class SidecarStats:
     push_latency: LatencyWindow = field(default_factory=LatencyWindow)
     engine: EngineSnapshot = field(default_factory=EngineSnapshot)
     frames_in: int = 0
     messages_out: int = 0
+    positions_coalesced: int = 0  # driver positions a newer one for the same recipient replaced within one drain
     records_in: int = 0  # records drained from the engine
     records_out: int = 0  # records published to the engine
     errors_sent: int = 0

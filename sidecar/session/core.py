@@ -1,0 +1,815 @@
+"""The session core: everything the sidecar decides, with no I/O (websockets' Protocol shape).
+
+Feed it, then drain it. The shells (shell/server.py for the sockets, engine/link.py
+for the rings) call the feed methods and then write what the drain methods return;
+nothing here touches a socket, an event loop or the ring, so tests drive it with
+bytes and typed values only.
+
+Feed (inputs)
+    sessions:  new_session() / open() / disconnected(); pause() / resume() of a
+               session's writing; close() / close_for() a session
+    client:    receive(session, request) a typed message; refuse() an undecodable
+               or invalid one; rate_limited(); too_large()
+    engine:    receive_records(buffer, nbytes) a batch of whole records;
+               engine_attached() / engine_detached(carried) / engine_available(up);
+               not_taken(record, ...) for a record the link could not take
+    time:      tick() (system_stats to subscribed admins), feed_tick() (the dashboard's
+               `fleet` deltas, session/admin_feed.py)
+
+Drain (outputs), each emptied as it is read
+    records_to_send()  records for the engine, in order (`ToEngine`)
+    data_to_send()     (session, frame bytes) pairs, in order per session
+    closes_to_send()   (session, close code, reason): after that session's frames
+
+What it owns: the registry (sessions by conn id and by role + id, the admins), the
+correlations of commands awaiting the engine's answer, the resync state a
+re-attached engine must be told (sessions and their latest status / position /
+nearby records), the admin fan-out by topic (and the fleet model the dashboard
+draws, fed as traffic passes), and the delivery bookkeeping the engine
+leaves to the sidecar (welcome gating, `last_seq` per session, de-duplication).
+
+Vocabulary, one meaning each across Python and C++:
+    publish  put records into a ring for the other process (the engine publishes its
+             outputs to each worker's out ring; the sidecar publishes commands to the
+             in ring). Here: what `records_to_send()` yields, for the link to publish.
+    deliver  route a message to its recipient under the delivery contract: the engine
+             numbers reliable messages per recipient and keeps them (dgdo::Deliveries);
+             the core picks the recipient's session, holds everything until its welcome,
+             and never delivers a seq twice (`_deliver`).
+    send     put one frame on one client's WebSocket: the core queues frames to send
+             (`data_to_send()`), the server shell writes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+from msgspec import Struct
+
+from sidecar.engine import records as R
+from sidecar.engine.records import Result, T, id_str
+from sidecar.session import commands
+from sidecar.session.admin_feed import AdminFeed, RateWindow
+from sidecar.session.limits import MAX_QUEUED, Outbox
+from sidecar.session.session import WIRE_ROLE, Session
+from sidecar.session.stats import EngineSnapshot, LinkGauges, SidecarStats
+from sidecar.wire.codec import Format, Request, encode
+from sidecar.wire.errors import ClientError, ErrorCode
+from sidecar.wire.messages import (
+    AdminSubscribe,
+    DriverLocation,
+    DriverStatus,
+    Nearby,
+    NearbySubscribe,
+    NearbyUnsubscribe,
+    OrderAction,
+    OrderReject,
+    Ping,
+    RideRequest,
+    Role,
+)
+
+log = logging.getLogger("dgdo.session")
+
+# Close codes the core asks for (the server shell adds 1000 for a client's CLOSE and 1001 at shutdown).
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008  # flooding past the rate limit
+CLOSE_TOO_BIG = 1009  # a message over the size or fragment cap
+CLOSE_REPLACED = 4001  # a newer connection with the same role and id took over
+CLOSE_SLOW_READER = 4008  # the client stopped reading: what it missed waits in the engine (?last_seq)
+
+ROLE_OF_WIRE = {R.Role.DRIVER: Role.DRIVER, R.Role.PASSENGER: Role.PASSENGER, R.Role.ADMIN: Role.ADMIN}
+STATUS_NAME = {s: s.name.lower() for s in R.OrderStatus}
+REASON_NAME = {r: r.name.lower() for r in R.Reason}
+RESULT_ERROR = {
+    Result.CONFLICT: (ErrorCode.CONFLICT, "invalid transition for the order's current state"),
+    Result.NOT_FOUND: (ErrorCode.NOT_FOUND, "order_id: no such order"),
+    Result.FORBIDDEN: (ErrorCode.FORBIDDEN, "order_id: not your order"),
+    Result.BAD_MESSAGE: (ErrorCode.BAD_MESSAGE, "refused by the engine"),
+}
+_HEADER = R.HEADER.unpack_from
+_NO_GAUGES = LinkGauges()
+
+
+class ToEngine(Struct, gc=False):
+    """One record for the engine, and who to answer should the link not take it.
+
+    `latest` names a latest-wins stream (a driver's positions): behind a backlog only the
+    newest record per key waits. `corr` != 0: the engine will answer (the link may spin
+    for it). `session` None: nobody to answer (session announcements, resync).
+    """
+
+    type: int
+    body: bytes
+    corr: int = 0
+    latest: object = None
+    session: Session | None = None
+    request_id: str | int | None = None
+
+
+class PendingReply:
+    """A command waiting for the engine's COMMAND_RESULT."""
+
+    __slots__ = ("conflict", "request_id", "session")
+
+    def __init__(self, session: Session, request_id: str | int | None, conflict: str | None = None) -> None:
+        self.session = session
+        self.request_id = request_id
+        self.conflict = conflict
+
+
+class SessionCore:
+    """Args:
+    worker: this sidecar worker's id (stamped on every record).
+    stats: the counters to keep (the shells read them for /metrics and the status line).
+    max_queued: messages a paused session may owe before it is closed with 4008.
+    gauges: reads the engine link's gauges for `system_stats` (a pure read, no I/O).
+    wall_ns, mono_ns: the clocks (CLOCK_REALTIME for `ts` and push latency, CLOCK_MONOTONIC
+        for records' receive stamps and rates); tests pass their own.
+    """
+
+    def __init__(self, worker: int, stats: SidecarStats | None = None, *, max_queued: int = MAX_QUEUED,
+                 gauges: Callable[[], LinkGauges] = lambda: _NO_GAUGES,
+                 wall_ns: Callable[[], int] = time.time_ns, mono_ns: Callable[[], int] = time.monotonic_ns) -> None:
+        self.worker = worker
+        self.stats = stats if stats is not None else SidecarStats()
+        self.max_queued = max_queued
+        self.gauges = gauges
+        self.wall_ns = wall_ns
+        self.mono_ns = mono_ns
+        # registry
+        self._next_conn = 0
+        self.by_conn: dict[int, Session] = {}
+        self.by_wire: dict[int, dict[bytes, Session]] = {r: {} for r in WIRE_ROLE.values()}  # role -> padded id
+        self.admins: set[Session] = set()
+        # engine
+        self.attached = False
+        self.available = False  # attached and beating
+        self.pending: dict[int, PendingReply] = {}
+        self._corr = 0
+        # outputs
+        self._records: list[ToEngine] = []
+        self._frames: list[tuple[Session, bytes] | None] = []
+        self._holes = 0  # frames replaced by a newer position in the same drain
+        self._closes: list[tuple[Session, int, str]] = []
+        # per drain of engine records
+        self._position_at: dict[tuple[int, bytes, int], tuple[int, int]] = {}
+        self._commits: list[int] = []  # commit stamps of what this drain delivered: push latency at its end
+        # the dashboard's model of the fleet (`fleet` topic), fed as traffic passes
+        self.feed = AdminFeed()
+        self._rates = RateWindow()
+        self._fleet_behind: set[int] = set()  # admins (conn ids) that missed a delta: a full snapshot is owed
+        self._by_message: dict[type, Callable[[Session, Any, str | int | None], None]] = {
+            DriverLocation: self._driver_location,
+            DriverStatus: self._driver_status,
+            RideRequest: self._ride_request,
+            **dict.fromkeys(commands.COMMANDS, self._order_action),
+            NearbySubscribe: self._nearby,
+            NearbyUnsubscribe: self._nearby,
+            AdminSubscribe: self._admin_subscribe,
+            Ping: self._ping,
+        }
+        self._by_record: dict[int, Callable[[Any, int, int], None]] = {
+            T.OUT_COMMAND_RESULT: self._command_result,
+            T.OUT_ORDER_UPDATE: self._order_update,
+            T.OUT_NEW_ORDER: self._new_order,
+            T.OUT_CANCEL_ORDER: self._cancel_order,
+            T.OUT_DRIVER_POSITION: self._driver_position,
+            T.OUT_ESTIMATE_UPDATE: self._estimate_update,
+            T.OUT_NEARBY_DRIVERS: self._nearby_drivers,
+            T.OUT_ENGINE_STATS: self._engine_stats,
+            T.OUT_SESSION_STATE: self._session_state,
+        }
+
+    # ---- drain ---------------------------------------------------------------------------
+
+    def records_to_send(self) -> list[ToEngine]:
+        """Records for the engine since the last call, in order."""
+        out, self._records = self._records, []
+        return out
+
+    def data_to_send(self) -> list[tuple[Session, bytes]]:
+        """Frames to send since the last call: in order for each session (a binary frame when `session.binary`)."""
+        out, self._frames = self._frames, []
+        if self._holes:
+            self._holes = 0
+            return [f for f in out if f is not None]
+        return out  # type: ignore[return-value]
+
+    def closes_to_send(self) -> list[tuple[Session, int, str]]:
+        """Sessions to close (code, reason), each after its frames of the same drain."""
+        out, self._closes = self._closes, []
+        return out
+
+    # ---- registry ------------------------------------------------------------------------
+
+    def new_session(self, role: Role, app_id: str, fmt: Format, last_seq: int | None = None) -> Session:
+        """A session for an accepted upgrade; registered by open() once the socket is up."""
+        self._next_conn += 1
+        return Session(self._next_conn, role, app_id, fmt, self.worker, last_seq)
+
+    def open(self, session: Session) -> None:
+        """Registers the session and opens it with the engine.
+
+        An older session with the same role and id is closed (4001). The welcome goes out when
+        the engine answers (SESSION_STATE), followed by what the app missed since its `?last_seq`
+        or a snapshot. With no engine attached the session waits without a welcome: it is
+        announced when one attaches (engine_attached()).
+        """
+        ids = self.by_wire[session.wire_role]
+        old = ids.get(session.wire_id)
+        if old is not None and old is not session:
+            self._unregister(old)
+            self.close(old, CLOSE_REPLACED, "replaced by a newer connection")
+            self.admin_log("info", f"{old.role.value} {old.app_id} reconnected; the older connection closed 4001")
+        self.by_conn[session.conn_id] = session
+        ids[session.wire_id] = session
+        if session.role is Role.ADMIN:
+            self.admins.add(session)
+        self.stats.connections = len(self.by_conn)
+        if self.attached:
+            self._records.append(ToEngine(T.IN_SESSION_OPEN, R.session(session.origin, self.mono_ns(),
+                                                                       session.last_seq)))
+
+    def disconnected(self, session: Session) -> None:
+        """The session's socket is closed: forget it, and tell the engine."""
+        session.gone = True
+        if session.paused:
+            self.stats.paused -= 1
+            session.paused = False
+        if self._unregister(session):
+            self.stats.connections = len(self.by_conn)
+            if self.attached:
+                self._records.append(ToEngine(T.IN_SESSION_CLOSE, R.session(session.origin, self.mono_ns())))
+            if session.role is Role.DRIVER:
+                self.feed.driver_gone(session.app_id)
+                self.to_admins("drivers", {"type": "driver_status", "driver_id": session.app_id,
+                                           "status": "disconnected", "ts": self._now_ms()})
+
+    def _unregister(self, session: Session) -> bool:
+        if self.by_conn.pop(session.conn_id, None) is None:
+            return False
+        ids = self.by_wire[session.wire_role]
+        if ids.get(session.wire_id) is session:
+            del ids[session.wire_id]
+        self.admins.discard(session)
+        return True
+
+    def find(self, role: Role, app_id: str) -> Session | None:
+        return self.by_wire[WIRE_ROLE[role]].get(app_id.encode("ascii").ljust(R.ID_SIZE, b"\0"))
+
+    def sessions(self) -> list[Session]:
+        return list(self.by_conn.values())
+
+    def __len__(self) -> int:
+        return len(self.by_conn)
+
+    # ---- sending and closing ----------------------------------------------------------
+
+    def _send(self, session: Session, message: dict[str, Any]) -> bool:
+        """Queues one message for a session (in its outbox while paused); False when it takes nothing more."""
+        if session.closing or session.gone:
+            return False
+        if session.paused:
+            assert session.outbox is not None
+            if not session.outbox.put(message):
+                self.close_for(session, CLOSE_SLOW_READER, "slow reader: too much owed")
+                return False
+            return True
+        self._frames.append((session, encode(message, session.fmt)))
+        return True
+
+    def _broadcast(self, sessions: Iterable[Session], message: dict[str, Any]) -> int:
+        """Sends one message to many sessions, encoded once per format; returns how many took it."""
+        encoded: dict[Format, bytes] = {}
+        frames = self._frames
+        n = 0
+        for s in sessions:
+            if s.closing or s.gone:
+                continue
+            if s.paused:
+                n += self._send(s, message)
+                continue
+            data = encoded.get(s.fmt)
+            if data is None:
+                data = encoded[s.fmt] = encode(message, s.fmt)
+            frames.append((s, data))
+            n += 1
+        return n
+
+    def close(self, session: Session, code: int, reason: str) -> None:
+        """Closes a session: nothing more is sent to it; the shell sends the CLOSE after its frames."""
+        if session.closing or session.gone:
+            return
+        session.closing = True
+        if session.outbox is not None:
+            session.outbox.pending.clear()  # reliable ones stay in the engine's history; the rest is stale
+        self._closes.append((session, code, reason))
+
+    def close_for(self, session: Session, code: int, why: str) -> None:
+        """Closes a session for misbehaving, counted and logged to admins."""
+        if session.closing or session.gone:
+            return
+        if code == CLOSE_SLOW_READER:
+            self.stats.slow_reader_closes += 1
+        elif code == CLOSE_POLICY:
+            self.stats.abuse_closes += 1
+        elif code == CLOSE_TOO_BIG:
+            self.stats.too_large_closes += 1
+        self.close(session, code, why)
+        self.admin_log("warning", f"closed {session.role.value} {session.app_id} with {code}: {why}")
+
+    def pause(self, session: Session) -> None:
+        """The session's write buffer went above its high-water mark: queue, do not send."""
+        if session.paused or session.closing or session.gone:
+            return
+        session.paused = True
+        self.stats.paused += 1
+        if session.outbox is None:
+            session.outbox = Outbox(self.max_queued)
+
+    def resume(self, session: Session) -> None:
+        """The write buffer drained below its low-water mark: what is owed goes out, oldest first."""
+        if not session.paused:
+            return
+        session.paused = False
+        self.stats.paused -= 1
+        box = session.outbox
+        if box is not None:
+            for message in box.drain():
+                if not self._send(session, message):
+                    break
+
+    # ---- client input -------------------------------------------------------------------
+
+    def receive(self, session: Session, request: Request) -> None:
+        """One decoded, validated, admitted client message."""
+        if session.closing or session.gone:
+            return
+        self._by_message[type(request.message)](session, request.message, request.request_id)
+
+    def refuse(self, session: Session, err: ClientError) -> None:
+        """A message the codec refused: answered with an `error`, the connection stays."""
+        self.error(session, err.code, err.message, err.request_id)
+
+    def rate_limited(self, session: Session, request_id: str | int | None) -> None:
+        self.stats.rate_limited += 1
+        self.error(session, ErrorCode.RATE_LIMITED, "too many messages; slow down", request_id)
+
+    def too_large(self, session: Session, why: str) -> None:
+        """A message over the size or fragment cap: say why in the negotiated format, then close 1009."""
+        self.error(session, ErrorCode.TOO_LARGE, why)
+        self.close_for(session, CLOSE_TOO_BIG, "message too big")
+
+    def error(self, session: Session, code: ErrorCode, message: str, request_id: str | int | None = None) -> None:
+        out: dict[str, Any] = {"type": "error", "code": code.value, "message": message, "ts": self._now_ms()}
+        if request_id is not None:
+            out["id"] = request_id
+        self.stats.errors_sent += 1
+        self._send(session, out)
+
+    def _expect_reply(self, session: Session, request_id: str | int | None, conflict: str | None = None) -> int:
+        """A correlation id for a command whose outcome the engine will report."""
+        self._corr += 1
+        self.pending[self._corr] = PendingReply(session, request_id, conflict)
+        return self._corr
+
+    def _publish(self, session: Session, request_id: str | int | None, type_: int, body: bytes, corr: int,
+                 latest: object = None) -> bool:
+        """Queues a command for the engine, or refuses it at once: an app must not wait on a silent engine."""
+        if not self.available:
+            self.pending.pop(corr, None)
+            self.error(session, ErrorCode.ENGINE_UNAVAILABLE,
+                       "engine not responding" if self.attached else "engine not attached", request_id)
+            return False
+        self._records.append(ToEngine(type_, body, corr, latest if not corr else None, session, request_id))
+        self.stats.records_out += 1
+        return True
+
+    def not_taken(self, record: ToEngine, code: ErrorCode, message: str) -> None:
+        """The link refused a record (engine gone, ring full too long): its command is answered with an error."""
+        self.stats.records_out -= 1
+        if record.session is None:
+            return  # an announcement: made again at the next attach
+        self.pending.pop(record.corr, None)
+        self.error(record.session, code, message, record.request_id)
+
+    def _driver_location(self, session: Session, m: DriverLocation, rid: str | int | None) -> None:
+        corr = self._expect_reply(session, rid) if rid is not None else 0
+        body = R.driver_location(session.origin, self.mono_ns(), corr,
+                                 m.lat, m.lon, m.heading, m.speed_kmh, m.accuracy_m)
+        session.resync[T.IN_DRIVER_LOCATION] = body
+        if self._publish(session, rid, T.IN_DRIVER_LOCATION, body, corr, latest=session.app_id):
+            self.feed.position(session.app_id, m)
+
+    def _driver_status(self, session: Session, m: DriverStatus, rid: str | int | None) -> None:
+        corr = self._expect_reply(session, rid) if rid is not None else 0
+        body = R.driver_status(session.origin, self.mono_ns(), corr, m.online)
+        session.resync[T.IN_DRIVER_STATUS] = body
+        if self._publish(session, rid, T.IN_DRIVER_STATUS, body, corr):
+            self.feed.driver_status(session.app_id, m.online)
+            self.to_admins("drivers", {"type": "driver_status", "driver_id": session.app_id,
+                                       "status": "online" if m.online else "offline", "ts": self._now_ms()})
+
+    def _ride_request(self, session: Session, m: RideRequest, rid: str | int | None) -> None:
+        corr = self._expect_reply(session, rid, commands.RIDE_ID_CONFLICT)
+        pickup, dropoff = (m.pickup.lat, m.pickup.lon), (m.dropoff.lat, m.dropoff.lon)
+        body = R.ride_request(session.origin, self.mono_ns(), corr, commands.idempotency_key(session.app_id, rid),
+                              pickup, dropoff)
+        if self._publish(session, rid, T.IN_RIDE_REQUEST, body, corr):
+            self.feed.ride_requested(corr, session.app_id, pickup, dropoff)
+
+    def _order_action(self, session: Session, m: OrderAction, rid: str | int | None) -> None:
+        corr = self._expect_reply(session, rid)
+        body = commands.order_command(session.origin, self.mono_ns(), corr, m)
+        if self._publish(session, rid, T.IN_ORDER_COMMAND, body, corr) and isinstance(m, OrderReject):
+            self.feed.offer_ended(session.app_id, m.order_id)  # the engine answers a reject with its ack only
+
+    def _nearby(self, session: Session, m: Nearby, rid: str | int | None) -> None:
+        corr = self._expect_reply(session, rid) if rid is not None else 0
+        body = R.nearby(session.origin, self.mono_ns(), corr, m.lat if m.subscribe else 0.0,
+                        m.lon if m.subscribe else 0.0, m.radius_m, m.subscribe)
+        session.resync[T.IN_NEARBY] = body
+        self._publish(session, rid, T.IN_NEARBY, body, corr)
+
+    def _admin_subscribe(self, session: Session, m: AdminSubscribe, rid: str | int | None) -> None:
+        session.topics = m.topics
+        if rid is not None:
+            self._send(session, {"type": "ack", "id": rid, "topics": sorted(m.topics), "ts": self._now_ms()})
+        if "system_stats" in m.topics:
+            self._send(session, self.system_stats())  # a dashboard shows numbers at once, not a second later
+        if "fleet" in m.topics:
+            self._send(session, self.feed.snapshot(self._now_ms()))  # the whole map at once; deltas follow
+
+    def _ping(self, session: Session, m: Ping, rid: str | int | None) -> None:
+        out: dict[str, Any] = {"type": "pong", "ts": self._now_ms()}
+        if rid is not None:
+            out["id"] = rid
+        self._send(session, out)
+
+    # ---- engine state ---------------------------------------------------------------------
+
+    def engine_attached(self) -> None:
+        """An engine (maybe a restarted one) attached: tell it who is connected here and how far each got.
+
+        It replays what it committed but never delivered here (or sends a snapshot). Those already
+        welcomed get no second welcome; those still waiting get theirs now. Each session's latest
+        status, position and nearby subscription follow its announcement.
+        """
+        self.attached = self.available = True
+        self.admin_log("info", "engine attached")
+        now = self.mono_ns()
+        records = self._records
+        for s in self.sessions():
+            records.append(ToEngine(T.IN_SESSION_OPEN, R.session(s.origin, now, s.last_seq)))
+            for type_, body in s.resync.items():
+                records.append(ToEngine(type_, body))
+
+    def engine_detached(self, carried: Collection[int] = ()) -> None:
+        """The engine went away: the commands in flight are answered `engine_unavailable`.
+
+        Args:
+            carried: correlation ids of commands the dead engine never consumed, which the link
+                publishes to the next engine first: they stay pending, and are answered by it.
+        """
+        self.attached = self.available = False
+        self.admin_log("error", "engine detached")
+        failed = [p for c, p in self.pending.items() if c not in carried]
+        self.pending = {c: p for c, p in self.pending.items() if c in carried}
+        ts = self._now_ms()
+        for p in failed:
+            out: dict[str, Any] = {"type": "error", "code": ErrorCode.ENGINE_UNAVAILABLE.value,
+                                   "message": "engine restarted; retry the command", "ts": ts}
+            if p.request_id is not None:
+                out["id"] = p.request_id
+            self._send(p.session, out)
+
+    def engine_available(self, up: bool, timeout_s: float = 0.0) -> None:
+        """The attached engine fell silent (`up` False) or beats again.
+
+        While silent, commands are refused at once; those already in the ring wait for it and are
+        answered when it beats again, or failed as on any engine death if it never does.
+        """
+        if not self.attached:
+            return
+        self.available = up
+        if up:
+            self.admin_log("info", "engine beats again: available")
+        else:
+            self.admin_log("error", f"engine silent for over {timeout_s:g} s: "
+                                    "unavailable, commands refused until it beats again")
+
+    # ---- engine records ---------------------------------------------------------------------
+
+    def receive_records(self, buffer: Any, nbytes: int) -> None:
+        """Routes one batch of whole records (`records.HEADER` + body each, 8-aligned) to their recipients.
+
+        Read in place: no object per record. Within one batch a driver position replaces an
+        earlier one for the same recipient, driver and order that is still waiting to be sent
+        (latest-wins), and moves behind whatever reliable message came in between.
+        """
+        by_record = self._by_record
+        off = count = 0
+        while off + 8 <= nbytes:
+            length, type_ = _HEADER(buffer, off)
+            if length < 8:
+                log.error("! malformed record batch (length %d at %d): rest dropped", length, off)
+                break
+            count += 1
+            h = by_record.get(type_)
+            if h is None:
+                log.warning("! unknown record type %d from the engine", type_)
+            else:
+                try:
+                    h(buffer, off + 8, length - 8)
+                except Exception:  # one bad record must not stop the stream
+                    log.exception("! failed to route record type %d", type_)
+            off += (length + 7) & ~7
+        self.stats.records_in += count
+        self._position_at.clear()
+        commits = self._commits
+        if commits:
+            self.stats.push_latency.add_since(self.wall_ns(), commits)
+            commits.clear()
+
+    def _recipient(self, to_conn: int, role_w: int, to_id: bytes) -> Session | None:
+        """The live session a record is for: by `to_conn` when set (and only if it is still that
+        role and id: conn ids are per sidecar process), else by role + id."""
+        if to_conn:
+            s = self.by_conn.get(to_conn)
+            if s is None or s.wire_role != role_w or s.wire_id != to_id:
+                return None
+            return s
+        ids = self.by_wire.get(role_w)
+        return None if ids is None else ids.get(to_id)
+
+    def _deliver(self, session: Session | None, message: dict[str, Any], commit_real_ns: int, seq: int = 0) -> int:
+        """Delivers one message to its recipient's session: nothing before the welcome, no seq twice.
+
+        Returns the index of its frame in this drain's output, or -1 when none was queued.
+        """
+        if session is None or not session.welcomed:
+            return -1
+        if seq:
+            if session.last_seq is not None and seq <= session.last_seq:
+                return -1  # delivered already
+            session.last_seq = seq
+            message["seq"] = seq
+        if not self._send(session, message):
+            return -1
+        self.stats.messages_out += 1
+        self._commits.append(commit_real_ns)
+        return len(self._frames) - 1 if not session.paused else -1
+
+    def welcome(self, session: Session, seq: int, resumed: bool, ts: int) -> None:
+        """Sends the welcome (once per session) and starts delivering to it.
+
+        After a resumed welcome the replay follows, numbered from the app's own last_seq; after
+        a snapshot, fresh messages above `seq`. A second SESSION_STATE for the same session
+        (re-announced to a (re)attached engine) sends no welcome.
+        """
+        if session.welcomed:
+            if not resumed:  # a snapshot follows: numbered above seq
+                session.last_seq = max(session.last_seq or 0, seq)
+            return
+        session.welcomed = True
+        if not resumed or session.last_seq is None:
+            session.last_seq = seq
+        self._send(session, {"type": "welcome", "role": session.role.value, "id": session.app_id,
+                             "resumed": resumed, "seq": seq, "ts": ts})  # a handshake: not in messages_out
+
+    def _session_state(self, buf: Any, off: int, size: int) -> None:
+        (_m, real, to_conn, _w, role, to_id, seq, resumed) = R.OUT_SESSION.unpack_from(buf, off)
+        session = self._recipient(to_conn, role, to_id) if to_conn else None
+        if session is not None:
+            self.welcome(session, seq, bool(resumed), real // 1_000_000)
+
+    def _command_result(self, buf: Any, off: int, size: int) -> None:
+        (_m, real, _to_conn, _w, _r, _id, corr, order_id, status) = R.OUT_COMMAND_RESULT.unpack_from(buf, off)
+        p = self.pending.pop(corr, None)
+        if p is None:
+            return
+        ts = real // 1_000_000
+        self.feed.request_answered(corr, order_id if status == Result.OK else 0, self.mono_ns() / 1e9, ts)
+        if status == Result.OK:
+            if p.request_id is None:
+                return
+            out: dict[str, Any] = {"type": "ack", "id": p.request_id, "ts": ts}
+            if order_id:
+                out["order_id"] = order_id
+        else:
+            code, message = RESULT_ERROR.get(Result(status), (ErrorCode.BAD_MESSAGE, "refused"))
+            if status == Result.CONFLICT and p.conflict is not None:
+                message = p.conflict
+            out = {"type": "error", "code": code.value, "message": message, "ts": ts}
+            if order_id:
+                out["order_id"] = order_id
+            if p.request_id is not None:
+                out["id"] = p.request_id
+            self.stats.errors_sent += 1
+        if self._send(p.session, out):
+            self.stats.messages_out += 1
+            self._commits.append(real)
+
+    def _order_update(self, buf: Any, off: int, size: int) -> None:
+        (_m, real, to_conn, _w, role, to_id, order_id, status, reason, driver_id, passenger_id, seq) = (
+            R.OUT_ORDER_UPDATE.unpack_from(buf, off)
+        )
+        msg: dict[str, Any] = {"type": "order_update", "order_id": order_id,
+                               "status": STATUS_NAME[R.OrderStatus(status)], "ts": real // 1_000_000}
+        if driver_id[0]:
+            msg["driver_id"] = id_str(driver_id)
+        if role == R.Role.DRIVER:
+            msg["passenger_id"] = id_str(passenger_id)
+        if reason:
+            msg["reason"] = REASON_NAME[R.Reason(reason)]
+        self._deliver(self._recipient(to_conn, role, to_id), msg, real, seq)
+        if not to_conn:  # a change as it happens (not a replay or snapshot to one session)
+            self.feed.order_update(order_id, msg["status"], id_str(passenger_id), msg.get("driver_id", ""),
+                                   self.mono_ns() / 1e9, msg["ts"])
+        if role == R.Role.PASSENGER and not to_conn and self.admins:
+            # Each change reaches the passenger (and the driver, once there is one): admins see it once,
+            # and not again when a replay or snapshot (to one session) repeats it.
+            self._admin_order(msg, id_str(to_id))
+
+    def _admin_order(self, update: dict[str, Any], passenger_id: str) -> None:
+        ts = update["ts"]
+        order = {"order_id": update["order_id"], "status": update["status"], "passenger_id": passenger_id}
+        if "driver_id" in update:
+            order["driver_id"] = update["driver_id"]
+        if "reason" in update:
+            order["reason"] = update["reason"]
+        self.to_admins("active_orders", {"type": "active_orders", **order,
+                                         "active": self.stats.engine.active_orders, "ts": ts})
+        if update["status"] == "accepted":
+            self.to_admins("assignments", {"type": "assignment", "order_id": update["order_id"],
+                                           "driver_id": update.get("driver_id", ""), "passenger_id": passenger_id,
+                                           "ts": ts})
+
+    def _new_order(self, buf: Any, off: int, size: int) -> None:
+        (_m, real, to_conn, _w, role, to_id, order_id, passenger_id,
+         plat, plon, dlat, dlon, distance_m, eta_s, expires_in_s, seq) = R.OUT_NEW_ORDER.unpack_from(buf, off)
+        msg = {
+            "type": "new_order", "order_id": order_id, "passenger_id": id_str(passenger_id),
+            "pickup": {"lat": plat, "lon": plon}, "dropoff": {"lat": dlat, "lon": dlon},
+            "distance_m": round(distance_m, 1), "eta_s": round(eta_s, 1),
+            "expires_in_s": round(expires_in_s, 3), "ts": real // 1_000_000,
+        }
+        self._deliver(self._recipient(to_conn, role, to_id), msg, real, seq)
+        if not to_conn:
+            self.feed.offer(id_str(to_id), order_id, (plat, plon), (dlat, dlon), eta_s, expires_in_s,
+                            self.mono_ns() / 1e9, msg["ts"])
+
+    def _cancel_order(self, buf: Any, off: int, size: int) -> None:
+        (_m, real, to_conn, _w, role, to_id, order_id, reason, seq) = R.OUT_CANCEL_ORDER.unpack_from(buf, off)
+        msg = {"type": "cancel_order", "order_id": order_id, "reason": REASON_NAME[R.Reason(reason)],
+               "ts": real // 1_000_000}
+        self._deliver(self._recipient(to_conn, role, to_id), msg, real, seq)
+        if not to_conn:
+            self.feed.offer_ended(id_str(to_id), order_id)
+
+    def _driver_position(self, buf: Any, off: int, size: int) -> None:
+        (_m, real, to_conn, _w, role, to_id, order_id, driver_id, lat, lon, heading, speed) = (
+            R.OUT_DRIVER_POSITION.unpack_from(buf, off)
+        )
+        session = self._recipient(to_conn, role, to_id)
+        if session is None or not session.welcomed:
+            return
+        msg: dict[str, Any] = {"type": "driver_location", "order_id": order_id, "driver_id": id_str(driver_id),
+                               "lat": lat, "lon": lon, "ts": real // 1_000_000}
+        if heading == heading:  # not NaN
+            msg["heading"] = round(heading, 1)
+        if speed == speed:
+            msg["speed_kmh"] = round(speed, 1)
+        # Latest-wins within the drain: a newer position for the same stream makes the queued one moot.
+        key = (session.conn_id, driver_id, order_id)
+        earlier = self._position_at.get(key)
+        if earlier is not None:
+            frame_at, commit_at = earlier
+            self._frames[frame_at] = None
+            self._holes += 1
+            self._commits[commit_at] = -1
+            self.stats.messages_out -= 1
+            self.stats.positions_coalesced += 1
+            del self._position_at[key]
+        at = self._deliver(session, msg, real)
+        if at >= 0:
+            self._position_at[key] = (at, len(self._commits) - 1)
+
+    def _estimate_update(self, buf: Any, off: int, size: int) -> None:
+        (_m, real, to_conn, _w, role, to_id, order_id, eta_s, distance_m) = R.OUT_ESTIMATE_UPDATE.unpack_from(buf, off)
+        msg = {"type": "estimate_update", "order_id": order_id, "eta_s": round(eta_s, 1),
+               "distance_m": round(distance_m, 1), "ts": real // 1_000_000}
+        self._deliver(self._recipient(to_conn, role, to_id), msg, real)
+        if not to_conn:
+            self.feed.estimate(order_id, eta_s)
+
+    def _nearby_drivers(self, buf: Any, off: int, size: int) -> None:
+        head = R.OUT_NEARBY_HEAD
+        (_m, real, to_conn, _w, role, to_id, count) = head.unpack_from(buf, off)
+        entry = R.NEARBY_ENTRY
+        drivers = []
+        for i in range(min(count, (size - head.size) // entry.size)):
+            did, lat, lon = entry.unpack_from(buf, off + head.size + i * entry.size)
+            drivers.append({"driver_id": id_str(did), "lat": lat, "lon": lon})
+        msg = {"type": "nearby_drivers", "drivers": drivers, "ts": real // 1_000_000}
+        self._deliver(self._recipient(to_conn, role, to_id), msg, real)
+
+    def _engine_stats(self, buf: Any, off: int, size: int) -> None:
+        (_m, _real, _c, _w, _r, _id, online, available, active, created, matched, completed, p99, p50) = (
+            R.OUT_ENGINE_STATS.unpack_from(buf, off)
+        )
+        self.stats.engine = EngineSnapshot(online, available, active, created, matched, completed, p99, p50)
+
+    # ---- admins ------------------------------------------------------------------------------
+
+    def to_admins(self, topic: str, message: dict[str, Any]) -> None:
+        """Sends a monitoring message to the admins subscribed to `topic`."""
+        if self.admins:
+            subscribers = [s for s in self.admins if topic in s.topics]
+            if subscribers:
+                self.stats.messages_out += self._broadcast(subscribers, message)
+
+    def admin_log(self, level: str, text: str) -> None:
+        self.to_admins("log", {"type": "log", "level": level, "message": text, "ts": self._now_ms()})
+
+    def tick(self) -> None:
+        """The admins' clock: `system_stats` to those subscribed (the shell calls this every stats interval)."""
+        if any("system_stats" in s.topics for s in self.admins):
+            self.to_admins("system_stats", self.system_stats())
+
+    def system_stats(self) -> dict[str, Any]:
+        """The `system_stats` admin message: the engine's last ENGINE_STATS plus this worker's gauges."""
+        s, e, g, feed = self.stats, self.stats.engine, self.gauges(), self.feed
+        # Requested, matched and completed are the engine's own counters (every worker's orders);
+        # no_driver is counted from the updates this worker delivers (the engine keeps no such counter).
+        requested, matched, completed, no_driver = self._rates.per_min(
+            self.mono_ns() / 1e9, (e.orders_created, e.orders_matched, e.orders_completed, feed.counts["no_driver"]))
+        p50, p99 = s.push_latency.percentiles(50, 99)
+        by_role = dict.fromkeys((r.value for r in Role), 0)
+        for session in self.by_conn.values():
+            by_role[session.role.value] += 1
+        age = g.heartbeat_age_ns if self.attached else None
+        return {
+            "type": "system_stats",
+            "matching_latency_us": {"p50": round(e.match_p50_ns / 1000, 1), "p99": round(e.match_p99_ns / 1000, 1)},
+            "push_latency_us": {"p50": round(p50 / 1000, 1), "p99": round(p99 / 1000, 1)},
+            "orders_per_min": requested,
+            "order_rates": {"requested": requested, "matched": matched, "completed": completed,
+                            "no_driver": no_driver},
+            "orders": {"created": e.orders_created, "matched": e.orders_matched, "completed": e.orders_completed},
+            "drivers_online": e.drivers_online,
+            "drivers_available": e.drivers_available,
+            "drivers_by_state": feed.driver_counts(),
+            "active_orders": e.active_orders,
+            "live_orders": feed.live_orders(),
+            "connections": len(self.by_conn),
+            "connections_by_role": by_role,
+            "paused_connections": s.paused,
+            "engine_attached": self.attached,
+            "engine_available": self.available,
+            "engine_heartbeat_age_ms": None if age is None else age // 1_000_000,
+            "ring_depths": {"in_bytes": g.in_bytes if self.attached else 0, "in_backlog_bytes": g.backlog_bytes,
+                            "out_bytes": g.out_bytes if self.attached else 0},
+            "ts": self._now_ms(),
+        }
+
+    def feed_tick(self, now: float | None = None, ts_ms: int | None = None) -> None:
+        """One tick of the `fleet` topic: the delta to admins keeping up, a full snapshot to the rest.
+
+        An admin whose socket is paused (its write buffer full) is skipped, not queued: deltas
+        cannot be coalesced, and a tab that cannot keep up must not make the sidecar hold a
+        growing backlog. Once it drains, it gets one full snapshot instead of what it missed.
+        """
+        now = self.mono_ns() / 1e9 if now is None else now
+        ts_ms = self._now_ms() if ts_ms is None else ts_ms
+        feed = self.feed
+        subscribers = [s for s in self.admins if "fleet" in s.topics]
+        delta = feed.tick(now, ts_ms, want=bool(subscribers))
+        behind = self._fleet_behind
+        if not subscribers:
+            behind.clear()
+            return
+        behind.intersection_update(s.conn_id for s in subscribers)
+        if feed.full_due(now):
+            behind.update(s.conn_id for s in subscribers)
+        ready: list[Session] = []
+        owed: list[Session] = []
+        for s in subscribers:
+            if s.paused:
+                behind.add(s.conn_id)
+            elif s.conn_id in behind:
+                owed.append(s)
+                behind.discard(s.conn_id)
+            else:
+                ready.append(s)
+        if owed:
+            self.stats.messages_out += self._broadcast(owed, feed.snapshot(ts_ms))
+        if delta is not None and ready:
+            self.stats.messages_out += self._broadcast(ready, delta)
+
+    def _now_ms(self) -> int:
+        return self.wall_ns() // 1_000_000

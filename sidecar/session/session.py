@@ -1,0 +1,63 @@
+"""One client connection as the session core sees it: who, which format, what was delivered.
+
+A `Session` holds no transport. The shell that owns the socket keeps its handle in
+`io`, which the core never reads; the core names a session in what it yields
+(`(session, frame)`), and the shell writes to `session.io`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sidecar.engine.records import ID_SIZE, Origin
+from sidecar.engine.records import Role as WireRole
+from sidecar.session.limits import Outbox
+from sidecar.wire.codec import MSGPACK, Format
+from sidecar.wire.messages import Role
+
+WIRE_ROLE = {Role.DRIVER: WireRole.DRIVER, Role.PASSENGER: WireRole.PASSENGER, Role.ADMIN: WireRole.ADMIN}
+
+
+class Session:
+    """Identity, format, delivery bookkeeping and flow state of one connection.
+
+    Delivery: `welcomed` turns true when the engine's SESSION_STATE for this session
+    arrives and the welcome is sent; until then nothing else is delivered to it (what
+    the engine committed meanwhile is in the replay or snapshot right behind the
+    SESSION_STATE). `last_seq` is the highest seq delivered (or the welcome's), None
+    before the welcome when the app gave no `?last_seq`.
+
+    Flow: while `paused` (the socket's write buffer is above its high-water mark) the
+    core queues messages in `outbox` (positions coalesced, reliable ones in order).
+    `closing`: a CLOSE is on its way, nothing more is sent. `gone`: the socket is closed.
+
+    Resync: the latest status / position / nearby record per type, what a restarted
+    engine must be told about this session after it is re-announced.
+    """
+
+    __slots__ = ("app_id", "binary", "closing", "conn_id", "fmt", "gone", "io", "last_seq", "origin", "outbox",
+                 "paused", "resync", "role", "topics", "welcomed", "wire_id", "wire_role")
+
+    def __init__(self, conn_id: int, role: Role, app_id: str, fmt: Format, worker: int,
+                 last_seq: int | None = None) -> None:
+        self.conn_id = conn_id
+        self.role = role
+        self.app_id = app_id
+        self.fmt = fmt
+        self.binary = fmt is MSGPACK  # the frame type the shell writes
+        self.last_seq = last_seq
+        self.welcomed = False
+        self.topics: frozenset[str] = frozenset()
+        self.resync: dict[int, bytes] = {}
+        self.wire_role = WIRE_ROLE[role]
+        actor = app_id.encode("ascii")
+        self.wire_id = actor.ljust(ID_SIZE, b"\0")  # as a record's dgdo_id field holds it: the registry's key
+        self.origin = Origin(conn_id, worker, self.wire_role, actor)
+        self.outbox: Outbox | None = None  # made on the first pause: most sessions never pause
+        self.paused = False
+        self.closing = False
+        self.gone = False
+        self.io: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Session {self.conn_id} {self.role.value} {self.app_id}>"

@@ -1,0 +1,558 @@
+"""`dgdo`: run the engine and the sidecar together, or the sidecar alone.
+
+    dgdo run [--host H] [--port P] [--demo N | --no-demo] [--state-dir DIR]
+                                                            engine + sidecar (+ demo)
+    dgdo sidecar --control PATH|@NAME [--host H] [--port P] sidecar for a running engine
+    dgdo token --role R --sub ID [--ttl S] [--secret S]     mint a JWT for an app
+    dgdo engine-path                                        where the engine binary is
+    dgdo replay --state-dir DIR --order ID [--json]          an order's timeline from the journal
+
+Auth is always on: the secret comes from DGDO_JWT_SECRET, else from the systemd credential
+$CREDENTIALS_DIRECTORY/jwt-secret (`LoadCredential=jwt-secret:/etc/dgdo/jwt-secret`, which keeps
+it out of the environment). `dgdo run` without one makes up a secret for the run, prints it once
+and hands it to the demo; `dgdo sidecar` refuses to start without one unless told --insecure-no-auth.
+
+Under systemd (`Type=notify`, see systemd/) both commands tell it when they serve, their status
+line, and ping its watchdog from the event loop (sidecar/shell/sd_notify.py).
+
+Every bad flag or environment problem ends the command with one line on stderr and exit status
+2 (usage) or 1 (environment), never a traceback or a usage dump.
+
+`dgdo run` leaves nothing behind, whatever kills it: the engine's control socket is an abstract
+name (no file), its rings are memfds (nothing in /dev/shm), and the engine and the demo end with
+`dgdo run` even after a kill -9 (PR_SET_PDEATHSIG, see sidecar/shell/lifetime.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+import uvloop
+
+from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US
+from sidecar.session.limits import MAX_QUEUED, Rate
+from sidecar.shell import lifetime, sd_notify
+from sidecar.shell.server import App, Settings
+from sidecar.wire import auth
+from sidecar.wire.messages import is_valid_id
+
+log = logging.getLogger("dgdo")
+
+CREDENTIAL_SECRET = "jwt-secret"  # the systemd credential's name: $CREDENTIALS_DIRECTORY/jwt-secret
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+REPO_ENGINE = Path(__file__).resolve().parents[2] / "build" / "engine" / "dgdo-engine"
+
+
+def version() -> str:
+    """This package's version (pyproject.toml's, as installed); the engine's --version says the same."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("dgdo")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def engine_path() -> str:
+    """The engine binary: $DGDO_ENGINE, else the repo's build, else beside our Python (a `make install`
+    prefix holds both in bin/), else PATH."""
+    env = os.environ.get("DGDO_ENGINE")
+    if env:
+        if not (os.path.isfile(env) and os.access(env, os.X_OK)):
+            raise SystemExit(f"dgdo: DGDO_ENGINE={env} is not an executable file")
+        return env
+    if REPO_ENGINE.exists():
+        return str(REPO_ENGINE)
+    beside = Path(sys.executable).parent / "dgdo-engine"
+    if os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("dgdo-engine")
+    if found:
+        return found
+    raise SystemExit("dgdo: engine binary not found (build it with `make engine` or set DGDO_ENGINE)")
+
+
+def default_state_dir(port: int) -> Path:
+    """Where `dgdo run` keeps the engine's journal and snapshots unless told: per user and port,
+    so that a restart on the same port recovers the same city."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "dgdo" / f"run-{port}"
+
+
+def engine_supports(engine: str, flag: str) -> bool:
+    """Whether the engine binary knows `flag` (its --help lists it): an older build has no journal."""
+    try:
+        done = subprocess.run([engine, "--help"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return flag.encode() in done.stdout
+
+
+# Engine settings `dgdo run` passes through unchanged: flag -> (type, help). Unset ones keep
+# the engine's defaults (or the values of its --config file).
+ENGINE_FLAGS: dict[str, tuple[type, str]] = {
+    "--config": (str, "engine config file (key = value lines); flags override it"),
+    "--ring-capacity": (int, "bytes per ring, a power of two"),
+    "--offer-timeout-s": (float, "seconds a driver has to accept an offer (15)"),
+    "--radius-m": (float, "first search radius (3000)"),
+    "--wide-radius-m": (float, "widened search radius (7000)"),
+    "--speed-kmh": (float, "average speed for ETAs (22)"),
+    "--detour": (float, "road detour factor over the great circle (1.35)"),
+    "--search-timeout-s": (float, "seconds an order searches before no_driver (60)"),
+    "--exhausted-wait-s": (float, "no untried driver left in range: seconds to wait for one before no_driver (10)"),
+    "--grace-s": (float, "seconds a disconnected driver keeps its offer (10)"),
+    "--pickup-overhead-s": (float, "seconds added to every pickup ETA (30)"),
+    "--cell-m": (float, "spatial grid cell edge in metres (250)"),
+    "--tick-ms": (int, "engine tick period in ms (100)"),
+    "--matching": (str, "greedy | batched"),
+    "--batch-window-s": (float, "batched mode: window collecting requests (2)"),
+    "--batch-candidates": (int, "batched mode: nearest drivers considered per order (8)"),
+    "--batch-max-orders": (int, "batched mode: orders per min-cost solve, more are split (128)"),
+    "--retry-interval-s": (float, "seconds between a waiting order's looks for drivers (1)"),
+    "--retention-s": (float, "seconds finished orders stay queryable (3600)"),
+    "--history-depth": (int, "reliable messages the engine keeps per recipient for resume (256)"),
+    "--spin-us": (int, "µs the engine polls its rings before parking (50)"),
+    "--fsync": (str, "never | interval | batch: when the journal reaches the disk (interval)"),
+    "--fsync-interval-ms": (int, "interval policy: ms between journal syncs (100)"),
+    "--snapshot-every-s": (float, "seconds between engine snapshots (60)"),
+    "--snapshot-keep": (int, "snapshots kept, with their journal: `dgdo replay`'s history (10)"),
+}
+
+
+ENGINE_CHOICES: dict[str, tuple[str, ...]] = {"--matching": ("greedy", "batched"),
+                                              "--fsync": ("never", "interval", "batch")}
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _engine_args(args: argparse.Namespace) -> list[str]:
+    out = []
+    for flag in ENGINE_FLAGS:
+        v = getattr(args, _dest(flag), None)
+        if v is not None:
+            out += [flag, str(v)]
+    return out
+
+
+async def _status_loop(app: App, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        print(f"[dgdo] {app.stats.status_line()}", flush=True)
+
+def dashboard_url(host: str, port: int, secret: str | None, ttl_s: float = auth.DEFAULT_TTL_S) -> str:
+    """The dashboard's address with a fresh admin token in it: one line a person can click.
+
+    A wildcard listen address is not something a browser can open: the link names the loopback.
+    """
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, f"[{host}]" if ":" in host else host)
+    url = f"http://{shown}:{port}/admin"
+    if secret is None:  # auth off
+        return url
+    return f"{url}?token={auth.mint(secret, 'admin', 'dashboard', ttl_s)}"
+
+
+def _systemd_status(app: App, control: str) -> str:
+    if not app.link.attached:
+        return f"waiting for the engine on {control}"
+    state = "" if app.link.available else "engine not responding | "
+    return f"{state}worker {app.worker} port {app.port} | {app.stats.status_line()}"
+
+
+async def _notify_systemd(app: App, notifier: sd_notify.Notifier, control: str) -> None:
+    """Type=notify: the watchdog pings (and status) start at once, from this loop; READY=1 once the
+    worker listens and is attached to the engine, i.e. can serve a ride."""
+    pings = asyncio.get_running_loop().create_task(
+        sd_notify.keep_alive(notifier, lambda: _systemd_status(app, control)))
+    try:
+        await app.link.wait_attached()
+        notifier.send("READY=1", f"STATUS={sd_notify.one_line(_systemd_status(app, control))}")
+        await pings
+    finally:
+        pings.cancel()
+
+
+async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor | None, secret: str | None) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    app = App(control, worker=args.worker, reply_spin_us=args.reply_spin_us, settings=_settings(args, secret))
+    try:
+        await app.start(args.host, args.port)
+    except OSError as e:  # EADDRINUSE, EACCES (a port below 1024), EADDRNOTAVAIL (a host not ours)
+        app.link.close()
+        why = os.strerror(e.errno) if e.errno else str(e)
+        raise SystemExit(f"dgdo: cannot listen on {args.host}:{args.port}: {why}") from None
+    if getattr(args, "dashboard_link", False):
+        print(f"[dgdo] dashboard: {dashboard_url(args.host, app.port, secret)}", flush=True)
+    print(f"[dgdo] sidecar listening on ws://{args.host}:{app.port} (engine control {control})", flush=True)
+    tasks: list[asyncio.Task[None]] = []
+    demo: subprocess.Popen[bytes] | None = None
+    if args.status_interval > 0:
+        tasks.append(loop.create_task(_status_loop(app, args.status_interval)))
+    notifier: sd_notify.Notifier = args.notifier
+    if notifier.enabled:
+        tasks.append(loop.create_task(_notify_systemd(app, notifier, control)))
+    if engine is not None:
+        tasks.append(loop.create_task(engine.watch(stop)))
+    if getattr(args, "demo", 0):
+        await app.link.wait_attached()
+        # From this (the main) thread, with the marker that makes it end with us even after our kill -9.
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "dgdo_apps.demo", "--url", f"ws://{args.host}:{app.port}",
+             "--drivers", str(args.demo)],
+            start_new_session=True, env=lifetime.child_env(),
+        )
+        print(f"[dgdo] demo pid={demo.pid}", flush=True)
+    await stop.wait()
+    print("[dgdo] stopping", flush=True)
+    notifier.send("STOPPING=1", "STATUS=stopping: closing connections")
+    if demo is not None:
+        demo.terminate()  # the loop keeps serving while the demo says goodbye
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(EngineSupervisor.exited(demo), 5)
+        if demo.poll() is None:
+            demo.kill()
+    for t in tasks:
+        t.cancel()
+    await app.stop()
+    return 0
+
+
+class EngineSupervisor:
+    """`dgdo run` owns its engine: starts it, restarts it when it dies, stops it at the end.
+
+    A restarted engine is a new run (new epoch, fresh rings); the sidecar notices the
+    death on its control socket and re-attaches by itself. The engine runs with
+    --die-with-parent: should `dgdo run` be killed (even with -9), the kernel sends it
+    SIGTERM. That signal comes when the *thread* that forked it ends, so every spawn
+    happens on the main thread; only the wait for the ready line goes to a worker thread.
+    """
+
+    MAX_BACKOFF_S = 5.0
+
+    def __init__(self, args: argparse.Namespace, control: str, state_dir: Path | None = None) -> None:
+        state = ["--state-dir", str(state_dir)] if state_dir is not None else []
+        self.cmd = [engine_path(), "--control", control, "--instance", args.instance,
+                    "--die-with-parent", str(os.getpid()), *state, *_engine_args(args)]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        # Its own session: a Ctrl-C at the terminal reaches only us, and we stop the engine
+        # after the sidecar (a SIGINT to the whole group would look like a crash to restart).
+        return subprocess.Popen(self.cmd, stdout=subprocess.PIPE, start_new_session=True)
+
+    def ready(self, proc: subprocess.Popen[bytes]) -> None:
+        """Waits for the engine's ready line. Raises RuntimeError if it fails."""
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode().strip()  # "dgdo-engine ready control=... pid=... epoch=..."
+        if not line.startswith("dgdo-engine ready"):
+            proc.wait(5)
+            raise RuntimeError(f"engine failed to start (status {proc.returncode})")
+        print(f"[dgdo] {line}", flush=True)
+        # The engine logs to stderr; pass on anything else it prints so its pipe never fills.
+        threading.Thread(target=shutil.copyfileobj, args=(proc.stdout, sys.stdout.buffer), daemon=True).start()
+        self.proc = proc
+
+    def start(self) -> None:
+        """Starts the engine and waits for its ready line (main thread). Raises RuntimeError if it fails."""
+        self.ready(self.spawn())
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = 0.2
+        while not stop.is_set():
+            assert self.proc is not None
+            rc = await self.exited(self.proc)
+            if stop.is_set():
+                return
+            log.error("! engine exited with status %s; restarting", rc)
+            while not stop.is_set():
+                try:
+                    proc = self.spawn()  # here, on the loop's (main) thread: see the class doc
+                    await loop.run_in_executor(None, self.ready, proc)
+                    self.restarts += 1
+                    backoff = 0.2
+                    break
+                except (RuntimeError, OSError) as e:
+                    log.error("! %s; retrying in %.1f s", e, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(self.MAX_BACKOFF_S, backoff * 2)
+
+    @staticmethod
+    async def exited(proc: subprocess.Popen[bytes]) -> int:
+        """Awaits the process's exit through a pidfd: no polling, no thread."""
+        loop = asyncio.get_running_loop()
+        fd = os.pidfd_open(proc.pid)
+        exited = loop.create_future()
+        loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+        try:
+            await exited
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+        return proc.wait()
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _settings(args: argparse.Namespace, secret: str | None) -> Settings:
+    return Settings(
+        jwt_secret=None if args.insecure_no_auth else secret,
+        ping_idle_s=args.ping_idle_s, ping_reply_s=min(args.ping_reply_s, args.ping_idle_s),
+        positions_rate=Rate(args.positions_per_s, args.positions_burst),
+        messages_rate=Rate(args.messages_per_s, args.messages_burst),
+        max_paused_s=args.max_paused_s, max_queued=args.max_queued,
+        engine_timeout_s=args.engine_timeout_s,
+    )
+
+
+def read_secret_file(path: Path) -> str:
+    """A secret kept in a file (a systemd credential, /etc/dgdo/jwt-secret): its text without the
+    trailing newline an editor or `echo` leaves. SystemExit, one line, when unreadable or empty."""
+    try:
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"dgdo: cannot read the JWT secret from {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not secret:
+        raise SystemExit(f"dgdo: the JWT secret file {path} is empty")
+    return secret
+
+
+def configured_secret(environ: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
+    """The JWT secret an operator configured: $DGDO_JWT_SECRET, else the systemd credential
+    $CREDENTIALS_DIRECTORY/jwt-secret (LoadCredential=: a file only this service can read, not an
+    environment variable every child and /proc/PID/environ would show), else None."""
+    if environ.get(auth.ENV_SECRET):
+        return environ[auth.ENV_SECRET]
+    creds = environ.get("CREDENTIALS_DIRECTORY")
+    if creds and (Path(creds) / CREDENTIAL_SECRET).exists():
+        return read_secret_file(Path(creds) / CREDENTIAL_SECRET)
+    return None
+
+
+def _ensure_secret(args: argparse.Namespace, make_up: bool) -> str | None:
+    """The secret to verify tokens with (None: auth explicitly off); `dgdo run` makes one up for local runs."""
+    if args.insecure_no_auth:
+        log.warning("! auth is OFF (--insecure-no-auth): anyone can connect as anyone")
+        return None
+    secret = configured_secret()
+    if secret:
+        return secret
+    if not make_up:
+        raise SystemExit(f"dgdo: set {auth.ENV_SECRET} or the systemd credential {CREDENTIAL_SECRET} (the JWT "
+                         "HS256 secret apps' tokens are signed with), or pass --insecure-no-auth for a trusted "
+                         "test network")
+    # Set in our own environment, so the demo (a child process) mints its tokens with it.
+    os.environ[auth.ENV_SECRET] = secret = auth.new_secret()
+    print(f"[dgdo] {auth.ENV_SECRET} not set: this run's secret is {secret}\n"
+          f"[dgdo]   mint a token with: {auth.ENV_SECRET}={secret} dgdo token --role driver --sub d1", flush=True)
+    return secret
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    secret = args.secret or (read_secret_file(args.secret_file) if args.secret_file else configured_secret())
+    if not secret:
+        raise SystemExit(f"dgdo token: set {auth.ENV_SECRET} or pass --secret or --secret-file")
+    if not is_valid_id(args.sub):
+        raise SystemExit("dgdo token: --sub must be 1-36 characters of [A-Za-z0-9_.:-]")
+    print(auth.mint(secret, args.role, args.sub, args.ttl))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    secret = _ensure_secret(args, make_up=True)
+    # An abstract socket name: no file to create or remove, gone with the engine even after kill -9.
+    control = f"@dgdo-{args.instance}-{secrets.token_hex(4)}"
+    engine = engine_path()
+    state_dir = None if args.no_journal else args.state_dir or default_state_dir(args.port)
+    if state_dir is None:
+        print("[dgdo] no journal: an engine restart loses every order (--no-journal)", flush=True)
+    elif engine_supports(engine, "--state-dir"):
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        print(f"[dgdo] state dir {state_dir}", flush=True)
+    else:
+        print(f"[dgdo] state dir {state_dir} not used: this engine build keeps no journal", flush=True)
+        state_dir = None
+    supervisor = EngineSupervisor(args, control, state_dir)
+    try:
+        supervisor.start()
+    except RuntimeError as e:
+        raise SystemExit(f"dgdo: {e}") from None
+    try:
+        return uvloop.run(serve(args, control, supervisor, secret))
+    finally:
+        supervisor.stop()
+        print("[dgdo] stopped", flush=True)
+
+
+def cmd_sidecar(args: argparse.Namespace) -> int:
+    secret = _ensure_secret(args, make_up=False)
+    return uvloop.run(serve(args, args.control, None, secret))
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: a typo gets the reason, not a 25-line usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def int_in(lo: int, hi: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer {lo}-{hi}, not {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{what} must be {lo}-{hi}, not {value}")
+        return value
+    return parse
+
+
+def non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, not {text}")
+    return value
+
+
+def log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOG_LEVELS)}, not {text!r}")
+    return level
+
+
+def _add_server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int_in(0, 65535, "port"), default=8765, help="TCP port (0: any free one)")
+    p.add_argument("--worker", type=int_in(1, 65535, "worker id"), default=1, help="sidecar worker id (1-65535)")
+    p.add_argument("--status-interval", type=non_negative, default=1.0, help="seconds between status lines; 0 = off")
+    p.add_argument("--log-level", type=log_level, default="INFO", help=f"{' | '.join(LOG_LEVELS)} (default INFO)")
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help=f"accept connections without a token (default: JWT HS256 with ${auth.ENV_SECRET})")
+    p.add_argument("--ping-idle-s", type=float, default=30.0, help="ping a client silent for this long")
+    p.add_argument("--ping-reply-s", type=float, default=15.0, help="drop a client whose pong is this late")
+    p.add_argument("--positions-per-s", type=float, default=10.0, help="positions a connection may send, sustained")
+    p.add_argument("--positions-burst", type=float, default=20.0, help="... and in a burst")
+    p.add_argument("--messages-per-s", type=float, default=2000.0, help="messages of any type, sustained")
+    p.add_argument("--messages-burst", type=float, default=2000.0, help="... and in a burst")
+    p.add_argument("--max-paused-s", type=float, default=10.0,
+                   help="close (4008) a client whose write buffer stays full this long")
+    p.add_argument("--max-queued", type=int, default=MAX_QUEUED,
+                   help="messages a paused (not reading) client may owe before it is closed with 4008")
+    p.add_argument("--reply-spin-us", type=float, default=REPLY_SPIN_US,
+                   help="µs to poll for the engine's answer to a command before parking (0 = never spin)")
+    p.add_argument("--engine-timeout-s", type=float, default=ENGINE_TIMEOUT_S,
+                   help="an engine whose heartbeat is older than this is unavailable: /healthz 503, commands "
+                        f"refused with engine_unavailable until it beats again (default {ENGINE_TIMEOUT_S:g})")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Runs the engine's offline replay (`dgdo-engine replay`) with the same arguments."""
+    return replay(args.replay_args)
+
+
+def replay(argv: list[str]) -> int:
+    return subprocess.run([engine_path(), "replay", *argv], check=False).returncode
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="dgdo", description="DG Do dispatch")
+    parser.add_argument("--version", action="version", version=f"dgdo {version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start engine + sidecar (+ demo)")
+    _add_server_args(run)
+    demo = run.add_mutually_exclusive_group()
+    demo.add_argument("--demo", type=int, default=20, metavar="N", help="simulated drivers (default 20)")
+    demo.add_argument("--no-demo", dest="demo", action="store_const", const=0)
+    run.add_argument("--instance", default=f"run{os.getpid()}", help="engine instance name (labels its ring memfds)")
+    run.add_argument("--state-dir", type=Path, default=None,
+                     help="the engine's journal and snapshots (default $XDG_STATE_HOME/dgdo/run-PORT, "
+                          "else ~/.local/state/dgdo/run-PORT)")
+    run.add_argument("--no-journal", action="store_true",
+                     help="run the engine without a journal (benchmarks; nothing survives a restart)")
+    for flag, (type_, help_) in ENGINE_FLAGS.items():
+        # The engine checks every value itself; the choices are caught here too, in our words.
+        choices = ENGINE_CHOICES.get(flag)
+        run.add_argument(flag, dest=_dest(flag), type=type_, help=help_, choices=choices,
+                         metavar=None if choices is None else "|".join(choices))
+    run.set_defaults(func=cmd_run, dashboard_link=True)
+
+    side = sub.add_parser("sidecar", help="run the sidecar for an engine that is already running")
+    _add_server_args(side)
+    side.add_argument("--control", required=True, help="the engine's control socket: a path, or @NAME (abstract)")
+    side.set_defaults(func=cmd_sidecar, demo=0)
+
+    tok = sub.add_parser("token", help=f"mint a JWT for an app (secret from ${auth.ENV_SECRET})")
+    tok.add_argument("--role", required=True, choices=["driver", "passenger", "admin"])
+    tok.add_argument("--sub", required=True, help="the driver's / passenger's id (admins: any name)")
+    tok.add_argument("--ttl", type=float, default=auth.DEFAULT_TTL_S, help="seconds until it expires (default 1 day)")
+    tok.add_argument("--secret", help=f"signing secret (default ${auth.ENV_SECRET})")
+    tok.add_argument("--secret-file", type=Path,
+                     help="read the signing secret from this file (e.g. /etc/dgdo/jwt-secret)")
+    tok.set_defaults(func=cmd_token)
+
+    rep = sub.add_parser(
+        "replay", help="explain an order from the engine's journal: dgdo replay --state-dir DIR --order ID",
+        description="Passes its arguments to `dgdo-engine replay` (see `dgdo replay --help`).", add_help=False)
+    rep.add_argument("replay_args", nargs=argparse.REMAINDER)
+    rep.set_defaults(func=cmd_replay)
+
+    path = sub.add_parser("engine-path", help="print the engine binary's path")
+    path.set_defaults(func=lambda a: print(engine_path()) or 0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    lifetime.die_with_parent_from_env()  # started by `dgdo run`, a test or a bench: end with it
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["replay"]:  # every argument is the engine's (argparse would claim --help and friends)
+        return replay(argv[1:])
+    # Ours, as systemd's main process, before anything could hand them to a child (the engine, the demo).
+    notifier = sd_notify.Notifier.from_env()
+    args = build_parser().parse_args(argv)
+    args.notifier = notifier
+    logging.basicConfig(level=getattr(args, "log_level", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # picows logs every accepted connection at INFO: with a fleet connected that buries the lines
+        # a person reads (the dashboard link, the status line). Still there with --log-level DEBUG.
+        logging.getLogger("picows").setLevel(logging.WARNING)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

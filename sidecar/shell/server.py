@@ -1,0 +1,413 @@
+"""The WebSocket server: picows glue around the session core.
+
+Upgrade -> route and auth -> feed the core -> write what it yields. Nothing
+here decides what to send or to whom (sidecar/session/core.py does); this
+module owns the sockets and the event loop:
+
+* picows calls the listener factory synchronously with the parsed upgrade
+  request: routing, auth and format choice happen there (wire/router.py,
+  wire/auth.py), and each refusal maps to one HTTP status.
+* per connection, `AppListener` feeds data frames to its `Decoder` (wire/codec.py),
+  charges its `RateLimiter` (session/limits.py), hands the typed message to the
+  core, answers CLOSE (picows does not), and relays picows' pause/resume of
+  writing to the core.
+* the engine link (engine/link.py) hands each drained batch of records to the
+  core, and reports attach / detach / liveness.
+* after each feed, the core is drained: records go to the link, frames to their
+  sockets, closes last. An engine batch is written at once (one drain, one batch
+  of writes); client input is drained once per event-loop turn, so a burst of
+  frames read together is answered together.
+
+Close codes this server sends: 1000 (reply to the client's CLOSE), 1001
+(shutdown; a ping not answered in time — picows' auto-ping), 1008 (flooding
+past the rate limit), 1009 (a message over the size or fragment cap, after a
+`too_large` error saying which), 4001 (replaced by a newer connection with the
+same role and id), 4008 (slow reader).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
+
+from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US, EngineLink, EngineUnavailable, Overloaded
+from sidecar.engine.ring import Consumer
+from sidecar.session.admin_feed import FEED_INTERVAL_S
+from sidecar.session.core import CLOSE_POLICY, CLOSE_REPLACED, CLOSE_SLOW_READER, SessionCore
+from sidecar.session.limits import (
+    ABUSE,
+    ABUSE_AFTER,
+    LIMITED,
+    MAX_PAUSED_S,
+    MAX_QUEUED,
+    MESSAGES_RATE,
+    POSITIONS_RATE,
+    Rate,
+    RateLimiter,
+)
+from sidecar.session.session import Session
+from sidecar.session.stats import LinkGauges, SidecarStats
+from sidecar.shell import dashboard, metrics
+from sidecar.wire.auth import ENV_SECRET, Authenticator, AuthError, Unauthenticated, http_status
+from sidecar.wire.codec import Decoder, MessageTooBig
+from sidecar.wire.errors import ClientError, ErrorCode
+from sidecar.wire.messages import DriverLocation, Nearby, Role
+from sidecar.wire.router import ADMIN_PAGE, HttpRoute, RouteError, WsRoute, choose_format, route
+
+__all__ = ["CLOSE_REPLACED", "CLOSE_SLOW_READER", "MAX_FRAME_BYTES", "App", "Settings"]
+
+log = logging.getLogger("dgdo.server")
+
+MAX_FRAME_BYTES = 1024 * 1024  # picows' own per-frame guard; messages are capped lower by the Decoder
+# Per-connection write buffer (bytes in uvloop's buffer, beyond the kernel's socket buffer): a few
+# hundred messages. 50k connections x 64 KiB is only reached if all of them stop reading at once.
+WRITE_HIGH = 64 * 1024
+WRITE_LOW = 16 * 1024
+CLOSE_WAIT_S = 2.0  # how long a CLOSE we sent waits for the client's echo (RFC 6455 §7.1.1)
+CLOSE_GRACE_S = 10.0  # how long a closing connection may take to flush before it is aborted
+_CLOSE_CODES = {c.value: c for c in WSCloseCode}
+_TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
+
+
+class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """picows logs every connection and disconnection at INFO: thousands of lines a minute under
+    real traffic (136 in 25 s of the demo). Here they are DEBUG; warnings and errors stay as they are."""
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.debug(msg, *args, **kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What an operator may tune per worker; the defaults are the production ones."""
+
+    # None turns auth off (only `dgdo sidecar --insecure-no-auth` does that on purpose).
+    jwt_secret: str | None = field(default_factory=lambda: os.environ.get(ENV_SECRET) or None)
+    ping_idle_s: float = 30.0  # no data from the client for this long -> PING
+    ping_reply_s: float = 15.0  # no PONG within this -> close 1001 and drop
+    positions_rate: Rate = POSITIONS_RATE
+    messages_rate: Rate = MESSAGES_RATE
+    abuse_after: int = ABUSE_AFTER
+    write_high: int = WRITE_HIGH
+    write_low: int = WRITE_LOW
+    max_queued: int = MAX_QUEUED
+    max_paused_s: float = MAX_PAUSED_S
+    stats_interval_s: float = 1.0  # system_stats to subscribed admins
+    feed_interval_s: float = FEED_INTERVAL_S  # `fleet` deltas to subscribed admins
+    engine_timeout_s: float = ENGINE_TIMEOUT_S  # heartbeat silence after which the engine is unavailable
+
+
+class App:
+    """One sidecar worker: its session core between the picows server and the engine link."""
+
+    def __init__(self, control_path: str, worker: int = 1, reply_spin_us: float = REPLY_SPIN_US,
+                 settings: Settings | None = None) -> None:
+        self.worker = worker
+        self.settings = settings = settings or Settings()
+        self.auth = Authenticator(settings.jwt_secret)
+        self.stats = SidecarStats()
+        self.core = SessionCore(worker, self.stats, max_queued=settings.max_queued, gauges=self._gauges)
+        self.link = EngineLink(control_path, worker, self._on_records, self._on_engine_state, reply_spin_us,
+                               settings.engine_timeout_s, self._on_engine_available)
+        self.server: asyncio.Server | None = None
+        self._loop = asyncio.get_running_loop()
+        self._flush_due = False
+        self._stats_task: asyncio.Task[None] | None = None
+        self._feed_task: asyncio.Task[None] | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        s = self.settings
+        self.server = await ws_create_server(
+            self.listener_factory, host, port,
+            enable_auto_ping=True, auto_ping_idle_timeout=s.ping_idle_s, auto_ping_reply_timeout=s.ping_reply_s,
+            max_frame_size=MAX_FRAME_BYTES, logger_name=_QuietLog(logging.getLogger("picows.server"), {}),
+        )
+        self.link.start()
+        self._stats_task = self._loop.create_task(self._admin_loop(self.settings.stats_interval_s, self.core.tick))
+        self._feed_task = self._loop.create_task(self._admin_loop(self.settings.feed_interval_s, self.core.feed_tick))
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        for task in (self._stats_task, self._feed_task):
+            if task is not None:
+                task.cancel()
+        for session in self.core.sessions():
+            self.core.close(session, int(WSCloseCode.GOING_AWAY), "server shutting down")
+        self.flush()
+        if self.server is not None:
+            self.server.close()
+        self.link.close()
+
+    # ---- draining the core ---------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Writes everything the core yielded: records to the link, then frames, then closes."""
+        core = self.core
+        records = core.records_to_send()
+        if records:
+            link = self.link
+            for rec in records:
+                try:
+                    if rec.latest is not None:
+                        link.publish_latest(rec.latest, rec.type, rec.body)
+                    else:
+                        link.publish(rec.type, rec.body, reply_due=rec.corr != 0)
+                except EngineUnavailable as e:
+                    core.not_taken(rec, ErrorCode.ENGINE_UNAVAILABLE, str(e))
+                except Overloaded as e:
+                    core.not_taken(rec, ErrorCode.OVERLOADED, str(e))
+        frames = core.data_to_send()
+        for session, data in frames:
+            t: WSTransport | None = session.io
+            if t is not None and not t.is_disconnected:
+                t.send(_BINARY if session.binary else _TEXT, data)
+        closes = core.closes_to_send()
+        for session, code, reason in closes:
+            self._close(session, code, reason)
+        if records:
+            # Written now, in this drain, rather than a loop turn later; the link spins here for
+            # a command's answer, and an answer that comes is drained (nested) before this returns.
+            self.link.flush()
+
+    def _flush_turn(self) -> None:
+        self._flush_due = False
+        self.flush()
+
+    def flush_soon(self) -> None:
+        """Drains the core once at the end of this event-loop turn (client input arrives frame by frame)."""
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon(self._flush_turn)
+
+    def _close(self, session: Session, code: int, reason: str) -> None:
+        t: WSTransport | None = session.io
+        if t is None or t.is_disconnected:
+            return
+        t.send_close(_CLOSE_CODES.get(code, code), reason.encode())  # type: ignore[arg-type]
+        # Not disconnect() now: closing a socket with unread input sends RST, and the client's
+        # kernel then drops our CLOSE frame unread (a flooding client always has input in flight).
+        # The client's CLOSE echo normally ends it (AppListener); these only bound the wait.
+        self._loop.call_later(CLOSE_WAIT_S, t.disconnect)  # graceful: buffered frames, the CLOSE, then FIN
+        self._loop.call_later(CLOSE_GRACE_S, t.disconnect, False)  # a client that never reads: abort
+
+    # ---- engine link callbacks -------------------------------------------------------------
+
+    def _on_records(self, consumer: Consumer, nbytes: int) -> None:
+        self.core.receive_records(consumer.buffer, nbytes)
+        self.flush()
+
+    def records(self, buffer: Any, nbytes: int) -> None:
+        """Feeds a batch of records from another transport (the latency bench's alternative feeds)."""
+        self.core.receive_records(buffer, nbytes)
+        self.flush()
+
+    def _on_engine_state(self, up: bool) -> None:
+        if up:
+            self.core.engine_attached()
+        else:
+            self.core.engine_detached(carried=self.link.salvaged_corrs)
+        self.flush()
+
+    def _on_engine_available(self, up: bool) -> None:
+        self.core.engine_available(up, self.settings.engine_timeout_s)
+        self.flush()
+
+    def _gauges(self) -> LinkGauges:
+        link = self.link
+        producer, consumer = link.producer, link.consumer
+        return LinkGauges(link.heartbeat_age_ns, producer.depth() if producer is not None and link.attached else 0,
+                          link.backlog, consumer.depth() if consumer is not None and link.attached else 0)
+
+    # ---- handshake ------------------------------------------------------------------------
+
+    def listener_factory(self, request: WSUpgradeRequest) -> Any:
+        try:
+            r = route(request.method, request.path)
+            if isinstance(r, HttpRoute):
+                return self._http_page(r, request.headers.get("Authorization"))
+            # The admin path carries no id: any admin token opens it, and its sub names the session.
+            fmt, subprotocol = choose_format(request.headers.get("Sec-WebSocket-Protocol"), r.query)
+            claims = self.auth.authenticate(r.role, None if r.role is Role.ADMIN else r.app_id, r.query,
+                                            request.headers.get("Authorization"))
+        except RouteError as e:
+            return _http(e.status, e.message)
+        except AuthError as e:
+            self.stats.auth_refused += 1
+            # RFC 6750 §3: a 401 names the scheme the client should retry with.
+            extra = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if isinstance(e, Unauthenticated) else None
+            return _http(http_status(e), e.message, extra_headers=extra)
+        if claims is not None and r.role is Role.ADMIN:
+            r = replace(r, app_id=claims.sub)
+        session = self.core.new_session(r.role, r.app_id, fmt, r.last_seq)
+        headers = {"Sec-WebSocket-Protocol": subprotocol} if subprotocol else None
+        return WSUpgradeResponseWithListener(
+            WSUpgradeResponse.create_101_response(extra_headers=headers), AppListener(self, session, r)
+        )
+
+    def _http_page(self, r: HttpRoute, authorization: str | None = None) -> Any:
+        if r.path == "/healthz":
+            if self.link.available:
+                return _http(200, "ok")
+            return _http(503, "engine not responding" if self.link.attached else "engine unavailable")
+        if r.path == "/metrics":
+            return _http(200, self.metrics_text(), metrics.CONTENT_TYPE_LATEST)
+        if r.path == dashboard.WHOAMI:
+            status, body = dashboard.whoami(self.auth, r.query, authorization)
+            if status == 401:
+                self.stats.auth_refused += 1
+            return _http(status, body, dashboard.JSON_TYPE, dashboard.NO_STORE)
+        if r.path.startswith(ADMIN_PAGE):
+            page = dashboard.asset(r.path)
+            if page is not None:
+                return _http(200, page.body, page.content_type, page.headers)
+        return _http(404, "no such page")
+
+    def metrics_text(self) -> str:
+        return metrics.render(self).decode()
+
+    # ---- admin ---------------------------------------------------------------------------------
+
+    def system_stats(self) -> dict[str, Any]:
+        return self.core.system_stats()
+
+    def flush_feed(self) -> None:
+        """One tick of the dashboard's `fleet` topic, written at once."""
+        self.core.feed_tick()
+        self.flush()
+
+    async def _admin_loop(self, interval_s: float, tick: Any) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                tick()
+                self.flush()
+            except Exception:  # a bad tick must not end the stream
+                log.exception("! admin tick %s failed", getattr(tick, "__name__", tick))
+
+    # ---- connection lifecycle ----------------------------------------------------------------
+
+    def connected(self, session: Session, r: WsRoute) -> None:
+        """The socket is up: the core registers the session and opens it with the engine."""
+        self.core.open(session)
+        self.flush_soon()
+
+    def disconnected(self, session: Session) -> None:
+        self.core.disconnected(session)
+        self.flush_soon()
+
+
+def _http(status: int, body: str, content_type: str = "text/plain; charset=utf-8",
+          extra_headers: dict[str, str] | None = None) -> WSUpgradeResponseWithListener:
+    headers = {"Content-Type": content_type, **(extra_headers or {})}
+    if status >= 400:
+        resp = WSUpgradeResponse.create_error_response(status, body.encode(), headers)
+    else:
+        resp = WSUpgradeResponse.create_ok_response(body.encode(), headers)
+    return WSUpgradeResponseWithListener(resp, None)
+
+
+class AppListener(WSListener):
+    """One connection's picows callbacks: frames in (decode, admit, feed the core), flow control, close."""
+
+    def __init__(self, app: App, session: Session, r: WsRoute) -> None:
+        self.app = app
+        self.core = app.core
+        self.session = session
+        self.route = r
+        self.decoder = Decoder(session.role, session.app_id)
+        s = app.settings
+        self.limiter = RateLimiter(time.monotonic(), s.positions_rate, s.messages_rate, s.abuse_after)
+        self._paused_timer: asyncio.TimerHandle | None = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        s = self.app.settings
+        transport.underlying_transport.set_write_buffer_limits(high=s.write_high, low=s.write_low)
+        self.session.io = transport
+        self.app.connected(self.session, self.route)
+
+    # picows forwards asyncio's flow-control callbacks of the underlying transport here.
+    def pause_writing(self) -> None:
+        session = self.session
+        if session.paused or session.closing:
+            return
+        self.core.pause(session)
+        self._paused_timer = asyncio.get_running_loop().call_later(self.app.settings.max_paused_s, self._still_paused)
+
+    def resume_writing(self) -> None:
+        if self._paused_timer is not None:
+            self._paused_timer.cancel()
+            self._paused_timer = None
+        if self.session.paused:
+            self.core.resume(self.session)
+            self.app.flush()
+
+    def _still_paused(self) -> None:
+        self._paused_timer = None
+        if self.session.paused:
+            self.core.close_for(self.session, CLOSE_SLOW_READER, "slow reader: not reading")
+            self.app.flush()
+
+    def _admit(self, position: bool, request_id: str | int | None) -> bool:
+        verdict = self.limiter.check(time.monotonic(), position, self.decoder.last_frames)
+        if verdict is LIMITED:
+            self.core.rate_limited(self.session, request_id)
+            return False
+        if verdict is ABUSE:
+            self.core.close_for(self.session, CLOSE_POLICY, "rate limit exceeded persistently")
+            return False
+        return True
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        t = frame.msg_type
+        if t is WSMsgType.TEXT or t is WSMsgType.BINARY or t is WSMsgType.CONTINUATION:
+            session = self.session
+            if session.closing:
+                return
+            self.app.stats.frames_in += 1
+            binary = None if t is WSMsgType.CONTINUATION else t is WSMsgType.BINARY
+            try:
+                req = self.decoder.feed(binary, frame.fin, frame.get_payload_as_bytes())
+            except MessageTooBig as e:
+                self.core.too_large(session, str(e))
+            except ClientError as e:
+                # Undecodable messages cost tokens too: a garbage flood is still a flood.
+                if self._admit(False, e.request_id):
+                    self.core.refuse(session, e)
+            else:
+                if req is not None:
+                    m = req.message
+                    if self._admit(isinstance(m, DriverLocation | Nearby), req.request_id):
+                        self.core.receive(session, req)
+            self.app.flush_soon()
+        elif t is WSMsgType.CLOSE:
+            # picows leaves the reply to us (RFC 6455 §5.5.1): echo the code, then hang up.
+            if not transport.is_close_frame_sent:  # we may have closed first: then this is the echo
+                code = frame.get_close_code()
+                transport.send_close(code if code is not WSCloseCode.NO_INFO else WSCloseCode.OK)
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self._paused_timer is not None:
+            self._paused_timer.cancel()
+            self._paused_timer = None
+        self.app.disconnected(self.session)

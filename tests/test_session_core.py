@@ -1,0 +1,483 @@
+"""The session core, driven with bytes and typed values only: no socket, no event loop, no ring.
+
+Engine records go in as the bytes a ring drain yields; client messages as the codec's typed
+values; what comes out is checked as the frames (decoded by the independent `msgpack`/`json`
+readers), records and closes a shell would write. End to end, with the real engine and
+sidecar: test_resume.py, test_e2e_*.py, test_engine_death.py, test_admin.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+import msgpack
+
+from sidecar.engine import records as R
+from sidecar.session.core import (
+    CLOSE_REPLACED,
+    CLOSE_SLOW_READER,
+    CLOSE_TOO_BIG,
+    SessionCore,
+    ToEngine,
+)
+from sidecar.session.session import Session
+from sidecar.session.stats import LinkGauges
+from sidecar.wire.codec import JSON, MSGPACK, Decoder, Format, Request
+from sidecar.wire.errors import BadMessage, ErrorCode
+from sidecar.wire.messages import Role
+
+WALL_NS = 1_700_000_000_123_000_000
+
+
+def make_core(attached: bool = True, **kw: Any) -> SessionCore:
+    core = SessionCore(1, wall_ns=lambda: WALL_NS, mono_ns=lambda: 5_000_000_000, **kw)
+    if attached:
+        core.engine_attached()
+    core.records_to_send()
+    return core
+
+
+def connect(core: SessionCore, role: Role, app_id: str, fmt: Format = JSON, last_seq: int | None = None,
+            welcome: bool = True) -> Session:
+    """A registered session; welcomed (and its welcome and announcement drained) unless `welcome` is False."""
+    s = core.new_session(role, app_id, fmt, last_seq)
+    core.open(s)
+    if welcome:
+        core.records_to_send()
+        feed(core, state(s, 0, False))
+        core.stats.records_in = 0
+        assert sent(core)[s][0]["type"] == "welcome"
+    return s
+
+
+def feed(core: SessionCore, *records: tuple[int, bytes]) -> None:
+    buf = bytearray()
+    for type_, body in records:
+        R.frame(buf, type_, body)
+    core.receive_records(memoryview(bytes(buf)), len(buf))
+
+
+def sent(core: SessionCore) -> dict[Session, list[dict[str, Any]]]:
+    """The frames of one drain, decoded per session, in order."""
+    out: dict[Session, list[dict[str, Any]]] = {}
+    for s, data in core.data_to_send():
+        out.setdefault(s, []).append(msgpack.unpackb(data) if s.binary else json.loads(data))
+    return out
+
+
+def request(message: dict[str, Any], session: Session) -> Request:
+    return Decoder(session.role, session.app_id).feed(False, True, json.dumps(message).encode())  # type: ignore[return-value]
+
+
+def meta(to: Session | None = None, conn: int = 0, role: int = R.Role.PASSENGER, app: bytes = b"p1") -> tuple:
+    if to is not None:
+        role, app = to.wire_role, to.app_id.encode()
+    return (0, WALL_NS - 250_000, conn, 1, role, app)
+
+
+def state(s: Session, seq: int, resumed: bool) -> tuple[int, bytes]:
+    return R.T.OUT_SESSION_STATE, R.OUT_SESSION.pack(*meta(s, s.conn_id), seq, resumed)
+
+
+def update(seq: int, to_conn: int = 0, app: bytes = b"p1", status: R.OrderStatus = R.OrderStatus.ACCEPTED,
+           role: int = R.Role.PASSENGER, reason: int = 0) -> tuple[int, bytes]:
+    return R.T.OUT_ORDER_UPDATE, R.OUT_ORDER_UPDATE.pack(*meta(None, to_conn, role, app), 1001, status, reason,
+                                                         b"d1", b"p1", seq)
+
+
+def position(to: Session, lat: float, driver: bytes = b"d1", order_id: int = 1001,
+             heading: float = math.nan) -> tuple[int, bytes]:
+    return R.T.OUT_DRIVER_POSITION, R.OUT_DRIVER_POSITION.pack(*meta(to), order_id, driver, lat, 68.78, heading, 30.0)
+
+
+def result(corr: int, status: R.Result = R.Result.OK, order_id: int = 0) -> tuple[int, bytes]:
+    return R.T.OUT_COMMAND_RESULT, R.OUT_COMMAND_RESULT.pack(*meta(), corr, order_id, status)
+
+
+# ---- delivery: welcome gating, seq continuity, de-duplication, resume -----------------------------
+
+
+def test_nothing_reaches_a_session_before_the_engine_answers_it_and_the_welcome_comes_first() -> None:
+    core = make_core()
+    p = connect(core, Role.PASSENGER, "p1", welcome=False)
+    feed(core, update(5))  # committed before the engine took the open: part of the snapshot to come
+    assert sent(core) == {}
+    feed(core, state(p, 5, False), update(6, p.conn_id), update(7))
+    assert [(m["type"], m.get("seq"), m.get("resumed")) for m in sent(core)[p]] == [
+        ("welcome", 5, False), ("order_update", 6, None), ("order_update", 7, None)]
+    assert core.stats.messages_out == 2  # the welcome is a handshake, not a message
+
+
+def test_a_resumed_welcome_lets_the_replay_through_and_a_re_announce_repeats_nothing() -> None:
+    core = make_core()
+    p = connect(core, Role.PASSENGER, "p1", last_seq=3, welcome=False)
+    feed(core, state(p, 5, True), update(4, p.conn_id), update(5, p.conn_id))
+    assert [(m["type"], m["seq"]) for m in sent(core)[p]] == [("welcome", 5), ("order_update", 4),
+                                                             ("order_update", 5)]
+    assert p.last_seq == 5
+    # The engine restarted; the session was re-announced: no second welcome, nothing delivered twice.
+    feed(core, state(p, 5, True), update(4, p.conn_id), update(5, p.conn_id), update(6))
+    assert [(m["type"], m["seq"]) for m in sent(core)[p]] == [("order_update", 6)]
+
+
+def test_a_record_for_a_conn_id_now_held_by_another_app_is_not_delivered() -> None:
+    core = make_core()
+    p = connect(core, Role.PASSENGER, "p1")
+    sent(core)
+    feed(core, update(1, p.conn_id, app=b"p2"))  # conn ids are per sidecar process
+    assert sent(core) == {}
+
+
+def test_a_snapshot_welcome_numbers_fresh_messages_above_its_seq() -> None:
+    core = make_core()
+    p = connect(core, Role.PASSENGER, "p1", last_seq=2, welcome=False)
+    feed(core, state(p, 9, False), update(8), update(10))  # 8 predates the snapshot: in it already
+    assert [(m["type"], m["seq"]) for m in sent(core)[p]] == [("welcome", 9), ("order_update", 10)]
+
+
+def test_open_forwards_last_seq_and_a_re_attached_engine_hears_how_far_each_session_got() -> None:
+    core = make_core()
+    p = connect(core, Role.PASSENGER, "p1", last_seq=7, welcome=False)
+    d = connect(core, Role.DRIVER, "d1", welcome=False)
+    opens = core.records_to_send()
+    sent(core)
+    assert [r.type for r in opens] == [R.T.IN_SESSION_OPEN] * 2
+    fields = R.IN_SESSION.unpack(opens[0].body)
+    assert (fields[2], fields[5].rstrip(b"\0"), fields[6], fields[7]) == (p.conn_id, b"p1",
+                                                                           R.SESSION_HAS_LAST_SEQ, 7)
+    assert R.IN_SESSION.unpack(opens[1].body)[6] == 0  # no ?last_seq: a snapshot is asked for
+    feed(core, state(p, 7, True), update(8), state(d, 0, False))
+    core.receive(d, request({"type": "driver_status", "status": "online"}, d))
+    core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7}, d))
+    core.records_to_send()
+    core.engine_detached()
+    core.engine_attached()
+    again = core.records_to_send()
+    assert [r.type for r in again] == [R.T.IN_SESSION_OPEN, R.T.IN_SESSION_OPEN, R.T.IN_DRIVER_STATUS,
+                                       R.T.IN_DRIVER_LOCATION]
+    assert R.IN_SESSION.unpack(again[0].body)[6:] == (R.SESSION_HAS_LAST_SEQ, 8)  # resumes from what it got
+    assert all(r.session is None for r in again)  # announcements: nobody to answer if not taken
+
+
+def test_no_session_is_announced_while_no_engine_is_attached() -> None:
+    core = make_core(attached=False)
+    connect(core, Role.PASSENGER, "p1", welcome=False)
+    assert core.records_to_send() == []  # announced when an engine attaches
+    core.engine_attached()
+    assert [r.type for r in core.records_to_send()] == [R.T.IN_SESSION_OPEN]
+
+
+# ---- routing of every engine record type ----------------------------------------------------------
+
+
+def test_every_engine_record_type_reaches_its_recipient_as_its_public_message() -> None:
+    core = make_core()
+    p = connect(core, Role.PASSENGER, "p1")
+    d = connect(core, Role.DRIVER, "d1", fmt=MSGPACK)
+    sent(core)
+    feed(core,
+         (R.T.OUT_NEW_ORDER, R.OUT_NEW_ORDER.pack(*meta(d), 1001, b"p1", 38.5, 68.7, 38.6, 68.8, 812.34, 97.06,
+                                                   14.9999, 1)),
+         update(2, role=R.Role.DRIVER, app=b"d1"),
+         update(1, status=R.OrderStatus.CANCELED, reason=R.Reason.PASSENGER_CANCELED),
+         (R.T.OUT_CANCEL_ORDER, R.OUT_CANCEL_ORDER.pack(*meta(d), 1001, R.Reason.OFFER_EXPIRED, 3)),
+         position(p, 38.55, heading=90.04),
+         (R.T.OUT_ESTIMATE_UPDATE, R.OUT_ESTIMATE_UPDATE.pack(*meta(p), 1001, 123.45, 678.91)),
+         (R.T.OUT_NEARBY_DRIVERS, R.OUT_NEARBY_HEAD.pack(*meta(p), 2) + R.NEARBY_ENTRY.pack(b"d1", 38.5, 68.7)
+          + R.NEARBY_ENTRY.pack(b"d2", 38.6, 68.8)),
+         (R.T.OUT_ENGINE_STATS, R.OUT_ENGINE_STATS.pack(*meta(None, 0, R.Role.ADMIN, b""), 3, 2, 1, 10, 8, 5, 4200,
+                                                           1800)))
+    out = sent(core)
+    ts = (WALL_NS - 250_000) // 1_000_000
+    assert out[d] == [
+        {"type": "new_order", "order_id": 1001, "passenger_id": "p1", "pickup": {"lat": 38.5, "lon": 68.7},
+         "dropoff": {"lat": 38.6, "lon": 68.8}, "distance_m": 812.3, "eta_s": 97.1, "expires_in_s": 15.0,
+         "ts": ts, "seq": 1},
+        {"type": "order_update", "order_id": 1001, "status": "accepted", "driver_id": "d1", "passenger_id": "p1",
+         "ts": ts, "seq": 2},
+        {"type": "cancel_order", "order_id": 1001, "reason": "offer_expired", "ts": ts, "seq": 3},
+    ]
+    assert out[p] == [
+        {"type": "order_update", "order_id": 1001, "status": "canceled", "driver_id": "d1",
+         "reason": "passenger_canceled", "ts": ts, "seq": 1},
+        {"type": "driver_location", "order_id": 1001, "driver_id": "d1", "lat": 38.55, "lon": 68.78,
+         "heading": 90.0, "speed_kmh": 30.0, "ts": ts},
+        {"type": "estimate_update", "order_id": 1001, "eta_s": 123.5, "distance_m": 678.9, "ts": ts},
+        {"type": "nearby_drivers", "drivers": [{"driver_id": "d1", "lat": 38.5, "lon": 68.7},
+                                               {"driver_id": "d2", "lat": 38.6, "lon": 68.8}], "ts": ts},
+    ]
+    e = core.stats.engine
+    assert (e.drivers_online, e.drivers_available, e.active_orders, e.orders_created, e.match_p99_ns,
+            e.match_p50_ns) == (3, 2, 1, 10, 4200, 1800)
+    assert core.stats.records_in == 8
+    assert core.stats.push_latency.count == 7  # every delivered message, measured from its commit
+    assert core.stats.push_latency.percentiles(50) == [250_000]
+
+
+def test_a_unknown_or_broken_record_is_skipped_and_the_batch_goes_on() -> None:
+    core = make_core()
+    p = connect(core, Role.PASSENGER, "p1")
+    sent(core)
+    feed(core, (999, b"\0" * 16), (R.T.OUT_ORDER_UPDATE, b"\0" * 8), update(1))
+    assert [m["seq"] for m in sent(core)[p]] == [1]
+    assert core.stats.records_in == 3
+
+
+def test_a_position_without_heading_leaves_it_out() -> None:
+    core = make_core()
+    p = connect(core, Role.PASSENGER, "p1")
+    sent(core)
+    feed(core, position(p, 38.5))
+    (m,) = sent(core)[p]
+    assert "heading" not in m and m["speed_kmh"] == 30.0
+
+
+def test_positions_are_latest_wins_per_recipient_within_one_drain_and_never_overtake_an_update() -> None:
+    core = make_core()
+    p = connect(core, Role.PASSENGER, "p1")
+    p2 = connect(core, Role.PASSENGER, "p2")
+    sent(core)
+    feed(core, position(p, 38.50), position(p2, 38.60), update(1), position(p, 38.51), position(p, 38.52),
+         position(p, 38.40, driver=b"d9", order_id=7))
+    out = sent(core)
+    assert [(m["type"], m.get("lat")) for m in out[p]] == [("order_update", None), ("driver_location", 38.52),
+                                                           ("driver_location", 38.40)]
+    assert [m["lat"] for m in out[p2]] == [38.60]
+    assert core.stats.positions_coalesced == 2
+    assert core.stats.messages_out == 4
+    assert core.stats.push_latency.count == 4
+    feed(core, position(p, 38.53))  # another drain: nothing left to replace
+    assert [m["lat"] for m in sent(core)[p]] == [38.53]
+
+
+def test_admins_each_see_an_order_change_once_by_topic_and_not_again_in_a_replay() -> None:
+    core = make_core()
+    p = connect(core, Role.PASSENGER, "p1")
+    orders = connect(core, Role.ADMIN, "ops1")
+    everything = connect(core, Role.ADMIN, "ops2", fmt=MSGPACK)
+    core.receive(orders, request({"type": "subscribe", "topics": ["active_orders"]}, orders))
+    core.receive(everything, request({"type": "subscribe", "topics": ["active_orders", "assignments", "drivers"]},
+                                     everything))
+    sent(core)
+    feed(core, update(1), update(1, p.conn_id))  # the second is a replay to one session
+    out = sent(core)
+    assert [m["type"] for m in out[orders]] == ["active_orders"]
+    assert [m["type"] for m in out[everything]] == ["active_orders", "assignment"]
+    assert out[everything][1] == {"type": "assignment", "order_id": 1001, "driver_id": "d1", "passenger_id": "p1",
+                                  "ts": out[everything][1]["ts"]}
+    d = connect(core, Role.DRIVER, "d1")
+    core.receive(d, request({"type": "driver_status", "status": "online"}, d))
+    core.disconnected(d)
+    out = sent(core)
+    assert orders not in out
+    assert [(m["type"], m["status"]) for m in out[everything]] == [("driver_status", "online"),
+                                                                   ("driver_status", "disconnected")]
+
+
+def test_admin_log_and_system_stats_go_only_to_their_subscribers_and_stats_come_at_once() -> None:
+    core = make_core(gauges=lambda: R_GAUGES)
+    logs = connect(core, Role.ADMIN, "ops1")
+    quiet = connect(core, Role.ADMIN, "ops2")
+    core.receive(logs, request({"type": "subscribe", "topics": ["log", "system_stats"], "id": "s"}, logs))
+    out = sent(core)[logs]
+    assert out[0] == {"type": "ack", "id": "s", "topics": ["log", "system_stats"], "ts": WALL_NS // 1_000_000}
+    assert out[1]["type"] == "system_stats" and out[1]["engine_attached"] is True
+    assert out[1]["engine_heartbeat_age_ms"] == 12
+    assert out[1]["ring_depths"] == {"in_bytes": 64, "in_backlog_bytes": 0, "out_bytes": 8}
+    assert out[1]["connections"] == 2
+    core.tick()
+    core.engine_available(False, 2.0)
+    out = sent(core)
+    assert quiet not in out
+    assert [m["type"] for m in out[logs]] == ["system_stats", "log"]
+    assert out[logs][1]["level"] == "error" and "silent for over 2 s" in out[logs][1]["message"]
+
+
+# ---- commands: correlation, refusal, detach --------------------------------------------------------
+
+
+def test_a_command_is_correlated_with_its_answer() -> None:
+    core = make_core()
+    p = connect(core, Role.PASSENGER, "p1")
+    sent(core)
+    core.receive(p, request({"type": "ride_request", "id": "r1", "pickup": {"lat": 38.5, "lon": 68.7},
+                             "dropoff": {"lat": 38.6, "lon": 68.8}}, p))
+    core.receive(p, request({"type": "order_cancel", "order_id": 99}, p))  # no id: still correlated
+    ride, cancel = core.records_to_send()
+    assert ride.type == R.T.IN_RIDE_REQUEST and ride.corr and ride.request_id == "r1" and ride.latest is None
+    assert R.IN_RIDE_REQUEST.unpack(ride.body)[1] == ride.corr
+    assert cancel.corr and cancel.corr != ride.corr
+    feed(core, result(cancel.corr, R.Result.NOT_FOUND), result(ride.corr, order_id=1001), result(ride.corr))
+    assert sent(core)[p] == [
+        {"type": "error", "code": "not_found", "message": "order_id: no such order", "ts": meta()[1] // 1_000_000},
+        {"type": "ack", "id": "r1", "order_id": 1001, "ts": meta()[1] // 1_000_000},
+    ]  # the second answer to r1 finds nothing pending: not answered twice
+    assert core.pending == {}
+
+
+def test_a_reused_ride_id_conflict_says_so() -> None:
+    core = make_core()
+    p = connect(core, Role.PASSENGER, "p1")
+    sent(core)
+    core.receive(p, request({"type": "ride_request", "id": 7, "pickup": {"lat": 38.5, "lon": 68.7},
+                             "dropoff": {"lat": 38.6, "lon": 68.8}}, p))
+    (ride,) = core.records_to_send()
+    feed(core, result(ride.corr, R.Result.CONFLICT, 1001))
+    (err,) = sent(core)[p]
+    assert (err["code"], err["id"], err["order_id"]) == ("conflict", 7, 1001)
+    assert err["message"].startswith("id: already used")
+
+
+def test_positions_go_latest_wins_to_the_engine_and_commands_with_an_id_are_answered() -> None:
+    core = make_core()
+    d = connect(core, Role.DRIVER, "d1")
+    core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7}, d))
+    core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7, "id": "x"}, d))
+    plain, asked = core.records_to_send()
+    assert (plain.corr, plain.latest) == (0, "d1")
+    assert asked.corr and asked.latest is None  # an answer is due: never coalesced away
+
+
+def test_detach_fails_the_commands_in_flight_except_those_carried_to_the_next_engine() -> None:
+    core = make_core()
+    p = connect(core, Role.PASSENGER, "p1")
+    sent(core)
+    for rid in ("a", "b", "c"):
+        core.receive(p, request({"type": "order_cancel", "order_id": 5, "id": rid}, p))
+    _a, b, _c = core.records_to_send()
+    core.engine_detached(carried={b.corr})
+    out = sent(core)[p]
+    assert [(m["type"], m["code"], m["id"]) for m in out] == [("error", "engine_unavailable", "a"),
+                                                               ("error", "engine_unavailable", "c")]
+    assert out[0]["message"] == "engine restarted; retry the command"
+    assert set(core.pending) == {b.corr}
+    core.engine_attached()
+    feed(core, result(b.corr))  # the next engine answers the carried-over command
+    assert sent(core)[p] == [{"type": "ack", "id": "b", "ts": meta()[1] // 1_000_000}]
+
+
+def test_commands_are_refused_at_once_while_the_engine_is_silent_or_gone() -> None:
+    core = make_core()
+    d = connect(core, Role.DRIVER, "d1")
+    sent(core)
+    core.engine_available(False, 2.0)
+    core.receive(d, request({"type": "order_accept", "order_id": 5, "id": 1}, d))
+    core.engine_detached()
+    core.receive(d, request({"type": "driver_location", "lat": 1, "lon": 2}, d))
+    assert core.records_to_send() == []
+    assert [(m["code"], m["message"], m.get("id")) for m in sent(core)[d]] == [
+        ("engine_unavailable", "engine not responding", 1), ("engine_unavailable", "engine not attached", None)]
+    assert core.pending == {}
+
+
+def test_a_record_the_link_did_not_take_is_answered_with_the_links_reason() -> None:
+    core = make_core()
+    d = connect(core, Role.DRIVER, "d1")
+    sent(core)
+    core.receive(d, request({"type": "trip_start", "order_id": 5, "id": "t"}, d))
+    (rec,) = core.records_to_send()
+    core.not_taken(rec, ErrorCode.OVERLOADED, "engine is not keeping up; retry shortly")
+    core.not_taken(ToEngine(R.T.IN_SESSION_OPEN, b""), ErrorCode.OVERLOADED, "x")  # an announcement: no answer
+    assert sent(core)[d] == [{"type": "error", "code": "overloaded", "message": "engine is not keeping up; retry "
+                              "shortly", "id": "t", "ts": WALL_NS // 1_000_000}]
+    assert core.pending == {}
+
+
+def test_ping_refusals_and_too_large() -> None:
+    core = make_core()
+    d = connect(core, Role.DRIVER, "d1")
+    sent(core)
+    core.receive(d, request({"type": "ping", "id": "p"}, d))
+    core.refuse(d, BadMessage("lat: must be a number between -90 and 90", "q"))
+    core.rate_limited(d, None)
+    core.too_large(d, "message of 70000 bytes exceeds the limit of 65536 bytes")
+    core.receive(d, request({"type": "ping"}, d))  # closing: nothing more
+    assert [(m["type"], m.get("code"), m.get("id")) for m in sent(core)[d]] == [
+        ("pong", None, "p"), ("error", "bad_message", "q"), ("error", "rate_limited", None),
+        ("error", "too_large", None)]
+    assert core.closes_to_send() == [(d, CLOSE_TOO_BIG, "message too big")]
+    s = core.stats
+    assert (s.errors_sent, s.rate_limited, s.too_large_closes) == (3, 1, 1)
+
+
+# ---- sessions: replacement, flow control --------------------------------------------------------------
+
+
+def test_a_second_session_with_the_same_role_and_id_replaces_the_first() -> None:
+    core = make_core()
+    old = connect(core, Role.DRIVER, "d1")
+    new = connect(core, Role.DRIVER, "d1")
+    assert core.closes_to_send() == [(old, CLOSE_REPLACED, "replaced by a newer connection")]
+    assert core.find(Role.DRIVER, "d1") is new and len(core) == 1
+    core.disconnected(old)  # its socket closes later: the new one stays registered, no SESSION_CLOSE
+    assert core.find(Role.DRIVER, "d1") is new
+    assert core.records_to_send() == []
+    core.disconnected(new)
+    (close,) = core.records_to_send()
+    assert close.type == R.T.IN_SESSION_CLOSE and core.find(Role.DRIVER, "d1") is None
+
+
+def test_a_paused_session_owes_in_its_outbox_gets_it_on_resume_and_is_closed_when_it_owes_too_much() -> None:
+    core = make_core(max_queued=3)
+    p = connect(core, Role.PASSENGER, "p1")
+    sent(core)
+    core.pause(p)
+    feed(core, update(1), position(p, 38.1), position(p, 38.2), update(2))
+    assert sent(core) == {} and core.stats.paused == 1
+    core.resume(p)
+    assert [(m["type"], m.get("seq"), m.get("lat")) for m in sent(core)[p]] == [
+        ("order_update", 1, None), ("driver_location", None, 38.2), ("order_update", 2, None)]
+    assert core.stats.paused == 0
+    core.pause(p)
+    feed(core, update(3), update(4), update(5), update(6))
+    assert core.closes_to_send() == [(p, CLOSE_SLOW_READER, "slow reader: too much owed")]
+    assert core.stats.slow_reader_closes == 1
+    core.resume(p)
+    assert sent(core) == {}
+
+
+# ---- the core is sans-I/O ------------------------------------------------------------------------------
+
+CORE_DIR = pathlib.Path(__file__).resolve().parents[1] / "sidecar" / "session"
+FORBIDDEN = ("picows", "asyncio", "uvloop", "cffi", "_cffi_backend", "socket", "selectors", "sidecar.engine.ring",
+             "sidecar.engine.link", "sidecar.shell")
+
+
+def test_no_module_of_the_session_core_imports_io() -> None:
+    modules = sorted(CORE_DIR.glob("*.py"))
+    assert {m.name for m in modules} >= {"core.py", "session.py", "commands.py", "limits.py", "stats.py"}
+    for path in modules:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(FORBIDDEN), f"{path.name} imports {name}"
+
+
+def test_importing_the_session_core_loads_no_io_module() -> None:
+    code = ("import sys, sidecar.session.core\n"
+            f"bad = [m for m in sys.modules if m.startswith({FORBIDDEN!r})]\n"
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+R_GAUGES = LinkGauges(heartbeat_age_ns=12_400_000, in_bytes=64, backlog_bytes=0, out_bytes=8)
+
+
+def test_a_rejected_offer_leaves_the_dashboards_model_at_once() -> None:
+    core = make_core()
+    d = connect(core, Role.DRIVER, "d1")
+    feed(core, (R.T.OUT_NEW_ORDER, R.OUT_NEW_ORDER.pack(*meta(d), 1001, b"p1", 38.5, 68.7, 38.6, 68.8, 800.0, 90.0,
+                                                         15.0, 1)))
+    assert core.feed.driver_counts()["offered"] == 1
+    core.receive(d, request({"type": "order_reject", "order_id": 1001, "id": "r"}, d))
+    (rec,) = core.records_to_send()
+    assert rec.type == R.T.IN_ORDER_COMMAND and rec.corr
+    assert core.feed.driver_counts()["offered"] == 0
