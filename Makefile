@@ -7,14 +7,23 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8765
 DEMO   ?= 20
 
-.PHONY: all run test test-engine test-python deps engine venv lint bench-engine clean
+PREFIX ?= /opt/dgdo
+# Where the installed units look for the install (`make install PREFIX=/opt/dgdo-0.2.0` next to a
+# /opt/dgdo symlink keeps them pointing at the symlink: README "Upgrade and rollback").
+UNIT_PREFIX ?= /opt/dgdo
+# Every pip install is pinned by constraints.txt (make constraints regenerates it).
+PIP    := $(BIN)/python -m pip install -q -c constraints.txt
 
+.PHONY: all run test test-engine test-python deps engine venv dev-venv lint bench-engine clean install constraints
+
+# The production build: the engine and a venv with the runtime dependencies only.
 all: engine venv
 
 run: engine venv
 	$(BIN)/dgdo run --host $(HOST) --port $(PORT) --demo $(DEMO)
 
-test: engine venv bench-deps
+# Tests need the dev extra (pytest, ruff, ...): installed here, never by `make all`/`make venv`.
+test: engine dev-venv bench-deps
 	ctest --test-dir $(BUILD) --output-on-failure -j2
 	$(BIN)/ruff check sidecar dgdo_apps tests bench
 	$(BIN)/python -m pytest
@@ -22,7 +31,7 @@ test: engine venv bench-deps
 test-engine: engine
 	ctest --test-dir $(BUILD) --output-on-failure -j2
 
-test-python: engine venv
+test-python: engine dev-venv
 	$(BIN)/python -m pytest
 
 deps: build/.deps
@@ -35,17 +44,41 @@ engine: deps
 	cmake --build $(BUILD) -j2
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: build/.deps pyproject.toml setup.py sidecar/engine/ring/_build.py include/dgdo/ring.h include/dgdo/events.h include/dgdo/control.h
+$(VENV)/.installed: build/.deps pyproject.toml setup.py constraints.txt sidecar/engine/ring/_build.py include/dgdo/ring.h include/dgdo/events.h include/dgdo/control.h
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(PIP) --upgrade pip
+	$(PIP) -e .
 	touch $@
 
-lint: venv
+dev-venv: $(VENV)/.dev-installed
+$(VENV)/.dev-installed: $(VENV)/.installed
+	$(PIP) -e '.[dev]'
+	touch $@
+
+lint: dev-venv
 	$(BIN)/ruff check sidecar dgdo_apps tests bench
 
 clean:
-	rm -rf build $(VENV) sidecar/engine/ring/_dgdo_ring*.so
+	rm -rf build dist $(VENV) sidecar/engine/ring/_dgdo_ring*.so
+
+# A production install into PREFIX (README "Bare-metal install"): PREFIX is a venv holding the
+# runtime dependencies only (pinned) and dgdo built as a wheel, not an editable checkout; bin/
+# holds dgdo and dgdo-engine side by side; share/dgdo the systemd units and the sysusers file.
+install: engine
+	test -x $(PREFIX)/bin/python || $(PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/python -m pip install -q -c constraints.txt --upgrade pip
+	rm -rf build/lib.* build/temp.* build/bdist.*  # setuptools' in-tree build: no stale module gets in
+	$(PREFIX)/bin/python -m pip install -q -c constraints.txt .
+	cmake --install $(BUILD) --prefix $(PREFIX)
+	install -d $(PREFIX)/share/dgdo/systemd
+	for f in systemd/*; do sed 's|/opt/dgdo|$(UNIT_PREFIX)|g' $$f > $(PREFIX)/share/dgdo/systemd/$$(basename $$f); done
+	$(PREFIX)/bin/dgdo --version
+	$(PREFIX)/bin/dgdo-engine --version
+
+# Pins what `make venv`, `make test` and `make install` install: the versions in .venv now.
+constraints: dev-venv bench-deps
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --all --exclude-editable | grep -v -E '^(setuptools|wheel)=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 # Engine benchmarks (bench/engine): hot paths at 100k drivers; greedy vs batched matching.
 .PHONY: bench-sim
@@ -60,8 +93,8 @@ bench-sim: engine
 ARGS ?=
 .PHONY: bench-latency bench-ring bench-deps
 bench-deps: $(VENV)/.bench-installed
-$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+$(VENV)/.bench-installed: $(VENV)/.dev-installed pyproject.toml
+	$(PIP) -e '.[dev,bench]'
 	touch $@
 
 # run.py: engine commit -> app per feed; passenger_path.py: a driver's position -> its passenger,
@@ -74,14 +107,14 @@ build/bench/ring_bench: bench/ring/ring_bench.cpp include/dgdo/ring.h
 	@mkdir -p build/bench
 	$(CXX) -std=c++20 -O2 -Wall -Wextra -I include -o $@ bench/ring/ring_bench.cpp -lrt -pthread
 
-bench-ring: build/bench/ring_bench venv
+bench-ring: build/bench/ring_bench dev-venv
 	build/bench/ring_bench $(ARGS)
 	$(BIN)/python bench/ring/py_bench.py $(ARGS)
 
 # Protocol micro-benchmark (bench/protocol): codec µs per message JSON vs msgpack, and driver_location
 # ingest per sidecar core against the real stack. ARGS=--smoke for a ~10 s check.
 .PHONY: bench-protocol
-bench-protocol: engine venv
+bench-protocol: engine dev-venv
 	$(BIN)/python bench/protocol/bench_codec.py $(ARGS)
 
 # Push throughput (bench/push): messages the sidecar writes per CPU-second for N = 100, 1000, 5000
@@ -98,5 +131,5 @@ bench-conns: engine venv
 # Admin feed (bench/admin): 10,000 drivers sending 1 position/s over the public protocol; the messages and
 # bytes per second one dashboard receives, and the sidecar's CPU with 0, 1 and 4 admins. ARGS=--smoke for ~30 s.
 .PHONY: bench-admin
-bench-admin: engine venv
+bench-admin: engine dev-venv
 	$(BIN)/python bench/admin/run.py $(ARGS)

@@ -30,6 +30,10 @@ bool die_with_parent(pid_t parent) {
 
 int main(int argc, char** argv) {
     if (argc > 1 && std::strcmp(argv[1], "replay") == 0) return dgdo::replay_main(argc - 1, argv + 1);
+    if (argc == 2 && std::strcmp(argv[1], "--version") == 0) {
+        std::printf("dgdo-engine %s\n", DGDO_VERSION);
+        return 0;
+    }
     int code = 0;
     const auto opt = dgdo::parse_cli(argc, argv, &code);
     if (!opt) return code;

@@ -93,11 +93,14 @@ class SidecarStats:
     too_large_closes: int = 0
 
     def status_line(self) -> str:
-        p50, p99 = self.push_latency.percentiles(50, 99)
         e = self.engine
+        if len(self.push_latency):
+            p50, p99 = self.push_latency.percentiles(50, 99)
+            push = f"push p50 {p50 / 1000:7.1f} µs p99 {p99 / 1000:7.1f} µs (n={len(self.push_latency)})"
+        else:
+            push = "no pushes yet"  # not "p50 0.0 µs", which reads as perfect latency
         return (
             f"drivers online {e.drivers_online:>4} | orders requested {e.orders_created:>5}"
             f" matched {e.orders_matched:>5} completed {e.orders_completed:>5}"
-            f" | push p50 {p50 / 1000:7.1f} µs p99 {p99 / 1000:7.1f} µs"
-            f" (n={len(self.push_latency)}) | connections {self.connections}"
+            f" | {push} | connections {self.connections}"
         )

@@ -7,9 +7,16 @@
     dgdo engine-path                                        where the engine binary is
     dgdo replay --state-dir DIR --order ID [--json]          an order's timeline from the journal
 
-Auth is always on: the secret comes from DGDO_JWT_SECRET. `dgdo run` without
-one makes up a secret for the run, prints it once and hands it to the demo;
-`dgdo sidecar` refuses to start without one unless told --insecure-no-auth.
+Auth is always on: the secret comes from DGDO_JWT_SECRET, else from the systemd credential
+$CREDENTIALS_DIRECTORY/jwt-secret (`LoadCredential=jwt-secret:/etc/dgdo/jwt-secret`, which keeps
+it out of the environment). `dgdo run` without one makes up a secret for the run, prints it once
+and hands it to the demo; `dgdo sidecar` refuses to start without one unless told --insecure-no-auth.
+
+Under systemd (`Type=notify`, see systemd/) both commands tell it when they serve, their status
+line, and ping its watchdog from the event loop (sidecar/shell/sd_notify.py).
+
+Every bad flag or environment problem ends the command with one line on stderr and exit status
+2 (usage) or 1 (environment), never a traceback or a usage dump.
 
 `dgdo run` leaves nothing behind, whatever kills it: the engine's control socket is an abstract
 name (no file), its rings are memfds (nothing in /dev/shm), and the engine and the demo end with
@@ -29,25 +36,42 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import uvloop
 
 from sidecar.engine.idle import default_spin_us
 from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US
 from sidecar.session.limits import MAX_QUEUED, Rate
-from sidecar.shell import lifetime
+from sidecar.shell import lifetime, sd_notify
 from sidecar.shell.server import App, Settings
 from sidecar.wire import auth
 from sidecar.wire.messages import is_valid_id
 
 log = logging.getLogger("dgdo")
 
+CREDENTIAL_SECRET = "jwt-secret"  # the systemd credential's name: $CREDENTIALS_DIRECTORY/jwt-secret
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 REPO_ENGINE = Path(__file__).resolve().parents[2] / "build" / "engine" / "dgdo-engine"
 
 
+def version() -> str:
+    """This package's version (pyproject.toml's, as installed); the engine's --version says the same."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("dgdo")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def engine_path() -> str:
-    """The engine binary: $DGDO_ENGINE, else the repo's build, else PATH."""
+    """The engine binary: $DGDO_ENGINE, else the repo's build, else beside our Python (a `make install`
+    prefix holds both in bin/), else PATH."""
     env = os.environ.get("DGDO_ENGINE")
     if env:
         if not (os.path.isfile(env) and os.access(env, os.X_OK)):
@@ -55,6 +79,9 @@ def engine_path() -> str:
         return env
     if REPO_ENGINE.exists():
         return str(REPO_ENGINE)
+    beside = Path(sys.executable).parent / "dgdo-engine"
+    if os.access(beside, os.X_OK):
+        return str(beside)
     found = shutil.which("dgdo-engine")
     if found:
         return found
@@ -108,6 +135,10 @@ ENGINE_FLAGS: dict[str, tuple[type, str]] = {
 }
 
 
+ENGINE_CHOICES: dict[str, tuple[str, ...]] = {"--matching": ("greedy", "batched"),
+                                              "--fsync": ("never", "interval", "batch")}
+
+
 def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
@@ -126,33 +157,60 @@ async def _status_loop(app: App, interval: float) -> None:
         await asyncio.sleep(interval)
         print(f"[dgdo] {app.stats.status_line()}", flush=True)
 
-def dashboard_url(host: str, port: int, no_auth: bool = False, ttl_s: float = auth.DEFAULT_TTL_S) -> str:
+def dashboard_url(host: str, port: int, secret: str | None, ttl_s: float = auth.DEFAULT_TTL_S) -> str:
     """The dashboard's address with a fresh admin token in it: one line a person can click.
 
     A wildcard listen address is not something a browser can open: the link names the loopback.
     """
     shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, f"[{host}]" if ":" in host else host)
     url = f"http://{shown}:{port}/admin"
-    if no_auth:
+    if secret is None:  # auth off
         return url
-    return f"{url}?token={auth.mint(os.environ[auth.ENV_SECRET], 'admin', 'dashboard', ttl_s)}"
+    return f"{url}?token={auth.mint(secret, 'admin', 'dashboard', ttl_s)}"
 
 
+def _systemd_status(app: App, control: str) -> str:
+    if not app.link.attached:
+        return f"waiting for the engine on {control}"
+    state = "" if app.link.available else "engine not responding | "
+    return f"{state}worker {app.worker} port {app.port} | {app.stats.status_line()}"
 
-async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor | None) -> int:
+
+async def _notify_systemd(app: App, notifier: sd_notify.Notifier, control: str) -> None:
+    """Type=notify: the watchdog pings (and status) start at once, from this loop; READY=1 once the
+    worker listens and is attached to the engine, i.e. can serve a ride."""
+    pings = asyncio.get_running_loop().create_task(
+        sd_notify.keep_alive(notifier, lambda: _systemd_status(app, control)))
+    try:
+        await app.link.wait_attached()
+        notifier.send("READY=1", f"STATUS={sd_notify.one_line(_systemd_status(app, control))}")
+        await pings
+    finally:
+        pings.cancel()
+
+
+async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor | None, secret: str | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    app = App(control, worker=args.worker, reply_spin_us=args.reply_spin_us, settings=_settings(args))
-    await app.start(args.host, args.port)
+    app = App(control, worker=args.worker, reply_spin_us=args.reply_spin_us, settings=_settings(args, secret))
+    try:
+        await app.start(args.host, args.port)
+    except OSError as e:  # EADDRINUSE, EACCES (a port below 1024), EADDRNOTAVAIL (a host not ours)
+        app.link.close()
+        why = os.strerror(e.errno) if e.errno else str(e)
+        raise SystemExit(f"dgdo: cannot listen on {args.host}:{args.port}: {why}") from None
     if getattr(args, "dashboard_link", False):
-        print(f"[dgdo] dashboard: {dashboard_url(args.host, app.port, args.insecure_no_auth)}", flush=True)
+        print(f"[dgdo] dashboard: {dashboard_url(args.host, app.port, secret)}", flush=True)
     print(f"[dgdo] sidecar listening on ws://{args.host}:{app.port} (engine control {control})", flush=True)
     tasks: list[asyncio.Task[None]] = []
     demo: subprocess.Popen[bytes] | None = None
     if args.status_interval > 0:
         tasks.append(loop.create_task(_status_loop(app, args.status_interval)))
+    notifier: sd_notify.Notifier = args.notifier
+    if notifier.enabled:
+        tasks.append(loop.create_task(_notify_systemd(app, notifier, control)))
     if engine is not None:
         tasks.append(loop.create_task(engine.watch(stop)))
     if getattr(args, "demo", 0):
@@ -166,6 +224,7 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
         print(f"[dgdo] demo pid={demo.pid}", flush=True)
     await stop.wait()
     print("[dgdo] stopping", flush=True)
+    notifier.send("STOPPING=1", "STATUS=stopping: closing connections")
     if demo is not None:
         demo.terminate()  # the loop keeps serving while the demo says goodbye
         with contextlib.suppress(TimeoutError):
@@ -265,9 +324,9 @@ class EngineSupervisor:
             proc.wait()
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, secret: str | None) -> Settings:
     return Settings(
-        jwt_secret=None if args.insecure_no_auth else os.environ[auth.ENV_SECRET],
+        jwt_secret=None if args.insecure_no_auth else secret,
         ping_idle_s=args.ping_idle_s, ping_reply_s=min(args.ping_reply_s, args.ping_idle_s),
         positions_rate=Rate(args.positions_per_s, args.positions_burst),
         messages_rate=Rate(args.messages_per_s, args.messages_burst),
@@ -277,25 +336,53 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _ensure_secret(args: argparse.Namespace, make_up: bool) -> None:
-    """Leaves DGDO_JWT_SECRET set (or auth explicitly off); `dgdo run` makes one up for local runs."""
-    if args.insecure_no_auth or os.environ.get(auth.ENV_SECRET):
-        if args.insecure_no_auth:
-            log.warning("! auth is OFF (--insecure-no-auth): anyone can connect as anyone")
-        return
+def read_secret_file(path: Path) -> str:
+    """A secret kept in a file (a systemd credential, /etc/dgdo/jwt-secret): its text without the
+    trailing newline an editor or `echo` leaves. SystemExit, one line, when unreadable or empty."""
+    try:
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"dgdo: cannot read the JWT secret from {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not secret:
+        raise SystemExit(f"dgdo: the JWT secret file {path} is empty")
+    return secret
+
+
+def configured_secret(environ: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
+    """The JWT secret an operator configured: $DGDO_JWT_SECRET, else the systemd credential
+    $CREDENTIALS_DIRECTORY/jwt-secret (LoadCredential=: a file only this service can read, not an
+    environment variable every child and /proc/PID/environ would show), else None."""
+    if environ.get(auth.ENV_SECRET):
+        return environ[auth.ENV_SECRET]
+    creds = environ.get("CREDENTIALS_DIRECTORY")
+    if creds and (Path(creds) / CREDENTIAL_SECRET).exists():
+        return read_secret_file(Path(creds) / CREDENTIAL_SECRET)
+    return None
+
+
+def _ensure_secret(args: argparse.Namespace, make_up: bool) -> str | None:
+    """The secret to verify tokens with (None: auth explicitly off); `dgdo run` makes one up for local runs."""
+    if args.insecure_no_auth:
+        log.warning("! auth is OFF (--insecure-no-auth): anyone can connect as anyone")
+        return None
+    secret = configured_secret()
+    if secret:
+        return secret
     if not make_up:
-        raise SystemExit(f"dgdo: set {auth.ENV_SECRET} (the JWT HS256 secret apps' tokens are signed with), "
-                         "or pass --insecure-no-auth for a trusted test network")
+        raise SystemExit(f"dgdo: set {auth.ENV_SECRET} or the systemd credential {CREDENTIAL_SECRET} (the JWT "
+                         "HS256 secret apps' tokens are signed with), or pass --insecure-no-auth for a trusted "
+                         "test network")
     # Set in our own environment, so the demo (a child process) mints its tokens with it.
     os.environ[auth.ENV_SECRET] = secret = auth.new_secret()
     print(f"[dgdo] {auth.ENV_SECRET} not set: this run's secret is {secret}\n"
           f"[dgdo]   mint a token with: {auth.ENV_SECRET}={secret} dgdo token --role driver --sub d1", flush=True)
+    return secret
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    secret = args.secret or os.environ.get(auth.ENV_SECRET)
+    secret = args.secret or (read_secret_file(args.secret_file) if args.secret_file else configured_secret())
     if not secret:
-        raise SystemExit(f"dgdo token: set {auth.ENV_SECRET} or pass --secret")
+        raise SystemExit(f"dgdo token: set {auth.ENV_SECRET} or pass --secret or --secret-file")
     if not is_valid_id(args.sub):
         raise SystemExit("dgdo token: --sub must be 1-36 characters of [A-Za-z0-9_.:-]")
     print(auth.mint(secret, args.role, args.sub, args.ttl))
@@ -303,7 +390,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _ensure_secret(args, make_up=True)
+    secret = _ensure_secret(args, make_up=True)
     # An abstract socket name: no file to create or remove, gone with the engine even after kill -9.
     control = f"@dgdo-{args.instance}-{secrets.token_hex(4)}"
     engine = engine_path()
@@ -322,23 +409,59 @@ def cmd_run(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         raise SystemExit(f"dgdo: {e}") from None
     try:
-        return uvloop.run(serve(args, control, supervisor))
+        return uvloop.run(serve(args, control, supervisor, secret))
     finally:
         supervisor.stop()
         print("[dgdo] stopped", flush=True)
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
-    _ensure_secret(args, make_up=False)
-    return uvloop.run(serve(args, args.control, None))
+    secret = _ensure_secret(args, make_up=False)
+    return uvloop.run(serve(args, args.control, None, secret))
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: a typo gets the reason, not a 25-line usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def int_in(lo: int, hi: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer {lo}-{hi}, not {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{what} must be {lo}-{hi}, not {value}")
+        return value
+    return parse
+
+
+def non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, not {text}")
+    return value
+
+
+def log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOG_LEVELS)}, not {text!r}")
+    return level
 
 
 def _add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--worker", type=int, default=1, help="sidecar worker id (1-65535)")
-    p.add_argument("--status-interval", type=float, default=1.0, help="seconds between status lines; 0 = off")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--port", type=int_in(0, 65535, "port"), default=8765, help="TCP port (0: any free one)")
+    p.add_argument("--worker", type=int_in(1, 65535, "worker id"), default=1, help="sidecar worker id (1-65535)")
+    p.add_argument("--status-interval", type=non_negative, default=1.0, help="seconds between status lines; 0 = off")
+    p.add_argument("--log-level", type=log_level, default="INFO", help=f"{' | '.join(LOG_LEVELS)} (default INFO)")
     p.add_argument("--insecure-no-auth", action="store_true",
                    help=f"accept connections without a token (default: JWT HS256 with ${auth.ENV_SECRET})")
     p.add_argument("--ping-idle-s", type=float, default=30.0, help="ping a client silent for this long")
@@ -372,7 +495,8 @@ def replay(argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dgdo", description="DG Do dispatch")
+    parser = Parser(prog="dgdo", description="DG Do dispatch")
+    parser.add_argument("--version", action="version", version=f"dgdo {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="start engine + sidecar (+ demo)")
@@ -387,7 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-journal", action="store_true",
                      help="run the engine without a journal (benchmarks; nothing survives a restart)")
     for flag, (type_, help_) in ENGINE_FLAGS.items():
-        run.add_argument(flag, dest=_dest(flag), type=type_, help=help_)
+        # The engine checks every value itself; the choices are caught here too, in our words.
+        choices = ENGINE_CHOICES.get(flag)
+        run.add_argument(flag, dest=_dest(flag), type=type_, help=help_, choices=choices,
+                         metavar=None if choices is None else "|".join(choices))
     run.set_defaults(func=cmd_run, dashboard_link=True)
 
     side = sub.add_parser("sidecar", help="run the sidecar for an engine that is already running")
@@ -400,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--sub", required=True, help="the driver's / passenger's id (admins: any name)")
     tok.add_argument("--ttl", type=float, default=auth.DEFAULT_TTL_S, help="seconds until it expires (default 1 day)")
     tok.add_argument("--secret", help=f"signing secret (default ${auth.ENV_SECRET})")
+    tok.add_argument("--secret-file", type=Path,
+                     help="read the signing secret from this file (e.g. /etc/dgdo/jwt-secret)")
     tok.set_defaults(func=cmd_token)
 
     rep = sub.add_parser(
@@ -418,8 +547,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["replay"]:  # every argument is the engine's (argparse would claim --help and friends)
         return replay(argv[1:])
+    # Ours, as systemd's main process, before anything could hand them to a child (the engine, the demo).
+    notifier = sd_notify.Notifier.from_env()
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    args.notifier = notifier
+    logging.basicConfig(level=getattr(args, "log_level", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # picows logs every accepted connection at INFO: with a fleet connected that buries the lines
         # a person reads (the dashboard link, the status line). Still there with --log-level DEBUG.

@@ -60,7 +60,12 @@ EventLoop::Worker::~Worker() {
 }
 
 EventLoop::EventLoop(const Options& opt, uint64_t epoch)
-    : opt_(opt), epoch_(epoch), core_(opt.core), persist_(opt.persist) {}
+    : opt_(opt),
+      epoch_(epoch),
+      core_(opt.core),
+      persist_(opt.persist),
+      notify_(SdNotify::from_env()),
+      notify_schedule_(notify_.watchdog_ns()) {}
 
 EventLoop::~EventLoop() {
     workers_.clear();  // unmaps and closes every segment (a worker's own mapping stays its own)
@@ -123,6 +128,10 @@ int EventLoop::init() {
 
 int EventLoop::run() {
     tick();  // the core's clock starts now, before any order can be timed
+    // Ready: listening, state recovered, the loop about to turn. The first watchdog ping and
+    // status go with it; beat() sends the next ones from this same loop, so a wedged loop
+    // stops them and systemd restarts us (WatchdogSec=).
+    notify_.send("READY=1\n" + notify_schedule_.due(clock_ns(CLOCK_MONOTONIC), status_line()));
     const uint64_t spin_ns = opt_.spin_us * 1000;
     uint64_t busy_at = clock_ns(CLOCK_MONOTONIC);
     epoll_event events[64];
@@ -147,6 +156,7 @@ int EventLoop::run() {
         if (k > 0) busy_at = clock_ns(CLOCK_MONOTONIC);
     }
     std::fprintf(stderr, "dgdo-engine: x shutting down\n");
+    notify_.send("STOPPING=1\nSTATUS=shutting down\n");
     return failed_ ? 1 : 0;
 }
 
@@ -545,6 +555,17 @@ void EventLoop::beat() {
         dgdo_ring_consumer_heartbeat(&w->cons, now);
         dgdo_ring_producer_heartbeat(&w->prod, now);
     }
+    if (notify_.enabled()) notify_.send(notify_schedule_.due(now, status_line()));
+}
+
+std::string EventLoop::status_line() const {
+    const CoreStats s = core_.stats();
+    std::string workers;
+    for (const auto& [id, w] : workers_) workers += (workers.empty() ? "" : ",") + std::to_string(id);
+    return "workers " + (workers.empty() ? std::string("none") : workers) + " | drivers online " +
+           std::to_string(s.drivers_online) + " available " + std::to_string(s.drivers_available) +
+           " | orders active " + std::to_string(s.active_orders) + " created " + std::to_string(s.orders_created) +
+           " completed " + std::to_string(s.orders_completed);
 }
 
 void EventLoop::tick() {

@@ -16,6 +16,7 @@
 #include "dgdo/ring.h"
 #include "loop/cli.hpp"
 #include "loop/persistence.hpp"
+#include "loop/sd_notify.hpp"
 #include "loop/shm_segment.hpp"
 
 namespace dgdo {
@@ -83,6 +84,8 @@ private:
     void unpark_all();
     void tick();
     void beat();
+    // The one-line status systemd shows (`systemctl status`): workers, drivers, orders.
+    std::string status_line() const;
     bool any_pending() const;
     uint64_t match_percentile(unsigned p) const;
     Worker* by_serial(uint64_t serial);
@@ -108,6 +111,9 @@ private:
     std::vector<uint64_t> match_ns_;      // recent offer-decision times, for ENGINE_STATS
     size_t match_next_ = 0;
     uint64_t dropped_ = 0;
+    // systemd (Type=notify): READY when the loop runs, WATCHDOG pings and STATUS from beat().
+    SdNotify notify_;
+    NotifySchedule notify_schedule_;
 };
 
 }  // namespace dgdo

@@ -1,0 +1,96 @@
+"""Packaging as an operator meets it: `python -m build` makes an sdist and, from that sdist, an abi3
+wheel; the wheel installed into a fresh venv (pinned by constraints.txt, runtime dependencies
+only) next to the engine that `cmake --install` puts in the same prefix runs `dgdo --version` and
+`dgdo run --no-demo` (the layout `make install PREFIX=...` makes).
+
+It needs the package index (or pip's cache) for the build backend and the runtime dependencies,
+as `make venv` does; about 30 s with a warm cache.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from sidecar.shell import lifetime
+from tests.conftest import BUILD, JWT_SECRET, ROOT, LineReader, Stack
+
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+DEV_ONLY = ("pytest", "ruff", "hypothesis", "websockets", "playwright", "build")
+
+
+def run(*cmd: str | Path, cwd: Path = ROOT, timeout: float = 600, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env)
+    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    # Without --sdist/--wheel, build makes the sdist and then the wheel *from the sdist*: a file
+    # missing from the sdist (the headers the cffi build compiles) fails the wheel.
+    run(sys.executable, "-m", "build", "--outdir", out, ".")
+    return out
+
+
+def test_sdist_carries_what_the_extension_build_needs(dist: Path) -> None:
+    (sdist,) = dist.glob("dgdo-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    assert {"include/dgdo/ring.h", "include/dgdo/events.h", "include/dgdo/control.h", "setup.py",
+            "sidecar/engine/ring/_build.py", "constraints.txt", "systemd/dgdo-engine.service"} <= names
+
+
+def test_wheel_is_abi3(dist: Path) -> None:
+    (wheel,) = dist.glob("*.whl")
+    assert re.fullmatch(rf"dgdo-{re.escape(VERSION)}-cp311-abi3-linux_\w+\.whl", wheel.name), wheel.name
+    with zipfile.ZipFile(wheel) as z:
+        extensions = [n for n in z.namelist() if n.endswith(".so")]
+        tags = z.read(f"dgdo-{VERSION}.dist-info/WHEEL").decode()
+    assert extensions == ["sidecar/engine/ring/_dgdo_ring.abi3.so"]
+    assert "Tag: cp311-abi3-linux" in tags and "Root-Is-Purelib: false" in tags
+
+
+def test_wheel_in_a_fresh_venv_runs_with_the_installed_engine(dist: Path, tmp_path: Path) -> None:
+    (wheel,) = dist.glob("*.whl")
+    prefix = tmp_path / "opt-dgdo"
+    run(sys.executable, "-m", "venv", prefix)
+    run(prefix / "bin" / "python", "-m", "pip", "install", "-q", "-c", ROOT / "constraints.txt", wheel)
+    run("cmake", "--install", BUILD, "--prefix", prefix)  # the engine's install() rule: PREFIX/bin
+    assert os.access(prefix / "bin" / "dgdo-engine", os.X_OK)
+
+    installed = {line.split("==")[0].lower() for line in run(prefix / "bin" / "pip", "freeze").splitlines()}
+    assert not installed & set(DEV_ONLY), "dev tools in a production venv"
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DGDO_ENGINE", "VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = "/usr/bin:/bin"  # not this checkout's venv: the prefix's own engine is found beside dgdo
+    assert run(prefix / "bin" / "dgdo", "--version", cwd=tmp_path, env=env).strip() == f"dgdo {VERSION}"
+    engine = run(prefix / "bin" / "dgdo", "engine-path", cwd=tmp_path, env=env).strip()
+    assert engine == str(prefix / "bin" / "dgdo-engine")
+
+    env["DGDO_JWT_SECRET"] = JWT_SECRET
+    proc = subprocess.Popen([prefix / "bin" / "dgdo", "run", "--no-demo", "--port", "0", "--status-interval", "0",
+                             "--state-dir", tmp_path / "state"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            env=lifetime.child_env(env))
+    try:
+        out = LineReader(proc.stdout)
+        out.wait_for(r"dgdo-engine ready control=@dgdo-\S+ pid=\d+")
+        port = int(out.wait_for(r"sidecar listening on ws://127\.0\.0\.1:(\d+)").group(1))
+        Stack(proc, out, port, "installed").wait_healthy()  # 200 once the engine is attached
+        # The installed package, not this checkout.
+        site = run(prefix / "bin" / "python", "-c", "import sidecar; print(sidecar.__file__)", cwd=tmp_path, env=env)
+        assert site.startswith(str(prefix))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
