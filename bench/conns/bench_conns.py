@@ -40,24 +40,18 @@ import uvloop  # noqa: E402
 from bench.machine import describe, one_line  # noqa: E402
 from bench.push.bench_push import Clients  # noqa: E402
 from bench.push.clients import raise_nofile  # noqa: E402
-from sidecar.shell import lifetime  # noqa: E402
 
 PY = sys.executable
 GOAL_KB = 10.0
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+log = common.log
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = common.free_port
 
 
-def child_env() -> dict[str, str]:
-    return lifetime.child_env(dict(os.environ, DGDO_JWT_SECRET=common.JWT_SECRET, PYTHONUNBUFFERED="1"))
+child_env = common.child_env
 
 
 def memory(p: psutil.Process) -> dict[str, float]:

@@ -10,6 +10,8 @@ frame, on one host, CLOCK_REALTIME on both ends, with no sidecar change.
 
 from __future__ import annotations
 
+import os
+import socket
 import struct
 import sys
 import time
@@ -22,6 +24,7 @@ if str(ROOT) not in sys.path:
 from bench.machine import describe  # noqa: E402
 from sidecar.engine import records as R  # noqa: E402
 from sidecar.engine.ring import aligned, frame  # noqa: E402
+from sidecar.shell import lifetime  # noqa: E402
 
 # Set as DGDO_JWT_SECRET in every sidecar the bench starts; clients mint tokens with it.
 JWT_SECRET = "dgdo-bench-secret-0123456789abcdef-not-for-production"
@@ -126,3 +129,20 @@ def percentiles(samples: list[int], ps: tuple[float, ...] = (50, 90, 99, 99.9)) 
 
 def machine() -> dict[str, str | int]:
     return describe()
+
+
+def log(msg: str) -> None:
+    """Progress for a person: stderr, so stdout stays the report."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a process a bench starts: the bench's secret, unbuffered output, and
+    the marker that makes it end with the bench (sidecar/shell/lifetime.py)."""
+    return lifetime.child_env(dict(os.environ, DGDO_JWT_SECRET=JWT_SECRET, PYTHONUNBUFFERED="1"))

@@ -67,18 +67,13 @@ PAIR_SPACING_DEG = 0.2  # ~22 km between pairs: each passenger is matched with i
 TEXT = WSMsgType.TEXT
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+log = common.log
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = common.free_port
 
 
-def child_env() -> dict[str, str]:
-    return lifetime.child_env(dict(os.environ, DGDO_JWT_SECRET=common.JWT_SECRET, PYTHONUNBUFFERED="1"))
+child_env = common.child_env
 
 
 # ---- the client -------------------------------------------------------------------------------

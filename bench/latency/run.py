@@ -59,7 +59,6 @@ import uvloop
 from picows import WSListener, WSMsgType, WSTransport, ws_connect
 
 from sidecar.engine.link import socket_address
-from sidecar.shell import lifetime
 
 HERE = Path(__file__).resolve().parent
 ROOT = common.ROOT
@@ -77,14 +76,10 @@ E2E_JOURNAL = {"e2e journal never": "never", "e2e journal interval": "interval",
 PCTS = (50, 90, 99, 99.9)
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+log = common.log
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = common.free_port
 
 
 # ---- processes ---------------------------------------------------------------------------------
@@ -116,8 +111,7 @@ class Stack:
 TAG = f"@dgdo-bench-{os.getpid()}"
 
 
-def child_env() -> dict[str, str]:
-    return lifetime.child_env(dict(os.environ, DGDO_JWT_SECRET=common.JWT_SECRET, PYTHONUNBUFFERED="1"))
+child_env = common.child_env
 
 
 def start_stack(variant: str, logf, spin_us: float = SPIN_US) -> Stack:
