@@ -6,7 +6,7 @@
  * a control name starting with '@', a Linux abstract name ("@dgdo-run-42"):
  * an abstract name is no file, so it vanishes with the last process holding
  * it, kill -9 included. A worker connects and sends dgdo_ctl_hello. The
- * engine creates (or, for a worker id it already knows, re-creates) two ring
+ * engine creates two fresh ring
  * segments as memfds (memfd_create, close-on-exec, sealed against resizing)
  * and answers dgdo_ctl_attach with DGDO_CTL_NFDS descriptors in one
  * SCM_RIGHTS message, in this order:
@@ -33,6 +33,14 @@
  * the producer heartbeat of the "out" ring (ring.h), which the engine beats
  * every DGDO_CTL_HEARTBEAT_MS. The segments' epoch equals
  * dgdo_ctl_attach.epoch (one engine run).
+ *
+ * One worker id, one attachment. A hello for a worker id whose attachment is
+ * still alive (its control socket connected) is refused with status -EBUSY
+ * and no descriptors: two sidecars started with the same --worker would
+ * otherwise take the id from each other forever. The refusal's pid is then
+ * the pid of the worker holding the id (as its hello said), so the refused
+ * one can name it. A worker that died (its socket hung up) is detached
+ * first, so a restarted sidecar gets its id back at once.
  *
  * The engine answers only peers running as its own user (or root), by
  * SO_PEERCRED: an abstract name has no file mode to keep others out.
@@ -76,8 +84,12 @@ DGDO_CTL_STATIC_ASSERT(sizeof(dgdo_ctl_hello) == 16, "dgdo_ctl_hello");
  *    0 magic        u32
  *    4 version      u16
  *    6 worker       u16
- *    8 pid          i32      the engine's pid
- *   12 status       i32      0 = ok, else a negative dgdo_ring_status / errno
+ *    8 pid          i32      the engine's pid (-EBUSY: the pid of the worker
+ *                            holding this worker id)
+ *   12 status       i32      0 = ok; -EBUSY = the worker id is attached already;
+ *                            -EPROTO = bad hello; -EINVAL = worker id 0;
+ *                            else a negative
+ *                            dgdo_ring_status / errno
  *   16 epoch        u64      this engine run
  *   24 in_capacity  u64      data bytes of the sidecar -> engine ring
  *   32 out_capacity u64      data bytes of the engine -> sidecar ring

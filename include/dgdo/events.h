@@ -39,6 +39,7 @@ enum dgdo_event_type {
     DGDO_IN_RIDE_REQUEST = 5,     /* dgdo_in_ride_request */
     DGDO_IN_ORDER_COMMAND = 6,    /* dgdo_in_order_command */
     DGDO_IN_NEARBY = 7,           /* dgdo_in_nearby (subscribe / unsubscribe) */
+    DGDO_IN_FLEET = 8,            /* dgdo_fleet: for the other workers' admins; not journaled */
     /* outbound: engine -> sidecar */
     DGDO_OUT_COMMAND_RESULT = 100, /* dgdo_out_command_result */
     DGDO_OUT_ORDER_UPDATE = 101,   /* dgdo_out_order_update */
@@ -48,7 +49,9 @@ enum dgdo_event_type {
     DGDO_OUT_ESTIMATE_UPDATE = 105,/* dgdo_out_estimate_update */
     DGDO_OUT_NEARBY_DRIVERS = 106, /* dgdo_out_nearby_drivers */
     DGDO_OUT_ENGINE_STATS = 107,   /* dgdo_out_engine_stats */
-    DGDO_OUT_SESSION_STATE = 108   /* dgdo_out_session */
+    DGDO_OUT_SESSION_STATE = 108,  /* dgdo_out_session */
+    DGDO_OUT_SESSION_REPLACED = 109,/* dgdo_out_session_replaced */
+    DGDO_OUT_FLEET = 110           /* dgdo_fleet: another worker's DGDO_IN_FLEET, relayed */
 };
 
 enum dgdo_role { DGDO_ROLE_NONE = 0, DGDO_ROLE_DRIVER = 1, DGDO_ROLE_PASSENGER = 2, DGDO_ROLE_ADMIN = 3 };
@@ -454,7 +457,8 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_nearby_drivers) == DGDO_NEARBY_HEAD_SIZE +
  *   64 drivers_online      u32
  *   68 drivers_available   u32
  *   72 active_orders       u32
- *   76 pad_                u32
+ *   76 workers             u32   sidecar workers attached (filled in by the engine's loop):
+ *                                a worker alone sends no FLEET records
  *   80 orders_created      u64   since start
  *   88 orders_matched      u64   accepted
  *   96 orders_completed    u64
@@ -466,7 +470,7 @@ typedef struct dgdo_out_engine_stats {
     uint32_t drivers_online;
     uint32_t drivers_available;
     uint32_t active_orders;
-    uint32_t pad_;
+    uint32_t workers;
     uint64_t orders_created;
     uint64_t orders_matched;
     uint64_t orders_completed;
@@ -497,6 +501,65 @@ typedef struct dgdo_out_session {
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_session, seq) == 64, "seq");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_session, resumed) == 72, "resumed");
 DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_session) == 80, "dgdo_out_session");
+
+/*
+ * SESSION_REPLACED, 72 bytes: a session opened for the same role and id on another connection
+ * (another worker, or another connection of the same one). Emitted by the engine as part of its
+ * answer to that SESSION_OPEN, to the older session, which the sidecar closes with 4001. One app
+ * id is connected on at most one worker at a time.
+ *    0 meta        64    to_conn, to_worker: the older session; to_role, to_id: the app
+ *   64 by_worker   u16   the worker the newer connection is on
+ *   66 pad_[6]
+ */
+typedef struct dgdo_out_session_replaced {
+    dgdo_out_meta meta;
+    uint16_t by_worker;
+    uint8_t pad_[6];
+} dgdo_out_session_replaced;
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_session_replaced, by_worker) == 64, "by_worker");
+DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_session_replaced) == 72, "dgdo_out_session_replaced");
+
+/*
+ * FLEET (IN_FLEET from a worker, OUT_FLEET to the others), 72 bytes + 64 per entry.
+ *
+ * What admins on other workers need about the drivers connected here and nowhere in the
+ * engine's outputs: where they are (folded: the latest fix per driver per feed tick), their
+ * online/offline status and their disconnects. A worker sends it at its admin feed's rate
+ * (sidecar/session/admin_feed.py); the engine loop does not journal or apply it (it is no
+ * input to dispatch) and writes it, as OUT_FLEET with meta.to_worker = the sender, to every
+ * other worker. Best effort: a lost one is healed by the next fix.
+ *    0 meta        64    IN: worker = the sender; OUT: to_worker = the sender, to_role admin
+ *   64 count       u32   entries that follow
+ *   68 pad_        u32
+ *   72 entries     dgdo_fleet_entry x count
+ *
+ * dgdo_fleet_entry, 64 bytes:
+ *    0 driver_id   id
+ *   40 pos         point  DGDO_FLEET_MOVED only
+ *   56 kind        u8     enum dgdo_fleet_kind
+ *   57 pad_[7]
+ */
+enum dgdo_fleet_kind { DGDO_FLEET_MOVED = 1, DGDO_FLEET_ONLINE = 2, DGDO_FLEET_OFFLINE = 3, DGDO_FLEET_GONE = 4 };
+
+typedef struct dgdo_fleet_entry {
+    dgdo_id driver_id;
+    dgdo_point pos;
+    uint8_t kind;
+    uint8_t pad_[7];
+} dgdo_fleet_entry;
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_fleet_entry, pos) == 40, "pos");
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_fleet_entry, kind) == 56, "kind");
+DGDO_EV_STATIC_ASSERT(sizeof(dgdo_fleet_entry) == 64, "dgdo_fleet_entry");
+
+/* The fixed head; `count` dgdo_fleet_entry follow it (a record is 72 + 64 x count bytes). */
+typedef struct dgdo_fleet {
+    dgdo_out_meta meta; /* dgdo_in_meta on the way in: the same 64 bytes */
+    uint32_t count;
+    uint32_t pad_;
+} dgdo_fleet;
+DGDO_EV_STATIC_ASSERT(sizeof(dgdo_in_meta) == sizeof(dgdo_out_meta), "metas");
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_fleet, count) == 64, "count");
+DGDO_EV_STATIC_ASSERT(sizeof(dgdo_fleet) == 72, "dgdo_fleet");
 
 #ifdef __cplusplus
 }

@@ -14,7 +14,9 @@ fds closed at once: the mappings alone keep them. Then:
   while (`idle_spin_us`, sidecar/engine/idle.py: spin, yield, then park) when the
   operator gives it a budget.
 * the control socket is watched too: EOF means the engine died. The link
-  then reports `attached = False` and keeps trying to attach again.
+  then reports `attached = False` and keeps trying to attach again, unless
+  the engine refused our worker id (another live sidecar has it): that is
+  final (`on_refused`), never retried in a loop.
 * liveness: a stopped or wedged engine keeps its socket open, so a timer
   reads the out ring's producer heartbeat (the engine beats every
   DGDO_CTL_HEARTBEAT_MS): silent longer than `engine_timeout_s` and the link
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -71,6 +74,18 @@ def socket_address(control: str) -> str:
     return "\0" + control[1:] if control.startswith("@") else control
 
 
+class WorkerIdTaken(Exception):
+    """The engine refused the attach (-EBUSY): another live sidecar holds this worker id. Not retried:
+    two sidecars with one id would take turns forever; the process exits and its supervisor
+    (systemd's Restart=, `dgdo run`) decides when to try again."""
+
+    def __init__(self, worker: int, holder_pid: int) -> None:
+        super().__init__(f"worker id {worker} is already attached to the engine (pid {holder_pid}): "
+                         "give each worker its own --worker")
+        self.worker = worker
+        self.holder_pid = holder_pid
+
+
 class EngineUnavailable(Exception):
     """No engine attached: the command was not taken."""
 
@@ -88,6 +103,7 @@ class EngineLink:
     engine_timeout_s: heartbeat silence after which an attached engine counts as unavailable.
     on_available: called with False when the attached engine falls silent, True when it beats again.
     idle_spin_us: after work, poll the out ring this long before parking (0: park at once).
+    on_refused: called once if the engine refuses our worker id (another live sidecar holds it).
     """
 
     def __init__(
@@ -100,6 +116,7 @@ class EngineLink:
         engine_timeout_s: float = ENGINE_TIMEOUT_S,
         on_available: Callable[[bool], None] = lambda up: None,
         idle_spin_us: float = 0.0,
+        on_refused: Callable[[WorkerIdTaken], None] = lambda e: None,
     ) -> None:
         self.control_path = control_path
         self.reply_spin_ns = int(reply_spin_us * 1000)
@@ -115,6 +132,8 @@ class EngineLink:
         self._watch_interval = min(0.25, max(0.02, engine_timeout_s / 4))
         self._watch: asyncio.TimerHandle | None = None
         self.on_available = on_available
+        self.on_refused = on_refused
+        self.refused: WorkerIdTaken | None = None
         self.epoch = 0
         self.engine_pid = 0
         self._loop = asyncio.get_running_loop()
@@ -170,8 +189,10 @@ class EngineLink:
             magic, version, worker, pid, status, epoch, _in_cap, _out_cap = ATTACH.unpack(data)
             if magic != CTL_MAGIC or version != CTL_VERSION or worker != self.worker:
                 raise ConnectionError("attach reply of another protocol, version or worker")
+            if status == -errno.EBUSY:
+                raise WorkerIdTaken(worker, pid)
             if status != 0:
-                raise ConnectionError(f"engine refused attach: status {status}")
+                raise ConnectionError(f"engine refused attach: {os.strerror(-status) if status < 0 else status}")
             if len(fds) != CTL_NFDS:
                 raise ConnectionError(f"attach reply with {len(fds)} fds, not {CTL_NFDS}")
             in_seg = Segment.from_fd(fds[FD_IN_RING], epoch=epoch, label=f"w{worker}.in")
@@ -206,11 +227,20 @@ class EngineLink:
         self._drain()  # records the engine queued before we watched the doorbell
 
     async def attach_forever(self, interval: float = 0.2) -> None:
-        """Attaches, retrying until it succeeds or the link is closed."""
+        """Attaches, retrying until it succeeds or the link is closed.
+
+        A refusal for a worker id taken (WorkerIdTaken) ends the attempts: it is kept in `refused`
+        and reported through `on_refused`.
+        """
         warned = False
         while not self._closed and not self.attached:
             try:
                 await self.attach()
+                return
+            except WorkerIdTaken as e:
+                log.error("! %s", e)
+                self.refused = e
+                self.on_refused(e)
                 return
             except (OSError, TimeoutError, ConnectionError, ring.RingError) as e:
                 if not warned:

@@ -50,6 +50,7 @@ class T(IntEnum):
     IN_RIDE_REQUEST = 5
     IN_ORDER_COMMAND = 6
     IN_NEARBY = 7
+    IN_FLEET = 8
     OUT_COMMAND_RESULT = 100
     OUT_ORDER_UPDATE = 101
     OUT_NEW_ORDER = 102
@@ -59,6 +60,8 @@ class T(IntEnum):
     OUT_NEARBY_DRIVERS = 106
     OUT_ENGINE_STATS = 107
     OUT_SESSION_STATE = 108
+    OUT_SESSION_REPLACED = 109
+    OUT_FLEET = 110
 
 
 class Role(IntEnum):
@@ -126,8 +129,21 @@ OUT_DRIVER_POSITION = struct.Struct("<" + _META + "Q40sddff8x")
 OUT_ESTIMATE_UPDATE = struct.Struct("<" + _META + "Qdd")
 OUT_NEARBY_HEAD = struct.Struct("<" + _META + "I4x")
 NEARBY_ENTRY = struct.Struct("<40sdd")
-OUT_ENGINE_STATS = struct.Struct("<" + _META + "III4xQQQQQ")
+OUT_ENGINE_STATS = struct.Struct("<" + _META + "IIIIQQQQQ")
 OUT_SESSION = struct.Struct("<" + _META + "QB7x")
+OUT_SESSION_REPLACED = struct.Struct("<" + _META + "H6x")
+# FLEET (IN_FLEET from a worker, OUT_FLEET relayed to the others): this head, then `count` entries.
+FLEET_HEAD = struct.Struct("<" + _META + "I4x")
+FLEET_ENTRY = struct.Struct("<40sddB7x")
+
+
+class FleetKind(IntEnum):
+    """What a FLEET entry says about its driver (enum dgdo_fleet_kind)."""
+
+    MOVED = 1
+    ONLINE = 2
+    OFFLINE = 3
+    GONE = 4
 
 _C_NAMES = {
     "dgdo_in_session": IN_SESSION,
@@ -146,6 +162,9 @@ _C_NAMES = {
     "dgdo_nearby_entry": NEARBY_ENTRY,
     "dgdo_out_engine_stats": OUT_ENGINE_STATS,
     "dgdo_out_session": OUT_SESSION,
+    "dgdo_out_session_replaced": OUT_SESSION_REPLACED,
+    "dgdo_fleet": FLEET_HEAD,
+    "dgdo_fleet_entry": FLEET_ENTRY,
 }
 
 
@@ -199,6 +218,15 @@ def session(origin: Origin, recv_ns: int, last_seq: int | None = None) -> bytes:
         return IN_SESSION.pack(recv_ns, 0, origin.conn, origin.worker, origin.role, origin.actor, 0, 0)
     return IN_SESSION.pack(recv_ns, 0, origin.conn, origin.worker, origin.role, origin.actor,
                            SESSION_HAS_LAST_SEQ, last_seq)
+
+
+def fleet(origin: Origin, entries: list[tuple[bytes, float, float, int]]) -> bytes:
+    """IN_FLEET: (padded driver id, lat, lon, FleetKind) per entry, for the other workers' admins."""
+    out = bytearray(FLEET_HEAD.pack(0, 0, origin.conn, origin.worker, origin.role, origin.actor, len(entries)))
+    pack = FLEET_ENTRY.pack
+    for driver_id, lat, lon, kind in entries:
+        out += pack(driver_id, lat, lon, kind)
+    return bytes(out)
 
 
 def driver_location(

@@ -15,9 +15,15 @@ sidecar into a small model and, at a fixed rate, says what changed:
   subscribed, one that missed deltas while its socket was full, and periodically for safety.
 
 No clock, no socket, no event loop: callers pass `now` (monotonic seconds) and `ts_ms`, and
-send what comes back. The model is built from what this sidecar worker delivers: with several
-workers behind one port, each worker's feed shows its own drivers (and the orders whose
-updates it carries).
+send what comes back.
+
+Several workers behind one port: every worker's feed shows the whole fleet. Orders, offers and
+trips come from the engine's records, which the engine also hands to every other worker (fed
+here, delivered to nobody). Positions, online/offline and disconnects are only seen by the
+worker a driver is connected to: each tick that worker passes them on (`relay()`: the latest
+fix per driver, status changes, disconnects, and every local driver again every `full_every_s`)
+in a FLEET record the engine relays to the others, which fold them in with `remote()`. A remote
+driver not heard of for `3 x full_every_s` (its worker died) leaves the map.
 
 Driver state, as derived here (the engine's own state is not on the wire):
 
@@ -50,6 +56,9 @@ TRIP_STATUSES = frozenset({"accepted", "arriving", "arrived", "started"})
 TERMINAL_STATUSES = frozenset({"completed", "canceled", "no_driver"})
 RATE_KINDS = ("requested", "matched", "completed", "no_driver")
 RATE_KIND_OF = {"searching": "requested", "accepted": "matched", "completed": "completed", "no_driver": "no_driver"}
+
+# FLEET entry kinds (include/dgdo/events.h enum dgdo_fleet_kind; sidecar/engine/records.py FleetKind)
+FLEET_MOVED, FLEET_ONLINE, FLEET_OFFLINE, FLEET_GONE = 1, 2, 3, 4
 
 FEED_INTERVAL_S = 0.5  # deltas twice a second: smooth enough for a map, bounded for 10k drivers
 FULL_EVERY_S = 30.0  # a full snapshot now and then heals anything a client's model got wrong
@@ -167,6 +176,11 @@ class AdminFeed:
         self._requests: dict[int, tuple[str, tuple[float, float], tuple[float, float]]] = {}
         self._last_full: float | None = None
         self._last_prune = 0.0
+        # several workers (module doc): what to pass on, and the drivers another worker reported
+        self._relay: list[tuple[str, float, float, int]] = []  # (driver, lat, lon, FleetKind) since the last tick
+        self._last_relay_full = 0.0
+        self._remote: dict[str, tuple[int, float]] = {}  # driver -> (its worker, monotonic s last heard of)
+        self._remote_moved: dict[str, tuple[float, float]] = {}
         self.counts = dict.fromkeys(RATE_KINDS, 0)  # order events seen, for the per-minute rates
 
     # ---- inputs: what passes through the sidecar ------------------------------------
@@ -175,14 +189,20 @@ class AdminFeed:
         """A driver's fix. Hot path (every `driver_location`): one dict store, folded in at tick."""
         self._moved[driver_id] = pos
 
-    def driver_status(self, driver_id: str, online: bool) -> None:
+    def driver_status(self, driver_id: str, online: bool, relay: bool = True) -> None:
+        if relay:
+            self._relay.append((driver_id, 0.0, 0.0, FLEET_ONLINE if online else FLEET_OFFLINE))
         d = self._driver(driver_id)
         if d.online != online:
             d.online = online
             self._dirty.add(driver_id)
 
-    def driver_gone(self, driver_id: str) -> None:
+    def driver_gone(self, driver_id: str, relay: bool = True) -> None:
         """The driver's connection closed: off the map (the engine keeps its trip; it may come back)."""
+        if relay:
+            self._relay.append((driver_id, 0.0, 0.0, FLEET_GONE))
+        self._remote.pop(driver_id, None)
+        self._remote_moved.pop(driver_id, None)
         self._moved.pop(driver_id, None)
         self._offers.pop(driver_id, None)
         if self._drivers.pop(driver_id, None) is not None:
@@ -276,6 +296,28 @@ class AdminFeed:
             o.eta_s = eta_s
             self._orders_dirty.add(order_id)
 
+    def remote(self, worker: int, entries: list[tuple[str, float, float, int]], now: float) -> None:
+        """What another worker said about its drivers (a FLEET record), for drivers not connected here.
+
+        A disconnect counts only from the worker the driver was last reported on: the driver may
+        have moved to a third one meanwhile.
+        """
+        for driver_id, lat, lon, kind in entries:
+            if kind == FLEET_GONE:
+                if self._remote.get(driver_id, (0, 0.0))[0] == worker:
+                    self.driver_gone(driver_id, relay=False)
+                continue
+            self._remote[driver_id] = (worker, now)
+            if kind == FLEET_MOVED:
+                self._remote_moved[driver_id] = (lat, lon)
+            else:
+                self.driver_status(driver_id, kind == FLEET_ONLINE, relay=False)
+
+    def relay(self) -> list[tuple[str, float, float, int]]:
+        """What the other workers' feeds need from this one since the last call (see `remote()`)."""
+        out, self._relay = self._relay, []
+        return out
+
     # ---- outputs --------------------------------------------------------------------
 
     def tick(self, now: float, ts_ms: int, want: bool = True) -> dict[str, Any] | None:
@@ -301,14 +343,38 @@ class AdminFeed:
         drivers = self._drivers
         rows = []
         moved, self._moved = self._moved, {}
+        remote = self._remote
+        relay = self._relay
+        if remote:  # (drivers that moved here are ours now)
+            for driver_id in moved:
+                remote.pop(driver_id, None)
         for driver_id, pos in moved.items():
             d = drivers.get(driver_id)
             if d is None:
                 d = drivers[driver_id] = _Driver()
                 self._gone.discard(driver_id)
             d.lat, d.lon = pos.lat, pos.lon
+            relay.append((driver_id, d.lat, d.lon, FLEET_MOVED))
             if want:
                 rows.append(d.row(driver_id))
+        remote_moved, self._remote_moved = self._remote_moved, {}
+        for driver_id, (lat, lon) in remote_moved.items():
+            if driver_id in moved:
+                continue
+            d = drivers.get(driver_id)
+            if d is None:
+                d = drivers[driver_id] = _Driver()
+                self._gone.discard(driver_id)
+            d.lat, d.lon = lat, lon
+            if want:
+                rows.append(d.row(driver_id))
+        if now - self._last_relay_full >= self.full_every_s:  # every local driver again: heals a lost relay
+            self._last_relay_full = now
+            for driver_id, d in drivers.items():
+                if driver_id not in remote and driver_id not in moved and d.lat is not None:
+                    relay.append((driver_id, d.lat, d.lon, FLEET_MOVED))
+                    if not d.online:
+                        relay.append((driver_id, 0.0, 0.0, FLEET_OFFLINE))
         dirty, self._dirty = self._dirty, set()
         if want:
             for driver_id in dirty:
@@ -397,6 +463,9 @@ class AdminFeed:
         for order_id in stale:
             del self._orders[order_id]
         self._orders_dirty.difference_update(stale)
+        silent = [i for i, (_w, heard) in self._remote.items() if now - heard > 3 * self.full_every_s]
+        for driver_id in silent:  # its worker stopped reporting it (died): nobody else will say it left
+            self.driver_gone(driver_id, relay=False)
 
     def __len__(self) -> int:
         return len(self._drivers)

@@ -91,6 +91,8 @@ RESULT_ERROR = {
     Result.BAD_MESSAGE: (ErrorCode.BAD_MESSAGE, "refused by the engine"),
 }
 _HEADER = R.HEADER.unpack_from
+# FLEET entries per record: 72 + 64 x 32 = 2,120 bytes, within the record cap of any ring of 32 KiB or more.
+FLEET_CHUNK = 32
 _NO_GAUGES = LinkGauges()
 
 
@@ -182,6 +184,8 @@ class SessionCore:
             T.OUT_NEARBY_DRIVERS: self._nearby_drivers,
             T.OUT_ENGINE_STATS: self._engine_stats,
             T.OUT_SESSION_STATE: self._session_state,
+            T.OUT_SESSION_REPLACED: self._session_replaced,
+            T.OUT_FLEET: self._fleet,
         }
 
     # ---- drain ---------------------------------------------------------------------------
@@ -615,7 +619,7 @@ class SessionCore:
             self._commits.append(real)
 
     def _order_update(self, buf: Any, off: int, size: int) -> None:
-        (_m, real, to_conn, _w, role, to_id, order_id, status, reason, driver_id, passenger_id, seq) = (
+        (_m, real, to_conn, w, role, to_id, order_id, status, reason, driver_id, passenger_id, seq) = (
             R.OUT_ORDER_UPDATE.unpack_from(buf, off)
         )
         msg: dict[str, Any] = {"type": "order_update", "order_id": order_id,
@@ -626,7 +630,8 @@ class SessionCore:
             msg["passenger_id"] = id_str(passenger_id)
         if reason:
             msg["reason"] = REASON_NAME[R.Reason(reason)]
-        self._deliver(self._recipient(to_conn, role, to_id), msg, real, seq)
+        if w == self.worker:  # else a copy for our admins (another worker's app: module doc)
+            self._deliver(self._recipient(to_conn, role, to_id), msg, real, seq)
         if not to_conn:  # a change as it happens (not a replay or snapshot to one session)
             self.feed.order_update(order_id, msg["status"], id_str(passenger_id), msg.get("driver_id", ""),
                                    self.mono_ns() / 1e9, msg["ts"])
@@ -650,7 +655,7 @@ class SessionCore:
                                            "ts": ts})
 
     def _new_order(self, buf: Any, off: int, size: int) -> None:
-        (_m, real, to_conn, _w, role, to_id, order_id, passenger_id,
+        (_m, real, to_conn, w, role, to_id, order_id, passenger_id,
          plat, plon, dlat, dlon, distance_m, eta_s, expires_in_s, seq) = R.OUT_NEW_ORDER.unpack_from(buf, off)
         msg = {
             "type": "new_order", "order_id": order_id, "passenger_id": id_str(passenger_id),
@@ -658,16 +663,18 @@ class SessionCore:
             "distance_m": round(distance_m, 1), "eta_s": round(eta_s, 1),
             "expires_in_s": round(expires_in_s, 3), "ts": real // 1_000_000,
         }
-        self._deliver(self._recipient(to_conn, role, to_id), msg, real, seq)
+        if w == self.worker:
+            self._deliver(self._recipient(to_conn, role, to_id), msg, real, seq)
         if not to_conn:
             self.feed.offer(id_str(to_id), order_id, (plat, plon), (dlat, dlon), eta_s, expires_in_s,
                             self.mono_ns() / 1e9, msg["ts"])
 
     def _cancel_order(self, buf: Any, off: int, size: int) -> None:
-        (_m, real, to_conn, _w, role, to_id, order_id, reason, seq) = R.OUT_CANCEL_ORDER.unpack_from(buf, off)
+        (_m, real, to_conn, w, role, to_id, order_id, reason, seq) = R.OUT_CANCEL_ORDER.unpack_from(buf, off)
         msg = {"type": "cancel_order", "order_id": order_id, "reason": REASON_NAME[R.Reason(reason)],
                "ts": real // 1_000_000}
-        self._deliver(self._recipient(to_conn, role, to_id), msg, real, seq)
+        if w == self.worker:
+            self._deliver(self._recipient(to_conn, role, to_id), msg, real, seq)
         if not to_conn:
             self.feed.offer_ended(id_str(to_id), order_id)
 
@@ -700,10 +707,11 @@ class SessionCore:
             self._position_at[key] = (at, len(self._commits) - 1)
 
     def _estimate_update(self, buf: Any, off: int, size: int) -> None:
-        (_m, real, to_conn, _w, role, to_id, order_id, eta_s, distance_m) = R.OUT_ESTIMATE_UPDATE.unpack_from(buf, off)
+        (_m, real, to_conn, w, role, to_id, order_id, eta_s, distance_m) = R.OUT_ESTIMATE_UPDATE.unpack_from(buf, off)
         msg = {"type": "estimate_update", "order_id": order_id, "eta_s": round(eta_s, 1),
                "distance_m": round(distance_m, 1), "ts": real // 1_000_000}
-        self._deliver(self._recipient(to_conn, role, to_id), msg, real)
+        if w == self.worker:
+            self._deliver(self._recipient(to_conn, role, to_id), msg, real)
         if not to_conn:
             self.feed.estimate(order_id, eta_s)
 
@@ -719,10 +727,63 @@ class SessionCore:
         self._deliver(self._recipient(to_conn, role, to_id), msg, real)
 
     def _engine_stats(self, buf: Any, off: int, size: int) -> None:
-        (_m, _real, _c, _w, _r, _id, online, available, active, created, matched, completed, p99, p50) = (
+        (_m, _real, _c, _w, _r, _id, online, available, active, workers, created, matched, completed, p99, p50) = (
             R.OUT_ENGINE_STATS.unpack_from(buf, off)
         )
-        self.stats.engine = EngineSnapshot(online, available, active, created, matched, completed, p99, p50)
+        self.stats.engine = EngineSnapshot(online, available, active, created, matched, completed, p99, p50,
+                                           workers)
+
+    # ---- several workers ---------------------------------------------------------------------
+
+    def _session_replaced(self, buf: Any, off: int, size: int) -> None:
+        """The engine saw the same role and id open elsewhere: this (older) session closes with 4001.
+
+        Same worker: open() closed it already and this finds nothing. Another worker: this is the
+        only news of it. Unregistered at once (the engine routes to the newer one now, and its
+        close would only be ignored); off this worker's map, which the newer worker now feeds.
+        """
+        (_m, _real, to_conn, w, role, to_id, by_worker) = R.OUT_SESSION_REPLACED.unpack_from(buf, off)
+        if w != self.worker or not to_conn:
+            return
+        old = self._recipient(to_conn, role, to_id)
+        if old is None or old.closing or old.gone:
+            return
+        if self._unregister(old):
+            self.stats.connections = len(self.by_conn)
+            if old.role is Role.DRIVER:
+                self.feed.driver_gone(old.app_id)
+        self.close(old, CLOSE_REPLACED, "replaced by a newer connection")
+        self.admin_log("info", f"{old.role.value} {old.app_id} reconnected to worker {by_worker}; "
+                               f"the older connection on worker {self.worker} closed 4001")
+
+    def _fleet(self, buf: Any, off: int, size: int) -> None:
+        """Another worker's drivers (FLEET, relayed by the engine) for our admins' views."""
+        head, entry = R.FLEET_HEAD, R.FLEET_ENTRY
+        (_m, _real, _c, worker, _r, _id, count) = head.unpack_from(buf, off)
+        if worker == self.worker:
+            return
+        mine = self.by_wire[R.Role.DRIVER]
+        entries = []
+        for i in range(min(count, (size - head.size) // entry.size)):
+            raw, lat, lon, kind = entry.unpack_from(buf, off + head.size + i * entry.size)
+            if raw in mine:  # connected here: what we see ourselves is the truth
+                continue
+            entries.append((id_str(raw), lat, lon, kind))
+            if kind in (R.FleetKind.ONLINE, R.FleetKind.OFFLINE, R.FleetKind.GONE):
+                status = {R.FleetKind.ONLINE: "online", R.FleetKind.OFFLINE: "offline"}.get(kind, "disconnected")
+                self.to_admins("drivers", {"type": "driver_status", "driver_id": entries[-1][0], "status": status,
+                                           "ts": self._now_ms()})
+        self.feed.remote(worker, entries, self.mono_ns() / 1e9)
+
+    def _relay_fleet(self) -> None:
+        """Publishes what the other workers' admins need from this one (admin_feed.py); nothing when alone."""
+        entries = self.feed.relay()
+        if not entries or not self.available or self.stats.engine.workers < 2:
+            return
+        origin = R.Origin(0, self.worker, R.Role.ADMIN, b"")
+        for at in range(0, len(entries), FLEET_CHUNK):
+            chunk = [(i.encode("ascii"), lat, lon, kind) for i, lat, lon, kind in entries[at:at + FLEET_CHUNK]]
+            self._records.append(ToEngine(T.IN_FLEET, R.fleet(origin, chunk)))
 
     # ---- admins ------------------------------------------------------------------------------
 
@@ -745,7 +806,7 @@ class SessionCore:
         """The `system_stats` admin message: the engine's last ENGINE_STATS plus this worker's gauges."""
         s, e, g, feed = self.stats, self.stats.engine, self.gauges(), self.feed
         # Requested, matched and completed are the engine's own counters (every worker's orders);
-        # no_driver is counted from the updates this worker delivers (the engine keeps no such counter).
+        # no_driver is counted from the updates seen here, every worker's (the engine keeps no such counter).
         requested, matched, completed, no_driver = self._rates.per_min(
             self.mono_ns() / 1e9, (e.orders_created, e.orders_matched, e.orders_completed, feed.counts["no_driver"]))
         p50, p99 = s.push_latency.percentiles(50, 99)
@@ -774,6 +835,8 @@ class SessionCore:
             "engine_heartbeat_age_ms": None if age is None else age // 1_000_000,
             "ring_depths": {"in_bytes": g.in_bytes if self.attached else 0, "in_backlog_bytes": g.backlog_bytes,
                             "out_bytes": g.out_bytes if self.attached else 0},
+            "worker": self.worker,  # connections, push latency and ring depths are this worker's
+            "workers": e.workers,
             "ts": self._now_ms(),
         }
 
@@ -789,6 +852,7 @@ class SessionCore:
         feed = self.feed
         subscribers = [s for s in self.admins if "fleet" in s.topics]
         delta = feed.tick(now, ts_ms, want=bool(subscribers))
+        self._relay_fleet()
         behind = self._fleet_behind
         if not subscribers:
             behind.clear()

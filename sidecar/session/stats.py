@@ -62,6 +62,7 @@ class EngineSnapshot:
     orders_completed: int = 0
     match_p99_ns: int = 0
     match_p50_ns: int = 0
+    workers: int = 0  # sidecar workers attached to the engine
 
 
 @dataclass(frozen=True, slots=True)

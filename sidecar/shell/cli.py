@@ -1,7 +1,7 @@
 """`dgdo`: run the engine and the sidecar together, or the sidecar alone.
 
-    dgdo run [--host H] [--port P] [--demo N | --no-demo] [--state-dir DIR]
-                                                            engine + sidecar (+ demo)
+    dgdo run [--host H] [--port P] [--demo N | --no-demo] [--state-dir DIR] [--workers N]
+                                                            engine + sidecar worker(s) (+ demo)
     dgdo sidecar --control PATH|@NAME [--host H] [--port P] sidecar for a running engine
     dgdo token --role R --sub ID [--ttl S] [--secret S]     mint a JWT for an app
     dgdo engine-path                                        where the engine binary is
@@ -47,6 +47,7 @@ from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US
 from sidecar.session.limits import MAX_QUEUED, Rate
 from sidecar.shell import lifetime, sd_notify
 from sidecar.shell.server import App, Settings
+from sidecar.shell.workers import WorkerProcesses, child_args
 from sidecar.wire import auth
 from sidecar.wire.messages import is_valid_id
 
@@ -195,6 +196,7 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     app = App(control, worker=args.worker, reply_spin_us=args.reply_spin_us, settings=_settings(args, secret))
+    app.link.on_refused = lambda e: stop.set()  # our worker id is taken: one line, exit 1 (below)
     try:
         await app.start(args.host, args.port)
     except OSError as e:  # EADDRINUSE, EACCES (a port below 1024), EADDRNOTAVAIL (a host not ours)
@@ -213,8 +215,13 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
         tasks.append(loop.create_task(_notify_systemd(app, notifier, control)))
     if engine is not None:
         tasks.append(loop.create_task(engine.watch(stop)))
-    if getattr(args, "demo", 0):
-        await app.link.wait_attached()
+    extra: WorkerProcesses | None = None
+    if getattr(args, "workers", 1) > 1:
+        # We are worker 1; 2..N share our port (sidecar/shell/workers.py). Spawned here, on the main thread.
+        extra = WorkerProcesses(control, app.port, args.workers, child_args(args.sidecar_parser, args), args.worker)
+        extra.start()
+        tasks += [loop.create_task(extra.watch(w, EngineSupervisor.exited)) for w in extra.ids]
+    if getattr(args, "demo", 0) and await _attached_or_stopped(app, stop):
         # From this (the main) thread, with the marker that makes it end with us even after our kill -9.
         demo = subprocess.Popen(
             [sys.executable, "-m", "dgdo_apps.demo", "--url", f"ws://{args.host}:{app.port}",
@@ -233,8 +240,22 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
             demo.kill()
     for t in tasks:
         t.cancel()
+    if extra is not None:
+        await extra.stop(EngineSupervisor.exited)
     await app.stop()
+    if app.link.refused is not None:
+        raise SystemExit(f"dgdo: {app.link.refused}")
     return 0
+
+
+async def _attached_or_stopped(app: App, stop: asyncio.Event) -> bool:
+    """Waits until the worker is attached (True) or told to stop first (False)."""
+    attached = asyncio.ensure_future(app.link.wait_attached())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((attached, stopped), return_when=asyncio.FIRST_COMPLETED)
+    attached.cancel()
+    stopped.cancel()
+    return app.link.attached
 
 
 class EngineSupervisor:
@@ -504,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = run.add_mutually_exclusive_group()
     demo.add_argument("--demo", type=int, default=20, metavar="N", help="simulated drivers (default 20)")
     demo.add_argument("--no-demo", dest="demo", action="store_const", const=0)
+    run.add_argument("--workers", type=int_in(1, 256, "--workers"), default=1, metavar="N",
+                     help="sidecar workers sharing the port (SO_REUSEPORT): this process is worker 1, "
+                          "2..N are child processes (default 1)")
     run.add_argument("--instance", default=f"run{os.getpid()}", help="engine instance name (labels its ring memfds)")
     run.add_argument("--state-dir", type=Path, default=None,
                      help="the engine's journal and snapshots (default $XDG_STATE_HOME/dgdo/run-PORT, "
@@ -521,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_args(side)
     side.add_argument("--control", required=True, help="the engine's control socket: a path, or @NAME (abstract)")
     side.set_defaults(func=cmd_sidecar, demo=0)
+    run.set_defaults(sidecar_parser=side)  # `--workers N` starts its workers 2..N with this parser's flags
 
     tok = sub.add_parser("token", help=f"mint a JWT for an app (secret from ${auth.ENV_SECRET})")
     tok.add_argument("--role", required=True, choices=["driver", "passenger", "admin"])

@@ -73,7 +73,7 @@ from sidecar.wire.frames import frames as server_frames
 from sidecar.wire.messages import DriverLocation, Nearby, Role
 from sidecar.wire.router import ADMIN_PAGE, HttpRoute, RouteError, WsRoute, choose_format, route
 
-__all__ = ["CLOSE_REPLACED", "CLOSE_SLOW_READER", "MAX_FRAME_BYTES", "App", "Settings"]
+__all__ = ["CLOSE_REPLACED", "CLOSE_SLOW_READER", "MAX_FRAME_BYTES", "WORKER_HEADER", "App", "Settings"]
 
 log = logging.getLogger("dgdo.server")
 
@@ -92,6 +92,8 @@ _TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
 # was half of what an idle connection cost (bench/conns); app messages are ~100-300 bytes, so the
 # smallest picows allows holds a burst of them, and a connection that sends more grows its own.
 READ_BUFFER_BYTES = 2048
+
+WORKER_HEADER = "X-Dgdo-Worker"  # in every 101: the sidecar worker id that took the connection
 
 
 class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -142,6 +144,7 @@ class App:
     def __init__(self, control_path: str, worker: int = 1, reply_spin_us: float = REPLY_SPIN_US,
                  settings: Settings | None = None) -> None:
         self.worker = worker
+        self._worker_text = str(worker)
         self.settings = settings = settings or Settings()
         self.auth = Authenticator(settings.jwt_secret)
         self.stats = SidecarStats()
@@ -162,7 +165,11 @@ class App:
             self.listener_factory, host, port,
             enable_auto_ping=False,  # one keepalive sweep for all (_keepalive_loop), not a task per connection
             enable_auto_pong=False,  # AppListener answers PINGs, charged to the connection's rate limit
-            max_frame_size=MAX_FRAME_BYTES, **PICOWS_SERVER_OPTIONS,
+            max_frame_size=MAX_FRAME_BYTES,
+            # N workers share the public port (`dgdo run --workers N`, dgdo-sidecar@.service): the
+            # kernel spreads new connections over them. It also lets a second sidecar bind a port
+            # a live one holds; a duplicate worker id is refused by the engine instead.
+            reuse_port=True, **PICOWS_SERVER_OPTIONS,
         )
         self.link.start()
         self._stats_task = self._loop.create_task(self._admin_loop(self.settings.stats_interval_s, self.core.tick))
@@ -315,7 +322,10 @@ class App:
         if claims is not None and r.role is Role.ADMIN:
             r = replace(r, app_id=claims.sub)
         session = self.core.new_session(r.role, r.app_id, fmt, r.last_seq)
-        headers = {"Sec-WebSocket-Protocol": subprotocol} if subprotocol else None
+        # Which worker the kernel picked (several share the port): for operators and tests, no protocol meaning.
+        headers = {WORKER_HEADER: self._worker_text}
+        if subprotocol:
+            headers["Sec-WebSocket-Protocol"] = subprotocol
         return WSUpgradeResponseWithListener(
             WSUpgradeResponse.create_101_response(extra_headers=headers), AppListener(self, session, r)
         )

@@ -177,7 +177,19 @@ void Core::on(const SessionOpen& e) {
     if (!role_ok || (!id && m.role != DGDO_ROLE_ADMIN)) return reply(m, DGDO_RESULT_BAD_MESSAGE);
     reply(m, DGDO_RESULT_OK);
     const std::string who = id.value_or(std::string());
-    sessions_[{m.role, who}] = Session{m.worker, m.conn, true};
+    Session& s = sessions_[{m.role, who}];
+    // One app id on one connection: the older one is told to close (4001) wherever it is. The
+    // sidecar closes a same-worker one by itself as well; for another worker this is the only news.
+    if (s.open && (s.worker != m.worker || s.conn != m.conn) && !who.empty()) {
+        auto r = blank<dgdo_out_session_replaced>();
+        r.meta.to_conn = s.conn;
+        r.meta.to_worker = s.worker;
+        r.meta.to_role = m.role;
+        put_id(r.meta.to_id, who);
+        r.by_worker = m.worker;
+        emit(DGDO_OUT_SESSION_REPLACED, r);
+    }
+    s = Session{m.worker, m.conn, true};
     resume(e.rec, who);
     if (m.role != DGDO_ROLE_DRIVER) return;
     Driver& d = driver(who);

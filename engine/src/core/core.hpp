@@ -5,7 +5,9 @@
 // so the same input sequence always yields the same output bytes.
 //
 // What each input produces (a COMMAND_RESULT first whenever meta.corr != 0):
-//   SESSION_OPEN/CLOSE  routing; a driver's close starts the grace timer. Every open: SESSION_STATE
+//   SESSION_OPEN/CLOSE  routing; a driver's close starts the grace timer. An open for a role + id
+//                       whose session is open on another connection (any worker): SESSION_REPLACED
+//                       to that older one first (its sidecar closes it 4001). Every open: SESSION_STATE
 //                       to the opening connection, then (see resume()) the reliable records after
 //                       its last_seq, or a snapshot: the final record of each of the actor's orders
 //                       that ended since last_seq, ORDER_UPDATE for each live one (and NEW_ORDER

@@ -1,5 +1,6 @@
 #include "loop/event_loop.hpp"
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/eventfd.h>
@@ -37,6 +38,24 @@ uint64_t clock_ns(clockid_t id) {
     timespec ts{};
     clock_gettime(id, &ts);
     return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// A control socket whose sidecar is still there: no hang-up, no error, no EOF pending.
+bool peer_alive(int fd) {
+    pollfd p{fd, POLLIN | POLLRDHUP, 0};
+    if (poll(&p, 1, 0) < 0) return true;  // cannot tell: keep the holder
+    if (p.revents & (POLLHUP | POLLRDHUP | POLLERR)) return false;
+    if (p.revents & POLLIN) {
+        char c;
+        return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) != 0;  // 0: EOF
+    }
+    return true;
+}
+
+// Records the admin views (sidecar/session/admin_feed.py) are built from, besides FLEET.
+bool watched_by_admins(int32_t type) {
+    return type == DGDO_OUT_ORDER_UPDATE || type == DGDO_OUT_NEW_ORDER || type == DGDO_OUT_CANCEL_ORDER ||
+           type == DGDO_OUT_ESTIMATE_UPDATE;
 }
 
 void close_fd(int& fd) {
@@ -221,7 +240,7 @@ void EventLoop::on_hello(uint64_t serial) {
     const HelloRead r = recv_hello(fd, &hello);
     if (r == HelloRead::Again) return;
     hello_wait_.erase(it);
-    if (r == HelloRead::Ok) return attach(fd, hello.worker);
+    if (r == HelloRead::Ok) return attach(fd, hello.worker, hello.pid);
     if (r == HelloRead::Bad) {
         std::fprintf(stderr, "dgdo-engine: ! bad hello (magic/version), closing\n");
         dgdo_ctl_attach nack{};
@@ -234,10 +253,41 @@ void EventLoop::on_hello(uint64_t serial) {
     close(fd);
 }
 
-void EventLoop::attach(int fd, uint16_t worker_id) {
-    if (workers_.count(worker_id)) detach(worker_id, "re-attached");
+// One attachment per worker id. A live holder keeps it: the newcomer is refused (-EBUSY, with
+// the holder's pid) rather than taking it over, or two sidecars given the same --worker would
+// take it from each other forever. A holder whose sidecar died is detached here, even when its
+// hang-up is still queued behind this hello in the same epoll batch.
+void EventLoop::attach(int fd, uint16_t worker_id, int32_t pid) {
+    if (worker_id == 0) {  // 0 means "no worker" in dgdo_out_meta.to_worker
+        std::fprintf(stderr, "dgdo-engine: ! hello with worker id 0 refused (ids are 1-65535)\n");
+        dgdo_ctl_attach bad{};
+        bad.magic = DGDO_CTL_MAGIC;
+        bad.version = DGDO_CTL_VERSION;
+        bad.pid = static_cast<int32_t>(getpid());
+        bad.status = -EINVAL;
+        send_attach(fd, bad, nullptr, 0);
+        close(fd);
+        return;
+    }
+    if (auto it = workers_.find(worker_id); it != workers_.end()) {
+        if (peer_alive(it->second->ctl_fd)) {
+            std::fprintf(stderr, "dgdo-engine: ! worker %u refused: already attached (pid %d); new one is pid %d\n",
+                         worker_id, it->second->pid, pid);
+            dgdo_ctl_attach busy{};
+            busy.magic = DGDO_CTL_MAGIC;
+            busy.version = DGDO_CTL_VERSION;
+            busy.worker = worker_id;
+            busy.pid = it->second->pid;
+            busy.status = -EBUSY;
+            send_attach(fd, busy, nullptr, 0);
+            close(fd);
+            return;
+        }
+        detach(worker_id, "control socket closed");
+    }
     auto w = std::make_unique<Worker>();
     w->id = worker_id;
+    w->pid = pid;
     w->serial = next_serial_++;
     w->ctl_fd = fd;
     dgdo_ctl_attach reply{};
@@ -316,6 +366,7 @@ void EventLoop::on_record(void* ctx, int32_t type, const uint8_t* body, uint32_t
 
 // One peeked record: decoded, filtered, added to the journal batch (nothing applied yet).
 void EventLoop::take(Worker& w, int32_t type, const uint8_t* body, uint32_t len) {
+    if (type == DGDO_IN_FLEET) return relay_fleet(w, body, len);
     auto ev = decode_inbound(type, body, len);
     if (!ev) {
         std::fprintf(stderr, "dgdo-engine: ! skipped inbound record type %d length %u from worker %u\n", type, len, w.id);
@@ -388,6 +439,27 @@ size_t EventLoop::drain(const std::vector<Worker*>& from) {
     return n;
 }
 
+// A worker's view of its drivers for the other workers' admins (events.h, FLEET): no input to
+// dispatch, so neither journaled nor applied; queued with this batch's outputs for publish(),
+// which writes it to every worker but the sender. Sent again after our restart (salvage), it
+// is relayed again: harmless, each entry says where a driver is now.
+void EventLoop::relay_fleet(Worker& w, const uint8_t* body, uint32_t len) {
+    dgdo_fleet head;
+    if (len < sizeof head) return;
+    std::memcpy(&head, body, sizeof head);
+    if (len != sizeof head + static_cast<uint64_t>(head.count) * sizeof(dgdo_fleet_entry)) {
+        std::fprintf(stderr, "dgdo-engine: ! skipped fleet record of length %u from worker %u\n", len, w.id);
+        return;
+    }
+    if (workers_.size() < 2) return;  // nobody to tell
+    OutRecord rec{DGDO_OUT_FLEET, std::vector<uint8_t>(body, body + len)};
+    auto meta = dgdo_out_meta{};
+    meta.to_worker = w.id;
+    meta.to_role = DGDO_ROLE_ADMIN;
+    std::memcpy(rec.body.data(), &meta, sizeof meta);
+    out_.push_back(std::move(rec));
+}
+
 size_t EventLoop::drain_all() {
     std::vector<Worker*> all;
     all.reserve(workers_.size());
@@ -416,11 +488,27 @@ void EventLoop::publish() {
             const uint64_t p99 = match_percentile(99), p50 = match_percentile(50);
             std::memcpy(rec.body.data() + offsetof(dgdo_out_engine_stats, match_p99_ns), &p99, sizeof p99);
             std::memcpy(rec.body.data() + offsetof(dgdo_out_engine_stats, match_p50_ns), &p50, sizeof p50);
+            const auto n = static_cast<uint32_t>(workers_.size());
+            std::memcpy(rec.body.data() + offsetof(dgdo_out_engine_stats, workers), &n, sizeof n);
         }
         auto it = workers_.find(meta.to_worker);
+        if (rec.type == DGDO_OUT_FLEET) {
+            for (auto& [id, w] : workers_)
+                if (id != meta.to_worker) write_out(*w, rec);
+            continue;
+        }
         if (meta.to_role == DGDO_ROLE_ADMIN && (meta.to_worker == 0 || it == workers_.end())) {
             for (auto& [id, w] : workers_) write_out(*w, rec);
-        } else if (it != workers_.end()) {
+            continue;
+        }
+        // Admins on every worker watch every order: a live change (not a replay to one
+        // connection) also goes to the other workers, whose sidecars feed it to their admins
+        // only (to_worker names the recipient's worker, not theirs).
+        if (meta.to_conn == 0 && workers_.size() > 1 && watched_by_admins(rec.type)) {
+            for (auto& [id, w] : workers_)
+                if (id != meta.to_worker) write_out(*w, rec);
+        }
+        if (it != workers_.end()) {
             write_out(*it->second, rec);
         } else if (dropped_++ % 1000 == 0) {  // rate-limited: a gone worker can mean many of these
             std::fprintf(stderr, "dgdo-engine: ! record type %d for gone worker %u dropped (%llu so far)\n", rec.type,

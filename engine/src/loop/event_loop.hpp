@@ -36,6 +36,7 @@ public:
 private:
     struct Worker {
         uint16_t id = 0;
+        int32_t pid = 0;  // as its hello said: named when another worker asks for the same id
         uint64_t serial = 0;  // epoll key; a re-attached worker gets a new one
         int ctl_fd = -1;
         int engine_bell = -1;  // the sidecar rings it when our "in" consumer is parked
@@ -64,7 +65,7 @@ private:
     void handle(const epoll_event& ev);
     void accept_all();
     void on_hello(uint64_t serial);
-    void attach(int fd, uint16_t worker_id);
+    void attach(int fd, uint16_t worker_id, int32_t pid);
     void detach(uint16_t worker_id, const char* why);
     size_t drain(const std::vector<Worker*>& from);
     size_t drain_all();
@@ -92,6 +93,7 @@ private:
 
     static void on_record(void* ctx, int32_t type, const uint8_t* body, uint32_t len);
     void take(Worker& w, int32_t type, const uint8_t* body, uint32_t len);
+    void relay_fleet(Worker& w, const uint8_t* body, uint32_t len);
 
     const Options opt_;
     const uint64_t epoch_;

@@ -164,6 +164,7 @@ static size_t dgdo_py_sizeof(const char *name) {
     DGDO_SIZE(dgdo_out_cancel_order) DGDO_SIZE(dgdo_out_driver_position)
     DGDO_SIZE(dgdo_out_estimate_update) DGDO_SIZE(dgdo_out_nearby_drivers)
     DGDO_SIZE(dgdo_nearby_entry) DGDO_SIZE(dgdo_out_engine_stats) DGDO_SIZE(dgdo_out_session)
+    DGDO_SIZE(dgdo_out_session_replaced) DGDO_SIZE(dgdo_fleet) DGDO_SIZE(dgdo_fleet_entry)
     DGDO_SIZE(dgdo_ctl_hello) DGDO_SIZE(dgdo_ctl_attach)
     return 0;
 }

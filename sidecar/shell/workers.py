@@ -1,0 +1,108 @@
+"""`dgdo run --workers N`: the extra sidecar workers on a dev box, as child processes.
+
+`dgdo run` is worker 1 itself (it also owns the engine, the demo and the status line); workers
+2..N are `dgdo sidecar --control C --worker k` processes on the same port (SO_REUSEPORT: the
+kernel spreads new connections over the N listening sockets). Why processes and not threads or
+one process: a worker is one event loop on one core, which is what N workers are for; and why
+`dgdo run` stays worker 1 rather than a bare supervisor: a single worker (the default) is then
+exactly what it was, with no extra process.
+
+Each child gets the server settings `dgdo run` was given (every `dgdo sidecar` flag it has,
+read off that parser, so flags added there later follow by themselves), the secret through the
+environment, and the marker that makes it end with us even after our kill -9
+(sidecar/shell/lifetime.py). Spawned from the main thread (PR_SET_PDEATHSIG fires when the
+forking *thread* ends). A child that dies is started again after a back-off, like the engine.
+On stop they get SIGTERM (they close their connections with 1001) and are waited for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import subprocess
+import sys
+from typing import Any
+
+from sidecar.shell import lifetime
+
+log = logging.getLogger("dgdo.workers")
+
+# Flags of `dgdo sidecar` a child gets from us directly, not copied from `dgdo run`'s values.
+OWN_FLAGS = frozenset({"--control", "--worker", "--port", "--status-interval", "--help", "-h", "--version"})
+MAX_BACKOFF_S = 5.0
+STOP_WAIT_S = 10.0
+
+
+def child_args(sidecar_parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The `dgdo sidecar` flags that carry `args`' values (those both commands have)."""
+    out: list[str] = []
+    for action in sidecar_parser._actions:  # (argparse has no public list of a parser's options)
+        flags = [f for f in action.option_strings if f.startswith("--")]
+        if not flags or flags[0] in OWN_FLAGS or not hasattr(args, action.dest):
+            continue
+        value: Any = getattr(args, action.dest)
+        if isinstance(action, argparse._StoreTrueAction):
+            if value:
+                out.append(flags[0])
+        elif value is not None and action.nargs is None:
+            out += [flags[0], str(value)]
+    return out
+
+
+class WorkerProcesses:
+    """Workers 2..N of `dgdo run` (or the first N - 1 ids beside `own_id`): started, restarted when
+    they die, stopped at the end."""
+
+    def __init__(self, control: str, port: int, count: int, extra: list[str], own_id: int = 1) -> None:
+        self.control = control
+        self.port = port
+        # The first count - 1 ids that are not ours: 2..N beside the usual worker 1.
+        self.ids = [w for w in range(1, count + 1) if w != own_id][: count - 1]
+        self.extra = extra
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.restarts = 0
+        self._stopping = False
+
+    def command(self, worker: int) -> list[str]:
+        return [sys.executable, "-m", "sidecar", "sidecar", "--control", self.control, "--worker", str(worker),
+                "--port", str(self.port), "--status-interval", "0", *self.extra]
+
+    def spawn(self, worker: int) -> subprocess.Popen[bytes]:
+        # Its own session: a Ctrl-C at the terminal reaches only `dgdo run`, which stops us in order.
+        proc = subprocess.Popen(self.command(worker), start_new_session=True, env=lifetime.child_env())
+        self.procs[worker] = proc
+        print(f"[dgdo] worker {worker} pid={proc.pid}", flush=True)
+        return proc
+
+    def start(self) -> None:
+        for worker in self.ids:
+            self.spawn(worker)
+
+    async def watch(self, worker: int, exited: Any) -> None:
+        """Restarts worker `worker` whenever it exits, until stop(); `exited(proc)` awaits a process's end."""
+        backoff = 0.2
+        while not self._stopping:
+            rc = await exited(self.procs[worker])
+            if self._stopping:
+                return
+            log.error("! worker %d exited with status %s; restarting in %.1f s", worker, rc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(MAX_BACKOFF_S, backoff * 2)
+            if not self._stopping:
+                self.spawn(worker)
+                self.restarts += 1
+
+    async def stop(self, exited: Any) -> None:
+        """SIGTERM to every worker, then waits (SIGKILL after STOP_WAIT_S)."""
+        self._stopping = True
+        live = [p for p in self.procs.values() if p.poll() is None]
+        for p in live:
+            p.terminate()
+        for p in live:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(exited(p), STOP_WAIT_S)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
