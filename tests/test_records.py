@@ -40,6 +40,9 @@ PAIRS = {
     "dgdo_nearby_entry": R.NEARBY_ENTRY,
     "dgdo_out_engine_stats": R.OUT_ENGINE_STATS,
     "dgdo_out_session": R.OUT_SESSION,
+    "dgdo_out_session_replaced": R.OUT_SESSION_REPLACED,
+    "dgdo_fleet": R.FLEET_HEAD,
+    "dgdo_fleet_entry": R.FLEET_ENTRY,
 }
 
 

@@ -191,7 +191,7 @@ def test_every_engine_record_type_reaches_its_recipient_as_its_public_message() 
          (R.T.OUT_ESTIMATE_UPDATE, R.OUT_ESTIMATE_UPDATE.pack(*meta(p), 1001, 123.45, 678.91)),
          (R.T.OUT_NEARBY_DRIVERS, R.OUT_NEARBY_HEAD.pack(*meta(p), 2) + R.NEARBY_ENTRY.pack(b"d1", 38.5, 68.7)
           + R.NEARBY_ENTRY.pack(b"d2", 38.6, 68.8)),
-         (R.T.OUT_ENGINE_STATS, R.OUT_ENGINE_STATS.pack(*meta(None, 0, R.Role.ADMIN, b""), 3, 2, 1, 10, 8, 5, 4200,
+         (R.T.OUT_ENGINE_STATS, R.OUT_ENGINE_STATS.pack(*meta(None, 0, R.Role.ADMIN, b""), 3, 2, 1, 1, 10, 8, 5, 4200,
                                                            1800)))
     out = sent(core)
     ts = (WALL_NS - 250_000) // 1_000_000

@@ -35,6 +35,7 @@ Driver state, as derived here (the engine's own state is not on the wire):
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
@@ -296,22 +297,31 @@ class AdminFeed:
             o.eta_s = eta_s
             self._orders_dirty.add(order_id)
 
-    def remote(self, worker: int, entries: list[tuple[str, float, float, int]], now: float) -> None:
+    def remote(self, worker: int, entries: list[tuple[str, float, float, int]], now: float) -> list[tuple[str, str]]:
         """What another worker said about its drivers (a FLEET record), for drivers not connected here.
 
         A disconnect counts only from the worker the driver was last reported on: the driver may
-        have moved to a third one meanwhile.
+        have moved to a third one meanwhile. Returns the status changes taken, as the `drivers`
+        topic names them: (driver, "online" | "offline" | "disconnected").
         """
+        changes = []
         for driver_id, lat, lon, kind in entries:
             if kind == FLEET_GONE:
                 if self._remote.get(driver_id, (0, 0.0))[0] == worker:
                     self.driver_gone(driver_id, relay=False)
+                    changes.append((driver_id, "disconnected"))
                 continue
             self._remote[driver_id] = (worker, now)
             if kind == FLEET_MOVED:
                 self._remote_moved[driver_id] = (lat, lon)
             else:
                 self.driver_status(driver_id, kind == FLEET_ONLINE, relay=False)
+                changes.append((driver_id, "online" if kind == FLEET_ONLINE else "offline"))
+        return changes
+
+    def relay_everything(self) -> None:
+        """At the next tick, pass on every local driver (another worker just joined)."""
+        self._last_relay_full = -math.inf
 
     def relay(self) -> list[tuple[str, float, float, int]]:
         """What the other workers' feeds need from this one since the last call (see `remote()`)."""

@@ -730,6 +730,8 @@ class SessionCore:
         (_m, _real, _c, _w, _r, _id, online, available, active, workers, created, matched, completed, p99, p50) = (
             R.OUT_ENGINE_STATS.unpack_from(buf, off)
         )
+        if workers > self.stats.engine.workers:  # a worker joined: it needs all of ours, not just what moves
+            self.feed.relay_everything()
         self.stats.engine = EngineSnapshot(online, available, active, created, matched, completed, p99, p50,
                                            workers)
 
@@ -769,11 +771,9 @@ class SessionCore:
             if raw in mine:  # connected here: what we see ourselves is the truth
                 continue
             entries.append((id_str(raw), lat, lon, kind))
-            if kind in (R.FleetKind.ONLINE, R.FleetKind.OFFLINE, R.FleetKind.GONE):
-                status = {R.FleetKind.ONLINE: "online", R.FleetKind.OFFLINE: "offline"}.get(kind, "disconnected")
-                self.to_admins("drivers", {"type": "driver_status", "driver_id": entries[-1][0], "status": status,
-                                           "ts": self._now_ms()})
-        self.feed.remote(worker, entries, self.mono_ns() / 1e9)
+        for driver_id, status in self.feed.remote(worker, entries, self.mono_ns() / 1e9):
+            self.to_admins("drivers", {"type": "driver_status", "driver_id": driver_id, "status": status,
+                                       "ts": self._now_ms()})
 
     def _relay_fleet(self) -> None:
         """Publishes what the other workers' admins need from this one (admin_feed.py); nothing when alone."""

@@ -43,7 +43,7 @@ from typing import NoReturn
 import uvloop
 
 from sidecar.engine.idle import default_spin_us
-from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US
+from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US, WorkerIdTaken
 from sidecar.session.limits import MAX_QUEUED, Rate
 from sidecar.shell import lifetime, sd_notify
 from sidecar.shell.server import App, Settings
@@ -199,6 +199,9 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
     app.link.on_refused = lambda e: stop.set()  # our worker id is taken: one line, exit 1 (below)
     try:
         await app.start(args.host, args.port)
+    except WorkerIdTaken as e:
+        app.link.close()
+        raise SystemExit(f"dgdo: {e}") from None
     except OSError as e:  # EADDRINUSE, EACCES (a port below 1024), EADDRNOTAVAIL (a host not ours)
         app.link.close()
         why = os.strerror(e.errno) if e.errno else str(e)

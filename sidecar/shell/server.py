@@ -47,7 +47,7 @@ from picows import (
 )
 
 from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US, EngineLink, EngineUnavailable, Overloaded
-from sidecar.engine.ring import Consumer
+from sidecar.engine.ring import Consumer, RingError
 from sidecar.session.admin_feed import FEED_INTERVAL_S
 from sidecar.session.core import CLOSE_POLICY, CLOSE_REPLACED, CLOSE_SLOW_READER, SessionCore
 from sidecar.session.keepalive import Keepalive
@@ -94,6 +94,7 @@ _TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
 READ_BUFFER_BYTES = 2048
 
 WORKER_HEADER = "X-Dgdo-Worker"  # in every 101: the sidecar worker id that took the connection
+FIRST_ATTACH_S = 1.0  # the one attach tried before listening (App.start)
 
 
 class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -161,6 +162,13 @@ class App:
         self._keepalive_task: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> None:
+        """Attaches (one try), then listens. Raises WorkerIdTaken before listening if another live
+        sidecar holds our worker id: with SO_REUSEPORT a listening duplicate would take a share of
+        the port's new connections until it learnt that and left."""
+        try:
+            await self.link.attach(timeout=FIRST_ATTACH_S)
+        except (OSError, TimeoutError, ConnectionError, RingError):
+            pass  # no engine yet: we serve (/healthz 503) and the link keeps trying
         self.server = await ws_create_server(
             self.listener_factory, host, port,
             enable_auto_ping=False,  # one keepalive sweep for all (_keepalive_loop), not a task per connection

@@ -1,0 +1,84 @@
+// Several sidecar workers: one app id is open on at most one connection. A session opened for a
+// role + id whose session is open elsewhere makes the core tell the older one to go
+// (SESSION_REPLACED, which its sidecar turns into close 4001), wherever it is.
+#undef NDEBUG
+#include <algorithm>
+
+#include "core_harness.hpp"
+
+namespace dgdo::test {
+namespace {
+
+std::vector<OutRecord> replaced_in(const std::vector<OutRecord>& out) { return of_type(out, DGDO_OUT_SESSION_REPLACED); }
+
+TEST(CoreWorkers, AnOpenOnAnotherWorkerTellsTheOlderSessionToClose) {
+    Harness h;
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 7);
+    const auto out = h.session(true, DGDO_ROLE_DRIVER, "d1", 2, 3);
+    const auto r = replaced_in(out);
+    ASSERT_EQ(r.size(), 1u);
+    const auto rec = as<dgdo_out_session_replaced>(r[0]);
+    EXPECT_EQ(rec.meta.to_worker, 1u);  // the older session's worker and connection
+    EXPECT_EQ(rec.meta.to_conn, 7u);
+    EXPECT_EQ(rec.meta.to_role, DGDO_ROLE_DRIVER);
+    EXPECT_EQ(id_str(rec.meta.to_id), "d1");
+    EXPECT_EQ(rec.by_worker, 2u);
+    // Before the newer one's welcome, which goes to the newer connection.
+    EXPECT_LT(std::find_if(out.begin(), out.end(), [](const OutRecord& o) { return o.type == DGDO_OUT_SESSION_REPLACED; }),
+              std::find_if(out.begin(), out.end(), [](const OutRecord& o) { return o.type == DGDO_OUT_SESSION_STATE; }));
+    EXPECT_EQ(session_state(out).meta.to_worker, 2u);
+    EXPECT_EQ(session_state(out).meta.to_conn, 3u);
+}
+
+TEST(CoreWorkers, AnotherConnectionOfTheSameWorkerIsToldToo) {
+    Harness h;
+    h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7);
+    const auto r = replaced_in(h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 8));
+    ASSERT_EQ(r.size(), 1u);
+    EXPECT_EQ(as<dgdo_out_session_replaced>(r[0]).meta.to_conn, 7u);
+}
+
+TEST(CoreWorkers, NoReplacementAfterTheOlderClosedOrForTheSameConnection) {
+    Harness h;
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 7);
+    EXPECT_TRUE(replaced_in(h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 7)).empty());  // re-announced
+    h.session(false, DGDO_ROLE_DRIVER, "d1", 1, 7);
+    EXPECT_TRUE(replaced_in(h.session(true, DGDO_ROLE_DRIVER, "d1", 2, 1)).empty());
+    h.step(WorkerDetached{2});  // its worker died: the session is closed with it
+    EXPECT_TRUE(replaced_in(h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 9)).empty());
+    // Other ids and roles are separate sessions.
+    EXPECT_TRUE(replaced_in(h.session(true, DGDO_ROLE_PASSENGER, "d1", 2, 2)).empty());
+    EXPECT_TRUE(replaced_in(h.session(true, DGDO_ROLE_DRIVER, "d2", 2, 3)).empty());
+}
+
+TEST(CoreWorkers, TheOlderCloseArrivingAfterTheReplacementLeavesTheNewerOpen) {
+    Harness h;
+    h.online("d1", at(300));
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 7);
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 2, 3);
+    h.session(false, DGDO_ROLE_DRIVER, "d1", 1, 7);  // worker 1 closed it as told
+    EXPECT_TRUE(h.core.find_driver("d1")->connected);
+    const uint64_t id = h.order_for("p1");
+    const auto offers = to_whom(h.all, DGDO_OUT_NEW_ORDER, DGDO_ROLE_DRIVER, "d1");
+    ASSERT_FALSE(offers.empty());
+    EXPECT_EQ(as<dgdo_out_new_order>(offers.back()).order_id, id);
+    EXPECT_EQ(as<dgdo_out_meta>(offers.back()).to_worker, 2u);  // routed to where the app is now
+}
+
+TEST(CoreWorkers, ReplacementIsTheSameOnReplay) {
+    // An output of an input: two cores fed the same inputs emit the same bytes.
+    auto run = [] {
+        Harness h;
+        h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 7);
+        h.session(true, DGDO_ROLE_DRIVER, "d1", 2, 3);
+        h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 9);
+        return replaced_in(h.all);
+    };
+    const auto a = run(), b = run();
+    ASSERT_EQ(a.size(), 2u);
+    ASSERT_EQ(b.size(), 2u);
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].body, b[i].body);
+}
+
+}  // namespace
+}  // namespace dgdo::test
