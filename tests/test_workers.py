@@ -43,8 +43,8 @@ PROBES = 200  # source ports tried per client: each lands on one of 2 workers, ~
 
 @pytest.fixture(scope="module")
 def two_workers(engine_bin: Any) -> Iterator[Stack]:
-    s = start_stack("--workers", "2")
-    s.out.wait_for(r"worker 2 pid=\d+")
+    s = start_stack("--workers", "2")  # returns once worker 1 listens and is attached
+    s.out.wait_for(r"sidecar listening")  # worker 2: attached before it listens (App.start)
     yield s
     assert s.stop() == 0
 
@@ -76,7 +76,8 @@ async def source_port_for(stack: Stack, worker: int) -> int:
         ws = await open_from(stack, f"/ws/admin?token={token}", sock)
         landed = int(ws.response.headers[HEADER])
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        ws.transport.abort()  # RST: the port is free again at once
+        ws.transport.abort()  # RST: the port is free again once the socket is closed, a loop turn later
+        await asyncio.wait_for(ws.wait_closed(), 5)
         if landed == worker:
             return local
     raise AssertionError(f"no source port landed on worker {worker} in {PROBES} tries")
@@ -230,9 +231,12 @@ def test_an_admin_on_either_worker_sees_the_drivers_of_both(two_workers: Stack) 
         await online(d2, CENTER[0] + 1.01, CENTER[1])
         for worker in (1, 2):
             admin = await admin_on(two_workers, worker, f"ops{worker}")
-            await admin.send({"type": "subscribe", "topics": ["fleet", "system_stats"], "id": "s"})
+            await admin.send({"type": "subscribe", "topics": ["system_stats"], "id": "s"})
             stats = await admin.expect("system_stats")
+            while stats["workers"] < 2:  # the engine's stats come once a second
+                stats = await admin.expect("system_stats", timeout=3)
             assert stats["worker"] == worker and stats["workers"] == 2
+            await admin.send({"type": "subscribe", "topics": ["fleet"], "id": "f"})
             seen: set[str] = set()
             deadline = time.monotonic() + 10
             while not {"wd4", "wd5"} <= seen:  # the snapshot, then deltas as relays arrive

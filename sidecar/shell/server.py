@@ -28,6 +28,7 @@ same role and id), 4008 (slow reader).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -165,10 +166,8 @@ class App:
         """Attaches (one try), then listens. Raises WorkerIdTaken before listening if another live
         sidecar holds our worker id: with SO_REUSEPORT a listening duplicate would take a share of
         the port's new connections until it learnt that and left."""
-        try:
-            await self.link.attach(timeout=FIRST_ATTACH_S)
-        except (OSError, TimeoutError, ConnectionError, RingError):
-            pass  # no engine yet: we serve (/healthz 503) and the link keeps trying
+        with contextlib.suppress(OSError, TimeoutError, ConnectionError, RingError):
+            await self.link.attach(timeout=FIRST_ATTACH_S)  # no engine yet: we serve (/healthz 503), the link retries
         self.server = await ws_create_server(
             self.listener_factory, host, port,
             enable_auto_ping=False,  # one keepalive sweep for all (_keepalive_loop), not a task per connection
