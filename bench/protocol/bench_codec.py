@@ -48,6 +48,7 @@ import msgpack  # noqa: E402
 import psutil  # noqa: E402
 
 from bench.machine import describe, one_line  # noqa: E402
+from bench.workers import WorkerPorts  # noqa: E402
 from sidecar.shell import lifetime  # noqa: E402
 from sidecar.wire import auth  # noqa: E402
 from sidecar.wire.codec import JSON, MSGPACK, Decoder, encode  # noqa: E402
@@ -222,9 +223,7 @@ async def load(url: str, conns: int, seconds: float, binary: bool) -> tuple[int,
     return sent, time.monotonic() - t0, started
 
 
-def metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as r:
-        text = r.read().decode()
+def parse_metrics(text: str) -> dict[str, float]:
     out = {}
     for line in text.splitlines():
         m = re.match(r"^([a-z_]+(?:\{[^}]*\})?) ([-0-9.e+]+)$", line)
@@ -233,12 +232,25 @@ def metrics(port: int) -> dict[str, float]:
     return out
 
 
-def start_stack(state_dir: str) -> tuple[subprocess.Popen[bytes], int]:
+def metrics(port: int, workers: WorkerPorts | None = None, n: int = 1) -> dict[str, float]:
+    """The stack's counters: one worker's /metrics, or with N workers on the port the sum of each
+    worker's (reached by source port: bench/workers.py)."""
+    if workers is None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as r:
+            return parse_metrics(r.read().decode())
+    total: dict[str, float] = {}
+    for w in range(1, n + 1):
+        for k, v in parse_metrics(workers.get(w, "/metrics").decode()).items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
+def start_stack(state_dir: str, n_workers: int = 1) -> tuple[subprocess.Popen[bytes], int]:
     # Ends with us even after our kill -9 (sidecar/shell/lifetime.py); its engine ends with it.
     env = lifetime.child_env({**os.environ, auth.ENV_SECRET: SECRET, "PYTHONUNBUFFERED": "1"})
     cmd = [sys.executable, "-m", "sidecar", "run", "--host", "127.0.0.1", "--port", "0", "--no-demo",
            "--status-interval", "0", "--instance", f"bp{uuid.uuid4().hex[:8]}", "--log-level", "WARNING",
-           "--state-dir", state_dir, *NO_LIMITS]
+           "--state-dir", state_dir, "--workers", str(n_workers), *NO_LIMITS]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
@@ -268,43 +280,60 @@ def start_stack(state_dir: str) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("engine never attached")
 
 
-def settled_metrics(port: int) -> tuple[dict[str, float], float]:
+def settled_metrics(port: int, workers: WorkerPorts | None = None, n: int = 1) -> tuple[dict[str, float], float]:
     """/metrics once the frame counter stops moving (the sidecar has drained its sockets), and
     the wall-clock time it was last seen moving."""
-    last, moved = metrics(port), time.time()
+    last, moved = metrics(port, workers, n), time.time()
     while True:
         time.sleep(0.05)
-        now = metrics(port)
+        now = metrics(port, workers, n)
         if now["dgdo_frames_in_total"] == last["dgdo_frames_in_total"]:
             return now, moved
         last, moved = now, time.time()
 
 
-def ingest_once(conns: int, seconds: float, binary: bool) -> dict[str, float]:
+def sidecar_processes(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """`dgdo run` (worker 1) and its worker children (`--workers N`), not the engine."""
+    run = psutil.Process(proc.pid)
+    return [run] + [c for c in run.children() if "sidecar" in " ".join(c.cmdline())]
+
+
+def cpu_s(procs: list[psutil.Process]) -> float:
+    return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
+
+
+def ingest_once(conns: int, seconds: float, binary: bool, n_workers: int = 1) -> dict[str, float]:
     """One run: counters and CPU are read while the sidecar is idle, before and after the load.
 
     (A saturated worker answers /metrics late, so the window is the whole load, not a slice of it;
     the handful of handshakes it includes cost nothing next to millions of frames.)
     """
     state = tempfile.TemporaryDirectory(prefix="dgdo-bench-codec-")  # a fresh engine state per run
-    proc, port = start_stack(state.name)
+    proc, port = start_stack(state.name, n_workers)
     try:
         side = psutil.Process(proc.pid)
         engine = next((c for c in side.children() if "dgdo-engine" in " ".join(c.cmdline())), None)
+        ports = WorkerPorts(port, auth.mint(SECRET, "admin", "bench")) if n_workers > 1 else None
+        if ports is not None:  # every worker up and attached before the load starts
+            for w in range(1, n_workers + 1):
+                while ports.get(w, "/healthz") != b"ok":
+                    time.sleep(0.05)  # another process's HTTP endpoint: nothing to await but its answer
+        sides = sidecar_processes(proc)
+        assert len(sides) == n_workers, f"{len(sides)} sidecar processes for {n_workers} workers"
         cmd = [sys.executable, __file__, "--load", f"ws://127.0.0.1:{port}", "--conns", str(conns),
                "--seconds", str(seconds)] + (["--binary"] if binary else [])
-        m0, _ = settled_metrics(port)
-        c0 = side.cpu_times()
+        m0, _ = settled_metrics(port, ports, n_workers)
+        c0 = cpu_s(sides)
         e0 = engine.cpu_times() if engine else None
         loader = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
         assert loader.returncode == 0, loader.stderr[-2000:]
-        m1, last_frame = settled_metrics(port)
-        c1 = side.cpu_times()
+        m1, last_frame = settled_metrics(port, ports, n_workers)
+        c1 = cpu_s(sides)
         e1 = engine.cpu_times() if engine else None
         sent, _sending, started = (float(x) for x in loader.stdout.split())
         elapsed = last_frame - started  # first frame sent -> last frame decoded (±50 ms)
         frames = m1["dgdo_frames_in_total"] - m0["dgdo_frames_in_total"]
-        cpu = (c1.user + c1.system) - (c0.user + c0.system)
+        cpu = c1 - c0
         res = {"frames": frames, "wall_s": elapsed, "frames_per_s": frames / elapsed, "sidecar_cpu_s": cpu,
                "sidecar_cpu_util": cpu / elapsed, "frames_per_cpu_s": frames / cpu if cpu > 0 else 0.0,
                "loader_sent": sent}
@@ -336,6 +365,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=None, help="ingest window per run")
     p.add_argument("--conns", default=None, help="driver connections of the load process, a comma list (4,16,64)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--workers", default="1", help="sidecar workers sharing the port, a comma list: 1,2 runs both "
+                                                  "in turn and reports the ratio (default 1)")
     p.add_argument("--codec-only", action="store_true", help="the codec table alone, no ingest runs")
     p.add_argument("--instructions", type=int, default=0, metavar="N",
                    help="also count instructions per decode with valgrind's callgrind (N calls per count)")
@@ -355,6 +386,7 @@ def main() -> int:
     repeats = a.repeats or (1 if a.smoke else 5)
     seconds = a.seconds or (1.5 if a.smoke else 4.0)
     sweep = [int(c) for c in (a.conns or ("4" if a.smoke else "4,16,64")).split(",")]
+    worker_counts = [int(w) for w in a.workers.split(",")]
     number = 2_000 if a.smoke else 50_000
 
     log(f"codec: {repeats} x {number} calls per message, new and legacy in turn")
@@ -363,18 +395,20 @@ def main() -> int:
     ingest: dict[str, list[dict[str, float]]] = {"json": [], "msgpack": []}
     # Round-robin over formats and connection counts, rotated each repeat.
     for r in range(0 if a.codec_only else repeats):
-        combos = [(fmt, c) for c in sweep for fmt in ("json", "msgpack")]
+        combos = [(fmt, c, w) for w in worker_counts for c in sweep for fmt in ("json", "msgpack")]
         combos = combos[r % len(combos):] + combos[: r % len(combos)]
-        for fmt, conns in combos:
-            res = ingest_once(conns, seconds, fmt == "msgpack")
+        for fmt, conns, n_workers in combos:
+            res = ingest_once(conns, seconds, fmt == "msgpack", n_workers)
             res["conns"] = conns
+            res["workers"] = n_workers
             ingest[fmt].append(res)
-            log(f"ingest {fmt} x{conns} run {r + 1}/{repeats}: {res['records_to_engine_per_s']:,.0f} records/s "
+            log(f"ingest {fmt} x{conns} workers {n_workers} run {r + 1}/{repeats}: "
+                f"{res['records_to_engine_per_s']:,.0f} records/s "
                 f"into the engine, sidecar CPU {res['sidecar_cpu_util']:.2f} -> {res['records_per_cpu_s']:,.0f} "
                 f"records per CPU-second ({res['frames_per_cpu_s']:,.0f} frames)")
 
-    def med(fmt: str, conns: int, key: str) -> float:
-        vals = [r[key] for r in ingest[fmt] if r["conns"] == conns and key in r]
+    def med(fmt: str, conns: int, key: str, workers: int = 1) -> float:
+        vals = [r[key] for r in ingest[fmt] if r["conns"] == conns and r["workers"] == workers and key in r]
         return statistics.median(vals) if vals else float("nan")
 
     mode = "smoke" if a.smoke else "full"
@@ -403,25 +437,41 @@ def main() -> int:
                                           "instructions": counted}, indent=2))
         return 0
     print(f"\n### Ingest of driver_location (median of {repeats} runs of {seconds:g} s; one load process)\n")
-    print("| format | connections | records into the engine/s (wall) | sidecar CPU | "
+    print("| format | connections | workers | records into the engine/s (wall) | sidecar CPU | "
           "records into the engine per sidecar CPU-second | vs 100k/s per core | "
           "frames per sidecar CPU-second | engine CPU |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     summary: dict[str, dict[str, float]] = {}
     for fmt in ("json", "msgpack"):
         for conns in sweep:
-            per_core = med(fmt, conns, "records_per_cpu_s")
-            summary[f"{fmt}/{conns}"] = {k: med(fmt, conns, k) for k in (
-                "frames_per_s", "sidecar_cpu_util", "frames_per_cpu_s", "engine_cpu_util", "records_to_engine_per_s",
-                "records_per_cpu_s")}
-            print(f"| {fmt} | {conns} | {med(fmt, conns, 'records_to_engine_per_s'):,.0f} | "
-                  f"{med(fmt, conns, 'sidecar_cpu_util'):.2f} | {per_core:,.0f} | "
-                  f"{per_core / TARGET_PER_CORE:.2f}x | {med(fmt, conns, 'frames_per_cpu_s'):,.0f} | "
-                  f"{med(fmt, conns, 'engine_cpu_util'):.2f} |")
+            for w in worker_counts:
+                per_core = med(fmt, conns, "records_per_cpu_s", w)
+                key = f"{fmt}/{conns}" if w == 1 else f"{fmt}/{conns}/w{w}"
+                summary[key] = {k: med(fmt, conns, k, w) for k in (
+                    "frames_per_s", "sidecar_cpu_util", "frames_per_cpu_s", "engine_cpu_util",
+                    "records_to_engine_per_s", "records_per_cpu_s")}
+                print(f"| {fmt} | {conns} | {w} | {med(fmt, conns, 'records_to_engine_per_s', w):,.0f} | "
+                      f"{med(fmt, conns, 'sidecar_cpu_util', w):.2f} | {per_core:,.0f} | "
+                      f"{per_core / TARGET_PER_CORE:.2f}x | {med(fmt, conns, 'frames_per_cpu_s', w):,.0f} | "
+                      f"{med(fmt, conns, 'engine_cpu_util', w):.2f} |")
     print("\nEvery run: no reply, no rate_limited (asserted; the bench lifts the limits with the sidecar's flags)."
           " Records are those the sidecar published for the engine; behind a full ring, positions may coalesce"
-          " per driver before they are written.")
-    result = {"mode": mode, "machine": describe(), "repeats": repeats, "conns": sweep, "seconds": seconds,
+          " per driver before they are written. With N workers the sidecar CPU is the sum over the N processes"
+          " and the counters the sum of each worker's /metrics (bench/workers.py reaches each one).")
+    if len(worker_counts) > 1 and 1 in worker_counts:
+        print("\n### Ingest per host: N workers against 1 (same run)\n")
+        print("| format | connections | workers | records/s per host | ratio to 1 worker |")
+        print("|---|---|---|---|---|")
+        for fmt in ("json", "msgpack"):
+            for conns in sweep:
+                one = med(fmt, conns, "records_to_engine_per_s", 1)
+                for w in worker_counts:
+                    if w == 1:
+                        continue
+                    many = med(fmt, conns, "records_to_engine_per_s", w)
+                    print(f"| {fmt} | {conns} | {w} | {many:,.0f} | {many / one:.2f}x |")
+    result = {"mode": mode, "machine": describe(), "repeats": repeats, "conns": sweep, "workers": worker_counts,
+              "seconds": seconds,
               "codec": rows, "instructions": counted, "ingest_runs": ingest, "ingest": summary,
               "target_per_core": TARGET_PER_CORE}
     if a.json:
