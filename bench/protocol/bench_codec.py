@@ -254,12 +254,15 @@ def start_stack(state_dir: str, n_workers: int = 1) -> tuple[subprocess.Popen[by
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
+    listening = 0
     while time.monotonic() < deadline:
         line = proc.stdout.readline().decode()
         m = re.search(r"sidecar listening on ws://127\.0\.0\.1:(\d+)", line)
         if m:
             port = int(m.group(1))
-            break
+            listening += 1  # each worker says so (they share stdout), attached first (App.start)
+            if listening == n_workers:
+                break
         if not line and proc.poll() is not None:
             raise RuntimeError("the stack exited before listening")
     else:
