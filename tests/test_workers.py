@@ -265,3 +265,17 @@ def test_a_second_worker_with_an_id_in_use_exits_with_one_clear_line_within_2_s(
     # The worker that holds the id is untouched.
     assert two_workers.proc.poll() is None
     assert two_workers.http_get("/healthz")[0] == 200
+
+
+def test_dgdo_run_killed_with_9_takes_its_workers_and_engine_with_it(engine_bin: Any) -> None:
+    import psutil
+
+    s = start_stack("--workers", "3")
+    s.out.wait_for(r"worker 3 pid=\d+")
+    children = psutil.Process(s.proc.pid).children()
+    workers = [c for c in children if "sidecar" in " ".join(c.cmdline())]
+    assert len(workers) == 2 and len(children) == 3  # workers 2 and 3, and the engine
+    s.proc.kill()
+    s.proc.wait()
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], f"left running after dgdo run's kill -9: {alive}"
