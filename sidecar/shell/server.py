@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -65,7 +66,7 @@ from sidecar.session.limits import (
 )
 from sidecar.session.session import Session
 from sidecar.session.stats import LinkGauges, SidecarStats
-from sidecar.shell import dashboard, metrics
+from sidecar.shell import dashboard, metrics, tls
 from sidecar.wire.auth import ENV_SECRET, Authenticator, AuthError, Unauthenticated, http_status
 from sidecar.wire.codec import Decoder, MessageTooBig
 from sidecar.wire.errors import ClientError, ErrorCode
@@ -156,13 +157,17 @@ class App:
         self.keepalive = Keepalive(settings.ping_idle_s, settings.ping_reply_s)
         self.listeners: set[AppListener] = set()  # every open connection, for the keepalive sweep
         self._keepalive_task: asyncio.Task[None] | None = None
+        self.tls = False  # serving wss:// (start)
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Listens (wss:// and https:// when given an ssl context, shell/tls.py) and attaches to the engine."""
+        self.tls = ssl_context is not None
         self.server = await ws_create_server(
             self.listener_factory, host, port,
             enable_auto_ping=False,  # one keepalive sweep for all (_keepalive_loop), not a task per connection
             enable_auto_pong=False,  # AppListener answers PINGs, charged to the connection's rate limit
             max_frame_size=MAX_FRAME_BYTES, **PICOWS_SERVER_OPTIONS,
+            **({"ssl": ssl_context, "ssl_handshake_timeout": tls.HANDSHAKE_TIMEOUT_S} if ssl_context else {}),
         )
         self.link.start()
         self._stats_task = self._loop.create_task(self._admin_loop(self.settings.stats_interval_s, self.core.tick))
