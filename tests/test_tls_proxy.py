@@ -74,7 +74,8 @@ def render(doc: str, https_port: int, http_port: int, workers: list[int], cert: 
 def main_conf(d: Path) -> str:
     """The nginx.conf around the doc's file (Debian's /etc/nginx/nginx.conf plays this part): every
     path in the test's directory, one worker process (least_conn's counts are per process)."""
-    temp = "\n".join(f"    {kind}_temp_path {d / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    temp = "\n".join(f"    {kind}_temp_path {d / kind};" for kind in kinds)
     return (f"worker_processes 1;\npid {d / 'nginx.pid'};\nerror_log {d / 'error.log'} info;\n"
             f"events {{ worker_connections 256; }}\n"
             f"http {{\n    access_log {d / 'access.log'};\n{temp}\n    include {d / 'dgdo.conf'};\n}}\n")

@@ -155,7 +155,8 @@ def profile(pid: int, seconds: float, dest: Path | None) -> subprocess.Popen | N
 async def run_sidecar(n: int, seconds: float, logf, prof_dir: Path | None = None,
                       tls: tuple[Path, Path] | None = None) -> dict:
     """The sidecar's push run; with `tls` (cert, key) it serves wss:// and the clients trust that cert (bench/tls)."""
-    st = lat.start_stack("ring", logf, sidecar_args=("--tls-cert", str(tls[0]), "--tls-key", str(tls[1])) if tls else ())
+    tls_args = ("--tls-cert", str(tls[0]), "--tls-key", str(tls[1])) if tls else ()
+    st = lat.start_stack("ring", logf, sidecar_args=tls_args)
     ctx = ssl.create_default_context(cafile=str(tls[0])) if tls else None
     clients = None
     try:

@@ -102,8 +102,8 @@ async def handshakes(certs: tuple[Path, Path] | None, h: int, logf) -> dict:
         await feeder.quit()
         feeder = None
         times.sort()
-        return {"n": h, "median_ms": 1000 * statistics.median(times), "p90_ms": 1000 * times[int(0.9 * (len(times) - 1))],
-                "cpu_ms_per_conn": 1000 * cpu / h}
+        return {"n": h, "median_ms": 1000 * statistics.median(times),
+                "p90_ms": 1000 * times[int(0.9 * (len(times) - 1))], "cpu_ms_per_conn": 1000 * cpu / h}
     finally:
         st.stop()
 
@@ -117,11 +117,12 @@ async def memory(certs: tuple[Path, Path] | None, m: int, logf) -> dict:
         feeder = lat.Feeder(st.cmd_path)
         await feeder.open()
         await feeder.wait_ready()
-        warm = await bench_push.Clients.start(st.port, 1, "--prefix", "warm", *(("--cafile", str(certs[0])) if certs else ()))
+        trust = ("--cafile", str(certs[0])) if certs else ()
+        warm = await bench_push.Clients.start(st.port, 1, "--prefix", "warm", *trust)
         await warm.stop()
         await asyncio.sleep(0.3)  # the warm-up connection's close is processed
         before = side.memory_info().rss
-        clients = await bench_push.Clients.start(st.port, m, *(("--cafile", str(certs[0])) if certs else ()))
+        clients = await bench_push.Clients.start(st.port, m, *trust)
         await asyncio.sleep(0.5)  # session opens settle
         after = side.memory_info().rss
         await feeder.quit()
