@@ -6,6 +6,9 @@ BUILD  := build/engine
 HOST   ?= 127.0.0.1
 PORT   ?= 8765
 DEMO   ?= 20
+# wss:// instead of ws://: `make dev-cert run TLS_CERT=build/dev-tls/cert.pem TLS_KEY=build/dev-tls/key.pem`
+TLS_CERT ?=
+TLS_KEY  ?=
 
 PREFIX ?= /opt/dgdo
 # Where the installed units look for the install (`make install PREFIX=/opt/dgdo-0.2.0` next to a
@@ -20,7 +23,12 @@ PIP    := $(BIN)/python -m pip install -q -c constraints.txt
 all: engine venv
 
 run: engine venv
-	$(BIN)/dgdo run --host $(HOST) --port $(PORT) --demo $(DEMO)
+	$(BIN)/dgdo run --host $(HOST) --port $(PORT) --demo $(DEMO) $(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY))
+
+# A self-signed certificate for localhost, 127.0.0.1 and ::1 (development only: README "TLS").
+.PHONY: dev-cert
+dev-cert: venv
+	$(BIN)/python -c "from sidecar.shell.tls import self_signed; print(*self_signed('build/dev-tls'))"
 
 # Tests need the dev extra (pytest, ruff, ...): installed here, never by `make all`/`make venv`.
 test: engine dev-venv bench-deps
@@ -133,3 +141,9 @@ bench-conns: engine venv
 .PHONY: bench-admin
 bench-admin: engine dev-venv
 	$(BIN)/python bench/admin/run.py $(ARGS)
+
+# What TLS in the sidecar costs (bench/tls): connect → welcome time, sidecar CPU and memory per connection,
+# push messages per sidecar CPU-second, plain ws:// beside wss:// (ECDSA and RSA). ARGS=--quick | --smoke.
+.PHONY: bench-tls
+bench-tls: engine bench-deps
+	$(BIN)/python bench/tls/bench_tls.py $(ARGS)

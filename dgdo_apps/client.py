@@ -10,6 +10,10 @@ text frames by default, msgpack binary frames with `binary=True`, both read and 
 with the independent `json` / `msgpack` packages (never the server's codec, so the two
 implementations check each other on the wire). With DGDO_JWT_SECRET set, each connection
 carries a minted `?token=`. The demo fleet (demo.py) is built on it.
+
+Over `wss://` a link verifies the server's certificate against the system's CAs, or against the
+context `use_tls()` set for the process: `cafile_context()` (a private CA) or `pinned_context()`
+(exactly one certificate, e.g. the self-signed one `dgdo run --tls-cert` serves).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import itertools
 import json
 import logging
 import os
+import re
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +56,35 @@ def decode(payload: bytes, binary: bool = False) -> Any:
         except Exception as e:
             raise ValueError(str(e)) from e
     return json.loads(payload)
+
+
+_tls: ssl.SSLContext | None = None  # wss:// trust for every link (use_tls); None: the system's CAs
+
+
+def use_tls(context: ssl.SSLContext | None) -> None:
+    """Sets how every link of this process verifies a wss:// server (None: the system's CAs)."""
+    global _tls
+    _tls = context
+
+
+def cafile_context(cafile: str | os.PathLike[str]) -> ssl.SSLContext:
+    """Verifies servers against the CA certificates in `cafile`, host name checked."""
+    return ssl.create_default_context(cafile=cafile)
+
+
+def pinned_context(cert_file: str | os.PathLike[str]) -> ssl.SSLContext:
+    """Trusts exactly the first certificate in `cert_file`, whatever host name it names: for a
+    client of a server it was handed the certificate of (the demo `dgdo run` starts connects to
+    127.0.0.1 whatever names the operator's certificate carries). Nothing else verifies."""
+    with open(cert_file, encoding="ascii", errors="replace") as f:
+        first = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", f.read(), re.S)
+    if first is None:
+        raise ValueError(f"{cert_file}: no PEM certificate")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cadata=first.group(0))
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the leaf itself is the trust anchor
+    ctx.check_hostname = False  # pinned: the one certificate accepted is the check
+    return ctx
 
 
 class Unreachable(Exception):
@@ -228,11 +263,12 @@ def token_query(role: str, sub: str) -> str:
 
 async def open_link(base_url: str, role: str, app_id: str, on_push: Callable[[dict[str, Any]], None],
                     on_error: Callable[[dict[str, Any]], None] = lambda m: None, retry_s: float = CONNECT_RETRY_S,
-                    binary: bool = False) -> Link:
+                    binary: bool = False, ssl_context: ssl.SSLContext | None = None) -> Link:
     """Connects `/ws/{role}/{app_id}` and waits for `welcome`, retrying while the server is not up.
 
     Raises:
-        Unreachable: no connection within `retry_s`, or the server refused the upgrade with a 4xx.
+        Unreachable: no connection within `retry_s`, the server refused the upgrade with a 4xx, or
+            its certificate is not trusted (`ssl_context`, else `use_tls()`'s, else the system's CAs).
     """
     url = f"{base_url.rstrip('/')}/ws/{role}/{app_id}{token_query(role, app_id)}"
     if binary:
@@ -242,7 +278,7 @@ async def open_link(base_url: str, role: str, app_id: str, on_push: Callable[[di
     while True:
         link = Link(app_id, on_push, on_error, binary)
         try:
-            await ws_connect(link.factory, url)
+            await ws_connect(link.factory, url, ssl_context=ssl_context or _tls)
             await asyncio.wait_for(link.welcome, WELCOME_TIMEOUT_S)
             return link
         except WSHandshakeError as e:
@@ -250,6 +286,8 @@ async def open_link(base_url: str, role: str, app_id: str, on_push: Callable[[di
             if status is not None and 400 <= int(status) < 500:
                 raise Unreachable(f"{url}: upgrade refused with HTTP {int(status)}") from e
             error: Exception = e
+        except ssl.SSLCertVerificationError as e:  # no retry makes an untrusted certificate trusted
+            raise Unreachable(f"{url}: {e.verify_message or e}") from e
         except (OSError, TimeoutError, ConnectionError) as e:
             error = e
         await link.close()

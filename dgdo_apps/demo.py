@@ -40,6 +40,7 @@ from typing import Any
 
 import uvloop
 
+from dgdo_apps import client
 from dgdo_apps.client import CONNECT_RETRY_S, Link, Refused, Unreachable, open_link
 from sidecar.shell import lifetime
 
@@ -575,6 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on concurrently active passengers (default 4 x drivers)")
     p.add_argument("--quiet", action="store_true", help="no periodic status lines (the summary is still printed)")
     p.add_argument("--log-level", default="WARNING", help="logging level (DEBUG shows every error reply)")
+    trust = p.add_mutually_exclusive_group()
+    trust.add_argument("--cafile", default=None, metavar="PEM",
+                       help="wss://: verify the server against these CA certificates (default: the system's)")
+    trust.add_argument("--pin-cert", default=None, metavar="PEM",
+                       help="wss://: trust exactly this certificate (the server's own, e.g. self-signed), "
+                            "whatever host name it names")
     return p
 
 
@@ -584,6 +591,13 @@ def parse_config(argv: list[str] | None = None) -> tuple[DemoConfig, str]:
         build_parser().error("--drivers, --rate, --duration and --max-passengers must not be negative")
     config = DemoConfig(url=args.url, drivers=args.drivers, rate=args.rate, duration=args.duration,
                         seed=args.seed, quiet=args.quiet, max_passengers=args.max_passengers)
+    try:
+        if args.cafile:
+            client.use_tls(client.cafile_context(args.cafile))
+        elif args.pin_cert:
+            client.use_tls(client.pinned_context(args.pin_cert))
+    except (OSError, ValueError) as e:
+        build_parser().error(f"cannot use the certificate: {e}")
     return config, args.log_level
 
 

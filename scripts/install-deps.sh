@@ -17,6 +17,10 @@ python3 -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join
 # The dashboard's browser test drives Debian's Chromium through Playwright (no browser download).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fc-list 2>/dev/null | grep -qi dejavu || need+=(fonts-dejavu-core)
+# The TLS proxy test runs Debian's nginx (as the test user, on a free port) in front of two workers.
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+# The TLS tests and bench/tls make throwaway certificates with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

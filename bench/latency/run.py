@@ -114,7 +114,8 @@ TAG = f"@dgdo-bench-{os.getpid()}"
 child_env = common.child_env
 
 
-def start_stack(variant: str, logf, spin_us: float = SPIN_US) -> Stack:
+def start_stack(variant: str, logf, spin_us: float = SPIN_US, sidecar_args: tuple[str, ...] = ()) -> Stack:
+    """The processes of `variant`; `sidecar_args` go to the production sidecar ("ring": bench/tls adds TLS)."""
     port = free_port()
     spin = ["--idle-spin-us", f"{spin_us:g}"] if variant.endswith(" spin") else []
     variant = variant.removesuffix(" spin")
@@ -130,7 +131,7 @@ def start_stack(variant: str, logf, spin_us: float = SPIN_US) -> Stack:
         _wait_path(control)
         st.procs.append(subprocess.Popen([PY, "-m", "sidecar", "sidecar", "--control", control, "--port", str(port),
                                           "--status-interval", "0", "--log-level", "WARNING",
-                                          "--idle-spin-us", spin[1] if spin else "0"],
+                                          "--idle-spin-us", spin[1] if spin else "0", *sidecar_args],
                                          stdout=subprocess.DEVNULL, **kw))
         st.sidecar = st.procs[-1]
     elif variant == "stdout pipe":

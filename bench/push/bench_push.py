@@ -32,6 +32,7 @@ import importlib.util
 import json
 import os
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -82,8 +83,9 @@ def cpu_s(p: psutil.Process) -> float:
     return t.user + t.system
 
 
-def messages_out(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+def messages_out(port: int, tls: ssl.SSLContext | None = None) -> float:
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5, context=tls) as r:
         for line in r.read().decode().splitlines():
             if line.startswith("dgdo_messages_out_total "):
                 return float(line.split()[-1])
@@ -150,23 +152,27 @@ def profile(pid: int, seconds: float, dest: Path | None) -> subprocess.Popen | N
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-async def run_sidecar(n: int, seconds: float, logf, prof_dir: Path | None = None) -> dict:
-    st = lat.start_stack("ring", logf)
+async def run_sidecar(n: int, seconds: float, logf, prof_dir: Path | None = None,
+                      tls: tuple[Path, Path] | None = None) -> dict:
+    """The sidecar's push run; with `tls` (cert, key) it serves wss:// and the clients trust that cert (bench/tls)."""
+    tls_args = ("--tls-cert", str(tls[0]), "--tls-key", str(tls[1])) if tls else ()
+    st = lat.start_stack("ring", logf, sidecar_args=tls_args)
+    ctx = ssl.create_default_context(cafile=str(tls[0])) if tls else None
     clients = None
     try:
         side = psutil.Process(st.procs[-1].pid)
-        clients = await Clients.start(st.port, n)
+        clients = await Clients.start(st.port, n, *(("--cafile", str(tls[0])) if tls else ()))
         feeder = lat.Feeder(st.cmd_path)
         await feeder.open()
         await feeder.wait_ready()
         await asyncio.sleep(0.3)  # welcomes and session opens settle
         got0 = (await clients.count())["frames"]
-        m0, c0 = messages_out(st.port), cpu_s(side)
+        m0, c0 = messages_out(st.port, ctx), cpu_s(side)
         prof = profile(side.pid, seconds, prof_dir / f"pyspy-push-sidecar-{n}-{side.pid}.txt" if prof_dir else None)
         sent = await feeder.call({"cmd": "push", "passengers": n, "seconds": seconds})
         if prof is not None:
             await asyncio.get_running_loop().run_in_executor(None, prof.wait)
-        m1, c1 = messages_out(st.port), cpu_s(side)
+        m1, c1 = messages_out(st.port, ctx), cpu_s(side)
         got = (await settle(clients))["frames"] - got0
         await feeder.quit()
         msgs, cpu = m1 - m0, c1 - c0

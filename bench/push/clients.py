@@ -1,6 +1,6 @@
 """The load client of bench/push and bench/conns: N picows connections that count what they receive.
 
-    clients.py --port P --n N [--role passenger] [--prefix bp] [--no-token]
+    clients.py --port P --n N [--role passenger] [--prefix bp] [--no-token] [--cafile PEM]
 
 Its own process (the benches measure the server's CPU and memory, not this one's). It raises
 RLIMIT_NOFILE to the hard limit, opens N connections (/ws/ROLE/PREFIX{i}, a token each), waits
@@ -10,7 +10,8 @@ answers lines on stdin:
     count  -> {"frames": total data frames received since start, "open": connections still open}
     quit   -> exits (closing every connection)
 
-Frames are counted, not decoded: one picows callback and an integer add each.
+Frames are counted, not decoded: one picows callback and an integer add each. With `--cafile` the
+connections are wss://, verifying the server against that certificate (bench/tls).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import json
 import os
 import resource
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -68,14 +70,15 @@ async def main(args: argparse.Namespace) -> None:
     transports: list[WSTransport] = []
     t0 = time.monotonic()
     welcomes = []
+    tls = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
 
     async def one(i: int) -> None:
         app_id = f"{args.prefix}{i}"
-        url = f"ws://127.0.0.1:{args.port}/ws/{args.role}/{app_id}"
+        url = f"{'wss' if tls else 'ws'}://127.0.0.1:{args.port}/ws/{args.role}/{app_id}"
         if not args.no_token:
             url += f"?token={common.token(args.role, app_id)}"
         welcomed = loop.create_future()
-        tr, _ = await ws_connect(lambda: Counter(welcomed), url, enable_auto_ping=False)
+        tr, _ = await ws_connect(lambda: Counter(welcomed), url, enable_auto_ping=False, ssl_context=tls)
         transports.append(tr)
         welcomes.append(welcomed)
 
@@ -104,6 +107,7 @@ if __name__ == "__main__":
     ap.add_argument("--prefix", default="bp")
     ap.add_argument("--wave", type=int, default=200, help="connections opened at once")
     ap.add_argument("--no-token", action="store_true")
+    ap.add_argument("--cafile", default="", help="connect over wss://, trusting this certificate")
     a = ap.parse_args()
     raise_nofile()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

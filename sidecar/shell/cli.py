@@ -2,6 +2,7 @@
 
     dgdo run [--host H] [--port P] [--demo N | --no-demo] [--state-dir DIR] [--workers N]
                                                             engine + sidecar worker(s) (+ demo)
+    ... [--tls-cert PEM --tls-key PEM]                      either of them over wss:// (shell/tls.py)
     dgdo sidecar --control PATH|@NAME [--host H] [--port P] sidecar for a running engine
     dgdo token --role R --sub ID [--ttl S] [--secret S]     mint a JWT for an app
     dgdo engine-path                                        where the engine binary is
@@ -33,6 +34,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -45,7 +47,7 @@ import uvloop
 from sidecar.engine.idle import default_spin_us
 from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US, WorkerIdTaken
 from sidecar.session.limits import MAX_QUEUED, Rate
-from sidecar.shell import lifetime, sd_notify
+from sidecar.shell import lifetime, sd_notify, tls
 from sidecar.shell.server import App, Settings
 from sidecar.shell.workers import WorkerProcesses, child_args
 from sidecar.wire import auth
@@ -197,8 +199,9 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
         loop.add_signal_handler(sig, stop.set)
     app = App(control, worker=args.worker, reply_spin_us=args.reply_spin_us, settings=_settings(args, secret))
     app.link.on_refused = lambda e: stop.set()  # our worker id is taken: one line, exit 1 (below)
+    tls_context = getattr(args, "tls_context", None)
     try:
-        await app.start(args.host, args.port)
+        await app.start(args.host, args.port, tls_context)
     except WorkerIdTaken as e:
         app.link.close()
         raise SystemExit(f"dgdo: {e}") from None
@@ -206,9 +209,14 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
         app.link.close()
         why = os.strerror(e.errno) if e.errno else str(e)
         raise SystemExit(f"dgdo: cannot listen on {args.host}:{args.port}: {why}") from None
+    ws = "wss" if tls_context else "ws"
     if getattr(args, "dashboard_link", False):
-        print(f"[dgdo] dashboard: {dashboard_url(args.host, app.port, secret)}", flush=True)
-    print(f"[dgdo] sidecar listening on ws://{args.host}:{app.port} (engine control {control})", flush=True)
+        link = dashboard_url(args.host, app.port, secret)
+        print(f"[dgdo] dashboard: {'https' + link.removeprefix('http') if tls_context else link}", flush=True)
+    print(f"[dgdo] sidecar listening on {ws}://{args.host}:{app.port} (engine control {control})", flush=True)
+    if tls_context:
+        # A renewed certificate (certbot, an ACME client) is taken without dropping a connection.
+        loop.add_signal_handler(signal.SIGHUP, _reload_tls, tls_context, args)
     tasks: list[asyncio.Task[None]] = []
     demo: subprocess.Popen[bytes] | None = None
     if args.status_interval > 0:
@@ -227,8 +235,8 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
     if getattr(args, "demo", 0) and await _attached_or_stopped(app, stop):
         # From this (the main) thread, with the marker that makes it end with us even after our kill -9.
         demo = subprocess.Popen(
-            [sys.executable, "-m", "dgdo_apps.demo", "--url", f"ws://{args.host}:{app.port}",
-             "--drivers", str(args.demo)],
+            [sys.executable, "-m", "dgdo_apps.demo", "--url", f"{ws}://{args.host}:{app.port}",
+             "--drivers", str(args.demo), *(["--pin-cert", str(args.tls_cert)] if tls_context else [])],
             start_new_session=True, env=lifetime.child_env(),
         )
         print(f"[dgdo] demo pid={demo.pid}", flush=True)
@@ -348,6 +356,31 @@ class EngineSupervisor:
             proc.wait()
 
 
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The ssl context for --tls-cert/--tls-key (None: plain ws://). Exits with one line when only
+    one is given (status 2) or the files cannot be used (status 1): before anything is started."""
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        print(f"dgdo {args.command}: --tls-cert and --tls-key go together (see dgdo {args.command} --help)",
+              file=sys.stderr, flush=True)
+        raise SystemExit(2)
+    try:
+        return tls.server_context(cert, key)
+    except tls.TlsError as e:
+        raise SystemExit(f"dgdo: {e}") from None
+
+
+def _reload_tls(ctx: ssl.SSLContext, args: argparse.Namespace) -> None:
+    try:
+        tls.reload(ctx, args.tls_cert, args.tls_key)
+    except tls.TlsError as e:
+        log.error("! SIGHUP: %s; still serving the certificate loaded before", e)
+    else:
+        log.warning("SIGHUP: reloaded the TLS certificate %s (new connections present it)", args.tls_cert)
+
+
 def _settings(args: argparse.Namespace, secret: str | None) -> Settings:
     return Settings(
         jwt_secret=None if args.insecure_no_auth else secret,
@@ -414,6 +447,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    args.tls_context = tls_context(args)
     secret = _ensure_secret(args, make_up=True)
     # An abstract socket name: no file to create or remove, gone with the engine even after kill -9.
     control = f"@dgdo-{args.instance}-{secrets.token_hex(4)}"
@@ -440,6 +474,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
+    args.tls_context = tls_context(args)
     secret = _ensure_secret(args, make_up=False)
     return uvloop.run(serve(args, args.control, None, secret))
 
@@ -504,6 +539,11 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
                    help="after work, poll the engine's ring this long (spin, then yield) before parking on its "
                         f"doorbell: fewer wake-ups, more CPU (default {default_spin_us():g} on this machine: "
                         "0 with 2 cores or fewer, 100 with more; README 'Idle strategy')")
+    p.add_argument("--tls-cert", type=Path, default=None, metavar="PEM",
+                   help="serve wss:// and https:// with this certificate chain (PEM, leaf first); with --tls-key. "
+                        "Default: plain ws://, for loopback or behind a TLS proxy (README 'TLS')")
+    p.add_argument("--tls-key", type=Path, default=None, metavar="PEM",
+                   help="the certificate's private key (PEM, unencrypted); SIGHUP reloads both")
     p.add_argument("--engine-timeout-s", type=float, default=ENGINE_TIMEOUT_S,
                    help="an engine whose heartbeat is older than this is unavailable: /healthz 503, commands "
                         f"refused with engine_unavailable until it beats again (default {ENGINE_TIMEOUT_S:g})")

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -66,7 +67,7 @@ from sidecar.session.limits import (
 )
 from sidecar.session.session import Session
 from sidecar.session.stats import LinkGauges, SidecarStats
-from sidecar.shell import dashboard, metrics
+from sidecar.shell import dashboard, metrics, tls
 from sidecar.wire.auth import ENV_SECRET, Authenticator, AuthError, Unauthenticated, http_status
 from sidecar.wire.codec import Decoder, MessageTooBig
 from sidecar.wire.errors import ClientError, ErrorCode
@@ -161,11 +162,14 @@ class App:
         self.keepalive = Keepalive(settings.ping_idle_s, settings.ping_reply_s)
         self.listeners: set[AppListener] = set()  # every open connection, for the keepalive sweep
         self._keepalive_task: asyncio.Task[None] | None = None
+        self.tls = False  # serving wss:// (start)
 
-    async def start(self, host: str, port: int) -> None:
-        """Attaches (one try), then listens. Raises WorkerIdTaken before listening if another live
-        sidecar holds our worker id: with SO_REUSEPORT a listening duplicate would take a share of
-        the port's new connections until it learnt that and left."""
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Attaches (one try), then listens (wss:// and https:// when given an ssl context,
+        shell/tls.py). Raises WorkerIdTaken before listening if another live sidecar holds our
+        worker id: with SO_REUSEPORT a listening duplicate would take a share of the port's new
+        connections until it learnt that and left."""
+        self.tls = ssl_context is not None
         with contextlib.suppress(OSError, TimeoutError, ConnectionError, RingError):
             await self.link.attach(timeout=FIRST_ATTACH_S)  # no engine yet: we serve (/healthz 503), the link retries
         self.server = await ws_create_server(
@@ -177,6 +181,7 @@ class App:
             # kernel spreads new connections over them. It also lets a second sidecar bind a port
             # a live one holds; a duplicate worker id is refused by the engine instead.
             reuse_port=True, **PICOWS_SERVER_OPTIONS,
+            **({"ssl": ssl_context, "ssl_handshake_timeout": tls.HANDSHAKE_TIMEOUT_S} if ssl_context else {}),
         )
         self.link.start()
         self._stats_task = self._loop.create_task(self._admin_loop(self.settings.stats_interval_s, self.core.tick))
