@@ -45,7 +45,7 @@ import uvloop
 from sidecar.engine.idle import default_spin_us
 from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US
 from sidecar.session.limits import MAX_QUEUED, Rate
-from sidecar.shell import lifetime, sd_notify
+from sidecar.shell import fdlimit, lifetime, sd_notify
 from sidecar.shell.server import App, Settings
 from sidecar.wire import auth
 from sidecar.wire.messages import is_valid_id
@@ -194,6 +194,7 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    nofile = fdlimit.raise_soft_limit()  # before the first connection: each one is a descriptor
     app = App(control, worker=args.worker, reply_spin_us=args.reply_spin_us, settings=_settings(args, secret))
     try:
         await app.start(args.host, args.port)
@@ -204,6 +205,8 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
     if getattr(args, "dashboard_link", False):
         print(f"[dgdo] dashboard: {dashboard_url(args.host, app.port, secret)}", flush=True)
     print(f"[dgdo] sidecar listening on ws://{args.host}:{app.port} (engine control {control})", flush=True)
+    assert app.front is not None
+    print(f"[dgdo] {fdlimit.describe(nofile, app.front.max_connections, args.max_connections is not None)}", flush=True)
     tasks: list[asyncio.Task[None]] = []
     demo: subprocess.Popen[bytes] | None = None
     if args.status_interval > 0:
@@ -333,6 +336,7 @@ def _settings(args: argparse.Namespace, secret: str | None) -> Settings:
         max_paused_s=args.max_paused_s, max_queued=args.max_queued,
         engine_timeout_s=args.engine_timeout_s,
         idle_spin_us=default_spin_us() if args.idle_spin_us is None else args.idle_spin_us,
+        max_connections=args.max_connections,
     )
 
 
@@ -480,6 +484,10 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
                    help="after work, poll the engine's ring this long (spin, then yield) before parking on its "
                         f"doorbell: fewer wake-ups, more CPU (default {default_spin_us():g} on this machine: "
                         "0 with 2 cores or fewer, 100 with more; README 'Idle strategy')")
+    p.add_argument("--max-connections", type=int_in(1, 10_000_000, "--max-connections"), default=None,
+                   help="connections this worker holds at most; past it an upgrade gets HTTP 503 with Retry-After "
+                        f"(default: the open-files limit, raised to its hard limit at start, minus "
+                        f"{fdlimit.FD_RESERVE}, at most {fdlimit.MAX_CONNECTIONS_CEILING})")
     p.add_argument("--engine-timeout-s", type=float, default=ENGINE_TIMEOUT_S,
                    help="an engine whose heartbeat is older than this is unavailable: /healthz 503, commands "
                         f"refused with engine_unavailable until it beats again (default {ENGINE_TIMEOUT_S:g})")
