@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -162,11 +163,13 @@ class Stack:
         return self.proc.returncode
 
 
-def start_stack(*extra: str, env: dict[str, str] | None = None) -> Stack:
+def start_stack(*extra: str, env: dict[str, str] | None = None, **popen: Any) -> Stack:
+    """Starts `dgdo run` (engine + sidecar); `popen` goes to Popen (e.g. `preexec_fn=` to set a limit,
+    `stderr=subprocess.STDOUT` to read the log lines too)."""
     instance = f"t{uuid.uuid4().hex[:8]}"
     cmd = [sys.executable, "-m", "sidecar", "run", "--host", "127.0.0.1", "--port", "0", "--no-demo",
            "--status-interval", "0", "--instance", instance, "--state-dir", new_state_dir(), *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, env=stack_env(**(env or {})))
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, env=stack_env(**(env or {})), **popen)
     out = LineReader(proc.stdout)
     try:
         m = out.wait_for(r"sidecar listening on ws://127\.0\.0\.1:(\d+)")

@@ -37,9 +37,9 @@ from sidecar.engine import records as R
 from sidecar.session import limits
 from sidecar.session.core import REASON_NAME, STATUS_NAME
 from sidecar.shell import server
+from sidecar.wire import auth, schema
 from sidecar.wire import codec as protocol
 from sidecar.wire import messages as events
-from sidecar.wire import schema
 from sidecar.wire.errors import ClientError, ErrorCode
 from sidecar.wire.messages import SCHEMAS, Role
 
@@ -327,7 +327,8 @@ def test_every_error_code_has_a_row_saying_when(code: str) -> None:
     assert re.search(rf"^\| `{code}` \| \S", markdown(), re.M), f"no row for {code} in the error table"
 
 
-@pytest.mark.parametrize("close", [1000, 1008, 1009, server.CLOSE_REPLACED, 4008])
+@pytest.mark.parametrize("close", [1000, 1008, 1009, server.CLOSE_REPLACED, 4008, auth.CLOSE_UNAUTHORIZED,
+                                   auth.CLOSE_FORBIDDEN])
 def test_close_codes_are_documented_in_both(close: int) -> None:
     assert re.search(rf"^\| {close} \|", markdown(), re.M)
     assert str(close) in api()["info"]["description"]

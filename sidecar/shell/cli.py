@@ -47,7 +47,7 @@ import uvloop
 from sidecar.engine.idle import default_spin_us
 from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US, WorkerIdTaken
 from sidecar.session.limits import MAX_QUEUED, Rate
-from sidecar.shell import lifetime, sd_notify, tls
+from sidecar.shell import fdlimit, lifetime, sd_notify, tls
 from sidecar.shell.server import App, Settings
 from sidecar.shell.workers import WorkerProcesses, child_args
 from sidecar.wire import auth
@@ -197,6 +197,7 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    nofile = fdlimit.raise_soft_limit()  # before the first connection: each one is a descriptor
     app = App(control, worker=args.worker, reply_spin_us=args.reply_spin_us, settings=_settings(args, secret))
     app.link.on_refused = lambda e: stop.set()  # our worker id is taken: one line, exit 1 (below)
     tls_context = getattr(args, "tls_context", None)
@@ -214,6 +215,8 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
         link = dashboard_url(args.host, app.port, secret)
         print(f"[dgdo] dashboard: {'https' + link.removeprefix('http') if tls_context else link}", flush=True)
     print(f"[dgdo] sidecar listening on {ws}://{args.host}:{app.port} (engine control {control})", flush=True)
+    assert app.front is not None
+    print(f"[dgdo] {fdlimit.describe(nofile, app.front.max_connections, args.max_connections is not None)}", flush=True)
     if tls_context:
         # A renewed certificate (certbot, an ACME client) is taken without dropping a connection.
         loop.add_signal_handler(signal.SIGHUP, _reload_tls, tls_context, args)
@@ -390,6 +393,7 @@ def _settings(args: argparse.Namespace, secret: str | None) -> Settings:
         max_paused_s=args.max_paused_s, max_queued=args.max_queued,
         engine_timeout_s=args.engine_timeout_s,
         idle_spin_us=default_spin_us() if args.idle_spin_us is None else args.idle_spin_us,
+        max_connections=args.max_connections,
     )
 
 
@@ -544,6 +548,10 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
                         "Default: plain ws://, for loopback or behind a TLS proxy (README 'TLS')")
     p.add_argument("--tls-key", type=Path, default=None, metavar="PEM",
                    help="the certificate's private key (PEM, unencrypted); SIGHUP reloads both")
+    p.add_argument("--max-connections", type=int_in(1, 10_000_000, "--max-connections"), default=None,
+                   help="connections this worker holds at most; past it an upgrade gets HTTP 503 with Retry-After "
+                        f"(default: the open-files limit, raised to its hard limit at start, minus "
+                        f"{fdlimit.FD_RESERVE}, at most {fdlimit.MAX_CONNECTIONS_CEILING})")
     p.add_argument("--engine-timeout-s", type=float, default=ENGINE_TIMEOUT_S,
                    help="an engine whose heartbeat is older than this is unavailable: /healthz 503, commands "
                         f"refused with engine_unavailable until it beats again (default {ENGINE_TIMEOUT_S:g})")

@@ -4,9 +4,16 @@ Upgrade -> route and auth -> feed the core -> write what it yields. Nothing
 here decides what to send or to whom (sidecar/session/core.py does); this
 module owns the sockets and the event loop:
 
+* every connection first meets the front door (shell/front.py): it answers the
+  plain-HTTP pages (GET and HEAD, HTTP/1.0 and 1.1), 405 for other methods, 426 for
+  a WebSocket version other than 13, 503 past `--max-connections` (shell/fdlimit.py),
+  and hands the rest to picows, which owns the socket from then on.
 * picows calls the listener factory synchronously with the parsed upgrade
   request: routing, auth and format choice happen there (wire/router.py,
-  wire/auth.py), and each refusal maps to one HTTP status.
+  wire/auth.py), and each refusal maps to one HTTP status. An auth refusal of an
+  upgrade that carries `Origin` (a browser, which would see only close 1006) is
+  instead accepted, answered with one `error` (`unauthorized` / `forbidden`) in the
+  negotiated format and closed with 4401 / 4403 (shell/refusal.py).
 * per connection, `AppListener` feeds data frames to its `Decoder` (wire/codec.py),
   charges its `RateLimiter` (session/limits.py), hands the typed message to the
   core, answers CLOSE (picows does not), and relays picows' pause/resume of
@@ -22,7 +29,7 @@ Close codes this server sends: 1000 (reply to the client's CLOSE), 1001
 (shutdown; a ping not answered in time — session/keepalive.py, one sweep for every connection), 1008 (flooding
 past the rate limit), 1009 (a message over the size or fragment cap, after a
 `too_large` error saying which), 4001 (replaced by a newer connection with the
-same role and id), 4008 (slow reader).
+same role and id), 4008 (slow reader), 4401 / 4403 (a browser's upgrade refused by auth).
 """
 
 from __future__ import annotations
@@ -45,7 +52,6 @@ from picows import (
     WSUpgradeRequest,
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
-    ws_create_server,
 )
 
 from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US, EngineLink, EngineUnavailable, Overloaded
@@ -67,7 +73,9 @@ from sidecar.session.limits import (
 )
 from sidecar.session.session import Session
 from sidecar.session.stats import LinkGauges, SidecarStats
-from sidecar.shell import dashboard, metrics, tls
+from sidecar.shell import dashboard, fdlimit, metrics, tls
+from sidecar.shell.front import Front, Page
+from sidecar.shell.refusal import RefusedListener
 from sidecar.wire.auth import ENV_SECRET, Authenticator, AuthError, Unauthenticated, http_status
 from sidecar.wire.codec import Decoder, MessageTooBig
 from sidecar.wire.errors import ClientError, ErrorCode
@@ -139,6 +147,7 @@ class Settings:
     feed_interval_s: float = FEED_INTERVAL_S  # `fleet` deltas to subscribed admins
     engine_timeout_s: float = ENGINE_TIMEOUT_S  # heartbeat silence after which the engine is unavailable
     idle_spin_us: float = 0.0  # after work, poll the engine's ring this long before parking (engine/idle.py)
+    max_connections: int | None = None  # None: from the open-files limit (shell/fdlimit.py)
 
 
 class App:
@@ -155,6 +164,7 @@ class App:
         self.link = EngineLink(control_path, worker, self._on_records, self._on_engine_state, reply_spin_us,
                                settings.engine_timeout_s, self._on_engine_available, settings.idle_spin_us)
         self.server: asyncio.Server | None = None
+        self.front: Front | None = None  # counts the connections (front.open) and caps them
         self._loop = asyncio.get_running_loop()
         self._flush_due = False
         self._stats_task: asyncio.Task[None] | None = None
@@ -166,13 +176,15 @@ class App:
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         """Attaches (one try), then listens (wss:// and https:// when given an ssl context,
-        shell/tls.py). Raises WorkerIdTaken before listening if another live sidecar holds our
-        worker id: with SO_REUSEPORT a listening duplicate would take a share of the port's new
-        connections until it learnt that and left."""
+        shell/tls.py) behind the front door (shell/front.py). Raises WorkerIdTaken before
+        listening if another live sidecar holds our worker id: with SO_REUSEPORT a listening
+        duplicate would take a share of the port's new connections until it learnt that and left."""
         self.tls = ssl_context is not None
         with contextlib.suppress(OSError, TimeoutError, ConnectionError, RingError):
             await self.link.attach(timeout=FIRST_ATTACH_S)  # no engine yet: we serve (/healthz 503), the link retries
-        self.server = await ws_create_server(
+        max_connections = self.settings.max_connections or fdlimit.default_max_connections()
+        self.front = Front(self.page, max_connections)
+        self.server = await self.front.start(
             self.listener_factory, host, port,
             enable_auto_ping=False,  # one keepalive sweep for all (_keepalive_loop), not a task per connection
             enable_auto_pong=False,  # AppListener answers PINGs, charged to the connection's rate limit
@@ -318,8 +330,8 @@ class App:
     def listener_factory(self, request: WSUpgradeRequest) -> Any:
         try:
             r = route(request.method, request.path)
-            if isinstance(r, HttpRoute):
-                return self._http_page(r, request.headers.get("Authorization"))
+            if isinstance(r, HttpRoute):  # (the front door serves these; an upgrade to a page lands here)
+                return _http_page(self.page(r, request.headers.get("Authorization")))
             # The admin path carries no id: any admin token opens it, and its sub names the session.
             fmt, subprotocol = choose_format(request.headers.get("Sec-WebSocket-Protocol"), r.query)
             claims = self.auth.authenticate(r.role, None if r.role is Role.ADMIN else r.app_id, r.query,
@@ -328,37 +340,34 @@ class App:
             return _http(e.status, e.message)
         except AuthError as e:
             self.stats.auth_refused += 1
+            if request.headers.get("Origin") is not None:  # a browser: it would see only close 1006
+                return WSUpgradeResponseWithListener(_upgrade(subprotocol, self._worker_text), RefusedListener(e, fmt))
             # RFC 6750 §3: a 401 names the scheme the client should retry with.
             extra = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if isinstance(e, Unauthenticated) else None
             return _http(http_status(e), e.message, extra_headers=extra)
         if claims is not None and r.role is Role.ADMIN:
             r = replace(r, app_id=claims.sub)
         session = self.core.new_session(r.role, r.app_id, fmt, r.last_seq)
-        # Which worker the kernel picked (several share the port): for operators and tests, no protocol meaning.
-        headers = {WORKER_HEADER: self._worker_text}
-        if subprotocol:
-            headers["Sec-WebSocket-Protocol"] = subprotocol
-        return WSUpgradeResponseWithListener(
-            WSUpgradeResponse.create_101_response(extra_headers=headers), AppListener(self, session, r)
-        )
+        return WSUpgradeResponseWithListener(_upgrade(subprotocol, self._worker_text), AppListener(self, session, r))
 
-    def _http_page(self, r: HttpRoute, authorization: str | None = None) -> Any:
+    def page(self, r: HttpRoute, authorization: str | None = None) -> Page:
+        """A plain-HTTP page: the front door serves it (GET and HEAD, HTTP/1.0 and 1.1)."""
         if r.path == "/healthz":
             if self.link.available:
-                return _http(200, "ok")
-            return _http(503, "engine not responding" if self.link.attached else "engine unavailable")
+                return _page(200, "ok")
+            return _page(503, "engine not responding" if self.link.attached else "engine unavailable")
         if r.path == "/metrics":
-            return _http(200, self.metrics_text(), metrics.CONTENT_TYPE_LATEST)
+            return _page(200, self.metrics_text(), metrics.CONTENT_TYPE_LATEST)
         if r.path == dashboard.WHOAMI:
             status, body = dashboard.whoami(self.auth, r.query, authorization)
             if status == 401:
                 self.stats.auth_refused += 1
-            return _http(status, body, dashboard.JSON_TYPE, dashboard.NO_STORE)
+            return _page(status, body, dashboard.JSON_TYPE, dashboard.NO_STORE)
         if r.path.startswith(ADMIN_PAGE):
-            page = dashboard.asset(r.path)
-            if page is not None:
-                return _http(200, page.body, page.content_type, page.headers)
-        return _http(404, "no such page")
+            asset = dashboard.asset(r.path)
+            if asset is not None:
+                return _page(200, asset.body, asset.content_type, asset.headers)
+        return _page(404, "no such page")
 
     def metrics_text(self) -> str:
         return metrics.render(self).decode()
@@ -410,13 +419,32 @@ class App:
         self.flush_soon()
 
 
-def _http(status: int, body: str, content_type: str = "text/plain; charset=utf-8",
+def _upgrade(subprotocol: str | None, worker: str) -> WSUpgradeResponse:
+    # Which worker the kernel picked (several share the port): for operators and tests, no protocol meaning.
+    headers = {WORKER_HEADER: worker}
+    if subprotocol:
+        headers["Sec-WebSocket-Protocol"] = subprotocol
+    return WSUpgradeResponse.create_101_response(extra_headers=headers)
+
+
+def _page(status: int, body: str | bytes, content_type: str = "text/plain; charset=utf-8",
+          headers: dict[str, str] | None = None) -> Page:
+    return Page(status, body.encode() if isinstance(body, str) else body, content_type, dict(headers or {}))
+
+
+def _http_page(page: Page) -> WSUpgradeResponseWithListener:
+    """A page as picows' answer to a request it parsed (an upgrade request to a page's path)."""
+    return _http(page.status, page.body, page.content_type, page.headers)
+
+
+def _http(status: int, body: str | bytes, content_type: str = "text/plain; charset=utf-8",
           extra_headers: dict[str, str] | None = None) -> WSUpgradeResponseWithListener:
     headers = {"Content-Type": content_type, **(extra_headers or {})}
+    data = body.encode() if isinstance(body, str) else body
     if status >= 400:
-        resp = WSUpgradeResponse.create_error_response(status, body.encode(), headers)
+        resp = WSUpgradeResponse.create_error_response(status, data, headers)
     else:
-        resp = WSUpgradeResponse.create_ok_response(body.encode(), headers)
+        resp = WSUpgradeResponse.create_ok_response(data, headers)
     return WSUpgradeResponseWithListener(resp, None)
 
 

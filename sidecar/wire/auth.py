@@ -13,6 +13,11 @@ the HTTP status in `HTTP_STATUS` — the one place where that mapping lives:
           ├── WrongRole               role claim differs from the path's role
           └── WrongSubject            sub differs from the path's id
 
+A browser script never sees the status of a refused upgrade (only close 1006, as for a server
+that is down), so an upgrade that carries `Origin` (browsers always send it; native apps and
+servers usually do not) is refused the WebSocket way instead (`ws_refusal`): accepted, one
+`error` (`unauthorized` / `forbidden`), then close 4401 / 4403, the HTTP status plus 4000.
+
 Browsers cannot set headers on a WebSocket, hence `?token=`; native apps may
 prefer `Authorization: Bearer`. When both are sent the header wins (query
 strings end up in access logs; a header is the better-kept of the two).
@@ -27,6 +32,7 @@ from typing import Any
 
 import jwt
 
+from sidecar.wire.errors import ErrorCode
 from sidecar.wire.messages import Role, is_valid_id
 
 ALGORITHM = "HS256"
@@ -85,6 +91,19 @@ HTTP_STATUS: dict[type[AuthError], int] = {
 
 def http_status(err: AuthError) -> int:
     return HTTP_STATUS[type(err)]
+
+
+# The same refusals for a browser, which sees close codes but not HTTP statuses: close 4000 + the
+# status, after an `error` with the code of the same name.
+WS_ERROR_CODE: dict[int, ErrorCode] = {401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN}
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+
+
+def ws_refusal(err: AuthError) -> tuple[ErrorCode, int]:
+    """The `error` code and the close code that tell a browser what `http_status(err)` tells anyone else."""
+    status = http_status(err)
+    return WS_ERROR_CODE[status], 4000 + status
 
 
 @dataclass(frozen=True, slots=True)

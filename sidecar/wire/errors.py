@@ -15,6 +15,7 @@ class ErrorCode(StrEnum):
     """Wire error codes (DESIGN §4)."""
 
     BAD_FRAME = "bad_frame"
+    UNAUTHORIZED = "unauthorized"  # only from a refused upgrade seen by a browser (wire/auth.py: ws_refusal)
     BAD_MESSAGE = "bad_message"
     UNKNOWN_TYPE = "unknown_type"
     FORBIDDEN = "forbidden"

@@ -1,0 +1,226 @@
+"""The front door against the real sidecar: what a load balancer, a browser and a WebSocket client
+get before (or instead of) the upgrade (shell/front.py, shell/refusal.py).
+
+Raw sockets where a library would not send the request in question (HTTP/1.0, HEAD, POST, a
+WebSocket version 8 handshake); the `websockets` library for the browser-visible refusal.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+from conftest import Stack, mint, start_stack
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from sidecar.wire import auth
+
+KEY = base64.b64encode(os.urandom(16)).decode()
+
+
+@pytest.fixture(scope="module")
+def stack(engine_bin: Path) -> Iterator[Stack]:
+    s = start_stack()
+    yield s
+    assert s.stop() == 0
+
+
+def exchange(stack: Stack, request: bytes, *, split: bool = False) -> bytes:
+    """Sends `request` (byte by byte when `split`) and reads until the server closes."""
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as s:
+        if split:
+            for i in range(len(request)):
+                s.sendall(request[i:i + 1])
+        else:
+            s.sendall(request)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def parse(response: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split(" ")[1]), {k.lower(): v for k, v in fields.items()}, body
+
+
+def upgrade(path: str, version: str = "13", extra: str = "") -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: {version}\r\n{extra}\r\n").encode()
+
+
+def client_frame(text: str) -> bytes:
+    """One masked text frame (RFC 6455 §5.2), as a client must send it."""
+    payload, mask = text.encode(), os.urandom(4)
+    assert len(payload) < 126
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+# ---- load balancers' health checks ---------------------------------------------------------------
+
+
+def test_healthz_answers_http_1_0_as_haproxy_sends_it(stack: Stack) -> None:
+    status, fields, body = parse(exchange(stack, b"GET /healthz HTTP/1.0\r\n\r\n"))
+    assert (status, body) == (200, b"ok")
+    assert fields["connection"] == "close" and fields["content-length"] == "2"
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_head_healthz_gets_the_get_fields_without_a_body(stack: Stack, version: str) -> None:
+    status, fields, body = parse(exchange(stack, f"HEAD /healthz HTTP/{version}\r\nHost: x\r\n\r\n".encode()))
+    assert (status, fields["content-length"], body) == (200, "2", b"")
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/admin", "/admin/whoami"])
+def test_the_other_pages_answer_head_and_http_1_0_too(stack: Stack, path: str) -> None:
+    get_status, get_fields, get_body = parse(exchange(stack, f"GET {path} HTTP/1.0\r\n\r\n".encode()))
+    head_status, head_fields, head_body = parse(exchange(stack, f"HEAD {path} HTTP/1.0\r\n\r\n".encode()))
+    assert get_status == head_status == (401 if path.endswith("whoami") else 200)  # whoami: no token sent
+    assert get_body and head_body == b""
+    assert head_fields["content-type"] == get_fields["content-type"]
+    if path != "/metrics":  # the metrics change between two scrapes
+        assert head_fields["content-length"] == get_fields["content-length"] == str(len(get_body))
+
+
+def test_a_request_head_arriving_byte_by_byte_is_answered(stack: Stack) -> None:
+    assert parse(exchange(stack, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", split=True))[0] == 200
+
+
+# ---- wrong methods, versions and heads -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS"])
+def test_other_methods_on_a_page_get_405_with_allow(stack: Stack, method: str) -> None:
+    status, fields, _ = parse(exchange(stack, f"{method} /healthz HTTP/1.1\r\nHost: x\r\n\r\n".encode()))
+    assert status == 405 and fields["allow"] == "GET, HEAD"
+
+
+def test_a_post_with_a_body_still_reads_its_405(stack: Stack) -> None:
+    """The body is never read: the answer must not be lost to a RST (the server half-closes first)."""
+    body = b"x" * 200_000
+    request = b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    assert parse(exchange(stack, request))[0] == 405
+
+
+def test_a_websocket_path_allows_only_get(stack: Stack) -> None:
+    status, fields, _ = parse(exchange(stack, b"POST /ws/driver/d1 HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert status == 405 and fields["allow"] == "GET"
+
+
+@pytest.mark.parametrize("version", ["8", "7", "14", ""])
+def test_a_websocket_version_other_than_13_gets_426_naming_13(stack: Stack, version: str) -> None:
+    token = mint("driver", "d1")
+    status, fields, _ = parse(exchange(stack, upgrade(f"/ws/driver/d1?token={token}", version)))
+    assert status == 426 and fields["sec-websocket-version"] == "13"
+
+
+def test_an_upgrade_over_http_1_0_is_refused(stack: Stack) -> None:
+    request = upgrade(f"/ws/driver/d1?token={mint('driver', 'd1')}").replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+    assert parse(exchange(stack, request))[0] == 400
+
+
+@pytest.mark.parametrize(("request_", "status"), [
+    (b"NONSENSE\r\n\r\n", 400),
+    (b"GET /healthz HTTP/2.0\r\n\r\n", 505),
+    (b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", 431),
+    (b"GET /nowhere HTTP/1.0\r\n\r\n", 404),
+])
+def test_bad_heads_get_their_status(stack: Stack, request_: bytes, status: int) -> None:
+    assert parse(exchange(stack, request_))[0] == status
+
+
+# ---- the upgrade itself, through the front door ---------------------------------------------------
+
+
+def test_frames_sent_with_the_upgrade_request_reach_the_session(stack: Stack) -> None:
+    """The bytes the front door read past the head (a client that does not wait for the 101) go to picows."""
+    ping = client_frame(json.dumps({"type": "ping", "id": 7}))
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as s:
+        s.sendall(upgrade(f"/ws/passenger/p-front?token={mint('passenger', 'p-front')}") + ping)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += s.recv(65536)
+        head, _, rest = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101")
+        seen: list[dict] = []
+        while not any(m.get("type") == "pong" for m in seen):
+            while len(rest) < 2 or len(rest) < 2 + _length(rest):
+                rest += s.recv(65536)
+            n = _length(rest)
+            start = 2 if rest[1] < 126 else 4
+            seen.append(json.loads(rest[start:start + n]))
+            rest = rest[start + n:]
+    assert {"type": "pong", "id": 7}.items() <= next(m for m in seen if m["type"] == "pong").items()
+
+
+def _length(data: bytes) -> int:
+    """The payload length of the server frame at the start of `data` (unmasked, under 64 KiB)."""
+    n = data[1] & 0x7F
+    if n == 126:
+        return struct.unpack("!H", data[2:4])[0] if len(data) >= 4 else 1 << 20
+    return n
+
+
+# ---- the browser-visible refusal -----------------------------------------------------------------
+
+
+async def _refusal(url: str, subprotocol: str | None = None) -> tuple[object, int | None, str]:
+    async with connect(url, origin="https://app.example", subprotocols=[subprotocol] if subprotocol else None) as ws:
+        first = await ws.recv()
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None
+    return first, closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+async def test_a_browser_with_a_bad_token_reads_unauthorized_then_close_4401(stack: Stack) -> None:
+    first, code, reason = await _refusal(f"{stack.url}/ws/driver/d1?token=not.a.jwt")
+    assert isinstance(first, str)
+    error = json.loads(first)
+    assert error["type"] == "error" and error["code"] == "unauthorized" and "invalid token" in error["message"]
+    assert isinstance(error["ts"], int)
+    assert code == auth.CLOSE_UNAUTHORIZED == 4401 and reason.startswith("unauthorized")
+
+
+async def test_a_browser_with_an_expired_token_is_told_so(stack: Stack) -> None:
+    expired = auth.mint(stack.jwt_secret, "passenger", "p1", ttl_s=-60)
+    first, code, _ = await _refusal(f"{stack.url}/ws/passenger/p1?token={expired}")
+    assert json.loads(first)["message"] == "token expired" and code == 4401  # type: ignore[arg-type]
+
+
+async def test_a_browser_with_another_roles_token_reads_forbidden_then_close_4403(stack: Stack) -> None:
+    first, code, _ = await _refusal(f"{stack.url}/ws/admin?token={mint('driver', 'd1')}")
+    error = json.loads(first)  # type: ignore[arg-type]
+    assert error["code"] == "forbidden" and code == auth.CLOSE_FORBIDDEN == 4403
+
+
+async def test_the_refusal_comes_in_the_negotiated_format(stack: Stack) -> None:
+    first, code, _ = await _refusal(f"{stack.url}/ws/passenger/p2?token={mint('passenger', 'someone-else')}",
+                                    subprotocol="dgdo.v1.msgpack")
+    assert isinstance(first, bytes)
+    assert msgpack.unpackb(first)["code"] == "forbidden" and code == 4403
+
+
+@pytest.mark.parametrize(("token", "status"), [("not.a.jwt", 401), (None, 401), ("driver", 403)])
+async def test_without_origin_the_refusal_stays_an_http_status(stack: Stack, token: str | None, status: int) -> None:
+    query = "" if token is None else f"?token={mint('driver', 'd1') if token == 'driver' else token}"
+    with pytest.raises(InvalidStatus) as e:
+        async with connect(f"{stack.url}/ws/passenger/p1{query}"):
+            pass
+    assert e.value.response.status_code == status
+
+
+async def test_a_browser_with_a_good_token_is_served_as_before(stack: Stack) -> None:
+    async with connect(f"{stack.url}/ws/driver/d-ok?token={mint('driver', 'd-ok')}",
+                       origin="https://app.example") as ws:
+        assert json.loads(await ws.recv())["type"] == "welcome"
