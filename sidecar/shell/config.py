@@ -262,6 +262,8 @@ def _checked(path: Path, table: str, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _did_you_mean(table: str, key: str) -> str:
+    if table == "auth" and key == "secret":
+        return " (the secret is never in this file: secret_file names the file that holds it)"
     alias = key.replace("-", "_")
     for t in TABLES[1:]:
         if alias in BY_TABLE[t] and (t, alias) != (table, key):
