@@ -19,8 +19,11 @@ PIP    := $(BIN)/python -m pip install -q -c constraints.txt
 # The production build: the engine and a venv with the runtime dependencies only.
 all: engine venv
 
+# CONFIG=path/to/dgdo.toml: every setting from that file instead (docs/dgdo.toml lists them), HOST,
+# PORT and DEMO included.
+CONFIG ?=
 run: engine venv
-	$(BIN)/dgdo run --host $(HOST) --port $(PORT) --demo $(DEMO)
+	$(BIN)/dgdo run $(if $(CONFIG),--config $(CONFIG),--host $(HOST) --port $(PORT) --demo $(DEMO))
 
 # Tests need the dev extra (pytest, ruff, ...): installed here, never by `make all`/`make venv`.
 test: engine dev-venv bench-deps
@@ -63,7 +66,8 @@ clean:
 
 # A production install into PREFIX (README "Bare-metal install"): PREFIX is a venv holding the
 # runtime dependencies only (pinned) and dgdo built as a wheel, not an editable checkout; bin/
-# holds dgdo and dgdo-engine side by side; share/dgdo the systemd units and the sysusers file.
+# holds dgdo and dgdo-engine side by side; share/dgdo the systemd units, the sysusers file and the
+# reference config file (docs/dgdo.toml).
 install: engine
 	test -x $(PREFIX)/bin/python || $(PYTHON) -m venv $(PREFIX)
 	$(PREFIX)/bin/python -m pip install -q -c constraints.txt --upgrade pip
@@ -72,6 +76,7 @@ install: engine
 	cmake --install $(BUILD) --prefix $(PREFIX)
 	install -d $(PREFIX)/share/dgdo/systemd
 	for f in systemd/*; do sed 's|/opt/dgdo|$(UNIT_PREFIX)|g' $$f > $(PREFIX)/share/dgdo/systemd/$$(basename $$f); done
+	install -m 0644 docs/dgdo.toml $(PREFIX)/share/dgdo/dgdo.toml  # the reference: every setting, its default
 	$(PREFIX)/bin/dgdo --version
 	$(PREFIX)/bin/dgdo-engine --version
 
