@@ -22,8 +22,11 @@ PIP    := $(BIN)/python -m pip install -q -c constraints.txt
 # The production build: the engine and a venv with the runtime dependencies only.
 all: engine venv
 
+# CONFIG=path/to/dgdo.toml: every setting from that file instead (docs/dgdo.toml lists them), HOST,
+# PORT and DEMO included.
+CONFIG ?=
 run: engine venv
-	$(BIN)/dgdo run --host $(HOST) --port $(PORT) --demo $(DEMO) $(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY))
+	$(BIN)/dgdo run $(if $(CONFIG),--config $(CONFIG),--host $(HOST) --port $(PORT) --demo $(DEMO)) $(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY))
 
 # A self-signed certificate for localhost, 127.0.0.1 and ::1 (development only: README "TLS").
 .PHONY: dev-cert
@@ -71,7 +74,8 @@ clean:
 
 # A production install into PREFIX (README "Bare-metal install"): PREFIX is a venv holding the
 # runtime dependencies only (pinned) and dgdo built as a wheel, not an editable checkout; bin/
-# holds dgdo and dgdo-engine side by side; share/dgdo the systemd units and the sysusers file.
+# holds dgdo and dgdo-engine side by side; share/dgdo the systemd units, the sysusers file and the
+# reference config file (docs/dgdo.toml).
 install: engine
 	test -x $(PREFIX)/bin/python || $(PYTHON) -m venv $(PREFIX)
 	$(PREFIX)/bin/python -m pip install -q -c constraints.txt --upgrade pip
@@ -80,6 +84,7 @@ install: engine
 	cmake --install $(BUILD) --prefix $(PREFIX)
 	install -d $(PREFIX)/share/dgdo/systemd
 	for f in systemd/*; do sed 's|/opt/dgdo|$(UNIT_PREFIX)|g' $$f > $(PREFIX)/share/dgdo/systemd/$$(basename $$f); done
+	install -m 0644 docs/dgdo.toml $(PREFIX)/share/dgdo/dgdo.toml  # the reference: every setting, its default
 	$(PREFIX)/bin/dgdo --version
 	$(PREFIX)/bin/dgdo-engine --version
 

@@ -9,6 +9,8 @@ command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
 # Debian's libgtest-dev ships the headers, the built libraries and GTestConfig.cmake.
 compgen -G '/usr/lib/*/cmake/GTest/GTestConfig.cmake' >/dev/null || need+=(libgtest-dev)
+# The engine reads its config file (TOML) with toml++, used header-only.
+[ -f /usr/include/toml++/toml.h ] || need+=(libtomlplusplus-dev)
 # The unit tests check systemd/ with systemd-analyze (verify, security) and systemd-sysusers.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)

@@ -46,13 +46,14 @@ def test_version_of_both_programs_is_the_projects() -> None:
 
 
 @pytest.mark.parametrize(("args", "says"), [
-    (("sidecar", "--control", "@x", "--port", "99999"), "--port: port must be 0-65535"),
-    (("sidecar", "--control", "@x", "--port", "http"), "--port: port must be an integer"),
+    (("sidecar", "--control", "@x", "--port", "99999"), "--port: must be between 0 and 65535, not 99999"),
+    (("sidecar", "--control", "@x", "--port", "http"), "--port: must be an integer, not 'http'"),
     (("sidecar", "--control", "@x", "--log-level", "verbose"), "--log-level: must be one of DEBUG"),
-    (("sidecar", "--control", "@x", "--worker", "70000"), "--worker: worker id must be 1-65535"),
-    (("sidecar", "--control", "@x", "--worker", "0"), "--worker: worker id must be 1-65535"),
+    (("sidecar", "--control", "@x", "--worker", "70000"), "--worker: must be between 1 and 65535"),
+    (("sidecar", "--control", "@x", "--worker", "0"), "--worker: must be between 1 and 65535"),
     (("sidecar", "--control", "@x", "--status-interval", "-1"), "--status-interval"),
     (("run", "--matching", "greedyy"), "--matching: invalid choice: 'greedyy'"),
+    (("run", "--workers", "0"), "--workers: must be between 1 and 64"),
     (("run", "--fsync", "sometimes"), "--fsync: invalid choice"),
     (("sidecar",), "--control"),
     (("frobnicate",), "invalid choice"),
@@ -109,7 +110,8 @@ def test_secret_comes_from_the_environment_else_the_credential(tmp_path: Path) -
     (tmp_path / CREDENTIAL_SECRET).write_text("from-the-credential-" + "x" * 20 + "\n")  # `echo`'s newline
     creds = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
     assert configured_secret(creds) == "from-the-credential-" + "x" * 20
-    assert configured_secret({**creds, auth.ENV_SECRET: "from-env"}) == "from-env"
+    from_env = "from-env-" + "y" * 23  # 32 bytes: the least a secret may have
+    assert configured_secret({**creds, auth.ENV_SECRET: from_env}) == from_env
     assert configured_secret({"CREDENTIALS_DIRECTORY": str(tmp_path / "none")}) is None
     assert configured_secret({}) is None
     (tmp_path / CREDENTIAL_SECRET).write_text("\n")

@@ -41,9 +41,10 @@ def make_stack(engine_bin: Path) -> Iterator[Callable[..., Stack]]:
 
 
 def config_file(tmp_path: Path, **settings: float | str) -> str:
-    """An engine `--config` file (`key = value` lines) for settings `dgdo run` has no flag for."""
-    path = tmp_path / "engine.conf"
-    path.write_text("# written by test_e2e_dispatch\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+    """A `--config` file whose [engine] table has settings `dgdo run` has no flag for."""
+    path = tmp_path / "dgdo.toml"
+    path.write_text("# written by test_e2e_dispatch\n[engine]\n" +
+                    "".join(f"{k} = {v!r}\n" for k, v in settings.items()))
     return str(path)
 
 

@@ -279,7 +279,10 @@ class EngineLink:
             if seg is not None:
                 seg.close()
         self._in_seg = self._out_seg = None
-        log.warning("! engine detached")
+        if self._closed:  # our own shutdown (Ctrl-C, SIGTERM): nothing went wrong
+            log.info("= detached from the engine")
+        else:
+            log.warning("! engine detached")
         self.on_state(False)
 
     @property

@@ -1,16 +1,21 @@
 """`dgdo`: run the engine and the sidecar together, or the sidecar alone.
 
-    dgdo run [--host H] [--port P] [--demo N | --no-demo] [--state-dir DIR] [--workers N]
+    dgdo run [--config F] [--host H] [--port P] [--demo N | --no-demo] [--state-dir DIR] [--workers N]
                                                             engine + sidecar worker(s) (+ demo)
     ... [--tls-cert PEM --tls-key PEM]                      either of them over wss:// (shell/tls.py)
-    dgdo sidecar --control PATH|@NAME [--host H] [--port P] sidecar for a running engine
-    dgdo token --role R --sub ID [--ttl S] [--secret S]     mint a JWT for an app
+    dgdo sidecar [--config F] --control PATH|@NAME [--host H] [--port P]
+                                                            sidecar for a running engine
+    dgdo token --role R --sub ID [--ttl S] [--secret-file F | --config F]
+                                                            mint a JWT for an app
     dgdo engine-path                                        where the engine binary is
     dgdo replay --state-dir DIR --order ID [--json]          an order's timeline from the journal
 
-Auth is always on: the secret comes from DGDO_JWT_SECRET, else from the systemd credential
-$CREDENTIALS_DIRECTORY/jwt-secret (`LoadCredential=jwt-secret:/etc/dgdo/jwt-secret`, which keeps
-it out of the environment). `dgdo run` without one makes up a secret for the run, prints it once
+Settings come from flags, else the config file (`--config /etc/dgdo/dgdo.toml`: one TOML file for
+the engine and dgdo, every setting declared once in sidecar/shell/config.py), else the defaults.
+
+Auth is always on: the secret (at least 32 bytes) comes from --secret-file, DGDO_JWT_SECRET, the
+systemd credential $CREDENTIALS_DIRECTORY/jwt-secret or the file's [auth] secret_file
+(sidecar/shell/jwt_secret.py). `dgdo run` without one makes up a secret for the run, prints it once
 and hands it to the demo; `dgdo sidecar` refuses to start without one unless told --insecure-no-auth.
 
 Under systemd (`Type=notify`, see systemd/) both commands tell it when they serve, their status
@@ -38,16 +43,17 @@ import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
 import uvloop
 
 from sidecar.engine.idle import default_spin_us
-from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US, WorkerIdTaken
-from sidecar.session.limits import MAX_QUEUED, Rate
-from sidecar.shell import fdlimit, lifetime, sd_notify, tls
+from sidecar.engine.link import WorkerIdTaken
+from sidecar.session.limits import Rate
+from sidecar.shell import banner, config, fdlimit, jwt_secret, lifetime, sd_notify, tls
+from sidecar.shell.banner import dashboard_url
+from sidecar.shell.jwt_secret import CREDENTIAL_SECRET, configured_secret, read_secret_file
 from sidecar.shell.server import App, Settings
 from sidecar.shell.workers import WorkerProcesses, child_args
 from sidecar.wire import auth
@@ -55,8 +61,7 @@ from sidecar.wire.messages import is_valid_id
 
 log = logging.getLogger("dgdo")
 
-CREDENTIAL_SECRET = "jwt-secret"  # the systemd credential's name: $CREDENTIALS_DIRECTORY/jwt-secret
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+__all__ = ["CREDENTIAL_SECRET", "configured_secret", "dashboard_url", "main", "read_secret_file"]
 
 REPO_ENGINE = Path(__file__).resolve().parents[2] / "build" / "engine" / "dgdo-engine"
 
@@ -107,10 +112,9 @@ def engine_supports(engine: str, flag: str) -> bool:
     return flag.encode() in done.stdout
 
 
-# Engine settings `dgdo run` passes through unchanged: flag -> (type, help). Unset ones keep
-# the engine's defaults (or the values of its --config file).
+# Engine settings `dgdo run` passes through unchanged: flag -> (type, help). Unset ones keep the
+# engine's defaults, or the values of the config file's [engine] table (the engine checks them).
 ENGINE_FLAGS: dict[str, tuple[type, str]] = {
-    "--config": (str, "engine config file (key = value lines); flags override it"),
     "--ring-capacity": (int, "bytes per ring, a power of two"),
     "--offer-timeout-s": (float, "seconds a driver has to accept an offer (15)"),
     "--radius-m": (float, "first search radius (3000)"),
@@ -147,7 +151,8 @@ def _dest(flag: str) -> str:
 
 
 def _engine_args(args: argparse.Namespace) -> list[str]:
-    out = []
+    """The config file (the engine reads its [engine] table) and the engine flags given to `dgdo run`."""
+    out = ["--config", str(args.config)] if getattr(args, "config", None) else []
     for flag in ENGINE_FLAGS:
         v = getattr(args, _dest(flag), None)
         if v is not None:
@@ -159,18 +164,6 @@ async def _status_loop(app: App, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         print(f"[dgdo] {app.stats.status_line()}", flush=True)
-
-def dashboard_url(host: str, port: int, secret: str | None, ttl_s: float = auth.DEFAULT_TTL_S) -> str:
-    """The dashboard's address with a fresh admin token in it: one line a person can click.
-
-    A wildcard listen address is not something a browser can open: the link names the loopback.
-    """
-    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, f"[{host}]" if ":" in host else host)
-    url = f"http://{shown}:{port}/admin"
-    if secret is None:  # auth off
-        return url
-    return f"{url}?token={auth.mint(secret, 'admin', 'dashboard', ttl_s)}"
-
 
 def _systemd_status(app: App, control: str) -> str:
     if not app.link.attached:
@@ -211,10 +204,11 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
         why = os.strerror(e.errno) if e.errno else str(e)
         raise SystemExit(f"dgdo: cannot listen on {args.host}:{args.port}: {why}") from None
     ws = "wss" if tls_context else "ws"
-    if getattr(args, "dashboard_link", False):
-        link = dashboard_url(args.host, app.port, secret)
-        print(f"[dgdo] dashboard: {'https' + link.removeprefix('http') if tls_context else link}", flush=True)
     print(f"[dgdo] sidecar listening on {ws}://{args.host}:{app.port} (engine control {control})", flush=True)
+    if getattr(args, "dashboard_link", False):  # dgdo run: the addresses and a token command
+        for line in banner.lines(args.host, app.port, secret, args.secret_source, args.made_up_secret,
+                                 tls=tls_context is not None):
+            print(f"[dgdo] {line}", flush=True)
     assert app.front is not None
     print(f"[dgdo] {fdlimit.describe(nofile, app.front.max_connections, args.max_connections is not None)}", flush=True)
     if tls_context:
@@ -392,70 +386,74 @@ def _settings(args: argparse.Namespace, secret: str | None) -> Settings:
         messages_rate=Rate(args.messages_per_s, args.messages_burst),
         max_paused_s=args.max_paused_s, max_queued=args.max_queued,
         engine_timeout_s=args.engine_timeout_s,
-        idle_spin_us=default_spin_us() if args.idle_spin_us is None else args.idle_spin_us,
         max_connections=args.max_connections,
+        idle_spin_us=default_spin_us() if args.idle_spin_us is None else args.idle_spin_us,
     )
-
-
-def read_secret_file(path: Path) -> str:
-    """A secret kept in a file (a systemd credential, /etc/dgdo/jwt-secret): its text without the
-    trailing newline an editor or `echo` leaves. SystemExit, one line, when unreadable or empty."""
-    try:
-        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"dgdo: cannot read the JWT secret from {path}: {getattr(e, 'strerror', None) or e}") from None
-    if not secret:
-        raise SystemExit(f"dgdo: the JWT secret file {path} is empty")
-    return secret
-
-
-def configured_secret(environ: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
-    """The JWT secret an operator configured: $DGDO_JWT_SECRET, else the systemd credential
-    $CREDENTIALS_DIRECTORY/jwt-secret (LoadCredential=: a file only this service can read, not an
-    environment variable every child and /proc/PID/environ would show), else None."""
-    if environ.get(auth.ENV_SECRET):
-        return environ[auth.ENV_SECRET]
-    creds = environ.get("CREDENTIALS_DIRECTORY")
-    if creds and (Path(creds) / CREDENTIAL_SECRET).exists():
-        return read_secret_file(Path(creds) / CREDENTIAL_SECRET)
-    return None
 
 
 def _ensure_secret(args: argparse.Namespace, make_up: bool) -> str | None:
     """The secret to verify tokens with (None: auth explicitly off); `dgdo run` makes one up for local runs."""
+    args.secret_source, args.made_up_secret = None, None
     if args.insecure_no_auth:
         log.warning("! auth is OFF (--insecure-no-auth): anyone can connect as anyone")
         return None
-    secret = configured_secret()
-    if secret:
-        return secret
+    flag_file = args.secret_file if "secret_file" in args.from_flags else None
+    found = jwt_secret.find(flag_file, args.secret_file)
+    if found is not None:
+        args.secret_source = found.file
+        return found.secret
     if not make_up:
-        raise SystemExit(f"dgdo: set {auth.ENV_SECRET} or the systemd credential {CREDENTIAL_SECRET} (the JWT "
-                         "HS256 secret apps' tokens are signed with), or pass --insecure-no-auth for a trusted "
-                         "test network")
+        raise SystemExit(f"dgdo: set {auth.ENV_SECRET}, the systemd credential {CREDENTIAL_SECRET} or [auth] "
+                         "secret_file (the JWT HS256 secret apps' tokens are signed with, at least "
+                         f"{auth.MIN_SECRET_BYTES} bytes), or pass --insecure-no-auth for a trusted test network")
     # Set in our own environment, so the demo (a child process) mints its tokens with it.
-    os.environ[auth.ENV_SECRET] = secret = auth.new_secret()
-    print(f"[dgdo] {auth.ENV_SECRET} not set: this run's secret is {secret}\n"
-          f"[dgdo]   mint a token with: {auth.ENV_SECRET}={secret} dgdo token --role driver --sub d1", flush=True)
+    os.environ[auth.ENV_SECRET] = secret = args.made_up_secret = auth.new_secret()
+    print(f"[dgdo] {auth.ENV_SECRET} not set: this run's secret is {secret}", flush=True)
     return secret
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    secret = args.secret or (read_secret_file(args.secret_file) if args.secret_file else configured_secret())
-    if not secret:
-        raise SystemExit(f"dgdo token: set {auth.ENV_SECRET} or pass --secret or --secret-file")
+    if args.secret:
+        secret = jwt_secret.checked(args.secret, "--secret")
+    else:
+        found = jwt_secret.find(args.secret_file, (args.config_file or {}).get("auth", {}).get("secret_file"))
+        if found is None:
+            raise SystemExit(f"dgdo token: set {auth.ENV_SECRET} or pass --secret-file (or --config with [auth] "
+                             "secret_file)")
+        secret = found.secret
     if not is_valid_id(args.sub):
         raise SystemExit("dgdo token: --sub must be 1-36 characters of [A-Za-z0-9_.:-]")
     print(auth.mint(secret, args.role, args.sub, args.ttl))
     return 0
 
 
+def _check_engine_settings(engine: str, args: argparse.Namespace) -> None:
+    """The engine's settings (the file's [engine] table, the flags passed through) checked before
+    anything starts: a bad one is the engine's one line, and nothing is left behind."""
+    cmd = [engine, "--print-config", *_engine_args(args)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SystemExit(f"dgdo: cannot run the engine {engine}: {e}") from None
+    if done.returncode == 0:
+        return
+    lines = done.stderr.strip().splitlines()
+    print(lines[-1] if lines else f"dgdo: {engine} --print-config failed (status {done.returncode})",
+          file=sys.stderr)
+    raise SystemExit(2)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     args.tls_context = tls_context(args)
+    engine = engine_path()
+    if args.config is not None and args.no_journal and "state_dir" in (args.config_file or {}).get("engine", {}):
+        raise SystemExit(f"dgdo: --no-journal, but {args.config} sets [engine] state_dir (remove one)")
+    if engine_supports(engine, "--print-config"):
+        _check_engine_settings(engine, args)
     secret = _ensure_secret(args, make_up=True)
+    args.instance = args.instance or f"run{os.getpid()}"
     # An abstract socket name: no file to create or remove, gone with the engine even after kill -9.
     control = f"@dgdo-{args.instance}-{secrets.token_hex(4)}"
-    engine = engine_path()
     state_dir = None if args.no_journal else args.state_dir or default_state_dir(args.port)
     if state_dir is None:
         print("[dgdo] no journal: an engine restart loses every order (--no-journal)", flush=True)
@@ -479,6 +477,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
     args.tls_context = tls_context(args)
+    if not args.control:
+        args.parser.error("--control is required (or [sidecar] control in the --config file)")
     secret = _ensure_secret(args, make_up=False)
     return uvloop.run(serve(args, args.control, None, secret))
 
@@ -490,73 +490,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def int_in(lo: int, hi: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be an integer {lo}-{hi}, not {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{what} must be {lo}-{hi}, not {value}")
-        return value
-    return parse
-
-
-def non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, not {text}")
-    return value
-
-
-def log_level(text: str) -> str:
-    level = text.upper()
-    if level not in LOG_LEVELS:
-        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOG_LEVELS)}, not {text!r}")
-    return level
-
-
-def _add_server_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int_in(0, 65535, "port"), default=8765, help="TCP port (0: any free one)")
-    p.add_argument("--worker", type=int_in(1, 65535, "worker id"), default=1, help="sidecar worker id (1-65535)")
-    p.add_argument("--status-interval", type=non_negative, default=1.0, help="seconds between status lines; 0 = off")
-    p.add_argument("--log-level", type=log_level, default="INFO", help=f"{' | '.join(LOG_LEVELS)} (default INFO)")
-    p.add_argument("--insecure-no-auth", action="store_true",
-                   help=f"accept connections without a token (default: JWT HS256 with ${auth.ENV_SECRET})")
-    p.add_argument("--ping-idle-s", type=float, default=30.0, help="ping a client silent for this long")
-    p.add_argument("--ping-reply-s", type=float, default=15.0, help="drop a client whose pong is this late")
-    p.add_argument("--positions-per-s", type=float, default=10.0, help="positions a connection may send, sustained")
-    p.add_argument("--positions-burst", type=float, default=20.0, help="... and in a burst")
-    p.add_argument("--messages-per-s", type=float, default=2000.0, help="messages of any type, sustained")
-    p.add_argument("--messages-burst", type=float, default=2000.0, help="... and in a burst")
-    p.add_argument("--max-paused-s", type=float, default=10.0,
-                   help="close (4008) a client whose write buffer stays full this long")
-    p.add_argument("--max-queued", type=int, default=MAX_QUEUED,
-                   help="messages a paused (not reading) client may owe before it is closed with 4008")
-    p.add_argument("--reply-spin-us", type=float, default=REPLY_SPIN_US,
-                   help="µs to poll for the engine's answer to a command before parking (0 = never spin)")
-    p.add_argument("--idle-spin-us", type=float, default=None,
-                   help="after work, poll the engine's ring this long (spin, then yield) before parking on its "
-                        f"doorbell: fewer wake-ups, more CPU (default {default_spin_us():g} on this machine: "
-                        "0 with 2 cores or fewer, 100 with more; README 'Idle strategy')")
-    p.add_argument("--tls-cert", type=Path, default=None, metavar="PEM",
-                   help="serve wss:// and https:// with this certificate chain (PEM, leaf first); with --tls-key. "
-                        "Default: plain ws://, for loopback or behind a TLS proxy (README 'TLS')")
-    p.add_argument("--tls-key", type=Path, default=None, metavar="PEM",
-                   help="the certificate's private key (PEM, unencrypted); SIGHUP reloads both")
-    p.add_argument("--max-connections", type=int_in(1, 10_000_000, "--max-connections"), default=None,
-                   help="connections this worker holds at most; past it an upgrade gets HTTP 503 with Retry-After "
-                        f"(default: the open-files limit, raised to its hard limit at start, minus "
-                        f"{fdlimit.FD_RESERVE}, at most {fdlimit.MAX_CONNECTIONS_CEILING})")
-    p.add_argument("--engine-timeout-s", type=float, default=ENGINE_TIMEOUT_S,
-                   help="an engine whose heartbeat is older than this is unavailable: /healthz 503, commands "
-                        f"refused with engine_unavailable until it beats again (default {ENGINE_TIMEOUT_S:g})")
-
-
 def cmd_replay(args: argparse.Namespace) -> int:
     """Runs the engine's offline replay (`dgdo-engine replay`) with the same arguments."""
     return replay(args.replay_args)
@@ -566,36 +499,28 @@ def replay(argv: list[str]) -> int:
     return subprocess.run([engine_path(), "replay", *argv], check=False).returncode
 
 
+CONFIG_HELP = (f"the config file (TOML, e.g. {config.DEFAULT_PATH}; docs/dgdo.toml lists every setting): "
+               "flags override it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="dgdo", description="DG Do dispatch")
     parser.add_argument("--version", action="version", version=f"dgdo {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="start engine + sidecar (+ demo)")
-    _add_server_args(run)
-    demo = run.add_mutually_exclusive_group()
-    demo.add_argument("--demo", type=int, default=20, metavar="N", help="simulated drivers (default 20)")
-    demo.add_argument("--no-demo", dest="demo", action="store_const", const=0)
-    run.add_argument("--workers", type=int_in(1, 256, "--workers"), default=1, metavar="N",
-                     help="sidecar workers sharing the port (SO_REUSEPORT): this process is worker 1, "
-                          "2..N are child processes (default 1)")
-    run.add_argument("--instance", default=f"run{os.getpid()}", help="engine instance name (labels its ring memfds)")
-    run.add_argument("--state-dir", type=Path, default=None,
-                     help="the engine's journal and snapshots (default $XDG_STATE_HOME/dgdo/run-PORT, "
-                          "else ~/.local/state/dgdo/run-PORT)")
-    run.add_argument("--no-journal", action="store_true",
-                     help="run the engine without a journal (benchmarks; nothing survives a restart)")
+    run.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+    run.add_argument("--no-demo", dest="demo", action="store_const", const=0, help="no simulated drivers")
     for flag, (type_, help_) in ENGINE_FLAGS.items():
         # The engine checks every value itself; the choices are caught here too, in our words.
         choices = ENGINE_CHOICES.get(flag)
         run.add_argument(flag, dest=_dest(flag), type=type_, help=help_, choices=choices,
                          metavar=None if choices is None else "|".join(choices))
-    run.set_defaults(func=cmd_run, dashboard_link=True)
+    run.set_defaults(func=cmd_run, dashboard_link=True, command="run")
 
     side = sub.add_parser("sidecar", help="run the sidecar for an engine that is already running")
-    _add_server_args(side)
-    side.add_argument("--control", required=True, help="the engine's control socket: a path, or @NAME (abstract)")
-    side.set_defaults(func=cmd_sidecar, demo=0)
+    side.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+    side.set_defaults(func=cmd_sidecar, demo=0, command="sidecar", parser=side)
     run.set_defaults(sidecar_parser=side)  # `--workers N` starts its workers 2..N with this parser's flags
 
     tok = sub.add_parser("token", help=f"mint a JWT for an app (secret from ${auth.ENV_SECRET})")
@@ -605,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--secret", help=f"signing secret (default ${auth.ENV_SECRET})")
     tok.add_argument("--secret-file", type=Path,
                      help="read the signing secret from this file (e.g. /etc/dgdo/jwt-secret)")
-    tok.set_defaults(func=cmd_token)
+    tok.add_argument("--config", type=Path, metavar="FILE", help="a config file: its [auth] secret_file")
+    tok.set_defaults(func=cmd_token, command="token")
 
     rep = sub.add_parser(
         "replay", help="explain an order from the engine's journal: dgdo replay --state-dir DIR --order ID",
@@ -615,6 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     path = sub.add_parser("engine-path", help="print the engine binary's path")
     path.set_defaults(func=lambda a: print(engine_path()) or 0)
+    # Last: the flags of every setting (sidecar/shell/config.py), a flag written by hand above kept as it is.
+    config.add_flags(run, "run")
+    config.add_flags(side, "sidecar")
     return parser
 
 
@@ -627,6 +556,12 @@ def main(argv: list[str] | None = None) -> int:
     notifier = sd_notify.Notifier.from_env()
     args = build_parser().parse_args(argv)
     args.notifier = notifier
+    try:  # the file's values under the flags'; every table of the file checked (but [engine]: the engine's)
+        args.config_file = config.load(args.config) if getattr(args, "config", None) else None
+    except config.ConfigError as e:
+        print(f"dgdo: {e}", file=sys.stderr)
+        return 2
+    args.from_flags = config.resolve(args, getattr(args, "command", ""), args.config_file)
     logging.basicConfig(level=getattr(args, "log_level", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:

@@ -43,8 +43,8 @@ def child_args(sidecar_parser: argparse.ArgumentParser, args: argparse.Namespace
         if not flags or flags[0] in OWN_FLAGS or not hasattr(args, action.dest):
             continue
         value: Any = getattr(args, action.dest)
-        if isinstance(action, argparse._StoreTrueAction):
-            if value:
+        if isinstance(action, argparse._StoreConstAction):  # a switch (store_true, config's bools)
+            if value is not None and value == action.const:
                 out.append(flags[0])
         elif value is not None and action.nargs is None:
             out += [flags[0], str(value)]

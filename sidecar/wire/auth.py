@@ -41,6 +41,9 @@ DEFAULT_TTL_S = 24 * 3600
 ROLES = frozenset(r.value for r in Role)
 LEEWAY_S = 5  # tolerated clock skew between the token's issuer and this host
 MAX_TOKEN_LEN = 2048  # a token with sub/role/exp is ~150 bytes; refuse to verify megabytes
+# HS256's key should be at least the hash's size (RFC 7518 §3.2); shorter ones fall to an offline
+# brute force from one token. The command line refuses them (sidecar/shell/jwt_secret.py).
+MIN_SECRET_BYTES = 32
 
 
 class AuthError(Exception):

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "core/config.hpp"
@@ -21,12 +22,13 @@ struct Options {
     PersistOptions persist;
 };
 
-// nullopt with *exit_code set: --help (0) or a usage error (2, message on stderr).
-// Flags override a --config file (`key = value` lines, key = the flag without "--").
+// nullopt with *exit_code set: --help or --print-config (0), or a usage error (2, one line on
+// stderr). Flags override the --config file's [engine] table (loop/settings.hpp lists them all).
 std::optional<Options> parse_cli(int argc, char** argv, int* exit_code);
 
-// Reads a `key = value` config file into o; "" or the error.
-std::string load_config(Options& o, const std::string& path);
+// Reads the [engine] table of a TOML config file into o (the other tables are dgdo's); "" or the
+// error, naming the file and the key. The names of the settings it set go into *given.
+std::string load_config(Options& o, const std::string& path, std::set<std::string>* given = nullptr);
 
 // One setting by name ("radius-m", "radius_m" or "--radius-m"); "" or the error.
 std::string apply_setting(Options& o, const std::string& key, const std::string& value);
