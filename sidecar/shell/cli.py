@@ -333,6 +333,7 @@ def _settings(args: argparse.Namespace, secret: str | None) -> Settings:
         max_paused_s=args.max_paused_s, max_queued=args.max_queued,
         engine_timeout_s=args.engine_timeout_s,
         idle_spin_us=default_spin_us() if args.idle_spin_us is None else args.idle_spin_us,
+        export_engine_metrics=args.export_engine_metrics,
     )
 
 
@@ -480,6 +481,9 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
                    help="after work, poll the engine's ring this long (spin, then yield) before parking on its "
                         f"doorbell: fewer wake-ups, more CPU (default {default_spin_us():g} on this machine: "
                         "0 with 2 cores or fewer, 100 with more; README 'Idle strategy')")
+    p.add_argument("--export-engine-metrics", action=argparse.BooleanOptionalAction, default=None,
+                   help="put the engine's figures (drivers, orders, offer decisions) in this worker's /metrics; "
+                        "one worker per engine should (default: worker 1 only)")
     p.add_argument("--engine-timeout-s", type=float, default=ENGINE_TIMEOUT_S,
                    help="an engine whose heartbeat is older than this is unavailable: /healthz 503, commands "
                         f"refused with engine_unavailable until it beats again (default {ENGINE_TIMEOUT_S:g})")

@@ -134,6 +134,9 @@ class Settings:
     feed_interval_s: float = FEED_INTERVAL_S  # `fleet` deltas to subscribed admins
     engine_timeout_s: float = ENGINE_TIMEOUT_S  # heartbeat silence after which the engine is unavailable
     idle_spin_us: float = 0.0  # after work, poll the engine's ring this long before parking (engine/idle.py)
+    # /metrics carries the engine's figures (drivers, orders, offer decisions) on one worker only, or a
+    # sum over workers would count them N times: None = only worker 1 (shell/metrics.py).
+    export_engine_metrics: bool | None = None
 
 
 class App:
@@ -148,6 +151,8 @@ class App:
         self.core = SessionCore(worker, self.stats, max_queued=settings.max_queued, gauges=self._gauges)
         self.link = EngineLink(control_path, worker, self._on_records, self._on_engine_state, reply_spin_us,
                                settings.engine_timeout_s, self._on_engine_available, settings.idle_spin_us)
+        export_engine = settings.export_engine_metrics
+        self.metrics = metrics.Metrics(self, worker == 1 if export_engine is None else export_engine)
         self.server: asyncio.Server | None = None
         self._loop = asyncio.get_running_loop()
         self._flush_due = False
@@ -339,7 +344,7 @@ class App:
         return _http(404, "no such page")
 
     def metrics_text(self) -> str:
-        return metrics.render(self).decode()
+        return self.metrics.render().decode()
 
     # ---- admin ---------------------------------------------------------------------------------
 

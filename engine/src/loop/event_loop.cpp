@@ -350,6 +350,7 @@ void EventLoop::apply(const InputEvent& ev) {
                                      [](const OutRecord& r) { return r.type == DGDO_OUT_NEW_ORDER; });
     if (!offered) return;
     const uint64_t took = clock_ns(CLOCK_MONOTONIC) - t0;
+    match_hist_.add(took);
     if (match_ns_.size() < kMatchWindow)
         match_ns_.push_back(took);
     else
@@ -416,6 +417,7 @@ void EventLoop::publish() {
             const uint64_t p99 = match_percentile(99), p50 = match_percentile(50);
             std::memcpy(rec.body.data() + offsetof(dgdo_out_engine_stats, match_p99_ns), &p99, sizeof p99);
             std::memcpy(rec.body.data() + offsetof(dgdo_out_engine_stats, match_p50_ns), &p50, sizeof p50);
+            match_hist_.write_to(rec.body.data());
         }
         auto it = workers_.find(meta.to_worker);
         if (meta.to_role == DGDO_ROLE_ADMIN && (meta.to_worker == 0 || it == workers_.end())) {
