@@ -235,9 +235,9 @@ async def measure(port: int, side: psutil.Process, engine: psutil.Process | None
     res: dict[str, Any] = {
         "admins": admins, "seconds": wall,
         "sidecar_cpu": (c1 - c0) / wall, "engine_cpu": (e1 - e0) / wall, "load_cpu": (l1 - l0) / wall,
-        "positions_in_per_s": (m1["dgdo_frames_in_total"] - m0["dgdo_frames_in_total"]) / wall,
-        "slow_reader_closes": m1.get('dgdo_closed_total{reason="slow_reader"}', 0)
-        - m0.get('dgdo_closed_total{reason="slow_reader"}', 0),
+        "positions_in_per_s": (m1['dgdo_frames_in_total{worker="1"}'] - m0['dgdo_frames_in_total{worker="1"}']) / wall,
+        "slow_reader_closes": m1.get('dgdo_closed_total{reason="slow_reader",worker="1"}', 0)
+        - m0.get('dgdo_closed_total{reason="slow_reader",worker="1"}', 0),
     }
     if opened:
         a = opened[0]

@@ -85,7 +85,7 @@ def cpu_s(p: psutil.Process) -> float:
 def messages_out(port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith("dgdo_messages_out_total "):
+            if line.startswith('dgdo_messages_out_total{worker="1"} '):
                 return float(line.split()[-1])
     raise RuntimeError("no dgdo_messages_out_total in /metrics")
 
