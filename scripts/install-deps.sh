@@ -17,6 +17,8 @@ python3 -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join
 # The dashboard's browser test drives Debian's Chromium through Playwright (no browser download).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fc-list 2>/dev/null | grep -qi dejavu || need+=(fonts-dejavu-core)
+# tests/test_metrics_exposition.py lints /metrics with promtool, which Debian ships in prometheus.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
@@ -32,3 +34,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+# We want promtool, not a Prometheus server: on a host run by systemd the package starts one.
+if [[ " ${need[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+  $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
