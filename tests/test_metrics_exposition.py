@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ class Workers:
     split: Split  # the engine and worker 1
     second: subprocess.Popen[bytes]
     second_port: int
+    second_metrics_port: int  # --metrics-port: the worker's own scrape address
 
 
 @pytest.fixture
@@ -82,14 +84,15 @@ def workers(engine_bin: Path) -> Iterator[Workers]:
     s = start_split(engine_bin)
     second = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "sidecar", "--control", s.control, "--port", "0", "--worker", "2",
-         "--status-interval", "0", "--engine-timeout-s", "60"],
+         "--status-interval", "0", "--engine-timeout-s", "60", "--metrics-port", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=stack_env(),
     )
     out = LineReader(second.stdout)
     try:
         port = int(out.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)").group(1))
+        metrics_port = int(out.wait_for(r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))
         out.wait_for(r"attached to engine")
-        yield Workers(s, second, port)
+        yield Workers(s, second, port, metrics_port)
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(20) == 0
@@ -104,7 +107,7 @@ def promtool_check(text: str) -> None:
 
 
 async def test_each_workers_metrics_pass_promtool_and_carry_what_an_operator_alerts_on(workers: Workers) -> None:
-    one, two = workers.split.port, workers.second_port
+    one, two = workers.split.port, workers.second_metrics_port
     driver = await AppClient.open(f"{workers.split.url}/ws/driver/d1")
     await driver.expect("welcome")
     await driver.send({"type": "driver_location", "lat": NEAR[0], "lon": NEAR[1], "id": "l0"})
@@ -167,6 +170,17 @@ async def test_each_workers_metrics_pass_promtool_and_carry_what_an_operator_ale
         await c.close()
 
 
+def test_the_metrics_port_serves_metrics_and_healthz_only(workers: Workers) -> None:
+    port = workers.second_metrics_port
+    assert samples(scrape(port)).keys() >= {("dgdo_connections", frozenset({("worker", "2")}))}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+        assert r.status == 200
+    for path in ("/ws/driver/d1", "/admin"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5)
+        assert refused.value.code == 404
+
+
 def test_an_engine_restart_is_counted_by_each_worker(workers: Workers) -> None:
     s = workers.split
     assert s.engine is not None
@@ -175,6 +189,6 @@ def test_an_engine_restart_is_counted_by_each_worker(workers: Workers) -> None:
     s.wait_health(503)
     s.start_engine()
     s.wait_health(200)
-    for port, worker in ((s.port, "1"), (workers.second_port, "2")):
+    for port, worker in ((s.port, "1"), (workers.second_metrics_port, "2")):
         got = wait_for(port, lambda g, w=worker: g.get(("dgdo_engine_available", frozenset({("worker", w)}))) == 1)
         assert value(got, "dgdo_engine_restarts_total", worker=worker) == 1

@@ -200,10 +200,13 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
     except OSError as e:  # EADDRINUSE, EACCES (a port below 1024), EADDRNOTAVAIL (a host not ours)
         app.link.close()
         why = os.strerror(e.errno) if e.errno else str(e)
-        raise SystemExit(f"dgdo: cannot listen on {args.host}:{args.port}: {why}") from None
+        ports = str(args.port) if args.metrics_port is None else f"{args.port} (or --metrics-port {args.metrics_port})"
+        raise SystemExit(f"dgdo: cannot listen on {args.host}:{ports}: {why}") from None
     if getattr(args, "dashboard_link", False):
         print(f"[dgdo] dashboard: {dashboard_url(args.host, app.port, secret)}", flush=True)
     print(f"[dgdo] sidecar listening on ws://{args.host}:{app.port} (engine control {control})", flush=True)
+    if app.metrics_port is not None:
+        print(f"[dgdo] metrics on http://{args.host}:{app.metrics_port}/metrics", flush=True)
     tasks: list[asyncio.Task[None]] = []
     demo: subprocess.Popen[bytes] | None = None
     if args.status_interval > 0:
@@ -333,7 +336,7 @@ def _settings(args: argparse.Namespace, secret: str | None) -> Settings:
         max_paused_s=args.max_paused_s, max_queued=args.max_queued,
         engine_timeout_s=args.engine_timeout_s,
         idle_spin_us=default_spin_us() if args.idle_spin_us is None else args.idle_spin_us,
-        export_engine_metrics=args.export_engine_metrics,
+        export_engine_metrics=args.export_engine_metrics, metrics_port=args.metrics_port,
     )
 
 
@@ -484,6 +487,9 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export-engine-metrics", action=argparse.BooleanOptionalAction, default=None,
                    help="put the engine's figures (drivers, orders, offer decisions) in this worker's /metrics; "
                         "one worker per engine should (default: worker 1 only)")
+    p.add_argument("--metrics-port", type=int_in(0, 65535, "port"), default=None,
+                   help="also serve /metrics and /healthz (only) on this port of --host, this worker's own "
+                        "when workers share --port (0: any free one; default: none)")
     p.add_argument("--engine-timeout-s", type=float, default=ENGINE_TIMEOUT_S,
                    help="an engine whose heartbeat is older than this is unavailable: /healthz 503, commands "
                         f"refused with engine_unavailable until it beats again (default {ENGINE_TIMEOUT_S:g})")

@@ -137,6 +137,9 @@ class Settings:
     # /metrics carries the engine's figures (drivers, orders, offer decisions) on one worker only, or a
     # sum over workers would count them N times: None = only worker 1 (shell/metrics.py).
     export_engine_metrics: bool | None = None
+    # A port of this worker's own that serves /metrics and /healthz only: Prometheus must scrape each
+    # worker, and workers that share the public port are reached at random through it. None: no such port.
+    metrics_port: int | None = None
 
 
 class App:
@@ -154,6 +157,7 @@ class App:
         export_engine = settings.export_engine_metrics
         self.metrics = metrics.Metrics(self, worker == 1 if export_engine is None else export_engine)
         self.server: asyncio.Server | None = None
+        self.metrics_server: asyncio.Server | None = None  # --metrics-port
         self._loop = asyncio.get_running_loop()
         self._flush_due = False
         self._stats_task: asyncio.Task[None] | None = None
@@ -169,6 +173,13 @@ class App:
             enable_auto_pong=False,  # AppListener answers PINGs, charged to the connection's rate limit
             max_frame_size=MAX_FRAME_BYTES, **PICOWS_SERVER_OPTIONS,
         )
+        if self.settings.metrics_port is not None:
+            try:
+                self.metrics_server = await ws_create_server(self.metrics_listener_factory, host,
+                                                             self.settings.metrics_port, **PICOWS_SERVER_OPTIONS)
+            except OSError:
+                self.server.close()
+                raise
         self.link.start()
         self._stats_task = self._loop.create_task(self._admin_loop(self.settings.stats_interval_s, self.core.tick))
         self._feed_task = self._loop.create_task(self._admin_loop(self.settings.feed_interval_s, self.core.feed_tick))
@@ -186,8 +197,9 @@ class App:
         for session in self.core.sessions():
             self.core.close(session, int(WSCloseCode.GOING_AWAY), "server shutting down")
         self.flush()
-        if self.server is not None:
-            self.server.close()
+        for server in (self.server, self.metrics_server):
+            if server is not None:
+                server.close()
         self.link.close()
 
     # ---- draining the core ---------------------------------------------------------------
@@ -342,6 +354,20 @@ class App:
             if page is not None:
                 return _http(200, page.body, page.content_type, page.headers)
         return _http(404, "no such page")
+
+    def metrics_listener_factory(self, request: WSUpgradeRequest) -> Any:
+        """The --metrics-port: /metrics and /healthz of this worker, nothing else (no WebSocket)."""
+        try:
+            r = route(request.method, request.path)
+        except RouteError as e:
+            return _http(e.status, e.message)
+        if isinstance(r, HttpRoute) and r.path in ("/metrics", "/healthz"):
+            return self._http_page(r)
+        return _http(404, "this port serves /metrics and /healthz only")
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics_server is None else self.metrics_server.sockets[0].getsockname()[1]
 
     def metrics_text(self) -> str:
         return self.metrics.render().decode()
