@@ -124,11 +124,13 @@ async def load(url: str, drivers: int, rate_hz: float) -> None:
 def metrics(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
         text = r.read().decode()
-    out = {}
+    out: dict[str, float] = {}
     for line in text.splitlines():
-        m = re.match(r"^([a-z_]+(?:\{[^}]*\})?) ([-0-9.e+]+)$", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
+        m = re.match(r"^([a-z_]+)(?:\{([^}]*)\})? ([-0-9.e+]+)$", line)
+        if m:  # keyed without the `worker` label: a series summed over workers
+            labels = ",".join(kv for kv in (m.group(2) or "").split(",") if kv and not kv.startswith("worker="))
+            key = m.group(1) + (f"{{{labels}}}" if labels else "")
+            out[key] = out.get(key, 0.0) + float(m.group(3))
     return out
 
 
@@ -235,9 +237,9 @@ async def measure(port: int, side: psutil.Process, engine: psutil.Process | None
     res: dict[str, Any] = {
         "admins": admins, "seconds": wall,
         "sidecar_cpu": (c1 - c0) / wall, "engine_cpu": (e1 - e0) / wall, "load_cpu": (l1 - l0) / wall,
-        "positions_in_per_s": (m1['dgdo_frames_in_total{worker="1"}'] - m0['dgdo_frames_in_total{worker="1"}']) / wall,
-        "slow_reader_closes": m1.get('dgdo_closed_total{reason="slow_reader",worker="1"}', 0)
-        - m0.get('dgdo_closed_total{reason="slow_reader",worker="1"}', 0),
+        "positions_in_per_s": (m1["dgdo_frames_in_total"] - m0["dgdo_frames_in_total"]) / wall,
+        "slow_reader_closes": m1.get('dgdo_closed_total{reason="slow_reader"}', 0)
+        - m0.get('dgdo_closed_total{reason="slow_reader"}', 0),
     }
     if opened:
         a = opened[0]
