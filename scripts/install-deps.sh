@@ -23,6 +23,8 @@ fc-list 2>/dev/null | grep -qi dejavu || need+=(fonts-dejavu-core)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 # The TLS tests and bench/tls make throwaway certificates with the openssl CLI.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# tests/test_metrics_exposition.py lints /metrics with promtool, which Debian ships in prometheus.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
@@ -38,3 +40,11 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+# We want promtool, not a Prometheus server: on a host run by systemd the package starts one.
+if [[ " ${need[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+  $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+# Likewise nginx: the proxy test starts its own, as the test user; a system one on port 80 is not ours to run.
+if [[ " ${need[*]} " == *" nginx-light "* ]] && [ -d /run/systemd/system ]; then
+  $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
+fi

@@ -172,5 +172,5 @@ async def test_refusals_are_counted_in_metrics(stack: Stack) -> None:
     await _ws_status(f"{stack.url}/ws/driver/d1", token=None)
     status, body = stack.http_get("/metrics")
     assert status == 200
-    assert any(line.startswith("dgdo_auth_refused_total ") and float(line.split()[1]) >= 1
+    assert any(line.startswith('dgdo_auth_refused_total{worker="1"} ') and float(line.split()[1]) >= 1
                for line in body.decode().splitlines())

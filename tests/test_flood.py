@@ -70,7 +70,7 @@ async def test_flooders_are_closed_1008_within_2s_and_a_bystander_barely_notices
         print(f"bystander rtt median {statistics.median(rtts) * 1e3:.2f} ms max {max(rtts) * 1e3:.1f} ms; {results}")
         assert statistics.median(rtts) < 0.050, (statistics.median(rtts), max(rtts), results)
         status, body = s.http_get("/metrics")
-        assert status == 200 and b'dgdo_closed_total{reason="abuse"} 4.0' in body, body.decode()[-2000:]
+        assert status == 200 and b'dgdo_closed_total{reason="abuse",worker="1"} 4.0' in body, body.decode()[-2000:]
         await bystander.close()
     finally:
         assert s.stop() == 0

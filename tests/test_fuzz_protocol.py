@@ -523,7 +523,7 @@ def frames_decoded(stack: Any) -> int:
     """The server's own count of data frames it fed to its decoders (dgdo_frames_in_total)."""
     _status, body = stack.http_get("/metrics")
     for line in body.decode().splitlines():
-        if line.startswith("dgdo_frames_in_total "):
+        if line.startswith('dgdo_frames_in_total{worker="1"} '):
             return int(float(line.split()[1]))
     raise KeyError("dgdo_frames_in_total")
 

@@ -299,7 +299,7 @@ async def test_fragments_reassemble_under_the_cap_and_close_1009_past_it(stack: 
     assert f"exceeds the limit of {MAX_MESSAGE_BYTES} bytes" in err["message"]
     assert await c.wait_closed() == 1009
     _status, metrics = stack.http_get("/metrics")
-    assert 'dgdo_closed_total{reason="too_large"} 1' in metrics.decode()
+    assert 'dgdo_closed_total{reason="too_large",worker="1"} 1' in metrics.decode()
 
 
 @pytest.mark.parametrize(("lib", "fmt", "how"), CLIENTS, ids=[f"{a}-{b}-{c}" for a, b, c in CLIENTS])

@@ -79,6 +79,8 @@ def leaves(ffi: FFI, ctype, prefix: str = "") -> list[tuple[str, object]]:
         t = field.type
         if t.kind == "struct":
             out += leaves(ffi, t, f"{prefix}{name}.")
+        elif t.kind == "array" and t.item.cname != "char":  # a run of numbers (histogram buckets): each one
+            out += [(f"{prefix}{name}.{k}", t.item) for k in range(t.length)]
         else:
             out.append((f"{prefix}{name}", t))
     return out
@@ -102,8 +104,12 @@ def python_fields(fmt: str) -> list[tuple[int, int]]:
     return out
 
 
+def _steps(path: str) -> list[str | int]:
+    return [int(part) if part.isdigit() else part for part in path.split(".")]
+
+
 def c_offset(ffi: FFI, c_name: str, path: str) -> int:
-    return ffi.offsetof(c_name, *path.split("."))
+    return ffi.offsetof(c_name, *_steps(path))
 
 
 def sample(ffi: FFI, t, i: int) -> object:
@@ -116,16 +122,19 @@ def sample(ffi: FFI, t, i: int) -> object:
 
 
 def get(cstruct, path: str) -> object:
-    for part in path.split("."):
-        cstruct = getattr(cstruct, part)
+    for part in _steps(path):
+        cstruct = cstruct[part] if isinstance(part, int) else getattr(cstruct, part)
     return cstruct
 
 
 def put(cstruct, path: str, value: object) -> None:
-    *parents, last = path.split(".")
+    *parents, last = _steps(path)
     for part in parents:
-        cstruct = getattr(cstruct, part)
-    setattr(cstruct, last, value)
+        cstruct = cstruct[part] if isinstance(part, int) else getattr(cstruct, part)
+    if isinstance(last, int):
+        cstruct[last] = value
+    else:
+        setattr(cstruct, last, value)
 
 
 @pytest.mark.parametrize("c_name", sorted(PAIRS))

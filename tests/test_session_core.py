@@ -192,7 +192,7 @@ def test_every_engine_record_type_reaches_its_recipient_as_its_public_message() 
          (R.T.OUT_NEARBY_DRIVERS, R.OUT_NEARBY_HEAD.pack(*meta(p), 2) + R.NEARBY_ENTRY.pack(b"d1", 38.5, 68.7)
           + R.NEARBY_ENTRY.pack(b"d2", 38.6, 68.8)),
          (R.T.OUT_ENGINE_STATS, R.OUT_ENGINE_STATS.pack(*meta(None, 0, R.Role.ADMIN, b""), 3, 2, 1, 1, 10, 8, 5, 4200,
-                                                           1800)))
+                                                           1800, 6, 31_000, 4, 2, *[0] * 12)))
     out = sent(core)
     ts = (WALL_NS - 250_000) // 1_000_000
     assert out[d] == [
@@ -215,6 +215,7 @@ def test_every_engine_record_type_reaches_its_recipient_as_its_public_message() 
     e = core.stats.engine
     assert (e.drivers_online, e.drivers_available, e.active_orders, e.orders_created, e.match_p99_ns,
             e.match_p50_ns) == (3, 2, 1, 10, 4200, 1800)
+    assert (e.match_count, e.match_sum_ns, e.match_buckets[:3]) == (6, 31_000, (4, 2, 0))  # the offer histogram
     assert core.stats.records_in == 8
     assert core.stats.push_latency.count == 7  # every delivered message, measured from its commit
     assert core.stats.push_latency.percentiles(50) == [250_000]
@@ -404,6 +405,7 @@ def test_ping_refusals_and_too_large() -> None:
     assert core.closes_to_send() == [(d, CLOSE_TOO_BIG, "message too big")]
     s = core.stats
     assert (s.errors_sent, s.rate_limited, s.too_large_closes) == (3, 1, 1)
+    assert {code: n for code, n in s.errors.items() if n} == {"bad_message": 1, "rate_limited": 1, "too_large": 1}
 
 
 # ---- sessions: replacement, flow control --------------------------------------------------------------

@@ -172,7 +172,7 @@ async def test_positions_to_a_client_that_stops_reading_coalesce_and_memory_stay
         # Each position is a driver_location and an estimate_update for the slow passenger, ~150 bytes
         # each encoded and ~1 KB each as queued maps: buffering them all would cost 30 to 200 MB.
         assert growth_mb < 8, f"sidecar RSS grew {growth_mb:.1f} MB for {POSITIONS} positions not read"
-        assert metric(stack, 'dgdo_closed_total{reason="slow_reader"}') == 0  # coalescing, not closing
+        assert metric(stack, 'dgdo_closed_total{reason="slow_reader",worker="1"}') == 0  # coalescing, not closing
 
         # The slow client, reading at last, gets a few hundred messages, ending with the latest position.
         last = {"type": "driver_location", "lat": 38.5610 + 0.00123, "lon": 68.7812}
@@ -207,7 +207,7 @@ async def test_reliable_messages_past_the_outbox_cap_close_4008_and_wait_for_the
         request = masked_text({"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF})
         deadline = time.monotonic() + 90
         sent = 0
-        while metric(stack, 'dgdo_closed_total{reason="slow_reader"}') < 1:
+        while metric(stack, 'dgdo_closed_total{reason="slow_reader",worker="1"}') < 1:
             assert time.monotonic() < deadline, f"no 4008 after {sent} ride requests"
             slow.sendall(request * 200)
             sent += 200

@@ -124,11 +124,13 @@ async def load(url: str, drivers: int, rate_hz: float) -> None:
 def metrics(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
         text = r.read().decode()
-    out = {}
+    out: dict[str, float] = {}
     for line in text.splitlines():
-        m = re.match(r"^([a-z_]+(?:\{[^}]*\})?) ([-0-9.e+]+)$", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
+        m = re.match(r"^([a-z_]+)(?:\{([^}]*)\})? ([-0-9.e+]+)$", line)
+        if m:  # keyed without the `worker` label: a series summed over workers
+            labels = ",".join(kv for kv in (m.group(2) or "").split(",") if kv and not kv.startswith("worker="))
+            key = m.group(1) + (f"{{{labels}}}" if labels else "")
+            out[key] = out.get(key, 0.0) + float(m.group(3))
     return out
 
 

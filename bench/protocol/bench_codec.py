@@ -224,11 +224,13 @@ async def load(url: str, conns: int, seconds: float, binary: bool) -> tuple[int,
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    out = {}
+    out: dict[str, float] = {}
     for line in text.splitlines():
-        m = re.match(r"^([a-z_]+(?:\{[^}]*\})?) ([-0-9.e+]+)$", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
+        m = re.match(r"^([a-z_]+)(?:\{([^}]*)\})? ([-0-9.e+]+)$", line)
+        if m:  # keyed without the `worker` label: a series summed over workers
+            labels = ",".join(kv for kv in (m.group(2) or "").split(",") if kv and not kv.startswith("worker="))
+            key = m.group(1) + (f"{{{labels}}}" if labels else "")
+            out[key] = out.get(key, 0.0) + float(m.group(3))
     return out
 
 

@@ -87,7 +87,7 @@ def messages_out(port: int, tls: ssl.SSLContext | None = None) -> float:
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/metrics"
     with urllib.request.urlopen(url, timeout=5, context=tls) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith("dgdo_messages_out_total "):
+            if line.startswith('dgdo_messages_out_total{worker="1"} '):
                 return float(line.split()[-1])
     raise RuntimeError("no dgdo_messages_out_total in /metrics")
 

@@ -452,7 +452,7 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_nearby_drivers) == DGDO_NEARBY_HEAD_SIZE +
                       "dgdo_out_nearby_drivers");
 
 /*
- * ENGINE_STATS (admin broadcast, about once a second), 120 bytes:
+ * ENGINE_STATS (admin broadcast, about once a second), 248 bytes:
  *    0 meta                64
  *   64 drivers_online      u32
  *   68 drivers_available   u32
@@ -464,7 +464,18 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_nearby_drivers) == DGDO_NEARBY_HEAD_SIZE +
  *   96 orders_completed    u64
  *  104 match_p99_ns        u64   offer decision time, recent window
  *  112 match_p50_ns        u64   the same window's median
+ *  120 match_count         u64   offer decisions since the engine started (a Prometheus
+ *  128 match_sum_ns        u64   histogram: count, sum, and one count per bucket below,
+ *  136 match_buckets       u64[DGDO_LATENCY_BUCKETS + 1]  not cumulative; the last slot
+ *                                counts decisions above the largest bound)
+ *
+ * The bucket bounds are the ones the sidecar's push-latency histogram uses, so an operator reads
+ * both on one scale: 10 us to 100 ms (DGDO_LATENCY_BOUNDS_NS, upper bounds, inclusive).
  */
+#define DGDO_LATENCY_BUCKETS 13
+#define DGDO_LATENCY_BOUNDS_NS                                                                  \
+    10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000, 25000000, \
+        50000000, 100000000
 typedef struct dgdo_out_engine_stats {
     dgdo_out_meta meta;
     uint32_t drivers_online;
@@ -476,12 +487,17 @@ typedef struct dgdo_out_engine_stats {
     uint64_t orders_completed;
     uint64_t match_p99_ns;
     uint64_t match_p50_ns;
+    uint64_t match_count;
+    uint64_t match_sum_ns;
+    uint64_t match_buckets[DGDO_LATENCY_BUCKETS + 1];
 } dgdo_out_engine_stats;
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, drivers_online) == 64, "drivers_online");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, orders_created) == 80, "orders_created");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, match_p99_ns) == 104, "match_p99_ns");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, match_p50_ns) == 112, "match_p50_ns");
-DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_engine_stats) == 120, "dgdo_out_engine_stats");
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, match_count) == 120, "match_count");
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, match_buckets) == 136, "match_buckets");
+DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_engine_stats) == 248, "dgdo_out_engine_stats");
 
 /*
  * SESSION_STATE (the answer to every SESSION_OPEN, to the opening connection), 80 bytes:

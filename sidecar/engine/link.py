@@ -136,6 +136,8 @@ class EngineLink:
         self.refused: WorkerIdTaken | None = None
         self.epoch = 0
         self.engine_pid = 0
+        self.engine_restarts = 0  # attaches to a new engine run (another epoch) after the first
+        self.in_capacity = self.out_capacity = 0  # ring data bytes, as the engine made them
         self._loop = asyncio.get_running_loop()
         self._sock: socket.socket | None = None
         self._in_seg: Segment | None = None
@@ -186,7 +188,7 @@ class EngineLink:
             data, fds, _flags, _addr = socket.recv_fds(sock, ATTACH.size, CTL_NFDS, socket.MSG_CMSG_CLOEXEC)
             if len(data) != ATTACH.size:
                 raise ConnectionError(f"bad attach reply ({len(data)} bytes)")
-            magic, version, worker, pid, status, epoch, _in_cap, _out_cap = ATTACH.unpack(data)
+            magic, version, worker, pid, status, epoch, in_cap, out_cap = ATTACH.unpack(data)
             if magic != CTL_MAGIC or version != CTL_VERSION or worker != self.worker:
                 raise ConnectionError("attach reply of another protocol, version or worker")
             if status == -errno.EBUSY:
@@ -215,7 +217,10 @@ class EngineLink:
         self._engine_bell, self._worker_bell = fds[FD_ENGINE_BELL], fds[FD_WORKER_BELL]
         os.set_blocking(self._engine_bell, False)
         os.set_blocking(self._worker_bell, False)
+        if self.epoch and epoch != self.epoch:
+            self.engine_restarts += 1  # a new engine run, not the same one again
         self.epoch, self.engine_pid = epoch, pid
+        self.in_capacity, self.out_capacity = in_cap, out_cap
         loop.add_reader(self._worker_bell, self._on_doorbell)
         loop.add_reader(sock.fileno(), self._on_control)
         self.attached = self.available = True  # the engine beats at attach: its heartbeat is fresh

@@ -129,7 +129,13 @@ OUT_DRIVER_POSITION = struct.Struct("<" + _META + "Q40sddff8x")
 OUT_ESTIMATE_UPDATE = struct.Struct("<" + _META + "Qdd")
 OUT_NEARBY_HEAD = struct.Struct("<" + _META + "I4x")
 NEARBY_ENTRY = struct.Struct("<40sdd")
-OUT_ENGINE_STATS = struct.Struct("<" + _META + "IIIIQQQQQ")
+# Latency histogram bucket upper bounds (ns, inclusive): events.h's DGDO_LATENCY_BOUNDS_NS, 10 µs to
+# 100 ms. The engine counts offer decisions in them (ENGINE_STATS), the sidecar its pushes.
+LATENCY_BOUNDS_NS = (10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+                     10_000_000, 25_000_000, 50_000_000, 100_000_000)
+# online, available, active, workers, created, matched, completed, p99, p50, then the match
+# histogram: count, sum_ns, one count per bucket + the overflow (not cumulative).
+OUT_ENGINE_STATS = struct.Struct("<" + _META + "IIIIQQQQQ" + "QQ" + f"{len(LATENCY_BOUNDS_NS) + 1}Q")
 OUT_SESSION = struct.Struct("<" + _META + "QB7x")
 OUT_SESSION_REPLACED = struct.Struct("<" + _META + "H6x")
 # FLEET (IN_FLEET from a worker, OUT_FLEET relayed to the others): this head, then `count` entries.
@@ -169,8 +175,10 @@ _C_NAMES = {
 
 
 def check_layout(sizeof: Callable[[str], int], offsetof: Callable[[str, str], int], record_header: int,
-                 record_align: int) -> None:
+                 record_align: int, latency_bounds: tuple[int, ...] = LATENCY_BOUNDS_NS) -> None:
     """Raises ImportError when a struct here and its C twin differ (the ring module calls this with cffi's answers)."""
+    if latency_bounds != LATENCY_BOUNDS_NS:
+        raise ImportError(f"latency bucket bounds differ: C {latency_bounds}, Python {LATENCY_BOUNDS_NS}")
     for c_name, s in _C_NAMES.items():
         if s.size != sizeof(c_name):
             raise ImportError(f"{c_name}: Python packs {s.size} bytes, C lays out {sizeof(c_name)}")

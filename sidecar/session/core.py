@@ -372,8 +372,13 @@ class SessionCore:
         out: dict[str, Any] = {"type": "error", "code": code.value, "message": message, "ts": self._now_ms()}
         if request_id is not None:
             out["id"] = request_id
-        self.stats.errors_sent += 1
+        self._count_error(code)
         self._send(session, out)
+
+    def _count_error(self, code: str) -> None:
+        """One `error` sent to an app, by code (/metrics `dgdo_errors_total{code=...}`)."""
+        errors = self.stats.errors
+        errors[code] = errors.get(code, 0) + 1
 
     def _expect_reply(self, session: Session, request_id: str | int | None, conflict: str | None = None) -> int:
         """A correlation id for a command whose outcome the engine will report."""
@@ -489,6 +494,7 @@ class SessionCore:
                                    "message": "engine restarted; retry the command", "ts": ts}
             if p.request_id is not None:
                 out["id"] = p.request_id
+            self._count_error(ErrorCode.ENGINE_UNAVAILABLE)
             self._send(p.session, out)
 
     def engine_available(self, up: bool, timeout_s: float = 0.0) -> None:
@@ -613,7 +619,7 @@ class SessionCore:
                 out["order_id"] = order_id
             if p.request_id is not None:
                 out["id"] = p.request_id
-            self.stats.errors_sent += 1
+            self._count_error(code)
         if self._send(p.session, out):
             self.stats.messages_out += 1
             self._commits.append(real)
@@ -727,13 +733,12 @@ class SessionCore:
         self._deliver(self._recipient(to_conn, role, to_id), msg, real)
 
     def _engine_stats(self, buf: Any, off: int, size: int) -> None:
-        (_m, _real, _c, _w, _r, _id, online, available, active, workers, created, matched, completed, p99, p50) = (
-            R.OUT_ENGINE_STATS.unpack_from(buf, off)
-        )
+        (_m, _real, _c, _w, _r, _id, online, available, active, workers, created, matched, completed, p99, p50, n,
+         sum_ns, *buckets) = R.OUT_ENGINE_STATS.unpack_from(buf, off)
         if workers > self.stats.engine.workers:  # a worker joined: it needs all of ours, not just what moves
             self.feed.relay_everything()
-        self.stats.engine = EngineSnapshot(online, available, active, created, matched, completed, p99, p50,
-                                           workers)
+        self.stats.engine = EngineSnapshot(online, available, active, created, matched, completed, p99, p50, n,
+                                           sum_ns, tuple(buckets), workers)
 
     # ---- several workers ---------------------------------------------------------------------
 

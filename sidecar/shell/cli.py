@@ -202,13 +202,16 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
     except OSError as e:  # EADDRINUSE, EACCES (a port below 1024), EADDRNOTAVAIL (a host not ours)
         app.link.close()
         why = os.strerror(e.errno) if e.errno else str(e)
-        raise SystemExit(f"dgdo: cannot listen on {args.host}:{args.port}: {why}") from None
+        ports = str(args.port) if args.metrics_port is None else f"{args.port} (or --metrics-port {args.metrics_port})"
+        raise SystemExit(f"dgdo: cannot listen on {args.host}:{ports}: {why}") from None
     ws = "wss" if tls_context else "ws"
     print(f"[dgdo] sidecar listening on {ws}://{args.host}:{app.port} (engine control {control})", flush=True)
     if getattr(args, "dashboard_link", False):  # dgdo run: the addresses and a token command
         for line in banner.lines(args.host, app.port, secret, args.secret_source, args.made_up_secret,
                                  tls=tls_context is not None):
             print(f"[dgdo] {line}", flush=True)
+    if app.metrics_port is not None:
+        print(f"[dgdo] metrics on http://{args.host}:{app.metrics_port}/metrics", flush=True)
     assert app.front is not None
     print(f"[dgdo] {fdlimit.describe(nofile, app.front.max_connections, args.max_connections is not None)}", flush=True)
     if tls_context:
@@ -388,6 +391,7 @@ def _settings(args: argparse.Namespace, secret: str | None) -> Settings:
         engine_timeout_s=args.engine_timeout_s,
         max_connections=args.max_connections,
         idle_spin_us=default_spin_us() if args.idle_spin_us is None else args.idle_spin_us,
+        export_engine_metrics=args.export_engine_metrics, metrics_port=args.metrics_port,
     )
 
 
@@ -542,6 +546,10 @@ def build_parser() -> argparse.ArgumentParser:
     path = sub.add_parser("engine-path", help="print the engine binary's path")
     path.set_defaults(func=lambda a: print(engine_path()) or 0)
     # Last: the flags of every setting (sidecar/shell/config.py), a flag written by hand above kept as it is.
+    for p in (run, side):  # a switch both ways: unset means "worker 1 only" (config.py)
+        p.add_argument("--export-engine-metrics", dest="export_engine_metrics", default=None,
+                       action=argparse.BooleanOptionalAction, help=config.help_text(
+                           config.BY_TABLE["sidecar"]["export_engine_metrics"]))
     config.add_flags(run, "run")
     config.add_flags(side, "sidecar")
     return parser

@@ -159,6 +159,11 @@ SETTINGS: tuple[Setting, ...] = (
     _s("tls_cert", Path, None, "TLS certificate chain (PEM): serve wss:// and https:// (with tls_key)",
        metavar="PATH"),
     _s("tls_key", Path, None, "TLS private key (PEM) for tls_cert", metavar="PATH"),
+    _s("export_engine_metrics", bool, None, "put the engine's figures (drivers, orders, offer decisions) in this "
+                                            "worker's /metrics; one worker per engine should (default: worker 1 "
+                                            "only)"),
+    _s("metrics_port", int, None, "also serve /metrics and /healthz (only) on this port of host, this worker's "
+                                  "own when workers share port (0: any free one; default: none)", lo=0, hi=65535),
 
     Setting("run", "demo", int, 20, "simulated drivers (0: none, as --no-demo)", lo=0, commands=("run",),
             metavar="N"),

@@ -103,6 +103,7 @@ _TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
 # smallest picows allows holds a burst of them, and a connection that sends more grows its own.
 READ_BUFFER_BYTES = 2048
 
+METRICS_PORT_CONNECTIONS = 64  # scrapers and health checks on --metrics-port, at once
 WORKER_HEADER = "X-Dgdo-Worker"  # in every 101: the sidecar worker id that took the connection
 FIRST_ATTACH_S = 1.0  # the one attach tried before listening (App.start)
 
@@ -148,6 +149,12 @@ class Settings:
     engine_timeout_s: float = ENGINE_TIMEOUT_S  # heartbeat silence after which the engine is unavailable
     idle_spin_us: float = 0.0  # after work, poll the engine's ring this long before parking (engine/idle.py)
     max_connections: int | None = None  # None: from the open-files limit (shell/fdlimit.py)
+    # /metrics carries the engine's figures (drivers, orders, offer decisions) on one worker only, or a
+    # sum over workers would count them N times: None = only worker 1 (shell/metrics.py).
+    export_engine_metrics: bool | None = None
+    # A port of this worker's own that serves /metrics and /healthz only: Prometheus must scrape each
+    # worker, and workers that share the public port are reached at random through it. None: no such port.
+    metrics_port: int | None = None
 
 
 class App:
@@ -163,8 +170,11 @@ class App:
         self.core = SessionCore(worker, self.stats, max_queued=settings.max_queued, gauges=self._gauges)
         self.link = EngineLink(control_path, worker, self._on_records, self._on_engine_state, reply_spin_us,
                                settings.engine_timeout_s, self._on_engine_available, settings.idle_spin_us)
+        export_engine = settings.export_engine_metrics
+        self.metrics = metrics.Metrics(self, worker == 1 if export_engine is None else export_engine)
         self.server: asyncio.Server | None = None
         self.front: Front | None = None  # counts the connections (front.open) and caps them
+        self.metrics_server: asyncio.Server | None = None  # --metrics-port
         self._loop = asyncio.get_running_loop()
         self._flush_due = False
         self._stats_task: asyncio.Task[None] | None = None
@@ -195,6 +205,14 @@ class App:
             reuse_port=True, **PICOWS_SERVER_OPTIONS,
             **({"ssl": ssl_context, "ssl_handshake_timeout": tls.HANDSHAKE_TIMEOUT_S} if ssl_context else {}),
         )
+        if self.settings.metrics_port is not None:
+            try:
+                # Its own front door: HEAD and HTTP/1.0 scrapes answered alike, a few sockets at most.
+                self.metrics_server = await Front(self.metrics_page, METRICS_PORT_CONNECTIONS).start(
+                    self.metrics_listener_factory, host, self.settings.metrics_port, **PICOWS_SERVER_OPTIONS)
+            except OSError:
+                self.server.close()
+                raise
         self.link.start()
         self._stats_task = self._loop.create_task(self._admin_loop(self.settings.stats_interval_s, self.core.tick))
         self._feed_task = self._loop.create_task(self._admin_loop(self.settings.feed_interval_s, self.core.feed_tick))
@@ -212,8 +230,9 @@ class App:
         for session in self.core.sessions():
             self.core.close(session, int(WSCloseCode.GOING_AWAY), "server shutting down")
         self.flush()
-        if self.server is not None:
-            self.server.close()
+        for server in (self.server, self.metrics_server):
+            if server is not None:
+                server.close()
         self.link.close()
 
     # ---- draining the core ---------------------------------------------------------------
@@ -369,8 +388,22 @@ class App:
                 return _page(200, asset.body, asset.content_type, asset.headers)
         return _page(404, "no such page")
 
+    def metrics_page(self, r: HttpRoute, authorization: str | None = None) -> Page:
+        """The --metrics-port: /metrics and /healthz of this worker, nothing else."""
+        if r.path in ("/metrics", "/healthz"):
+            return self.page(r)
+        return _page(404, "this port serves /metrics and /healthz only")
+
+    def metrics_listener_factory(self, request: WSUpgradeRequest) -> Any:
+        """No WebSocket on the --metrics-port: an upgrade there gets a 404."""
+        return _http(404, "this port serves /metrics and /healthz only")
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics_server is None else self.metrics_server.sockets[0].getsockname()[1]
+
     def metrics_text(self) -> str:
-        return metrics.render(self).decode()
+        return self.metrics.render().decode()
 
     # ---- admin ---------------------------------------------------------------------------------
 

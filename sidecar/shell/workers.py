@@ -30,7 +30,10 @@ from sidecar.shell import lifetime
 log = logging.getLogger("dgdo.workers")
 
 # Flags of `dgdo sidecar` a child gets from us directly, not copied from `dgdo run`'s values.
-OWN_FLAGS = frozenset({"--control", "--worker", "--port", "--status-interval", "--help", "-h", "--version"})
+# A metrics port and the engine's figures are one worker's each: the children take their defaults
+# (no metrics port; engine figures on worker 1 only, which is `dgdo run` itself).
+OWN_FLAGS = frozenset({"--control", "--worker", "--port", "--status-interval", "--help", "-h", "--version",
+                       "--metrics-port", "--export-engine-metrics"})
 MAX_BACKOFF_S = 5.0
 STOP_WAIT_S = 10.0
 

@@ -401,6 +401,7 @@ void EventLoop::apply(const InputEvent& ev) {
                                      [](const OutRecord& r) { return r.type == DGDO_OUT_NEW_ORDER; });
     if (!offered) return;
     const uint64_t took = clock_ns(CLOCK_MONOTONIC) - t0;
+    match_hist_.add(took);
     if (match_ns_.size() < kMatchWindow)
         match_ns_.push_back(took);
     else
@@ -490,6 +491,7 @@ void EventLoop::publish() {
             std::memcpy(rec.body.data() + offsetof(dgdo_out_engine_stats, match_p50_ns), &p50, sizeof p50);
             const auto n = static_cast<uint32_t>(workers_.size());
             std::memcpy(rec.body.data() + offsetof(dgdo_out_engine_stats, workers), &n, sizeof n);
+            match_hist_.write_to(rec.body.data());
         }
         auto it = workers_.find(meta.to_worker);
         if (rec.type == DGDO_OUT_FLEET) {

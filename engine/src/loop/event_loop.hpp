@@ -15,6 +15,7 @@
 #include "core/core.hpp"
 #include "dgdo/ring.h"
 #include "loop/cli.hpp"
+#include "loop/latency_histogram.hpp"
 #include "loop/persistence.hpp"
 #include "loop/sd_notify.hpp"
 #include "loop/shm_segment.hpp"
@@ -112,6 +113,7 @@ private:
     std::map<uint64_t, int> hello_wait_;  // serial -> accepted fd that has not said hello yet
     std::vector<uint64_t> match_ns_;      // recent offer-decision times, for ENGINE_STATS
     size_t match_next_ = 0;
+    LatencyHistogram match_hist_;         // every offer-decision time since start, for /metrics
     uint64_t dropped_ = 0;
     // systemd (Type=notify): READY when the loop runs, WATCHDOG pings and STATUS from beat().
     SdNotify notify_;

@@ -233,4 +233,5 @@ def offsetof(type_name: str, field: str) -> int:
 
 
 # The records' Python layout must be the C compiler's: checked once, here, where cffi is at hand.
-records.check_layout(sizeof, offsetof, RECORD_HEADER, RECORD_ALIGN)
+records.check_layout(sizeof, offsetof, RECORD_HEADER, RECORD_ALIGN,
+                     tuple(lib.dgdo_py_latency_bound(i) for i in range(lib.DGDO_LATENCY_BUCKETS)))

@@ -33,6 +33,7 @@ typedef struct { ...; } dgdo_ring_consumer;
 #define DGDO_CTL_FD_IN_RING ...
 #define DGDO_CTL_FD_OUT_RING ...
 #define DGDO_CTL_NFDS ...
+#define DGDO_LATENCY_BUCKETS ...
 
 enum dgdo_ring_status {
     DGDO_RING_OK, DGDO_RING_FULL, DGDO_RING_TOO_LARGE, DGDO_RING_BAD_MAGIC,
@@ -62,6 +63,7 @@ size_t dgdo_py_publish(dgdo_ring_producer *p, const uint8_t *buf, size_t len, in
 size_t dgdo_py_unconsumed(dgdo_ring_producer *p, uint8_t *out, size_t cap);
 size_t dgdo_py_sizeof(const char *name);
 size_t dgdo_py_offsetof(const char *type_name, const char *field);
+uint64_t dgdo_py_latency_bound(int i);
 """
 
 SOURCE = r"""
@@ -178,8 +180,15 @@ static size_t dgdo_py_offsetof(const char *type_name, const char *field) {
     DGDO_OFF(dgdo_out_new_order, expires_in_s) DGDO_OFF(dgdo_out_driver_position, speed_kmh)
     DGDO_OFF(dgdo_out_estimate_update, distance_m) DGDO_OFF(dgdo_out_nearby_drivers, drivers)
     DGDO_OFF(dgdo_out_engine_stats, match_p99_ns)
-    DGDO_OFF(dgdo_out_engine_stats, match_p50_ns) DGDO_OFF(dgdo_ctl_attach, out_capacity)
+    DGDO_OFF(dgdo_out_engine_stats, match_p50_ns) DGDO_OFF(dgdo_out_engine_stats, match_buckets)
+    DGDO_OFF(dgdo_ctl_attach, out_capacity)
     return (size_t)-1;
+}
+
+/* The latency histograms' bucket bounds (ns), for the Python copy's check at import. */
+static uint64_t dgdo_py_latency_bound(int i) {
+    static const uint64_t bounds[DGDO_LATENCY_BUCKETS] = {DGDO_LATENCY_BOUNDS_NS};
+    return i >= 0 && i < DGDO_LATENCY_BUCKETS ? bounds[i] : 0;
 }
 """
 
