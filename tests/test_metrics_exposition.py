@@ -89,9 +89,9 @@ def workers(engine_bin: Path) -> Iterator[Workers]:
     )
     out = LineReader(second.stdout)
     try:
+        out.wait_for(r"attached to engine")  # a worker attaches before it listens (App.start)
         port = int(out.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)").group(1))
         metrics_port = int(out.wait_for(r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))
-        out.wait_for(r"attached to engine")
         yield Workers(s, second, port, metrics_port)
     finally:
         second.send_signal(signal.SIGTERM)

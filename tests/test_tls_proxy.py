@@ -97,7 +97,7 @@ class Proxied:
         counts = []
         for port in self.workers:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                m = re.search(r"^dgdo_connections (\d+)", r.read().decode(), re.M)
+                m = re.search(r"^dgdo_connections(?:\{[^}]*\})? (\d+)", r.read().decode(), re.M)
                 assert m is not None
                 counts.append(int(m.group(1)))
         return counts
