@@ -271,10 +271,12 @@ def test_dgdo_run_killed_with_9_takes_its_workers_and_engine_with_it(engine_bin:
     import psutil
 
     s = start_stack("--workers", "3")
-    s.out.wait_for(r"worker 3 pid=\d+")
+    attached: set[str] = set()
+    while attached != {"2", "3"}:  # each child attached: running its own code, not a fork on its way to exec
+        attached.add(s.out.wait_for(r"attached to engine pid \d+ epoch \d+ \(worker ([23])\)").group(1))
     children = psutil.Process(s.proc.pid).children()
     workers = [c for c in children if "sidecar" in " ".join(c.cmdline())]
-    assert len(workers) == 2 and len(children) == 3  # workers 2 and 3, and the engine
+    assert len(workers) == 2 and len(children) == 3, (children, [c.cmdline() for c in children], s.out.all)
     s.proc.kill()
     s.proc.wait()
     _gone, alive = psutil.wait_procs(children, timeout=10)
