@@ -94,6 +94,8 @@ class Stack:
     port: int = 0
     cmd_path: str = ""
     sidecar: subprocess.Popen | None = None  # the process that serves the WebSocket clients
+    sidecars: list[subprocess.Popen] = field(default_factory=list)  # every worker's ("ring", workers > 1)
+    metrics_ports: list[int] = field(default_factory=list)  # each worker's --metrics-port (workers > 1)
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -115,8 +117,11 @@ TAG = f"@dgdo-bench-{os.getpid()}"
 child_env = common.child_env
 
 
-def start_stack(variant: str, logf, spin_us: float = SPIN_US, sidecar_args: tuple[str, ...] = ()) -> Stack:
-    """The processes of `variant`; `sidecar_args` go to the production sidecar ("ring": bench/tls adds TLS)."""
+def start_stack(variant: str, logf, spin_us: float = SPIN_US, sidecar_args: tuple[str, ...] = (),
+                workers: int = 1) -> Stack:
+    """The processes of `variant`; `sidecar_args` go to the production sidecar ("ring": bench/tls adds TLS).
+    "ring" with `workers` > 1: that many sidecars (`--worker 1..N`) on the one port (SO_REUSEPORT), each
+    with its own `--metrics-port`, all attached to the one feeder (bench/push)."""
     port = free_port()
     spin = ["--idle-spin-us", f"{spin_us:g}"] if variant.endswith(" spin") else []
     variant = variant.removesuffix(" spin")
@@ -127,14 +132,21 @@ def start_stack(variant: str, logf, spin_us: float = SPIN_US, sidecar_args: tupl
     if variant == "ring":
         control = f"{TAG}-engine-{port}"
         inst = f"bench{os.getpid()}p{port}"
-        st.procs.append(subprocess.Popen([*feeder, "--transport", "ring", "--control", control, "--instance", inst],
-                                         stdout=subprocess.DEVNULL, **kw))
+        st.procs.append(subprocess.Popen([*feeder, "--transport", "ring", "--control", control, "--instance", inst,
+                                          "--workers", str(workers)], stdout=subprocess.DEVNULL, **kw))
         _wait_path(control)
-        st.procs.append(subprocess.Popen([PY, "-m", "sidecar", "sidecar", "--control", control, "--port", str(port),
-                                          "--status-interval", "0", "--log-level", "WARNING",
-                                          "--idle-spin-us", spin[1] if spin else "0", *sidecar_args],
-                                         stdout=subprocess.DEVNULL, **kw))
+        for w in range(1, workers + 1):
+            own = ["--worker", str(w), "--metrics-port", str(free_port())] if workers > 1 else []
+            st.procs.append(subprocess.Popen([PY, "-m", "sidecar", "sidecar", "--control", control, "--port", str(port),
+                                              "--status-interval", "0", "--log-level", "WARNING",
+                                              "--idle-spin-us", spin[1] if spin else "0", *own, *sidecar_args],
+                                             stdout=subprocess.DEVNULL, **kw))
+            st.sidecars.append(st.procs[-1])
+            if own:
+                st.metrics_ports.append(int(own[3]))
         st.sidecar = st.procs[-1]
+        for mp in st.metrics_ports:  # every worker attached and listening before a client connects
+            _wait_healthy(mp)
     elif variant == "stdout pipe":
         f = subprocess.Popen([*feeder, "--transport", "pipe"], stdout=subprocess.PIPE, **kw)
         st.procs.append(f)
@@ -178,6 +190,18 @@ def _wait_path(path: str, timeout: float = 20) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} did not appear")
         time.sleep(0.02)
+
+
+def _wait_healthy(port: int, timeout: float = 20) -> None:
+    """/healthz on `port` answers 200: the worker is attached (polling: another process's endpoint)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            if r.status == 200:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"/healthz on {port} never answered 200")
+        time.sleep(0.05)
 
 
 def _wait_port(port: int, timeout: float = 20) -> None:
