@@ -633,6 +633,7 @@ async def main_async(args: argparse.Namespace) -> int:
     pooled_pos: dict[tuple[str, str], list[int]] = {}
     sent_total: dict[tuple[str, str], int] = {}
     e2e_push: dict = {}
+    placements: dict[str, list[dict[str, int]]] = {}  # `engine e2e N workers`: the driver's and passenger's worker
     side: dict[tuple[str, str], list[dict]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}  # sidecar CPU % per phase
     per_rep: dict[tuple[str, str], dict[int, dict]] = {}  # ratios pair runs of the same repeat only
@@ -658,6 +659,8 @@ async def main_async(args: argparse.Namespace) -> int:
                                             workers=e2e_workers(variant) or 1)
                         if variant == E2E:
                             e2e_push = res["sidecar_push_metrics"]
+                        if res["placed"]:
+                            placements.setdefault(variant, []).append(res["placed"])
                         n = len(res["samples"])
                         got = {"idle": {"offers": res["samples"], "positions": [], "sent": {"offers": n}}}
                     else:
@@ -731,6 +734,7 @@ async def main_async(args: argparse.Namespace) -> int:
                "rates": {"idle_offers_per_s": idle_rate, "load_offers_per_s": load_rate,
                          "load_positions_per_s": pos_rate, "clients_per_role": n_clients},
                "rows": rows, "targets": targets, "e2e_push_metrics": e2e_push, "failures": failures,
+               "workers": workers, "e2e_placement": placements,
                "note": "µs; 'engine e2e' is ride_request sent -> new_order received (includes the inbound hop)"}
     md = markdown(results)
     Path(f"{base}.json").write_text(json.dumps(results, indent=1))
