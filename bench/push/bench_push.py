@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT / "bench" / "latency"))
 import psutil  # noqa: E402
 import uvloop  # noqa: E402
 
-from bench.machine import describe, one_line  # noqa: E402
+from bench.machine import describe, host_busy, one_line  # noqa: E402
 from bench.push.clients import raise_nofile  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -192,14 +192,14 @@ async def run_sidecar(n: int, seconds: float, logf, prof_dir: Path | None = None
         await asyncio.sleep(0.3)  # welcomes and session opens settle
         got0 = (await clients.count())["frames"]
         m0, c0 = messages_out_all(st, ctx), [cpu_s(p) for p in sides]
-        f0, l0 = cpu_s(feeder_proc), cpu_s(load)
+        f0, l0, h0 = cpu_s(feeder_proc), cpu_s(load), host_busy()
         side = sides[0]
         prof = profile(side.pid, seconds, prof_dir / f"pyspy-push-sidecar-{n}-{side.pid}.txt" if prof_dir else None)
         sent = await feeder.call({"cmd": "push", "passengers": n, "seconds": seconds})
         if prof is not None:
             await asyncio.get_running_loop().run_in_executor(None, prof.wait)
         m1, c1 = messages_out_all(st, ctx), [cpu_s(p) for p in sides]
-        f1, l1 = cpu_s(feeder_proc), cpu_s(load)
+        f1, l1, h1 = cpu_s(feeder_proc), cpu_s(load), host_busy()
         got = (await settle(clients))["frames"] - got0
         await feeder.quit()
         msgs, cpu = m1 - m0, sum(c1) - sum(c0)
@@ -208,6 +208,7 @@ async def run_sidecar(n: int, seconds: float, logf, prof_dir: Path | None = None
                 "connections": clients.info["n"], "workers": workers,
                 "worker_cpu_s": [b - a for a, b in zip(c0, c1, strict=True)],
                 "feeder_cpu_s": f1 - f0, "clients_cpu_s": l1 - l0,
+                "host_busy_cores": (h1[0] - h0[0]) / (h1[1] - h0[1]) * (psutil.cpu_count() or 1),
                 "per_worker": sent.get("per_worker", {}), "unplaced": sent.get("unplaced", 0)}
     finally:
         if clients is not None:
@@ -279,8 +280,9 @@ def markdown(res: dict) -> str:
                   "sidecar CPU summed over the workers; clients = the load process; placement = passengers per "
                   "worker (the kernel's choice).", "",
                   "| N clients | workers | msgs/s per host (wall) | × 1 worker | msgs / sidecar CPU-s | × 1 worker | "
-                  "sidecar CPU % | feeder CPU % | clients CPU % | placement |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  f"sidecar CPU % | feeder CPU % | clients CPU % | host cores busy (of {psutil.cpu_count()}) | "
+                  "placement |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for row in res["rows"]:
             for w in [1, *many]:
                 k = sidecar_kind(w)
@@ -288,7 +290,7 @@ def markdown(res: dict) -> str:
                 place = row.get("placement", {}).get(k, "")
                 lines.append(f"| {row['n']} | {w} | {m['per_s']:,.0f} | {x.get('per_s', 1.0):.2f} | "
                              f"{m['per_cpu_s']:,.0f} | {x.get('per_cpu_s', 1.0):.2f} | {m['cpu_pct']:.0f} | "
-                             f"{m['feeder_pct']:.0f} | {m['clients_pct']:.0f} | {place} |")
+                             f"{m['feeder_pct']:.0f} | {m['clients_pct']:.0f} | {m['host_busy_cores']:.2f} | {place} |")
     return "\n".join(lines) + "\n"
 
 
@@ -333,7 +335,8 @@ async def main_async(args: argparse.Namespace) -> int:
     for n in ns:
         side, raw = runs[(n, "sidecar")], runs[(n, "raw")]
         med = {k: {key: statistics.median(x.get(key, 0.0) for x in runs[(n, k)])
-                   for key in ("per_cpu_s", "per_s", "cpu_s", "seconds", "feeder_cpu_s", "clients_cpu_s")}
+                   for key in ("per_cpu_s", "per_s", "cpu_s", "seconds", "feeder_cpu_s", "clients_cpu_s",
+                                 "host_busy_cores")}
                for k in kinds}
         for v in med.values():
             for key, pct in (("cpu_s", "cpu_pct"), ("feeder_cpu_s", "feeder_pct"), ("clients_cpu_s", "clients_pct")):
