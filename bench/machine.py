@@ -28,3 +28,15 @@ def describe() -> dict[str, str | int]:
 
 def one_line(m: dict[str, str | int]) -> str:
     return f"{m['cpu']}, {m['cores']} vCPU, Linux {m['kernel']}, Python {m['python']}, load {m['loadavg_at_start']}"
+
+
+def host_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole host so far, over all cores (psutil.cpu_times): the
+    difference of two readings over a window says how many cores were busy, whoever used them
+    (the benches' own processes, or another job on a shared machine)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    total = sum(t)
+    return total - idle, total

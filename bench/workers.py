@@ -84,3 +84,25 @@ class WorkerPorts:
             body += chunk
         _reset(s)
         return body
+
+
+def wait_workers(port: int, token: str, workers: int, timeout: float = 30, alive=lambda: True) -> WorkerPorts:
+    """Waits until each of workers 1..N on `port` answers /healthz "ok" (attached), and returns the
+    WorkerPorts that reached them. A worker still starting is not listening yet, so no source port
+    reaches it: that is retried too, until `timeout` or until `alive()` turns false. Polling: it is
+    another process's endpoint, with nothing to await but its answer."""
+    import time
+
+    ports = WorkerPorts(port, token, tries=50)
+    deadline = time.monotonic() + timeout
+    for w in range(1, workers + 1):
+        while True:
+            try:
+                if ports.get(w, "/healthz") == b"ok":
+                    break
+            except (RuntimeError, OSError):
+                pass
+            if not alive() or time.monotonic() > deadline:
+                raise TimeoutError(f"worker {w} of {workers} on port {port} never healthy")
+            time.sleep(0.05)
+    return ports

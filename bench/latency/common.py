@@ -48,14 +48,15 @@ def new_order(to_driver: str, commit_real_ns: int, commit_mono_ns: int) -> bytes
                                 commit_real_ns)
 
 
-def driver_position(to_passenger: str, commit_real_ns: int, commit_mono_ns: int) -> bytes:
-    meta = (commit_mono_ns, commit_real_ns, 0, 1, R.Role.PASSENGER, to_passenger.encode())
+def driver_position(to_passenger: str, commit_real_ns: int, commit_mono_ns: int, worker: int = 1) -> bytes:
+    meta = (commit_mono_ns, commit_real_ns, 0, worker, R.Role.PASSENGER, to_passenger.encode())
     return R.OUT_DRIVER_POSITION.pack(*meta, commit_real_ns, b"bench-driver", 38.5605, 68.784, 80.0, 31.0)
 
 
-def order_update(to_passenger: str, order_id: int, seq: int, commit_real_ns: int = 0, commit_mono_ns: int = 0) -> bytes:
-    """An ORDER_UPDATE (driver arriving) for a passenger, routed by role + id; `seq` is its last field."""
-    meta = (commit_mono_ns, commit_real_ns, 0, 1, R.Role.PASSENGER, to_passenger.encode())
+def order_update(to_passenger: str, order_id: int, seq: int, commit_real_ns: int = 0, commit_mono_ns: int = 0,
+                 worker: int = 1) -> bytes:
+    """An ORDER_UPDATE (driver arriving) for a passenger on `worker`, routed by role + id; `seq` is its last field."""
+    meta = (commit_mono_ns, commit_real_ns, 0, worker, R.Role.PASSENGER, to_passenger.encode())
     return R.OUT_ORDER_UPDATE.pack(*meta, order_id, R.OrderStatus.ARRIVING, 0, b"bench-driver",
                                    to_passenger.encode(), seq)
 

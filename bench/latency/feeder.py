@@ -63,32 +63,54 @@ ONE = (1).to_bytes(8, "little")
 RING_CAPACITY = 1 << 22
 
 
-class RingSender:
-    """The engine's side of one worker attachment."""
+class Attachment:
+    """One worker's pair of rings and its doorbell, as the engine holds them."""
 
-    def __init__(self, control: str, instance: str) -> None:
+    def __init__(self, worker: int, producer: ring.Producer, consumer: ring.Consumer, bell: int) -> None:
+        self.worker = worker
+        self.producer = producer
+        self.consumer = consumer
+        self.bell = bell
+        self.wakeups = 0
+
+
+class RingSender:
+    """The engine's side of the worker attachments: any number of workers (ids as they come), as the
+    engine takes them; `ready` once `workers` of them are attached. Records go to the worker that
+    attached last (one worker: that one), except in a push run, which writes each passenger's records
+    to the worker its session opened on (`sessions`, learnt from the SESSION_OPEN records)."""
+
+    def __init__(self, control: str, instance: str, workers: int = 1) -> None:
         self.instance = instance
+        self.workers = workers
         self.epoch = secrets.randbits(63) | 1
         self.lock = threading.Lock()
-        self.producer: ring.Producer | None = None
-        self.consumer: ring.Consumer | None = None
-        self.bell = -1
+        self.links: dict[int, Attachment] = {}
+        self.last: Attachment | None = None
+        self.sessions: dict[str, int] = {}  # app id -> the worker its session opened on
         self.keep: list[object] = []
-        self.wakeups = 0
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.listener.bind(socket_address(control))
         self.listener.listen(4)
         threading.Thread(target=self._accept, daemon=True).start()
         threading.Thread(target=self._beat, daemon=True).start()
 
+    @property
+    def producer(self) -> ring.Producer | None:
+        return self.last.producer if self.last is not None else None
+
+    @property
+    def wakeups(self) -> int:
+        return sum(a.wakeups for a in self.links.values())
+
     def _beat(self) -> None:
         """The engine's heartbeat, so the sidecar never takes this feeder for a hung engine."""
         while True:
             time.sleep(HEARTBEAT_S)
             with self.lock:
-                p = self.producer
-            if p is not None:
-                p.heartbeat(time.monotonic_ns())
+                links = list(self.links.values())
+            for a in links:
+                a.producer.heartbeat(time.monotonic_ns())
 
     def _accept(self) -> None:
         while True:
@@ -108,9 +130,7 @@ class RingSender:
             producer = ring.Producer(segs[1])
             producer.heartbeat(time.monotonic_ns())  # as the engine does at attach
             with self.lock:
-                self.consumer = ring.Consumer(segs[0])
-                self.producer = producer
-                self.bell = worker_bell
+                self.last = self.links[worker] = Attachment(worker, producer, ring.Consumer(segs[0]), worker_bell)
                 self.keep += [conn, engine_bell, *segs]
             reply = ATTACH.pack(CTL_MAGIC, CTL_VERSION, worker, os.getpid(), 0, self.epoch, RING_CAPACITY,
                                 RING_CAPACITY)
@@ -119,46 +139,49 @@ class RingSender:
             fds[FD_IN_RING], fds[FD_OUT_RING] = segs[0].fd, segs[1].fd
             socket.send_fds(conn, [reply], fds)
             print(f"feeder: worker {worker} attached", file=sys.stderr, flush=True)
-            threading.Thread(target=self._answer_forever, daemon=True).start()
+            if len(self.links) == 1:
+                threading.Thread(target=self._answer_forever, daemon=True).start()
 
     @property
     def ready(self) -> bool:
-        return self.producer is not None
+        return len(self.links) >= self.workers
 
     def send(self, data: bytes) -> None:
         with self.lock:
             self._write(data)
 
-    def _write(self, data: bytes | bytearray) -> None:
-        p = self.producer
-        assert p is not None
+    def _write(self, data: bytes | bytearray, to: Attachment | None = None) -> None:
+        a = to or self.last
+        assert a is not None
+        p = a.producer
         buf = bytearray(data)
         while buf:
             n, _status = p.publish(buf)
             del buf[:n]
             if p.should_wake():
-                self.wakeups += 1
-                os.write(self.bell, ONE)
+                a.wakeups += 1
+                os.write(a.bell, ONE)
             if buf:
                 time.sleep(0.0001)  # full ring: never drop, wait for the sidecar
 
     def idle(self) -> None:
-        """Takes what the sidecar sent the engine: session opens are answered, the rest ignored."""
+        """Takes what the workers sent the engine: session opens are noted and answered, the rest ignored."""
         with self.lock:
-            c = self.consumer
-            if c is None:
-                return
-            answers = bytearray()
-            while n := c.drain():
-                view, off = c.buffer, 0
-                while off < n:
-                    length, type_ = ring.FRAME.unpack_from(view, off)
-                    if type_ == R.T.IN_SESSION_OPEN:
-                        body = view[off + ring.RECORD_HEADER : off + length]
-                        ring.frame(answers, R.T.OUT_SESSION_STATE, common.session_state(body))
-                    off += ring.aligned(length)
-            if answers:
-                self._write(answers)
+            for a in list(self.links.values()):
+                c = a.consumer
+                answers = bytearray()
+                while n := c.drain():
+                    view, off = c.buffer, 0
+                    while off < n:
+                        length, type_ = ring.FRAME.unpack_from(view, off)
+                        if type_ == R.T.IN_SESSION_OPEN:
+                            body = view[off + ring.RECORD_HEADER : off + length]
+                            actor = bytes(R.IN_SESSION.unpack(body)[5]).rstrip(b"\0").decode()
+                            self.sessions[actor] = a.worker
+                            ring.frame(answers, R.T.OUT_SESSION_STATE, common.session_state(body))
+                        off += ring.aligned(length)
+                if answers:
+                    self._write(answers, a)
 
     def _answer_forever(self) -> None:
         while True:  # a daemon thread: it ends with the process
@@ -311,33 +334,52 @@ def run_phase(sender, spec: dict) -> dict:
 def run_push(sender: RingSender, spec: dict) -> dict:
     """Push throughput: one ORDER_UPDATE and one DRIVER_POSITION per passenger per pass, for `seconds`.
 
-    A pass is built once; each repeat only renumbers the order updates (seq +1 per pass: the
-    sidecar drops a reliable message at or below what it delivered). The next pass is written
-    when the sidecar has drained half of the previous one, so that the ring is never empty
-    (the sidecar always has work) and never overflows (no waiting on a full ring).
+    A pass is built once per worker (its passengers: those whose session opened there; one worker:
+    every passenger); each repeat only renumbers the order updates (seq +1 per pass: the sidecar
+    drops a reliable message at or below what it delivered). A worker's next pass is written when
+    it has drained half of its previous one, so that its ring is never empty (the sidecar always
+    has work) and never overflows (no waiting on a full ring); each worker at its own pace.
     """
     passengers = [common.passenger_id(i) for i in range(int(spec["passengers"]))]
-    buf = bytearray()
-    seq_at = []
-    for i, p in enumerate(passengers):
-        seq_at.append(len(buf) + ring.RECORD_HEADER + common.ORDER_UPDATE_SEQ)
-        ring.frame(buf, R.T.OUT_ORDER_UPDATE, common.order_update(p, 1_000_000 + i, 0))
-        ring.frame(buf, R.T.OUT_DRIVER_POSITION, common.driver_position(p, 0, 0))
+    with sender.lock:
+        links = sorted(sender.links.values(), key=lambda a: a.worker)
+        sessions = dict(sender.sessions)
+    if len(links) == 1:
+        placed = {links[0].worker: passengers}
+    else:
+        placed = {a.worker: [p for p in passengers if sessions.get(p) == a.worker] for a in links}
     pack = common._OID.pack_into
-    low = len(buf) // 2
+    passes: list[dict] = []
+    for a in links:
+        buf = bytearray()
+        seq_at = []
+        for i, p in enumerate(placed[a.worker]):
+            seq_at.append(len(buf) + ring.RECORD_HEADER + common.ORDER_UPDATE_SEQ)
+            ring.frame(buf, R.T.OUT_ORDER_UPDATE, common.order_update(p, 1_000_000 + i, 0, worker=a.worker))
+            ring.frame(buf, R.T.OUT_DRIVER_POSITION, common.driver_position(p, 0, 0, worker=a.worker))
+        if seq_at:
+            passes.append({"link": a, "buf": buf, "seq_at": seq_at, "low": len(buf) // 2, "n": 0})
     t0 = time.monotonic()
     end = t0 + float(spec["seconds"])
-    passes = 0
     while time.monotonic() < end:
-        passes += 1
-        for off in seq_at:
-            pack(buf, off, passes)
-        with sender.lock:
-            sender._write(buf)
-            p = sender.producer
-        while p is not None and p.depth() > low and time.monotonic() < end:
+        wrote = False
+        for w in passes:
+            if w["n"] and w["link"].producer.depth() > w["low"]:
+                continue
+            w["n"] += 1
+            for off in w["seq_at"]:
+                pack(w["buf"], off, w["n"])
+            with sender.lock:
+                sender._write(w["buf"], w["link"])
+            wrote = True
+        if not wrote:
             time.sleep(0.0002)
-    return {"passes": passes, "records": passes * 2 * len(passengers), "seconds": time.monotonic() - t0}
+    records = sum(w["n"] * len(w["seq_at"]) * 2 for w in passes)
+    return {"passes": max((w["n"] for w in passes), default=0), "records": records,
+            "seconds": time.monotonic() - t0,
+            "per_worker": {str(w["link"].worker): {"passengers": len(w["seq_at"]), "passes": w["n"],
+                                                   "records": w["n"] * len(w["seq_at"]) * 2} for w in passes},
+            "unplaced": len(passengers) - sum(len(v) for v in placed.values())}
 
 
 def main() -> int:
@@ -347,11 +389,12 @@ def main() -> int:
     ap.add_argument("--endpoint", default="")
     ap.add_argument("--control", default="")
     ap.add_argument("--instance", default="bench")
+    ap.add_argument("--workers", type=int, default=1, help="ring: ready once this many workers attached")
     ap.add_argument("--cmd", required=True, help="UNIX socket (path or @abstract) the runner sends phase commands to")
     args = ap.parse_args()
 
     if args.transport == "ring":
-        sender = RingSender(args.control, args.instance)
+        sender = RingSender(args.control, args.instance, args.workers)
     elif args.transport == "zmq":
         sender = ZmqSender(args.endpoint)
     elif args.transport == "unix":

@@ -14,6 +14,10 @@ process), in the same run, with the same pairs and the same pacing:
   as a real ride (driver online, ride_request, new_order, order_accept), after which every
   position the driver sends crosses decode -> ring -> engine -> ring -> encode to the passenger.
 * `stack journal`: the same with the engine's journal on (a fresh state dir, default fsync).
+* `stack N workers` (`--workers 1,N`): `stack` with `dgdo run --workers N`: the kernel spreads the
+  drivers and the passengers over the workers (a pair is on one worker or on two: the report says
+  how many of each, from the `X-Dgdo-Worker` header of each 101), reported beside `stack` with the
+  ratio of the same repeat.
 
 The drivers are connections of a child process (this script with --drivers) and the passengers
 of this one, so that a burst of sends does not hold up the timestamps of the arrivals; both use
@@ -62,6 +66,12 @@ PY = sys.executable
 BARE, FASTAPI, STACK, STACK_JOURNAL = "bare picows relay", "fastapi relay", "stack", "stack journal"
 VARIANTS = [BARE, FASTAPI, STACK, STACK_JOURNAL]
 MODES = ["one at a time", "burst"]
+
+
+def stack_workers(variant: str) -> int:
+    """The sidecar workers of a `stack N workers` variant; 1 for every other."""
+    rest = variant.removeprefix(f"{STACK} ").removesuffix(" workers")
+    return int(rest) if variant.startswith(f"{STACK} ") and variant.endswith(" workers") and rest.isdigit() else 1
 LAT0, LON0 = 30.0, 68.78
 PAIR_SPACING_DEG = 0.2  # ~22 km between pairs: each passenger is matched with its own driver only
 TEXT = WSMsgType.TEXT
@@ -123,9 +133,11 @@ class Peer(WSListener):
         self.changed = asyncio.Event()
         self.transport: WSTransport | None = None
         self.auto_accept = False  # a driver that accepts every offer it gets
+        self.worker = 0  # the sidecar worker that took the connection (X-Dgdo-Worker; 0: not a stack)
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        self.worker = int(transport.response.headers.get("X-Dgdo-Worker", "0"))
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         t = time.perf_counter_ns()
@@ -220,7 +232,7 @@ async def drivers_main(args: argparse.Namespace) -> None:
             await d.request({"type": "driver_location", "lat": LAT0 + i * PAIR_SPACING_DEG, "lon": LON0, "id": "l"})
     transports = [d.transport for d in drivers]
     sent: dict[str, int] = {}
-    print("ready", flush=True)
+    print("ready " + json.dumps([d.worker for d in drivers]), flush=True)
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := (await reader.readline()).split():
@@ -268,10 +280,12 @@ class Drivers:
         self.proc.stdin.write(text.encode() + b"\n")
         self.proc.stdin.flush()
 
-    async def ready(self) -> None:
+    async def ready(self) -> list[int]:
+        """Waits for the drivers' process; the sidecar worker of each driver."""
         line = await self.line()
-        if line.strip() != b"ready":
+        if not line.startswith(b"ready "):
             raise RuntimeError(f"drivers did not come up: {line!r}")
+        return json.loads(line[6:])
 
     async def times(self, into: dict[tuple[int, int], int]) -> None:
         self.command("t")
@@ -375,12 +389,18 @@ def start_server(variant: str, port: int, logf, state: Path, extra: list[str]) -
                                 env=child_env(), stdout=logf, stderr=logf, cwd=str(ROOT))
         wait_port(port, proc)
         return proc
-    journal = ["--no-journal"] if variant == STACK else ["--state-dir", str(state / f"j{port}")]
+    journal = ["--no-journal"] if variant != STACK_JOURNAL else ["--state-dir", str(state / f"j{port}")]
+    workers = stack_workers(variant)
     proc = subprocess.Popen([str(Path(PY).with_name("dgdo")), "run", "--no-demo", "--port", str(port),
                              "--instance", f"pp{os.getpid()}x{port}", "--status-interval", "0",
-                             "--log-level", "WARNING", *journal, *extra],
+                             "--log-level", "WARNING", *journal, *extra,
+                             *(["--workers", str(workers)] if workers > 1 else [])],
                             env=child_env(), stdout=logf, stderr=logf, cwd=str(ROOT))
     wait_healthy(port, proc)
+    if workers > 1:  # every worker attached before a client connects
+        from bench.workers import wait_workers
+
+        wait_workers(port, common.token("admin", "bench"), workers, alive=lambda: proc.poll() is None)
     return proc
 
 
@@ -394,9 +414,11 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-async def run_variant(variant: str, args: argparse.Namespace, logf, state: Path, rep: int) -> dict[str, list[int]]:
+async def run_variant(variant: str, args: argparse.Namespace, logf, state: Path,
+                      rep: int) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """Latencies (ns) per mode, and the pairs' placement over workers (`stack N workers`)."""
     port = free_port()
-    stack = variant in (STACK, STACK_JOURNAL)
+    stack = variant in (STACK, STACK_JOURNAL) or stack_workers(variant) > 1
     extra = ["--idle-spin-us", str(args.idle_spin_us)] if stack and args.idle_spin_us is not None else []
     proc = start_server(variant, port, logf, state, extra)
     timing = Timing()
@@ -404,8 +426,12 @@ async def run_variant(variant: str, args: argparse.Namespace, logf, state: Path,
     passengers: list[Peer] = []
     try:
         drivers = Drivers(port, args.pairs, stack, logf)
-        await drivers.ready()
+        driver_workers = await drivers.ready()
         passengers = await connect(port, "passenger", "pp", args.pairs, timing, tokens=stack)
+        placement = {}
+        if stack_workers(variant) > 1:
+            cross = sum(d != p.worker for d, p in zip(driver_workers, passengers, strict=True))
+            placement = {"pairs_on_two_workers": cross, "pairs_on_one_worker": args.pairs - cross}
         if stack:
             await request_rides(passengers)
         if args.profile and stack:
@@ -415,7 +441,8 @@ async def run_variant(variant: str, args: argparse.Namespace, logf, state: Path,
                 prof = subprocess.Popen([str(pyspy), "record", "-p", str(proc.pid), "-d", "60", "-r", "1000",
                                          "--format", "raw", "-o", str(dest), "--nonblocking"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return await measure(drivers, args.pairs, timing, args.singles, args.bursts, args.gap_s, args.interval_s)
+        return (await measure(drivers, args.pairs, timing, args.singles, args.bursts, args.gap_s, args.interval_s),
+                placement)
     finally:
         for p in passengers:
             if p.transport is not None:
@@ -449,7 +476,7 @@ def analyse(per_rep: dict[tuple[str, str, int], dict], variants: list[str], repe
             row = {"variant": v, "mode": mode, "n": sum(r["n"] for r in runs), "repeats": runs}
             for k in ("p50", "p90", "p99", "max"):
                 row[k] = statistics.median(r[k] for r in runs)
-            for base, tag in ((BARE, "bare"), (FASTAPI, "fastapi")):
+            for base, tag in ((BARE, "bare"), (FASTAPI, "fastapi"), (STACK, "stack")):
                 pairs = [(per_rep[(v, mode, r)], per_rep[(base, mode, r)]) for r in range(repeats)
                          if per_rep.get((v, mode, r), {}).get("n") and per_rep.get((base, mode, r), {}).get("n")]
                 for k in ("p50", "p99"):
@@ -489,17 +516,27 @@ def markdown(res: dict) -> str:
         "| variant | mode | n | p50 | p90 | p99 | max | p50 ×bare | p99 ×bare | p50 ×FastAPI | p50 ×bare per repeat |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    def f(v: float | None) -> str:
+        return "–" if v is None else f"{v:.2f}"
+
     for r in res["rows"]:
         per = ", ".join(f"{x:.2f}" for x in r.get("p50_x_bare_per_repeat", []))
-
-        def f(v: float | None) -> str:
-            return "–" if v is None else f"{v:.2f}"
-
         lines.append(f"| {r['variant']} | {r['mode']} | {r['n']} | {r['p50']:.0f} | {r['p90']:.0f} | {r['p99']:.0f} | "
                      f"{r['max']:.0f} | {f(r.get('p50_x_bare'))} | {f(r.get('p99_x_bare'))} | "
                      f"{f(r.get('p50_x_fastapi'))} | {per} |")
     if res["goals"]:
         lines += ["", *[f"- {g}" for g in res["goals"]]]
+    many = [r for r in res["rows"] if stack_workers(r["variant"]) > 1]
+    if many:
+        lines += ["", "N sidecar workers (`dgdo run --workers N`) against 1 (`stack`), same run; ratios: median of "
+                      "per-repeat ratios. Pairs with the driver and the passenger on two workers / on one (the "
+                      "kernel's choice), per repeat: "
+                      + "; ".join(f"{p['pairs_on_two_workers']} / {p['pairs_on_one_worker']}"
+                                  for p in res.get("placement", [])), "",
+                  "| variant | mode | p50 | p99 | p50 × 1 worker | p99 × 1 worker |", "|---|---|---:|---:|---:|---:|"]
+        for r in many:
+            lines.append(f"| {r['variant']} | {r['mode']} | {r['p50']:.0f} | {r['p99']:.0f} | "
+                         f"{f(r.get('p50_x_stack'))} | {f(r.get('p99_x_stack'))} |")
     if res["failures"]:
         lines += ["", "Failed runs (left out): " + "; ".join(f"rep {f['repeat']} {f['variant']}: {f['error']}"
                                                          for f in res["failures"])]
@@ -516,7 +553,10 @@ async def main_async(args: argparse.Namespace) -> int:
     for k, v in d.items():
         if not getattr(args, k):
             setattr(args, k, v)
-    variants = args.variants.split(",") if args.variants else VARIANTS
+    variants = args.variants.split(",") if args.variants else list(VARIANTS)
+    if STACK in variants:  # N workers beside one, for the ratio
+        at = variants.index(STACK) + 1
+        variants[at:at] = [f"{STACK} {w} workers" for w in (int(x) for x in args.workers.split(",")) if w > 1]
     out_dir = Path(args.out) if args.out else ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.profile:
@@ -527,6 +567,7 @@ async def main_async(args: argparse.Namespace) -> int:
     log(f"[path] {len(variants)} variants × {args.repeats} repeats, {args.pairs} pairs; logs in {base}.log")
     per_rep: dict[tuple[str, str, int], dict] = {}
     failures = []
+    placement: list[dict[str, int]] = []
     state = out_dir / f".state-path-{stamp}"
     with contextlib.ExitStack() as cleanup, open(f"{base}.log", "wb") as logf:
         cleanup.callback(shutil.rmtree, state, True)
@@ -535,11 +576,13 @@ async def main_async(args: argparse.Namespace) -> int:
             for v in order:
                 t0 = time.monotonic()
                 try:
-                    got = await run_variant(v, args, logf, state, rep)
+                    got, placed = await run_variant(v, args, logf, state, rep)
                 except Exception as e:  # one broken variant must not lose the others
                     log(f"[path] rep {rep + 1} {v}: FAILED ({type(e).__name__}: {e})")
                     failures.append({"repeat": rep + 1, "variant": v, "error": f"{type(e).__name__}: {e}"})
                     continue
+                if placed:
+                    placement.append(placed)
                 for mode, ns in got.items():
                     per_rep[(v, mode, rep)] = s = pct(ns)
                     if s.get("n"):
@@ -548,7 +591,8 @@ async def main_async(args: argparse.Namespace) -> int:
     rows = analyse(per_rep, variants, args.repeats)
     res = {"machine": machine, "argv": sys.argv[1:], "repeats": args.repeats, "pairs": args.pairs,
            "singles": args.singles, "bursts": args.bursts, "gap_s": args.gap_s, "interval_s": args.interval_s,
-           "idle_spin_us": args.idle_spin_us, "rows": rows, "goals": goals(rows), "failures": failures}
+           "idle_spin_us": args.idle_spin_us, "rows": rows, "goals": goals(rows), "failures": failures,
+           "workers": args.workers, "placement": placement}
     md = markdown(res)
     Path(f"{base}.json").write_text(json.dumps(res, indent=1))
     Path(f"{base}.md").write_text(md)
@@ -571,6 +615,8 @@ def main() -> int:
     ap.add_argument("--out", default="", help="output directory (default bench/results)")
     ap.add_argument("--profile", default="", help="directory for py-spy profiles of the stack's sidecar")
     ap.add_argument("--idle-spin-us", type=float, default=None, help="passed to the stack's sidecar")
+    ap.add_argument("--workers", default="1", help="1,N adds `stack N workers` (dgdo run --workers N) beside `stack`, "
+                                                  "with the ratio (default 1: none)")
     ap.add_argument("--drivers", type=int, default=0, help=argparse.SUPPRESS)  # the drivers' process: its port
     ap.add_argument("--stack", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -26,6 +26,11 @@ What is measured (all on 127.0.0.1, one host, CLOCK_REALTIME on both ends):
 * `e2e journal never|interval|batch`: the same, with the engine journaling every input into a
   fresh state dir under that fsync policy (`--state-dir`, `--fsync`): what durability costs on
   the path a passenger feels, side by side with `engine e2e` (no journal) in one run.
+* `engine e2e N workers` (`--workers 1,N`): `engine e2e` with `dgdo run --workers N`, the driver
+  and the passenger on two different workers (the passenger reconnects until the kernel puts it
+  on another worker than the driver's: the `X-Dgdo-Worker` header of its 101), so the request
+  goes in through one worker's ring and the offer out through another's. Reported beside
+  `engine e2e` with the ratio of the same repeat.
 
 Phases: idle = ~1k offers/s; load = ~10k offers/s + ~10k driver positions/s
 (engine batches every 1 ms). Variants run one after another in each repeat,
@@ -77,6 +82,18 @@ E2E_JOURNAL = {"e2e journal never": "never", "e2e journal interval": "interval",
 PCTS = (50, 90, 99, 99.9)
 
 
+def e2e_name(workers: int) -> str:
+    return E2E if workers == 1 else f"{E2E} {workers} workers"
+
+
+def e2e_workers(variant: str) -> int | None:
+    """The sidecar workers of an `engine e2e` variant (1, or N of `engine e2e N workers`); None if not one."""
+    if variant == E2E:
+        return 1
+    rest = variant.removeprefix(f"{E2E} ").removesuffix(" workers")
+    return int(rest) if variant.startswith(f"{E2E} ") and variant.endswith(" workers") and rest.isdigit() else None
+
+
 log = common.log
 
 
@@ -94,6 +111,8 @@ class Stack:
     port: int = 0
     cmd_path: str = ""
     sidecar: subprocess.Popen | None = None  # the process that serves the WebSocket clients
+    sidecars: list[subprocess.Popen] = field(default_factory=list)  # every worker's ("ring", workers > 1)
+    metrics_ports: list[int] = field(default_factory=list)  # each worker's --metrics-port (workers > 1)
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -115,8 +134,11 @@ TAG = f"@dgdo-bench-{os.getpid()}"
 child_env = common.child_env
 
 
-def start_stack(variant: str, logf, spin_us: float = SPIN_US, sidecar_args: tuple[str, ...] = ()) -> Stack:
-    """The processes of `variant`; `sidecar_args` go to the production sidecar ("ring": bench/tls adds TLS)."""
+def start_stack(variant: str, logf, spin_us: float = SPIN_US, sidecar_args: tuple[str, ...] = (),
+                workers: int = 1) -> Stack:
+    """The processes of `variant`; `sidecar_args` go to the production sidecar ("ring": bench/tls adds TLS).
+    "ring" with `workers` > 1: that many sidecars (`--worker 1..N`) on the one port (SO_REUSEPORT), each
+    with its own `--metrics-port`, all attached to the one feeder (bench/push)."""
     port = free_port()
     spin = ["--idle-spin-us", f"{spin_us:g}"] if variant.endswith(" spin") else []
     variant = variant.removesuffix(" spin")
@@ -127,14 +149,21 @@ def start_stack(variant: str, logf, spin_us: float = SPIN_US, sidecar_args: tupl
     if variant == "ring":
         control = f"{TAG}-engine-{port}"
         inst = f"bench{os.getpid()}p{port}"
-        st.procs.append(subprocess.Popen([*feeder, "--transport", "ring", "--control", control, "--instance", inst],
-                                         stdout=subprocess.DEVNULL, **kw))
+        st.procs.append(subprocess.Popen([*feeder, "--transport", "ring", "--control", control, "--instance", inst,
+                                          "--workers", str(workers)], stdout=subprocess.DEVNULL, **kw))
         _wait_path(control)
-        st.procs.append(subprocess.Popen([PY, "-m", "sidecar", "sidecar", "--control", control, "--port", str(port),
-                                          "--status-interval", "0", "--log-level", "WARNING",
-                                          "--idle-spin-us", spin[1] if spin else "0", *sidecar_args],
-                                         stdout=subprocess.DEVNULL, **kw))
+        for w in range(1, workers + 1):
+            own = ["--worker", str(w), "--metrics-port", str(free_port())] if workers > 1 else []
+            st.procs.append(subprocess.Popen([PY, "-m", "sidecar", "sidecar", "--control", control, "--port", str(port),
+                                              "--status-interval", "0", "--log-level", "WARNING",
+                                              "--idle-spin-us", spin[1] if spin else "0", *own, *sidecar_args],
+                                             stdout=subprocess.DEVNULL, **kw))
+            st.sidecars.append(st.procs[-1])
+            if own:
+                st.metrics_ports.append(int(own[3]))
         st.sidecar = st.procs[-1]
+        for mp in st.metrics_ports:  # every worker attached and listening before a client connects
+            _wait_healthy(mp)
     elif variant == "stdout pipe":
         f = subprocess.Popen([*feeder, "--transport", "pipe"], stdout=subprocess.PIPE, **kw)
         st.procs.append(f)
@@ -178,6 +207,18 @@ def _wait_path(path: str, timeout: float = 20) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} did not appear")
         time.sleep(0.02)
+
+
+def _wait_healthy(port: int, timeout: float = 20) -> None:
+    """/healthz on `port` answers 200: the worker is attached (polling: another process's endpoint)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            if r.status == 200:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"/healthz on {port} never answered 200")
+        time.sleep(0.05)
 
 
 def _wait_port(port: int, timeout: float = 20) -> None:
@@ -375,13 +416,21 @@ def _send(tr: WSTransport, m: dict) -> None:
     tr.send(WSMsgType.TEXT, json.dumps(m).encode())
 
 
-async def run_e2e(seconds: float, max_rate: float, logf, state_dir: Path, fsync: str | None = None) -> dict:
+def worker_of(tr: WSTransport) -> int:
+    """The sidecar worker that took this connection: the X-Dgdo-Worker header of its 101."""
+    return int(tr.response.headers.get("X-Dgdo-Worker", "1"))
+
+
+async def run_e2e(seconds: float, max_rate: float, logf, state_dir: Path, fsync: str | None = None,
+                  workers: int = 1) -> dict:
     """The real engine + sidecar; `fsync` None runs the engine without a journal, else with one
-    in a fresh state dir under `state_dir` and that fsync policy (never | interval | batch)."""
+    in a fresh state dir under `state_dir` and that fsync policy (never | interval | batch).
+    With `workers` > 1: `dgdo run --workers N`, the driver and the passenger on different workers."""
     port = free_port()
     journal = ["--no-journal"] if fsync is None else ["--state-dir", str(state_dir / f"e{port}"), "--fsync", fsync]
     proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "dgdo"), "run", "--no-demo", "--port", str(port),
-                             "--instance", f"bench{os.getpid()}e{port}", "--status-interval", "0", *journal],
+                             "--instance", f"bench{os.getpid()}e{port}", "--status-interval", "0", *journal,
+                             *(["--workers", str(workers)] if workers > 1 else [])],
                             env=child_env(), stdout=logf, stderr=logf, cwd=str(ROOT))
     samples: list[int] = []
     try:
@@ -394,8 +443,22 @@ async def run_e2e(seconds: float, max_rate: float, logf, state_dir: Path, fsync:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise TimeoutError("engine + sidecar did not come up")
             time.sleep(0.05)
+        placed: dict[str, int] = {}
+        if workers > 1:  # every worker attached before a client connects
+            from bench.workers import wait_workers
+
+            wait_workers(port, common.token("admin", "bench"), workers, alive=lambda: proc.poll() is None)
         dtr, d = await connect(port, "driver", "e2e-d1", E2EClient)
         ptr, p = await connect(port, "passenger", "e2e-p1", E2EClient)
+        for _ in range(64 if workers > 1 else 0):  # the kernel picks by the source port: try another
+            if worker_of(ptr) != worker_of(dtr):
+                break
+            ptr.disconnect()
+            ptr, p = await connect(port, "passenger", "e2e-p1", E2EClient)
+        else:
+            if workers > 1:
+                raise RuntimeError("the passenger never landed on another worker than the driver's")
+        placed = {"driver": worker_of(dtr), "passenger": worker_of(ptr)}
         await asyncio.wait_for(asyncio.gather(d.welcomed, p.welcomed), 10)
         f = d.expect(("ack", "s1"))
         _send(dtr, {"type": "driver_status", "status": "online", "id": "s1"})
@@ -418,7 +481,7 @@ async def run_e2e(seconds: float, max_rate: float, logf, state_dir: Path, fsync:
             _send(ptr, {"type": "order_cancel", "order_id": m["order_id"]})
             await asyncio.wait_for(withdrawn, 5)
             await asyncio.sleep(gap)
-        push = scrape_push(port)
+        push = scrape_push(port) if workers == 1 else {}  # (N workers: the public port answers for any one)
         dtr.disconnect()
         ptr.disconnect()
     finally:
@@ -428,7 +491,7 @@ async def run_e2e(seconds: float, max_rate: float, logf, state_dir: Path, fsync:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    return {"samples": samples, "sidecar_push_metrics": push}
+    return {"samples": samples, "sidecar_push_metrics": push, "placed": placed}
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -487,6 +550,17 @@ def markdown(results: dict) -> str:
     if results.get("e2e_push_metrics"):
         lines += ["Engine e2e: the sidecar's own commit → socket-write histogram (/metrics): "
                   + ", ".join(f"{k} {v:.1f} µs" for k, v in results["e2e_push_metrics"].items())]
+    many = [r for r in results["rows"] if r.get("ratio_1w_p50") is not None]
+    if many:
+        lines += ["", "N sidecar workers (`dgdo run --workers N`, driver and passenger on different workers) "
+                      "against 1, ride_request → new_order, same run (ratio: median of per-repeat ratios):", "",
+                  "| variant | n | p50 | p99 | p50 × 1 worker | p99 × 1 worker |", "|---|---:|---:|---:|---:|---:|"]
+        for r in results["rows"]:
+            if e2e_workers(r["variant"]) and r["offers"].get("n"):
+                s = r["offers"]
+                x50, x99 = r.get("ratio_1w_p50"), r.get("ratio_1w_p99")
+                lines.append(f"| {r['variant']} | {s['n']} | {s['p50']:.1f} | {s['p99']:.1f} | "
+                             f"{'1.00' if x50 is None else f'{x50:.2f}'} | {'1.00' if x99 is None else f'{x99:.2f}'} |")
     if results.get("failures"):
         lines += ["", f"{len(results['failures'])} variant runs failed and are left out (see the JSON): "
                       + "; ".join(f"rep {f['repeat']} {f['variant']}" for f in results["failures"])]
@@ -511,7 +585,8 @@ def plot(pooled: dict[tuple[str, str], list[int]], path: Path) -> None:
                 continue
             s = sorted(ns)
             n = len(s)
-            name = f"{variant}: ride_request → new_order" if variant == E2E or variant in E2E_JOURNAL else variant
+            name = (f"{variant}: ride_request → new_order" if e2e_workers(variant) or variant in E2E_JOURNAL
+                    else variant)
             ax.plot([v / 1e3 for v in s], [(i + 1) / n for i in range(n)], label=f"{name} (n={n})",
                     linewidth=2.2 if variant == "ring" else 1.2)
         ax.set_xscale("log")
@@ -537,6 +612,9 @@ async def main_async(args: argparse.Namespace) -> int:
     repeats = args.repeats or repeats
     seconds = args.seconds or seconds
     variants = args.variants.split(",") if args.variants else [*VARIANTS, E2E, *E2E_JOURNAL]
+    workers = [int(w) for w in args.workers.split(",")]
+    if E2E in variants:  # N workers beside one, for the ratio
+        variants[variants.index(E2E) + 1:variants.index(E2E) + 1] = [e2e_name(w) for w in workers if w > 1]
     phases = [
         {"name": "idle", "offers_per_s": idle_rate, "positions_per_s": 0, "seconds": seconds},
         {"name": "load", "offers_per_s": load_rate, "positions_per_s": pos_rate, "seconds": seconds},
@@ -555,6 +633,7 @@ async def main_async(args: argparse.Namespace) -> int:
     pooled_pos: dict[tuple[str, str], list[int]] = {}
     sent_total: dict[tuple[str, str], int] = {}
     e2e_push: dict = {}
+    placements: dict[str, list[dict[str, int]]] = {}  # `engine e2e N workers`: the driver's and passenger's worker
     side: dict[tuple[str, str], list[dict]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}  # sidecar CPU % per phase
     per_rep: dict[tuple[str, str], dict[int, dict]] = {}  # ratios pair runs of the same repeat only
@@ -574,10 +653,14 @@ async def main_async(args: argparse.Namespace) -> int:
                 step += 1
                 t0 = time.monotonic()
                 try:
-                    if variant == E2E or variant in E2E_JOURNAL:
+                    if e2e_workers(variant) or variant in E2E_JOURNAL:
                         res = await run_e2e(seconds, max_rate=500 if not args.smoke else 200, logf=logf,
-                                            state_dir=state, fsync=E2E_JOURNAL.get(variant))
-                        e2e_push = res["sidecar_push_metrics"]
+                                            state_dir=state, fsync=E2E_JOURNAL.get(variant),
+                                            workers=e2e_workers(variant) or 1)
+                        if variant == E2E:
+                            e2e_push = res["sidecar_push_metrics"]
+                        if res["placed"]:
+                            placements.setdefault(variant, []).append(res["placed"])
                         n = len(res["samples"])
                         got = {"idle": {"offers": res["samples"], "positions": [], "sent": {"offers": n}}}
                     else:
@@ -621,7 +704,13 @@ async def main_async(args: argparse.Namespace) -> int:
             if sp:
                 row["sidecar_commit_to_write"] = {k: statistics.median(d[k] for d in sp) for k in sp[0]}
             ring_runs = per_rep.get(("ring", ph), {})
-            if variant not in ("ring", E2E, *E2E_JOURNAL) and ring_runs:
+            one = per_rep.get((E2E, ph), {})
+            if (e2e_workers(variant) or 1) > 1 and one:
+                mine = per_rep[(variant, ph)]
+                pairs = [(mine[k], one[k]) for k in mine if k in one and mine[k].get("n") and one[k].get("n")]
+                row["ratio_1w_p50"] = statistics.median(a["p50"] / b["p50"] for a, b in pairs) if pairs else None
+                row["ratio_1w_p99"] = statistics.median(a["p99"] / b["p99"] for a, b in pairs) if pairs else None
+            if variant not in ("ring", *E2E_JOURNAL) and not e2e_workers(variant) and ring_runs:
                 mine = per_rep[(variant, ph)]
                 pairs = [(mine[k], ring_runs[k]) for k in mine if k in ring_runs]
                 pairs = [(a, b) for a, b in pairs if a.get("n") and b.get("n")]
@@ -637,11 +726,15 @@ async def main_async(args: argparse.Namespace) -> int:
         targets = {"p50": ring_idle["p50"], "p99": ring_idle["p99"],
                    "p50_ok": "met" if ring_idle["p50"] <= 40 else f"missed by {ring_idle['p50'] - 40:.1f} µs",
                    "p99_ok": "met" if ring_idle["p99"] <= 150 else f"missed by {ring_idle['p99'] - 150:.1f} µs"}
-    cmd = "make bench-latency" + (" ARGS=--quick" if args.quick else "") + (" ARGS=--smoke" if args.smoke else "")
+    flags = [f for f in ("--quick" if args.quick else "", "--smoke" if args.smoke else "",
+                         f"--workers {args.workers}" if workers != [1] else "") if f]
+    cmd = "make bench-latency" + (f" ARGS='{' '.join(flags)}'" if len(flags) > 1 else
+                                  "".join(f" ARGS={f}" for f in flags))
     results = {"command": cmd, "argv": sys.argv[1:], "machine": machine, "repeats": repeats, "seconds": seconds,
                "rates": {"idle_offers_per_s": idle_rate, "load_offers_per_s": load_rate,
                          "load_positions_per_s": pos_rate, "clients_per_role": n_clients},
                "rows": rows, "targets": targets, "e2e_push_metrics": e2e_push, "failures": failures,
+               "workers": workers, "e2e_placement": placements,
                "note": "µs; 'engine e2e' is ride_request sent -> new_order received (includes the inbound hop)"}
     md = markdown(results)
     Path(f"{base}.json").write_text(json.dumps(results, indent=1))
@@ -661,6 +754,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=0)
     ap.add_argument("--variants", default="", help=f"comma list of: {', '.join([*VARIANTS, E2E, *E2E_JOURNAL])}")
     ap.add_argument("--out", default="", help="output directory (default bench/results)")
+    ap.add_argument("--workers", default="1", help="1,N adds `engine e2e N workers` (dgdo run --workers N) beside "
+                                                  "`engine e2e`, with the ratio (default 1: none)")
     ap.add_argument("--spin-us", type=float, default=SPIN_US,
                     help=f"idle-spin budget of the '... spin' variants (default {SPIN_US:g})")
     ap.add_argument("--profile", default="", help="directory for py-spy profiles of the ring sidecar (needs py-spy)")

@@ -30,6 +30,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -47,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 import msgpack  # noqa: E402
 import psutil  # noqa: E402
 
-from bench.machine import describe, one_line  # noqa: E402
+from bench.machine import describe, host_busy, one_line  # noqa: E402
 from bench.workers import WorkerPorts  # noqa: E402
 from sidecar.shell import lifetime  # noqa: E402
 from sidecar.wire import auth  # noqa: E402
@@ -330,7 +331,11 @@ def ingest_once(conns: int, seconds: float, binary: bool, n_workers: int = 1) ->
         m0, _ = settled_metrics(port, ports, n_workers)
         c0 = cpu_s(sides)
         e0 = engine.cpu_times() if engine else None
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the load process's CPU: its share of the cores
+        h0 = host_busy()
         loader = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        h1 = host_busy()
         assert loader.returncode == 0, loader.stderr[-2000:]
         m1, last_frame = settled_metrics(port, ports, n_workers)
         c1 = cpu_s(sides)
@@ -341,7 +346,10 @@ def ingest_once(conns: int, seconds: float, binary: bool, n_workers: int = 1) ->
         cpu = c1 - c0
         res = {"frames": frames, "wall_s": elapsed, "frames_per_s": frames / elapsed, "sidecar_cpu_s": cpu,
                "sidecar_cpu_util": cpu / elapsed, "frames_per_cpu_s": frames / cpu if cpu > 0 else 0.0,
-               "loader_sent": sent}
+               "loader_sent": sent,
+               "loader_cpu_util": (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / elapsed,
+               # cores busy on the whole host while the load ran (psutil.cpu_count() of them)
+               "host_busy_cores": (h1[0] - h0[0]) / (h1[1] - h0[1]) * (psutil.cpu_count() or 1)}
         if e0 is not None and e1 is not None:
             res["engine_cpu_util"] = ((e1.user + e1.system) - (e0.user + e0.system)) / elapsed
         # Anything the sidecar sent back (errors, rate_limited) means frames were refused.
@@ -444,8 +452,8 @@ def main() -> int:
     print(f"\n### Ingest of driver_location (median of {repeats} runs of {seconds:g} s; one load process)\n")
     print("| format | connections | workers | records into the engine/s (wall) | sidecar CPU | "
           "records into the engine per sidecar CPU-second | vs 100k/s per core | "
-          "frames per sidecar CPU-second | engine CPU |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "frames per sidecar CPU-second | engine CPU | load process CPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     summary: dict[str, dict[str, float]] = {}
     for fmt in ("json", "msgpack"):
         for conns in sweep:
@@ -454,27 +462,30 @@ def main() -> int:
                 key = f"{fmt}/{conns}" if w == 1 else f"{fmt}/{conns}/w{w}"
                 summary[key] = {k: med(fmt, conns, k, w) for k in (
                     "frames_per_s", "sidecar_cpu_util", "frames_per_cpu_s", "engine_cpu_util",
-                    "records_to_engine_per_s", "records_per_cpu_s")}
+                    "records_to_engine_per_s", "records_per_cpu_s", "loader_cpu_util",
+                    "host_busy_cores")}
                 print(f"| {fmt} | {conns} | {w} | {med(fmt, conns, 'records_to_engine_per_s', w):,.0f} | "
                       f"{med(fmt, conns, 'sidecar_cpu_util', w):.2f} | {per_core:,.0f} | "
                       f"{per_core / TARGET_PER_CORE:.2f}x | {med(fmt, conns, 'frames_per_cpu_s', w):,.0f} | "
-                      f"{med(fmt, conns, 'engine_cpu_util', w):.2f} |")
+                      f"{med(fmt, conns, 'engine_cpu_util', w):.2f} | {med(fmt, conns, 'loader_cpu_util', w):.2f} |")
     print("\nEvery run: no reply, no rate_limited (asserted; the bench lifts the limits with the sidecar's flags)."
           " Records are those the sidecar published for the engine; behind a full ring, positions may coalesce"
           " per driver before they are written. With N workers the sidecar CPU is the sum over the N processes"
           " and the counters the sum of each worker's /metrics (bench/workers.py reaches each one).")
     if len(worker_counts) > 1 and 1 in worker_counts:
         print("\n### Ingest per host: N workers against 1 (same run)\n")
-        print("| format | connections | workers | records/s per host | ratio to 1 worker |")
-        print("|---|---|---|---|---|")
+        print("| format | connections | workers | records/s per host | ratio to 1 worker | sidecar CPU (sum) | "
+              f"load process CPU | host cores busy (of {psutil.cpu_count()}) |")
+        print("|---|---|---|---|---|---|---|---|")
         for fmt in ("json", "msgpack"):
             for conns in sweep:
                 one = med(fmt, conns, "records_to_engine_per_s", 1)
                 for w in worker_counts:
-                    if w == 1:
-                        continue
                     many = med(fmt, conns, "records_to_engine_per_s", w)
-                    print(f"| {fmt} | {conns} | {w} | {many:,.0f} | {many / one:.2f}x |")
+                    cpu, load_cpu = med(fmt, conns, "sidecar_cpu_util", w), med(fmt, conns, "loader_cpu_util", w)
+                    host = med(fmt, conns, "host_busy_cores", w)
+                    print(f"| {fmt} | {conns} | {w} | {many:,.0f} | {many / one:.2f}x | {cpu:.2f} | {load_cpu:.2f} | "
+                          f"{host:.2f} |")
     result = {"mode": mode, "machine": describe(), "repeats": repeats, "conns": sweep, "workers": worker_counts,
               "seconds": seconds,
               "codec": rows, "instructions": counted, "ingest_runs": ingest, "ingest": summary,

@@ -1,7 +1,7 @@
 """Push throughput: messages the sidecar writes per CPU-second, against a bare picows send loop.
 
     python bench/push/bench_push.py [--smoke | --quick] [--n 100,1000,5000] [--repeats R] [--seconds S]
-                                    [--json PATH]
+                                    [--workers 1,2] [--json PATH]
 
 For each N (connected passengers), in each repeat, two runs side by side:
 
@@ -16,6 +16,15 @@ For each N (connected passengers), in each repeat, two runs side by side:
   every connection in a loop: picows' send and the kernel's write only. Same clients, same
   measurement. `raw batched`: the same, both frames of a pass in one write: what a message
   costs when a write carries two.
+
+`--workers 1,2` adds `sidecar 2 workers` (any N): N sidecar processes (`--worker 1..N`) on the one
+port (SO_REUSEPORT), all attached to the one feeder, which writes each passenger's records to the
+ring of the worker its session opened on (the kernel chose it by a hash of the client's addresses;
+the feeder learns it from the SESSION_OPEN records, which carry the worker). Counted: the sum of
+each worker's `dgdo_messages_out_total` (each worker's own `--metrics-port`) over the sum of the
+N processes' CPU seconds, and messages per second per host (wall), with the ratio of each to one
+worker's in the same repeat. The feeder's and the clients' CPU are shown too: on a small machine
+they take the cores the extra worker would need.
 
 The clients (clients.py, N picows connections that count frames) run in their own process.
 All three processes share the machine's cores: the per-CPU-second figure is what compares;
@@ -46,13 +55,17 @@ sys.path.insert(0, str(ROOT / "bench" / "latency"))
 import psutil  # noqa: E402
 import uvloop  # noqa: E402
 
-from bench.machine import describe, one_line  # noqa: E402
+from bench.machine import describe, host_busy, one_line  # noqa: E402
 from bench.push.clients import raise_nofile  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 GOAL = 200_000
 KINDS = ("sidecar", "raw", "raw batched")
+
+
+def sidecar_kind(workers: int) -> str:
+    return "sidecar" if workers == 1 else f"sidecar {workers} workers"
 
 
 def _latency_runner():
@@ -83,13 +96,21 @@ def cpu_s(p: psutil.Process) -> float:
     return t.user + t.system
 
 
-def messages_out(port: int, tls: ssl.SSLContext | None = None) -> float:
+def messages_out(port: int, tls: ssl.SSLContext | None = None, worker: int = 1) -> float:
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/metrics"
     with urllib.request.urlopen(url, timeout=5, context=tls) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith('dgdo_messages_out_total{worker="1"} '):
+            if line.startswith(f'dgdo_messages_out_total{{worker="{worker}"}} '):
                 return float(line.split()[-1])
     raise RuntimeError("no dgdo_messages_out_total in /metrics")
+
+
+def messages_out_all(st, tls: ssl.SSLContext | None = None) -> float:
+    """Messages written by every worker of the stack: one worker's public /metrics, or the sum of
+    each worker's --metrics-port (with N workers on one port the public one answers for any one)."""
+    if not st.metrics_ports:
+        return messages_out(st.port, tls)
+    return sum(messages_out(mp, None, w) for w, mp in enumerate(st.metrics_ports, 1))
 
 
 class Clients:
@@ -153,32 +174,42 @@ def profile(pid: int, seconds: float, dest: Path | None) -> subprocess.Popen | N
 
 
 async def run_sidecar(n: int, seconds: float, logf, prof_dir: Path | None = None,
-                      tls: tuple[Path, Path] | None = None) -> dict:
-    """The sidecar's push run; with `tls` (cert, key) it serves wss:// and the clients trust that cert (bench/tls)."""
+                      tls: tuple[Path, Path] | None = None, workers: int = 1) -> dict:
+    """The sidecar's push run; with `tls` (cert, key) it serves wss:// and the clients trust that cert (bench/tls);
+    with `workers` > 1, that many sidecar processes on the one port (CPU and messages summed over them)."""
     tls_args = ("--tls-cert", str(tls[0]), "--tls-key", str(tls[1])) if tls else ()
-    st = lat.start_stack("ring", logf, sidecar_args=tls_args)
+    st = lat.start_stack("ring", logf, sidecar_args=tls_args, workers=workers)
     ctx = ssl.create_default_context(cafile=str(tls[0])) if tls else None
     clients = None
     try:
-        side = psutil.Process(st.procs[-1].pid)
+        sides = [psutil.Process(p.pid) for p in st.sidecars]
+        feeder_proc = psutil.Process(st.procs[0].pid)
         clients = await Clients.start(st.port, n, *(("--cafile", str(tls[0])) if tls else ()))
+        load = psutil.Process(clients.proc.pid)
         feeder = lat.Feeder(st.cmd_path)
         await feeder.open()
         await feeder.wait_ready()
         await asyncio.sleep(0.3)  # welcomes and session opens settle
         got0 = (await clients.count())["frames"]
-        m0, c0 = messages_out(st.port, ctx), cpu_s(side)
+        m0, c0 = messages_out_all(st, ctx), [cpu_s(p) for p in sides]
+        f0, l0, h0 = cpu_s(feeder_proc), cpu_s(load), host_busy()
+        side = sides[0]
         prof = profile(side.pid, seconds, prof_dir / f"pyspy-push-sidecar-{n}-{side.pid}.txt" if prof_dir else None)
         sent = await feeder.call({"cmd": "push", "passengers": n, "seconds": seconds})
         if prof is not None:
             await asyncio.get_running_loop().run_in_executor(None, prof.wait)
-        m1, c1 = messages_out(st.port, ctx), cpu_s(side)
+        m1, c1 = messages_out_all(st, ctx), [cpu_s(p) for p in sides]
+        f1, l1, h1 = cpu_s(feeder_proc), cpu_s(load), host_busy()
         got = (await settle(clients))["frames"] - got0
         await feeder.quit()
-        msgs, cpu = m1 - m0, c1 - c0
+        msgs, cpu = m1 - m0, sum(c1) - sum(c0)
         return {"messages": msgs, "cpu_s": cpu, "seconds": sent["seconds"], "per_cpu_s": msgs / cpu if cpu else 0.0,
                 "per_s": msgs / sent["seconds"], "records": sent["records"], "received": got,
-                "connections": clients.info["n"]}
+                "connections": clients.info["n"], "workers": workers,
+                "worker_cpu_s": [b - a for a, b in zip(c0, c1, strict=True)],
+                "feeder_cpu_s": f1 - f0, "clients_cpu_s": l1 - l0,
+                "host_busy_cores": (h1[0] - h0[0]) / (h1[1] - h0[1]) * (psutil.cpu_count() or 1),
+                "per_worker": sent.get("per_worker", {}), "unplaced": sent.get("unplaced", 0)}
     finally:
         if clients is not None:
             await clients.stop()
@@ -235,6 +266,7 @@ def markdown(res: dict) -> str:
         f"msgs / CPU-s | sidecar msgs/s (wall) | raw msgs/s (wall) | sidecar CPU % | goal ≥ {GOAL // 1000}k |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    many = [w for w in res["workers"] if w != 1]
     for row in res["rows"]:
         s, r, b = row["sidecar"], row["raw"], row["raw batched"]
         ok = "met" if s["per_cpu_s"] >= GOAL else "missed"
@@ -242,6 +274,23 @@ def markdown(res: dict) -> str:
                      f"{b['per_cpu_s']:,.0f} | {s['per_s']:,.0f} | {r['per_s']:,.0f} | {s['cpu_pct']:.0f} | {ok} |")
     lines += ["", "`raw picows`: one picows `send` (one send(2)) per message, as the sidecar writes; `raw, 2 frames "
                   "a write`: the pass's two frames for a client in one write (sidecar/wire/frames.py)."]
+    if many and 1 in res["workers"]:
+        lines += ["", "### Push per host: N workers against 1 (same run)", "",
+                  "Ratios: median of per-repeat (N workers ÷ 1 worker). CPU % of one core over the push window; "
+                  "sidecar CPU summed over the workers; clients = the load process; placement = passengers per "
+                  "worker (the kernel's choice).", "",
+                  "| N clients | workers | msgs/s per host (wall) | × 1 worker | msgs / sidecar CPU-s | × 1 worker | "
+                  f"sidecar CPU % | feeder CPU % | clients CPU % | host cores busy (of {psutil.cpu_count()}) | "
+                  "placement |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for row in res["rows"]:
+            for w in [1, *many]:
+                k = sidecar_kind(w)
+                m, x = row[k], row.get("scaling", {}).get(k, {})
+                place = row.get("placement", {}).get(k, "")
+                lines.append(f"| {row['n']} | {w} | {m['per_s']:,.0f} | {x.get('per_s', 1.0):.2f} | "
+                             f"{m['per_cpu_s']:,.0f} | {x.get('per_cpu_s', 1.0):.2f} | {m['cpu_pct']:.0f} | "
+                             f"{m['feeder_pct']:.0f} | {m['clients_pct']:.0f} | {m['host_busy_cores']:.2f} | {place} |")
     return "\n".join(lines) + "\n"
 
 
@@ -255,9 +304,12 @@ async def main_async(args: argparse.Namespace) -> int:
     ns = [int(x) for x in args.n.split(",")] if args.n else ns
     repeats = args.repeats or repeats
     seconds = args.seconds or seconds
+    workers = [int(w) for w in args.workers.split(",")]
+    kinds = (*(sidecar_kind(w) for w in workers), *KINDS[1:])
     nofile = raise_nofile()
     machine = describe()
-    log(f"[push] {one_line(machine)}; RLIMIT_NOFILE {nofile}; N = {ns}, {repeats} repeats of {seconds} s")
+    log(f"[push] {one_line(machine)}; RLIMIT_NOFILE {nofile}; N = {ns}, {repeats} repeats of {seconds} s; "
+        f"workers {workers}")
     runs: dict[tuple[int, str], list[dict]] = {}
     out_dir = Path(args.out) if args.out else ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -265,28 +317,48 @@ async def main_async(args: argparse.Namespace) -> int:
     with open(logpath, "wb") as logf:
         for rep in range(repeats):
             for n in ns:
-                order = KINDS[rep % len(KINDS):] + KINDS[: rep % len(KINDS)]
+                order = kinds[rep % len(kinds):] + kinds[: rep % len(kinds)]
                 for kind in order:
-                    if kind == "sidecar":
-                        r = await run_sidecar(n, seconds, logf, Path(args.profile) if args.profile else None)
+                    if kind.startswith("sidecar"):
+                        w = next(w for w in workers if sidecar_kind(w) == kind)
+                        r = await run_sidecar(n, seconds, logf, Path(args.profile) if args.profile else None,
+                                              workers=w)
                     else:
                         r = await run_raw(n, seconds, logf, batched=kind == "raw batched")
                     runs.setdefault((n, kind), []).append(r)
+                    extra = (f"; feeder {r['feeder_cpu_s']:.2f}, clients {r['clients_cpu_s']:.2f} CPU-s"
+                             if "feeder_cpu_s" in r else "")
                     log(f"[push] rep {rep + 1} N={n:5d} {kind:11s} {r['messages']:9,.0f} msgs in {r['cpu_s']:.2f} "
-                        f"CPU-s = {r['per_cpu_s']:9,.0f}/CPU-s ({r['per_s']:9,.0f}/s wall; received {r['received']:,})")
+                        f"CPU-s = {r['per_cpu_s']:9,.0f}/CPU-s ({r['per_s']:9,.0f}/s wall; received {r['received']:,}"
+                        f"{extra})")
     rows = []
     for n in ns:
         side, raw = runs[(n, "sidecar")], runs[(n, "raw")]
-        med = {k: {key: statistics.median(x[key] for x in runs[(n, k)])
-                   for key in ("per_cpu_s", "per_s", "cpu_s", "seconds")} for k in KINDS}
+        med = {k: {key: statistics.median(x.get(key, 0.0) for x in runs[(n, k)])
+                   for key in ("per_cpu_s", "per_s", "cpu_s", "seconds", "feeder_cpu_s", "clients_cpu_s",
+                                 "host_busy_cores")}
+               for k in kinds}
         for v in med.values():
-            v["cpu_pct"] = 100 * v["cpu_s"] / v["seconds"] if v["seconds"] else 0.0
+            for key, pct in (("cpu_s", "cpu_pct"), ("feeder_cpu_s", "feeder_pct"), ("clients_cpu_s", "clients_pct")):
+                v[pct] = 100 * v[key] / v["seconds"] if v["seconds"] else 0.0
         ratios = [s["per_cpu_s"] / r["per_cpu_s"] for s, r in zip(side, raw, strict=True) if r["per_cpu_s"]]
-        rows.append({"n": n, **med, "ratio": statistics.median(ratios) if ratios else 0.0, "ratios": ratios,
-                     "runs": {k: runs[(n, k)] for k in KINDS}})
-    cmd = "make bench-push" + (" ARGS=--smoke" if args.smoke else " ARGS=--quick" if args.quick else "")
+        row = {"n": n, **med, "ratio": statistics.median(ratios) if ratios else 0.0, "ratios": ratios,
+               "runs": {k: runs[(n, k)] for k in kinds}}
+        if 1 in workers and len(workers) > 1:  # N workers against 1, pairing the runs of one repeat
+            row["scaling"], row["placement"] = {}, {}
+            for w in workers:
+                k = sidecar_kind(w)
+                row["scaling"][k] = {key: statistics.median(b[key] / a[key] for a, b in zip(side, runs[(n, k)],
+                                                                                            strict=True) if a[key])
+                                     for key in ("per_s", "per_cpu_s")}
+                last = runs[(n, k)][-1].get("per_worker", {})
+                row["placement"][k] = " / ".join(str(last[w_]["passengers"]) for w_ in sorted(last, key=int))
+        rows.append(row)
+    flags = [f for f in ("--smoke" if args.smoke else "--quick" if args.quick else "",
+                         f"--workers {args.workers}" if workers != [1] else "") if f]
+    cmd = "make bench-push" + (f" ARGS='{' '.join(flags)}'" if len(flags) > 1 else f" ARGS={flags[0]}" if flags else "")
     res = {"command": cmd, "machine": machine, "machine_line": one_line(machine), "smoke": args.smoke,
-           "repeats": repeats, "seconds": seconds, "rows": rows, "goal_per_cpu_s": GOAL}
+           "repeats": repeats, "seconds": seconds, "rows": rows, "goal_per_cpu_s": GOAL, "workers": workers}
     md = markdown(res)
     print(md)
     if args.json:
@@ -302,6 +374,8 @@ def main() -> int:
     ap.add_argument("--n", default="", help="comma list of client counts (default 100,1000,5000)")
     ap.add_argument("--repeats", type=int, default=0)
     ap.add_argument("--seconds", type=float, default=0)
+    ap.add_argument("--workers", default="1", help="sidecar workers on the one port, a comma list: 1,2 runs both "
+                                                  "in each repeat and reports the ratio (default 1)")
     ap.add_argument("--json", default="", help="write the results here too")
     ap.add_argument("--profile", default="", help="directory for py-spy profiles of the sidecar (pip install py-spy)")
     ap.add_argument("--out", default="", help="directory for the process logs (default bench/results)")
