@@ -308,6 +308,12 @@ def cpu_s(procs: list[psutil.Process]) -> float:
     return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
 
 
+def sleeps(procs: list[psutil.Process]) -> int:
+    """Voluntary context switches, summed: each is a worker that found nothing to read and parked
+    in epoll, so per record they say how much work one wake-up found (fewer = bigger batches)."""
+    return sum(p.num_ctx_switches().voluntary for p in procs)
+
+
 def ingest_once(conns: int, seconds: float, binary: bool, n_workers: int = 1) -> dict[str, float]:
     """One run: counters and CPU are read while the sidecar is idle, before and after the load.
 
@@ -329,7 +335,7 @@ def ingest_once(conns: int, seconds: float, binary: bool, n_workers: int = 1) ->
         cmd = [sys.executable, __file__, "--load", f"ws://127.0.0.1:{port}", "--conns", str(conns),
                "--seconds", str(seconds)] + (["--binary"] if binary else [])
         m0, _ = settled_metrics(port, ports, n_workers)
-        c0 = cpu_s(sides)
+        c0, v0 = cpu_s(sides), sleeps(sides)
         e0 = engine.cpu_times() if engine else None
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the load process's CPU: its share of the cores
         h0 = host_busy()
@@ -338,7 +344,7 @@ def ingest_once(conns: int, seconds: float, binary: bool, n_workers: int = 1) ->
         h1 = host_busy()
         assert loader.returncode == 0, loader.stderr[-2000:]
         m1, last_frame = settled_metrics(port, ports, n_workers)
-        c1 = cpu_s(sides)
+        c1, v1 = cpu_s(sides), sleeps(sides)
         e1 = engine.cpu_times() if engine else None
         sent, _sending, started = (float(x) for x in loader.stdout.split())
         elapsed = last_frame - started  # first frame sent -> last frame decoded (±50 ms)
@@ -361,6 +367,7 @@ def ingest_once(conns: int, seconds: float, binary: bool, n_workers: int = 1) ->
         res["records"] = records
         res["records_to_engine_per_s"] = records / elapsed
         res["records_per_cpu_s"] = records / cpu if cpu > 0 else 0.0
+        res["wakeups_per_krecord"] = (v1 - v0) / records * 1000 if records > 0 else 0.0
         return res
     finally:
         proc.terminate()
@@ -463,7 +470,7 @@ def main() -> int:
                 summary[key] = {k: med(fmt, conns, k, w) for k in (
                     "frames_per_s", "sidecar_cpu_util", "frames_per_cpu_s", "engine_cpu_util",
                     "records_to_engine_per_s", "records_per_cpu_s", "loader_cpu_util",
-                    "host_busy_cores")}
+                    "host_busy_cores", "wakeups_per_krecord")}
                 print(f"| {fmt} | {conns} | {w} | {med(fmt, conns, 'records_to_engine_per_s', w):,.0f} | "
                       f"{med(fmt, conns, 'sidecar_cpu_util', w):.2f} | {per_core:,.0f} | "
                       f"{per_core / TARGET_PER_CORE:.2f}x | {med(fmt, conns, 'frames_per_cpu_s', w):,.0f} | "
@@ -475,8 +482,9 @@ def main() -> int:
     if len(worker_counts) > 1 and 1 in worker_counts:
         print("\n### Ingest per host: N workers against 1 (same run)\n")
         print("| format | connections | workers | records/s per host | ratio to 1 worker | sidecar CPU (sum) | "
-              f"load process CPU | host cores busy (of {psutil.cpu_count()}) |")
-        print("|---|---|---|---|---|---|---|---|")
+              f"load process CPU | host cores busy (of {psutil.cpu_count()}) | records per sidecar CPU-s | "
+              "worker wake-ups per 1,000 records |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for fmt in ("json", "msgpack"):
             for conns in sweep:
                 one = med(fmt, conns, "records_to_engine_per_s", 1)
@@ -485,7 +493,8 @@ def main() -> int:
                     cpu, load_cpu = med(fmt, conns, "sidecar_cpu_util", w), med(fmt, conns, "loader_cpu_util", w)
                     host = med(fmt, conns, "host_busy_cores", w)
                     print(f"| {fmt} | {conns} | {w} | {many:,.0f} | {many / one:.2f}x | {cpu:.2f} | {load_cpu:.2f} | "
-                          f"{host:.2f} |")
+                          f"{host:.2f} | {med(fmt, conns, 'records_per_cpu_s', w):,.0f} | "
+                          f"{med(fmt, conns, 'wakeups_per_krecord', w):.1f} |")
     result = {"mode": mode, "machine": describe(), "repeats": repeats, "conns": sweep, "workers": worker_counts,
               "seconds": seconds,
               "codec": rows, "instructions": counted, "ingest_runs": ingest, "ingest": summary,
