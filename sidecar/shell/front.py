@@ -23,14 +23,16 @@ worker itself. Every refusal it answers is counted by status (`Front.refused`); 
 /metrics (shell/metrics.py).
 
 The server is made with the event loop's own `create_server` (uvloop, libuv), never
-aiofastnet's (which picows 2.3.1 uses when asked, `use_aiofastnet=True`; `start` refuses it).
-Out of descriptors, libuv accepts and closes the excess with a spare descriptor it keeps for
-that. aiofastnet 1.2.0's `Server._accept_connection`, on EMFILE, means to do what asyncio's
-selector loop does (stop reading the listening socket, and re-add the reader after a pause) but
-calls `listening_sock.remove_reader(...)`, a method sockets do not have, where asyncio calls
-`self._loop.remove_reader(...)`. The AttributeError skips both the pause and the retry: the
-listening socket stays readable, every loop turn wakes on it, fails the accept again and logs a
-traceback, so the loop spins at 100 % CPU (197,265 tracebacks in 60 s in issue 11's test).
+aiofastnet's, which picows 2.3.1's `ws_create_server` uses whenever aiofastnet is installed (as
+it is, a picows dependency); `start` refuses `use_aiofastnet=True`. Out of descriptors, libuv
+accepts and closes the excess with a spare descriptor it keeps for that. aiofastnet 1.2.0's
+`Server._accept_connection` (aiofastnet/api_utils.py), on EMFILE, means to do what asyncio's
+selector loop does (stop reading the listening socket, and re-add the reader after
+ACCEPT_RETRY_DELAY) but calls `listening_sock.remove_reader(...)`, a method sockets do not
+have, where asyncio calls the loop's `remove_reader`. The AttributeError skips both the pause
+and the retry: the listening socket stays readable, every loop turn wakes on it, fails the
+accept again and logs a traceback, so the loop spins at 100 % CPU (197,265 tracebacks in 60 s
+in issue 11's measurement).
 tests/test_fd_limits.py runs that case against our server: the CPU stays low.
 """
 
