@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import struct
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 import msgpack
 import pytest
 from conftest import Stack, mint, start_stack
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -137,6 +139,32 @@ def test_an_upgrade_over_http_1_0_is_refused(stack: Stack) -> None:
 ])
 def test_bad_heads_get_their_status(stack: Stack, request_: bytes, status: int) -> None:
     assert parse(exchange(stack, request_))[0] == status
+
+
+def refusals(stack: Stack) -> dict[str, float]:
+    """`dgdo_http_refusals_total` by status, and the other front-door figures, from one scrape."""
+    status, body = stack.http_get("/metrics")
+    assert status == 200
+    got = {(s.name, s.labels.get("status", "")): s.value
+           for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+    assert all(labels for (name, labels) in got if name == "dgdo_http_refusals_total")
+    return {status if name == "dgdo_http_refusals_total" else name: v for (name, status), v in got.items()
+            if name in ("dgdo_http_refusals_total", "dgdo_sockets_dropped_total", "dgdo_max_connections")}
+
+
+def test_refusals_are_counted_by_status_and_the_cap_is_exported_without_max_connections(stack: Stack) -> None:
+    before = refusals(stack)
+    assert {"405", "426", "503", "400", "431", "505"} <= before.keys()  # every status from 0: rates exist at once
+    assert parse(exchange(stack, b"POST /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))[0] == 405
+    assert parse(exchange(stack, upgrade(f"/ws/driver/d1?token={mint('driver', 'd1')}", "8")))[0] == 426
+    assert parse(exchange(stack, upgrade(f"/ws/driver/d1?token={mint('driver', 'd1')}", "")))[0] == 426
+    assert parse(exchange(stack, b"GET /healthz HTTP/2.0\r\n\r\n"))[0] == 505
+    after = refusals(stack)
+    assert {k: after[k] - before[k] for k in after if after[k] != before[k]} == {"405": 1, "426": 2, "505": 1}
+    # The stack runs without --max-connections: the cap the open-files limit affords is exported.
+    (cap,) = {int(m.group(1)) for line in stack.out.all if (m := re.search(r"; max connections (\d+)", line))}
+    assert after["dgdo_max_connections"] == cap > 0
+    assert after["dgdo_sockets_dropped_total"] == 0
 
 
 # ---- the upgrade itself, through the front door ---------------------------------------------------

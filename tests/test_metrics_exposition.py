@@ -153,6 +153,10 @@ async def test_each_workers_metrics_pass_promtool_and_carry_what_an_operator_ale
     assert value(got, "dgdo_orders_created_total") >= 1
     assert named(other, "dgdo_connections") == [{"worker": "2"}]
     assert named(other, "dgdo_push_latency_seconds_count") == [{"worker": "2"}]
+    # The front door's figures, with no --max-connections given: the cap in force, refusals from 0.
+    assert value(other, "dgdo_max_connections", worker="2") > 0
+    assert value(other, "dgdo_http_refusals_total", worker="2", status="503") == 0
+    assert value(other, "dgdo_sockets_dropped_total", worker="2") == 0
 
     # Build info, process and platform collectors, rings, engine state.
     (info,) = named(got, "dgdo_build_info")

@@ -58,8 +58,9 @@ def render(doc: str, https_port: int, http_port: int, workers: list[int], cert: 
         ("listen [::]:443 ssl;", ""),
         ("listen 80;", f"listen 127.0.0.1:{http_port};"),
         ("listen [::]:80;", ""),
-        ("server 127.0.0.1:8765 ", f"server 127.0.0.1:{workers[0]} "),
-        ("server 127.0.0.1:8766 ", f"server 127.0.0.1:{workers[1]} "),
+        # The doc's one line (workers sharing 8765), as one line per worker on a port of its own.
+        ("    server 127.0.0.1:8765 max_fails=1 fail_timeout=5s;\n",
+         "".join(f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;\n" for port in workers)),
         ("/etc/letsencrypt/live/dispatch.example.com/fullchain.pem", str(cert)),
         ("/etc/letsencrypt/live/dispatch.example.com/privkey.pem", str(key)),
         ("proxy_read_timeout 75s;", f"proxy_read_timeout {PROXY_TIMEOUT_S}s;"),

@@ -10,6 +10,7 @@
 
 #include "loop/cli.hpp"
 #include "loop/event_loop.hpp"
+#include "loop/journal_log.hpp"
 #include "replay/replay.hpp"
 
 namespace {
@@ -34,6 +35,7 @@ int main(int argc, char** argv) {
         std::printf("dgdo-engine %s\n", DGDO_VERSION);
         return 0;
     }
+    dgdo::prefix_stderr_for_journal();  // under systemd: each stderr line carries its priority (loop/journal_log.hpp)
     int code = 0;
     const auto opt = dgdo::parse_cli(argc, argv, &code);
     if (!opt) return code;

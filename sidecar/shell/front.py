@@ -18,12 +18,22 @@ starts with a `FrontProtocol` of ours, which reads the request head (wire/http1.
 
 It also counts every socket from accept to close (`Front.open`), whatever phase it is in:
 sockets past `max_connections + HANDSHAKE_SPARE` are closed as soon as they are accepted,
-unanswered, since even answering them would spend descriptors we keep for the worker itself.
+unanswered (`Front.dropped`), since even answering them would spend descriptors we keep for the
+worker itself. Every refusal it answers is counted by status (`Front.refused`); both go to
+/metrics (shell/metrics.py).
 
 The server is made with the event loop's own `create_server` (uvloop, libuv), never
-aiofastnet's: out of descriptors, libuv accepts and closes the excess with a spare descriptor
-it keeps for that, while aiofastnet 1.2.0's EMFILE handler raises on every wake-up and the
-accept loop spins at 100 % CPU (tests/test_fd_limits.py; the report upstream has a repro).
+aiofastnet's, which picows 2.3.1's `ws_create_server` uses whenever aiofastnet is installed (as
+it is, a picows dependency); `start` refuses `use_aiofastnet=True`. Out of descriptors, libuv
+accepts and closes the excess with a spare descriptor it keeps for that. aiofastnet 1.2.0's
+`Server._accept_connection` (aiofastnet/api_utils.py), on EMFILE, means to do what asyncio's
+selector loop does (stop reading the listening socket, and re-add the reader after
+ACCEPT_RETRY_DELAY) but calls `listening_sock.remove_reader(...)`, a method sockets do not
+have, where asyncio calls the loop's `remove_reader`. The AttributeError skips both the pause
+and the retry: the listening socket stays readable, every loop turn wakes on it, fails the
+accept again and logs a traceback, so the loop spins at 100 % CPU (197,265 tracebacks in 60 s
+in issue 11's measurement).
+tests/test_fd_limits.py runs that case against our server: the CPU stays low.
 """
 
 from __future__ import annotations
@@ -52,6 +62,9 @@ LINGER_S = 2.0  # after an answer: how long we read (and drop) what the client s
 HANDSHAKE_SPARE = 32
 RETRY_AFTER_S = 5
 WARN_EVERY_S = 10.0  # at most one "connection cap reached" line this often
+# Every status the front door refuses with (wire/router.py, wire/http1.py, `Front.triage`; 500: a
+# page that failed to render), counted from 0 so that a rate over them exists before the first one.
+REFUSAL_STATUSES = (400, 404, 405, 414, 426, 431, 500, 503, 505)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +85,9 @@ class Front:
         self.max_connections = max_connections
         self.max_sockets = max_connections + HANDSHAKE_SPARE
         self.open = 0  # sockets accepted and not yet closed: handshaking, answered or upgraded
-        self.refused_full = 0  # upgrades answered 503: at the cap
+        # Requests answered with a refusal rather than a page or an upgrade, by status (503: an
+        # upgrade at the cap). The listener factory's own refusals (auth) are counted by the App.
+        self.refused: dict[int, int] = dict.fromkeys(REFUSAL_STATUSES, 0)
         self.dropped = 0  # sockets closed on accept, unanswered: past the cap and the spare
         self._warned_at = -WARN_EVERY_S
         self._loop = asyncio.get_running_loop()
@@ -125,33 +140,38 @@ class Front:
         try:
             r = route(b"GET", head.target)  # the method is checked below, per kind of path
         except RouteError as e:
-            return http1.response(e.status, e.message.encode(), head_only=head_only)
+            return self.refuse(e.status, e.message.encode(), head_only=head_only)
         if isinstance(r, HttpRoute):
             if not head_only and method != b"GET":
-                return http1.response(405, b"GET or HEAD only", {"Allow": "GET, HEAD"})
+                return self.refuse(405, b"GET or HEAD only", {"Allow": "GET, HEAD"})
             page = self.pages(r, head.get("authorization"))
             return http1.response(page.status, page.body, {"Content-Type": page.content_type, **page.headers},
                                   head_only=head_only)
         # A WebSocket path.
         if method != b"GET":
-            return http1.response(405, b"a WebSocket opens with GET", {"Allow": "GET"})
+            return self.refuse(405, b"a WebSocket opens with GET", {"Allow": "GET"})
         if not head.upgrade:
             if head.version == b"HTTP/1.1":
                 return None  # the listener factory answers (auth first, as for any upgrade), then picows' 400
-            return http1.response(426, b"this path is a WebSocket: upgrade over HTTP/1.1",
-                                  {"Upgrade": "websocket"})
+            return self.refuse(426, b"this path is a WebSocket: upgrade over HTTP/1.1", {"Upgrade": "websocket"})
         if head.version != b"HTTP/1.1":
-            return http1.response(400, b"a WebSocket upgrade needs HTTP/1.1")
+            return self.refuse(400, b"a WebSocket upgrade needs HTTP/1.1")
         if head.get("sec-websocket-version") != http1.WS_VERSION:
             # RFC 6455 §4.2.2: the versions we speak go with the refusal.
-            return http1.response(426, b"WebSocket version 13 only",
-                                  {"Sec-WebSocket-Version": http1.WS_VERSION, "Upgrade": "websocket"})
+            return self.refuse(426, b"WebSocket version 13 only",
+                               {"Sec-WebSocket-Version": http1.WS_VERSION, "Upgrade": "websocket"})
         if self.open > self.max_connections:
-            self.refused_full += 1
+            answer = self.refuse(503, b"this worker is at its connection limit; retry later",
+                                 {"Retry-After": str(RETRY_AFTER_S)})
             self._warn_full()
-            return http1.response(503, b"this worker is at its connection limit; retry later",
-                                  {"Retry-After": str(RETRY_AFTER_S)})
+            return answer
         return None
+
+    def refuse(self, status: int, body: bytes, headers: dict[str, str] | None = None, *,
+               head_only: bool = False) -> bytes:
+        """A refusal's whole response, counted under its status."""
+        self.refused[status] = self.refused.get(status, 0) + 1
+        return http1.response(status, body, headers, head_only=head_only)
 
     def _warn_full(self) -> None:
         now = time.monotonic()
@@ -159,7 +179,7 @@ class Front:
             self._warned_at = now
             log.warning("! connection limit reached (%d connections, --max-connections %d): %d upgrades refused "
                         "with 503, %d sockets closed unanswered so far", self.open, self.max_connections,
-                        self.refused_full, self.dropped)
+                        self.refused[503], self.dropped)
 
     def hand_over(self, transport: asyncio.Transport, data: bytes) -> None:
         """Gives the connection to picows, with the bytes already read from it."""
@@ -222,10 +242,10 @@ class FrontProtocol(asyncio.Protocol):
                 return
             answer = self.front.triage(http1.parse_head(buf[:size]))
         except http1.BadRequest as e:
-            answer = http1.response(e.status, e.message.encode())
+            answer = self.front.refuse(e.status, e.message.encode())
         except Exception:  # a page that failed to render: the connection gets a 500, the worker goes on
             log.exception("! answering a request failed")
-            answer = http1.response(500, b"internal error")
+            answer = self.front.refuse(500, b"internal error")
         self._buf = b""
         if answer is not None:
             self._answer(answer)

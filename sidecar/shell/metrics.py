@@ -5,8 +5,9 @@ ints (and stores push latencies in a list, session/stats.py) and never touches a
 
 Each App has its own registry (tests run several apps in one process), holding:
 
-* this worker's figures, every one labelled `worker` (connections, messages, errors by code,
-  push latency histogram, ring depths, engine restarts seen, `dgdo_build_info`);
+* this worker's figures, every one labelled `worker` (connections and their cap, the front
+  door's refusals by HTTP status and sockets dropped, messages, errors by code, push latency
+  histogram, ring depths, engine restarts seen, `dgdo_build_info`);
 * the engine's figures (drivers, orders, the offer-decision histogram), without a `worker` label,
   only in the registry of the worker chosen to export them (`--export-engine-metrics`, by default
   worker 1). Every worker gets the same ENGINE_STATS, so if each exported it, a sum over N workers
@@ -106,9 +107,17 @@ class WorkerCollector(Collector):
         yield counter("dgdo_engine_restarts", "attaches to a new engine run (another epoch) after the first",
                       link.engine_restarts)
         yield _gauge("dgdo_connections", "open WebSocket connections", w, len(app.core))
-        cap = getattr(app.settings, "max_connections", None)  # --max-connections, where the limit exists
-        if cap:
-            yield _gauge("dgdo_max_connections", "connections this worker accepts before refusing with 503", w, cap)
+        front = app.front  # None only before App.start: nothing scrapes then
+        if front is not None:
+            # The effective cap: --max-connections, or what the open-files limit affords (shell/fdlimit.py).
+            yield _gauge("dgdo_max_connections", "connections this worker accepts before refusing with 503", w,
+                         front.max_connections)
+            yield labelled(CounterMetricFamily("dgdo_http_refusals", "requests the front door refused instead of "
+                                               "a page or an upgrade, by HTTP status (503: at the connection cap)",
+                                               labels=["worker", "status"]),
+                           ((str(status), n) for status, n in sorted(front.refused.items())))
+            yield counter("dgdo_sockets_dropped", "sockets closed unanswered on accept: past the connection cap "
+                          "and the handshake spare", front.dropped)
         yield _gauge("dgdo_paused_connections", "connections above their write-buffer high-water mark", w, s.paused)
         buckets, sum_ns, _n = s.push_latency.histogram()
         yield histogram("dgdo_push_latency_seconds", "engine commit -> socket write of each message pushed",

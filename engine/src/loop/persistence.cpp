@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cinttypes>
@@ -14,6 +15,7 @@
 #include <deque>
 
 #include "core/state_io.hpp"
+#include "loop/journal_log.hpp"
 
 namespace dgdo {
 
@@ -143,13 +145,15 @@ void Persistence::after_batch(const Core& core, uint64_t mono_now_ns) {
         const uint64_t digest = io::hash64(bytes.data(), bytes.size());
         const int rc = write_snapshot(dir_.snapshots(), index, digest, bytes);
         if (rc == 0) prune_state(dir_.snapshots(), dir_.journal(), opt_.snapshot_keep);
-        char line[200];
-        const int n = rc == 0 ? std::snprintf(line, sizeof line,
+        constexpr size_t kLine = 200;
+        char line[kLine + 3];  // and room for its journal priority (loop/journal_log.hpp)
+        const int n = rc == 0 ? std::snprintf(line, kLine,
                                               "dgdo-engine: = snapshot at record %" PRIu64 " written (%zu bytes, digest %016" PRIx64 ")\n",
                                               index, bytes.size(), digest)
-                              : std::snprintf(line, sizeof line, "dgdo-engine: ! snapshot at record %" PRIu64 " failed: %s\n",
+                              : std::snprintf(line, kLine, "dgdo-engine: ! snapshot at record %" PRIu64 " failed: %s\n",
                                               index, std::strerror(-rc));
-        if (n > 0 && write(STDERR_FILENO, line, static_cast<size_t>(n)) < 0) _exit(1);
+        const size_t len = n > 0 ? with_journal_priority(line, std::min(static_cast<size_t>(n), kLine - 1), sizeof line) : 0;
+        if (len > 0 && write(STDERR_FILENO, line, len) < 0) _exit(1);
         _exit(rc == 0 ? 0 : 1);
     }
     if (pid > 0) {
