@@ -68,3 +68,25 @@ def test_elsewhere_the_lines_are_unchanged() -> None:
 
 def test_priorities_follow_syslog() -> None:
     assert [journal.priority(n) for n in (10, 20, 30, 40, 50)] == [7, 6, 4, 3, 2]
+
+
+def test_dgdo_itself_writes_priorities_under_the_journal() -> None:
+    """The real `dgdo sidecar`, its engine not there: its warning reaches the journal as <4>."""
+    r, w = os.pipe()
+    st = os.fstat(w)
+    env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "sidecar", "--control", f"@dgdo-nobody-{os.getpid()}",
+                             "--port", "0", "--insecure-no-auth", "--status-interval", "0"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=w)
+    os.close(w)
+    try:
+        with os.fdopen(r) as err:
+            for line in err:  # ends when the process does (the test's timeout bounds it)
+                if "engine not reachable" in line:
+                    assert line.startswith("<4>") and " WARNING " in line, line
+                    break
+            else:
+                raise AssertionError("dgdo sidecar ended without its 'engine not reachable' warning")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

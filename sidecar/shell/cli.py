@@ -51,7 +51,7 @@ import uvloop
 from sidecar.engine.idle import default_spin_us
 from sidecar.engine.link import WorkerIdTaken
 from sidecar.session.limits import Rate
-from sidecar.shell import banner, config, fdlimit, jwt_secret, lifetime, sd_notify, tls
+from sidecar.shell import banner, config, fdlimit, journal, jwt_secret, lifetime, sd_notify, tls
 from sidecar.shell.banner import dashboard_url
 from sidecar.shell.jwt_secret import CREDENTIAL_SECRET, configured_secret, read_secret_file
 from sidecar.shell.server import App, Settings
@@ -572,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     args.from_flags = config.resolve(args, getattr(args, "command", ""), args.config_file)
     logging.basicConfig(level=getattr(args, "log_level", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    journal.use_journal_priorities()  # under systemd: each line with its syslog priority (nothing otherwise)
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # picows logs every accepted connection at INFO: with a fleet connected that buries the lines
         # a person reads (the dashboard link, the status line). Still there with --log-level DEBUG.
