@@ -383,7 +383,8 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 
 def _why(e: OSError) -> str:
-    return e.strerror or (os.strerror(e.errno) if e.errno else str(e))
+    # The errno's own words: the loop's create_server words its bind errors its own way.
+    return os.strerror(e.errno) if e.errno and e.errno > 0 else e.strerror or str(e)  # (< 0: getaddrinfo's)
 
 
 def _on_sighup(ctx: ssl.SSLContext | None, args: argparse.Namespace, workers: WorkerProcesses | None) -> None:
