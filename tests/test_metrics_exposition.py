@@ -4,12 +4,15 @@
 lints each worker's exposition; then the figures are read back by value: both latency histograms
 on the 10 µs - 100 ms buckets, build info, process collectors, errors by code, ring depths, engine
 restarts, and the engine's own figures exported by worker 1 only (a sum over workers counts them once).
+And one config file shared by `dgdo run --workers 2`: each worker scraped at its own port (the
+`metrics_port` base + its id - 1), the engine's figures on the one `engine_metrics_worker`.
 """
 
 from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, LineReader, stack_env
+from conftest import ROOT, LineReader, stack_env, start_stack
 from prometheus_client.parser import text_string_to_metric_families
 from rides import NEAR, accept, passenger, request_ride
 from test_engine_death import Split, start_split, stop_split
@@ -196,3 +199,49 @@ def test_an_engine_restart_is_counted_by_each_worker(workers: Workers) -> None:
     for port, worker in ((s.port, "1"), (workers.second_metrics_port, "2")):
         got = wait_for(port, lambda g, w=worker: g.get(("dgdo_engine_available", frozenset({("worker", w)}))) == 1)
         assert value(got, "dgdo_engine_restarts_total", worker=worker) == 1
+
+
+# ---- one shared config file, N workers: each its own metrics port, one engine exporter ----------
+
+
+def free_pair() -> int:
+    """A port p with p and p + 1 both free (bound and released: another process may take them
+    meanwhile, as with any free port a test picks)."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            base = a.getsockname()[1]
+            if base >= 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", base + 1))
+                except OSError:
+                    continue
+                return base
+    raise AssertionError("no two consecutive free ports")
+
+
+@pytest.mark.parametrize("exporter", [None, 2])
+def test_a_shared_config_gives_each_worker_its_metrics_port_and_one_engine_exporter(
+        engine_bin: Path, tmp_path: Path, exporter: int | None) -> None:
+    """`metrics_port` is a base (worker N: base + N - 1) and `engine_metrics_worker` names one
+    worker (default 1), so one [sidecar] table read by every worker of `dgdo run --workers 2`
+    gives two scrape addresses and the engine's figures on exactly one of them."""
+    base = free_pair()
+    cfg = tmp_path / "dgdo.toml"
+    cfg.write_text(f"[sidecar]\nmetrics_port = {base}\n"
+                   + (f"engine_metrics_worker = {exporter}\n" if exporter is not None else ""))
+    s = start_stack("--workers", "2", "--config", str(cfg))
+    try:
+        s.out.wait_for(rf"metrics on http://127\.0\.0\.1:{base + 1}/metrics")  # worker 2, once it listens
+        got = {w: wait_for(base + w - 1, lambda g, w=w: ("dgdo_connections", frozenset({("worker", str(w))})) in g)
+               for w in (1, 2)}
+        exporting = {w for w, g in got.items() if named(g, "dgdo_drivers_online")}
+        assert exporting == {exporter or 1}, exporting
+        for w, g in got.items():
+            assert named(g, "dgdo_connections") == [{"worker": str(w)}]
+            for name in ENGINE_WIDE:
+                assert bool(named(g, name)) == (w in exporting), (w, name)
+    finally:
+        assert s.stop() == 0

@@ -184,8 +184,8 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory, certs: tuple[Path, Path]
 
 @pytest.mark.parametrize("command", ["sidecar", "run"])
 @pytest.mark.parametrize(("cert", "key", "status", "says"), [
-    ("cert", None, 2, "--tls-cert and --tls-key go together"),
-    (None, "key", 2, "--tls-cert and --tls-key go together"),
+    ("cert", None, 2, "tls_cert and tls_key (--tls-cert/--tls-key) go together"),
+    (None, "key", 2, "tls_cert and tls_key (--tls-cert/--tls-key) go together"),
     ("missing", "key", 1, "cannot read the TLS certificate"),
     ("cert", "missing", 1, "cannot read the TLS key"),
     ("cert", "other_key", 1, "the key does not belong to the certificate"),

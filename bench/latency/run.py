@@ -153,14 +153,15 @@ def start_stack(variant: str, logf, spin_us: float = SPIN_US, sidecar_args: tupl
                                           "--workers", str(workers)], stdout=subprocess.DEVNULL, **kw))
         _wait_path(control)
         for w in range(1, workers + 1):
-            own = ["--worker", str(w), "--metrics-port", str(free_port())] if workers > 1 else []
+            mp = free_port()  # --metrics-port is a base: worker w serves on base + w - 1 (shell/ports.py)
+            own = ["--worker", str(w), "--metrics-port", str(mp - w + 1)] if workers > 1 else []
             st.procs.append(subprocess.Popen([PY, "-m", "sidecar", "sidecar", "--control", control, "--port", str(port),
                                               "--status-interval", "0", "--log-level", "WARNING",
                                               "--idle-spin-us", spin[1] if spin else "0", *own, *sidecar_args],
                                              stdout=subprocess.DEVNULL, **kw))
             st.sidecars.append(st.procs[-1])
             if own:
-                st.metrics_ports.append(int(own[3]))
+                st.metrics_ports.append(mp)
         st.sidecar = st.procs[-1]
         for mp in st.metrics_ports:  # every worker attached and listening before a client connects
             _wait_healthy(mp)

@@ -51,11 +51,12 @@ import uvloop
 from sidecar.engine.idle import default_spin_us
 from sidecar.engine.link import WorkerIdTaken
 from sidecar.session.limits import Rate
-from sidecar.shell import banner, config, fdlimit, journal, jwt_secret, lifetime, sd_notify, tls
+from sidecar.shell import banner, config, fdlimit, journal, jwt_secret, lifetime, ports, sd_notify, tls
 from sidecar.shell.banner import dashboard_url
 from sidecar.shell.jwt_secret import CREDENTIAL_SECRET, configured_secret, read_secret_file
 from sidecar.shell.server import App, Settings
 from sidecar.shell.workers import WorkerProcesses, child_args
+from sidecar.shell.workers import child_env as worker_env
 from sidecar.wire import auth
 from sidecar.wire.messages import is_valid_id
 
@@ -114,31 +115,33 @@ def engine_supports(engine: str, flag: str) -> bool:
 
 # Engine settings `dgdo run` passes through unchanged: flag -> (type, help). Unset ones keep the
 # engine's defaults, or the values of the config file's [engine] table (the engine checks them).
+# No defaults here: the engine's own table has them (`dgdo-engine --help`), some depend on the
+# machine, and a copy would drift.
 ENGINE_FLAGS: dict[str, tuple[type, str]] = {
     "--ring-capacity": (int, "bytes per ring, a power of two"),
-    "--offer-timeout-s": (float, "seconds a driver has to accept an offer (15)"),
-    "--radius-m": (float, "first search radius (3000)"),
-    "--wide-radius-m": (float, "widened search radius (7000)"),
-    "--speed-kmh": (float, "average speed for ETAs (22)"),
-    "--detour": (float, "road detour factor over the great circle (1.35)"),
-    "--search-timeout-s": (float, "seconds an order searches before no_driver (60)"),
-    "--exhausted-wait-s": (float, "no untried driver left in range: seconds to wait for one before no_driver (10)"),
-    "--grace-s": (float, "seconds a disconnected driver keeps its offer (10)"),
-    "--pickup-overhead-s": (float, "seconds added to every pickup ETA (30)"),
-    "--cell-m": (float, "spatial grid cell edge in metres (250)"),
-    "--tick-ms": (int, "engine tick period in ms (100)"),
+    "--offer-timeout-s": (float, "seconds a driver has to accept an offer"),
+    "--radius-m": (float, "first search radius"),
+    "--wide-radius-m": (float, "widened search radius"),
+    "--speed-kmh": (float, "average speed for ETAs"),
+    "--detour": (float, "road detour factor over the great circle"),
+    "--search-timeout-s": (float, "seconds an order searches before no_driver"),
+    "--exhausted-wait-s": (float, "no untried driver left in range: seconds to wait for one before no_driver"),
+    "--grace-s": (float, "seconds a disconnected driver keeps its offer"),
+    "--pickup-overhead-s": (float, "seconds added to every pickup ETA"),
+    "--cell-m": (float, "spatial grid cell edge in metres"),
+    "--tick-ms": (int, "engine tick period in ms"),
     "--matching": (str, "greedy | batched"),
-    "--batch-window-s": (float, "batched mode: window collecting requests (2)"),
-    "--batch-candidates": (int, "batched mode: nearest drivers considered per order (8)"),
-    "--batch-max-orders": (int, "batched mode: orders per min-cost solve, more are split (128)"),
-    "--retry-interval-s": (float, "seconds between a waiting order's looks for drivers (1)"),
-    "--retention-s": (float, "seconds finished orders stay queryable (3600)"),
-    "--history-depth": (int, "reliable messages the engine keeps per recipient for resume (256)"),
-    "--spin-us": (int, "µs the engine polls its rings before parking (50)"),
-    "--fsync": (str, "never | interval | batch: when the journal reaches the disk (interval)"),
-    "--fsync-interval-ms": (int, "interval policy: ms between journal syncs (100)"),
-    "--snapshot-every-s": (float, "seconds between engine snapshots (60)"),
-    "--snapshot-keep": (int, "snapshots kept, with their journal: `dgdo replay`'s history (10)"),
+    "--batch-window-s": (float, "batched mode: window collecting requests"),
+    "--batch-candidates": (int, "batched mode: nearest drivers considered per order"),
+    "--batch-max-orders": (int, "batched mode: orders per min-cost solve, more are split"),
+    "--retry-interval-s": (float, "seconds between a waiting order's looks for drivers"),
+    "--retention-s": (float, "seconds finished orders stay queryable"),
+    "--history-depth": (int, "reliable messages the engine keeps per recipient for resume"),
+    "--spin-us": (int, "µs the engine polls its rings before parking"),
+    "--fsync": (str, "never | interval | batch: when the journal reaches the disk"),
+    "--fsync-interval-ms": (int, "interval policy: ms between journal syncs"),
+    "--snapshot-every-s": (float, "seconds between engine snapshots"),
+    "--snapshot-keep": (int, "snapshots kept, with their journal: `dgdo replay`'s history"),
 }
 
 
@@ -194,16 +197,19 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
     app = App(control, worker=args.worker, reply_spin_us=args.reply_spin_us, settings=_settings(args, secret))
     app.link.on_refused = lambda e: stop.set()  # our worker id is taken: one line, exit 1 (below)
     tls_context = getattr(args, "tls_context", None)
+    # SO_REUSEPORT only with siblings to share the port with: a `dgdo sidecar` (the systemd
+    # template's workers) or `dgdo run --workers N`; `dgdo run` checked the port was free (cmd_run).
+    reuse_port = args.command == "sidecar" or getattr(args, "workers", 1) > 1
     try:
-        await app.start(args.host, args.port, tls_context)
+        await app.start(args.host, args.port, tls_context, reuse_port)
     except WorkerIdTaken as e:
         app.link.close()
         raise SystemExit(f"dgdo: {e}") from None
     except OSError as e:  # EADDRINUSE, EACCES (a port below 1024), EADDRNOTAVAIL (a host not ours)
         app.link.close()
-        why = os.strerror(e.errno) if e.errno else str(e)
-        ports = str(args.port) if args.metrics_port is None else f"{args.port} (or --metrics-port {args.metrics_port})"
-        raise SystemExit(f"dgdo: cannot listen on {args.host}:{ports}: {why}") from None
+        own = app.settings.metrics_port
+        ports = str(args.port) if own is None else f"{args.port} (or metrics port {own})"
+        raise SystemExit(f"dgdo: cannot listen on {args.host}:{ports}: {_why(e)}") from None
     ws = "wss" if tls_context else "ws"
     print(f"[dgdo] sidecar listening on {ws}://{args.host}:{app.port} (engine control {control})", flush=True)
     if getattr(args, "dashboard_link", False):  # dgdo run: the addresses and a token command
@@ -214,9 +220,6 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
         print(f"[dgdo] metrics on http://{args.host}:{app.metrics_port}/metrics", flush=True)
     assert app.front is not None
     print(f"[dgdo] {fdlimit.describe(nofile, app.front.max_connections, args.max_connections is not None)}", flush=True)
-    if tls_context:
-        # A renewed certificate (certbot, an ACME client) is taken without dropping a connection.
-        loop.add_signal_handler(signal.SIGHUP, _reload_tls, tls_context, args)
     tasks: list[asyncio.Task[None]] = []
     demo: subprocess.Popen[bytes] | None = None
     if args.status_interval > 0:
@@ -229,9 +232,15 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
     extra: WorkerProcesses | None = None
     if getattr(args, "workers", 1) > 1:
         # We are worker 1; 2..N share our port (sidecar/shell/workers.py). Spawned here, on the main thread.
-        extra = WorkerProcesses(control, app.port, args.workers, child_args(args.sidecar_parser, args), args.worker)
+        extra = WorkerProcesses(control, app.port, args.workers, child_args(args.sidecar_parser, args), args.worker,
+                                worker_env(secret))
         extra.start()
         tasks += [loop.create_task(extra.watch(w, EngineSupervisor.exited)) for w in extra.ids]
+    if tls_context or args.command == "sidecar":
+        # A renewed certificate (certbot, an ACME client) is taken without dropping a connection, by
+        # every worker (systemd's ExecReload=, or `kill -HUP` to `dgdo run`). A `dgdo run` without
+        # TLS keeps SIGHUP's default: a closed terminal ends it.
+        loop.add_signal_handler(signal.SIGHUP, _on_sighup, tls_context, args, extra)
     if getattr(args, "demo", 0) and await _attached_or_stopped(app, stop):
         # From this (the main) thread, with the marker that makes it end with us even after our kill -9.
         demo = subprocess.Popen(
@@ -363,13 +372,28 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     if cert is None and key is None:
         return None
     if cert is None or key is None:
-        print(f"dgdo {args.command}: --tls-cert and --tls-key go together (see dgdo {args.command} --help)",
+        print(f"dgdo {args.command}: tls_cert and tls_key (--tls-cert/--tls-key) go together "
+              f"(see dgdo {args.command} --help)",
               file=sys.stderr, flush=True)
         raise SystemExit(2)
     try:
         return tls.server_context(cert, key)
     except tls.TlsError as e:
         raise SystemExit(f"dgdo: {e}") from None
+
+
+def _why(e: OSError) -> str:
+    # The errno's own words: the loop's create_server words its bind errors its own way.
+    return os.strerror(e.errno) if e.errno and e.errno > 0 else e.strerror or str(e)  # (< 0: getaddrinfo's)
+
+
+def _on_sighup(ctx: ssl.SSLContext | None, args: argparse.Namespace, workers: WorkerProcesses | None) -> None:
+    if ctx is not None:
+        _reload_tls(ctx, args)
+    else:
+        log.warning("SIGHUP: nothing to reload (no TLS certificate)")
+    if workers is not None:
+        workers.signal(signal.SIGHUP)
 
 
 def _reload_tls(ctx: ssl.SSLContext, args: argparse.Namespace) -> None:
@@ -391,8 +415,16 @@ def _settings(args: argparse.Namespace, secret: str | None) -> Settings:
         engine_timeout_s=args.engine_timeout_s,
         max_connections=args.max_connections,
         idle_spin_us=default_spin_us() if args.idle_spin_us is None else args.idle_spin_us,
-        export_engine_metrics=args.export_engine_metrics, metrics_port=args.metrics_port,
+        engine_metrics_worker=args.engine_metrics_worker, metrics_port=_own_metrics_port(args),
     )
+
+
+def _own_metrics_port(args: argparse.Namespace) -> int | None:
+    """This worker's metrics port: the `metrics_port` setting is a base (shell/ports.py)."""
+    try:
+        return ports.worker_metrics_port(args.metrics_port, args.worker)
+    except ValueError as e:
+        raise SystemExit(f"dgdo: {e}") from None
 
 
 def _ensure_secret(args: argparse.Namespace, make_up: bool) -> str | None:
@@ -454,6 +486,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SystemExit(f"dgdo: --no-journal, but {args.config} sets [engine] state_dir (remove one)")
     if engine_supports(engine, "--print-config"):
         _check_engine_settings(engine, args)
+    _own_metrics_port(args)  # in range: checked before anything starts
+    try:  # not a port another stack listens on, even with SO_REUSEPORT (shell/ports.py)
+        ports.check_free(args.host, args.port)
+    except OSError as e:
+        raise SystemExit(f"dgdo: cannot listen on {args.host}:{args.port}: {_why(e)}") from None
     secret = _ensure_secret(args, make_up=True)
     args.instance = args.instance or f"run{os.getpid()}"
     # An abstract socket name: no file to create or remove, gone with the engine even after kill -9.
@@ -515,10 +552,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start engine + sidecar (+ demo)")
     run.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
     run.add_argument("--no-demo", dest="demo", action="store_const", const=0, help="no simulated drivers")
+    engine_group = run.add_argument_group(
+        "engine settings", "passed on to the engine, [engine] in the config file; the engine's defaults: "
+                           "dgdo-engine --help")
     for flag, (type_, help_) in ENGINE_FLAGS.items():
         # The engine checks every value itself; the choices are caught here too, in our words.
         choices = ENGINE_CHOICES.get(flag)
-        run.add_argument(flag, dest=_dest(flag), type=type_, help=help_, choices=choices,
+        engine_group.add_argument(flag, dest=_dest(flag), type=type_, help=help_, choices=choices,
                          metavar=None if choices is None else "|".join(choices))
     run.set_defaults(func=cmd_run, dashboard_link=True, command="run")
 
@@ -546,10 +586,6 @@ def build_parser() -> argparse.ArgumentParser:
     path = sub.add_parser("engine-path", help="print the engine binary's path")
     path.set_defaults(func=lambda a: print(engine_path()) or 0)
     # Last: the flags of every setting (sidecar/shell/config.py), a flag written by hand above kept as it is.
-    for p in (run, side):  # a switch both ways: unset means "worker 1 only" (config.py)
-        p.add_argument("--export-engine-metrics", dest="export_engine_metrics", default=None,
-                       action=argparse.BooleanOptionalAction, help=config.help_text(
-                           config.BY_TABLE["sidecar"]["export_engine_metrics"]))
     config.add_flags(run, "run")
     config.add_flags(side, "sidecar")
     return parser

@@ -159,11 +159,12 @@ SETTINGS: tuple[Setting, ...] = (
     _s("tls_cert", Path, None, "TLS certificate chain (PEM): serve wss:// and https:// (with tls_key)",
        metavar="PATH"),
     _s("tls_key", Path, None, "TLS private key (PEM) for tls_cert", metavar="PATH"),
-    _s("export_engine_metrics", bool, None, "put the engine's figures (drivers, orders, offer decisions) in this "
-                                            "worker's /metrics; one worker per engine should (default: worker 1 "
-                                            "only)"),
-    _s("metrics_port", int, None, "also serve /metrics and /healthz (only) on this port of host, this worker's "
-                                  "own when workers share port (0: any free one; default: none)", lo=0, hi=65535),
+    _s("engine_metrics_worker", int, 1, "the worker whose /metrics carries the engine's figures (drivers, "
+                                        "orders, offer decisions), so that a sum over workers counts them once; "
+                                        "0: none", lo=0, hi=65535, metavar="ID"),
+    _s("metrics_port", int, None, "a base port: worker N also serves /metrics and /healthz (only) on port "
+                                  "metrics_port + N - 1 of host, its own when workers share port (0: any free "
+                                  "one for each; default: none)", lo=0, hi=65535),
 
     Setting("run", "demo", int, 20, "simulated drivers (0: none, as --no-demo)", lo=0, commands=("run",),
             metavar="N"),
@@ -232,7 +233,8 @@ def add_flags(parser: argparse.ArgumentParser, command: str) -> None:
 
 def load(path: Path) -> dict[str, dict[str, Any]]:
     """The file's tables, every key of [sidecar], [run] and [auth] checked ([engine]'s are the
-    engine's to check). Raises ConfigError."""
+    engine's to check); a relative path (tls_cert, secret_file...) taken from the file's directory.
+    Raises ConfigError."""
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as e:
@@ -260,9 +262,13 @@ def _checked(path: Path, table: str, values: dict[str, Any]) -> dict[str, Any]:
         if s is None:
             raise ConfigError(f"{path}: [{table}] {key}: unknown setting{_did_you_mean(table, key)}")
         try:
-            out[key] = s.check(value)
+            out[key] = value = s.check(value)
         except ValueError as e:
             raise ConfigError(f"{path}: [{table}] {key}: {e}") from None
+        if isinstance(value, Path) and not value.is_absolute():
+            # Relative to the file, not to wherever the command was started: the same file read by
+            # `dgdo run`, a systemd unit (cwd /) or a worker names the same files.
+            out[key] = path.absolute().parent / value
     return out
 
 

@@ -9,9 +9,9 @@ Each App has its own registry (tests run several apps in one process), holding:
   door's refusals by HTTP status and sockets dropped, messages, errors by code, push latency
   histogram, ring depths, engine restarts seen, `dgdo_build_info`);
 * the engine's figures (drivers, orders, the offer-decision histogram), without a `worker` label,
-  only in the registry of the worker chosen to export them (`--export-engine-metrics`, by default
-  worker 1). Every worker gets the same ENGINE_STATS, so if each exported it, a sum over N workers
-  would count every order N times;
+  only in the registry of the worker whose id is `engine_metrics_worker` (default 1, 0: none; one
+  config file shared by every worker so names exactly one). Every worker gets the same
+  ENGINE_STATS, so if each exported it, a sum over N workers would count every order N times;
 * the client library's process (`process_*`: CPU, memory, fds and their limit), platform
   (`python_info`) and garbage-collector collectors.
 

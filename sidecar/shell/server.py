@@ -150,10 +150,11 @@ class Settings:
     idle_spin_us: float = 0.0  # after work, poll the engine's ring this long before parking (engine/idle.py)
     max_connections: int | None = None  # None: from the open-files limit (shell/fdlimit.py)
     # /metrics carries the engine's figures (drivers, orders, offer decisions) on one worker only, or a
-    # sum over workers would count them N times: None = only worker 1 (shell/metrics.py).
-    export_engine_metrics: bool | None = None
+    # sum over workers would count them N times: the worker with this id (0: none; shell/metrics.py).
+    engine_metrics_worker: int = 1
     # A port of this worker's own that serves /metrics and /healthz only: Prometheus must scrape each
-    # worker, and workers that share the public port are reached at random through it. None: no such port.
+    # worker, and workers that share the public port are reached at random through it. None: no such
+    # port. (The `metrics_port` setting is a base: this is worker N's, base + N - 1; shell/ports.py.)
     metrics_port: int | None = None
 
 
@@ -170,8 +171,7 @@ class App:
         self.core = SessionCore(worker, self.stats, max_queued=settings.max_queued, gauges=self._gauges)
         self.link = EngineLink(control_path, worker, self._on_records, self._on_engine_state, reply_spin_us,
                                settings.engine_timeout_s, self._on_engine_available, settings.idle_spin_us)
-        export_engine = settings.export_engine_metrics
-        self.metrics = metrics.Metrics(self, worker == 1 if export_engine is None else export_engine)
+        self.metrics = metrics.Metrics(self, worker == settings.engine_metrics_worker)
         self.server: asyncio.Server | None = None
         self.front: Front | None = None  # counts the connections (front.open) and caps them
         self.metrics_server: asyncio.Server | None = None  # --metrics-port
@@ -184,11 +184,13 @@ class App:
         self._keepalive_task: asyncio.Task[None] | None = None
         self.tls = False  # serving wss:// (start)
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+                    reuse_port: bool = True) -> None:
         """Attaches (one try), then listens (wss:// and https:// when given an ssl context,
         shell/tls.py) behind the front door (shell/front.py). Raises WorkerIdTaken before
         listening if another live sidecar holds our worker id: with SO_REUSEPORT a listening
-        duplicate would take a share of the port's new connections until it learnt that and left."""
+        duplicate would take a share of the port's new connections until it learnt that and left.
+        `reuse_port`: share the port with sibling workers (False: a worker alone, shell/ports.py)."""
         self.tls = ssl_context is not None
         with contextlib.suppress(OSError, TimeoutError, ConnectionError, RingError):
             await self.link.attach(timeout=FIRST_ATTACH_S)  # no engine yet: we serve (/healthz 503), the link retries
@@ -201,8 +203,9 @@ class App:
             max_frame_size=MAX_FRAME_BYTES,
             # N workers share the public port (`dgdo run --workers N`, dgdo-sidecar@.service): the
             # kernel spreads new connections over them. It also lets a second sidecar bind a port
-            # a live one holds; a duplicate worker id is refused by the engine instead.
-            reuse_port=True, **PICOWS_SERVER_OPTIONS,
+            # a live one holds: a duplicate worker id is refused by the engine, and `dgdo run`
+            # checks first that the port is free (shell/ports.py).
+            reuse_port=reuse_port, **PICOWS_SERVER_OPTIONS,
             **({"ssl": ssl_context, "ssl_handshake_timeout": tls.HANDSHAKE_TIMEOUT_S} if ssl_context else {}),
         )
         if self.settings.metrics_port is not None:

@@ -7,12 +7,18 @@ one process: a worker is one event loop on one core, which is what N workers are
 `dgdo run` stays worker 1 rather than a bare supervisor: a single worker (the default) is then
 exactly what it was, with no extra process.
 
-Each child gets the server settings `dgdo run` was given (every `dgdo sidecar` flag it has,
-read off that parser, so flags added there later follow by themselves), the secret through the
-environment, and the marker that makes it end with us even after our kill -9
-(sidecar/shell/lifetime.py). Spawned from the main thread (PR_SET_PDEATHSIG fires when the
-forking *thread* ends). A child that dies is started again after a back-off, like the engine.
-On stop they get SIGTERM (they close their connections with 1001) and are waited for.
+Each child gets what worker 1 resolved its settings from, not the values it resolved: the
+`dgdo sidecar` flags the user gave `dgdo run` (read off that parser, so flags added there later
+follow by themselves) and the same `--config` file, so that a per-worker setting of the file
+(`metrics_port`, a base; `engine_metrics_worker`) applies to each child as to worker 1 and not
+worker 1's value to all, and a flag never outranks what the file or the environment gave worker 1.
+The JWT secret is the one exception: worker 1's secret, whatever its source, goes to every child
+through the environment (which outranks the file's [auth] secret_file), so all verify alike.
+And the marker that makes a child end with us even after our kill -9 (sidecar/shell/lifetime.py).
+Spawned from the main thread (PR_SET_PDEATHSIG fires when the forking *thread* ends). A child
+that dies is started again after a back-off, like the engine. SIGHUP (a renewed TLS
+certificate) is passed on to them. On stop they get SIGTERM (they close their connections with
+1001) and are waited for.
 """
 
 from __future__ import annotations
@@ -21,29 +27,31 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import subprocess
 import sys
 from typing import Any
 
 from sidecar.shell import lifetime
+from sidecar.wire import auth
 
 log = logging.getLogger("dgdo.workers")
 
-# Flags of `dgdo sidecar` a child gets from us directly, not copied from `dgdo run`'s values.
-# A metrics port and the engine's figures are one worker's each: the children take their defaults
-# (no metrics port; engine figures on worker 1 only, which is `dgdo run` itself).
-OWN_FLAGS = frozenset({"--control", "--worker", "--port", "--status-interval", "--help", "-h", "--version",
-                       "--metrics-port", "--export-engine-metrics"})
+# Flags of `dgdo sidecar` a child gets from us directly (or, the secret file, not at all: the
+# secret itself goes through the environment), never copied from `dgdo run`'s.
+OWN_FLAGS = frozenset({"--control", "--worker", "--port", "--status-interval", "--config", "--secret-file",
+                       "--help", "-h", "--version"})
 MAX_BACKOFF_S = 5.0
 STOP_WAIT_S = 10.0
 
 
 def child_args(sidecar_parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
-    """The `dgdo sidecar` flags that carry `args`' values (those both commands have)."""
-    out: list[str] = []
+    """`--config` and the `dgdo sidecar` flags the user gave (`args.from_flags`, config.resolve)."""
+    out = ["--config", str(args.config)] if getattr(args, "config", None) else []
+    given = getattr(args, "from_flags", set())
     for action in sidecar_parser._actions:  # (argparse has no public list of a parser's options)
         flags = [f for f in action.option_strings if f.startswith("--")]
-        if not flags or flags[0] in OWN_FLAGS or not hasattr(args, action.dest):
+        if not flags or flags[0] in OWN_FLAGS or action.dest not in given:
             continue
         value: Any = getattr(args, action.dest)
         if isinstance(action, argparse._StoreConstAction):  # a switch (store_true, config's bools)
@@ -54,12 +62,19 @@ def child_args(sidecar_parser: argparse.ArgumentParser, args: argparse.Namespace
     return out
 
 
+def child_env(secret: str | None) -> dict[str, str]:
+    """The children's environment: ours, worker 1's JWT secret (when auth is on), the lifetime marker."""
+    return lifetime.child_env({**os.environ, **({auth.ENV_SECRET: secret} if secret is not None else {})})
+
+
 class WorkerProcesses:
     """Workers 2..N of `dgdo run` (or the first N - 1 ids beside `own_id`): started, restarted when
     they die, stopped at the end."""
 
-    def __init__(self, control: str, port: int, count: int, extra: list[str], own_id: int = 1) -> None:
+    def __init__(self, control: str, port: int, count: int, extra: list[str], own_id: int = 1,
+                 env: dict[str, str] | None = None) -> None:
         self.control = control
+        self.env = env if env is not None else lifetime.child_env()
         self.port = port
         # The first count - 1 ids that are not ours: 2..N beside the usual worker 1.
         self.ids = [w for w in range(1, count + 1) if w != own_id][: count - 1]
@@ -74,7 +89,7 @@ class WorkerProcesses:
 
     def spawn(self, worker: int) -> subprocess.Popen[bytes]:
         # Its own session: a Ctrl-C at the terminal reaches only `dgdo run`, which stops us in order.
-        proc = subprocess.Popen(self.command(worker), start_new_session=True, env=lifetime.child_env())
+        proc = subprocess.Popen(self.command(worker), start_new_session=True, env=self.env)
         self.procs[worker] = proc
         print(f"[dgdo] worker {worker} pid={proc.pid}", flush=True)
         return proc
@@ -96,6 +111,14 @@ class WorkerProcesses:
             if not self._stopping:
                 self.spawn(worker)
                 self.restarts += 1
+
+    def signal(self, sig: int) -> None:
+        """Passes `sig` (SIGHUP: reload the TLS certificate) on to every live worker."""
+        for worker, p in self.procs.items():
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(sig)
+                    log.info("passed signal %d on to worker %d", sig, worker)
 
     async def stop(self, exited: Any) -> None:
         """SIGTERM to every worker, then waits (SIGKILL after STOP_WAIT_S)."""
