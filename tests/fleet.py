@@ -75,7 +75,7 @@ class Member:
         self._ids = itertools.count(1)
         self._reader: asyncio.Task[None] | None = None
         self._replay_until = 0  # seqs up to this one arrive as a resume replay
-        self.connected = asyncio.Event()
+        self._connecting = asyncio.Lock()  # one (re)connect at a time, whoever finds the connection gone
         self._sends: set[asyncio.Future[None]] = set()
 
     @property
@@ -111,11 +111,23 @@ class Member:
             self.last_seq = welcome["seq"]  # the snapshot that follows shows the truth
         self.ws = ws
         self._reader = asyncio.create_task(self._read(ws))
-        self.connected.set()
+
+    async def reconnect(self, deadline_s: float = 60.0) -> bool:
+        """Connects if the connection is gone; True when this call made the new connection.
+
+        Whoever needs the connection (a command, the role's loop) calls this: a command never
+        waits for someone else to reconnect, since that someone may be the very task waiting."""
+        async with self._connecting:
+            if self.ws is not None:
+                return False
+            await self.connect(deadline_s)
+            return True
+
+    async def after_reconnect(self) -> None:
+        """What the role says on a new connection (drivers: where they are, that they are online)."""
 
     async def close(self) -> None:
         ws, self.ws = self.ws, None
-        self.connected.clear()
         if ws is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 3)
@@ -134,7 +146,6 @@ class Member:
         finally:
             if self.ws is ws:
                 self.ws = None
-                self.connected.clear()
             for fut in self.replies.values():
                 if not fut.done():
                     fut.set_exception(Unanswered("connection closed"))
@@ -168,7 +179,8 @@ class Member:
         give_up = loop.time() + deadline_s
         while True:
             try:
-                await asyncio.wait_for(self.connected.wait(), max(0.1, give_up - loop.time()))
+                if self.ws is None and await self.reconnect(max(0.1, give_up - loop.time())):
+                    await self.after_reconnect()
                 reply = await self._request({**message, "id": rid})
                 if reply["type"] == "ack" or reply.get("code") not in RETRYABLE:
                     return reply
@@ -221,9 +233,8 @@ class Driver(Member):
         await self.connect()
         await self._announce()
         while not stop.is_set():
-            if self.ws is None:  # dropped (the sidecar died): reconnect with last_seq, say who we are
-                await self.connect()
-                await self._announce()
+            if self.ws is None and await self.reconnect():  # dropped (the sidecar died): resume, say who we are
+                await self.after_reconnect()
             lat, lon = self.pos
             self.pos = (lat + self.rng.uniform(-0.0002, 0.0002), lon + self.rng.uniform(-0.0002, 0.0002))
             self.tell({"type": "driver_location", "lat": self.pos[0], "lon": self.pos[1]})
@@ -233,6 +244,9 @@ class Driver(Member):
         for t in list(self._tasks):
             t.cancel()
         await self.close()
+
+    async def after_reconnect(self) -> None:
+        await self._announce()
 
     async def _announce(self) -> None:
         await self.command({"type": "driver_location", "lat": self.pos[0], "lon": self.pos[1]})
@@ -323,7 +337,7 @@ class Passenger(Member):
 
     async def run(self, stop: asyncio.Event, ride_timeout_s: float = 90.0) -> None:
         while not stop.is_set():
-            await self.connect()
+            await self.reconnect()
             self.rides += 1
             rid = f"r{self.rides}"
             pickup = {"lat": CENTER[0] + self.rng.uniform(-0.003, 0.003),
@@ -355,7 +369,7 @@ class Passenger(Member):
             if left <= 0:
                 return  # the caller's final check reports the order as not ended
             if self.ws is None:
-                await self.connect()
+                await self.reconnect()
                 continue
             waiters = [asyncio.ensure_future(ended.wait()), asyncio.ensure_future(self._dropped())]
             _done, pending = await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
