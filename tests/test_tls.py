@@ -23,14 +23,11 @@ import pytest
 from conftest import JWT_SECRET
 from test_cli import dgdo, one_line
 from test_run_demo import STATUS
-from tlsstack import TlsStack, client_context, https_get, open_app, self_signed, start_tls_stack
+from tlsstack import TlsStack, client_context, drive_ride, https_get, open_app, self_signed, start_tls_stack
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, InvalidMessage
 
 from dgdo_apps import client as app_client
-
-PICKUP = {"lat": 38.5598, "lon": 68.7870}
-DROPOFF = {"lat": 38.5750, "lon": 68.7950}
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +55,7 @@ async def ride(base_url: str, ctx: ssl.SSLContext | None, driver_id: str, passen
     await d.send({"type": "driver_status", "status": "online", "id": "s0"})
     await d.expect("ack", id="s0")
     p = await open_app(base_url, f"/ws/passenger/{passenger_id}", ctx)
-    await p.send({"type": "ride_request", "id": "r1", "pickup": PICKUP, "dropoff": DROPOFF})
-    order = (await p.expect("ack", id="r1"))["order_id"]
-    await d.expect("new_order", order_id=order)
-    for step, status in (("order_accept", "accepted"), ("order_arrived", "arrived"), ("trip_start", "started"),
-                         ("trip_complete", "completed")):
-        await d.send({"type": step, "order_id": order, "id": step})
-        await d.expect("ack", id=step)
-        await p.expect("order_update", order_id=order, status=status)
+    order = await drive_ride(d, p)
     await p.close()
     await d.close()
     return order

@@ -31,8 +31,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, LineReader, engine_cmd, stack_env
-from test_tls import DROPOFF, PICKUP
-from tlsstack import client_context, https_get, open_app, self_signed, wait_until
+from tlsstack import DROPOFF, PICKUP, client_context, drive_ride, https_get, open_app, self_signed, wait_until
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 DOC = ROOT / "docs" / "nginx.conf"
@@ -188,14 +187,7 @@ async def test_a_ride_completes_through_nginx_with_the_driver_and_passenger_on_d
     await d.expect("ack", id="s0")
     p = await open_app(proxied.url, "/ws/passenger/p1", proxied.ctx)
     proxied.wait_connections([1, 1])  # least_conn: the second connection went to the other worker
-    await p.send({"type": "ride_request", "id": "r1", "pickup": PICKUP, "dropoff": DROPOFF})
-    order = (await p.expect("ack", id="r1"))["order_id"]
-    await d.expect("new_order", order_id=order)
-    for step, status in (("order_accept", "accepted"), ("order_arrived", "arrived"), ("trip_start", "started"),
-                         ("trip_complete", "completed")):
-        await d.send({"type": step, "order_id": order, "id": step})
-        await d.expect("ack", id=step)
-        await p.expect("order_update", order_id=order, status=status)
+    await drive_ride(d, p)
     await p.close()
     await d.close()
     proxied.wait_connections([0, 0])

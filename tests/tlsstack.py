@@ -72,6 +72,23 @@ def start_tls_stack(cert: Path, key: Path, *extra: str) -> TlsStack:
     return stack
 
 
+PICKUP = {"lat": 38.5598, "lon": 68.7870}
+DROPOFF = {"lat": 38.5750, "lon": 68.7950}
+
+
+async def drive_ride(d: AppClient, p: AppClient) -> int:
+    """With the driver online: the passenger asks, the driver accepts and drives to the end; the order id."""
+    await p.send({"type": "ride_request", "id": "r1", "pickup": PICKUP, "dropoff": DROPOFF})
+    order: int = (await p.expect("ack", id="r1"))["order_id"]
+    await d.expect("new_order", order_id=order)
+    for step, status in (("order_accept", "accepted"), ("order_arrived", "arrived"), ("trip_start", "started"),
+                         ("trip_complete", "completed")):
+        await d.send({"type": step, "order_id": order, "id": step})
+        await d.expect("ack", id=step)
+        await p.expect("order_update", order_id=order, status=status)
+    return order
+
+
 async def open_app(base_url: str, path: str, ctx: ssl.SSLContext | None, **kw: Any) -> AppClient:
     """An app connection over wss:// (a `websockets` client) trusting what `ctx` trusts; waits for the welcome."""
     app = await AppClient.open(f"{base_url}{path}", ssl=ctx, **kw)

@@ -243,13 +243,20 @@ void EventLoop::on_hello(uint64_t serial) {
     if (r == HelloRead::Ok) return attach(fd, hello.worker, hello.pid);
     if (r == HelloRead::Bad) {
         std::fprintf(stderr, "dgdo-engine: ! bad hello (magic/version), closing\n");
-        dgdo_ctl_attach nack{};
-        nack.magic = DGDO_CTL_MAGIC;
-        nack.version = DGDO_CTL_VERSION;
-        nack.pid = static_cast<int32_t>(getpid());
-        nack.status = -EPROTO;
-        send_attach(fd, nack, nullptr, 0);
+        return refuse(fd, 0, static_cast<int32_t>(getpid()), -EPROTO);
     }
+    close(fd);
+}
+
+// An attach reply with no descriptors, then the connection closed: the sidecar reads why.
+void EventLoop::refuse(int fd, uint16_t worker_id, int32_t pid, int32_t status) {
+    dgdo_ctl_attach no{};
+    no.magic = DGDO_CTL_MAGIC;
+    no.version = DGDO_CTL_VERSION;
+    no.worker = worker_id;
+    no.pid = pid;
+    no.status = status;
+    send_attach(fd, no, nullptr, 0);
     close(fd);
 }
 
@@ -260,28 +267,13 @@ void EventLoop::on_hello(uint64_t serial) {
 void EventLoop::attach(int fd, uint16_t worker_id, int32_t pid) {
     if (worker_id == 0) {  // 0 means "no worker" in dgdo_out_meta.to_worker
         std::fprintf(stderr, "dgdo-engine: ! hello with worker id 0 refused (ids are 1-65535)\n");
-        dgdo_ctl_attach bad{};
-        bad.magic = DGDO_CTL_MAGIC;
-        bad.version = DGDO_CTL_VERSION;
-        bad.pid = static_cast<int32_t>(getpid());
-        bad.status = -EINVAL;
-        send_attach(fd, bad, nullptr, 0);
-        close(fd);
-        return;
+        return refuse(fd, 0, static_cast<int32_t>(getpid()), -EINVAL);
     }
     if (auto it = workers_.find(worker_id); it != workers_.end()) {
         if (peer_alive(it->second->ctl_fd)) {
             std::fprintf(stderr, "dgdo-engine: ! worker %u refused: already attached (pid %d); new one is pid %d\n",
                          worker_id, it->second->pid, pid);
-            dgdo_ctl_attach busy{};
-            busy.magic = DGDO_CTL_MAGIC;
-            busy.version = DGDO_CTL_VERSION;
-            busy.worker = worker_id;
-            busy.pid = it->second->pid;
-            busy.status = -EBUSY;
-            send_attach(fd, busy, nullptr, 0);
-            close(fd);
-            return;
+            return refuse(fd, worker_id, it->second->pid, -EBUSY);  // the holder's pid, for the sidecar's line
         }
         detach(worker_id, "control socket closed");
     }

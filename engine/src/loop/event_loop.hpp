@@ -67,6 +67,7 @@ private:
     void accept_all();
     void on_hello(uint64_t serial);
     void attach(int fd, uint16_t worker_id, int32_t pid);
+    void refuse(int fd, uint16_t worker_id, int32_t pid, int32_t status);
     void detach(uint16_t worker_id, const char* why);
     size_t drain(const std::vector<Worker*>& from);
     size_t drain_all();
