@@ -6,10 +6,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <set>
 
 #include "journal_fixture.hpp"
+#include "store/crc32c.hpp"
 
 namespace dgdo::test {
 namespace {
@@ -141,6 +143,72 @@ TEST(Recovery, FallsBackToTheOlderSnapshotWhenTheNewestIsCorrupt) {
     EXPECT_EQ(r.snapshot, snaps[1].path);
     EXPECT_EQ(r.replayed, in.size() - 1000);
     EXPECT_EQ(r.digest, rec.core.digest());
+}
+
+// What a rollback meets: state a newer engine wrote. Not damage: the engine refuses to start and
+// changes nothing (no tail cut, no snapshot passed over), so running the newer version again loses nothing.
+std::vector<std::pair<std::string, std::uintmax_t>> files_and_sizes(const StateDir& dir) {
+    std::vector<std::pair<std::string, std::uintmax_t>> out;
+    for (const auto& e : fs::recursive_directory_iterator(dir.root))
+        if (e.is_regular_file()) out.emplace_back(e.path().string(), e.file_size());
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+void write_u32(const std::string& path, off_t at, uint32_t v) {
+    const int fd = ::open(path.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(pwrite(fd, &v, sizeof v, at), static_cast<ssize_t>(sizeof v));
+    ::close(fd);
+}
+
+TEST(Recovery, AJournalSegmentOfANewerFormatIsRefusedAndLeftWhole) {
+    TempStateDir t;
+    const auto in = scripted_inputs(61, 1500);
+    Recorder rec(t.dir);
+    rec.run(in, 0, in.size());
+    const auto seg = list_segments(t.dir.journal()).back().path;
+    write_u32(seg, 8, kJournalVersion + 1);  // the segment header's version
+    const auto before = files_and_sizes(t.dir);
+    Core core;
+    const Recovery r = recover(core, Config{}, t.dir);  // with repair: it must still cut nothing
+    EXPECT_FALSE(r.ok);
+    EXPECT_TRUE(r.end.newer);
+    EXPECT_FALSE(r.end.cut);
+    EXPECT_NE(r.end.problem.find("newer than this engine's"), std::string::npos) << r.end.problem;
+    EXPECT_EQ(files_and_sizes(t.dir), before);
+}
+
+TEST(Recovery, ASnapshotOfANewerFormatIsRefusedNotPassedOver) {
+    TempStateDir t;
+    const auto in = scripted_inputs(71, 2000);
+    Recorder rec(t.dir);
+    rec.run(in, 0, 1000);
+    rec.snapshot(t.dir);
+    rec.run(in, 1000, 1500);
+    rec.snapshot(t.dir);
+    rec.run(in, 1500, in.size());
+    const auto snaps = list_snapshots(t.dir.snapshots());
+    ASSERT_EQ(snaps.size(), 2u);
+    {  // the newest, with a newer version and a header checksum that still holds
+        const int fd = ::open(snaps[0].path.c_str(), O_RDWR);
+        uint8_t h[kSnapshotHeader];
+        ASSERT_EQ(pread(fd, h, sizeof h, 0), static_cast<ssize_t>(sizeof h));
+        const uint32_t version = kSnapshotVersion + 1;
+        std::memcpy(h + 8, &version, 4);
+        const uint32_t crc = crc32c(0, h, 60);
+        std::memcpy(h + 60, &crc, 4);
+        ASSERT_EQ(pwrite(fd, h, sizeof h, 0), static_cast<ssize_t>(sizeof h));
+        ::close(fd);
+    }
+    const auto before = files_and_sizes(t.dir);
+    Core core;
+    const Recovery r = recover(core, Config{}, t.dir);
+    EXPECT_FALSE(r.ok);
+    EXPECT_TRUE(r.end.newer);
+    EXPECT_TRUE(r.rejected.empty());  // not "passed over" for the older one
+    EXPECT_NE(r.end.problem.find("snapshot format"), std::string::npos) << r.end.problem;
+    EXPECT_EQ(files_and_sizes(t.dir), before);
 }
 
 TEST(Recovery, ATornLastBatchRecoversTheStateBeforeIt) {

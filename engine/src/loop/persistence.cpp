@@ -72,6 +72,14 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
     if (r.end.cut)
         std::fprintf(stderr, "dgdo-engine: ! journal tail cut at record %" PRIu64 ": %s (%" PRIu64 " bytes dropped)\n",
                      r.end.next_index, r.end.problem.c_str(), r.end.cut_bytes);
+    if (!r.ok && r.end.newer) {
+        std::fprintf(stderr,
+                     "dgdo-engine: ! cannot recover from %s: %s. A newer engine wrote this state; refusing to "
+                     "start, nothing changed: run that version again (or move the state directory aside to "
+                     "start empty).\n",
+                     dir_.root.c_str(), r.end.problem.c_str());
+        return -EIO;
+    }
     if (!r.ok) {
         std::fprintf(stderr,
                      "dgdo-engine: ! cannot recover from %s: %s. Refusing to start on a state with a hole in it; "

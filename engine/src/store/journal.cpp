@@ -199,6 +199,14 @@ JournalEnd read_journal(const std::string& dir, uint64_t from, const RecordFn& f
             break;
         }
         const Mapped m(s.path);
+        if (m.size >= kSegmentHeader && load<uint64_t>(m.data) == kJournalMagic &&
+            load<uint32_t>(m.data + 8) > kJournalVersion) {
+            // Not damage: a newer engine wrote it (a rollback). Cutting it would lose what it holds.
+            end.problem = s.path + ": journal format " + std::to_string(load<uint32_t>(m.data + 8)) +
+                          ", newer than this engine's " + std::to_string(kJournalVersion);
+            end.newer = true;
+            return end;
+        }
         if (m.size < kSegmentHeader || load<uint64_t>(m.data) != kJournalMagic ||
             load<uint32_t>(m.data + 8) != kJournalVersion || load<uint64_t>(m.data + 16) != s.first) {
             end.problem = s.path + ": no valid segment header";

@@ -90,6 +90,7 @@ struct JournalEnd {
     uint64_t cut_bytes = 0;    // bytes after the last good record (all segments)
     std::string problem;       // what was wrong, for the log; or a gap that stops recovery
     bool gap = false;          // no record `from` where one must be: the journal cannot continue the state
+    bool newer = false;        // a segment of a newer format (a newer engine wrote it): nothing read, nothing cut
 };
 
 using RecordFn = std::function<void(uint64_t index, int32_t type, const uint8_t* payload, uint32_t len)>;

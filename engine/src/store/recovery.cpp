@@ -36,6 +36,12 @@ Recovery recover(Core& core, const Config& cfg, const StateDir& dir, const Recov
             else
                 core = std::move(loaded);
         }
+        if (got.newer) {  // a newer engine's state (a rollback): refuse it whole, touch nothing
+            r.end.problem = s.path + ": " + got.problem;
+            r.end.newer = true;
+            r.ok = false;
+            return r;
+        }
         if (!got.problem.empty()) {
             r.rejected.push_back(s.path + ": " + got.problem);
             continue;
@@ -62,7 +68,7 @@ Recovery recover(Core& core, const Config& cfg, const StateDir& dir, const Recov
         },
         opt.repair);
     core.set_trace(nullptr);
-    r.ok = !r.end.gap;
+    r.ok = !r.end.gap && !r.end.newer;
     r.digest = core.digest();
     r.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     return r;

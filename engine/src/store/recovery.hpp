@@ -32,7 +32,8 @@ struct Recovery {
     JournalEnd end;                  // where the journal stopped (and whether a tail was cut)
     uint64_t digest = 0;             // of the recovered state
     double ms = 0;
-    bool ok = true;                  // false: a gap the journal cannot bridge (end.problem says)
+    bool ok = true;                  // false: a gap the journal cannot bridge, or a newer engine's
+                                     // state (end.gap / end.newer; end.problem says which)
 };
 
 // Called for every replayed record, after it was applied, with what the core emitted.

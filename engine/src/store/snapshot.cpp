@@ -110,7 +110,9 @@ SnapshotRead read_snapshot(const std::string& path) {
     }
     if (load<uint32_t>(h + 8) != kSnapshotVersion) {
         ::close(fd);
-        r.problem = "version " + std::to_string(load<uint32_t>(h + 8));
+        r.newer = load<uint32_t>(h + 8) > kSnapshotVersion;
+        r.problem = "snapshot format " + std::to_string(load<uint32_t>(h + 8)) + ", this engine reads " +
+                    std::to_string(kSnapshotVersion);
         return r;
     }
     const uint64_t length = load<uint64_t>(h + 24);

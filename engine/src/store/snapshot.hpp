@@ -43,6 +43,7 @@ struct SnapshotRead {
     uint64_t written_real_ns = 0;
     std::string payload;
     std::string problem;  // empty when good
+    bool newer = false;   // a newer engine's format: not damage, and not to be passed over
 };
 SnapshotRead read_snapshot(const std::string& path);
 
