@@ -271,8 +271,11 @@ def test_dgdo_run_killed_with_9_takes_its_workers_and_engine_with_it(engine_bin:
     import psutil
 
     s = start_stack("--workers", "3")
-    for _child in (2, 3):  # each child listening (after its attach): its own code, not a fork on its way to exec
-        s.out.wait_for(r"sidecar listening on ws://")  # (start_stack consumed worker 1's line)
+    # Each child listening (after its attach): its own code, not a fork on its way to exec. The two
+    # children write to one pipe, so their lines may land run together: count them, not lines.
+    listening = 0  # (start_stack consumed worker 1's line)
+    while listening < 2:
+        listening += s.out.wait_for(r"sidecar listening on ws://").string.count("sidecar listening on ws://")
     children = psutil.Process(s.proc.pid).children()
     workers = [c for c in children if "sidecar" in " ".join(c.cmdline())]
     assert len(workers) == 2 and len(children) == 3, (children, [c.cmdline() for c in children], s.out.all)
