@@ -117,15 +117,21 @@ TEST(Recovery, ARecordedSessionReplayedTwiceGivesTheLiveOutputsByteForByte) {
     EXPECT_GT(offers, 30u);  // the session really dispatched
 }
 
+// Records `in` with a snapshot taken after the first `a` inputs and another after the first `b`.
+void record_with_snapshots_at(Recorder& rec, const StateDir& dir, const std::vector<InputEvent>& in, size_t a,
+                              size_t b) {
+    rec.run(in, 0, a);
+    rec.snapshot(dir);
+    rec.run(in, a, b);
+    rec.snapshot(dir);
+    rec.run(in, b, in.size());
+}
+
 TEST(Recovery, FallsBackToTheOlderSnapshotWhenTheNewestIsCorrupt) {
     TempStateDir t;
     const auto in = scripted_inputs(41, 3000);
     Recorder rec(t.dir);
-    rec.run(in, 0, 1000);
-    rec.snapshot(t.dir);
-    rec.run(in, 1000, 2000);
-    rec.snapshot(t.dir);
-    rec.run(in, 2000, in.size());
+    record_with_snapshots_at(rec, t.dir, in, 1000, 2000);
     const auto snaps = list_snapshots(t.dir.snapshots());
     ASSERT_EQ(snaps.size(), 2u);
     {
@@ -183,11 +189,7 @@ TEST(Recovery, ASnapshotOfANewerFormatIsRefusedNotPassedOver) {
     TempStateDir t;
     const auto in = scripted_inputs(71, 2000);
     Recorder rec(t.dir);
-    rec.run(in, 0, 1000);
-    rec.snapshot(t.dir);
-    rec.run(in, 1000, 1500);
-    rec.snapshot(t.dir);
-    rec.run(in, 1500, in.size());
+    record_with_snapshots_at(rec, t.dir, in, 1000, 1500);
     const auto snaps = list_snapshots(t.dir.snapshots());
     ASSERT_EQ(snaps.size(), 2u);
     {  // the newest, with a newer version and a header checksum that still holds
