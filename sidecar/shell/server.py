@@ -249,9 +249,9 @@ class App:
             for rec in records:
                 try:
                     if rec.latest is not None:
-                        link.publish_latest(rec.latest, rec.type, rec.body)
+                        link.publish_latest(rec.latest, rec.type, rec.body, reply_due=rec.reply_due)
                     else:
-                        link.publish(rec.type, rec.body, reply_due=rec.corr != 0)
+                        link.publish(rec.type, rec.body, reply_due=rec.corr != 0 or rec.reply_due)
                 except EngineUnavailable as e:
                     core.not_taken(rec, ErrorCode.ENGINE_UNAVAILABLE, str(e))
                 except Overloaded as e:
