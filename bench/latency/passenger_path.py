@@ -392,9 +392,10 @@ def start_server(variant: str, port: int, logf, state: Path, extra: list[str],
         return proc
     journal = ["--no-journal"] if variant != STACK_JOURNAL else ["--state-dir", str(state / f"j{port}")]
     workers = stack_workers(variant)
+    dgdo = (env or {}).pop("DGDO_BENCH_DGDO", "") or str(Path(PY).with_name("dgdo"))
     cpus = (env or {}).pop("DGDO_BENCH_CPUS", "")
     pin = {int(c) for c in cpus.split(",")} if cpus else None
-    proc = subprocess.Popen([str(Path(PY).with_name("dgdo")), "run", "--no-demo", "--port", str(port),
+    proc = subprocess.Popen([dgdo, "run", "--no-demo", "--port", str(port),
                              "--instance", f"pp{os.getpid()}x{port}", "--status-interval", "0",
                              "--log-level", "WARNING", *journal, *extra,
                              *(["--workers", str(workers)] if workers > 1 else [])],
@@ -433,6 +434,8 @@ async def run_variant(variant: str, args: argparse.Namespace, logf, state: Path,
         extra += [w for w in words if "=" not in w or w.startswith("-")]
         if "cpus" in env:  # as `taskset -c` / systemd's CPUAffinity=: the engine and the sidecar on these CPUs
             env["DGDO_BENCH_CPUS"] = env.pop("cpus")
+        if "dgdo" in env:  # another build's `dgdo` (e.g. the main checkout's venv): old and new in one run
+            env["DGDO_BENCH_DGDO"] = env.pop("dgdo")
     proc = start_server(STACK if config is not None else variant, port, logf, state, extra, env)
     timing = Timing()
     prof = drivers = None
@@ -657,8 +660,10 @@ def main() -> int:
     ap.add_argument("--profile", default="", help="directory for py-spy profiles of the stack's sidecar")
     ap.add_argument("--idle-spin-us", type=float, default=None, help="passed to the stack's sidecar")
     ap.add_argument("--stack-configs", default="",
-                    help="more stack variants, `NAME=OPTIONS;...`: `stack NAME` runs `dgdo run` with OPTIONS "
-                         "(KEY=VALUE words go to its environment), e.g. 'nospin=--reply-spin-us 0'")
+                    help="more stack variants, `NAME=OPTIONS;...`: `stack NAME` runs `dgdo run` with OPTIONS; "
+                         "KEY=VALUE words go to its environment, but for cpus=LIST (the engine and the sidecar "
+                         "pinned there, as taskset -c) and dgdo=PATH (another build's dgdo, e.g. "
+                         "/work/main/.venv/bin/dgdo: old and new side by side); e.g. 'nospin=--reply-spin-us 0'")
     ap.add_argument("--stack-args", default="", help="more `dgdo run` options for the stack variants, e.g. "
                                                     "'--reply-spin-us 0 --spin-us 100'")
     ap.add_argument("--workers", default="1", help="1,N adds `stack N workers` (dgdo run --workers N) beside `stack`, "
