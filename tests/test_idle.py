@@ -66,8 +66,11 @@ def test_the_reply_budget_starts_at_the_cap_and_follows_recent_answers_within_fl
         b.observe(2_000)
     assert b.budget_ns == 10_000  # never below the floor
     for _ in range(64):
-        b.observe(900_000)  # a slow engine: never more than the cap
+        b.observe(240_000)  # a slower engine: never more than the cap
     assert b.budget_ns == 250_000
+    for _ in range(64):
+        b.observe(900_000)  # answers beyond the cap (an fsync per batch): a spin would miss them all
+    assert b.budget_ns == 10_000
 
 
 def test_a_few_slow_answers_lengthen_the_budget_to_catch_nine_in_ten() -> None:

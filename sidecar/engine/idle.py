@@ -101,7 +101,8 @@ class ReplyBudget:
     second case (the spin misses and the sidecar parks: a second wake-up) or burns its whole length
     when the engine is slow. This learns the answer times as they are (`observe`, spin hits and
     doorbell answers alike: a miss teaches a longer budget) and spins for their `quantile`, never
-    longer than `cap_us` (the operator's --reply-spin-us) nor shorter than `floor_us`.
+    longer than `cap_us` (the operator's --reply-spin-us) nor shorter than `floor_us`; when even that
+    quantile is beyond the cap, a spin would mostly miss, so it lasts only the floor.
 
     Pure: the caller measures and observes; `budget_ns` is read before each spin.
     """
@@ -128,4 +129,6 @@ class ReplyBudget:
         if self._seen % 8 == 0 or self._filled < 8:  # re-derived now and then: a sort of 64 ints, ~2 µs
             recent = sorted(self.samples[: self._filled])
             q = recent[min(len(recent) - 1, int(self._q * len(recent)))]
-            self.budget_ns = max(self._floor_ns, min(self.cap_ns, q + q // 4))
+            # Answers slower than the cap (an engine that fsyncs each batch, or a busy one) are
+            # missed by any spin we allow: spin only the floor then, enough to keep learning.
+            self.budget_ns = self._floor_ns if q > self.cap_ns else max(self._floor_ns, min(self.cap_ns, q + q // 4))
