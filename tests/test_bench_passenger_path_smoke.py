@@ -38,3 +38,25 @@ def test_passenger_path_smoke_times_every_variant_and_mode(engine_bin: Path, tmp
     md = report.with_suffix(".md").read_text()
     assert sum(line.startswith("| ") for line in md.splitlines()) == 1 + len(rows)
     assert leftovers(before) == [], "the bench left something behind"
+
+
+@pytest.mark.timeout(240)
+def test_stack_configs_run_beside_the_bare_relay_and_report_the_links_wake_ups_and_spins(
+        engine_bin: Path, tmp_path: Path) -> None:
+    before = dgdo_entries()
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "latency" / "passenger_path.py"), "--smoke",
+                           "--variants", "bare picows relay", "--stack-configs", "spin=;nospin=--reply-spin-us 0",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=220, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (report,) = tmp_path.glob("passenger-path-*-smoke.json")
+    res = json.loads(report.read_text())
+    assert res["failures"] == []
+    assert {(r["variant"], r["mode"]) for r in res["rows"]} == {
+        (v, m) for v in ("bare picows relay", "stack spin", "stack nospin") for m in ("one at a time", "burst")}
+    counters = {c["variant"]: c for c in res["link_counters"]}
+    # Every position sent one at a time is awaited by its passenger on this worker: one spin each
+    # with the default reply spin, none with it off (then the doorbell brings every answer).
+    assert counters["stack spin"]["dgdo_reply_spins"] >= res["singles"]
+    assert counters["stack nospin"]["dgdo_reply_spins"] == 0
+    assert counters["stack nospin"]["dgdo_doorbell_wakeups"] >= res["singles"]
+    assert leftovers(before) == [], "the bench left something behind"

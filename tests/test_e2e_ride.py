@@ -19,6 +19,16 @@ async def online_driver(stack: Stack, driver_id: str, lat: float, lon: float) ->
     return d
 
 
+def counter(stack: Stack, name: str) -> float:
+    """One counter of the sidecar's /metrics."""
+    status, body = stack.http_get("/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith((f"{name}_total ", f"{name}_total{{")):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
 async def test_one_ride_walks_every_step_in_order(stack: Stack) -> None:
     driver = await online_driver(stack, "d1", 38.5610, 68.7800)
     passenger = await AppClient.open(f"{stack.url}/ws/passenger/p1")
@@ -43,9 +53,13 @@ async def test_one_ride_walks_every_step_in_order(stack: Stack) -> None:
     accepted = await passenger.expect("order_update", order_id=order_id)
     assert accepted["status"] == "accepted" and accepted["driver_id"] == "d1"
 
+    spins = counter(stack, "dgdo_reply_spins")
     await driver.send({"type": "driver_location", "lat": 38.5605, "lon": 68.7840, "heading": 80})
     pos = await passenger.expect("driver_location")
     assert (pos["driver_id"], pos["lat"], pos["lon"]) == ("d1", 38.5605, 68.7840)
+    # Its passenger is on this worker: the engine forwards the position through it at once, so the
+    # link waited for that answer (a spin) instead of parking as it does for any other position.
+    assert counter(stack, "dgdo_reply_spins") == spins + 1
 
     statuses = []
     for step in ("order_arrived", "trip_start", "trip_complete"):

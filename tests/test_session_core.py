@@ -345,6 +345,42 @@ def test_positions_go_latest_wins_to_the_engine_and_commands_with_an_id_are_answ
     assert asked.corr and asked.latest is None  # an answer is due: never coalesced away
 
 
+def test_a_position_is_marked_reply_due_only_while_its_driver_has_a_trip_whose_passenger_is_here() -> None:
+    core = make_core()
+    d = connect(core, Role.DRIVER, "d1")
+
+    def due() -> bool:
+        core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7}, d))
+        rec = core.records_to_send()[-1]  # (after a SESSION_CLOSE when a session just left)
+        assert rec.type == R.T.IN_DRIVER_LOCATION
+        return rec.reply_due
+
+    assert not due()  # no trip
+    feed(core, update(1, app=b"d1", role=R.Role.DRIVER))  # accepted: the engine forwards to p1 ...
+    sent(core)
+    assert not due()  # ... who is not connected here
+    p = connect(core, Role.PASSENGER, "p1")
+    assert due()
+    for seq, status in ((2, R.OrderStatus.ARRIVING), (3, R.OrderStatus.ARRIVED), (4, R.OrderStatus.STARTED)):
+        feed(core, update(seq, app=b"d1", role=R.Role.DRIVER, status=status))
+        assert due(), status
+    core.disconnected(p)
+    assert not due()  # the passenger left this worker: its positions go elsewhere, or nowhere
+    p = connect(core, Role.PASSENGER, "p1")
+    assert due()
+    feed(core, update(9, app=b"d1", role=R.Role.DRIVER, status=R.OrderStatus.COMPLETED))
+    assert not due()  # the trip is over
+    feed(core, update(10, app=b"d1", role=R.Role.DRIVER))
+    feed(core, update(11, status=R.OrderStatus.CANCELED))  # the passenger's copy changes nothing
+    assert due()
+    feed(core, update(12, app=b"d1", role=R.Role.DRIVER, status=R.OrderStatus.CANCELED))
+    assert not due()
+    feed(core, update(13, app=b"d1", role=R.Role.DRIVER))
+    core.disconnected(d)
+    d = connect(core, Role.DRIVER, "d1")
+    assert not due()  # a new session: it knows its trip again from the engine's replay or snapshot
+
+
 def test_detach_fails_the_commands_in_flight_except_those_carried_to_the_next_engine() -> None:
     core = make_core()
     p = connect(core, Role.PASSENGER, "p1")

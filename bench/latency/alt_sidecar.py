@@ -33,7 +33,7 @@ from sidecar.engine.idle import IdleStrategy
 from sidecar.engine.link import socket_address
 from sidecar.session.session import Session
 from sidecar.shell import lifetime
-from sidecar.shell.server import MAX_FRAME_BYTES, PICOWS_SERVER_OPTIONS, App
+from sidecar.shell.server import MAX_FRAME_BYTES, PICOWS_SERVER_OPTIONS, App, settle_heap
 from sidecar.wire.router import WsRoute
 
 
@@ -162,6 +162,8 @@ async def main(args: argparse.Namespace) -> None:
         app.listener_factory, "127.0.0.1", args.port,
         enable_auto_ping=False, enable_auto_pong=False, max_frame_size=MAX_FRAME_BYTES, **PICOWS_SERVER_OPTIONS,
     )
+
+    settle_heap()  # as App.start() does
 
     def deliver(data: bytes) -> None:
         app.records(data, len(data))

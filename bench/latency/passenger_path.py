@@ -382,7 +382,8 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 30) -> None
         time.sleep(0.05)
 
 
-def start_server(variant: str, port: int, logf, state: Path, extra: list[str]) -> subprocess.Popen:
+def start_server(variant: str, port: int, logf, state: Path, extra: list[str],
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
     if variant in (BARE, FASTAPI):
         kind = "picows" if variant == BARE else "fastapi"
         proc = subprocess.Popen([PY, str(HERE / "relays.py"), "--kind", kind, "--port", str(port)],
@@ -391,11 +392,15 @@ def start_server(variant: str, port: int, logf, state: Path, extra: list[str]) -
         return proc
     journal = ["--no-journal"] if variant != STACK_JOURNAL else ["--state-dir", str(state / f"j{port}")]
     workers = stack_workers(variant)
-    proc = subprocess.Popen([str(Path(PY).with_name("dgdo")), "run", "--no-demo", "--port", str(port),
+    dgdo = (env or {}).pop("DGDO_BENCH_DGDO", "") or str(Path(PY).with_name("dgdo"))
+    cpus = (env or {}).pop("DGDO_BENCH_CPUS", "")
+    pin = {int(c) for c in cpus.split(",")} if cpus else None
+    proc = subprocess.Popen([dgdo, "run", "--no-demo", "--port", str(port),
                              "--instance", f"pp{os.getpid()}x{port}", "--status-interval", "0",
                              "--log-level", "WARNING", *journal, *extra,
                              *(["--workers", str(workers)] if workers > 1 else [])],
-                            env=child_env(), stdout=logf, stderr=logf, cwd=str(ROOT))
+                            env={**child_env(), **(env or {})}, stdout=logf, stderr=logf, cwd=str(ROOT),
+                            preexec_fn=(lambda: os.sched_setaffinity(0, pin)) if pin else None)
     wait_healthy(port, proc)
     if workers > 1:  # every worker attached before a client connects
         from bench.workers import wait_workers
@@ -418,9 +423,20 @@ async def run_variant(variant: str, args: argparse.Namespace, logf, state: Path,
                       rep: int) -> tuple[dict[str, list[int]], dict[str, int]]:
     """Latencies (ns) per mode, and the pairs' placement over workers (`stack N workers`)."""
     port = free_port()
-    stack = variant in (STACK, STACK_JOURNAL) or stack_workers(variant) > 1
+    config = args.configs.get(variant)
+    stack = variant in (STACK, STACK_JOURNAL) or stack_workers(variant) > 1 or config is not None
     extra = ["--idle-spin-us", str(args.idle_spin_us)] if stack and args.idle_spin_us is not None else []
-    proc = start_server(variant, port, logf, state, extra)
+    extra += args.stack_args.split() if stack else []
+    env = {}
+    if config is not None:  # `stack NAME` (--configs): KEY=VALUE words set the environment, the rest are options
+        words = config.split()
+        env = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
+        extra += [w for w in words if "=" not in w or w.startswith("-")]
+        if "cpus" in env:  # as `taskset -c` / systemd's CPUAffinity=: the engine and the sidecar on these CPUs
+            env["DGDO_BENCH_CPUS"] = env.pop("cpus")
+        if "dgdo" in env:  # another build's `dgdo` (e.g. the main checkout's venv): old and new in one run
+            env["DGDO_BENCH_DGDO"] = env.pop("dgdo")
+    proc = start_server(STACK if config is not None else variant, port, logf, state, extra, env)
     timing = Timing()
     prof = drivers = None
     passengers: list[Peer] = []
@@ -441,8 +457,13 @@ async def run_variant(variant: str, args: argparse.Namespace, logf, state: Path,
                 prof = subprocess.Popen([str(pyspy), "record", "-p", str(proc.pid), "-d", "60", "-r", "1000",
                                          "--format", "raw", "-o", str(dest), "--nonblocking"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return (await measure(drivers, args.pairs, timing, args.singles, args.bursts, args.gap_s, args.interval_s),
-                placement)
+        before = scrape_link(port) if stack else {}
+        got = await measure(drivers, args.pairs, timing, args.singles, args.bursts, args.gap_s, args.interval_s)
+        if stack:
+            after = scrape_link(port)
+            placement = {**placement, **{k: after[k] - (0 if k.endswith("_seconds") else before.get(k, 0))
+                                         for k in after}}
+        return got, placement
     finally:
         for p in passengers:
             if p.transport is not None:
@@ -454,6 +475,18 @@ async def run_variant(variant: str, args: argparse.Namespace, logf, state: Path,
             with contextlib.suppress(subprocess.TimeoutExpired):
                 prof.wait(10)
         stop(proc)
+
+
+def scrape_link(port: int) -> dict[str, float]:
+    """The sidecar's wake-up and spin counters (its /metrics): how the one-at-a-time path was served."""
+    want = ("dgdo_doorbell_wakeups", "dgdo_reply_spins", "dgdo_reply_spin_hits", "dgdo_reply_spin_budget_seconds")
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+        for line in r.read().decode().splitlines():
+            name = line.split("{")[0].split(" ")[0]
+            if name.removesuffix("_total") in want:
+                out[name.removesuffix("_total")] = out.get(name.removesuffix("_total"), 0) + float(line.split()[-1])
+    return out
 
 
 # ---- report ---------------------------------------------------------------------------------------
@@ -554,6 +587,11 @@ async def main_async(args: argparse.Namespace) -> int:
         if not getattr(args, k):
             setattr(args, k, v)
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
+    args.configs = {}
+    for spec in filter(None, (x.strip() for x in args.stack_configs.split(";"))):
+        name, _, opts = spec.partition("=")
+        args.configs[f"{STACK} {name.strip()}"] = opts
+        variants.append(f"{STACK} {name.strip()}")
     if STACK in variants:  # N workers beside one, for the ratio
         at = variants.index(STACK) + 1
         variants[at:at] = [f"{STACK} {w} workers" for w in (int(x) for x in args.workers.split(",")) if w > 1]
@@ -568,6 +606,7 @@ async def main_async(args: argparse.Namespace) -> int:
     per_rep: dict[tuple[str, str, int], dict] = {}
     failures = []
     placement: list[dict[str, int]] = []
+    link_counters: list[dict] = []  # the stack sidecar's wake-ups and reply spins over each measurement
     state = out_dir / f".state-path-{stamp}"
     with contextlib.ExitStack() as cleanup, open(f"{base}.log", "wb") as logf:
         cleanup.callback(shutil.rmtree, state, True)
@@ -581,8 +620,13 @@ async def main_async(args: argparse.Namespace) -> int:
                     log(f"[path] rep {rep + 1} {v}: FAILED ({type(e).__name__}: {e})")
                     failures.append({"repeat": rep + 1, "variant": v, "error": f"{type(e).__name__}: {e}"})
                     continue
+                counters = {k: placed.pop(k) for k in list(placed) if k.startswith("dgdo_")}
                 if placed:
                     placement.append(placed)
+                if counters:
+                    link_counters.append({"variant": v, "repeat": rep + 1, **counters})
+                    log(f"[path] rep {rep + 1} {v}: " + ", ".join(f"{k.removeprefix('dgdo_')} {n:g}"
+                                                                  for k, n in counters.items()))
                 for mode, ns in got.items():
                     per_rep[(v, mode, rep)] = s = pct(ns)
                     if s.get("n"):
@@ -592,7 +636,7 @@ async def main_async(args: argparse.Namespace) -> int:
     res = {"machine": machine, "argv": sys.argv[1:], "repeats": args.repeats, "pairs": args.pairs,
            "singles": args.singles, "bursts": args.bursts, "gap_s": args.gap_s, "interval_s": args.interval_s,
            "idle_spin_us": args.idle_spin_us, "rows": rows, "goals": goals(rows), "failures": failures,
-           "workers": args.workers, "placement": placement}
+           "workers": args.workers, "placement": placement, "link_counters": link_counters}
     md = markdown(res)
     Path(f"{base}.json").write_text(json.dumps(res, indent=1))
     Path(f"{base}.md").write_text(md)
@@ -615,6 +659,13 @@ def main() -> int:
     ap.add_argument("--out", default="", help="output directory (default bench/results)")
     ap.add_argument("--profile", default="", help="directory for py-spy profiles of the stack's sidecar")
     ap.add_argument("--idle-spin-us", type=float, default=None, help="passed to the stack's sidecar")
+    ap.add_argument("--stack-configs", default="",
+                    help="more stack variants, `NAME=OPTIONS;...`: `stack NAME` runs `dgdo run` with OPTIONS; "
+                         "KEY=VALUE words go to its environment, but for cpus=LIST (the engine and the sidecar "
+                         "pinned there, as taskset -c) and dgdo=PATH (another build's dgdo, e.g. "
+                         "/work/main/.venv/bin/dgdo: old and new side by side); e.g. 'nospin=--reply-spin-us 0'")
+    ap.add_argument("--stack-args", default="", help="more `dgdo run` options for the stack variants, e.g. "
+                                                    "'--reply-spin-us 0 --spin-us 100'")
     ap.add_argument("--workers", default="1", help="1,N adds `stack N workers` (dgdo run --workers N) beside `stack`, "
                                                   "with the ratio (default 1: none)")
     ap.add_argument("--drivers", type=int, default=0, help=argparse.SUPPRESS)  # the drivers' process: its port

@@ -91,3 +91,44 @@ class IdleStrategy:
             if idle >= self._half_ns:
                 os.sched_yield()
         (self._loop or asyncio.get_running_loop()).call_soon(self._tick)
+
+
+class ReplyBudget:
+    """How long to spin for an answer the engine owes: a high quantile of recent answer times, capped.
+
+    An answer comes within microseconds when the engine is awake, and ~50-150 µs later when it was
+    parked and had to be woken first (on a small VM). A fixed budget is either too short for the
+    second case (the spin misses and the sidecar parks: a second wake-up) or burns its whole length
+    when the engine is slow. This learns the answer times as they are (`observe`, spin hits and
+    doorbell answers alike: a miss teaches a longer budget) and spins for their `quantile`, never
+    longer than `cap_us` (the operator's --reply-spin-us) nor shorter than `floor_us`; when even that
+    quantile is beyond the cap, a spin would mostly miss, so it lasts only the floor.
+
+    Pure: the caller measures and observes; `budget_ns` is read before each spin.
+    """
+
+    __slots__ = ("_at", "_filled", "_floor_ns", "_q", "_seen", "budget_ns", "cap_ns", "samples")
+
+    def __init__(self, cap_us: float, window: int = 64, quantile: float = 0.9, floor_us: float = 10.0) -> None:
+        self.cap_ns = int(cap_us * 1000)
+        self._floor_ns = min(self.cap_ns, int(floor_us * 1000))
+        self._q = quantile
+        self.samples = [0] * window
+        self._at = 0
+        self._filled = 0
+        self._seen = 0
+        self.budget_ns = self.cap_ns  # until answers have been seen: the operator's budget
+
+    def observe(self, answer_ns: int) -> None:
+        """One answer came `answer_ns` after its command was published."""
+        window = len(self.samples)
+        self.samples[self._at] = answer_ns
+        self._at = (self._at + 1) % window
+        self._filled = min(self._filled + 1, window)
+        self._seen += 1
+        if self._seen % 8 == 0 or self._filled < 8:  # re-derived now and then: a sort of 64 ints, ~2 µs
+            recent = sorted(self.samples[: self._filled])
+            q = recent[min(len(recent) - 1, int(self._q * len(recent)))]
+            # Answers slower than the cap (an engine that fsyncs each batch, or a busy one) are
+            # missed by any spin we allow: spin only the floor then, enough to keep learning.
+            self.budget_ns = self._floor_ns if q > self.cap_ns else max(self._floor_ns, min(self.cap_ns, q + q // 4))

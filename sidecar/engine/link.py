@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 
 from sidecar.engine import ring
-from sidecar.engine.idle import IdleStrategy
+from sidecar.engine.idle import IdleStrategy, ReplyBudget
 from sidecar.engine.ring import Consumer, Producer, Segment
 
 log = logging.getLogger("dgdo.link")
@@ -58,10 +58,12 @@ if HELLO.size != ring.sizeof("dgdo_ctl_hello") or ATTACH.size != ring.sizeof("dg
 
 MAX_BACKLOG_BYTES = 1024 * 1024  # ~9k commands waiting for ring space; beyond it new commands are refused
 MAX_BACKLOG_AGE_S = 1.0  # a backlog that has not drained for this long means the engine is not keeping up
-# After publishing a command, poll the out ring this long before parking: the engine's
-# answer (ack, offer) is due within microseconds, and catching it here saves the ~20+ µs
-# eventfd wake of a parked uvloop reader. Positions alone never spin.
-REPLY_SPIN_US = 60.0
+# After publishing a command (or a position the engine forwards to a passenger connected here:
+# session/core.py, ToEngine.reply_due), poll the out ring before parking: the answer comes within
+# microseconds of the engine's turn, and catching it here saves the eventfd wake-up of a parked
+# uvloop reader (~50-100 µs on a small VM). This is the cap; the spin itself lasts what recent
+# answers took (idle.ReplyBudget). Other positions never spin.
+REPLY_SPIN_US = 250.0
 CORR = struct.Struct("<Q")
 CORR_OFFSET = ring.RECORD_HEADER + 8  # dgdo_in_meta.corr, inside a framed inbound record
 # An engine whose heartbeat is older than this is unavailable: 20 missed beats, far beyond a
@@ -120,7 +122,9 @@ class EngineLink:
     ) -> None:
         self.control_path = control_path
         self.reply_spin_ns = int(reply_spin_us * 1000)
+        self.reply_budget = ReplyBudget(reply_spin_us)
         self._reply_due = False  # a command in this flush: the engine answers within microseconds
+        self._due_since = 0  # perf_counter_ns of the last reply-due flush not answered yet (0: none)
         self.spins = self.spin_hits = 0
         self.worker = worker
         self.on_records = on_records
@@ -376,7 +380,7 @@ class EngineLink:
         self._reply_due |= reply_due
         self._schedule_flush()
 
-    def publish_latest(self, key: object, type_: int, body: bytes) -> None:
+    def publish_latest(self, key: object, type_: int, body: bytes, reply_due: bool = False) -> None:
         """Like publish(), for latest-wins data (positions): behind a backlog only the newest per key waits.
 
         Raises:
@@ -388,6 +392,7 @@ class EngineLink:
             self._latest[key] = (type_, body)
             return
         ring.frame(self._pending, type_, body)
+        self._reply_due |= reply_due
         self._schedule_flush()
 
     def flush(self) -> None:
@@ -418,6 +423,7 @@ class EngineLink:
             os.write(self._engine_bell, ONE)
         if n and self._reply_due:
             self._reply_due = False
+            self._due_since = time.perf_counter_ns()
             self._spin_for_reply()
         if n:
             self.idle.worked()  # the engine's answer to what we just wrote comes within microseconds
@@ -439,13 +445,29 @@ class EngineLink:
             return
         self.spins += 1
         c.unpark()  # spinning: the engine need not ring our doorbell
-        deadline = time.perf_counter_ns() + self.reply_spin_ns
+        clock = time.perf_counter_ns
+        deadline = self._due_since + self.reply_budget.budget_ns
         pending = c.pending
-        while time.perf_counter_ns() < deadline:
-            if pending():
-                self.spin_hits += 1
-                break
+        # Yield between polls: on a small machine the engine we just woke may be queued on this
+        # very CPU (the kernel often wakes it where its waker runs), and a spin that never gives the
+        # CPU away holds off the answer it waits for. Measured on 2 vCPUs (bench/latency/passenger_path.py):
+        # without the yield, answers took over 250 µs at p90 and each spin still ended in a doorbell
+        # wake-up; with it, ~80-120 µs at p90 and 0.04-0.25 doorbell wake-ups per spin.
+        yield_cpu = os.sched_yield
+        while clock() < deadline and not pending():
+            yield_cpu()
+        # Checked once more after the deadline: a yield can return after the whole engine turn ran
+        # (on this CPU), with the answer there; it is a hit all the same, and its time is learnt.
+        if pending():
+            self.spin_hits += 1
+            self._answered()
         self._drain()  # drains what came, then parks again
+
+    def _answered(self) -> None:
+        """Records arrived: the answer time of the last reply-due flush, for the next spin's budget."""
+        if self._due_since:
+            self.reply_budget.observe(time.perf_counter_ns() - self._due_since)
+            self._due_since = 0
 
     def _retry_flush(self) -> None:
         self._retry = None
@@ -462,6 +484,7 @@ class EngineLink:
         c = self.consumer
         if c is None:
             return
+        self._answered()  # (a spin that missed: the answer took longer; the budget learns it)
         # Hand over first, then clear the eventfd: its read() is a syscall the push need not wait
         # for. No wake-up is lost: the producer rings only after we park again, which _drain()
         # does after this read.
@@ -483,6 +506,7 @@ class EngineLink:
         c = self.consumer
         if c is None or not c.pending():
             return False
+        self._answered()
         self._hand_over()
         return True
 

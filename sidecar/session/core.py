@@ -94,6 +94,8 @@ _HEADER = R.HEADER.unpack_from
 # FLEET entries per record: 72 + 64 x 32 = 2,120 bytes, within the record cap of any ring of 32 KiB or more.
 FLEET_CHUNK = 32
 _NO_GAUGES = LinkGauges()
+# An order in these states has a driver whose positions the engine forwards to its passenger.
+_ON_TRIP = frozenset({R.OrderStatus.ACCEPTED, R.OrderStatus.ARRIVING, R.OrderStatus.ARRIVED, R.OrderStatus.STARTED})
 
 
 class ToEngine(Struct, gc=False):
@@ -102,6 +104,9 @@ class ToEngine(Struct, gc=False):
     `latest` names a latest-wins stream (a driver's positions): behind a backlog only the
     newest record per key waits. `corr` != 0: the engine will answer (the link may spin
     for it). `session` None: nobody to answer (session announcements, resync).
+    `reply_due`: an answer comes back through this worker within microseconds though no
+    one waits for it by corr (a position of a driver whose passenger is connected here:
+    the engine forwards it to them), so the link may spin for it too.
     """
 
     type: int
@@ -110,6 +115,7 @@ class ToEngine(Struct, gc=False):
     latest: object = None
     session: Session | None = None
     request_id: str | int | None = None
+    reply_due: bool = False
 
 
 class PendingReply:
@@ -152,6 +158,10 @@ class SessionCore:
         self.available = False  # attached and beating
         self.pending: dict[int, PendingReply] = {}
         self._corr = 0
+        # Drivers on this worker with a live trip (their order updates say so): driver wire id ->
+        # passenger wire id. When that passenger is here too, the driver's positions are answered
+        # through this worker at once (ToEngine.reply_due). One entry per driver at most.
+        self._trips: dict[bytes, bytes] = {}
         # outputs
         self._records: list[ToEngine] = []
         self._frames: list[tuple[Session, bytes] | None] = []
@@ -249,6 +259,7 @@ class SessionCore:
             if self.attached:
                 self._records.append(ToEngine(T.IN_SESSION_CLOSE, R.session(session.origin, self.mono_ns())))
             if session.role is Role.DRIVER:
+                self._trips.pop(session.wire_id, None)
                 self.feed.driver_gone(session.app_id)
                 self.to_admins("drivers", {"type": "driver_status", "driver_id": session.app_id,
                                            "status": "disconnected", "ts": self._now_ms()})
@@ -387,14 +398,15 @@ class SessionCore:
         return self._corr
 
     def _publish(self, session: Session, request_id: str | int | None, type_: int, body: bytes, corr: int,
-                 latest: object = None) -> bool:
+                 latest: object = None, reply_due: bool = False) -> bool:
         """Queues a command for the engine, or refuses it at once: an app must not wait on a silent engine."""
         if not self.available:
             self.pending.pop(corr, None)
             self.error(session, ErrorCode.ENGINE_UNAVAILABLE,
                        "engine not responding" if self.attached else "engine not attached", request_id)
             return False
-        self._records.append(ToEngine(type_, body, corr, latest if not corr else None, session, request_id))
+        self._records.append(ToEngine(type_, body, corr, latest if not corr else None, session, request_id,
+                                      reply_due))
         self.stats.records_out += 1
         return True
 
@@ -411,7 +423,9 @@ class SessionCore:
         body = R.driver_location(session.origin, self.mono_ns(), corr,
                                  m.lat, m.lon, m.heading, m.speed_kmh, m.accuracy_m)
         session.resync[T.IN_DRIVER_LOCATION] = body
-        if self._publish(session, rid, T.IN_DRIVER_LOCATION, body, corr, latest=session.app_id):
+        passenger = self._trips.get(session.wire_id)
+        due = passenger is not None and passenger in self.by_wire[R.Role.PASSENGER]
+        if self._publish(session, rid, T.IN_DRIVER_LOCATION, body, corr, latest=session.app_id, reply_due=due):
             self.feed.position(session.app_id, m)
 
     def _driver_status(self, session: Session, m: DriverStatus, rid: str | int | None) -> None:
@@ -638,6 +652,11 @@ class SessionCore:
             msg["reason"] = REASON_NAME[R.Reason(reason)]
         if w == self.worker:  # else a copy for our admins (another worker's app: module doc)
             self._deliver(self._recipient(to_conn, role, to_id), msg, real, seq)
+            if role == R.Role.DRIVER:
+                if status in _ON_TRIP:
+                    self._trips[to_id] = passenger_id
+                else:
+                    self._trips.pop(to_id, None)
         if not to_conn:  # a change as it happens (not a replay or snapshot to one session)
             self.feed.order_update(order_id, msg["status"], id_str(passenger_id), msg.get("driver_id", ""),
                                    self.mono_ns() / 1e9, msg["ts"])

@@ -146,8 +146,10 @@ SETTINGS: tuple[Setting, ...] = (
        lo=0, above=True),
     _s("max_queued", int, MAX_QUEUED, "messages a paused (not reading) client may owe before it is closed "
                                       "with 4008", lo=1),
-    _s("reply_spin_us", float, REPLY_SPIN_US, "µs to poll for the engine's answer to a command before "
-                                              "parking (0 = never spin)", lo=0),
+    _s("reply_spin_us", float, REPLY_SPIN_US, "at most this many µs to poll (yielding the CPU) for the engine's "
+                                              "answer to a command, or to a position whose passenger is on this "
+                                              "worker, before parking; the spin lasts what recent answers took "
+                                              "(0 = never spin; README 'Idle strategy')", lo=0),
     _s("idle_spin_us", float, None, "after work, poll the engine's ring this long before parking on its "
                                     "doorbell: fewer wake-ups, more CPU (default: 0 with 2 cores or fewer, "
                                     "100 with more; README 'Idle strategy')", lo=0),

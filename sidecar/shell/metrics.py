@@ -129,8 +129,11 @@ class WorkerCollector(Collector):
         yield counter("dgdo_records_out", "records published to the engine", s.records_out)
         yield counter("dgdo_engine_records_in", "records drained from the engine", s.records_in)
         yield counter("dgdo_doorbell_wakeups", "wake-ups by the engine's doorbell", link.wakeups)
-        yield counter("dgdo_reply_spins", "spins for an engine answer after a command", link.spins)
+        yield counter("dgdo_reply_spins", "spins for an engine answer after a command or a trip's position",
+                      link.spins)
         yield counter("dgdo_reply_spin_hits", "spins that caught the answer before parking", link.spin_hits)
+        yield _gauge("dgdo_reply_spin_budget_seconds", "how long the next spin for an engine answer may last "
+                     "(recent answer times, capped by --reply-spin-us)", w, link.reply_budget.budget_ns / 1e9)
         yield counter("dgdo_idle_polls", "event-loop turns spent polling the engine's ring (--idle-spin-us)",
                       link.idle.polls)
         yield counter("dgdo_idle_poll_wins", "idle polls that found records (a doorbell wake-up saved)",
