@@ -50,7 +50,7 @@ from typing import Any
 from msgspec import UNSET, Struct
 
 from sidecar.engine import records as R
-from sidecar.engine.records import Result, T, id_str
+from sidecar.engine.records import ID_NAMES, Result, T, id_str
 from sidecar.session import commands
 from sidecar.session.admin_feed import AdminFeed, RateWindow
 from sidecar.session.limits import MAX_QUEUED, Outbox
@@ -58,7 +58,7 @@ from sidecar.session.session import WIRE_ROLE, Session
 from sidecar.session.stats import EngineSnapshot, LinkGauges, SidecarStats
 from sidecar.wire.codec import ENCODE_INTO, Format, Request, encode
 from sidecar.wire.errors import ClientError, ErrorCode
-from sidecar.wire.frames import SHORT_HEADERS, header, payloads
+from sidecar.wire.frames import HEADERS, header, payloads
 from sidecar.wire.messages import (
     AdminSubscribe,
     DriverLocation,
@@ -337,7 +337,7 @@ class SessionCore:
         scratch = self._scratch
         ENCODE_INTO[binary](message, scratch)
         n = len(scratch)
-        buf += SHORT_HEADERS[binary][n] if n < 126 else header(binary, n)
+        buf += HEADERS[binary][n] if n < 1024 else header(binary, n)
         buf += scratch
         return at
 
@@ -349,7 +349,7 @@ class SessionCore:
             self._owed.append(session)
         binary = session.binary
         n = len(data)
-        buf += SHORT_HEADERS[binary][n] if n < 126 else header(binary, n)
+        buf += HEADERS[binary][n] if n < 1024 else header(binary, n)
         buf += data
 
     def _broadcast(self, sessions: Iterable[Session], message: dict[str, Any]) -> int:
@@ -651,7 +651,18 @@ class SessionCore:
             if self._owe(session, message):
                 self._commits.append(commit_real_ns)
             return -1
-        at = self._frame(session, message)
+        # self._frame(session, message), inline: this is every push
+        buf = session.wbuf
+        if buf is None:
+            buf = session.wbuf = bytearray()
+            self._owed.append(session)
+        at = len(buf)
+        binary = session.binary
+        scratch = self._scratch
+        ENCODE_INTO[binary](message, scratch)
+        n = len(scratch)
+        buf += HEADERS[binary][n] if n < 1024 else header(binary, n)
+        buf += scratch
         self._commits.append(commit_real_ns)
         return at
 
@@ -709,17 +720,22 @@ class SessionCore:
             _ORDER_UPDATE(buf, off)
         )
         status_name = STATUS_NAME[status]
-        driver = id_str(driver_id) if driver_id[0] else ""
+        driver = (ID_NAMES.get(driver_id) or id_str(driver_id)) if driver_id[0] else ""
         ts = real // 1_000_000
         if w == self.worker:  # else a copy for our admins (another worker's app: module doc)
-            session = self._recipient(to_conn, role, to_id)
+            if to_conn:
+                session = self._recipient(to_conn, role, to_id)
+            else:  # (the usual case, inline)
+                ids = self.by_wire.get(role)
+                session = None if ids is None else ids.get(to_id)
             if self._due(session, seq):
                 self._deliver(session, OrderUpdate(  # type: ignore[arg-type]
                     order_id, status_name, ts, driver or UNSET,
                     id_str(passenger_id) if role == _DRIVER else UNSET,
                     REASON_NAME[reason] if reason else UNSET, seq or UNSET), real)
         if not to_conn:  # a change as it happens (not a replay or snapshot to one session)
-            self.feed.order_update(order_id, status_name, id_str(passenger_id), driver, self._now_s, ts)
+            self.feed.order_update(order_id, status_name, ID_NAMES.get(passenger_id) or id_str(passenger_id), driver,
+                                   self._now_s, ts)
             if role == _PASSENGER and self.admins:
                 # Each change reaches the passenger (and the driver, once there is one): admins see it once,
                 # and not again when a replay or snapshot (to one session) repeats it.
@@ -767,10 +783,14 @@ class SessionCore:
         (_m, real, to_conn, _w, role, to_id, order_id, driver_id, lat, lon, heading, speed) = (
             _DRIVER_POSITION(buf, off)
         )
-        session = self._recipient(to_conn, role, to_id)
+        if to_conn:
+            session = self._recipient(to_conn, role, to_id)
+        else:  # (the usual case, inline)
+            ids = self.by_wire.get(role)
+            session = None if ids is None else ids.get(to_id)
         if session is None or not session.welcomed:
             return
-        msg = DriverPosition(order_id, id_str(driver_id), lat, lon, real // 1_000_000,
+        msg = DriverPosition(order_id, ID_NAMES.get(driver_id) or id_str(driver_id), lat, lon, real // 1_000_000,
                              round(heading, 1) if heading == heading else UNSET,  # (NaN: unknown)
                              round(speed, 1) if speed == speed else UNSET)
         # Latest-wins within the drain: a newer position for the same stream makes the queued one moot.

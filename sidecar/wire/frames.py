@@ -4,7 +4,7 @@ picows writes one frame per `send()` call, and each is a `send(2)` system call: 
 that call costs more than everything the sidecar does in Python to make the message (half of
 the push path's CPU in a profile, bench/push). So the sidecar frames messages itself: the
 session core appends each message owed to a client in one drain as a whole frame to that
-client's buffer (`SHORT_HEADERS` / `header()`, then the payload), and the shell writes the
+client's buffer (`HEADERS` / `header()`, then the payload), and the shell writes the
 buffer in one write (session/core.py `writes_to_send`). A server's frames are never masked
 (§5.3), so a frame is a 2-, 4- or 10-byte header and the payload; the header always takes the
 shortest form that holds the length (§5.2: "the minimal number of bytes MUST be used").
@@ -23,8 +23,8 @@ OP_BINARY = 0x2
 _LEN16 = struct.Struct("!BBH")
 _LEN64 = struct.Struct("!BBQ")
 _SHORT = [bytes((FIN | OP_TEXT, n)) for n in range(126)], [bytes((FIN | OP_BINARY, n)) for n in range(126)]
-SHORT_HEADERS = _SHORT
-"""`SHORT_HEADERS[binary][n]`: the 2-byte header of a final frame of n < 126 payload bytes (most messages)."""
+HEADERS = tuple([*short, *(_LEN16.pack(short[0][0], 126, n) for n in range(126, 1024))] for short in _SHORT)
+"""`HEADERS[binary][n]`: the header of a final frame of n < 1024 payload bytes (every push), made once."""
 
 
 def header(binary: bool, size: int) -> bytes:
