@@ -72,7 +72,17 @@ from sidecar.wire.messages import (
     RideRequest,
     Role,
 )
-from sidecar.wire.pushes import CancelOrder, DriverPosition, EstimateUpdate, NewOrder, OrderUpdate, Point, Push
+from sidecar.wire.pushes import (
+    CancelOrder,
+    DriverPosition,
+    EstimateUpdate,
+    NewOrder,
+    OrderUpdate,
+    Point,
+    Push,
+    round1,
+    round3,
+)
 
 log = logging.getLogger("dgdo.session")
 
@@ -728,11 +738,28 @@ class SessionCore:
             else:  # (the usual case, inline)
                 ids = self.by_wire.get(role)
                 session = None if ids is None else ids.get(to_id)
-            if self._due(session, seq):
-                self._deliver(session, OrderUpdate(  # type: ignore[arg-type]
-                    order_id, status_name, ts, driver or UNSET,
-                    id_str(passenger_id) if role == _DRIVER else UNSET,
-                    REASON_NAME[reason] if reason else UNSET, seq or UNSET), real)
+            if session is not None and session.welcomed:
+                last = session.last_seq  # (self._due(session, seq), inline)
+                if not seq or last is None or seq > last:
+                    if seq:
+                        session.last_seq = seq
+                    msg = OrderUpdate(order_id, status_name, ts, driver or UNSET,  # type: ignore[arg-type]
+                                      id_str(passenger_id) if role == _DRIVER else UNSET,
+                                      REASON_NAME[reason] if reason else UNSET, seq or UNSET)
+                    if session.paused or session.closing or session.gone:
+                        self._deliver(session, msg, real)
+                    else:  # (self._deliver(session, msg, real), inline: a call costs as much as the framing)
+                        buf = session.wbuf
+                        if buf is None:
+                            buf = session.wbuf = bytearray()
+                            self._owed.append(session)
+                        binary = session.binary
+                        scratch = self._scratch
+                        ENCODE_INTO[binary](msg, scratch)
+                        n = len(scratch)
+                        buf += HEADERS[binary][n] if n < 1024 else header(binary, n)
+                        buf += scratch
+                        self._commits.append(real)
         if not to_conn:  # a change as it happens (not a replay or snapshot to one session)
             self.feed.order_update(order_id, status_name, ID_NAMES.get(passenger_id) or id_str(passenger_id), driver,
                                    self._now_s, ts)
@@ -763,8 +790,8 @@ class SessionCore:
             session = self._recipient(to_conn, role, to_id)
             if self._due(session, seq):
                 self._deliver(session, NewOrder(  # type: ignore[arg-type]
-                    order_id, id_str(passenger_id), Point(plat, plon), Point(dlat, dlon), round(distance_m, 1),
-                    round(eta_s, 1), round(expires_in_s, 3), ts, seq or UNSET), real)
+                    order_id, id_str(passenger_id), Point(plat, plon), Point(dlat, dlon), round1(distance_m),
+                    round1(eta_s), round3(expires_in_s), ts, seq or UNSET), real)
         if not to_conn:
             self.feed.offer(id_str(to_id), order_id, (plat, plon), (dlat, dlon), eta_s, expires_in_s, self._now_s, ts)
 
@@ -791,30 +818,46 @@ class SessionCore:
         if session is None or not session.welcomed:
             return
         msg = DriverPosition(order_id, ID_NAMES.get(driver_id) or id_str(driver_id), lat, lon, real // 1_000_000,
-                             round(heading, 1) if heading == heading else UNSET,  # (NaN: unknown)
-                             round(speed, 1) if speed == speed else UNSET)
+                             round1(heading) if heading == heading else UNSET,  # (NaN: unknown)
+                             round1(speed) if speed == speed else UNSET)
         # Latest-wins within the drain: a newer position for the same stream makes the queued one moot.
         key = (session.conn_id, driver_id, order_id)
-        earlier = self._position_at.pop(key, None)
-        if earlier is not None:
-            start, end, commit_at = earlier
-            cuts = self._cuts.get(session)
-            if cuts is None:
-                self._cuts[session] = [(start, end)]
-            else:
-                cuts.append((start, end))
-            self._commits[commit_at] = -1
-            self.stats.positions_coalesced += 1
-        at = self._deliver(session, msg, real)
-        if at >= 0:
-            self._position_at[key] = (at, len(session.wbuf), len(self._commits) - 1)  # type: ignore[arg-type]
+        position_at, commits = self._position_at, self._commits
+        if position_at:
+            earlier = position_at.pop(key, None)
+            if earlier is not None:
+                start, end, commit_at = earlier
+                cuts = self._cuts.get(session)
+                if cuts is None:
+                    self._cuts[session] = [(start, end)]
+                else:
+                    cuts.append((start, end))
+                commits[commit_at] = -1
+                self.stats.positions_coalesced += 1
+        if session.paused or session.closing or session.gone:
+            self._deliver(session, msg, real)
+            return
+        # self._deliver(session, msg, real), inline: a call costs as much as the framing
+        buf = session.wbuf
+        if buf is None:
+            buf = session.wbuf = bytearray()
+            self._owed.append(session)
+        at = len(buf)
+        binary = session.binary
+        scratch = self._scratch
+        ENCODE_INTO[binary](msg, scratch)
+        n = len(scratch)
+        buf += HEADERS[binary][n] if n < 1024 else header(binary, n)
+        buf += scratch
+        commits.append(real)
+        position_at[key] = (at, len(buf), len(commits) - 1)
 
     def _estimate_update(self, buf: Any, off: int, size: int) -> None:
         (_m, real, to_conn, w, role, to_id, order_id, eta_s, distance_m) = R.OUT_ESTIMATE_UPDATE.unpack_from(buf, off)
         if w == self.worker:
             session = self._recipient(to_conn, role, to_id)
             if self._due(session, 0):
-                self._deliver(session, EstimateUpdate(order_id, round(eta_s, 1), round(distance_m, 1),  # type: ignore[arg-type]
+                self._deliver(session, EstimateUpdate(order_id, round1(eta_s), round1(distance_m),  # type: ignore[arg-type]
                                                       real // 1_000_000), real)
         if not to_conn:
             self.feed.estimate(order_id, eta_s)
