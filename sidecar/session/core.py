@@ -18,8 +18,19 @@ Feed (inputs)
 
 Drain (outputs), each emptied as it is read
     records_to_send()  records for the engine, in order (`ToEngine`)
-    data_to_send()     (session, frame bytes) pairs, in order per session
+    writes_to_send()   (session, buffer) pairs: per session one bytearray of whole WebSocket
+                       frames, its messages in order (data_to_send(): the same as one
+                       (session, payload) pair per message, for tests)
     closes_to_send()   (session, close code, reason): after that session's frames
+
+The push path (engine records -> frames) is the hot one: per drain, each record is
+unpacked in place, its message built as a typed Struct (wire/pushes.py), encoded by
+msgspec into one scratch buffer the whole drain reuses, and appended as a frame to its
+session's buffer of this drain, so one drain costs one bytearray and one write per client
+and no bytes object per message. A paused session's outbox keeps the typed message and
+encodes it when the session resumes; a broadcast (admin topics) is encoded once per format
+and copied into each subscriber's buffer. `_order_update` and `_driver_position` inline
+what `_deliver` does: on CPython a call costs as much as the framing.
 
 What it owns: the registry (sessions by conn id and by role + id, the admins), the
 correlations of commands awaiting the engine's answer, the resync state a
@@ -36,8 +47,8 @@ Vocabulary, one meaning each across Python and C++:
              numbers reliable messages per recipient and keeps them (dgdo::Deliveries);
              the core picks the recipient's session, holds everything until its welcome,
              and never delivers a seq twice (`_deliver`).
-    send     put one frame on one client's WebSocket: the core queues frames to send
-             (`data_to_send()`), the server shell writes them.
+    send     put one frame on one client's WebSocket: the core frames what to send
+             (`writes_to_send()`), the server shell writes it.
 """
 
 from __future__ import annotations
