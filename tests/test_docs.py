@@ -59,7 +59,8 @@ def engine_config(field: str) -> str:
 
 
 def code_sent_types() -> dict[str, str]:
-    """Server message type -> the file that builds it: every `{"type": "<literal>", ...}` in sidecar/.
+    """Server message type -> the file that builds it: every `{"type": "<literal>", ...}` in sidecar/,
+    and every typed server message (`class ...(Push, tag="<literal>")` in wire/pushes.py).
 
     The demo is a client (its maps are client messages) and is left out.
     """
@@ -68,6 +69,10 @@ def code_sent_types() -> dict[str, str]:
         if path.name in ("demo.py", "schema.py"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and path.name == "pushes.py":
+                for kw in node.keywords:
+                    if kw.arg == "tag" and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str):
+                        found.setdefault(kw.value.value, path.name)
             if isinstance(node, ast.Dict):
                 for k, v in zip(node.keys, node.values, strict=True):
                     if (isinstance(k, ast.Constant) and k.value == "type"

@@ -135,10 +135,11 @@ child_env = common.child_env
 
 
 def start_stack(variant: str, logf, spin_us: float = SPIN_US, sidecar_args: tuple[str, ...] = (),
-                workers: int = 1) -> Stack:
+                workers: int = 1, sidecar_root: Path = ROOT) -> Stack:
     """The processes of `variant`; `sidecar_args` go to the production sidecar ("ring": bench/tls adds TLS).
     "ring" with `workers` > 1: that many sidecars (`--worker 1..N`) on the one port (SO_REUSEPORT), each
-    with its own `--metrics-port`, all attached to the one feeder (bench/push)."""
+    with its own `--metrics-port`, all attached to the one feeder (bench/push). `sidecar_root`: the
+    checkout whose `sidecar` package runs ("ring"; bench/push --baseline: the previous implementation)."""
     port = free_port()
     spin = ["--idle-spin-us", f"{spin_us:g}"] if variant.endswith(" spin") else []
     variant = variant.removesuffix(" spin")
@@ -158,7 +159,7 @@ def start_stack(variant: str, logf, spin_us: float = SPIN_US, sidecar_args: tupl
             st.procs.append(subprocess.Popen([PY, "-m", "sidecar", "sidecar", "--control", control, "--port", str(port),
                                               "--status-interval", "0", "--log-level", "WARNING",
                                               "--idle-spin-us", spin[1] if spin else "0", *own, *sidecar_args],
-                                             stdout=subprocess.DEVNULL, **kw))
+                                             stdout=subprocess.DEVNULL, **{**kw, "cwd": str(sidecar_root)}))
             st.sidecars.append(st.procs[-1])
             if own:
                 st.metrics_ports.append(mp)

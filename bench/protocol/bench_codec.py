@@ -4,10 +4,12 @@
                                          [--codec-only] [--instructions N]
 
 1. Codec: µs per message, JSON vs msgpack, for decode + validate through the sidecar's own
-   `Decoder.feed` (driver_location, ride_request) and `encode` (new_order, order_update,
-   driver_location as pushed to a passenger), against the goals (≤ 1.5 µs decode, ≤ 0.5 µs
-   encode) and beside the previous codec (`legacy_codec.py`) timed in the same run, the two
-   taking turns. Median of R repeats of timeit loops. `--instructions N` adds callgrind's
+   `Decoder.feed` (driver_location, ride_request) and the push path's encode (new_order,
+   order_update, driver_location as pushed to a passenger: the typed message of
+   wire/pushes.py into the drain's reused buffer, as session/core.py does it), against the
+   goals (≤ 1.5 µs decode, ≤ 0.5 µs encode) and beside the previous codec (`legacy_codec.py`;
+   for encode also the previous round's map through msgspec) timed in the same run, the
+   implementations taking turns. Median of R repeats of timeit loops. `--instructions N` adds callgrind's
    instruction count per decode, which a busy machine does not disturb.
 2. Ingest: the real stack (`dgdo run --no-demo`: engine + sidecar, rate limits lifted with the
    sidecar's own flags) on 127.0.0.1, fed by a separate load process of N picows driver
@@ -52,8 +54,9 @@ from bench.machine import describe, host_busy, one_line  # noqa: E402
 from bench.workers import WorkerPorts  # noqa: E402
 from sidecar.shell import lifetime  # noqa: E402
 from sidecar.wire import auth  # noqa: E402
-from sidecar.wire.codec import JSON, MSGPACK, Decoder, encode  # noqa: E402
+from sidecar.wire.codec import ENCODE_INTO, JSON, MSGPACK, Decoder, encode  # noqa: E402
 from sidecar.wire.messages import DRIVER, PASSENGER  # noqa: E402
+from sidecar.wire.pushes import DriverPosition, NewOrder, OrderUpdate, Point  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import legacy_codec as legacy  # noqa: E402
@@ -67,13 +70,21 @@ DRIVER_LOCATION = {"type": "driver_location", "lat": 38.5605, "lon": 68.784, "he
                    "accuracy_m": 8.0}
 RIDE_REQUEST = {"type": "ride_request", "id": "r1", "pickup": {"lat": 38.5598, "lon": 68.787},
                 "dropoff": {"lat": 38.575, "lon": 68.795}}
+# Server messages as the sidecar writes them (session/core.py): keys in wire order, the map the
+# previous implementation built beside the typed message this one builds from the same record.
 NEW_ORDER = {"type": "new_order", "order_id": 1001, "passenger_id": "p1", "pickup": {"lat": 38.5598, "lon": 68.787},
              "dropoff": {"lat": 38.575, "lon": 68.795}, "distance_m": 610.2, "eta_s": 165.0, "expires_in_s": 15.0,
-             "seq": 1, "ts": 1764090000000}
-ORDER_UPDATE = {"type": "order_update", "order_id": 1001, "status": "accepted", "driver_id": "d1", "seq": 2,
-                "ts": 1764090000000}
+             "ts": 1764090000000, "seq": 1}
+ORDER_UPDATE = {"type": "order_update", "order_id": 1001, "status": "accepted", "ts": 1764090000000,
+                "driver_id": "d1", "seq": 2}
 POSITION_PUSH = {"type": "driver_location", "order_id": 1001, "driver_id": "d1", "lat": 38.5605, "lon": 68.784,
-                 "heading": 90.0, "speed_kmh": 32.5, "ts": 1764090000000}
+                 "ts": 1764090000000, "heading": 90.0, "speed_kmh": 32.5}
+TYPED = {
+    "new_order": NewOrder(1001, "p1", Point(38.5598, 68.787), Point(38.575, 68.795), 610.2, 165.0, 15.0,
+                          1764090000000, 1),
+    "order_update": OrderUpdate(1001, "accepted", 1764090000000, "d1", seq=2),
+    "driver_location": DriverPosition(1001, "d1", 38.5605, 68.784, 1764090000000, 90.0, 32.5),
+}
 
 
 def log(msg: str) -> None:
@@ -103,13 +114,21 @@ def codec_cases() -> list[dict[str, Any]]:
                           "msgpack": lambda d=new, p=m: d.feed(True, True, p),
                           "legacy_json": lambda d=old, p=j: d.feed(False, True, p),
                           "legacy_msgpack": lambda d=old, p=m: d.feed(True, True, p)}})
+    # Encode: what the push path does per message (session/core.py `_deliver`), the typed message
+    # into the one scratch buffer every message of a drain reuses; beside it the map the previous
+    # round built, encoded by msgspec to a new bytes object (`map_*`), and the legacy codec's.
+    scratch = bytearray()
     for name, msg in (("new_order", NEW_ORDER), ("order_update", ORDER_UPDATE), ("driver_location", POSITION_PUSH)):
-        for fmt in (JSON, MSGPACK):  # the wire is unchanged: the new encoder writes the old bytes
-            assert encode(msg, fmt) == legacy.encode(msg, fmt), (name, fmt)
+        typed = TYPED[name]
+        for fmt, into in ((JSON, ENCODE_INTO[0]), (MSGPACK, ENCODE_INTO[1])):  # the wire is unchanged:
+            into(typed, scratch)  # every encoder writes the legacy codec's bytes
+            assert bytes(scratch) == encode(typed, fmt) == encode(msg, fmt) == legacy.encode(msg, fmt), (name, fmt)
         cases.append({"op": "encode", "message": name, "goal_us": ENCODE_GOAL_US,
                       "bytes_json": len(encode(msg, JSON)), "bytes_msgpack": len(encode(msg, MSGPACK)), "calls": {
-                          "json": lambda x=msg: encode(x, JSON),
-                          "msgpack": lambda x=msg: encode(x, MSGPACK),
+                          "json": lambda x=typed, into=ENCODE_INTO[0], b=scratch: into(x, b),
+                          "msgpack": lambda x=typed, into=ENCODE_INTO[1], b=scratch: into(x, b),
+                          "map_json": lambda x=msg: encode(x, JSON),
+                          "map_msgpack": lambda x=msg: encode(x, MSGPACK),
                           "legacy_json": lambda x=msg: legacy.encode(x, JSON),
                           "legacy_msgpack": lambda x=msg: legacy.encode(x, MSGPACK)}})
     return cases
@@ -444,13 +463,24 @@ def main() -> int:
               f"{r['legacy_json_us'] / r['json_us']:.1f}x | {r['legacy_msgpack_us'] / r['msgpack_us']:.1f}x | "
               f"{r['bytes_json']} | {r['bytes_msgpack']} |")
     print("\nEncoded bytes are identical to the legacy codec's (asserted), so the wire is unchanged.")
+    enc = [r for r in rows if "map_json_us" in r]
+    if enc:
+        print("\nEncode, this round against the previous one (same run): the typed message (wire/pushes.py) "
+              "encoded into the drain's reused buffer, against the map encoded to a new bytes object.\n")
+        print("| message | typed JSON µs | map JSON µs | typed msgpack µs | map msgpack µs |")
+        print("|---|---|---|---|---|")
+        for r in enc:
+            print(f"| {r['message']} | {r['json_us']:.3f} | {r['map_json_us']:.3f} | {r['msgpack_us']:.3f} | "
+                  f"{r['map_msgpack_us']:.3f} |")
     if counted:
         print(f"\n### Instructions per call (callgrind, {counted[0]['calls']} calls per count)\n")
-        print("| op | message | JSON | msgpack | legacy JSON | legacy msgpack |")
-        print("|---|---|---|---|---|---|")
+        print("| op | message | JSON | msgpack | map JSON | map msgpack | legacy JSON | legacy msgpack |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in counted:
+            maps = (f"{r['map_json_instructions']:,.0f} | {r['map_msgpack_instructions']:,.0f}"
+                    if "map_json_instructions" in r else "| ")
             print(f"| {r['op']} | {r['message']} | {r['json_instructions']:,.0f} | {r['msgpack_instructions']:,.0f} | "
-                  f"{r['legacy_json_instructions']:,.0f} | {r['legacy_msgpack_instructions']:,.0f} |")
+                  f"{maps} | {r['legacy_json_instructions']:,.0f} | {r['legacy_msgpack_instructions']:,.0f} |")
     if a.codec_only:
         if a.json:
             a.json.write_text(json.dumps({"mode": mode, "machine": describe(), "repeats": repeats, "codec": rows,

@@ -17,6 +17,10 @@ For each N (connected passengers), in each repeat, two runs side by side:
   measurement. `raw batched`: the same, both frames of a pass in one write: what a message
   costs when a write carries two.
 
+`--baseline DIR` adds `previous sidecar`: the same run with the sidecar package of another
+checkout (`python -m sidecar` run from DIR, e.g. a worktree of the previous commit), in every
+repeat beside this one, and the ratio of the two.
+
 `--workers 1,2` adds `sidecar 2 workers` (any N): N sidecar processes (`--worker 1..N`) on the one
 port (SO_REUSEPORT), all attached to the one feeder, which writes each passenger's records to the
 ring of the worker its session opened on (the kernel chose it by a hash of the client's addresses;
@@ -62,6 +66,7 @@ HERE = Path(__file__).resolve().parent
 PY = sys.executable
 GOAL = 200_000
 KINDS = ("sidecar", "raw", "raw batched")
+BASELINE = "previous sidecar"  # --baseline: another checkout's sidecar, same feeder, same clients
 
 
 def sidecar_kind(workers: int) -> str:
@@ -174,11 +179,12 @@ def profile(pid: int, seconds: float, dest: Path | None) -> subprocess.Popen | N
 
 
 async def run_sidecar(n: int, seconds: float, logf, prof_dir: Path | None = None,
-                      tls: tuple[Path, Path] | None = None, workers: int = 1) -> dict:
+                      tls: tuple[Path, Path] | None = None, workers: int = 1, root: Path = ROOT) -> dict:
     """The sidecar's push run; with `tls` (cert, key) it serves wss:// and the clients trust that cert (bench/tls);
-    with `workers` > 1, that many sidecar processes on the one port (CPU and messages summed over them)."""
+    with `workers` > 1, that many sidecar processes on the one port (CPU and messages summed over them);
+    `root`: the checkout whose sidecar runs (--baseline)."""
     tls_args = ("--tls-cert", str(tls[0]), "--tls-key", str(tls[1])) if tls else ()
-    st = lat.start_stack("ring", logf, sidecar_args=tls_args, workers=workers)
+    st = lat.start_stack("ring", logf, sidecar_args=tls_args, workers=workers, sidecar_root=root)
     ctx = ssl.create_default_context(cafile=str(tls[0])) if tls else None
     clients = None
     try:
@@ -194,7 +200,9 @@ async def run_sidecar(n: int, seconds: float, logf, prof_dir: Path | None = None
         m0, c0 = messages_out_all(st, ctx), [cpu_s(p) for p in sides]
         f0, l0, h0 = cpu_s(feeder_proc), cpu_s(load), host_busy()
         side = sides[0]
-        prof = profile(side.pid, seconds, prof_dir / f"pyspy-push-sidecar-{n}-{side.pid}.txt" if prof_dir else None)
+        tag = "" if root == ROOT else "-baseline"
+        prof = profile(side.pid, seconds,
+                       prof_dir / f"pyspy-push-sidecar{tag}-{n}-{side.pid}.txt" if prof_dir else None)
         sent = await feeder.call({"cmd": "push", "passengers": n, "seconds": seconds})
         if prof is not None:
             await asyncio.get_running_loop().run_in_executor(None, prof.wait)
@@ -272,8 +280,18 @@ def markdown(res: dict) -> str:
         ok = "met" if s["per_cpu_s"] >= GOAL else "missed"
         lines.append(f"| {row['n']} | {s['per_cpu_s']:,.0f} | {r['per_cpu_s']:,.0f} | {row['ratio']:.2f} | "
                      f"{b['per_cpu_s']:,.0f} | {s['per_s']:,.0f} | {r['per_s']:,.0f} | {s['cpu_pct']:.0f} | {ok} |")
-    lines += ["", "`raw picows`: one picows `send` (one send(2)) per message, as the sidecar writes; `raw, 2 frames "
-                  "a write`: the pass's two frames for a client in one write (sidecar/wire/frames.py)."]
+    lines += ["", "`raw picows`: one picows `send` (one send(2)) per message; `raw, 2 frames a write`: the pass's "
+                  "two frames for a client in one write, as the sidecar writes what one drain owes a client "
+                  "(sidecar/wire/frames.py)."]
+    if res.get("baseline"):
+        lines += ["", f"### This sidecar against the previous one (`--baseline {res['baseline']}`, same run)", "",
+                  "Ratio: median of per-repeat (this ÷ previous), the two run one after the other in each repeat.", "",
+                  "| N clients | this sidecar msgs / CPU-s | previous sidecar msgs / CPU-s | this ÷ previous | "
+                  "this CPU % | previous CPU % |", "|---:|---:|---:|---:|---:|---:|"]
+        for row in res["rows"]:
+            s, p = row["sidecar"], row[BASELINE]
+            lines.append(f"| {row['n']} | {s['per_cpu_s']:,.0f} | {p['per_cpu_s']:,.0f} | {row['vs_baseline']:.2f} | "
+                         f"{s['cpu_pct']:.0f} | {p['cpu_pct']:.0f} |")
     if many and 1 in res["workers"]:
         lines += ["", "### Push per host: N workers against 1 (same run)", "",
                   "Ratios: median of per-repeat (N workers ÷ 1 worker). CPU % of one core over the push window; "
@@ -305,7 +323,7 @@ async def main_async(args: argparse.Namespace) -> int:
     repeats = args.repeats or repeats
     seconds = args.seconds or seconds
     workers = [int(w) for w in args.workers.split(",")]
-    kinds = (*(sidecar_kind(w) for w in workers), *KINDS[1:])
+    kinds = (*(sidecar_kind(w) for w in workers), *((BASELINE,) if args.baseline else ()), *KINDS[1:])
     nofile = raise_nofile()
     machine = describe()
     log(f"[push] {one_line(machine)}; RLIMIT_NOFILE {nofile}; N = {ns}, {repeats} repeats of {seconds} s; "
@@ -319,7 +337,10 @@ async def main_async(args: argparse.Namespace) -> int:
             for n in ns:
                 order = kinds[rep % len(kinds):] + kinds[: rep % len(kinds)]
                 for kind in order:
-                    if kind.startswith("sidecar"):
+                    if kind == BASELINE:
+                        r = await run_sidecar(n, seconds, logf, Path(args.profile) if args.profile else None,
+                                              root=Path(args.baseline).resolve())
+                    elif kind.startswith("sidecar"):
                         w = next(w for w in workers if sidecar_kind(w) == kind)
                         r = await run_sidecar(n, seconds, logf, Path(args.profile) if args.profile else None,
                                               workers=w)
@@ -328,7 +349,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     runs.setdefault((n, kind), []).append(r)
                     extra = (f"; feeder {r['feeder_cpu_s']:.2f}, clients {r['clients_cpu_s']:.2f} CPU-s"
                              if "feeder_cpu_s" in r else "")
-                    log(f"[push] rep {rep + 1} N={n:5d} {kind:11s} {r['messages']:9,.0f} msgs in {r['cpu_s']:.2f} "
+                    log(f"[push] rep {rep + 1} N={n:5d} {kind:16s} {r['messages']:9,.0f} msgs in {r['cpu_s']:.2f} "
                         f"CPU-s = {r['per_cpu_s']:9,.0f}/CPU-s ({r['per_s']:9,.0f}/s wall; received {r['received']:,}"
                         f"{extra})")
     rows = []
@@ -344,6 +365,10 @@ async def main_async(args: argparse.Namespace) -> int:
         ratios = [s["per_cpu_s"] / r["per_cpu_s"] for s, r in zip(side, raw, strict=True) if r["per_cpu_s"]]
         row = {"n": n, **med, "ratio": statistics.median(ratios) if ratios else 0.0, "ratios": ratios,
                "runs": {k: runs[(n, k)] for k in kinds}}
+        if args.baseline:
+            row["vs_baseline"] = statistics.median(s["per_cpu_s"] / b["per_cpu_s"]
+                                                   for s, b in zip(side, runs[(n, BASELINE)], strict=True)
+                                                   if b["per_cpu_s"])
         if 1 in workers and len(workers) > 1:  # N workers against 1, pairing the runs of one repeat
             row["scaling"], row["placement"] = {}, {}
             for w in workers:
@@ -358,7 +383,8 @@ async def main_async(args: argparse.Namespace) -> int:
                          f"--workers {args.workers}" if workers != [1] else "") if f]
     cmd = "make bench-push" + (f" ARGS='{' '.join(flags)}'" if len(flags) > 1 else f" ARGS={flags[0]}" if flags else "")
     res = {"command": cmd, "machine": machine, "machine_line": one_line(machine), "smoke": args.smoke,
-           "repeats": repeats, "seconds": seconds, "rows": rows, "goal_per_cpu_s": GOAL, "workers": workers}
+           "repeats": repeats, "seconds": seconds, "rows": rows, "goal_per_cpu_s": GOAL, "workers": workers,
+           "baseline": args.baseline}
     md = markdown(res)
     print(md)
     if args.json:
@@ -376,6 +402,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=0)
     ap.add_argument("--workers", default="1", help="sidecar workers on the one port, a comma list: 1,2 runs both "
                                                   "in each repeat and reports the ratio (default 1)")
+    ap.add_argument("--baseline", default="", help="another checkout (e.g. the previous commit's) whose sidecar runs "
+                                                  "too, in every repeat, for a side-by-side ratio")
     ap.add_argument("--json", default="", help="write the results here too")
     ap.add_argument("--profile", default="", help="directory for py-spy profiles of the sidecar (pip install py-spy)")
     ap.add_argument("--out", default="", help="directory for the process logs (default bench/results)")

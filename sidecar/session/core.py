@@ -18,8 +18,19 @@ Feed (inputs)
 
 Drain (outputs), each emptied as it is read
     records_to_send()  records for the engine, in order (`ToEngine`)
-    data_to_send()     (session, frame bytes) pairs, in order per session
+    writes_to_send()   (session, buffer) pairs: per session one bytearray of whole WebSocket
+                       frames, its messages in order (data_to_send(): the same as one
+                       (session, payload) pair per message, for tests)
     closes_to_send()   (session, close code, reason): after that session's frames
+
+The push path (engine records -> frames) is the hot one: per drain, each record is
+unpacked in place, its message built as a typed Struct (wire/pushes.py), encoded by
+msgspec into one scratch buffer the whole drain reuses, and appended as a frame to its
+session's buffer of this drain, so one drain costs one bytearray and one write per client
+and no bytes object per message. A paused session's outbox keeps the typed message and
+encodes it when the session resumes; a broadcast (admin topics) is encoded once per format
+and copied into each subscriber's buffer. `_order_update` and `_driver_position` inline
+what `_deliver` does: on CPython a call costs as much as the framing.
 
 What it owns: the registry (sessions by conn id and by role + id, the admins), the
 correlations of commands awaiting the engine's answer, the resync state a
@@ -36,8 +47,8 @@ Vocabulary, one meaning each across Python and C++:
              numbers reliable messages per recipient and keeps them (dgdo::Deliveries);
              the core picks the recipient's session, holds everything until its welcome,
              and never delivers a seq twice (`_deliver`).
-    send     put one frame on one client's WebSocket: the core queues frames to send
-             (`data_to_send()`), the server shell writes them.
+    send     put one frame on one client's WebSocket: the core frames what to send
+             (`writes_to_send()`), the server shell writes it.
 """
 
 from __future__ import annotations
@@ -47,17 +58,18 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from msgspec import Struct
+from msgspec import UNSET, Struct
 
 from sidecar.engine import records as R
-from sidecar.engine.records import Result, T, id_str
+from sidecar.engine.records import ID_NAMES, Result, T, id_str
 from sidecar.session import commands
 from sidecar.session.admin_feed import AdminFeed, RateWindow
 from sidecar.session.limits import MAX_QUEUED, Outbox
 from sidecar.session.session import WIRE_ROLE, Session
 from sidecar.session.stats import EngineSnapshot, LinkGauges, SidecarStats
-from sidecar.wire.codec import Format, Request, encode
+from sidecar.wire.codec import ENCODE_INTO, Format, Request, encode
 from sidecar.wire.errors import ClientError, ErrorCode
+from sidecar.wire.frames import HEADERS, header, payloads
 from sidecar.wire.messages import (
     AdminSubscribe,
     DriverLocation,
@@ -70,6 +82,17 @@ from sidecar.wire.messages import (
     Ping,
     RideRequest,
     Role,
+)
+from sidecar.wire.pushes import (
+    CancelOrder,
+    DriverPosition,
+    EstimateUpdate,
+    NewOrder,
+    OrderUpdate,
+    Point,
+    Push,
+    round1,
+    round3,
 )
 
 log = logging.getLogger("dgdo.session")
@@ -91,11 +114,17 @@ RESULT_ERROR = {
     Result.BAD_MESSAGE: (ErrorCode.BAD_MESSAGE, "refused by the engine"),
 }
 _HEADER = R.HEADER.unpack_from
+_ORDER_UPDATE = R.OUT_ORDER_UPDATE.unpack_from
+_DRIVER_POSITION = R.OUT_DRIVER_POSITION.unpack_from
+_NEW_ORDER = R.OUT_NEW_ORDER.unpack_from
+_DRIVER = R.Role.DRIVER
+_PASSENGER = R.Role.PASSENGER
 # FLEET entries per record: 72 + 64 x 32 = 2,120 bytes, within the record cap of any ring of 32 KiB or more.
 FLEET_CHUNK = 32
 _NO_GAUGES = LinkGauges()
 # An order in these states has a driver whose positions the engine forwards to its passenger.
 _ON_TRIP = frozenset({R.OrderStatus.ACCEPTED, R.OrderStatus.ARRIVING, R.OrderStatus.ARRIVED, R.OrderStatus.STARTED})
+Message = Push | dict[str, Any]  # a server message: typed on the push path (wire/pushes.py), else a map
 
 
 class ToEngine(Struct, gc=False):
@@ -164,12 +193,17 @@ class SessionCore:
         self._trips: dict[bytes, bytes] = {}
         # outputs
         self._records: list[ToEngine] = []
-        self._frames: list[tuple[Session, bytes] | None] = []
-        self._holes = 0  # frames replaced by a newer position in the same drain
+        # Frames to send: each session's are appended to its own buffer (`Session.wbuf`, made by its
+        # first frame of a drain: one per session per drain, one write), the sessions listed here in
+        # the order they got their first. Messages are encoded into `_scratch`, reused by every one.
+        self._owed: list[Session] = []
+        self._scratch = bytearray()
+        self._cuts: dict[Session, list[tuple[int, int]]] = {}  # frames replaced by a newer position: cut out
         self._closes: list[tuple[Session, int, str]] = []
         # per drain of engine records
-        self._position_at: dict[tuple[int, bytes, int], tuple[int, int]] = {}
+        self._position_at: dict[tuple[int, bytes, int], tuple[int, int, int]] = {}  # -> frame start, end, commit
         self._commits: list[int] = []  # commit stamps of what this drain delivered: push latency at its end
+        self._now_s = 0.0  # CLOCK_MONOTONIC seconds at the start of the drain (the admin feed's clock)
         # the dashboard's model of the fleet (`fleet` topic), fed as traffic passes
         self.feed = AdminFeed()
         self._rates = RateWindow()
@@ -205,13 +239,32 @@ class SessionCore:
         out, self._records = self._records, []
         return out
 
-    def data_to_send(self) -> list[tuple[Session, bytes]]:
-        """Frames to send since the last call: in order for each session (a binary frame when `session.binary`)."""
-        out, self._frames = self._frames, []
-        if self._holes:
-            self._holes = 0
-            return [f for f in out if f is not None]
+    def writes_to_send(self) -> list[tuple[Session, bytearray]]:
+        """What to write since the last call: per session, one buffer of whole WebSocket frames (text,
+        or binary when `session.binary`; RFC 6455 §5.2, unmasked), its messages in order. The shell
+        writes each buffer as it is, in one write, and hands it over: the core never touches it again.
+        """
+        owed, self._owed = self._owed, []
+        cuts = self._cuts
+        if cuts:  # (rare: two positions of one stream in one drain) cut from the end, offsets stay valid
+            for s, spans in cuts.items():
+                buf = s.wbuf
+                if buf is not None:
+                    for start, end in sorted(spans, reverse=True):
+                        del buf[start:end]
+            cuts.clear()
+        out = []
+        for s in owed:
+            buf = s.wbuf
+            s.wbuf = None
+            if buf:
+                out.append((s, buf))
         return out  # type: ignore[return-value]
+
+    def data_to_send(self) -> list[tuple[Session, bytes]]:
+        """The same as writes_to_send(), as one (session, payload) pair per message: in order for each
+        session, sessions in the order of their first message (for tests and shells that frame themselves)."""
+        return [(s, p) for s, buf in self.writes_to_send() for p in payloads(buf)]
 
     def closes_to_send(self) -> list[tuple[Session, int, str]]:
         """Sessions to close (code, reason), each after its frames of the same drain."""
@@ -284,34 +337,67 @@ class SessionCore:
 
     # ---- sending and closing ----------------------------------------------------------
 
-    def _send(self, session: Session, message: dict[str, Any]) -> bool:
+    def _send(self, session: Session, message: Message) -> bool:
         """Queues one message for a session (in its outbox while paused); False when it takes nothing more."""
         if session.closing or session.gone:
             return False
         if session.paused:
-            assert session.outbox is not None
-            if not session.outbox.put(message):
-                self.close_for(session, CLOSE_SLOW_READER, "slow reader: too much owed")
-                return False
-            return True
-        self._frames.append((session, encode(message, session.fmt)))
+            return self._owe(session, message)
+        self._frame(session, message)
         return True
+
+    def _owe(self, session: Session, message: Message) -> bool:
+        """Keeps a message for a paused session, as it is: encoded when the session resumes."""
+        assert session.outbox is not None
+        if not session.outbox.put(message):
+            self.close_for(session, CLOSE_SLOW_READER, "slow reader: too much owed")
+            return False
+        return True
+
+    def _frame(self, session: Session, message: Message) -> int:
+        """Appends `message` as one frame to the session's buffer of this drain; returns the frame's offset.
+
+        msgspec encodes into the one scratch buffer (no bytes object per message), then header and
+        payload are copied to the end of the session's buffer.
+        """
+        buf = session.wbuf
+        if buf is None:
+            buf = session.wbuf = bytearray()
+            self._owed.append(session)
+        at = len(buf)
+        binary = session.binary
+        scratch = self._scratch
+        ENCODE_INTO[binary](message, scratch)
+        n = len(scratch)
+        buf += HEADERS[binary][n] if n < 1024 else header(binary, n)
+        buf += scratch
+        return at
+
+    def _frame_bytes(self, session: Session, data: bytes) -> None:
+        """Appends one frame of an already encoded message (a broadcast's)."""
+        buf = session.wbuf
+        if buf is None:
+            buf = session.wbuf = bytearray()
+            self._owed.append(session)
+        binary = session.binary
+        n = len(data)
+        buf += HEADERS[binary][n] if n < 1024 else header(binary, n)
+        buf += data
 
     def _broadcast(self, sessions: Iterable[Session], message: dict[str, Any]) -> int:
         """Sends one message to many sessions, encoded once per format; returns how many took it."""
         encoded: dict[Format, bytes] = {}
-        frames = self._frames
         n = 0
         for s in sessions:
             if s.closing or s.gone:
                 continue
             if s.paused:
-                n += self._send(s, message)
+                n += self._owe(s, message)
                 continue
             data = encoded.get(s.fmt)
             if data is None:
                 data = encoded[s.fmt] = encode(message, s.fmt)
-            frames.append((s, data))
+            self._frame_bytes(s, data)
             n += 1
         return n
 
@@ -536,6 +622,9 @@ class SessionCore:
         (latest-wins), and moves behind whatever reliable message came in between.
         """
         by_record = self._by_record
+        self._now_s = self.mono_ns() / 1e9
+        commits = self._commits
+        coalesced = self.stats.positions_coalesced
         off = count = 0
         while off + 8 <= nbytes:
             length, type_ = _HEADER(buffer, off)
@@ -552,11 +641,13 @@ class SessionCore:
                 except Exception:  # one bad record must not stop the stream
                     log.exception("! failed to route record type %d", type_)
             off += (length + 7) & ~7
-        self.stats.records_in += count
+        stats = self.stats
+        stats.records_in += count
         self._position_at.clear()
-        commits = self._commits
         if commits:
-            self.stats.push_latency.add_since(self.wall_ns(), commits)
+            # Every delivered message once (a position replaced within the drain is not one).
+            stats.messages_out += len(commits) - (stats.positions_coalesced - coalesced)
+            stats.push_latency.add_since(self.wall_ns(), commits)
             commits.clear()
 
     def _recipient(self, to_conn: int, role_w: int, to_id: bytes) -> Session | None:
@@ -570,23 +661,45 @@ class SessionCore:
         ids = self.by_wire.get(role_w)
         return None if ids is None else ids.get(to_id)
 
-    def _deliver(self, session: Session | None, message: dict[str, Any], commit_real_ns: int, seq: int = 0) -> int:
-        """Delivers one message to its recipient's session: nothing before the welcome, no seq twice.
-
-        Returns the index of its frame in this drain's output, or -1 when none was queued.
-        """
+    @staticmethod
+    def _due(session: Session | None, seq: int) -> bool:
+        """Whether a message (numbered `seq`, 0: not numbered) is to be delivered to `session`: nothing
+        before the welcome, no seq twice. A seq it takes is the session's `last_seq` from now on."""
         if session is None or not session.welcomed:
-            return -1
+            return False
         if seq:
-            if session.last_seq is not None and seq <= session.last_seq:
-                return -1  # delivered already
+            last = session.last_seq
+            if last is not None and seq <= last:
+                return False  # delivered already
             session.last_seq = seq
-            message["seq"] = seq
-        if not self._send(session, message):
+        return True
+
+    def _deliver(self, session: Session, message: Message, commit_real_ns: int) -> int:
+        """Delivers one message (due: `_due`) to its recipient's session, counted in this drain.
+
+        Returns the offset of its frame in the session's buffer, or -1 when none was framed
+        (the session is paused: kept in its outbox; or closing: dropped).
+        """
+        if session.closing or session.gone:
             return -1
-        self.stats.messages_out += 1
+        if session.paused:
+            if self._owe(session, message):
+                self._commits.append(commit_real_ns)
+            return -1
+        # self._frame(session, message), inline: this is every push
+        buf = session.wbuf
+        if buf is None:
+            buf = session.wbuf = bytearray()
+            self._owed.append(session)
+        at = len(buf)
+        binary = session.binary
+        scratch = self._scratch
+        ENCODE_INTO[binary](message, scratch)
+        n = len(scratch)
+        buf += HEADERS[binary][n] if n < 1024 else header(binary, n)
+        buf += scratch
         self._commits.append(commit_real_ns)
-        return len(self._frames) - 1 if not session.paused else -1
+        return at
 
     def welcome(self, session: Session, seq: int, resumed: bool, ts: int) -> None:
         """Sends the welcome (once per session) and starts delivering to it.
@@ -617,7 +730,7 @@ class SessionCore:
         if p is None:
             return
         ts = real // 1_000_000
-        self.feed.request_answered(corr, order_id if status == Result.OK else 0, self.mono_ns() / 1e9, ts)
+        self.feed.request_answered(corr, order_id if status == Result.OK else 0, self._now_s, ts)
         if status == Result.OK:
             if p.request_id is None:
                 return
@@ -635,108 +748,147 @@ class SessionCore:
                 out["id"] = p.request_id
             self._count_error(code)
         if self._send(p.session, out):
-            self.stats.messages_out += 1
             self._commits.append(real)
 
     def _order_update(self, buf: Any, off: int, size: int) -> None:
         (_m, real, to_conn, w, role, to_id, order_id, status, reason, driver_id, passenger_id, seq) = (
-            R.OUT_ORDER_UPDATE.unpack_from(buf, off)
+            _ORDER_UPDATE(buf, off)
         )
-        msg: dict[str, Any] = {"type": "order_update", "order_id": order_id,
-                               "status": STATUS_NAME[R.OrderStatus(status)], "ts": real // 1_000_000}
-        if driver_id[0]:
-            msg["driver_id"] = id_str(driver_id)
-        if role == R.Role.DRIVER:
-            msg["passenger_id"] = id_str(passenger_id)
-        if reason:
-            msg["reason"] = REASON_NAME[R.Reason(reason)]
+        status_name = STATUS_NAME[status]
+        driver = (ID_NAMES.get(driver_id) or id_str(driver_id)) if driver_id[0] else ""
+        ts = real // 1_000_000
         if w == self.worker:  # else a copy for our admins (another worker's app: module doc)
-            self._deliver(self._recipient(to_conn, role, to_id), msg, real, seq)
-            if role == R.Role.DRIVER:
+            if to_conn:
+                session = self._recipient(to_conn, role, to_id)
+            else:  # (the usual case, inline)
+                ids = self.by_wire.get(role)
+                session = None if ids is None else ids.get(to_id)
+            if session is not None and session.welcomed:
+                last = session.last_seq  # (self._due(session, seq), inline)
+                if not seq or last is None or seq > last:
+                    if seq:
+                        session.last_seq = seq
+                    msg = OrderUpdate(order_id, status_name, ts, driver or UNSET,  # type: ignore[arg-type]
+                                      id_str(passenger_id) if role == _DRIVER else UNSET,
+                                      REASON_NAME[reason] if reason else UNSET, seq or UNSET)
+                    if session.paused or session.closing or session.gone:
+                        self._deliver(session, msg, real)
+                    else:  # (self._deliver(session, msg, real), inline: a call costs as much as the framing)
+                        buf = session.wbuf
+                        if buf is None:
+                            buf = session.wbuf = bytearray()
+                            self._owed.append(session)
+                        binary = session.binary
+                        scratch = self._scratch
+                        ENCODE_INTO[binary](msg, scratch)
+                        n = len(scratch)
+                        buf += HEADERS[binary][n] if n < 1024 else header(binary, n)
+                        buf += scratch
+                        self._commits.append(real)
+            if role == _DRIVER:
                 if status in _ON_TRIP:
                     self._trips[to_id] = passenger_id
                 else:
                     self._trips.pop(to_id, None)
         if not to_conn:  # a change as it happens (not a replay or snapshot to one session)
-            self.feed.order_update(order_id, msg["status"], id_str(passenger_id), msg.get("driver_id", ""),
-                                   self.mono_ns() / 1e9, msg["ts"])
-        if role == R.Role.PASSENGER and not to_conn and self.admins:
-            # Each change reaches the passenger (and the driver, once there is one): admins see it once,
-            # and not again when a replay or snapshot (to one session) repeats it.
-            self._admin_order(msg, id_str(to_id))
+            self.feed.order_update(order_id, status_name, ID_NAMES.get(passenger_id) or id_str(passenger_id), driver,
+                                   self._now_s, ts)
+            if role == _PASSENGER and self.admins:
+                # Each change reaches the passenger (and the driver, once there is one): admins see it once,
+                # and not again when a replay or snapshot (to one session) repeats it.
+                self._admin_order(order_id, status_name, id_str(to_id), driver, REASON_NAME[reason] if reason else "",
+                                  ts)
 
-    def _admin_order(self, update: dict[str, Any], passenger_id: str) -> None:
-        ts = update["ts"]
-        order = {"order_id": update["order_id"], "status": update["status"], "passenger_id": passenger_id}
-        if "driver_id" in update:
-            order["driver_id"] = update["driver_id"]
-        if "reason" in update:
-            order["reason"] = update["reason"]
+    def _admin_order(self, order_id: int, status: str, passenger_id: str, driver_id: str, reason: str,
+                     ts: int) -> None:
+        order: dict[str, Any] = {"order_id": order_id, "status": status, "passenger_id": passenger_id}
+        if driver_id:
+            order["driver_id"] = driver_id
+        if reason:
+            order["reason"] = reason
         self.to_admins("active_orders", {"type": "active_orders", **order,
                                          "active": self.stats.engine.active_orders, "ts": ts})
-        if update["status"] == "accepted":
-            self.to_admins("assignments", {"type": "assignment", "order_id": update["order_id"],
-                                           "driver_id": update.get("driver_id", ""), "passenger_id": passenger_id,
-                                           "ts": ts})
+        if status == "accepted":
+            self.to_admins("assignments", {"type": "assignment", "order_id": order_id, "driver_id": driver_id,
+                                           "passenger_id": passenger_id, "ts": ts})
 
     def _new_order(self, buf: Any, off: int, size: int) -> None:
         (_m, real, to_conn, w, role, to_id, order_id, passenger_id,
-         plat, plon, dlat, dlon, distance_m, eta_s, expires_in_s, seq) = R.OUT_NEW_ORDER.unpack_from(buf, off)
-        msg = {
-            "type": "new_order", "order_id": order_id, "passenger_id": id_str(passenger_id),
-            "pickup": {"lat": plat, "lon": plon}, "dropoff": {"lat": dlat, "lon": dlon},
-            "distance_m": round(distance_m, 1), "eta_s": round(eta_s, 1),
-            "expires_in_s": round(expires_in_s, 3), "ts": real // 1_000_000,
-        }
+         plat, plon, dlat, dlon, distance_m, eta_s, expires_in_s, seq) = _NEW_ORDER(buf, off)
+        ts = real // 1_000_000
         if w == self.worker:
-            self._deliver(self._recipient(to_conn, role, to_id), msg, real, seq)
+            session = self._recipient(to_conn, role, to_id)
+            if self._due(session, seq):
+                self._deliver(session, NewOrder(  # type: ignore[arg-type]
+                    order_id, id_str(passenger_id), Point(plat, plon), Point(dlat, dlon), round1(distance_m),
+                    round1(eta_s), round3(expires_in_s), ts, seq or UNSET), real)
         if not to_conn:
-            self.feed.offer(id_str(to_id), order_id, (plat, plon), (dlat, dlon), eta_s, expires_in_s,
-                            self.mono_ns() / 1e9, msg["ts"])
+            self.feed.offer(id_str(to_id), order_id, (plat, plon), (dlat, dlon), eta_s, expires_in_s, self._now_s, ts)
 
     def _cancel_order(self, buf: Any, off: int, size: int) -> None:
         (_m, real, to_conn, w, role, to_id, order_id, reason, seq) = R.OUT_CANCEL_ORDER.unpack_from(buf, off)
-        msg = {"type": "cancel_order", "order_id": order_id, "reason": REASON_NAME[R.Reason(reason)],
-               "ts": real // 1_000_000}
+        reason_name = REASON_NAME[reason]
         if w == self.worker:
-            self._deliver(self._recipient(to_conn, role, to_id), msg, real, seq)
+            session = self._recipient(to_conn, role, to_id)
+            if self._due(session, seq):
+                self._deliver(session, CancelOrder(order_id, reason_name, real // 1_000_000, seq or UNSET),  # type: ignore[arg-type]
+                              real)
         if not to_conn:
             self.feed.offer_ended(id_str(to_id), order_id)
 
     def _driver_position(self, buf: Any, off: int, size: int) -> None:
         (_m, real, to_conn, _w, role, to_id, order_id, driver_id, lat, lon, heading, speed) = (
-            R.OUT_DRIVER_POSITION.unpack_from(buf, off)
+            _DRIVER_POSITION(buf, off)
         )
-        session = self._recipient(to_conn, role, to_id)
+        if to_conn:
+            session = self._recipient(to_conn, role, to_id)
+        else:  # (the usual case, inline)
+            ids = self.by_wire.get(role)
+            session = None if ids is None else ids.get(to_id)
         if session is None or not session.welcomed:
             return
-        msg: dict[str, Any] = {"type": "driver_location", "order_id": order_id, "driver_id": id_str(driver_id),
-                               "lat": lat, "lon": lon, "ts": real // 1_000_000}
-        if heading == heading:  # not NaN
-            msg["heading"] = round(heading, 1)
-        if speed == speed:
-            msg["speed_kmh"] = round(speed, 1)
+        msg = DriverPosition(order_id, ID_NAMES.get(driver_id) or id_str(driver_id), lat, lon, real // 1_000_000,
+                             round1(heading) if heading == heading else UNSET,  # (NaN: unknown)
+                             round1(speed) if speed == speed else UNSET)
         # Latest-wins within the drain: a newer position for the same stream makes the queued one moot.
         key = (session.conn_id, driver_id, order_id)
-        earlier = self._position_at.get(key)
-        if earlier is not None:
-            frame_at, commit_at = earlier
-            self._frames[frame_at] = None
-            self._holes += 1
-            self._commits[commit_at] = -1
-            self.stats.messages_out -= 1
-            self.stats.positions_coalesced += 1
-            del self._position_at[key]
-        at = self._deliver(session, msg, real)
-        if at >= 0:
-            self._position_at[key] = (at, len(self._commits) - 1)
+        position_at, commits = self._position_at, self._commits
+        if position_at:
+            earlier = position_at.pop(key, None)
+            if earlier is not None:
+                start, end, commit_at = earlier
+                cuts = self._cuts.get(session)
+                if cuts is None:
+                    self._cuts[session] = [(start, end)]
+                else:
+                    cuts.append((start, end))
+                commits[commit_at] = -1
+                self.stats.positions_coalesced += 1
+        if session.paused or session.closing or session.gone:
+            self._deliver(session, msg, real)
+            return
+        # self._deliver(session, msg, real), inline: a call costs as much as the framing
+        buf = session.wbuf
+        if buf is None:
+            buf = session.wbuf = bytearray()
+            self._owed.append(session)
+        at = len(buf)
+        binary = session.binary
+        scratch = self._scratch
+        ENCODE_INTO[binary](msg, scratch)
+        n = len(scratch)
+        buf += HEADERS[binary][n] if n < 1024 else header(binary, n)
+        buf += scratch
+        commits.append(real)
+        position_at[key] = (at, len(buf), len(commits) - 1)
 
     def _estimate_update(self, buf: Any, off: int, size: int) -> None:
         (_m, real, to_conn, w, role, to_id, order_id, eta_s, distance_m) = R.OUT_ESTIMATE_UPDATE.unpack_from(buf, off)
-        msg = {"type": "estimate_update", "order_id": order_id, "eta_s": round(eta_s, 1),
-               "distance_m": round(distance_m, 1), "ts": real // 1_000_000}
         if w == self.worker:
-            self._deliver(self._recipient(to_conn, role, to_id), msg, real)
+            session = self._recipient(to_conn, role, to_id)
+            if self._due(session, 0):
+                self._deliver(session, EstimateUpdate(order_id, round1(eta_s), round1(distance_m),  # type: ignore[arg-type]
+                                                      real // 1_000_000), real)
         if not to_conn:
             self.feed.estimate(order_id, eta_s)
 
@@ -748,8 +900,10 @@ class SessionCore:
         for i in range(min(count, (size - head.size) // entry.size)):
             did, lat, lon = entry.unpack_from(buf, off + head.size + i * entry.size)
             drivers.append({"driver_id": id_str(did), "lat": lat, "lon": lon})
-        msg = {"type": "nearby_drivers", "drivers": drivers, "ts": real // 1_000_000}
-        self._deliver(self._recipient(to_conn, role, to_id), msg, real)
+        session = self._recipient(to_conn, role, to_id)
+        if self._due(session, 0):
+            self._deliver(session, {"type": "nearby_drivers", "drivers": drivers, "ts": real // 1_000_000},  # type: ignore[arg-type]
+                          real)
 
     def _engine_stats(self, buf: Any, off: int, size: int) -> None:
         (_m, _real, _c, _w, _r, _id, online, available, active, workers, created, matched, completed, p99, p50, n,

@@ -177,21 +177,25 @@ class Outbox:
 
     def __init__(self, max_queued: int = MAX_QUEUED) -> None:
         self.max_queued = max_queued
-        self.pending: OrderedDict[object, dict[str, Any]] = OrderedDict()
+        self.pending: OrderedDict[object, Any] = OrderedDict()
         self._keys = itertools.count()
 
-    def put(self, message: dict[str, Any]) -> bool:
-        """Queues a message; False when the client now owes more than `max_queued` (close 4008)."""
-        mtype = message.get("type")
+    def put(self, message: Any) -> bool:
+        """Queues a message (a map, or a typed one of wire/pushes.py, encoded only when it is sent);
+        False when the client now owes more than `max_queued` (close 4008)."""
+        if isinstance(message, dict):
+            mtype, order_id = message.get("type"), message.get("order_id")
+        else:
+            mtype, order_id = message.__struct_config__.tag, getattr(message, "order_id", None)
         if mtype in LATEST_WINS:
-            key: object = (mtype, message.get("order_id"))
+            key: object = (mtype, order_id)
             self.pending.pop(key, None)
         else:
             key = next(self._keys)
         self.pending[key] = message
         return len(self.pending) <= self.max_queued
 
-    def drain(self) -> Iterator[dict[str, Any]]:
+    def drain(self) -> Iterator[Any]:
         """Yields queued messages oldest first, removing each as it goes (stop early to keep the rest)."""
         while self.pending:
             _key, message = self.pending.popitem(last=False)

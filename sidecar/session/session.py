@@ -28,6 +28,9 @@ class Session:
     SESSION_STATE). `last_seq` is the highest seq delivered (or the welcome's), None
     before the welcome when the app gave no `?last_seq`.
 
+    Output: `wbuf` holds the frames owed to the client in the current drain, until the shell
+    takes them (one buffer, one write).
+
     Flow: while `paused` (the socket's write buffer is above its high-water mark) the
     core queues messages in `outbox` (positions coalesced, reliable ones in order).
     `closing`: a CLOSE is on its way, nothing more is sent. `gone`: the socket is closed.
@@ -37,7 +40,7 @@ class Session:
     """
 
     __slots__ = ("app_id", "binary", "closing", "conn_id", "fmt", "gone", "io", "last_seq", "origin", "outbox",
-                 "paused", "resync", "role", "topics", "welcomed", "wire_id", "wire_role")
+                 "paused", "resync", "role", "topics", "wbuf", "welcomed", "wire_id", "wire_role")
 
     def __init__(self, conn_id: int, role: Role, app_id: str, fmt: Format, worker: int,
                  last_seq: int | None = None) -> None:
@@ -59,6 +62,7 @@ class Session:
         self.closing = False
         self.gone = False
         self.io: Any = None
+        self.wbuf: bytearray | None = None  # this drain's frames, whole, for one write (SessionCore.writes_to_send)
 
     def __repr__(self) -> str:
         return f"<Session {self.conn_id} {self.role.value} {self.app_id}>"

@@ -21,8 +21,9 @@ module owns the sockets and the event loop:
 * the engine link (engine/link.py) hands each drained batch of records to the
   core, and reports attach / detach / liveness.
 * after each feed, the core is drained: records go to the link, frames to their
-  sockets, closes last. An engine batch is written at once (one drain, one batch
-  of writes); client input is drained once per event-loop turn, so a burst of
+  sockets (each session's in one write of the buffer the core framed them in),
+  closes last. An engine batch is written at once (one drain, one write per
+  client); client input is drained once per event-loop turn, so a burst of
   frames read together is answered together.
 
 Close codes this server sends: 1000 (reply to the client's CLOSE), 1001
@@ -80,7 +81,6 @@ from sidecar.shell.refusal import RefusedListener
 from sidecar.wire.auth import ENV_SECRET, Authenticator, AuthError, Unauthenticated, http_status
 from sidecar.wire.codec import Decoder, MessageTooBig
 from sidecar.wire.errors import ClientError, ErrorCode
-from sidecar.wire.frames import frames as server_frames
 from sidecar.wire.messages import DriverLocation, Nearby, Role
 from sidecar.wire.router import ADMIN_PAGE, HttpRoute, RouteError, WsRoute, choose_format, route
 
@@ -271,9 +271,9 @@ class App:
                     core.not_taken(rec, ErrorCode.ENGINE_UNAVAILABLE, str(e))
                 except Overloaded as e:
                     core.not_taken(rec, ErrorCode.OVERLOADED, str(e))
-        frames = core.data_to_send()
-        if frames:
-            self._write(frames)
+        writes = core.writes_to_send()
+        if writes:
+            self._write(writes)
         closes = core.closes_to_send()
         for session, code, reason in closes:
             self._close(session, code, reason)
@@ -283,35 +283,19 @@ class App:
             self.link.flush()
 
     @staticmethod
-    def _write(frames: list[tuple[Session, bytes]]) -> None:
-        """Writes a drain's frames: several for one session go out in one write.
+    def _write(writes: list[tuple[Session, bytearray]]) -> None:
+        """Writes a drain's frames: each session's in one write of the buffer the core framed them in.
 
         A picows `send` is one send(2) per frame, and on a small VM that system call costs more
         than the Python that made the message (bench/push); an engine batch often holds several
-        messages for one client (an order update, its estimate, a position), so they are framed
-        together (wire/frames.py) and written at once, in the order the core yielded them.
+        messages for one client (an order update, its estimate, a position), so the core frames
+        them together (wire/frames.py) and each buffer goes to the transport as it is. uvloop may
+        keep a buffer it could not send at once: the core makes a new one for the next drain.
         """
-        if len(frames) == 1:
-            session, data = frames[0]
+        for session, data in writes:
             t: WSTransport | None = session.io
-            if t is not None and not t.is_disconnected:
-                t.send(_BINARY if session.binary else _TEXT, data)
-            return
-        owed: dict[Session, list[bytes]] = {}
-        for session, data in frames:
-            got = owed.get(session)
-            if got is None:
-                owed[session] = [data]
-            else:
-                got.append(data)
-        for session, payloads in owed.items():
-            t = session.io
-            if t is None or t.is_disconnected:
-                continue
-            if len(payloads) == 1:
-                t.send(_BINARY if session.binary else _TEXT, payloads[0])
-            elif not t.is_close_frame_sent:  # (picows' own send checks this; a raw write must too)
-                t.underlying_transport.write(server_frames(session.binary, payloads))
+            if t is not None and not t.is_disconnected and not t.is_close_frame_sent:
+                t.underlying_transport.write(data)  # (picows' own send checks is_close_frame_sent too)
 
     def _flush_turn(self) -> None:
         self._flush_due = False

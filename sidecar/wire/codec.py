@@ -14,7 +14,9 @@ A whole message is read by msgspec in one pass, straight into the typed
 message of `messages.py` (text frames as JSON, binary frames as msgpack), and
 validated as it is read. Only a refused message is looked at again, to
 answer it the way a client reads an answer (`refusal`). Server messages go
-out through msgspec's encoders (`encode`).
+out through msgspec's encoders: `encode()` to bytes, or `ENCODE_INTO` into a
+reused buffer (the push path: typed messages of `pushes.py`, framed by the
+session core straight into each client's write buffer, `frames.py`).
 """
 
 from __future__ import annotations
@@ -331,14 +333,21 @@ class Decoder:
         self._size = 0
 
 
-# msgspec's encoders write a typical push in ~0.2 µs (the stdlib's json takes ~5 µs): on the push
-# path that is most of the sidecar's own work. One of each, shared; they hold no per-call state.
-_encode_json = msgspec.json.Encoder().encode
-_encode_msgpack = msgspec.msgpack.Encoder().encode
+# msgspec's encoders write a typical push in ~0.2-0.4 µs (the stdlib's json takes ~5 µs). One of
+# each, shared; they hold no per-call state. On the push path the message is typed
+# (wire/pushes.py) and encoded into a buffer the drain reuses (`ENCODE_INTO`), not into a new
+# bytes object: session/core.py `_frame`.
+_json_encoder = msgspec.json.Encoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
+_encode_json = _json_encoder.encode
+_encode_msgpack = _msgpack_encoder.encode
+ENCODE_INTO = (_json_encoder.encode_into, _msgpack_encoder.encode_into)
+"""`ENCODE_INTO[binary](message, buffer)`: the message's JSON (False) or msgpack (True) into a
+bytearray, replacing what it held; the same bytes `encode()` returns."""
 
 
-def encode(message: dict[str, Any], fmt: Format) -> bytes:
-    """Encodes a server message for a connection's negotiated format.
+def encode(message: dict[str, Any] | Struct, fmt: Format) -> bytes:
+    """Encodes a server message (a map, or a typed push of wire/pushes.py) for a connection's format.
 
     Messages never carry NaN (unknown optional values are left out), so the JSON is
     always standard. The msgpack is what the `msgpack` package's default Packer writes

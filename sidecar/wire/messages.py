@@ -9,8 +9,9 @@ the checks. What a type cannot say — the connection's role, a `driver_id` equa
 the connection's own, a reason's length in UTF-8 bytes — `codec.py` checks after
 decoding.
 
-The server -> client direction is plain maps built where the events happen; their
-shapes are in `schema.py` and docs/protocol.md.
+The server -> client direction: the messages made from engine records are typed in
+`pushes.py`, the rest are plain maps built where the events happen; the shapes of
+all of them are in `schema.py` and docs/protocol.md.
 """
 
 from __future__ import annotations

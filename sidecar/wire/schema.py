@@ -2,8 +2,9 @@
 
 `messages.SCHEMAS` says which client messages exist and who may send them, and
 their msgspec Structs validate them; this module restates their wire fields
-as a table beside the shape of every server -> client message (built as
-plain maps in session/core.py), so that both directions
+as a table beside the shape of every server -> client message (typed in
+pushes.py when made from an engine record, else maps built in session/core.py),
+so that both directions
 read alike. docs/protocol.md and docs/asyncapi.yaml are checked against
 these tables by tests/test_docs.py, and the tables are checked against the
 Structs, the decoder and a live session, so none can drift.
