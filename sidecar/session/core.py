@@ -187,9 +187,12 @@ class SessionCore:
         self.available = False  # attached and beating
         self.pending: dict[int, PendingReply] = {}
         self._corr = 0
-        # Drivers on this worker with a live trip (their order updates say so): driver wire id ->
-        # passenger wire id. When that passenger is here too, the driver's positions are answered
-        # through this worker at once (ToEngine.reply_due). One entry per driver at most.
+        # Drivers on this worker with a live trip: driver wire id -> passenger wire id. When that
+        # passenger is here too, the driver's positions are answered through this worker at once
+        # (ToEngine.reply_due). One entry per driver at most. Set by the driver's order updates, or
+        # by a position of it forwarded to a passenger here (a driver resumed mid-trip with nothing
+        # missed is told nothing else); gone with a trip-ending update, a cancel_order (a driver
+        # that gave up its trip hears nothing more) or the driver's session.
         self._trips: dict[bytes, bytes] = {}
         # outputs
         self._records: list[ToEngine] = []
@@ -829,6 +832,8 @@ class SessionCore:
         (_m, real, to_conn, w, role, to_id, order_id, reason, seq) = R.OUT_CANCEL_ORDER.unpack_from(buf, off)
         reason_name = REASON_NAME[reason]
         if w == self.worker:
+            if role == _DRIVER:  # an offer withdrawn (no trip) or a trip given up: no trip now
+                self._trips.pop(to_id, None)
             session = self._recipient(to_conn, role, to_id)
             if self._due(session, seq):
                 self._deliver(session, CancelOrder(order_id, reason_name, real // 1_000_000, seq or UNSET),  # type: ignore[arg-type]
@@ -847,6 +852,9 @@ class SessionCore:
             session = None if ids is None else ids.get(to_id)
         if session is None or not session.welcomed:
             return
+        trips = self._trips
+        if driver_id not in trips and driver_id in self.by_wire[_DRIVER]:
+            trips[driver_id] = to_id  # the engine forwards its positions here: its trip, learnt (`_trips`)
         msg = DriverPosition(order_id, ID_NAMES.get(driver_id) or id_str(driver_id), lat, lon, real // 1_000_000,
                              round1(heading) if heading == heading else UNSET,  # (NaN: unknown)
                              round1(speed) if speed == speed else UNSET)
@@ -931,6 +939,7 @@ class SessionCore:
         if self._unregister(old):
             self.stats.connections = len(self.by_conn)
             if old.role is Role.DRIVER:
+                self._trips.pop(old.wire_id, None)  # its positions go to the other worker now
                 self.feed.driver_gone(old.app_id)
         self.close(old, CLOSE_REPLACED, "replaced by a newer connection")
         self.admin_log("info", f"{old.role.value} {old.app_id} reconnected to worker {by_worker}; "
