@@ -199,7 +199,7 @@ class SessionCore:
         # Frames to send: each session's are appended to its own buffer (`Session.wbuf`, made by its
         # first frame of a drain: one per session per drain, one write), the sessions listed here in
         # the order they got their first. Messages are encoded into `_scratch`, reused by every one.
-        self._owed: list[Session] = []
+        self._to_write: list[Session] = []
         self._scratch = bytearray()
         self._cuts: dict[Session, list[tuple[int, int]]] = {}  # frames replaced by a newer position: cut out
         self._closes: list[tuple[Session, int, str]] = []
@@ -247,7 +247,7 @@ class SessionCore:
         or binary when `session.binary`; RFC 6455 §5.2, unmasked), its messages in order. The shell
         writes each buffer as it is, in one write, and hands it over: the core never touches it again.
         """
-        owed, self._owed = self._owed, []
+        to_write, self._to_write = self._to_write, []
         cuts = self._cuts
         if cuts:  # (rare: two positions of one stream in one drain) cut from the end, offsets stay valid
             for s, spans in cuts.items():
@@ -257,7 +257,7 @@ class SessionCore:
                         del buf[start:end]
             cuts.clear()
         out = []
-        for s in owed:
+        for s in to_write:
             buf = s.wbuf
             s.wbuf = None
             if buf:
@@ -366,7 +366,7 @@ class SessionCore:
         buf = session.wbuf
         if buf is None:
             buf = session.wbuf = bytearray()
-            self._owed.append(session)
+            self._to_write.append(session)
         at = len(buf)
         binary = session.binary
         scratch = self._scratch
@@ -381,7 +381,7 @@ class SessionCore:
         buf = session.wbuf
         if buf is None:
             buf = session.wbuf = bytearray()
-            self._owed.append(session)
+            self._to_write.append(session)
         binary = session.binary
         n = len(data)
         buf += HEADERS[binary][n] if n < 1024 else header(binary, n)
@@ -693,7 +693,7 @@ class SessionCore:
         buf = session.wbuf
         if buf is None:
             buf = session.wbuf = bytearray()
-            self._owed.append(session)
+            self._to_write.append(session)
         at = len(buf)
         binary = session.binary
         scratch = self._scratch
@@ -780,7 +780,7 @@ class SessionCore:
                         buf = session.wbuf
                         if buf is None:
                             buf = session.wbuf = bytearray()
-                            self._owed.append(session)
+                            self._to_write.append(session)
                         binary = session.binary
                         scratch = self._scratch
                         ENCODE_INTO[binary](msg, scratch)
@@ -879,7 +879,7 @@ class SessionCore:
         buf = session.wbuf
         if buf is None:
             buf = session.wbuf = bytearray()
-            self._owed.append(session)
+            self._to_write.append(session)
         at = len(buf)
         binary = session.binary
         scratch = self._scratch
