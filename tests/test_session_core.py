@@ -426,6 +426,26 @@ def test_a_driver_resumed_mid_trip_is_reply_due_again_once_a_position_reaches_it
     assert not due()
 
 
+def test_trips_are_forgotten_with_the_engine_and_learnt_again_from_the_next_one() -> None:
+    # A restarted engine may have lost them (no journal) and says nothing of trips it kept.
+    core = make_core()
+    d = connect(core, Role.DRIVER, "d1")
+    p = connect(core, Role.PASSENGER, "p1")
+    feed(core, update(1, app=b"d1", role=R.Role.DRIVER))
+    core.engine_detached()
+    core.engine_attached()
+    sent(core)
+    core.records_to_send()
+
+    def due() -> bool:
+        core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7}, d))
+        return core.records_to_send()[-1].reply_due
+
+    assert not due()
+    feed(core, position(p, 38.5))
+    assert due()
+
+
 def test_detach_fails_the_commands_in_flight_except_those_carried_to_the_next_engine() -> None:
     core = make_core()
     p = connect(core, Role.PASSENGER, "p1")

@@ -192,7 +192,7 @@ class SessionCore:
         # (ToEngine.reply_due). One entry per driver at most. Set by the driver's order updates, or
         # by a position of it forwarded to a passenger here (a driver resumed mid-trip with nothing
         # missed is told nothing else); gone with a trip-ending update, a cancel_order (a driver
-        # that gave up its trip hears nothing more) or the driver's session.
+        # that gave up its trip hears nothing more), the driver's session or the engine.
         self._trips: dict[bytes, bytes] = {}
         # outputs
         self._records: list[ToEngine] = []
@@ -588,6 +588,7 @@ class SessionCore:
                 publishes to the next engine first: they stay pending, and are answered by it.
         """
         self.attached = self.available = False
+        self._trips.clear()  # the next engine may not hold them (no journal): learnt again from what it forwards
         self.admin_log("error", "engine detached")
         failed = [p for c, p in self.pending.items() if c not in carried]
         self.pending = {c: p for c, p in self.pending.items() if c in carried}
