@@ -378,7 +378,72 @@ def test_a_position_is_marked_reply_due_only_while_its_driver_has_a_trip_whose_p
     feed(core, update(13, app=b"d1", role=R.Role.DRIVER))
     core.disconnected(d)
     d = connect(core, Role.DRIVER, "d1")
-    assert not due()  # a new session: it knows its trip again from the engine's replay or snapshot
+    assert not due()  # a new session: it knows its trip again from a replay, a snapshot or a forwarded position
+
+
+def test_a_driver_that_gives_up_its_trip_no_longer_marks_its_positions_reply_due() -> None:
+    # The engine tells a driver that gave up an accepted trip with a cancel_order, not an order_update
+    # (core.cpp: back to search without it); its positions are no longer forwarded to that passenger.
+    core = make_core()
+    d = connect(core, Role.DRIVER, "d1")
+    connect(core, Role.PASSENGER, "p1")
+    feed(core, update(1, app=b"d1", role=R.Role.DRIVER))
+    feed(core, (R.T.OUT_CANCEL_ORDER, R.OUT_CANCEL_ORDER.pack(*meta(d), 1001, R.Reason.DRIVER_CANCELED, 2)))
+    sent(core)
+    core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7}, d))
+    assert not core.records_to_send()[-1].reply_due
+
+
+def test_a_driver_resumed_mid_trip_is_reply_due_again_once_a_position_reaches_its_passenger() -> None:
+    # A resume with nothing missed replays nothing (core.cpp, Core::session_open): no order_update
+    # tells the new session of its trip, but the engine's next forward of its position to the
+    # passenger here does.
+    core = make_core()
+    d = connect(core, Role.DRIVER, "d1")
+    p = connect(core, Role.PASSENGER, "p1")
+    feed(core, update(1, app=b"d1", role=R.Role.DRIVER, status=R.OrderStatus.STARTED))
+    core.disconnected(d)
+    d = connect(core, Role.DRIVER, "d1", last_seq=1)
+    sent(core)
+
+    def due() -> bool:
+        core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7}, d))
+        return core.records_to_send()[-1].reply_due
+
+    assert not due()
+    feed(core, position(p, 38.5))
+    assert due()
+    feed(core, update(2, app=b"d1", role=R.Role.DRIVER, status=R.OrderStatus.COMPLETED))
+    assert not due()
+    core.disconnected(d)
+    feed(core, position(p, 38.6))  # a position of a driver not (or no longer) here teaches nothing
+    d = connect(core, Role.DRIVER, "d1", last_seq=2)
+    assert not due()
+    feed(core, update(3, app=b"d1", role=R.Role.DRIVER))
+    assert due()
+    feed(core, (R.T.OUT_SESSION_REPLACED, R.OUT_SESSION_REPLACED.pack(*meta(d, d.conn_id), 2)))
+    d = connect(core, Role.DRIVER, "d1", last_seq=3)  # back here later, its trip over on worker 2
+    assert not due()
+
+
+def test_trips_are_forgotten_with_the_engine_and_learnt_again_from_the_next_one() -> None:
+    # A restarted engine may have lost them (no journal) and says nothing of trips it kept.
+    core = make_core()
+    d = connect(core, Role.DRIVER, "d1")
+    p = connect(core, Role.PASSENGER, "p1")
+    feed(core, update(1, app=b"d1", role=R.Role.DRIVER))
+    core.engine_detached()
+    core.engine_attached()
+    sent(core)
+    core.records_to_send()
+
+    def due() -> bool:
+        core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7}, d))
+        return core.records_to_send()[-1].reply_due
+
+    assert not due()
+    feed(core, position(p, 38.5))
+    assert due()
 
 
 def test_detach_fails_the_commands_in_flight_except_those_carried_to_the_next_engine() -> None:

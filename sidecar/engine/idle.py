@@ -16,6 +16,10 @@ comes or not. See README "Idle strategy" for measured trade-offs.
 
 Sans-I/O apart from the clock and the loop's `call_soon`: `poll`, `park` and `unpark` are the
 caller's.
+
+`ReplyBudget` is the other wait: how long the link spins for an answer the engine owes right
+after a publish (a command's, or a forwarded position's: engine/link.py `_spin_for_reply`),
+learnt from recent answer times under the operator's cap (`dgdo run --reply-spin-us`). Pure.
 """
 
 from __future__ import annotations

@@ -12,7 +12,10 @@ fds closed at once: the mappings alone keep them. Then:
   wake drains the out ring in batches (one cffi call each) and hands the
   records to `on_records`, then parks again, or first polls the ring for a
   while (`idle_spin_us`, sidecar/engine/idle.py: spin, yield, then park) when the
-  operator gives it a budget.
+  operator gives it a budget. After a flush that holds a record the engine answers at
+  once (`reply_due`: a command, or a position its passenger on this worker awaits), it
+  polls the out ring for that answer instead of parking, yielding the CPU between polls,
+  for as long as recent answers took (`idle.ReplyBudget`, capped by `reply_spin_us`).
 * the control socket is watched too: EOF means the engine died. The link
   then reports `attached = False` and keeps trying to attach again, unless
   the engine refused our worker id (another live sidecar has it): that is

@@ -30,7 +30,10 @@ session's buffer of this drain, so one drain costs one bytearray and one write p
 and no bytes object per message. A paused session's outbox keeps the typed message and
 encodes it when the session resumes; a broadcast (admin topics) is encoded once per format
 and copied into each subscriber's buffer. `_order_update` and `_driver_position` inline
-what `_deliver` does: on CPython a call costs as much as the framing.
+what `_deliver` does, and `_deliver` what `_frame` does: on CPython a call costs as much as the
+framing (callgrind, order updates and positions to 300 sessions: ~500 instructions a message
+more when both handlers call `_deliver` -> `_frame`, ~2 % of the core's). Keep the copies
+identical: tests/test_pushes.py reads the frames of each back, in both formats.
 
 What it owns: the registry (sessions by conn id and by role + id, the admins), the
 correlations of commands awaiting the engine's answer, the resync state a
@@ -187,16 +190,19 @@ class SessionCore:
         self.available = False  # attached and beating
         self.pending: dict[int, PendingReply] = {}
         self._corr = 0
-        # Drivers on this worker with a live trip (their order updates say so): driver wire id ->
-        # passenger wire id. When that passenger is here too, the driver's positions are answered
-        # through this worker at once (ToEngine.reply_due). One entry per driver at most.
+        # Drivers on this worker with a live trip: driver wire id -> passenger wire id. When that
+        # passenger is here too, the driver's positions are answered through this worker at once
+        # (ToEngine.reply_due). One entry per driver at most. Set by the driver's order updates, or
+        # by a position of it forwarded to a passenger here (a driver resumed mid-trip with nothing
+        # missed is told nothing else); gone with a trip-ending update, a cancel_order (a driver
+        # that gave up its trip hears nothing more), the driver's session or the engine.
         self._trips: dict[bytes, bytes] = {}
         # outputs
         self._records: list[ToEngine] = []
         # Frames to send: each session's are appended to its own buffer (`Session.wbuf`, made by its
         # first frame of a drain: one per session per drain, one write), the sessions listed here in
         # the order they got their first. Messages are encoded into `_scratch`, reused by every one.
-        self._owed: list[Session] = []
+        self._to_write: list[Session] = []
         self._scratch = bytearray()
         self._cuts: dict[Session, list[tuple[int, int]]] = {}  # frames replaced by a newer position: cut out
         self._closes: list[tuple[Session, int, str]] = []
@@ -244,7 +250,7 @@ class SessionCore:
         or binary when `session.binary`; RFC 6455 §5.2, unmasked), its messages in order. The shell
         writes each buffer as it is, in one write, and hands it over: the core never touches it again.
         """
-        owed, self._owed = self._owed, []
+        to_write, self._to_write = self._to_write, []
         cuts = self._cuts
         if cuts:  # (rare: two positions of one stream in one drain) cut from the end, offsets stay valid
             for s, spans in cuts.items():
@@ -254,7 +260,7 @@ class SessionCore:
                         del buf[start:end]
             cuts.clear()
         out = []
-        for s in owed:
+        for s in to_write:
             buf = s.wbuf
             s.wbuf = None
             if buf:
@@ -363,7 +369,7 @@ class SessionCore:
         buf = session.wbuf
         if buf is None:
             buf = session.wbuf = bytearray()
-            self._owed.append(session)
+            self._to_write.append(session)
         at = len(buf)
         binary = session.binary
         scratch = self._scratch
@@ -378,7 +384,7 @@ class SessionCore:
         buf = session.wbuf
         if buf is None:
             buf = session.wbuf = bytearray()
-            self._owed.append(session)
+            self._to_write.append(session)
         binary = session.binary
         n = len(data)
         buf += HEADERS[binary][n] if n < 1024 else header(binary, n)
@@ -585,6 +591,7 @@ class SessionCore:
                 publishes to the next engine first: they stay pending, and are answered by it.
         """
         self.attached = self.available = False
+        self._trips.clear()  # the next engine may not hold them (no journal): learnt again from what it forwards
         self.admin_log("error", "engine detached")
         failed = [p for c, p in self.pending.items() if c not in carried]
         self.pending = {c: p for c, p in self.pending.items() if c in carried}
@@ -690,7 +697,7 @@ class SessionCore:
         buf = session.wbuf
         if buf is None:
             buf = session.wbuf = bytearray()
-            self._owed.append(session)
+            self._to_write.append(session)
         at = len(buf)
         binary = session.binary
         scratch = self._scratch
@@ -777,7 +784,7 @@ class SessionCore:
                         buf = session.wbuf
                         if buf is None:
                             buf = session.wbuf = bytearray()
-                            self._owed.append(session)
+                            self._to_write.append(session)
                         binary = session.binary
                         scratch = self._scratch
                         ENCODE_INTO[binary](msg, scratch)
@@ -829,6 +836,8 @@ class SessionCore:
         (_m, real, to_conn, w, role, to_id, order_id, reason, seq) = R.OUT_CANCEL_ORDER.unpack_from(buf, off)
         reason_name = REASON_NAME[reason]
         if w == self.worker:
+            if role == _DRIVER:  # an offer withdrawn (no trip) or a trip given up: no trip now
+                self._trips.pop(to_id, None)
             session = self._recipient(to_conn, role, to_id)
             if self._due(session, seq):
                 self._deliver(session, CancelOrder(order_id, reason_name, real // 1_000_000, seq or UNSET),  # type: ignore[arg-type]
@@ -847,6 +856,9 @@ class SessionCore:
             session = None if ids is None else ids.get(to_id)
         if session is None or not session.welcomed:
             return
+        trips = self._trips
+        if driver_id not in trips and driver_id in self.by_wire[_DRIVER]:
+            trips[driver_id] = to_id  # the engine forwards its positions here: its trip, learnt (`_trips`)
         msg = DriverPosition(order_id, ID_NAMES.get(driver_id) or id_str(driver_id), lat, lon, real // 1_000_000,
                              round1(heading) if heading == heading else UNSET,  # (NaN: unknown)
                              round1(speed) if speed == speed else UNSET)
@@ -871,7 +883,7 @@ class SessionCore:
         buf = session.wbuf
         if buf is None:
             buf = session.wbuf = bytearray()
-            self._owed.append(session)
+            self._to_write.append(session)
         at = len(buf)
         binary = session.binary
         scratch = self._scratch
@@ -931,6 +943,7 @@ class SessionCore:
         if self._unregister(old):
             self.stats.connections = len(self.by_conn)
             if old.role is Role.DRIVER:
+                self._trips.pop(old.wire_id, None)  # its positions go to the other worker now
                 self.feed.driver_gone(old.app_id)
         self.close(old, CLOSE_REPLACED, "replaced by a newer connection")
         self.admin_log("info", f"{old.role.value} {old.app_id} reconnected to worker {by_worker}; "

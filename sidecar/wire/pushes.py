@@ -24,7 +24,8 @@ class Point(Struct, gc=False):
 
 
 class Push(Struct, tag_field="type", gc=False):
-    """A server message of the push path; `latest_wins` ones only matter in their newest version."""
+    """A server message of the push path. Which are latest-wins (only their newest version matters:
+    `driver_location`, `estimate_update`) is said by session/limits.py `LATEST_WINS`, by wire type."""
 
 
 class OrderUpdate(Push, tag="order_update"):
