@@ -2,7 +2,7 @@
 
 wire/pushes.py types the server messages made from engine records, which the previous core built
 as maps; each must write the very bytes the map did, in both formats, with every optional field
-present or absent. round1 / round3 must be `round` bit for bit. The core frames what one drain
+present or absent. round_to must be `round` bit for bit. The core frames what one drain
 owes a client into one buffer (SessionCore.writes_to_send) that reads back as the messages
 data_to_send() gives one by one, never reuses a buffer it handed over, and cuts a replaced
 position out however the replaced ones lie in the buffer.
@@ -32,8 +32,7 @@ from sidecar.wire.pushes import (
     NewOrder,
     OrderUpdate,
     Point,
-    round1,
-    round3,
+    round_to,
     type_of,
 )
 
@@ -79,7 +78,7 @@ def _f32(x: float) -> float:
     return struct.unpack("<f", struct.pack("<f", x))[0]
 
 
-def test_round1_and_round3_are_round_bit_for_bit() -> None:
+def test_round_to_is_round_bit_for_bit() -> None:
     rng = random.Random(9)
     values = [0.0, -0.0, 1e-20, 0.05, 0.15, 0.25, 0.35, 2.5, 0.0625, 0.0005, 0.0015, 360.0, 400.0, math.nan,
               math.inf, -math.inf, -1.0, -0.04, 1e10, 123.45, 99_999_999.95]
@@ -89,8 +88,8 @@ def test_round1_and_round3_are_round_bit_for_bit() -> None:
         values += [k / 20, k / 200, tie, math.nextafter(tie, 0.0), math.nextafter(tie, 1e9), _f32(k / 20)]
         values += [_f32(rng.uniform(0, 400)), rng.uniform(0, 1e6), rng.uniform(0, 100)]
     for v in values:
-        for ours, digits in ((round1, 1), (round3, 3)):
-            a, b = ours(v), round(v, digits)
+        for digits in (0, 1, 2, 3):
+            a, b = round_to(v, digits), round(v, digits)
             assert (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b)), (
                 v, digits, a, b)
 

@@ -345,40 +345,43 @@ def test_positions_go_latest_wins_to_the_engine_and_commands_with_an_id_are_answ
     assert asked.corr and asked.latest is None  # an answer is due: never coalesced away
 
 
+def reply_due(core: SessionCore, d: Session) -> bool:
+    """Whether a position the driver sends now is marked as answered through this worker at once."""
+    core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7}, d))
+    rec = core.records_to_send()[-1]  # (after a SESSION_CLOSE when a session just left)
+    assert rec.type == R.T.IN_DRIVER_LOCATION
+    return rec.reply_due
+
+
 def test_a_position_is_marked_reply_due_only_while_its_driver_has_a_trip_whose_passenger_is_here() -> None:
     core = make_core()
     d = connect(core, Role.DRIVER, "d1")
 
-    def due() -> bool:
-        core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7}, d))
-        rec = core.records_to_send()[-1]  # (after a SESSION_CLOSE when a session just left)
-        assert rec.type == R.T.IN_DRIVER_LOCATION
-        return rec.reply_due
-
-    assert not due()  # no trip
+    assert not reply_due(core, d)  # no trip
     feed(core, update(1, app=b"d1", role=R.Role.DRIVER))  # accepted: the engine forwards to p1 ...
     sent(core)
-    assert not due()  # ... who is not connected here
+    assert not reply_due(core, d)  # ... who is not connected here
     p = connect(core, Role.PASSENGER, "p1")
-    assert due()
+    assert reply_due(core, d)
     for seq, status in ((2, R.OrderStatus.ARRIVING), (3, R.OrderStatus.ARRIVED), (4, R.OrderStatus.STARTED)):
         feed(core, update(seq, app=b"d1", role=R.Role.DRIVER, status=status))
-        assert due(), status
+        assert reply_due(core, d), status
     core.disconnected(p)
-    assert not due()  # the passenger left this worker: its positions go elsewhere, or nowhere
+    assert not reply_due(core, d)  # the passenger left this worker: its positions go elsewhere, or nowhere
     p = connect(core, Role.PASSENGER, "p1")
-    assert due()
+    assert reply_due(core, d)
     feed(core, update(9, app=b"d1", role=R.Role.DRIVER, status=R.OrderStatus.COMPLETED))
-    assert not due()  # the trip is over
+    assert not reply_due(core, d)  # the trip is over
     feed(core, update(10, app=b"d1", role=R.Role.DRIVER))
     feed(core, update(11, status=R.OrderStatus.CANCELED))  # the passenger's copy changes nothing
-    assert due()
+    assert reply_due(core, d)
     feed(core, update(12, app=b"d1", role=R.Role.DRIVER, status=R.OrderStatus.CANCELED))
-    assert not due()
+    assert not reply_due(core, d)
     feed(core, update(13, app=b"d1", role=R.Role.DRIVER))
     core.disconnected(d)
     d = connect(core, Role.DRIVER, "d1")
-    assert not due()  # a new session: it knows its trip again from a replay, a snapshot or a forwarded position
+    # A new session: it knows its trip again from a replay, a snapshot or a forwarded position.
+    assert not reply_due(core, d)
 
 
 def test_a_driver_that_gives_up_its_trip_no_longer_marks_its_positions_reply_due() -> None:
@@ -390,8 +393,7 @@ def test_a_driver_that_gives_up_its_trip_no_longer_marks_its_positions_reply_due
     feed(core, update(1, app=b"d1", role=R.Role.DRIVER))
     feed(core, (R.T.OUT_CANCEL_ORDER, R.OUT_CANCEL_ORDER.pack(*meta(d), 1001, R.Reason.DRIVER_CANCELED, 2)))
     sent(core)
-    core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7}, d))
-    assert not core.records_to_send()[-1].reply_due
+    assert not reply_due(core, d)
 
 
 def test_a_driver_resumed_mid_trip_is_reply_due_again_once_a_position_reaches_its_passenger() -> None:
@@ -406,24 +408,20 @@ def test_a_driver_resumed_mid_trip_is_reply_due_again_once_a_position_reaches_it
     d = connect(core, Role.DRIVER, "d1", last_seq=1)
     sent(core)
 
-    def due() -> bool:
-        core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7}, d))
-        return core.records_to_send()[-1].reply_due
-
-    assert not due()
+    assert not reply_due(core, d)
     feed(core, position(p, 38.5))
-    assert due()
+    assert reply_due(core, d)
     feed(core, update(2, app=b"d1", role=R.Role.DRIVER, status=R.OrderStatus.COMPLETED))
-    assert not due()
+    assert not reply_due(core, d)
     core.disconnected(d)
     feed(core, position(p, 38.6))  # a position of a driver not (or no longer) here teaches nothing
     d = connect(core, Role.DRIVER, "d1", last_seq=2)
-    assert not due()
+    assert not reply_due(core, d)
     feed(core, update(3, app=b"d1", role=R.Role.DRIVER))
-    assert due()
+    assert reply_due(core, d)
     feed(core, (R.T.OUT_SESSION_REPLACED, R.OUT_SESSION_REPLACED.pack(*meta(d, d.conn_id), 2)))
     d = connect(core, Role.DRIVER, "d1", last_seq=3)  # back here later, its trip over on worker 2
-    assert not due()
+    assert not reply_due(core, d)
 
 
 def test_trips_are_forgotten_with_the_engine_and_learnt_again_from_the_next_one() -> None:
@@ -437,13 +435,9 @@ def test_trips_are_forgotten_with_the_engine_and_learnt_again_from_the_next_one(
     sent(core)
     core.records_to_send()
 
-    def due() -> bool:
-        core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7}, d))
-        return core.records_to_send()[-1].reply_due
-
-    assert not due()
+    assert not reply_due(core, d)
     feed(core, position(p, 38.5))
-    assert due()
+    assert reply_due(core, d)
 
 
 def test_detach_fails_the_commands_in_flight_except_those_carried_to_the_next_engine() -> None:

@@ -94,8 +94,7 @@ from sidecar.wire.pushes import (
     OrderUpdate,
     Point,
     Push,
-    round1,
-    round3,
+    round_to,
 )
 
 log = logging.getLogger("dgdo.session")
@@ -827,8 +826,8 @@ class SessionCore:
             session = self._recipient(to_conn, role, to_id)
             if self._due(session, seq):
                 self._deliver(session, NewOrder(  # type: ignore[arg-type]
-                    order_id, id_str(passenger_id), Point(plat, plon), Point(dlat, dlon), round1(distance_m),
-                    round1(eta_s), round3(expires_in_s), ts, seq or UNSET), real)
+                    order_id, id_str(passenger_id), Point(plat, plon), Point(dlat, dlon), round_to(distance_m, 1),
+                    round_to(eta_s, 1), round_to(expires_in_s, 3), ts, seq or UNSET), real)
         if not to_conn:
             self.feed.offer(id_str(to_id), order_id, (plat, plon), (dlat, dlon), eta_s, expires_in_s, self._now_s, ts)
 
@@ -860,8 +859,8 @@ class SessionCore:
         if driver_id not in trips and driver_id in self.by_wire[_DRIVER]:
             trips[driver_id] = to_id  # the engine forwards its positions here: its trip, learnt (`_trips`)
         msg = DriverPosition(order_id, ID_NAMES.get(driver_id) or id_str(driver_id), lat, lon, real // 1_000_000,
-                             round1(heading) if heading == heading else UNSET,  # (NaN: unknown)
-                             round1(speed) if speed == speed else UNSET)
+                             round_to(heading, 1) if heading == heading else UNSET,  # (NaN: unknown)
+                             round_to(speed, 1) if speed == speed else UNSET)
         # Latest-wins within the drain: a newer position for the same stream makes the queued one moot.
         key = (session.conn_id, driver_id, order_id)
         position_at, commits = self._position_at, self._commits
@@ -899,7 +898,7 @@ class SessionCore:
         if w == self.worker:
             session = self._recipient(to_conn, role, to_id)
             if self._due(session, 0):
-                self._deliver(session, EstimateUpdate(order_id, round1(eta_s), round1(distance_m),  # type: ignore[arg-type]
+                self._deliver(session, EstimateUpdate(order_id, round_to(eta_s, 1), round_to(distance_m, 1),  # type: ignore[arg-type]
                                                       real // 1_000_000), real)
         if not to_conn:
             self.feed.estimate(order_id, eta_s)

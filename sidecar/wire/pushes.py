@@ -86,40 +86,29 @@ def type_of(message: Push | dict) -> str:  # type: ignore[type-arg]
 # ---- rounding ---------------------------------------------------------------------------------
 #
 # round(x, d) with d digits goes through a decimal string and back in CPython (dtoa, snprintf,
-# strtod: ~1,300 instructions); a position rounds two numbers, an offer three. These give the
-# same double for ~1/4 of that. round(x, d) is m / 10**d, with m the integer nearest to the exact
+# strtod: ~1,300 instructions); a position rounds two numbers, an offer three. round_to gives
+# the same double for ~1/4 of that. round(x, d) is m / 10**d, with m the integer nearest to the exact
 # value of x * 10**d (ties to even), and `m / 10.0**d` is that same double (IEEE division rounds
 # correctly; m and 10**d are exact). y = x * 10**d is within half an ulp of the exact product
 # (< 2**-23 for y < 1e9), so when y's fraction is clear of 0.5 by far more than that, its floor
 # says which integer is nearest. A near-tie, a value out of range or NaN go to `round` itself;
-# zero keeps its sign, as in `round`. tests/test_pushes.py checks them against `round`.
+# zero keeps its sign, as in `round`. tests/test_pushes.py checks it against `round`.
 
 
-def round1(x: float) -> float:
-    """round(x, 1), the same double."""
-    y = x * 10.0
+_SCALE = (1.0, 10.0, 100.0, 1000.0)
+
+
+def round_to(x: float, digits: int) -> float:
+    """round(x, digits) for 0 <= digits <= 3, the same double."""
+    scale = _SCALE[digits]
+    y = x * scale
     if 0.0 < y < 1e9:
         n = y // 1.0
         f = y - n  # exact (Sterbenz)
         if f < 0.499999:
-            return n / 10.0
+            return n / scale
         if f > 0.500001:
-            return (n + 1.0) / 10.0
+            return (n + 1.0) / scale
     elif y == 0.0:
         return x
-    return round(x, 1)
-
-
-def round3(x: float) -> float:
-    """round(x, 3), the same double."""
-    y = x * 1000.0
-    if 0.0 < y < 1e9:
-        n = y // 1.0
-        f = y - n
-        if f < 0.499999:
-            return n / 1000.0
-        if f > 0.500001:
-            return (n + 1.0) / 1000.0
-    elif y == 0.0:
-        return x
-    return round(x, 3)
+    return round(x, digits)
