@@ -423,6 +423,14 @@ def worker_of(tr: WSTransport) -> int:
     return int(tr.response.headers.get("X-Dgdo-Worker", "1"))
 
 
+async def _step(what: str, awaitable, timeout: float):
+    """Awaits one step of the e2e exchange; a timeout says which step it was."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except TimeoutError:
+        raise TimeoutError(f"{what}: nothing within {timeout:g} s") from None
+
+
 async def run_e2e(seconds: float, max_rate: float, logf, state_dir: Path, fsync: str | None = None,
                   workers: int = 1) -> dict:
     """The real engine + sidecar; `fsync` None runs the engine without a journal, else with one
@@ -461,13 +469,13 @@ async def run_e2e(seconds: float, max_rate: float, logf, state_dir: Path, fsync:
             if workers > 1:
                 raise RuntimeError("the passenger never landed on another worker than the driver's")
         placed = {"driver": worker_of(dtr), "passenger": worker_of(ptr)}
-        await asyncio.wait_for(asyncio.gather(d.welcomed, p.welcomed), 10)
+        await _step("welcomes", asyncio.gather(d.welcomed, p.welcomed), 10)
         f = d.expect(("ack", "s1"))
         _send(dtr, {"type": "driver_status", "status": "online", "id": "s1"})
-        await asyncio.wait_for(f, 5)
+        await _step("driver online ack", f, 5)
         f = d.expect(("ack", "l1"))
         _send(dtr, {"type": "driver_location", "lat": 38.5610, "lon": 68.7800, "id": "l1"})
-        await asyncio.wait_for(f, 5)
+        await _step("driver location ack", f, 5)
         end = time.monotonic() + seconds
         gap = 1.0 / max_rate
         i = 0
@@ -477,11 +485,11 @@ async def run_e2e(seconds: float, max_rate: float, logf, state_dir: Path, fsync:
             t0 = time.time_ns()
             _send(ptr, {"type": "ride_request", "id": f"r{i}", "pickup": {"lat": 38.5598, "lon": 68.7870},
                         "dropoff": {"lat": 38.5750, "lon": 68.7950}})
-            t1, m = await asyncio.wait_for(offer, 5)
+            t1, m = await _step(f"new_order for r{i}", offer, 5)
             samples.append(t1 - t0)
             withdrawn = d.expect(("cancel_order", m["order_id"]))
             _send(ptr, {"type": "order_cancel", "order_id": m["order_id"]})
-            await asyncio.wait_for(withdrawn, 5)
+            await _step(f"cancel_order for r{i}", withdrawn, 5)
             await asyncio.sleep(gap)
         push = scrape_push(port) if workers == 1 else {}  # (N workers: the public port answers for any one)
         dtr.disconnect()
