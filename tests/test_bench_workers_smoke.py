@@ -45,7 +45,8 @@ def test_bench_latency_two_workers_e2e_and_passenger_path(engine_bin: Path, tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     (report,) = tmp_path.glob("latency-*-smoke.json")
     res = json.loads(report.read_text())
-    assert res["failures"] == []
+    # (on failure: the step that timed out, and the stack's log: what engine and workers said)
+    assert res["failures"] == [], report.with_suffix(".log").read_text(errors="replace")[-6000:]
     rows = {r["variant"]: r for r in res["rows"]}
     assert set(rows) == {"engine e2e", "engine e2e 2 workers"}
     two = rows["engine e2e 2 workers"]

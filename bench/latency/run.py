@@ -428,7 +428,7 @@ async def _step(what: str, awaitable, timeout: float):
     try:
         return await asyncio.wait_for(awaitable, timeout)
     except TimeoutError:
-        raise TimeoutError(f"{what}: nothing within {timeout:g} s") from None
+        raise TimeoutError(f"{what}: timed out (waited at most {timeout:g} s)") from None
 
 
 async def run_e2e(seconds: float, max_rate: float, logf, state_dir: Path, fsync: str | None = None,
@@ -458,13 +458,14 @@ async def run_e2e(seconds: float, max_rate: float, logf, state_dir: Path, fsync:
             from bench.workers import wait_workers
 
             wait_workers(port, common.token("admin", "bench"), workers, alive=lambda: proc.poll() is None)
-        dtr, d = await connect(port, "driver", "e2e-d1", E2EClient)
-        ptr, p = await connect(port, "passenger", "e2e-p1", E2EClient)
-        for _ in range(64 if workers > 1 else 0):  # the kernel picks by the source port: try another
+        # (ws_connect's own handshake timeout, 5 s, raises a bare TimeoutError: named here too)
+        dtr, d = await _step("driver connect", connect(port, "driver", "e2e-d1", E2EClient), 10)
+        ptr, p = await _step("passenger connect", connect(port, "passenger", "e2e-p1", E2EClient), 10)
+        for k in range(64 if workers > 1 else 0):  # the kernel picks by the source port: try another
             if worker_of(ptr) != worker_of(dtr):
                 break
             ptr.disconnect()
-            ptr, p = await connect(port, "passenger", "e2e-p1", E2EClient)
+            ptr, p = await _step(f"passenger reconnect {k + 1}", connect(port, "passenger", "e2e-p1", E2EClient), 10)
         else:
             if workers > 1:
                 raise RuntimeError("the passenger never landed on another worker than the driver's")
