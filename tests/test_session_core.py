@@ -165,6 +165,23 @@ def test_open_forwards_last_seq_and_a_re_attached_engine_hears_how_far_each_sess
     assert all(r.session is None for r in again)  # announcements: nobody to answer if not taken
 
 
+def test_every_announcement_of_a_session_carries_when_its_upgrade_was_taken() -> None:
+    # The engine keeps, of two connections of one app on two workers, the one opened later by this
+    # time (recv_ns), not the one announced later: taken at the upgrade, kept for the session's life.
+    clock = iter(range(1_000, 10**9, 1_000))
+    core = SessionCore(1, wall_ns=lambda: WALL_NS, mono_ns=lambda: next(clock))
+    core.engine_attached()
+    s = core.new_session(Role.PASSENGER, "p1", JSON)  # the upgrade (before the 101 goes out)
+    core.open(s)  # the socket is up, later
+    (first,) = core.records_to_send()
+    core.engine_detached()
+    core.engine_attached()
+    (again,) = core.records_to_send()
+    assert R.IN_SESSION.unpack(first.body)[0] == R.IN_SESSION.unpack(again.body)[0] == s.opened_ns > 0
+    later = core.new_session(Role.PASSENGER, "p1", JSON)  # the app reconnects: a later time
+    assert later.opened_ns > s.opened_ns
+
+
 def test_no_session_is_announced_while_no_engine_is_attached() -> None:
     core = make_core(attached=False)
     connect(core, Role.PASSENGER, "p1", welcome=False)

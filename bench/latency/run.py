@@ -393,6 +393,7 @@ class E2EClient(WSListener):
         self.loop = asyncio.get_running_loop()
         self.waiters: dict[tuple, asyncio.Future] = {}
         self.welcomed = self.loop.create_future()
+        self.closed = ""
 
     def expect(self, key: tuple) -> asyncio.Future:
         f = self.loop.create_future()
@@ -401,6 +402,8 @@ class E2EClient(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame) -> None:
         t = time.time_ns()
+        if frame.msg_type is WSMsgType.CLOSE:  # (said when a step times out: a 4001 is an answer)
+            self.closed = f"closed {frame.get_close_code()} {frame.get_close_message()!r}"
         if frame.msg_type is not WSMsgType.TEXT:
             return
         m = json.loads(frame.get_payload_as_bytes())
@@ -423,12 +426,17 @@ def worker_of(tr: WSTransport) -> int:
     return int(tr.response.headers.get("X-Dgdo-Worker", "1"))
 
 
-async def _step(what: str, awaitable, timeout: float):
-    """Awaits one step of the e2e exchange; a timeout says which step it was."""
+async def _step(what: str, awaitable, timeout: float, driver: E2EClient | None = None,
+                passenger: E2EClient | None = None):
+    """Awaits one step of the e2e exchange; a timeout says which step it was, and whether the server
+    had closed the driver's or the passenger's connection meanwhile."""
     try:
         return await asyncio.wait_for(awaitable, timeout)
     except TimeoutError:
-        raise TimeoutError(f"{what}: timed out (waited at most {timeout:g} s)") from None
+        closed = "; ".join(f"{who} {c.closed}" for who, c in (("driver", driver), ("passenger", passenger))
+                           if c is not None and c.closed)
+        raise TimeoutError(f"{what}: timed out (waited at most {timeout:g} s){'; ' + closed if closed else ''}") \
+            from None
 
 
 async def run_e2e(seconds: float, max_rate: float, logf, state_dir: Path, fsync: str | None = None,
@@ -470,13 +478,13 @@ async def run_e2e(seconds: float, max_rate: float, logf, state_dir: Path, fsync:
             if workers > 1:
                 raise RuntimeError("the passenger never landed on another worker than the driver's")
         placed = {"driver": worker_of(dtr), "passenger": worker_of(ptr)}
-        await _step("welcomes", asyncio.gather(d.welcomed, p.welcomed), 10)
+        await _step("welcomes", asyncio.gather(d.welcomed, p.welcomed), 10, d, p)
         f = d.expect(("ack", "s1"))
         _send(dtr, {"type": "driver_status", "status": "online", "id": "s1"})
-        await _step("driver online ack", f, 5)
+        await _step("driver online ack", f, 5, d, p)
         f = d.expect(("ack", "l1"))
         _send(dtr, {"type": "driver_location", "lat": 38.5610, "lon": 68.7800, "id": "l1"})
-        await _step("driver location ack", f, 5)
+        await _step("driver location ack", f, 5, d, p)
         end = time.monotonic() + seconds
         gap = 1.0 / max_rate
         i = 0
@@ -486,11 +494,11 @@ async def run_e2e(seconds: float, max_rate: float, logf, state_dir: Path, fsync:
             t0 = time.time_ns()
             _send(ptr, {"type": "ride_request", "id": f"r{i}", "pickup": {"lat": 38.5598, "lon": 68.7870},
                         "dropoff": {"lat": 38.5750, "lon": 68.7950}})
-            t1, m = await _step(f"new_order for r{i}", offer, 5)
+            t1, m = await _step(f"new_order for r{i}", offer, 5, d, p)
             samples.append(t1 - t0)
             withdrawn = d.expect(("cancel_order", m["order_id"]))
             _send(ptr, {"type": "order_cancel", "order_id": m["order_id"]})
-            await _step(f"cancel_order for r{i}", withdrawn, 5)
+            await _step(f"cancel_order for r{i}", withdrawn, 5, d, p)
             await asyncio.sleep(gap)
         push = scrape_push(port) if workers == 1 else {}  # (N workers: the public port answers for any one)
         dtr.disconnect()

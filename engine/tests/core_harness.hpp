@@ -121,11 +121,14 @@ struct Harness {
     }
 
     // An open without last_seq is a first connect; with one, a resume.
+    // `recv_ns`: when its sidecar took the upgrade (default: now).
     std::vector<OutRecord> session(bool open, uint8_t role, const std::string& actor, uint16_t worker, uint32_t conn,
-                                   std::optional<uint64_t> last_seq = std::nullopt) {
+                                   std::optional<uint64_t> last_seq = std::nullopt,
+                                   std::optional<uint64_t> recv_ns = std::nullopt) {
         dgdo_in_session s;
         std::memset(&s, 0, sizeof s);
         s.meta = meta(role, actor, worker, conn);
+        if (recv_ns) s.meta.recv_ns = *recv_ns;
         if (last_seq) {
             s.flags = DGDO_SESSION_HAS_LAST_SEQ;
             s.last_seq = *last_seq;

@@ -65,6 +65,32 @@ TEST(CoreWorkers, TheOlderCloseArrivingAfterTheReplacementLeavesTheNewerOpen) {
     EXPECT_EQ(as<dgdo_out_meta>(offers.back()).to_worker, 2u);  // routed to where the app is now
 }
 
+TEST(CoreWorkers, ALateOpenIsToldToCloseAndLeavesTheNewerConnectionItsSession) {
+    // The app reconnected from worker 1 (conn 7, upgraded at t=100) to worker 2 (conn 3, t=200),
+    // and worker 2's open reached the engine first (the rings are read in turn).
+    Harness h;
+    h.online("d1", at(300));
+    h.session(true, DGDO_ROLE_PASSENGER, "p1", 2, 3, std::nullopt, 200);
+    const auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7, std::nullopt, 100);
+    const auto r = replaced_in(out);
+    ASSERT_EQ(r.size(), 1u);
+    const auto rec = as<dgdo_out_session_replaced>(r[0]);
+    EXPECT_EQ(rec.meta.to_worker, 1u);  // the late one goes
+    EXPECT_EQ(rec.meta.to_conn, 7u);
+    EXPECT_EQ(rec.by_worker, 2u);
+    EXPECT_TRUE(of_type(out, DGDO_OUT_SESSION_STATE).empty());  // and gets no welcome
+    h.session(false, DGDO_ROLE_PASSENGER, "p1", 1, 7);  // its sidecar closed it as told: ignored
+    // The app's session is where the app is: its order's updates are routed to worker 2.
+    h.order_for("p1");
+    const auto updates = to_whom(h.all, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1");
+    ASSERT_FALSE(updates.empty());
+    EXPECT_EQ(as<dgdo_out_meta>(updates.back()).to_worker, 2u);
+    // A later open (t=300) still replaces it, whichever worker it comes from.
+    const auto again = replaced_in(h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 8, std::nullopt, 300));
+    ASSERT_EQ(again.size(), 1u);
+    EXPECT_EQ(as<dgdo_out_session_replaced>(again[0]).meta.to_conn, 3u);
+}
+
 TEST(CoreWorkers, ReplacementIsTheSameOnReplay) {
     // An output of an input: two cores fed the same inputs emit the same bytes.
     auto run = [] {

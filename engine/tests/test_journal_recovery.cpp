@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <set>
 
 #include "journal_fixture.hpp"
@@ -57,6 +59,35 @@ TEST(CoreState, SaveLoadSaveGivesTheSameBytes) {
     EXPECT_EQ(a, b);
     EXPECT_EQ(live.digest(), loaded.digest());
     EXPECT_GT(live.order_count(), 10u);
+}
+
+TEST(CoreState, AVersion1StateStillLoadsAndTheCoreCarriesOnAsOneThatNeverStopped) {
+    // tests/data/core_state_v1.bin: Core::save() of the version-1 engine (817d33d) after the
+    // first 401 of scripted_inputs(5, 600) (every session without opened_ns).
+    std::ifstream f(DGDO_TEST_DATA "/core_state_v1.bin", std::ios::binary);
+    const std::string v1((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    ASSERT_GT(v1.size(), 1000u);
+    const auto in = scripted_inputs(5, 600);
+    const size_t cut = scripted_inputs(5, 400).size();
+    Core live, loaded;
+    ASSERT_TRUE(loaded.load(reinterpret_cast<const uint8_t*>(v1.data()), v1.size()));
+    for (size_t i = 0; i < cut; ++i) {
+        std::vector<OutRecord> out;
+        live.apply(in[i], out);
+    }
+    EXPECT_EQ(loaded.order_count(), live.order_count());
+    for (size_t i = cut; i < in.size(); ++i) {  // the same outputs from here on, byte for byte
+        std::vector<OutRecord> a, b;
+        live.apply(in[i], a);
+        loaded.apply(in[i], b);
+        expect_same({a}, {b});
+    }
+    std::string v2, again;  // and it saves as the current version, which loads back the same
+    loaded.save(v2);
+    Core reloaded;
+    ASSERT_TRUE(reloaded.load(reinterpret_cast<const uint8_t*>(v2.data()), v2.size()));
+    reloaded.save(again);
+    EXPECT_EQ(v2, again);
 }
 
 TEST(CoreState, LoadRejectsTruncatedOrGarbledBytesAndAUsedCore) {

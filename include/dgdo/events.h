@@ -175,12 +175,15 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_meta) == 64, "dgdo_out_meta");
 
 /*
  * SESSION_OPEN / SESSION_CLOSE, 80 bytes:
- *    0 meta        64    role, actor, conn, worker
+ *    0 meta        64    role, actor, conn, worker; OPEN: recv_ns is when the sidecar took the
+ *                        upgrade (before its 101), the same in every re-announcement
  *   64 flags       u8    OPEN only: DGDO_SESSION_HAS_LAST_SEQ
  *   65 pad_[7]
  *   72 last_seq    u64   OPEN only, with the flag: the highest seq the app has processed
  *
- * The engine answers every OPEN with a SESSION_STATE to the opening connection and decides
+ * Of two connections of one app, the engine keeps the one with the later recv_ns, whichever OPEN
+ * reaches it first, and sends the other SESSION_REPLACED (an OPEN that loses gets no SESSION_STATE).
+ * The engine answers every other OPEN with a SESSION_STATE to the opening connection and decides
  * resume vs snapshot itself: the reliable messages after last_seq if it still holds them all,
  * else the current state of the actor's orders (and, with last_seq, of those that ended since).
  */
@@ -500,7 +503,7 @@ DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, match_buckets) == 136, "ma
 DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_engine_stats) == 248, "dgdo_out_engine_stats");
 
 /*
- * SESSION_STATE (the answer to every SESSION_OPEN, to the opening connection), 80 bytes:
+ * SESSION_STATE (the answer to every SESSION_OPEN that is not a late one, to the opening connection), 80 bytes:
  *    0 meta        64    to_conn = the opening connection, to_worker, to_role, to_id
  *   64 seq         u64   the recipient's latest seq at the open, before anything replayed
  *                        or snapshotted (the app's welcome.seq)
@@ -521,8 +524,9 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_session) == 80, "dgdo_out_session");
 /*
  * SESSION_REPLACED, 72 bytes: a session opened for the same role and id on another connection
  * (another worker, or another connection of the same one). Emitted by the engine as part of its
- * answer to that SESSION_OPEN, to the older session, which the sidecar closes with 4001. One app
- * id is connected on at most one worker at a time.
+ * answer to that SESSION_OPEN, to the older session (older by recv_ns: a late OPEN of an older
+ * connection gets it itself), which the sidecar closes with 4001. One app id is connected on at
+ * most one worker at a time.
  *    0 meta        64    to_conn, to_worker: the older session; to_role, to_id: the app
  *   64 by_worker   u16   the worker the newer connection is on
  *   66 pad_[6]

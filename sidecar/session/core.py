@@ -279,9 +279,13 @@ class SessionCore:
     # ---- registry ------------------------------------------------------------------------
 
     def new_session(self, role: Role, app_id: str, fmt: Format, last_seq: int | None = None) -> Session:
-        """A session for an accepted upgrade; registered by open() once the socket is up."""
+        """A session for an accepted upgrade; registered by open() once the socket is up.
+
+        Called before the 101 goes out: its `opened_ns` is earlier than any connection the app
+        makes after seeing this one's 101, on any worker (the engine keeps the later: Session).
+        """
         self._next_conn += 1
-        return Session(self._next_conn, role, app_id, fmt, self.worker, last_seq)
+        return Session(self._next_conn, role, app_id, fmt, self.worker, last_seq, self.mono_ns())
 
     def open(self, session: Session) -> None:
         """Registers the session and opens it with the engine.
@@ -303,7 +307,7 @@ class SessionCore:
             self.admins.add(session)
         self.stats.connections = len(self.by_conn)
         if self.attached:
-            self._records.append(ToEngine(T.IN_SESSION_OPEN, R.session(session.origin, self.mono_ns(),
+            self._records.append(ToEngine(T.IN_SESSION_OPEN, R.session(session.origin, session.opened_ns,
                                                                        session.last_seq)))
 
     def disconnected(self, session: Session) -> None:
@@ -575,10 +579,9 @@ class SessionCore:
         """
         self.attached = self.available = True
         self.admin_log("info", "engine attached")
-        now = self.mono_ns()
         records = self._records
         for s in self.sessions():
-            records.append(ToEngine(T.IN_SESSION_OPEN, R.session(s.origin, now, s.last_seq)))
+            records.append(ToEngine(T.IN_SESSION_OPEN, R.session(s.origin, s.opened_ns, s.last_seq)))
             for type_, body in s.resync.items():
                 records.append(ToEngine(type_, body))
 

@@ -37,14 +37,19 @@ class Session:
 
     Resync: the latest status / position / nearby record per type, what a restarted
     engine must be told about this session after it is re-announced.
+
+    `opened_ns`: when the upgrade was taken (CLOCK_MONOTONIC, before the 101 went out), sent
+    with every announcement: of two connections of one app on two workers, the engine keeps
+    the one opened later, whichever announcement reaches it first.
     """
 
-    __slots__ = ("app_id", "binary", "closing", "conn_id", "fmt", "gone", "io", "last_seq", "origin", "outbox",
-                 "paused", "resync", "role", "topics", "wbuf", "welcomed", "wire_id", "wire_role")
+    __slots__ = ("app_id", "binary", "closing", "conn_id", "fmt", "gone", "io", "last_seq", "opened_ns", "origin",
+                 "outbox", "paused", "resync", "role", "topics", "wbuf", "welcomed", "wire_id", "wire_role")
 
     def __init__(self, conn_id: int, role: Role, app_id: str, fmt: Format, worker: int,
-                 last_seq: int | None = None) -> None:
+                 last_seq: int | None = None, opened_ns: int = 0) -> None:
         self.conn_id = conn_id
+        self.opened_ns = opened_ns
         self.role = role
         self.app_id = app_id
         self.fmt = fmt

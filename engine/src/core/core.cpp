@@ -180,16 +180,22 @@ void Core::on(const SessionOpen& e) {
     Session& s = sessions_[{m.role, who}];
     // One app id on one connection: the older one is told to close (4001) wherever it is. The
     // sidecar closes a same-worker one by itself as well; for another worker this is the only news.
+    // Older by when the sidecars took the upgrades (recv_ns, the host's CLOCK_MONOTONIC, read
+    // before the 101 went out), not by arrival: two workers' rings are read in turn, so an app
+    // that reconnects at once can have its new connection's open arrive first. That late open
+    // is the one told to close; it must not take the session from the connection the app is on.
     if (s.open && (s.worker != m.worker || s.conn != m.conn) && !who.empty()) {
+        const bool late = m.recv_ns < s.opened_ns;
         auto r = blank<dgdo_out_session_replaced>();
-        r.meta.to_conn = s.conn;
-        r.meta.to_worker = s.worker;
+        r.meta.to_conn = late ? m.conn : s.conn;
+        r.meta.to_worker = late ? m.worker : s.worker;
         r.meta.to_role = m.role;
         put_id(r.meta.to_id, who);
-        r.by_worker = m.worker;
+        r.by_worker = late ? s.worker : m.worker;
         emit(DGDO_OUT_SESSION_REPLACED, r);
+        if (late) return;  // no welcome: its sidecar closes it (4001), and its close is ignored
     }
-    s = Session{m.worker, m.conn, true};
+    s = Session{m.worker, m.conn, true, m.recv_ns};
     resume(e.rec, who);
     if (m.role != DGDO_ROLE_DRIVER) return;
     Driver& d = driver(who);

@@ -142,6 +142,7 @@ private:
         uint16_t worker = 0;
         uint32_t conn = 0;
         bool open = false;
+        uint64_t opened_ns = 0;  // its SESSION_OPEN's recv_ns: when its sidecar took the upgrade
     };
     struct NearbySub {
         dgdo_point center;

@@ -9,7 +9,7 @@
 //   searching    order ids (pickups come from the orders)
 //   idem         (passenger, key) -> order
 //   sessions     in first-seen order (InsertionMap), so a loaded core iterates them as the
-//                original did
+//                original did; each: role, id, worker, conn, open, opened_ns (version 2)
 //   nearby       by passenger
 //   timers       offer, search, exhausted, retry, grace: every entry, stale ones included
 //                (the expiry loops skip stale entries; dropping them would change nothing
@@ -56,7 +56,9 @@ uint64_t hash64(const void* data, size_t n) {
 namespace {
 
 constexpr uint32_t kMagic = 0x53434744u;  // "DGCS"
-constexpr uint32_t kVersion = 1;
+// 2: a session's opened_ns (late opens from another worker are told to close: Core::on(SessionOpen)).
+// Version 1 still loads, with opened_ns 0: every later open is newer, as version 1 took them.
+constexpr uint32_t kVersion = 2;
 
 #pragma pack(push, 1)
 struct DriverFixed {
@@ -106,7 +108,7 @@ bool get_timers(const uint8_t*& p, const uint8_t* end, Set& s) {
 void Core::save(std::string& out) const {
     out.clear();
     out.reserve(64 + drivers_.size() * (sizeof(DriverFixed) + 16) + orders_.size() * (sizeof(OrderFixed) + 32) +
-                sessions_.size() * 24);
+                sessions_.size() * 32);
     put(out, kMagic);
     put(out, kVersion);
     put(out, now_);
@@ -157,6 +159,7 @@ void Core::save(std::string& out) const {
         put(out, s.worker);
         put(out, s.conn);
         put(out, static_cast<uint8_t>(s.open));
+        put(out, s.opened_ns);
     }
 
     put(out, static_cast<uint32_t>(nearby_.size()));
@@ -184,7 +187,8 @@ bool Core::load(const uint8_t* data, size_t len) {
     const uint8_t* p = data;
     const uint8_t* end = data + len;
     uint32_t magic = 0, version = 0;
-    if (!get(p, end, magic) || magic != kMagic || !get(p, end, version) || version != kVersion) return false;
+    if (!get(p, end, magic) || magic != kMagic || !get(p, end, version) || version < 1 || version > kVersion)
+        return false;
     uint8_t ticked = 0;
     if (!get(p, end, now_) || !get(p, end, ticked) || !get(p, end, next_nearby_ns_) || !get(p, end, next_stats_ns_) ||
         !get(p, end, next_order_id_) || !get(p, end, batch_due_ns_) || !get(p, end, counters_.orders_created) ||
@@ -259,13 +263,13 @@ bool Core::load(const uint8_t* data, size_t len) {
         idem_.emplace_hint(idem_.end(), std::make_pair(std::move(passenger), key), order);
     }
 
-    if (!get_count(p, end, n, 12)) return false;
+    if (!get_count(p, end, n, version >= 2 ? 20 : 12)) return false;
     for (uint32_t i = 0; i < n; ++i) {
         uint8_t role = 0, open = 0;
         std::string id;
         Session s;
         if (!get(p, end, role) || !get_str(p, end, id) || !get(p, end, s.worker) || !get(p, end, s.conn) ||
-            !get(p, end, open))
+            !get(p, end, open) || (version >= 2 && !get(p, end, s.opened_ns)))
             return false;
         s.open = open != 0;
         sessions_[{role, std::move(id)}] = s;  // Driver::session caches refill on the next location

@@ -108,10 +108,10 @@ SnapshotRead read_snapshot(const std::string& path) {
         r.problem = "bad header";
         return r;
     }
-    if (load<uint32_t>(h + 8) != kSnapshotVersion) {
+    if (load<uint32_t>(h + 8) < 1 || load<uint32_t>(h + 8) > kSnapshotVersion) {
         ::close(fd);
         r.newer = load<uint32_t>(h + 8) > kSnapshotVersion;
-        r.problem = "snapshot format " + std::to_string(load<uint32_t>(h + 8)) + ", this engine reads " +
+        r.problem = "snapshot format " + std::to_string(load<uint32_t>(h + 8)) + ", this engine reads 1 to " +
                     std::to_string(kSnapshotVersion);
         return r;
     }

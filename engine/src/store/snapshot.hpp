@@ -24,7 +24,8 @@
 namespace dgdo {
 
 inline constexpr uint64_t kSnapshotMagic = 0x31504E534F444744ull;  // "DGDOSNP1"
-inline constexpr uint32_t kSnapshotVersion = 1;
+// 2: Core::save() version 2 inside. Versions 1..kSnapshotVersion are read; a newer one is refused whole.
+inline constexpr uint32_t kSnapshotVersion = 2;
 inline constexpr uint32_t kSnapshotHeader = 64;
 
 struct SnapshotFile {
