@@ -199,6 +199,18 @@ void write_u32(const std::string& path, off_t at, uint32_t v) {
     ::close(fd);
 }
 
+// Met with a newer format, recovery refuses to start and changes nothing (even with repair on).
+Recovery expect_refused_untouched(const TempStateDir& t, const std::string& problem) {
+    const auto before = files_and_sizes(t.dir);
+    Core core;
+    const Recovery r = recover(core, Config{}, t.dir);
+    EXPECT_FALSE(r.ok);
+    EXPECT_TRUE(r.end.newer);
+    EXPECT_NE(r.end.problem.find(problem), std::string::npos) << r.end.problem;
+    EXPECT_EQ(files_and_sizes(t.dir), before);
+    return r;
+}
+
 TEST(Recovery, AJournalSegmentOfANewerFormatIsRefusedAndLeftWhole) {
     TempStateDir t;
     const auto in = scripted_inputs(61, 1500);
@@ -206,14 +218,7 @@ TEST(Recovery, AJournalSegmentOfANewerFormatIsRefusedAndLeftWhole) {
     rec.run(in, 0, in.size());
     const auto seg = list_segments(t.dir.journal()).back().path;
     write_u32(seg, 8, kJournalVersion + 1);  // the segment header's version
-    const auto before = files_and_sizes(t.dir);
-    Core core;
-    const Recovery r = recover(core, Config{}, t.dir);  // with repair: it must still cut nothing
-    EXPECT_FALSE(r.ok);
-    EXPECT_TRUE(r.end.newer);
-    EXPECT_FALSE(r.end.cut);
-    EXPECT_NE(r.end.problem.find("newer than this engine's"), std::string::npos) << r.end.problem;
-    EXPECT_EQ(files_and_sizes(t.dir), before);
+    EXPECT_FALSE(expect_refused_untouched(t, "newer than this engine's").end.cut);
 }
 
 TEST(Recovery, ASnapshotOfANewerFormatIsRefusedNotPassedOver) {
@@ -234,14 +239,7 @@ TEST(Recovery, ASnapshotOfANewerFormatIsRefusedNotPassedOver) {
         ASSERT_EQ(pwrite(fd, h, sizeof h, 0), static_cast<ssize_t>(sizeof h));
         ::close(fd);
     }
-    const auto before = files_and_sizes(t.dir);
-    Core core;
-    const Recovery r = recover(core, Config{}, t.dir);
-    EXPECT_FALSE(r.ok);
-    EXPECT_TRUE(r.end.newer);
-    EXPECT_TRUE(r.rejected.empty());  // not "passed over" for the older one
-    EXPECT_NE(r.end.problem.find("snapshot format"), std::string::npos) << r.end.problem;
-    EXPECT_EQ(files_and_sizes(t.dir), before);
+    EXPECT_TRUE(expect_refused_untouched(t, "snapshot format").rejected.empty());  // not "passed over" for the older one
 }
 
 TEST(Recovery, ATornLastBatchRecoversTheStateBeforeIt) {

@@ -76,13 +76,6 @@ class EstimateUpdate(Push, tag="estimate_update"):
     ts: int
 
 
-def type_of(message: Push | dict) -> str:  # type: ignore[type-arg]
-    """The wire `type` of a server message, typed or a map."""
-    if isinstance(message, dict):
-        return message.get("type", "")  # type: ignore[no-any-return]
-    return message.__struct_config__.tag  # type: ignore[return-value]
-
-
 # ---- rounding ---------------------------------------------------------------------------------
 #
 # round(x, d) with d digits goes through a decimal string and back in CPython (dtoa, snprintf,
