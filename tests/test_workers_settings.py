@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import signal
@@ -132,6 +133,29 @@ def test_sighup_reloads_the_certificate_in_every_worker(engine_bin: Any, tmp_pat
             s.out.wait_for(r"reloaded the TLS certificate", timeout=10)
         # A client trusting only the renewed certificate reaches each worker.
         got = asyncio.run(on_each_worker(url, client_context(new_cert)))
+        assert {m["type"] for firsts in got.values() for m in firsts} == {"welcome"}
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_reload_passed_on_while_a_worker_starts_waits_for_it(engine_bin: Any, tmp_path: Path) -> None:
+    # A SIGHUP's default action ends a process: a worker must not meet it before its handler is in place.
+    cert, key = self_signed(tmp_path / "live")
+    s = start_tls_stack(cert, key, "--workers", "2")
+    try:
+        first = int(s.out.wait_for(r"worker 2 pid=(\d+)").group(1))
+        s.out.wait_for(r"sidecar listening on wss://")  # worker 2, up
+        os.kill(first, signal.SIGKILL)  # dgdo run starts it again: caught while it imports
+        s.out.wait_for(r"worker 2 pid=(\d+)")
+        new_cert, new_key = self_signed(tmp_path / "renewed")
+        shutil.copy(new_cert, cert)
+        shutil.copy(new_key, key)
+        s.proc.send_signal(signal.SIGHUP)
+        for _ in range(2):  # worker 1's, and the new worker 2's once its handler is in place
+            s.out.wait_for(r"reloaded the TLS certificate", timeout=20)
+        assert any("passed signal 1 on to worker 2" in line for line in s.out.all)
+        assert not any(re.search(r"worker 2 exited with status -1\b", line) for line in s.out.all), s.out.all[-20:]
+        got = asyncio.run(on_each_worker(f"{s.url}/ws/admin?token={mint('admin', 'ops')}", client_context(new_cert)))
         assert {m["type"] for firsts in got.values() for m in firsts} == {"welcome"}
     finally:
         assert s.stop() == 0

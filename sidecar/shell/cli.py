@@ -193,10 +193,18 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    tls_context = getattr(args, "tls_context", None)
+    extra: WorkerProcesses | None = None  # dgdo run --workers N: workers 2..N, spawned once we listen
+    if tls_context or args.command == "sidecar":
+        # A renewed certificate (certbot, an ACME client) is taken without dropping a connection, by
+        # every worker (systemd's ExecReload=, or `kill -HUP` to `dgdo run`, which passes it on). A
+        # `dgdo run` without TLS keeps SIGHUP's default: a closed terminal ends it. Installed before
+        # we listen and say so: a reload sent as soon as we are up must not meet that default.
+        loop.add_signal_handler(signal.SIGHUP, lambda: _on_sighup(tls_context, args, extra))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # (a worker of dgdo run is born with it blocked)
     nofile = fdlimit.raise_soft_limit()  # before the first connection: each one is a descriptor
     app = App(control, worker=args.worker, reply_spin_us=args.reply_spin_us, settings=_settings(args, secret))
     app.link.on_refused = lambda e: stop.set()  # our worker id is taken: one line, exit 1 (below)
-    tls_context = getattr(args, "tls_context", None)
     # SO_REUSEPORT only with siblings to share the port with: a `dgdo sidecar` (the systemd
     # template's workers) or `dgdo run --workers N`; `dgdo run` checked the port was free (cmd_run).
     reuse_port = args.command == "sidecar" or getattr(args, "workers", 1) > 1
@@ -229,18 +237,12 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
         tasks.append(loop.create_task(_notify_systemd(app, notifier, control)))
     if engine is not None:
         tasks.append(loop.create_task(engine.watch(stop)))
-    extra: WorkerProcesses | None = None
     if getattr(args, "workers", 1) > 1:
         # We are worker 1; 2..N share our port (sidecar/shell/workers.py). Spawned here, on the main thread.
         extra = WorkerProcesses(control, app.port, args.workers, child_args(args.sidecar_parser, args), args.worker,
                                 worker_env(secret))
         extra.start()
         tasks += [loop.create_task(extra.watch(w, EngineSupervisor.exited)) for w in extra.ids]
-    if tls_context or args.command == "sidecar":
-        # A renewed certificate (certbot, an ACME client) is taken without dropping a connection, by
-        # every worker (systemd's ExecReload=, or `kill -HUP` to `dgdo run`). A `dgdo run` without
-        # TLS keeps SIGHUP's default: a closed terminal ends it.
-        loop.add_signal_handler(signal.SIGHUP, _on_sighup, tls_context, args, extra)
     if getattr(args, "demo", 0) and await _attached_or_stopped(app, stop):
         # From this (the main) thread, with the marker that makes it end with us even after our kill -9.
         demo = subprocess.Popen(

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -89,7 +90,13 @@ class WorkerProcesses:
 
     def spawn(self, worker: int) -> subprocess.Popen[bytes]:
         # Its own session: a Ctrl-C at the terminal reaches only `dgdo run`, which stops us in order.
-        proc = subprocess.Popen(self.command(worker), start_new_session=True, env=self.env)
+        # Born with SIGHUP blocked (a mask survives exec): a reload passed on while it starts waits,
+        # pending, until its handler is in place and cli.serve() unblocks it, instead of ending it.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            proc = subprocess.Popen(self.command(worker), start_new_session=True, env=self.env)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.procs[worker] = proc
         print(f"[dgdo] worker {worker} pid={proc.pid}", flush=True)
         return proc
