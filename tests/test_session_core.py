@@ -556,6 +556,45 @@ def test_a_paused_session_owes_in_its_outbox_gets_it_on_resume_and_is_closed_whe
     assert sent(core) == {}
 
 
+
+def test_what_a_paused_session_owes_is_counted_and_timed_when_it_goes_out() -> None:
+    # dgdo_messages_out counts messages written to sockets, dgdo_push_latency_seconds is engine commit ->
+    # socket write: a message owed while paused counts once it goes out, with the time it waited; one
+    # replaced in the outbox by a newer version, or dropped by a close, never went out.
+    clock = [WALL_NS]
+    core = SessionCore(1, wall_ns=lambda: clock[0], mono_ns=lambda: 5_000_000_000)
+    core.engine_attached()
+    core.records_to_send()
+    p = connect(core, Role.PASSENGER, "p1")
+    ops = connect(core, Role.ADMIN, "ops1")
+    core.receive(ops, request({"type": "subscribe", "topics": ["system_stats"]}, ops))
+    core.receive(p, request({"type": "ride_request", "id": "r1", "pickup": {"lat": 38.5, "lon": 68.7},
+                             "dropoff": {"lat": 38.6, "lon": 68.8}}, p))
+    (ride,) = core.records_to_send()
+    sent(core)
+    core.pause(p)
+    core.pause(ops)
+    feed(core, position(p, 38.1), update(1), position(p, 38.2), result(ride.corr, order_id=1001), position(p, 38.3))
+    core.tick()
+    core.tick()  # system_stats is latest-wins: the second replaces the first in the outbox
+    assert core.stats.messages_out == 0 and core.stats.push_latency.count == 0  # owed, nothing written yet
+    clock[0] += 2_000_000_000  # the clients read again two seconds later
+    core.resume(p)
+    core.resume(ops)
+    out = sent(core)
+    assert [(m["type"], m.get("lat")) for m in out[p]] == [("order_update", None), ("ack", None),
+                                                           ("driver_location", 38.3)]
+    assert [m["type"] for m in out[ops]] == ["system_stats"]
+    assert core.stats.messages_out == 4
+    assert core.stats.push_latency.count == 3  # the pushes and the ack; admin messages carry no commit
+    assert min(core.stats.push_latency.percentiles(0, 100)) >= 2_000_000_000
+    core.pause(p)
+    feed(core, update(2), update(3))
+    core.close_for(p, CLOSE_SLOW_READER, "slow reader: not reading")  # what it owed is dropped, not written
+    assert sent(core) == {}
+    assert core.stats.messages_out == 4 and core.stats.push_latency.count == 3
+
+
 # ---- the core is sans-I/O ------------------------------------------------------------------------------
 
 CORE_DIR = pathlib.Path(__file__).resolve().parents[1] / "sidecar" / "session"
