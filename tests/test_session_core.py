@@ -520,6 +520,22 @@ def test_ping_refusals_and_too_large() -> None:
     assert {code: n for code, n in s.errors.items() if n} == {"bad_message": 1, "rate_limited": 1, "too_large": 1}
 
 
+
+def test_too_large_comes_just_before_the_close_even_to_a_paused_session() -> None:
+    # docs/protocol.md: `too_large` is "sent just before the server closes with 1009". The close drops
+    # what a paused session owes: the error cannot wait in its outbox.
+    core = make_core()
+    d = connect(core, Role.DRIVER, "d1")
+    core.receive(d, request({"type": "ping", "id": "p"}, d))  # framed before the pause: written
+    core.pause(d)
+    core.receive(d, request({"type": "ping", "id": "q"}, d))  # owed: dropped with the close
+    core.too_large(d, "message of 70000 bytes exceeds the limit of 65536 bytes")
+    assert [(m["type"], m.get("code"), m.get("id")) for m in sent(core)[d]] == [
+        ("pong", None, "p"), ("error", "too_large", None)]
+    assert core.closes_to_send() == [(d, CLOSE_TOO_BIG, "message too big")]
+    assert core.stats.errors["too_large"] == 1
+
+
 # ---- sessions: replacement, flow control --------------------------------------------------------------
 
 

@@ -488,16 +488,27 @@ class SessionCore:
         self.error(session, ErrorCode.RATE_LIMITED, "too many messages; slow down", request_id)
 
     def too_large(self, session: Session, why: str) -> None:
-        """A message over the size or fragment cap: say why in the negotiated format, then close 1009."""
-        self.error(session, ErrorCode.TOO_LARGE, why)
+        """A message over the size or fragment cap: say why in the negotiated format, then close 1009.
+
+        Framed even while the session is paused: the close drops what it owes, and this error is
+        what explains the close (docs/protocol.md: sent just before it). It goes into the socket's
+        buffer right ahead of the CLOSE frame, which the close puts there all the same.
+        """
+        if session.closing or session.gone:
+            return
+        self._count_error(ErrorCode.TOO_LARGE)
+        self._frame(session, self._error(ErrorCode.TOO_LARGE, why))
         self.close_for(session, CLOSE_TOO_BIG, "message too big")
 
     def error(self, session: Session, code: ErrorCode, message: str, request_id: str | int | None = None) -> None:
+        self._count_error(code)
+        self._send(session, self._error(code, message, request_id))
+
+    def _error(self, code: ErrorCode, message: str, request_id: str | int | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "error", "code": code.value, "message": message, "ts": self._now_ms()}
         if request_id is not None:
             out["id"] = request_id
-        self._count_error(code)
-        self._send(session, out)
+        return out
 
     def _count_error(self, code: str) -> None:
         """One `error` sent to an app, by code (/metrics `dgdo_errors_total{code=...}`)."""
