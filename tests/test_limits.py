@@ -112,7 +112,7 @@ def test_the_outbox_coalesces_positions_per_order_and_keeps_reliable_ones_in_ord
     box.put({"type": "order_update", "order_id": 1, "seq": 6})
     box.put({"type": "estimate_update", "order_id": 1, "eta_s": 3})
     box.put({"type": "estimate_update", "order_id": 1, "eta_s": 2})
-    out = list(box.drain())
+    out = [m for m, _stamp in box.drain()]
     assert [(m["type"], m.get("seq"), m.get("lat"), m.get("eta_s")) for m in out] == [
         ("order_update", 5, None, None),
         ("driver_location", None, 2, None),  # the newest, after what preceded it
@@ -135,9 +135,9 @@ def test_draining_can_stop_early_and_keeps_the_rest() -> None:
     for i in range(5):
         box.put({"type": "order_update", "seq": i})
     it = box.drain()
-    assert [next(it)["seq"] for _ in range(2)] == [0, 1]
+    assert [next(it)[0]["seq"] for _ in range(2)] == [0, 1]
     it.close()
-    assert [m["seq"] for m in box.drain()] == [2, 3, 4]
+    assert [m["seq"] for m, _stamp in box.drain()] == [2, 3, 4]
 
 
 def test_each_frame_of_a_fragmented_message_costs_a_token() -> None:

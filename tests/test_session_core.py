@@ -17,6 +17,8 @@ import sys
 from typing import Any
 
 import msgpack
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sidecar.engine import records as R
 from sidecar.session.core import (
@@ -30,6 +32,7 @@ from sidecar.session.session import Session
 from sidecar.session.stats import LinkGauges
 from sidecar.wire.codec import JSON, MSGPACK, Decoder, Format, Request
 from sidecar.wire.errors import BadMessage, ErrorCode
+from sidecar.wire.frames import payloads
 from sidecar.wire.messages import Role
 
 WALL_NS = 1_700_000_000_123_000_000
@@ -520,6 +523,22 @@ def test_ping_refusals_and_too_large() -> None:
     assert {code: n for code, n in s.errors.items() if n} == {"bad_message": 1, "rate_limited": 1, "too_large": 1}
 
 
+
+def test_too_large_comes_just_before_the_close_even_to_a_paused_session() -> None:
+    # docs/protocol.md: `too_large` is "sent just before the server closes with 1009". The close drops
+    # what a paused session owes: the error cannot wait in its outbox.
+    core = make_core()
+    d = connect(core, Role.DRIVER, "d1")
+    core.receive(d, request({"type": "ping", "id": "p"}, d))  # framed before the pause: written
+    core.pause(d)
+    core.receive(d, request({"type": "ping", "id": "q"}, d))  # owed: dropped with the close
+    core.too_large(d, "message of 70000 bytes exceeds the limit of 65536 bytes")
+    assert [(m["type"], m.get("code"), m.get("id")) for m in sent(core)[d]] == [
+        ("pong", None, "p"), ("error", "too_large", None)]
+    assert core.closes_to_send() == [(d, CLOSE_TOO_BIG, "message too big")]
+    assert core.stats.errors["too_large"] == 1
+
+
 # ---- sessions: replacement, flow control --------------------------------------------------------------
 
 
@@ -554,6 +573,104 @@ def test_a_paused_session_owes_in_its_outbox_gets_it_on_resume_and_is_closed_whe
     assert core.stats.slow_reader_closes == 1
     core.resume(p)
     assert sent(core) == {}
+
+
+
+def test_what_a_paused_session_owes_is_counted_and_timed_when_it_goes_out() -> None:
+    # dgdo_messages_out counts messages written to sockets, dgdo_push_latency_seconds is engine commit ->
+    # socket write: a message owed while paused counts once it goes out, with the time it waited; one
+    # replaced in the outbox by a newer version, or dropped by a close, never went out.
+    clock = [WALL_NS]
+    core = SessionCore(1, wall_ns=lambda: clock[0], mono_ns=lambda: 5_000_000_000)
+    core.engine_attached()
+    core.records_to_send()
+    p = connect(core, Role.PASSENGER, "p1")
+    ops = connect(core, Role.ADMIN, "ops1")
+    core.receive(ops, request({"type": "subscribe", "topics": ["system_stats"]}, ops))
+    core.receive(p, request({"type": "ride_request", "id": "r1", "pickup": {"lat": 38.5, "lon": 68.7},
+                             "dropoff": {"lat": 38.6, "lon": 68.8}}, p))
+    (ride,) = core.records_to_send()
+    sent(core)
+    core.pause(p)
+    core.pause(ops)
+    feed(core, position(p, 38.1), update(1), position(p, 38.2), result(ride.corr, order_id=1001), position(p, 38.3))
+    core.tick()
+    core.tick()  # system_stats is latest-wins: the second replaces the first in the outbox
+    assert core.stats.messages_out == 0 and core.stats.push_latency.count == 0  # owed, nothing written yet
+    clock[0] += 2_000_000_000  # the clients read again two seconds later
+    core.resume(p)
+    core.resume(ops)
+    out = sent(core)
+    assert [(m["type"], m.get("lat")) for m in out[p]] == [("order_update", None), ("ack", None),
+                                                           ("driver_location", 38.3)]
+    assert [m["type"] for m in out[ops]] == ["system_stats"]
+    assert core.stats.messages_out == 4
+    assert core.stats.push_latency.count == 3  # the pushes and the ack; admin messages carry no commit
+    assert min(core.stats.push_latency.percentiles(0, 100)) >= 2_000_000_000
+    core.pause(p)
+    feed(core, update(2), update(3))
+    core.close_for(p, CLOSE_SLOW_READER, "slow reader: not reading")  # what it owed is dropped, not written
+    assert sent(core) == {}
+    assert core.stats.messages_out == 4 and core.stats.push_latency.count == 3
+
+
+
+# Any interleaving of engine batches (updates, two drivers' positions, estimates), pauses, resumes
+# and drains, to JSON and msgpack clients: what each client reads back is checked as a whole.
+_PUSH = st.tuples(st.sampled_from(["update", "position", "position", "estimate"]), st.integers(0, 2),
+                  st.integers(0, 1))
+_STEP = st.one_of(st.lists(_PUSH, min_size=1, max_size=10), st.tuples(st.sampled_from(["pause", "resume"]),
+                  st.integers(0, 2)), st.just("drain"))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(_STEP, max_size=40), formats=st.lists(st.sampled_from([JSON, MSGPACK]), min_size=3,
+                                                             max_size=3))
+def test_every_client_reads_its_stream_whole_in_order_and_counted_whatever_the_flow_control(
+        steps: list[Any], formats: list[Format]) -> None:
+    core = make_core()
+    names = ("p1", "p2", "p3")
+    sessions = [connect(core, Role.PASSENGER, n, fmt) for n, fmt in zip(names, formats, strict=True)]
+    got: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    seqs = dict.fromkeys(names, 0)
+    lats: dict[tuple[str, str], float] = {}
+
+    def drain() -> None:
+        for s, buf in core.writes_to_send():
+            got[s.app_id] += [msgpack.unpackb(p) if s.binary else json.loads(p) for p in payloads(buf)]
+
+    for step in [*steps, "drain"]:
+        if step == "drain":
+            drain()
+        elif isinstance(step, tuple):
+            getattr(core, step[0])(sessions[step[1]])
+        else:
+            records = []
+            for kind, who, driver in step:
+                s, name = sessions[who], names[who]
+                if kind == "update":
+                    seqs[name] += 1
+                    records.append(update(seqs[name], app=name.encode()))
+                elif kind == "position":
+                    d = ("d1", "d2")[driver]
+                    lats[name, d] = lats.get((name, d), 38.0) + 0.001
+                    records.append(position(s, lats[name, d], driver=d.encode(), order_id=1001 + driver))
+                else:
+                    records.append((R.T.OUT_ESTIMATE_UPDATE, R.OUT_ESTIMATE_UPDATE.pack(*meta(s), 1001, 60.0, 500.0)))
+            feed(core, *records)
+    for s in sessions:
+        core.resume(s)
+    drain()
+    assert core.closes_to_send() == []
+    for name in names:
+        out = got[name]
+        assert [m["seq"] for m in out if m["type"] == "order_update"] == list(range(1, seqs[name] + 1))
+        for d in ("d1", "d2"):
+            seen = [m["lat"] for m in out if m["type"] == "driver_location" and m["driver_id"] == d]
+            assert seen == sorted(set(seen))  # never an older position after a newer one, never twice
+            assert seen[-1:] == ([lats[name, d]] if (name, d) in lats else [])  # the latest always arrives
+    written = sum(len(out) for out in got.values())
+    assert core.stats.messages_out == written and core.stats.push_latency.count == written
 
 
 # ---- the core is sans-I/O ------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ unpacked in place, its message built as a typed Struct (wire/pushes.py), encoded
 msgspec into one scratch buffer the whole drain reuses, and appended as a frame to its
 session's buffer of this drain, so one drain costs one bytearray and one write per client
 and no bytes object per message. A paused session's outbox keeps the typed message and
-encodes it when the session resumes; a broadcast (admin topics) is encoded once per format
+encodes it when the session resumes (it counts in `messages_out` and push latency then, when it
+is written, not when it is owed); a broadcast (admin topics) is encoded once per format
 and copied into each subscriber's buffer. `_order_update` and `_driver_position` inline
 what `_deliver` does, and `_deliver` what `_frame` does: on CPython a call costs as much as the
 framing (callgrind, order updates and positions to 300 sessions: ~500 instructions a message
@@ -346,19 +347,26 @@ class SessionCore:
 
     # ---- sending and closing ----------------------------------------------------------
 
-    def _send(self, session: Session, message: Message) -> bool:
-        """Queues one message for a session (in its outbox while paused); False when it takes nothing more."""
+    def _send(self, session: Session, message: Message, stamp: int | None = None) -> bool:
+        """Queues one message for a session (in its outbox while paused, with `stamp`: `_owe`); False
+        when it takes nothing more."""
         if session.closing or session.gone:
             return False
         if session.paused:
-            return self._owe(session, message)
+            return self._owe(session, message, stamp)
         self._frame(session, message)
         return True
 
-    def _owe(self, session: Session, message: Message) -> bool:
-        """Keeps a message for a paused session, as it is: encoded when the session resumes."""
+    def _owe(self, session: Session, message: Message, stamp: int | None = None) -> bool:
+        """Keeps a message for a paused session, as it is: encoded when the session resumes.
+
+        It is counted then (`resume`), as it is written: `stamp` is its engine commit time
+        (CLOCK_REALTIME ns) for a message counted in `messages_out` and push latency, -1 for one
+        counted without a latency (a broadcast), None for one not counted (welcome, error, pong).
+        One replaced in the outbox by a newer version, or dropped by a close, is never written.
+        """
         assert session.outbox is not None
-        if not session.outbox.put(message):
+        if not session.outbox.put(message, stamp):
             self.close_for(session, CLOSE_SLOW_READER, "slow reader: too much owed")
             return False
         return True
@@ -394,14 +402,15 @@ class SessionCore:
         buf += data
 
     def _broadcast(self, sessions: Iterable[Session], message: dict[str, Any]) -> int:
-        """Sends one message to many sessions, encoded once per format; returns how many took it."""
+        """Sends one message to many sessions, encoded once per format; returns how many it was written
+        to now (a paused session's copy is counted when it goes out: `_owe`)."""
         encoded: dict[Format, bytes] = {}
         n = 0
         for s in sessions:
             if s.closing or s.gone:
                 continue
             if s.paused:
-                n += self._owe(s, message)
+                self._owe(s, message, -1)  # counted when it goes out (resume)
                 continue
             data = encoded.get(s.fmt)
             if data is None:
@@ -449,9 +458,18 @@ class SessionCore:
         self.stats.paused -= 1
         box = session.outbox
         if box is not None:
-            for message in box.drain():
+            counted, stamps = 0, []
+            for message, stamp in box.drain():
                 if not self._send(session, message):
                     break
+                if stamp is not None:  # (`_owe`) written now: counted now, its latency up to now
+                    counted += 1
+                    if stamp >= 0:
+                        stamps.append(stamp)
+            if counted:
+                self.stats.messages_out += counted
+                if stamps:
+                    self.stats.push_latency.add_since(self.wall_ns(), stamps)
 
     # ---- client input -------------------------------------------------------------------
 
@@ -470,16 +488,27 @@ class SessionCore:
         self.error(session, ErrorCode.RATE_LIMITED, "too many messages; slow down", request_id)
 
     def too_large(self, session: Session, why: str) -> None:
-        """A message over the size or fragment cap: say why in the negotiated format, then close 1009."""
-        self.error(session, ErrorCode.TOO_LARGE, why)
+        """A message over the size or fragment cap: say why in the negotiated format, then close 1009.
+
+        Framed even while the session is paused: the close drops what it owes, and this error is
+        what explains the close (docs/protocol.md: sent just before it). It goes into the socket's
+        buffer right ahead of the CLOSE frame, which the close puts there all the same.
+        """
+        if session.closing or session.gone:
+            return
+        self._count_error(ErrorCode.TOO_LARGE)
+        self._frame(session, self._error(ErrorCode.TOO_LARGE, why))
         self.close_for(session, CLOSE_TOO_BIG, "message too big")
 
     def error(self, session: Session, code: ErrorCode, message: str, request_id: str | int | None = None) -> None:
+        self._count_error(code)
+        self._send(session, self._error(code, message, request_id))
+
+    def _error(self, code: ErrorCode, message: str, request_id: str | int | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "error", "code": code.value, "message": message, "ts": self._now_ms()}
         if request_id is not None:
             out["id"] = request_id
-        self._count_error(code)
-        self._send(session, out)
+        return out
 
     def _count_error(self, code: str) -> None:
         """One `error` sent to an app, by code (/metrics `dgdo_errors_total{code=...}`)."""
@@ -687,13 +716,12 @@ class SessionCore:
         """Delivers one message (due: `_due`) to its recipient's session, counted in this drain.
 
         Returns the offset of its frame in the session's buffer, or -1 when none was framed
-        (the session is paused: kept in its outbox; or closing: dropped).
+        (the session is paused: kept in its outbox, and counted when it goes out; or closing: dropped).
         """
         if session.closing or session.gone:
             return -1
         if session.paused:
-            if self._owe(session, message):
-                self._commits.append(commit_real_ns)
+            self._owe(session, message, commit_real_ns)
             return -1
         # self._frame(session, message), inline: this is every push
         buf = session.wbuf
@@ -756,8 +784,8 @@ class SessionCore:
             if p.request_id is not None:
                 out["id"] = p.request_id
             self._count_error(code)
-        if self._send(p.session, out):
-            self._commits.append(real)
+        if self._send(p.session, out, real) and not p.session.paused:
+            self._commits.append(real)  # written in this drain (a paused session's counts when it goes out)
 
     def _order_update(self, buf: Any, off: int, size: int) -> None:
         (_m, real, to_conn, w, role, to_id, order_id, status, reason, driver_id, passenger_id, seq) = (

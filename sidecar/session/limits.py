@@ -180,9 +180,11 @@ class Outbox:
         self.pending: OrderedDict[object, Any] = OrderedDict()
         self._keys = itertools.count()
 
-    def put(self, message: Any) -> bool:
+    def put(self, message: Any, stamp: int | None = None) -> bool:
         """Queues a message (a map, or a typed one of wire/pushes.py, encoded only when it is sent);
-        False when the client now owes more than `max_queued` (close 4008)."""
+        False when the client now owes more than `max_queued` (close 4008). `stamp` goes with it, for
+        the sender to count it by when it is sent (session/core.py `_owe`): one replaced by a newer
+        version is never sent, so never counted."""
         if isinstance(message, dict):
             mtype, order_id = message.get("type"), message.get("order_id")
         else:
@@ -192,14 +194,14 @@ class Outbox:
             self.pending.pop(key, None)
         else:
             key = next(self._keys)
-        self.pending[key] = message
+        self.pending[key] = (message, stamp)
         return len(self.pending) <= self.max_queued
 
-    def drain(self) -> Iterator[Any]:
-        """Yields queued messages oldest first, removing each as it goes (stop early to keep the rest)."""
+    def drain(self) -> Iterator[tuple[Any, int | None]]:
+        """Yields (message, stamp) pairs oldest first, removing each as it goes (stop early to keep the rest)."""
         while self.pending:
-            _key, message = self.pending.popitem(last=False)
-            yield message
+            _key, queued = self.pending.popitem(last=False)
+            yield queued
 
     def __len__(self) -> int:
         return len(self.pending)
