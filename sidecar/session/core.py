@@ -127,6 +127,9 @@ _NO_GAUGES = LinkGauges()
 # An order in these states has a driver whose positions the engine forwards to its passenger.
 _ON_TRIP = frozenset({R.OrderStatus.ACCEPTED, R.OrderStatus.ARRIVING, R.OrderStatus.ARRIVED, R.OrderStatus.STARTED})
 Message = Push | dict[str, Any]  # a server message: typed on the push path (wire/pushes.py), else a map
+# A session's open and close: nobody could send them again, so the link takes them even behind a
+# backlog past its bounds (only commands, which an app can retry, are refused `overloaded`).
+ANNOUNCEMENTS = frozenset({T.IN_SESSION_OPEN, T.IN_SESSION_CLOSE})
 
 
 class ToEngine(Struct, gc=False):
