@@ -373,6 +373,36 @@ async def test_a_session_that_opens_or_closes_while_the_engine_lags_is_heard_onc
         stop_split(s)
 
 
+async def test_a_driver_that_leaves_while_no_engine_is_attached_is_not_offered_rides_by_the_next(
+        split: Split) -> None:
+    """A driver connects to a stopped engine (its open, status and position wait in the ring), the engine
+    dies, the driver leaves, an engine starts: what waited is carried over to it, the open included,
+    and it must also hear that the driver is gone."""
+    admin = await watching_drivers(split.url)
+    far = await online_driver(split.url, "gh-far", FAR)
+    assert split.engine is not None
+    split.engine.send_signal(signal.SIGSTOP)
+    ghost = await AppClient.open(f"{split.url}/ws/driver/gh-near")
+    await ghost.send({"type": "driver_status", "status": "online"})
+    await ghost.send({"type": "driver_location", **NEAR})
+    await ghost.send({"type": "ping", "id": "mark"})
+    await ghost.expect("pong", id="mark")  # the sidecar has taken both
+    split.engine.send_signal(signal.SIGKILL)
+    split.engine.wait()
+    split.wait_health(503)
+    await ghost.close()
+    await admin.expect("driver_status", driver_id="gh-near", status="disconnected")
+    split.start_engine()
+    split.wait_health(200)
+    passenger = await AppClient.open(f"{split.url}/ws/passenger/gh-p")
+    await passenger.expect("welcome")
+    await passenger.send({"type": "ride_request", "id": "r", "pickup": PICKUP, "dropoff": DROPOFF})
+    order_id = (await passenger.expect("ack", id="r"))["order_id"]
+    await far.expect("new_order", order_id=order_id, timeout=5)  # not to the one who left (15 s offer)
+    for c in (passenger, far, admin):
+        await c.close()
+
+
 class InRing:
     """The test's read-only look at the sidecar -> engine ring of worker 1 (header and the word at head)."""
 
