@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ROOT, LineReader, engine_cmd, stack_env
@@ -108,14 +109,63 @@ def split(engine_bin: Path) -> Iterator[Split]:
     stop_split(s)
 
 
-async def online_driver(url: str, driver_id: str) -> AppClient:
+NEAR = {"lat": 38.5610, "lon": 68.7800}  # ~600 m from PICKUP
+FAR = {"lat": 38.5700, "lon": 68.7870}  # ~1.1 km from PICKUP: offered a ride only when NEAR has no driver
+OUT_OF_REACH = {"lat": 38.9000, "lon": 68.7870}  # ~38 km from both: its rides are offered to nobody
+
+
+async def online_driver(url: str, driver_id: str, at: dict[str, float] = NEAR) -> AppClient:
     d = await AppClient.open(f"{url}/ws/driver/{driver_id}")
     await d.expect("welcome")
     await d.send({"type": "driver_status", "status": "online", "id": "on"})
     await d.expect("ack", id="on")
-    await d.send({"type": "driver_location", "lat": 38.5610, "lon": 68.7800, "id": "loc"})
+    await d.send({"type": "driver_location", **at, "id": "loc"})
     await d.expect("ack", id="loc")
     return d
+
+
+async def watching_drivers(url: str) -> AppClient:
+    """An admin subscribed to `drivers`: its driver_status "disconnected" says the sidecar saw a driver leave."""
+    admin = await AppClient.open(f"{url}/ws/admin")
+    await admin.expect("welcome")
+    await admin.send({"type": "subscribe", "topics": ["drivers"], "id": "s"})
+    await admin.expect("ack", id="s")
+    return admin
+
+
+async def flood_until_overloaded(client: AppClient, command: dict[str, Any], sent: list[str]) -> None:
+    """Sends `command` (numbered ids, into `sent`) to a stopped engine until the sidecar refuses one
+    with `overloaded`: the ring is full and the backlog behind it over its bounds (link.py)."""
+    deadline = time.monotonic() + 20
+    while True:
+        assert time.monotonic() < deadline, "never refused with overloaded"
+        rid = f"f{len(sent)}"
+        sent.append(rid)
+        await client.send({**command, "id": rid})
+        try:
+            m = await client.recv(timeout=0.05)
+        except TimeoutError:
+            continue
+        if m.get("type") == "error":
+            assert m["code"] == "overloaded", m
+            return
+
+
+async def answers(client: AppClient, sent: list[str], timeout: float = 15) -> dict[str, list[dict[str, Any]]]:
+    """Waits until every id in `sent` has an ack or error; returns them by id (a list each: one is right)."""
+    def got() -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for m in client.seen:
+            if m.get("type") in ("ack", "error") and m.get("id") in sent:
+                out.setdefault(m["id"], []).append(m)
+        return out
+
+    deadline = time.monotonic() + timeout
+    while len(got()) < len(sent):
+        assert time.monotonic() < deadline, f"unanswered: {[r for r in sent if r not in got()][:10]}"
+        with contextlib.suppress(TimeoutError):
+            await client.recv(timeout=1)
+    return got()
 
 
 async def test_engine_kill_is_noticed_and_sidecar_reattaches_by_itself(split: Split) -> None:
@@ -247,6 +297,110 @@ async def test_full_ring_refuses_with_overloaded_and_never_loses_an_accepted_ord
         await passenger.close()
     finally:
         stop_split(s)
+
+
+async def test_an_engine_killed_behind_a_backlog_answers_what_was_carried_and_hears_every_session(
+        engine_bin: Path) -> None:
+    """A stalled engine killed with its ring full and a backlog behind it past its bounds, then restarted.
+
+    The backlog goes to the next engine, which runs those commands and answers them: none may be told
+    `engine_unavailable` (retry) for a command that is then run. And the next engine, which has not
+    fallen behind, must hear every session and its state: one opened while no engine was attached is
+    welcomed, and a driver's status and position are told again (this engine keeps no journal).
+    """
+    s = start_split(engine_bin, "--ring-capacity", "4096")
+    try:
+        driver = await online_driver(s.url, "kb-d")
+        passenger = await AppClient.open(f"{s.url}/ws/passenger/kb1")
+        await passenger.expect("welcome")
+        assert s.engine is not None
+        s.engine.send_signal(signal.SIGSTOP)
+        sent: list[str] = []
+        await flood_until_overloaded(passenger, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF},
+                                     sent)
+        s.engine.send_signal(signal.SIGKILL)
+        s.engine.wait()
+        s.wait_health(503)
+        late = await AppClient.open(f"{s.url}/ws/passenger/kb2")  # no engine: announced at the next attach
+        s.start_engine()
+        await late.expect("welcome", timeout=10)
+        got = await answers(passenger, sent)
+        assert all(len(v) == 1 for v in got.values()), "a command answered twice"
+        errors = {r: v[0]["code"] for r, v in got.items() if v[0]["type"] == "error"}
+        assert set(errors.values()) == {"overloaded"}, errors  # every other one ran, and was acked
+        acked = [v[0]["order_id"] for v in got.values() if v[0]["type"] == "ack"]
+        assert len(acked) > 4096 // 112 and len(set(acked)) == len(acked)
+        await driver.expect("new_order", timeout=10)  # online and in reach of them, for the new engine too
+        await driver.close()
+        await late.close()
+        await passenger.close()
+    finally:
+        stop_split(s)
+
+
+async def test_a_session_that_opens_or_closes_while_the_engine_lags_is_heard_once_it_catches_up(
+        engine_bin: Path) -> None:
+    """The engine falls behind (ring full, backlog past its bounds: commands refused `overloaded`) while a
+    driver leaves and a passenger connects. Neither can retry its announcement: the engine must hear
+    both once it catches up, or it keeps offering rides to the driver who left (and the passenger
+    never gets its welcome)."""
+    s = start_split(engine_bin, "--ring-capacity", "4096")
+    try:
+        admin = await watching_drivers(s.url)
+        near = await online_driver(s.url, "lag-near")
+        far = await online_driver(s.url, "lag-far", FAR)
+        flooder = await AppClient.open(f"{s.url}/ws/passenger/lag-flood")
+        await flooder.expect("welcome")
+        assert s.engine is not None
+        s.engine.send_signal(signal.SIGSTOP)
+        sent: list[str] = []
+        await flood_until_overloaded(flooder, {"type": "ride_request", "pickup": OUT_OF_REACH, "dropoff": DROPOFF},
+                                     sent)
+        await near.close()
+        await admin.expect("driver_status", driver_id="lag-near", status="disconnected")
+        waiting = await AppClient.open(f"{s.url}/ws/passenger/lag-waiting")
+        s.engine.send_signal(signal.SIGCONT)
+        await answers(flooder, sent)  # the engine has caught up with all it was sent
+        rider = await AppClient.open(f"{s.url}/ws/passenger/lag-rider")
+        await rider.expect("welcome")
+        await rider.send({"type": "ride_request", "id": "r", "pickup": PICKUP, "dropoff": DROPOFF})
+        order_id = (await rider.expect("ack", id="r"))["order_id"]
+        await far.expect("new_order", order_id=order_id, timeout=5)  # not to the one who left (15 s offer)
+        await waiting.expect("welcome", timeout=5)
+        for c in (waiting, rider, flooder, far, admin):
+            await c.close()
+    finally:
+        stop_split(s)
+
+
+async def test_a_driver_that_leaves_while_no_engine_is_attached_is_not_offered_rides_by_the_next(
+        split: Split) -> None:
+    """A driver connects to a stopped engine (its open, status and position wait in the ring), the engine
+    dies, the driver leaves, an engine starts: what waited is carried over to it, the open included,
+    and it must also hear that the driver is gone."""
+    admin = await watching_drivers(split.url)
+    far = await online_driver(split.url, "gh-far", FAR)
+    assert split.engine is not None
+    split.engine.send_signal(signal.SIGSTOP)
+    ghost = await AppClient.open(f"{split.url}/ws/driver/gh-near")
+    await ghost.send({"type": "driver_status", "status": "online"})
+    await ghost.send({"type": "driver_location", **NEAR})
+    await ghost.send({"type": "ping", "id": "mark"})
+    await ghost.expect("pong", id="mark")  # the sidecar has taken both
+    split.engine.send_signal(signal.SIGKILL)
+    split.engine.wait()
+    split.wait_health(503)
+    await ghost.close()
+    await admin.expect("driver_status", driver_id="gh-near", status="disconnected")
+    split.start_engine()
+    split.wait_health(200)
+    passenger = await AppClient.open(f"{split.url}/ws/passenger/gh-p")
+    await passenger.expect("welcome")
+    await passenger.send({"type": "ride_request", "id": "r", "pickup": PICKUP, "dropoff": DROPOFF})
+    order_id = (await passenger.expect("ack", id="r"))["order_id"]
+    await far.expect("new_order", order_id=order_id, timeout=5)  # not to the one who left (15 s offer)
+    for c in (passenger, far, admin):
+        await c.close()
 
 
 class InRing:

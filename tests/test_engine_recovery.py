@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rides import DROPOFF, PICKUP
@@ -18,6 +20,7 @@ from test_engine_death import Split, online_driver, start_split, stop_split
 from wsclient import AppClient
 
 FAR_FROM_PICKUP = (38.5700, 68.7870)  # ~1.1 km: farther than the first driver
+PICKUP_T, DROPOFF_T = (PICKUP["lat"], PICKUP["lon"]), (DROPOFF["lat"], DROPOFF["lon"])
 
 
 @pytest.fixture
@@ -184,3 +187,66 @@ async def test_replay_explains_an_order_with_exactly_what_its_apps_received(dura
     assert "tried before" in text and "<- offered" in text and f"order {order_id} now: completed" in text
     for c in (near, far, pax):
         await c.close()
+
+
+async def test_a_command_the_journal_holds_sent_again_by_the_sidecar_gets_its_answer(
+        engine_bin: Path, state_dir: str) -> None:
+    """A command the dead engine journaled but never released from the ring (killed or crashed inside
+    its batch, before its answer went out): the sidecar carries it to the next engine and keeps it
+    pending; the next engine, which replayed it from the journal, skips it (it must not run twice)
+    and must still answer it, with the answer the replay gave. The test plays the sidecar's link (a
+    real EngineLink) and sends the very bytes again, as the salvage does."""
+    import asyncio
+    import time
+    import uuid
+
+    from conftest import engine_cmd
+
+    from sidecar.engine import records as R
+    from sidecar.engine.link import EngineLink
+
+    instance = f"t{uuid.uuid4().hex[:8]}"
+    control = f"@dgdo-test-{instance}"
+
+    def start() -> subprocess.Popen[bytes]:
+        engine = subprocess.Popen(engine_cmd(engine_bin, control, "--instance", instance, "--state-dir", state_dir),
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert engine.stdout is not None and engine.stdout.readline().startswith(b"dgdo-engine ready")
+        return engine
+
+    loop = asyncio.get_running_loop()
+    answers: dict[int, asyncio.Future[tuple[int, int]]] = {41: loop.create_future()}
+    attached: asyncio.Queue[bool] = asyncio.Queue()
+
+    def on_records(consumer: Any, n: int) -> None:
+        for rec in consumer.records(n):
+            if rec.type == R.T.OUT_COMMAND_RESULT:
+                *_m, corr, order_id, status = R.OUT_COMMAND_RESULT.unpack_from(rec.body)
+                fut = answers.get(corr)
+                if fut is not None and not fut.done():
+                    fut.set_result((status, order_id))
+
+    engine = start()
+    link = EngineLink(control, 1, on_records, on_state=attached.put_nowait, reply_spin_us=0)
+    try:
+        link.start()
+        assert await asyncio.wait_for(attached.get(), 10)
+        passenger = R.Origin(1, 1, R.Role.PASSENGER, b"p1".ljust(R.ID_SIZE, b"\0"))
+        body = R.ride_request(passenger, time.monotonic_ns(), 41, 7, PICKUP_T, DROPOFF_T)
+        link.publish(R.T.IN_RIDE_REQUEST, body)
+        link.flush()
+        status, order_id = await asyncio.wait_for(answers[41], 10)
+        assert status == R.Result.OK and order_id > 0  # journaled (and answered: the test cannot unsend that)
+        engine.send_signal(signal.SIGKILL)
+        engine.wait()
+        assert not await asyncio.wait_for(attached.get(), 10)
+        engine = start()
+        assert await asyncio.wait_for(attached.get(), 10)  # the link re-attached by itself
+        answers[41] = loop.create_future()
+        link.publish(R.T.IN_RIDE_REQUEST, body)  # what the salvage sends: the same bytes
+        link.flush()
+        assert await asyncio.wait_for(answers[41], 5) == (R.Result.OK, order_id)  # the same order, once
+    finally:
+        link.close()
+        engine.terminate()
+        engine.wait(10)

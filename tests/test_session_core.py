@@ -185,6 +185,28 @@ def test_every_announcement_of_a_session_carries_when_its_upgrade_was_taken() ->
     assert later.opened_ns > s.opened_ns
 
 
+def test_a_session_gone_while_no_engine_was_attached_is_closed_to_the_next_one() -> None:
+    # The link carries to the next engine what the dead one never read, which may hold the open of
+    # a session that has gone since: the next engine must hear its close too, after that, or it
+    # takes the session for a live one (a driver offered rides it never hears of).
+    core = make_core()
+    gone = connect(core, Role.DRIVER, "d1", welcome=False)
+    replaced = connect(core, Role.PASSENGER, "p1", welcome=False)
+    stays = connect(core, Role.PASSENGER, "p2", welcome=False)
+    core.records_to_send()  # their opens: in the ring when the engine dies
+    core.engine_detached()
+    core.disconnected(gone)
+    newer = connect(core, Role.PASSENGER, "p1", welcome=False)  # p1 again, on this worker
+    assert core.records_to_send() == []  # nothing while no engine is attached
+    core.engine_attached()
+    again = [(r.type, R.IN_SESSION.unpack(r.body)[2]) for r in core.records_to_send()]
+    assert again[:2] == [(R.T.IN_SESSION_CLOSE, gone.conn_id), (R.T.IN_SESSION_CLOSE, replaced.conn_id)]
+    assert sorted(again[2:]) == [(R.T.IN_SESSION_OPEN, stays.conn_id), (R.T.IN_SESSION_OPEN, newer.conn_id)]
+    core.engine_detached()
+    core.engine_attached()  # said once: the next engine after this one hears only the live sessions
+    assert [r.type for r in core.records_to_send()] == [R.T.IN_SESSION_OPEN] * 2
+
+
 def test_no_session_is_announced_while_no_engine_is_attached() -> None:
     core = make_core(attached=False)
     connect(core, Role.PASSENGER, "p1", welcome=False)

@@ -322,22 +322,33 @@ class EngineLink:
         self._watch = self._loop.call_later(self._watch_interval, self._check_heartbeat)
 
     def _salvage(self, producer: Producer) -> None:
-        """Keeps the records the dead engine never consumed, to publish them to the next one first."""
+        """Keeps the records the dead engine never consumed, to publish them to the next one first,
+        ahead of the backlog (what a full ring had not taken yet), which is kept too.
+
+        `salvaged_corrs` names the commands of both: the next engine runs and answers them, so none
+        may be failed as engine_unavailable ("retry") now. The backlog's age restarts: the next
+        engine has not fallen behind, and a stale age would refuse its first records (`publish()`),
+        the sessions' announcements and state among them. (So positions no longer wait aside in
+        `_latest`: those that did join the backlog, and a newer one cannot be overtaken by them.)
+        """
         saved = producer.unconsumed()
-        if not saved:
-            self.salvaged_corrs = set()
-            return
+        if saved:
+            self._pending[0:0] = saved
+            log.warning("= %d bytes of commands kept for the next engine", len(saved))
+        pending = self._pending
+        for type_, body in self._latest.values():  # behind the backlog, ahead of anything newer
+            ring.frame(pending, type_, body)
+        self._latest.clear()
         corrs = set()
         off = 0
-        while off < len(saved):
-            length = int.from_bytes(saved[off : off + 4], "little")
-            corr = CORR.unpack_from(saved, off + CORR_OFFSET)[0]
+        while off < len(pending):
+            length = int.from_bytes(pending[off : off + 4], "little")
+            corr = CORR.unpack_from(pending, off + CORR_OFFSET)[0]
             if corr:
                 corrs.add(corr)
             off += ring.aligned(length)
-        self._pending[0:0] = saved
         self.salvaged_corrs = corrs
-        log.warning("= %d bytes of commands kept for the next engine", len(saved))
+        self._backlog_since = 0.0
 
     def _on_control(self) -> None:
         try:
@@ -361,20 +372,22 @@ class EngineLink:
 
     # ---- inbound: apps -> engine --------------------------------------------------
 
-    def publish(self, type_: int, body: bytes, reply_due: bool = False) -> None:
+    def publish(self, type_: int, body: bytes, reply_due: bool = False, bounded: bool = True) -> None:
         """Queues one record for the engine; it is written at the end of this loop turn.
 
         Records are written in the order published and never dropped once taken.
         `reply_due` marks a command the engine answers at once: the flush then spins
-        briefly for the answer instead of parking.
+        briefly for the answer instead of parking. `bounded` False: taken even behind a
+        backlog past its bounds, for a record nobody could send again (a session's open or
+        close: the engine would keep routing to, and offering rides to, a connection gone).
 
         Raises:
             EngineUnavailable: no engine attached.
-            Overloaded: the ring has been full too long or the backlog is at its cap.
+            Overloaded: the ring has been full too long or the backlog is at its cap (`bounded` only).
         """
         if not self.attached:
             raise EngineUnavailable("engine not attached")
-        if self._backlog_since and (
+        if bounded and self._backlog_since and (
             len(self._pending) >= MAX_BACKLOG_BYTES
             or time.monotonic() - self._backlog_since > MAX_BACKLOG_AGE_S
         ):

@@ -128,6 +128,9 @@ _NO_GAUGES = LinkGauges()
 # An order in these states has a driver whose positions the engine forwards to its passenger.
 _ON_TRIP = frozenset({R.OrderStatus.ACCEPTED, R.OrderStatus.ARRIVING, R.OrderStatus.ARRIVED, R.OrderStatus.STARTED})
 Message = Push | dict[str, Any]  # a server message: typed on the push path (wire/pushes.py), else a map
+# A session's open and close: nobody could send them again, so the link takes them even behind a
+# backlog past its bounds (only commands, which an app can retry, are refused `overloaded`).
+ANNOUNCEMENTS = frozenset({T.IN_SESSION_OPEN, T.IN_SESSION_CLOSE})
 
 
 class ToEngine(Struct, gc=False):
@@ -190,6 +193,7 @@ class SessionCore:
         self.available = False  # attached and beating
         self.pending: dict[int, PendingReply] = {}
         self._corr = 0
+        self._announced: dict[int, R.Origin] = {}  # while detached: the sessions there were at the detach
         # Drivers on this worker with a live trip: driver wire id -> passenger wire id. When that
         # passenger is here too, the driver's positions are answered through this worker at once
         # (ToEngine.reply_due). One entry per driver at most. Set by the driver's order updates, or
@@ -609,6 +613,15 @@ class SessionCore:
         self.attached = self.available = True
         self.admin_log("info", "engine attached")
         records = self._records
+        # Sessions gone since the last engine detached: what the link carries over to this one (the
+        # records the dead one never read) may hold their open, which it would take for a live
+        # connection (a driver offered rides it never hears of). Their close follows what is carried;
+        # for one the engine never opened, it is ignored.
+        now = self.mono_ns()
+        for conn_id, origin in self._announced.items():
+            if conn_id not in self.by_conn:
+                records.append(ToEngine(T.IN_SESSION_CLOSE, R.session(origin, now)))
+        self._announced = {}
         for s in self.sessions():
             records.append(ToEngine(T.IN_SESSION_OPEN, R.session(s.origin, s.opened_ns, s.last_seq)))
             for type_, body in s.resync.items():
@@ -623,6 +636,7 @@ class SessionCore:
         """
         self.attached = self.available = False
         self._trips.clear()  # the next engine may not hold them (no journal): learnt again from what it forwards
+        self._announced = {s.conn_id: s.origin for s in self.by_conn.values()}  # see engine_attached()
         self.admin_log("error", "engine detached")
         failed = [p for c, p in self.pending.items() if c not in carried]
         self.pending = {c: p for c, p in self.pending.items() if c in carried}

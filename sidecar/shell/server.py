@@ -59,7 +59,7 @@ from picows import (
 from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US, EngineLink, EngineUnavailable, Overloaded
 from sidecar.engine.ring import Consumer, RingError
 from sidecar.session.admin_feed import FEED_INTERVAL_S
-from sidecar.session.core import CLOSE_POLICY, CLOSE_REPLACED, CLOSE_SLOW_READER, SessionCore
+from sidecar.session.core import ANNOUNCEMENTS, CLOSE_POLICY, CLOSE_REPLACED, CLOSE_SLOW_READER, SessionCore
 from sidecar.session.keepalive import Keepalive
 from sidecar.session.limits import (
     ABUSE,
@@ -266,7 +266,8 @@ class App:
                     if rec.latest is not None:
                         link.publish_latest(rec.latest, rec.type, rec.body, reply_due=rec.reply_due)
                     else:
-                        link.publish(rec.type, rec.body, reply_due=rec.corr != 0 or rec.reply_due)
+                        link.publish(rec.type, rec.body, reply_due=rec.corr != 0 or rec.reply_due,
+                                     bounded=rec.type not in ANNOUNCEMENTS)
                 except EngineUnavailable as e:
                     core.not_taken(rec, ErrorCode.ENGINE_UNAVAILABLE, str(e))
                 except Overloaded as e:

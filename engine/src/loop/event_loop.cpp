@@ -364,7 +364,8 @@ void EventLoop::take(Worker& w, int32_t type, const uint8_t* body, uint32_t len)
         std::fprintf(stderr, "dgdo-engine: ! skipped inbound record type %d length %u from worker %u\n", type, len, w.id);
         return;
     }
-    if (persist_.already_journaled(type, body, len, clock_ns(CLOCK_MONOTONIC))) {
+    // Its answer (a COMMAND_RESULT, if it had one) goes out with this batch: its sender still waits.
+    if (persist_.already_journaled(type, body, len, clock_ns(CLOCK_MONOTONIC), out_)) {
         if (resent_++ == 0)
             std::fprintf(stderr, "dgdo-engine: = worker %u sent again records the journal holds; skipping them\n", w.id);
         return;

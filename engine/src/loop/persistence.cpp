@@ -58,11 +58,13 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
         return err == EWOULDBLOCK ? -EBUSY : -err;
     }
 
-    std::deque<uint64_t> recent;
+    std::deque<std::pair<uint64_t, OutRecord>> recent;
     const ReplayFn remember = [&](uint64_t, int32_t type, const uint8_t* payload, uint32_t len, const InputEvent&,
-                                  const std::vector<OutRecord>&) {
+                                  const std::vector<OutRecord>& out) {
         if (type >= JOURNAL_TICK) return;  // made by the loop, never sent again by a sidecar
-        recent.push_back(fingerprint(type, payload, len));
+        // An input with a corr answers it first (core.hpp): kept to answer it again if it is sent again.
+        const bool answered = !out.empty() && out.front().type == DGDO_OUT_COMMAND_RESULT;
+        recent.emplace_back(fingerprint(type, payload, len), answered ? out.front() : OutRecord{});
         if (recent.size() > kRecentRecords) recent.pop_front();
     };
     RecoverOptions ro;
@@ -87,7 +89,7 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
                      dir_.root.c_str(), r.end.problem.c_str());
         return -EIO;
     }
-    recent_.insert(recent.begin(), recent.end());
+    for (auto& [fp, answer] : recent) recent_.emplace(fp, std::move(answer));
     recent_until_ns_ = mono_now_ns + kRecentWindowNs;
 
     JournalOptions jo;
@@ -189,13 +191,18 @@ bool Persistence::reap(bool wait) {
     return true;
 }
 
-bool Persistence::already_journaled(int32_t type, const uint8_t* body, uint32_t len, uint64_t mono_now_ns) {
+bool Persistence::already_journaled(int32_t type, const uint8_t* body, uint32_t len, uint64_t mono_now_ns,
+                                    std::vector<OutRecord>& answers) {
     if (recent_.empty()) return false;
     if (mono_now_ns > recent_until_ns_) {
         recent_.clear();
         return false;
     }
-    return recent_.erase(fingerprint(type, body, len)) > 0;
+    auto it = recent_.find(fingerprint(type, body, len));
+    if (it == recent_.end()) return false;
+    if (it->second.type == DGDO_OUT_COMMAND_RESULT) answers.push_back(std::move(it->second));
+    recent_.erase(it);
+    return true;
 }
 
 }  // namespace dgdo

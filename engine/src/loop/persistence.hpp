@@ -9,7 +9,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <unordered_set>
+#include <unordered_map>
+#include <vector>
 
 #include "core/core.hpp"
 #include "store/journal.hpp"
@@ -57,8 +58,11 @@ public:
 
     // True for a record the journal already holds that a sidecar sent again: it salvages
     // what we had not released when we died, and we journal a batch before releasing it.
-    // Checked only for a while after a recovery.
-    bool already_journaled(int32_t type, const uint8_t* body, uint32_t len, uint64_t mono_now_ns);
+    // Checked only for a while after a recovery. Such a record is not applied again, but its
+    // sender still waits for its answer (the dead engine died before publishing it): its
+    // COMMAND_RESULT as the replay produced it, if it had one, is appended to `answers`.
+    bool already_journaled(int32_t type, const uint8_t* body, uint32_t len, uint64_t mono_now_ns,
+                           std::vector<OutRecord>& answers);
 
     uint64_t records() const { return journal_ ? journal_->next_index() : 0; }
     double last_stall_ms() const { return last_stall_ms_; }
@@ -75,7 +79,9 @@ private:
     pid_t child_ = -1;  // the snapshot writer, while it runs
     uint64_t child_index_ = 0;
     bool reap(bool wait);
-    std::unordered_set<uint64_t> recent_;  // fingerprints of the inbound records at the journal's end
+    // Fingerprints of the inbound records at the journal's end -> the COMMAND_RESULT the replay gave
+    // each (type 0: none).
+    std::unordered_map<uint64_t, OutRecord> recent_;
     uint64_t recent_until_ns_ = 0;
     std::string scratch_;
 };
