@@ -133,22 +133,26 @@ async def watching_drivers(url: str) -> AppClient:
     return admin
 
 
-async def flood_until_overloaded(client: AppClient, command: dict[str, Any], sent: list[str]) -> None:
-    """Sends `command` (numbered ids, into `sent`) to a stopped engine until the sidecar refuses one
-    with `overloaded`: the ring is full and the backlog behind it over its bounds (link.py)."""
+async def stall_until_overloaded(s: Split, client: AppClient, pickup: dict[str, float]) -> list[str]:
+    """Stops the engine (SIGSTOP) and sends ride requests through `client` (numbered ids, returned)
+    until the sidecar refuses one with `overloaded`: the ring is full and the backlog behind it over
+    its bounds (link.py)."""
+    assert s.engine is not None
+    s.engine.send_signal(signal.SIGSTOP)
+    sent: list[str] = []
     deadline = time.monotonic() + 20
     while True:
         assert time.monotonic() < deadline, "never refused with overloaded"
         rid = f"f{len(sent)}"
         sent.append(rid)
-        await client.send({**command, "id": rid})
+        await client.send({"type": "ride_request", "id": rid, "pickup": pickup, "dropoff": DROPOFF})
         try:
             m = await client.recv(timeout=0.05)
         except TimeoutError:
             continue
         if m.get("type") == "error":
             assert m["code"] == "overloaded", m
-            return
+            return sent
 
 
 async def answers(client: AppClient, sent: list[str], timeout: float = 15) -> dict[str, list[dict[str, Any]]]:
@@ -313,11 +317,7 @@ async def test_an_engine_killed_behind_a_backlog_answers_what_was_carried_and_he
         driver = await online_driver(s.url, "kb-d")
         passenger = await AppClient.open(f"{s.url}/ws/passenger/kb1")
         await passenger.expect("welcome")
-        assert s.engine is not None
-        s.engine.send_signal(signal.SIGSTOP)
-        sent: list[str] = []
-        await flood_until_overloaded(passenger, {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF},
-                                     sent)
+        sent = await stall_until_overloaded(s, passenger, PICKUP)
         s.engine.send_signal(signal.SIGKILL)
         s.engine.wait()
         s.wait_health(503)
@@ -351,11 +351,7 @@ async def test_a_session_that_opens_or_closes_while_the_engine_lags_is_heard_onc
         far = await online_driver(s.url, "lag-far", FAR)
         flooder = await AppClient.open(f"{s.url}/ws/passenger/lag-flood")
         await flooder.expect("welcome")
-        assert s.engine is not None
-        s.engine.send_signal(signal.SIGSTOP)
-        sent: list[str] = []
-        await flood_until_overloaded(flooder, {"type": "ride_request", "pickup": OUT_OF_REACH, "dropoff": DROPOFF},
-                                     sent)
+        sent = await stall_until_overloaded(s, flooder, OUT_OF_REACH)
         await near.close()
         await admin.expect("driver_status", driver_id="lag-near", status="disconnected")
         waiting = await AppClient.open(f"{s.url}/ws/passenger/lag-waiting")
