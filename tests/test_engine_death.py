@@ -266,23 +266,7 @@ async def test_full_ring_refuses_with_overloaded_and_never_loses_an_accepted_ord
     try:
         passenger = await AppClient.open(f"{s.url}/ws/passenger/p4")
         await passenger.expect("welcome")
-        assert s.engine is not None
-        s.engine.send_signal(signal.SIGSTOP)
-        sent: list[str] = []
-        refused: set[str] = set()
-        deadline = time.monotonic() + 20
-        while not refused:  # a stalled engine: the ring fills, then the backlog ages past its bound
-            assert time.monotonic() < deadline, "never refused with overloaded"
-            rid = f"f{len(sent)}"
-            sent.append(rid)
-            await passenger.send({"type": "ride_request", "id": rid, "pickup": PICKUP, "dropoff": DROPOFF})
-            try:
-                m = await passenger.recv(timeout=0.05)
-            except TimeoutError:
-                continue
-            if m.get("type") == "error":
-                assert m["code"] == "overloaded", m
-                refused.add(m["id"])
+        sent = await stall_until_overloaded(s, passenger, PICKUP)  # the ring fills, then the backlog ages
         assert len(sent) > 4096 // 112, "the ring itself must have filled first"
         s.engine.send_signal(signal.SIGCONT)
 
