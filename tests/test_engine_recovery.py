@@ -6,6 +6,7 @@ in flight, kills the engine with SIGKILL and starts a new one on the same state 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import subprocess
@@ -250,3 +251,55 @@ async def test_a_command_the_journal_holds_sent_again_by_the_sidecar_gets_its_an
         link.close()
         engine.terminate()
         engine.wait(10)
+
+
+async def _kill_and_restart(s: Split, state_dir: str) -> None:
+    assert s.engine is not None
+    s.engine.send_signal(signal.SIGKILL)
+    s.engine.wait()
+    s.wait_health(503)
+    s.start_engine("--state-dir", state_dir, "--fsync", "batch")
+    s.wait_health(200)
+
+
+async def test_a_passengers_nearby_subscription_survives_kill_9_of_the_engine(durable: Split, state_dir: str) -> None:
+    """The restarted engine closed the dead one's sessions (and so their subscriptions); the sidecar
+    re-announces each session with its latest subscription, the very bytes the journal holds. Those
+    are new inputs, not a salvage of what the dead engine never released: they must be applied."""
+    pax = await AppClient.open(f"{durable.url}/ws/passenger/p1")
+    await pax.expect("welcome")
+    await pax.send({"type": "nearby_subscribe", **PICKUP, "radius_m": 3000, "id": "near"})
+    await pax.expect("ack", id="near")
+    await pax.expect("nearby_drivers")
+    await _kill_and_restart(durable, state_dir)
+
+    d2 = await online_driver(durable.url, "d2")  # after the restart: only the new engine can report it
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:
+        m = await pax.expect("nearby_drivers", timeout=max(0.0, deadline - loop.time()))
+        if [d["driver_id"] for d in m["drivers"]] == ["d2"]:
+            break
+    for c in (pax, d2):
+        await c.close()
+
+
+async def test_a_driver_back_with_last_seq_and_nothing_new_is_offered_rides_after_kill_9_of_the_engine(
+        durable: Split, state_dir: str) -> None:
+    """Its re-announced open carries what its first open carried (the same upgrade time, the same
+    last_seq): the restarted engine must still take it, or the driver stays disconnected for it."""
+    driver = await AppClient.open(f"{durable.url}/ws/driver/d1?last_seq=0")
+    assert (await driver.expect("welcome"))["seq"] == 0
+    await driver.send({"type": "driver_status", "status": "online", "id": "on"})
+    await driver.expect("ack", id="on")
+    await driver.send({"type": "driver_location", "lat": 38.5610, "lon": 68.7800, "id": "loc"})
+    await driver.expect("ack", id="loc")
+    await _kill_and_restart(durable, state_dir)
+
+    pax = await AppClient.open(f"{durable.url}/ws/passenger/p1")
+    await pax.expect("welcome")
+    await pax.send({"type": "ride_request", "id": "r1", "pickup": PICKUP, "dropoff": DROPOFF})
+    order_id = (await pax.expect("ack", id="r1"))["order_id"]
+    await driver.expect("new_order", order_id=order_id)
+    for c in (driver, pax):
+        await c.close()

@@ -412,7 +412,8 @@ uint64_t EventLoop::match_percentile(unsigned p) const {
 // One batch: peek each worker's ring, journal everything peeked with one write, apply it,
 // release it from the rings, then publish. A record leaves its ring only once journaled, so a
 // kill -9 at any point loses nothing: the sidecar salvages what we had not released, and what
-// was journaled as well is recognised and skipped after our restart (already_journaled).
+// was journaled as well is, for a command, recognised and skipped after our restart
+// (already_journaled); anything else is applied again, harmlessly.
 size_t EventLoop::drain(const std::vector<Worker*>& from) {
     size_t n = 0;
     batch_.clear();

@@ -24,6 +24,16 @@ namespace {
 constexpr size_t kRecentRecords = 8192;        // more than a sidecar's unreleased ring can hold in practice
 constexpr uint64_t kRecentWindowNs = 60'000'000'000ull;  // sidecars re-attach within seconds of a restart
 
+// The records a sidecar's salvage may send again that must not run twice: commands. Every other
+// inbound record sets state (a session open or close, a driver's status or position, a nearby
+// subscription), and a sidecar that re-attaches re-announces each live session with its latest
+// status, position and subscription, byte for byte as it sent them first (an open keeps its
+// upgrade time: Core::on(SessionOpen)). Such a re-announcement is a new input: taken for a salvage
+// and skipped, it left the session closed by the restart (a driver offered nothing, a passenger's
+// nearby subscription gone). Applied twice, a salvaged one of these is harmless: the same state
+// set again after the restart's WorkerDetached.
+bool runs_once(int32_t type) { return type == DGDO_IN_RIDE_REQUEST || type == DGDO_IN_ORDER_COMMAND; }
+
 uint64_t fingerprint(int32_t type, const uint8_t* body, uint32_t len) {
     return io::hash64(body, len) ^ (static_cast<uint64_t>(static_cast<uint32_t>(type)) * 0x9E3779B97F4A7C15ull);
 }
@@ -61,7 +71,7 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
     std::deque<std::pair<uint64_t, OutRecord>> recent;
     const ReplayFn remember = [&](uint64_t, int32_t type, const uint8_t* payload, uint32_t len, const InputEvent&,
                                   const std::vector<OutRecord>& out) {
-        if (type >= JOURNAL_TICK) return;  // made by the loop, never sent again by a sidecar
+        if (!runs_once(type)) return;  // (the loop's own records are never sent again by a sidecar)
         // An input with a corr answers it first (core.hpp): kept to answer it again if it is sent again.
         const bool answered = !out.empty() && out.front().type == DGDO_OUT_COMMAND_RESULT;
         recent.emplace_back(fingerprint(type, payload, len), answered ? out.front() : OutRecord{});
@@ -193,7 +203,7 @@ bool Persistence::reap(bool wait) {
 
 bool Persistence::already_journaled(int32_t type, const uint8_t* body, uint32_t len, uint64_t mono_now_ns,
                                     std::vector<OutRecord>& answers) {
-    if (recent_.empty()) return false;
+    if (recent_.empty() || !runs_once(type)) return false;
     if (mono_now_ns > recent_until_ns_) {
         recent_.clear();
         return false;

@@ -56,8 +56,10 @@ public:
     // and written by a thread.
     void after_batch(const Core& core, uint64_t mono_now_ns);
 
-    // True for a record the journal already holds that a sidecar sent again: it salvages
-    // what we had not released when we died, and we journal a batch before releasing it.
+    // True for a command (ride request, order command) the journal already holds that a sidecar
+    // sent again: it salvages what we had not released when we died, and we journal a batch
+    // before releasing it. Other records are never skipped: a sidecar re-announces those with
+    // the same bytes, as new inputs (persistence.cpp, runs_once).
     // Checked only for a while after a recovery. Such a record is not applied again, but its
     // sender still waits for its answer (the dead engine died before publishing it): its
     // COMMAND_RESULT as the replay produced it, if it had one, is appended to `answers`.
