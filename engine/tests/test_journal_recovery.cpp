@@ -13,6 +13,7 @@
 #include <set>
 
 #include "journal_fixture.hpp"
+#include "loop/persistence.hpp"
 #include "store/crc32c.hpp"
 
 namespace dgdo::test {
@@ -413,6 +414,40 @@ TEST(Recovery, SeqAndHistorySurviveARestart) {
             EXPECT_EQ(next.front(), seqs.back() + 1);
         }
     }
+}
+
+
+// Under FsyncPolicy::Batch a batch's outputs (acks among them) go out only once it is on disk:
+// a disk that fails the fdatasync must stop them, not just be logged. The journal's descriptor
+// is pointed at /dev/null: its writes succeed and its fdatasync fails (EINVAL), as a failing
+// disk's would (EIO).
+TEST(Persistence, UnderBatchABatchTheDiskCouldNotSyncIsNotToBePublished) {
+    TempStateDir t;
+    PersistOptions o;
+    o.state_dir = t.dir.root;
+    o.fsync = FsyncPolicy::Batch;
+    Persistence p(o);
+    Core core;
+    ASSERT_EQ(p.start(core, Config{}, 1'000'000'000), 0);
+    p.add(InputEvent{Tick{2'000'000'000}});
+    ASSERT_TRUE(p.commit());
+    EXPECT_TRUE(p.before_publish());  // a real file: synced
+
+    int journal_fd = -1;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+        std::error_code ec;
+        const auto target = std::filesystem::read_symlink(e.path(), ec);
+        if (!ec && target.string().starts_with(t.dir.journal() + "/") && target.string().ends_with(".dgj"))
+            journal_fd = std::stoi(e.path().filename().string());
+    }
+    ASSERT_GE(journal_fd, 0);
+    const int null_fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+    ASSERT_GE(null_fd, 0);
+    ASSERT_EQ(dup2(null_fd, journal_fd), journal_fd);
+    ::close(null_fd);
+    p.add(InputEvent{Tick{3'000'000'000}});
+    ASSERT_TRUE(p.commit());
+    EXPECT_FALSE(p.before_publish());
 }
 
 }  // namespace

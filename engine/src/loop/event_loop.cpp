@@ -156,6 +156,7 @@ int EventLoop::run() {
     epoll_event events[64];
     while (!stop_) {
         const size_t n = drain_all();
+        if (stop_) break;  // the journal failed: out now, not after the next wake-up
         const uint64_t now = clock_ns(CLOCK_MONOTONIC);
         if (n > 0) busy_at = now;
         int timeout = 0;
@@ -381,7 +382,11 @@ void EventLoop::input(const InputEvent& ev) {
         return;
     }
     apply(ev);
-    persist_.before_publish();
+    if (!persist_.before_publish()) {
+        out_.clear();
+        stop_ = failed_ = true;
+        return;
+    }
     publish();
     ring_doorbells();
 }
@@ -429,7 +434,11 @@ size_t EventLoop::drain(const std::vector<Worker*>& from) {
     }
     for (const InputEvent& ev : batch_) apply(ev);
     for (Worker* w : from) dgdo_ring_release(&w->cons, w->peek_end);
-    persist_.before_publish();
+    if (!persist_.before_publish()) {  // not on disk: nothing of it may be answered
+        out_.clear();
+        stop_ = failed_ = true;
+        return 0;
+    }
     publish();
     return n;
 }

@@ -135,10 +135,17 @@ bool Persistence::commit() {
     return false;
 }
 
-void Persistence::before_publish() {
-    if (!journal_) return;
-    if (const int rc = journal_->sync_before_publish(); rc != 0)
-        std::fprintf(stderr, "dgdo-engine: ! journal fdatasync failed: %s\n", std::strerror(-rc));
+bool Persistence::before_publish() {
+    if (!journal_) return true;
+    const int rc = journal_->sync_before_publish();
+    if (rc == 0) return true;
+    // Not retried: after a failed fdatasync the kernel may have dropped the dirty pages and a
+    // second call can succeed with the data gone. Stopping is what keeps the promise.
+    std::fprintf(stderr,
+                 "dgdo-engine: ! journal fdatasync failed: %s; stopping before the batch's answers go out (fsync batch "
+                 "promises nothing acknowledged is lost)\n",
+                 std::strerror(-rc));
+    return false;
 }
 
 void Persistence::after_batch(const Core& core, uint64_t mono_now_ns) {

@@ -49,8 +49,9 @@ public:
     }
     // Writes the batch. false: it could not be journaled, so it must not be applied (logged).
     bool commit();
-    // Before the batch's outputs go out (FsyncPolicy::Batch syncs here).
-    void before_publish();
+    // Before the batch's outputs go out (FsyncPolicy::Batch syncs here). false: the batch is
+    // not on disk, so its outputs must not go out (logged): under Batch an answer promises it is.
+    bool before_publish();
     // After a batch: takes a snapshot when one is due. A forked child serializes and writes it
     // (copy-on-write: the loop stalls only for the fork); if fork fails, it is serialized here
     // and written by a thread.

@@ -403,10 +403,19 @@ int JournalWriter::sync_before_publish() {
 
 void JournalWriter::sync_loop() {
     std::unique_lock<std::mutex> lock(mu_);
+    bool failing = false;
     while (!stop_) {
         cv_.wait_for(lock, std::chrono::milliseconds(opt_.fsync_interval_ms));
         if (stop_) break;
-        if (fd_ >= 0 && unsynced_.exchange(false, std::memory_order_relaxed)) fdatasync(fd_);
+        if (fd_ < 0 || !unsynced_.exchange(false, std::memory_order_relaxed)) continue;
+        // A failure is said once per run of them: what was written meanwhile may not survive a
+        // power loss, and the operator must hear of it (the loop goes on: this policy never
+        // promised an answer was on disk).
+        const bool ok = fdatasync(fd_) == 0;
+        if (!ok && !failing)
+            std::fprintf(stderr, "dgdo-engine: ! journal fdatasync failed: %s; what is written now may not survive a power loss\n",
+                         std::strerror(errno));
+        failing = !ok;
     }
 }
 
