@@ -129,6 +129,22 @@ def test_a_resumed_welcome_lets_the_replay_through_and_a_re_announce_repeats_not
     assert [(m["type"], m["seq"]) for m in sent(core)[p]] == [("order_update", 6)]
 
 
+def test_a_live_message_of_a_restarted_engine_before_its_answer_to_the_re_announce_skips_nothing() -> None:
+    core = make_core()
+    p = connect(core, Role.PASSENGER, "p1")
+    feed(core, update(1))
+    assert [m["seq"] for m in sent(core)[p]] == [1]
+    # The engine died having committed seq 2 for p1 (journaled) but before publishing it.
+    core.engine_detached()
+    core.engine_attached()
+    assert [R.IN_SESSION.unpack(r.body)[-1] for r in core.records_to_send() if r.type == R.T.IN_SESSION_OPEN] == [1]
+    # The restarted engine numbers a change (another worker's command, a timer) before it reads
+    # the re-announcement; its answer then replays what p1 missed since 1, that change included.
+    feed(core, update(3))
+    feed(core, state(p, 3, True), update(2, p.conn_id), update(3, p.conn_id), update(4))
+    assert [m["seq"] for m in sent(core)[p]] == [2, 3, 4]
+
+
 def test_a_record_for_a_conn_id_now_held_by_another_app_is_not_delivered() -> None:
     core = make_core()
     p = connect(core, Role.PASSENGER, "p1")

@@ -623,6 +623,7 @@ class SessionCore:
                 records.append(ToEngine(T.IN_SESSION_CLOSE, R.session(origin, now)))
         self._announced = {}
         for s in self.sessions():
+            s.resyncing = s.welcomed  # (Session): until this engine answers the announcement
             records.append(ToEngine(T.IN_SESSION_OPEN, R.session(s.origin, s.opened_ns, s.last_seq)))
             for type_, body in s.resync.items():
                 records.append(ToEngine(type_, body))
@@ -716,10 +717,13 @@ class SessionCore:
     @staticmethod
     def _due(session: Session | None, seq: int) -> bool:
         """Whether a message (numbered `seq`, 0: not numbered) is to be delivered to `session`: nothing
-        before the welcome, no seq twice. A seq it takes is the session's `last_seq` from now on."""
+        before the welcome, no seq twice, none while it is `resyncing`. A seq it takes is the session's
+        `last_seq` from now on."""
         if session is None or not session.welcomed:
             return False
         if seq:
+            if session.resyncing:
+                return False  # the engine's answer to its re-announcement brings it, in order
             last = session.last_seq
             if last is not None and seq <= last:
                 return False  # delivered already
@@ -760,6 +764,7 @@ class SessionCore:
         (re-announced to a (re)attached engine) sends no welcome.
         """
         if session.welcomed:
+            session.resyncing = False  # what the engine numbered before it took the announcement follows
             if not resumed:  # a snapshot follows: numbered above seq
                 session.last_seq = max(session.last_seq or 0, seq)
             return
@@ -816,7 +821,7 @@ class SessionCore:
                 session = None if ids is None else ids.get(to_id)
             if session is not None and session.welcomed:
                 last = session.last_seq  # (self._due(session, seq), inline)
-                if not seq or last is None or seq > last:
+                if not seq or (not session.resyncing and (last is None or seq > last)):
                     if seq:
                         session.last_seq = seq
                     msg = OrderUpdate(order_id, status_name, ts, driver or UNSET,  # type: ignore[arg-type]

@@ -26,7 +26,12 @@ class Session:
     arrives and the welcome is sent; until then nothing else is delivered to it (what
     the engine committed meanwhile is in the replay or snapshot right behind the
     SESSION_STATE). `last_seq` is the highest seq delivered (or the welcome's), None
-    before the welcome when the app gave no `?last_seq`.
+    before the welcome when the app gave no `?last_seq`. `resyncing`: a welcomed session
+    re-announced to a (re)attached engine, until that engine's SESSION_STATE for it: no reliable
+    message is delivered meanwhile. One the engine numbered before it took the announcement may
+    come after a gap (what the dead engine committed but never published), and taking it would
+    raise `last_seq` over the gap, whose replay behind the SESSION_STATE would then be dropped
+    as delivered; that replay (or snapshot) brings it, in order.
 
     Output: `wbuf` holds the frames owed to the client in the current drain, until the shell
     takes them (one buffer, one write).
@@ -44,7 +49,8 @@ class Session:
     """
 
     __slots__ = ("app_id", "binary", "closing", "conn_id", "fmt", "gone", "io", "last_seq", "opened_ns", "origin",
-                 "outbox", "paused", "resync", "role", "topics", "wbuf", "welcomed", "wire_id", "wire_role")
+                 "outbox", "paused", "resync", "resyncing", "role", "topics", "wbuf", "welcomed", "wire_id",
+                 "wire_role")
 
     def __init__(self, conn_id: int, role: Role, app_id: str, fmt: Format, worker: int,
                  last_seq: int | None = None, opened_ns: int = 0) -> None:
@@ -56,6 +62,7 @@ class Session:
         self.binary = fmt is MSGPACK  # the frame type the shell writes
         self.last_seq = last_seq
         self.welcomed = False
+        self.resyncing = False
         self.topics = NO_TOPICS
         self.resync: dict[int, bytes] = {}
         self.wire_role = WIRE_ROLE[role]
