@@ -68,6 +68,9 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
         return err == EWOULDBLOCK ? -EBUSY : -err;
     }
 
+    if (const size_t n = remove_partial_snapshots(dir_.snapshots()))
+        std::fprintf(stderr, "dgdo-engine: = removed %zu unfinished snapshot file(s) of an engine killed while writing\n", n);
+
     std::deque<std::pair<uint64_t, OutRecord>> recent;
     const ReplayFn remember = [&](uint64_t, int32_t type, const uint8_t* payload, uint32_t len, const InputEvent&,
                                   const std::vector<OutRecord>& out) {

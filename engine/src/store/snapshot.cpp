@@ -93,6 +93,21 @@ int write_snapshot(const std::string& dir, uint64_t index, uint64_t digest, cons
     return fsync_dir(dir);
 }
 
+size_t remove_partial_snapshots(const std::string& dir) {
+    std::vector<std::string> stale;
+    DIR* d = opendir(dir.c_str());
+    if (!d) return 0;
+    while (const dirent* e = readdir(d)) {
+        const std::string name = e->d_name;
+        if (name.size() == 29 && name.ends_with(".snap.tmp")) stale.push_back(dir + "/" + name);  // write_snapshot's
+    }
+    closedir(d);
+    size_t removed = 0;
+    for (const std::string& path : stale) removed += unlink(path.c_str()) == 0;
+    if (removed) fsync_dir(dir);
+    return removed;
+}
+
 SnapshotRead read_snapshot(const std::string& path) {
     SnapshotRead r;
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

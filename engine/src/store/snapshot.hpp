@@ -48,6 +48,10 @@ struct SnapshotRead {
 };
 SnapshotRead read_snapshot(const std::string& path);
 
+// Removes the temp files of snapshots never finished (a writer killed before its rename): the
+// lock holder's business, at start. Returns how many.
+size_t remove_partial_snapshots(const std::string& dir);
+
 // After a good snapshot: keeps the newest `keep` snapshots and removes the journal segments
 // wholly before the oldest one kept (so that one still has its tail, as a fallback).
 void prune_state(const std::string& snapshot_dir, const std::string& journal_dir, size_t keep = 2);
