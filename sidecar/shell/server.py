@@ -26,7 +26,8 @@ module owns the sockets and the event loop:
   client); client input is drained once per event-loop turn, so a burst of
   frames read together is answered together.
 
-Close codes this server sends: 1000 (reply to the client's CLOSE), 1001
+Close codes this server sends: the client's own in reply to its CLOSE (1000 when it gave none; 1002
+for a code no CLOSE may carry; picows sends 1002 and 1007 for the protocol errors it finds), 1001
 (shutdown; a ping not answered in time — session/keepalive.py, one sweep for every connection), 1008 (flooding
 past the rate limit), 1009 (a message over the size or fragment cap, after a
 `too_large` error saying which), 4001 (replaced by a newer connection with the
@@ -484,6 +485,22 @@ def _http(status: int, body: str | bytes, content_type: str = "text/plain; chars
     return WSUpgradeResponseWithListener(resp, None)
 
 
+def _close_reply(frame: WSFrame) -> WSCloseCode:
+    """The code that answers a client's CLOSE: its own, 1000 when it gave none, 1002 when it gave one
+    that no CLOSE frame may carry (RFC 6455 §7.4: 1005, 1006, 1015 and anything outside 1000-4999).
+
+    picows refuses some of these itself (1005, 1015, the unassigned 1xxx-2xxx codes, a 1-byte
+    payload) but lets through 0 (its own NO_INFO), 1006 and codes of 5000 and up, which echoed
+    back would be our protocol error on the wire.
+    """
+    if frame.payload_size == 0:
+        return WSCloseCode.OK
+    code = frame.get_close_code()
+    if code == WSCloseCode.ABNORMAL_CLOSURE or not 1000 <= code <= 4999:
+        return WSCloseCode.PROTOCOL_ERROR
+    return code
+
+
 class AppListener(WSListener):
     """One connection's picows callbacks: frames in (decode, admit, feed the core), flow control, close."""
 
@@ -603,8 +620,7 @@ class AppListener(WSListener):
         elif t is WSMsgType.CLOSE:
             # picows leaves the reply to us (RFC 6455 §5.5.1): echo the code, then hang up.
             if not transport.is_close_frame_sent:  # we may have closed first: then this is the echo
-                code = frame.get_close_code()
-                transport.send_close(code if code is not WSCloseCode.NO_INFO else WSCloseCode.OK)
+                transport.send_close(_close_reply(frame))
             transport.disconnect()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
