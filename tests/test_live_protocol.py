@@ -303,6 +303,17 @@ async def test_a_close_is_echoed_only_with_a_code_a_close_frame_may_carry(
     assert await c.wait_closed() == answer
 
 
+@pytest.mark.parametrize("rsv", ["rsv1", "rsv2", "rsv3"])
+async def test_a_frame_with_a_reserved_bit_set_is_a_protocol_error_1002(shared_stack: Stack, rsv: str) -> None:
+    """No extension is negotiated, so RFC 6455 §5.2 requires failing the connection on any RSV bit:
+    a client that compresses (permessage-deflate's RSV1) without asking must not be read as plain JSON."""
+    c = await PicowsClient.open(f"{shared_stack.url}/ws/passenger/rsv-{rsv}")
+    await c.expect("welcome")
+    c.transport.send(WSMsgType.TEXT, json.dumps({"type": "ping", "id": rsv}).encode(), **{rsv: True})
+    assert await c.wait_closed() == 1002
+    assert not [m for m in c.seen if m["type"] == "pong"]
+
+
 async def test_fragments_reassemble_under_the_cap_and_close_1009_past_it(stack: Stack) -> None:
     c = await PicowsClient.open(f"{stack.url}/ws/driver/d1")
     await c.expect("welcome")

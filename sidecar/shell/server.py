@@ -26,12 +26,13 @@ module owns the sockets and the event loop:
   client); client input is drained once per event-loop turn, so a burst of
   frames read together is answered together.
 
-Close codes this server sends: the client's own in reply to its CLOSE (1000 when it gave none; 1002
-for a code no CLOSE may carry; picows sends 1002 and 1007 for the protocol errors it finds), 1001
-(shutdown; a ping not answered in time — session/keepalive.py, one sweep for every connection), 1008 (flooding
-past the rate limit), 1009 (a message over the size or fragment cap, after a
-`too_large` error saying which), 4001 (replaced by a newer connection with the
-same role and id), 4008 (slow reader), 4401 / 4403 (a browser's upgrade refused by auth).
+Close codes this server sends: the client's own in reply to its CLOSE (1000 when it gave none),
+1002 (a CLOSE code no CLOSE may carry, a reserved bit set; picows sends 1002 and 1007 for the
+protocol errors it finds itself), 1001 (shutdown; a ping not answered in time —
+session/keepalive.py, one sweep for every connection), 1008 (flooding past the rate limit), 1009
+(a message over the size or fragment cap, after a `too_large` error saying which), 4001 (replaced
+by a newer connection with the same role and id), 4008 (slow reader), 4401 / 4403 (a browser's
+upgrade refused by auth).
 """
 
 from __future__ import annotations
@@ -586,6 +587,13 @@ class AppListener(WSListener):
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         t = frame.msg_type
         self.last_rx = time.monotonic()
+        if (frame.rsv1 or frame.rsv2 or frame.rsv3) and t is not WSMsgType.CLOSE:
+            # RFC 6455 §5.2: no extension is negotiated, so a reserved bit fails the connection; picows
+            # does not check them. (A client compressing without asking would otherwise be read as JSON.)
+            if not self.session.closing:
+                self.core.close_for(self.session, int(WSCloseCode.PROTOCOL_ERROR), "reserved bits set in a frame")
+                self.app.flush_soon()
+            return
         if t is WSMsgType.TEXT or t is WSMsgType.BINARY or t is WSMsgType.CONTINUATION:
             session = self.session
             if session.closing:
