@@ -506,8 +506,8 @@ class AppListener(WSListener):
     """One connection's picows callbacks: frames in (decode, admit, feed the core), flow control, close."""
 
     # Slots: one of these per connection (bench/conns), a dict would add ~300 bytes to each.
-    __slots__ = ("_paused_timer", "_reading_paused", "app", "core", "decoder", "last_rx", "limiter", "ping_at",
-                 "route", "session")
+    __slots__ = ("_paused_timer", "_pong_owed", "_reading_paused", "app", "core", "decoder", "last_rx", "limiter",
+                 "ping_at", "route", "session")
 
     def __init__(self, app: App, session: Session, r: WsRoute) -> None:
         self.app = app
@@ -519,6 +519,7 @@ class AppListener(WSListener):
         self.limiter = RateLimiter(time.monotonic(), s.positions_rate, s.messages_rate, s.abuse_after)
         self._paused_timer: asyncio.TimerHandle | None = None
         self._reading_paused = False  # stopped reading a client over its rate (_pause_reading)
+        self._pong_owed: bytes | None = None  # the latest PING's payload, while writing is paused
         self.last_rx = time.monotonic()  # keepalive (session/keepalive.py): when we last heard from it
         self.ping_at = 0.0  # ... and when we sent a PING it has not answered yet
 
@@ -546,6 +547,10 @@ class AppListener(WSListener):
         if self.session.paused:
             self.core.resume(self.session)
             self.app.flush()
+        owed, self._pong_owed = self._pong_owed, None
+        t: WSTransport | None = self.session.io
+        if owed is not None and t is not None and not t.is_disconnected and not self.session.closing:
+            t.send_pong(owed)
 
     def _still_paused(self) -> None:
         self._paused_timer = None
@@ -618,7 +623,13 @@ class AppListener(WSListener):
             # Answered here rather than by picows' auto-pong, so that a PING flood is charged like any other.
             if not self.session.closing:
                 if self._admit(False, None):
-                    transport.send_pong(frame.get_payload_as_bytes())
+                    if self.session.paused:
+                        # A PONG bypasses the core's bounded outbox: one per PING to a client that is
+                        # not reading would grow its write buffer by up to 2000 a second until the 4008.
+                        # RFC 6455 §5.5.3 allows answering only the latest PING: when writing resumes.
+                        self._pong_owed = frame.get_payload_as_bytes()
+                    else:
+                        transport.send_pong(frame.get_payload_as_bytes())
                 self.app.flush_soon()  # a refusal may have closed it
         elif t is WSMsgType.PONG:
             if self.ping_at:
