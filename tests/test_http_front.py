@@ -136,6 +136,7 @@ def test_an_upgrade_over_http_1_0_is_refused(stack: Stack) -> None:
     (b"GET /healthz HTTP/2.0\r\n\r\n", 505),
     (b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", 431),
     (b"GET /nowhere HTTP/1.0\r\n\r\n", 404),
+    (b"GET /ws/driver/d1?last_seq=%C2%B2 HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # a "digit" int() refuses
 ])
 def test_bad_heads_get_their_status(stack: Stack, request_: bytes, status: int) -> None:
     assert parse(exchange(stack, request_))[0] == status

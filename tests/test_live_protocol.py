@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -280,6 +281,37 @@ async def test_the_close_handshake_is_answered_with_the_clients_code(stack: Stac
     await w.ws.close(1000)
     rcvd = w.ws.protocol.close_rcvd
     assert w.ws.close_code == 1000 and rcvd is not None and rcvd.code == 1000
+
+
+# (the client's CLOSE payload, the code the server must answer with). RFC 6455 §7.4: 1005, 1006 and
+# 1015 are never sent in a CLOSE frame, nor codes below 1000 or over 4999, so a CLOSE carrying one
+# is a protocol error (1002), not something to echo onto the wire; a reason that is not UTF-8 is 1007.
+CLOSE_PAYLOADS = [
+    (b"", 1000), (struct.pack("!H", 1000), 1000), (struct.pack("!H", 3000), 3000), (struct.pack("!H", 4999), 4999),
+    (struct.pack("!H", 0), 1002), (struct.pack("!H", 999), 1002), (struct.pack("!H", 1005), 1002),
+    (struct.pack("!H", 1006), 1002), (struct.pack("!H", 1015), 1002), (struct.pack("!H", 5000), 1002),
+    (struct.pack("!H", 65535), 1002), (b"\x03", 1002), (struct.pack("!H", 1000) + b"\xff", 1007),
+]
+
+
+@pytest.mark.parametrize(("payload", "answer"), CLOSE_PAYLOADS, ids=[p.hex() or "empty" for p, _ in CLOSE_PAYLOADS])
+async def test_a_close_is_echoed_only_with_a_code_a_close_frame_may_carry(
+        shared_stack: Stack, payload: bytes, answer: int) -> None:
+    c = await PicowsClient.open(f"{shared_stack.url}/ws/passenger/close-{payload.hex() or 'empty'}")
+    await c.expect("welcome")
+    c.send_frame(WSMsgType.CLOSE, payload)  # raw: picows' send_close would pack the code itself
+    assert await c.wait_closed() == answer
+
+
+@pytest.mark.parametrize("rsv", ["rsv1", "rsv2", "rsv3"])
+async def test_a_frame_with_a_reserved_bit_set_is_a_protocol_error_1002(shared_stack: Stack, rsv: str) -> None:
+    """No extension is negotiated, so RFC 6455 §5.2 requires failing the connection on any RSV bit:
+    a client that compresses (permessage-deflate's RSV1) without asking must not be read as plain JSON."""
+    c = await PicowsClient.open(f"{shared_stack.url}/ws/passenger/rsv-{rsv}")
+    await c.expect("welcome")
+    c.transport.send(WSMsgType.TEXT, json.dumps({"type": "ping", "id": rsv}).encode(), **{rsv: True})
+    assert await c.wait_closed() == 1002
+    assert not [m for m in c.seen if m["type"] == "pong"]
 
 
 async def test_fragments_reassemble_under_the_cap_and_close_1009_past_it(stack: Stack) -> None:

@@ -297,3 +297,24 @@ def test_the_format_query_takes_json_or_msgpack_and_refuses_anything_else() -> N
         assert e.value.status == 400 and "format" in e.value.message
     with pytest.raises(RouteError):
         choose_format("dgdo.v1.json", {"format": "xml"})
+
+
+def test_refused_values_are_not_kept_by_the_error_texts_cache() -> None:
+    """msgspec's complaint quotes a refused enum value whole (`Invalid enum value 'xxx…'`); the cache of
+    error texts must not key on it, or 1024 refusals of ~60 KB values (half a second of one client
+    within its rate limit) would pin ~60 MB in every worker for good."""
+    import tracemalloc
+
+    d = Decoder(E.DRIVER, "d1")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1100):
+            big = json.dumps({"type": "driver_status", "status": f"{i:05d}" + "x" * 60_000, "id": i}).encode()
+            with pytest.raises(X.BadMessage) as exc:
+                d.feed(False, True, big)
+            assert (exc.value.message, exc.value.request_id) == ("status: must be 'online' or 'offline'", i)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 4_000_000, f"{kept} bytes kept after 1100 refusals"

@@ -36,6 +36,10 @@ def test_the_dashboard_and_everything_under_it_are_http_pages_with_their_query()
         (b"GET", b"/ws/rider/r1", 404),
         (b"POST", b"/healthz", 405),
         (b"GET", b"/ws/driver/d1?last_seq=-3", 400),
+        # Percent-encoded digits that str.isdigit() takes but int() does not (superscript two) or
+        # reads as a number all the same (Arabic-Indic one, two): the wire's integers are ASCII.
+        (b"GET", b"/ws/driver/d1?last_seq=%C2%B2", 400),
+        (b"GET", b"/ws/driver/d1?last_seq=%D9%A1%D9%A2", 400),
     ],
 )
 def test_bad_targets_map_to_one_status_each(method: bytes, target: bytes, status: int) -> None:

@@ -26,11 +26,13 @@ module owns the sockets and the event loop:
   client); client input is drained once per event-loop turn, so a burst of
   frames read together is answered together.
 
-Close codes this server sends: 1000 (reply to the client's CLOSE), 1001
-(shutdown; a ping not answered in time — session/keepalive.py, one sweep for every connection), 1008 (flooding
-past the rate limit), 1009 (a message over the size or fragment cap, after a
-`too_large` error saying which), 4001 (replaced by a newer connection with the
-same role and id), 4008 (slow reader), 4401 / 4403 (a browser's upgrade refused by auth).
+Close codes this server sends: the client's own in reply to its CLOSE (1000 when it gave none),
+1002 (a CLOSE code no CLOSE may carry, a reserved bit set; picows sends 1002 and 1007 for the
+protocol errors it finds itself), 1001 (shutdown; a ping not answered in time —
+session/keepalive.py, one sweep for every connection), 1008 (flooding past the rate limit), 1009
+(a message over the size or fragment cap, after a `too_large` error saying which), 4001 (replaced
+by a newer connection with the same role and id), 4008 (slow reader), 4401 / 4403 (a browser's
+upgrade refused by auth).
 """
 
 from __future__ import annotations
@@ -484,12 +486,28 @@ def _http(status: int, body: str | bytes, content_type: str = "text/plain; chars
     return WSUpgradeResponseWithListener(resp, None)
 
 
+def _close_reply(frame: WSFrame) -> WSCloseCode:
+    """The code that answers a client's CLOSE: its own, 1000 when it gave none, 1002 when it gave one
+    that no CLOSE frame may carry (RFC 6455 §7.4: 1005, 1006, 1015 and anything outside 1000-4999).
+
+    picows refuses some of these itself (1005, 1015, the unassigned 1xxx-2xxx codes, a 1-byte
+    payload) but lets through 0 (its own NO_INFO), 1006 and codes of 5000 and up, which echoed
+    back would be our protocol error on the wire.
+    """
+    if frame.payload_size == 0:
+        return WSCloseCode.OK
+    code = frame.get_close_code()
+    if code == WSCloseCode.ABNORMAL_CLOSURE or not 1000 <= code <= 4999:
+        return WSCloseCode.PROTOCOL_ERROR
+    return code
+
+
 class AppListener(WSListener):
     """One connection's picows callbacks: frames in (decode, admit, feed the core), flow control, close."""
 
     # Slots: one of these per connection (bench/conns), a dict would add ~300 bytes to each.
-    __slots__ = ("_paused_timer", "_reading_paused", "app", "core", "decoder", "last_rx", "limiter", "ping_at",
-                 "route", "session")
+    __slots__ = ("_paused_timer", "_pong_owed", "_reading_paused", "app", "core", "decoder", "last_rx", "limiter",
+                 "ping_at", "route", "session")
 
     def __init__(self, app: App, session: Session, r: WsRoute) -> None:
         self.app = app
@@ -501,6 +519,7 @@ class AppListener(WSListener):
         self.limiter = RateLimiter(time.monotonic(), s.positions_rate, s.messages_rate, s.abuse_after)
         self._paused_timer: asyncio.TimerHandle | None = None
         self._reading_paused = False  # stopped reading a client over its rate (_pause_reading)
+        self._pong_owed: bytes | None = None  # the latest PING's payload, while writing is paused
         self.last_rx = time.monotonic()  # keepalive (session/keepalive.py): when we last heard from it
         self.ping_at = 0.0  # ... and when we sent a PING it has not answered yet
 
@@ -528,6 +547,10 @@ class AppListener(WSListener):
         if self.session.paused:
             self.core.resume(self.session)
             self.app.flush()
+        owed, self._pong_owed = self._pong_owed, None
+        t: WSTransport | None = self.session.io
+        if owed is not None and t is not None and not t.is_disconnected and not self.session.closing:
+            t.send_pong(owed)
 
     def _still_paused(self) -> None:
         self._paused_timer = None
@@ -569,6 +592,13 @@ class AppListener(WSListener):
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         t = frame.msg_type
         self.last_rx = time.monotonic()
+        if (frame.rsv1 or frame.rsv2 or frame.rsv3) and t is not WSMsgType.CLOSE:
+            # RFC 6455 §5.2: no extension is negotiated, so a reserved bit fails the connection; picows
+            # does not check them. (A client compressing without asking would otherwise be read as JSON.)
+            if not self.session.closing:
+                self.core.close_for(self.session, int(WSCloseCode.PROTOCOL_ERROR), "reserved bits set in a frame")
+                self.app.flush_soon()
+            return
         if t is WSMsgType.TEXT or t is WSMsgType.BINARY or t is WSMsgType.CONTINUATION:
             session = self.session
             if session.closing:
@@ -593,7 +623,13 @@ class AppListener(WSListener):
             # Answered here rather than by picows' auto-pong, so that a PING flood is charged like any other.
             if not self.session.closing:
                 if self._admit(False, None):
-                    transport.send_pong(frame.get_payload_as_bytes())
+                    if self.session.paused:
+                        # A PONG bypasses the core's bounded outbox: one per PING to a client that is
+                        # not reading would grow its write buffer by up to 2000 a second until the 4008.
+                        # RFC 6455 §5.5.3 allows answering only the latest PING: when writing resumes.
+                        self._pong_owed = frame.get_payload_as_bytes()
+                    else:
+                        transport.send_pong(frame.get_payload_as_bytes())
                 self.app.flush_soon()  # a refusal may have closed it
         elif t is WSMsgType.PONG:
             if self.ping_at:
@@ -603,8 +639,7 @@ class AppListener(WSListener):
         elif t is WSMsgType.CLOSE:
             # picows leaves the reply to us (RFC 6455 §5.5.1): echo the code, then hang up.
             if not transport.is_close_frame_sent:  # we may have closed first: then this is the echo
-                code = frame.get_close_code()
-                transport.send_close(code if code is not WSCloseCode.NO_INFO else WSCloseCode.OK)
+                transport.send_close(_close_reply(frame))
             transport.disconnect()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:

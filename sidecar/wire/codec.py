@@ -215,7 +215,10 @@ def refusal(payload: bytes, binary: bool, role: Role, reason: str) -> ClientErro
     cls, roles = schema
     if role not in roles:
         return Forbidden(f"type: {name} is not allowed for a {role.value}", rid)
-    return BadMessage(explain(cls, reason), rid)
+    what, _, where = reason.partition(" - at ")
+    # msgspec quotes a refused enum value whole (`Invalid enum value 'xxx...'`): cut before the cache
+    # keys on it, or a client's refused 60 KB values would be kept, 1024 of them, in every worker.
+    return BadMessage(explain(cls, what[:MAX_QUOTED], where[:MAX_QUOTED]), rid)
 
 
 _AT = re.compile(r"`\$([^`]*)`")
@@ -223,14 +226,17 @@ _NAME = re.compile(r"\.([^.\[\]]+)")
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 
 
+MAX_QUOTED = 200  # of msgspec's complaint, each half: what is wrong, and where
+
+
 @functools.lru_cache(maxsize=1024)  # a client that repeats a mistake repeats msgspec's words too
-def explain(cls: type, reason: str) -> str:
-    """msgspec's `Expected `float` <= 90.0 - at `$.pickup.lat`` -> `pickup.lat: must be a number ...`.
+def explain(cls: type, what: str, where: str) -> str:
+    """msgspec's `Expected `float` <= 90.0 - at `$.pickup.lat`` (split at ` - at `) ->
+    `pickup.lat: must be a number ...`.
 
     The field is named by its path without `$.` and without array indices; the text is the
     rule its type carries (`events.FIELD_RULES`), or `required` for a missing field.
     """
-    what, _, where = reason.partition(" - at ")
     at = _AT.search(where)
     names = _NAME.findall(at.group(1)) if at else []
     rules = FIELD_RULES.get(cls, {})

@@ -61,7 +61,8 @@ def route(method: bytes, target: bytes) -> WsRoute | HttpRoute:
     last_seq = None
     if "last_seq" in query:
         raw = query["last_seq"]
-        if not raw.isdigit() or len(raw) > 18:
+        # isascii(): isdigit() also takes '²' (which int() refuses: a 500) and other scripts' digits.
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
             raise RouteError(400, "last_seq: must be a non-negative integer")
         last_seq = int(raw)
     if path == "/ws/admin":
