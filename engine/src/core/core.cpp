@@ -579,7 +579,7 @@ void Core::on(const dgdo_in_order_command& e) {
         searching_.erase(o.id);
         o.state = *next;  // o.driver stays: the record of who held the order
         finish(o);
-        order_update(o, DGDO_ROLE_PASSENGER, o.passenger, DGDO_REASON_PASSENGER_CANCELED);
+        order_update(o, DGDO_ROLE_PASSENGER, o.passenger, DGDO_REASON_PASSENGER_CANCELED, has_trip(prev));
         if (!bound.empty()) {
             Driver& d = driver(bound);
             if (has_trip(prev)) order_update(o, DGDO_ROLE_DRIVER, bound, DGDO_REASON_PASSENGER_CANCELED);
@@ -951,13 +951,15 @@ dgdo_out_meta Core::to(uint8_t role, const std::string& id) const {
     return meta;  // to_conn 0: the sidecar routes by role + id, which survives reconnects
 }
 
-void Core::order_update(const Order& o, uint8_t role, const std::string& id, uint8_t reason) {
+void Core::order_update(const Order& o, uint8_t role, const std::string& id, uint8_t reason, bool assigned) {
     auto u = blank<dgdo_out_order_update>();
     u.meta = to(role, id);
     u.order_id = o.id;
     u.status = app_status(o.state);
     u.reason = reason;
-    put_id(u.driver_id, o.driver);
+    // The passenger gets driver_id "once assigned" (protocol.md): a driver that only holds an
+    // offer (the passenger reads "searching") or held it when the order ended is nobody to it.
+    if (role != DGDO_ROLE_PASSENGER || (assigned && o.state != OrderState::Offered)) put_id(u.driver_id, o.driver);
     put_id(u.passenger_id, o.passenger);
     emit(DGDO_OUT_ORDER_UPDATE, u);
     if (is_terminal(o.state)) delivery_.keep_final(out_->back());  // the order's last word to this one
