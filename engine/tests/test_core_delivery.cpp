@@ -416,5 +416,55 @@ TEST(CoreDelivery, ASmallerDepthAtLoadKeepsTheNewestRecords) {
     EXPECT_FALSE(small.since(kP1, 16, missed));
 }
 
+// since() at its edges: last_seq at the latest, at 0, just inside and just outside the history,
+// ahead of the counter, and after the history went with the recipient's last retained order.
+TEST(CoreDelivery, SinceAnswersAtEveryEdgeOfTheHistory) {
+    auto seqs = [](const std::vector<OutRecord>& v) {
+        std::vector<uint64_t> s;
+        for (const auto& r : v) s.push_back(seq_of(r));
+        return s;
+    };
+    for (uint32_t depth : {4u, 8u}) {
+        Config c;
+        c.history_depth = depth;
+        c.retention_s = 100;
+        Harness h(c);
+        for (int i = 0; i < 3; ++i) h.passenger_cmd("p1", h.order_for("p1"), DGDO_CMD_CANCEL);  // seqs 1..6
+        const Deliveries& d = h.core.deliveries();
+        const Deliveries::Key p1{DGDO_ROLE_PASSENGER, "p1"};
+        ASSERT_EQ(d.latest(p1), 6u);
+        std::vector<OutRecord> out;
+        EXPECT_TRUE(d.since(p1, 6, out));  // nothing missed
+        EXPECT_TRUE(out.empty());
+        EXPECT_TRUE(d.since(p1, 2, out));  // 3..6 held at either depth
+        EXPECT_EQ(seqs(out), (std::vector<uint64_t>{3, 4, 5, 6}));
+        out.clear();
+        EXPECT_EQ(d.since(p1, 1, out), depth == 8) << depth;  // 2 fell out of a depth of 4
+        EXPECT_EQ(d.since(p1, 0, out), depth == 8) << depth;
+        if (depth == 8) {
+            EXPECT_EQ(seqs(out), (std::vector<uint64_t>{2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6}));  // appended twice
+        } else {
+            EXPECT_TRUE(out.empty());  // untouched when false
+        }
+        out.clear();
+        EXPECT_FALSE(d.since(p1, 7, out));  // ahead of the counter
+        EXPECT_TRUE(out.empty());
+        EXPECT_FALSE(d.since({DGDO_ROLE_PASSENGER, "nobody"}, 1, out));
+        EXPECT_TRUE(d.since({DGDO_ROLE_PASSENGER, "nobody"}, 0, out));  // 0 of 0: nothing missed
+        EXPECT_TRUE(d.since({DGDO_ROLE_DRIVER, "p1"}, 0, out));        // roles are separate recipients
+        EXPECT_TRUE(out.empty());
+
+        h.tick(101);  // every order forgotten: the history goes, the counter stays
+        EXPECT_EQ(d.held(p1), 0u);
+        EXPECT_EQ(d.latest(p1), 6u);
+        EXPECT_TRUE(d.since(p1, 6, out));
+        EXPECT_FALSE(d.since(p1, 5, out));
+        EXPECT_TRUE(out.empty());
+        h.order_for("p1");  // numbering goes on at 7, and a resume from 6 replays just it
+        EXPECT_TRUE(d.since(p1, 6, out));
+        EXPECT_EQ(seqs(out), (std::vector<uint64_t>{7}));
+    }
+}
+
 }  // namespace
 }  // namespace dgdo::test
