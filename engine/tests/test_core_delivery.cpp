@@ -466,5 +466,39 @@ TEST(CoreDelivery, SinceAnswersAtEveryEdgeOfTheHistory) {
     }
 }
 
+// A snapshot sends an ended order's final record again under a fresh seq. The app may get the
+// welcome and lose that copy (it dies before processing it); if the copy is then out of the
+// history too, its next resume, from the welcome's seq, is a snapshot again, and must carry the
+// final record again: it is above that last_seq by its new number, whatever its first one was.
+TEST(CoreDelivery, AFinalRecordResentInASnapshotIsResentAgainToAnAppThatLostTheResend) {
+    Config c;
+    c.history_depth = 2;
+    Harness h(c);
+    const uint64_t a = ride_with_d1(h);  // p1: searching 1, accepted 2
+    h.session(false, DGDO_ROLE_PASSENGER, "p1", 1, 7);
+    complete(h, "d1", a);  // arrived 3, started 4, completed 5
+
+    auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 8, 2);  // 3 is out of the history: a snapshot
+    auto st = session_state(out);
+    ASSERT_EQ(st.resumed, 0);
+    ASSERT_EQ(st.seq, 5u);
+    auto updates = to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1");
+    ASSERT_EQ(updates.size(), 1u);
+    EXPECT_EQ(as<dgdo_out_order_update>(updates[0]).status, DGDO_ORDER_COMPLETED);
+    EXPECT_EQ(seq_of(updates[0]), 6u);
+    // The app processed the welcome (5) and died. Two more records push 6 out of the history.
+    h.session(false, DGDO_ROLE_PASSENGER, "p1", 1, 8);
+    const uint64_t b = h.order_for("p1");               // searching 7 (d1 gets the offer)
+    h.passenger_cmd("p1", b, DGDO_CMD_CANCEL);           // canceled 8
+
+    out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 9, 5);
+    st = session_state(out);
+    ASSERT_EQ(st.resumed, 0);
+    std::vector<std::pair<uint64_t, uint8_t>> got;
+    for (const auto& r : to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1"))
+        got.emplace_back(as<dgdo_out_order_update>(r).order_id, as<dgdo_out_order_update>(r).status);
+    EXPECT_EQ(got, (std::vector<std::pair<uint64_t, uint8_t>>{{a, DGDO_ORDER_COMPLETED}, {b, DGDO_ORDER_CANCELED}}));
+}
+
 }  // namespace
 }  // namespace dgdo::test

@@ -254,9 +254,11 @@ void Core::snapshot(uint8_t role, const std::string& who, bool with_ended, uint6
         std::vector<OutRecord> again;
         delivery_.ended_since({role, who}, ended_after, again);
         for (OutRecord& r : again) {
+            const uint64_t was = seq_of(r);
             const dgdo_out_meta meta = to(role, who);
             std::memcpy(r.body.data(), &meta, sizeof meta);
             delivery_.stamp(r);
+            delivery_.resent_final(r, was);  // an app that loses this copy is sent it again
             out_->push_back(std::move(r));
         }
     }
