@@ -209,7 +209,8 @@ void Core::on(const SessionOpen& e) {
 
 // Answers an open: SESSION_STATE (the app's welcome), then, to the opening connection,
 //  * with last_seq == the latest seq: nothing more (resumed);
-//  * with every record after last_seq still held: those records, original bytes and seqs (resumed);
+//  * with every record after last_seq still held: those records, original seqs and bytes but for
+//    an offer's expires_in_s, which says the time left now (resumed);
 //  * otherwise: a snapshot as fresh reliable records (not resumed): the final record of each of
 //    the actor's orders that ended after last_seq (a completed is never silently lost), then
 //    its live orders. Without last_seq, the live orders only.
@@ -235,7 +236,21 @@ void Core::resume(const dgdo_in_session& s, const std::string& who) {
     emit(DGDO_OUT_SESSION_STATE, st);
     const size_t first = out_->size();
     if (resumed) {
-        for (OutRecord& r : missed) out_->push_back(std::move(r));
+        for (OutRecord& r : missed) {
+            // An offer's clock kept running while the app was away: say the time left now, as a
+            // snapshot does (0 once the offer is gone; what ended it follows in the replay).
+            if (r.type == DGDO_OUT_NEW_ORDER) {
+                auto n = blank<dgdo_out_new_order>();
+                std::memcpy(&n, r.body.data(), std::min(sizeof n, r.body.size()));
+                const Order* o = find_order(n.order_id);
+                const bool open = o != nullptr && o->state == OrderState::Offered && o->driver == who;
+                n.expires_in_s = open && o->offer_deadline_ns > now_
+                                     ? static_cast<double>(o->offer_deadline_ns - now_) / 1e9
+                                     : 0.0;
+                std::memcpy(r.body.data(), &n, std::min(sizeof n, r.body.size()));
+            }
+            out_->push_back(std::move(r));
+        }
     } else {
         snapshot(m.role, who, has_last, ended_after);
     }
