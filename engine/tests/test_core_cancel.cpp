@@ -31,6 +31,44 @@ TEST(CoreCancel, PassengerCancelWhileOfferedWithdrawsTheOffer) {
     EXPECT_TRUE(of_type(h.tick(15), DGDO_OUT_CANCEL_ORDER).empty());  // the offer timer is gone too
 }
 
+// protocol.md: order_update carries `driver_id` "once assigned". A driver that only holds an offer
+// (the passenger still reads "searching") is nobody the passenger should hear of: not in the
+// snapshot of a reconnect while the offer is out, not in the canceled update that withdraws it
+// (nor in that final record sent again later).
+TEST(CoreCancel, APassengerNeverHearsTheIdOfADriverThatOnlyHeldAnOffer) {
+    Harness h;
+    h.online("d1", at(100));
+    const uint64_t id = h.order_for("p1");
+    ASSERT_EQ(h.state(id), OrderState::Offered);
+
+    auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7);  // a first connect: the snapshot
+    auto upd = to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1");
+    ASSERT_EQ(upd.size(), 1u);
+    EXPECT_EQ(as<dgdo_out_order_update>(upd[0]).status, DGDO_ORDER_SEARCHING);
+    EXPECT_EQ(id_str(as<dgdo_out_order_update>(upd[0]).driver_id), "");
+
+    out = h.passenger_cmd("p1", id, DGDO_CMD_CANCEL);
+    upd = to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1");
+    ASSERT_EQ(upd.size(), 1u);
+    EXPECT_EQ(as<dgdo_out_order_update>(upd[0]).status, DGDO_ORDER_CANCELED);
+    EXPECT_EQ(id_str(as<dgdo_out_order_update>(upd[0]).driver_id), "");
+
+    out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 8, 0);  // nothing held from 0 on? the ended record again
+    for (const auto& r : to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1"))
+        EXPECT_EQ(id_str(as<dgdo_out_order_update>(r).driver_id), "");
+
+    // Once a driver accepted, the passenger is told who, to the end.
+    const uint64_t next = h.order_for("p1");
+    out = h.driver_cmd("d1", next, DGDO_CMD_ACCEPT);
+    upd = to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1");
+    ASSERT_EQ(upd.size(), 1u);
+    EXPECT_EQ(id_str(as<dgdo_out_order_update>(upd[0]).driver_id), "d1");
+    out = h.passenger_cmd("p1", next, DGDO_CMD_CANCEL);
+    upd = to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1");
+    ASSERT_EQ(upd.size(), 1u);
+    EXPECT_EQ(id_str(as<dgdo_out_order_update>(upd[0]).driver_id), "d1");
+}
+
 TEST(CoreCancel, PassengerCancelAfterAcceptFreesTheDriver) {
     Harness h;
     h.online("d1", at(100));

@@ -416,5 +416,89 @@ TEST(CoreDelivery, ASmallerDepthAtLoadKeepsTheNewestRecords) {
     EXPECT_FALSE(small.since(kP1, 16, missed));
 }
 
+// since() at its edges: last_seq at the latest, at 0, just inside and just outside the history,
+// ahead of the counter, and after the history went with the recipient's last retained order.
+TEST(CoreDelivery, SinceAnswersAtEveryEdgeOfTheHistory) {
+    auto seqs = [](const std::vector<OutRecord>& v) {
+        std::vector<uint64_t> s;
+        for (const auto& r : v) s.push_back(seq_of(r));
+        return s;
+    };
+    for (uint32_t depth : {4u, 8u}) {
+        Config c;
+        c.history_depth = depth;
+        c.retention_s = 100;
+        Harness h(c);
+        for (int i = 0; i < 3; ++i) h.passenger_cmd("p1", h.order_for("p1"), DGDO_CMD_CANCEL);  // seqs 1..6
+        const Deliveries& d = h.core.deliveries();
+        const Deliveries::Key p1{DGDO_ROLE_PASSENGER, "p1"};
+        ASSERT_EQ(d.latest(p1), 6u);
+        std::vector<OutRecord> out;
+        EXPECT_TRUE(d.since(p1, 6, out));  // nothing missed
+        EXPECT_TRUE(out.empty());
+        EXPECT_TRUE(d.since(p1, 2, out));  // 3..6 held at either depth
+        EXPECT_EQ(seqs(out), (std::vector<uint64_t>{3, 4, 5, 6}));
+        out.clear();
+        EXPECT_EQ(d.since(p1, 1, out), depth == 8) << depth;  // 2 fell out of a depth of 4
+        EXPECT_EQ(d.since(p1, 0, out), depth == 8) << depth;
+        if (depth == 8) {
+            EXPECT_EQ(seqs(out), (std::vector<uint64_t>{2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6}));  // appended twice
+        } else {
+            EXPECT_TRUE(out.empty());  // untouched when false
+        }
+        out.clear();
+        EXPECT_FALSE(d.since(p1, 7, out));  // ahead of the counter
+        EXPECT_TRUE(out.empty());
+        EXPECT_FALSE(d.since({DGDO_ROLE_PASSENGER, "nobody"}, 1, out));
+        EXPECT_TRUE(d.since({DGDO_ROLE_PASSENGER, "nobody"}, 0, out));  // 0 of 0: nothing missed
+        EXPECT_TRUE(d.since({DGDO_ROLE_DRIVER, "p1"}, 0, out));        // roles are separate recipients
+        EXPECT_TRUE(out.empty());
+
+        h.tick(101);  // every order forgotten: the history goes, the counter stays
+        EXPECT_EQ(d.held(p1), 0u);
+        EXPECT_EQ(d.latest(p1), 6u);
+        EXPECT_TRUE(d.since(p1, 6, out));
+        EXPECT_FALSE(d.since(p1, 5, out));
+        EXPECT_TRUE(out.empty());
+        h.order_for("p1");  // numbering goes on at 7, and a resume from 6 replays just it
+        EXPECT_TRUE(d.since(p1, 6, out));
+        EXPECT_EQ(seqs(out), (std::vector<uint64_t>{7}));
+    }
+}
+
+// A snapshot sends an ended order's final record again under a fresh seq. The app may get the
+// welcome and lose that copy (it dies before processing it); if the copy is then out of the
+// history too, its next resume, from the welcome's seq, is a snapshot again, and must carry the
+// final record again: it is above that last_seq by its new number, whatever its first one was.
+TEST(CoreDelivery, AFinalRecordResentInASnapshotIsResentAgainToAnAppThatLostTheResend) {
+    Config c;
+    c.history_depth = 2;
+    Harness h(c);
+    const uint64_t a = ride_with_d1(h);  // p1: searching 1, accepted 2
+    h.session(false, DGDO_ROLE_PASSENGER, "p1", 1, 7);
+    complete(h, "d1", a);  // arrived 3, started 4, completed 5
+
+    auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 8, 2);  // 3 is out of the history: a snapshot
+    auto st = session_state(out);
+    ASSERT_EQ(st.resumed, 0);
+    ASSERT_EQ(st.seq, 5u);
+    auto updates = to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1");
+    ASSERT_EQ(updates.size(), 1u);
+    EXPECT_EQ(as<dgdo_out_order_update>(updates[0]).status, DGDO_ORDER_COMPLETED);
+    EXPECT_EQ(seq_of(updates[0]), 6u);
+    // The app processed the welcome (5) and died. Two more records push 6 out of the history.
+    h.session(false, DGDO_ROLE_PASSENGER, "p1", 1, 8);
+    const uint64_t b = h.order_for("p1");               // searching 7 (d1 gets the offer)
+    h.passenger_cmd("p1", b, DGDO_CMD_CANCEL);           // canceled 8
+
+    out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 9, 5);
+    st = session_state(out);
+    ASSERT_EQ(st.resumed, 0);
+    std::vector<std::pair<uint64_t, uint8_t>> got;
+    for (const auto& r : to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1"))
+        got.emplace_back(as<dgdo_out_order_update>(r).order_id, as<dgdo_out_order_update>(r).status);
+    EXPECT_EQ(got, (std::vector<std::pair<uint64_t, uint8_t>>{{a, DGDO_ORDER_COMPLETED}, {b, DGDO_ORDER_CANCELED}}));
+}
+
 }  // namespace
 }  // namespace dgdo::test

@@ -64,5 +64,26 @@ TEST(CoreSnapshot, AnOpenAtTheLatestSeqIsResumedWithNothingMore) {
     EXPECT_TRUE(of_type(out, DGDO_OUT_NEW_ORDER).empty());
 }
 
+// A driver that reconnects within its grace and resumes gets the offer it missed replayed, with
+// its seq; what that replay says about the time left must be true now, as a snapshot's would be
+// (else the app counts down 15 s from the reconnect and the offer vanishes under its finger).
+TEST(CoreSnapshot, AReplayedOfferSaysTheTimeLeftNotTheTimeItWasMadeWith) {
+    Harness h;
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 7);
+    h.online("d1", at(300));
+    const uint64_t id = h.order_for("p1");  // new_order, seq 1, 15 s
+    h.session(false, DGDO_ROLE_DRIVER, "d1", 1, 7);  // lost before it read the offer
+    h.tick(6);
+    auto out = h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 8, 0);
+    ASSERT_EQ(session_state(out).resumed, 1);
+    const auto offers = to_whom(out, DGDO_OUT_NEW_ORDER, DGDO_ROLE_DRIVER, "d1");
+    ASSERT_EQ(offers.size(), 1u);
+    const auto n = as<dgdo_out_new_order>(offers[0]);
+    EXPECT_EQ(n.order_id, id);
+    EXPECT_EQ(n.seq, 1u);  // the original number
+    EXPECT_NEAR(n.expires_in_s, 9, 0.01);
+    EXPECT_EQ(result_of(h.driver_cmd("d1", id, DGDO_CMD_ACCEPT)), DGDO_RESULT_OK);
+}
+
 }  // namespace
 }  // namespace dgdo::test

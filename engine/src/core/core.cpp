@@ -209,7 +209,8 @@ void Core::on(const SessionOpen& e) {
 
 // Answers an open: SESSION_STATE (the app's welcome), then, to the opening connection,
 //  * with last_seq == the latest seq: nothing more (resumed);
-//  * with every record after last_seq still held: those records, original bytes and seqs (resumed);
+//  * with every record after last_seq still held: those records, original seqs and bytes but for
+//    an offer's expires_in_s, which says the time left now (resumed);
 //  * otherwise: a snapshot as fresh reliable records (not resumed): the final record of each of
 //    the actor's orders that ended after last_seq (a completed is never silently lost), then
 //    its live orders. Without last_seq, the live orders only.
@@ -235,7 +236,21 @@ void Core::resume(const dgdo_in_session& s, const std::string& who) {
     emit(DGDO_OUT_SESSION_STATE, st);
     const size_t first = out_->size();
     if (resumed) {
-        for (OutRecord& r : missed) out_->push_back(std::move(r));
+        for (OutRecord& r : missed) {
+            // An offer's clock kept running while the app was away: say the time left now, as a
+            // snapshot does (0 once the offer is gone; what ended it follows in the replay).
+            if (r.type == DGDO_OUT_NEW_ORDER) {
+                auto n = blank<dgdo_out_new_order>();
+                std::memcpy(&n, r.body.data(), std::min(sizeof n, r.body.size()));
+                const Order* o = find_order(n.order_id);
+                const bool open = o != nullptr && o->state == OrderState::Offered && o->driver == who;
+                n.expires_in_s = open && o->offer_deadline_ns > now_
+                                     ? static_cast<double>(o->offer_deadline_ns - now_) / 1e9
+                                     : 0.0;
+                std::memcpy(r.body.data(), &n, std::min(sizeof n, r.body.size()));
+            }
+            out_->push_back(std::move(r));
+        }
     } else {
         snapshot(m.role, who, has_last, ended_after);
     }
@@ -254,9 +269,11 @@ void Core::snapshot(uint8_t role, const std::string& who, bool with_ended, uint6
         std::vector<OutRecord> again;
         delivery_.ended_since({role, who}, ended_after, again);
         for (OutRecord& r : again) {
+            const uint64_t was = seq_of(r);
             const dgdo_out_meta meta = to(role, who);
             std::memcpy(r.body.data(), &meta, sizeof meta);
             delivery_.stamp(r);
+            delivery_.resent_final(r, was);  // an app that loses this copy is sent it again
             out_->push_back(std::move(r));
         }
     }
@@ -579,7 +596,7 @@ void Core::on(const dgdo_in_order_command& e) {
         searching_.erase(o.id);
         o.state = *next;  // o.driver stays: the record of who held the order
         finish(o);
-        order_update(o, DGDO_ROLE_PASSENGER, o.passenger, DGDO_REASON_PASSENGER_CANCELED);
+        order_update(o, DGDO_ROLE_PASSENGER, o.passenger, DGDO_REASON_PASSENGER_CANCELED, has_trip(prev));
         if (!bound.empty()) {
             Driver& d = driver(bound);
             if (has_trip(prev)) order_update(o, DGDO_ROLE_DRIVER, bound, DGDO_REASON_PASSENGER_CANCELED);
@@ -951,13 +968,15 @@ dgdo_out_meta Core::to(uint8_t role, const std::string& id) const {
     return meta;  // to_conn 0: the sidecar routes by role + id, which survives reconnects
 }
 
-void Core::order_update(const Order& o, uint8_t role, const std::string& id, uint8_t reason) {
+void Core::order_update(const Order& o, uint8_t role, const std::string& id, uint8_t reason, bool assigned) {
     auto u = blank<dgdo_out_order_update>();
     u.meta = to(role, id);
     u.order_id = o.id;
     u.status = app_status(o.state);
     u.reason = reason;
-    put_id(u.driver_id, o.driver);
+    // The passenger gets driver_id "once assigned" (protocol.md): a driver that only holds an
+    // offer (the passenger reads "searching") or held it when the order ended is nobody to it.
+    if (role != DGDO_ROLE_PASSENGER || (assigned && o.state != OrderState::Offered)) put_id(u.driver_id, o.driver);
     put_id(u.passenger_id, o.passenger);
     emit(DGDO_OUT_ORDER_UPDATE, u);
     if (is_terminal(o.state)) delivery_.keep_final(out_->back());  // the order's last word to this one

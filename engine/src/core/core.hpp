@@ -219,7 +219,9 @@ private:
 
     // Output builders (one record per recipient).
     dgdo_out_meta to(uint8_t role, const std::string& id) const;
-    void order_update(const Order& o, uint8_t role, const std::string& id, uint8_t reason = DGDO_REASON_NONE);
+    // `assigned` false: the order never had an accepted driver (its o.driver only held an offer).
+    void order_update(const Order& o, uint8_t role, const std::string& id, uint8_t reason = DGDO_REASON_NONE,
+                      bool assigned = true);
     void update_both(const Order& o, uint8_t reason = DGDO_REASON_NONE);
     void cancel_order(const Order& o, const std::string& driver_id, uint8_t reason);
     void new_order(const Order& o, const Candidate& c);

@@ -168,6 +168,21 @@ void Deliveries::keep_final(const OutRecord& rec) {
     boxes_[i].ended[read_u64(rec.body.data(), rec.body.size(), kOrderOffset)].push_back(Held::of(rec));
 }
 
+void Deliveries::resent_final(const OutRecord& rec, uint64_t was) {
+    if (!reliable(rec.type) || rec.body.size() < sizeof(dgdo_out_meta)) return;
+    const auto [role, id] = recipient(rec.body.data());
+    const uint32_t i = find(role, id);
+    if (i == IdTable::kNone) return;
+    auto it = boxes_[i].ended.find(read_u64(rec.body.data(), rec.body.size(), kOrderOffset));
+    if (it == boxes_[i].ended.end()) return;
+    for (Held& h : it->second) {
+        if (h.type == rec.type && h.seq() == was) {
+            h = Held::of(rec);  // resent in seq order: the order's records stay in seq order
+            return;
+        }
+    }
+}
+
 uint64_t Deliveries::latest(const Key& k) const {
     const Box* b = find(k);
     return b == nullptr ? 0 : b->seq;

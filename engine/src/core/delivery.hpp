@@ -64,6 +64,10 @@ public:
     // `rec`, already stamped, is the last word to its recipient about its order:
     // kept for snapshots until forget_order().
     void keep_final(const OutRecord& rec);
+    // `rec` is a final record sent again (a snapshot) under a new seq, numbered `was` before:
+    // the kept copy takes the new number, so that the next snapshot weighs the app's last_seq
+    // against the number it was last sent under (an app that lost the resend gets it again).
+    void resent_final(const OutRecord& rec, uint64_t was);
 
     // The latest seq handed out to `k` (0 = none yet).
     uint64_t latest(const Key& k) const;
