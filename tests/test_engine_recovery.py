@@ -38,6 +38,16 @@ def durable(engine_bin: Path, state_dir: str) -> Iterator[Split]:
     stop_split(s)
 
 
+def kill_and_restart(s: Split, state_dir: str) -> None:
+    """kill -9 of the engine, then the same engine on the same state dir (fsync batch), healthy again."""
+    assert s.engine is not None
+    s.engine.send_signal(signal.SIGKILL)
+    s.engine.wait()
+    s.wait_health(503)
+    s.start_engine("--state-dir", state_dir, "--fsync", "batch")
+    s.wait_health(200)
+
+
 async def test_an_accepted_order_survives_kill_9_of_the_engine_with_its_id_and_driver(
     durable: Split, state_dir: str
 ) -> None:
@@ -51,12 +61,7 @@ async def test_an_accepted_order_survives_kill_9_of_the_engine_with_its_id_and_d
     await driver.expect("ack", id="acc")
     await pax.expect("order_update", order_id=order_id, status="accepted")
 
-    assert durable.engine is not None
-    durable.engine.send_signal(signal.SIGKILL)
-    durable.engine.wait()
-    durable.wait_health(503)
-    durable.start_engine("--state-dir", state_dir, "--fsync", "batch")
-    durable.wait_health(200)
+    kill_and_restart(durable, state_dir)
 
     # The order is still there under its id, bound to its driver: the next step of the trip works.
     await driver.send({"type": "order_arrived", "order_id": order_id, "id": "arr"})
@@ -253,15 +258,6 @@ async def test_a_command_the_journal_holds_sent_again_by_the_sidecar_gets_its_an
         engine.wait(10)
 
 
-async def _kill_and_restart(s: Split, state_dir: str) -> None:
-    assert s.engine is not None
-    s.engine.send_signal(signal.SIGKILL)
-    s.engine.wait()
-    s.wait_health(503)
-    s.start_engine("--state-dir", state_dir, "--fsync", "batch")
-    s.wait_health(200)
-
-
 async def test_a_passengers_nearby_subscription_survives_kill_9_of_the_engine(durable: Split, state_dir: str) -> None:
     """The restarted engine closed the dead one's sessions (and so their subscriptions); the sidecar
     re-announces each session with its latest subscription, the very bytes the journal holds. Those
@@ -271,7 +267,7 @@ async def test_a_passengers_nearby_subscription_survives_kill_9_of_the_engine(du
     await pax.send({"type": "nearby_subscribe", **PICKUP, "radius_m": 3000, "id": "near"})
     await pax.expect("ack", id="near")
     await pax.expect("nearby_drivers")
-    await _kill_and_restart(durable, state_dir)
+    kill_and_restart(durable, state_dir)
 
     d2 = await online_driver(durable.url, "d2")  # after the restart: only the new engine can report it
     loop = asyncio.get_running_loop()
@@ -294,7 +290,7 @@ async def test_a_driver_back_with_last_seq_and_nothing_new_is_offered_rides_afte
     await driver.expect("ack", id="on")
     await driver.send({"type": "driver_location", "lat": 38.5610, "lon": 68.7800, "id": "loc"})
     await driver.expect("ack", id="loc")
-    await _kill_and_restart(durable, state_dir)
+    kill_and_restart(durable, state_dir)
 
     pax = await AppClient.open(f"{durable.url}/ws/passenger/p1")
     await pax.expect("welcome")

@@ -184,17 +184,22 @@ void expect_lifecycle(const std::map<int, long>& reached) {
         EXPECT_TRUE(reached.count(static_cast<int>(st))) << "never reached state " << int(st);
 }
 
+// Short timers and a shallow history, so that a run of 3000 inputs reaches every timer and evicts history.
+Config fuzz_config(uint32_t seed) {
+    Config cfg;
+    cfg.offer_timeout_s = 4;
+    cfg.search_timeout_s = 20;
+    cfg.exhausted_wait_s = seed % 3 == 0 ? 0 : 3;
+    cfg.grace_s = 5;
+    cfg.retention_s = 30;
+    cfg.history_depth = 8;
+    return cfg;
+}
+
 TEST(CoreFuzz, GreedyInvariantsHold) {
     std::map<int, long> reached;
     for (uint32_t seed = 1; seed <= 60; ++seed) {
-        Config cfg;
-        cfg.offer_timeout_s = 4;
-        cfg.search_timeout_s = 20;
-        cfg.exhausted_wait_s = seed % 3 == 0 ? 0 : 3;
-        cfg.grace_s = 5;
-        cfg.retention_s = 30;
-        cfg.history_depth = 8;
-        run(cfg, seed, 3000, reached);
+        run(fuzz_config(seed), seed, 3000, reached);
         if (HasFailure()) return;
     }
     expect_lifecycle(reached);
@@ -203,14 +208,8 @@ TEST(CoreFuzz, GreedyInvariantsHold) {
 TEST(CoreFuzz, BatchedInvariantsHold) {
     std::map<int, long> reached;
     for (uint32_t seed = 1; seed <= 60; ++seed) {
-        Config cfg;
+        Config cfg = fuzz_config(seed);
         cfg.matching = Matching::Batched;
-        cfg.offer_timeout_s = 4;
-        cfg.search_timeout_s = 20;
-        cfg.exhausted_wait_s = seed % 3 == 0 ? 0 : 3;
-        cfg.grace_s = 5;
-        cfg.retention_s = 30;
-        cfg.history_depth = 8;
         cfg.batch_max_orders = 1 + seed % 3;
         run(cfg, seed, 3000, reached);
         if (HasFailure()) return;
