@@ -382,13 +382,7 @@ void EventLoop::input(const InputEvent& ev) {
         return;
     }
     apply(ev);
-    if (!persist_.before_publish()) {
-        out_.clear();
-        stop_ = failed_ = true;
-        return;
-    }
-    publish();
-    ring_doorbells();
+    if (publish()) ring_doorbells();
 }
 
 void EventLoop::apply(const InputEvent& ev) {
@@ -434,13 +428,7 @@ size_t EventLoop::drain(const std::vector<Worker*>& from) {
     }
     for (const InputEvent& ev : batch_) apply(ev);
     for (Worker* w : from) dgdo_ring_release(&w->cons, w->peek_end);
-    if (!persist_.before_publish()) {  // not on disk: nothing of it may be answered
-        out_.clear();
-        stop_ = failed_ = true;
-        return 0;
-    }
-    publish();
-    return n;
+    return publish() ? n : 0;
 }
 
 // A worker's view of its drivers for the other workers' admins (events.h, FLEET): no input to
@@ -478,8 +466,13 @@ size_t EventLoop::drain_all() {
     return n;
 }
 
-void EventLoop::publish() {
-    if (out_.empty()) return;
+bool EventLoop::publish() {
+    if (!persist_.before_publish()) {  // not on disk: nothing of the batch may be answered
+        out_.clear();
+        stop_ = failed_ = true;
+        return false;
+    }
+    if (out_.empty()) return true;
     const uint64_t mono = clock_ns(CLOCK_MONOTONIC);
     const uint64_t real = clock_ns(CLOCK_REALTIME);
     for (OutRecord& rec : out_) {
@@ -521,6 +514,7 @@ void EventLoop::publish() {
         }
     }
     out_.clear();
+    return true;
 }
 
 // Full "out" ring. The core cannot wait (one loop serves every worker), so what the ring does

@@ -77,8 +77,9 @@ private:
     // Words as the sidecar uses them (sidecar/session/core.py): publish = put records into a ring
     // for the other process; deliver = the delivery contract (seq, history: core/delivery.hpp);
     // send = a frame on an app's socket (the sidecar's job). publish() stamps the commit times
-    // of this batch's outputs and writes each to its worker's out ring.
-    void publish();
+    // of this batch's outputs and writes each to its worker's out ring, once the batch is on disk
+    // as the fsync policy promises; false (nothing published, the loop stopping) if it is not.
+    bool publish();
     void write_out(Worker& w, const OutRecord& rec);  // publish one record to one worker's out ring
     void flush_pending(Worker& w);
     void detach_wedged();
