@@ -43,8 +43,7 @@ uint64_t fingerprint(int32_t type, const uint8_t* body, uint32_t len) {
 Persistence::Persistence(PersistOptions opt) : opt_(std::move(opt)), dir_{opt_.state_dir} {}
 
 Persistence::~Persistence() {
-    reap(/*wait=*/true);
-    if (snapshots_) snapshots_->wait_idle();
+    finish();
     snapshots_.reset();
     journal_.reset();
     if (lock_fd_ >= 0) close(lock_fd_);
@@ -196,6 +195,11 @@ void Persistence::after_batch(const Core& core, uint64_t mono_now_ns) {
         scratch_ = std::string();
     }
     last_stall_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void Persistence::finish() {
+    reap(/*wait=*/true);
+    if (snapshots_) snapshots_->wait_idle();
 }
 
 // True when no snapshot child is left running.

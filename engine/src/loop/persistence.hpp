@@ -56,6 +56,9 @@ public:
     // (copy-on-write: the loop stalls only for the fork); if fork fails, it is serialized here
     // and written by a thread.
     void after_batch(const Core& core, uint64_t mono_now_ns);
+    // Waits for a snapshot still being written (the forked writer or the thread), so that its
+    // log line comes before the engine's last one and nothing of ours outlives the engine.
+    void finish();
 
     // True for a command (ride request, order command) the journal already holds that a sidecar
     // sent again: it salvages what we had not released when we died, and we journal a batch
