@@ -31,6 +31,7 @@ from docschema import (
     payload_schema,
     violations,
 )
+from rides import NEAR, accept, online_driver, passenger, request_ride
 from wsclient import AppClient
 
 from sidecar.engine import records as R
@@ -348,6 +349,8 @@ def test_limits_in_protocol_md_are_the_codes_limits() -> None:
     assert f"at most {events.MAX_REASON_BYTES} bytes" in md
     assert f"1…{events.MAX_NEARBY_RADIUS_M:g}" in md
     assert f"last {engine_config('history_depth')} per recipient" in md
+    assert float(engine_config("retention_s")) == 3600
+    assert " ".join(md.split()).count("an hour by default") >= 2  # the history, and the ended orders
     assert events.ID_RE.pattern.replace("{1,36}", "") in md
     assert f"{server.MAX_FRAME_BYTES // (1024 * 1024)} MiB" in md
     assert protocol.JSON.value in md and protocol.MSGPACK.value in md
@@ -423,3 +426,88 @@ async def test_a_live_ride_sends_only_documented_messages_with_documented_fields
             assert not errs, (who, m, errs)
     assert {"welcome", "ack", "error", "pong", "order_update", "new_order", "cancel_order",
             "driver_location", "system_stats", "active_orders", "driver_status", "assignment"} <= kinds
+
+
+def engine_persist_defaults() -> tuple[list[str], str, str]:
+    """(the --fsync policies the engine takes, its default policy, its default interval ms), from its source."""
+    settings = (ROOT / "engine" / "src" / "loop" / "settings.cpp").read_text()
+    table = re.search(r"kFsync\[\] = \{(.*?)\};", settings, re.S)
+    assert table, "no kFsync table in settings.cpp"
+    policies = re.findall(r'\{"(\w+)", FsyncPolicy::\w+\}', table.group(1))
+    persist = (ROOT / "engine" / "src" / "loop" / "persistence.hpp").read_text()
+    default = re.search(r"FsyncPolicy fsync = FsyncPolicy::(\w+);", persist)
+    interval = re.search(r"fsync_interval_ms = (\d+);", persist)
+    assert default and interval, "no persistence defaults in persistence.hpp"
+    return policies, default.group(1).lower(), interval.group(1)
+
+
+def test_protocol_md_says_what_a_seq_guarantees_under_each_fsync_policy() -> None:
+    """After a power loss only `batch` keeps seqs unique; the table must name every policy the engine takes."""
+    policies, default, interval_ms = engine_persist_defaults()
+    assert sorted(policies) == ["batch", "interval", "never"], policies
+    md = " ".join(markdown().split())
+    header = "| the engine's host… | `--fsync batch` | `--fsync interval` (the default) or `never` |"
+    assert header in md, "no fsync table in protocol.md §1"
+    assert default == "interval"
+    assert f"under `interval` about {interval_ms} ms, `--fsync-interval-ms`" in md
+    assert "handed out again, **for different messages**" in md
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    for p in policies:
+        assert f"| `{p}`" in readme, f"README's fsync table lacks {p}"
+
+
+# ---- resume: what welcome.seq means for an app's bookkeeping (§1) ------------------------------
+
+
+def processed_after_welcome(welcome: dict[str, Any], last_seq: int | None) -> int:
+    """The last seq an app counts as processed once `welcome` arrives, as protocol.md §1 says."""
+    return last_seq if welcome["resumed"] and last_seq is not None else welcome["seq"]
+
+
+def test_protocol_md_says_what_welcome_seq_means_after_a_resume_and_after_a_snapshot() -> None:
+    """welcome.seq is not "processed" after a resumed welcome: the replay up to it follows."""
+    md = " ".join(markdown().split())
+    assert "`\"resumed\": true`: keep `N` as your last processed `seq`" in md
+    assert "carries `N + 1` … `welcome.seq`" in md
+    assert "`\"resumed\": false`: count `welcome.seq` as processed" in md
+    assert "count it as processed, so that" not in md  # the old advice, for every welcome
+    seq = api()["components"]["schemas"]["Welcome"]["properties"]["seq"]["description"]
+    assert "keep your last_seq as processed" in seq
+
+
+async def test_welcome_seq_ends_a_resumed_replay_and_a_snapshot_is_numbered_above_it(stack) -> None:
+    """The server side of §1: a resumed replay carries last_seq + 1 … welcome.seq (an app that took
+    welcome.seq as processed would drop all of it); a snapshot is numbered from welcome.seq + 1."""
+    d = await online_driver(stack, "d1", NEAR)
+    p = await passenger(stack, "p1")
+    back = ahead_app = None
+    try:
+        order = await request_ride(p)
+        await d.expect("new_order", order_id=order)
+        n = (await accept(d, order, p))["seq"]
+        await p.close()  # away while the trip goes on
+        for step in ("order_arrived", "trip_start"):
+            await d.send({"type": step, "order_id": order, "id": step})
+            await d.expect("ack", id=step)
+
+        back = await AppClient.open(ws_url(stack, "passenger", "p1", last_seq=n))
+        welcome = await back.expect("welcome")
+        assert welcome["resumed"] is True and welcome["seq"] == n + 2
+        replay = [await back.expect("order_update", order_id=order) for _ in range(welcome["seq"] - n)]
+        assert [m["seq"] for m in replay] == [n + 1, n + 2]
+        assert [m["status"] for m in replay] == ["arrived", "started"]
+        processed = processed_after_welcome(welcome, n)
+        assert [m["seq"] for m in replay if m["seq"] > processed] == [n + 1, n + 2]
+        await back.close()
+
+        ahead = welcome["seq"] + 10  # a last_seq the engine never handed out: a snapshot, counted on from it
+        ahead_app = await AppClient.open(ws_url(stack, "passenger", "p1", last_seq=ahead))
+        welcome = await ahead_app.expect("welcome")
+        assert welcome["resumed"] is False and welcome["seq"] == ahead
+        live = await ahead_app.expect("order_update", order_id=order)
+        assert (live["status"], live["seq"]) == ("started", ahead + 1)
+        assert live["seq"] > processed_after_welcome(welcome, ahead)
+    finally:
+        for c in (d, p, back, ahead_app):
+            if c is not None:
+                await c.close()
