@@ -31,7 +31,7 @@ from docschema import (
     payload_schema,
     violations,
 )
-from rides import NEAR, accept, online_driver, passenger, request_ride
+from rides import DROPOFF, NEAR, PICKUP, accept, online_driver, passenger, request_ride
 from wsclient import AppClient
 
 from sidecar.engine import records as R
@@ -511,3 +511,46 @@ async def test_welcome_seq_ends_a_resumed_replay_and_a_snapshot_is_numbered_abov
         for c in (d, p, back, ahead_app):
             if c is not None:
                 await c.close()
+
+
+# ---- estimate_update: to the pickup, then to the drop-off (§4) -----------------------------------
+
+
+def haversine_m(a: tuple[float, float], b: dict[str, float]) -> float:
+    p1, p2 = math.radians(a[0]), math.radians(b["lat"])
+    h = (math.sin((p2 - p1) / 2) ** 2
+         + math.cos(p1) * math.cos(p2) * math.sin(math.radians(b["lon"] - a[1]) / 2) ** 2)
+    return 2 * 6_371_000.0 * math.asin(math.sqrt(h))
+
+
+def test_protocol_md_says_where_an_estimate_is_to() -> None:
+    md = " ".join(markdown().split())
+    assert f"about one every {float(engine_config('estimate_interval_s')):g} s" in md
+    assert f"the pickup overhead, {float(engine_config('pickup_overhead_s')):g} s by default" in md
+    assert "once the trip has `started`, to the drop-off" in md
+    summary = api()["components"]["messages"]["server.estimate_update"]["summary"]
+    assert "to the drop-off once started" in summary
+
+
+async def test_an_estimate_is_to_the_pickup_on_the_way_and_to_the_dropoff_once_started(stack) -> None:
+    d = await online_driver(stack, "d1", NEAR)
+    p = await passenger(stack, "p1")
+    try:
+        order = await request_ride(p)
+        await d.expect("new_order", order_id=order)
+        await accept(d, order, p)
+        on_the_way = (38.5605, 68.7865)
+        await d.send({"type": "driver_location", "lat": on_the_way[0], "lon": on_the_way[1]})
+        est = await p.expect("estimate_update", order_id=order)
+        assert est["distance_m"] == pytest.approx(haversine_m(on_the_way, PICKUP), abs=1.0)
+        for step in ("order_arrived", "trip_start"):
+            await d.send({"type": step, "order_id": order, "id": step})
+            await d.expect("ack", id=step)
+        aboard = (38.5650, 68.7900)
+        await d.send({"type": "driver_location", "lat": aboard[0], "lon": aboard[1]})
+        est = await p.expect("estimate_update", order_id=order)
+        assert est["distance_m"] == pytest.approx(haversine_m(aboard, DROPOFF), abs=1.0)
+        assert abs(est["distance_m"] - haversine_m(aboard, PICKUP)) > 100
+    finally:
+        await d.close()
+        await p.close()
