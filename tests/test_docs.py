@@ -554,3 +554,30 @@ async def test_an_estimate_is_to_the_pickup_on_the_way_and_to_the_dropoff_once_s
     finally:
         await d.close()
         await p.close()
+
+
+# ---- requests without an id (§2) ---------------------------------------------------------------
+
+
+async def test_without_an_id_no_ack_comes_but_the_engines_refusals_do(stack) -> None:
+    md = " ".join(markdown().split())
+    assert "Without an `id` there is no `ack`, but errors are still reported, without `id`" in md
+    assert "the engine's refusal (`conflict`, `forbidden`, `not_found`) of a `ride_request`" in md
+    d = await online_driver(stack, "d1", NEAR)
+    p = await passenger(stack, "p1")
+    try:
+        await p.send({"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF})
+        order = (await p.expect("order_update", status="searching"))["order_id"]
+        await d.expect("new_order", order_id=order)
+        await d.send({"type": "trip_start", "order_id": order})  # an offer, not a trip yet
+        err = await d.expect("error", code="conflict")
+        assert "id" not in err and err["order_id"] == order
+        await d.send({"type": "order_accept", "order_id": 424242})
+        assert "id" not in await d.expect("error", code="not_found")
+        for c in (p, d):
+            await c.send({"type": "ping", "id": "last"})
+            await c.expect("pong", id="last")  # everything before it has arrived
+        assert [m for m in p.seen + d.seen if m["type"] == "ack" and m["id"] not in ("l0", "s0")] == []
+    finally:
+        await d.close()
+        await p.close()
