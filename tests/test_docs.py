@@ -38,7 +38,7 @@ from sidecar.engine import records as R
 from sidecar.session import limits
 from sidecar.session.core import REASON_NAME, STATUS_NAME
 from sidecar.shell import server
-from sidecar.wire import auth, schema
+from sidecar.wire import auth, router, schema
 from sidecar.wire import codec as protocol
 from sidecar.wire import messages as events
 from sidecar.wire.errors import ClientError, ErrorCode
@@ -311,6 +311,26 @@ def test_error_examples_name_their_field_as_the_validator_does() -> None:
     assert produced <= said, produced - said
 
 
+def test_every_documented_error_text_is_one_the_server_sends() -> None:
+    """Each `message` of an `error` example is what the decoder says for such a message, or a text the
+    sidecar's code sends as it is (a literal): none is made up for the document."""
+    produced = set()
+    for data, role in ((b"hello", Role.DRIVER), (b'{"type": "teleport"}', Role.DRIVER),
+                       (b'{"type": "driver_status", "status": "sleeping"}', Role.DRIVER),
+                       (b'{"type": "order_accept", "order_id": 1}', Role.PASSENGER)):
+        with pytest.raises(ClientError) as exc:
+            protocol.decode(data, False, role, CONN_ID[role])
+        produced.add(exc.value.message)
+    with pytest.raises(protocol.MessageTooBig) as big:
+        protocol.Decoder(Role.DRIVER, "d1").feed(False, True, b" " * 100_000)
+    produced.add(str(big.value))
+    code = "".join(p.read_text() for p in (ROOT / "sidecar").rglob("*.py"))
+    for d, m in md_examples():
+        if d == "server" and m["type"] == "error":
+            text = m["message"]
+            assert text in produced or f'"{text}"' in code or f"'{text}'" in code, f"{m['code']}: {text!r}"
+
+
 def test_the_bad_message_row_quotes_the_decoder_word_for_word() -> None:
     """The `field: rule` examples in the error table are what the decoder says (one form throughout)."""
     md = markdown()
@@ -333,7 +353,7 @@ def test_every_error_code_has_a_row_saying_when(code: str) -> None:
     assert re.search(rf"^\| `{code}` \| \S", markdown(), re.M), f"no row for {code} in the error table"
 
 
-@pytest.mark.parametrize("close", [1000, 1002, 1008, 1009, server.CLOSE_REPLACED, 4008, auth.CLOSE_UNAUTHORIZED,
+@pytest.mark.parametrize("close", [1000, 1001, 1002, 1008, 1009, server.CLOSE_REPLACED, 4008, auth.CLOSE_UNAUTHORIZED,
                                    auth.CLOSE_FORBIDDEN])
 def test_close_codes_are_documented_in_both(close: int) -> None:
     assert re.search(rf"^\| {close} \|", markdown(), re.M)
@@ -361,6 +381,22 @@ def test_limits_in_protocol_md_are_the_codes_limits() -> None:
     assert f"the first {limits.ANSWERED_REFUSALS} refusals in a second are answered" in md
     assert f"({limits.PAUSE_MIN_S * 1000:g}–{limits.PAUSE_MAX_S * 1000:g} ms)" in md
     assert f"up to {limits.MAX_QUEUED}" in md and f"{limits.MAX_PAUSED_S:g} s without the buffer draining" in md
+    row = re.search(r"^\| slow consumer \| (.*)$", md, re.M)
+    assert row and set(re.findall(r"latest-wins messages \(([^)]*)\)", row.group(1))[0].replace("`", "").split(", ")) \
+        == limits.LATEST_WINS
+
+
+def test_the_400_row_states_the_last_seq_the_router_takes() -> None:
+    digits = int(re.search(r"`last_seq` not a non-negative integer of at most (\d+) digits", markdown()).group(1))
+    assert router.route(b"GET", b"/ws/driver/d1?last_seq=" + b"9" * digits).last_seq == 10**digits - 1
+    with pytest.raises(router.RouteError) as exc:
+        router.route(b"GET", b"/ws/driver/d1?last_seq=" + b"1" * (digits + 1))
+    assert exc.value.status == 400
+
+
+def test_a_header_token_wins_over_the_query_as_protocol_md_says() -> None:
+    assert "When both are sent, the header's token is the one checked." in " ".join(markdown().split())
+    assert auth.token_from({"token": "from-query"}, "Bearer from-header") == "from-header"
 
 
 # ---- a live session: what the server really sends fits the documents --------------------------
