@@ -227,6 +227,11 @@ class DemoDriver:
                 except (ConnectionError, TimeoutError, Refused) as e:
                     log.debug("%s: session ended: %s", self.id, e)
                 self._drop_job()
+                if self.link.close_code in client.NO_RECONNECT:
+                    # Another app signed in as this driver (4001): taking the id back would close it in
+                    # turn, and the two would replace each other for good. Leave the field to it.
+                    log.warning("%s: closed %s by the server; not reconnecting", self.id, self.link.close_code)
+                    return
                 await asyncio.sleep(0.5)  # the server went away; let it come back
         finally:
             riding = self.riding

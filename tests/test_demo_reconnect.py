@@ -13,6 +13,7 @@ import random
 import pytest
 from conftest import JWT_SECRET, Stack
 from rides import PICKUP, passenger, request_ride
+from wsclient import AppClient
 
 from dgdo_apps import demo
 from dgdo_apps.demo import CityBox, Counters, DemoDriver
@@ -49,3 +50,25 @@ async def test_a_demo_driver_whose_socket_drops_mid_trip_finishes_the_trip(stack
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await p.close()
+
+
+async def test_a_demo_driver_replaced_by_another_connection_does_not_take_it_back(stack: Stack,
+                                                                                   quick_demo: None) -> None:
+    """protocol.md: do not reconnect automatically on 4001, another instance of the app took over.
+    A demo driver that did would replace that instance in turn, and the two would flap for good."""
+    driver = DemoDriver("d-001", stack.url, Counters(), random.Random(1))
+    task = asyncio.get_running_loop().create_task(driver.run())
+    other = None
+    try:
+        await asyncio.wait_for(driver.online.wait(), 10)
+        other = await AppClient.open(f"{stack.url}/ws/driver/d-001")  # the same driver, elsewhere
+        await other.expect("welcome")
+        await asyncio.wait_for(task, 10)  # the demo driver leaves the field to it
+        await other.send({"type": "ping", "id": "still"})
+        await other.expect("pong", id="still")
+        assert other.ws.close_code is None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if other is not None:
+            await other.close()
