@@ -392,6 +392,7 @@ def test_the_400_row_states_the_last_seq_the_router_takes() -> None:
     with pytest.raises(router.RouteError) as exc:
         router.route(b"GET", b"/ws/driver/d1?last_seq=" + b"1" * (digits + 1))
     assert exc.value.status == 400
+    assert api()["components"]["schemas"]["ConnectQuery"]["properties"]["last_seq"]["maximum"] == 10**digits - 1
 
 
 def test_a_header_token_wins_over_the_query_as_protocol_md_says() -> None:
