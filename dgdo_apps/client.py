@@ -41,6 +41,9 @@ RETRY_CODES = frozenset({"engine_unavailable", "overloaded"})
 WELCOME_TIMEOUT_S = 5.0
 CONNECT_RETRY_S = 10.0  # how long to keep trying while the server is not up yet
 CLOSE_TIMEOUT_S = 0.5  # wait for the server's CLOSE echo before dropping the socket
+# Close codes after which an app must not reconnect by itself (docs/protocol.md §6): a newer
+# connection with the same role and id took over (4001), or the token's role or id does not fit.
+NO_RECONNECT = frozenset({4001, 4403})
 
 
 def encode(message: dict[str, Any], binary: bool = False) -> bytes:
@@ -118,6 +121,7 @@ class Link(WSListener):
         loop = asyncio.get_running_loop()
         self.welcome: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.closed = asyncio.Event()
+        self.close_code: int | None = None  # the server's CLOSE code, once it sent one
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
 
@@ -141,6 +145,7 @@ class Link(WSListener):
                 self._dispatch(msg)
         elif frame.msg_type is WSMsgType.CLOSE:
             code = frame.get_close_code()
+            self.close_code = int(code)
             log.debug("%s: server closed (%s %s)", self.name, code, frame.get_close_reason())
             if not transport.is_close_frame_sent:
                 transport.send_close(code if code is not WSCloseCode.NO_INFO else WSCloseCode.OK)

@@ -69,6 +69,7 @@ SHUTDOWN_GRACE_S = 1.5  # the whole shutdown must fit in 2 s
 
 TERMINAL_STATUSES = frozenset({"completed", "canceled", "no_driver"})
 MATCHED_STATUSES = frozenset({"accepted", "arriving", "arrived", "started", "completed"})
+TRIP_STATUSES = frozenset({"accepted", "arriving", "arrived", "started"})  # a driver bound to its order
 
 
 # ---- geometry (pure) -----------------------------------------------------------------------
@@ -209,6 +210,7 @@ class DemoDriver:
         self.order_id: int | None = None  # the offer or trip this driver is busy with
         self.job: asyncio.Task[None] | None = None
         self.riding: int | None = None  # the order whose trip has started (passenger on board)
+        self.last_offer: dict[str, Any] = {}  # the latest new_order: where a trip resumed after a reconnect goes
         self.online = asyncio.Event()  # set once the first `online` was acknowledged
 
     async def run(self) -> None:
@@ -225,6 +227,11 @@ class DemoDriver:
                 except (ConnectionError, TimeoutError, Refused) as e:
                     log.debug("%s: session ended: %s", self.id, e)
                 self._drop_job()
+                if self.link.close_code in client.NO_RECONNECT:
+                    # Another app signed in as this driver (4001): taking the id back would close it in
+                    # turn, and the two would replace each other for good. Leave the field to it.
+                    log.warning("%s: closed %s by the server; not reconnecting", self.id, self.link.close_code)
+                    return
                 await asyncio.sleep(0.5)  # the server went away; let it come back
         finally:
             riding = self.riding
@@ -267,12 +274,17 @@ class DemoDriver:
         elif _withdraws(msg) and msg.get("order_id") == self.order_id:
             log.debug("%s: order %s withdrawn (%s)", self.id, self.order_id, msg.get("reason"))
             self._drop_job()
+        elif kind == "order_update" and msg.get("status") in TRIP_STATUSES and self.order_id is None:
+            # Back after a dropped socket (the job went with it): the welcome's snapshot says which
+            # trip the engine still holds for this driver, and where it stands. Carry on from there.
+            self._resume_trip(msg)
 
     def _offered(self, offer: dict[str, Any]) -> None:
         self.counters.offers += 1
         order_id = offer.get("order_id")
         if not isinstance(order_id, int):
             return
+        self.last_offer = offer
         if self.order_id is not None:
             # The engine gives a driver one offer/trip at a time, so this is a race at the
             # end of a trip; decline rather than juggle two jobs.
@@ -281,6 +293,21 @@ class DemoDriver:
         self.order_id = order_id
         self.job = asyncio.get_running_loop().create_task(self._do_job(order_id, offer))
         self.job.add_done_callback(self._job_done)
+
+    def _resume_trip(self, update: dict[str, Any]) -> None:
+        order_id = update.get("order_id")
+        if not isinstance(order_id, int):
+            return
+        offer = self.last_offer if self.last_offer.get("order_id") == order_id else {}
+        log.debug("%s: resuming order %s at %s", self.id, order_id, update["status"])
+        self.order_id = order_id
+        self.job = asyncio.get_running_loop().create_task(self._do_job(order_id, offer, update["status"]))
+        self.job.add_done_callback(self._job_done)
+
+    def _live(self) -> Link:
+        if self.link is None:
+            raise ConnectionError(f"{self.id}: not connected")
+        return self.link
 
     def _reply_soon(self, action: str, order_id: int) -> None:
         if self.link is not None:
@@ -300,26 +327,33 @@ class DemoDriver:
 
     # -- one offer, start to finish --
 
-    async def _do_job(self, order_id: int, offer: dict[str, Any]) -> None:
-        link = self.link
-        assert link is not None
+    async def _do_job(self, order_id: int, offer: dict[str, Any], status: str = "offered") -> None:
+        """An offer taken from `status` on: "offered" (answer it) or a trip's status (one resumed after
+        a reconnect, `offer` possibly unknown: then the driver stays where it is). Each command goes
+        over the driver's link of the moment: a resumed job starts while its link is being opened."""
+        here = (self.lat, self.lon)
         try:
-            await asyncio.sleep(self.rng.uniform(*THINK_S))
-            if self.rng.random() >= ACCEPT_PROBABILITY:
-                self.counters.rejected += 1
-                self.order_id = None
-                await link.request({"type": "order_reject", "order_id": order_id})
-                return
-            await link.command({"type": "order_accept", "order_id": order_id})
-            await self._drive_to(_point(offer["pickup"]), self.rng.uniform(*TO_PICKUP_S))
-            await link.command({"type": "order_arrived", "order_id": order_id})
-            await asyncio.sleep(BOARDING_S)
-            await link.command({"type": "trip_start", "order_id": order_id})
+            pickup = _point(offer["pickup"]) if "pickup" in offer else here
+            dropoff = _point(offer["dropoff"]) if "dropoff" in offer else here
+            if status == "offered":
+                await asyncio.sleep(self.rng.uniform(*THINK_S))
+                if self.rng.random() >= ACCEPT_PROBABILITY:
+                    self.counters.rejected += 1
+                    self.order_id = None
+                    await self._live().request({"type": "order_reject", "order_id": order_id})
+                    return
+                await self._live().command({"type": "order_accept", "order_id": order_id})
+            if status in ("offered", "accepted", "arriving"):
+                await self._drive_to(pickup, self.rng.uniform(*TO_PICKUP_S))
+                await self._live().command({"type": "order_arrived", "order_id": order_id})
+            if status != "started":
+                await asyncio.sleep(BOARDING_S)
+                await self._live().command({"type": "trip_start", "order_id": order_id})
             self.riding = order_id
-            await self._drive_to(_point(offer["dropoff"]), self.rng.uniform(*TO_DROPOFF_S))
+            await self._drive_to(dropoff, self.rng.uniform(*TO_DROPOFF_S))
             # Free before the ack: the engine may offer the next ride in the same batch as the ack.
             self.order_id = self.riding = None
-            await link.command({"type": "trip_complete", "order_id": order_id})
+            await self._live().command({"type": "trip_complete", "order_id": order_id})
         except (Refused, TimeoutError, ConnectionError, KeyError, TypeError) as e:
             # An expired or withdrawn offer, a passenger who canceled, a dropped socket:
             # all normal in a busy city. Back to wandering.

@@ -31,13 +31,14 @@ from docschema import (
     payload_schema,
     violations,
 )
+from rides import DROPOFF, NEAR, PICKUP, accept, online_driver, passenger, request_ride
 from wsclient import AppClient
 
 from sidecar.engine import records as R
 from sidecar.session import limits
 from sidecar.session.core import REASON_NAME, STATUS_NAME
 from sidecar.shell import server
-from sidecar.wire import auth, schema
+from sidecar.wire import auth, router, schema
 from sidecar.wire import codec as protocol
 from sidecar.wire import messages as events
 from sidecar.wire.errors import ClientError, ErrorCode
@@ -310,6 +311,26 @@ def test_error_examples_name_their_field_as_the_validator_does() -> None:
     assert produced <= said, produced - said
 
 
+def test_every_documented_error_text_is_one_the_server_sends() -> None:
+    """Each `message` of an `error` example is what the decoder says for such a message, or a text the
+    sidecar's code sends as it is (a literal): none is made up for the document."""
+    produced = set()
+    for data, role in ((b"hello", Role.DRIVER), (b'{"type": "teleport"}', Role.DRIVER),
+                       (b'{"type": "driver_status", "status": "sleeping"}', Role.DRIVER),
+                       (b'{"type": "order_accept", "order_id": 1}', Role.PASSENGER)):
+        with pytest.raises(ClientError) as exc:
+            protocol.decode(data, False, role, CONN_ID[role])
+        produced.add(exc.value.message)
+    with pytest.raises(protocol.MessageTooBig) as big:
+        protocol.Decoder(Role.DRIVER, "d1").feed(False, True, b" " * 100_000)
+    produced.add(str(big.value))
+    code = "".join(p.read_text() for p in (ROOT / "sidecar").rglob("*.py"))
+    for d, m in md_examples():
+        if d == "server" and m["type"] == "error":
+            text = m["message"]
+            assert text in produced or f'"{text}"' in code or f"'{text}'" in code, f"{m['code']}: {text!r}"
+
+
 def test_the_bad_message_row_quotes_the_decoder_word_for_word() -> None:
     """The `field: rule` examples in the error table are what the decoder says (one form throughout)."""
     md = markdown()
@@ -332,7 +353,7 @@ def test_every_error_code_has_a_row_saying_when(code: str) -> None:
     assert re.search(rf"^\| `{code}` \| \S", markdown(), re.M), f"no row for {code} in the error table"
 
 
-@pytest.mark.parametrize("close", [1000, 1002, 1008, 1009, server.CLOSE_REPLACED, 4008, auth.CLOSE_UNAUTHORIZED,
+@pytest.mark.parametrize("close", [1000, 1001, 1002, 1008, 1009, server.CLOSE_REPLACED, 4008, auth.CLOSE_UNAUTHORIZED,
                                    auth.CLOSE_FORBIDDEN])
 def test_close_codes_are_documented_in_both(close: int) -> None:
     assert re.search(rf"^\| {close} \|", markdown(), re.M)
@@ -348,6 +369,8 @@ def test_limits_in_protocol_md_are_the_codes_limits() -> None:
     assert f"at most {events.MAX_REASON_BYTES} bytes" in md
     assert f"1…{events.MAX_NEARBY_RADIUS_M:g}" in md
     assert f"last {engine_config('history_depth')} per recipient" in md
+    assert float(engine_config("retention_s")) == 3600
+    assert " ".join(md.split()).count("an hour by default") >= 2  # the history, and the ended orders
     assert events.ID_RE.pattern.replace("{1,36}", "") in md
     assert f"{server.MAX_FRAME_BYTES // (1024 * 1024)} MiB" in md
     assert protocol.JSON.value in md and protocol.MSGPACK.value in md
@@ -358,6 +381,23 @@ def test_limits_in_protocol_md_are_the_codes_limits() -> None:
     assert f"the first {limits.ANSWERED_REFUSALS} refusals in a second are answered" in md
     assert f"({limits.PAUSE_MIN_S * 1000:g}–{limits.PAUSE_MAX_S * 1000:g} ms)" in md
     assert f"up to {limits.MAX_QUEUED}" in md and f"{limits.MAX_PAUSED_S:g} s without the buffer draining" in md
+    row = re.search(r"^\| slow consumer \| (.*)$", md, re.M)
+    assert row and set(re.findall(r"latest-wins messages \(([^)]*)\)", row.group(1))[0].replace("`", "").split(", ")) \
+        == limits.LATEST_WINS
+
+
+def test_the_400_row_states_the_last_seq_the_router_takes() -> None:
+    digits = int(re.search(r"`last_seq` not a non-negative integer of at most (\d+) digits", markdown()).group(1))
+    assert router.route(b"GET", b"/ws/driver/d1?last_seq=" + b"9" * digits).last_seq == 10**digits - 1
+    with pytest.raises(router.RouteError) as exc:
+        router.route(b"GET", b"/ws/driver/d1?last_seq=" + b"1" * (digits + 1))
+    assert exc.value.status == 400
+    assert api()["components"]["schemas"]["ConnectQuery"]["properties"]["last_seq"]["maximum"] == 10**digits - 1
+
+
+def test_a_header_token_wins_over_the_query_as_protocol_md_says() -> None:
+    assert "When both are sent, the header's token is the one checked." in " ".join(markdown().split())
+    assert auth.token_from({"token": "from-query"}, "Bearer from-header") == "from-header"
 
 
 # ---- a live session: what the server really sends fits the documents --------------------------
@@ -423,3 +463,158 @@ async def test_a_live_ride_sends_only_documented_messages_with_documented_fields
             assert not errs, (who, m, errs)
     assert {"welcome", "ack", "error", "pong", "order_update", "new_order", "cancel_order",
             "driver_location", "system_stats", "active_orders", "driver_status", "assignment"} <= kinds
+
+
+def engine_persist_defaults() -> tuple[list[str], str, str]:
+    """(the --fsync policies the engine takes, its default policy, its default interval ms), from its source."""
+    settings = (ROOT / "engine" / "src" / "loop" / "settings.cpp").read_text()
+    table = re.search(r"kFsync\[\] = \{(.*?)\};", settings, re.S)
+    assert table, "no kFsync table in settings.cpp"
+    policies = re.findall(r'\{"(\w+)", FsyncPolicy::\w+\}', table.group(1))
+    persist = (ROOT / "engine" / "src" / "loop" / "persistence.hpp").read_text()
+    default = re.search(r"FsyncPolicy fsync = FsyncPolicy::(\w+);", persist)
+    interval = re.search(r"fsync_interval_ms = (\d+);", persist)
+    assert default and interval, "no persistence defaults in persistence.hpp"
+    return policies, default.group(1).lower(), interval.group(1)
+
+
+def test_protocol_md_says_what_a_seq_guarantees_under_each_fsync_policy() -> None:
+    """After a power loss only `batch` keeps seqs unique; the table must name every policy the engine takes."""
+    policies, default, interval_ms = engine_persist_defaults()
+    assert sorted(policies) == ["batch", "interval", "never"], policies
+    md = " ".join(markdown().split())
+    header = "| the engine's host… | `--fsync batch` | `--fsync interval` (the default) or `never` |"
+    assert header in md, "no fsync table in protocol.md §1"
+    assert default == "interval"
+    assert f"under `interval` about {interval_ms} ms, `--fsync-interval-ms`" in md
+    assert "handed out again, **for different messages**" in md
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    for p in policies:
+        assert f"| `{p}`" in readme, f"README's fsync table lacks {p}"
+
+
+# ---- resume: what welcome.seq means for an app's bookkeeping (§1) ------------------------------
+
+
+def processed_after_welcome(welcome: dict[str, Any], last_seq: int | None) -> int:
+    """The last seq an app counts as processed once `welcome` arrives, as protocol.md §1 says."""
+    return last_seq if welcome["resumed"] and last_seq is not None else welcome["seq"]
+
+
+def test_protocol_md_says_what_welcome_seq_means_after_a_resume_and_after_a_snapshot() -> None:
+    """welcome.seq is not "processed" after a resumed welcome: the replay up to it follows."""
+    md = " ".join(markdown().split())
+    assert "`\"resumed\": true`: keep `N` as your last processed `seq`" in md
+    assert "carries `N + 1` … `welcome.seq`" in md
+    assert "`\"resumed\": false`: count `welcome.seq` as processed" in md
+    assert "count it as processed, so that" not in md  # the old advice, for every welcome
+    seq = api()["components"]["schemas"]["Welcome"]["properties"]["seq"]["description"]
+    assert "keep your last_seq as processed" in seq
+
+
+async def test_welcome_seq_ends_a_resumed_replay_and_a_snapshot_is_numbered_above_it(stack) -> None:
+    """The server side of §1: a resumed replay carries last_seq + 1 … welcome.seq (an app that took
+    welcome.seq as processed would drop all of it); a snapshot is numbered from welcome.seq + 1."""
+    d = await online_driver(stack, "d1", NEAR)
+    p = await passenger(stack, "p1")
+    back = ahead_app = None
+    try:
+        order = await request_ride(p)
+        await d.expect("new_order", order_id=order)
+        n = (await accept(d, order, p))["seq"]
+        await p.close()  # away while the trip goes on
+        for step in ("order_arrived", "trip_start"):
+            await d.send({"type": step, "order_id": order, "id": step})
+            await d.expect("ack", id=step)
+
+        back = await AppClient.open(ws_url(stack, "passenger", "p1", last_seq=n))
+        welcome = await back.expect("welcome")
+        assert welcome["resumed"] is True and welcome["seq"] == n + 2
+        replay = [await back.expect("order_update", order_id=order) for _ in range(welcome["seq"] - n)]
+        assert [m["seq"] for m in replay] == [n + 1, n + 2]
+        assert [m["status"] for m in replay] == ["arrived", "started"]
+        processed = processed_after_welcome(welcome, n)
+        assert [m["seq"] for m in replay if m["seq"] > processed] == [n + 1, n + 2]
+        await back.close()
+
+        ahead = welcome["seq"] + 10  # a last_seq the engine never handed out: a snapshot, counted on from it
+        ahead_app = await AppClient.open(ws_url(stack, "passenger", "p1", last_seq=ahead))
+        welcome = await ahead_app.expect("welcome")
+        assert welcome["resumed"] is False and welcome["seq"] == ahead
+        live = await ahead_app.expect("order_update", order_id=order)
+        assert (live["status"], live["seq"]) == ("started", ahead + 1)
+        assert live["seq"] > processed_after_welcome(welcome, ahead)
+    finally:
+        for c in (d, p, back, ahead_app):
+            if c is not None:
+                await c.close()
+
+
+# ---- estimate_update: to the pickup, then to the drop-off (§4) -----------------------------------
+
+
+def haversine_m(a: tuple[float, float], b: dict[str, float]) -> float:
+    p1, p2 = math.radians(a[0]), math.radians(b["lat"])
+    h = (math.sin((p2 - p1) / 2) ** 2
+         + math.cos(p1) * math.cos(p2) * math.sin(math.radians(b["lon"] - a[1]) / 2) ** 2)
+    return 2 * 6_371_000.0 * math.asin(math.sqrt(h))
+
+
+def test_protocol_md_says_where_an_estimate_is_to() -> None:
+    md = " ".join(markdown().split())
+    assert f"about one every {float(engine_config('estimate_interval_s')):g} s" in md
+    assert f"the pickup overhead, {float(engine_config('pickup_overhead_s')):g} s by default" in md
+    assert "once the trip has `started`, to the drop-off" in md
+    summary = api()["components"]["messages"]["server.estimate_update"]["summary"]
+    assert "to the drop-off once started" in summary
+
+
+async def test_an_estimate_is_to_the_pickup_on_the_way_and_to_the_dropoff_once_started(stack) -> None:
+    d = await online_driver(stack, "d1", NEAR)
+    p = await passenger(stack, "p1")
+    try:
+        order = await request_ride(p)
+        await d.expect("new_order", order_id=order)
+        await accept(d, order, p)
+        on_the_way = (38.5605, 68.7865)
+        await d.send({"type": "driver_location", "lat": on_the_way[0], "lon": on_the_way[1]})
+        est = await p.expect("estimate_update", order_id=order)
+        assert est["distance_m"] == pytest.approx(haversine_m(on_the_way, PICKUP), abs=1.0)
+        for step in ("order_arrived", "trip_start"):
+            await d.send({"type": step, "order_id": order, "id": step})
+            await d.expect("ack", id=step)
+        aboard = (38.5650, 68.7900)
+        await d.send({"type": "driver_location", "lat": aboard[0], "lon": aboard[1]})
+        est = await p.expect("estimate_update", order_id=order)
+        assert est["distance_m"] == pytest.approx(haversine_m(aboard, DROPOFF), abs=1.0)
+        assert abs(est["distance_m"] - haversine_m(aboard, PICKUP)) > 100
+    finally:
+        await d.close()
+        await p.close()
+
+
+# ---- requests without an id (§2) ---------------------------------------------------------------
+
+
+async def test_without_an_id_no_ack_comes_but_the_engines_refusals_do(stack) -> None:
+    md = " ".join(markdown().split())
+    assert "Without an `id` there is no `ack`, but errors are still reported, without `id`" in md
+    assert "the engine's refusal (`conflict`, `forbidden`, `not_found`) of a `ride_request`" in md
+    d = await online_driver(stack, "d1", NEAR)
+    p = await passenger(stack, "p1")
+    try:
+        await p.send({"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF})
+        order = (await p.expect("order_update", status="searching"))["order_id"]
+        await d.expect("new_order", order_id=order)
+        await d.send({"type": "trip_start", "order_id": order})  # an offer, not a trip yet
+        err = await d.expect("error", code="conflict")
+        assert "id" not in err and err["order_id"] == order
+        await d.send({"type": "order_accept", "order_id": 424242})
+        assert "id" not in await d.expect("error", code="not_found")
+        for c in (p, d):
+            await c.send({"type": "ping", "id": "last"})
+            await c.expect("pong", id="last")  # everything before it has arrived
+        assert [m for m in p.seen + d.seen if m["type"] == "ack" and m["id"] not in ("l0", "s0")] == []
+    finally:
+        await d.close()
+        await p.close()
