@@ -178,6 +178,7 @@ int EventLoop::run() {
         for (int i = 0; i < k; ++i) handle(events[i]);
         if (k > 0) busy_at = clock_ns(CLOCK_MONOTONIC);
     }
+    persist_.settle();  // a snapshot writer still running logs its line first: ours is the last
     std::fprintf(stderr, "dgdo-engine: x shutting down\n");
     notify_.send("STOPPING=1\nSTATUS=shutting down\n");
     return failed_ ? 1 : 0;

@@ -43,8 +43,7 @@ uint64_t fingerprint(int32_t type, const uint8_t* body, uint32_t len) {
 Persistence::Persistence(PersistOptions opt) : opt_(std::move(opt)), dir_{opt_.state_dir} {}
 
 Persistence::~Persistence() {
-    reap(/*wait=*/true);
-    if (snapshots_) snapshots_->wait_idle();
+    settle();
     snapshots_.reset();
     journal_.reset();
     if (lock_fd_ >= 0) close(lock_fd_);
@@ -199,6 +198,11 @@ void Persistence::after_batch(const Core& core, uint64_t mono_now_ns) {
 }
 
 // True when no snapshot child is left running.
+void Persistence::settle() {
+    reap(/*wait=*/true);
+    if (snapshots_) snapshots_->wait_idle();
+}
+
 bool Persistence::reap(bool wait) {
     if (child_ <= 0) return true;
     int status = 0;
