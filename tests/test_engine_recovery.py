@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from rides import DROPOFF, PICKUP
-from test_engine_death import Split, online_driver, start_split, stop_split
+from test_engine_death import FAR, Split, online_driver, start_split, stop_split
 from wsclient import AppClient
 
 FAR_FROM_PICKUP = (38.5700, 68.7870)  # ~1.1 km: farther than the first driver
@@ -299,3 +299,45 @@ async def test_a_driver_back_with_last_seq_and_nothing_new_is_offered_rides_afte
     await driver.expect("new_order", order_id=order_id)
     for c in (driver, pax):
         await c.close()
+
+
+async def test_drivers_keep_their_offers_through_an_engine_outage_longer_than_the_grace(
+        engine_bin: Path, state_dir: str) -> None:
+    """The sidecar and its drivers stay up while the engine is down; their sessions died with the
+    engine, so the restart puts the drivers in their grace period until the sidecar re-announces
+    them. That grace must start when the engine is back, not at the time it recovered to: an
+    outage longer than the grace (a watchdog kill takes WatchdogSec, 10 s, the default grace)
+    otherwise took every offer from a driver that never left, as `driver_disconnected`."""
+    grace_s = 2.0
+    flags = ("--state-dir", state_dir, "--fsync", "batch", "--grace-s", str(grace_s), "--offer-timeout-s", "30")
+    s = start_split(engine_bin, *flags)
+    try:
+        d1 = await online_driver(s.url, "d1")
+        d2 = await online_driver(s.url, "d2", FAR)
+        pax = await AppClient.open(f"{s.url}/ws/passenger/p1")
+        await pax.expect("welcome")
+        await pax.send({"type": "ride_request", "id": "r1", "pickup": PICKUP, "dropoff": DROPOFF})
+        order_id = (await pax.expect("ack", id="r1"))["order_id"]
+        await d1.expect("new_order", order_id=order_id)
+
+        assert s.engine is not None
+        s.engine.send_signal(signal.SIGKILL)
+        s.engine.wait()
+        s.wait_health(503)
+        await asyncio.sleep(grace_s + 1.0)  # the outage itself: longer than the grace
+        s.start_engine(*flags)
+        s.wait_health(200)
+
+        await d1.send({"type": "order_accept", "order_id": order_id, "id": "acc"})
+        while (answer := await d1.recv()).get("id") != "acc":
+            pass
+        assert answer["type"] == "ack", f"{answer}; d1 saw {d1.seen}"
+        await pax.expect("order_update", order_id=order_id, status="accepted", driver_id="d1")
+        await d2.send({"type": "driver_location", **FAR, "id": "sync"})  # answered after all d2 was sent
+        await d2.expect("ack", id="sync")
+        assert not [m for m in d1.seen if m.get("type") == "cancel_order"], "the offer was withdrawn"
+        assert not [m for m in d2.seen if m.get("type") == "new_order"], "the offer went to another driver"
+        for c in (d1, d2, pax):
+            await c.close()
+    finally:
+        stop_split(s)

@@ -94,6 +94,28 @@ TEST(CoreCancel, PassengerCannotCancelAStartedTrip) {
     EXPECT_EQ(h.state(id), OrderState::Started);
 }
 
+// protocol.md (order_cancel): once the trip has started the passenger is aboard: neither side can
+// cancel it (a driver's cancel would send a ride in progress back into search); the driver ends
+// it with trip_complete.
+TEST(CoreCancel, NobodyCanCancelAStartedTripAndTheDriverEndsItWithComplete) {
+    Harness h;
+    h.online("d1", at(100));
+    const uint64_t id = h.order_for("p1");
+    h.driver_cmd("d1", id, DGDO_CMD_ACCEPT);
+    h.driver_cmd("d1", id, DGDO_CMD_ARRIVED);
+    h.driver_cmd("d1", id, DGDO_CMD_START);
+    auto out = h.driver_cmd("d1", id, DGDO_CMD_CANCEL);
+    EXPECT_EQ(result_of(out), DGDO_RESULT_CONFLICT);
+    EXPECT_EQ(out.size(), 1u);
+    EXPECT_EQ(result_of(h.passenger_cmd("p1", id, DGDO_CMD_CANCEL)), DGDO_RESULT_CONFLICT);
+    EXPECT_EQ(h.state(id), OrderState::Started);
+    EXPECT_EQ(h.core.find_driver("d1")->trip, id);
+    out = h.driver_cmd("d1", id, DGDO_CMD_COMPLETE);
+    EXPECT_EQ(result_of(out), DGDO_RESULT_OK);
+    EXPECT_EQ(statuses_to(out, DGDO_ROLE_PASSENGER, "p1"), std::vector<uint8_t>{DGDO_ORDER_COMPLETED});
+    EXPECT_EQ(result_of(h.passenger_cmd("p1", id, DGDO_CMD_CANCEL)), DGDO_RESULT_CONFLICT);  // ended: too late too
+}
+
 TEST(CoreCancel, DriverCancelAfterAcceptPutsTheOrderBackIntoSearchWithoutThatDriver) {
     Harness h;
     h.online("d1", at(100));
@@ -212,6 +234,35 @@ TEST(CoreCancel, DriverThatReconnectsWithinGraceKeepsItsOffer) {
     h.session(true, DGDO_ROLE_DRIVER, "d1", 2, 9);
     EXPECT_TRUE(of_type(h.tick(6), DGDO_OUT_CANCEL_ORDER).empty());
     EXPECT_EQ(result_of(h.driver_cmd("d1", id, DGDO_CMD_ACCEPT)), DGDO_RESULT_OK);
+}
+
+// protocol.md (driver_status): the status outlives a disconnect only for the grace period. A
+// driver back later is offline, gets no offer until it says `online` again (after its welcome),
+// and a trip it had is still its own.
+TEST(CoreCancel, ADriverBackAfterTheGraceIsOfflineUntilItSaysOnlineAgain) {
+    Harness h;
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 5);
+    h.online("d1", at(100));
+    h.session(false, DGDO_ROLE_DRIVER, "d1", 1, 5);
+    h.tick(4);
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 6);  // back within the grace: still online
+    EXPECT_TRUE(h.core.find_driver("d1")->online);
+    const uint64_t a = h.order_for("p1");
+    EXPECT_EQ(h.core.find_order(a)->driver, "d1");
+    h.driver_cmd("d1", a, DGDO_CMD_ACCEPT);
+
+    h.session(false, DGDO_ROLE_DRIVER, "d1", 1, 6);
+    h.tick(10);  // the grace runs out: offline, the trip stays
+    EXPECT_FALSE(h.core.find_driver("d1")->online);
+    EXPECT_EQ(h.core.find_driver("d1")->trip, a);
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 2, 7);
+    h.driver_cmd("d1", a, DGDO_CMD_ARRIVED);
+    h.driver_cmd("d1", a, DGDO_CMD_START);
+    h.driver_cmd("d1", a, DGDO_CMD_COMPLETE);
+    const uint64_t b = h.order_for("p2");
+    EXPECT_EQ(h.state(b), OrderState::Searching);  // connected, free, but offline: no offer
+    EXPECT_EQ(h.core.stats().drivers_available, 0u);
+    EXPECT_EQ(offered_to(h.status("d1", DGDO_DRIVER_ONLINE), "d1"), b);
 }
 
 TEST(CoreCancel, StaleCloseOfAReplacedConnectionIsIgnored) {

@@ -126,6 +126,7 @@ struct Fuzz {
                 ASSERT_EQ(offer_of.count(o->driver), 0u) << "two offers on " << o->driver;
                 offer_of[o->driver] = id;
                 ASSERT_GT(o->offer_deadline_ns, c.now_ns()) << id;
+                ASSERT_LE(o->offer_deadline_ns, o->search_deadline_ns) << "an offer outliving its search " << id;
             }
             if (has_trip(o->state)) {
                 ASSERT_EQ(trip_of.count(o->driver), 0u) << "two trips on " << o->driver;

@@ -122,6 +122,38 @@ TEST(CoreMatching, SearchTimeoutWithdrawsAnOutstandingOffer) {
     EXPECT_EQ(h.core.find_driver("d1")->offer, 0u);
 }
 
+// protocol.md: "Answer within expires_in_s seconds, or it is withdrawn". The search timeout
+// still caps the order (no_driver never later than search_timeout_s), so an offer made near it
+// must say the time it really has, and be withdrawn then, not 15 s after a countdown that lied.
+TEST(CoreMatching, AnOfferMadeNearTheSearchDeadlineSaysTheTimeItReallyHas) {
+    Config cfg;
+    cfg.exhausted_wait_s = 1000;  // only the hard cap ends it here
+    Harness h(cfg);
+    const uint64_t id = h.order_for("p1");
+    h.tick(50);
+    const auto out = h.online("d1", at(100));
+    const auto offers = to_whom(out, DGDO_OUT_NEW_ORDER, DGDO_ROLE_DRIVER, "d1");
+    ASSERT_EQ(offers.size(), 1u);
+    EXPECT_NEAR(as<dgdo_out_new_order>(offers[0]).expires_in_s, 10.0, 1e-6);
+    EXPECT_EQ(h.core.find_order(id)->offer_deadline_ns, h.core.find_order(id)->search_deadline_ns);
+    // A reconnect's snapshot says the same time left.
+    h.tick(4);
+    const auto snap = to_whom(h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 9), DGDO_OUT_NEW_ORDER, DGDO_ROLE_DRIVER, "d1");
+    ASSERT_EQ(snap.size(), 1u);
+    EXPECT_NEAR(as<dgdo_out_new_order>(snap[0]).expires_in_s, 6.0, 1e-6);
+    // Withdrawn when the driver was told, as offer_expired, and the passenger hears no_driver.
+    EXPECT_TRUE(of_type(h.tick(5.9), DGDO_OUT_CANCEL_ORDER).empty());
+    const auto end = h.tick(0.1);
+    const auto c = to_whom(end, DGDO_OUT_CANCEL_ORDER, DGDO_ROLE_DRIVER, "d1");
+    ASSERT_EQ(c.size(), 1u);
+    EXPECT_EQ(as<dgdo_out_cancel_order>(c[0]).reason, DGDO_REASON_OFFER_EXPIRED);
+    EXPECT_EQ(statuses_to(end, DGDO_ROLE_PASSENGER, "p1"), std::vector<uint8_t>{DGDO_ORDER_NO_DRIVER});
+    // An offer made early in the search keeps the full offer_timeout_s.
+    const auto full = to_whom(h.ride("p2"), DGDO_OUT_NEW_ORDER, DGDO_ROLE_DRIVER, "d1");
+    ASSERT_EQ(full.size(), 1u);
+    EXPECT_NEAR(as<dgdo_out_new_order>(full[0]).expires_in_s, cfg.offer_timeout_s, 1e-6);
+}
+
 TEST(CoreMatching, SearchingOrderIsOfferedWhenADriverComesOnline) {
     Harness h;
     const uint64_t id = h.order_for("p1");

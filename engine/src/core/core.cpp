@@ -708,7 +708,9 @@ void Core::make_offer(Order& o, const Candidate& c) {
     clear_search_timers(o);
     o.state = OrderState::Offered;
     o.driver = d.id;
-    o.offer_deadline_ns = now_ + ns(cfg_.offer_timeout_s);
+    // The search timeout ends the order, offer or not (expire_searches): an offer made near it
+    // gets only what is left, so that expires_in_s tells the driver the time it really has.
+    o.offer_deadline_ns = std::min(now_ + ns(cfg_.offer_timeout_s), o.search_deadline_ns);
     offer_timers_.insert({o.offer_deadline_ns, o.id});
     searching_.erase(o.id);
     new_order(o, c);

@@ -70,6 +70,10 @@ public:
     bool already_journaled(int32_t type, const uint8_t* body, uint32_t len, uint64_t mono_now_ns,
                            std::vector<OutRecord>& answers);
 
+    // Waits for a snapshot being written (forked child or thread), so that its log line comes
+    // before the loop's last one ("shutting down").
+    void settle();
+
     uint64_t records() const { return journal_ ? journal_->next_index() : 0; }
     double last_stall_ms() const { return last_stall_ms_; }
 
