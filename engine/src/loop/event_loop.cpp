@@ -335,12 +335,12 @@ void EventLoop::detach(uint16_t worker_id, const char* why) {
     auto it = workers_.find(worker_id);
     if (it == workers_.end()) return;
     Worker& w = *it->second;
-    if (w.held) {  // its answers are dropped with it below, as every record it has pending
-        dgdo_ring_release(&w.cons, w.peek_end);
-        w.held = false;
-    }
-    while (drain({&w}) > 0) {
-    }  // what the worker sent before it went still counts
+    do {  // what the worker sent before it went still counts
+        if (w.held) {  // its answers are dropped with it below, as every record it has pending
+            dgdo_ring_release(&w.cons, w.peek_end);
+            w.held = false;
+        }
+    } while (drain({&w}) > 0);
     if (!it->second->pending.empty())
         std::fprintf(stderr, "dgdo-engine: ! worker %u: %zu unwritten records dropped\n", worker_id,
                      it->second->pending.size());
