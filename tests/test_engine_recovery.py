@@ -467,3 +467,36 @@ async def test_a_torn_journal_tail_is_cut_but_damage_before_it_refuses_the_start
     await pax.send({"type": "ride_request", "id": "r5", "pickup": PICKUP, "dropoff": DROPOFF})
     assert (await pax.expect("ack", id="r5"))["order_id"] == orders["r5"]
     await pax.close()
+
+
+async def test_a_connection_opened_while_the_engine_was_stopped_gets_one_welcome_and_one_snapshot(
+        durable: Split, state_dir: str) -> None:
+    """Its open waits in the ring when the engine is killed: the sidecar carries it over to the next
+    engine and then re-announces the session as well. The app must get its welcome and its snapshot
+    once, not once per announcement."""
+    first = await AppClient.open(f"{durable.url}/ws/passenger/p7")
+    await first.expect("welcome")
+    await first.send({"type": "ride_request", "id": "r", "pickup": PICKUP, "dropoff": DROPOFF})
+    order_id = (await first.expect("ack", id="r"))["order_id"]
+    await first.close()
+    assert durable.engine is not None
+    in_ring = EngineRing(durable.engine.pid, durable.instance, "in")
+    try:
+        durable.engine.send_signal(signal.SIGSTOP)
+        before = in_ring.depth()
+        second = await AppClient.open(f"{durable.url}/ws/passenger/p7")  # no welcome while stopped
+        await asyncio.to_thread(in_ring.wait, "its open in the ring", lambda: in_ring.depth() > before)
+    finally:
+        in_ring.close()
+    durable.engine.send_signal(signal.SIGKILL)
+    durable.engine.wait()
+    durable.wait_health(503)
+    durable.start_engine("--state-dir", state_dir, "--fsync", "batch")
+    await second.expect("welcome", timeout=15)
+    # A command after the welcome: the engine answers it after all it sent for both announcements.
+    await second.send({"type": "nearby_subscribe", **PICKUP, "radius_m": 1000, "id": "mark"})
+    await second.expect("ack", id="mark")
+    assert [m["type"] for m in second.seen].count("welcome") == 1
+    snapshot = [m for m in second.seen if m["type"] == "order_update" and m["order_id"] == order_id]
+    assert [m["status"] for m in snapshot] == ["searching"], snapshot
+    await second.close()
