@@ -402,11 +402,13 @@ class InRing:
 async def test_kill_mid_batch_loses_no_command_queued_behind_it(split: Split) -> None:
     """kill -9 of an engine stopped while it was taking records: every command gets exactly one answer.
 
-    The engine reads a batch in two phases: it peeks the records (journals and applies them), then
-    retires them all and releases head, then publishes. Stopped with records at head it may be
-    anywhere in that batch: peeked and applied but not released (the sidecar carries them over and
-    the next engine answers them), or half-way through retiring them (retired records in front of
-    committed ones: the sidecar must skip the first and carry over the rest).
+    The engine reads a batch in two phases: it peeks the records (journals and applies them),
+    publishes the answers, then retires them all and releases head. Stopped with records at head it
+    may be anywhere in that batch: peeked and applied but not answered (the sidecar carries them over
+    and the next engine answers them), answered but not released (the sidecar delivers the answers,
+    carries the records over, and the next engine skips them), or half-way through retiring them
+    (retired records in front of committed ones: the sidecar must skip the first and carry over the
+    rest). No command is ever refused: each one's answer is either published or carried over.
     """
     import asyncio
     import random
@@ -457,7 +459,6 @@ async def test_kill_mid_batch_loses_no_command_queued_behind_it(split: Split) ->
         return 0
 
     caught = await asyncio.to_thread(stop_mid_batch)
-    stopped_at = {i: len(sent[i]) for i in sent}  # from here on, no request can have reached the old engine
     await asyncio.sleep(0.05)  # the flow keeps queueing behind the stopped engine
     flowing = False
     await asyncio.gather(*tasks)
@@ -489,11 +490,10 @@ async def test_kill_mid_batch_loses_no_command_queued_behind_it(split: Split) ->
             got = outcome()
         assert set(got) == set(sent[i])
         assert all(len(v) == 1 for v in got.values()), "a command answered twice"
-        # Only a command the dead engine itself took may be refused (its answer died with it);
-        # what waited in the ring behind it was carried over and answered by the new engine.
+        # A command the dead engine took stays in the ring until its answer is published: none is
+        # refused (engine_unavailable) for an answer that died with the engine.
         refused = [r for r in sent[i] if got[r][0]["type"] == "error"]
-        assert all(got[r][0]["code"] == "engine_unavailable" for r in refused), refused
-        assert not [r for r in refused if sent[i].index(r) >= stopped_at[i]], refused
+        assert not refused, [got[r][0] for r in refused]
     print(f"caught mid-batch at attempt {caught}")
     assert caught, "the engine was never stopped inside a batch: the test did not exercise the kill mid-batch"
     for p in passengers:

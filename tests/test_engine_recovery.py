@@ -11,14 +11,18 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import engine_cmd
 from rides import DROPOFF, PICKUP
-from test_engine_death import FAR, Split, online_driver, start_split, stop_split
+from test_engine_death import FAR, Split, answers, engine_segment, online_driver, start_split, stop_split
 from wsclient import AppClient
+
+from sidecar.engine import ring
 
 FAR_FROM_PICKUP = (38.5700, 68.7870)  # ~1.1 km: farther than the first driver
 PICKUP_T, DROPOFF_T = (PICKUP["lat"], PICKUP["lon"]), (DROPOFF["lat"], DROPOFF["lon"])
@@ -341,3 +345,200 @@ async def test_drivers_keep_their_offers_through_an_engine_outage_longer_than_th
             await c.close()
     finally:
         stop_split(s)
+
+
+class EngineRing:
+    """The test's read-only look at one of the engine's rings of worker 1 ("in" or "out")."""
+
+    def __init__(self, engine_pid: int, instance: str, which: str) -> None:
+        self.seg = engine_segment(engine_pid, instance, which)
+        self.map = self.seg._map
+
+    def depth(self) -> int:
+        tail = int.from_bytes(self.map[ring.lib.DGDO_RING_TAIL_OFFSET :][:8], "little")
+        head = int.from_bytes(self.map[ring.lib.DGDO_RING_HEAD_OFFSET :][:8], "little")
+        return tail - head
+
+    def wait(self, what: str, done: Callable[[], bool], timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, f"never {what}"
+            time.sleep(0.001)  # another process's shared memory: nothing to await but its bytes
+
+    def close(self) -> None:
+        self.seg.close()
+
+
+async def test_commands_the_engine_took_but_had_not_answered_when_killed_get_their_answer_not_a_retry(
+        engine_bin: Path, state_dir: str) -> None:
+    """An engine killed after it journaled and applied commands but before their answers were in the
+    out ring: the sidecar must not tell those apps engine_unavailable ("retry"), for the journal holds
+    the commands and the next engine has them; a retry under a new id would be a second order.
+
+    Made deterministic with a full out ring: the sidecar is stopped while the engine takes a batch of
+    ride requests, so only the first answers fit the ring (4 KiB here) and the rest wait in the engine
+    when it is killed. Every request must then get one ack, with an order of its own.
+    """
+    s = start_split(engine_bin, "--state-dir", state_dir, "--fsync", "batch", "--ring-capacity", "4096")
+    rings: list[EngineRing] = []
+    try:
+        # 30 requests (112 bytes each) fit the 4 KiB in ring at once; their answers (an ack and an
+        # order_update each) do not fit the out ring.
+        passengers = [await AppClient.open(f"{s.url}/ws/passenger/ra{i}") for i in range(30)]
+        for p in passengers:
+            await p.expect("welcome")
+        assert s.engine is not None
+        in_ring = EngineRing(s.engine.pid, s.instance, "in")
+        out_ring = EngineRing(s.engine.pid, s.instance, "out")
+        rings += [in_ring, out_ring]
+        s.engine.send_signal(signal.SIGSTOP)
+        before = in_ring.depth()
+        for i, p in enumerate(passengers):
+            await p.send({"type": "ride_request", "id": f"r{i}", "pickup": PICKUP, "dropoff": DROPOFF})
+        request = ring.aligned(ring.RECORD_HEADER + ring.sizeof("dgdo_in_ride_request"))
+        await asyncio.to_thread(in_ring.wait, "all requests in the ring",
+                                lambda: in_ring.depth() >= before + len(passengers) * request)
+        s.sidecar.send_signal(signal.SIGSTOP)  # it reads no answer now: the out ring fills
+        try:
+            s.engine.send_signal(signal.SIGCONT)
+            capacity = 4096
+            await asyncio.to_thread(out_ring.wait, "a full out ring", lambda: out_ring.depth() > capacity - 512)
+            # The engine's next heartbeat comes from its loop after the batch that filled the ring.
+            beat = out_ring.seg.producer_heartbeat_ns()
+            await asyncio.to_thread(out_ring.wait, "a heartbeat after the batch",
+                                    lambda: out_ring.seg.producer_heartbeat_ns() != beat)
+            for r in rings:
+                r.close()
+            rings.clear()
+            s.engine.send_signal(signal.SIGKILL)
+            s.engine.wait()
+        finally:
+            s.sidecar.send_signal(signal.SIGCONT)
+        s.wait_health(503)
+        s.start_engine("--state-dir", state_dir, "--fsync", "batch", "--ring-capacity", "4096")
+        s.wait_health(200)
+        order_ids = []
+        for i, p in enumerate(passengers):
+            got = (await answers(p, [f"r{i}"]))[f"r{i}"]
+            assert [m["type"] for m in got] == ["ack"], got
+            order_ids.append(got[0]["order_id"])
+        assert len(set(order_ids)) == len(passengers)  # one order each, none twice
+        for p in passengers:
+            await p.close()
+    finally:
+        for r in rings:
+            r.close()
+        stop_split(s)
+
+
+def _journal_files(state_dir: str) -> dict[str, bytes]:
+    d = Path(state_dir) / "journal"
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def _record_offsets(segment: bytes) -> list[int]:
+    """Where each record of a journal segment starts (store/journal.hpp: a 32-byte header, then
+    records of {u32 length, u32 crc, u64 index, i32 type, 4 zero bytes, payload}, 8-byte aligned)."""
+    offs, off = [], 32
+    while off + 24 <= len(segment):
+        length = int.from_bytes(segment[off : off + 4], "little")
+        if length < 24:
+            break
+        offs.append(off)
+        off += (length + 7) & ~7
+    return offs
+
+
+async def test_a_torn_journal_tail_is_cut_but_damage_before_it_refuses_the_start_and_keeps_every_byte(
+        durable: Split, state_dir: str) -> None:
+    """Only the end of the last segment may be torn by a crash: that is cut and the engine starts. A
+    bad record with good ones after it is damage: the engine must not cut there (the records after it
+    hold acknowledged orders). It refuses to start, names the file and byte, and changes nothing."""
+    pax = await AppClient.open(f"{durable.url}/ws/passenger/jd")
+    await pax.expect("welcome")
+    orders = {}
+    for i in range(6):  # an order, then its cancel: the passenger may ask again
+        await pax.send({"type": "ride_request", "id": f"r{i}", "pickup": PICKUP, "dropoff": DROPOFF})
+        orders[f"r{i}"] = (await pax.expect("ack", id=f"r{i}"))["order_id"]
+        if i < 5:
+            await pax.send({"type": "order_cancel", "order_id": orders[f"r{i}"], "id": f"c{i}"})
+            await pax.expect("ack", id=f"c{i}")
+    other = await AppClient.open(f"{durable.url}/ws/passenger/jd2")  # journaled after r5: r5 is not the last
+    await other.expect("welcome")
+    await other.send({"type": "ride_request", "id": "x", "pickup": PICKUP, "dropoff": DROPOFF})
+    await other.expect("ack", id="x")
+    await other.close()
+    assert durable.engine is not None
+    durable.engine.send_signal(signal.SIGKILL)
+    durable.engine.wait()
+    durable.wait_health(503)
+
+    journal = Path(state_dir) / "journal"
+    files = _journal_files(state_dir)
+    last = sorted(files)[-1]
+    offsets = _record_offsets(files[last])
+    assert len(offsets) > 20
+    bad = offsets[len(offsets) // 2]  # a record in the middle: many good ones follow it
+    damaged = bytearray(files[last])
+    damaged[bad + 16] ^= 1  # its type: the checksum no longer holds
+    (journal / last).write_bytes(damaged)
+    before = {**_journal_files(state_dir)}
+    snapshots = {p.name: p.read_bytes() for p in (Path(state_dir) / "snapshots").iterdir()}
+
+    engine = subprocess.Popen(
+        engine_cmd(durable.engine_bin, durable.control, "--instance", durable.instance, "--state-dir", state_dir),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert engine.stdout is not None
+    first = engine.stdout.readline()  # "dgdo-engine ready ..." once started, "" once exited
+    if first:
+        engine.kill()
+    _out, err = engine.communicate(timeout=30)
+    assert not first, f"started on a damaged journal: {err}"
+    assert engine.returncode != 0
+    assert f"journal damaged: {journal / last}: bad record at byte {bad} (checksum)" in err, err
+    assert "refusing to start" in err
+    assert _journal_files(state_dir) == before  # every segment, byte for byte
+    assert {p.name: p.read_bytes() for p in (Path(state_dir) / "snapshots").iterdir()} == snapshots
+
+    # The same journal with its last record torn instead (a write cut by the crash): cut, and started.
+    torn = bytearray(files[last][: offsets[-1] + 5])
+    (journal / last).write_bytes(torn)
+    durable.start_engine("--state-dir", state_dir, "--fsync", "batch")
+    durable.wait_health(200)
+    # What came before the torn record is all there: a retry of r5 gets the same order.
+    await pax.send({"type": "ride_request", "id": "r5", "pickup": PICKUP, "dropoff": DROPOFF})
+    assert (await pax.expect("ack", id="r5"))["order_id"] == orders["r5"]
+    await pax.close()
+
+
+async def test_a_connection_opened_while_the_engine_was_stopped_gets_one_welcome_and_one_snapshot(
+        durable: Split, state_dir: str) -> None:
+    """Its open waits in the ring when the engine is killed: the sidecar carries it over to the next
+    engine and then re-announces the session as well. The app must get its welcome and its snapshot
+    once, not once per announcement."""
+    first = await AppClient.open(f"{durable.url}/ws/passenger/p7")
+    await first.expect("welcome")
+    await first.send({"type": "ride_request", "id": "r", "pickup": PICKUP, "dropoff": DROPOFF})
+    order_id = (await first.expect("ack", id="r"))["order_id"]
+    await first.close()
+    assert durable.engine is not None
+    in_ring = EngineRing(durable.engine.pid, durable.instance, "in")
+    try:
+        durable.engine.send_signal(signal.SIGSTOP)
+        before = in_ring.depth()
+        second = await AppClient.open(f"{durable.url}/ws/passenger/p7")  # no welcome while stopped
+        await asyncio.to_thread(in_ring.wait, "its open in the ring", lambda: in_ring.depth() > before)
+    finally:
+        in_ring.close()
+    durable.engine.send_signal(signal.SIGKILL)
+    durable.engine.wait()
+    durable.wait_health(503)
+    durable.start_engine("--state-dir", state_dir, "--fsync", "batch")
+    await second.expect("welcome", timeout=15)
+    # A command after the welcome: the engine answers it after all it sent for both announcements.
+    await second.send({"type": "nearby_subscribe", **PICKUP, "radius_m": 1000, "id": "mark"})
+    await second.expect("ack", id="mark")
+    assert [m["type"] for m in second.seen].count("welcome") == 1
+    snapshot = [m for m in second.seen if m["type"] == "order_update" and m["order_id"] == order_id]
+    assert [m["status"] for m in snapshot] == ["searching"], snapshot
+    await second.close()

@@ -234,6 +234,28 @@ TEST(CoreDelivery, EveryOpenIsAnsweredWithOneSessionStateAdminsIncluded) {
     EXPECT_TRUE(of_type(h.session(false, DGDO_ROLE_ADMIN, "ops", 1, 3), DGDO_OUT_SESSION_STATE).empty());
 }
 
+// A sidecar carries a session's open over from a dead engine's ring (it was never taken, or taken
+// and not yet released) and then re-announces the session to the next engine with the same bytes.
+// The second is the connection the first opened, not a new one: answered, but with no second
+// snapshot (the app would be sent its orders twice, under new seqs).
+TEST(CoreDelivery, TheSameOpenOfTheSameConnectionAgainBringsNoSecondSnapshot) {
+    Harness h;
+    ride_with_d1(h);  // p1 has a live order
+    const uint64_t upgraded = h.now;
+    auto first = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7, std::nullopt, upgraded);
+    const auto snap = seqs_to(first, DGDO_ROLE_PASSENGER, "p1");
+    ASSERT_EQ(snap.size(), 1u);  // the live order
+    h.tick(0.1);
+    auto again = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7, std::nullopt, upgraded);
+    ASSERT_EQ(of_type(again, DGDO_OUT_SESSION_STATE).size(), 1u);
+    EXPECT_EQ(session_state(again).resumed, 1);
+    EXPECT_EQ(session_state(again).seq, snap.back());  // nothing after it to replay
+    EXPECT_TRUE(seqs_to(again, DGDO_ROLE_PASSENGER, "p1").empty());
+    // Another connection of the same app is a new one, as is the same connection opened anew.
+    again = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 8);
+    EXPECT_EQ(seqs_to(again, DGDO_ROLE_PASSENGER, "p1").size(), 1u);
+}
+
 // ---- idempotency ------------------------------------------------------------------------------
 
 TEST(CoreDelivery, ARetriedRequestIdGetsTheSameLiveOrderAndADifferentRideWithItIsAConflict) {

@@ -1,12 +1,14 @@
-// The journal's framing: records read back in order; a torn or corrupt tail is cut at the
-// last good record (and only when repairing); segments rotate and are named by their first
-// index; pruning removes whole segments before the oldest snapshot kept.
+// The journal's framing: records read back in order; a torn tail of the last segment is cut
+// at the last good record (and only when repairing), damage anywhere else is reported and
+// never cut; segments rotate and are named by their first index; pruning removes whole
+// segments before the oldest snapshot kept.
 #undef NDEBUG
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "journal_fixture.hpp"
 #include "store/crc32c.hpp"
@@ -105,32 +107,99 @@ TEST(Journal, TornTailIsCutAtTheLastGoodRecordAndAppendingContinuesThere) {
     EXPECT_FALSE(end.cut);
 }
 
-TEST(Journal, CorruptRecordCutsTheJournalThereAndDropsLaterSegments) {
+// Every file of the journal directory, name -> bytes.
+std::map<std::string, std::string> journal_bytes(const StateDir& dir) {
+    std::map<std::string, std::string> files;
+    for (const auto& e : fs::directory_iterator(dir.journal())) {
+        std::ifstream f(e.path(), std::ios::binary);
+        files[e.path().filename().string()].assign(std::istreambuf_iterator<char>(f), {});
+    }
+    return files;
+}
+
+void flip_byte(const std::string& path, uint64_t at) {
+    const int fd = ::open(path.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    char c = 0;
+    ASSERT_EQ(pread(fd, &c, 1, static_cast<off_t>(at)), 1);
+    c ^= 0x40;
+    ASSERT_EQ(pwrite(fd, &c, 1, static_cast<off_t>(at)), 1);
+    ::close(fd);
+}
+
+// Damage, then a repairing read: it must stop at the damage, say where, and change no byte.
+JournalEnd expect_damaged_untouched(const StateDir& dir, const std::string& where) {
+    const auto before = journal_bytes(dir);
+    JournalEnd end;
+    read_all(dir, 1, &end, /*repair=*/true);
+    EXPECT_TRUE(end.damaged) << end.problem;
+    EXPECT_FALSE(end.cut);
+    EXPECT_NE(end.problem.find(where), std::string::npos) << end.problem;
+    EXPECT_EQ(journal_bytes(dir), before);  // every segment, byte for byte
+    return end;
+}
+
+TEST(Journal, ACorruptRecordInAnEarlierSegmentIsDamageNothingIsCutOrRemoved) {
     TempStateDir t;
     write_records(t.dir, 400, 5, /*segment_bytes=*/2048);  // several segments
     auto segs = list_segments(t.dir.journal());
     ASSERT_GE(segs.size(), 3u);
-    // Flip one payload byte of the first record of the second segment.
-    {
-        const int fd = ::open(segs[1].path.c_str(), O_RDWR);
-        ASSERT_GE(fd, 0);
-        char c = 0;
-        ASSERT_EQ(pread(fd, &c, 1, kSegmentHeader + kRecordHeader), 1);
-        c ^= 0x40;
-        ASSERT_EQ(pwrite(fd, &c, 1, kSegmentHeader + kRecordHeader), 1);
-        ::close(fd);
+    flip_byte(segs[1].path, kSegmentHeader + kRecordHeader);  // a payload byte of the second segment's first record
+    JournalEnd end;
+    const auto v = read_all(t.dir, 1, &end, /*repair=*/false);
+    EXPECT_EQ(v.size(), segs[1].first - 1);  // everything before the bad record, nothing after it
+    end = expect_damaged_untouched(t.dir, segs[1].path + ": bad record at byte " + std::to_string(kSegmentHeader) +
+                                              " (checksum)");
+    EXPECT_NE(end.problem.find("later segment(s) follow"), std::string::npos) << end.problem;
+    EXPECT_EQ(list_segments(t.dir.journal()).size(), segs.size());
+}
+
+TEST(Journal, ACorruptRecordWithGoodOnesAfterItInTheLastSegmentIsDamage) {
+    TempStateDir t;
+    write_records(t.dir, 50, 10);
+    const auto seg = list_segments(t.dir.journal()).at(0).path;
+    // The third record's checksum field: the record is whole, its bytes wrong, 47 good ones follow.
+    const uint64_t third = kSegmentHeader + 32 + 32;  // payloads of 1 and 2 bytes: 32 bytes each, aligned
+    flip_byte(seg, third + 4);
+    const JournalEnd end =
+        expect_damaged_untouched(t.dir, seg + ": bad record at byte " + std::to_string(third) + " (checksum)");
+    EXPECT_NE(end.problem.find("good records follow"), std::string::npos) << end.problem;
+}
+
+TEST(Journal, ACorruptLengthInTheLastSegmentIsDamageWhenGoodRecordsFollow) {
+    TempStateDir t;
+    write_records(t.dir, 50, 10);
+    const auto seg = list_segments(t.dir.journal()).at(0).path;
+    const uint64_t third = kSegmentHeader + 32 + 32;
+    flip_byte(seg, third + 2);  // its length now points far past the end: reads as torn, yet records follow
+    expect_damaged_untouched(t.dir, seg + ": torn record at byte " + std::to_string(third));
+}
+
+TEST(Journal, AMissingSegmentInTheMiddleIsDamageNotATailToCut) {
+    TempStateDir t;
+    write_records(t.dir, 400, 5, /*segment_bytes=*/2048);
+    const auto segs = list_segments(t.dir.journal());
+    ASSERT_GE(segs.size(), 4u);
+    fs::remove(segs[1].path);
+    expect_damaged_untouched(t.dir, segs[2].path + " starts at record " + std::to_string(segs[2].first) +
+                                        ", expected " + std::to_string(segs[1].first));
+}
+
+TEST(Journal, ALastSegmentCutInsideItsHeaderIsATornTailAndRemoved) {
+    TempStateDir t;
+    write_records(t.dir, 400, 5, /*segment_bytes=*/2048);
+    const auto segs = list_segments(t.dir.journal());
+    ASSERT_GE(segs.size(), 2u);
+    {  // a segment the writer was killed while starting: a few bytes of its header
+        std::ofstream f(t.dir.journal() + "/" + segment_name(401), std::ios::binary);
+        f << "DGDO";
     }
     JournalEnd end;
-    const auto v = read_all(t.dir, 1, &end, /*repair=*/true);
-    ASSERT_EQ(v.size(), segs[1].first - 1);  // everything before the bad record
-    EXPECT_NE(end.problem.find("checksum"), std::string::npos);
+    EXPECT_EQ(read_all(t.dir, 1, &end, /*repair=*/true).size(), 400u);
     EXPECT_TRUE(end.cut);
-    EXPECT_GT(end.cut_bytes, 0u);
-    const auto left = list_segments(t.dir.journal());
-    ASSERT_EQ(left.size(), 2u);  // the bad one is truncated to its header; later ones are gone
-    EXPECT_EQ(size_of(left[1].path), kSegmentHeader);
-    EXPECT_EQ(end.next_index, segs[1].first);
-    EXPECT_EQ(read_all(t.dir, 1).size(), v.size());  // stable once repaired
+    EXPECT_FALSE(end.damaged);
+    EXPECT_EQ(end.next_index, 401u);
+    EXPECT_EQ(list_segments(t.dir.journal()).size(), segs.size());  // the torn one gone, the rest kept
 }
 
 TEST(Journal, ZerosAfterTheLastRecordAreCutNotMisread) {

@@ -417,6 +417,51 @@ TEST(Recovery, SeqAndHistorySurviveARestart) {
 }
 
 
+// A bad record with committed records after it is not a crash's torn write: the engine must not
+// start on the records before it (and cut the rest away), nor touch a byte; it refuses (-EIO).
+TEST(Persistence, AJournalDamagedBeforeItsEndIsRefusedAndEveryByteKept) {
+    TempStateDir t;
+    const auto in = scripted_inputs(71, 1500);
+    {
+        Recorder rec(t.dir, /*segment_bytes=*/8192);
+        rec.run(in, 0, in.size());
+    }
+    const auto segs = list_segments(t.dir.journal());
+    ASSERT_GE(segs.size(), 4u);
+    const auto read = [](const std::string& path) {
+        std::ifstream f(path, std::ios::binary);
+        return std::string(std::istreambuf_iterator<char>(f), {});
+    };
+    const std::string damaged = segs[segs.size() / 2].path;
+    uint64_t at = kSegmentHeader;  // the first record past the middle of a segment in the middle
+    for (const std::string bytes = read(damaged); at < bytes.size() / 2;) {
+        uint32_t length = 0;
+        std::memcpy(&length, bytes.data() + at, 4);
+        at += (length + 7u) & ~7u;
+    }
+    {  // one flipped bit in its type: its checksum fails
+        std::fstream f(damaged, std::ios::in | std::ios::out | std::ios::binary);
+        f.seekg(static_cast<std::streamoff>(at + 16));
+        char c = 0;
+        f.get(c);
+        f.seekp(static_cast<std::streamoff>(at + 16));
+        f.put(static_cast<char>(c ^ 1));
+    }
+    std::vector<std::string> before;
+    for (const auto& s : segs) before.push_back(read(s.path));
+    PersistOptions o;
+    o.state_dir = t.dir.root;
+    o.fsync = FsyncPolicy::Never;
+    {
+        Persistence p(o);
+        Core core;
+        EXPECT_EQ(p.start(core, Config{}, 1'000'000'000), -EIO);
+    }
+    const auto after = list_segments(t.dir.journal());
+    ASSERT_EQ(after.size(), segs.size());
+    for (size_t i = 0; i < segs.size(); ++i) EXPECT_EQ(read(after[i].path), before[i]) << after[i].path;
+}
+
 // Under FsyncPolicy::Batch a batch's outputs (acks among them) go out only once it is on disk:
 // a disk that fails the fdatasync must stop them, not just be logged. The journal's descriptor
 // is pointed at /dev/null: its writes succeed and its fdatasync fails (EINVAL), as a failing

@@ -178,6 +178,18 @@ void Core::on(const SessionOpen& e) {
     reply(m, DGDO_RESULT_OK);
     const std::string who = id.value_or(std::string());
     Session& s = sessions_[{m.role, who}];
+    // This very connection's open again (its upgrade time says so): its sidecar carried the first
+    // over from a dead engine's ring, then re-announced the session. It is open, and its welcome
+    // and snapshot went out with the first: say where it stands, with nothing to replay.
+    if (s.open && s.worker == m.worker && s.conn == m.conn && s.opened_ns == m.recv_ns) {
+        auto st = blank<dgdo_out_session>();
+        st.meta = to(m.role, who);
+        st.meta.to_conn = m.conn;
+        st.seq = delivery_.latest({m.role, who});
+        st.resumed = 1;
+        emit(DGDO_OUT_SESSION_STATE, st);
+        return;
+    }
     // One app id on one connection: the older one is told to close (4001) wherever it is. The
     // sidecar closes a same-worker one by itself as well; for another worker this is the only news.
     // Older by when the sidecars took the upgrades (recv_ns, the host's CLOCK_MONOTONIC, read

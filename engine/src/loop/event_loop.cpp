@@ -335,8 +335,13 @@ void EventLoop::attach(int fd, uint16_t worker_id, int32_t pid) {
 void EventLoop::detach(uint16_t worker_id, const char* why) {
     auto it = workers_.find(worker_id);
     if (it == workers_.end()) return;
-    while (drain({it->second.get()}) > 0) {
-    }  // what the worker sent before it went still counts
+    Worker& w = *it->second;
+    do {  // what the worker sent before it went still counts
+        if (w.held) {  // its answers are dropped with it below, as every record it has pending
+            dgdo_ring_release(&w.cons, w.peek_end);
+            w.held = false;
+        }
+    } while (drain({&w}) > 0);
     if (!it->second->pending.empty())
         std::fprintf(stderr, "dgdo-engine: ! worker %u: %zu unwritten records dropped\n", worker_id,
                      it->second->pending.size());
@@ -410,14 +415,17 @@ uint64_t EventLoop::match_percentile(unsigned p) const {
 }
 
 // One batch: peek each worker's ring, journal everything peeked with one write, apply it,
-// release it from the rings, then publish. A record leaves its ring only once journaled, so a
-// kill -9 at any point loses nothing: the sidecar salvages what we had not released, and what
-// was journaled as well is, for a command, recognised and skipped after our restart
+// publish, then release it from the rings. A record leaves its ring only once journaled and
+// answered (its answers written to the out ring, on disk first as the fsync policy promises), so
+// a kill -9 at any point loses nothing and leaves no command unanswered: the sidecar reads what we
+// published and salvages what we had not released, and what was journaled as well is, for a
+// command, recognised and skipped after our restart and answered with the result its replay gave
 // (already_journaled); anything else is applied again, harmlessly.
 size_t EventLoop::drain(const std::vector<Worker*>& from) {
     size_t n = 0;
     batch_.clear();
     for (Worker* w : from) {
+        if (w->held) continue;
         peeking_ = w;
         n += dgdo_ring_peek(&w->cons, &EventLoop::on_record, this, kBatch, &w->peek_end);
     }
@@ -428,8 +436,22 @@ size_t EventLoop::drain(const std::vector<Worker*>& from) {
         return 0;
     }
     for (const InputEvent& ev : batch_) apply(ev);
-    for (Worker* w : from) dgdo_ring_release(&w->cons, w->peek_end);
-    return publish() ? n : 0;
+    if (!publish()) return 0;  // not on disk: nothing answered, nothing released
+    for (Worker* w : from) release(*w);
+    return n;
+}
+
+// Its batch's answers to w are in w's out ring unless some wait behind a full one (pending): then
+// the batch is held until flush_pending() has written them. Only answers hold it: an app whose
+// answer is lost is told to retry, while what else waits (order updates, positions) is reliable
+// delivery's, replayed after a restart from the seqs the sidecar re-announces. (An answer goes to
+// its sender's worker: only w's own pending can hold w's records.)
+void EventLoop::release(Worker& w) {
+    if (w.held) return;  // nothing peeked this turn
+    if (w.answers_end > w.pending_base)
+        w.held = w.peek_end != w.cons.head;
+    else
+        dgdo_ring_release(&w.cons, w.peek_end);
 }
 
 // A worker's view of its drivers for the other workers' admins (events.h, FLEET): no input to
@@ -570,6 +592,7 @@ void EventLoop::write_out(Worker& w, const OutRecord& rec) {
     }
     w.pending_bytes += rec.body.size();
     w.pending.push_back({rec, {}});
+    if (rec.type == DGDO_OUT_COMMAND_RESULT) w.answers_end = w.pending_base + w.pending.size();
 }
 
 void EventLoop::flush_pending(Worker& w) {
@@ -583,6 +606,10 @@ void EventLoop::flush_pending(Worker& w) {
         w.pending_bytes -= rec.body.size();
         w.pending.pop_front();
         ++w.pending_base;
+    }
+    if (w.held && w.pending_base >= w.answers_end) {  // the held batch's answers are all in the ring now
+        dgdo_ring_release(&w.cons, w.peek_end);
+        w.held = false;
     }
     if (w.pending.empty() && w.coalesced) {
         std::fprintf(stderr, "dgdo-engine: = worker %u caught up; %llu positions coalesced while its ring was full\n",
@@ -612,6 +639,8 @@ void EventLoop::ring_doorbells() {
 
 bool EventLoop::park_all() {
     for (auto& [id, w] : workers_) {
+        if (w->held) continue;  // its unreleased records would keep us awake; any_pending() polls meanwhile
+                                // (held: an answer of its batch is still pending)
         if (!dgdo_ring_park(&w->cons)) {
             unpark_all();
             return false;

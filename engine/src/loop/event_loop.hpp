@@ -60,6 +60,12 @@ private:
         bool wrote = false;
         bool parked = false;
         uint64_t peek_end = 0;  // ring position after the records peeked for the current batch
+        uint64_t answers_end = 0;  // sequence number just past the last COMMAND_RESULT queued in pending
+        // The batch up to peek_end is journaled and applied, but some of its answers (COMMAND_RESULTs)
+        // wait in `pending`: it stays in the ring, so a kill now leaves it to the sidecar's salvage,
+        // and flush_pending() releases it once they are written. The ring is not peeked meanwhile:
+        // a peek starts at the unreleased head and would hand us the same records again.
+        bool held = false;
         ~Worker();
     };
 
@@ -82,6 +88,7 @@ private:
     bool publish();
     void write_out(Worker& w, const OutRecord& rec);  // publish one record to one worker's out ring
     void flush_pending(Worker& w);
+    void release(Worker& w);  // after publish(): w's batch leaves its ring, or is held (Worker::held)
     void detach_wedged();
     void ring_doorbells();
     bool park_all();

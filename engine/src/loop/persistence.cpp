@@ -94,6 +94,16 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
                      dir_.root.c_str(), r.end.problem.c_str());
         return -EIO;
     }
+    if (!r.ok && r.end.damaged) {
+        std::fprintf(stderr,
+                     "dgdo-engine: ! cannot recover from %s: journal damaged: %s. Only a torn tail at the end of "
+                     "the last segment is cut by itself; records after this damage may hold committed orders, so "
+                     "refusing to start, nothing changed. See \"Recovery\" in the README: keep a copy of the "
+                     "state directory, then restore that segment from a backup, or cut it at that byte and move "
+                     "the segments after it aside.\n",
+                     dir_.root.c_str(), r.end.problem.c_str());
+        return -EIO;
+    }
     if (!r.ok) {
         std::fprintf(stderr,
                      "dgdo-engine: ! cannot recover from %s: %s. Refusing to start on a state with a hole in it; "

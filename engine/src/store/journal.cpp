@@ -173,6 +173,21 @@ std::vector<JournalSegment> list_segments(const std::string& dir) {
     return segs;
 }
 
+// True when a record with a good checksum and an index from `expected` on starts anywhere in
+// [from, end of file) at a record boundary's alignment: committed data behind a bad record, which a
+// write cut by a crash never leaves (it only ever loses the end). The index bound keeps stale bytes
+// of an older life of the disk block (records of lower indexes) from counting.
+bool good_record_after(const Mapped& m, uint64_t from, uint64_t expected) {
+    for (uint64_t off = (from + 7u) & ~uint64_t{7}; off + kRecordHeader <= m.size; off += 8) {
+        const uint8_t* r = m.data + off;
+        const uint32_t length = load<uint32_t>(r);
+        if (length < kRecordHeader || length - kRecordHeader > kMaxPayload || off + aligned8(length) > m.size) continue;
+        if (load<uint64_t>(r + 8) < expected) continue;
+        if (load<uint32_t>(r + 4) == crc32c(0, r + 8, length - 8)) return true;
+    }
+    return false;
+}
+
 JournalEnd read_journal(const std::string& dir, uint64_t from, const RecordFn& fn, bool repair) {
     JournalEnd end;
     end.next_index = from;
@@ -189,9 +204,11 @@ JournalEnd read_journal(const std::string& dir, uint64_t from, const RecordFn& f
     uint64_t expected = segs[start].first;
     size_t bad_seg = segs.size();  // first segment (index) not read to its end
     uint64_t bad_off = 0;
+    bool torn = false;  // the bad bytes are a torn tail: the end of the last segment, nothing good after them
     for (size_t i = start; i < segs.size(); ++i) {
         const JournalSegment& s = segs[i];
-        if (s.first != expected) {
+        const bool last = i + 1 == segs.size();
+        if (s.first != expected) {  // a segment missing or out of place: no crash leaves that
             end.problem = s.path + " starts at record " + std::to_string(s.first) + ", expected " +
                           std::to_string(expected);
             bad_seg = i;
@@ -212,6 +229,7 @@ JournalEnd read_journal(const std::string& dir, uint64_t from, const RecordFn& f
             end.problem = s.path + ": no valid segment header";
             bad_seg = i;
             bad_off = 0;
+            torn = last && !good_record_after(m, 8, expected);  // killed while starting it
             break;
         }
         uint64_t off = kSegmentHeader;
@@ -241,15 +259,22 @@ JournalEnd read_journal(const std::string& dir, uint64_t from, const RecordFn& f
             if (end.problem.empty()) end.problem = s.path + ": torn record at byte " + std::to_string(off);
             bad_seg = i;
             bad_off = off;
+            torn = last && !good_record_after(m, off + 8, expected);
             break;
         }
     }
+    if (bad_seg < segs.size() && !torn) {
+        // Damage, not a crash's torn write: records the state may depend on follow it (later in this
+        // segment, or in later segments). Nothing is cut, nothing is read past it: the caller refuses.
+        end.damaged = true;
+        end.problem += bad_seg + 1 < segs.size()
+                           ? "; " + std::to_string(segs.size() - bad_seg - 1) + " later segment(s) follow it"
+                           : "; good records follow it";
+        return end;
+    }
     if (bad_seg < segs.size()) {
         end.cut = true;
-        for (size_t i = bad_seg; i < segs.size(); ++i) {
-            const uint64_t size = file_size(segs[i].path);
-            end.cut_bytes += i == bad_seg ? size - std::min(size, bad_off) : size;
-        }
+        end.cut_bytes = file_size(segs[bad_seg].path) - std::min(file_size(segs[bad_seg].path), bad_off);
         if (bad_off == 0 && end.path == segs[bad_seg].path) end.path.clear();  // the header itself was bad
         if (repair) {
             if (bad_off >= kSegmentHeader) {
@@ -258,7 +283,6 @@ JournalEnd read_journal(const std::string& dir, uint64_t from, const RecordFn& f
             } else {
                 unlink(segs[bad_seg].path.c_str());
             }
-            for (size_t i = bad_seg + 1; i < segs.size(); ++i) unlink(segs[i].path.c_str());
             fsync_dir(dir);
         }
     }

@@ -28,9 +28,12 @@
 //   +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //
 // A record is good when its length fits the file, its CRC matches and its index is
-// the one expected. Reading stops at the first record that is not: that is the torn
-// (or corrupt) tail, which recovery cuts off. The index makes a stale record left in
-// a reused block impossible to mistake for the next one.
+// the one expected. Reading stops at the first record that is not. When that is the
+// end of the last segment with no good record after it, it is the tail of a write a
+// crash cut short, which recovery cuts off. Anywhere else (a bad record with good ones
+// after it, a bad earlier segment, a segment missing) it is damage: nothing is cut and
+// recovery refuses, for the records after it may hold committed orders. The index makes
+// a stale record left in a reused block impossible to mistake for the next one.
 #pragma once
 
 #include <atomic>
@@ -86,18 +89,20 @@ struct JournalEnd {
     std::string path;          // segment to append to ("" = none yet)
     uint64_t offset = 0;       // good bytes in it
     uint64_t records = 0;      // records handed to the callback
-    bool cut = false;          // a bad tail was found (and removed when repairing)
-    uint64_t cut_bytes = 0;    // bytes after the last good record (all segments)
+    bool cut = false;          // a torn tail was found (and removed when repairing)
+    uint64_t cut_bytes = 0;    // bytes after the last good record of the last segment
     std::string problem;       // what was wrong, for the log; or a gap that stops recovery
     bool gap = false;          // no record `from` where one must be: the journal cannot continue the state
     bool newer = false;        // a segment of a newer format (a newer engine wrote it): nothing read, nothing cut
+    bool damaged = false;      // a bad record that is not a torn tail (problem: file and byte): nothing cut
 };
 
 using RecordFn = std::function<void(uint64_t index, int32_t type, const uint8_t* payload, uint32_t len)>;
 
 // Reads every good record with index >= from, in order, up to the first bad one. With
-// `repair`, the bad tail is cut: its segment is truncated after the last good record and
-// later segments are removed. `from` must be an index the journal holds (or its end).
+// `repair`, a torn tail is cut: the last segment is truncated after its last good record
+// (removed if not even its header is whole). Damage (`damaged`) is never cut, whatever
+// `repair` says. `from` must be an index the journal holds (or its end).
 JournalEnd read_journal(const std::string& dir, uint64_t from, const RecordFn& fn, bool repair);
 
 struct JournalOptions {

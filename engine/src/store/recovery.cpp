@@ -68,7 +68,7 @@ Recovery recover(Core& core, const Config& cfg, const StateDir& dir, const Recov
         },
         opt.repair);
     core.set_trace(nullptr);
-    r.ok = !r.end.gap && !r.end.newer;
+    r.ok = !r.end.gap && !r.end.newer && !r.end.damaged;
     r.digest = core.digest();
     r.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     return r;

@@ -32,8 +32,9 @@ struct Recovery {
     JournalEnd end;                  // where the journal stopped (and whether a tail was cut)
     uint64_t digest = 0;             // of the recovered state
     double ms = 0;
-    bool ok = true;                  // false: a gap the journal cannot bridge, or a newer engine's
-                                     // state (end.gap / end.newer; end.problem says which)
+    bool ok = true;                  // false: a gap the journal cannot bridge, a damaged journal or a
+                                     // newer engine's state (end.gap / end.damaged / end.newer;
+                                     // end.problem says which)
 };
 
 // Called for every replayed record, after it was applied, with what the core emitted.
