@@ -102,10 +102,11 @@
   }
 
   // whoami answers what the upgrade would: 200, 401 (missing/bad/expired) or 403 (not an admin token).
+  // Asked without a token too: a server run with auth off (--insecure-no-auth) answers 200.
   async function checkToken(token) {
     let r;
     try {
-      r = await fetch("/admin/whoami", { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
+      r = await fetch("/admin/whoami", { headers: token ? { Authorization: `Bearer ${token}` } : {}, cache: "no-store" });
     } catch (e) {
       return { status: 0 };
     }
@@ -116,7 +117,6 @@
 
   async function connect() {
     clearTimeout(S.retryTimer);
-    if (!S.token) return askForToken("No admin token given.");
     setConn("connecting", "checking token…");
     const who = await checkToken(S.token);
     if (who.status === 401 || who.status === 403) {
@@ -132,8 +132,10 @@
     $("who").textContent = `as ${who.body.sub}` + (who.body.exp ? `, token valid until ${new Date(who.body.exp * 1000).toLocaleString()}` : "");
 
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    let url = `${proto}//${location.host}/ws/admin?token=${encodeURIComponent(S.token)}`;
-    if (S.lastSeq !== null) url += `&last_seq=${S.lastSeq}`;
+    const query = [];
+    if (S.token) query.push(`token=${encodeURIComponent(S.token)}`);
+    if (S.lastSeq !== null) query.push(`last_seq=${S.lastSeq}`);
+    const url = `${proto}//${location.host}/ws/admin` + (query.length ? `?${query.join("&")}` : "");
     const ws = new WebSocket(url, "dgdo.v1.json");
     S.ws = ws;
     setConn("connecting", "connecting…");
