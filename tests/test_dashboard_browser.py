@@ -213,3 +213,21 @@ async def test_with_auth_off_the_printed_link_opens_the_dashboard_without_asking
         await page.screenshot(path=tmp_path / "no-auth.png")
     finally:
         assert r.stop() == 0
+
+
+async def test_the_page_does_not_show_a_silent_connection_as_live(run: Run, browser: Browser, tmp_path: Path) -> None:
+    """A connection that stops carrying anything never closes by itself: a wedged sidecar, or a
+    half-open TCP connection after a network drop or a laptop's sleep. system_stats comes about
+    once a second, so a page that hears nothing for long knows, says so and connects again."""
+    page = await new_page(browser)
+    await page.goto(run.dashboard)
+    await expect(page.locator("#conn-status")).to_have_text("live")
+    assert run.proc is not None
+    run.proc.send_signal(signal.SIGSTOP)  # the sidecar (worker 1 of dgdo run): its sockets stay open
+    try:
+        await expect(page.locator("#conn-status")).not_to_have_attribute("data-state", "live", timeout=30_000)
+        await page.screenshot(path=tmp_path / "silent.png")
+    finally:
+        run.proc.send_signal(signal.SIGCONT)
+    await expect(page.locator("#conn-status")).to_have_text("live")
+    await expect(page.locator("#map")).to_have_attribute("data-drivers", str(DRIVERS))
