@@ -10,6 +10,7 @@ And one config file shared by `dgdo run --workers 2`: each worker scraped at its
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -275,3 +276,34 @@ def test_the_engines_figures_are_absent_until_the_engine_has_sent_them(engine_bi
         promtool_check(scrape(s.port))
     finally:
         stop_split(s)
+
+
+def readme_alerts() -> list[tuple[str, str]]:
+    """(name, PromQL) of each row of README "Metrics to alert on"'s table; "or" rows give two."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("| alert | PromQL | why |", 1)[1].split("\n\n", 1)[0]
+    out = []
+    for row in table.splitlines()[2:]:
+        name, promql, _why = (cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip().strip("|")))
+        for expr in re.findall(r"`([^`]+)`", promql):
+            out.append((name, expr.replace("\\|", "|")))
+    return out
+
+
+def test_the_readme_alerts_are_valid_promql_on_metrics_a_worker_exports(workers: Workers, tmp_path: Path) -> None:
+    """Each alert of README "Metrics to alert on" passes `promtool check rules`, and every dgdo_ and
+    process_ series it reads is one that worker 1 (the engine's exporter) serves."""
+    alerts = readme_alerts()
+    assert len(alerts) >= 12
+    got = wait_for(workers.split.port, lambda g: ("dgdo_orders_created_total", frozenset()) in g)
+    served = {name for name, _labels in got}
+    for name, expr in alerts:
+        for metric in re.findall(r"\b(?:dgdo|process)_\w+", expr):
+            assert metric in served, (name, metric)
+    if PROMTOOL is None:
+        pytest.skip("promtool not installed (scripts/install-deps.sh installs Debian's prometheus package)")
+    rules = tmp_path / "rules.yml"
+    rules.write_text("groups:\n- name: dgdo\n  rules:\n" + "".join(
+        f"  - alert: A{i}\n    expr: '{expr.replace(chr(39), chr(39) * 2)}'\n" for i, (_n, expr) in enumerate(alerts)))
+    r = subprocess.run([PROMTOOL, "check", "rules", str(rules)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
