@@ -207,9 +207,9 @@ async def test_with_auth_off_the_printed_link_opens_the_dashboard_without_asking
         assert "token=" not in r.dashboard
         page = await new_page(browser)
         await page.goto(r.dashboard)
-        await expect(page.locator("#conn-status")).to_have_text("live")
+        await expect(page.locator("#conn-status")).to_have_text("live", timeout=WAIT_MS)
         await expect(page.locator("#auth")).to_be_hidden()
-        await expect(page.locator("#map")).to_have_attribute("data-drivers", str(DRIVERS))
+        await expect(page.locator("#map")).to_have_attribute("data-drivers", str(DRIVERS), timeout=WAIT_MS)
         await page.screenshot(path=tmp_path / "no-auth.png")
     finally:
         assert r.stop() == 0
@@ -221,7 +221,7 @@ async def test_the_page_does_not_show_a_silent_connection_as_live(run: Run, brow
     once a second, so a page that hears nothing for long knows, says so and connects again."""
     page = await new_page(browser)
     await page.goto(run.dashboard)
-    await expect(page.locator("#conn-status")).to_have_text("live")
+    await expect(page.locator("#conn-status")).to_have_text("live", timeout=WAIT_MS)
     assert run.proc is not None
     run.proc.send_signal(signal.SIGSTOP)  # the sidecar (worker 1 of dgdo run): its sockets stay open
     try:
@@ -229,5 +229,5 @@ async def test_the_page_does_not_show_a_silent_connection_as_live(run: Run, brow
         await page.screenshot(path=tmp_path / "silent.png")
     finally:
         run.proc.send_signal(signal.SIGCONT)
-    await expect(page.locator("#conn-status")).to_have_text("live")
-    await expect(page.locator("#map")).to_have_attribute("data-drivers", str(DRIVERS))
+    await expect(page.locator("#conn-status")).to_have_text("live", timeout=WAIT_MS)
+    await expect(page.locator("#map")).to_have_attribute("data-drivers", str(DRIVERS), timeout=WAIT_MS)
