@@ -41,9 +41,10 @@ def chromium_path() -> str:
 class Run:
     """`dgdo run --demo N` as `make run` starts it, on a port of our choosing (it may be restarted)."""
 
-    def __init__(self, port: int, state_dir: str) -> None:
+    def __init__(self, port: int, state_dir: str, *extra: str) -> None:
         self.port = port
         self.state_dir = state_dir
+        self.extra = extra  # more `dgdo run` flags
         self.instance = f"t{uuid.uuid4().hex[:8]}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.out: LineReader | None = None
@@ -53,11 +54,11 @@ class Run:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "run", "--host", "127.0.0.1", "--port", str(self.port),
              "--demo", str(DRIVERS), "--status-interval", "0", "--instance", self.instance,
-             "--state-dir", self.state_dir],
+             "--state-dir", self.state_dir, *self.extra],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=stack_env(),
         )
         self.out = LineReader(self.proc.stdout)
-        self.dashboard = self.out.wait_for(r"\[dgdo\] dashboard: (http://\S+/admin\?token=\S+)").group(1)
+        self.dashboard = self.out.wait_for(r"\[dgdo\] dashboard: (http://\S+/admin(\?token=\S+)?)$").group(1)
         self.out.wait_for(r"\[dgdo\] demo pid=")
 
     def stop(self) -> int:
@@ -194,3 +195,39 @@ async def test_the_page_reconnects_by_itself_when_the_sidecar_restarts(run: Run,
     await expect(page.locator("#conn-status")).to_have_text("live")
     await expect(page.locator("#map")).to_have_attribute("data-drivers", str(DRIVERS))
     await expect(page.locator("#auth")).to_be_hidden()
+
+
+async def test_with_auth_off_the_printed_link_opens_the_dashboard_without_asking_for_a_token(
+        engine_bin: Path, browser: Browser, tmp_path: Path) -> None:
+    """`dgdo run --insecure-no-auth` prints the dashboard's address with no token in it (there is
+    none to give): the page connects, rather than ask for a token the server does not want."""
+    r = Run(free_port(), new_state_dir(), "--insecure-no-auth")
+    r.start()
+    try:
+        assert "token=" not in r.dashboard
+        page = await new_page(browser)
+        await page.goto(r.dashboard)
+        await expect(page.locator("#conn-status")).to_have_text("live", timeout=WAIT_MS)
+        await expect(page.locator("#auth")).to_be_hidden()
+        await expect(page.locator("#map")).to_have_attribute("data-drivers", str(DRIVERS), timeout=WAIT_MS)
+        await page.screenshot(path=tmp_path / "no-auth.png")
+    finally:
+        assert r.stop() == 0
+
+
+async def test_the_page_does_not_show_a_silent_connection_as_live(run: Run, browser: Browser, tmp_path: Path) -> None:
+    """A connection that stops carrying anything never closes by itself: a wedged sidecar, or a
+    half-open TCP connection after a network drop or a laptop's sleep. system_stats comes about
+    once a second, so a page that hears nothing for long knows, says so and connects again."""
+    page = await new_page(browser)
+    await page.goto(run.dashboard)
+    await expect(page.locator("#conn-status")).to_have_text("live", timeout=WAIT_MS)
+    assert run.proc is not None
+    run.proc.send_signal(signal.SIGSTOP)  # the sidecar (worker 1 of dgdo run): its sockets stay open
+    try:
+        await expect(page.locator("#conn-status")).not_to_have_attribute("data-state", "live", timeout=30_000)
+        await page.screenshot(path=tmp_path / "silent.png")
+    finally:
+        run.proc.send_signal(signal.SIGCONT)
+    await expect(page.locator("#conn-status")).to_have_text("live", timeout=WAIT_MS)
+    await expect(page.locator("#map")).to_have_attribute("data-drivers", str(DRIVERS), timeout=WAIT_MS)

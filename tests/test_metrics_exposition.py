@@ -10,6 +10,7 @@ And one config file shared by `dgdo run --workers 2`: each worker scraped at its
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,7 +237,9 @@ def test_a_shared_config_gives_each_worker_its_metrics_port_and_one_engine_expor
     s = start_stack("--workers", "2", "--config", str(cfg))
     try:
         s.out.wait_for(rf"metrics on http://127\.0\.0\.1:{base + 1}/metrics")  # worker 2, once it listens
-        got = {w: wait_for(base + w - 1, lambda g, w=w: ("dgdo_connections", frozenset({("worker", str(w))})) in g)
+        # The exporter's engine figures come with the engine's first ENGINE_STATS (about a second).
+        got = {w: wait_for(base + w - 1, lambda g, w=w: ("dgdo_connections", frozenset({("worker", str(w))})) in g
+                           and (w != (exporter or 1) or ("dgdo_drivers_online", frozenset()) in g))
                for w in (1, 2)}
         exporting = {w for w, g in got.items() if named(g, "dgdo_drivers_online")}
         assert exporting == {exporter or 1}, exporting
@@ -245,3 +249,61 @@ def test_a_shared_config_gives_each_worker_its_metrics_port_and_one_engine_expor
                 assert bool(named(g, name)) == (w in exporting), (w, name)
     finally:
         assert s.stop() == 0
+
+
+def test_the_engines_figures_are_absent_until_the_engine_has_sent_them(engine_bin: Path) -> None:
+    """A worker that has not heard from its engine yet (started first, or within the second before
+    the first ENGINE_STATS) has no engine figures. Zeros would read, to Prometheus, as every
+    engine counter reset to 0 and then jumping by all the engine ever counted (a spike in every
+    rate() after each sidecar restart), and as every driver gone offline for a moment."""
+    instance = f"t{uuid.uuid4().hex[:8]}"
+    control = f"@dgdo-test-{instance}"
+    sidecar = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "sidecar", "--control", control, "--port", "0", "--status-interval", "0"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=stack_env(),
+    )
+    s = Split(engine_bin, control, instance, sidecar, LineReader(sidecar.stdout), 0)
+    try:
+        s.port = int(s.out.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)").group(1))
+        text = scrape(s.port)
+        promtool_check(text)
+        got = samples(text)
+        assert value(got, "dgdo_engine_attached", worker="1") == 0
+        assert [name for name in ENGINE_WIDE if named(got, name)] == []
+        s.start_engine()
+        got = wait_for(s.port, lambda g: ("dgdo_orders_created_total", frozenset()) in g)
+        assert all(named(got, name) == [{}] for name in ENGINE_WIDE)
+        promtool_check(scrape(s.port))
+    finally:
+        stop_split(s)
+
+
+def readme_alerts() -> list[tuple[str, str]]:
+    """(name, PromQL) of each row of README "Metrics to alert on"'s table; "or" rows give two."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("| alert | PromQL | why |", 1)[1].split("\n\n", 1)[0]
+    out = []
+    for row in table.splitlines()[2:]:
+        name, promql, _why = (cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip().strip("|")))
+        for expr in re.findall(r"`([^`]+)`", promql):
+            out.append((name, expr.replace("\\|", "|")))
+    return out
+
+
+def test_the_readme_alerts_are_valid_promql_on_metrics_a_worker_exports(workers: Workers, tmp_path: Path) -> None:
+    """Each alert of README "Metrics to alert on" passes `promtool check rules`, and every dgdo_ and
+    process_ series it reads is one that worker 1 (the engine's exporter) serves."""
+    alerts = readme_alerts()
+    assert len(alerts) >= 12
+    got = wait_for(workers.split.port, lambda g: ("dgdo_orders_created_total", frozenset()) in g)
+    served = {name for name, _labels in got}
+    for name, expr in alerts:
+        for metric in re.findall(r"\b(?:dgdo|process)_\w+", expr):
+            assert metric in served, (name, metric)
+    if PROMTOOL is None:
+        pytest.skip("promtool not installed (scripts/install-deps.sh installs Debian's prometheus package)")
+    rules = tmp_path / "rules.yml"
+    rules.write_text("groups:\n- name: dgdo\n  rules:\n" + "".join(
+        f"  - alert: A{i}\n    expr: '{expr.replace(chr(39), chr(39) * 2)}'\n" for i, (_n, expr) in enumerate(alerts)))
+    r = subprocess.run([PROMTOOL, "check", "rules", str(rules)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr

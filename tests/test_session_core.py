@@ -750,3 +750,46 @@ def test_a_rejected_offer_leaves_the_dashboards_model_at_once() -> None:
     (rec,) = core.records_to_send()
     assert rec.type == R.T.IN_ORDER_COMMAND and rec.corr
     assert core.feed.driver_counts()["offered"] == 0
+
+
+def engine_stats(created: int, matched: int, completed: int) -> tuple[int, bytes]:
+    return R.T.OUT_ENGINE_STATS, R.OUT_ENGINE_STATS.pack(*meta(None, 0, R.Role.ADMIN, b""), 3, 2, 1, 1, created,
+                                                         matched, completed, 0, 0, 0, 0,
+                                                         *[0] * (len(R.LATENCY_BOUNDS_NS) + 1))
+
+
+def test_order_rates_start_from_the_engines_first_stats_not_from_zero() -> None:
+    """A sidecar (re)started beside an engine that has run for a while: its counters are in the
+    thousands. A dashboard that subscribes before the engine's first ENGINE_STATS (they come once a
+    second) must not see those thousands as the last few seconds' orders."""
+    clock = [5_000_000_000]
+    core = SessionCore(1, wall_ns=lambda: WALL_NS, mono_ns=lambda: clock[0])
+    core.engine_attached()
+    assert core.system_stats()["order_rates"]["requested"] == 0.0  # subscribed: stats at once, none from the engine yet
+    feed(core, engine_stats(5000, 4900, 4800))
+    clock[0] += 10_000_000_000
+    rates = core.system_stats()["order_rates"]
+    assert (rates["requested"], rates["matched"], rates["completed"]) == (0.0, 0.0, 0.0), rates
+    feed(core, engine_stats(5010, 4905, 4800))
+    clock[0] += 10_000_000_000
+    rates = core.system_stats()["order_rates"]
+    assert (rates["requested"], rates["matched"], rates["completed"]) == (60.0, 30.0, 0.0), rates
+
+
+def test_order_rates_are_never_negative_after_an_engine_restart_that_reset_its_counters() -> None:
+    """An engine without a journal starts its counters again from 0: a rate is never below 0."""
+    clock = [5_000_000_000]
+    core = SessionCore(1, wall_ns=lambda: WALL_NS, mono_ns=lambda: clock[0])
+    core.engine_attached()
+    feed(core, engine_stats(5000, 4900, 4800))
+    core.system_stats()
+    clock[0] += 10_000_000_000
+    core.engine_detached()
+    core.engine_attached()
+    feed(core, engine_stats(3, 1, 0))
+    clock[0] += 10_000_000_000
+    core.system_stats()
+    feed(core, engine_stats(13, 6, 0))
+    clock[0] += 10_000_000_000
+    rates = core.system_stats()["order_rates"]
+    assert (rates["requested"], rates["matched"], rates["completed"]) == (60.0, 30.0, 0.0), rates

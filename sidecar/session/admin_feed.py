@@ -149,8 +149,12 @@ class RateWindow:
         """Records `counters` at `now`; returns each one's rate per minute over the window.
 
         Zeros until the window spans a second: a rate from a few milliseconds would be noise.
+        A counter below its previous value was reset (an engine restarted without a journal
+        counts from 0 again): the window starts over, rather than show a negative rate.
         """
         samples = self._samples
+        if samples and any(c < c0 for c, c0 in zip(counters, samples[-1][1], strict=True)):
+            samples.clear()
         samples.append((now, counters))
         while len(samples) > 1 and now - samples[0][0] > self.window_s:
             samples.popleft()

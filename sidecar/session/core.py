@@ -972,7 +972,7 @@ class SessionCore:
         if workers > self.stats.engine.workers:  # a worker joined: it needs all of ours, not just what moves
             self.feed.relay_everything()
         self.stats.engine = EngineSnapshot(online, available, active, created, matched, completed, p99, p50, n,
-                                           sum_ns, tuple(buckets), workers)
+                                           sum_ns, tuple(buckets), workers, known=True)
 
     # ---- several workers ---------------------------------------------------------------------
 
@@ -1047,8 +1047,10 @@ class SessionCore:
         s, e, g, feed = self.stats, self.stats.engine, self.gauges(), self.feed
         # Requested, matched and completed are the engine's own counters (every worker's orders);
         # no_driver is counted from the updates seen here, every worker's (the engine keeps no such counter).
+        # Not before the engine's first ENGINE_STATS: its counters are not 0 then, only not known yet.
         requested, matched, completed, no_driver = self._rates.per_min(
-            self.mono_ns() / 1e9, (e.orders_created, e.orders_matched, e.orders_completed, feed.counts["no_driver"]))
+            self.mono_ns() / 1e9, (e.orders_created, e.orders_matched, e.orders_completed, feed.counts["no_driver"])
+        ) if e.known else (0.0, 0.0, 0.0, 0.0)
         p50, p99 = s.push_latency.percentiles(50, 99)
         by_role = dict.fromkeys((r.value for r in Role), 0)
         for session in self.by_conn.values():

@@ -117,6 +117,10 @@ class EngineSnapshot:
     match_sum_ns: int = 0
     match_buckets: tuple[int, ...] = (0,) * (len(LATENCY_BOUNDS_NS) + 1)
     workers: int = 0  # sidecar workers attached to the engine
+    # False until an ENGINE_STATS arrived: the zeros above are then not the engine's figures, and
+    # reading them as such shows a sidecar restarted beside a running engine its counters falling
+    # to 0 and jumping back (/metrics, the dashboard's orders per minute).
+    known: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -172,6 +172,8 @@ class EngineCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         e = self.app.stats.engine
+        if not e.known:  # no ENGINE_STATS yet: absent, not zeros (a counter reset and a jump, to Prometheus)
+            return
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, value=value)

@@ -18,6 +18,10 @@
   const PICKUP = "#c026d3", DROPOFF = "#db2777";
   const TOKEN_KEY = "dgdo.admin.token", TILE_KEY = "dgdo.admin.tileUrl";
   const BACKOFF_MIN_MS = 500, BACKOFF_MAX_MS = 10000;
+  // system_stats comes about once a second: a connection silent this long is dead even if it
+  // never closes (a wedged sidecar, a half-open TCP connection after a network drop or a sleep).
+  const SILENT_MS = 10000;
+  const WHOAMI_TIMEOUT_MS = 10000;
   const SPARK_SAMPLES = 600;        // 10 minutes of system_stats at 1/s
   const LOG_KEEP = 2000, LOG_SHOW = 300, TIMELINE_KEEP = 500;
   const ANIMATE_MAX_DRIVERS = 3000; // above this, markers jump instead of gliding (CPU)
@@ -39,6 +43,7 @@
     lastSeq: null,
     backoff: BACKOFF_MIN_MS,
     retryTimer: null,
+    heardAt: 0,                  // performance.now() of the socket's last message (0: none yet)
     skewMs: 0,                   // server ts - local clock, so ages are measured on the server's clock
     drivers: new Map(),          // id -> {lat, lon, fromLat, fromLon, t0, state, order}
     orders: new Map(),           // id -> order map from `fleet`
@@ -102,10 +107,12 @@
   }
 
   // whoami answers what the upgrade would: 200, 401 (missing/bad/expired) or 403 (not an admin token).
+  // Asked without a token too: a server run with auth off (--insecure-no-auth) answers 200.
   async function checkToken(token) {
     let r;
     try {
-      r = await fetch("/admin/whoami", { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
+      r = await fetch("/admin/whoami", { headers: token ? { Authorization: `Bearer ${token}` } : {}, cache: "no-store",
+        signal: AbortSignal.timeout(WHOAMI_TIMEOUT_MS) });  // a server that accepts and never answers
     } catch (e) {
       return { status: 0 };
     }
@@ -116,7 +123,6 @@
 
   async function connect() {
     clearTimeout(S.retryTimer);
-    if (!S.token) return askForToken("No admin token given.");
     setConn("connecting", "checking token…");
     const who = await checkToken(S.token);
     if (who.status === 401 || who.status === 403) {
@@ -132,12 +138,16 @@
     $("who").textContent = `as ${who.body.sub}` + (who.body.exp ? `, token valid until ${new Date(who.body.exp * 1000).toLocaleString()}` : "");
 
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    let url = `${proto}//${location.host}/ws/admin?token=${encodeURIComponent(S.token)}`;
-    if (S.lastSeq !== null) url += `&last_seq=${S.lastSeq}`;
+    const query = [];
+    if (S.token) query.push(`token=${encodeURIComponent(S.token)}`);
+    if (S.lastSeq !== null) query.push(`last_seq=${S.lastSeq}`);
+    const url = `${proto}//${location.host}/ws/admin` + (query.length ? `?${query.join("&")}` : "");
     const ws = new WebSocket(url, "dgdo.v1.json");
     S.ws = ws;
     setConn("connecting", "connecting…");
+    S.heardAt = 0;  // from the welcome on (before it, an engine not yet attached may keep us waiting)
     ws.onmessage = (ev) => {
+      if (S.ws === ws) S.heardAt = performance.now();
       let m;
       try { m = JSON.parse(ev.data); } catch (e) { return; }
       onMessage(m);
@@ -780,6 +790,13 @@
   $("timeline-close").addEventListener("click", () => select(null));
   document.querySelectorAll("#log-filters input").forEach((i) => i.addEventListener("input", renderLog));
   setInterval(renderOrders, 1000);  // ages tick
+  setInterval(() => {  // a socket that went silent: given up (its close may never come) and opened again
+    if (!S.ws || !S.heardAt || performance.now() - S.heardAt < SILENT_MS) return;
+    const ws = S.ws;
+    S.ws = null;
+    ws.close();
+    scheduleReconnect("no data from the sidecar");
+  }, 1000);
 
   // What the map drew, in canvas pixels, for tests and the curious: [{kind, id, x, y}].
   window.dgdo = { markers: () => hits.map(([x, y, kind, id]) => ({ kind, id, x, y })) };
