@@ -134,9 +134,6 @@ int EventLoop::init() {
     // On the same boot the monotonic clock went on while we were down, so offers and timers
     // resume on it; after a reboot it restarted below the recovered time: continue from there.
     if (mono < core_.now_ns()) clock_offset_ = core_.now_ns() - mono;
-    // Sessions open in the recovered state died with the old process; their sidecars
-    // re-announce them when they attach. Until then their drivers are in their grace period.
-    for (const uint16_t w : core_.workers_with_open_sessions()) input(WorkerDetached{w});
     add_fd(epoll_fd_, listen_fd_, key(kListen));
     add_fd(epoll_fd_, timer_fd_, key(kTimer));
     add_fd(epoll_fd_, beat_fd_, key(kBeat));
@@ -147,6 +144,12 @@ int EventLoop::init() {
 
 int EventLoop::run() {
     tick();  // the core's clock starts now, before any order can be timed
+    // Sessions open in the recovered state died with the old process; their sidecars
+    // re-announce them when they attach. Until then their drivers are in their grace period,
+    // which starts now, after the tick that brought the clock past the outage: detached at the
+    // recovered time, an outage longer than the grace (a watchdog kill takes 10 s) ended it
+    // before any sidecar could attach, and drivers that never left lost their offers.
+    for (const uint16_t w : core_.workers_with_open_sessions()) input(WorkerDetached{w});
     // Ready: listening, state recovered, the loop about to turn. The first watchdog ping and
     // status go with it; beat() sends the next ones from this same loop, so a wedged loop
     // stops them and systemd restarts us (WatchdogSec=).
