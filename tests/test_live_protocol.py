@@ -3,7 +3,8 @@
 `websockets` (wsclient.AppClient) and picows (picowsclient.PicowsClient), JSON text and
 msgpack binary (subprotocol or ?format=msgpack): every client message type, every error
 code the sidecar produces here (engine_unavailable and overloaded: test_engine_death.py),
-the close codes (1000 echo, 1001 idle, 1008 abuse, 1009 too large, 4001 replaced), resume.
+the close codes (1000 echo, 1001 idle, 1007 text not UTF-8, 1008 abuse, 1009 too large, 4001 replaced),
+resume.
 """
 
 from __future__ import annotations
@@ -312,6 +313,30 @@ async def test_a_frame_with_a_reserved_bit_set_is_a_protocol_error_1002(shared_s
     c.transport.send(WSMsgType.TEXT, json.dumps({"type": "ping", "id": rsv}).encode(), **{rsv: True})
     assert await c.wait_closed() == 1002
     assert not [m for m in c.seen if m["type"] == "pong"]
+
+
+@pytest.mark.parametrize("fragmented", [False, True], ids=["whole", "fragmented"])
+async def test_a_text_message_that_is_not_utf8_fails_the_connection_with_1007(
+        shared_stack: Stack, fragmented: bool) -> None:
+    """RFC 6455 §8.1: an endpoint that finds a text message's bytes are not UTF-8 fails the connection
+    (close 1007), rather than answering it as a message it could not decode. A binary (msgpack) frame
+    is not text: a bad string in it stays a `bad_frame` error. Other connections go on."""
+    other = await PicowsClient.open(f"{shared_stack.url}/ws/passenger/utf8-other-{fragmented}")
+    await other.expect("welcome")
+    c = await PicowsClient.open(f"{shared_stack.url}/ws/passenger/utf8-{fragmented}")
+    await c.expect("welcome")
+    c.send_frame(WSMsgType.BINARY, b"\x82\xa4type\xa4ping\xa2id\xa2\xc3(")  # msgpack, id: b"\xc3(" as a str
+    assert (await c.expect("error"))["code"] == "bad_frame"
+    bad = b'{"type":"ping","id":"\xc3("}'
+    if fragmented:
+        c.send_frame(WSMsgType.TEXT, bad[:10], fin=False)
+        c.send_frame(WSMsgType.CONTINUATION, bad[10:], fin=True)
+    else:
+        c.send_frame(WSMsgType.TEXT, bad)
+    assert await c.wait_closed() == 1007
+    assert c.listener.frames.empty(), "answered with a message rather than only closed"
+    assert (await request(other, {"type": "ping", "id": "still-here"}, answer="pong"))["id"] == "still-here"
+    await other.close()
 
 
 async def test_fragments_reassemble_under_the_cap_and_close_1009_past_it(stack: Stack) -> None:

@@ -102,6 +102,7 @@ log = logging.getLogger("dgdo.session")
 
 # Close codes the core asks for (the server shell adds 1000 for a client's CLOSE and 1001 at shutdown).
 CLOSE_GOING_AWAY = 1001
+CLOSE_INVALID_TEXT = 1007  # a text message that is not UTF-8 (RFC 6455 §8.1)
 CLOSE_POLICY = 1008  # flooding past the rate limit
 CLOSE_TOO_BIG = 1009  # a message over the size or fragment cap
 CLOSE_REPLACED = 4001  # a newer connection with the same role and id took over

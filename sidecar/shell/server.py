@@ -29,10 +29,10 @@ module owns the sockets and the event loop:
 Close codes this server sends: the client's own in reply to its CLOSE (1000 when it gave none),
 1002 (a CLOSE code no CLOSE may carry, a reserved bit set; picows sends 1002 and 1007 for the
 protocol errors it finds itself), 1001 (shutdown; a ping not answered in time —
-session/keepalive.py, one sweep for every connection), 1008 (flooding past the rate limit), 1009
-(a message over the size or fragment cap, after a `too_large` error saying which), 4001 (replaced
-by a newer connection with the same role and id), 4008 (slow reader), 4401 / 4403 (a browser's
-upgrade refused by auth).
+session/keepalive.py, one sweep for every connection), 1007 (a text message that is not UTF-8),
+1008 (flooding past the rate limit), 1009 (a message over the size or fragment cap, after a
+`too_large` error saying which), 4001 (replaced by a newer connection with the same role and id),
+4008 (slow reader), 4401 / 4403 (a browser's upgrade refused by auth).
 """
 
 from __future__ import annotations
@@ -61,7 +61,14 @@ from picows import (
 from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US, EngineLink, EngineUnavailable, Overloaded
 from sidecar.engine.ring import Consumer, RingError
 from sidecar.session.admin_feed import FEED_INTERVAL_S
-from sidecar.session.core import ANNOUNCEMENTS, CLOSE_POLICY, CLOSE_REPLACED, CLOSE_SLOW_READER, SessionCore
+from sidecar.session.core import (
+    ANNOUNCEMENTS,
+    CLOSE_INVALID_TEXT,
+    CLOSE_POLICY,
+    CLOSE_REPLACED,
+    CLOSE_SLOW_READER,
+    SessionCore,
+)
 from sidecar.session.keepalive import Keepalive
 from sidecar.session.limits import (
     ABUSE,
@@ -81,7 +88,7 @@ from sidecar.shell import dashboard, fdlimit, metrics, tls
 from sidecar.shell.front import Front, Page
 from sidecar.shell.refusal import RefusedListener
 from sidecar.wire.auth import ENV_SECRET, Authenticator, AuthError, Unauthenticated, http_status
-from sidecar.wire.codec import Decoder, MessageTooBig
+from sidecar.wire.codec import Decoder, InvalidText, MessageTooBig
 from sidecar.wire.errors import ClientError, ErrorCode
 from sidecar.wire.messages import DriverLocation, Nearby, Role
 from sidecar.wire.router import ADMIN_PAGE, HttpRoute, RouteError, WsRoute, choose_format, route
@@ -609,6 +616,9 @@ class AppListener(WSListener):
                 req = self.decoder.feed(binary, frame.fin, frame.get_payload_as_bytes())
             except MessageTooBig as e:
                 self.core.too_large(session, str(e))
+            except InvalidText as e:
+                # RFC 6455 §8.1: a text message that is not UTF-8 fails the connection, unanswered.
+                self.core.close_for(session, CLOSE_INVALID_TEXT, str(e))
             except ClientError as e:
                 # Undecodable messages cost tokens too: a garbage flood is still a flood.
                 if self._admit(False, e.request_id, self.decoder.last_frames):
