@@ -5,9 +5,10 @@ here decides what to send or to whom (sidecar/session/core.py does); this
 module owns the sockets and the event loop:
 
 * every connection first meets the front door (shell/front.py): it answers the
-  plain-HTTP pages (GET and HEAD, HTTP/1.0 and 1.1), 405 for other methods, 426 for
-  a WebSocket version other than 13, 503 past `--max-connections` (shell/fdlimit.py),
-  and hands the rest to picows, which owns the socket from then on.
+  plain-HTTP pages (GET and HEAD, HTTP/1.0 and 1.1), 400 for an HTTP/1.1 request without
+  `Host`, 405 for other methods, 426 for a WebSocket version other than 13, 503 past
+  `--max-connections` (shell/fdlimit.py), and hands the rest to picows, which owns the
+  socket from then on.
 * picows calls the listener factory synchronously with the parsed upgrade
   request: routing, auth and format choice happen there (wire/router.py,
   wire/auth.py), and each refusal maps to one HTTP status. An auth refusal of an
