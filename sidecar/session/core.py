@@ -536,12 +536,12 @@ class SessionCore:
             return False
         self._records.append(ToEngine(type_, body, corr, latest if not corr else None, session, request_id,
                                       reply_due))
-        self.stats.records_out += 1
         return True
 
     def not_taken(self, record: ToEngine, code: ErrorCode, message: str) -> None:
-        """The link refused a record (engine gone, ring full too long): its command is answered with an error."""
-        self.stats.records_out -= 1
+        """The link refused a record (engine gone, ring full too long): its command is answered with an error.
+
+        (`stats.records_out` counts the records the link took: the shell counts them as it hands them over.)"""
         if record.session is None:
             return  # an announcement: made again at the next attach
         self.pending.pop(record.corr, None)

@@ -271,6 +271,7 @@ class App:
         records = core.records_to_send()
         if records:
             link = self.link
+            refused = 0
             for rec in records:
                 try:
                     if rec.latest is not None:
@@ -279,9 +280,13 @@ class App:
                         link.publish(rec.type, rec.body, reply_due=rec.corr != 0 or rec.reply_due,
                                      bounded=rec.type not in ANNOUNCEMENTS)
                 except EngineUnavailable as e:
+                    refused += 1
                     core.not_taken(rec, ErrorCode.ENGINE_UNAVAILABLE, str(e))
                 except Overloaded as e:
+                    refused += 1
                     core.not_taken(rec, ErrorCode.OVERLOADED, str(e))
+            # Counted here, once the link has taken them: a counter (/metrics) that only goes up.
+            self.stats.records_out += len(records) - refused
         writes = core.writes_to_send()
         if writes:
             self._write(writes)
