@@ -25,6 +25,8 @@ from conftest import Stack, mint, start_stack
 from picowsclient import PicowsClient
 from wsclient import AppClient
 
+from sidecar.shell.server import CLOSE_GRACE_S
+
 PICKUP = {"lat": 38.5598, "lon": 68.7870}
 DROPOFF = {"lat": 38.5750, "lon": 68.7950}
 UNLIMITED = ("--positions-per-s", "1000000", "--positions-burst", "1000000",
@@ -279,5 +281,21 @@ async def test_the_paused_connections_gauge_forgets_a_paused_client_once_it_is_g
         wait_metric(stack, PAUSED, 0, 20)  # hung up on (server.CLOSE_GRACE_S) and forgotten
         assert metric(stack, 'dgdo_connections{worker="1"}') == 0
         stuck.close()
+    finally:
+        assert stack.stop() == 0
+
+
+async def test_a_client_that_closes_and_then_reads_nothing_is_hung_up_on(engine_bin: object) -> None:
+    """A paused client sends its CLOSE and never reads again: the server's echo waits behind the frames
+    the client did not read, and a graceful hang-up waits for them to be written, for ever. Bounded as
+    after a CLOSE of the server's own (server.CLOSE_GRACE_S), not by --max-paused-s (long here)."""
+    stack = start_stack(*UNLIMITED, "--max-paused-s", "600")
+    try:
+        slow = pause_a_slow_reader(stack, "closer")
+        mask = os.urandom(4)
+        slow.sendall(bytes([0x88, 0x82]) + mask + bytes(b ^ mask[i] for i, b in enumerate(struct.pack("!H", 1000))))
+        wait_metric(stack, 'dgdo_connections{worker="1"}', 0, CLOSE_GRACE_S + 5)
+        assert metric(stack, PAUSED) == 0
+        slow.close()
     finally:
         assert stack.stop() == 0

@@ -656,7 +656,10 @@ class AppListener(WSListener):
             # picows leaves the reply to us (RFC 6455 §5.5.1): echo the code, then hang up.
             if not transport.is_close_frame_sent:  # we may have closed first: then this is the echo
                 transport.send_close(_close_reply(frame))
-            transport.disconnect()
+            transport.disconnect()  # graceful: what is buffered, then FIN
+            # A client that reads nothing more would hold the socket until that is written (never):
+            # aborted as after a CLOSE of ours (App._close).
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.disconnect, False)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.app.listeners.discard(self)
