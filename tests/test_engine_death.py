@@ -313,7 +313,9 @@ async def test_records_out_only_goes_up_while_commands_are_refused_as_overloaded
 
     scraper = threading.Thread(target=scrape, daemon=True)
     try:
-        passenger = await AppClient.open(f"{s.url}/ws/passenger/ro")
+        # (No keepalive PINGs of the client's own: on a loaded machine, with this process scraping
+        # flat out, a PONG behind a thousand errors can be read late, and the library then gives up.)
+        passenger = await AppClient.open(f"{s.url}/ws/passenger/ro", ping_interval=None)
         await passenger.expect("welcome")
         scraper.start()
         sent = await stall_until_overloaded(s, passenger, PICKUP)
