@@ -7,11 +7,14 @@ when the engine dies, stalls and comes back.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -284,6 +287,55 @@ async def test_full_ring_refuses_with_overloaded_and_never_loses_an_accepted_ord
         assert len(set(acked.values())) == len(acked)
         await passenger.close()
     finally:
+        stop_split(s)
+
+
+def records_out(s: Split) -> float:
+    """`dgdo_records_out_total` from one scrape of the sidecar's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{s.port}/metrics", timeout=5) as r:
+        body = r.read().decode()
+    return next(float(line.split()[-1]) for line in body.splitlines() if line.startswith("dgdo_records_out_total{"))
+
+
+async def test_records_out_only_goes_up_while_commands_are_refused_as_overloaded(engine_bin: Path) -> None:
+    """`dgdo_records_out_total` is a Prometheus counter: it must never go down (a drop reads as a restart).
+    It used to count a command as the core queued it and take it back when the link refused it, so a
+    scrape in between saw a higher value than the next. Scraped without pause while a burst of commands
+    is refused `overloaded` by a stalled engine, it only goes up."""
+    unlimited = ("--messages-per-s", "1000000", "--messages-burst", "1000000")
+    s = start_split(engine_bin, "--ring-capacity", "4096", sidecar_args=(*PATIENT, *unlimited))
+    samples: list[float] = []
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            samples.append(records_out(s))
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    try:
+        # (No keepalive PINGs of the client's own: on a loaded machine, with this process scraping
+        # flat out, a PONG behind a thousand errors can be read late, and the library then gives up.)
+        passenger = await AppClient.open(f"{s.url}/ws/passenger/ro", ping_interval=None)
+        await passenger.expect("welcome")
+        scraper.start()
+        sent = await stall_until_overloaded(s, passenger, PICKUP)
+        burst = [f"b{i}" for i in range(500)]  # refused as they come, many to an event-loop turn
+        for rid in burst:
+            await passenger.send({"type": "ride_request", "id": rid, "pickup": PICKUP, "dropoff": DROPOFF})
+        refused = await answers(passenger, burst, timeout=120)  # (slow: the sidecar renders /metrics flat out)
+        done.set()
+        scraper.join(10)
+        drops = [(a, b) for a, b in itertools.pairwise(samples) if b < a]
+        assert not drops, f"{len(drops)} of {len(samples)} scrapes went down, e.g. {drops[:3]}"
+        assert {v[0]["code"] for v in refused.values()} == {"overloaded"}
+        assert s.engine is not None
+        s.engine.send_signal(signal.SIGCONT)
+        got = await answers(passenger, sent)
+        acked = sum(1 for v in got.values() if v[0]["type"] == "ack")
+        assert records_out(s) >= acked + 1  # (+ the passenger's session open)
+        await passenger.close()
+    finally:
+        done.set()
         stop_split(s)
 
 

@@ -131,6 +131,37 @@ def test_an_upgrade_over_http_1_0_is_refused(stack: Stack) -> None:
     assert parse(exchange(stack, request))[0] == 400
 
 
+def first_answer(stack: Stack, request: bytes) -> bytes:
+    """Like `exchange`, but also returns on a 101's head (the server does not close after one)."""
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as s:
+        s.sendall(request)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+            if out.startswith(b"HTTP/1.1 101") and b"\r\n\r\n" in out:
+                break
+    return out
+
+
+NO_HOST = {
+    "upgrade": upgrade(f"/ws/driver/d1?token={mint('driver', 'd1')}").replace(b"Host: x\r\n", b""),
+    "websocket-path": b"GET /ws/driver/d1 HTTP/1.1\r\n\r\n",
+    "page": b"GET /healthz HTTP/1.1\r\n\r\n",
+    "head": b"HEAD /metrics HTTP/1.1\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("request_", NO_HOST.values(), ids=NO_HOST.keys())
+def test_an_http_1_1_request_without_host_gets_400(stack: Stack, request_: bytes) -> None:
+    """RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host; RFC 6455 §4.1 / §4.2.1
+    require it in an upgrade. (An HTTP/1.0 request needs none: a load balancer's health check sends none.)"""
+    status, _, body = parse(first_answer(stack, request_))
+    assert status == 400
+    assert body == (b"" if request_.startswith(b"HEAD") else b"a Host header is required (RFC 9112 section 3.2)")
+    with_host = request_.replace(b"HTTP/1.1\r\n", b"HTTP/1.1\r\nHost: 127.0.0.1\r\n", 1)
+    assert parse(first_answer(stack, with_host))[0] != 400
+
+
 @pytest.mark.parametrize(("request_", "status"), [
     (b"NONSENSE\r\n\r\n", 400),
     (b"GET /healthz HTTP/2.0\r\n\r\n", 505),

@@ -3,14 +3,17 @@
 `websockets` (wsclient.AppClient) and picows (picowsclient.PicowsClient), JSON text and
 msgpack binary (subprotocol or ?format=msgpack): every client message type, every error
 code the sidecar produces here (engine_unavailable and overloaded: test_engine_death.py),
-the close codes (1000 echo, 1001 idle, 1008 abuse, 1009 too large, 4001 replaced), resume.
+the close codes (1000 echo, 1001 idle, 1007 text not UTF-8, 1008 abuse, 1009 too large, 4001 replaced),
+resume.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +21,12 @@ from typing import Any
 import msgpack
 import pytest
 from conftest import Stack, start_stack
-from picows import WSCloseCode, WSMsgType
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from picowsclient import PicowsClient
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from wsclient import AppClient
+from wsclient import AppClient, with_token
 
+from sidecar.shell.server import CLOSE_WAIT_S
 from sidecar.wire.codec import MAX_FRAGMENTS, MAX_MESSAGE_BYTES
 
 PICKUP = {"lat": 38.5598, "lon": 68.7870}
@@ -312,6 +316,83 @@ async def test_a_frame_with_a_reserved_bit_set_is_a_protocol_error_1002(shared_s
     c.transport.send(WSMsgType.TEXT, json.dumps({"type": "ping", "id": rsv}).encode(), **{rsv: True})
     assert await c.wait_closed() == 1002
     assert not [m for m in c.seen if m["type"] == "pong"]
+
+
+@pytest.mark.parametrize("fragmented", [False, True], ids=["whole", "fragmented"])
+async def test_a_text_message_that_is_not_utf8_fails_the_connection_with_1007(
+        shared_stack: Stack, fragmented: bool) -> None:
+    """RFC 6455 §8.1: an endpoint that finds a text message's bytes are not UTF-8 fails the connection
+    (close 1007), rather than answering it as a message it could not decode. A binary (msgpack) frame
+    is not text: a bad string in it stays a `bad_frame` error. Other connections go on."""
+    other = await PicowsClient.open(f"{shared_stack.url}/ws/passenger/utf8-other-{fragmented}")
+    await other.expect("welcome")
+    c = await PicowsClient.open(f"{shared_stack.url}/ws/passenger/utf8-{fragmented}")
+    await c.expect("welcome")
+    c.send_frame(WSMsgType.BINARY, b"\x82\xa4type\xa4ping\xa2id\xa2\xc3(")  # msgpack, id: b"\xc3(" as a str
+    assert (await c.expect("error"))["code"] == "bad_frame"
+    bad = b'{"type":"ping","id":"\xc3("}'
+    if fragmented:
+        c.send_frame(WSMsgType.TEXT, bad[:10], fin=False)
+        c.send_frame(WSMsgType.CONTINUATION, bad[10:], fin=True)
+    else:
+        c.send_frame(WSMsgType.TEXT, bad)
+    assert await c.wait_closed() == 1007
+    assert c.listener.frames.empty(), "answered with a message rather than only closed"
+    assert (await request(other, {"type": "ping", "id": "still-here"}, answer="pong"))["id"] == "still-here"
+    await other.close()
+
+
+class _Deaf(WSListener):
+    """Reads what the server sends and never answers a CLOSE: no echo, no hang-up."""
+
+    def __init__(self) -> None:
+        self.close_code: int | None = None
+        self.close_at = 0.0
+        self.closed = asyncio.Event()
+        self.closed_at = 0.0
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is WSMsgType.CLOSE:
+            code = frame.get_close_code()
+            self.close_code, self.close_at = int(code), time.monotonic()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed_at = time.monotonic()
+        self.closed.set()
+
+
+async def deaf(stack: Stack, path: str) -> tuple[WSTransport, _Deaf]:
+    transport, listener = await ws_connect(_Deaf, with_token(f"{stack.url}{path}"))
+    return transport, listener  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("provoke", ["too_large", "replaced", "not_utf8"])
+async def test_a_client_that_never_answers_the_servers_close_is_hung_up_on(shared_stack: Stack, provoke: str) -> None:
+    """RFC 6455 §7.1.1: the server closes the TCP connection once it has sent and (normally) received
+    a CLOSE. A client that ignores the server's CLOSE (no echo) and keeps the socket open must not keep
+    it, nor its session, for ever: the server hangs up CLOSE_WAIT_S after its CLOSE."""
+    path = f"/ws/passenger/deaf-{provoke}"
+    t, lst = await deaf(shared_stack, path)
+    if provoke == "too_large":
+        t.send(WSMsgType.TEXT, b'{"type":"ping","pad":"' + b" " * MAX_MESSAGE_BYTES + b'"}')
+    elif provoke == "replaced":
+        newer = await PicowsClient.open(f"{shared_stack.url}{path}")
+        await newer.expect("welcome")
+    else:
+        t.send(WSMsgType.TEXT, b'{"type":"ping","id":"\xff"}')
+    await asyncio.wait_for(lst.closed.wait(), CLOSE_WAIT_S + 10)
+    assert lst.close_code == {"too_large": 1009, "replaced": 4001, "not_utf8": 1007}[provoke]
+    assert lst.closed_at - lst.close_at < CLOSE_WAIT_S + 2, "the server kept the socket open past its close wait"
+    if provoke == "replaced":
+        await newer.close()
+
+
+async def test_a_clients_close_is_echoed_and_the_server_hangs_up_itself(shared_stack: Stack) -> None:
+    """The other way round: the client closes first and then only waits; the server echoes and ends TCP."""
+    t, lst = await deaf(shared_stack, "/ws/passenger/deaf-closer")
+    t.send_close(WSCloseCode.GOING_AWAY)
+    await asyncio.wait_for(lst.closed.wait(), 5)
+    assert lst.close_code == 1001
 
 
 async def test_fragments_reassemble_under_the_cap_and_close_1009_past_it(stack: Stack) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from sidecar.wire import errors as X
 from sidecar.wire import messages as E
-from sidecar.wire.codec import JSON, MSGPACK, Decoder, MessageTooBig, encode
+from sidecar.wire.codec import JSON, MSGPACK, Decoder, InvalidText, MessageTooBig, encode
 
 
 def feed(m: object, role: E.Role = E.DRIVER, binary: bool = False, conn_id: str = "d1"):
@@ -168,12 +168,31 @@ def test_unknown_fields_are_skipped_whatever_they_hold() -> None:
 
 
 @pytest.mark.parametrize("raw", [b'{"type":"ping","x":"\xff"}', b'{"type":"ping","\xc3":1}',
-                                 b'{"type":"ping","id":"\xed\xa0\x80"}'])
+                                 b'{"type":"ping","id":"\xed\xa0\x80"}', b"\xff\xfe"])
 def test_a_text_frame_must_be_utf8_even_where_it_is_not_read(raw: bytes) -> None:
-    with pytest.raises(X.BadFrame, match=r"^undecodable JSON: invalid UTF-8"):
+    # RFC 6455 §8.1: not an `error` but a failed connection (1007), which the server closes.
+    with pytest.raises(InvalidText, match=r"^invalid UTF-8 in a text message \(byte \d+\)$"):
         Decoder(E.DRIVER, "d1").feed(False, True, raw)
     utf8 = '{"type":"ping","id":"é✓","x":"日本"}'.encode()
     assert Decoder(E.DRIVER, "d1").feed(False, True, utf8).request_id == "é✓"
+
+
+def test_a_fragmented_text_message_is_utf8_as_a_whole_not_per_fragment() -> None:
+    dec = Decoder(E.DRIVER, "d1")
+    whole = '{"type":"ping","id":"é✓"}'.encode()
+    cut = whole.index("é".encode()) + 1  # inside the 2-byte "é": neither fragment is UTF-8 alone
+    assert dec.feed(False, False, whole[:cut]) is None
+    assert dec.feed(None, True, whole[cut:]).request_id == "é✓"
+    assert dec.feed(False, False, b'{"type":"ping",') is None
+    with pytest.raises(InvalidText):
+        dec.feed(None, True, b'"x":"\xc3"}')
+    assert dec.last_frames == 2
+    assert dec.feed(False, True, b'{"type":"ping","id":1}').request_id == 1  # nothing held after it
+
+
+def test_a_binary_message_is_not_text_its_bad_strings_stay_a_bad_frame() -> None:
+    with pytest.raises(X.BadFrame):
+        Decoder(E.DRIVER, "d1").feed(True, True, b"\x81\xa4type\xa4p\xffng")
 
 
 def test_duplicate_topics_collapse_into_a_set() -> None:
@@ -189,7 +208,7 @@ def test_each_type_decodes_to_its_own_struct_and_a_nearby_to_a_nearby() -> None:
     assert feed({"type": "driver_status", "status": "offline"}).message.online is False
 
 
-@pytest.mark.parametrize("raw", [b"{", b"[1,2]", b"NaN", b'{"type": NaN}', b"\xff\xfe", b'"str"'])
+@pytest.mark.parametrize("raw", [b"{", b"[1,2]", b"NaN", b'{"type": NaN}', b'"str"'])
 def test_undecodable_json_is_a_bad_frame(raw: bytes) -> None:
     with pytest.raises(X.BadFrame):
         Decoder(E.DRIVER, "d1").feed(False, True, raw)

@@ -543,6 +543,24 @@ def test_a_record_the_link_did_not_take_is_answered_with_the_links_reason() -> N
     assert core.pending == {}
 
 
+def test_records_out_never_goes_down_when_the_link_refuses_a_record() -> None:
+    """`dgdo_records_out_total` is a Prometheus counter: a drop reads as a process restart, and a rate
+    over it goes wrong. The core used to count a command as it queued it and take it back when the
+    link refused it (and an announcement it never counted): the shell counts what the link takes."""
+    core = make_core()
+    d = connect(core, Role.DRIVER, "d1")
+    sent(core)
+    seen = [core.stats.records_out]
+    core.receive(d, request({"type": "trip_start", "order_id": 5, "id": "t"}, d))
+    seen.append(core.stats.records_out)
+    (rec,) = core.records_to_send()
+    core.not_taken(rec, ErrorCode.OVERLOADED, "engine is not keeping up; retry shortly")
+    seen.append(core.stats.records_out)
+    core.not_taken(ToEngine(R.T.IN_SESSION_OPEN, b""), ErrorCode.ENGINE_UNAVAILABLE, "engine not attached")
+    seen.append(core.stats.records_out)
+    assert seen == sorted(seen) and seen[-1] >= 0, seen
+
+
 def test_ping_refusals_and_too_large() -> None:
     core = make_core()
     d = connect(core, Role.DRIVER, "d1")

@@ -25,6 +25,8 @@ from conftest import Stack, mint, start_stack
 from picowsclient import PicowsClient
 from wsclient import AppClient
 
+from sidecar.shell.server import CLOSE_GRACE_S
+
 PICKUP = {"lat": 38.5598, "lon": 68.7870}
 DROPOFF = {"lat": 38.5750, "lon": 68.7950}
 UNLIMITED = ("--positions-per-s", "1000000", "--positions-burst", "1000000",
@@ -234,5 +236,66 @@ async def test_reliable_messages_past_the_outbox_cap_close_4008_and_wait_for_the
         assert (await back.expect("order_update", order_id=order))["seq"] > again["seq"]
         for c in (back, d2, p2):
             await c.close()
+    finally:
+        assert stack.stop() == 0
+
+
+def masked_ping(payload: bytes) -> bytes:
+    """One client PING frame (FIN, masked) with a payload of at most 125 bytes."""
+    mask = os.urandom(4)
+    return bytes([0x89, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+PAUSED = 'dgdo_paused_connections{worker="1"}'
+
+
+def wait_metric(stack: Stack, name: str, value: float, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := metric(stack, name)) != value:
+        assert time.monotonic() < deadline, f"{name} stayed {got}, not {value}, for {timeout} s"
+        time.sleep(0.05)  # a gauge in another process: nothing to await but its next scrape
+
+
+def pause_a_slow_reader(stack: Stack, name: str) -> socket.socket:
+    """A client that sends PINGs and never reads their PONGs, until its connection is paused."""
+    slow = raw_ws_connect(stack.port, f"/ws/passenger/{name}?token={mint('passenger', name)}")
+    pings = masked_ping(b"x" * 125) * 1000
+    deadline = time.monotonic() + 60
+    while metric(stack, PAUSED) < 1:
+        assert time.monotonic() < deadline, "never paused"
+        slow.sendall(pings)
+    return slow
+
+
+async def test_the_paused_connections_gauge_forgets_a_paused_client_once_it_is_gone(engine_bin: object) -> None:
+    """dgdo_paused_connections counts connections above their write buffer's high-water mark: a paused
+    one that ends (the client leaves, or the server closes it 4008 and hangs up) is no longer one."""
+    stack = start_stack(*UNLIMITED, "--max-paused-s", "2")
+    try:
+        assert metric(stack, PAUSED) == 0
+        leaving = pause_a_slow_reader(stack, "leaving")
+        leaving.close()  # the client goes, its session paused
+        wait_metric(stack, PAUSED, 0, 10)
+        stuck = pause_a_slow_reader(stack, "stuck")  # never reads, never closes: 4008 after --max-paused-s
+        wait_metric(stack, 'dgdo_closed_total{reason="slow_reader",worker="1"}', 1, 20)
+        wait_metric(stack, PAUSED, 0, 20)  # hung up on (server.CLOSE_GRACE_S) and forgotten
+        assert metric(stack, 'dgdo_connections{worker="1"}') == 0
+        stuck.close()
+    finally:
+        assert stack.stop() == 0
+
+
+async def test_a_client_that_closes_and_then_reads_nothing_is_hung_up_on(engine_bin: object) -> None:
+    """A paused client sends its CLOSE and never reads again: the server's echo waits behind the frames
+    the client did not read, and a graceful hang-up waits for them to be written, for ever. Bounded as
+    after a CLOSE of the server's own (server.CLOSE_GRACE_S), not by --max-paused-s (long here)."""
+    stack = start_stack(*UNLIMITED, "--max-paused-s", "600")
+    try:
+        slow = pause_a_slow_reader(stack, "closer")
+        mask = os.urandom(4)
+        slow.sendall(bytes([0x88, 0x82]) + mask + bytes(b ^ mask[i] for i, b in enumerate(struct.pack("!H", 1000))))
+        wait_metric(stack, 'dgdo_connections{worker="1"}', 0, CLOSE_GRACE_S + 5)
+        assert metric(stack, PAUSED) == 0
+        slow.close()
     finally:
         assert stack.stop() == 0

@@ -136,6 +136,44 @@ TEST(CoreCancel, DriverCancelAfterAcceptPutsTheOrderBackIntoSearchWithoutThatDri
     EXPECT_TRUE(h.core.find_order(id)->tried.count("d1"));
 }
 
+// orders_matched (/metrics dgdo_orders_matched, system_stats orders.matched) counts orders a driver
+// accepted: one given up by its driver and accepted by the next is one order matched, not two, as
+// orders_created and orders_completed count each order once. Declines and timed-out offers are no match.
+TEST(CoreCancel, AnOrderAcceptedAgainAfterItsDriverGaveItUpIsMatchedOnce) {
+    Config cfg;
+    cfg.offer_timeout_s = 10;
+    Harness h(cfg);
+    h.online("d1", at(100));
+    h.online("d2", at(300));
+    h.online("d3", at(600));
+    h.online("d4", at(900));
+    const uint64_t id = h.order_for("p1");
+    h.driver_cmd("d1", id, DGDO_CMD_REJECT);  // declined: offered to d2
+    EXPECT_EQ(h.core.find_order(id)->driver, "d2");
+    h.tick(11);  // d2's offer times out: offered to d3
+    EXPECT_EQ(h.core.find_order(id)->driver, "d3");
+    EXPECT_EQ(h.core.stats().orders_matched, 0u);
+    ASSERT_EQ(result_of(h.driver_cmd("d3", id, DGDO_CMD_ACCEPT)), DGDO_RESULT_OK);
+    EXPECT_EQ(h.core.stats().orders_matched, 1u);
+    h.driver_cmd("d3", id, DGDO_CMD_CANCEL);  // d3 gives it up: back to search, offered to d4
+    ASSERT_EQ(h.core.find_order(id)->driver, "d4");
+    ASSERT_EQ(result_of(h.driver_cmd("d4", id, DGDO_CMD_ACCEPT)), DGDO_RESULT_OK);
+    EXPECT_EQ(h.core.stats().orders_matched, 1u);
+    EXPECT_EQ(h.core.stats().orders_created, 1u);
+
+    // A snapshot keeps it: loaded, the order is still one that was matched.
+    std::string bytes;
+    h.core.save(bytes);
+    Harness back(cfg);
+    ASSERT_TRUE(back.core.load(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+    back.now = h.now;
+    back.online("d5", at(1200));
+    back.driver_cmd("d4", id, DGDO_CMD_CANCEL);
+    ASSERT_EQ(back.core.find_order(id)->driver, "d5");
+    ASSERT_EQ(result_of(back.driver_cmd("d5", id, DGDO_CMD_ACCEPT)), DGDO_RESULT_OK);
+    EXPECT_EQ(back.core.stats().orders_matched, 1u);
+}
+
 // Takes an order for p1 at kCenter from d1 (at 100 m) through to `arrived`.
 uint64_t arrived_with_d1(Harness& h) {
     const uint64_t id = h.order_for("p1");

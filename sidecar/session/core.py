@@ -102,6 +102,7 @@ log = logging.getLogger("dgdo.session")
 
 # Close codes the core asks for (the server shell adds 1000 for a client's CLOSE and 1001 at shutdown).
 CLOSE_GOING_AWAY = 1001
+CLOSE_INVALID_TEXT = 1007  # a text message that is not UTF-8 (RFC 6455 §8.1)
 CLOSE_POLICY = 1008  # flooding past the rate limit
 CLOSE_TOO_BIG = 1009  # a message over the size or fragment cap
 CLOSE_REPLACED = 4001  # a newer connection with the same role and id took over
@@ -535,12 +536,12 @@ class SessionCore:
             return False
         self._records.append(ToEngine(type_, body, corr, latest if not corr else None, session, request_id,
                                       reply_due))
-        self.stats.records_out += 1
         return True
 
     def not_taken(self, record: ToEngine, code: ErrorCode, message: str) -> None:
-        """The link refused a record (engine gone, ring full too long): its command is answered with an error."""
-        self.stats.records_out -= 1
+        """The link refused a record (engine gone, ring full too long): its command is answered with an error.
+
+        (`stats.records_out` counts the records the link took: the shell counts them as it hands them over.)"""
         if record.session is None:
             return  # an announcement: made again at the next attach
         self.pending.pop(record.corr, None)

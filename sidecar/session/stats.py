@@ -141,7 +141,7 @@ class SidecarStats:
     messages_out: int = 0
     positions_coalesced: int = 0  # driver positions a newer one for the same recipient replaced within one drain
     records_in: int = 0  # records drained from the engine
-    records_out: int = 0  # records published to the engine
+    records_out: int = 0  # records the engine link took (the shell's flush counts them; a counter: never down)
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys((c.value for c in ErrorCode), 0))  # by code
     connections: int = 0
     paused: int = 0  # connections whose write buffer is above its high-water mark right now

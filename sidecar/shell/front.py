@@ -8,6 +8,8 @@ starts with a `FrontProtocol` of ours, which reads the request head (wire/http1.
 
 * answers the plain-HTTP pages itself (`/healthz`, `/metrics`, `/admin…`), for GET and HEAD,
   over HTTP/1.0 or 1.1; other methods get 405 with `Allow`;
+* refuses an HTTP/1.1 request without `Host` with 400, page or upgrade alike (RFC 9112 §3.2,
+  RFC 6455 §4.1), which picows would upgrade;
 * refuses a WebSocket upgrade of another version with 426 (`Sec-WebSocket-Version: 13`), and
   one past the connection cap with 503 (`Retry-After`), before the upgrade: the cap keeps the
   process clear of EMFILE (shell/fdlimit.py);
@@ -137,6 +139,10 @@ class Front:
         """The answer to a request head (a whole response), or None: picows takes the connection."""
         method = head.method
         head_only = method == b"HEAD"
+        if head.version == b"HTTP/1.1" and head.get("host") is None:
+            # RFC 9112 §3.2 (and RFC 6455 §4.1 for an upgrade): picows would upgrade without it.
+            # HTTP/1.0 has no Host requirement: a load balancer's `GET /healthz HTTP/1.0` sends none.
+            return self.refuse(400, b"a Host header is required (RFC 9112 section 3.2)", head_only=head_only)
         try:
             r = route(b"GET", head.target)  # the method is checked below, per kind of path
         except RouteError as e:

@@ -5,9 +5,10 @@ here decides what to send or to whom (sidecar/session/core.py does); this
 module owns the sockets and the event loop:
 
 * every connection first meets the front door (shell/front.py): it answers the
-  plain-HTTP pages (GET and HEAD, HTTP/1.0 and 1.1), 405 for other methods, 426 for
-  a WebSocket version other than 13, 503 past `--max-connections` (shell/fdlimit.py),
-  and hands the rest to picows, which owns the socket from then on.
+  plain-HTTP pages (GET and HEAD, HTTP/1.0 and 1.1), 400 for an HTTP/1.1 request without
+  `Host`, 405 for other methods, 426 for a WebSocket version other than 13, 503 past
+  `--max-connections` (shell/fdlimit.py), and hands the rest to picows, which owns the
+  socket from then on.
 * picows calls the listener factory synchronously with the parsed upgrade
   request: routing, auth and format choice happen there (wire/router.py,
   wire/auth.py), and each refusal maps to one HTTP status. An auth refusal of an
@@ -29,10 +30,10 @@ module owns the sockets and the event loop:
 Close codes this server sends: the client's own in reply to its CLOSE (1000 when it gave none),
 1002 (a CLOSE code no CLOSE may carry, a reserved bit set; picows sends 1002 and 1007 for the
 protocol errors it finds itself), 1001 (shutdown; a ping not answered in time —
-session/keepalive.py, one sweep for every connection), 1008 (flooding past the rate limit), 1009
-(a message over the size or fragment cap, after a `too_large` error saying which), 4001 (replaced
-by a newer connection with the same role and id), 4008 (slow reader), 4401 / 4403 (a browser's
-upgrade refused by auth).
+session/keepalive.py, one sweep for every connection), 1007 (a text message that is not UTF-8),
+1008 (flooding past the rate limit), 1009 (a message over the size or fragment cap, after a
+`too_large` error saying which), 4001 (replaced by a newer connection with the same role and id),
+4008 (slow reader), 4401 / 4403 (a browser's upgrade refused by auth).
 """
 
 from __future__ import annotations
@@ -61,7 +62,14 @@ from picows import (
 from sidecar.engine.link import ENGINE_TIMEOUT_S, REPLY_SPIN_US, EngineLink, EngineUnavailable, Overloaded
 from sidecar.engine.ring import Consumer, RingError
 from sidecar.session.admin_feed import FEED_INTERVAL_S
-from sidecar.session.core import ANNOUNCEMENTS, CLOSE_POLICY, CLOSE_REPLACED, CLOSE_SLOW_READER, SessionCore
+from sidecar.session.core import (
+    ANNOUNCEMENTS,
+    CLOSE_INVALID_TEXT,
+    CLOSE_POLICY,
+    CLOSE_REPLACED,
+    CLOSE_SLOW_READER,
+    SessionCore,
+)
 from sidecar.session.keepalive import Keepalive
 from sidecar.session.limits import (
     ABUSE,
@@ -81,7 +89,7 @@ from sidecar.shell import dashboard, fdlimit, metrics, tls
 from sidecar.shell.front import Front, Page
 from sidecar.shell.refusal import RefusedListener
 from sidecar.wire.auth import ENV_SECRET, Authenticator, AuthError, Unauthenticated, http_status
-from sidecar.wire.codec import Decoder, MessageTooBig
+from sidecar.wire.codec import Decoder, InvalidText, MessageTooBig
 from sidecar.wire.errors import ClientError, ErrorCode
 from sidecar.wire.messages import DriverLocation, Nearby, Role
 from sidecar.wire.router import ADMIN_PAGE, HttpRoute, RouteError, WsRoute, choose_format, route
@@ -263,6 +271,7 @@ class App:
         records = core.records_to_send()
         if records:
             link = self.link
+            refused = 0
             for rec in records:
                 try:
                     if rec.latest is not None:
@@ -271,9 +280,13 @@ class App:
                         link.publish(rec.type, rec.body, reply_due=rec.corr != 0 or rec.reply_due,
                                      bounded=rec.type not in ANNOUNCEMENTS)
                 except EngineUnavailable as e:
+                    refused += 1
                     core.not_taken(rec, ErrorCode.ENGINE_UNAVAILABLE, str(e))
                 except Overloaded as e:
+                    refused += 1
                     core.not_taken(rec, ErrorCode.OVERLOADED, str(e))
+            # Counted here, once the link has taken them: a counter (/metrics) that only goes up.
+            self.stats.records_out += len(records) - refused
         writes = core.writes_to_send()
         if writes:
             self._write(writes)
@@ -609,6 +622,9 @@ class AppListener(WSListener):
                 req = self.decoder.feed(binary, frame.fin, frame.get_payload_as_bytes())
             except MessageTooBig as e:
                 self.core.too_large(session, str(e))
+            except InvalidText as e:
+                # RFC 6455 §8.1: a text message that is not UTF-8 fails the connection, unanswered.
+                self.core.close_for(session, CLOSE_INVALID_TEXT, str(e))
             except ClientError as e:
                 # Undecodable messages cost tokens too: a garbage flood is still a flood.
                 if self._admit(False, e.request_id, self.decoder.last_frames):
@@ -640,7 +656,10 @@ class AppListener(WSListener):
             # picows leaves the reply to us (RFC 6455 §5.5.1): echo the code, then hang up.
             if not transport.is_close_frame_sent:  # we may have closed first: then this is the echo
                 transport.send_close(_close_reply(frame))
-            transport.disconnect()
+            transport.disconnect()  # graceful: what is buffered, then FIN
+            # A client that reads nothing more would hold the socket until that is written (never):
+            # aborted as after a CLOSE of ours (App._close).
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.disconnect, False)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.app.listeners.discard(self)

@@ -9,6 +9,7 @@ Flow for one inbound frame::
     decoder.feed(binary, fin, payload) -> Request | None (fragment held)
                                         raises ClientError (answer `error`)
                                         raises MessageTooBig (close 1009)
+                                        raises InvalidText (close 1007)
 
 A whole message is read by msgspec in one pass, straight into the typed
 message of `messages.py` (text frames as JSON, binary frames as msgpack), and
@@ -70,6 +71,14 @@ class MessageTooBig(Exception):
     """A message (all its fragments together) over the byte or fragment cap: close with 1009.
 
     `str(e)` is the text of the `too_large` error sent just before the close.
+    """
+
+
+class InvalidText(Exception):
+    """A text message whose bytes are not UTF-8: the connection fails with 1007 (RFC 6455 §8.1).
+
+    Not a ClientError: no `error` answers it, and a binary (msgpack) message is not text (a bad
+    string in one is a `bad_frame`). `str(e)` says where; it is the CLOSE's reason.
     """
 
 
@@ -139,6 +148,7 @@ def decode(payload: bytes, binary: bool, role: Role, conn_id: str) -> Request:
         binary: True for msgpack (a binary frame), False for JSON (a text frame).
         role, conn_id: the connection's role and id, which the message must fit.
     Raises:
+        InvalidText: a text frame's payload that is not UTF-8.
         BadFrame: not decodable, nesting too deep, or not a map at the top level.
         BadMessage, UnknownType, Forbidden: with the request id attached when the
             message has a valid one, whatever else is wrong with it.
@@ -165,12 +175,13 @@ def decode(payload: bytes, binary: bool, role: Role, conn_id: str) -> Request:
 
 
 def _check_utf8(payload: bytes) -> None:
-    """A text frame is UTF-8 throughout (RFC 6455 §5.6). msgspec checks the strings it keeps, not
-    those it skips unread in unknown fields, so a non-ASCII payload is checked whole first."""
+    """A text message is UTF-8 throughout (RFC 6455 §5.6). msgspec checks the strings it keeps, not
+    those it skips unread in unknown fields, so a non-ASCII payload is checked whole first: the whole
+    message, since a fragment may end inside a character the next one completes."""
     try:
         payload.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise BadFrame(f"undecodable JSON: invalid UTF-8 (byte {e.start})") from None
+        raise InvalidText(f"invalid UTF-8 in a text message (byte {e.start})") from None
 
 
 def undecodable(binary: bool, e: msgspec.DecodeError) -> str:
@@ -288,6 +299,7 @@ class Decoder:
         Raises:
             MessageTooBig: the message exceeds the byte cap or spans more than
                 `max_fragments` frames (close 1009).
+            InvalidText: a text message that is not UTF-8 (close 1007).
             ClientError: the message is invalid (answer with an `error`).
         After a return or a raise other than for a held fragment, `last_frames` says how
         many frames the message spanned.

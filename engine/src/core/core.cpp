@@ -574,7 +574,9 @@ void Core::on(const dgdo_in_order_command& e) {
         d.trip = o.id;
         o.state = *next;
         o.estimate_sent = false;
-        ++counters_.orders_matched;
+        // Once per order: one its driver gave up and the next accepted is one order matched.
+        if (!o.matched) ++counters_.orders_matched;
+        o.matched = true;
         update_both(o);
         return;
     }

@@ -82,6 +82,7 @@ struct Order {
     uint64_t exhausted_deadline_ns = 0;  // nobody left to offer it to: no_driver then; 0 = has candidates
     uint64_t last_estimate_ns = 0;
     bool estimate_sent = false;
+    bool matched = false;      // a driver accepted it once: counted in orders_matched (a re-accept is not)
     uint64_t idem_key = 0;     // the passenger's idempotency key, 0 = none
     uint64_t finished_ns = 0;  // when it became terminal (pruned retention_s later)
 };

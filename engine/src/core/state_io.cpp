@@ -58,7 +58,11 @@ namespace {
 constexpr uint32_t kMagic = 0x53434744u;  // "DGCS"
 // 2: a session's opened_ns (late opens from another worker are told to close: Core::on(SessionOpen)).
 // Version 1 still loads, with opened_ns 0: every later open is newer, as version 1 took them.
-constexpr uint32_t kVersion = 2;
+// 3: an order's `matched` (bit 1 of its flags byte, beside estimate_sent). Versions 1 and 2 load
+// with matched set on the orders a driver holds or completed: one that an older engine saw
+// accepted, then given up, is counted again if accepted again (once).
+constexpr uint32_t kVersion = 3;
+constexpr uint8_t kEstimateSent = 1, kMatched = 2;  // OrderFixed::flags
 
 #pragma pack(push, 1)
 struct DriverFixed {
@@ -72,7 +76,7 @@ struct OrderFixed {
     dgdo_point pickup, dropoff;
     uint64_t created_ns, search_deadline_ns, offer_deadline_ns, retry_ns, exhausted_deadline_ns, last_estimate_ns,
         idem_key, finished_ns;
-    uint8_t state, estimate_sent;
+    uint8_t state, flags;  // flags: kEstimateSent | kMatched
 };
 #pragma pack(pop)
 
@@ -134,7 +138,8 @@ void Core::save(std::string& out) const {
     for (const auto& [id, o] : orders_) {
         const OrderFixed f{o.id, o.pickup, o.dropoff, o.created_ns, o.search_deadline_ns, o.offer_deadline_ns,
                            o.retry_ns, o.exhausted_deadline_ns, o.last_estimate_ns, o.idem_key, o.finished_ns,
-                           static_cast<uint8_t>(o.state), o.estimate_sent};
+                           static_cast<uint8_t>(o.state),
+                           static_cast<uint8_t>((o.estimate_sent ? kEstimateSent : 0) | (o.matched ? kMatched : 0))};
         put(out, f);
         put_str(out, o.passenger);
         put_str(out, o.driver);
@@ -235,7 +240,8 @@ bool Core::load(const uint8_t* data, size_t len) {
         o.idem_key = f.idem_key;
         o.finished_ns = f.finished_ns;
         o.state = static_cast<OrderState>(f.state);
-        o.estimate_sent = f.estimate_sent != 0;
+        o.estimate_sent = (f.flags & kEstimateSent) != 0;
+        o.matched = version >= 3 ? (f.flags & kMatched) != 0 : has_trip(o.state) || o.state == OrderState::Completed;
         uint32_t tried = 0;
         if (!get_str(p, end, o.passenger) || !get_str(p, end, o.driver) || !get_count(p, end, tried, 4)) return false;
         for (uint32_t t = 0; t < tried; ++t) {
