@@ -353,8 +353,8 @@ def test_every_error_code_has_a_row_saying_when(code: str) -> None:
     assert re.search(rf"^\| `{code}` \| \S", markdown(), re.M), f"no row for {code} in the error table"
 
 
-@pytest.mark.parametrize("close", [1000, 1001, 1002, 1007, 1008, 1009, server.CLOSE_REPLACED, 4008, auth.CLOSE_UNAUTHORIZED,
-                                   auth.CLOSE_FORBIDDEN])
+@pytest.mark.parametrize("close", [1000, 1001, 1002, 1007, 1008, 1009, server.CLOSE_REPLACED, 4008,
+                                   auth.CLOSE_UNAUTHORIZED, auth.CLOSE_FORBIDDEN])
 def test_close_codes_are_documented_in_both(close: int) -> None:
     assert re.search(rf"^\| {close} \|", markdown(), re.M)
     assert str(close) in api()["info"]["description"]
