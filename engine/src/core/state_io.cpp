@@ -58,7 +58,9 @@ namespace {
 constexpr uint32_t kMagic = 0x53434744u;  // "DGCS"
 // 2: a session's opened_ns (late opens from another worker are told to close: Core::on(SessionOpen)).
 // Version 1 still loads, with opened_ns 0: every later open is newer, as version 1 took them.
-constexpr uint32_t kVersion = 2;
+// 3: the deliveries' format 2 inside (Deliveries::jump: each recipient's base, the counter new
+// recipients start at). Versions 1 and 2 still load (their deliveries are format 1).
+constexpr uint32_t kVersion = 3;
 
 #pragma pack(push, 1)
 struct DriverFixed {
