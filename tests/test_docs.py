@@ -479,7 +479,8 @@ def engine_persist_defaults() -> tuple[list[str], str, str]:
 
 
 def test_protocol_md_says_what_a_seq_guarantees_under_each_fsync_policy() -> None:
-    """After a power loss only `batch` keeps seqs unique; the table must name every policy the engine takes."""
+    """After a power loss every policy keeps ids and seqs unique (a restart jumps them by the engine's
+    kRecoveryGap, which the text names); the table must name every policy the engine takes."""
     policies, default, interval_ms = engine_persist_defaults()
     assert sorted(policies) == ["batch", "interval", "never"], policies
     md = " ".join(markdown().split())
@@ -487,7 +488,12 @@ def test_protocol_md_says_what_a_seq_guarantees_under_each_fsync_policy() -> Non
     assert header in md, "no fsync table in protocol.md §1"
     assert default == "interval"
     assert f"under `interval` about {interval_ms} ms, `--fsync-interval-ms`" in md
-    assert "handed out again, **for different messages**" in md
+    assert "handed out again, **for different messages**" not in md  # the old, unfixed behaviour
+    core = (ROOT / "engine" / "src" / "core" / "core.hpp").read_text()
+    gap = re.search(r"kRecoveryGap = uint64_t\{1\} << (\d+);", core)
+    assert gap, "no kRecoveryGap in core.hpp"
+    assert f"jumps 2^{gap.group(1)} ({2 ** int(gap.group(1))}) up" in md
+    assert f"every app's `seq`s 2^{gap.group(1)} up before it sends anything" in md
     readme = " ".join((ROOT / "README.md").read_text().split())
     for p in policies:
         assert f"| `{p}`" in readme, f"README's fsync table lacks {p}"

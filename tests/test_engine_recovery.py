@@ -542,3 +542,72 @@ async def test_a_connection_opened_while_the_engine_was_stopped_gets_one_welcome
     snapshot = [m for m in second.seen if m["type"] == "order_update" and m["order_id"] == order_id]
     assert [m["status"] for m in snapshot] == ["searching"], snapshot
     await second.close()
+
+
+RECOVERY_GAP = 2**32  # engine/src/core/core.hpp kRecoveryGap: what ids and seqs jump by at each recovery
+
+
+async def test_after_a_lost_journal_tail_no_order_id_is_reused_and_a_last_seq_from_it_gets_a_snapshot(
+        engine_bin: Path, state_dir: str) -> None:
+    """A power loss under --fsync interval (the default) or never: the engine dies, and what the page
+    cache held of its journal (the last writes, not yet synced) is gone with it. The test kills the
+    engine (-9) and cuts the journal back to a length it had earlier, as the disk would hold it. The
+    lost tail handed out an order id and p1's seqs 3 and 4: the restarted engine must hand out neither
+    again, and p1, back with last_seq 4, gets a snapshot of the state it rolled back to."""
+    s = start_split(engine_bin, "--state-dir", state_dir)  # --fsync interval
+    try:
+        driver = await online_driver(s.url, "d1")
+        pax = await AppClient.open(f"{s.url}/ws/passenger/p1")
+        await pax.expect("welcome")
+        await pax.send({"type": "ride_request", "id": "r1", "pickup": PICKUP, "dropoff": DROPOFF})
+        first = (await pax.expect("ack", id="r1"))["order_id"]
+        await driver.expect("new_order", order_id=first)
+        await driver.send({"type": "order_accept", "order_id": first, "id": "acc"})
+        await driver.expect("ack", id="acc")
+        accepted = await pax.expect("order_update", order_id=first, status="accepted")
+        assert accepted["seq"] == 2
+        # What the disk holds when the power goes: everything up to here (journaled before it was sent).
+        segment = sorted(Path(state_dir, "journal").glob("*.dgj"))[-1]
+        on_disk = segment.stat().st_size
+
+        await driver.send({"type": "order_arrived", "order_id": first, "id": "arr"})
+        await driver.expect("ack", id="arr")
+        assert (await pax.expect("order_update", order_id=first, status="arrived"))["seq"] == 3
+        await pax.send({"type": "ride_request", "id": "r2", "pickup": PICKUP, "dropoff": DROPOFF})
+        lost = (await pax.expect("ack", id="r2"))["order_id"]
+        assert (await pax.expect("order_update", order_id=lost, status="searching"))["seq"] == 4
+        await pax.close()
+
+        assert s.engine is not None
+        s.engine.send_signal(signal.SIGKILL)
+        s.engine.wait()
+        s.wait_health(503)
+        assert len(sorted(Path(state_dir, "journal").glob("*.dgj"))) == 1  # no rotation: one file to cut
+        with open(segment, "r+b") as f:
+            f.truncate(on_disk)
+        s.start_engine("--state-dir", state_dir)
+        s.wait_health(200)
+
+        # p1 processed 3 and 4, which the engine no longer knows: not a resume from 4 (that would
+        # replay nothing and leave p1 with an order that does not exist and a trip that has not
+        # arrived) but a snapshot of the recovered state, numbered above anything handed out.
+        # (d1's sidecar re-announces its position to the restarted engine: the first one after its
+        # accept, so the recovered trip may have moved on to `arriving` (p1's seq 2 + gap + 1).)
+        back = await AppClient.open(f"{s.url}/ws/passenger/p1?last_seq=4")
+        welcome = await back.expect("welcome")
+        assert welcome["resumed"] is False
+        assert 2 + RECOVERY_GAP <= welcome["seq"] <= 3 + RECOVERY_GAP
+        snap = await back.expect("order_update", order_id=first)
+        assert snap["seq"] == welcome["seq"] + 1
+        assert snap["status"] == ("accepted" if welcome["seq"] == 2 + RECOVERY_GAP else "arriving")  # not arrived
+        assert not [m for m in back.seen if m.get("order_id") == lost]  # the lost order does not exist
+
+        # A new order gets an id the lost tail never handed out.
+        await back.send({"type": "ride_request", "id": "r3", "pickup": PICKUP, "dropoff": DROPOFF})
+        fresh = (await back.expect("ack", id="r3"))["order_id"]
+        assert fresh not in (first, lost) and fresh > lost
+        assert fresh == lost + RECOVERY_GAP  # the lost tail had taken one id after `first`
+        for c in (driver, back):
+            await c.close()
+    finally:
+        stop_split(s)

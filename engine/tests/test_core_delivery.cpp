@@ -522,5 +522,105 @@ TEST(CoreDelivery, AFinalRecordResentInASnapshotIsResentAgainToAnAppThatLostTheR
     EXPECT_EQ(got, (std::vector<std::pair<uint64_t, uint8_t>>{{a, DGDO_ORDER_COMPLETED}, {b, DGDO_ORDER_CANCELED}}));
 }
 
+// ---- a recovery's jump (Recovered, Deliveries::jump) ---------------------------------------------
+
+// What a lost journal tail handed out (ids, seqs) is above the recovered state's counters by at
+// most what that window could make: after the jump nothing is handed out a second time.
+TEST(CoreDelivery, ARecoveryJumpMovesTheNextOrderIdAndEverySeqCounterUpByTheGap) {
+    Harness h;
+    const uint64_t a = ride_with_d1(h);  // p1: 1, 2; d1: 1, 2
+    const uint64_t next = h.core.next_order_id();
+    EXPECT_EQ(next, a + 1);
+    EXPECT_TRUE(h.step(Recovered{kRecoveryGap}).empty());  // it says nothing to anyone
+    EXPECT_EQ(h.core.next_order_id(), next + kRecoveryGap);
+    EXPECT_EQ(h.core.deliveries().latest(kP1), 2 + kRecoveryGap);
+    EXPECT_EQ(h.core.deliveries().latest(kD1), 2 + kRecoveryGap);
+    EXPECT_EQ(h.core.deliveries().issued(kP1), 2u);  // what was really handed out
+
+    auto out = h.driver_cmd("d1", a, DGDO_CMD_ARRIVED);
+    EXPECT_EQ(seqs_to(out, DGDO_ROLE_PASSENGER, "p1"), std::vector<uint64_t>{3 + kRecoveryGap});
+    EXPECT_EQ(seqs_to(out, DGDO_ROLE_DRIVER, "d1"), std::vector<uint64_t>{3 + kRecoveryGap});
+    const uint64_t b = h.order_for("p2");  // a recipient first seen now numbers on above the gap too
+    EXPECT_EQ(b, next + kRecoveryGap);
+    EXPECT_EQ(seqs_to(h.all, DGDO_ROLE_PASSENGER, "p2"), std::vector<uint64_t>{1 + kRecoveryGap});
+    h.step(Recovered{kRecoveryGap});  // a second recovery jumps again
+    EXPECT_EQ(h.order_for("p3"), b + 1 + kRecoveryGap);
+}
+
+// After a jump p1's history is 1, 2, G+3, G+4: a last_seq it was handed out resumes (the replay
+// crosses the gap); one in the gap, or the counter before anything was numbered above it, is a
+// seq the lost tail numbered for a message that no longer exists: a snapshot, never a replay that
+// would skip, unsaid, what the app took for it.
+TEST(CoreDelivery, AfterAJumpALastSeqTheEngineNeverHandedOutIsNotResumed) {
+    constexpr uint64_t G = kRecoveryGap;
+    for (uint32_t depth : {2u, 256u}) {
+        Config c;
+        c.history_depth = depth;
+        Harness h(c);
+        const uint64_t a = ride_with_d1(h);  // p1: searching 1, accepted 2
+        h.step(Recovered{G});
+        // Before anything new: 2 is where it stands; G + 2 (the counter) was never handed out.
+        auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7, 2);
+        EXPECT_EQ(session_state(out).resumed, 1) << depth;
+        EXPECT_EQ(session_state(out).seq, 2u) << depth;  // where the (empty) replay ends
+        EXPECT_TRUE(seqs_to(out, DGDO_ROLE_PASSENGER, "p1").empty());
+        out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7, G + 2);
+        EXPECT_EQ(session_state(out).resumed, 0) << depth;
+        EXPECT_EQ(session_state(out).seq, G + 2) << depth;
+        EXPECT_EQ(seqs_to(out, DGDO_ROLE_PASSENGER, "p1"), std::vector<uint64_t>{G + 3});  // the live order
+        h.driver_cmd("d1", a, DGDO_CMD_ARRIVED);  // G + 4
+        // (depth 2: the history is now G + 3, G + 4, base 2)
+        std::vector<OutRecord> missed;
+        EXPECT_EQ(h.core.deliveries().since(kP1, 1, missed), depth > 2) << depth;
+        missed.clear();
+        ASSERT_TRUE(h.core.deliveries().since(kP1, 2, missed)) << depth;
+        std::vector<uint64_t> got;
+        for (const auto& r : missed) got.push_back(seq_of(r));
+        EXPECT_EQ(got, (std::vector<uint64_t>{G + 3, G + 4})) << depth;
+        for (uint64_t never : {uint64_t{3}, uint64_t{1000}, G, G + 1, G + 2}) {
+            out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 8, never);
+            const auto st = session_state(out);
+            EXPECT_EQ(st.resumed, 0) << depth << " " << never;
+            EXPECT_GE(st.seq, never) << never;  // the app's numbering never goes back
+            const auto seqs = seqs_to(out, DGDO_ROLE_PASSENGER, "p1");
+            ASSERT_EQ(seqs.size(), 1u) << never;  // the snapshot: its live order, numbered above
+            EXPECT_EQ(seqs[0], st.seq + 1) << never;
+            EXPECT_EQ(statuses_to(out, DGDO_ROLE_PASSENGER, "p1"), std::vector<uint8_t>{DGDO_ORDER_ARRIVED});
+        }
+        const uint64_t now = h.core.deliveries().issued(kP1);
+        out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 9, now);  // one it was handed out: resumed
+        EXPECT_EQ(session_state(out).resumed, 1) << depth;
+        EXPECT_EQ(session_state(out).seq, now);
+    }
+}
+
+TEST(CoreDelivery, AfterAJumpARecipientFirstSeenWithALastSeqGetsASnapshotNumberedAboveTheGap) {
+    Harness h;
+    h.step(Recovered{kRecoveryGap});
+    // p1 was handed 1..3 by the lost tail: the recovered engine never saw it.
+    auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7, 3);
+    EXPECT_EQ(session_state(out).resumed, 0);
+    EXPECT_EQ(session_state(out).seq, kRecoveryGap);
+    h.order_for("p1");
+    EXPECT_EQ(seqs_to(h.all, DGDO_ROLE_PASSENGER, "p1"), std::vector<uint64_t>{kRecoveryGap + 1});
+}
+
+TEST(CoreDelivery, AJumpSurvivesSaveAndLoad) {
+    Config c;
+    c.history_depth = 3;
+    Harness h(c);
+    busy_day(h, 5);
+    h.step(Recovered{kRecoveryGap});
+    busy_day(h, 6);
+    std::string bytes;
+    h.core.deliveries().save(bytes);
+    Deliveries back(3);
+    const uint8_t* p = reinterpret_cast<const uint8_t*>(bytes.data());
+    ASSERT_TRUE(back.load(p, p + bytes.size()));
+    EXPECT_TRUE(back == h.core.deliveries());
+    back.jump(1);
+    EXPECT_FALSE(back == h.core.deliveries());  // the floor and the counters are part of the state
+}
+
 }  // namespace
 }  // namespace dgdo::test

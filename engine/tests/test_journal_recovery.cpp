@@ -77,6 +77,10 @@ TEST(CoreState, AVersion1StateStillLoadsAndTheCoreCarriesOnAsOneThatNeverStopped
         live.apply(in[i], out);
     }
     EXPECT_EQ(loaded.order_count(), live.order_count());
+    // Its deliveries (format 1: no base, no floor) load as the current engine keeps them: each
+    // recipient's base is the seq before its history, so a resume answers as it always did.
+    EXPECT_TRUE(loaded.deliveries() == live.deliveries());
+    ASSERT_GT(live.deliveries().held_total(), 0u);
     for (size_t i = cut; i < in.size(); ++i) {  // the same outputs from here on, byte for byte
         std::vector<OutRecord> a, b;
         live.apply(in[i], a);
@@ -510,6 +514,185 @@ TEST(Persistence, ASnapshotLeftHalfWrittenByAKilledEngineIsRemovedAtTheNextStart
     Core core;
     ASSERT_EQ(p.start(core, Config{}, 1'000'000'000), 0);
     EXPECT_FALSE(std::filesystem::exists(stale));
+}
+
+// The ride requests of passengers p<first>..p<first+n-1>, at the pickup.
+std::vector<InputEvent> rides(Harness& h, int first, int n) {
+    std::vector<InputEvent> in;
+    for (int i = first; i < first + n; ++i) {
+        dgdo_in_ride_request e{};
+        e.meta = h.meta(DGDO_ROLE_PASSENGER, "p" + std::to_string(i));
+        e.pickup = kCenter;
+        e.dropoff = at(3000, 0);
+        in.push_back(e);
+    }
+    return in;
+}
+
+std::set<uint64_t> order_ids(const std::vector<std::vector<OutRecord>>& outputs) {
+    std::set<uint64_t> ids;
+    for (const auto& out : outputs)
+        for (const auto& r : of_type(out, DGDO_OUT_COMMAND_RESULT)) ids.insert(as<dgdo_out_command_result>(r).order_id);
+    return ids;
+}
+
+// The records of a journal, as (type, payload).
+std::vector<std::pair<int32_t, std::string>> journal_records(const StateDir& dir) {
+    std::vector<std::pair<int32_t, std::string>> recs;
+    read_journal(
+        dir.journal(), 1,
+        [&](uint64_t, int32_t type, const uint8_t* payload, uint32_t len) {
+            recs.emplace_back(type, std::string(reinterpret_cast<const char*>(payload), len));
+        },
+        false);
+    return recs;
+}
+
+// A power loss under --fsync interval or never: the journal's last records never reached the
+// disk, with the order ids (and seqs) the engine had handed out for them. The restarted engine
+// jumps past them, journals the jump and syncs it before anything goes out.
+TEST(Persistence, AfterALostJournalTailNoOrderIdIsHandedOutAgain) {
+    TempStateDir t;
+    Harness h;  // input builders
+    std::set<uint64_t> handed_out;
+    uint64_t kept_bytes = 0;
+    {
+        Recorder rec(t.dir);
+        std::vector<InputEvent> in{Tick{h.now}};
+        const auto first = rides(h, 0, 5);
+        in.insert(in.end(), first.begin(), first.end());
+        rec.run(in, 0, in.size());
+        kept_bytes = fs::file_size(list_segments(t.dir.journal()).back().path);
+        const auto lost = rides(h, 5, 4);  // written, never synced: gone with the power
+        rec.run(lost, 0, lost.size());
+        handed_out = order_ids(rec.outputs);
+        ASSERT_EQ(handed_out.size(), 9u);
+    }
+    fs::resize_file(list_segments(t.dir.journal()).back().path, kept_bytes);
+
+    PersistOptions o;
+    o.state_dir = t.dir.root;
+    o.fsync = FsyncPolicy::Never;  // the jump is synced whatever the policy
+    Core core;
+    {
+        Persistence p(o);
+        ASSERT_EQ(p.start(core, Config{}, 1'000'000'000), 0);
+    }
+    EXPECT_EQ(core.order_count(), 5u);
+    const auto recs = journal_records(t.dir);
+    ASSERT_FALSE(recs.empty());
+    EXPECT_EQ(recs.back().first, JOURNAL_RECOVERED);  // the input that made the jump
+    uint64_t gap = 0;
+    ASSERT_EQ(recs.back().second.size(), sizeof gap);
+    std::memcpy(&gap, recs.back().second.data(), sizeof gap);
+    EXPECT_EQ(gap, kRecoveryGap);
+
+    std::vector<OutRecord> out;
+    core.apply(rides(h, 100, 1).front(), out);
+    const uint64_t fresh = as<dgdo_out_command_result>(out.at(0)).order_id;
+    EXPECT_GT(fresh, *handed_out.rbegin());
+    EXPECT_EQ(handed_out.count(fresh), 0u);
+
+    // Replaying the journal (the next start, `dgdo replay`) jumps where the live engine did.
+    Core again;
+    const Recovery r = recover(again, Config{}, t.dir, RecoverOptions{false, false, nullptr, nullptr});
+    ASSERT_TRUE(r.ok);
+    Core live;
+    {
+        Persistence p(o);  // (a second start jumps again: compare the state before this one's jump)
+        ASSERT_EQ(p.start(live, Config{}, 1'000'000'000), 0);
+    }
+    EXPECT_EQ(live.next_order_id(), again.next_order_id() + kRecoveryGap);
+    EXPECT_EQ(again.next_order_id(), fresh);
+}
+
+TEST(Persistence, ReplayingAJournalWithTheJumpGivesTheLiveDigest) {
+    TempStateDir t;
+    const auto in = scripted_inputs(61, 1500);
+    const size_t cut = in.size() / 2;
+    {
+        Recorder rec(t.dir);
+        rec.run(in, 0, cut);
+    }
+    PersistOptions o;
+    o.state_dir = t.dir.root;
+    o.fsync = FsyncPolicy::Never;
+    Core live;
+    {
+        Persistence p(o);
+        ASSERT_EQ(p.start(live, Config{}, 1'000'000'000), 0);
+        for (size_t i = cut; i < in.size(); ++i) {  // the engine goes on after its jump
+            p.add(in[i]);
+            ASSERT_TRUE(p.commit());
+            std::vector<OutRecord> out;
+            live.apply(in[i], out);
+        }
+    }
+    Core replayed;
+    const Recovery r = recover(replayed, Config{}, t.dir, RecoverOptions{false, false, nullptr, nullptr});
+    ASSERT_TRUE(r.ok);
+    EXPECT_EQ(r.replayed, in.size() + 1);  // the jump is one of its inputs
+    EXPECT_EQ(r.digest, live.digest());
+    std::string a, b;
+    live.save(a);
+    replayed.save(b);
+    EXPECT_EQ(a, b);
+}
+
+TEST(Persistence, AFreshStateDirectoryStartsWithoutAJump) {
+    TempStateDir t;
+    PersistOptions o;
+    o.state_dir = t.dir.root;
+    Core core;
+    {
+        Persistence p(o);
+        ASSERT_EQ(p.start(core, Config{}, 1'000'000'000), 0);
+    }
+    EXPECT_EQ(core.next_order_id(), Core{}.next_order_id());
+    EXPECT_TRUE(journal_records(t.dir).empty());
+}
+
+// Power went before the first sync: the journal lost every record, not the segment made (and
+// synced) at the first start. Those records had handed out ids: the next start jumps all the same.
+TEST(Persistence, AStateDirectoryWhoseEveryRecordWasLostStillJumps) {
+    TempStateDir t;
+    PersistOptions o;
+    o.state_dir = t.dir.root;
+    o.fsync = FsyncPolicy::Never;
+    {
+        Persistence p(o);
+        Core core;
+        ASSERT_EQ(p.start(core, Config{}, 1'000'000'000), 0);
+        ASSERT_EQ(list_segments(t.dir.journal()).size(), 1u);  // made at the first start
+    }
+    Core core;
+    Persistence p(o);
+    ASSERT_EQ(p.start(core, Config{}, 1'000'000'000), 0);
+    EXPECT_EQ(core.next_order_id(), Core{}.next_order_id() + kRecoveryGap);
+}
+
+// A journal written before the jump existed (no JOURNAL_RECOVERED anywhere) recovers as before,
+// and the start that recovers it jumps.
+TEST(Persistence, AJournalFromBeforeTheJumpStillRecoversAndThenJumps) {
+    TempStateDir t;
+    const auto in = scripted_inputs(62, 600);
+    uint64_t digest = 0, next = 0;
+    {
+        Recorder rec(t.dir);
+        rec.run(in, 0, in.size());
+        digest = rec.core.digest();
+        next = rec.core.next_order_id();
+    }
+    Core core;
+    const Recovery r = recover(core, Config{}, t.dir, RecoverOptions{false, false, nullptr, nullptr});
+    ASSERT_TRUE(r.ok);
+    EXPECT_EQ(r.digest, digest);
+    PersistOptions o;
+    o.state_dir = t.dir.root;
+    Core started;
+    Persistence p(o);
+    ASSERT_EQ(p.start(started, Config{}, 1'000'000'000), 0);
+    EXPECT_EQ(started.next_order_id(), next + kRecoveryGap);
 }
 
 }  // namespace

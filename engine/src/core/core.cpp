@@ -220,15 +220,18 @@ void Core::on(const SessionOpen& e) {
 }
 
 // Answers an open: SESSION_STATE (the app's welcome), then, to the opening connection,
-//  * with last_seq == the latest seq: nothing more (resumed);
+//  * with last_seq == the latest seq handed out: nothing more (resumed);
 //  * with every record after last_seq still held: those records, original seqs and bytes but for
 //    an offer's expires_in_s, which says the time left now (resumed);
+//    either way its seq is the last one handed out, where the replay ends (below the counter
+//    after a recovery's jump, Deliveries::jump);
 //  * otherwise: a snapshot as fresh reliable records (not resumed): the final record of each of
 //    the actor's orders that ended after last_seq (a completed is never silently lost), then
 //    its live orders. Without last_seq, the live orders only.
 // A last_seq ahead of the counter is a number this engine never handed out (its state was
 // lost): numbering goes on above it, so the app's seqs keep growing, and every ended order
-// still retained is included.
+// still retained is included. One within reach that it never handed out (in a recovery's
+// jump: the lost journal tail numbered it) gets the snapshot too, numbered above the counter.
 void Core::resume(const dgdo_in_session& s, const std::string& who) {
     const dgdo_in_meta& m = s.meta;
     const Deliveries::Key key{m.role, who};
@@ -243,7 +246,7 @@ void Core::resume(const dgdo_in_session& s, const std::string& who) {
     auto st = blank<dgdo_out_session>();
     st.meta = to(m.role, who);
     st.meta.to_conn = m.conn;
-    st.seq = delivery_.latest(key);
+    st.seq = resumed ? (missed.empty() ? s.last_seq : seq_of(missed.back())) : delivery_.latest(key);
     st.resumed = resumed ? 1 : 0;
     emit(DGDO_OUT_SESSION_STATE, st);
     const size_t first = out_->size();
@@ -315,6 +318,11 @@ void Core::on(const SessionClose& e) {
                          it->second.conn == m.conn;
     reply(m, DGDO_RESULT_OK);
     if (current) close_session(key);
+}
+
+void Core::on(const Recovered& e) {
+    next_order_id_ += e.gap;
+    delivery_.jump(e.gap);
 }
 
 void Core::on(const WorkerDetached& e) {

@@ -31,6 +31,7 @@
 // wide_radius_m) decides every offer at once, in solves of at most
 // batch_max_orders; the unmatched wait for the next.
 //   WorkerDetached      SESSION_CLOSE for every session on that worker
+//   Recovered           nothing: the next order id and every seq counter move up by its gap
 //
 // Reliable records (ORDER_UPDATE, NEW_ORDER, CANCEL_ORDER) carry a seq per recipient and are
 // kept for resume in delivery_ (core/delivery.hpp), as deterministic as the rest.
@@ -66,6 +67,23 @@ struct Tick {
 struct WorkerDetached {
     uint16_t worker;
 };
+// The engine recovered from its state directory. Under --fsync interval or never a power loss
+// takes the journal's unsynced tail with it: the order ids and seqs that tail handed out would
+// be handed out again, to other orders and messages. So the next order id and every seq
+// counter move up by `gap` (kRecoveryGap) before anything else: journaled (and synced) like any
+// input, so that a replay jumps where the live engine did.
+struct Recovered {
+    uint64_t gap;
+};
+// Above anything a lost tail can have handed out. Under `never` the kernel writes back dirty
+// pages after ~30 s (dirty_expire_centisecs) + 5 s; under `interval`, 100 ms + one fdatasync,
+// seconds at worst. The engine takes at most a few 100k inputs/s (README: ~200k/s ingest per
+// host), each making at most one order id and a few reliable records: 35 s x 200k/s x 10 =
+// 7e7 < 2^32 / 60. Room: order ids stay below 2^53 (exact as JSON numbers in every client)
+// for 2^21 recoveries, and seqs below the router's 18-digit last_seq bound for 2^27; systemd
+// holds a crash loop to 5 starts per 120 s (StartLimitBurst), i.e. at most ~3600 a day.
+inline constexpr uint64_t kRecoveryGap = uint64_t{1} << 32;
+
 struct SessionOpen {
     dgdo_in_session rec;
 };
@@ -74,7 +92,8 @@ struct SessionClose {
 };
 
 using InputEvent = std::variant<SessionOpen, SessionClose, dgdo_in_driver_location, dgdo_in_driver_status,
-                                dgdo_in_ride_request, dgdo_in_order_command, dgdo_in_nearby, Tick, WorkerDetached>;
+                                dgdo_in_ride_request, dgdo_in_order_command, dgdo_in_nearby, Tick, WorkerDetached,
+                                Recovered>;
 
 // Decodes one inbound ring record; nullopt for an unknown type or a body whose
 // length is not exactly the struct's size.
@@ -167,6 +186,7 @@ private:
     void on(const dgdo_in_nearby& e);
     void on(const Tick& e);
     void on(const WorkerDetached& e);
+    void on(const Recovered& e);
 
     // Validation helpers: return a dgdo_result (OK = proceed).
     uint8_t check_actor(const dgdo_in_meta& m, uint8_t role) const;

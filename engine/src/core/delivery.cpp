@@ -40,7 +40,10 @@ IdKey key_of(const std::string& id) { return IdKey::of(id.data(), std::min<size_
 // ---- save / load encoding: little-endian whatever the host ----
 
 constexpr uint32_t kMagic = 0x4C444744;  // "DGDL"
-constexpr uint32_t kVersion = 1;
+// 2: each recipient's base, and the counter new recipients start at (jump()). Version 1
+// still loads: its histories were consecutive up to the counter, so base is the seq before
+// the oldest record (the counter when none is held), and nothing had jumped.
+constexpr uint32_t kVersion = 2;
 
 void put(std::string& out, uint64_t v, int bytes) {
     for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
@@ -128,17 +131,22 @@ uint32_t Deliveries::box(uint8_t role, const IdKey& id) {
     Box& b = boxes_.emplace_back();
     b.role = role;
     b.id = id;
+    b.seq = floor_;  // after a jump: above any seq a lost journal tail handed out to it
     const auto fresh = static_cast<uint32_t>(boxes_.size() - 1);
     index_.insert(hash(role, id), fresh);
     return fresh;
 }
 
 void Deliveries::push(Box& b, const Held& rec) {
-    if (depth_ == 0) return;
+    if (depth_ == 0) {
+        b.base = rec.seq();
+        return;
+    }
     if (b.ring.size() < depth_) {
         b.ring.push_back(rec);
         return;
     }
+    b.base = b.ring[b.head].seq();  // the oldest goes: a resume from it still replays the rest
     b.ring[b.head] = rec;
     b.head = (b.head + 1) % static_cast<uint32_t>(b.ring.size());
 }
@@ -185,31 +193,46 @@ void Deliveries::resent_final(const OutRecord& rec, uint64_t was) {
 
 uint64_t Deliveries::latest(const Key& k) const {
     const Box* b = find(k);
-    return b == nullptr ? 0 : b->seq;
+    return b == nullptr ? floor_ : b->seq;
 }
 
-// The history must stay a run of consecutive seqs ending at b.seq (since() relies on it):
-// across the jump nothing can be replayed, so it goes.
+// The history must stay every seq handed out after base (since() relies on it): the app
+// takes `seq` as handed out, and nothing can be replayed across the raise, so it goes.
 void Deliveries::raise(const Key& k, uint64_t seq) {
     Box& b = boxes_[box(k.first, key_of(k.second))];
     if (seq <= b.seq) return;
     b.seq = seq;
+    b.base = seq;
     std::vector<Held>().swap(b.ring);
     b.head = 0;
 }
 
+void Deliveries::jump(uint64_t gap) {
+    floor_ += gap;
+    for (Box& b : boxes_) b.seq += gap;
+}
+
+uint64_t Deliveries::issued(const Key& k) const {
+    const Box* b = find(k);
+    if (b == nullptr) return 0;
+    return b->ring.empty() ? b->base : b->ring[(b->head + b->ring.size() - 1) % b->ring.size()].seq();
+}
+
+// The seqs handed out to k that the engine still knows are base and the history's, in order
+// (see delivery.hpp): a last_seq that is one of them is continued from; any other is either
+// out of reach or was never handed out (a jump's gap), and replaying "what follows" it would
+// skip, unsaid, whatever the app took for it.
 bool Deliveries::since(const Key& k, uint64_t last_seq, std::vector<OutRecord>& out) const {
     const Box* found = find(k);
-    const uint64_t latest = found == nullptr ? 0 : found->seq;
-    if (last_seq > latest) return false;
-    if (last_seq == latest) return true;
-    const Box& b = *found;  // latest > 0: the box exists
-    // The history is a run of consecutive seqs ending at b.seq (see raise()).
-    if (b.ring.empty() || b.ring[b.head].seq() > last_seq + 1) return false;
+    if (found == nullptr) return last_seq == 0;  // nothing handed out: nothing missed from 0
+    const Box& b = *found;
+    if (last_seq > b.seq) return false;
+    bool from = last_seq == b.base;
     b.each([&](const Held& r) {
-        if (r.seq() > last_seq) out.push_back(r.record());
+        if (from) out.push_back(r.record());
+        else from = r.seq() == last_seq;
     });
-    return true;
+    return from;
 }
 
 void Deliveries::ended_since(const Key& k, uint64_t after, std::vector<OutRecord>& out) const {
@@ -230,6 +253,7 @@ void Deliveries::forget_order(uint64_t order) {
         Box& b = boxes_[i];
         b.ended.erase(order);
         if (--b.orders == 0) {
+            if (!b.ring.empty()) b.base = b.ring[(b.head + b.ring.size() - 1) % b.ring.size()].seq();
             std::vector<Held>().swap(b.ring);  // free it: idle recipients cost their counter only
             b.head = 0;
         }
@@ -258,7 +282,7 @@ std::size_t Deliveries::ended_total() const {
 }
 
 bool Deliveries::Box::operator==(const Box& o) const {
-    if (role != o.role || !(id == o.id) || seq != o.seq || orders != o.orders || ring.size() != o.ring.size() || ended != o.ended) return false;
+    if (role != o.role || !(id == o.id) || seq != o.seq || base != o.base || orders != o.orders || ring.size() != o.ring.size() || ended != o.ended) return false;
     for (std::size_t i = 0; i < ring.size(); ++i)
         if (!(ring[(head + i) % ring.size()] == o.ring[(o.head + i) % o.ring.size()])) return false;
     return true;
@@ -266,7 +290,7 @@ bool Deliveries::Box::operator==(const Box& o) const {
 
 // Equal state, whatever order the recipients were first seen in.
 bool Deliveries::operator==(const Deliveries& o) const {
-    if (depth_ != o.depth_ || boxes_.size() != o.boxes_.size() || recipients_of_.size() != o.recipients_of_.size())
+    if (depth_ != o.depth_ || floor_ != o.floor_ || boxes_.size() != o.boxes_.size() || recipients_of_.size() != o.recipients_of_.size())
         return false;
     for (const Box& b : boxes_) {
         const uint32_t i = o.find(b.role, b.id);
@@ -284,9 +308,9 @@ bool Deliveries::operator==(const Deliveries& o) const {
 // ---- save / load ------------------------------------------------------------------------
 //
 // Layout (all little-endian):
-//   u32 magic "DGDL", u32 version
+//   u32 magic "DGDL", u32 version, u64 floor (version 2)
 //   u32 recipients, then per recipient in key order:
-//     key (u8 role, u8 len, id), u64 seq,
+//     key (u8 role, u8 len, id), u64 seq, u64 base (version 2),
 //     u32 n, n records oldest first (u32 type, u32 len, body),
 //     u32 orders with final records, per order in id order: u64 order, u32 n, n records
 //   u32 orders with recipients, per order in id order: u64 order, u32 n, n keys in first-stamp order
@@ -302,11 +326,13 @@ void Deliveries::save(std::string& out) const {
     std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
     put(out, kMagic, 4);
     put(out, kVersion, 4);
+    put(out, floor_, 8);
     put(out, sorted.size(), 4);
     for (const auto& [key, box] : sorted) {
         const Box& b = *box;
         put_key(out, key);
         put(out, b.seq, 8);
+        put(out, b.base, 8);
         put(out, b.ring.size(), 4);
         b.each(put_held);
         put(out, b.ended.size(), 4);
@@ -343,8 +369,11 @@ bool Deliveries::load(const uint8_t*& p, const uint8_t* end) {
         in.p += n;
         return true;
     };
-    if (in.get(4) != kMagic || in.get(4) != kVersion || !in.ok) return false;
+    if (in.get(4) != kMagic) return false;
+    const uint64_t version = in.get(4);
+    if (!in.ok || version < 1 || version > kVersion) return false;
     Deliveries fresh(depth_);  // built aside: this one stays as it was until all is read
+    if (version >= 2) fresh.floor_ = in.get(8);
     std::vector<std::pair<uint64_t, std::vector<Key>>> orders;
     uint64_t nboxes = 0;
     if (!in.count(nboxes, 18)) return false;
@@ -355,12 +384,15 @@ bool Deliveries::load(const uint8_t*& p, const uint8_t* end) {
         if (fresh.find(k.first, id) != IdTable::kNone) return false;  // a recipient twice: corrupt
         Box& b = fresh.boxes_[fresh.box(k.first, id)];
         b.seq = in.get(8);
+        if (version >= 2) b.base = in.get(8);
         uint64_t n = 0;
         if (!in.count(n, 8)) return false;
         std::vector<Held> ring(n);
         for (Held& r : ring)
             if (!held(r)) return false;
+        if (version < 2) b.base = ring.empty() ? b.seq : ring.front().seq() - 1;  // consecutive up to seq
         const size_t keep = std::min<size_t>(ring.size(), depth_);  // a smaller depth now: the newest
+        if (keep < ring.size()) b.base = ring[ring.size() - keep - 1].seq();
         b.ring.assign(ring.end() - static_cast<std::ptrdiff_t>(keep), ring.end());
         uint64_t nended = 0;
         if (!in.count(nended, 12)) return false;
@@ -394,6 +426,7 @@ bool Deliveries::load(const uint8_t*& p, const uint8_t* end) {
             ++fresh.boxes_[i].orders;
         }
     }
+    floor_ = fresh.floor_;
     boxes_ = std::move(fresh.boxes_);
     index_ = std::move(fresh.index_);
     recipients_of_ = std::move(fresh.recipients_of_);

@@ -5,10 +5,18 @@
 // that an app reconnecting with `last_seq` gets what it missed, in order, from
 // whichever sidecar worker it lands on. Kept per recipient:
 //
-//   seq      the latest number handed out. Never dropped: a recipient's
-//            numbering only ever grows, so a last_seq from before is never
-//            mistaken for a point in a new numbering.
-//   history  the last `depth` records (Config::history_depth), oldest first.
+//   seq      the counter: the latest number handed out, or above it after a
+//            recovery (jump()). Never dropped: a recipient's numbering only
+//            ever grows, so a last_seq from before is never mistaken for a point
+//            in a new numbering.
+//   history  the last `depth` records (Config::history_depth), oldest first:
+//            every seq handed out after `base`, in order. Seqs are consecutive
+//            except across a jump, which leaves a gap of seqs never handed out.
+//   base     the latest seq handed out before the history's oldest record (0 =
+//            none). The seqs an app can hold that a resume continues from are
+//            base and the history's: any other last_seq within reach is one
+//            the engine never handed out (a jump's gap: a lost journal tail
+//            numbered it for a message that no longer exists), not resumed.
 //   ended    per order, the last word this recipient got about it: the terminal
 //            ORDER_UPDATE, or the CANCEL_ORDER that ended a driver's part. A
 //            resume that cannot replay sends these again (fresh seqs) with the
@@ -69,15 +77,26 @@ public:
     // against the number it was last sent under (an app that lost the resend gets it again).
     void resent_final(const OutRecord& rec, uint64_t was);
 
-    // The latest seq handed out to `k` (0 = none yet).
+    // The counter of `k`: the latest seq handed out to it, or above that after a jump; the
+    // next one is latest() + 1 (0 = none yet and no jump).
     uint64_t latest(const Key& k) const;
     // The app counts beyond what this engine handed out (its state was lost): number
     // on above `seq`, so the app's numbering stays increasing. The history is dropped:
     // nothing can be replayed across the jump.
     void raise(const Key& k, uint64_t seq);
+    // The engine recovered from its state directory, whose unsynced tail may have been lost
+    // with seqs it had handed out: every counter, and the one a new recipient starts from,
+    // moves `gap` up, so that no seq is handed out twice. Histories stay (their seqs were
+    // handed out): a resume from one of them replays across the gap.
+    void jump(uint64_t gap);
     // Copies of the records to `k` after `last_seq`, oldest first, appended to `out`; false
-    // (and `out` untouched) when some are no longer held or last_seq is ahead of the counter.
+    // (and `out` untouched) when some are no longer held, or last_seq is not a seq the engine
+    // handed out to `k` (ahead of the counter, or in a jump's gap: see base). 0 (nothing
+    // processed) is always one.
     bool since(const Key& k, uint64_t last_seq, std::vector<OutRecord>& out) const;
+    // The latest seq actually handed out to `k` (below latest() after a jump): where a
+    // replay from since() ends.
+    uint64_t issued(const Key& k) const;
     // Copies of the final records to `k` whose seq is above `after`, in seq order.
     void ended_since(const Key& k, uint64_t after, std::vector<OutRecord>& out) const;
     // The core forgot `order`: drop its final records; recipients no held order refers
@@ -113,7 +132,8 @@ private:
     struct Box {
         uint8_t role = 0;
         IdKey id;                 // the recipient's id bytes (ids are at most 36 chars: all in id.w)
-        uint64_t seq = 0;         // latest handed out
+        uint64_t seq = 0;         // the counter: latest handed out, or above it after a jump
+        uint64_t base = 0;        // latest handed out before ring's oldest (see the file comment)
         uint32_t orders = 0;      // orders in recipients_of_ that name this box
         uint32_t head = 0;        // oldest record in ring once it is full
         std::vector<Held> ring;   // history; grows to depth_, then wraps
@@ -132,6 +152,7 @@ private:
     void push(Box& b, const Held& rec);
 
     uint32_t depth_;
+    uint64_t floor_ = 0;     // the counter a recipient first seen now starts at: the jumps so far
     std::deque<Box> boxes_;  // dense, never erased
     IdTable index_;          // (role, id) -> index into boxes_
     std::unordered_map<uint64_t, std::vector<uint32_t>> recipients_of_;  // order -> boxes that got records about it

@@ -58,9 +58,11 @@ namespace {
 constexpr uint32_t kMagic = 0x53434744u;  // "DGCS"
 // 2: a session's opened_ns (late opens from another worker are told to close: Core::on(SessionOpen)).
 // Version 1 still loads, with opened_ns 0: every later open is newer, as version 1 took them.
-// 3: an order's `matched` (bit 1 of its flags byte, beside estimate_sent). Versions 1 and 2 load
-// with matched set on the orders a driver holds or completed: one that an older engine saw
-// accepted, then given up, is counted again if accepted again (once).
+// 3: an order's `matched` (bit 1 of its flags byte, beside estimate_sent), and the deliveries'
+// format 2 inside (Deliveries::jump: each recipient's base, the counter new recipients start at).
+// Versions 1 and 2 still load: their deliveries are format 1, and matched is set on the orders a
+// driver holds or completed (one that an older engine saw accepted, then given up, is counted
+// again if accepted again, once).
 constexpr uint32_t kVersion = 3;
 constexpr uint8_t kEstimateSent = 1, kMatched = 2;  // OrderFixed::flags
 

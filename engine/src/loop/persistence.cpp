@@ -79,6 +79,9 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
         recent.emplace_back(fingerprint(type, payload, len), answered ? out.front() : OutRecord{});
         if (recent.size() > kRecentRecords) recent.pop_front();
     };
+    // An engine ran here before: a journal segment (it is made, and synced, at the first start)
+    // or a snapshot. Even one whose every record was lost handed out ids and seqs.
+    const bool used = !list_segments(dir_.journal()).empty() || !list_snapshots(dir_.snapshots()).empty();
     RecoverOptions ro;
     ro.each = &remember;
     const Recovery r = recover(core, cfg, dir_, ro);
@@ -123,6 +126,29 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
     if (const int rc = journal_->open(r.end); rc != 0) {
         std::fprintf(stderr, "dgdo-engine: ! journal %s: %s\n", jo.dir.c_str(), std::strerror(-rc));
         return rc;
+    }
+    // A state directory used before: the journal's tail may have been lost (power loss under
+    // interval or never) with the order ids and seqs it handed out. Jump past them before anything
+    // goes out, and put the jump on disk first whatever the policy: a second loss must not take it
+    // back. A fresh directory needs no jump, but its first segment must outlive a power loss
+    // (whatever the policy), or the next start would take the directory for a fresh one.
+    if (!used) {
+        if (const int rc = journal_->sync_now(); rc != 0) {
+            std::fprintf(stderr, "dgdo-engine: ! journal %s: %s\n", jo.dir.c_str(), std::strerror(-rc));
+            return rc;
+        }
+    } else {
+        const Recovered jump{kRecoveryGap};
+        journal_->add(jump);
+        int rc = journal_->commit();
+        if (rc == 0) rc = journal_->sync_now();
+        if (rc != 0) {
+            std::fprintf(stderr, "dgdo-engine: ! journal %s: the recovery's id jump is not on disk: %s\n",
+                         jo.dir.c_str(), std::strerror(-rc));
+            return rc;
+        }
+        std::vector<OutRecord> none;  // it makes none
+        core.apply(jump, none);
     }
     snapshots_ = std::make_unique<SnapshotWriter>(dir_.snapshots(), dir_.journal(), opt_.snapshot_keep);
     last_snapshot_index_ = r.snapshot.empty() ? 1 : r.snapshot_index;

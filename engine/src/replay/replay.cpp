@@ -120,6 +120,9 @@ Described describe_input(const InputEvent& ev) {
             } else if constexpr (std::is_same_v<T, WorkerDetached>) {
                 d = {"worker " + std::to_string(e.worker) + " detached",
                      "{\"kind\":\"worker_detached\",\"worker\":" + std::to_string(e.worker) + "}"};
+            } else if constexpr (std::is_same_v<T, Recovered>) {
+                d = {"recovered: ids and seqs jump by " + std::to_string(e.gap),
+                     "{\"kind\":\"recovered\",\"gap\":" + std::to_string(e.gap) + "}"};
             } else if constexpr (std::is_same_v<T, SessionOpen> || std::is_same_v<T, SessionClose>) {
                 const char* k = std::is_same_v<T, SessionOpen> ? "session_open" : "session_close";
                 d = {std::string(k) + " " + who(e.rec.meta), std::string("{\"kind\":\"") + k + "\"," + jwho(e.rec.meta) + "}"};

@@ -131,6 +131,9 @@ void encode_input(const InputEvent& ev, int32_t& type, std::string& payload) {
                 type = JOURNAL_WORKER_DETACHED;
                 const uint64_t w = e.worker;  // u16 worker in 8 bytes
                 bytes(w);
+            } else if constexpr (std::is_same_v<T, Recovered>) {
+                type = JOURNAL_RECOVERED;
+                bytes(e.gap);
             } else {
                 static_assert(sizeof(T) == 0, "every input needs a journal encoding");
             }
@@ -148,6 +151,10 @@ std::optional<InputEvent> decode_input(int32_t type, const uint8_t* payload, uin
         const uint64_t w = load<uint64_t>(payload);
         if (w > UINT16_MAX) return std::nullopt;
         return InputEvent{WorkerDetached{static_cast<uint16_t>(w)}};
+    }
+    if (type == JOURNAL_RECOVERED) {
+        if (len != 8) return std::nullopt;
+        return InputEvent{Recovered{load<uint64_t>(payload)}};
     }
     return decode_inbound(type, payload, len);
 }
@@ -423,6 +430,12 @@ int JournalWriter::sync_before_publish() {
     if (opt_.fsync != FsyncPolicy::Batch || !dirty_) return 0;
     dirty_ = false;
     return fdatasync(fd_) == 0 ? 0 : -errno;
+}
+
+int JournalWriter::sync_now() {
+    if (fdatasync(fd_) != 0) return -errno;
+    dirty_ = false;
+    return fsync_dir(opt_.dir);
 }
 
 void JournalWriter::sync_loop() {

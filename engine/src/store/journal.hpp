@@ -53,6 +53,7 @@ namespace dgdo {
 enum JournalType : int32_t {
     JOURNAL_TICK = 1000,             // payload u64 now_ns
     JOURNAL_WORKER_DETACHED = 1001,  // payload u16 worker, 6 bytes zero
+    JOURNAL_RECOVERED = 1002,        // payload u64 gap (Recovered: the first record after a recovery)
 };
 
 inline constexpr uint64_t kJournalMagic = 0x314E524A4F444744ull;  // "DGDOJRN1"
@@ -133,6 +134,9 @@ public:
     int commit();
     // FsyncPolicy::Batch: fdatasync now, before the batch's outputs go out. Others: nothing.
     int sync_before_publish();
+    // fdatasync now, whatever the policy (and the directory: the segment may be new). The
+    // record of a recovery's jump must survive a second power loss before anything goes out.
+    int sync_now();
     // Closes the current segment and starts one at next_index() (snapshots do, so the
     // segments before them can be removed whole).
     int rotate();
