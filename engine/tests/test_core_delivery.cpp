@@ -559,12 +559,15 @@ TEST(CoreDelivery, AfterAJumpALastSeqTheEngineNeverHandedOutIsNotResumed) {
         Harness h(c);
         const uint64_t a = ride_with_d1(h);  // p1: searching 1, accepted 2
         h.step(Recovered{G});
+        // Each open is a new connection: the same connection's open again is answered with
+        // where it stands, no snapshot (Core::on(SessionOpen)).
+        uint32_t conn = 7;
         // Before anything new: 2 is where it stands; G + 2 (the counter) was never handed out.
-        auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7, 2);
+        auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, conn++, 2);
         EXPECT_EQ(session_state(out).resumed, 1) << depth;
         EXPECT_EQ(session_state(out).seq, 2u) << depth;  // where the (empty) replay ends
         EXPECT_TRUE(seqs_to(out, DGDO_ROLE_PASSENGER, "p1").empty());
-        out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7, G + 2);
+        out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, conn++, G + 2);
         EXPECT_EQ(session_state(out).resumed, 0) << depth;
         EXPECT_EQ(session_state(out).seq, G + 2) << depth;
         EXPECT_EQ(seqs_to(out, DGDO_ROLE_PASSENGER, "p1"), std::vector<uint64_t>{G + 3});  // the live order
@@ -578,7 +581,7 @@ TEST(CoreDelivery, AfterAJumpALastSeqTheEngineNeverHandedOutIsNotResumed) {
         for (const auto& r : missed) got.push_back(seq_of(r));
         EXPECT_EQ(got, (std::vector<uint64_t>{G + 3, G + 4})) << depth;
         for (uint64_t never : {uint64_t{3}, uint64_t{1000}, G, G + 1, G + 2}) {
-            out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 8, never);
+            out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, conn++, never);
             const auto st = session_state(out);
             EXPECT_EQ(st.resumed, 0) << depth << " " << never;
             EXPECT_GE(st.seq, never) << never;  // the app's numbering never goes back
@@ -588,7 +591,7 @@ TEST(CoreDelivery, AfterAJumpALastSeqTheEngineNeverHandedOutIsNotResumed) {
             EXPECT_EQ(statuses_to(out, DGDO_ROLE_PASSENGER, "p1"), std::vector<uint8_t>{DGDO_ORDER_ARRIVED});
         }
         const uint64_t now = h.core.deliveries().issued(kP1);
-        out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 9, now);  // one it was handed out: resumed
+        out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, conn++, now);  // one it was handed out: resumed
         EXPECT_EQ(session_state(out).resumed, 1) << depth;
         EXPECT_EQ(session_state(out).seq, now);
     }
