@@ -91,6 +91,8 @@ def test_units_say_what_the_deployment_relies_on() -> None:
     # leave the unit failed. network.target orders it only after the network stack is started.
     assert "network-online.target" in wants and "network-online.target" in after
     assert "--state-dir /var/lib/dgdo" in engine["ExecStart"][0] and engine["StateDirectory"] == ["dgdo"]
+    # The engine jumps its ids only on a new boot, and ProcSubset=pid hides the boot id from it.
+    assert engine["ProcSubset"] == ["pid"] and "DGDO_BOOT_ID=%b" in engine["Environment"]
     assert engine["RuntimeDirectory"] == ["dgdo"] and "RuntimeDirectory" not in sidecar  # one owner of /run/dgdo
     assert "--control /run/dgdo/engine.sock" in engine["ExecStart"][0]
     assert "--control /run/dgdo/engine.sock" in sidecar["ExecStart"][0] and "--worker %i" in sidecar["ExecStart"][0]

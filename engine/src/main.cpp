@@ -49,7 +49,9 @@ int main(int argc, char** argv) {
     clock_gettime(CLOCK_REALTIME, &ts);
     const uint64_t epoch = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 
-    dgdo::EventLoop loop(*opt, epoch);
+    dgdo::Options run = *opt;
+    run.persist.boot_id = dgdo::current_boot_id();
+    dgdo::EventLoop loop(run, epoch);
     if (const int rc = loop.init(); rc != 0) {
         if (rc == -EADDRINUSE)
             std::fprintf(stderr,

@@ -695,5 +695,46 @@ TEST(Persistence, AJournalFromBeforeTheJumpStillRecoversAndThenJumps) {
     EXPECT_EQ(started.next_order_id(), next + kRecoveryGap);
 }
 
+// A start on the boot that wrote the state directory last lost nothing (the kernel still holds
+// every write): no jump. A start under another boot (the power went, or a reboot) jumps, once:
+// the boot file then names the new boot.
+TEST(Persistence, OnlyTheFirstStartOnANewBootJumps) {
+    TempStateDir t;
+    PersistOptions o;
+    o.state_dir = t.dir.root;
+    o.fsync = FsyncPolicy::Never;
+    o.boot_id = "boot-a";
+    Harness h;  // input builders
+    uint64_t next = 0;  // the next order id when the last engine stopped
+    auto start = [&](const std::string& boot, size_t rides_from) {
+        o.boot_id = boot;
+        Core core;
+        Persistence p(o);
+        EXPECT_EQ(p.start(core, Config{}, 1'000'000'000), 0);
+        const uint64_t at_start = core.next_order_id();
+        for (const auto& in : rides(h, rides_from, 2)) {  // the engine goes on: two more orders
+            p.add(in);
+            EXPECT_TRUE(p.commit());
+            std::vector<OutRecord> out;
+            core.apply(in, out);
+        }
+        next = core.next_order_id();
+        return at_start;
+    };
+    EXPECT_EQ(start("boot-a", 0), Core{}.next_order_id());  // fresh: no jump
+    uint64_t stopped = next;
+    EXPECT_EQ(start("boot-a", 10), stopped);  // killed and restarted on the same boot: no jump
+    stopped = next;
+    EXPECT_EQ(start("boot-b", 20), stopped + kRecoveryGap);  // the machine restarted: a jump
+    stopped = next;
+    EXPECT_EQ(start("boot-b", 30), stopped);  // the same new boot again: none
+    stopped = next;
+    EXPECT_EQ(start("", 40), stopped + kRecoveryGap);  // a boot it cannot tell: a jump, to be safe
+    std::ifstream f(t.dir.root + "/boot");
+    std::string named;
+    std::getline(f, named);
+    EXPECT_EQ(named, "boot-b");  // (an unknown boot is never written)
+}
+
 }  // namespace
 }  // namespace dgdo::test

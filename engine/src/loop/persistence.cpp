@@ -11,8 +11,10 @@
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <fstream>
 
 #include "core/state_io.hpp"
 #include "loop/journal_log.hpp"
@@ -38,7 +40,38 @@ uint64_t fingerprint(int32_t type, const uint8_t* body, uint32_t len) {
     return io::hash64(body, len) ^ (static_cast<uint64_t>(static_cast<uint32_t>(type)) * 0x9E3779B97F4A7C15ull);
 }
 
+// The boot id the last start wrote in the state directory ("" if none: a directory from before
+// the file existed, or one an engine never started on).
+std::string stored_boot_id(const std::string& path) {
+    std::ifstream f(path);
+    std::string id;
+    std::getline(f, id);
+    return id;
+}
+
+// Written whole or not at all (a temp file renamed over it), and synced: 0 or -errno.
+int store_boot_id(const std::string& path, const std::string& id) {
+    const std::string tmp = path + ".tmp";
+    const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return -errno;
+    const std::string line = id + "\n";
+    int rc = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) ? 0 : (errno ? -errno : -EIO);
+    if (rc == 0 && fdatasync(fd) != 0) rc = -errno;
+    close(fd);
+    if (rc == 0 && rename(tmp.c_str(), path.c_str()) != 0) rc = -errno;
+    if (rc != 0) return rc;
+    return fsync_dir(path.substr(0, path.rfind('/')));
+}
+
 }  // namespace
+
+std::string current_boot_id() {
+    if (const char* v = std::getenv("DGDO_BOOT_ID"); v != nullptr && *v != '\0') return v;
+    // The kernel writes it as a UUID; systemd's %b is the same 128 bits without the dashes.
+    std::string id = stored_boot_id("/proc/sys/kernel/random/boot_id");
+    id.erase(std::remove(id.begin(), id.end(), '-'), id.end());
+    return id;
+}
 
 Persistence::Persistence(PersistOptions opt) : opt_(std::move(opt)), dir_{opt_.state_dir} {}
 
@@ -127,17 +160,21 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
         std::fprintf(stderr, "dgdo-engine: ! journal %s: %s\n", jo.dir.c_str(), std::strerror(-rc));
         return rc;
     }
-    // A state directory used before: the journal's tail may have been lost (power loss under
-    // interval or never) with the order ids and seqs it handed out. Jump past them before anything
-    // goes out, and put the jump on disk first whatever the policy: a second loss must not take it
-    // back. A fresh directory needs no jump, but its first segment must outlive a power loss
-    // (whatever the policy), or the next start would take the directory for a fresh one.
+    // A state directory used before, last by an engine under another kernel (or one we cannot
+    // tell): the journal's tail may have been lost (power loss or panic under interval or never)
+    // with the order ids and seqs it handed out. Jump past them before anything goes out, and put
+    // the jump on disk first whatever the policy: a second loss must not take it back. On the same
+    // boot (a crash, kill -9, a restart) nothing written was lost: no jump. A fresh directory
+    // needs none either, but its first segment must outlive a power loss (whatever the policy), or
+    // the next start would take the directory for a fresh one.
+    const std::string boot_path = dir_.root + "/boot";
+    const std::string last_boot = stored_boot_id(boot_path);
     if (!used) {
         if (const int rc = journal_->sync_now(); rc != 0) {
             std::fprintf(stderr, "dgdo-engine: ! journal %s: %s\n", jo.dir.c_str(), std::strerror(-rc));
             return rc;
         }
-    } else {
+    } else if (opt_.boot_id.empty() || last_boot != opt_.boot_id) {
         const Recovered jump{kRecoveryGap};
         journal_->add(jump);
         int rc = journal_->commit();
@@ -149,7 +186,15 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
         }
         std::vector<OutRecord> none;  // it makes none
         core.apply(jump, none);
+        std::fprintf(stderr, "dgdo-engine: = first start on this boot: order ids and seqs jump by %" PRIu64 "\n",
+                     kRecoveryGap);
     }
+    // After the jump is on disk: a boot file that names this boot vouches for everything before.
+    // If it cannot be written, the next start on this boot jumps once more: harmless.
+    if (!opt_.boot_id.empty() && last_boot != opt_.boot_id)
+        if (const int rc = store_boot_id(boot_path, opt_.boot_id); rc != 0)
+            std::fprintf(stderr, "dgdo-engine: ! %s: %s (the next start jumps ids again)\n", boot_path.c_str(),
+                         std::strerror(-rc));
     snapshots_ = std::make_unique<SnapshotWriter>(dir_.snapshots(), dir_.journal(), opt_.snapshot_keep);
     last_snapshot_index_ = r.snapshot.empty() ? 1 : r.snapshot_index;
     last_snapshot_ns_ = mono_now_ns;

@@ -27,7 +27,15 @@ struct PersistOptions {
     uint64_t snapshot_every_records = 1000000;
     uint64_t snapshot_keep = 10;  // snapshots kept, and the journal since the oldest: replay's history
     uint64_t segment_bytes = 64ull << 20;
+    // The running kernel's boot id ("" = unknown): while one kernel runs, everything an engine
+    // wrote to the state directory is readable again (the page cache holds what is not yet on
+    // disk), so a restart on the same boot has lost nothing and makes no id jump.
+    std::string boot_id;
 };
+
+// This boot's id: $DGDO_BOOT_ID (the systemd unit passes %b: its ProcSubset=pid hides /proc/sys),
+// else /proc/sys/kernel/random/boot_id, else "" (every start on a used directory then jumps).
+std::string current_boot_id();
 
 class Persistence {
 public:
