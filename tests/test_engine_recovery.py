@@ -477,8 +477,10 @@ async def test_a_torn_journal_tail_is_cut_but_damage_before_it_refuses_the_start
     files = _journal_files(state_dir)
     last = sorted(files)[-1]
     offsets = _record_offsets(files[last])
-    assert len(offsets) > 20
-    bad = offsets[len(offsets) // 2]  # a record in the middle: many good ones follow it
+    # The inputs above make at least 14 records (2 opens, 7 requests, 5 cancels), ticks more or
+    # fewer as the machine runs: the one in the middle has several good ones after it.
+    assert len(offsets) >= 10
+    bad = offsets[len(offsets) // 2]
     damaged = bytearray(files[last])
     damaged[bad + 16] ^= 1  # its type: the checksum no longer holds
     (journal / last).write_bytes(damaged)
