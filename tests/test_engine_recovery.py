@@ -42,6 +42,16 @@ def durable(engine_bin: Path, state_dir: str) -> Iterator[Split]:
     stop_split(s)
 
 
+async def ride_accepted(pax: AppClient, driver: AppClient) -> dict[str, Any]:
+    """The passenger's ride request, offered to the driver and accepted: the passenger's update."""
+    await pax.send({"type": "ride_request", "id": "r1", "pickup": PICKUP, "dropoff": DROPOFF})
+    order_id = (await pax.expect("ack", id="r1"))["order_id"]
+    await driver.expect("new_order", order_id=order_id)
+    await driver.send({"type": "order_accept", "order_id": order_id, "id": "acc"})
+    await driver.expect("ack", id="acc")
+    return await pax.expect("order_update", order_id=order_id, status="accepted")
+
+
 def kill_and_restart(s: Split, state_dir: str) -> None:
     """kill -9 of the engine, then the same engine on the same state dir (fsync batch), healthy again."""
     assert s.engine is not None
@@ -58,12 +68,7 @@ async def test_an_accepted_order_survives_kill_9_of_the_engine_with_its_id_and_d
     driver = await online_driver(durable.url, "d1")
     pax = await AppClient.open(f"{durable.url}/ws/passenger/p1")
     await pax.expect("welcome")
-    await pax.send({"type": "ride_request", "id": "r1", "pickup": PICKUP, "dropoff": DROPOFF})
-    order_id = (await pax.expect("ack", id="r1"))["order_id"]
-    await driver.expect("new_order", order_id=order_id)
-    await driver.send({"type": "order_accept", "order_id": order_id, "id": "acc"})
-    await driver.expect("ack", id="acc")
-    await pax.expect("order_update", order_id=order_id, status="accepted")
+    order_id = (await ride_accepted(pax, driver))["order_id"]
 
     kill_and_restart(durable, state_dir)
 
@@ -562,12 +567,8 @@ async def test_after_a_lost_journal_tail_no_order_id_is_reused_and_a_last_seq_fr
         driver = await online_driver(s.url, "d1")
         pax = await AppClient.open(f"{s.url}/ws/passenger/p1")
         await pax.expect("welcome")
-        await pax.send({"type": "ride_request", "id": "r1", "pickup": PICKUP, "dropoff": DROPOFF})
-        first = (await pax.expect("ack", id="r1"))["order_id"]
-        await driver.expect("new_order", order_id=first)
-        await driver.send({"type": "order_accept", "order_id": first, "id": "acc"})
-        await driver.expect("ack", id="acc")
-        accepted = await pax.expect("order_update", order_id=first, status="accepted")
+        accepted = await ride_accepted(pax, driver)
+        first = accepted["order_id"]
         assert accepted["seq"] == 2
         # What the disk holds when the power goes: everything up to here (journaled before it was sent).
         segment = sorted(Path(state_dir, "journal").glob("*.dgj"))[-1]
