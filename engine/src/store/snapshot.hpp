@@ -24,8 +24,8 @@
 namespace dgdo {
 
 inline constexpr uint64_t kSnapshotMagic = 0x31504E534F444744ull;  // "DGDOSNP1"
-// 2: Core::save() version 2 inside; 3: version 3 (a recovery's jump). Versions 1..kSnapshotVersion
-// are read; a newer one is refused whole.
+// 2: Core::save() version 2 inside; 3: version 3 (a recovery's jump, an order's matched).
+// Versions 1..kSnapshotVersion are read; a newer one is refused whole.
 inline constexpr uint32_t kSnapshotVersion = 3;
 inline constexpr uint32_t kSnapshotHeader = 64;
 
