@@ -597,6 +597,25 @@ TEST(CoreDelivery, AfterAJumpALastSeqTheEngineNeverHandedOutIsNotResumed) {
     }
 }
 
+// The same connection's open again (carried over, then re-announced) after a jump is resumed like
+// the first: its seq says the last one handed out, not the counter above the gap (a resumed
+// SESSION_STATE's seq is where the replay ends; nothing was handed out at G + 2).
+TEST(CoreDelivery, AfterAJumpTheSameOpenOfTheSameConnectionAgainSaysTheLastSeqHandedOut) {
+    constexpr uint64_t G = kRecoveryGap;
+    Harness h;
+    ride_with_d1(h);  // p1: 1, 2
+    h.step(Recovered{G});
+    const uint64_t upgraded = h.now;
+    auto first = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7, 2, upgraded);
+    ASSERT_EQ(session_state(first).resumed, 1);
+    ASSERT_EQ(session_state(first).seq, 2u);
+    auto again = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7, 2, upgraded);
+    ASSERT_EQ(of_type(again, DGDO_OUT_SESSION_STATE).size(), 1u);
+    EXPECT_EQ(session_state(again).resumed, 1);
+    EXPECT_EQ(session_state(again).seq, 2u);
+    EXPECT_TRUE(seqs_to(again, DGDO_ROLE_PASSENGER, "p1").empty());
+}
+
 TEST(CoreDelivery, AfterAJumpARecipientFirstSeenWithALastSeqGetsASnapshotNumberedAboveTheGap) {
     Harness h;
     h.step(Recovered{kRecoveryGap});

@@ -180,12 +180,13 @@ void Core::on(const SessionOpen& e) {
     Session& s = sessions_[{m.role, who}];
     // This very connection's open again (its upgrade time says so): its sidecar carried the first
     // over from a dead engine's ring, then re-announced the session. It is open, and its welcome
-    // and snapshot went out with the first: say where it stands, with nothing to replay.
+    // and snapshot went out with the first: say where it stands, with nothing to replay (resumed:
+    // the last seq handed out, as resume() says it, not the counter above a recovery's jump).
     if (s.open && s.worker == m.worker && s.conn == m.conn && s.opened_ns == m.recv_ns) {
         auto st = blank<dgdo_out_session>();
         st.meta = to(m.role, who);
         st.meta.to_conn = m.conn;
-        st.seq = delivery_.latest({m.role, who});
+        st.seq = delivery_.issued({m.role, who});
         st.resumed = 1;
         emit(DGDO_OUT_SESSION_STATE, st);
         return;
