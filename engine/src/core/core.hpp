@@ -67,7 +67,8 @@ struct Tick {
 struct WorkerDetached {
     uint16_t worker;
 };
-// The engine recovered from its state directory. Under --fsync interval or never a power loss
+// The engine recovered from its state directory, on its first start since the machine restarted
+// (Persistence::start: the state directory's boot file). Under --fsync interval or never a power loss
 // takes the journal's unsynced tail with it: the order ids and seqs that tail handed out would
 // be handed out again, to other orders and messages. So the next order id and every seq
 // counter move up by `gap` (kRecoveryGap) before anything else: journaled (and synced) like any
