@@ -83,17 +83,6 @@ TEST(CoreCancel, PassengerCancelAfterAcceptFreesTheDriver) {
     EXPECT_EQ(h.core.find_order(next)->driver, "d1");
 }
 
-TEST(CoreCancel, PassengerCannotCancelAStartedTrip) {
-    Harness h;
-    h.online("d1", at(100));
-    const uint64_t id = h.order_for("p1");
-    h.driver_cmd("d1", id, DGDO_CMD_ACCEPT);
-    h.driver_cmd("d1", id, DGDO_CMD_ARRIVED);
-    h.driver_cmd("d1", id, DGDO_CMD_START);
-    EXPECT_EQ(result_of(h.passenger_cmd("p1", id, DGDO_CMD_CANCEL)), DGDO_RESULT_CONFLICT);
-    EXPECT_EQ(h.state(id), OrderState::Started);
-}
-
 // protocol.md (order_cancel): once the trip has started the passenger is aboard: neither side can
 // cancel it (a driver's cancel would send a ride in progress back into search); the driver ends
 // it with trip_complete.
