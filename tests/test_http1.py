@@ -47,6 +47,9 @@ def test_a_repeated_field_is_joined_and_upgrade_found_in_a_list() -> None:
     (b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", 400),  # obsolete line folding
     (b"GET / HTTP/1.1\r\n\xff: a\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\n" + b"X: a\r\n" * (http1.MAX_HEADERS + 1) + b"\r\n", 431),
+    # RFC 9112 §3.2: more than one Host line is a 400, in any version (which host would it be?)
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"GET / HTTP/1.0\r\nhost: a\r\nHOST: a\r\n\r\n", 400),
 ])
 def test_malformed_heads_are_refused_with_their_status(raw: bytes, status: int) -> None:
     with pytest.raises(http1.BadRequest) as e:

@@ -37,7 +37,8 @@ class BadRequest(Exception):
 @dataclass(frozen=True, slots=True)
 class Head:
     """A parsed request head. Header names are lower-cased; a repeated field's values are joined
-    with ", " (RFC 9110 §5.3), which is how every field read here may be combined."""
+    with ", " (RFC 9110 §5.3), which is how every field read here may be combined, but for Host,
+    which may appear once (`parse_head` refuses a second)."""
 
     method: bytes
     target: bytes
@@ -71,8 +72,8 @@ def parse_head(raw: bytes) -> Head:
     """Parses a head (as delimited by `head_size`, the empty line optional).
 
     Raises:
-        BadRequest: 400 for a malformed request line or field, 505 for an HTTP version other
-            than 1.0 and 1.1 (HTTP/2 and /0.9 are not spoken here).
+        BadRequest: 400 for a malformed request line or field or a second Host line, 505 for an
+            HTTP version other than 1.0 and 1.1 (HTTP/2 and /0.9 are not spoken here).
     """
     lines = raw.rstrip(b"\r\n").split(b"\r\n")
     parts = lines[0].split(b" ")
@@ -98,7 +99,11 @@ def parse_head(raw: bytes) -> Head:
         except UnicodeDecodeError:
             raise BadRequest(400, "malformed header field") from None
         text = value.strip(b" \t").decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        if key in headers:
+            if key == "host":  # RFC 9112 §3.2: a MUST, in any version; two hosts name no one resource
+                raise BadRequest(400, "more than one Host header field")
+            text = f"{headers[key]}, {text}"
+        headers[key] = text
     return Head(method, target, version, headers)
 
 
