@@ -155,6 +155,38 @@ async def test_fleet_gives_a_snapshot_on_subscribe_then_batched_deltas_through_a
     await admin.close()
 
 
+async def test_the_map_shows_a_driver_as_the_engine_has_it_online_or_not(stack: Stack) -> None:
+    """A driver app open off shift (no `online` yet) is never offered a ride: the map and
+    `drivers_by_state` call it offline, not available. Back within the grace after `online`, it is
+    available again at once, as the engine has it, without saying `online` again."""
+    d = await AppClient.open(f"{stack.url}/ws/driver/d1")
+    await d.expect("welcome")
+    await d.send({"type": "driver_location", "lat": 38.5610, "lon": 68.7800, "id": "loc"})
+    await d.expect("ack", id="loc")
+    admin = await AppClient.open(f"{stack.url}/ws/admin")
+    await admin.expect("welcome")
+    await admin.send({"type": "subscribe", "topics": ["fleet", "system_stats"], "id": "s"})
+    await admin.expect("ack", id="s")
+    snap = await admin.expect("fleet", full=True)
+    assert row(snap, "d1") == ["d1", 38.561, 68.78, "offline", None]
+    stats = await admin.expect("system_stats")
+    assert (stats["drivers_by_state"]["offline"], stats["drivers_by_state"]["available"]) == (1, 0)
+
+    await d.send({"type": "driver_status", "status": "online", "id": "on"})
+    await d.expect("ack", id="on")
+    await next_fleet(admin, lambda m: (r := row(m, "d1")) is not None and r[3] == "available")
+    await d.close()
+    await next_fleet(admin, lambda m: "d1" in m["gone"])
+    d = await AppClient.open(f"{stack.url}/ws/driver/d1")  # back within the grace (10 s)
+    await d.expect("welcome")
+    await d.send({"type": "driver_location", "lat": 38.5620, "lon": 68.7800, "id": "loc"})
+    await d.expect("ack", id="loc")
+    back = await next_fleet(admin, lambda m: row(m, "d1") is not None)
+    assert row(back, "d1") == ["d1", 38.562, 68.78, "available", None]
+    await d.close()
+    await admin.close()
+
+
 # ---- the page and its token check -------------------------------------------------------------
 
 

@@ -275,3 +275,25 @@ def test_every_subscriber_gets_a_periodic_full_snapshot() -> None:
     flush_feed(core, 29.0, TS)
     flush_feed(core, 31.0, TS)
     assert [m["full"] for m in rec.sent] == [False, True]
+
+
+def test_another_workers_full_relay_repeats_no_status_change_to_the_admins() -> None:
+    """Each worker passes its drivers on again every `full_every_s` (heals a lost relay): a status
+    repeated there is no news, or every admin of the `drivers` topic on the other workers would get
+    every offline driver's `driver_status` again each period."""
+    here, there = AdminFeed(full_every_s=5.0), AdminFeed(full_every_s=5.0)
+    here.position("d1", Fix(38.56, 68.78))
+    here.driver_status("d1", online=False)
+    here.position("d2", Fix(38.57, 68.79))
+    here.driver_status("d2", online=True)
+    here.tick(0.0, TS)
+    assert sorted(there.remote(1, here.relay(), 0.0)) == [("d1", "offline"), ("d2", "online")]
+    here.tick(6.0, TS)  # a full relay: every driver again, status included
+    again = here.relay()
+    assert {(d, kind) for d, _, _, kind in again} >= {("d1", 3), ("d1", 1), ("d2", 1)}
+    assert there.remote(1, again, 6.0) == []
+    here.driver_status("d1", online=True)
+    here.tick(6.5, TS)
+    assert there.remote(1, here.relay(), 6.5) == [("d1", "online")]
+    there.tick(7.0, TS)
+    assert {r[0]: r[3] for r in there.snapshot(TS)["drivers"]} == {"d1": "available", "d2": "available"}

@@ -127,7 +127,7 @@ def _welcomed(core: SessionCore, app_id: str, fmt: Any = JSON) -> Session:
     core.open(s)
     core.records_to_send()
     _feed(core, (R.T.OUT_SESSION_STATE, R.OUT_SESSION.pack(0, WALL_NS, s.conn_id, 1, s.wire_role, app_id.encode(),
-                                                           0, 0)))
+                                                           0, 0, 0)))
     core.writes_to_send()
     return s
 

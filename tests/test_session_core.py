@@ -84,8 +84,8 @@ def meta(to: Session | None = None, conn: int = 0, role: int = R.Role.PASSENGER,
     return (0, WALL_NS - 250_000, conn, 1, role, app)
 
 
-def state(s: Session, seq: int, resumed: bool) -> tuple[int, bytes]:
-    return R.T.OUT_SESSION_STATE, R.OUT_SESSION.pack(*meta(s, s.conn_id), seq, resumed)
+def state(s: Session, seq: int, resumed: bool, online: bool = False) -> tuple[int, bytes]:
+    return R.T.OUT_SESSION_STATE, R.OUT_SESSION.pack(*meta(s, s.conn_id), seq, resumed, online)
 
 
 def update(seq: int, to_conn: int = 0, app: bytes = b"p1", status: R.OrderStatus = R.OrderStatus.ACCEPTED,
@@ -115,6 +115,19 @@ def test_nothing_reaches_a_session_before_the_engine_answers_it_and_the_welcome_
     assert [(m["type"], m.get("seq"), m.get("resumed")) for m in sent(core)[p]] == [
         ("welcome", 5, False), ("order_update", 6, None), ("order_update", 7, None)]
     assert core.stats.messages_out == 2  # the welcome is a handshake, not a message
+
+
+def test_the_operators_map_shows_a_driver_as_the_engine_has_it_online_or_not() -> None:
+    """A driver app open off shift (no `online` yet), or one back after its grace ran out, is offline
+    in the engine: never offered a ride. The map and `drivers_by_state` must not call it available."""
+    core = make_core()
+    d1 = connect(core, Role.DRIVER, "d1", welcome=False)
+    d2 = connect(core, Role.DRIVER, "d2", welcome=False)
+    feed(core, state(d1, 0, False, online=False), state(d2, 0, False, online=True))
+    for s in (d1, d2):
+        core.receive(s, request({"type": "driver_location", "lat": 38.56, "lon": 68.78}, s))
+    assert core.feed.driver_counts() == {"available": 1, "offered": 0, "on_trip": 0, "offline": 1}
+    assert {r[0]: r[3] for r in core.feed.snapshot(0)["drivers"]} == {"d1": "offline", "d2": "available"}
 
 
 def test_a_resumed_welcome_lets_the_replay_through_and_a_re_announce_repeats_nothing() -> None:

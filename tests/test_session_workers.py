@@ -167,10 +167,12 @@ def test_another_workers_drivers_are_on_our_map_and_leave_it_when_it_says_so() -
 def test_what_another_worker_says_about_a_driver_connected_here_is_ignored() -> None:
     core = make_core()
     d = connect(core, Role.DRIVER, "d1")
+    core.receive(d, request({"type": "driver_status", "status": "online"}, d))
     core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7}, d))
     core.records_to_send()
     sent(core)
     feed(core, fleet(2, (b"d1".ljust(R.ID_SIZE, b"\0"), 1.0, 1.0, R.FleetKind.MOVED),
+                     (b"d1".ljust(R.ID_SIZE, b"\0"), 0.0, 0.0, R.FleetKind.OFFLINE),
                      (b"d1".ljust(R.ID_SIZE, b"\0"), 0.0, 0.0, R.FleetKind.GONE)))
     core.feed_tick(now=1.0, ts_ms=1)
     assert core.feed.snapshot(1)["drivers"] == [("d1", 38.5, 68.7, "available", None)]

@@ -72,7 +72,7 @@ def session_state(open_body: bytes | memoryview) -> bytes:
     """What the engine answers a SESSION_OPEN with, for a stand-in: not resumed, seq 0."""
     _recv, _corr, conn, worker, role, actor, _flags, _last = R.IN_SESSION.unpack(open_body)
     now = time.time_ns()
-    return R.OUT_SESSION.pack(time.monotonic_ns(), now, conn, worker, role, actor, 0, 0)
+    return R.OUT_SESSION.pack(time.monotonic_ns(), now, conn, worker, role, actor, 0, 0, 1)
 
 
 def batch(offers: list[str], positions: list[str]) -> bytes:

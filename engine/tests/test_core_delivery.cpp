@@ -234,6 +234,28 @@ TEST(CoreDelivery, EveryOpenIsAnsweredWithOneSessionStateAdminsIncluded) {
     EXPECT_TRUE(of_type(h.session(false, DGDO_ROLE_ADMIN, "ops", 1, 3), DGDO_OUT_SESSION_STATE).empty());
 }
 
+// The welcome says whether the engine has a driver online (dispatchable): the operator's map
+// must not show a driver as available that the engine will never offer a ride, e.g. an app open
+// off shift (no `online` yet) or one back after its grace ran out.
+TEST(CoreDelivery, ADriversSessionStateSaysWhetherTheEngineHasItOnline) {
+    Harness h;
+    EXPECT_EQ(session_state(h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 5)).online, 0);  // never said online
+    h.online("d1", at(100));
+    h.session(false, DGDO_ROLE_DRIVER, "d1", 1, 5);
+    h.tick(4);
+    EXPECT_EQ(session_state(h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 6)).online, 1);  // back within the grace
+    h.session(false, DGDO_ROLE_DRIVER, "d1", 1, 6);
+    h.tick(30);  // the grace runs out: offline
+    EXPECT_EQ(session_state(h.session(true, DGDO_ROLE_DRIVER, "d1", 2, 7)).online, 0);
+    h.status("d1", DGDO_DRIVER_ONLINE);
+    // The same connection's open again (re-announced by its sidecar) says it too.
+    const uint64_t upgraded = h.now;
+    h.session(true, DGDO_ROLE_DRIVER, "d2", 1, 9, std::nullopt, upgraded);
+    h.online("d2", at(200));
+    EXPECT_EQ(session_state(h.session(true, DGDO_ROLE_DRIVER, "d2", 1, 9, std::nullopt, upgraded)).online, 1);
+    EXPECT_EQ(session_state(h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 10)).online, 0);  // drivers only
+}
+
 // A sidecar carries a session's open over from a dead engine's ring (it was never taken, or taken
 // and not yet released) and then re-announces the session to the next engine with the same bytes.
 // The second is the connection the first opened, not a new one: answered, but with no second

@@ -509,16 +509,21 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_engine_stats) == 248, "dgdo_out_engine_sta
  *                        or snapshotted (the app's welcome.seq)
  *   72 resumed     u8    1: the reliable messages after last_seq follow (original bytes and
  *                        seqs), or none were missed; 0: a snapshot follows (fresh seqs)
- *   73 pad_[7]
+ *   73 online      u8    a driver's session: 1 when the engine has the driver online (its last
+ *                        DRIVER_STATUS said so and no grace ran out since), else 0; 0 for the
+ *                        other roles. The operator's map shows the driver as the engine sees it.
+ *   74 pad_[6]
  */
 typedef struct dgdo_out_session {
     dgdo_out_meta meta;
     uint64_t seq;
     uint8_t resumed;
-    uint8_t pad_[7];
+    uint8_t online;
+    uint8_t pad_[6];
 } dgdo_out_session;
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_session, seq) == 64, "seq");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_session, resumed) == 72, "resumed");
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_session, online) == 73, "online");
 DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_session) == 80, "dgdo_out_session");
 
 /*

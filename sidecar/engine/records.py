@@ -136,7 +136,7 @@ LATENCY_BOUNDS_NS = (10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_00
 # online, available, active, workers, created, matched, completed, p99, p50, then the match
 # histogram: count, sum_ns, one count per bucket + the overflow (not cumulative).
 OUT_ENGINE_STATS = struct.Struct("<" + _META + "IIIIQQQQQ" + "QQ" + f"{len(LATENCY_BOUNDS_NS) + 1}Q")
-OUT_SESSION = struct.Struct("<" + _META + "QB7x")
+OUT_SESSION = struct.Struct("<" + _META + "QBB6x")  # seq, resumed, online
 OUT_SESSION_REPLACED = struct.Struct("<" + _META + "H6x")
 # FLEET (IN_FLEET from a worker, OUT_FLEET relayed to the others): this head, then `count` entries.
 FLEET_HEAD = struct.Struct("<" + _META + "I4x")

@@ -25,9 +25,11 @@ fix per driver, status changes, disconnects, and every local driver again every 
 in a FLEET record the engine relays to the others, which fold them in with `remote()`. A remote
 driver not heard of for `3 x full_every_s` (its worker died) leaves the map.
 
-Driver state, as derived here (the engine's own state is not on the wire):
+Driver state, as derived here from what passes through; online or not is the engine's word at
+each welcome (SESSION_STATE's `online`: an app open off shift is offline until it says `online`),
+then the driver's `driver_status`:
 
-    (no status yet, or `online`)  --new_order-->  offered  --accepted..started-->  on_trip
+    (`online`, or no word yet)  --new_order-->  offered  --accepted..started-->  on_trip
           available  <--cancel_order / rejected / offer expired / offered elsewhere--'
           available  <--completed / canceled / no_driver / back to searching-- on_trip
     `offline` status: offline (still connected, not dispatched); disconnect: gone
@@ -83,7 +85,7 @@ class Position(Protocol):
 class _Driver:
     lat: float | None = None
     lon: float | None = None
-    online: bool = True  # until the driver says otherwise: see the module doc
+    online: bool = True  # until told otherwise (a driver's welcome says it at once): see the module doc
     offer: int = 0  # order id offered to it, 0 = none
     offer_until: float = 0.0  # monotonic s
     trip: int = 0  # order id of its trip, 0 = none
@@ -194,13 +196,19 @@ class AdminFeed:
         """A driver's fix. Hot path (every `driver_location`): one dict store, folded in at tick."""
         self._moved[driver_id] = pos
 
-    def driver_status(self, driver_id: str, online: bool, relay: bool = True) -> None:
+    def driver_status(self, driver_id: str, online: bool, relay: bool = True) -> bool:
+        """The driver's `online` / `offline`, as it said or as the engine had it at its welcome;
+        True when that is news: a driver not known here before, or a change."""
         if relay:
             self._relay.append((driver_id, 0.0, 0.0, FLEET_ONLINE if online else FLEET_OFFLINE))
-        d = self._driver(driver_id)
-        if d.online != online:
-            d.online = online
-            self._dirty.add(driver_id)
+        d = self._drivers.get(driver_id)
+        if d is None:
+            d = self._driver(driver_id)
+        elif d.online == online:
+            return False
+        d.online = online
+        self._dirty.add(driver_id)
+        return True
 
     def driver_gone(self, driver_id: str, relay: bool = True) -> None:
         """The driver's connection closed: off the map (the engine keeps its trip; it may come back)."""
@@ -318,8 +326,7 @@ class AdminFeed:
             self._remote[driver_id] = (worker, now)
             if kind == FLEET_MOVED:
                 self._remote_moved[driver_id] = (lat, lon)
-            else:
-                self.driver_status(driver_id, kind == FLEET_ONLINE, relay=False)
+            elif self.driver_status(driver_id, kind == FLEET_ONLINE, relay=False):  # (a full relay repeats it)
                 changes.append((driver_id, "online" if kind == FLEET_ONLINE else "offline"))
         return changes
 
@@ -387,8 +394,7 @@ class AdminFeed:
             for driver_id, d in drivers.items():
                 if driver_id not in remote and driver_id not in moved and d.lat is not None:
                     relay.append((driver_id, d.lat, d.lon, FLEET_MOVED))
-                    if not d.online:
-                        relay.append((driver_id, 0.0, 0.0, FLEET_OFFLINE))
+                    relay.append((driver_id, 0.0, 0.0, FLEET_ONLINE if d.online else FLEET_OFFLINE))
         dirty, self._dirty = self._dirty, set()
         if want:
             for driver_id in dirty:

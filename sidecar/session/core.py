@@ -776,9 +776,11 @@ class SessionCore:
                              "resumed": resumed, "seq": seq, "ts": ts})  # a handshake: not in messages_out
 
     def _session_state(self, buf: Any, off: int, size: int) -> None:
-        (_m, real, to_conn, _w, role, to_id, seq, resumed) = R.OUT_SESSION.unpack_from(buf, off)
+        (_m, real, to_conn, _w, role, to_id, seq, resumed, online) = R.OUT_SESSION.unpack_from(buf, off)
         session = self._recipient(to_conn, role, to_id) if to_conn else None
         if session is not None:
+            if role == _DRIVER:  # the map shows it as the engine has it (off shift, or back after its grace)
+                self.feed.driver_status(session.app_id, bool(online))
             self.welcome(session, seq, bool(resumed), real // 1_000_000)
 
     def _command_result(self, buf: Any, off: int, size: int) -> None:

@@ -188,6 +188,7 @@ void Core::on(const SessionOpen& e) {
         st.meta.to_conn = m.conn;
         st.seq = delivery_.issued({m.role, who});
         st.resumed = 1;
+        st.online = driver_online(m.role, who);
         emit(DGDO_OUT_SESSION_STATE, st);
         return;
     }
@@ -220,6 +221,12 @@ void Core::on(const SessionOpen& e) {
     }
 }
 
+uint8_t Core::driver_online(uint8_t role, const std::string& who) const {
+    if (role != DGDO_ROLE_DRIVER) return 0;
+    const Driver* d = find_driver(who);
+    return d != nullptr && d->online ? 1 : 0;
+}
+
 // Answers an open: SESSION_STATE (the app's welcome), then, to the opening connection,
 //  * with last_seq == the latest seq handed out: nothing more (resumed);
 //  * with every record after last_seq still held: those records, original seqs and bytes but for
@@ -249,6 +256,7 @@ void Core::resume(const dgdo_in_session& s, const std::string& who) {
     st.meta.to_conn = m.conn;
     st.seq = resumed ? (missed.empty() ? s.last_seq : seq_of(missed.back())) : delivery_.latest(key);
     st.resumed = resumed ? 1 : 0;
+    st.online = driver_online(m.role, who);
     emit(DGDO_OUT_SESSION_STATE, st);
     const size_t first = out_->size();
     if (resumed) {

@@ -206,6 +206,7 @@ private:
     void offer_freed(const Driver& d);
     bool available(const Driver& d) const;
     void set_online(Driver& d, bool online);
+    uint8_t driver_online(uint8_t role, const std::string& who) const;  // SESSION_STATE's `online`
     void learn_route(const dgdo_in_meta& m);
     void close_session(const SessionKey& key);
     void try_offer(Order& o);
