@@ -254,11 +254,22 @@ def test_documented_number_ranges_are_the_validators_ranges(type_: str, field: s
         assert exc.value.message.startswith(field)
 
 
+# The reasons apps can receive: every one the records name but none, and offer_rejected, which the
+# engine never sends (include/dgdo/events.h: a driver's own reject is answered by its ack alone).
+SENT_REASONS = set(REASON_NAME.values()) - {REASON_NAME[R.Reason.NONE], REASON_NAME[R.Reason.OFFER_REJECTED]}
+
+
+def test_protocol_md_lists_exactly_the_reasons_apps_receive() -> None:
+    m = re.search(r"^`reason` is one of (.+?)\.(?:\s|$)", markdown(), re.M | re.S)
+    assert m, "no reason list in protocol.md (order_update)"
+    assert set(re.findall(r"`([a-z_]+)`", m.group(1))) == SENT_REASONS
+
+
 def test_enums_in_asyncapi_are_the_codes_enums() -> None:
     schemas = api()["components"]["schemas"]
     assert set(schemas["ErrorCode"]["enum"]) == {c.value for c in ErrorCode}
     assert set(schemas["OrderStatus"]["enum"]) == set(STATUS_NAME.values())
-    assert set(schemas["Reason"]["enum"]) == set(REASON_NAME.values()) - {REASON_NAME[R.Reason.NONE]}
+    assert set(schemas["Reason"]["enum"]) == SENT_REASONS
     assert set(schemas["AdminTopic"]["enum"]) == set(events.ADMIN_TOPICS)
     assert deref(payload_schema("driver_status", "client")["properties"]["status"])["enum"] == ["online", "offline"]
 

@@ -7,6 +7,7 @@ import os
 import pytest
 from conftest import Stack, start_stack
 from rides import FAR, NEAR, accept, online_driver, passenger, request_ride
+from wsclient import AppClient
 
 
 async def test_passenger_cancel_while_searching_ends_the_order(stack: Stack) -> None:
@@ -106,6 +107,59 @@ async def test_first_position_after_accept_makes_the_order_arriving(stack: Stack
         await d1.send({"type": step, "order_id": order_id, "id": step})
         await d1.expect("ack", id=step)
         assert (await p.expect("order_update", order_id=order_id))["status"] == status
+
+
+async def test_an_operator_ends_a_started_trip_whose_driver_is_gone(stack: Stack) -> None:
+    """A driver's phone dies mid-trip: nobody else may end a started trip, so an admin cancels it.
+    The passenger hears `canceled` with `operator_canceled`, the admin gets its ack and sees the
+    order end; the driver, back later, is told too."""
+    admin = await AppClient.open(f"{stack.url}/ws/admin")
+    await admin.expect("welcome")
+    await admin.send({"type": "subscribe", "topics": ["active_orders", "drivers"], "id": "s"})
+    await admin.expect("ack", id="s")
+    d1 = await online_driver(stack, "d1", NEAR)
+    p = await passenger(stack)
+    order_id = await request_ride(p)
+    await d1.expect("new_order", order_id=order_id)
+    await accept(d1, order_id, p)
+    for step, status in (("order_arrived", "arrived"), ("trip_start", "started")):
+        await d1.send({"type": step, "order_id": order_id, "id": step})
+        await d1.expect("ack", id=step)
+        assert (await p.expect("order_update", order_id=order_id))["status"] == status
+    driver_seq = (await d1.expect("order_update", order_id=order_id, status="started"))["seq"]
+    await d1.close()
+    await admin.expect("driver_status", driver_id="d1", status="disconnected")
+
+    # The apps still cannot: a started trip is the driver's to end, another's order is not yours,
+    # and the admin's topics stay the admin's.
+    await p.send({"type": "order_cancel", "order_id": order_id, "id": "pc"})
+    assert (await p.expect("error", id="pc"))["code"] == "conflict"
+    other = await passenger(stack, "p2")
+    await other.send({"type": "order_cancel", "order_id": order_id, "id": "oc"})
+    assert (await other.expect("error", id="oc"))["code"] == "forbidden"
+    await other.send({"type": "subscribe", "topics": ["active_orders"], "id": "os"})
+    assert (await other.expect("error", id="os"))["code"] == "forbidden"
+
+    await admin.send({"type": "order_cancel", "order_id": order_id, "reason": "driver unreachable", "id": "k"})
+    assert (await admin.expect("ack", id="k"))["order_id"] == order_id
+    update = await p.expect("order_update", order_id=order_id)
+    assert (update["status"], update["reason"], update["driver_id"]) == ("canceled", "operator_canceled", "d1")
+    ended = await admin.expect("active_orders", order_id=order_id, status="canceled")
+    assert ended["reason"] == "operator_canceled"
+
+    # Ended: nothing left to cancel. A bad order_id is the admin's own mistake.
+    await admin.send({"type": "order_cancel", "order_id": order_id, "id": "k2"})
+    assert (await admin.expect("error", id="k2"))["code"] == "not_found"
+    await admin.send({"type": "order_cancel", "order_id": "x", "id": "k3"})
+    assert (await admin.expect("error", id="k3"))["code"] == "bad_message"
+
+    back = await AppClient.open(f"{stack.url}/ws/driver/d1?last_seq={driver_seq}")
+    await back.expect("welcome", resumed=True)
+    update = await back.expect("order_update", order_id=order_id)
+    assert (update["status"], update["reason"]) == ("canceled", "operator_canceled")
+    assert (await back.expect("cancel_order", order_id=order_id))["reason"] == "operator_canceled"
+    for c in (admin, p, other, back):
+        await c.close()
 
 
 @pytest.fixture

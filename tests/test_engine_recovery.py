@@ -204,6 +204,50 @@ async def test_replay_explains_an_order_with_exactly_what_its_apps_received(dura
         await c.close()
 
 
+async def test_replay_explains_an_operator_cancel_of_a_started_trip(durable: Split, state_dir: str) -> None:
+    """An admin's order_cancel is journaled like any input: `dgdo replay` shows who canceled, why, and
+    what each app was told, exactly as they received it."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, stack_env
+
+    driver = await online_driver(durable.url, "d1")
+    pax = await AppClient.open(f"{durable.url}/ws/passenger/p1")
+    await pax.expect("welcome")
+    order_id = (await ride_accepted(pax, driver))["order_id"]
+    for step in ("order_arrived", "trip_start"):
+        await driver.send({"type": step, "order_id": order_id, "id": step})
+        await driver.expect("ack", id=step)
+    await pax.expect("order_update", order_id=order_id, status="started")
+    admin = await AppClient.open(f"{durable.url}/ws/admin")
+    await admin.expect("welcome")
+    await admin.send({"type": "order_cancel", "order_id": order_id, "reason": "driver unreachable", "id": "k"})
+    await admin.expect("ack", id="k")
+    await pax.expect("order_update", order_id=order_id, status="canceled")
+    await driver.expect("cancel_order", order_id=order_id)
+
+    out = subprocess.run(
+        [sys.executable, "-m", "sidecar", "replay", "--state-dir", state_dir, "--order", str(order_id), "--json"],
+        cwd=ROOT, env=stack_env(), capture_output=True, timeout=60, check=True,
+    )
+    lines = [json.loads(x) for x in out.stdout.decode().splitlines()]
+    assert _replayed(lines, "p1") == _mine(pax, order_id)
+    assert _replayed(lines, "d1") == _mine(driver, order_id)
+    assert _mine(pax, order_id)[-1] == ("order_update", "canceled", "operator_canceled")
+    (cancel,) = [line["input"] for line in lines if line["input"].get("command") == "cancel"]
+    assert (cancel["role"], cancel["actor"], cancel["reason"]) == ("admin", "admin", "driver unreachable")
+    text = subprocess.run(
+        [sys.executable, "-m", "sidecar", "replay", "--state-dir", state_dir, "--order", str(order_id)],
+        cwd=ROOT, env=stack_env(), capture_output=True, timeout=60, check=True,
+    ).stdout.decode()
+    assert 'cancel by admin admin on order' in text and '("driver unreachable")' in text
+    assert "reason operator_canceled" in text and f"order {order_id} now: canceled" in text
+    for c in (driver, pax, admin):
+        await c.close()
+
+
 async def test_a_command_the_journal_holds_sent_again_by_the_sidecar_gets_its_answer(
         engine_bin: Path, state_dir: str) -> None:
     """A command the dead engine journaled but never released from the ring (killed or crashed inside

@@ -310,8 +310,11 @@ def test_the_new_codec_accepts_exactly_what_the_old_one_did_with_the_same_values
     legacy = _legacy()
     conn_id = "d1" if role is Role.DRIVER else "p1"
     data = dump_msgpack(m) if binary else dump_json(m)
+    # The old codec predates the admin's order_cancel: it reads that message's fields as it read a
+    # passenger's, which is the rule the admin's follows too.
+    old_role = Role.PASSENGER if role is Role.ADMIN and m.get("type") == "order_cancel" else role
     outcome = []
-    for dec in (Decoder(role, conn_id), legacy.LegacyDecoder(role, conn_id)):
+    for dec in (Decoder(role, conn_id), legacy.LegacyDecoder(old_role, conn_id)):
         try:
             outcome.append(dec.feed(binary, True, data))
         except ClientError as e:

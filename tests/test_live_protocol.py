@@ -189,7 +189,8 @@ ERROR_CASES: list[tuple[str, Any, str, str]] = [
     ("driver", {"type": "ride_request", "pickup": PICKUP, "dropoff": DROPOFF}, "forbidden", "driver"),
     ("driver", {"type": "driver_location", "lat": 38.5, "lon": 68.7, "driver_id": "d2"}, "forbidden", "driver_id"),
     ("driver", {"type": "driver_location", "lat": 38.5, "lon": 68.7, "driver_id": 7}, "bad_message", "driver_id"),
-    ("admin", {"type": "order_cancel", "order_id": 1}, "forbidden", "admin"),
+    ("admin", {"type": "order_accept", "order_id": 1}, "forbidden", "admin"),  # an admin may only cancel
+    ("admin", {"type": "order_cancel", "order_id": 999_999}, "not_found", "order_id"),
     ("driver", {"type": "trip_start", "order_id": 999_999}, "not_found", "order_id"),
 ]
 

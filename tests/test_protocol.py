@@ -155,6 +155,34 @@ def test_reason_is_measured_in_utf8_bytes() -> None:
             cancel(over)
 
 
+def test_an_admin_may_send_order_cancel_and_nothing_else_that_moves_an_order() -> None:
+    """docs/protocol.md (order_cancel): an operator ends any live order; the driver's steps and a
+    ride request stay the apps' own, and the admin's `subscribe` stays the admin's."""
+    for binary in (False, True):
+        req = feed({"type": "order_cancel", "order_id": 1001, "reason": "driver unreachable", "id": "k1"}, E.ADMIN,
+                   binary, conn_id="ops")
+        assert req.request_id == "k1"
+        assert isinstance(req.message, E.OrderCancel)
+        assert (req.message.order_id, req.message.reason) == (1001, "driver unreachable")
+        assert feed({"type": "order_cancel", "order_id": 7}, E.ADMIN, binary, conn_id="ops").message.reason == ""
+    with pytest.raises(X.BadMessage, match=r"^reason: "):
+        feed({"type": "order_cancel", "order_id": 7, "reason": "x" * 65}, E.ADMIN, conn_id="ops")
+    with pytest.raises(X.BadMessage, match=r"^order_id: "):
+        feed({"type": "order_cancel", "order_id": 0}, E.ADMIN, conn_id="ops")
+    for m in ({"type": "order_accept", "order_id": 1}, {"type": "order_reject", "order_id": 1},
+              {"type": "order_arrived", "order_id": 1}, {"type": "trip_start", "order_id": 1},
+              {"type": "trip_complete", "order_id": 1}, {"type": "driver_status", "status": "online"},
+              {"type": "ride_request", "pickup": {"lat": 1, "lon": 1}, "dropoff": {"lat": 2, "lon": 2}}):
+        with pytest.raises(X.Forbidden, match=f"^type: {m['type']} is not allowed for a admin"):
+            feed(m, E.ADMIN, conn_id="ops")
+    # The apps' own cancels decode as before; the admin's subscribe stays forbidden to them.
+    assert isinstance(feed({"type": "order_cancel", "order_id": 5}).message, E.OrderCancel)
+    assert isinstance(feed({"type": "order_cancel", "order_id": 5}, E.PASSENGER, conn_id="p1").message, E.OrderCancel)
+    for role, app in ((E.DRIVER, "d1"), (E.PASSENGER, "p1")):
+        with pytest.raises(X.Forbidden, match=f"^type: subscribe is not allowed for a {role.value}"):
+            feed({"type": "subscribe", "topics": ["log"]}, role, conn_id=app)
+
+
 def test_driver_id_may_be_the_connections_own() -> None:
     req = feed({"type": "driver_location", "lat": 1, "lon": 2, "driver_id": "d1"})
     assert isinstance(req.message, E.DriverLocation) and req.message.driver_id == "d1"

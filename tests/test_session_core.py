@@ -393,6 +393,42 @@ def test_a_command_is_correlated_with_its_answer() -> None:
     assert core.pending == {}
 
 
+def test_an_admins_order_cancel_goes_to_the_engine_as_its_cancel_and_is_answered_to_it() -> None:
+    """The admin's order_cancel is the order command CANCEL with the admin's role and id: the engine
+    decides (any live order; not_found for one that ended) and its answer goes to that admin."""
+    core = make_core()
+    ops = connect(core, Role.ADMIN, "ops1")
+    core.receive(ops, request({"type": "order_cancel", "order_id": 1001, "reason": "phone dead", "id": "k1"}, ops))
+    core.receive(ops, request({"type": "order_cancel", "order_id": 999, "id": "k2"}, ops))
+    cancel, unknown = core.records_to_send()
+    assert cancel.type == R.T.IN_ORDER_COMMAND and cancel.session is ops and cancel.request_id == "k1"
+    fields = R.IN_ORDER_COMMAND.unpack(cancel.body)
+    assert fields[1] == cancel.corr and fields[2:5] == (ops.conn_id, 1, R.Role.ADMIN)
+    assert fields[5].rstrip(b"\0") == b"ops1"
+    assert fields[6:] == (1001, R.Command.CANCEL, b"phone dead".ljust(64, b"\0"))
+    feed(core, result(cancel.corr, order_id=1001), result(unknown.corr, R.Result.NOT_FOUND, 999))
+    ts = meta()[1] // 1_000_000
+    assert sent(core)[ops] == [
+        {"type": "ack", "id": "k1", "order_id": 1001, "ts": ts},
+        {"type": "error", "code": "not_found", "message": "order_id: no such order", "order_id": 999, "id": "k2",
+         "ts": ts},
+    ]
+
+
+def test_an_operator_cancel_reaches_the_passenger_and_the_admins_with_its_reason() -> None:
+    core = make_core()
+    p = connect(core, Role.PASSENGER, "p1")
+    ops = connect(core, Role.ADMIN, "ops1")
+    core.receive(ops, request({"type": "subscribe", "topics": ["active_orders"]}, ops))
+    sent(core)
+    feed(core, update(3, status=R.OrderStatus.CANCELED, reason=R.Reason.OPERATOR_CANCELED))
+    out = sent(core)
+    assert [(m["type"], m["status"], m["reason"], m["seq"]) for m in out[p]] == [
+        ("order_update", "canceled", "operator_canceled", 3)]
+    assert [(m["type"], m["status"], m["reason"]) for m in out[ops]] == [
+        ("active_orders", "canceled", "operator_canceled")]
+
+
 def test_a_reused_ride_id_conflict_says_so() -> None:
     core = make_core()
     p = connect(core, Role.PASSENGER, "p1")

@@ -1,4 +1,4 @@
-// Passenger and driver cancels, and what a disconnecting driver does to its offer.
+// Passenger, driver and operator (admin) cancels, and what a disconnecting driver does to its offer.
 #undef NDEBUG
 #include "core_harness.hpp"
 
@@ -312,6 +312,156 @@ TEST(CoreCancel, DetachedWorkerDisconnectsItsDrivers) {
     h.tick(10);
     EXPECT_FALSE(h.core.find_driver("d1")->online);
     EXPECT_TRUE(h.core.find_driver("d2")->online);
+}
+
+// ---- operator cancels (an admin's order_cancel) ------------------------------------------------
+
+std::vector<OutRecord> operator_cancel(Harness& h, uint64_t order) {
+    return h.command(DGDO_ROLE_ADMIN, "ops", order, DGDO_CMD_CANCEL);
+}
+
+// Takes an order for p1 at kCenter from d1 (at 100 m) into `state`, one of the live ones.
+uint64_t order_in(Harness& h, OrderState state) {
+    if (state != OrderState::Searching) h.online("d1", at(100));
+    const uint64_t id = h.order_for("p1");
+    if (state == OrderState::Searching || state == OrderState::Offered) return id;
+    h.driver_cmd("d1", id, DGDO_CMD_ACCEPT);
+    if (state == OrderState::Accepted) return id;
+    h.location("d1", at(50));
+    if (state == OrderState::Arriving) return id;
+    h.driver_cmd("d1", id, DGDO_CMD_ARRIVED);
+    if (state == OrderState::Arrived) return id;
+    h.driver_cmd("d1", id, DGDO_CMD_START);
+    return id;
+}
+
+// protocol.md (order_cancel, admin): an operator ends an order in any live state, the started
+// trip included (a driver whose phone died mid-trip would otherwise hold it forever). The
+// passenger gets `canceled` with operator_canceled; an offer is withdrawn from its driver
+// (cancel_order), an assigned driver gets the canceled order_update and cancel_order, all
+// reliable; the driver is free for the next order.
+TEST(CoreOperatorCancel, EndsAnOrderInEveryLiveStateAndFreesItsDriver) {
+    const OrderState live[] = {OrderState::Searching, OrderState::Offered, OrderState::Accepted,
+                               OrderState::Arriving,  OrderState::Arrived, OrderState::Started};
+    for (const OrderState state : live) {
+        SCOPED_TRACE(static_cast<int>(state));
+        Harness h;
+        const uint64_t id = order_in(h, state);
+        ASSERT_EQ(h.state(id), state);
+        ASSERT_EQ(h.core.stats().active_orders, 1u);
+        const auto out = operator_cancel(h, id);
+        ASSERT_EQ(result_of(out), DGDO_RESULT_OK);
+        const auto ack = as<dgdo_out_command_result>(out[0]);
+        EXPECT_EQ(ack.order_id, id);
+        EXPECT_EQ(ack.meta.to_role, DGDO_ROLE_ADMIN);
+        EXPECT_EQ(h.state(id), OrderState::Canceled);
+        EXPECT_EQ(h.core.stats().active_orders, 0u);
+
+        const auto upd = to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_PASSENGER, "p1");
+        ASSERT_EQ(upd.size(), 1u);
+        EXPECT_EQ(as<dgdo_out_order_update>(upd[0]).status, DGDO_ORDER_CANCELED);
+        EXPECT_EQ(as<dgdo_out_order_update>(upd[0]).reason, DGDO_REASON_OPERATOR_CANCELED);
+        EXPECT_GT(seq_of(upd[0]), 0u);
+
+        const bool offered = state == OrderState::Offered;
+        const bool assigned = has_trip(state);
+        // The passenger hears of a driver only once one was assigned (as for a passenger's cancel).
+        EXPECT_EQ(id_str(as<dgdo_out_order_update>(upd[0]).driver_id), assigned ? "d1" : "");
+        const auto c = to_whom(out, DGDO_OUT_CANCEL_ORDER, DGDO_ROLE_DRIVER, "d1");
+        ASSERT_EQ(c.size(), offered || assigned ? 1u : 0u);
+        if (!c.empty()) {
+            EXPECT_EQ(as<dgdo_out_cancel_order>(c[0]).reason, DGDO_REASON_OPERATOR_CANCELED);
+            EXPECT_GT(seq_of(c[0]), 0u);
+        }
+        const auto dupd = to_whom(out, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_DRIVER, "d1");
+        ASSERT_EQ(dupd.size(), assigned ? 1u : 0u);
+        if (assigned) {
+            EXPECT_EQ(as<dgdo_out_order_update>(dupd[0]).status, DGDO_ORDER_CANCELED);
+            EXPECT_EQ(as<dgdo_out_order_update>(dupd[0]).reason, DGDO_REASON_OPERATOR_CANCELED);
+        }
+        if (state != OrderState::Searching) {
+            EXPECT_EQ(h.core.find_driver("d1")->offer, 0u);
+            EXPECT_EQ(h.core.find_driver("d1")->trip, 0u);
+            const uint64_t next = h.order_for("p2", at(100));
+            EXPECT_EQ(h.core.find_order(next)->driver, "d1");  // free: the next order is offered to it
+        }
+        // Nothing of the order is left to fire: no offer expiry, no no_driver.
+        for (const auto& r : h.tick(61)) {
+            if (r.type == DGDO_OUT_ORDER_UPDATE) {
+                EXPECT_NE(as<dgdo_out_order_update>(r).order_id, id);
+            }
+            if (r.type == DGDO_OUT_CANCEL_ORDER) {
+                EXPECT_NE(as<dgdo_out_cancel_order>(r).order_id, id);
+            }
+        }
+    }
+}
+
+// The product gap: a driver's phone dies mid-trip and never comes back. The trip outlives the
+// grace period (a trip stays its driver's), so only an operator can end it.
+TEST(CoreOperatorCancel, EndsAStartedTripWhoseDriverIsGoneAndTheDriverHearsItOnReturn) {
+    Harness h;
+    h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 5);
+    const uint64_t id = order_in(h, OrderState::Started);
+    const uint64_t driver_seq = seqs_to(h.all, DGDO_ROLE_DRIVER, "d1").back();
+    h.session(false, DGDO_ROLE_DRIVER, "d1", 1, 5);
+    h.tick(60);
+    ASSERT_EQ(h.state(id), OrderState::Started);
+    ASSERT_FALSE(h.core.find_driver("d1")->online);
+
+    const auto out = operator_cancel(h, id);
+    ASSERT_EQ(result_of(out), DGDO_RESULT_OK);
+    EXPECT_EQ(statuses_to(out, DGDO_ROLE_PASSENGER, "p1"), std::vector<uint8_t>{DGDO_ORDER_CANCELED});
+    EXPECT_EQ(h.core.find_driver("d1")->trip, 0u);
+    EXPECT_EQ(h.core.stats().active_orders, 0u);
+
+    // Back with the seq it had: it is told the order ended (what it missed, in order).
+    const auto back = h.session(true, DGDO_ROLE_DRIVER, "d1", 1, 6, driver_seq);
+    const auto upd = to_whom(back, DGDO_OUT_ORDER_UPDATE, DGDO_ROLE_DRIVER, "d1");
+    ASSERT_EQ(upd.size(), 1u);
+    EXPECT_EQ(as<dgdo_out_order_update>(upd[0]).status, DGDO_ORDER_CANCELED);
+    EXPECT_EQ(as<dgdo_out_order_update>(upd[0]).reason, DGDO_REASON_OPERATOR_CANCELED);
+    EXPECT_EQ(result_of(h.driver_cmd("d1", id, DGDO_CMD_COMPLETE)), DGDO_RESULT_CONFLICT);
+}
+
+// protocol.md: `not_found` for an order the engine does not know or that has already ended
+// (there is nothing live to end); nothing else happens.
+TEST(CoreOperatorCancel, AnUnknownOrEndedOrderIsNotFound) {
+    Harness h;
+    h.online("d1", at(100));
+    auto out = operator_cancel(h, 4242);
+    EXPECT_EQ(result_of(out), DGDO_RESULT_NOT_FOUND);
+    EXPECT_EQ(out.size(), 1u);
+
+    const uint64_t completed = order_in(h, OrderState::Started);
+    h.driver_cmd("d1", completed, DGDO_CMD_COMPLETE);
+    const uint64_t by_passenger = h.order_for("p2");
+    h.passenger_cmd("p2", by_passenger, DGDO_CMD_CANCEL);
+    const uint64_t by_operator = h.order_for("p3");
+    ASSERT_EQ(result_of(operator_cancel(h, by_operator)), DGDO_RESULT_OK);
+    h.status("d1", DGDO_DRIVER_OFFLINE);
+    const uint64_t no_driver = h.order_for("p4");
+    h.tick(61);
+    ASSERT_EQ(h.state(no_driver), OrderState::NoDriver);
+    for (const uint64_t id : {completed, by_passenger, by_operator, no_driver}) {
+        SCOPED_TRACE(id);
+        out = operator_cancel(h, id);
+        EXPECT_EQ(result_of(out), DGDO_RESULT_NOT_FOUND);
+        EXPECT_EQ(as<dgdo_out_command_result>(out[0]).order_id, id);
+        EXPECT_EQ(out.size(), 1u);
+    }
+}
+
+// An operator may only cancel: the driver's steps stay the driver's.
+TEST(CoreOperatorCancel, AnAdminCannotDriveAnOrder) {
+    Harness h;
+    const uint64_t id = order_in(h, OrderState::Offered);
+    for (const uint8_t cmd : {DGDO_CMD_ACCEPT, DGDO_CMD_REJECT, DGDO_CMD_ARRIVED, DGDO_CMD_START, DGDO_CMD_COMPLETE}) {
+        const auto out = h.command(DGDO_ROLE_ADMIN, "ops", id, cmd);
+        EXPECT_EQ(result_of(out), DGDO_RESULT_FORBIDDEN);
+        EXPECT_EQ(out.size(), 1u);
+    }
+    EXPECT_EQ(h.state(id), OrderState::Offered);
 }
 
 }  // namespace

@@ -94,11 +94,32 @@ TEST(CoreTransitions, EveryCommandInTheTableIsAccepted) {
     for (const Transition& t : kTransitions) {
         auto s = order_in(t.from);
         const auto out = t.party == Party::Passenger ? s->h.passenger_cmd("p1", s->id, t.command)
-                                                     : s->h.driver_cmd("d1", s->id, t.command);
+                         : t.party == Party::Operator ? s->h.command(DGDO_ROLE_ADMIN, "ops", s->id, t.command)
+                                                      : s->h.driver_cmd("d1", s->id, t.command);
         EXPECT_EQ(result_of(out), DGDO_RESULT_OK) << int(t.from) << " " << int(t.command);
         // A driver leaving an offer or trip sends the order back to search; no one else is near.
         EXPECT_EQ(s->h.state(s->id), t.to) << int(t.from) << " " << int(t.command);
     }
+}
+
+// An admin may only cancel, and only a live order: any other command is not its to send
+// (FORBIDDEN), an ended order is nothing left to end (NOT_FOUND). Either way nothing changes.
+TEST(CoreTransitions, AnAdminCommandNotInTheTableIsRefusedAndChangesNothing) {
+    int checked = 0;
+    for (OrderState st : kAll) {
+        for (uint8_t cmd = DGDO_CMD_ACCEPT; cmd <= DGDO_CMD_CANCEL; ++cmd) {
+            if (next_state(st, cmd, Party::Operator)) continue;
+            auto s = order_in(st);
+            const Snapshot before = snap(*s);
+            const auto out = s->h.command(DGDO_ROLE_ADMIN, "ops", s->id, cmd);
+            EXPECT_EQ(result_of(out), cmd == DGDO_CMD_CANCEL ? DGDO_RESULT_NOT_FOUND : DGDO_RESULT_FORBIDDEN)
+                << "state " << int(st) << " cmd " << int(cmd);
+            EXPECT_EQ(out.size(), 1u);
+            EXPECT_TRUE(snap(*s) == before) << "state " << int(st) << " cmd " << int(cmd);
+            ++checked;
+        }
+    }
+    EXPECT_EQ(checked, 9 * 6 - 6);  // every state and command but the six live states' cancel
 }
 
 TEST(CoreTransitions, LateAcceptAfterTheOfferExpiredIsConflict) {

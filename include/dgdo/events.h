@@ -80,16 +80,17 @@ enum dgdo_order_status {
     DGDO_ORDER_NO_DRIVER = 8
 };
 
-/* Why an order or offer ended (order_update.reason, cancel_order.reason). */
+/* Why an order or offer ended (order_update.reason, cancel_order.reason). Append-only. */
 enum dgdo_reason {
     DGDO_REASON_NONE = 0,
     DGDO_REASON_PASSENGER_CANCELED = 1,
     DGDO_REASON_DRIVER_CANCELED = 2,
     DGDO_REASON_OFFER_EXPIRED = 3,
-    DGDO_REASON_OFFER_REJECTED = 4,
+    DGDO_REASON_OFFER_REJECTED = 4,  /* never sent: a driver's reject is answered by its ack alone */
     DGDO_REASON_NO_DRIVER = 5,
     DGDO_REASON_DRIVER_OFFLINE = 6,
-    DGDO_REASON_DRIVER_DISCONNECTED = 7
+    DGDO_REASON_DRIVER_DISCONNECTED = 7,
+    DGDO_REASON_OPERATOR_CANCELED = 8 /* an admin's CANCEL (dgdo_in_order_command) */
 };
 
 /* Outcome of a command (dgdo_out_command_result.status): maps to ack / error codes. */
@@ -255,6 +256,11 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_in_ride_request) == 104, "dgdo_in_ride_request
  *   72 command     u8     enum dgdo_order_command
  *   73 pad_[7]
  *   80 reason      char[64]  free text for a cancel, NUL-padded
+ *
+ * meta.role says whose command it is: a driver's or passenger's on its own order, or, with
+ * DGDO_ROLE_ADMIN, an operator's. An operator may only CANCEL, and any live order (started
+ * included): it ends `canceled` with DGDO_REASON_OPERATOR_CANCELED; an order that has ended
+ * is DGDO_RESULT_NOT_FOUND to it, any other command DGDO_RESULT_FORBIDDEN.
  */
 typedef struct dgdo_in_order_command {
     dgdo_in_meta meta;

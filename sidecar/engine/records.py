@@ -96,10 +96,11 @@ class Reason(IntEnum):
     PASSENGER_CANCELED = 1
     DRIVER_CANCELED = 2
     OFFER_EXPIRED = 3
-    OFFER_REJECTED = 4
+    OFFER_REJECTED = 4  # never sent (events.h): a driver's reject is answered by its ack alone
     NO_DRIVER = 5
     DRIVER_OFFLINE = 6
     DRIVER_DISCONNECTED = 7
+    OPERATOR_CANCELED = 8  # an admin's order_cancel
 
 
 class Result(IntEnum):

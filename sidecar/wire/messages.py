@@ -125,7 +125,7 @@ class DriverStatus(ClientMessage, tag="driver_status"):
 
 
 class OrderAction(ClientMessage):
-    """A driver's (or, to cancel, a passenger's) command on one order; one subclass per `type`."""
+    """A driver's (or, to cancel, a passenger's or an admin's) command on one order; one subclass per `type`."""
 
     roles = frozenset({DRIVER})
     order_id: OrderId
@@ -152,7 +152,9 @@ class TripComplete(OrderAction, tag="trip_complete"):
 
 
 class OrderCancel(OrderAction, tag="order_cancel"):
-    roles = frozenset({DRIVER, PASSENGER})
+    """The engine decides what the sender may cancel: its own order (driver, passenger), any live one (admin)."""
+
+    roles = frozenset({DRIVER, PASSENGER, ADMIN})
     reason: Reason = ""
 
 

@@ -58,7 +58,7 @@ CLIENT_MESSAGES: dict[str, Shape] = {
         _s("driver_location", {DRIVER}, "lat lon", "heading speed_kmh accuracy_m driver_id"),
         _s("driver_status", {DRIVER}, "status"),
         *(_s(t, {DRIVER}, "order_id") for t in _ORDER_ACTIONS),
-        _s("order_cancel", {DRIVER, PASSENGER}, "order_id", "reason"),
+        _s("order_cancel", {DRIVER, PASSENGER, ADMIN}, "order_id", "reason"),
         _s("ride_request", {PASSENGER}, "pickup dropoff"),
         _s("nearby_subscribe", {PASSENGER}, "lat lon", "radius_m"),
         _s("nearby_unsubscribe", {PASSENGER}, "", "lat lon radius_m"),

@@ -568,7 +568,12 @@ void Core::on(const dgdo_in_order_command& e) {
     Order& o = it->second;
 
     Party party;
-    if (m.role == DGDO_ROLE_PASSENGER && *actor == o.passenger)
+    if (m.role == DGDO_ROLE_ADMIN) {
+        // An operator ends live orders, nothing more: one that has ended is nothing to it.
+        if (e.command != DGDO_CMD_CANCEL) return reply(m, DGDO_RESULT_FORBIDDEN, o.id);
+        if (is_terminal(o.state)) return reply(m, DGDO_RESULT_NOT_FOUND, o.id);
+        party = Party::Operator;
+    } else if (m.role == DGDO_ROLE_PASSENGER && *actor == o.passenger)
         party = Party::Passenger;
     else if (m.role == DGDO_ROLE_DRIVER && !o.driver.empty() && *actor == o.driver)
         party = Party::CurrentDriver;
@@ -620,18 +625,20 @@ void Core::on(const dgdo_in_order_command& e) {
     }
 
     // REJECT or CANCEL.
-    if (party == Party::Passenger) {
+    if (party == Party::Passenger || party == Party::Operator) {  // the order ends
+        const uint8_t reason =
+            party == Party::Operator ? DGDO_REASON_OPERATOR_CANCELED : DGDO_REASON_PASSENGER_CANCELED;
         const std::string bound = o.driver;
         search_timers_.erase({o.search_deadline_ns, o.id});
         offer_timers_.erase({o.offer_deadline_ns, o.id});
         searching_.erase(o.id);
         o.state = *next;  // o.driver stays: the record of who held the order
         finish(o);
-        order_update(o, DGDO_ROLE_PASSENGER, o.passenger, DGDO_REASON_PASSENGER_CANCELED, has_trip(prev));
+        order_update(o, DGDO_ROLE_PASSENGER, o.passenger, reason, has_trip(prev));
         if (!bound.empty()) {
             Driver& d = driver(bound);
-            if (has_trip(prev)) order_update(o, DGDO_ROLE_DRIVER, bound, DGDO_REASON_PASSENGER_CANCELED);
-            cancel_order(o, bound, DGDO_REASON_PASSENGER_CANCELED);
+            if (has_trip(prev)) order_update(o, DGDO_ROLE_DRIVER, bound, reason);
+            cancel_order(o, bound, reason);
             d.offer = 0;
             d.trip = 0;
             sync_index(d);

@@ -5,6 +5,8 @@
 //       ^                  |  reject/driver cancel/expiry   |  driver cancel (accepted | arriving | arrived)
 //       +------------------+--------------------------------+
 //   passenger cancel: searching | offered | accepted | arriving | arrived -> canceled
+//   operator cancel:  searching | offered | accepted | arriving | arrived | started -> canceled
+//                     (an admin's CANCEL: the way out of a trip whose driver never comes back)
 //   search timeout:   searching | offered -> no_driver   (tick-driven, not a command)
 //   none left:        searching -> no_driver, exhausted_wait_s after the last candidate is gone
 //
@@ -31,6 +33,7 @@ enum class Party : uint8_t {
     Passenger,      // the order's passenger
     CurrentDriver,  // the driver holding the offer or the trip
     FormerDriver,   // a driver the order has moved on from (late accept, ...)
+    Operator,       // an admin: may cancel any live order
 };
 
 struct Transition {
@@ -56,6 +59,12 @@ inline constexpr Transition kTransitions[] = {
     {OrderState::Accepted, DGDO_CMD_CANCEL, Party::Passenger, OrderState::Canceled},
     {OrderState::Arriving, DGDO_CMD_CANCEL, Party::Passenger, OrderState::Canceled},
     {OrderState::Arrived, DGDO_CMD_CANCEL, Party::Passenger, OrderState::Canceled},
+    {OrderState::Searching, DGDO_CMD_CANCEL, Party::Operator, OrderState::Canceled},
+    {OrderState::Offered, DGDO_CMD_CANCEL, Party::Operator, OrderState::Canceled},
+    {OrderState::Accepted, DGDO_CMD_CANCEL, Party::Operator, OrderState::Canceled},
+    {OrderState::Arriving, DGDO_CMD_CANCEL, Party::Operator, OrderState::Canceled},
+    {OrderState::Arrived, DGDO_CMD_CANCEL, Party::Operator, OrderState::Canceled},
+    {OrderState::Started, DGDO_CMD_CANCEL, Party::Operator, OrderState::Canceled},
 };
 
 std::optional<OrderState> next_state(OrderState from, uint8_t command, Party party);

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <vector>
@@ -42,8 +43,9 @@ const char* status_name(uint8_t s) {
 }
 const char* reason_name(uint8_t r) {
     static const char* names[] = {"",          "passenger_canceled", "driver_canceled", "offer_expired",
-                                  "offer_rejected", "no_driver",     "driver_offline",  "driver_disconnected"};
-    return r < 8 ? names[r] : "?";
+                                  "offer_rejected", "no_driver",     "driver_offline",  "driver_disconnected",
+                                  "operator_canceled"};
+    return r < std::size(names) ? names[r] : "?";
 }
 const char* command_name(uint8_t c) {
     static const char* names[] = {"?", "accept", "reject", "arrived", "start", "complete", "cancel"};
@@ -140,9 +142,13 @@ Described describe_input(const InputEvent& ev) {
                               e.dropoff.lat, e.dropoff.lon);
                 d = {"ride_request " + who(e.meta) + b, "{\"kind\":\"ride_request\"," + jwho(e.meta) + "}"};
             } else if constexpr (std::is_same_v<T, dgdo_in_order_command>) {
-                d = {std::string(command_name(e.command)) + " by " + who(e.meta) + " on order " + std::to_string(e.order_id),
+                // A cancel's free text says why (an operator's especially: "driver unreachable").
+                const std::string why(e.reason, strnlen(e.reason, sizeof e.reason));
+                d = {std::string(command_name(e.command)) + " by " + who(e.meta) + " on order " +
+                         std::to_string(e.order_id) + (why.empty() ? "" : " (\"" + why + "\")"),
                      std::string("{\"kind\":\"order_command\",\"command\":\"") + command_name(e.command) +
-                         "\",\"order_id\":" + std::to_string(e.order_id) + "," + jwho(e.meta) + "}"};
+                         "\",\"order_id\":" + std::to_string(e.order_id) + "," + jwho(e.meta) +
+                         (why.empty() ? "" : ",\"reason\":" + json_str(why)) + "}"};
             } else if constexpr (std::is_same_v<T, dgdo_in_nearby>) {
                 d = {std::string(e.subscribe ? "nearby_subscribe " : "nearby_unsubscribe ") + who(e.meta),
                      "{\"kind\":\"nearby\"," + jwho(e.meta) + "}"};
