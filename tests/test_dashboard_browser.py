@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, LineReader, mint, new_state_dir, stack_env
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
+from wsclient import AppClient
 
 DRIVERS = 6
 WAIT_MS = 60_000  # for the demo to produce what is awaited (first trips take a few seconds)
@@ -153,6 +154,51 @@ async def test_dashboard_shows_the_demo_fleet_live_orders_and_numbers(run: Run, 
     finally:
         await page.screenshot(path=tmp_path / "dashboard-end.png")
         print(f"screenshots in {tmp_path}")
+
+
+async def test_an_operator_cancels_a_live_order_from_its_timeline(engine_bin: Path, browser: Browser,
+                                                                  tmp_path: Path) -> None:
+    """The way out for an order whose driver is gone for good: select it, Cancel order…, confirm.
+    The passenger is told an operator canceled it, the page says it was, and the row goes."""
+    r = Run(free_port(), new_state_dir(), "--exhausted-wait-s", "300", "--search-timeout-s", "600")
+    r.start()
+    p = None
+    try:
+        page = await new_page(browser)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.goto(r.dashboard)
+        await expect(page.locator("#conn-status")).to_have_text("live")
+        # Far outside the demo's city: no driver within reach, so it searches until canceled.
+        p = await AppClient.open(f"ws://127.0.0.1:{r.port}/ws/passenger/p-far")
+        await p.expect("welcome")
+        await p.send({"type": "ride_request", "pickup": {"lat": 40.0, "lon": 70.0},
+                      "dropoff": {"lat": 40.01, "lon": 70.01}, "id": "r"})
+        order_id = str((await p.expect("ack", id="r"))["order_id"])
+        row = page.locator(f'#orders tbody tr[data-order-id="{order_id}"]')
+        await row.click()
+        await expect(page.locator("#timeline-id")).to_have_text(order_id)
+        asked: list[str] = []
+
+        async def confirm(dialog: Dialog) -> None:
+            asked.append(dialog.message)
+            await dialog.accept("driver unreachable")
+
+        page.once("dialog", confirm)
+        await page.locator("#timeline-cancel").click()
+        update = await p.expect("order_update", order_id=int(order_id), status="canceled")
+        assert update["reason"] == "operator_canceled"
+        assert asked and f"Cancel order {order_id}?" in asked[0]
+        await expect(page.locator("#timeline-result")).to_have_text("canceled by you")
+        await expect(row).to_have_count(0)
+        await expect(page.locator("#timeline-steps li").filter(has_text="canceled")).to_have_count(1)
+        await expect(page.locator("#timeline-cancel")).to_be_hidden()  # an ended order has nothing to cancel
+        await page.screenshot(path=tmp_path / "canceled.png")
+        assert errors == [], errors
+    finally:
+        if p is not None:
+            await p.close()
+        assert r.stop() == 0
 
 
 BAD_TOKENS = {

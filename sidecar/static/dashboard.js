@@ -52,6 +52,8 @@
     stats: null,
     spark: { match: [], push: [] },
     selected: null,              // {kind: "driver"|"order", id}
+    cancels: new Map(),          // request id -> order id: this page's order_cancel awaiting its ack or error
+    results: new Map(),          // order id -> what the operator's cancel came to (shown under its timeline)
     tileUrl: localStorage.getItem(TILE_KEY) || "",
   };
 
@@ -190,8 +192,12 @@
       case "log":
         addLog(m.level, m.ts, m.message);
         break;
+      case "ack":
+        if (S.cancels.has(m.id)) answered(m.id, "canceled by you");
+        break;
       case "error":
         addLog("error", m.ts, `server: ${m.code}: ${m.message}`);
+        if (S.cancels.has(m.id)) answered(m.id, `not canceled: ${m.message}`);
         break;
       default: break;
     }
@@ -227,6 +233,7 @@
       if (TERMINAL.has(o.status)) S.orders.delete(o.order_id);
       else S.orders.set(o.order_id, o);
     }
+    if (S.selected && S.selected.kind === "order") renderTimeline();  // (live or ended: what it offers)
     renderOrders();
     requestDraw();
   }
@@ -238,9 +245,12 @@
       S.timelines.set(id, t);
       if (S.timelines.size > TIMELINE_KEEP) S.timelines.delete(S.timelines.keys().next().value);
     }
-    const text = status + (driver ? ` · ${driver}` : "") + (reason ? ` (${reason})` : "");
+    // The same step comes twice, from the `active_orders` topic (with its reason) and from `fleet`
+    // (without): one line, with the reason whichever came first.
+    const key = status + (driver ? ` · ${driver}` : "");
     const last = t[t.length - 1];
-    if (!last || last.text !== text) t.push({ ts, text });
+    if (!last || last.key !== key) t.push({ ts, key, text: key + (reason ? ` (${reason})` : "") });
+    else if (reason && last.text === key) last.text = `${key} (${reason})`;
     if (order) S.timelines.get(id).order = order;
     if (S.selected && S.selected.kind === "order" && S.selected.id === id) renderTimeline();
   }
@@ -366,11 +376,40 @@
         (o.dropoff ? ` · dropoff ${o.dropoff.lat.toFixed(4)}, ${o.dropoff.lon.toFixed(4)}` : "") +
         (S.orders.has(id) ? "" : " · ended")
       : "seen by this page only through its updates";
+    $("timeline-cancel").hidden = !S.orders.has(id);  // live orders only
+    $("timeline-cancel").disabled = S.results.get(id) === "canceling…";
+    $("timeline-result").textContent = S.results.get(id) || "";
     $("timeline-steps").replaceChildren(...t.map((s) => {
       const li = el("li");
       li.append(el("time", null, new Date(s.ts).toLocaleTimeString()), document.createTextNode(" " + s.text));
       return li;
     }));
+  }
+
+  // ---- the operator's cancel ------------------------------------------------------------------
+
+  // Ends a live order (docs/protocol.md, order_cancel by an admin): a way out for an order whose
+  // driver is gone for good, the started trip included. Asked first: nothing undoes it.
+  function cancelSelected() {
+    if (!S.selected || S.selected.kind !== "order" || !S.ws || S.ws.readyState !== WebSocket.OPEN) return;
+    const orderId = S.selected.id;
+    const reason = window.prompt(`Cancel order ${orderId}? Its passenger and driver are told an operator ` +
+      "canceled it; this cannot be undone. Reason (optional, shown in the journal):", "");
+    if (reason === null) return;
+    const requestId = `cancel-${orderId}-${Date.now()}`;
+    S.cancels.set(requestId, orderId);
+    S.results.set(orderId, "canceling…");
+    S.ws.send(JSON.stringify({ type: "order_cancel", order_id: orderId, reason: reason.trim(), id: requestId }));
+    renderTimeline();
+  }
+
+  function answered(requestId, text) {
+    const orderId = S.cancels.get(requestId);
+    S.cancels.delete(requestId);
+    S.results.set(orderId, text);
+    if (S.results.size > TIMELINE_KEEP) S.results.delete(S.results.keys().next().value);
+    addLog("order", serverNow(), `order ${orderId}: ${text}`);
+    if (S.selected && S.selected.kind === "order" && S.selected.id === orderId) renderTimeline();
   }
 
   function select(sel) {
@@ -788,6 +827,7 @@
     requestDraw();
   });
   $("timeline-close").addEventListener("click", () => select(null));
+  $("timeline-cancel").addEventListener("click", cancelSelected);
   document.querySelectorAll("#log-filters input").forEach((i) => i.addEventListener("input", renderLog));
   setInterval(renderOrders, 1000);  // ages tick
   setInterval(() => {  // a socket that went silent: given up (its close may never come) and opened again
