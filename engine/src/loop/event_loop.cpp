@@ -528,7 +528,9 @@ bool EventLoop::publish() {
         // Admins on every worker watch every order: a live change (not a replay to one
         // connection) also goes to the other workers, whose sidecars feed it to their admins
         // only (to_worker names the recipient's worker, not theirs).
-        if (meta.to_conn == 0 && workers_.size() > 1 && watched_by_admins(rec.type)) {
+        // Also when the recipient's worker is gone, though only one worker is left: that one's
+        // admins are the only ones left to see it.
+        if (meta.to_conn == 0 && (workers_.size() > 1 || it == workers_.end()) && watched_by_admins(rec.type)) {
             for (auto& [id, w] : workers_)
                 if (id != meta.to_worker) write_out(*w, rec);
         }
