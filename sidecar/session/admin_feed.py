@@ -23,7 +23,8 @@ here, delivered to nobody). Positions, online/offline and disconnects are only s
 worker a driver is connected to: each tick that worker passes them on (`relay()`: the latest
 fix per driver, status changes, disconnects, and every local driver again every `full_every_s`)
 in a FLEET record the engine relays to the others, which fold them in with `remote()`. A remote
-driver not heard of for `3 x full_every_s` (its worker died) leaves the map.
+driver leaves the map when the engine says its worker detached (`worker_left()`), or, as a last
+resort, when not heard of for `3 x full_every_s`.
 
 Driver state, as derived here (the engine's own state is not on the wire):
 
@@ -322,6 +323,13 @@ class AdminFeed:
                 self.driver_status(driver_id, kind == FLEET_ONLINE, relay=False)
                 changes.append((driver_id, "online" if kind == FLEET_ONLINE else "offline"))
         return changes
+
+    def worker_left(self, worker: int) -> list[str]:
+        """Worker `worker` detached from the engine: the drivers it reported leave the map; returns them."""
+        gone = [driver_id for driver_id, (w, _heard) in self._remote.items() if w == worker]
+        for driver_id in gone:
+            self.driver_gone(driver_id, relay=False)
+        return gone
 
     def relay_everything(self) -> None:
         """At the next tick, pass on every local driver (another worker just joined)."""

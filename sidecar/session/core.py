@@ -613,6 +613,7 @@ class SessionCore:
         """
         self.attached = self.available = True
         self.admin_log("info", "engine attached")
+        self.feed.relay_everything()  # the other workers' admins (after our restart, or the engine's) know nothing of ours
         records = self._records
         # Sessions gone since the last engine detached: what the link carries over to this one (the
         # records the dead one never read) may hold their open, which it would take for a live
@@ -1002,8 +1003,19 @@ class SessionCore:
     def _fleet(self, buf: Any, off: int, size: int) -> None:
         """Another worker's drivers (FLEET, relayed by the engine) for our admins' views."""
         head, entry = R.FLEET_HEAD, R.FLEET_ENTRY
-        (_m, _real, _c, worker, _r, _id, count) = head.unpack_from(buf, off)
+        (_m, _real, _c, worker, _r, _id, count, notice) = head.unpack_from(buf, off)
         if worker == self.worker:
+            return
+        if notice == R.FleetNotice.WORKER_DETACHED:
+            for driver_id in self.feed.worker_left(worker):
+                self.to_admins("drivers", {"type": "driver_status", "driver_id": driver_id,
+                                           "status": "disconnected", "ts": self._now_ms()})
+            return
+        if notice == R.FleetNotice.WORKER_ATTACHED:
+            self.feed.relay_everything()
+            # Another worker is attached, whatever the last ENGINE_STATS (up to a second old) said:
+            # the relay at the next feed tick must go out, not be dropped as if we were alone.
+            self.stats.engine.workers = max(self.stats.engine.workers, 2)
             return
         mine = self.by_wire[R.Role.DRIVER]
         entries = []

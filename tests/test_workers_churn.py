@@ -1,0 +1,214 @@
+"""Workers coming and going while the others serve, as systemd runs them: the real engine and two
+`dgdo sidecar --worker N` processes on one port, started separately; worker 2 killed with -9 and
+started again when the test wants (or left dead); real `websockets` clients placed on a chosen
+worker as tests/test_workers.py does (its helpers).
+
+Asserted: an admin on the surviving worker sees the dead worker's drivers leave its map within
+seconds (not after the 90 s a silent worker's drivers take to expire), and its /healthz stays 200;
+while the dead worker is down, an admin on the survivor still sees every change of an order whose
+passenger was on the dead worker; an admin on the restarted worker sees the survivor's drivers,
+standing still, within seconds (not at the survivor's next full relay, up to 30 s later); the
+engine killed with -9 and started again mid-ride, with the driver on one worker and the passenger
+on the other: both workers re-attach, and the ride goes on, numbered on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, LineReader, engine_cmd, new_state_dir, stack_env
+from test_workers import CENTER, App, admin_on, app_on, online
+
+pytestmark = pytest.mark.timeout(120)
+
+SOON_S = 10.0  # well under a silent worker's 3 x 30 s, well over a feed tick or two on a loaded box
+
+
+class Workers:
+    """One engine and sidecar workers 1 and 2 on one port (what test_workers' helpers call a stack)."""
+
+    def __init__(self, engine_bin: Path) -> None:
+        self.engine_bin = engine_bin
+        self.instance = f"t{uuid.uuid4().hex[:8]}"
+        self.control = f"@dgdo-test-{self.instance}"  # an abstract name: nothing in /tmp, whatever happens
+        self.state_dir = new_state_dir()
+        self.start_engine()
+        self.port = 0
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.out: dict[int, LineReader] = {}
+        self.start(1)
+        self.start(2)
+
+    def start_engine(self) -> None:
+        self.engine = subprocess.Popen(engine_cmd(self.engine_bin, self.control, "--instance", self.instance,
+                                                  "--state-dir", self.state_dir),
+                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self.engine.stdout is not None
+        assert self.engine.stdout.readline().startswith(b"dgdo-engine ready")
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, worker: int) -> None:
+        cmd = [sys.executable, "-m", "sidecar", "sidecar", "--control", self.control, "--worker", str(worker),
+               "--host", "127.0.0.1", "--port", str(self.port), "--status-interval", "0"]
+        proc = self.procs[worker] = subprocess.Popen(cmd, cwd=ROOT, env=stack_env(), stdout=subprocess.PIPE,
+                                                     stderr=subprocess.STDOUT)  # the log: its attaches
+        # Attached before it listens: the line says it is both.
+        self.out[worker] = LineReader(proc.stdout)
+        listening = self.out[worker].wait_for(r"listening on ws://127\.0\.0\.1:(\d+)")
+        self.port = int(listening.group(1))
+
+    def kill(self, worker: int) -> None:
+        self.procs[worker].kill()
+        self.procs[worker].wait(10)
+
+    def http_get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(20) == 0
+        if self.engine.poll() is None:
+            self.engine.terminate()
+            assert self.engine.wait(10) == 0
+
+
+@pytest.fixture
+def workers(engine_bin: Path) -> Iterator[Workers]:
+    w = Workers(engine_bin)
+    yield w
+    w.stop()
+
+
+async def fleet_until(admin: App, done: Any, what: str) -> None:
+    """Reads `fleet` messages until `done(message)` holds; fails after SOON_S."""
+    deadline = time.monotonic() + SOON_S
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"admin on worker {admin.worker}: {what} not seen within {SOON_S} s"
+        try:
+            m = await admin.expect("fleet", timeout=left)
+        except TimeoutError:
+            continue
+        if done(m):
+            return
+
+
+def test_a_killed_workers_drivers_leave_the_other_workers_map_within_seconds(workers: Workers) -> None:
+    s = workers
+
+    async def main() -> None:
+        driver = await app_on(s, 2, "driver", "kd1")
+        await online(driver, CENTER[0] + 2.0, CENTER[1])
+        admin = await admin_on(s, 1, "ops-kill")
+        await admin.send({"type": "subscribe", "topics": ["fleet"], "id": "f"})
+        await fleet_until(admin, lambda m: "kd1" in {row[0] for row in m["drivers"]}, "kd1 on the map")
+        s.kill(2)
+        assert await asyncio.wait_for(driver.closed, 5) != 1000  # its socket died with it
+        await fleet_until(admin, lambda m: "kd1" in m["gone"] or (m["full"] and "kd1" not in
+                                                                 {row[0] for row in m["drivers"]}), "kd1 gone")
+        assert s.http_get("/healthz")[0] == 200
+        await admin.close()
+    asyncio.run(main())
+
+
+def test_an_order_of_a_dead_workers_passenger_still_reaches_the_survivors_admins(
+        workers: Workers) -> None:
+    s = workers
+
+    async def main() -> None:
+        driver = await app_on(s, 1, "driver", "kd3")
+        await online(driver, CENTER[0] + 2.2, CENTER[1])
+        passenger = await app_on(s, 2, "passenger", "kp3")
+        admin = await admin_on(s, 1, "ops-orders")
+        await admin.send({"type": "subscribe", "topics": ["active_orders", "assignments"], "id": "a"})
+        await admin.expect("ack", id="a")
+        await passenger.send({"type": "ride_request", "id": "r", "pickup": {"lat": CENTER[0] + 2.2, "lon": CENTER[1]},
+                              "dropoff": {"lat": CENTER[0] + 2.21, "lon": CENTER[1]}})
+        order_id = (await passenger.expect("ack", id="r"))["order_id"]
+        await driver.expect("new_order", order_id=order_id)
+        s.kill(2)  # and not started again: worker 1 is the only one attached
+        await asyncio.wait_for(passenger.closed, 5)
+        await driver.send({"type": "order_accept", "order_id": order_id, "id": "acc"})
+        await driver.expect("ack", id="acc")
+        # active_orders first, then the assignment (sidecar/session/core.py _admin_order)
+        await admin.expect("active_orders", order_id=order_id, status="accepted", timeout=SOON_S)
+        await admin.expect("assignment", order_id=order_id, driver_id="kd3", passenger_id="kp3", timeout=SOON_S)
+        await admin.close()
+        await driver.close()
+    asyncio.run(main())
+
+
+def test_a_restarted_worker_sees_the_other_workers_standing_drivers_within_seconds(
+        workers: Workers) -> None:
+    s = workers
+
+    async def main() -> None:
+        driver = await app_on(s, 1, "driver", "kd2")
+        await online(driver, CENTER[0] + 2.1, CENTER[1])  # one fix: it stands still from here on
+        s.kill(2)
+        s.start(2)
+        admin = await admin_on(s, 2, "ops-restart")
+        await admin.send({"type": "subscribe", "topics": ["fleet"], "id": "f"})
+        await fleet_until(admin, lambda m: "kd2" in {row[0] for row in m["drivers"]}, "kd2 on the map")
+        await admin.close()
+        await driver.close()
+    asyncio.run(main())
+
+
+def test_an_engine_restarted_mid_ride_is_reattached_by_both_workers_and_the_ride_goes_on(
+        workers: Workers) -> None:
+    s = workers
+
+    async def main() -> None:
+        driver = await app_on(s, 1, "driver", "kd4")
+        await online(driver, CENTER[0] + 2.3, CENTER[1])
+        passenger = await app_on(s, 2, "passenger", "kp4")
+        await passenger.send({"type": "ride_request", "id": "r", "pickup": {"lat": CENTER[0] + 2.3, "lon": CENTER[1]},
+                              "dropoff": {"lat": CENTER[0] + 2.31, "lon": CENTER[1]}})
+        order_id = (await passenger.expect("ack", id="r"))["order_id"]
+        await driver.expect("new_order", order_id=order_id)
+        await driver.send({"type": "order_accept", "order_id": order_id, "id": "acc"})
+        await driver.expect("ack", id="acc")
+        accepted = await passenger.expect("order_update", order_id=order_id, status="accepted")
+        s.engine.kill()
+        s.engine.wait(10)
+        for w in (1, 2):
+            s.out[w].wait_for(r"engine detached")
+        s.start_engine()
+        for w in (1, 2):
+            s.out[w].wait_for(r"attached to engine pid")
+        await driver.send({"type": "order_arrived", "order_id": order_id, "id": "arr"})
+        await driver.expect("ack", id="arr")
+        between = []
+        while True:
+            m = await asyncio.wait_for(passenger.inbox.get(), 10)
+            between.append(m)
+            if m.get("status") == "arrived":
+                break
+        seqs = [m["seq"] for m in between if "seq" in m]  # ("arriving" may come before "arrived")
+        assert seqs == list(range(accepted["seq"] + 1, accepted["seq"] + 1 + len(seqs))), between
+        await driver.send({"type": "driver_location", "lat": CENTER[0] + 2.3001, "lon": CENTER[1]})
+        await passenger.expect("driver_location", order_id=order_id)
+        await driver.close()
+        await passenger.close()
+    asyncio.run(main())
