@@ -9,7 +9,9 @@ while the dead worker is down, an admin on the survivor still sees every change 
 passenger was on the dead worker; an admin on the restarted worker sees the survivor's drivers,
 standing still, within seconds (not at the survivor's next full relay, up to 30 s later); the
 engine killed with -9 and started again mid-ride, with the driver on one worker and the passenger
-on the other: both workers re-attach, and the ride goes on, numbered on.
+on the other: both workers re-attach, and the ride goes on, numbered on. And with both workers
+serving: the same driver connecting to both at once keeps exactly one connection (the other closed
+4001); a driver and a passenger on two workers get each other's pushes (positions, cancel).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, LineReader, engine_cmd, new_state_dir, stack_env
-from test_workers import CENTER, App, admin_on, app_on, online
+from conftest import ROOT, LineReader, engine_cmd, mint, new_state_dir, stack_env
+from test_workers import CENTER, HEADER, App, admin_on, app_on, bound_socket, online, open_from, source_port_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -209,6 +211,58 @@ def test_an_engine_restarted_mid_ride_is_reattached_by_both_workers_and_the_ride
         assert seqs == list(range(accepted["seq"] + 1, accepted["seq"] + 1 + len(seqs))), between
         await driver.send({"type": "driver_location", "lat": CENTER[0] + 2.3001, "lon": CENTER[1]})
         await passenger.expect("driver_location", order_id=order_id)
+        await driver.close()
+        await passenger.close()
+    asyncio.run(main())
+
+
+def test_the_same_driver_on_both_workers_at_once_keeps_exactly_one_connection(workers: Workers) -> None:
+    s = workers
+
+    async def main() -> None:
+        ports = {w: await source_port_for(s, w) for w in (1, 2)}
+
+        async def open_on(worker: int) -> App:
+            sock = bound_socket(ports[worker])
+            sock.setblocking(False)
+            ws = await open_from(s, f"/ws/driver/kd5?token={mint('driver', 'kd5')}", sock)  # type: ignore[arg-type]
+            assert int(ws.response.headers[HEADER]) == worker
+            return App(ws, worker)
+
+        for round_ in range(5):
+            apps = await asyncio.gather(open_on(1), open_on(2))
+            done, _ = await asyncio.wait([a.closed for a in apps], timeout=5)
+            assert len(done) == 1, f"round {round_}: {len(done)} of the two closed"
+            (closed,) = [a for a in apps if a.closed.done()]
+            (kept,) = [a for a in apps if a is not closed]
+            assert closed.closed.result() == 4001
+            await kept.expect("welcome")
+            await online(kept, CENTER[0] + 2.4, CENTER[1])  # answered: the engine's session is this one
+            assert not kept.closed.done()
+            await kept.close()
+    asyncio.run(main())
+
+
+def test_pushes_between_a_driver_and_a_passenger_on_two_workers(workers: Workers) -> None:
+    s = workers
+
+    async def main() -> None:
+        driver = await app_on(s, 1, "driver", "kd6")
+        await online(driver, CENTER[0] + 2.5, CENTER[1])
+        passenger = await app_on(s, 2, "passenger", "kp6")
+        await passenger.send({"type": "ride_request", "id": "r", "pickup": {"lat": CENTER[0] + 2.5, "lon": CENTER[1]},
+                              "dropoff": {"lat": CENTER[0] + 2.51, "lon": CENTER[1]}})
+        order_id = (await passenger.expect("ack", id="r"))["order_id"]
+        await driver.expect("new_order", order_id=order_id)
+        await driver.send({"type": "order_accept", "order_id": order_id, "id": "acc"})
+        await passenger.expect("order_update", order_id=order_id, status="accepted")
+        await driver.send({"type": "driver_location", "lat": CENTER[0] + 2.501, "lon": CENTER[1]})
+        seen = await passenger.expect("driver_location", order_id=order_id, driver_id="kd6")
+        assert (seen["lat"], seen["lon"]) == (CENTER[0] + 2.501, CENTER[1])
+        await passenger.send({"type": "order_cancel", "order_id": order_id, "id": "c"})
+        await passenger.expect("ack", id="c")
+        await driver.expect("cancel_order", order_id=order_id)
+        await passenger.expect("order_update", order_id=order_id, status="canceled")  # (after its ack)
         await driver.close()
         await passenger.close()
     asyncio.run(main())
