@@ -266,3 +266,37 @@ def test_pushes_between_a_driver_and_a_passenger_on_two_workers(workers: Workers
         await driver.close()
         await passenger.close()
     asyncio.run(main())
+
+
+def test_apps_of_a_killed_worker_resume_on_the_other_with_last_seq(workers: Workers) -> None:
+    s = workers
+
+    async def main() -> None:
+        driver = await app_on(s, 2, "driver", "kd7")
+        await online(driver, CENTER[0] + 2.6, CENTER[1])
+        passenger = await app_on(s, 2, "passenger", "kp7")
+        await passenger.send({"type": "ride_request", "id": "r", "pickup": {"lat": CENTER[0] + 2.6, "lon": CENTER[1]},
+                              "dropoff": {"lat": CENTER[0] + 2.61, "lon": CENTER[1]}})
+        order_id = (await passenger.expect("ack", id="r"))["order_id"]
+        await driver.expect("new_order", order_id=order_id)
+        await driver.send({"type": "order_accept", "order_id": order_id, "id": "acc"})
+        await driver.expect("ack", id="acc")
+        await passenger.expect("order_update", order_id=order_id, status="accepted")
+        seen = passenger.last_seq
+        driver_seen = driver.last_seq
+        s.kill(2)  # both apps' worker: their connections die with it
+        await asyncio.wait_for(asyncio.gather(driver.closed, passenger.closed), 5)
+        # The driver comes back first, on worker 1, within its grace: its trip is still its own.
+        back = await app_on(s, 1, "driver", "kd7", f"&last_seq={driver_seen}")
+        assert back.welcome["resumed"] is True  # type: ignore[attr-defined]
+        await back.send({"type": "order_arrived", "order_id": order_id, "id": "arr"})
+        await back.expect("ack", id="arr")
+        again = await app_on(s, 1, "passenger", "kp7", f"&last_seq={seen}")
+        assert again.welcome["resumed"] is True  # type: ignore[attr-defined]
+        missed = []
+        while not missed or missed[-1]["status"] != "arrived":
+            missed.append(await again.expect("order_update", order_id=order_id))
+        assert [m["seq"] for m in missed] == list(range(seen + 1, seen + 1 + len(missed)))
+        await back.close()
+        await again.close()
+    asyncio.run(main())
