@@ -217,3 +217,26 @@ def test_a_worker_attached_gets_all_our_drivers_at_the_next_tick() -> None:
     (rec,) = [r for r in core.records_to_send() if r.type == R.T.IN_FLEET]
     entry = R.FLEET_ENTRY.unpack_from(rec.body, R.FLEET_HEAD.size)
     assert (R.id_str(entry[0]), entry[1:3], entry[3]) == ("d1", (38.5, 68.7), R.FleetKind.MOVED)
+
+
+def test_status_changes_made_while_no_engine_is_attached_are_relayed_once_one_is() -> None:
+    core = make_core()
+    feed(core, stats(workers=2))
+    d1, d2 = connect(core, Role.DRIVER, "d1"), connect(core, Role.DRIVER, "d2")
+    for d in (d1, d2):
+        core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7}, d))
+    core.records_to_send()
+    core.feed_tick(now=1.0, ts_ms=1)
+    core.records_to_send()
+    core.engine_detached()
+    core.disconnected(d1)  # (a status change is refused meanwhile: engine_unavailable)
+    core.feed_tick(now=2.0, ts_ms=2)
+    assert [r.type for r in core.records_to_send() if r.type == R.T.IN_FLEET] == []  # no engine to take them
+    core.engine_attached()
+    core.records_to_send()
+    core.feed_tick(now=3.0, ts_ms=3)
+    (rec,) = [r for r in core.records_to_send() if r.type == R.T.IN_FLEET]
+    count = R.FLEET_HEAD.unpack_from(rec.body, 0)[-2]
+    entries = [R.FLEET_ENTRY.unpack_from(rec.body, R.FLEET_HEAD.size + i * R.FLEET_ENTRY.size) for i in range(count)]
+    kinds = {(R.id_str(e[0]), e[3]) for e in entries}
+    assert kinds == {("d1", R.FleetKind.GONE), ("d2", R.FleetKind.MOVED)}  # d2: everything again, on attach

@@ -9,7 +9,8 @@ while the dead worker is down, an admin on the survivor still sees every change 
 passenger was on the dead worker; an admin on the restarted worker sees the survivor's drivers,
 standing still, within seconds (not at the survivor's next full relay, up to 30 s later); the
 engine killed with -9 and started again mid-ride, with the driver on one worker and the passenger
-on the other: both workers re-attach, and the ride goes on, numbered on. And with both workers
+on the other: both workers re-attach, and the ride goes on, numbered on; a driver that leaves
+while the engine is down leaves the other worker's map once it is back. And with both workers
 serving: the same driver connecting to both at once keeps exactly one connection (the other closed
 4001); a driver and a passenger on two workers get each other's pushes (positions, cancel).
 """
@@ -299,4 +300,27 @@ def test_apps_of_a_killed_worker_resume_on_the_other_with_last_seq(workers: Work
         assert [m["seq"] for m in missed] == list(range(seen + 1, seen + 1 + len(missed)))
         await back.close()
         await again.close()
+    asyncio.run(main())
+
+
+def test_a_driver_that_leaves_while_the_engine_is_down_leaves_the_other_workers_map(workers: Workers) -> None:
+    s = workers
+
+    async def main() -> None:
+        driver = await app_on(s, 2, "driver", "kd8")
+        await online(driver, CENTER[0] + 2.7, CENTER[1])
+        admin = await admin_on(s, 1, "ops-outage")
+        await admin.send({"type": "subscribe", "topics": ["fleet"], "id": "f"})
+        await fleet_until(admin, lambda m: "kd8" in {row[0] for row in m["drivers"]}, "kd8 on the map")
+        s.engine.kill()
+        s.engine.wait(10)
+        for w in (1, 2):
+            s.out[w].wait_for(r"engine detached")
+        await driver.close()  # while no engine is there to hear of it
+        s.start_engine()
+        for w in (1, 2):
+            s.out[w].wait_for(r"attached to engine pid")
+        await fleet_until(admin, lambda m: "kd8" in m["gone"] or (m["full"] and "kd8" not in
+                                                                 {row[0] for row in m["drivers"]}), "kd8 gone")
+        await admin.close()
     asyncio.run(main())

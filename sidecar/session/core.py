@@ -613,7 +613,8 @@ class SessionCore:
         """
         self.attached = self.available = True
         self.admin_log("info", "engine attached")
-        self.feed.relay_everything()  # the other workers' admins (after our restart, or the engine's) know nothing of ours
+        # The other workers' admins (after our restart, or the engine's) know nothing of our drivers.
+        self.feed.relay_everything()
         records = self._records
         # Sessions gone since the last engine detached: what the link carries over to this one (the
         # records the dead one never read) may hold their open, which it would take for a live
@@ -1031,7 +1032,12 @@ class SessionCore:
     def _relay_fleet(self) -> None:
         """Publishes what the other workers' admins need from this one (admin_feed.py); nothing when alone."""
         entries = self.feed.relay()
-        if not entries or not self.available or self.stats.engine.workers < 2:
+        if not entries:
+            return
+        if not self.available:  # the other workers are still there: they must hear of these once one is
+            self.feed.hold(entries)
+            return
+        if self.stats.engine.workers < 2:  # nobody to tell (one that joins gets everything: relay_everything)
             return
         origin = R.Origin(0, self.worker, R.Role.ADMIN, b"")
         for at in range(0, len(entries), FLEET_CHUNK):
