@@ -5,7 +5,8 @@
 * copies of another worker's order records (`to_worker` not ours) feed the admins and are
   delivered to nobody here;
 * FLEET: this worker passes its drivers' fixes, status and disconnects on (only when the engine
-  says other workers are attached) and folds in what other workers say about theirs.
+  says other workers are attached) and folds in what other workers say about theirs; the
+  engine's notices: a detached worker's drivers leave the map, an attached one gets all of ours.
 End to end with the real engine and two sidecar processes: test_workers.py.
 """
 
@@ -41,8 +42,8 @@ def stats(workers: int) -> tuple[int, bytes]:
                                                          10, 8, 5, 0, 0, 0, 0, *[0] * len(R.LATENCY_BOUNDS_NS), 0)
 
 
-def fleet(worker: int, *entries: tuple[bytes, float, float, int]) -> tuple[int, bytes]:
-    body = bytearray(R.FLEET_HEAD.pack(*meta(worker, 0, R.Role.ADMIN, b""), len(entries)))
+def fleet(worker: int, *entries: tuple[bytes, float, float, int], notice: int = 0) -> tuple[int, bytes]:
+    body = bytearray(R.FLEET_HEAD.pack(*meta(worker, 0, R.Role.ADMIN, b""), len(entries), notice))
     for e in entries:
         body += R.FLEET_ENTRY.pack(*e)
     return R.T.OUT_FLEET, bytes(body)
@@ -133,7 +134,7 @@ def test_our_drivers_are_relayed_only_when_other_workers_are_attached() -> None:
     core.feed_tick(now=2.0, ts_ms=2)
     (rec,) = [r for r in core.records_to_send() if r.type == R.T.IN_FLEET]
     head = R.FLEET_HEAD.unpack_from(rec.body, 0)
-    assert head[3] == 1 and head[-1] == 2  # from worker 1, two entries
+    assert head[3] == 1 and head[-2:] == (2, 0)  # from worker 1, two entries, no notice
     entries = [R.FLEET_ENTRY.unpack_from(rec.body, R.FLEET_HEAD.size + i * R.FLEET_ENTRY.size) for i in range(2)]
     assert {(R.id_str(e[0]), e[3]) for e in entries} == {("d1", R.FleetKind.MOVED), ("d1", R.FleetKind.OFFLINE)}
     assert next(e for e in entries if e[3] == R.FleetKind.MOVED)[1:3] == (38.6, 68.8)
@@ -190,3 +191,54 @@ def test_a_remote_driver_not_heard_of_for_three_full_periods_leaves_the_map() ->
     assert len(core.feed) == 1
     core.feed_tick(now=45.0, ts_ms=3)  # its worker died: nobody else would say it left
     assert len(core.feed) == 0
+
+
+def test_a_detached_workers_drivers_leave_our_map_at_once() -> None:
+    core = make_core()
+    a = admin(core, "fleet", "drivers")
+    feed(core, fleet(2, (b"d7", 38.5, 68.7, R.FleetKind.MOVED)), fleet(3, (b"d8", 38.6, 68.8, R.FleetKind.MOVED)))
+    core.feed_tick(now=1.0, ts_ms=1)
+    assert set(fleet_rows(sent(core)[a])) == {"d7", "d8"}
+    feed(core, fleet(2, notice=R.FleetNotice.WORKER_DETACHED))
+    assert [(m["driver_id"], m["status"]) for m in sent(core)[a]] == [("d7", "disconnected")]
+    core.feed_tick(now=2.0, ts_ms=2)
+    assert sent(core)[a][0]["gone"] == ["d7"]  # d8 is worker 3's: still there
+    assert {row[0] for row in core.feed.snapshot(3)["drivers"]} == {"d8"}
+
+
+def test_a_worker_attached_gets_all_our_drivers_at_the_next_tick() -> None:
+    core = make_core()
+    d = connect(core, Role.DRIVER, "d1")
+    core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7}, d))
+    core.records_to_send()
+    core.feed_tick(now=1.0, ts_ms=1)
+    assert [r.type for r in core.records_to_send()] == []  # alone: nobody to tell
+    # Worker 2 attached: no ENGINE_STATS has said so yet, and d1 stands still.
+    feed(core, fleet(2, notice=R.FleetNotice.WORKER_ATTACHED))
+    core.feed_tick(now=2.0, ts_ms=2)
+    (rec,) = [r for r in core.records_to_send() if r.type == R.T.IN_FLEET]
+    entry = R.FLEET_ENTRY.unpack_from(rec.body, R.FLEET_HEAD.size)
+    assert (R.id_str(entry[0]), entry[1:3], entry[3]) == ("d1", (38.5, 68.7), R.FleetKind.MOVED)
+
+
+def test_status_changes_made_while_no_engine_is_attached_are_relayed_once_one_is() -> None:
+    core = make_core()
+    feed(core, stats(workers=2))
+    d1, d2 = connect(core, Role.DRIVER, "d1"), connect(core, Role.DRIVER, "d2")
+    for d in (d1, d2):
+        core.receive(d, request({"type": "driver_location", "lat": 38.5, "lon": 68.7}, d))
+    core.records_to_send()
+    core.feed_tick(now=1.0, ts_ms=1)
+    core.records_to_send()
+    core.engine_detached()
+    core.disconnected(d1)  # (a status change is refused meanwhile: engine_unavailable)
+    core.feed_tick(now=2.0, ts_ms=2)
+    assert [r.type for r in core.records_to_send() if r.type == R.T.IN_FLEET] == []  # no engine to take them
+    core.engine_attached()
+    core.records_to_send()
+    core.feed_tick(now=3.0, ts_ms=3)
+    (rec,) = [r for r in core.records_to_send() if r.type == R.T.IN_FLEET]
+    count = R.FLEET_HEAD.unpack_from(rec.body, 0)[-2]
+    entries = [R.FLEET_ENTRY.unpack_from(rec.body, R.FLEET_HEAD.size + i * R.FLEET_ENTRY.size) for i in range(count)]
+    kinds = {(R.id_str(e[0]), e[3]) for e in entries}
+    assert kinds == {("d1", R.FleetKind.GONE), ("d2", R.FleetKind.MOVED)}  # d2: everything again, on attach

@@ -559,9 +559,13 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_session_replaced) == 72, "dgdo_out_session
  * (sidecar/session/admin_feed.py); the engine loop does not journal or apply it (it is no
  * input to dispatch) and writes it, as OUT_FLEET with meta.to_worker = the sender, to every
  * other worker. Best effort: a lost one is healed by the next fix.
+ * The engine writes one of its own, with no entries, when a worker attaches or detaches while
+ * others are attached (`notice`, to_worker = that worker): the others forget what a detached
+ * worker said of its drivers (they are disconnected: nobody else will say so), and pass on all
+ * of theirs to one that attached (its admins know nothing of them yet).
  *    0 meta        64    IN: worker = the sender; OUT: to_worker = the sender, to_role admin
  *   64 count       u32   entries that follow
- *   68 pad_        u32
+ *   68 notice      u32   enum dgdo_fleet_notice: 0 in a worker's own
  *   72 entries     dgdo_fleet_entry x count
  *
  * dgdo_fleet_entry, 64 bytes:
@@ -571,6 +575,7 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_session_replaced) == 72, "dgdo_out_session
  *   57 pad_[7]
  */
 enum dgdo_fleet_kind { DGDO_FLEET_MOVED = 1, DGDO_FLEET_ONLINE = 2, DGDO_FLEET_OFFLINE = 3, DGDO_FLEET_GONE = 4 };
+enum dgdo_fleet_notice { DGDO_FLEET_NOTICE_NONE = 0, DGDO_FLEET_WORKER_ATTACHED = 1, DGDO_FLEET_WORKER_DETACHED = 2 };
 
 typedef struct dgdo_fleet_entry {
     dgdo_id driver_id;
@@ -586,7 +591,7 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_fleet_entry) == 64, "dgdo_fleet_entry");
 typedef struct dgdo_fleet {
     dgdo_out_meta meta; /* dgdo_in_meta on the way in: the same 64 bytes */
     uint32_t count;
-    uint32_t pad_;
+    uint32_t notice;
 } dgdo_fleet;
 DGDO_EV_STATIC_ASSERT(sizeof(dgdo_in_meta) == sizeof(dgdo_out_meta), "metas");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_fleet, count) == 64, "count");

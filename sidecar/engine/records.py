@@ -140,7 +140,7 @@ OUT_ENGINE_STATS = struct.Struct("<" + _META + "IIIIQQQQQ" + "QQ" + f"{len(LATEN
 OUT_SESSION = struct.Struct("<" + _META + "QBB6x")  # seq, resumed, online
 OUT_SESSION_REPLACED = struct.Struct("<" + _META + "H6x")
 # FLEET (IN_FLEET from a worker, OUT_FLEET relayed to the others): this head, then `count` entries.
-FLEET_HEAD = struct.Struct("<" + _META + "I4x")
+FLEET_HEAD = struct.Struct("<" + _META + "II")  # count, notice
 FLEET_ENTRY = struct.Struct("<40sddB7x")
 
 
@@ -151,6 +151,14 @@ class FleetKind(IntEnum):
     ONLINE = 2
     OFFLINE = 3
     GONE = 4
+
+
+class FleetNotice(IntEnum):
+    """What the engine's own FLEET record (no entries) says (enum dgdo_fleet_notice): 0 in a worker's."""
+
+    NONE = 0
+    WORKER_ATTACHED = 1  # pass on all of our drivers: its admins know nothing of them yet
+    WORKER_DETACHED = 2  # its drivers are disconnected: nobody else will say so
 
 _C_NAMES = {
     "dgdo_in_session": IN_SESSION,
@@ -232,7 +240,7 @@ def session(origin: Origin, recv_ns: int, last_seq: int | None = None) -> bytes:
 
 def fleet(origin: Origin, entries: list[tuple[bytes, float, float, int]]) -> bytes:
     """IN_FLEET: (padded driver id, lat, lon, FleetKind) per entry, for the other workers' admins."""
-    out = bytearray(FLEET_HEAD.pack(0, 0, origin.conn, origin.worker, origin.role, origin.actor, len(entries)))
+    out = bytearray(FLEET_HEAD.pack(0, 0, origin.conn, origin.worker, origin.role, origin.actor, len(entries), 0))
     pack = FLEET_ENTRY.pack
     for driver_id, lat, lon, kind in entries:
         out += pack(driver_id, lat, lon, kind)

@@ -21,9 +21,11 @@ Several workers behind one port: every worker's feed shows the whole fleet. Orde
 trips come from the engine's records, which the engine also hands to every other worker (fed
 here, delivered to nobody). Positions, online/offline and disconnects are only seen by the
 worker a driver is connected to: each tick that worker passes them on (`relay()`: the latest
-fix per driver, status changes, disconnects, and every local driver again every `full_every_s`)
-in a FLEET record the engine relays to the others, which fold them in with `remote()`. A remote
-driver not heard of for `3 x full_every_s` (its worker died) leaves the map.
+fix per driver, status changes, disconnects, and every local driver again every `full_every_s`
+and at every attach) in a FLEET record the engine relays to the others, which fold them in with
+`remote()`; what no engine could take waits for the next one (`hold()`), but for positions. A remote
+driver leaves the map when the engine says its worker detached (`worker_left()`), or, as a last
+resort, when not heard of for `3 x full_every_s`.
 
 Driver state, as derived here from what passes through; online or not is the engine's word at
 each welcome (SESSION_STATE's `online`: an app open off shift is offline until it says `online`),
@@ -185,6 +187,7 @@ class AdminFeed:
         self._last_prune = 0.0
         # several workers (module doc): what to pass on, and the drivers another worker reported
         self._relay: list[tuple[str, float, float, int]] = []  # (driver, lat, lon, FleetKind) since the last tick
+        self._held: dict[str, tuple[str, float, float, int]] = {}  # status changes made while no engine was attached
         self._last_relay_full = 0.0
         self._remote: dict[str, tuple[int, float]] = {}  # driver -> (its worker, monotonic s last heard of)
         self._remote_moved: dict[str, tuple[float, float]] = {}
@@ -330,6 +333,13 @@ class AdminFeed:
                 changes.append((driver_id, "online" if kind == FLEET_ONLINE else "offline"))
         return changes
 
+    def worker_left(self, worker: int) -> list[str]:
+        """Worker `worker` detached from the engine: the drivers it reported leave the map; returns them."""
+        gone = [driver_id for driver_id, (w, _heard) in self._remote.items() if w == worker]
+        for driver_id in gone:
+            self.driver_gone(driver_id, relay=False)
+        return gone
+
     def relay_everything(self) -> None:
         """At the next tick, pass on every local driver (another worker just joined)."""
         self._last_relay_full = -math.inf
@@ -337,7 +347,20 @@ class AdminFeed:
     def relay(self) -> list[tuple[str, float, float, int]]:
         """What the other workers' feeds need from this one since the last call (see `remote()`)."""
         out, self._relay = self._relay, []
+        if self._held:
+            out[:0] = self._held.values()
+            self._held = {}
         return out
+
+    def hold(self, entries: list[tuple[str, float, float, int]]) -> None:
+        """`relay()`'s entries that no engine could take (none attached): the status changes among
+        them go out with the next relay(), the latest per driver (at most one each). Positions need
+        not wait: the full relay at the next attach (`relay_everything()`) says where each driver is,
+        but not that one left or went online or offline meanwhile, which the others would not learn."""
+        for entry in entries:
+            if entry[3] != FLEET_MOVED:
+                self._held.pop(entry[0], None)  # (moved to the end: the latest is last)
+                self._held[entry[0]] = entry
 
     # ---- outputs --------------------------------------------------------------------
 

@@ -613,6 +613,8 @@ class SessionCore:
         """
         self.attached = self.available = True
         self.admin_log("info", "engine attached")
+        # The other workers' admins (after our restart, or the engine's) know nothing of our drivers.
+        self.feed.relay_everything()
         records = self._records
         # Sessions gone since the last engine detached: what the link carries over to this one (the
         # records the dead one never read) may hold their open, which it would take for a live
@@ -1004,8 +1006,19 @@ class SessionCore:
     def _fleet(self, buf: Any, off: int, size: int) -> None:
         """Another worker's drivers (FLEET, relayed by the engine) for our admins' views."""
         head, entry = R.FLEET_HEAD, R.FLEET_ENTRY
-        (_m, _real, _c, worker, _r, _id, count) = head.unpack_from(buf, off)
+        (_m, _real, _c, worker, _r, _id, count, notice) = head.unpack_from(buf, off)
         if worker == self.worker:
+            return
+        if notice == R.FleetNotice.WORKER_DETACHED:
+            for driver_id in self.feed.worker_left(worker):
+                self.to_admins("drivers", {"type": "driver_status", "driver_id": driver_id,
+                                           "status": "disconnected", "ts": self._now_ms()})
+            return
+        if notice == R.FleetNotice.WORKER_ATTACHED:
+            self.feed.relay_everything()
+            # Another worker is attached, whatever the last ENGINE_STATS (up to a second old) said:
+            # the relay at the next feed tick must go out, not be dropped as if we were alone.
+            self.stats.engine.workers = max(self.stats.engine.workers, 2)
             return
         mine = self.by_wire[R.Role.DRIVER]
         entries = []
@@ -1021,7 +1034,12 @@ class SessionCore:
     def _relay_fleet(self) -> None:
         """Publishes what the other workers' admins need from this one (admin_feed.py); nothing when alone."""
         entries = self.feed.relay()
-        if not entries or not self.available or self.stats.engine.workers < 2:
+        if not entries:
+            return
+        if not self.available:  # the other workers are still there: they must hear of these once one is
+            self.feed.hold(entries)
+            return
+        if self.stats.engine.workers < 2:  # nobody to tell (one that joins gets everything: relay_everything)
             return
         origin = R.Origin(0, self.worker, R.Role.ADMIN, b"")
         for at in range(0, len(entries), FLEET_CHUNK):

@@ -333,6 +333,8 @@ void EventLoop::attach(int fd, uint16_t worker_id, int32_t pid) {
     std::fprintf(stderr, "dgdo-engine: = worker %u attached (memfds %s.in, %s.out)\n", worker_id, label.c_str(),
                  label.c_str());
     workers_[worker_id] = std::move(w);
+    notify_fleet(worker_id, DGDO_FLEET_WORKER_ATTACHED);
+    if (publish()) ring_doorbells();
 }
 
 void EventLoop::detach(uint16_t worker_id, const char* why) {
@@ -350,7 +352,23 @@ void EventLoop::detach(uint16_t worker_id, const char* why) {
                      it->second->pending.size());
     workers_.erase(it);
     std::fprintf(stderr, "dgdo-engine: x worker %u detached: %s\n", worker_id, why);
+    notify_fleet(worker_id, DGDO_FLEET_WORKER_DETACHED);  // published with the detach's outputs
     input(WorkerDetached{worker_id});
+}
+
+// The other workers' admin feeds hear of a worker's attach or detach (events.h, FLEET `notice`):
+// a detached one's drivers leave their maps now, not when they have gone unheard of long enough,
+// and one that attached gets their drivers at once, even when their ENGINE_STATS never showed
+// the count of workers change (a worker killed and started again between two of them).
+void EventLoop::notify_fleet(uint16_t worker_id, uint32_t notice) {
+    if (workers_.empty() || (workers_.size() == 1 && workers_.count(worker_id) == 1)) return;  // nobody to tell
+    dgdo_fleet head{};
+    head.meta.to_worker = worker_id;
+    head.meta.to_role = DGDO_ROLE_ADMIN;
+    head.notice = notice;
+    OutRecord rec{DGDO_OUT_FLEET, std::vector<uint8_t>(sizeof head)};
+    std::memcpy(rec.body.data(), &head, sizeof head);
+    out_.push_back(std::move(rec));
 }
 
 EventLoop::Worker* EventLoop::by_serial(uint64_t serial) {
@@ -528,7 +546,9 @@ bool EventLoop::publish() {
         // Admins on every worker watch every order: a live change (not a replay to one
         // connection) also goes to the other workers, whose sidecars feed it to their admins
         // only (to_worker names the recipient's worker, not theirs).
-        if (meta.to_conn == 0 && workers_.size() > 1 && watched_by_admins(rec.type)) {
+        // Also when the recipient's worker is gone, though only one worker is left: that one's
+        // admins are the only ones left to see it.
+        if (meta.to_conn == 0 && (workers_.size() > 1 || it == workers_.end()) && watched_by_admins(rec.type)) {
             for (auto& [id, w] : workers_)
                 if (id != meta.to_worker) write_out(*w, rec);
         }

@@ -104,6 +104,7 @@ private:
     static void on_record(void* ctx, int32_t type, const uint8_t* body, uint32_t len);
     void take(Worker& w, int32_t type, const uint8_t* body, uint32_t len);
     void relay_fleet(Worker& w, const uint8_t* body, uint32_t len);
+    void notify_fleet(uint16_t worker_id, uint32_t notice);
 
     const Options opt_;
     const uint64_t epoch_;
