@@ -241,4 +241,5 @@ def test_status_changes_made_while_no_engine_is_attached_are_relayed_once_one_is
     count = R.FLEET_HEAD.unpack_from(rec.body, 0)[-2]
     entries = [R.FLEET_ENTRY.unpack_from(rec.body, R.FLEET_HEAD.size + i * R.FLEET_ENTRY.size) for i in range(count)]
     kinds = {(R.id_str(e[0]), e[3]) for e in entries}
-    assert kinds == {("d1", R.FleetKind.GONE), ("d2", R.FleetKind.MOVED)}  # d2: everything again, on attach
+    # d2: everything again, on attach: where it is and its status (offline: it never said online)
+    assert kinds == {("d1", R.FleetKind.GONE), ("d2", R.FleetKind.MOVED), ("d2", R.FleetKind.OFFLINE)}
