@@ -124,6 +124,20 @@ TEST(CoreTracking, NearbySubscriberGetsOnlineDriversNearestFirstAboutOnceASecond
     EXPECT_TRUE(of_type(h.tick(1), DGDO_OUT_NEARBY_DRIVERS).empty());
 }
 
+// A subscription is the connection's, not the app id's: it ends with the connection, whether that
+// closes or a newer one of the same passenger replaces it (which asked for nothing, and may be
+// another device). Otherwise the new one gets nearby_drivers it never subscribed to.
+TEST(CoreTracking, ANewerConnectionOfTheSamePassengerDoesNotInheritTheNearbySubscription) {
+    Harness h;
+    h.online("near", at(200));
+    h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 5);
+    h.nearby("p1", kCenter, 2000);
+    EXPECT_EQ(of_type(h.tick(1), DGDO_OUT_NEARBY_DRIVERS).size(), 1u);
+    h.session(true, DGDO_ROLE_PASSENGER, "p1", 2, 6);  // replaces conn 5 (on another worker, as it happens)
+    EXPECT_TRUE(of_type(h.tick(1), DGDO_OUT_NEARBY_DRIVERS).empty());
+    EXPECT_TRUE(of_type(h.tick(1), DGDO_OUT_NEARBY_DRIVERS).empty());
+}
+
 TEST(CoreTracking, NearbyRadiusAboveTheLimitIsABadMessage) {
     Harness h;
     EXPECT_EQ(result_of(h.nearby("p1", kCenter, 5001)), DGDO_RESULT_BAD_MESSAGE);

@@ -208,6 +208,9 @@ void Core::on(const SessionOpen& e) {
         r.by_worker = late ? s.worker : m.worker;
         emit(DGDO_OUT_SESSION_REPLACED, r);
         if (late) return;  // no welcome: its sidecar closes it (4001), and its close is ignored
+        // What the replaced connection subscribed to ends with it, as at its close: the new one
+        // (perhaps another device) asked for nothing yet.
+        if (m.role == DGDO_ROLE_PASSENGER) nearby_.erase(who);
     }
     s = Session{m.worker, m.conn, true, m.recv_ns};
     resume(e.rec, who);
