@@ -82,6 +82,34 @@ def test_the_header_wins_over_the_query_and_missing_is_401() -> None:
         auth.token_from({"token": ""}, "Bearer ")
 
 
+@pytest.mark.parametrize(("origin", "host", "same"), [
+    ("http://127.0.0.1:8765", "127.0.0.1:8765", True),
+    ("http://localhost:3000", "localhost:8765", True),  # a page of this host on another port
+    ("https://DISPATCH.example", "dispatch.example", True),
+    ("http://[::1]:8765", "[::1]:8765", True),
+    ("https://evil.example", "127.0.0.1:8765", False),
+    ("http://127.0.0.1.evil.example", "127.0.0.1:8765", False),
+    ("null", "127.0.0.1:8765", False),  # a sandboxed frame, a file:// page
+    ("http://[::1", "[::1]:8765", False),
+    ("http://127.0.0.1:8765", None, False),
+])
+def test_same_host_compares_the_origins_host_with_the_requests(origin: str, host: str | None, same: bool) -> None:
+    assert auth.same_host(origin, host) is same
+
+
+def test_with_auth_off_only_a_browser_page_of_another_host_is_refused() -> None:
+    off = auth.Authenticator(None)
+    assert off.authenticate(Role.ADMIN, None, {}, None) is None  # an app: no Origin
+    assert off.authenticate(Role.ADMIN, None, {}, None, "http://10.0.0.5:8765", "10.0.0.5:8765") is None
+    with pytest.raises(auth.ForeignOrigin) as e:
+        off.authenticate(Role.ADMIN, None, {}, None, "https://evil.example", "10.0.0.5:8765")
+    assert auth.http_status(e.value) == 403
+    # With auth on the token decides, whatever the page's site.
+    on = auth.Authenticator(JWT_SECRET)
+    claims = on.authenticate(Role.DRIVER, "d1", {"token": mint("driver", "d1")}, None, "https://app.example", "x")
+    assert claims is not None and claims.sub == "d1"
+
+
 # ---- CLI ------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ WebSocket version 8 handshake); the `websockets` library for the browser-visible
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -284,4 +285,31 @@ async def test_without_origin_the_refusal_stays_an_http_status(stack: Stack, tok
 async def test_a_browser_with_a_good_token_is_served_as_before(stack: Stack) -> None:
     async with connect(f"{stack.url}/ws/driver/d-ok?token={mint('driver', 'd-ok')}",
                        origin="https://app.example") as ws:
+        assert json.loads(await ws.recv())["type"] == "welcome"
+
+
+# ---- with auth off: no other site's page ----------------------------------------------------------
+
+
+@pytest.fixture
+def open_stack(engine_bin: Path) -> Iterator[Stack]:
+    s = start_stack("--insecure-no-auth")
+    yield s
+    assert s.stop() == 0
+
+
+async def test_with_auth_off_a_page_of_another_site_cannot_open_a_websocket(open_stack: Stack) -> None:
+    """A browser lets any page open a WebSocket anywhere, with its Origin as the only sign of where it
+    came from. With no token to ask for, a page of any site the operator visits could read the admin
+    feed (every driver's position) or act as any app; so only the sidecar's own pages may."""
+    for path in ("/ws/admin", "/ws/driver/d1"):
+        async with asyncio.timeout(10):  # (served, the socket would stay open: no close to wait for)
+            first, code, reason = await _refusal(f"{open_stack.url}{path}")  # Origin: https://app.example
+        error = json.loads(first)  # type: ignore[arg-type]
+        assert error["code"] == "forbidden" and "Origin" in error["message"]
+        assert code == auth.CLOSE_FORBIDDEN and reason.startswith("forbidden")
+    # The dashboard, from the sidecar's own address, and apps, which send no Origin, are served.
+    async with connect(f"{open_stack.url}/ws/admin", origin=f"http://127.0.0.1:{open_stack.port}") as ws:
+        assert json.loads(await ws.recv())["type"] == "welcome"
+    async with connect(f"{open_stack.url}/ws/driver/d1") as ws:
         assert json.loads(await ws.recv())["type"] == "welcome"

@@ -14,7 +14,8 @@ module owns the sockets and the event loop:
   wire/auth.py), and each refusal maps to one HTTP status. An auth refusal of an
   upgrade that carries `Origin` (a browser, which would see only close 1006) is
   instead accepted, answered with one `error` (`unauthorized` / `forbidden`) in the
-  negotiated format and closed with 4401 / 4403 (shell/refusal.py).
+  negotiated format and closed with 4401 / 4403 (shell/refusal.py). With auth off, a browser's
+  upgrade from a page of another host is refused that way too (wire/auth.py: ForeignOrigin).
 * per connection, `AppListener` feeds data frames to its `Decoder` (wire/codec.py),
   charges its `RateLimiter` (session/limits.py), hands the typed message to the
   core, answers CLOSE (picows does not), and relays picows' pause/resume of
@@ -371,8 +372,9 @@ class App:
                 return _http_page(self.page(r, request.headers.get("Authorization")))
             # The admin path carries no id: any admin token opens it, and its sub names the session.
             fmt, subprotocol = choose_format(request.headers.get("Sec-WebSocket-Protocol"), r.query)
+            headers = request.headers
             claims = self.auth.authenticate(r.role, None if r.role is Role.ADMIN else r.app_id, r.query,
-                                            request.headers.get("Authorization"))
+                                            headers.get("Authorization"), headers.get("Origin"), headers.get("Host"))
         except RouteError as e:
             return _http(e.status, e.message)
         except AuthError as e:
