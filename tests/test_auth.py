@@ -202,3 +202,35 @@ async def test_refusals_are_counted_in_metrics(stack: Stack) -> None:
     assert status == 200
     assert any(line.startswith('dgdo_auth_refused_total{worker="1"} ') and float(line.split()[1]) >= 1
                for line in body.decode().splitlines())
+
+
+async def test_no_token_or_secret_reaches_the_log_even_at_debug(engine_bin: object) -> None:
+    """Tokens ride in request targets (`?token=`) and headers: no log line may carry one, whatever was
+    refused or served, at the most verbose level an operator can ask for."""
+    from conftest import start_stack
+
+    s = start_stack("--log-level", "DEBUG", stderr=subprocess.STDOUT)
+    tokens = {"driver": mint("driver", "d1"), "admin": mint("admin", "ops"),
+              "expired": mint("driver", "d1", ttl_s=-60), "forged": auth.mint("y" * 32, "driver", "d1")}
+    try:
+        app = await AppClient.open(f"{s.url}/ws/driver/d1", token=tokens["driver"])
+        await app.expect("welcome")
+        await app.close()
+        via_header = await PicowsClient.open(f"{s.url}/ws/admin", token=None,
+                                             headers={"Authorization": f"Bearer {tokens['admin']}"})
+        await via_header.expect("welcome")
+        await via_header.close()
+        for name in ("expired", "forged", "admin"):  # refused: 401, 401, 403
+            assert await _ws_status(f"{s.url}/ws/driver/d1", token=tokens[name]) in (401, 403)
+            browser = await AppClient.open(f"{s.url}/ws/driver/d1", token=tokens[name], origin="https://app.example")
+            await browser.expect("error")
+        for path in (f"/admin?token={tokens['admin']}", f"/admin/whoami?token={tokens['admin']}",
+                     f"/admin/whoami?token={tokens['expired']}", f"/nowhere?token={tokens['admin']}"):
+            s.http_get(path)
+    finally:
+        assert s.stop() == 0  # every line is out once the process has ended
+    logged = "\n".join(s.out.all)
+    assert "picows.server" in logged  # DEBUG did reach picows' lines
+    assert JWT_SECRET not in logged
+    for name, token in tokens.items():
+        assert token.rsplit(".", 1)[-1] not in logged, f"the {name} token's signature is in the log"
