@@ -82,6 +82,34 @@ def test_the_header_wins_over_the_query_and_missing_is_401() -> None:
         auth.token_from({"token": ""}, "Bearer ")
 
 
+@pytest.mark.parametrize(("origin", "host", "same"), [
+    ("http://127.0.0.1:8765", "127.0.0.1:8765", True),
+    ("http://localhost:3000", "localhost:8765", True),  # a page of this host on another port
+    ("https://DISPATCH.example", "dispatch.example", True),
+    ("http://[::1]:8765", "[::1]:8765", True),
+    ("https://evil.example", "127.0.0.1:8765", False),
+    ("http://127.0.0.1.evil.example", "127.0.0.1:8765", False),
+    ("null", "127.0.0.1:8765", False),  # a sandboxed frame, a file:// page
+    ("http://[::1", "[::1]:8765", False),
+    ("http://127.0.0.1:8765", None, False),
+])
+def test_same_host_compares_the_origins_host_with_the_requests(origin: str, host: str | None, same: bool) -> None:
+    assert auth.same_host(origin, host) is same
+
+
+def test_with_auth_off_only_a_browser_page_of_another_host_is_refused() -> None:
+    off = auth.Authenticator(None)
+    assert off.authenticate(Role.ADMIN, None, {}, None) is None  # an app: no Origin
+    assert off.authenticate(Role.ADMIN, None, {}, None, "http://10.0.0.5:8765", "10.0.0.5:8765") is None
+    with pytest.raises(auth.ForeignOrigin) as e:
+        off.authenticate(Role.ADMIN, None, {}, None, "https://evil.example", "10.0.0.5:8765")
+    assert auth.http_status(e.value) == 403
+    # With auth on the token decides, whatever the page's site.
+    on = auth.Authenticator(JWT_SECRET)
+    claims = on.authenticate(Role.DRIVER, "d1", {"token": mint("driver", "d1")}, None, "https://app.example", "x")
+    assert claims is not None and claims.sub == "d1"
+
+
 # ---- CLI ------------------------------------------------------------------------------
 
 
@@ -174,3 +202,35 @@ async def test_refusals_are_counted_in_metrics(stack: Stack) -> None:
     assert status == 200
     assert any(line.startswith('dgdo_auth_refused_total{worker="1"} ') and float(line.split()[1]) >= 1
                for line in body.decode().splitlines())
+
+
+async def test_no_token_or_secret_reaches_the_log_even_at_debug(engine_bin: object) -> None:
+    """Tokens ride in request targets (`?token=`) and headers: no log line may carry one, whatever was
+    refused or served, at the most verbose level an operator can ask for."""
+    from conftest import start_stack
+
+    s = start_stack("--log-level", "DEBUG", stderr=subprocess.STDOUT)
+    tokens = {"driver": mint("driver", "d1"), "admin": mint("admin", "ops"),
+              "expired": mint("driver", "d1", ttl_s=-60), "forged": auth.mint("y" * 32, "driver", "d1")}
+    try:
+        app = await AppClient.open(f"{s.url}/ws/driver/d1", token=tokens["driver"])
+        await app.expect("welcome")
+        await app.close()
+        via_header = await PicowsClient.open(f"{s.url}/ws/admin", token=None,
+                                             headers={"Authorization": f"Bearer {tokens['admin']}"})
+        await via_header.expect("welcome")
+        await via_header.close()
+        for name in ("expired", "forged", "admin"):  # refused: 401, 401, 403
+            assert await _ws_status(f"{s.url}/ws/driver/d1", token=tokens[name]) in (401, 403)
+            browser = await AppClient.open(f"{s.url}/ws/driver/d1", token=tokens[name], origin="https://app.example")
+            await browser.expect("error")
+        for path in (f"/admin?token={tokens['admin']}", f"/admin/whoami?token={tokens['admin']}",
+                     f"/admin/whoami?token={tokens['expired']}", f"/nowhere?token={tokens['admin']}"):
+            s.http_get(path)
+    finally:
+        assert s.stop() == 0  # every line is out once the process has ended
+    logged = "\n".join(s.out.all)
+    assert "picows.server" in logged  # DEBUG did reach picows' lines
+    assert JWT_SECRET not in logged
+    for name, token in tokens.items():
+        assert token.rsplit(".", 1)[-1] not in logged, f"the {name} token's signature is in the log"

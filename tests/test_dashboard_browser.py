@@ -77,6 +77,10 @@ class Run:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -277,3 +281,39 @@ async def test_the_page_does_not_show_a_silent_connection_as_live(run: Run, brow
         run.proc.send_signal(signal.SIGCONT)
     await expect(page.locator("#conn-status")).to_have_text("live", timeout=WAIT_MS)
     await expect(page.locator("#map")).to_have_attribute("data-drivers", str(DRIVERS), timeout=WAIT_MS)
+
+
+# A passenger's cancel reason is the one free text an app sends (64 bytes; every id is pattern-checked).
+# Put into the page as HTML it would run where the admin token is kept. The engine keeps only why
+# the order ended (`passenger_canceled`), and the page puts every string in as text anyway.
+MARKUP_REASON = '<img src=x onerror="window.pwned=1"><b id=pwned>hi</b>'
+
+
+async def test_an_apps_text_reaches_the_page_as_text_never_as_markup(run: Run, browser: Browser,
+                                                                    tmp_path: Path) -> None:
+    page = await new_page(browser)
+    response = await page.goto(run.dashboard)
+    assert response is not None
+    headers = response.headers
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert (headers["x-content-type-options"], headers["referrer-policy"]) == ("nosniff", "no-referrer")
+    await expect(page.locator("#conn-status")).to_have_text("live")
+
+    p = await AppClient.open(f"{run.url}/ws/passenger/markup-p", token=mint("passenger", "markup-p"))
+    try:
+        await p.expect("welcome")
+        await p.send({"type": "ride_request", "id": "r1", "pickup": {"lat": 38.5598, "lon": 68.7870},
+                      "dropoff": {"lat": 38.5750, "lon": 68.7950}})
+        order_id = (await p.expect("ack", id="r1"))["order_id"]
+        await p.send({"type": "order_cancel", "order_id": order_id, "reason": MARKUP_REASON, "id": "c1"})
+        await p.expect("ack", id="c1")
+    finally:
+        await p.close()
+    await page.locator("#log-search").fill(str(order_id))  # (the log shows the newest 300 lines)
+    line = page.locator("#log li").filter(has_text=f"order {order_id} canceled")
+    await expect(line).to_contain_text("(passenger_canceled)")
+    assert "onerror" not in await page.locator("#log").inner_text()
+    assert await page.locator("#log img, #log b, #timeline img, #pwned").count() == 0
+    assert await page.evaluate("() => window.pwned") is None
+    await page.screenshot(path=tmp_path / "markup-reason.png")

@@ -7,12 +7,15 @@ WebSocket version 8 handshake); the `websockets` library for the browser-visible
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 import os
 import re
 import socket
 import struct
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -285,3 +288,83 @@ async def test_a_browser_with_a_good_token_is_served_as_before(stack: Stack) -> 
     async with connect(f"{stack.url}/ws/driver/d-ok?token={mint('driver', 'd-ok')}",
                        origin="https://app.example") as ws:
         assert json.loads(await ws.recv())["type"] == "welcome"
+
+
+# ---- with auth off: no other site's page ----------------------------------------------------------
+
+
+@pytest.fixture
+def open_stack(engine_bin: Path) -> Iterator[Stack]:
+    s = start_stack("--insecure-no-auth")
+    yield s
+    assert s.stop() == 0
+
+
+async def test_with_auth_off_a_page_of_another_site_cannot_open_a_websocket(open_stack: Stack) -> None:
+    """A browser lets any page open a WebSocket anywhere, with its Origin as the only sign of where it
+    came from. With no token to ask for, a page of any site the operator visits could read the admin
+    feed (every driver's position) or act as any app; so only the sidecar's own pages may."""
+    for path in ("/ws/admin", "/ws/driver/d1"):
+        async with asyncio.timeout(10):  # (served, the socket would stay open: no close to wait for)
+            first, code, reason = await _refusal(f"{open_stack.url}{path}")  # Origin: https://app.example
+        error = json.loads(first)  # type: ignore[arg-type]
+        assert error["code"] == "forbidden" and "Origin" in error["message"]
+        assert code == auth.CLOSE_FORBIDDEN and reason.startswith("forbidden")
+    # The dashboard, from the sidecar's own address, and apps, which send no Origin, are served.
+    async with connect(f"{open_stack.url}/ws/admin", origin=f"http://127.0.0.1:{open_stack.port}") as ws:
+        assert json.loads(await ws.recv())["type"] == "welcome"
+    async with connect(f"{open_stack.url}/ws/driver/d1") as ws:
+        assert json.loads(await ws.recv())["type"] == "welcome"
+
+
+# ---- what a client can make the sidecar log -------------------------------------------------------
+
+
+async def _refused_then_malformed(port: int) -> None:
+    """A browser-like upgrade with no token (accepted, to be refused: shell/refusal.py), then a frame
+    picows cannot parse; returns when the server has hung up."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /ws/driver/d1 HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\n"
+                 b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    writer.write(b"\x81\xff" + b"\x00" * 12)  # a 64-bit length with its top bit set: a protocol error
+    while await reader.read(4096):
+        pass
+    writer.close()
+
+
+async def test_clients_without_a_token_cannot_flood_the_log(engine_bin: Path) -> None:
+    """picows logs a client's malformed frame at ERROR, one line per connection: a client with no token
+    could fill the journal as fast as it can connect. Each kind of line is written once per window."""
+    s = start_stack(stderr=subprocess.STDOUT)
+    try:
+        await asyncio.gather(*(_refused_then_malformed(s.port) for _ in range(30)))
+    finally:
+        assert s.stop() == 0  # every line is out once the process has ended
+    parser_errors = [line for line in s.out.all if "WS parser error" in line]
+    assert len(parser_errors) == 1, parser_errors[:3]
+
+
+def test_each_kind_of_picows_line_is_written_once_a_window_with_the_count_left_out(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from sidecar.shell import server
+
+    now = [100.0]
+    monkeypatch.setattr(server.time, "monotonic", lambda: now[0])
+    quiet = server._QuietLog(logging.getLogger("picows.test"))
+    with caplog.at_level(logging.DEBUG, logger="picows.test"):
+        for _ in range(5):
+            quiet.error("WS parser error: %s", "bad length")
+        quiet.warning("another kind")
+        quiet.info("New connection accepted")  # INFO: DEBUG, never held back
+        quiet.info("New connection accepted")
+        now[0] += server.PICOWS_LOG_EVERY_S
+        quiet.error("WS parser error: %s", "bad opcode")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.ERROR, "WS parser error: bad length"),
+        (logging.WARNING, "another kind"),
+        (logging.DEBUG, "New connection accepted"),
+        (logging.DEBUG, "New connection accepted"),
+        (logging.ERROR, "WS parser error: bad opcode (4 more like this left out before)"),
+    ]

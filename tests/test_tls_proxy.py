@@ -6,7 +6,8 @@ test time, host name checked.
 Through the proxy: a driver on one worker and a passenger on the other complete a ride; a passenger
 whose connection silently died reconnects with `last_seq`, lands on the other worker, and resumes
 (the engine holds delivery state per app id); an idle client outlives the proxy's timeouts because
-the workers' pings cross it; /healthz answers the proxy's checks, /metrics stays private.
+the workers' pings cross it; /healthz answers the proxy's checks, /metrics stays private; no
+token reaches nginx's access log.
 nginx is stopped and its directory removed at the end, whatever happened.
 """
 
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, LineReader, engine_cmd, stack_env
+from conftest import ROOT, LineReader, engine_cmd, mint, stack_env
 from tlsstack import DROPOFF, PICKUP, client_context, drive_ride, https_get, open_app, self_signed, wait_until
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
@@ -49,9 +50,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def render(doc: str, https_port: int, http_port: int, workers: list[int], cert: Path, key: Path) -> str:
-    """docs/nginx.conf with this test's ports, certificate and timeouts. Every replacement must hit:
-    a doc that drifts from what this test expects fails here rather than testing something else."""
+def render(doc: str, https_port: int, http_port: int, workers: list[int], cert: Path, key: Path,
+           logs: Path) -> str:
+    """docs/nginx.conf with this test's ports, certificate, timeouts and log directory. Every
+    replacement must hit: a doc that drifts from what this test expects fails here rather than
+    testing something else."""
+    doc = doc.replace("/var/log/nginx/", f"{logs}/")  # each server's access_log, wherever it is set
     swaps = [
         ("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;"),
         ("listen [::]:443 ssl;", ""),
@@ -152,7 +156,8 @@ def proxied(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             p.outs.append(out)
             p.workers.append(port)
         https_port, p.http_port = free_port(), free_port()
-        (nginx_dir / "dgdo.conf").write_text(render(DOC.read_text(), https_port, p.http_port, p.workers, cert, key))
+        (nginx_dir / "dgdo.conf").write_text(render(DOC.read_text(), https_port, p.http_port, p.workers, cert, key,
+                                                             nginx_dir))
         (nginx_dir / "nginx.conf").write_text(main_conf(nginx_dir))
         assert NGINX is not None
         nginx = subprocess.Popen([NGINX, "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf"),
@@ -255,6 +260,25 @@ def test_healthz_through_nginx_and_metrics_kept_private(proxied: Proxied) -> Non
         raise AssertionError("no redirect")
     except urllib.error.HTTPError as e:
         assert e.code == 301 and e.headers["Location"].startswith("https://127.0.0.1/ws/driver/d1")
+
+
+async def test_no_token_is_kept_in_nginxs_access_log(proxied: Proxied) -> None:
+    """Apps and the dashboard link carry their token as `?token=` (a browser cannot set a header on a
+    WebSocket); nginx's default log line ("combined") would keep every one in the access log."""
+    assert proxied.nginx_dir is not None
+    access_log = proxied.nginx_dir / "access.log"
+    admin, driver = mint("admin", "ops"), mint("driver", "leaky")
+    assert https_get(f"{proxied.https}/admin/whoami?token={admin}", proxied.ctx)[0] == 200
+    app = await open_app(proxied.url, f"/ws/driver/leaky?token={driver}", proxied.ctx)
+    await app.close()
+    with contextlib.suppress(urllib.error.HTTPError):  # plain http://: the redirect, 301
+        urllib.request.build_opener(_NoRedirect).open(
+            f"http://127.0.0.1:{proxied.http_port}/ws/driver/leaky?token={driver}", timeout=5)
+    # nginx writes a request's line when it ends: the WebSocket's when its connection closed.
+    wait_until(lambda: access_log.read_text().count("/ws/driver/leaky") >= 2, what="the requests in the access log")
+    logged = access_log.read_text()
+    assert "/admin/whoami" in logged
+    assert admin not in logged and driver not in logged and "token=" not in logged
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

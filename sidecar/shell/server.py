@@ -14,7 +14,8 @@ module owns the sockets and the event loop:
   wire/auth.py), and each refusal maps to one HTTP status. An auth refusal of an
   upgrade that carries `Origin` (a browser, which would see only close 1006) is
   instead accepted, answered with one `error` (`unauthorized` / `forbidden`) in the
-  negotiated format and closed with 4401 / 4403 (shell/refusal.py).
+  negotiated format and closed with 4401 / 4403 (shell/refusal.py). With auth off, a browser's
+  upgrade from a page of another host is refused that way too (wire/auth.py: ForeignOrigin).
 * per connection, `AppListener` feeds data frames to its `Decoder` (wire/codec.py),
   charges its `RateLimiter` (session/limits.py), hands the typed message to the
   core, answers CLOSE (picows does not), and relays picows' pause/resume of
@@ -117,16 +118,42 @@ READ_BUFFER_BYTES = 2048
 METRICS_PORT_CONNECTIONS = 64  # scrapers and health checks on --metrics-port, at once
 WORKER_HEADER = "X-Dgdo-Worker"  # in every 101: the sidecar worker id that took the connection
 FIRST_ATTACH_S = 1.0  # the one attach tried before listening (App.start)
+PICOWS_LOG_EVERY_S = 10.0  # at most one of each kind of picows warning or error this often (_QuietLog)
 
 
 class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """picows logs every connection and disconnection at INFO: thousands of lines a minute under
-    real traffic (136 in 25 s of the demo). Here they are DEBUG; warnings and errors stay as they are.
+    real traffic (136 in 25 s of the demo). Here they are DEBUG.
+
+    Its warnings and errors are each about one connection, and mostly the peer's doing (a frame it
+    cannot parse: ERROR "WS parser error"). Any client can cause them as fast as it can connect,
+    even one with no token (a browser's refused upgrade is accepted first: shell/refusal.py), and
+    fill the journal. So each kind of line (its format string) is written at most once per
+    PICOWS_LOG_EVERY_S, the first of a window as it comes, with the number left out before it.
     Being an adapter rather than a Logger, it also spares each connection the child Logger picows
     would otherwise make for it (~0.6 KB, bench/conns)."""
 
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+        self._windows: dict[object, list[float | int]] = {}  # format string -> [window start, lines left out]
+
     def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
         self.debug(msg, *args, **kwargs)
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level < logging.WARNING or not self.isEnabledFor(level):
+            super().log(level, msg, *args, **kwargs)
+            return
+        now = time.monotonic()
+        window = self._windows.get(msg)
+        if window is not None and now - window[0] < PICOWS_LOG_EVERY_S:
+            window[1] += 1
+            return
+        left_out = 0 if window is None else int(window[1])
+        self._windows[msg] = [now, 0]
+        if left_out:
+            msg, args = f"{msg} ({left_out} more like this left out before)", args
+        super().log(level, msg, *args, **kwargs)
 
 
 # How picows serves; the benches' bare picows servers (bench/push/raw_server.py) use the same.
@@ -135,7 +162,7 @@ class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 # on the push path (bench/push) or on ingest (bench/protocol).
 PICOWS_SERVER_OPTIONS: dict[str, Any] = {
     "read_buffer_init_size": READ_BUFFER_BYTES,
-    "logger_name": _QuietLog(logging.getLogger("picows.server"), {}),
+    "logger_name": _QuietLog(logging.getLogger("picows.server")),
     "use_aiofastnet": False,
 }
 
@@ -371,8 +398,9 @@ class App:
                 return _http_page(self.page(r, request.headers.get("Authorization")))
             # The admin path carries no id: any admin token opens it, and its sub names the session.
             fmt, subprotocol = choose_format(request.headers.get("Sec-WebSocket-Protocol"), r.query)
+            headers = request.headers
             claims = self.auth.authenticate(r.role, None if r.role is Role.ADMIN else r.app_id, r.query,
-                                            request.headers.get("Authorization"))
+                                            headers.get("Authorization"), headers.get("Origin"), headers.get("Host"))
         except RouteError as e:
             return _http(e.status, e.message)
         except AuthError as e:

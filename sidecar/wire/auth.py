@@ -11,12 +11,21 @@ the HTTP status in `HTTP_STATUS` — the one place where that mapping lives:
      │    └── ExpiredToken            exp in the past
      └── NotAllowed             403  you are known, but this path is not yours
           ├── WrongRole               role claim differs from the path's role
-          └── WrongSubject            sub differs from the path's id
+          ├── WrongSubject            sub differs from the path's id
+          └── ForeignOrigin           auth off: a browser page of another site (below)
 
 A browser script never sees the status of a refused upgrade (only close 1006, as for a server
 that is down), so an upgrade that carries `Origin` (browsers always send it; native apps and
 servers usually do not) is refused the WebSocket way instead (`ws_refusal`): accepted, one
 `error` (`unauthorized` / `forbidden`), then close 4401 / 4403, the HTTP status plus 4000.
+
+With auth off (--insecure-no-auth) there is no token to ask for, and a browser lets any page it
+shows open a WebSocket to any address, the operator's own sidecar included: a page of any site
+the operator visits could read the admin feed or act as any app (cross-site WebSocket hijacking).
+So then a browser's upgrade (one with `Origin`) is served only when its Origin names the host it
+was sent to (`Host`; any port): the dashboard, served by the sidecar itself, still connects.
+With auth on no such check is needed: a page of another site has no token to send (none is kept
+in a cookie), and a web app of another site with tokens of its own is a client like any other.
 
 Browsers cannot set headers on a WebSocket, hence `?token=`; native apps may
 prefer `Authorization: Bearer`. When both are sent the header wins (query
@@ -29,6 +38,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 
@@ -82,6 +92,10 @@ class WrongSubject(NotAllowed):
     pass
 
 
+class ForeignOrigin(NotAllowed):
+    pass
+
+
 # The one mapping of handshake refusals to HTTP statuses (RFC 6750 §3.1: 401 invalid_token, 403 insufficient_scope).
 HTTP_STATUS: dict[type[AuthError], int] = {
     MissingToken: 401,
@@ -89,6 +103,7 @@ HTTP_STATUS: dict[type[AuthError], int] = {
     ExpiredToken: 401,
     WrongRole: 403,
     WrongSubject: 403,
+    ForeignOrigin: 403,
 }
 
 
@@ -180,6 +195,19 @@ def authorize(claims: Claims, role: Role, app_id: str | None) -> None:
         raise WrongSubject("the token's sub does not match the path's id")
 
 
+def same_host(origin: str, host: str | None) -> bool:
+    """Whether a browser's `Origin` names the host its request was sent to (`Host`), ports aside.
+
+    "null" (a sandboxed frame, a file:// page) and anything unparsable name no host: False.
+    """
+    try:
+        origin_host = urlsplit(origin).hostname
+        request_host = urlsplit(f"//{host}").hostname if host else None
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 literal
+        return False
+    return origin_host is not None and origin_host == request_host
+
+
 class Authenticator:
     """Authenticates upgrade requests with one secret; `None` turns auth off (--insecure-no-auth)."""
 
@@ -191,13 +219,17 @@ class Authenticator:
         return self.secret is not None
 
     def authenticate(self, role: Role, app_id: str | None, query: dict[str, str],
-                     authorization: str | None) -> Claims | None:
+                     authorization: str | None, origin: str | None = None, host: str | None = None) -> Claims | None:
         """Returns the verified claims, or None when auth is off.
+
+        `origin` and `host`: the upgrade's headers (a browser sends `Origin`), checked when auth is off.
 
         Raises:
             AuthError: map with `http_status()`.
         """
         if self.secret is None:
+            if origin is not None and not same_host(origin, host):
+                raise ForeignOrigin("auth is off: a page of another site (Origin) may not connect")
             return None
         claims = verify(token_from(query, authorization), self.secret)
         authorize(claims, role, app_id)
