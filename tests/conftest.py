@@ -120,6 +120,16 @@ class LineReader:
                 return m
 
 
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """(status, body) of a GET on 127.0.0.1:port, an error status included."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
 @dataclass
 class Stack:
     proc: subprocess.Popen[bytes]
@@ -134,11 +144,7 @@ class Stack:
         return f"ws://127.0.0.1:{self.port}"
 
     def http_get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
+        return http_get(self.port, path)
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
         """Waits until /healthz says the engine is attached."""

@@ -7,9 +7,11 @@ in flight, kills the engine with SIGKILL and starts a new one on the same state 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import engine_cmd
+from conftest import ROOT, engine_cmd, stack_env
 from rides import DROPOFF, PICKUP
 from test_engine_death import FAR, Split, answers, engine_segment, online_driver, start_split, stop_split
 from wsclient import AppClient
@@ -133,6 +135,15 @@ def _mine(client: AppClient, order_id: int) -> list[tuple]:
     return got
 
 
+def replay_json(state_dir: str, order_id: int) -> list[dict]:
+    """`dgdo replay --order N --json` over the state directory (offline: the engine may still run)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "sidecar", "replay", "--state-dir", state_dir, "--order", str(order_id), "--json"],
+        cwd=ROOT, env=stack_env(), capture_output=True, timeout=60, check=True,
+    )
+    return [json.loads(x) for x in out.stdout.decode().splitlines()]
+
+
 def _replayed(lines: list[dict], to_id: str) -> list[tuple]:
     """The same, from `dgdo replay --json`, rounded as the sidecar rounds them."""
     got: list[tuple] = []
@@ -150,12 +161,6 @@ def _replayed(lines: list[dict], to_id: str) -> list[tuple]:
 
 
 async def test_replay_explains_an_order_with_exactly_what_its_apps_received(durable: Split, state_dir: str) -> None:
-    import json
-    import subprocess
-    import sys
-
-    from conftest import ROOT, stack_env
-
     near = await online_driver(durable.url, "d1")  # ~600 m from the pickup
     far = await online_driver(durable.url, "d2")
     await far.send({"type": "driver_location", "lat": FAR_FROM_PICKUP[0], "lon": FAR_FROM_PICKUP[1], "id": "far"})
@@ -175,11 +180,7 @@ async def test_replay_explains_an_order_with_exactly_what_its_apps_received(dura
     await far.expect("order_update", order_id=order_id, status="completed")
 
     # Offline, while the engine still runs: a look at the journal never changes it.
-    out = subprocess.run(
-        [sys.executable, "-m", "sidecar", "replay", "--state-dir", state_dir, "--order", str(order_id), "--json"],
-        cwd=ROOT, env=stack_env(), capture_output=True, timeout=60, check=True,
-    )
-    lines = [json.loads(x) for x in out.stdout.decode().splitlines()]
+    lines = replay_json(state_dir, order_id)
     assert _replayed(lines, "p1") == _mine(pax, order_id)
     assert _replayed(lines, "d1") == _mine(near, order_id)
     assert _replayed(lines, "d2") == _mine(far, order_id)
@@ -207,12 +208,6 @@ async def test_replay_explains_an_order_with_exactly_what_its_apps_received(dura
 async def test_replay_explains_an_operator_cancel_of_a_started_trip(durable: Split, state_dir: str) -> None:
     """An admin's order_cancel is journaled like any input: `dgdo replay` shows who canceled, why, and
     what each app was told, exactly as they received it."""
-    import json
-    import subprocess
-    import sys
-
-    from conftest import ROOT, stack_env
-
     driver = await online_driver(durable.url, "d1")
     pax = await AppClient.open(f"{durable.url}/ws/passenger/p1")
     await pax.expect("welcome")
@@ -228,11 +223,7 @@ async def test_replay_explains_an_operator_cancel_of_a_started_trip(durable: Spl
     await pax.expect("order_update", order_id=order_id, status="canceled")
     await driver.expect("cancel_order", order_id=order_id)
 
-    out = subprocess.run(
-        [sys.executable, "-m", "sidecar", "replay", "--state-dir", state_dir, "--order", str(order_id), "--json"],
-        cwd=ROOT, env=stack_env(), capture_output=True, timeout=60, check=True,
-    )
-    lines = [json.loads(x) for x in out.stdout.decode().splitlines()]
+    lines = replay_json(state_dir, order_id)
     assert _replayed(lines, "p1") == _mine(pax, order_id)
     assert _replayed(lines, "d1") == _mine(driver, order_id)
     assert _mine(pax, order_id)[-1] == ("order_update", "canceled", "operator_canceled")

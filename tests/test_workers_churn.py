@@ -22,15 +22,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, LineReader, engine_cmd, mint, new_state_dir, stack_env
+from conftest import ROOT, LineReader, engine_cmd, http_get, mint, new_state_dir, stack_env
 from test_workers import CENTER, HEADER, App, admin_on, app_on, bound_socket, online, open_from, source_port_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -79,11 +77,7 @@ class Workers:
         self.procs[worker].wait(10)
 
     def http_get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
+        return http_get(self.port, path)
 
     def stop(self) -> None:
         for proc in self.procs.values():
