@@ -120,7 +120,6 @@ class LineReader:
                 return m
 
 
-
 def http_get(port: int, path: str) -> tuple[int, bytes]:
     """(status, body) of a GET on 127.0.0.1:port, an error status included."""
     try:
