@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core_harness.hpp"
+#include "loop/persistence.hpp"
 #include "store/journal.hpp"
 #include "store/recovery.hpp"
 #include "store/snapshot.hpp"
@@ -25,6 +26,13 @@ struct TempStateDir {
         EXPECT_EQ(make_state_dir(dir), 0);
     }
     ~TempStateDir() { std::filesystem::remove_all(dir.root); }
+    // Persistence over this directory, with the policy a test needs.
+    PersistOptions options(FsyncPolicy fsync = FsyncPolicy::Interval) const {
+        PersistOptions o;
+        o.state_dir = dir.root;
+        o.fsync = fsync;
+        return o;
+    }
 };
 
 // Builds the inputs of a random but fixed day (as the determinism test does), as InputEvents.

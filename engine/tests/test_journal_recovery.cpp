@@ -491,9 +491,7 @@ TEST(Persistence, AJournalDamagedBeforeItsEndIsRefusedAndEveryByteKept) {
     }
     std::vector<std::string> before;
     for (const auto& s : segs) before.push_back(read(s.path));
-    PersistOptions o;
-    o.state_dir = t.dir.root;
-    o.fsync = FsyncPolicy::Never;
+    PersistOptions o = t.options(FsyncPolicy::Never);
     {
         Persistence p(o);
         Core core;
@@ -510,9 +508,7 @@ TEST(Persistence, AJournalDamagedBeforeItsEndIsRefusedAndEveryByteKept) {
 // disk's would (EIO).
 TEST(Persistence, UnderBatchABatchTheDiskCouldNotSyncIsNotToBePublished) {
     TempStateDir t;
-    PersistOptions o;
-    o.state_dir = t.dir.root;
-    o.fsync = FsyncPolicy::Batch;
+    PersistOptions o = t.options(FsyncPolicy::Batch);
     Persistence p(o);
     Core core;
     ASSERT_EQ(p.start(core, Config{}, 1'000'000'000), 0);
@@ -545,9 +541,7 @@ TEST(Persistence, ASnapshotLeftHalfWrittenByAKilledEngineIsRemovedAtTheNextStart
     const std::string stale = t.dir.snapshots() + "/00000000000000000005.snap.tmp";
     std::ofstream(stale) << "half a snapshot";
     ASSERT_TRUE(std::filesystem::exists(stale));
-    PersistOptions o;
-    o.state_dir = t.dir.root;
-    o.fsync = FsyncPolicy::Never;
+    PersistOptions o = t.options(FsyncPolicy::Never);
     Persistence p(o);
     Core core;
     ASSERT_EQ(p.start(core, Config{}, 1'000'000'000), 0);
@@ -608,9 +602,7 @@ TEST(Persistence, AfterALostJournalTailNoOrderIdIsHandedOutAgain) {
     }
     fs::resize_file(list_segments(t.dir.journal()).back().path, kept_bytes);
 
-    PersistOptions o;
-    o.state_dir = t.dir.root;
-    o.fsync = FsyncPolicy::Never;  // the jump is synced whatever the policy
+    PersistOptions o = t.options(FsyncPolicy::Never);  // the jump is synced whatever the policy
     Core core;
     {
         Persistence p(o);
@@ -652,9 +644,7 @@ TEST(Persistence, ReplayingAJournalWithTheJumpGivesTheLiveDigest) {
         Recorder rec(t.dir);
         rec.run(in, 0, cut);
     }
-    PersistOptions o;
-    o.state_dir = t.dir.root;
-    o.fsync = FsyncPolicy::Never;
+    PersistOptions o = t.options(FsyncPolicy::Never);
     Core live;
     {
         Persistence p(o);
@@ -679,8 +669,7 @@ TEST(Persistence, ReplayingAJournalWithTheJumpGivesTheLiveDigest) {
 
 TEST(Persistence, AFreshStateDirectoryStartsWithoutAJump) {
     TempStateDir t;
-    PersistOptions o;
-    o.state_dir = t.dir.root;
+    PersistOptions o = t.options();
     Core core;
     {
         Persistence p(o);
@@ -694,9 +683,7 @@ TEST(Persistence, AFreshStateDirectoryStartsWithoutAJump) {
 // synced) at the first start. Those records had handed out ids: the next start jumps all the same.
 TEST(Persistence, AStateDirectoryWhoseEveryRecordWasLostStillJumps) {
     TempStateDir t;
-    PersistOptions o;
-    o.state_dir = t.dir.root;
-    o.fsync = FsyncPolicy::Never;
+    PersistOptions o = t.options(FsyncPolicy::Never);
     {
         Persistence p(o);
         Core core;
@@ -725,8 +712,7 @@ TEST(Persistence, AJournalFromBeforeTheJumpStillRecoversAndThenJumps) {
     const Recovery r = recover(core, Config{}, t.dir, RecoverOptions{false, false, nullptr, nullptr});
     ASSERT_TRUE(r.ok);
     EXPECT_EQ(r.digest, digest);
-    PersistOptions o;
-    o.state_dir = t.dir.root;
+    PersistOptions o = t.options();
     Core started;
     Persistence p(o);
     ASSERT_EQ(p.start(started, Config{}, 1'000'000'000), 0);
@@ -738,9 +724,7 @@ TEST(Persistence, AJournalFromBeforeTheJumpStillRecoversAndThenJumps) {
 // the boot file then names the new boot.
 TEST(Persistence, OnlyTheFirstStartOnANewBootJumps) {
     TempStateDir t;
-    PersistOptions o;
-    o.state_dir = t.dir.root;
-    o.fsync = FsyncPolicy::Never;
+    PersistOptions o = t.options(FsyncPolicy::Never);
     o.boot_id = "boot-a";
     Harness h;  // input builders
     uint64_t next = 0;  // the next order id when the last engine stopped
