@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from sidecar.engine import records as R
 from sidecar.session.core import (
+    CLOSE_EXPIRED,
     CLOSE_REPLACED,
     CLOSE_SLOW_READER,
     CLOSE_TOO_BIG,
@@ -30,6 +31,7 @@ from sidecar.session.core import (
 )
 from sidecar.session.session import Session
 from sidecar.session.stats import LinkGauges
+from sidecar.wire import auth
 from sidecar.wire.codec import JSON, MSGPACK, Decoder, Format, Request
 from sidecar.wire.errors import BadMessage, ErrorCode
 from sidecar.wire.frames import payloads
@@ -47,9 +49,9 @@ def make_core(attached: bool = True, **kw: Any) -> SessionCore:
 
 
 def connect(core: SessionCore, role: Role, app_id: str, fmt: Format = JSON, last_seq: int | None = None,
-            welcome: bool = True) -> Session:
+            welcome: bool = True, expires: int | None = None) -> Session:
     """A registered session; welcomed (and its welcome and announcement drained) unless `welcome` is False."""
-    s = core.new_session(role, app_id, fmt, last_seq)
+    s = core.new_session(role, app_id, fmt, last_seq, expires=expires)
     core.open(s)
     if welcome:
         core.records_to_send()
@@ -642,6 +644,105 @@ def test_too_large_comes_just_before_the_close_even_to_a_paused_session() -> Non
         ("pong", None, "p"), ("error", "too_large", None)]
     assert core.closes_to_send() == [(d, CLOSE_TOO_BIG, "message too big")]
     assert core.stats.errors["too_large"] == 1
+
+
+# ---- token expiry ---------------------------------------------------------------------------------------
+
+
+def test_a_session_is_closed_4401_when_its_token_expires_and_not_a_tick_before() -> None:
+    core = make_core()
+    soon = connect(core, Role.DRIVER, "d1", expires=1_000)
+    later = connect(core, Role.PASSENGER, "p1", fmt=MSGPACK, expires=5_000)
+    no_auth = connect(core, Role.DRIVER, "d2")  # auth off: no token, no deadline
+    admin = connect(core, Role.ADMIN, "ops", expires=10**9)
+    core.receive(admin, request({"type": "subscribe", "topics": ["log"]}, admin))
+    sent(core)
+    core.tick(999.9)
+    assert sent(core) == {} and core.closes_to_send() == []
+    core.tick(1_000.0)
+    out = sent(core)
+    assert out[soon] == [{"type": "error", "code": "unauthorized", "message": "token expired",
+                          "ts": WALL_NS // 1_000_000}]
+    assert core.closes_to_send() == [(soon, CLOSE_EXPIRED, "unauthorized: token expired")]
+    assert CLOSE_EXPIRED == auth.CLOSE_UNAUTHORIZED  # as a browser's upgrade with that token is refused
+    assert out[admin][0]["message"] == "closed driver d1 with 4401: token expired"
+    assert later not in out and no_auth not in out
+    assert (core.stats.expired_closes, core.stats.errors["unauthorized"]) == (1, 1)
+    # The close is a disconnect like any other: the engine hears of it only when the socket is gone
+    # (its orders stay), and a tick later closes nothing twice.
+    assert core.records_to_send() == []
+    core.tick(4_999.0)
+    assert sent(core) == {} and core.closes_to_send() == []
+    core.disconnected(soon)
+    (gone,) = core.records_to_send()
+    assert gone.type == R.T.IN_SESSION_CLOSE
+    core.tick(10**8)
+    assert [m["code"] for m in sent(core)[later]] == ["unauthorized"]
+    assert core.closes_to_send() == [(later, CLOSE_EXPIRED, "unauthorized: token expired")]
+    core.tick(10**10)
+    assert [s for s, _code, _reason in core.closes_to_send()] == [admin]
+    assert not no_auth.closing
+
+
+def test_tick_reads_the_wall_clock_when_given_no_time() -> None:
+    core = make_core()
+    due = connect(core, Role.DRIVER, "d1", expires=WALL_NS // 10**9)
+    kept = connect(core, Role.DRIVER, "d2", expires=WALL_NS // 10**9 + 1)
+    core.tick()
+    assert [s for s, _code, _reason in core.closes_to_send()] == [due]
+    assert not kept.closing
+
+
+def test_an_expired_token_is_said_even_to_a_paused_session_just_before_its_close() -> None:
+    core = make_core()
+    d = connect(core, Role.DRIVER, "d1", expires=1_000)
+    core.pause(d)
+    core.receive(d, request({"type": "ping", "id": "q"}, d))  # owed: dropped with the close
+    core.tick(1_000.0)
+    assert [(m["type"], m.get("code")) for m in sent(core)[d]] == [("error", "unauthorized")]
+    assert core.closes_to_send() == [(d, CLOSE_EXPIRED, "unauthorized: token expired")]
+
+
+def test_a_session_gone_or_replaced_before_its_token_expires_leaves_no_deadline_to_act_on() -> None:
+    core = make_core()
+    old = connect(core, Role.DRIVER, "d1", expires=1_000)
+    new = connect(core, Role.DRIVER, "d1", expires=3_000)  # replaces it (4001)
+    assert core.closes_to_send() == [(old, CLOSE_REPLACED, "replaced by a newer connection")]
+    p = connect(core, Role.PASSENGER, "p1", expires=1_000)
+    core.disconnected(p)
+    core.disconnected(old)
+    sent(core)
+    core.records_to_send()
+    core.tick(2_000.0)
+    assert sent(core) == {} and core.closes_to_send() == [] and core.stats.expired_closes == 0
+    core.tick(3_000.0)
+    assert core.closes_to_send() == [(new, CLOSE_EXPIRED, "unauthorized: token expired")]
+
+
+def test_deadlines_of_sessions_long_gone_do_not_pile_up() -> None:
+    # Apps reconnecting all day with day-long tokens: each old connection's deadline is a day away.
+    core = make_core(attached=False)
+    live = [connect(core, Role.DRIVER, f"d{i}", welcome=False, expires=10**9 + i) for i in range(100)]
+    for i in range(20_000):
+        s = connect(core, Role.PASSENGER, f"p{i}", welcome=False, expires=10**9)
+        core.disconnected(s)
+    assert len(core._deadlines) <= 2 * len(live) + 2 * 1024
+    core.tick(10**9 + 99)
+    assert [s for s, _code, _reason in core.closes_to_send()] == live
+    assert core._deadlines == [] and core._stale_deadlines == 0
+
+
+def test_a_crowd_expiring_at_once_is_one_line_in_the_admin_log() -> None:
+    core = make_core()
+    admin = connect(core, Role.ADMIN, "ops")
+    core.receive(admin, request({"type": "subscribe", "topics": ["log"]}, admin))
+    for i in range(50):
+        connect(core, Role.DRIVER, f"d{i}", expires=1_000)
+    sent(core)
+    core.tick(1_000.0)
+    logs = [m for m in sent(core)[admin] if m["type"] == "log"]
+    assert [m["message"] for m in logs] == ["closed 50 connections with 4401: token expired"]
+    assert core.stats.expired_closes == 50
 
 
 # ---- sessions: replacement, flow control --------------------------------------------------------------

@@ -13,8 +13,9 @@ Feed (inputs)
     engine:    receive_records(buffer, nbytes) a batch of whole records;
                engine_attached() / engine_detached(carried) / engine_available(up);
                not_taken(record, ...) for a record the link could not take
-    time:      tick() (system_stats to subscribed admins), feed_tick() (the dashboard's
-               `fleet` deltas, session/admin_feed.py)
+    time:      tick() (sessions whose token expired closed with 4401; system_stats to
+               subscribed admins), feed_tick() (the dashboard's `fleet` deltas,
+               session/admin_feed.py)
 
 Drain (outputs), each emptied as it is read
     records_to_send()  records for the engine, in order (`ToEngine`)
@@ -57,6 +58,7 @@ Vocabulary, one meaning each across Python and C++:
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable
@@ -72,7 +74,7 @@ from sidecar.session.limits import MAX_QUEUED, Outbox
 from sidecar.session.session import WIRE_ROLE, Session
 from sidecar.session.stats import EngineSnapshot, LinkGauges, SidecarStats
 from sidecar.wire.codec import ENCODE_INTO, Format, Request, encode
-from sidecar.wire.errors import ClientError, ErrorCode
+from sidecar.wire.errors import EXPIRED, ClientError, ErrorCode
 from sidecar.wire.frames import HEADERS, header, payloads
 from sidecar.wire.messages import (
     AdminSubscribe,
@@ -107,6 +109,14 @@ CLOSE_POLICY = 1008  # flooding past the rate limit
 CLOSE_TOO_BIG = 1009  # a message over the size or fragment cap
 CLOSE_REPLACED = 4001  # a newer connection with the same role and id took over
 CLOSE_SLOW_READER = 4008  # the client stopped reading: what it missed waits in the engine (?last_seq)
+# The token that opened it expired: 4401, as a browser's upgrade with that token is refused (wire/auth.py
+# CLOSE_UNAUTHORIZED; not imported: PyJWT loads socket, and the core loads no I/O module).
+CLOSE_EXPIRED = 4401
+EXPIRED_REASON = f"{ErrorCode.UNAUTHORIZED.value}: {EXPIRED}"  # as shell/refusal.py words a refusal's close
+# Entries of the deadline heap left by sessions gone before their token expired are dropped all at
+# once when they are over half of it and more than this: the heap stays within twice the sessions.
+STALE_DEADLINES_MIN = 1024
+EXPIRED_LOG_EACH = 8  # expiry closes in one tick logged to admins one by one; more: one line for all
 
 ROLE_OF_WIRE = {R.Role.DRIVER: Role.DRIVER, R.Role.PASSENGER: Role.PASSENGER, R.Role.ADMIN: Role.ADMIN}
 STATUS_NAME = {s: s.name.lower() for s in R.OrderStatus}
@@ -189,6 +199,12 @@ class SessionCore:
         self.by_conn: dict[int, Session] = {}
         self.by_wire: dict[int, dict[bytes, Session]] = {r: {} for r in WIRE_ROLE.values()}  # role -> padded id
         self.admins: set[Session] = set()
+        # Token expiry: (expires, conn id) per session opened with a token, soonest first. A tick
+        # looks at the top only, so 50k connections cost nothing until one is due (no timer each).
+        # A session that goes earlier leaves its entry (a heap cannot drop one from the middle):
+        # counted in `_stale_deadlines`, skipped when it comes up, swept out when they pile up.
+        self._deadlines: list[tuple[int, int]] = []
+        self._stale_deadlines = 0
         # engine
         self.attached = False
         self.available = False  # attached and beating
@@ -284,14 +300,17 @@ class SessionCore:
 
     # ---- registry ------------------------------------------------------------------------
 
-    def new_session(self, role: Role, app_id: str, fmt: Format, last_seq: int | None = None) -> Session:
+    def new_session(self, role: Role, app_id: str, fmt: Format, last_seq: int | None = None,
+                    expires: int | None = None) -> Session:
         """A session for an accepted upgrade; registered by open() once the socket is up.
 
         Called before the 101 goes out: its `opened_ns` is earlier than any connection the app
         makes after seeing this one's 101, on any worker (the engine keeps the later: Session).
+        `expires`: when its token stops opening connections (seconds since the epoch, wire/auth.py
+        `expires_at`), when the session is closed with 4401 (tick); None with auth off.
         """
         self._next_conn += 1
-        return Session(self._next_conn, role, app_id, fmt, self.worker, last_seq, self.mono_ns())
+        return Session(self._next_conn, role, app_id, fmt, self.worker, last_seq, self.mono_ns(), expires)
 
     def open(self, session: Session) -> None:
         """Registers the session and opens it with the engine.
@@ -312,6 +331,8 @@ class SessionCore:
         if session.role is Role.ADMIN:
             self.admins.add(session)
         self.stats.connections = len(self.by_conn)
+        if session.expires is not None:
+            heapq.heappush(self._deadlines, (session.expires, session.conn_id))
         if self.attached:
             self._records.append(ToEngine(T.IN_SESSION_OPEN, R.session(session.origin, session.opened_ns,
                                                                        session.last_seq)))
@@ -339,6 +360,14 @@ class SessionCore:
         if ids.get(session.wire_id) is session:
             del ids[session.wire_id]
         self.admins.discard(session)
+        if session.expires is not None:  # its deadline stays in the heap, now stale
+            session.expires = None
+            self._stale_deadlines += 1
+            if self._stale_deadlines > STALE_DEADLINES_MIN and self._stale_deadlines * 2 > len(self._deadlines):
+                by_conn = self.by_conn
+                self._deadlines = [d for d in self._deadlines if d[1] in by_conn]
+                heapq.heapify(self._deadlines)
+                self._stale_deadlines = 0
         return True
 
     def find(self, role: Role, app_id: str) -> Session | None:
@@ -1058,10 +1087,47 @@ class SessionCore:
     def admin_log(self, level: str, text: str) -> None:
         self.to_admins("log", {"type": "log", "level": level, "message": text, "ts": self._now_ms()})
 
-    def tick(self) -> None:
-        """The admins' clock: `system_stats` to those subscribed (the shell calls this every stats interval)."""
+    def tick(self, now: float | None = None) -> None:
+        """The core's clock (the shell calls this every stats interval, a second): sessions whose
+        token expired by `now` (seconds since the epoch; default the wall clock) are closed, and
+        `system_stats` goes to the admins subscribed."""
+        self.expire(self.wall_ns() / 1e9 if now is None else now)
         if any("system_stats" in s.topics for s in self.admins):
             self.to_admins("system_stats", self.system_stats())
+
+    def expire(self, now: float) -> None:
+        """Closes each session whose token expired by `now` (seconds since the epoch): an `error`
+        (`unauthorized`, "token expired") and close 4401, as an upgrade with that token would be
+        refused. Only the soonest deadlines are looked at. Its orders stay: the close is a
+        disconnect like any other, and the app comes back with a fresh token and `?last_seq`.
+
+        The error is framed even while the session is paused, as `too_large`'s is: the close drops
+        what it owes, and this is what tells the app why (a browser sees no HTTP status).
+        """
+        deadlines, by_conn = self._deadlines, self.by_conn
+        closed: list[Session] = []
+        while deadlines and deadlines[0][0] <= now:
+            _, conn_id = heapq.heappop(deadlines)
+            session = by_conn.get(conn_id)
+            if session is None:  # gone before its token expired (`_unregister`)
+                self._stale_deadlines -= 1
+                continue
+            session.expires = None  # out of the heap
+            if session.closing or session.gone:
+                continue
+            self._count_error(ErrorCode.UNAUTHORIZED)
+            self._frame(session, self._error(ErrorCode.UNAUTHORIZED, EXPIRED))
+            self.close(session, CLOSE_EXPIRED, EXPIRED_REASON)
+            closed.append(session)
+        if not closed:
+            return
+        self.stats.expired_closes += len(closed)
+        # Tokens minted together expire together: one line for a crowd, not a line each.
+        if len(closed) <= EXPIRED_LOG_EACH:
+            for session in closed:
+                self.admin_log("info", f"closed {session.role.value} {session.app_id} with {CLOSE_EXPIRED}: {EXPIRED}")
+        else:
+            self.admin_log("info", f"closed {len(closed)} connections with {CLOSE_EXPIRED}: {EXPIRED}")
 
     def system_stats(self) -> dict[str, Any]:
         """The `system_stats` admin message: the engine's last ENGINE_STATS plus this worker's gauges."""

@@ -43,18 +43,24 @@ class Session:
     Resync: the latest status / position / nearby record per type, what a restarted
     engine must be told about this session after it is re-announced.
 
+    `expires`: when its token stops opening connections (seconds since the epoch: the token's `exp`
+    plus the clock skew the upgrade tolerates, wire/auth.py `expires_at`); the core closes the
+    session then (4401, SessionCore.tick). None: no token (auth off), or its deadline is past and
+    out of the core's heap.
+
     `opened_ns`: when the upgrade was taken (CLOCK_MONOTONIC, before the 101 went out), sent
     with every announcement: of two connections of one app on two workers, the engine keeps
     the one opened later, whichever announcement reaches it first.
     """
 
-    __slots__ = ("app_id", "binary", "closing", "conn_id", "fmt", "gone", "io", "last_seq", "opened_ns", "origin",
-                 "outbox", "paused", "resync", "resyncing", "role", "topics", "wbuf", "welcomed", "wire_id",
-                 "wire_role")
+    __slots__ = ("app_id", "binary", "closing", "conn_id", "expires", "fmt", "gone", "io", "last_seq", "opened_ns",
+                 "origin", "outbox", "paused", "resync", "resyncing", "role", "topics", "wbuf", "welcomed",
+                 "wire_id", "wire_role")
 
     def __init__(self, conn_id: int, role: Role, app_id: str, fmt: Format, worker: int,
-                 last_seq: int | None = None, opened_ns: int = 0) -> None:
+                 last_seq: int | None = None, opened_ns: int = 0, expires: int | None = None) -> None:
         self.conn_id = conn_id
+        self.expires = expires
         self.opened_ns = opened_ns
         self.role = role
         self.app_id = app_id

@@ -150,6 +150,7 @@ class SidecarStats:
     abuse_closes: int = 0
     slow_reader_closes: int = 0
     too_large_closes: int = 0
+    expired_closes: int = 0  # connections closed because their token expired (4401)
 
     @property
     def errors_sent(self) -> int:

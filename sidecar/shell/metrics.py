@@ -155,7 +155,7 @@ class WorkerCollector(Collector):
         yield labelled(CounterMetricFamily("dgdo_closed", "connections closed by the server",
                                            labels=["worker", "reason"]),
                        (("abuse", s.abuse_closes), ("slow_reader", s.slow_reader_closes),
-                        ("too_large", s.too_large_closes)))
+                        ("too_large", s.too_large_closes), ("token_expired", s.expired_closes)))
 
 
 def _gauge(name: str, doc: str, worker: list[str], value: float) -> GaugeMetricFamily:

@@ -34,7 +34,8 @@ protocol errors it finds itself), 1001 (shutdown; a ping not answered in time â€
 session/keepalive.py, one sweep for every connection), 1007 (a text message that is not UTF-8),
 1008 (flooding past the rate limit), 1009 (a message over the size or fragment cap, after a
 `too_large` error saying which), 4001 (replaced by a newer connection with the same role and id),
-4008 (slow reader), 4401 / 4403 (a browser's upgrade refused by auth).
+4008 (slow reader), 4401 / 4403 (a browser's upgrade refused by auth), 4401 (the token that opened
+the connection expired: the core's tick decides, session/core.py `expire`, once a second).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ from sidecar.session.stats import LinkGauges, SidecarStats
 from sidecar.shell import dashboard, fdlimit, metrics, tls
 from sidecar.shell.front import Front, Page
 from sidecar.shell.refusal import RefusedListener
-from sidecar.wire.auth import ENV_SECRET, Authenticator, AuthError, Unauthenticated, http_status
+from sidecar.wire.auth import ENV_SECRET, Authenticator, AuthError, Unauthenticated, expires_at, http_status
 from sidecar.wire.codec import Decoder, InvalidText, MessageTooBig
 from sidecar.wire.errors import ClientError, ErrorCode
 from sidecar.wire.messages import DriverLocation, Nearby, Role
@@ -182,7 +183,7 @@ class Settings:
     write_low: int = WRITE_LOW
     max_queued: int = MAX_QUEUED
     max_paused_s: float = MAX_PAUSED_S
-    stats_interval_s: float = 1.0  # system_stats to subscribed admins
+    stats_interval_s: float = 1.0  # system_stats to subscribed admins; connections whose token expired closed
     feed_interval_s: float = FEED_INTERVAL_S  # `fleet` deltas to subscribed admins
     engine_timeout_s: float = ENGINE_TIMEOUT_S  # heartbeat silence after which the engine is unavailable
     idle_spin_us: float = 0.0  # after work, poll the engine's ring this long before parking (engine/idle.py)
@@ -412,7 +413,8 @@ class App:
             return _http(http_status(e), e.message, extra_headers=extra)
         if claims is not None and r.role is Role.ADMIN:
             r = replace(r, app_id=claims.sub)
-        session = self.core.new_session(r.role, r.app_id, fmt, r.last_seq)
+        session = self.core.new_session(r.role, r.app_id, fmt, r.last_seq,
+                                        expires=None if claims is None else expires_at(claims))
         return WSUpgradeResponseWithListener(_upgrade(subprotocol, self._worker_text), AppListener(self, session, r))
 
     def page(self, r: HttpRoute, authorization: str | None = None) -> Page:

@@ -27,6 +27,11 @@ was sent to (`Host`; any port): the dashboard, served by the sidecar itself, sti
 With auth on no such check is needed: a page of another site has no token to send (none is kept
 in a cookie), and a web app of another site with tokens of its own is a client like any other.
 
+A token is checked once, at the upgrade; the connection it opened is closed when the token would
+no longer open one (`expires_at`: its `exp` plus LEEWAY_S), with the same `unauthorized` error and
+close 4401 a browser's refused upgrade gets (session/core.py, SessionCore.tick). An app refreshes
+its token before then and reconnects with `?last_seq`.
+
 Browsers cannot set headers on a WebSocket, hence `?token=`; native apps may
 prefer `Authorization: Bearer`. When both are sent the header wins (query
 strings end up in access logs; a header is the better-kept of the two).
@@ -42,7 +47,7 @@ from urllib.parse import urlsplit
 
 import jwt
 
-from sidecar.wire.errors import ErrorCode
+from sidecar.wire.errors import EXPIRED, ErrorCode
 from sidecar.wire.messages import Role, is_valid_id
 
 ALGORITHM = "HS256"
@@ -131,6 +136,14 @@ class Claims:
     exp: int
 
 
+def expires_at(claims: Claims) -> int:
+    """The first second (since the epoch) at which verify() refuses the token: a connection it
+    opened ends then. Not `exp` itself: a token the upgrade still takes (within LEEWAY_S of its
+    `exp`) would otherwise open a connection only to see it closed at the next tick, and an app
+    retrying with it would loop until the leeway ran out."""
+    return claims.exp + LEEWAY_S
+
+
 def new_secret() -> str:
     """A random secret for a local run (256 bits, URL-safe so it can go in an env var)."""
     return secrets.token_urlsafe(32)
@@ -172,7 +185,7 @@ def verify(token: str, secret: str) -> Claims:
     try:
         payload = jwt.decode(token, secret, algorithms=[ALGORITHM], options=options, leeway=LEEWAY_S)
     except jwt.ExpiredSignatureError:
-        raise ExpiredToken("token expired") from None
+        raise ExpiredToken(EXPIRED) from None
     except jwt.InvalidTokenError as e:
         raise BadToken(f"invalid token: {str(e)[:80]}") from None
     sub, role, exp = payload.get("sub"), payload.get("role"), payload.get("exp")

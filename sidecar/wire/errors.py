@@ -15,7 +15,7 @@ class ErrorCode(StrEnum):
     """Wire error codes (DESIGN §4)."""
 
     BAD_FRAME = "bad_frame"
-    UNAUTHORIZED = "unauthorized"  # only from a refused upgrade seen by a browser (wire/auth.py: ws_refusal)
+    UNAUTHORIZED = "unauthorized"  # a browser's refused upgrade (wire/auth.py: ws_refusal); a token expired
     BAD_MESSAGE = "bad_message"
     UNKNOWN_TYPE = "unknown_type"
     FORBIDDEN = "forbidden"
@@ -25,6 +25,11 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"
     ENGINE_UNAVAILABLE = "engine_unavailable"
     OVERLOADED = "overloaded"
+
+
+# The message of an expired token: the refusal of an upgrade (wire/auth.py ExpiredToken) and the
+# `unauthorized` error just before an open connection is closed 4401 at its token's expiry (session/core.py).
+EXPIRED = "token expired"
 
 
 class ClientError(Exception):
