@@ -207,7 +207,7 @@ async def test_an_operator_cancels_a_live_order_from_its_timeline(engine_bin: Pa
 
 BAD_TOKENS = {
     "garbage": "The admin token was refused",
-    mint("admin", "ops", ttl_s=-60): "Your admin token has expired",
+    mint("admin", "ops", ttl_s=-60): "Your admin link expired. Get a new one with dgdo token --role admin --sub ops",
     mint("driver", "d-001"): "not an admin token",
     "": "No admin token given",
 }
@@ -230,6 +230,33 @@ async def test_a_bad_token_gets_a_clear_message_and_a_place_to_paste_one(run: Ru
     await page.click("#auth-form button[type=submit]")
     await expect(page.locator("#conn-status")).to_have_text("live")
     await expect(page.locator("#auth")).to_be_hidden()
+
+
+async def test_an_admin_link_that_expires_while_open_asks_for_a_new_one_instead_of_reconnecting(
+        run: Run, browser: Browser, tmp_path: Path) -> None:
+    """The sidecar closes a connection when its token expires (4401, "token expired"): the page says
+    how to mint a new token and waits for one; it does not try again with the one that ran out."""
+    page = await new_page(browser)
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    await page.goto(f"{run.base}/admin?token={mint('admin', 'ops-7', ttl_s=2)}")
+    await expect(page.locator("#conn-status")).to_have_text("live", timeout=WAIT_MS)
+    # At the token's exp plus the 5 s of clock skew allowed: within 8 s of minting.
+    await expect(page.locator("#auth")).to_be_visible(timeout=30_000)
+    await expect(page.locator("#auth-message")).to_contain_text(
+        "Your admin link expired. Get a new one with dgdo token --role admin --sub ops-7")
+    await expect(page.locator("#auth-message code")).to_have_text("dgdo token --role admin --sub ops-7")
+    await expect(page.locator("#conn-status")).to_have_attribute("data-state", "auth")
+    await expect(page.locator("#conn-status")).to_have_text("token expired")
+    await page.screenshot(path=tmp_path / "expired.png")
+    assert len(sockets) == 1
+    assert await page.evaluate("sessionStorage.length + localStorage.length") == 0  # the spent token is forgotten
+    # A new token connects again.
+    await page.fill("#auth-token", mint("admin", "ops-7"))
+    await page.click("#auth-form button[type=submit]")
+    await expect(page.locator("#conn-status")).to_have_text("live", timeout=WAIT_MS)
+    await expect(page.locator("#auth")).to_be_hidden()
+    assert len(sockets) == 2
 
 
 async def test_the_page_reconnects_by_itself_when_the_sidecar_restarts(run: Run, browser: Browser,

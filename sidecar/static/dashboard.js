@@ -4,6 +4,8 @@
  * log). The token comes from ?token= (then removed from the address bar) or is pasted once.
  * Before each connect the page asks GET /admin/whoami, because a refused upgrade (401/403)
  * reaches a script only as close code 1006, the same as "server down": whoami tells them apart.
+ * A token that expires while the page is open ends the connection (close 4401): the page then asks
+ * for a new one, saying how to mint it, rather than reconnect with a token that no longer opens one.
  * The map is a canvas in Web Mercator over a coordinate grid (works offline); a tile layer URL
  * is an optional setting. Nothing here is trusted as HTML: all text goes in through textContent.
  */
@@ -85,11 +87,34 @@
     S.token = null;
   }
 
-  function askForToken(message) {
-    setConn("auth", "no token");
-    $("auth-message").textContent = message || "";
+  function askForToken(message, status) {
+    setConn("auth", status || "no token");
+    const m = $("auth-message");
+    m.textContent = "";
+    // `code` spans: a command to copy (text only, never markup: see the file's header)
+    (Array.isArray(message) ? message : [message || ""]).forEach((part) =>
+      m.append(typeof part === "string" ? part : el("code", null, part.code)));
     $("auth").hidden = false;
     $("auth-token").focus();
+  }
+
+  // The token's `sub`, read (not verified: only to word the hint) from its payload.
+  function subOf(token) {
+    try {
+      const sub = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).sub;
+      return typeof sub === "string" && /^[A-Za-z0-9_.:-]{1,36}$/.test(sub) ? sub : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  // The token ran out (refused as expired, or the connection it opened closed 4401 at its expiry):
+  // only a new one helps, so say how to get one.
+  function askForNewToken(sub) {
+    forgetToken();
+    askForToken(["Your admin link expired. Get a new one with ",
+      { code: `dgdo token --role admin --sub ${sub || "ops"}` },
+      " and paste the token here (make run prints a fresh link each time it starts)."], "token expired");
   }
 
   // ---- connection ---------------------------------------------------------------------------
@@ -129,11 +154,11 @@
     const who = await checkToken(S.token);
     if (who.status === 401 || who.status === 403) {
       const why = (who.body && who.body.error) || "";
+      if (who.status === 401 && /expired/.test(why)) return askForNewToken(S.token && subOf(S.token));
       forgetToken();
       const text = who.status === 403 ? `This token is not an admin token (${why}).`
-        : /expired/.test(why) ? "Your admin token has expired. Paste a new one."
-          : /no token/.test(why) ? "No admin token given."
-            : `The admin token was refused (${why || "invalid"}).`;
+        : /no token/.test(why) ? "No admin token given."
+          : `The admin token was refused (${why || "invalid"}).`;
       return askForToken(text);
     }
     if (who.status !== 200) return scheduleReconnect(who.status === 0 ? "sidecar unreachable" : `HTTP ${who.status}`);
@@ -162,6 +187,12 @@
         addLog("warning", Date.now(), "This dashboard was opened in another tab or browser with the same token; " +
           "this one stopped. Reload to take over.");
         return;  // protocol: do not reconnect on 4001 (another instance took over)
+      }
+      if (ev.code === 4401) {  // the token expired while connected (or just before the upgrade)
+        addLog("warning", Date.now(), `The sidecar closed the connection: ${ev.reason || "unauthorized"}.`);
+        if (/expired/.test(ev.reason)) return askForNewToken(S.token && subOf(S.token));
+        forgetToken();
+        return askForToken(`The admin token was refused (${ev.reason || "unauthorized"}).`);
       }
       scheduleReconnect(ev.code === 1001 ? "sidecar restarting" : "connection lost");
     };
