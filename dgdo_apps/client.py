@@ -9,7 +9,8 @@ an engine restart the way an app should (`command()` retries with the same id). 
 text frames by default, msgpack binary frames with `binary=True`, both read and written
 with the independent `json` / `msgpack` packages (never the server's codec, so the two
 implementations check each other on the wire). With DGDO_JWT_SECRET set, each connection
-carries a minted `?token=`. The demo fleet (demo.py) is built on it.
+carries a freshly minted `?token=` (a week long): the server closes a connection when its token
+expires (4401), and a link opened again gets a new one. The demo fleet (demo.py) is built on it.
 
 Over `wss://` a link verifies the server's certificate against the system's CAs, or against the
 context `use_tls()` set for the process: `cafile_context()` (a private CA) or `pinned_context()`
@@ -43,7 +44,13 @@ CONNECT_RETRY_S = 10.0  # how long to keep trying while the server is not up yet
 CLOSE_TIMEOUT_S = 0.5  # wait for the server's CLOSE echo before dropping the socket
 # Close codes after which an app must not reconnect by itself (docs/protocol.md §6): a newer
 # connection with the same role and id took over (4001), or the token's role or id does not fit.
+# Not 4401 (the token expired while connected): every connection here mints a fresh token, so a
+# reconnect is what an app does after refreshing its token.
 NO_RECONNECT = frozenset({4001, 4403})
+CLOSE_TOKEN_EXPIRED = 4401
+# Each connection's token: far longer than a demo runs (the server closes a connection whose token
+# expires, 4401), and minted anew for every connection, so a reconnect never carries a spent one.
+TOKEN_TTL_S = 7 * 86400
 
 
 def encode(message: dict[str, Any], binary: bool = False) -> bytes:
@@ -262,7 +269,7 @@ def token_query(role: str, sub: str) -> str:
         return ""
     import jwt  # only needed when auth is on
 
-    token = jwt.encode({"sub": sub, "role": role, "exp": int(time.time()) + 7 * 86400}, secret, "HS256")
+    token = jwt.encode({"sub": sub, "role": role, "exp": int(time.time()) + TOKEN_TTL_S}, secret, "HS256")
     return f"?token={token}"
 
 

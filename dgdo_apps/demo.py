@@ -232,6 +232,9 @@ class DemoDriver:
                     # turn, and the two would replace each other for good. Leave the field to it.
                     log.warning("%s: closed %s by the server; not reconnecting", self.id, self.link.close_code)
                     return
+                if self.link.close_code == client.CLOSE_TOKEN_EXPIRED:
+                    log.info("%s: token expired; reconnecting with a fresh one", self.id)
+                    continue  # the server is up: open_link mints a new token
                 await asyncio.sleep(0.5)  # the server went away; let it come back
         finally:
             riding = self.riding
