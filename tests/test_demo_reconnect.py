@@ -15,7 +15,7 @@ from conftest import JWT_SECRET, Stack
 from rides import PICKUP, passenger, request_ride
 from wsclient import AppClient
 
-from dgdo_apps import demo
+from dgdo_apps import client, demo
 from dgdo_apps.demo import CityBox, Counters, DemoDriver
 
 
@@ -72,3 +72,27 @@ async def test_a_demo_driver_replaced_by_another_connection_does_not_take_it_bac
         await asyncio.gather(task, return_exceptions=True)
         if other is not None:
             await other.close()
+
+
+async def test_a_demo_driver_whose_token_expires_reconnects_with_a_fresh_one(
+        stack: Stack, quick_demo: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sidecar closes a connection whose token expired (4401); each link mints its own token,
+    so the demo driver comes straight back, as an app that refreshed its token would."""
+    # exp 3 s ago: the upgrade still takes it (5 s of clock skew allowed), and it expires 2 s later.
+    monkeypatch.setattr(client, "TOKEN_TTL_S", -3)
+    driver = DemoDriver("d-001", stack.url, Counters(), random.Random(1))
+    task = asyncio.get_running_loop().create_task(driver.run())
+    try:
+        await asyncio.wait_for(driver.online.wait(), 10)
+        first = driver.link
+        assert first is not None
+        await asyncio.wait_for(first.closed.wait(), 10)
+        # (Woken with the driver: its reconnect has network round trips ahead before it is online again.)
+        driver.online.clear()
+        assert first.close_code == 4401
+        monkeypatch.setattr(client, "TOKEN_TTL_S", 3600)
+        await asyncio.wait_for(driver.online.wait(), 10)
+        assert driver.link is not first and not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
