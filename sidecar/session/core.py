@@ -116,6 +116,10 @@ EXPIRED_REASON = f"{ErrorCode.UNAUTHORIZED.value}: {EXPIRED}"  # as shell/refusa
 # Entries of the deadline heap left by sessions gone before their token expired are dropped all at
 # once when they are over half of it and more than this: the heap stays within twice the sessions.
 STALE_DEADLINES_MIN = 1024
+# A deadline heap entry: the deadline (whole seconds since the epoch) above the conn id's bits.
+# Conn ids count connections since the process started: 2**40 is a thousand years at 30k a second.
+_CONN_BITS = 40
+_CONN_MASK = (1 << _CONN_BITS) - 1
 EXPIRED_LOG_EACH = 8  # expiry closes in one tick logged to admins one by one; more: one line for all
 
 ROLE_OF_WIRE = {R.Role.DRIVER: Role.DRIVER, R.Role.PASSENGER: Role.PASSENGER, R.Role.ADMIN: Role.ADMIN}
@@ -199,11 +203,13 @@ class SessionCore:
         self.by_conn: dict[int, Session] = {}
         self.by_wire: dict[int, dict[bytes, Session]] = {r: {} for r in WIRE_ROLE.values()}  # role -> padded id
         self.admins: set[Session] = set()
-        # Token expiry: (expires, conn id) per session opened with a token, soonest first. A tick
-        # looks at the top only, so 50k connections cost nothing until one is due (no timer each).
-        # A session that goes earlier leaves its entry (a heap cannot drop one from the middle):
-        # counted in `_stale_deadlines`, skipped when it comes up, swept out when they pile up.
-        self._deadlines: list[tuple[int, int]] = []
+        # Token expiry: one entry per session opened with a token, soonest first: an int, the deadline
+        # above the conn id (`_deadline_key`; a tuple and its two ints cost ~70 bytes more a connection,
+        # README "Memory per connection"). A tick looks at the top only, so 50k connections cost
+        # nothing until one is due (no timer each). A session that goes earlier leaves its entry (a
+        # heap cannot drop one from the middle): counted in `_stale_deadlines`, skipped when it comes
+        # up, swept out when they pile up.
+        self._deadlines: list[int] = []
         self._stale_deadlines = 0
         # engine
         self.attached = False
@@ -332,7 +338,7 @@ class SessionCore:
             self.admins.add(session)
         self.stats.connections = len(self.by_conn)
         if session.expires is not None:
-            heapq.heappush(self._deadlines, (session.expires, session.conn_id))
+            heapq.heappush(self._deadlines, session.expires << _CONN_BITS | session.conn_id)
         if self.attached:
             self._records.append(ToEngine(T.IN_SESSION_OPEN, R.session(session.origin, session.opened_ns,
                                                                        session.last_seq)))
@@ -365,7 +371,7 @@ class SessionCore:
             self._stale_deadlines += 1
             if self._stale_deadlines > STALE_DEADLINES_MIN and self._stale_deadlines * 2 > len(self._deadlines):
                 by_conn = self.by_conn
-                self._deadlines = [d for d in self._deadlines if d[1] in by_conn]
+                self._deadlines = [d for d in self._deadlines if d & _CONN_MASK in by_conn]
                 heapq.heapify(self._deadlines)
                 self._stale_deadlines = 0
         return True
@@ -580,7 +586,7 @@ class SessionCore:
         corr = self._expect_reply(session, rid) if rid is not None else 0
         body = R.driver_location(session.origin, self.mono_ns(), corr,
                                  m.lat, m.lon, m.heading, m.speed_kmh, m.accuracy_m)
-        session.resync[T.IN_DRIVER_LOCATION] = body
+        session.keep_for_resync(T.IN_DRIVER_LOCATION, body)
         passenger = self._trips.get(session.wire_id)
         due = passenger is not None and passenger in self.by_wire[R.Role.PASSENGER]
         if self._publish(session, rid, T.IN_DRIVER_LOCATION, body, corr, latest=session.app_id, reply_due=due):
@@ -589,7 +595,7 @@ class SessionCore:
     def _driver_status(self, session: Session, m: DriverStatus, rid: str | int | None) -> None:
         corr = self._expect_reply(session, rid) if rid is not None else 0
         body = R.driver_status(session.origin, self.mono_ns(), corr, m.online)
-        session.resync[T.IN_DRIVER_STATUS] = body
+        session.keep_for_resync(T.IN_DRIVER_STATUS, body)
         if self._publish(session, rid, T.IN_DRIVER_STATUS, body, corr):
             self.feed.driver_status(session.app_id, m.online)
             self.to_admins("drivers", {"type": "driver_status", "driver_id": session.app_id,
@@ -613,7 +619,7 @@ class SessionCore:
         corr = self._expect_reply(session, rid) if rid is not None else 0
         body = R.nearby(session.origin, self.mono_ns(), corr, m.lat if m.subscribe else 0.0,
                         m.lon if m.subscribe else 0.0, m.radius_m, m.subscribe)
-        session.resync[T.IN_NEARBY] = body
+        session.keep_for_resync(T.IN_NEARBY, body)
         self._publish(session, rid, T.IN_NEARBY, body, corr)
 
     def _admin_subscribe(self, session: Session, m: AdminSubscribe, rid: str | int | None) -> None:
@@ -657,8 +663,9 @@ class SessionCore:
         for s in self.sessions():
             s.resyncing = s.welcomed  # (Session): until this engine answers the announcement
             records.append(ToEngine(T.IN_SESSION_OPEN, R.session(s.origin, s.opened_ns, s.last_seq)))
-            for type_, body in s.resync.items():
-                records.append(ToEngine(type_, body))
+            if s.resync:
+                for type_, body in s.resync.items():
+                    records.append(ToEngine(type_, body))
 
     def engine_detached(self, carried: Collection[int] = ()) -> None:
         """The engine went away: the commands in flight are answered `engine_unavailable`.
@@ -1106,9 +1113,8 @@ class SessionCore:
         """
         deadlines, by_conn = self._deadlines, self.by_conn
         closed: list[Session] = []
-        while deadlines and deadlines[0][0] <= now:
-            _, conn_id = heapq.heappop(deadlines)
-            session = by_conn.get(conn_id)
+        while deadlines and deadlines[0] >> _CONN_BITS <= now:
+            session = by_conn.get(heapq.heappop(deadlines) & _CONN_MASK)
             if session is None:  # gone before its token expired (`_unregister`)
                 self._stale_deadlines -= 1
                 continue

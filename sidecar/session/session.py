@@ -70,17 +70,25 @@ class Session:
         self.welcomed = False
         self.resyncing = False
         self.topics = NO_TOPICS
-        self.resync: dict[int, bytes] = {}
+        self.resync: dict[int, bytes] | None = None  # made by the first record kept: most sessions keep none
         self.wire_role = WIRE_ROLE[role]
-        actor = app_id.encode("ascii")
-        self.wire_id = actor.ljust(ID_SIZE, b"\0")  # as a record's dgdo_id field holds it: the registry's key
-        self.origin = Origin(conn_id, worker, self.wire_role, actor)
+        # As a record's dgdo_id field holds it (NUL-padded): the registry's key, and the origin's actor
+        # too (a struct "40s" packs it as it packs the unpadded id: one bytes object, not two).
+        self.wire_id = app_id.encode("ascii").ljust(ID_SIZE, b"\0")
+        self.origin = Origin(conn_id, worker, self.wire_role, self.wire_id)
         self.outbox: Outbox | None = None  # made on the first pause: most sessions never pause
         self.paused = False
         self.closing = False
         self.gone = False
         self.io: Any = None
         self.wbuf: bytearray | None = None  # this drain's frames, whole, for one write (SessionCore.writes_to_send)
+
+    def keep_for_resync(self, type_: int, body: bytes) -> None:
+        """Keeps `body` as the latest record of its type, for a re-attached engine (`resync`)."""
+        resync = self.resync
+        if resync is None:
+            resync = self.resync = {}
+        resync[type_] = body
 
     def __repr__(self) -> str:
         return f"<Session {self.conn_id} {self.role.value} {self.app_id}>"
