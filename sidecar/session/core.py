@@ -204,8 +204,8 @@ class SessionCore:
         self.by_wire: dict[int, dict[bytes, Session]] = {r: {} for r in WIRE_ROLE.values()}  # role -> padded id
         self.admins: set[Session] = set()
         # Token expiry: one entry per session opened with a token, soonest first: an int, the deadline
-        # above the conn id (`_deadline_key`; a tuple and its two ints cost ~70 bytes more a connection,
-        # README "Memory per connection"). A tick looks at the top only, so 50k connections cost
+        # above the conn id (a tuple and its two ints cost ~70 bytes more a connection: README,
+        # `bench-conns`). A tick looks at the top only, so 50k connections cost
         # nothing until one is due (no timer each). A session that goes earlier leaves its entry (a
         # heap cannot drop one from the middle): counted in `_stale_deadlines`, skipped when it comes
         # up, swept out when they pile up.
