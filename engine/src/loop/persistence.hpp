@@ -55,8 +55,9 @@ public:
     void add(const InputEvent& ev) {
         if (journal_) journal_->add(ev);
     }
-    // Writes the batch. false: it could not be journaled, so it must not be applied (logged).
-    bool commit();
+    // Writes the batch. 0, or -errno: it could not be journaled, so it must not be applied yet; the
+    // batch is kept and a later commit() writes it (the loop says what is wrong and retries).
+    int commit();
     // Before the batch's outputs go out (FsyncPolicy::Batch syncs here). false: the batch is
     // not on disk, so its outputs must not go out (logged): under Batch an answer promises it is.
     bool before_publish();
