@@ -23,8 +23,12 @@ class FakeWorkers(WorkerProcesses):
         self.delays: list[float] = []
         self.ends: asyncio.Queue[tuple[float, int]] = asyncio.Queue()  # (seconds it ran, exit status)
         self.spawned = asyncio.Event()
+        self.fork_fails = 0  # spawns that fail with EAGAIN before one succeeds
 
     def spawn(self, worker: int) -> Any:
+        if self.fork_fails:
+            self.fork_fails -= 1
+            raise BlockingIOError(11, "Resource temporarily unavailable")
         self.procs[worker] = object()
         self.started[worker] = self.clock()
         self.spawned.set()
@@ -39,14 +43,18 @@ class FakeWorkers(WorkerProcesses):
         return rc
 
 
-async def run_lives(w: FakeWorkers, lives: list[float]) -> list[float]:
-    """Worker 2 dies after each of `lives` seconds; returns the back-off chosen before each restart."""
+async def run_lives(w: FakeWorkers, lives: list[float], fork_fails: int = 0) -> list[float]:
+    """Worker 2 dies after each of `lives` seconds (its first restart's first `fork_fails` spawns
+    fail); returns every back-off waited."""
     w.spawn(2)
+    w.fork_fails = fork_fails
     task = asyncio.create_task(w.watch(2, w.exited))
     for ran in lives:
         w.spawned.clear()
         await w.ends.put((ran, 1))
-        await w.spawned.wait()  # restarted
+        restarted = asyncio.create_task(w.spawned.wait())
+        await asyncio.wait({restarted, task}, return_when=asyncio.FIRST_COMPLETED)
+        assert not task.done(), task.exception()  # the watch gave the worker up
     w._stopping = True
     await w.ends.put((0.0, 0))
     await task
@@ -68,3 +76,10 @@ async def test_a_worker_that_ran_a_while_before_it_died_restarts_at_the_first_st
 async def test_a_short_life_does_not_reset_the_back_off() -> None:
     delays = await run_lives(FakeWorkers(), [0.1, 0.1, workers.STABLE_S - 1, 0.1])
     assert delays == [0.2, 0.4, 0.8, 1.6]
+
+
+async def test_a_worker_whose_restart_cannot_fork_is_tried_again_not_given_up() -> None:
+    w = FakeWorkers()
+    delays = await run_lives(w, [0.1], fork_fails=2)
+    assert delays == [0.2, 0.4, 0.8]  # the restart's back-off, then one per failed fork
+    assert w.restarts == 1

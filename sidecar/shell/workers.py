@@ -142,9 +142,16 @@ class WorkerProcesses:
             log.error("! worker %d exited with status %s after %.1f s; restarting in %.1f s", worker, rc, ran, backoff)
             await self.sleep(backoff)
             backoff = min(MAX_BACKOFF_S, backoff * 2)
-            if not self._stopping:
-                self.spawn(worker)
+            while not self._stopping:
+                try:
+                    self.spawn(worker)
+                except OSError as e:  # no fork (memory, process limit): try again, never give the worker up
+                    log.error("! worker %d could not be started: %s; retrying in %.1f s", worker, e, backoff)
+                    await self.sleep(backoff)
+                    backoff = min(MAX_BACKOFF_S, backoff * 2)
+                    continue
                 self.restarts += 1
+                break
 
     async def sleep(self, seconds: float) -> None:
         """The back-off's wait (a method: tests replace it to run without waiting)."""
