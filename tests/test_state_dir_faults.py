@@ -13,6 +13,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 from conftest import engine_cmd
 from rides import DROPOFF, PICKUP
 from test_engine_death import Split, answers, start_split, stop_split
+from test_sd_notify import SystemdSide
 from wsclient import AppClient
 
 NOBODY = 65534  # the engine runs as a user of its own (the units' dgdo), never as root
@@ -58,6 +60,8 @@ def start_refused(s: Split, *args: str, user: int | None = None) -> str:
     _out, err = engine.communicate(timeout=30)
     assert not first, f"started: {err}"
     assert engine.returncode != 0
+    # Its last line (what `systemctl status` shows) is the one that says what to do, not a generic one.
+    assert "cannot start on" not in err, err
     return err
 
 
@@ -175,9 +179,20 @@ def fill(path: Path) -> None:
         os.close(fd)
 
 
+def status_after_the_stall(systemd: SystemdSide, timeout: float = 10.0) -> str:
+    """The engine's STATUS once it no longer says JOURNAL NOT WRITABLE (its last one then)."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        d = systemd.recv(left)
+        if d is not None and "STATUS" in d.fields and "JOURNAL" not in d.fields["STATUS"]:
+            return d.fields["STATUS"]
+    raise TimeoutError(f"STATUS still says the journal is not writable: {[g.fields for g in systemd.got[-5:]]}")
+
+
 async def test_a_full_disk_holds_the_engine_refuses_commands_clearly_and_it_goes_on_once_space_is_back(
     engine_bin: Path, small_disk: str, tmp_path: Path
 ) -> None:
+    systemd = SystemdSide(f"@dgdo-test-notify-{uuid.uuid4().hex[:12]}")
     """The journal's disk fills up while orders flow. Exiting would lose nothing, but restart the
     engine into the same full disk until its supervisor gives up, and leave the city down after the
     disk has room again. The engine holds instead: it applies nothing it could not journal, the
@@ -194,6 +209,7 @@ async def test_a_full_disk_holds_the_engine_refuses_commands_clearly_and_it_goes
             engine_cmd(engine_bin, s.control, "--instance", s.instance, *args),
             stdout=subprocess.PIPE,
             stderr=log.open("w"),
+            env={**os.environ, **systemd.env(watchdog_s=2.0)},  # as under Type=notify, WatchdogSec=2
         )
         assert s.engine.stdout is not None
         assert s.engine.stdout.readline().startswith(b"dgdo-engine ready")
@@ -215,6 +231,8 @@ async def test_a_full_disk_holds_the_engine_refuses_commands_clearly_and_it_goes
         said = log.read_text()
         assert "journal write failed: No space left on device" in said, said
         assert "free space on the state directory's disk" in said, said
+        systemd.expect("STATUS", "JOURNAL NOT WRITABLE (No space left on device)")  # systemctl status
+        systemd.expect("WATCHDOG", "1")  # still pinged: the loop is fine, a watchdog kill would only restart it
         await pax.send({"type": "ride_request", "id": "full", "pickup": PICKUP, "dropoff": DROPOFF})
         refused = await pax.expect("error", id="full")
         assert refused["code"] == "engine_unavailable"
@@ -222,6 +240,7 @@ async def test_a_full_disk_holds_the_engine_refuses_commands_clearly_and_it_goes
         filler.unlink()
         s.wait_health(200)
         assert "journal written again" in log.read_text()
+        assert "JOURNAL" not in status_after_the_stall(systemd)
         # Every request of the flood has its one answer: an order, or "retry" (never both, never none).
         acked = {}
         for rid, got in (await answers(pax, flood)).items():
@@ -247,3 +266,4 @@ async def test_a_full_disk_holds_the_engine_refuses_commands_clearly_and_it_goes
         await pax.close()
     finally:
         stop_split(s)
+        systemd.close()

@@ -130,7 +130,10 @@ int EventLoop::init() {
     }
     // After the refusals above: a second engine must not touch our state directory.
     const uint64_t mono = clock_ns(CLOCK_MONOTONIC);
-    if (const int rc = persist_.start(core_, opt_.core, mono); rc != 0) return rc;
+    if (const int rc = persist_.start(core_, opt_.core, mono); rc != 0) {
+        state_refused_ = true;
+        return rc;
+    }
     // On the same boot the monotonic clock went on while we were down, so offers and timers
     // resume on it; after a reboot it restarted below the recovered time: continue from there.
     if (mono < core_.now_ns()) clock_offset_ = core_.now_ns() - mono;

@@ -33,6 +33,8 @@ public:
     int init();
     // Runs until SIGINT/SIGTERM; returns the exit code.
     int run();
+    // init() failed on the state directory, and said why (what to do) itself: nothing to add.
+    bool state_refused() const { return state_refused_; }
 
 private:
     struct Worker {
@@ -122,6 +124,7 @@ private:
     std::vector<OutRecord> out_;
     int epoll_fd_ = -1, listen_fd_ = -1, timer_fd_ = -1, beat_fd_ = -1, signal_fd_ = -1;
     bool stop_ = false;
+    bool state_refused_ = false;
     bool failed_ = false;  // the journal could not be synced (fsync batch): exit non-zero
     // The journal could not be written (a full disk; a read-only or failing one). Nothing unjournaled
     // is ever applied, and exiting would only start a crash loop on the same full disk, so the loop
