@@ -189,8 +189,9 @@ def status_after_the_stall(systemd: SystemdSide, timeout: float = 10.0) -> str:
     raise TimeoutError(f"STATUS still says the journal is not writable: {[g.fields for g in systemd.got[-5:]]}")
 
 
+@pytest.mark.parametrize("fsync", ["batch", "interval"])
 async def test_a_full_disk_holds_the_engine_refuses_commands_clearly_and_it_goes_on_once_space_is_back(
-    engine_bin: Path, small_disk: str, tmp_path: Path
+    engine_bin: Path, small_disk: str, tmp_path: Path, fsync: str
 ) -> None:
     systemd = SystemdSide(f"@dgdo-test-notify-{uuid.uuid4().hex[:12]}")
     """The journal's disk fills up while orders flow. Exiting would lose nothing, but restart the
@@ -201,7 +202,7 @@ async def test_a_full_disk_holds_the_engine_refuses_commands_clearly_and_it_goes
     nothing lost, and every acknowledged order survives a kill -9 after that."""
     state_dir = f"{small_disk}/state"
     log = tmp_path / "engine.log"
-    args = ("--state-dir", state_dir, "--fsync", "batch")
+    args = ("--state-dir", state_dir, "--fsync", fsync)
     s = start_split(engine_bin, *args, sidecar_args=("--engine-timeout-s", "0.5"))
     try:
         stop_engine(s)  # again, with its log kept
