@@ -268,3 +268,50 @@ async def test_a_full_disk_holds_the_engine_refuses_commands_clearly_and_it_goes
     finally:
         stop_split(s)
         systemd.close()
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+async def test_a_first_start_after_a_reboot_whose_id_jump_the_disk_refuses_holds_until_it_can(
+    engine_bin: Path, state_dir: str, tmp_path: Path
+) -> None:
+    """After a reboot the first thing an engine writes is the jump of ids and seqs (README
+    "Recovery"). A disk that refuses it (full; here a file size limit, which fails the same write)
+    made the engine exit at every start: a crash loop until systemd gave up. It holds instead, as
+    on any write the disk refuses, and jumps once it can."""
+    args = ("--state-dir", state_dir, "--fsync", "batch")
+    s = start_split(engine_bin, *args, sidecar_args=("--engine-timeout-s", "0.5"))
+    log = tmp_path / "engine.log"
+    try:
+        before = await orders_made(s, "pj", 2)
+        stop_engine(s)
+        segment = sorted((Path(state_dir) / "journal").iterdir())[-1]
+        limit = segment.stat().st_size  # not one byte more may be written
+        s.engine = subprocess.Popen(
+            [
+                "prlimit",
+                f"--fsize={limit}:unlimited",
+                "--",
+                *engine_cmd(engine_bin, s.control, "--instance", s.instance, *args),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log.open("w"),
+            env={**os.environ, "DGDO_BOOT_ID": uuid.uuid4().hex},  # a boot this directory has not seen
+        )
+        assert s.engine.stdout is not None
+        assert s.engine.stdout.readline().startswith(b"dgdo-engine ready"), log.read_text()
+        s.wait_health(503)  # attached, but silent: commands are refused at once
+        assert "the recovery's id jump cannot be written yet" in log.read_text(), log.read_text()
+        assert s.engine.poll() is None
+
+        subprocess.run(["prlimit", "--pid", str(s.engine.pid), "--fsize=unlimited"], check=True)
+        s.wait_health(200)
+        assert "first start on this boot: order ids and seqs jump" in log.read_text()
+        pax = await AppClient.open(f"{s.url}/ws/passenger/pj")
+        await pax.expect("welcome")
+        await pax.send({"type": "ride_request", "id": "r0", "pickup": PICKUP, "dropoff": DROPOFF})
+        assert (await pax.expect("ack", id="r0"))["order_id"] == before[0]
+        await pax.send({"type": "ride_request", "id": "new", "pickup": PICKUP, "dropoff": DROPOFF})
+        assert (await pax.expect("ack", id="new"))["order_id"] > before[-1] + 2**32 - 1  # jumped
+        await pax.close()
+    finally:
+        stop_split(s)

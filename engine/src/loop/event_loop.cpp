@@ -106,6 +106,9 @@ int EventLoop::init() {
     sigaddset(&mask, SIGTERM);
     if (sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) return -errno;
     signal(SIGPIPE, SIG_IGN);
+    // A file size limit (LimitFSIZE=, ulimit -f) is a write the disk refuses (EFBIG), which the
+    // loop holds on like a full disk, not a reason to die.
+    signal(SIGXFSZ, SIG_IGN);
     signal_fd_ = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
     timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
@@ -133,6 +136,10 @@ int EventLoop::init() {
     if (const int rc = persist_.start(core_, opt_.core, mono); rc != 0) {
         state_refused_ = true;
         return rc;
+    }
+    if (const int rc = persist_.jump_error(); rc != 0) {  // held from the start: nothing may go before it
+        unapplied_.push_back(Recovered{kRecoveryGap});
+        stall(rc, mono);
     }
     // On the same boot the monotonic clock went on while we were down, so offers and timers
     // resume on it; after a reboot it restarted below the recovered time: continue from there.
@@ -746,6 +753,10 @@ void EventLoop::retry_journal(uint64_t now) {
                          static_cast<double>(now - stalled_since_ns_) / 1e9, std::strerror(stall_err_),
                          unapplied_.size());
         }
+        return;
+    }
+    if (persist_.jump_error() != 0 && persist_.settle_jump() != 0) {  // written, not synced: stop
+        stop_ = failed_ = true;
         return;
     }
     stalled_ = false;

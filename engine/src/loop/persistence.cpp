@@ -215,21 +215,23 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
     } else if (opt_.boot_id.empty() || last_boot != opt_.boot_id) {
         const Recovered jump{kRecoveryGap};
         journal_->add(jump);
-        int rc = journal_->commit();
-        if (rc == 0) rc = journal_->sync_now();
-        if (rc != 0) {
-            std::fprintf(stderr, "dgdo-engine: ! journal %s: the recovery's id jump is not on disk: %s\n",
+        if (const int rc = journal_->commit(); rc != 0) {
+            // A disk that refuses it (full, at the first start after a reboot): exiting would restart
+            // into the same disk until systemd gives up. The loop holds it as any batch the disk
+            // refuses (EventLoop::stalled_), with nothing applied or answered before it, and
+            // settle_jump() finishes this once it is written.
+            jump_error_ = rc;
+            std::fprintf(stderr, "dgdo-engine: ! journal %s: the recovery's id jump cannot be written yet: %s\n",
                          jo.dir.c_str(), std::strerror(-rc));
-            return rc;
+        } else if (const int synced = settle_jump(); synced != 0) {
+            return synced;
+        } else {
+            std::vector<OutRecord> none;  // it makes none
+            core.apply(jump, none);
         }
-        std::vector<OutRecord> none;  // it makes none
-        core.apply(jump, none);
-        std::fprintf(stderr, "dgdo-engine: = first start on this boot: order ids and seqs jump by %" PRIu64 "\n",
-                     kRecoveryGap);
     }
-    // After the jump is on disk: a boot file that names this boot vouches for everything before.
-    // If it cannot be written, the next start on this boot jumps once more: harmless.
-    if (!opt_.boot_id.empty() && last_boot != opt_.boot_id)
+    // A fresh directory's boot file (after a jump, settle_jump() writes it).
+    if (!used && !opt_.boot_id.empty() && last_boot != opt_.boot_id)
         if (const int rc = store_boot_id(boot_path, opt_.boot_id); rc != 0)
             std::fprintf(stderr, "dgdo-engine: ! %s: %s (the next start jumps ids again)\n", boot_path.c_str(),
                          std::strerror(-rc));
@@ -248,6 +250,25 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
 }
 
 int Persistence::commit() { return journal_ ? journal_->commit() : 0; }
+
+int Persistence::settle_jump() {
+    jump_error_ = 0;
+    if (const int rc = journal_->sync_now(); rc != 0) {  // not retried: see before_publish()
+        std::fprintf(stderr, "dgdo-engine: ! journal %s: the recovery's id jump is not on disk: %s\n",
+                     journal_->options().dir.c_str(), std::strerror(-rc));
+        return rc;
+    }
+    std::fprintf(stderr, "dgdo-engine: = first start on this boot: order ids and seqs jump by %" PRIu64 "\n",
+                 kRecoveryGap);
+    // After the jump is on disk: a boot file that names this boot vouches for everything before.
+    // If it cannot be written, the next start on this boot jumps once more: harmless.
+    const std::string boot_path = dir_.root + "/boot";
+    if (!opt_.boot_id.empty())
+        if (const int rc = store_boot_id(boot_path, opt_.boot_id); rc != 0)
+            std::fprintf(stderr, "dgdo-engine: ! %s: %s (the next start jumps ids again)\n", boot_path.c_str(),
+                         std::strerror(-rc));
+    return 0;
+}
 
 bool Persistence::before_publish() {
     if (!journal_) return true;
