@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
                          "dgdo-engine: ! another engine is live on %s (it accepts connections); refusing to start. "
                          "Stop it first, or give this one its own --control.\n",
                          opt->control.c_str());
-        else
+        else if (!loop.state_refused())  // (its own line, the last one systemctl status shows, says what to do)
             std::fprintf(stderr, "dgdo-engine: ! cannot start on %s: %s\n", opt->control.c_str(), std::strerror(-rc));
         return 1;
     }

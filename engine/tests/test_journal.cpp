@@ -4,7 +4,10 @@
 // segments before the oldest snapshot kept.
 #undef NDEBUG
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <filesystem>
 #include <fstream>
@@ -319,6 +322,44 @@ TEST(Journal, IntervalPolicyWriterWritesAReadableJournal) {
         }
     }
     EXPECT_EQ(read_all(t.dir, 1).size(), 50u);
+}
+
+// A disk that takes part of a batch and refuses the rest (here the file size limit, EFBIG, as a
+// full disk gives ENOSPC): the part is taken back and the batch kept, so the loop can hold and
+// try again; the retry writes it whole, at the same place, with the same indexes.
+TEST(Journal, ABatchTheDiskTookOnlyPartOfIsTakenBackAndWrittenWholeByTheRetry) {
+    TempStateDir t;
+    write_records(t.dir, 10, 10);
+    JournalEnd end;
+    ASSERT_EQ(read_all(t.dir, 1, &end).size(), 10u);
+    const uint64_t before = size_of(end.path);
+    JournalWriter w(JournalOptions{t.dir.journal(), FsyncPolicy::Never, 100, 64ull << 20});
+    ASSERT_EQ(w.open(end), 0);
+    const std::string payload(200, 'p');
+    for (int i = 0; i < 20; ++i) w.add(7, payload.data(), static_cast<uint32_t>(payload.size()));
+
+    struct rlimit old{};
+    ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+    const auto prev = signal(SIGXFSZ, SIG_IGN);  // EFBIG instead of the signal
+    struct rlimit small = old;
+    small.rlim_cur = before + 1000;  // room for some of the 20 records, not all
+    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+    const int failed = w.commit();
+    const uint64_t after_failure = size_of(end.path);
+    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, prev);
+
+    EXPECT_EQ(failed, -EFBIG);
+    EXPECT_EQ(after_failure, before);  // the part it took is taken back
+    EXPECT_EQ(w.batch_records(), 20u);  // and the batch kept
+    EXPECT_EQ(w.add(8, "z", 1), 31u);  // what comes meanwhile goes behind it
+    ASSERT_EQ(w.commit(), 0);
+    const auto v = read_all(t.dir, 1, &end);
+    ASSERT_EQ(v.size(), 31u);  // no gap, no torn record in the middle: every index once, in order
+    for (size_t i = 0; i < v.size(); ++i) EXPECT_EQ(v[i].index, i + 1);
+    EXPECT_EQ(v[10].payload, payload);
+    EXPECT_EQ(v[30].type, 8);
+    EXPECT_FALSE(end.cut);
 }
 
 }  // namespace

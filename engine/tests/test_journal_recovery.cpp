@@ -513,7 +513,7 @@ TEST(Persistence, UnderBatchABatchTheDiskCouldNotSyncIsNotToBePublished) {
     Core core;
     ASSERT_EQ(p.start(core, Config{}, 1'000'000'000), 0);
     p.add(InputEvent{Tick{2'000'000'000}});
-    ASSERT_TRUE(p.commit());
+    ASSERT_EQ(p.commit(), 0);
     EXPECT_TRUE(p.before_publish());  // a real file: synced
 
     int journal_fd = -1;
@@ -529,7 +529,7 @@ TEST(Persistence, UnderBatchABatchTheDiskCouldNotSyncIsNotToBePublished) {
     ASSERT_EQ(dup2(null_fd, journal_fd), journal_fd);
     ::close(null_fd);
     p.add(InputEvent{Tick{3'000'000'000}});
-    ASSERT_TRUE(p.commit());
+    ASSERT_EQ(p.commit(), 0);
     EXPECT_FALSE(p.before_publish());
 }
 
@@ -651,7 +651,7 @@ TEST(Persistence, ReplayingAJournalWithTheJumpGivesTheLiveDigest) {
         ASSERT_EQ(p.start(live, Config{}, 1'000'000'000), 0);
         for (size_t i = cut; i < in.size(); ++i) {  // the engine goes on after its jump
             p.add(in[i]);
-            ASSERT_TRUE(p.commit());
+            ASSERT_EQ(p.commit(), 0);
             std::vector<OutRecord> out;
             live.apply(in[i], out);
         }
@@ -736,7 +736,7 @@ TEST(Persistence, OnlyTheFirstStartOnANewBootJumps) {
         const uint64_t at_start = core.next_order_id();
         for (const auto& in : rides(h, rides_from, 2)) {  // the engine goes on: two more orders
             p.add(in);
-            EXPECT_TRUE(p.commit());
+            EXPECT_EQ(p.commit(), 0);
             std::vector<OutRecord> out;
             core.apply(in, out);
         }

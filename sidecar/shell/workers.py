@@ -16,7 +16,8 @@ The JWT secret is the one exception: worker 1's secret, whatever its source, goe
 through the environment (which outranks the file's [auth] secret_file), so all verify alike.
 And the marker that makes a child end with us even after our kill -9 (sidecar/shell/lifetime.py).
 Spawned from the main thread (PR_SET_PDEATHSIG fires when the forking *thread* ends). A child
-that dies is started again after a back-off, like the engine. SIGHUP (a renewed TLS
+that dies is started again after a back-off (doubled while it keeps dying at once, back to
+the first step once it has run STABLE_S), like the engine. SIGHUP (a renewed TLS
 certificate) is passed on to them. On stop they get SIGTERM (they close their connections with
 1001) and are waited for.
 """
@@ -31,6 +32,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 from sidecar.shell import lifetime
@@ -40,9 +42,14 @@ log = logging.getLogger("dgdo.workers")
 
 # Flags of `dgdo sidecar` a child gets from us directly (or, the secret file, not at all: the
 # secret itself goes through the environment), never copied from `dgdo run`'s.
-OWN_FLAGS = frozenset({"--control", "--worker", "--port", "--status-interval", "--config", "--secret-file",
-                       "--help", "-h", "--version"})
+OWN_FLAGS = frozenset(
+    {"--control", "--worker", "--port", "--status-interval", "--config", "--secret-file", "--help", "-h", "--version"}
+)
+FIRST_BACKOFF_S = 0.2
 MAX_BACKOFF_S = 5.0
+# A worker that ran this long before it died was not failing at start: it is restarted after the
+# first back-off step again, not after the longest one an earlier run of failures reached.
+STABLE_S = 30.0
 STOP_WAIT_S = 10.0
 
 
@@ -72,8 +79,9 @@ class WorkerProcesses:
     """Workers 2..N of `dgdo run` (or the first N - 1 ids beside `own_id`): started, restarted when
     they die, stopped at the end."""
 
-    def __init__(self, control: str, port: int, count: int, extra: list[str], own_id: int = 1,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, control: str, port: int, count: int, extra: list[str], own_id: int = 1, env: dict[str, str] | None = None
+    ) -> None:
         self.control = control
         self.env = env if env is not None else lifetime.child_env()
         self.port = port
@@ -81,12 +89,27 @@ class WorkerProcesses:
         self.ids = [w for w in range(1, count + 1) if w != own_id][: count - 1]
         self.extra = extra
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.started: dict[int, float] = {}  # worker -> when its process was spawned (self.clock)
+        self.clock = time.monotonic
         self.restarts = 0
         self._stopping = False
 
     def command(self, worker: int) -> list[str]:
-        return [sys.executable, "-m", "sidecar", "sidecar", "--control", self.control, "--worker", str(worker),
-                "--port", str(self.port), "--status-interval", "0", *self.extra]
+        return [
+            sys.executable,
+            "-m",
+            "sidecar",
+            "sidecar",
+            "--control",
+            self.control,
+            "--worker",
+            str(worker),
+            "--port",
+            str(self.port),
+            "--status-interval",
+            "0",
+            *self.extra,
+        ]
 
     def spawn(self, worker: int) -> subprocess.Popen[bytes]:
         # Its own session: a Ctrl-C at the terminal reaches only `dgdo run`, which stops us in order.
@@ -98,6 +121,7 @@ class WorkerProcesses:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.procs[worker] = proc
+        self.started[worker] = self.clock()
         print(f"[dgdo] worker {worker} pid={proc.pid}", flush=True)
         return proc
 
@@ -107,17 +131,31 @@ class WorkerProcesses:
 
     async def watch(self, worker: int, exited: Any) -> None:
         """Restarts worker `worker` whenever it exits, until stop(); `exited(proc)` awaits a process's end."""
-        backoff = 0.2
+        backoff = FIRST_BACKOFF_S
         while not self._stopping:
             rc = await exited(self.procs[worker])
             if self._stopping:
                 return
-            log.error("! worker %d exited with status %s; restarting in %.1f s", worker, rc, backoff)
-            await asyncio.sleep(backoff)
+            ran = self.clock() - self.started.get(worker, self.clock())
+            if ran >= STABLE_S:
+                backoff = FIRST_BACKOFF_S
+            log.error("! worker %d exited with status %s after %.1f s; restarting in %.1f s", worker, rc, ran, backoff)
+            await self.sleep(backoff)
             backoff = min(MAX_BACKOFF_S, backoff * 2)
-            if not self._stopping:
-                self.spawn(worker)
+            while not self._stopping:
+                try:
+                    self.spawn(worker)
+                except OSError as e:  # no fork (memory, process limit): try again, never give the worker up
+                    log.error("! worker %d could not be started: %s; retrying in %.1f s", worker, e, backoff)
+                    await self.sleep(backoff)
+                    backoff = min(MAX_BACKOFF_S, backoff * 2)
+                    continue
                 self.restarts += 1
+                break
+
+    async def sleep(self, seconds: float) -> None:
+        """The back-off's wait (a method: tests replace it to run without waiting)."""
+        await asyncio.sleep(seconds)
 
     def signal(self, sig: int) -> None:
         """Passes `sig` (SIGHUP: reload the TLS certificate) on to every live worker."""

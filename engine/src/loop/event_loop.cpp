@@ -106,6 +106,9 @@ int EventLoop::init() {
     sigaddset(&mask, SIGTERM);
     if (sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) return -errno;
     signal(SIGPIPE, SIG_IGN);
+    // A file size limit (LimitFSIZE=, ulimit -f) is a write the disk refuses (EFBIG), which the
+    // loop holds on like a full disk, not a reason to die.
+    signal(SIGXFSZ, SIG_IGN);
     signal_fd_ = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
     timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
@@ -130,7 +133,14 @@ int EventLoop::init() {
     }
     // After the refusals above: a second engine must not touch our state directory.
     const uint64_t mono = clock_ns(CLOCK_MONOTONIC);
-    if (const int rc = persist_.start(core_, opt_.core, mono); rc != 0) return rc;
+    if (const int rc = persist_.start(core_, opt_.core, mono); rc != 0) {
+        state_refused_ = true;
+        return rc;
+    }
+    if (const int rc = persist_.jump_error(); rc != 0) {  // held from the start: nothing may go before it
+        unapplied_.push_back(Recovered{kRecoveryGap});
+        stall(rc, mono);
+    }
     // On the same boot the monotonic clock went on while we were down, so offers and timers
     // resume on it; after a reboot it restarted below the recovered time: continue from there.
     if (mono < core_.now_ns()) clock_offset_ = core_.now_ns() - mono;
@@ -179,6 +189,11 @@ int EventLoop::run() {
         if (k > 0) busy_at = clock_ns(CLOCK_MONOTONIC);
     }
     persist_.finish();
+    if (stalled_)
+        std::fprintf(stderr,
+                     "dgdo-engine: ! stopping with the journal still not writable: %zu input(s) never applied; what "
+                     "the sidecars sent of them is still in their rings, and they send it to the next engine\n",
+                     unapplied_.size());
     std::fprintf(stderr, "dgdo-engine: x shutting down\n");
     notify_.send("STOPPING=1\nSTATUS=shutting down\n");
     return failed_ ? 1 : 0;
@@ -314,8 +329,10 @@ void EventLoop::attach(int fd, uint16_t worker_id, int32_t pid) {
     // Beat at once, not at the next beat: the worker judges our liveness by the out ring's
     // producer heartbeat from its first look.
     const uint64_t now = clock_ns(CLOCK_MONOTONIC);
-    dgdo_ring_consumer_heartbeat(&w->cons, now);
-    dgdo_ring_producer_heartbeat(&w->prod, now);
+    if (!stalled_) {  // (stalled: silent from the start, so the worker refuses commands at once)
+        dgdo_ring_consumer_heartbeat(&w->cons, now);
+        dgdo_ring_producer_heartbeat(&w->prod, now);
+    }
     int fds[DGDO_CTL_NFDS];
     fds[DGDO_CTL_FD_ENGINE_BELL] = w->engine_bell;
     fds[DGDO_CTL_FD_WORKER_BELL] = w->worker_bell;
@@ -404,8 +421,13 @@ void EventLoop::take(Worker& w, int32_t type, const uint8_t* body, uint32_t len)
 
 void EventLoop::input(const InputEvent& ev) {
     persist_.add(ev);
-    if (!persist_.commit()) {
-        stop_ = failed_ = true;
+    if (stalled_) {  // journaled behind the held batch, applied after it
+        unapplied_.push_back(ev);
+        return;
+    }
+    if (const int rc = persist_.commit(); rc != 0) {
+        unapplied_.push_back(ev);
+        stall(rc, clock_ns(CLOCK_MONOTONIC));
         return;
     }
     apply(ev);
@@ -443,6 +465,7 @@ uint64_t EventLoop::match_percentile(unsigned p) const {
 // command, recognised and skipped after our restart and answered with the result its replay gave
 // (already_journaled); anything else is applied again, harmlessly.
 size_t EventLoop::drain(const std::vector<Worker*>& from) {
+    if (stalled_) return 0;  // the rings keep what they hold until the journal takes the held batch
     size_t n = 0;
     batch_.clear();
     for (Worker* w : from) {
@@ -452,8 +475,12 @@ size_t EventLoop::drain(const std::vector<Worker*>& from) {
     }
     peeking_ = nullptr;
     if (n == 0) return 0;
-    if (!persist_.commit()) {  // nothing applied, nothing released: the sidecars keep it all
-        stop_ = failed_ = true;
+    if (const int rc = persist_.commit(); rc != 0) {  // nothing applied, nothing released: held
+        for (Worker* w : from)
+            if (!w->held) unreleased_.push_back(w->serial);
+        unapplied_.insert(unapplied_.end(), batch_.begin(), batch_.end());
+        batch_.clear();
+        stall(rc, clock_ns(CLOCK_MONOTONIC));
         return 0;
     }
     for (const InputEvent& ev : batch_) apply(ev);
@@ -661,6 +688,7 @@ void EventLoop::ring_doorbells() {
 }
 
 bool EventLoop::park_all() {
+    if (stalled_) return true;  // its unreleased records would keep us awake: the beat timer wakes us to retry
     for (auto& [id, w] : workers_) {
         if (w->held) continue;  // its unreleased records would keep us awake; any_pending() polls meanwhile
                                 // (held: an answer of its batch is still pending)
@@ -691,27 +719,81 @@ bool EventLoop::any_pending() const {
 // period is the core's setting (up to a minute), the heartbeat period is the protocol's.
 void EventLoop::beat() {
     const uint64_t now = clock_ns(CLOCK_MONOTONIC);
-    for (auto& [id, w] : workers_) {
-        dgdo_ring_consumer_heartbeat(&w->cons, now);
-        dgdo_ring_producer_heartbeat(&w->prod, now);
+    if (stalled_) retry_journal(now);
+    if (!stalled_) {  // silent while stalled: the sidecars then refuse commands at once (stalled_)
+        for (auto& [id, w] : workers_) {
+            dgdo_ring_consumer_heartbeat(&w->cons, now);
+            dgdo_ring_producer_heartbeat(&w->prod, now);
+        }
     }
     if (notify_.enabled()) notify_.send(notify_schedule_.due(now, status_line()));
 }
 
+void EventLoop::stall(int rc, uint64_t now) {
+    if (stalled_) return;
+    stalled_ = true;
+    stall_err_ = -rc;
+    stalled_since_ns_ = stall_said_ns_ = now;
+    std::fprintf(stderr,
+                 "dgdo-engine: ! journal write failed: %s; nothing is applied until it is written: %zu input(s) held, "
+                 "the rings are not read and fall silent (the sidecars refuse commands with engine_unavailable, "
+                 "/healthz 503). Retrying every %u ms: free space on the state directory's disk (or make it "
+                 "writable again) and the engine goes on by itself.\n",
+                 std::strerror(stall_err_), unapplied_.size(), DGDO_CTL_HEARTBEAT_MS);
+    notify_.send("STATUS=" + status_line() + "\n");
+}
+
+void EventLoop::retry_journal(uint64_t now) {
+    if (const int rc = persist_.commit(); rc != 0) {
+        constexpr uint64_t kRemindNs = 60'000'000'000ull;  // one line a minute, not one per retry
+        if (now - stall_said_ns_ >= kRemindNs || -rc != stall_err_) {
+            stall_said_ns_ = now;
+            stall_err_ = -rc;
+            std::fprintf(stderr, "dgdo-engine: ! journal still not writable after %.0f s: %s; %zu input(s) held\n",
+                         static_cast<double>(now - stalled_since_ns_) / 1e9, std::strerror(stall_err_),
+                         unapplied_.size());
+        }
+        return;
+    }
+    if (persist_.jump_error() != 0 && persist_.settle_jump() != 0) {  // written, not synced: stop
+        stop_ = failed_ = true;
+        return;
+    }
+    stalled_ = false;
+    std::fprintf(stderr, "dgdo-engine: = journal written again after %.1f s; applying the %zu input(s) held\n",
+                 static_cast<double>(now - stalled_since_ns_) / 1e9, unapplied_.size());
+    std::vector<InputEvent> held;
+    held.swap(unapplied_);
+    for (const InputEvent& ev : held) apply(ev);
+    std::vector<uint64_t> serials;
+    serials.swap(unreleased_);
+    if (!publish()) return;  // (fsync batch: the sync failed, stopping)
+    for (const uint64_t serial : serials)
+        if (Worker* w = by_serial(serial)) release(*w);  // (one detached meanwhile took its ring with it)
+    ring_doorbells();
+    persist_.after_batch(core_, now);
+}
+
 std::string EventLoop::status_line() const {
     const CoreStats s = core_.stats();
+    std::string stalled;
+    if (stalled_)
+        stalled = "JOURNAL NOT WRITABLE (" + std::string(std::strerror(stall_err_)) + ") for " +
+                  std::to_string((clock_ns(CLOCK_MONOTONIC) - stalled_since_ns_) / 1000000000ull) + " s, " +
+                  std::to_string(unapplied_.size()) + " input(s) held | ";
     std::string workers;
     for (const auto& [id, w] : workers_) workers += (workers.empty() ? "" : ",") + std::to_string(id);
-    return "workers " + (workers.empty() ? std::string("none") : workers) + " | drivers online " +
+    return stalled + "workers " + (workers.empty() ? std::string("none") : workers) + " | drivers online " +
            std::to_string(s.drivers_online) + " available " + std::to_string(s.drivers_available) +
            " | orders active " + std::to_string(s.active_orders) + " created " + std::to_string(s.orders_created) +
            " completed " + std::to_string(s.orders_completed);
 }
 
 void EventLoop::tick() {
+    if (stalled_) return;  // time stands still for the core until its inputs can be journaled again
     const uint64_t now = clock_ns(CLOCK_MONOTONIC);
     input(Tick{now + clock_offset_});
-    persist_.after_batch(core_, now);
+    if (!stalled_) persist_.after_batch(core_, now);
 }
 
 }  // namespace dgdo

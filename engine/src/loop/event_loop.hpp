@@ -33,6 +33,8 @@ public:
     int init();
     // Runs until SIGINT/SIGTERM; returns the exit code.
     int run();
+    // init() failed on the state directory, and said why (what to do) itself: nothing to add.
+    bool state_refused() const { return state_refused_; }
 
 private:
     struct Worker {
@@ -95,6 +97,11 @@ private:
     void unpark_all();
     void tick();
     void beat();
+    // The journal refused a write (rc -errno): see stalled_.
+    void stall(int rc, uint64_t now);
+    // While stalled: writes the held batch if the journal takes it now, then applies, publishes
+    // and releases it, and the loop goes on as before.
+    void retry_journal(uint64_t now);
     // The one-line status systemd shows (`systemctl status`): workers, drivers, orders.
     std::string status_line() const;
     bool any_pending() const;
@@ -117,7 +124,21 @@ private:
     std::vector<OutRecord> out_;
     int epoll_fd_ = -1, listen_fd_ = -1, timer_fd_ = -1, beat_fd_ = -1, signal_fd_ = -1;
     bool stop_ = false;
-    bool failed_ = false;  // the journal could not be written: exit non-zero
+    bool state_refused_ = false;
+    bool failed_ = false;  // the journal could not be synced (fsync batch): exit non-zero
+    // The journal could not be written (a full disk; a read-only or failing one). Nothing unjournaled
+    // is ever applied, and exiting would only start a crash loop on the same full disk, so the loop
+    // holds: what it had peeked stays unreleased in its rings (unreleased_: their workers' serials),
+    // the inputs it made itself wait in unapplied_, no ring is read, no tick is taken, and the rings'
+    // heartbeats stop, so that every sidecar refuses commands at once with engine_unavailable and
+    // answers /healthz 503. Every beat tries the write again; once the disk takes it, all of it is
+    // applied in order and the loop goes on. Systemd's watchdog is still pinged: the loop is fine.
+    bool stalled_ = false;
+    int stall_err_ = 0;
+    uint64_t stalled_since_ns_ = 0;
+    uint64_t stall_said_ns_ = 0;
+    std::vector<InputEvent> unapplied_;
+    std::vector<uint64_t> unreleased_;
     uint64_t next_serial_ = 1;
     std::map<uint16_t, std::unique_ptr<Worker>> workers_;
     std::map<uint64_t, int> hello_wait_;  // serial -> accepted fd that has not said hello yet

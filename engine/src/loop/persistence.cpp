@@ -63,6 +63,16 @@ int store_boot_id(const std::string& path, const std::string& id) {
     return fsync_dir(path.substr(0, path.rfind('/')));
 }
 
+// What to do about a state directory we are kept out of: said with every such refusal, since the
+// usual cause is a copy put back as root or a unit whose User= changed.
+std::string ownership_hint(const std::string& root) {
+    return "the engine runs as uid " + std::to_string(getuid()) +
+           ": the state directory and every file in it must be that user's (under systemd: chown -R dgdo:dgdo " +
+           root + ")";
+}
+
+bool access_error(int err) { return err == EACCES || err == EPERM || err == EROFS; }
+
 }  // namespace
 
 std::string current_boot_id() {
@@ -88,12 +98,20 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
         return 0;
     }
     if (const int rc = make_state_dir(dir_); rc != 0) {
-        std::fprintf(stderr, "dgdo-engine: ! state dir %s: %s\n", dir_.root.c_str(), std::strerror(-rc));
+        std::fprintf(stderr, "dgdo-engine: ! state dir %s: %s%s\n", dir_.root.c_str(), std::strerror(-rc),
+                     access_error(-rc) ? ("; " + ownership_hint(dir_.root)).c_str() : "");
         return rc;
     }
     // One engine per state directory: a second writer would interleave two journals.
-    lock_fd_ = open((dir_.root + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (lock_fd_ < 0 || flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    const std::string lock_path = dir_.root + "/lock";
+    lock_fd_ = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock_fd_ < 0) {
+        const int err = errno;
+        std::fprintf(stderr, "dgdo-engine: ! cannot open %s: %s%s\n", lock_path.c_str(), std::strerror(err),
+                     access_error(err) ? ("; " + ownership_hint(dir_.root)).c_str() : "");
+        return -err;
+    }
+    if (flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
         const int err = errno;
         std::fprintf(stderr, "dgdo-engine: ! state dir %s is in use by another engine (%s)\n", dir_.root.c_str(),
                      std::strerror(err));
@@ -140,10 +158,29 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
                      dir_.root.c_str(), r.end.problem.c_str());
         return -EIO;
     }
+    if (!r.ok && r.end.unreadable) {
+        std::fprintf(stderr,
+                     "dgdo-engine: ! cannot recover from %s: %s; refusing to start, nothing changed: %s, then start "
+                     "again.\n",
+                     dir_.root.c_str(), r.end.problem.c_str(), ownership_hint(dir_.root).c_str());
+        return -EACCES;
+    }
+    if (!r.ok && !r.rejected.empty()) {
+        // The journal continues a snapshot we could not load: started empty (the usual advice for a
+        // hole) it would lose every order, so the advice is the snapshot back.
+        std::fprintf(stderr,
+                     "dgdo-engine: ! cannot recover from %s: %s, and the snapshot(s) passed over above are what it "
+                     "continues. Refusing to start, nothing changed: keep a copy of the state directory, put back a "
+                     "good copy of the newest snapshot from a backup, and start again (moving the directory aside "
+                     "starts with no orders at all).\n",
+                     dir_.root.c_str(), r.end.problem.c_str());
+        return -EIO;
+    }
     if (!r.ok) {
         std::fprintf(stderr,
                      "dgdo-engine: ! cannot recover from %s: %s. Refusing to start on a state with a hole in it; "
-                     "move the state directory aside to start empty.\n",
+                     "put the missing segments back from a backup, or move the state directory aside to start "
+                     "empty.\n",
                      dir_.root.c_str(), r.end.problem.c_str());
         return -EIO;
     }
@@ -157,7 +194,8 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
     jo.segment_bytes = opt_.segment_bytes;
     journal_ = std::make_unique<JournalWriter>(jo);
     if (const int rc = journal_->open(r.end); rc != 0) {
-        std::fprintf(stderr, "dgdo-engine: ! journal %s: %s\n", jo.dir.c_str(), std::strerror(-rc));
+        std::fprintf(stderr, "dgdo-engine: ! journal %s: %s%s\n", jo.dir.c_str(), std::strerror(-rc),
+                     access_error(-rc) ? ("; " + ownership_hint(dir_.root)).c_str() : "");
         return rc;
     }
     // A state directory used before, last by an engine under another kernel (or one we cannot
@@ -177,21 +215,23 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
     } else if (opt_.boot_id.empty() || last_boot != opt_.boot_id) {
         const Recovered jump{kRecoveryGap};
         journal_->add(jump);
-        int rc = journal_->commit();
-        if (rc == 0) rc = journal_->sync_now();
-        if (rc != 0) {
-            std::fprintf(stderr, "dgdo-engine: ! journal %s: the recovery's id jump is not on disk: %s\n",
+        if (const int rc = journal_->commit(); rc != 0) {
+            // A disk that refuses it (full, at the first start after a reboot): exiting would restart
+            // into the same disk until systemd gives up. The loop holds it as any batch the disk
+            // refuses (EventLoop::stalled_), with nothing applied or answered before it, and
+            // settle_jump() finishes this once it is written.
+            jump_error_ = rc;
+            std::fprintf(stderr, "dgdo-engine: ! journal %s: the recovery's id jump cannot be written yet: %s\n",
                          jo.dir.c_str(), std::strerror(-rc));
-            return rc;
+        } else if (const int synced = settle_jump(); synced != 0) {
+            return synced;
+        } else {
+            std::vector<OutRecord> none;  // it makes none
+            core.apply(jump, none);
         }
-        std::vector<OutRecord> none;  // it makes none
-        core.apply(jump, none);
-        std::fprintf(stderr, "dgdo-engine: = first start on this boot: order ids and seqs jump by %" PRIu64 "\n",
-                     kRecoveryGap);
     }
-    // After the jump is on disk: a boot file that names this boot vouches for everything before.
-    // If it cannot be written, the next start on this boot jumps once more: harmless.
-    if (!opt_.boot_id.empty() && last_boot != opt_.boot_id)
+    // A fresh directory's boot file (after a jump, settle_jump() writes it).
+    if (!used && !opt_.boot_id.empty() && last_boot != opt_.boot_id)
         if (const int rc = store_boot_id(boot_path, opt_.boot_id); rc != 0)
             std::fprintf(stderr, "dgdo-engine: ! %s: %s (the next start jumps ids again)\n", boot_path.c_str(),
                          std::strerror(-rc));
@@ -209,13 +249,25 @@ int Persistence::start(Core& core, const Config& cfg, uint64_t mono_now_ns) {
     return 0;
 }
 
-bool Persistence::commit() {
-    if (!journal_) return true;
-    const int rc = journal_->commit();
-    if (rc == 0) return true;
-    std::fprintf(stderr, "dgdo-engine: ! journal write failed: %s; an input that is not journaled is never applied\n",
-                 std::strerror(-rc));
-    return false;
+int Persistence::commit() { return journal_ ? journal_->commit() : 0; }
+
+int Persistence::settle_jump() {
+    jump_error_ = 0;
+    if (const int rc = journal_->sync_now(); rc != 0) {  // not retried: see before_publish()
+        std::fprintf(stderr, "dgdo-engine: ! journal %s: the recovery's id jump is not on disk: %s\n",
+                     journal_->options().dir.c_str(), std::strerror(-rc));
+        return rc;
+    }
+    std::fprintf(stderr, "dgdo-engine: = first start on this boot: order ids and seqs jump by %" PRIu64 "\n",
+                 kRecoveryGap);
+    // After the jump is on disk: a boot file that names this boot vouches for everything before.
+    // If it cannot be written, the next start on this boot jumps once more: harmless.
+    const std::string boot_path = dir_.root + "/boot";
+    if (!opt_.boot_id.empty())
+        if (const int rc = store_boot_id(boot_path, opt_.boot_id); rc != 0)
+            std::fprintf(stderr, "dgdo-engine: ! %s: %s (the next start jumps ids again)\n", boot_path.c_str(),
+                         std::strerror(-rc));
+    return 0;
 }
 
 bool Persistence::before_publish() {

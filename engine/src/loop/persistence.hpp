@@ -55,8 +55,15 @@ public:
     void add(const InputEvent& ev) {
         if (journal_) journal_->add(ev);
     }
-    // Writes the batch. false: it could not be journaled, so it must not be applied (logged).
-    bool commit();
+    // Writes the batch. 0, or -errno: it could not be journaled, so it must not be applied yet; the
+    // batch is kept and a later commit() writes it (the loop says what is wrong and retries).
+    int commit();
+    // The first start after a reboot could not write its jump of ids and seqs (-errno; 0: it
+    // could, or none was due). The jump is then the first record of the journal's batch, and the
+    // loop holds (nothing applied, nothing answered) until commit() writes it; then settle_jump()
+    // syncs it and records this boot (0, or -errno: not on disk, stop), and the loop applies it.
+    int jump_error() const { return jump_error_; }
+    int settle_jump();
     // Before the batch's outputs go out (FsyncPolicy::Batch syncs here). false: the batch is
     // not on disk, so its outputs must not go out (logged): under Batch an answer promises it is.
     bool before_publish();
@@ -102,6 +109,7 @@ private:
     std::unordered_map<uint64_t, OutRecord> recent_;
     uint64_t recent_until_ns_ = 0;
     std::string scratch_;
+    int jump_error_ = 0;
 };
 
 }  // namespace dgdo

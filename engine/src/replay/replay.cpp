@@ -350,9 +350,11 @@ int replay_main(int argc, char** argv) {
     if (!a.json) {
         std::printf("-- replayed %" PRIu64 " records from %s (snapshot %s); %s%s\n", r.replayed, a.state_dir.c_str(),
                     r.snapshot.empty() ? "none" : r.snapshot.c_str(),
-                    r.end.damaged ? "journal damaged, read up to: " : r.end.cut ? "journal ends in a bad tail: "
-                                                                                 : "journal ends cleanly",
-                    r.end.damaged || r.end.cut ? r.end.problem.c_str() : "");
+                    r.end.damaged      ? "journal damaged, read up to: "
+                    : r.end.unreadable ? "read up to: "
+                    : r.end.cut        ? "journal ends in a bad tail: "
+                                       : "journal ends cleanly",
+                    r.end.damaged || r.end.unreadable || r.end.cut ? r.end.problem.c_str() : "");
         if (a.order != 0 && shown == 0)
             std::printf("-- order %" PRIu64 " does not appear after the snapshot (created before it, or never)\n", a.order);
         if (a.order != 0)

@@ -223,6 +223,14 @@ JournalEnd read_journal(const std::string& dir, uint64_t from, const RecordFn& f
             break;
         }
         const Mapped m(s.path);
+        if (m.err != 0) {
+            // Not a torn write: the bytes may all be there, we are only kept from them (a file of
+            // another owner, a backup put back as root). Read as empty it would be cut as a torn
+            // header and every order it holds lost.
+            end.problem = "cannot read " + s.path + ": " + std::strerror(m.err);
+            end.unreadable = true;
+            return end;
+        }
         if (m.size >= kSegmentHeader && load<uint64_t>(m.data) == kJournalMagic &&
             load<uint32_t>(m.data + 8) > kJournalVersion) {
             // Not damage: a newer engine wrote it (a rollback). Cutting it would lose what it holds.
@@ -353,6 +361,7 @@ int JournalWriter::start_segment() {
     if (!write_all(fd, reinterpret_cast<const char*>(hdr), sizeof hdr)) {
         const int err = -errno;
         ::close(fd);
+        unlink(path.c_str());  // (a full disk) an empty name in the way of nothing; the retry makes it again
         return err;
     }
     if (opt_.fsync != FsyncPolicy::Never) {
@@ -407,8 +416,9 @@ uint64_t JournalWriter::add(const InputEvent& ev) {
 
 int JournalWriter::commit() {
     if (batch_.empty()) return 0;
-    if (seg_bytes_ >= opt_.segment_bytes) {
-        // The batch's first index names the next segment.
+    if (fd_ < 0 || seg_bytes_ >= opt_.segment_bytes) {
+        // The batch's first index names the next segment. (No segment open: a rotation failed, on a
+        // full disk, and this is the retry.)
         const uint64_t first = next_index_ - batch_n_;
         const uint64_t keep = next_index_;
         next_index_ = first;
@@ -416,7 +426,18 @@ int JournalWriter::commit() {
         next_index_ = keep;
         if (rc != 0) return rc;
     }
-    if (!write_all(fd_, batch_.data(), batch_.size())) return -errno;
+    if (!write_all(fd_, batch_.data(), batch_.size())) {
+        const int err = errno != 0 ? errno : EIO;
+        // A full disk takes part of a batch and refuses the rest. That part is taken back and the
+        // batch kept, bytes and indexes, for the caller to try again: the retry writes it whole at
+        // the same offset. (Left there, the part would be a torn record in the middle of the segment
+        // once anything is written behind it, which recovery takes for damage. If the truncate
+        // fails, on a read-only disk, the retry overwrites the part with the same bytes.)
+        const bool taken_back = ftruncate(fd_, static_cast<off_t>(seg_bytes_)) == 0;
+        (void)taken_back;
+        lseek(fd_, static_cast<off_t>(seg_bytes_), SEEK_SET);
+        return -err;
+    }
     seg_bytes_ += batch_.size();
     bytes_written_ += batch_.size();
     batch_.clear();

@@ -96,6 +96,7 @@ struct JournalEnd {
     bool gap = false;          // no record `from` where one must be: the journal cannot continue the state
     bool newer = false;        // a segment of a newer format (a newer engine wrote it): nothing read, nothing cut
     bool damaged = false;      // a bad record that is not a torn tail (problem: file and byte): nothing cut
+    bool unreadable = false;   // a segment we may not open or map (permissions): nothing read past it, nothing cut
 };
 
 using RecordFn = std::function<void(uint64_t index, int32_t type, const uint8_t* payload, uint32_t len)>;
@@ -130,7 +131,8 @@ public:
     size_t batch_records() const { return batch_n_; }
 
     // Writes the batch with one write() (rotating first when the segment is full).
-    // 0 or -errno; on an error nothing of the batch may be applied.
+    // 0 or -errno; on an error nothing of the batch may be applied: the file is as it was before
+    // the call and the batch is kept, so commit() may be called again (more add()s first, too).
     int commit();
     // FsyncPolicy::Batch: fdatasync now, before the batch's outputs go out. Others: nothing.
     int sync_before_publish();

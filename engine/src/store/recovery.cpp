@@ -42,6 +42,12 @@ Recovery recover(Core& core, const Config& cfg, const StateDir& dir, const Recov
             r.ok = false;
             return r;
         }
+        if (got.unreadable) {  // passed over, an older one (or none) would recover an older state
+            r.end.problem = "cannot read " + s.path + ": " + got.problem;
+            r.end.unreadable = true;
+            r.ok = false;
+            return r;
+        }
         if (!got.problem.empty()) {
             r.rejected.push_back(s.path + ": " + got.problem);
             continue;
@@ -68,7 +74,7 @@ Recovery recover(Core& core, const Config& cfg, const StateDir& dir, const Recov
         },
         opt.repair);
     core.set_trace(nullptr);
-    r.ok = !r.end.gap && !r.end.newer && !r.end.damaged;
+    r.ok = !r.end.gap && !r.end.newer && !r.end.damaged && !r.end.unreadable;
     r.digest = core.digest();
     r.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     return r;

@@ -112,6 +112,7 @@ SnapshotRead read_snapshot(const std::string& path) {
     SnapshotRead r;
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
+        r.unreadable = errno != ENOENT;  // (ENOENT: pruned since it was listed)
         r.problem = std::strerror(errno);
         return r;
     }

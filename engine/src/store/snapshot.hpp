@@ -46,6 +46,7 @@ struct SnapshotRead {
     std::string payload;
     std::string problem;  // empty when good
     bool newer = false;   // a newer engine's format: not damage, and not to be passed over
+    bool unreadable = false;  // there, but we may not open it (permissions): not damage either
 };
 SnapshotRead read_snapshot(const std::string& path);
 
