@@ -635,3 +635,60 @@ async def test_without_an_id_no_ack_comes_but_the_engines_refusals_do(stack) -> 
     finally:
         await d.close()
         await p.close()
+
+
+# ---- error texts the apps see without the decoder: engine_unavailable and overloaded (§5) ----------
+
+
+def code_texts_for(code: ErrorCode) -> set[str]:
+    """Every message text the sidecar's code sends with `code`, read from the source: the string
+    literals of an `error(..., ErrorCode.X, <text>)` call, of a `{"code": ErrorCode.X.value, "message":
+    <text>}` map, and of the exceptions the server turns into `code` (server.py: EngineUnavailable ->
+    engine_unavailable, Overloaded -> overloaded)."""
+    raised = {ErrorCode.ENGINE_UNAVAILABLE: "EngineUnavailable", ErrorCode.OVERLOADED: "Overloaded"}[code]
+
+    def names(node: ast.AST) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == code.name
+
+    def literals(node: ast.AST) -> set[str]:
+        return {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+    found: set[str] = set()
+    for path in sorted((ROOT / "sidecar").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                func = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+                if func == raised:
+                    found |= {a.value for a in node.args if isinstance(a, ast.Constant)}
+                elif func == "error":
+                    for i, a in enumerate(node.args):
+                        if names(a) and i + 1 < len(node.args):
+                            found |= literals(node.args[i + 1])
+            if isinstance(node, ast.Dict):
+                fields = {
+                    k.value: v for k, v in zip(node.keys, node.values, strict=True) if isinstance(k, ast.Constant)
+                }
+                code_v = fields.get("code")
+                if isinstance(code_v, ast.Attribute) and code_v.attr == "value" and names(code_v.value):
+                    found |= literals(fields["message"])
+    return found
+
+
+@pytest.mark.parametrize("code", [ErrorCode.ENGINE_UNAVAILABLE, ErrorCode.OVERLOADED], ids=lambda c: c.value)
+def test_the_error_row_quotes_every_text_the_server_sends_with_the_code(code: ErrorCode) -> None:
+    texts = code_texts_for(code)
+    assert texts, f"no text found for {code.value}: the source scan no longer matches the code"
+    row = re.search(rf"^\| `{code.value}` \| (.*)$", markdown(), re.M)
+    assert row, code.value
+    assert set(re.findall(r"`([^`]*(?:engine|retry)[^`]*)`", row.group(1))) == texts
+
+
+def test_active_orders_active_is_the_engines_latest_report_as_documented() -> None:
+    """`active` is the engine's count from its stats record (once a second), not recounted per change."""
+    md = " ".join(markdown().split())
+    assert "`active`, the engine's count of active orders as of its latest report" in md
+    assert "about once a second): it may not count this change yet" in md
+    assert float(engine_config("stats_interval_s")) == 1.0
+    src = (ROOT / "sidecar" / "session" / "core.py").read_text()
+    assert '"active": self.stats.engine.active_orders' in src
+    assert '"active_orders": e.active_orders' in src  # system_stats: the same record's count
