@@ -303,7 +303,7 @@ def test_every_server_example_matches_its_asyncapi_schema() -> None:
                  for e in m.get("examples", [])]
     for m in examples:
         assert m["type"] in schema.SERVER_MESSAGES, m
-        errs = violations(m, payload_schema(m["type"], "server"))
+        errs = violations(m, payload_schema(m["type"], "server"), floats=True)
         assert not errs, (m, errs)
         if m["type"] == "error":
             assert m["code"] in {c.value for c in ErrorCode}
@@ -470,7 +470,7 @@ async def test_a_live_ride_sends_only_documented_messages_with_documented_fields
             kinds.add(t)
             assert t in schema.SERVER_MESSAGES, f"{who} got undocumented {t}: {m}"
             assert Role(who) in schema.SERVER_MESSAGES[t].roles, f"{who} got {t}, documented for others"
-            errs = violations(m, payload_schema(t, "server"))
+            errs = violations(m, payload_schema(t, "server"), floats=True)
             assert not errs, (who, m, errs)
     assert {"welcome", "ack", "error", "pong", "order_update", "new_order", "cancel_order",
             "driver_location", "system_stats", "active_orders", "driver_status", "assignment"} <= kinds
@@ -692,3 +692,40 @@ def test_active_orders_active_is_the_engines_latest_report_as_documented() -> No
     src = (ROOT / "sidecar" / "session" / "core.py").read_text()
     assert '"active": self.stats.engine.active_orders' in src
     assert '"active_orders": e.active_orders' in src  # system_stats: the same record's count
+
+
+# ---- numbers and null from an app (§1 "Formats", §2) ------------------------------------------
+
+
+def test_protocol_md_says_how_numbers_and_null_are_taken_and_sent() -> None:
+    md = " ".join(markdown().split())
+    assert "comes as a float (in msgpack a float 64), even when it is whole: `15.0`, never `15`" in md
+    assert 'never a float where an integer is: `"order_id": 1001.0` (or JSON `1e3`) is `bad_message`' in md
+    assert "`null` is refused (`bad_message` naming the field), except in `id`, where `null` counts as no `id`" in md
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "msgpack"])
+def test_a_float_is_refused_where_an_integer_is_asked_and_an_integer_taken_where_a_number_is(binary: bool) -> None:
+    for whole in (1001.0, 1e3):
+        with pytest.raises(ClientError) as exc:
+            parse_as({"type": "order_accept", "order_id": whole}, Role.DRIVER, binary)
+        assert exc.value.code is ErrorCode.BAD_MESSAGE and exc.value.message.startswith("order_id: ")
+    with pytest.raises(ClientError):
+        protocol.decode(b'{"type": "order_accept", "order_id": 1e3}', False, Role.DRIVER, "d1")
+    whole = {"type": "driver_location", "lat": 38, "lon": 68, "heading": 90, "speed_kmh": 0}
+    req = parse_as(whole, Role.DRIVER, binary)
+    assert (req.message.lat, req.message.heading) == (38, 90)
+
+
+@pytest.mark.parametrize("type_", sorted(t for t, s in schema.CLIENT_MESSAGES.items() if s.optional))
+def test_null_in_an_optional_field_is_refused_naming_it_and_a_null_id_is_no_id(type_: str) -> None:
+    shape = schema.CLIENT_MESSAGES[type_]
+    role = min(shape.roles)
+    base = {k: v for k, v in example(type_).items() if k not in shape.optional}
+    base.pop("id", None)
+    for f in sorted(shape.optional):
+        for binary in (False, True):
+            with pytest.raises(ClientError) as exc:
+                parse_as({**base, f: None}, role, binary)
+            assert exc.value.code is ErrorCode.BAD_MESSAGE and exc.value.message.startswith(f"{f}: "), f
+    assert parse_as({**base, "id": None}, role).request_id is None
