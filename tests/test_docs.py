@@ -729,3 +729,36 @@ def test_null_in_an_optional_field_is_refused_naming_it_and_a_null_id_is_no_id(t
                 parse_as({**base, f: None}, role, binary)
             assert exc.value.code is ErrorCode.BAD_MESSAGE and exc.value.message.startswith(f"{f}: "), f
     assert parse_as({**base, "id": None}, role).request_id is None
+
+
+# ---- nearby_drivers: which drivers, how many, how often (§4) --------------------------------------
+
+
+def test_protocol_md_says_how_many_nearby_drivers_come_and_how_often() -> None:
+    md = " ".join(markdown().split())
+    cap = re.search(r"#define DGDO_NEARBY_MAX (\d+)", (ROOT / "include" / "dgdo" / "events.h").read_text())
+    assert cap and f"the nearest first, at most {cap.group(1)} of them" in md
+    assert float(engine_config("nearby_interval_s")) == 1.0 and "then one every second, whether or not" in md
+
+
+async def test_nearby_drivers_are_the_available_ones_nearest_first_at_once_then_every_second(stack) -> None:
+    where = {"n1": (38.5600, 68.7871), "n3": (38.5680, 68.7870), "n2": (38.5630, 68.7870)}  # ~10, ~900, ~350 m
+    drivers = [await online_driver(stack, d, at) for d, at in where.items()]
+    off = await AppClient.open(ws_url(stack, "driver", "n0"))  # a position, never online: not available
+    p = await passenger(stack, "p1")
+    try:
+        await off.expect("welcome")
+        await off.send({"type": "driver_location", "lat": 38.5599, "lon": 68.7870, "id": "l"})
+        await off.expect("ack", id="l")
+        await p.send(
+            {"type": "nearby_subscribe", "lat": PICKUP["lat"], "lon": PICKUP["lon"], "radius_m": 2000, "id": "n"}
+        )
+        assert (await p.recv())["type"] == "ack"
+        first = await p.recv()
+        assert first["type"] == "nearby_drivers"
+        assert [d["driver_id"] for d in first["drivers"]] == ["n1", "n2", "n3"]
+        again = await p.expect("nearby_drivers", timeout=5)  # nothing changed, and it comes anyway
+        assert again["drivers"] == first["drivers"] and again["ts"] > first["ts"]
+    finally:
+        for c in (*drivers, off, p):
+            await c.close()
