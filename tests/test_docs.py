@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import json
 import math
 import re
@@ -762,3 +763,39 @@ async def test_nearby_drivers_are_the_available_ones_nearest_first_at_once_then_
     finally:
         for c in (*drivers, off, p):
             await c.close()
+
+
+# ---- close reasons (§6) ---------------------------------------------------------------------------
+
+
+def code_close_reasons() -> set[str]:
+    """The reason of every close the sidecar makes with a literal text, read from its source: the
+    argument after the code of a `close(...)` / `close_for(...)` call; an f-string's literal prefix."""
+    found: set[str] = set()
+    for path in sorted((ROOT / "sidecar").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("close", "close_for")):
+                continue
+            if len(node.args) == 3:
+                reason = node.args[2]
+                if isinstance(reason, ast.Constant) and isinstance(reason.value, str):
+                    found.add(reason.value)
+                elif isinstance(reason, ast.JoinedStr) and isinstance(reason.values[0], ast.Constant):
+                    found.add(reason.values[0].value)
+    return found
+
+
+def test_protocol_md_lists_every_close_reason_the_server_gives() -> None:
+    md = " ".join(markdown().split())
+    para = re.search(r"Act on the code; the close reason is a short text for your logs(.*?)\n\n", markdown(), re.S)
+    assert para, "no close-reason paragraph in protocol.md §6"
+    listed = " ".join(para.group(1).split())
+    reasons = code_close_reasons()
+    assert {"server shutting down", "message too big", "replaced by a newer connection"} <= reasons, reasons
+    for reason in reasons:
+        assert f"`{reason}" in listed, f"close reason {reason!r} is not in protocol.md §6"
+    reply_s = {f.name: f.default for f in dataclasses.fields(server.Settings)}["ping_reply_s"]
+    assert f"no answer to a ping within {reply_s:g} s" in md
+    with pytest.raises(protocol.InvalidText) as exc:
+        protocol.Decoder(Role.DRIVER, "d1").feed(False, True, b"\xff")
+    assert str(exc.value) == "invalid UTF-8 in a text message (byte 0)"
