@@ -87,6 +87,7 @@ async def test_a_retried_ride_request_brings_its_ack_alone_and_ids_are_the_passe
     text = md()
     assert "the retry is answered by its `ack` alone" in text
     assert "Ids are each passenger's own" in text
+    assert "The server does not limit a passenger to one live order" in text
     p = await passenger(stack, "p1")
     q = await passenger(stack, "p2")
     try:
@@ -98,6 +99,9 @@ async def test_a_retried_ride_request_brings_its_ack_alone_and_ids_are_the_passe
         assert await request_ride(q, rid="r1") != order  # another passenger's r1: another order
         by_int = await request_ride(p, rid=1)  # type: ignore[arg-type]
         assert await request_ride(p, rid="1") not in (by_int, order)
+        for live in (order, by_int):  # all three orders are live at once: each can still be canceled
+            await p.send({"type": "order_cancel", "order_id": live, "id": f"c{live}"})
+            await p.expect("ack", id=f"c{live}")
     finally:
         await p.close()
         await q.close()
