@@ -799,3 +799,14 @@ def test_protocol_md_lists_every_close_reason_the_server_gives() -> None:
     with pytest.raises(protocol.InvalidText) as exc:
         protocol.Decoder(Role.DRIVER, "d1").feed(False, True, b"\xff")
     assert str(exc.value) == "invalid UTF-8 in a text message (byte 0)"
+
+
+def test_the_format_choice_among_several_or_unknown_subprotocols_is_as_protocol_md_says() -> None:
+    md = " ".join(markdown().split())
+    assert "Of several offered, the first it knows, in your order, is chosen" in md
+    assert "offering only names it does not know (a future `dgdo.v2.json`) is as offering none" in md
+    mp, js = protocol.MSGPACK, protocol.JSON
+    assert router.choose_format("dgdo.v1.msgpack, dgdo.v1.json", {}) == (mp, mp.value)
+    assert router.choose_format("dgdo.v2.json, dgdo.v1.json, dgdo.v1.msgpack", {}) == (js, js.value)
+    assert router.choose_format("dgdo.v2.json", {"format": "msgpack"}) == (mp, None)
+    assert router.choose_format("dgdo.v2.msgpack", {}) == (js, None)
