@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
+import importlib
 import json
 import math
 import re
@@ -769,10 +770,12 @@ async def test_nearby_drivers_are_the_available_ones_nearest_first_at_once_then_
 
 
 def code_close_reasons() -> set[str]:
-    """The reason of every close the sidecar makes with a literal text, read from its source: the
-    argument after the code of a `close(...)` / `close_for(...)` call; an f-string's literal prefix."""
+    """The reason of every close the sidecar makes with a fixed text, read from its source: the
+    argument after the code of a `close(...)` / `close_for(...)` call, a literal, a module constant
+    (its value) or an f-string (its literal prefix)."""
     found: set[str] = set()
     for path in sorted((ROOT / "sidecar").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("close", "close_for")):
                 continue
@@ -782,6 +785,10 @@ def code_close_reasons() -> set[str]:
                     found.add(reason.value)
                 elif isinstance(reason, ast.JoinedStr) and isinstance(reason.values[0], ast.Constant):
                     found.add(reason.values[0].value)
+                elif isinstance(reason, ast.Name) and reason.id.isupper():
+                    value = getattr(importlib.import_module(module), reason.id)
+                    assert isinstance(value, str), (module, reason.id)
+                    found.add(value)
     return found
 
 
