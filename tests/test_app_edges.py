@@ -40,7 +40,7 @@ async def barrier(c: AppClient, tag: str) -> None:
 async def test_answers_come_as_they_are_ready_and_an_ack_before_the_update_it_caused(stack) -> None:
     text = md()
     assert "Answers come in the order they are ready, not in the order of your messages" in text
-    assert "The `ack` of a command comes before the `order_update`s it causes" in text
+    assert "the `ack` of a command comes before the `order_update`s it causes" in text
     p = await passenger(stack, "p1")
     try:
         await send_together(
@@ -174,6 +174,27 @@ async def test_arriving_comes_with_the_drivers_first_position_after_the_accept_o
         await d.expect("ack", id="arr")
         await p.expect("order_update", order_id=order, status="arrived")
         assert [m["status"] for m in p.seen if m["type"] == "order_update"] == ["searching", "accepted", "arrived"]
+    finally:
+        await d.close()
+        await p.close()
+
+
+async def test_only_a_ride_request_is_deduplicated_by_its_id_a_repeated_command_gets_conflict(stack) -> None:
+    text = md()
+    assert "Only `ride_request` is deduplicated by its `id`" in text
+    d = await online_driver(stack, "d1", NEAR)
+    p = await passenger(stack, "p1")
+    try:
+        order = await request_ride(p)
+        await d.expect("new_order", order_id=order)
+        await accept(d, order, p, rid="a1")
+        await d.send({"type": "order_accept", "order_id": order, "id": "a1"})  # the same command, the same id
+        again = await d.expect("error", id="a1")
+        assert (again["code"], again["order_id"]) == ("conflict", order)
+        await p.send({"type": "order_cancel", "order_id": order, "id": "c1"})
+        await p.expect("ack", id="c1")
+        await p.send({"type": "order_cancel", "order_id": order, "id": "c1"})
+        assert (await p.expect("error", id="c1"))["code"] == "conflict"
     finally:
         await d.close()
         await p.close()
