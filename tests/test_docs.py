@@ -416,10 +416,13 @@ def test_a_header_token_wins_over_the_query_as_protocol_md_says() -> None:
 # ---- a live session: what the server really sends fits the documents --------------------------
 
 
-async def test_a_live_ride_sends_only_documented_messages_with_documented_fields(stack) -> None:
-    driver = await AppClient.open(ws_url(stack, "driver", "d1"))
-    passenger = await AppClient.open(ws_url(stack, "passenger", "p1"), subprotocol="dgdo.v1.msgpack")
-    admin = await AppClient.open(ws_url(stack, "admin"))
+@pytest.mark.parametrize("msgpack_side", ["passenger", "driver_and_admin"])
+async def test_a_live_ride_sends_only_documented_messages_with_documented_fields(stack, msgpack_side: str) -> None:
+    """Each side in each format (by subprotocol, and by `?format=msgpack` for the admin)."""
+    mp = msgpack_side == "driver_and_admin"
+    driver = await AppClient.open(ws_url(stack, "driver", "d1"), subprotocol="dgdo.v1.msgpack" if mp else None)
+    passenger = await AppClient.open(ws_url(stack, "passenger", "p1"), subprotocol=None if mp else "dgdo.v1.msgpack")
+    admin = await AppClient.open(ws_url(stack, "admin", **({"format": "msgpack"} if mp else {})))
     try:
         for c in (driver, passenger, admin):
             await c.expect("welcome")
