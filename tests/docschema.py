@@ -75,11 +75,13 @@ def payload_schema(name: str, direction: str) -> dict[str, Any]:
 # ---- a small JSON Schema checker (the keywords asyncapi.yaml uses) ----------------------
 
 
-def violations(value: Any, sch: dict[str, Any], path: str = "$") -> list[str]:
+def violations(value: Any, sch: dict[str, Any], path: str = "$", floats: bool = False) -> list[str]:
+    """How `value` breaks `sch`. With `floats`, a `number` must be a float, as the server sends every
+    one (protocol.md §1 "Formats"): an app's typed decoder may take `15` for an integer field."""
     sch = deref(sch)
     errs: list[str] = []
     if "oneOf" in sch:
-        if sum(not violations(value, s, path) for s in sch["oneOf"]) != 1:
+        if sum(not violations(value, s, path, floats) for s in sch["oneOf"]) != 1:
             errs.append(f"{path}: matches not exactly one of oneOf")
         return errs
     if "const" in sch and value != sch["const"]:
@@ -93,7 +95,7 @@ def violations(value: Any, sch: dict[str, Any], path: str = "$") -> list[str]:
         "string": lambda v: isinstance(v, str),
         "boolean": lambda v: isinstance(v, bool),
         "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        "number": lambda v: isinstance(v, float) if floats else isinstance(v, int | float) and not isinstance(v, bool),
         "null": lambda v: v is None,
     }
     if kind is not None and not checks[kind](value):
@@ -117,7 +119,7 @@ def violations(value: Any, sch: dict[str, Any], path: str = "$") -> list[str]:
             errs += [f"{path}.{k}: not in the schema" for k in value if k not in props]
         for k, v in value.items():
             if k in props:
-                errs += violations(v, props[k], f"{path}.{k}")
+                errs += violations(v, props[k], f"{path}.{k}", floats)
     if isinstance(value, list):
         if "minItems" in sch and len(value) < sch["minItems"]:
             errs.append(f"{path}: fewer than {sch['minItems']} items")
@@ -126,8 +128,8 @@ def violations(value: Any, sch: dict[str, Any], path: str = "$") -> list[str]:
         items = sch.get("items")
         if isinstance(items, list):  # a tuple (draft-07 form): one schema per position
             for i, (v, s) in enumerate(zip(value, items, strict=False)):
-                errs += violations(v, s, f"{path}[{i}]")
+                errs += violations(v, s, f"{path}[{i}]", floats)
         elif items is not None:
             for i, v in enumerate(value):
-                errs += violations(v, items, f"{path}[{i}]")
+                errs += violations(v, items, f"{path}[{i}]", floats)
     return errs

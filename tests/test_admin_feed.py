@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
+from docschema import ROOT
 
 from sidecar.session.admin_feed import AdminFeed, RateWindow
 from sidecar.session.core import SessionCore
@@ -297,3 +298,18 @@ def test_another_workers_full_relay_repeats_no_status_change_to_the_admins() -> 
     assert there.remote(1, here.relay(), 6.5) == [("d1", "online")]
     there.tick(7.0, TS)
     assert {r[0]: r[3] for r in there.snapshot(TS)["drivers"]} == {"d1": "available", "d2": "available"}
+
+
+def test_a_snapshot_before_the_next_tick_carries_an_ended_order_and_the_delta_brings_it_again() -> None:
+    """protocol.md `fleet`: an app drops an ended order whichever message brings it."""
+    md = " ".join((ROOT / "docs" / "protocol.md").read_text().split())
+    assert "a snapshot taken between its end and the next delta carries it too, with that status" in md
+    feed = AdminFeed()
+    feed.ride_requested(7, "p1", PICKUP, DROPOFF)
+    feed.request_answered(7, 1001, 0.1, TS)
+    feed.order_update(1001, "searching", "p1", "", 0.1, TS)
+    feed.tick(0.5, TS)
+    feed.order_update(1001, "canceled", "p1", "", 0.6, TS)
+    assert orders(feed.snapshot(TS))[1001]["status"] == "canceled"  # a subscribe right now
+    assert orders(feed.tick(1.0, TS))[1001]["status"] == "canceled"  # the delta: once more
+    assert feed.snapshot(TS)["orders"] == []

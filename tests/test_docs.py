@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
+import importlib
 import json
 import math
 import re
@@ -303,7 +305,7 @@ def test_every_server_example_matches_its_asyncapi_schema() -> None:
                  for e in m.get("examples", [])]
     for m in examples:
         assert m["type"] in schema.SERVER_MESSAGES, m
-        errs = violations(m, payload_schema(m["type"], "server"))
+        errs = violations(m, payload_schema(m["type"], "server"), floats=True)
         assert not errs, (m, errs)
         if m["type"] == "error":
             assert m["code"] in {c.value for c in ErrorCode}
@@ -414,10 +416,13 @@ def test_a_header_token_wins_over_the_query_as_protocol_md_says() -> None:
 # ---- a live session: what the server really sends fits the documents --------------------------
 
 
-async def test_a_live_ride_sends_only_documented_messages_with_documented_fields(stack) -> None:
-    driver = await AppClient.open(ws_url(stack, "driver", "d1"))
-    passenger = await AppClient.open(ws_url(stack, "passenger", "p1"), subprotocol="dgdo.v1.msgpack")
-    admin = await AppClient.open(ws_url(stack, "admin"))
+@pytest.mark.parametrize("msgpack_side", ["passenger", "driver_and_admin"])
+async def test_a_live_ride_sends_only_documented_messages_with_documented_fields(stack, msgpack_side: str) -> None:
+    """Each side in each format (by subprotocol, and by `?format=msgpack` for the admin)."""
+    mp = msgpack_side == "driver_and_admin"
+    driver = await AppClient.open(ws_url(stack, "driver", "d1"), subprotocol="dgdo.v1.msgpack" if mp else None)
+    passenger = await AppClient.open(ws_url(stack, "passenger", "p1"), subprotocol=None if mp else "dgdo.v1.msgpack")
+    admin = await AppClient.open(ws_url(stack, "admin", **({"format": "msgpack"} if mp else {})))
     try:
         for c in (driver, passenger, admin):
             await c.expect("welcome")
@@ -470,7 +475,7 @@ async def test_a_live_ride_sends_only_documented_messages_with_documented_fields
             kinds.add(t)
             assert t in schema.SERVER_MESSAGES, f"{who} got undocumented {t}: {m}"
             assert Role(who) in schema.SERVER_MESSAGES[t].roles, f"{who} got {t}, documented for others"
-            errs = violations(m, payload_schema(t, "server"))
+            errs = violations(m, payload_schema(t, "server"), floats=True)
             assert not errs, (who, m, errs)
     assert {"welcome", "ack", "error", "pong", "order_update", "new_order", "cancel_order",
             "driver_location", "system_stats", "active_orders", "driver_status", "assignment"} <= kinds
@@ -635,3 +640,183 @@ async def test_without_an_id_no_ack_comes_but_the_engines_refusals_do(stack) -> 
     finally:
         await d.close()
         await p.close()
+
+
+# ---- error texts the apps see without the decoder: engine_unavailable and overloaded (§5) ----------
+
+
+def code_texts_for(code: ErrorCode) -> set[str]:
+    """Every message text the sidecar's code sends with `code`, read from the source: the string
+    literals of an `error(..., ErrorCode.X, <text>)` call, of a `{"code": ErrorCode.X.value, "message":
+    <text>}` map, and of the exceptions the server turns into `code` (server.py: EngineUnavailable ->
+    engine_unavailable, Overloaded -> overloaded)."""
+    raised = {ErrorCode.ENGINE_UNAVAILABLE: "EngineUnavailable", ErrorCode.OVERLOADED: "Overloaded"}[code]
+
+    def names(node: ast.AST) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == code.name
+
+    def literals(node: ast.AST) -> set[str]:
+        return {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+    found: set[str] = set()
+    for path in sorted((ROOT / "sidecar").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                func = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+                if func == raised:
+                    found |= {a.value for a in node.args if isinstance(a, ast.Constant)}
+                elif func == "error":
+                    for i, a in enumerate(node.args):
+                        if names(a) and i + 1 < len(node.args):
+                            found |= literals(node.args[i + 1])
+            if isinstance(node, ast.Dict):
+                fields = {
+                    k.value: v for k, v in zip(node.keys, node.values, strict=True) if isinstance(k, ast.Constant)
+                }
+                code_v = fields.get("code")
+                if isinstance(code_v, ast.Attribute) and code_v.attr == "value" and names(code_v.value):
+                    found |= literals(fields["message"])
+    return found
+
+
+@pytest.mark.parametrize("code", [ErrorCode.ENGINE_UNAVAILABLE, ErrorCode.OVERLOADED], ids=lambda c: c.value)
+def test_the_error_row_quotes_every_text_the_server_sends_with_the_code(code: ErrorCode) -> None:
+    texts = code_texts_for(code)
+    assert texts, f"no text found for {code.value}: the source scan no longer matches the code"
+    row = re.search(rf"^\| `{code.value}` \| (.*)$", markdown(), re.M)
+    assert row, code.value
+    assert set(re.findall(r"`([^`]*(?:engine|retry)[^`]*)`", row.group(1))) == texts
+
+
+def test_active_orders_active_is_the_engines_latest_report_as_documented() -> None:
+    """`active` is the engine's count from its stats record (once a second), not recounted per change."""
+    md = " ".join(markdown().split())
+    assert "`active`, the engine's count of active orders as of its latest report" in md
+    assert "about once a second): it may not count this change yet" in md
+    assert float(engine_config("stats_interval_s")) == 1.0
+    src = (ROOT / "sidecar" / "session" / "core.py").read_text()
+    assert '"active": self.stats.engine.active_orders' in src
+    assert '"active_orders": e.active_orders' in src  # system_stats: the same record's count
+
+
+# ---- numbers and null from an app (§1 "Formats", §2) ------------------------------------------
+
+
+def test_protocol_md_says_how_numbers_and_null_are_taken_and_sent() -> None:
+    md = " ".join(markdown().split())
+    assert "comes as a float (in msgpack a float 64), even when it is whole: `15.0`, never `15`" in md
+    assert 'never a float where an integer is: `"order_id": 1001.0` (or JSON `1e3`) is `bad_message`' in md
+    assert "`null` is refused (`bad_message` naming the field), except in `id`, where `null` counts as no `id`" in md
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "msgpack"])
+def test_a_float_is_refused_where_an_integer_is_asked_and_an_integer_taken_where_a_number_is(binary: bool) -> None:
+    for whole in (1001.0, 1e3):
+        with pytest.raises(ClientError) as exc:
+            parse_as({"type": "order_accept", "order_id": whole}, Role.DRIVER, binary)
+        assert exc.value.code is ErrorCode.BAD_MESSAGE and exc.value.message.startswith("order_id: ")
+    with pytest.raises(ClientError):
+        protocol.decode(b'{"type": "order_accept", "order_id": 1e3}', False, Role.DRIVER, "d1")
+    whole = {"type": "driver_location", "lat": 38, "lon": 68, "heading": 90, "speed_kmh": 0}
+    req = parse_as(whole, Role.DRIVER, binary)
+    assert (req.message.lat, req.message.heading) == (38, 90)
+
+
+@pytest.mark.parametrize("type_", sorted(t for t, s in schema.CLIENT_MESSAGES.items() if s.optional))
+def test_null_in_an_optional_field_is_refused_naming_it_and_a_null_id_is_no_id(type_: str) -> None:
+    shape = schema.CLIENT_MESSAGES[type_]
+    role = min(shape.roles)
+    base = {k: v for k, v in example(type_).items() if k not in shape.optional}
+    base.pop("id", None)
+    for f in sorted(shape.optional):
+        for binary in (False, True):
+            with pytest.raises(ClientError) as exc:
+                parse_as({**base, f: None}, role, binary)
+            assert exc.value.code is ErrorCode.BAD_MESSAGE and exc.value.message.startswith(f"{f}: "), f
+    assert parse_as({**base, "id": None}, role).request_id is None
+
+
+# ---- nearby_drivers: which drivers, how many, how often (§4) --------------------------------------
+
+
+def test_protocol_md_says_how_many_nearby_drivers_come_and_how_often() -> None:
+    md = " ".join(markdown().split())
+    cap = re.search(r"#define DGDO_NEARBY_MAX (\d+)", (ROOT / "include" / "dgdo" / "events.h").read_text())
+    assert cap and f"the nearest first, at most {cap.group(1)} of them" in md
+    assert float(engine_config("nearby_interval_s")) == 1.0 and "then one every second, whether or not" in md
+
+
+async def test_nearby_drivers_are_the_available_ones_nearest_first_at_once_then_every_second(stack) -> None:
+    where = {"n1": (38.5600, 68.7871), "n3": (38.5680, 68.7870), "n2": (38.5630, 68.7870)}  # ~10, ~900, ~350 m
+    drivers = [await online_driver(stack, d, at) for d, at in where.items()]
+    off = await AppClient.open(ws_url(stack, "driver", "n0"))  # a position, never online: not available
+    p = await passenger(stack, "p1")
+    try:
+        await off.expect("welcome")
+        await off.send({"type": "driver_location", "lat": 38.5599, "lon": 68.7870, "id": "l"})
+        await off.expect("ack", id="l")
+        await p.send(
+            {"type": "nearby_subscribe", "lat": PICKUP["lat"], "lon": PICKUP["lon"], "radius_m": 2000, "id": "n"}
+        )
+        assert (await p.recv())["type"] == "ack"
+        first = await p.recv()
+        assert first["type"] == "nearby_drivers"
+        assert [d["driver_id"] for d in first["drivers"]] == ["n1", "n2", "n3"]
+        again = await p.expect("nearby_drivers", timeout=5)  # nothing changed, and it comes anyway
+        assert again["drivers"] == first["drivers"] and again["ts"] > first["ts"]
+    finally:
+        for c in (*drivers, off, p):
+            await c.close()
+
+
+# ---- close reasons (§6) ---------------------------------------------------------------------------
+
+
+def code_close_reasons() -> set[str]:
+    """The reason of every close the sidecar makes with a fixed text, read from its source: the
+    argument after the code of a `close(...)` / `close_for(...)` call, a literal, a module constant
+    (its value) or an f-string (its literal prefix)."""
+    found: set[str] = set()
+    for path in sorted((ROOT / "sidecar").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("close", "close_for")):
+                continue
+            if len(node.args) == 3:
+                reason = node.args[2]
+                if isinstance(reason, ast.Constant) and isinstance(reason.value, str):
+                    found.add(reason.value)
+                elif isinstance(reason, ast.JoinedStr) and isinstance(reason.values[0], ast.Constant):
+                    found.add(reason.values[0].value)
+                elif isinstance(reason, ast.Name) and reason.id.isupper():
+                    value = getattr(importlib.import_module(module), reason.id)
+                    assert isinstance(value, str), (module, reason.id)
+                    found.add(value)
+    return found
+
+
+def test_protocol_md_lists_every_close_reason_the_server_gives() -> None:
+    md = " ".join(markdown().split())
+    para = re.search(r"Act on the code; the close reason is a short text for your logs(.*?)\n\n", markdown(), re.S)
+    assert para, "no close-reason paragraph in protocol.md §6"
+    listed = " ".join(para.group(1).split())
+    reasons = code_close_reasons()
+    assert {"server shutting down", "message too big", "replaced by a newer connection"} <= reasons, reasons
+    for reason in reasons:
+        assert f"`{reason}" in listed, f"close reason {reason!r} is not in protocol.md §6"
+    reply_s = {f.name: f.default for f in dataclasses.fields(server.Settings)}["ping_reply_s"]
+    assert f"no answer to a ping within {reply_s:g} s" in md
+    with pytest.raises(protocol.InvalidText) as exc:
+        protocol.Decoder(Role.DRIVER, "d1").feed(False, True, b"\xff")
+    assert str(exc.value) == "invalid UTF-8 in a text message (byte 0)"
+
+
+def test_the_format_choice_among_several_or_unknown_subprotocols_is_as_protocol_md_says() -> None:
+    md = " ".join(markdown().split())
+    assert "Of several offered, the first it knows, in your order, is chosen" in md
+    assert "offering only names it does not know (a future `dgdo.v2.json`) is as offering none" in md
+    mp, js = protocol.MSGPACK, protocol.JSON
+    assert router.choose_format("dgdo.v1.msgpack, dgdo.v1.json", {}) == (mp, mp.value)
+    assert router.choose_format("dgdo.v2.json, dgdo.v1.json, dgdo.v1.msgpack", {}) == (js, js.value)
+    assert router.choose_format("dgdo.v2.json", {"format": "msgpack"}) == (mp, None)
+    assert router.choose_format("dgdo.v2.msgpack", {}) == (js, None)
