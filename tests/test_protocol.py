@@ -173,7 +173,7 @@ def test_an_admin_may_send_order_cancel_and_nothing_else_that_moves_an_order() -
               {"type": "order_arrived", "order_id": 1}, {"type": "trip_start", "order_id": 1},
               {"type": "trip_complete", "order_id": 1}, {"type": "driver_status", "status": "online"},
               {"type": "ride_request", "pickup": {"lat": 1, "lon": 1}, "dropoff": {"lat": 2, "lon": 2}}):
-        with pytest.raises(X.Forbidden, match=f"^type: {m['type']} is not allowed for a admin"):
+        with pytest.raises(X.Forbidden, match=f"^type: {m['type']} is not allowed for an admin"):
             feed(m, E.ADMIN, conn_id="ops")
     # The apps' own cancels decode as before; the admin's subscribe stays forbidden to them.
     assert isinstance(feed({"type": "order_cancel", "order_id": 5}).message, E.OrderCancel)

@@ -134,6 +134,8 @@ def _check_reason(m: OrderCancel, conn_id: str) -> None:
 # nothing to check). A class missing from a role's table is forbidden to that role. One dict
 # lookup per message decides both.
 _CHECKS: dict[type, Callable[[Any, str], None]] = {DriverLocation: _check_driver_id, OrderCancel: _check_reason}
+A_ROLE = {role: ("an " if role.value[0] in "aeiou" else "a ") + role.value for role in Role}  # forbidden's wording
+
 ALLOWED: dict[Role, dict[type, Callable[[Any, str], None] | None]] = {
     role: {cls: _CHECKS.get(cls) for cls in MESSAGE_TYPES if role in cls.roles} for role in Role
 }
@@ -169,7 +171,7 @@ def decode(payload: bytes, binary: bool, role: Role, conn_id: str) -> Request:
     check = ALLOWED[role].get(type(m), _FORBIDDEN)
     if check is not None:
         if check is _FORBIDDEN:
-            raise Forbidden(f"type: {type_name(type(m))} is not allowed for a {role.value}", m.id)
+            raise Forbidden(f"type: {type_name(type(m))} is not allowed for {A_ROLE[role]}", m.id)
         check(m, conn_id)
     return Request(m, m.id)
 
@@ -225,7 +227,7 @@ def refusal(payload: bytes, binary: bool, role: Role, reason: str) -> ClientErro
         return UnknownType(f"type: unknown message type {name[:40]!r}", rid)
     cls, roles = schema
     if role not in roles:
-        return Forbidden(f"type: {name} is not allowed for a {role.value}", rid)
+        return Forbidden(f"type: {name} is not allowed for {A_ROLE[role]}", rid)
     what, _, where = reason.partition(" - at ")
     # msgspec quotes a refused enum value whole (`Invalid enum value 'xxx...'`): cut before the cache
     # keys on it, or a client's refused 60 KB values would be kept, 1024 of them, in every worker.
