@@ -43,6 +43,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -55,7 +56,7 @@ from sidecar.shell import banner, config, fdlimit, journal, jwt_secret, lifetime
 from sidecar.shell.banner import dashboard_url
 from sidecar.shell.jwt_secret import CREDENTIAL_SECRET, configured_secret, read_secret_file
 from sidecar.shell.server import App, Settings
-from sidecar.shell.workers import WorkerProcesses, child_args
+from sidecar.shell.workers import FIRST_BACKOFF_S, MAX_BACKOFF_S, STABLE_S, WorkerProcesses, child_args
 from sidecar.shell.workers import child_env as worker_env
 from sidecar.wire import auth
 from sidecar.wire.messages import is_valid_id
@@ -290,14 +291,14 @@ class EngineSupervisor:
     happens on the main thread; only the wait for the ready line goes to a worker thread.
     """
 
-    MAX_BACKOFF_S = 5.0
-
     def __init__(self, args: argparse.Namespace, control: str, state_dir: Path | None = None) -> None:
         state = ["--state-dir", str(state_dir)] if state_dir is not None else []
         self.cmd = [engine_path(), "--control", control, "--instance", args.instance,
                     "--die-with-parent", str(os.getpid()), *state, *_engine_args(args)]
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.clock = time.monotonic
+        self.started = 0.0  # when the running engine was ready (self.clock)
 
     def spawn(self) -> subprocess.Popen[bytes]:
         # Its own session: a Ctrl-C at the terminal reaches only us, and we stop the engine
@@ -315,31 +316,46 @@ class EngineSupervisor:
         # The engine logs to stderr; pass on anything else it prints so its pipe never fills.
         threading.Thread(target=shutil.copyfileobj, args=(proc.stdout, sys.stdout.buffer), daemon=True).start()
         self.proc = proc
+        self.started = self.clock()
 
     def start(self) -> None:
         """Starts the engine and waits for its ready line (main thread). Raises RuntimeError if it fails."""
         self.ready(self.spawn())
 
     async def watch(self, stop: asyncio.Event) -> None:
+        """Restarts the engine whenever it dies, until `stop`: at once after a run of STABLE_S or more
+        (a crash in service), else after a back-off doubled while it keeps dying soon after its start
+        or failing to start (a crash loop: a restart every few seconds, not one a second forever).
+        The workers' policy (workers.py)."""
         loop = asyncio.get_running_loop()
-        backoff = 0.2
+        backoff = FIRST_BACKOFF_S
         while not stop.is_set():
             assert self.proc is not None
             rc = await self.exited(self.proc)
             if stop.is_set():
                 return
-            log.error("! engine exited with status %s; restarting", rc)
+            ran = self.clock() - self.started
+            if ran >= STABLE_S:
+                backoff = FIRST_BACKOFF_S
+                log.error("! engine exited with status %s after %.0f s; restarting", rc, ran)
+            else:
+                log.error("! engine exited with status %s %.1f s after its start; restarting in %.1f s", rc, ran,
+                          backoff)
+                await self.sleep(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
             while not stop.is_set():
                 try:
                     proc = self.spawn()  # here, on the loop's (main) thread: see the class doc
                     await loop.run_in_executor(None, self.ready, proc)
                     self.restarts += 1
-                    backoff = 0.2
                     break
                 except (RuntimeError, OSError) as e:
                     log.error("! %s; retrying in %.1f s", e, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(self.MAX_BACKOFF_S, backoff * 2)
+                    await self.sleep(backoff)
+                    backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+    async def sleep(self, s: float) -> None:
+        await asyncio.sleep(s)
 
     @staticmethod
     async def exited(proc: subprocess.Popen[bytes]) -> int:
