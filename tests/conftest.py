@@ -56,6 +56,19 @@ def engine_cmd(engine: Path, control: str, *extra: str) -> list[str]:
     """The engine's command line for a test: it ends with this pytest process, even after a kill -9."""
     return [str(engine), "--control", control, "--die-with-parent", str(os.getpid()), *extra]
 
+
+def engine_refusal(cmd: list[str]) -> str:
+    """Runs an engine command line that must refuse to start; returns its stderr."""
+    engine = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert engine.stdout is not None
+    first = engine.stdout.readline()  # "dgdo-engine ready ..." once started, "" once exited
+    if first:
+        engine.kill()
+    _out, err = engine.communicate(timeout=30)
+    assert not first, f"started: {err}"
+    assert engine.returncode != 0
+    return err
+
 BUILD = ROOT / "build" / "engine"
 ENGINE = BUILD / "dgdo-engine"
 RINGPEER = BUILD / "dgdo-ringpeer"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, engine_cmd, stack_env
+from conftest import ROOT, engine_cmd, engine_refusal, stack_env
 from rides import DROPOFF, PICKUP
 from test_engine_death import FAR, Split, answers, engine_segment, online_driver, start_split, stop_split
 from wsclient import AppClient
@@ -527,16 +527,8 @@ async def test_a_torn_journal_tail_is_cut_but_damage_before_it_refuses_the_start
     before = {**_journal_files(state_dir)}
     snapshots = {p.name: p.read_bytes() for p in (Path(state_dir) / "snapshots").iterdir()}
 
-    engine = subprocess.Popen(
-        engine_cmd(durable.engine_bin, durable.control, "--instance", durable.instance, "--state-dir", state_dir),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert engine.stdout is not None
-    first = engine.stdout.readline()  # "dgdo-engine ready ..." once started, "" once exited
-    if first:
-        engine.kill()
-    _out, err = engine.communicate(timeout=30)
-    assert not first, f"started on a damaged journal: {err}"
-    assert engine.returncode != 0
+    err = engine_refusal(
+        engine_cmd(durable.engine_bin, durable.control, "--instance", durable.instance, "--state-dir", state_dir))
     assert f"journal damaged: {journal / last}: bad record at byte {bad} (checksum)" in err, err
     assert "refusing to start" in err
     assert _journal_files(state_dir) == before  # every segment, byte for byte

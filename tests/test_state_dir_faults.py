@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import engine_cmd
+from conftest import engine_cmd, engine_refusal
 from rides import DROPOFF, PICKUP
 from test_engine_death import Split, answers, start_split, stop_split
 from test_sd_notify import SystemdSide
@@ -52,14 +52,7 @@ def start_refused(s: Split, *args: str, user: int | None = None) -> str:
     cmd = engine_cmd(s.engine_bin, s.control, "--instance", s.instance, *args)
     if user is not None:
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
-    engine = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert engine.stdout is not None
-    first = engine.stdout.readline()  # "dgdo-engine ready ..." once started, "" once exited
-    if first:
-        engine.kill()
-    _out, err = engine.communicate(timeout=30)
-    assert not first, f"started: {err}"
-    assert engine.returncode != 0
+    err = engine_refusal(cmd)
     # Its last line (what `systemctl status` shows) is the one that says what to do, not a generic one.
     assert "cannot start on" not in err, err
     return err
