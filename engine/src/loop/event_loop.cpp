@@ -419,18 +419,29 @@ void EventLoop::take(Worker& w, int32_t type, const uint8_t* body, uint32_t len)
     batch_.push_back(std::move(*ev));
 }
 
+void EventLoop::journal_dates(std::vector<InputEvent>& into) {
+    for (const Committed& c : undated_) {
+        persist_.add(InputEvent{c});
+        into.push_back(c);
+    }
+    undated_.clear();
+}
+
 void EventLoop::input(const InputEvent& ev) {
+    std::vector<InputEvent> evs;
+    journal_dates(evs);
     persist_.add(ev);
+    evs.push_back(ev);
     if (stalled_) {  // journaled behind the held batch, applied after it
-        unapplied_.push_back(ev);
+        unapplied_.insert(unapplied_.end(), evs.begin(), evs.end());
         return;
     }
     if (const int rc = persist_.commit(); rc != 0) {
-        unapplied_.push_back(ev);
+        unapplied_.insert(unapplied_.end(), evs.begin(), evs.end());
         stall(rc, clock_ns(CLOCK_MONOTONIC));
         return;
     }
-    apply(ev);
+    for (const InputEvent& e : evs) apply(e);
     if (publish()) ring_doorbells();
 }
 
@@ -475,6 +486,7 @@ size_t EventLoop::drain(const std::vector<Worker*>& from) {
     }
     peeking_ = nullptr;
     if (n == 0) return 0;
+    journal_dates(batch_);  // what the last publish stamped, not what this batch will
     if (const int rc = persist_.commit(); rc != 0) {  // nothing applied, nothing released: held
         for (Worker* w : from)
             if (!w->held) unreleased_.push_back(w->serial);
@@ -550,7 +562,8 @@ bool EventLoop::publish() {
         dgdo_out_meta meta;
         std::memcpy(&meta, rec.body.data(), sizeof meta);
         meta.commit_mono_ns = mono;
-        meta.commit_real_ns = real;
+        // A replay or a snapshot keeps the time its change was first published (Deliveries).
+        if (meta.commit_real_ns == 0) meta.commit_real_ns = real;
         std::memcpy(rec.body.data(), &meta, sizeof meta);
         if (rec.type == DGDO_OUT_ENGINE_STATS) {
             const uint64_t p99 = match_percentile(99), p50 = match_percentile(50);
@@ -587,6 +600,10 @@ bool EventLoop::publish() {
         }
     }
     out_.clear();
+    if (const uint64_t stamped = core_.deliveries().stamped(); stamped > dated_upto_) {
+        undated_.push_back(Committed{real, stamped});
+        dated_upto_ = stamped;
+    }
     return true;
 }
 
