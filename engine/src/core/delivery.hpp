@@ -125,7 +125,7 @@ public:
     std::size_t held(const Key& k) const;  // history records kept for k
     std::size_t held_total() const;
     std::size_t ended_total() const;
-    bool operator==(const Deliveries& o) const;
+    bool operator==(const Deliveries& o) const;  // (without the dating still to come: see delivery.cpp)
 
     // The whole state, little-endian and versioned, recipients in key order: the same
     // state always gives the same bytes. Appends to `out`.

@@ -479,14 +479,16 @@ size_t EventLoop::drain(const std::vector<Worker*>& from) {
     if (stalled_) return 0;  // the rings keep what they hold until the journal takes the held batch
     size_t n = 0;
     batch_.clear();
+    // When the last publish went out, first: nothing after it (a resume's replay) may see its
+    // records undated. Alone, it is a batch of its own.
+    journal_dates(batch_);
     for (Worker* w : from) {
         if (w->held) continue;
         peeking_ = w;
         n += dgdo_ring_peek(&w->cons, &EventLoop::on_record, this, kBatch, &w->peek_end);
     }
     peeking_ = nullptr;
-    if (n == 0) return 0;
-    journal_dates(batch_);  // what the last publish stamped, not what this batch will
+    if (n == 0 && batch_.empty()) return 0;
     if (const int rc = persist_.commit(); rc != 0) {  // nothing applied, nothing released: held
         for (Worker* w : from)
             if (!w->held) unreleased_.push_back(w->serial);
