@@ -99,7 +99,14 @@ def test_cpp_to_python_drains_in_batches_without_loss(ringpeer_bin: Path) -> Non
 # the consumer to release all of it before its idle gap, and fails (exit 4) if it does not. A
 # wake-up lost while the consumer parks is then a failure, not a delay the next burst hides.
 DRAIN_DEADLINE_MS = "2000"
-WAKE_BURSTS = 55_000 * SCALE  # >= 50k park/unpark cycles in CI, within about a minute
+WAKE_BURSTS = 55_000 * SCALE  # up to 55k park/unpark cycles in CI, within about a minute
+# That the park/wake path was exercised at all (a consumer that never parked would pass the rest
+# vacuously): thousands of doorbell wake-ups. How many of the bursts find the consumer parked is a
+# timing figure, not a correctness one: it depends on how soon the consumer is back in its park
+# after a drain, against the producer's 10 µs gap (the Python consumer found 75 % of them parked
+# with two test suites beside it on 2 vCPUs, under the 90 % asked here before). A lost wake-up
+# fails the producer (exit 4) instead.
+MIN_WAKEUPS = WAKE_BURSTS // 10
 
 
 def test_no_lost_wakeup_when_the_consumer_parks_between_every_burst(ringpeer_bin: Path) -> None:
@@ -120,7 +127,7 @@ def test_no_lost_wakeup_when_the_consumer_parks_between_every_burst(ringpeer_bin
     words = c_out.decode().split()
     assert words[:2] == ["consumed", str(count)]
     wakeups = int(words[words.index("wakeups") + 1])
-    assert wakeups >= WAKE_BURSTS * 9 // 10, f"only {wakeups} wake-ups for {WAKE_BURSTS} bursts"
+    assert wakeups >= MIN_WAKEUPS, f"only {wakeups} wake-ups for {WAKE_BURSTS} bursts"
     seg.close()
     os.close(bell)
 
@@ -161,7 +168,7 @@ def test_no_lost_wakeup_through_the_sidecars_doorbell_path(ringpeer_bin: Path) -
     assert result["rc"] == 0, f"producer failed (4 = a burst never drained: lost wake-up): {result['err']}"
     assert not result["errors"], result["errors"][:3]
     assert result["seen"] == count
-    assert result["wakeups"] >= WAKE_BURSTS * 9 // 10, f"only {result['wakeups']} wake-ups for {WAKE_BURSTS} bursts"
+    assert result["wakeups"] >= MIN_WAKEUPS, f"only {result['wakeups']} wake-ups for {WAKE_BURSTS} bursts"
 
 
 def test_largest_allowed_record_crosses_processes_intact(ringpeer_bin: Path) -> None:

@@ -9,6 +9,7 @@ sidecar: test_resume.py, test_e2e_*.py, test_engine_death.py, test_admin.py.
 from __future__ import annotations
 
 import ast
+import errno
 import json
 import math
 import pathlib
@@ -265,7 +266,7 @@ def test_every_engine_record_type_reaches_its_recipient_as_its_public_message() 
          (R.T.OUT_NEARBY_DRIVERS, R.OUT_NEARBY_HEAD.pack(*meta(p), 2) + R.NEARBY_ENTRY.pack(b"d1", 38.5, 68.7)
           + R.NEARBY_ENTRY.pack(b"d2", 38.6, 68.8)),
          (R.T.OUT_ENGINE_STATS, R.OUT_ENGINE_STATS.pack(*meta(None, 0, R.Role.ADMIN, b""), 3, 2, 1, 1, 10, 8, 5, 4200,
-                                                           1800, 6, 31_000, 4, 2, *[0] * 12)))
+                                                           1800, 6, 31_000, 4, 2, *[0] * 12, 0, 0, 0)))
     out = sent(core)
     ts = (WALL_NS - 250_000) // 1_000_000
     assert out[d] == [
@@ -942,10 +943,42 @@ def test_a_rejected_offer_leaves_the_dashboards_model_at_once() -> None:
     assert core.feed.driver_counts()["offered"] == 0
 
 
-def engine_stats(created: int, matched: int, completed: int) -> tuple[int, bytes]:
+def engine_stats(created: int, matched: int, completed: int, journal_errno: int = 0, held: int = 0,
+                 held_since_ns: int = 0) -> tuple[int, bytes]:
     return R.T.OUT_ENGINE_STATS, R.OUT_ENGINE_STATS.pack(*meta(None, 0, R.Role.ADMIN, b""), 3, 2, 1, 1, created,
                                                          matched, completed, 0, 0, 0, 0,
-                                                         *[0] * (len(R.LATENCY_BOUNDS_NS) + 1))
+                                                         *[0] * (len(R.LATENCY_BOUNDS_NS) + 1), journal_errno, held,
+                                                         held_since_ns)
+
+
+def test_an_engine_holding_on_its_journal_is_named_with_the_error_and_for_how_long_until_it_goes_on() -> None:
+    """The engine holds (its journal's disk is full) and says so in ENGINE_STATS: the sidecar names
+    the cause to admins (log, system_stats) and to the shell (/healthz, status), without taking the
+    record for a sign of life: availability stays the heartbeat's."""
+    clock = [50_000_000_000]
+    core = SessionCore(1, wall_ns=lambda: WALL_NS, mono_ns=lambda: clock[0])
+    core.engine_attached()
+    ops = connect(core, Role.ADMIN, "ops")
+    core.receive(ops, request({"type": "subscribe", "topics": ["log"], "id": "s"}, ops))
+    sent(core)
+    feed(core, engine_stats(5, 4, 3))
+    assert core.engine_hold() is None and "engine_hold" not in core.system_stats()
+    core.engine_available(False, 0.5)
+    feed(core, engine_stats(5, 4, 3, errno.ENOSPC, 2, clock[0] - 42_000_000_000))
+    assert core.engine_hold() == "journal not writable (No space left on device) for 42 s, 2 input(s) held"
+    assert core.system_stats()["engine_hold"] == {"error": "No space left on device", "for_s": 42, "inputs_held": 2}
+    assert not core.available
+    logs = [m["message"] for m in sent(core)[ops] if m["type"] == "log"]
+    assert any("engine holds: journal not writable (No space left on device)" in m for m in logs), logs
+    feed(core, engine_stats(5, 4, 3, errno.ENOSPC, 2, clock[0] - 42_000_000_000))
+    assert not [m for m in sent(core).get(ops, []) if m["type"] == "log"]  # said once, not once a second
+    core.engine_available(True)
+    feed(core, engine_stats(6, 4, 3))
+    assert core.engine_hold() is None and "engine_hold" not in core.system_stats()
+    assert "journal writable again" in [m for m in sent(core)[ops] if m["type"] == "log"][-1]["message"]
+    core.engine_detached()
+    feed(core, engine_stats(6, 4, 3, errno.EIO, 1, clock[0]))
+    assert core.engine_hold() is None  # detached: nothing to say of an engine we no longer see
 
 
 def test_order_rates_start_from_the_engines_first_stats_not_from_zero() -> None:

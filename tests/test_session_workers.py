@@ -39,7 +39,8 @@ def order_update(worker: int, app: bytes = b"p1", role: int = R.Role.PASSENGER, 
 
 def stats(workers: int) -> tuple[int, bytes]:
     return R.T.OUT_ENGINE_STATS, R.OUT_ENGINE_STATS.pack(*meta(0, 0, R.Role.ADMIN, b""), 3, 2, 1, workers,
-                                                         10, 8, 5, 0, 0, 0, 0, *[0] * len(R.LATENCY_BOUNDS_NS), 0)
+                                                         10, 8, 5, 0, 0, 0, 0, *[0] * len(R.LATENCY_BOUNDS_NS), 0,
+                                                         0, 0, 0)
 
 
 def fleet(worker: int, *entries: tuple[bytes, float, float, int], notice: int = 0) -> tuple[int, bytes]:

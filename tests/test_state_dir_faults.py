@@ -8,13 +8,16 @@ empty on a directory that held orders, and the operator is told what is wrong an
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -172,6 +175,31 @@ def fill(path: Path) -> None:
         os.close(fd)
 
 
+def get(port: int, path: str) -> tuple[int, str]:
+    """(status, body) of a sidecar page."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(port: int, name: str) -> float | None:
+    """The value of `name`'s series of worker 1 on /metrics; None when absent."""
+    for labels, v in re.findall(rf"^{name}{{([^}}]*)}} (\S+)$", get(port, "/metrics")[1], re.M):
+        if 'worker="1"' in labels.split(","):
+            return float(v)
+    return None
+
+
+def until(what: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Polls another process's pages until `what` holds: nothing to await but their answers."""
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "never came"
+        time.sleep(0.02)
+
+
 def status_after_the_stall(systemd: SystemdSide, timeout: float = 10.0) -> str:
     """The engine's STATUS once it no longer says JOURNAL NOT WRITABLE (its last one then)."""
     deadline = time.monotonic() + timeout
@@ -227,12 +255,26 @@ async def test_a_full_disk_holds_the_engine_refuses_commands_clearly_and_it_goes
         assert "free space on the state directory's disk" in said, said
         systemd.expect("STATUS", "JOURNAL NOT WRITABLE (No space left on device)")  # systemctl status
         systemd.expect("WATCHDOG", "1")  # still pinged: the loop is fine, a watchdog kill would only restart it
+        # The sidecar says why, not only that the engine is silent: the operator paged needs no engine log.
+        until(lambda: "journal not writable (No space left on device) for" in get(s.port, "/healthz")[1])
+        assert get(s.port, "/healthz")[0] == 503
+        until(lambda: metric(s.port, "dgdo_engine_journal_writable") == 0)
+        assert metric(s.port, "dgdo_engine_journal_hold_seconds") is not None
+        assert 'error="ENOSPC"' in get(s.port, "/metrics")[1]
+        # What says so keeps coming while the engine holds, and is no heartbeat: still 503, commands
+        # still refused at once.
+        records = metric(s.port, "dgdo_engine_records_in_total")
+        until(lambda: (metric(s.port, "dgdo_engine_records_in_total") or 0) > (records or 0))
+        assert get(s.port, "/healthz")[0] == 503
         await pax.send({"type": "ride_request", "id": "full", "pickup": PICKUP, "dropoff": DROPOFF})
         refused = await pax.expect("error", id="full")
         assert refused["code"] == "engine_unavailable"
 
         filler.unlink()
         s.wait_health(200)
+        until(lambda: metric(s.port, "dgdo_engine_journal_writable") == 1)
+        assert metric(s.port, "dgdo_engine_journal_hold_seconds") is None
+        assert get(s.port, "/healthz") == (200, "ok")
         assert "journal written again" in log.read_text()
         assert "JOURNAL" not in status_after_the_stall(systemd)
         # Every request of the flood has its one answer: an order, or "retry" (never both, never none).

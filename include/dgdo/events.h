@@ -461,7 +461,7 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_nearby_drivers) == DGDO_NEARBY_HEAD_SIZE +
                       "dgdo_out_nearby_drivers");
 
 /*
- * ENGINE_STATS (admin broadcast, about once a second), 248 bytes:
+ * ENGINE_STATS (admin broadcast, about once a second), 264 bytes:
  *    0 meta                64
  *   64 drivers_online      u32
  *   68 drivers_available   u32
@@ -477,6 +477,16 @@ DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_nearby_drivers) == DGDO_NEARBY_HEAD_SIZE +
  *  128 match_sum_ns        u64   histogram: count, sum, and one count per bucket below,
  *  136 match_buckets       u64[DGDO_LATENCY_BUCKETS + 1]  not cumulative; the last slot
  *                                counts decisions above the largest bound)
+ *  248 journal_errno       u32   0: the journal takes writes. Else the errno of the write it
+ *                                refused (ENOSPC, EIO, EROFS...): the engine holds, and its loop
+ *                                sends this record itself, once per stats interval, while its
+ *                                heartbeats stay stopped (filled in by the engine's loop)
+ *  252 held_inputs         u32   inputs held unapplied meanwhile (0 when not holding)
+ *  256 held_since_ns       u64   CLOCK_MONOTONIC when the hold began (0 when not holding)
+ *
+ * While holding, the figures are those of the last input applied: only journaled inputs are ever
+ * applied, so the record depends on nothing the journal lacks. It is no sign of life: a sidecar
+ * judges that by the heartbeat alone, and refuses commands while the engine holds.
  *
  * The bucket bounds are the ones the sidecar's push-latency histogram uses, so an operator reads
  * both on one scale: 10 us to 100 ms (DGDO_LATENCY_BOUNDS_NS, upper bounds, inclusive).
@@ -499,6 +509,9 @@ typedef struct dgdo_out_engine_stats {
     uint64_t match_count;
     uint64_t match_sum_ns;
     uint64_t match_buckets[DGDO_LATENCY_BUCKETS + 1];
+    uint32_t journal_errno;
+    uint32_t held_inputs;
+    uint64_t held_since_ns;
 } dgdo_out_engine_stats;
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, drivers_online) == 64, "drivers_online");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, orders_created) == 80, "orders_created");
@@ -506,7 +519,9 @@ DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, match_p99_ns) == 104, "mat
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, match_p50_ns) == 112, "match_p50_ns");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, match_count) == 120, "match_count");
 DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, match_buckets) == 136, "match_buckets");
-DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_engine_stats) == 248, "dgdo_out_engine_stats");
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, journal_errno) == 248, "journal_errno");
+DGDO_EV_STATIC_ASSERT(offsetof(dgdo_out_engine_stats, held_since_ns) == 256, "held_since_ns");
+DGDO_EV_STATIC_ASSERT(sizeof(dgdo_out_engine_stats) == 264, "dgdo_out_engine_stats");
 
 /*
  * SESSION_STATE (the answer to every SESSION_OPEN that is not a late one, to the opening connection), 80 bytes:

@@ -135,8 +135,9 @@ NEARBY_ENTRY = struct.Struct("<40sdd")
 LATENCY_BOUNDS_NS = (10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
                      10_000_000, 25_000_000, 50_000_000, 100_000_000)
 # online, available, active, workers, created, matched, completed, p99, p50, then the match
-# histogram: count, sum_ns, one count per bucket + the overflow (not cumulative).
-OUT_ENGINE_STATS = struct.Struct("<" + _META + "IIIIQQQQQ" + "QQ" + f"{len(LATENCY_BOUNDS_NS) + 1}Q")
+# histogram: count, sum_ns, one count per bucket + the overflow (not cumulative), then the
+# journal: errno (0: writable), inputs held, hold start (CLOCK_MONOTONIC ns).
+OUT_ENGINE_STATS = struct.Struct("<" + _META + "IIIIQQQQQ" + "QQ" + f"{len(LATENCY_BOUNDS_NS) + 1}Q" + "IIQ")
 OUT_SESSION = struct.Struct("<" + _META + "QBB6x")  # seq, resumed, online
 OUT_SESSION_REPLACED = struct.Struct("<" + _META + "H6x")
 # FLEET (IN_FLEET from a worker, OUT_FLEET relayed to the others): this head, then `count` entries.

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import time
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
@@ -1015,11 +1016,35 @@ class SessionCore:
 
     def _engine_stats(self, buf: Any, off: int, size: int) -> None:
         (_m, _real, _c, _w, _r, _id, online, available, active, workers, created, matched, completed, p99, p50, n,
-         sum_ns, *buckets) = R.OUT_ENGINE_STATS.unpack_from(buf, off)
+         sum_ns, *buckets, journal_errno, held, held_since) = R.OUT_ENGINE_STATS.unpack_from(buf, off)
         if workers > self.stats.engine.workers:  # a worker joined: it needs all of ours, not just what moves
             self.feed.relay_everything()
+        was = self.stats.engine.journal_errno
         self.stats.engine = EngineSnapshot(online, available, active, created, matched, completed, p99, p50, n,
-                                           sum_ns, tuple(buckets), workers, known=True)
+                                           sum_ns, tuple(buckets), workers, journal_errno, held, held_since,
+                                           known=True)
+        if journal_errno != was:
+            if journal_errno:
+                self.admin_log("error", f"engine holds: {self.engine_hold()}; free space on its state "
+                                        "directory's disk (or make it writable) and it goes on by itself")
+            else:
+                self.admin_log("info", "engine journal writable again")
+
+    def engine_hold(self) -> str | None:
+        """Why the attached engine holds, as its last ENGINE_STATS said ("journal not writable (No
+        space left on device) for 42 s, 3 input(s) held"); None when it does not."""
+        hold = self._hold()
+        if hold is None:
+            return None
+        return f"journal not writable ({hold['error']}) for {hold['for_s']} s, {hold['inputs_held']} input(s) held"
+
+    def _hold(self) -> dict[str, Any] | None:
+        """`system_stats.engine_hold`: what the engine's last ENGINE_STATS said of its journal, while it holds."""
+        e = self.stats.engine
+        if not (self.attached and e.journal_errno):
+            return None
+        return {"error": os.strerror(e.journal_errno),
+                "for_s": max(0, self.mono_ns() - e.held_since_ns) // 1_000_000_000, "inputs_held": e.held_inputs}
 
     # ---- several workers ---------------------------------------------------------------------
 
@@ -1155,7 +1180,7 @@ class SessionCore:
         for session in self.by_conn.values():
             by_role[session.role.value] += 1
         age = g.heartbeat_age_ns if self.attached else None
-        return {
+        out: dict[str, Any] = {
             "type": "system_stats",
             "matching_latency_us": {"p50": round(e.match_p50_ns / 1000, 1), "p99": round(e.match_p99_ns / 1000, 1)},
             "push_latency_us": {"p50": round(p50 / 1000, 1), "p99": round(p99 / 1000, 1)},
@@ -1180,6 +1205,10 @@ class SessionCore:
             "workers": e.workers,
             "ts": self._now_ms(),
         }
+        hold = self._hold()
+        if hold is not None:  # only while the engine holds: what it said of its journal
+            out["engine_hold"] = hold
+        return out
 
     def feed_tick(self, now: float | None = None, ts_ms: int | None = None) -> None:
         """One tick of the `fleet` topic: the delta to admins keeping up, a full snapshot to the rest.

@@ -117,6 +117,11 @@ class EngineSnapshot:
     match_sum_ns: int = 0
     match_buckets: tuple[int, ...] = (0,) * (len(LATENCY_BOUNDS_NS) + 1)
     workers: int = 0  # sidecar workers attached to the engine
+    # The journal: 0 while it takes writes, else the errno of the write it refused; the engine then
+    # holds (silent, commands refused) and says so with these, since `held_since_ns` (CLOCK_MONOTONIC).
+    journal_errno: int = 0
+    held_inputs: int = 0
+    held_since_ns: int = 0
     # False until an ENGINE_STATS arrived: the zeros above are then not the engine's figures, and
     # reading them as such shows a sidecar restarted beside a running engine its counters falling
     # to 0 and jumping back (/metrics, the dashboard's orders per minute).

@@ -167,12 +167,13 @@ def _engine_args(args: argparse.Namespace) -> list[str]:
 async def _status_loop(app: App, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
-        print(f"[dgdo] {app.stats.status_line()}", flush=True)
+        state = "" if app.link.available else f"{app.engine_state()} | "
+        print(f"[dgdo] {state}{app.stats.status_line()}", flush=True)
 
 def _systemd_status(app: App, control: str) -> str:
     if not app.link.attached:
         return f"waiting for the engine on {control}"
-    state = "" if app.link.available else "engine not responding | "
+    state = "" if app.link.available else f"{app.engine_state()} | "
     return f"{state}worker {app.worker} port {app.port} | {app.stats.status_line()}"
 
 

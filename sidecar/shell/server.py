@@ -422,7 +422,7 @@ class App:
         if r.path == "/healthz":
             if self.link.available:
                 return _page(200, "ok")
-            return _page(503, "engine not responding" if self.link.attached else "engine unavailable")
+            return _page(503, self.engine_state())
         if r.path == "/metrics":
             return _page(200, self.metrics_text(), metrics.CONTENT_TYPE_LATEST)
         if r.path == dashboard.WHOAMI:
@@ -435,6 +435,13 @@ class App:
             if asset is not None:
                 return _page(200, asset.body, asset.content_type, asset.headers)
         return _page(404, "no such page")
+
+    def engine_state(self) -> str:
+        """Why the engine serves no command (/healthz's 503, the status lines): silent, and why if it said."""
+        if not self.link.attached:
+            return "engine unavailable"
+        hold = self.core.engine_hold()
+        return "engine not responding" if hold is None else f"engine not responding: {hold}"
 
     def metrics_page(self, r: HttpRoute, authorization: str | None = None) -> Page:
         """The --metrics-port: /metrics and /healthz of this worker, nothing else."""

@@ -324,6 +324,8 @@
     const state = !m.engine_attached ? "down" : m.engine_available ? "up" : "silent";
     eng.dataset.state = state;
     eng.textContent = { up: "engine up", down: "engine detached", silent: "engine not responding" }[state];
+    const hold = m.engine_hold;  // the engine said why: its journal cannot be written
+    if (hold && state !== "down") eng.textContent = `journal not writable (${hold.error}) for ${hold.for_s} s`;
   }
 
   function pushSample(arr, p) {

@@ -89,7 +89,7 @@ SERVER_MESSAGES: dict[str, Shape] = {
            "matching_latency_us push_latency_us orders_per_min order_rates orders drivers_online drivers_available"
            " drivers_by_state active_orders live_orders connections connections_by_role paused_connections"
            " engine_attached engine_available ring_depths worker workers ts",
-           "engine_heartbeat_age_ms"),
+           "engine_heartbeat_age_ms engine_hold"),
         _s("active_orders", {ADMIN}, "order_id status passenger_id active ts", "driver_id reason"),
         _s("assignment", {ADMIN}, "order_id driver_id passenger_id ts"),
         _s("driver_status", {ADMIN}, "driver_id status ts"),

@@ -999,7 +999,9 @@ void Core::expire_offers() {
     }
 }
 
-void Core::send_stats() {
+void Core::send_stats() { out_->push_back(stats_record()); }
+
+OutRecord Core::stats_record() const {
     const CoreStats s = stats();
     auto rec = blank<dgdo_out_engine_stats>();
     rec.meta.to_role = DGDO_ROLE_ADMIN;
@@ -1009,7 +1011,9 @@ void Core::send_stats() {
     rec.orders_created = s.orders_created;
     rec.orders_matched = s.orders_matched;
     rec.orders_completed = s.orders_completed;
-    emit(DGDO_OUT_ENGINE_STATS, rec);
+    OutRecord r{DGDO_OUT_ENGINE_STATS, std::vector<uint8_t>(sizeof rec)};  // not reliable: no seq
+    std::memcpy(r.body.data(), &rec, sizeof rec);
+    return r;
 }
 
 // ---- output ----------------------------------------------------------------

@@ -146,6 +146,9 @@ public:
     const Order* find_order(uint64_t id) const;
     const Driver* find_driver(const std::string& id) const;
     CoreStats stats() const;
+    // An ENGINE_STATS record of the state as it is (the loop fills in its own fields), without
+    // applying anything: what the loop sends while the journal holds it (no tick is taken then).
+    OutRecord stats_record() const;
     uint64_t now_ns() const { return now_; }
     std::size_t order_count() const { return orders_.size(); }
     std::size_t idem_count() const { return idem_.size(); }

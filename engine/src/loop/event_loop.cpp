@@ -63,6 +63,11 @@ void close_fd(int& fd) {
     fd = -1;
 }
 
+// The tail of a throttled line (LogThrottle): how many like it were left out before it.
+std::string left_out_note(uint64_t n) {
+    return n == 0 ? std::string() : " (" + std::to_string(n) + " more like this left out before)";
+}
+
 void add_fd(int epoll_fd, int fd, uint64_t k) {
     epoll_event ev{};
     ev.events = EPOLLIN;
@@ -332,6 +337,8 @@ void EventLoop::attach(int fd, uint16_t worker_id, int32_t pid) {
     if (!stalled_) {  // (stalled: silent from the start, so the worker refuses commands at once)
         dgdo_ring_consumer_heartbeat(&w->cons, now);
         dgdo_ring_producer_heartbeat(&w->prod, now);
+    } else {
+        stats_sent_ns_ = 0;  // and told why at the next beat
     }
     int fds[DGDO_CTL_NFDS];
     fds[DGDO_CTL_FD_ENGINE_BELL] = w->engine_bell;
@@ -406,7 +413,10 @@ void EventLoop::take(Worker& w, int32_t type, const uint8_t* body, uint32_t len)
     if (type == DGDO_IN_FLEET) return relay_fleet(w, body, len);
     auto ev = decode_inbound(type, body, len);
     if (!ev) {
-        std::fprintf(stderr, "dgdo-engine: ! skipped inbound record type %d length %u from worker %u\n", type, len, w.id);
+        uint64_t left_out = 0;
+        if (bad_inbound_log_.allow(clock_ns(CLOCK_MONOTONIC), &left_out))
+            std::fprintf(stderr, "dgdo-engine: ! skipped inbound record type %d length %u from worker %u%s\n", type, len,
+                         w.id, left_out_note(left_out).c_str());
         return;
     }
     // Its answer (a COMMAND_RESULT, if it had one) goes out with this batch: its sender still waits.
@@ -525,7 +535,10 @@ void EventLoop::relay_fleet(Worker& w, const uint8_t* body, uint32_t len) {
     if (len < sizeof head) return;
     std::memcpy(&head, body, sizeof head);
     if (len != sizeof head + static_cast<uint64_t>(head.count) * sizeof(dgdo_fleet_entry)) {
-        std::fprintf(stderr, "dgdo-engine: ! skipped fleet record of length %u from worker %u\n", len, w.id);
+        uint64_t left_out = 0;
+        if (bad_fleet_log_.allow(clock_ns(CLOCK_MONOTONIC), &left_out))
+            std::fprintf(stderr, "dgdo-engine: ! skipped fleet record of length %u from worker %u%s\n", len, w.id,
+                         left_out_note(left_out).c_str());
         return;
     }
     if (workers_.size() < 2) return;  // nobody to tell
@@ -567,14 +580,7 @@ bool EventLoop::publish() {
         // A replay or a snapshot keeps the time its change was first published (Deliveries).
         if (meta.commit_real_ns == 0) meta.commit_real_ns = real;
         std::memcpy(rec.body.data(), &meta, sizeof meta);
-        if (rec.type == DGDO_OUT_ENGINE_STATS) {
-            const uint64_t p99 = match_percentile(99), p50 = match_percentile(50);
-            std::memcpy(rec.body.data() + offsetof(dgdo_out_engine_stats, match_p99_ns), &p99, sizeof p99);
-            std::memcpy(rec.body.data() + offsetof(dgdo_out_engine_stats, match_p50_ns), &p50, sizeof p50);
-            const auto n = static_cast<uint32_t>(workers_.size());
-            std::memcpy(rec.body.data() + offsetof(dgdo_out_engine_stats, workers), &n, sizeof n);
-            match_hist_.write_to(rec.body.data());
-        }
+        if (rec.type == DGDO_OUT_ENGINE_STATS) fill_stats(rec);
         auto it = workers_.find(meta.to_worker);
         if (rec.type == DGDO_OUT_FLEET) {
             for (auto& [id, w] : workers_)
@@ -607,6 +613,44 @@ bool EventLoop::publish() {
         dated_upto_ = stamped;
     }
     return true;
+}
+
+// The loop's fields of an ENGINE_STATS: offer decision times, workers, the journal's state.
+void EventLoop::fill_stats(OutRecord& rec) const {
+    if (rec.body.size() != sizeof(dgdo_out_engine_stats)) return;
+    uint8_t* body = rec.body.data();
+    const uint64_t p99 = match_percentile(99), p50 = match_percentile(50);
+    std::memcpy(body + offsetof(dgdo_out_engine_stats, match_p99_ns), &p99, sizeof p99);
+    std::memcpy(body + offsetof(dgdo_out_engine_stats, match_p50_ns), &p50, sizeof p50);
+    const auto n = static_cast<uint32_t>(workers_.size());
+    std::memcpy(body + offsetof(dgdo_out_engine_stats, workers), &n, sizeof n);
+    match_hist_.write_to(body);
+    const auto err = static_cast<uint32_t>(stalled_ ? stall_err_ : 0);
+    const auto held = static_cast<uint32_t>(stalled_ ? std::min<size_t>(unapplied_.size(), UINT32_MAX) : 0);
+    const uint64_t since = stalled_ ? stalled_since_ns_ : 0;
+    std::memcpy(body + offsetof(dgdo_out_engine_stats, journal_errno), &err, sizeof err);
+    std::memcpy(body + offsetof(dgdo_out_engine_stats, held_inputs), &held, sizeof held);
+    std::memcpy(body + offsetof(dgdo_out_engine_stats, held_since_ns), &since, sizeof since);
+}
+
+// An ENGINE_STATS sent by the loop itself, not the core's tick: while the journal holds the
+// engine (no tick is taken, nothing is published), so that the sidecars can say why it is silent,
+// and once more when the hold ends, so that they stop saying so at once. It goes out without
+// publish()'s sync: its figures are the core's, which holds only inputs already journaled (and,
+// under fsync batch, synced before their own outputs went out). It writes records only: the
+// heartbeats stay as they are, so no sidecar takes it for a sign of life.
+void EventLoop::send_stats_now(uint64_t now) {
+    stats_sent_ns_ = now;
+    if (workers_.empty()) return;
+    OutRecord rec = core_.stats_record();
+    dgdo_out_meta meta;
+    std::memcpy(&meta, rec.body.data(), sizeof meta);
+    meta.commit_mono_ns = now;
+    meta.commit_real_ns = clock_ns(CLOCK_REALTIME);
+    std::memcpy(rec.body.data(), &meta, sizeof meta);
+    fill_stats(rec);
+    for (auto& [id, w] : workers_) write_out(*w, rec);
+    ring_doorbells();
 }
 
 // Full "out" ring. The core cannot wait (one loop serves every worker), so what the ring does
@@ -739,6 +783,8 @@ bool EventLoop::any_pending() const {
 void EventLoop::beat() {
     const uint64_t now = clock_ns(CLOCK_MONOTONIC);
     if (stalled_) retry_journal(now);
+    if (stalled_ && now - stats_sent_ns_ >= static_cast<uint64_t>(opt_.core.stats_interval_s * 1e9))
+        send_stats_now(now);
     if (!stalled_) {  // silent while stalled: the sidecars then refuse commands at once (stalled_)
         for (auto& [id, w] : workers_) {
             dgdo_ring_consumer_heartbeat(&w->cons, now);
@@ -753,6 +799,7 @@ void EventLoop::stall(int rc, uint64_t now) {
     stalled_ = true;
     stall_err_ = -rc;
     stalled_since_ns_ = stall_said_ns_ = now;
+    stats_sent_ns_ = 0;  // the next beat tells the sidecars why
     std::fprintf(stderr,
                  "dgdo-engine: ! journal write failed: %s; nothing is applied until it is written: %zu input(s) held, "
                  "the rings are not read and fall silent (the sidecars refuse commands with engine_unavailable, "
@@ -789,6 +836,7 @@ void EventLoop::retry_journal(uint64_t now) {
     if (!publish()) return;  // (fsync batch: the sync failed, stopping)
     for (const uint64_t serial : serials)
         if (Worker* w = by_serial(serial)) release(*w);  // (one detached meanwhile took its ring with it)
+    send_stats_now(now);  // the sidecars stop saying the journal is not writable now, not at the next stats
     ring_doorbells();
     persist_.after_batch(core_, now);
 }

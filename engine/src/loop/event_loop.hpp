@@ -16,6 +16,7 @@
 #include "dgdo/ring.h"
 #include "loop/cli.hpp"
 #include "loop/latency_histogram.hpp"
+#include "loop/log_throttle.hpp"
 #include "loop/persistence.hpp"
 #include "loop/sd_notify.hpp"
 #include "loop/shm_segment.hpp"
@@ -89,6 +90,8 @@ private:
     // as the fsync policy promises; false (nothing published, the loop stopping) if it is not.
     bool publish();
     void write_out(Worker& w, const OutRecord& rec);  // publish one record to one worker's out ring
+    void fill_stats(OutRecord& rec) const;
+    void send_stats_now(uint64_t now);
     void flush_pending(Worker& w);
     void release(Worker& w);  // after publish(): w's batch leaves its ring, or is held (Worker::held)
     void detach_wedged();
@@ -151,6 +154,9 @@ private:
     size_t match_next_ = 0;
     LatencyHistogram match_hist_;         // every offer-decision time since start, for /metrics
     uint64_t dropped_ = 0;
+    uint64_t stats_sent_ns_ = 0;  // the loop's last ENGINE_STATS of its own (send_stats_now())
+    // Lines a sidecar can cause with every record it sends: at most one of each kind per 10 s.
+    LogThrottle bad_inbound_log_{10'000'000'000ull}, bad_fleet_log_{10'000'000'000ull};
     // systemd (Type=notify): READY when the loop runs, WATCHDOG pings and STATUS from beat().
     SdNotify notify_;
     NotifySchedule notify_schedule_;
