@@ -67,7 +67,7 @@ async def test_a_restarted_engine_replays_the_ts_the_live_message_carried(durabl
     await p.expect("welcome")
     live = await ride_accepted(p, d)
     await p.close()
-    # The engine journals when a batch went out with the next one: the ack of this later command
+    # The engine journals when a batch went out ahead of its next input: the ack of this later command
     # comes once that is on disk (fsync batch).
     await d.send({"type": "driver_status", "status": "online", "id": "later"})  # (a position would be news)
     await d.expect("ack", id="later")

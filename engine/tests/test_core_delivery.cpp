@@ -731,6 +731,26 @@ TEST(CoreDelivery, ARecordNotDatedYetIsSentWithoutATimeAndDatedOnce) {
     EXPECT_EQ(commit_real(last_update(out, DGDO_ROLE_PASSENGER, "p1", DGDO_ORDER_ACCEPTED)), kLiveAt);
 }
 
+TEST(CoreDelivery, AFinalRecordThatLeftTheHistoryBeforeItWasDatedIsDatedWhereItIsKept) {
+    Config c;
+    c.history_depth = 1;
+    Harness h(c);
+    const uint64_t a = ride_with_d1(h);
+    h.step(Committed{kLiveAt, h.core.deliveries().stamped()});
+    complete(h, "d1", a);  // arrived, started, completed: p1's history holds the completed alone
+    h.online("d2", at(-300));
+    const uint64_t b = h.order_for("p1");  // searching: the completed leaves the history, not dated yet
+    h.step(Committed{kLiveAt + 7, h.core.deliveries().stamped()});
+
+    auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 9, 1);  // from before the history: a snapshot
+    ASSERT_EQ(session_state(out).resumed, 0);
+    EXPECT_EQ(commit_real(last_update(out, DGDO_ROLE_PASSENGER, "p1", DGDO_ORDER_COMPLETED)), kLiveAt + 7);
+    // (The live order's `searching` is not held any more either: the resent `completed` took the one place.)
+    EXPECT_EQ(statuses_to(out, DGDO_ROLE_PASSENGER, "p1"),
+              (std::vector<uint8_t>{DGDO_ORDER_COMPLETED, DGDO_ORDER_SEARCHING}));
+    EXPECT_EQ(as<dgdo_out_order_update>(last_update(out, DGDO_ROLE_PASSENGER, "p1", DGDO_ORDER_SEARCHING)).order_id, b);
+}
+
 TEST(CoreDelivery, RecordsNotDatedYetSurviveSaveAndLoad) {
     Harness h;
     ride_with_d1(h);

@@ -88,7 +88,7 @@ inline constexpr uint64_t kRecoveryGap = uint64_t{1} << 32;
 
 // The reliable records stamped up to Deliveries::stamped() == `upto` went out at wall-clock
 // `real_ns` (the loop's publish): their kept copies carry that time, so that a replay or a
-// snapshot says when the change happened. Journaled with the next batch, so that a replay of the
+// snapshot says when the change happened. Journaled ahead of the next input (a batch or a tick), so that a replay of the
 // journal dates what the live engine dated.
 struct Committed {
     uint64_t real_ns;

@@ -209,10 +209,29 @@ void Deliveries::dated(uint64_t real_ns, uint64_t upto) {
         undated_.pop_front();
         Box& b = boxes_[u.box];
         auto date = [&](Held& h) {
-            if (h.seq() == u.seq && commit_of(h.bytes.data()) == 0) set_commit(h.bytes.data(), real_ns);
+            if (h.seq() != u.seq) return false;
+            if (commit_of(h.bytes.data()) == 0) set_commit(h.bytes.data(), real_ns);
+            return true;
         };
-        for (Held& h : b.ring) date(h);
-        for (auto& [order, recs] : b.ended)
+        // A record is dated with the batch after its publish, so it is among the newest of its
+        // recipient's history: looked for newest first, and its order read from it. A seq is
+        // kept once in the history, and once more at most among its order's final records.
+        const Held* kept = nullptr;
+        for (std::size_t i = b.ring.size(); i-- > 0;) {
+            Held& h = b.ring[(b.head + i) % b.ring.size()];
+            if (date(h)) {
+                kept = &h;
+                break;
+            }
+        }
+        if (kept != nullptr) {
+            auto it = b.ended.find(read_u64(kept->bytes.data(), kept->len, kOrderOffset));
+            if (it != b.ended.end())
+                for (Held& h : it->second)
+                    if (date(h)) break;
+            continue;
+        }
+        for (auto& [order, recs] : b.ended)  // out of the history already (depth 0, or wrapped)
             for (Held& h : recs) date(h);
     }
 }

@@ -425,6 +425,9 @@ void EventLoop::take(Worker& w, int32_t type, const uint8_t* body, uint32_t len)
             std::fprintf(stderr, "dgdo-engine: = worker %u sent again records the journal holds; skipping them\n", w.id);
         return;
     }
+    // The dates of what went out so far come before it, so that a resume in this batch replays its
+    // copies dated; with nothing to journal after them, they wait (for this or the next tick's batch).
+    if (!undated_.empty()) journal_dates(batch_);
     persist_.add(type, body, len);
     batch_.push_back(std::move(*ev));
 }
@@ -489,16 +492,13 @@ size_t EventLoop::drain(const std::vector<Worker*>& from) {
     if (stalled_) return 0;  // the rings keep what they hold until the journal takes the held batch
     size_t n = 0;
     batch_.clear();
-    // When the last publish went out, first: nothing after it (a resume's replay) may see its
-    // records undated. Alone, it is a batch of its own.
-    journal_dates(batch_);
     for (Worker* w : from) {
         if (w->held) continue;
         peeking_ = w;
         n += dgdo_ring_peek(&w->cons, &EventLoop::on_record, this, kBatch, &w->peek_end);
     }
     peeking_ = nullptr;
-    if (n == 0 && batch_.empty()) return 0;
+    if (n == 0) return 0;
     if (const int rc = persist_.commit(); rc != 0) {  // nothing applied, nothing released: held
         for (Worker* w : from)
             if (!w->held) unreleased_.push_back(w->serial);

@@ -123,7 +123,9 @@ private:
     uint64_t clock_offset_ = 0;        // added to CLOCK_MONOTONIC so the core's time never runs back after a restart
     std::vector<InputEvent> batch_;    // peeked, journaled, then applied
     // Publishes whose wall-clock time the core has not been told yet (Committed): journaled
-    // ahead of the next input or behind the next batch, so the journal dates what went out.
+    // ahead of the next input (a peeked record or the next tick), never alone: a write of
+    // their own would cost a sync per publish under --fsync batch. Lost in a crash before
+    // then, a replay stamps those few copies with the time they are sent again.
     std::vector<Committed> undated_;
     uint64_t dated_upto_ = 0;  // Deliveries::stamped() at the latest publish
     Worker* peeking_ = nullptr;
