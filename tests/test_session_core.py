@@ -295,6 +295,28 @@ def test_every_engine_record_type_reaches_its_recipient_as_its_public_message() 
     assert core.stats.push_latency.percentiles(50) == [250_000]
 
 
+def test_a_replay_or_snapshot_carries_the_time_of_its_change_and_counts_no_push_latency() -> None:
+    # What the engine sends again to one connection (to_conn) says when its change first went out,
+    # an hour ago maybe: the app sees that in ts, and push latency (commit -> socket write) leaves it out.
+    core = make_core()
+    p = connect(core, Role.PASSENGER, "p1")
+    d = connect(core, Role.DRIVER, "d1")
+    sent(core)
+    then = WALL_NS - 3_600_000_000_000
+    back = (0, then, p.conn_id, 1, R.Role.PASSENGER, b"p1")
+    to_d = (0, then, d.conn_id, 1, R.Role.DRIVER, b"d1")
+    feed(core,
+         (R.T.OUT_ORDER_UPDATE, R.OUT_ORDER_UPDATE.pack(*back, 1001, R.OrderStatus.ACCEPTED, 0, b"d1", b"p1", 1)),
+         (R.T.OUT_NEW_ORDER, R.OUT_NEW_ORDER.pack(*to_d, 1002, b"p2", 38.5, 68.7, 38.6, 68.8, 800.0, 90.0, 0.0, 1)),
+         (R.T.OUT_CANCEL_ORDER, R.OUT_CANCEL_ORDER.pack(*to_d, 1002, R.Reason.OFFER_EXPIRED, 2)))
+    out = sent(core)
+    assert [m["ts"] for m in out[p] + out[d]] == [then // 1_000_000] * 3
+    assert core.stats.messages_out == 3 and core.stats.push_latency.count == 0
+    feed(core, update(2))  # live: measured
+    assert sent(core)[p][0]["seq"] == 2
+    assert core.stats.push_latency.count == 1 and core.stats.push_latency.percentiles(100) == [250_000]
+
+
 def test_a_unknown_or_broken_record_is_skipped_and_the_batch_goes_on() -> None:
     core = make_core()
     p = connect(core, Role.PASSENGER, "p1")

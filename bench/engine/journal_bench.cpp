@@ -84,6 +84,7 @@ struct TempDir {
 };
 
 constexpr uint64_t kT0 = 1'000'000'000'000ull;
+constexpr uint64_t kWall0 = 1'780'000'000'000'000'000ull;  // a wall-clock time (2026), for Committed
 
 // ns per record for add+commit(+sync) in batches of `batch`.
 double append_cost(const std::string& base, FsyncPolicy policy, size_t batch, size_t records) {
@@ -186,6 +187,10 @@ int main(int argc, char** argv) {
         std::uniform_real_distribution<double> u(-7000, 7000);
         uint64_t now = kT0, rides = 0;
         while (in.size() < replay_n) {
+            if (in.size() % 64 == 63) {  // the loop's dating of each batch's publish (a batch: 64 inputs here)
+                in.push_back(Committed{kWall0 + now, ~uint64_t{0}});
+                continue;
+            }
             const uint64_t k = rng() % 1000;
             if (k < 10) {
                 now += 100'000'000;

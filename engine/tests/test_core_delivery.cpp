@@ -666,5 +666,113 @@ TEST(CoreDelivery, AJumpSurvivesSaveAndLoad) {
     EXPECT_FALSE(back == h.core.deliveries());  // the floor and the counters are part of the state
 }
 
+// ---- the time a change went out ------------------------------------------------------------------
+
+uint64_t commit_real(const OutRecord& r) {
+    dgdo_out_meta m;
+    std::memcpy(&m, r.body.data(), sizeof m);
+    return m.commit_real_ns;
+}
+
+OutRecord last_update(const std::vector<OutRecord>& out, uint8_t role, const std::string& id, uint8_t status) {
+    std::optional<OutRecord> found;
+    for (const OutRecord& r : to_whom(out, DGDO_OUT_ORDER_UPDATE, role, id)) {
+        dgdo_out_order_update u;
+        std::memcpy(&u, r.body.data(), sizeof u);
+        if (u.status == status) found = r;
+    }
+    EXPECT_TRUE(found.has_value());
+    return found.value_or(OutRecord{DGDO_OUT_ORDER_UPDATE, std::vector<uint8_t>(sizeof(dgdo_out_order_update))});
+}
+
+constexpr uint64_t kLiveAt = 1764090000123000000ull;
+
+TEST(CoreDelivery, AReplayedOrSnapshotRecordCarriesTheTimeItsChangeFirstWentOut) {
+    Harness h;
+    const uint64_t id = ride_with_d1(h);
+    // The loop published searching, the offer and accepted at kLiveAt, and says so.
+    h.step(Committed{kLiveAt, h.core.deliveries().stamped()});
+    const uint64_t accepted = h.core.deliveries().latest(kP1);  // p1's `accepted`
+    h.tick(5);
+
+    auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7, accepted - 1);
+    ASSERT_EQ(session_state(out).resumed, 1);
+    EXPECT_EQ(commit_real(last_update(out, DGDO_ROLE_PASSENGER, "p1", DGDO_ORDER_ACCEPTED)), kLiveAt);
+
+    out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 8);  // no last_seq: the snapshot
+    ASSERT_EQ(session_state(out).resumed, 0);
+    const OutRecord snap = last_update(out, DGDO_ROLE_PASSENGER, "p1", DGDO_ORDER_ACCEPTED);
+    EXPECT_GT(seq_of(snap), accepted);
+    EXPECT_EQ(commit_real(snap), kLiveAt);
+    // The snapshot's record, resumed from in turn, says the same.
+    out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 9, seq_of(snap) - 1);
+    EXPECT_EQ(commit_real(last_update(out, DGDO_ROLE_PASSENGER, "p1", DGDO_ORDER_ACCEPTED)), kLiveAt);
+
+    // The trip ends; a snapshot from before it resends the `completed` with its own time.
+    complete(h, "d1", id);
+    h.step(Committed{kLiveAt + 60'000'000'000ull, h.core.deliveries().stamped()});
+    h.tick(5);
+    out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 10, 10'000);  // ahead of the count: a snapshot
+    ASSERT_EQ(session_state(out).resumed, 0);
+    EXPECT_EQ(commit_real(last_update(out, DGDO_ROLE_PASSENGER, "p1", DGDO_ORDER_COMPLETED)),
+              kLiveAt + 60'000'000'000ull);
+}
+
+TEST(CoreDelivery, ARecordNotDatedYetIsSentWithoutATimeAndDatedOnce) {
+    Harness h;
+    ride_with_d1(h);
+    const uint64_t upto = h.core.deliveries().stamped();
+    // A resume before the loop said when they went out: no time (the loop stamps its publish).
+    auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 7, 0);
+    EXPECT_EQ(commit_real(last_update(out, DGDO_ROLE_PASSENGER, "p1", DGDO_ORDER_ACCEPTED)), 0u);
+    h.step(Committed{kLiveAt, upto});
+    h.step(Committed{kLiveAt + 1, h.core.deliveries().stamped()});  // a later date never moves an earlier one
+    out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 8, 0);
+    EXPECT_EQ(commit_real(last_update(out, DGDO_ROLE_PASSENGER, "p1", DGDO_ORDER_ACCEPTED)), kLiveAt);
+}
+
+TEST(CoreDelivery, AFinalRecordThatLeftTheHistoryBeforeItWasDatedIsDatedWhereItIsKept) {
+    Config c;
+    c.history_depth = 1;
+    Harness h(c);
+    const uint64_t a = ride_with_d1(h);
+    h.step(Committed{kLiveAt, h.core.deliveries().stamped()});
+    complete(h, "d1", a);  // arrived, started, completed: p1's history holds the completed alone
+    h.online("d2", at(-300));
+    const uint64_t b = h.order_for("p1");  // searching: the completed leaves the history, not dated yet
+    h.step(Committed{kLiveAt + 7, h.core.deliveries().stamped()});
+
+    auto out = h.session(true, DGDO_ROLE_PASSENGER, "p1", 1, 9, 1);  // from before the history: a snapshot
+    ASSERT_EQ(session_state(out).resumed, 0);
+    EXPECT_EQ(commit_real(last_update(out, DGDO_ROLE_PASSENGER, "p1", DGDO_ORDER_COMPLETED)), kLiveAt + 7);
+    // (The live order's `searching` is not held any more either: the resent `completed` took the one place.)
+    EXPECT_EQ(statuses_to(out, DGDO_ROLE_PASSENGER, "p1"),
+              (std::vector<uint8_t>{DGDO_ORDER_COMPLETED, DGDO_ORDER_SEARCHING}));
+    EXPECT_EQ(as<dgdo_out_order_update>(last_update(out, DGDO_ROLE_PASSENGER, "p1", DGDO_ORDER_SEARCHING)).order_id, b);
+}
+
+TEST(CoreDelivery, RecordsNotDatedYetSurviveSaveAndLoad) {
+    Harness h;
+    ride_with_d1(h);
+    const uint64_t upto = h.core.deliveries().stamped();
+    std::string bytes;
+    h.core.deliveries().save(bytes);
+    Deliveries back;
+    const uint8_t* p = reinterpret_cast<const uint8_t*>(bytes.data());
+    ASSERT_TRUE(back.load(p, p + bytes.size()));
+    std::string reloaded;
+    back.save(reloaded);
+    EXPECT_EQ(reloaded, bytes);  // what waits to be dated included
+    EXPECT_EQ(back.stamped(), upto);
+    back.dated(kLiveAt, upto);
+    h.step(Committed{kLiveAt, upto});
+    EXPECT_TRUE(back == h.core.deliveries());  // dated the same after the load as live
+    std::string live, again;
+    h.core.deliveries().save(live);
+    back.save(again);
+    EXPECT_EQ(again, live);
+    EXPECT_NE(again, bytes);  // the dates are part of the state
+}
+
 }  // namespace
 }  // namespace dgdo::test

@@ -289,6 +289,7 @@ TEST(Journal, AJournalThatStartsAfterTheNeededRecordIsAGap) {
 TEST(Journal, EveryInputRoundTripsThroughItsJournalEncoding) {
     auto in = scripted_inputs(5, 400);
     in.push_back(Recovered{kRecoveryGap});  // made by the loop at a start, never by a sidecar
+    in.push_back(Committed{1764090000123000000ull, 42});  // made by the loop after a publish
     for (const InputEvent& ev : in) {
         int32_t type = 0;
         std::string payload;

@@ -773,6 +773,9 @@ class SessionCore:
     def _deliver(self, session: Session, message: Message, commit_real_ns: int) -> int:
         """Delivers one message (due: `_due`) to its recipient's session, counted in this drain.
 
+        `commit_real_ns` is its engine commit time, its push latency measured from it; -1 for a
+        replay or snapshot, whose time is when its change first went out: counted, no latency.
+
         Returns the offset of its frame in the session's buffer, or -1 when none was framed
         (the session is paused: kept in its outbox, and counted when it goes out; or closing: dropped).
         """
@@ -869,9 +872,12 @@ class SessionCore:
                     msg = OrderUpdate(order_id, status_name, ts, driver or UNSET,  # type: ignore[arg-type]
                                       id_str(passenger_id) if role == _DRIVER else UNSET,
                                       REASON_NAME[reason] if reason else UNSET, seq or UNSET)
+                    # A replay or snapshot (to_conn) says when its change happened, long ago maybe: counted
+                    # without a push latency (-1), which is the live path's.
+                    stamp = -1 if to_conn else real
                     if session.paused or session.closing or session.gone:
-                        self._deliver(session, msg, real)
-                    else:  # (self._deliver(session, msg, real), inline: a call costs as much as the framing)
+                        self._deliver(session, msg, stamp)
+                    else:  # (self._deliver(session, msg, stamp), inline: a call costs as much as the framing)
                         buf = session.wbuf
                         if buf is None:
                             buf = session.wbuf = bytearray()
@@ -882,7 +888,7 @@ class SessionCore:
                         n = len(scratch)
                         buf += HEADERS[binary][n] if n < 1024 else header(binary, n)
                         buf += scratch
-                        self._commits.append(real)
+                        self._commits.append(stamp)
             if role == _DRIVER:
                 if status in _ON_TRIP:
                     self._trips[to_id] = passenger_id
@@ -919,7 +925,7 @@ class SessionCore:
             if self._due(session, seq):
                 self._deliver(session, NewOrder(  # type: ignore[arg-type]
                     order_id, id_str(passenger_id), Point(plat, plon), Point(dlat, dlon), round_to(distance_m, 1),
-                    round_to(eta_s, 1), round_to(expires_in_s, 3), ts, seq or UNSET), real)
+                    round_to(eta_s, 1), round_to(expires_in_s, 3), ts, seq or UNSET), -1 if to_conn else real)
         if not to_conn:
             self.feed.offer(id_str(to_id), order_id, (plat, plon), (dlat, dlon), eta_s, expires_in_s, self._now_s, ts)
 
@@ -932,7 +938,7 @@ class SessionCore:
             session = self._recipient(to_conn, role, to_id)
             if self._due(session, seq):
                 self._deliver(session, CancelOrder(order_id, reason_name, real // 1_000_000, seq or UNSET),  # type: ignore[arg-type]
-                              real)
+                              -1 if to_conn else real)  # a replay's time is its change's: no push latency
         if not to_conn:
             self.feed.offer_ended(id_str(to_id), order_id)
 

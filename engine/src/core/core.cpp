@@ -297,7 +297,9 @@ void Core::snapshot(uint8_t role, const std::string& who, bool with_ended, uint6
         delivery_.ended_since({role, who}, ended_after, again);
         for (OutRecord& r : again) {
             const uint64_t was = seq_of(r);
-            const dgdo_out_meta meta = to(role, who);
+            dgdo_out_meta meta = to(role, who);
+            std::memcpy(&meta.commit_real_ns, r.body.data() + offsetof(dgdo_out_meta, commit_real_ns),
+                        sizeof meta.commit_real_ns);  // when it ended, not when it is sent again
             std::memcpy(r.body.data(), &meta, sizeof meta);
             delivery_.stamp(r);
             delivery_.resent_final(r, was);  // an app that loses this copy is sent it again
@@ -307,17 +309,27 @@ void Core::snapshot(uint8_t role, const std::string& who, bool with_ended, uint6
     if (role == DGDO_ROLE_PASSENGER) {
         auto it = live_by_passenger_.find(who);
         if (it == live_by_passenger_.end()) return;
-        for (uint64_t id : it->second) order_update(orders_.at(id), DGDO_ROLE_PASSENGER, who);
+        for (uint64_t id : it->second) {
+            const uint64_t at = delivery_.changed_at({role, who}, id);
+            order_update(orders_.at(id), DGDO_ROLE_PASSENGER, who);
+            delivery_.date_as(out_->back(), at);
+        }
         return;
     }
     if (role != DGDO_ROLE_DRIVER) return;
     const Driver* d = find_driver(who);
     if (d == nullptr) return;
-    if (d->trip != 0) order_update(orders_.at(d->trip), DGDO_ROLE_DRIVER, who);
+    if (d->trip != 0) {
+        const uint64_t at = delivery_.changed_at({role, who}, d->trip);
+        order_update(orders_.at(d->trip), DGDO_ROLE_DRIVER, who);
+        delivery_.date_as(out_->back(), at);
+    }
     if (d->offer != 0) {
         const Order& o = orders_.at(d->offer);
         const double distance = d->has_pos ? haversine_m(d->pos, o.pickup) : 0.0;
+        const uint64_t at = delivery_.changed_at({role, who}, d->offer);
         new_order(o, Candidate{who, d->pos, distance});
+        delivery_.date_as(out_->back(), at);
     }
 }
 

@@ -32,6 +32,7 @@
 // batch_max_orders; the unmatched wait for the next.
 //   WorkerDetached      SESSION_CLOSE for every session on that worker
 //   Recovered           nothing: the next order id and every seq counter move up by its gap
+//   Committed           nothing: the kept copies of what went out carry its publish time
 //
 // Reliable records (ORDER_UPDATE, NEW_ORDER, CANCEL_ORDER) carry a seq per recipient and are
 // kept for resume in delivery_ (core/delivery.hpp), as deterministic as the rest.
@@ -85,6 +86,15 @@ struct Recovered {
 // holds a crash loop to 5 starts per 120 s (StartLimitBurst), i.e. at most ~3600 a day.
 inline constexpr uint64_t kRecoveryGap = uint64_t{1} << 32;
 
+// The reliable records stamped up to Deliveries::stamped() == `upto` went out at wall-clock
+// `real_ns` (the loop's publish): their kept copies carry that time, so that a replay or a
+// snapshot says when the change happened. Journaled ahead of the next input (a batch or a tick), so that a replay of the
+// journal dates what the live engine dated.
+struct Committed {
+    uint64_t real_ns;
+    uint64_t upto;
+};
+
 struct SessionOpen {
     dgdo_in_session rec;
 };
@@ -94,7 +104,7 @@ struct SessionClose {
 
 using InputEvent = std::variant<SessionOpen, SessionClose, dgdo_in_driver_location, dgdo_in_driver_status,
                                 dgdo_in_ride_request, dgdo_in_order_command, dgdo_in_nearby, Tick, WorkerDetached,
-                                Recovered>;
+                                Recovered, Committed>;
 
 // Decodes one inbound ring record; nullopt for an unknown type or a body whose
 // length is not exactly the struct's size.
@@ -191,6 +201,7 @@ private:
     void on(const Tick& e);
     void on(const WorkerDetached& e);
     void on(const Recovered& e);
+    void on(const Committed& e) { delivery_.dated(e.real_ns, e.upto); }
 
     // Validation helpers: return a dgdo_result (OK = proceed).
     uint8_t check_actor(const dgdo_in_meta& m, uint8_t role) const;

@@ -43,7 +43,17 @@ constexpr uint32_t kMagic = 0x4C444744;  // "DGDL"
 // 2: each recipient's base, and the counter new recipients start at (jump()). Version 1
 // still loads: its histories were consecutive up to the counter, so base is the seq before
 // the oldest record (the counter when none is held), and nothing had jumped.
-constexpr uint32_t kVersion = 2;
+// 3: the stamp count and the records not dated yet (their publish time not journaled yet).
+constexpr uint32_t kVersion = 3;
+
+uint64_t commit_of(const uint8_t* body) {
+    uint64_t v;
+    std::memcpy(&v, body + offsetof(dgdo_out_meta, commit_real_ns), sizeof v);
+    return v;
+}
+void set_commit(uint8_t* body, uint64_t real_ns) {
+    std::memcpy(body + offsetof(dgdo_out_meta, commit_real_ns), &real_ns, sizeof real_ns);
+}
 
 void put(std::string& out, uint64_t v, int bytes) {
     for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
@@ -160,6 +170,8 @@ uint64_t Deliveries::stamp(OutRecord& rec) {
     const uint64_t seq = ++b.seq;
     std::memcpy(rec.body.data() + off, &seq, sizeof seq);
     push(b, Held::of(rec));
+    ++stamped_;
+    if (commit_of(rec.body.data()) == 0) undated_.push_back({stamped_, me, seq});
     auto& who = recipients_of_[read_u64(rec.body.data(), rec.body.size(), kOrderOffset)];
     if (std::find(who.begin(), who.end(), me) == who.end()) {
         who.push_back(me);
@@ -189,6 +201,60 @@ void Deliveries::resent_final(const OutRecord& rec, uint64_t was) {
             return;
         }
     }
+}
+
+void Deliveries::dated(uint64_t real_ns, uint64_t upto) {
+    while (!undated_.empty() && undated_.front().n <= upto) {
+        const Undated u = undated_.front();
+        undated_.pop_front();
+        Box& b = boxes_[u.box];
+        auto date = [&](Held& h) {
+            if (h.seq() != u.seq) return false;
+            if (commit_of(h.bytes.data()) == 0) set_commit(h.bytes.data(), real_ns);
+            return true;
+        };
+        // A record is dated with the batch after its publish, so it is among the newest of its
+        // recipient's history: looked for newest first, and its order read from it. A seq is
+        // kept once in the history, and once more at most among its order's final records.
+        const Held* kept = nullptr;
+        for (std::size_t i = b.ring.size(); i-- > 0;) {
+            Held& h = b.ring[(b.head + i) % b.ring.size()];
+            if (date(h)) {
+                kept = &h;
+                break;
+            }
+        }
+        if (kept != nullptr) {
+            auto it = b.ended.find(read_u64(kept->bytes.data(), kept->len, kOrderOffset));
+            if (it != b.ended.end())
+                for (Held& h : it->second)
+                    if (date(h)) break;
+            continue;
+        }
+        for (auto& [order, recs] : b.ended)  // out of the history already (depth 0, or wrapped)
+            for (Held& h : recs) date(h);
+    }
+}
+
+uint64_t Deliveries::changed_at(const Key& k, uint64_t order) const {
+    const Box* b = find(k);
+    if (b == nullptr) return 0;
+    for (std::size_t i = b->ring.size(); i-- > 0;) {  // newest first
+        const Held& h = b->ring[(b->head + i) % b->ring.size()];
+        if (read_u64(h.bytes.data(), h.len, kOrderOffset) == order) return commit_of(h.bytes.data());
+    }
+    return 0;
+}
+
+void Deliveries::date_as(OutRecord& rec, uint64_t real_ns) {
+    if (real_ns == 0 || !reliable(rec.type) || rec.body.size() < sizeof(dgdo_out_meta)) return;
+    set_commit(rec.body.data(), real_ns);
+    const auto [role, id] = recipient(rec.body.data());
+    const uint32_t i = find(role, id);
+    if (i == IdTable::kNone) return;
+    const uint64_t seq = seq_of(rec);
+    for (Held& h : boxes_[i].ring)
+        if (h.seq() == seq) set_commit(h.bytes.data(), real_ns);
 }
 
 uint64_t Deliveries::latest(const Key& k) const {
@@ -288,7 +354,10 @@ bool Deliveries::Box::operator==(const Box& o) const {
     return true;
 }
 
-// Equal state, whatever order the recipients were first seen in.
+// Equal state, whatever order the recipients were first seen in: what a resume answers (the
+// dates each kept record carries included). The dating still to come (stamped_, undated_) is
+// not compared: a state saved before it existed loads without it and answers the same. save()
+// writes it, so a digest covers it.
 bool Deliveries::operator==(const Deliveries& o) const {
     if (depth_ != o.depth_ || floor_ != o.floor_ || boxes_.size() != o.boxes_.size() || recipients_of_.size() != o.recipients_of_.size())
         return false;
@@ -314,6 +383,7 @@ bool Deliveries::operator==(const Deliveries& o) const {
 //     u32 n, n records oldest first (u32 type, u32 len, body),
 //     u32 orders with final records, per order in id order: u64 order, u32 n, n records
 //   u32 orders with recipients, per order in id order: u64 order, u32 n, n keys in first-stamp order
+//   u64 stamped, u32 n, n undated records in stamp order: u64 count, key, u64 seq (version 3)
 void Deliveries::save(std::string& out) const {
     auto put_held = [&out](const Held& r) {
         put(out, static_cast<uint32_t>(r.type), 4);
@@ -352,6 +422,13 @@ void Deliveries::save(std::string& out) const {
         put(out, order, 8);
         put(out, who.size(), 4);
         for (uint32_t i : who) put_key(out, boxes_[i].key());
+    }
+    put(out, stamped_, 8);
+    put(out, undated_.size(), 4);
+    for (const Undated& u : undated_) {
+        put(out, u.n, 8);
+        put_key(out, boxes_[u.box].key());
+        put(out, u.seq, 8);
     }
 }
 
@@ -417,6 +494,21 @@ bool Deliveries::load(const uint8_t*& p, const uint8_t* end) {
             if (!in.key(k) || fresh.find(k.first, key_of(k.second)) == IdTable::kNone)
                 return false;  // a recipient the bytes do not hold: corrupt
     }
+    if (version >= 3) {
+        fresh.stamped_ = in.get(8);
+        uint64_t n = 0;
+        if (!in.count(n, 18)) return false;
+        for (uint64_t i = 0; i < n; ++i) {
+            Undated u{};
+            u.n = in.get(8);
+            Key k;
+            if (!in.key(k)) return false;
+            u.box = fresh.find(k.first, key_of(k.second));
+            if (u.box == IdTable::kNone) return false;
+            u.seq = in.get(8);
+            fresh.undated_.push_back(u);
+        }
+    }
     if (!in.ok) return false;
     for (auto& [order, keys] : orders) {
         auto& who = fresh.recipients_of_[order];
@@ -427,6 +519,8 @@ bool Deliveries::load(const uint8_t*& p, const uint8_t* end) {
         }
     }
     floor_ = fresh.floor_;
+    stamped_ = fresh.stamped_;
+    undated_ = std::move(fresh.undated_);
     boxes_ = std::move(fresh.boxes_);
     index_ = std::move(fresh.index_);
     recipients_of_ = std::move(fresh.recipients_of_);

@@ -17,6 +17,10 @@
 //            base and the history's: any other last_seq within reach is one
 //            the engine never handed out (a jump's gap: a lost journal tail
 //            numbered it for a message that no longer exists), not resumed.
+//   commit   each kept record carries, in its meta's commit_real_ns, the wall-clock time the
+//            engine first published it (dated()): a replay or a snapshot resending it says when
+//            the change happened, as it did live. The core reads no clock, so that time comes
+//            back to it as a journaled input (Committed), applied in order like any other.
 //   ended    per order, the last word this recipient got about it: the terminal
 //            ORDER_UPDATE, or the CANCEL_ORDER that ended a driver's part. A
 //            resume that cannot replay sends these again (fresh seqs) with the
@@ -77,6 +81,18 @@ public:
     // against the number it was last sent under (an app that lost the resend gets it again).
     void resent_final(const OutRecord& rec, uint64_t was);
 
+    // Records stamped so far (a running count): the loop names with it which ones a publish carried.
+    uint64_t stamped() const { return stamped_; }
+    // The records stamped up to count `upto` went out at wall-clock `real_ns`: their kept copies
+    // carry that time from now on (those that carry one already keep it).
+    void dated(uint64_t real_ns, uint64_t upto);
+    // When the change the latest kept record to `k` about `order` reports was first published:
+    // 0 when none is held or it has not been dated yet.
+    uint64_t changed_at(const Key& k, uint64_t order) const;
+    // `rec`, just stamped, reports a change published at `real_ns` (a snapshot's current state):
+    // it and its kept copy carry that time.
+    void date_as(OutRecord& rec, uint64_t real_ns);
+
     // The counter of `k`: the latest seq handed out to it, or above that after a jump; the
     // next one is latest() + 1 (0 = none yet and no jump).
     uint64_t latest(const Key& k) const;
@@ -109,7 +125,7 @@ public:
     std::size_t held(const Key& k) const;  // history records kept for k
     std::size_t held_total() const;
     std::size_t ended_total() const;
-    bool operator==(const Deliveries& o) const;
+    bool operator==(const Deliveries& o) const;  // (without the dating still to come: see delivery.cpp)
 
     // The whole state, little-endian and versioned, recipients in key order: the same
     // state always gives the same bytes. Appends to `out`.
@@ -151,7 +167,15 @@ private:
     uint32_t box(uint8_t role, const IdKey& id);  // found or made: its index
     void push(Box& b, const Held& rec);
 
+    struct Undated {  // a stamped record whose kept copies wait for dated()
+        uint64_t n;       // its stamped_ count
+        uint32_t box;
+        uint64_t seq;
+    };
+
     uint32_t depth_;
+    uint64_t stamped_ = 0;
+    std::deque<Undated> undated_;  // stamp order
     uint64_t floor_ = 0;     // the counter a recipient first seen now starts at: the jumps so far
     std::deque<Box> boxes_;  // dense, never erased
     IdTable index_;          // (role, id) -> index into boxes_

@@ -425,22 +425,36 @@ void EventLoop::take(Worker& w, int32_t type, const uint8_t* body, uint32_t len)
             std::fprintf(stderr, "dgdo-engine: = worker %u sent again records the journal holds; skipping them\n", w.id);
         return;
     }
+    // The dates of what went out so far come before it, so that a resume in this batch replays its
+    // copies dated; with nothing to journal after them, they wait (for this or the next tick's batch).
+    if (!undated_.empty()) journal_dates(batch_);
     persist_.add(type, body, len);
     batch_.push_back(std::move(*ev));
 }
 
+void EventLoop::journal_dates(std::vector<InputEvent>& into) {
+    for (const Committed& c : undated_) {
+        persist_.add(InputEvent{c});
+        into.push_back(c);
+    }
+    undated_.clear();
+}
+
 void EventLoop::input(const InputEvent& ev) {
+    std::vector<InputEvent> evs;
+    journal_dates(evs);
     persist_.add(ev);
+    evs.push_back(ev);
     if (stalled_) {  // journaled behind the held batch, applied after it
-        unapplied_.push_back(ev);
+        unapplied_.insert(unapplied_.end(), evs.begin(), evs.end());
         return;
     }
     if (const int rc = persist_.commit(); rc != 0) {
-        unapplied_.push_back(ev);
+        unapplied_.insert(unapplied_.end(), evs.begin(), evs.end());
         stall(rc, clock_ns(CLOCK_MONOTONIC));
         return;
     }
-    apply(ev);
+    for (const InputEvent& e : evs) apply(e);
     if (publish()) ring_doorbells();
 }
 
@@ -563,7 +577,8 @@ bool EventLoop::publish() {
         dgdo_out_meta meta;
         std::memcpy(&meta, rec.body.data(), sizeof meta);
         meta.commit_mono_ns = mono;
-        meta.commit_real_ns = real;
+        // A replay or a snapshot keeps the time its change was first published (Deliveries).
+        if (meta.commit_real_ns == 0) meta.commit_real_ns = real;
         std::memcpy(rec.body.data(), &meta, sizeof meta);
         if (rec.type == DGDO_OUT_ENGINE_STATS) fill_stats(rec);
         auto it = workers_.find(meta.to_worker);
@@ -593,6 +608,10 @@ bool EventLoop::publish() {
         }
     }
     out_.clear();
+    if (const uint64_t stamped = core_.deliveries().stamped(); stamped > dated_upto_) {
+        undated_.push_back(Committed{real, stamped});
+        dated_upto_ = stamped;
+    }
     return true;
 }
 

@@ -122,9 +122,16 @@ private:
     Persistence persist_;
     uint64_t clock_offset_ = 0;        // added to CLOCK_MONOTONIC so the core's time never runs back after a restart
     std::vector<InputEvent> batch_;    // peeked, journaled, then applied
+    // Publishes whose wall-clock time the core has not been told yet (Committed): journaled
+    // ahead of the next input (a peeked record or the next tick), never alone: a write of
+    // their own would cost a sync per publish under --fsync batch. Lost in a crash before
+    // then, a replay stamps those few copies with the time they are sent again.
+    std::vector<Committed> undated_;
+    uint64_t dated_upto_ = 0;  // Deliveries::stamped() at the latest publish
     Worker* peeking_ = nullptr;
     uint64_t resent_ = 0;
     std::vector<OutRecord> out_;
+    void journal_dates(std::vector<InputEvent>& into);
     int epoll_fd_ = -1, listen_fd_ = -1, timer_fd_ = -1, beat_fd_ = -1, signal_fd_ = -1;
     bool stop_ = false;
     bool state_refused_ = false;

@@ -122,6 +122,9 @@ Described describe_input(const InputEvent& ev) {
             } else if constexpr (std::is_same_v<T, WorkerDetached>) {
                 d = {"worker " + std::to_string(e.worker) + " detached",
                      "{\"kind\":\"worker_detached\",\"worker\":" + std::to_string(e.worker) + "}"};
+            } else if constexpr (std::is_same_v<T, Committed>) {
+                d = {"committed: records up to " + std::to_string(e.upto) + " went out",
+                     "{\"kind\":\"committed\",\"upto\":" + std::to_string(e.upto) + "}"};
             } else if constexpr (std::is_same_v<T, Recovered>) {
                 d = {"recovered: ids and seqs jump by " + std::to_string(e.gap),
                      "{\"kind\":\"recovered\",\"gap\":" + std::to_string(e.gap) + "}"};

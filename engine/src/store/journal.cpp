@@ -134,6 +134,10 @@ void encode_input(const InputEvent& ev, int32_t& type, std::string& payload) {
             } else if constexpr (std::is_same_v<T, Recovered>) {
                 type = JOURNAL_RECOVERED;
                 bytes(e.gap);
+            } else if constexpr (std::is_same_v<T, Committed>) {
+                type = JOURNAL_COMMITTED;
+                const uint64_t v[2] = {e.real_ns, e.upto};
+                bytes(v);
             } else {
                 static_assert(sizeof(T) == 0, "every input needs a journal encoding");
             }
@@ -155,6 +159,10 @@ std::optional<InputEvent> decode_input(int32_t type, const uint8_t* payload, uin
     if (type == JOURNAL_RECOVERED) {
         if (len != 8) return std::nullopt;
         return InputEvent{Recovered{load<uint64_t>(payload)}};
+    }
+    if (type == JOURNAL_COMMITTED) {
+        if (len != 16) return std::nullopt;
+        return InputEvent{Committed{load<uint64_t>(payload), load<uint64_t>(payload + 8)}};
     }
     return decode_inbound(type, payload, len);
 }

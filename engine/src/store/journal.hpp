@@ -54,6 +54,7 @@ enum JournalType : int32_t {
     JOURNAL_TICK = 1000,             // payload u64 now_ns
     JOURNAL_WORKER_DETACHED = 1001,  // payload u16 worker, 6 bytes zero
     JOURNAL_RECOVERED = 1002,        // payload u64 gap (Recovered: the first record after a recovery)
+    JOURNAL_COMMITTED = 1003,        // payload u64 real_ns, u64 upto (Committed: when records went out)
 };
 
 inline constexpr uint64_t kJournalMagic = 0x314E524A4F444744ull;  // "DGDOJRN1"

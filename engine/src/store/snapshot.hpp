@@ -24,9 +24,11 @@
 namespace dgdo {
 
 inline constexpr uint64_t kSnapshotMagic = 0x31504E534F444744ull;  // "DGDOSNP1"
-// 2: Core::save() version 2 inside; 3: version 3 (a recovery's jump, an order's matched).
+// 2: Core::save() version 2 inside; 3: version 3 (a recovery's jump, an order's matched);
+// 4: its Deliveries at version 3 (each kept record's publish time), which an older engine
+// would take for damage: the header says it first, so that one refuses the file whole.
 // Versions 1..kSnapshotVersion are read; a newer one is refused whole.
-inline constexpr uint32_t kSnapshotVersion = 3;
+inline constexpr uint32_t kSnapshotVersion = 4;
 inline constexpr uint32_t kSnapshotHeader = 64;
 
 struct SnapshotFile {
