@@ -31,13 +31,15 @@ from sidecar.engine.link import (
 
 
 class FakeEngine:
-    def __init__(self, capacity: int = 4096, epoch: int = 1, reply_epoch: int | None = None) -> None:
+    def __init__(self, capacity: int = 4096, epoch: int = 1, reply_epoch: int | None = None,
+                 version: int = CTL_VERSION) -> None:
         tag = uuid.uuid4().hex[:8]
         self.in_seg = ring.Segment.create(capacity, epoch=epoch, label=f"dgdo.fake{tag}.w1.in")
         self.out_seg = ring.Segment.create(capacity, epoch=epoch, label=f"dgdo.fake{tag}.w1.out")
         self.engine_bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.worker_bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.capacity, self.reply_epoch = capacity, epoch if reply_epoch is None else reply_epoch
+        self.version = version  # what its attach reply says it speaks
         self.path = f"@dgdo-fake-{tag}"
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._listener.bind(socket_address(self.path))
@@ -57,7 +59,7 @@ class FakeEngine:
         conn, _ = self._listener.accept()
         with conn:
             HELLO.unpack(conn.recv(HELLO.size))
-            reply = ATTACH.pack(CTL_MAGIC, CTL_VERSION, 1, os.getpid(), 0, self.reply_epoch, self.capacity,
+            reply = ATTACH.pack(CTL_MAGIC, self.version, 1, os.getpid(), 0, self.reply_epoch, self.capacity,
                                 self.capacity)
             fds = [0] * CTL_NFDS
             fds[FD_ENGINE_BELL], fds[FD_WORKER_BELL] = self.engine_bell, self.worker_bell

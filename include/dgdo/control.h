@@ -59,7 +59,12 @@ extern "C" {
 #endif
 
 #define DGDO_CTL_MAGIC 0x4C54434Fu /* "OCTL" little-endian */
-#define DGDO_CTL_VERSION 2u         /* 2: segments passed as memfds, no shm names */
+/* The version of everything an engine and a sidecar exchange: this handshake, the ring records
+ * (events.h) and their layouts. Raised with any change to them, so that an engine and a sidecar of
+ * different releases refuse each other at attach, saying so, rather than misread each other's
+ * records. 2: segments passed as memfds, no shm names. 3: ENGINE_STATS carries the journal's
+ * hold (264 bytes). */
+#define DGDO_CTL_VERSION 3u
 #define DGDO_CTL_HEARTBEAT_MS 100u  /* the engine's producer heartbeat period */
 
 /* The descriptors of a dgdo_ctl_attach with status 0, by index. */

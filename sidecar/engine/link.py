@@ -196,8 +196,13 @@ class EngineLink:
             if len(data) != ATTACH.size:
                 raise ConnectionError(f"bad attach reply ({len(data)} bytes)")
             magic, version, worker, pid, status, epoch, in_cap, out_cap = ATTACH.unpack(data)
-            if magic != CTL_MAGIC or version != CTL_VERSION or worker != self.worker:
-                raise ConnectionError("attach reply of another protocol, version or worker")
+            if magic != CTL_MAGIC:
+                raise ConnectionError("the control socket's answer is not a DG Do engine's (bad magic)")
+            if version != CTL_VERSION:  # its records would be misread: see control.h
+                raise ConnectionError(f"the engine speaks control version {version}, this sidecar {CTL_VERSION}: "
+                                      "run an engine and sidecars of one release")
+            if worker != self.worker:
+                raise ConnectionError(f"attach reply for worker {worker}, not {self.worker}")
             if status == -errno.EBUSY:
                 raise WorkerIdTaken(worker, pid)
             if status != 0:

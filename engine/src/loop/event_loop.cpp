@@ -267,7 +267,13 @@ void EventLoop::on_hello(uint64_t serial) {
     hello_wait_.erase(it);
     if (r == HelloRead::Ok) return attach(fd, hello.worker, hello.pid);
     if (r == HelloRead::Bad) {
-        std::fprintf(stderr, "dgdo-engine: ! bad hello (magic/version), closing\n");
+        if (hello.magic == DGDO_CTL_MAGIC)
+            std::fprintf(stderr,
+                         "dgdo-engine: ! worker %u (pid %d) refused: it speaks control version %u, this engine %u "
+                         "(run an engine and sidecars of one release)\n",
+                         hello.worker, hello.pid, hello.version, DGDO_CTL_VERSION);
+        else
+            std::fprintf(stderr, "dgdo-engine: ! a hello that is not a DG Do sidecar's (bad magic), closing\n");
         return refuse(fd, 0, static_cast<int32_t>(getpid()), -EPROTO);
     }
     close(fd);
