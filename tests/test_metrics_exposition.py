@@ -190,6 +190,34 @@ def test_the_metrics_port_serves_metrics_and_healthz_only(workers: Workers) -> N
         assert refused.value.code == 404
 
 
+def test_private_metrics_leave_the_public_port_for_the_metrics_address(engine_bin: Path, tmp_path: Path) -> None:
+    """With `private_metrics`, /metrics is served only on the metrics port, which `metrics_host` binds
+    to an address of its own (one only the scraper reaches): the public port, which apps reach,
+    answers 404 for it and still serves /healthz to load balancers."""
+    base = free_pair()
+    cfg = tmp_path / "dgdo.toml"
+    cfg.write_text(f'[sidecar]\nmetrics_port = {base}\nmetrics_host = "127.0.0.2"\nprivate_metrics = true\n')
+    s = start_stack("--config", str(cfg))
+    try:
+        s.out.wait_for(rf"metrics on http://127\.0\.0\.2:{base}/metrics")
+        with urllib.request.urlopen(f"http://127.0.0.2:{base}/metrics", timeout=5) as r:
+            assert ("dgdo_connections", frozenset({("worker", "1")})) in samples(r.read().decode())
+        assert s.http_get("/healthz")[0] == 200
+        assert s.http_get("/metrics")[0] == 404
+        with socket.socket() as c, pytest.raises(ConnectionRefusedError):
+            c.connect(("127.0.0.1", base))  # not on the public address
+    finally:
+        assert s.stop() == 0
+
+
+def test_private_metrics_without_a_metrics_port_is_refused_before_anything_starts() -> None:
+    run = subprocess.run([sys.executable, "-m", "sidecar", "run", "--port", "0", "--no-demo", "--private-metrics"],
+                         cwd=ROOT, capture_output=True, text=True, env=stack_env(), timeout=60)
+    assert run.returncode != 0
+    assert "dgdo: private_metrics needs metrics_port: else no port serves /metrics" in run.stderr
+    assert "engine ready" not in run.stdout
+
+
 def test_an_engine_restart_is_counted_by_each_worker(workers: Workers) -> None:
     s = workers.split
     assert s.engine is not None

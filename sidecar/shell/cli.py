@@ -227,7 +227,7 @@ async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor
                                  tls=tls_context is not None):
             print(f"[dgdo] {line}", flush=True)
     if app.metrics_port is not None:
-        print(f"[dgdo] metrics on http://{args.host}:{app.metrics_port}/metrics", flush=True)
+        print(f"[dgdo] metrics on http://{args.metrics_host or args.host}:{app.metrics_port}/metrics", flush=True)
     assert app.front is not None
     print(f"[dgdo] {fdlimit.describe(nofile, app.front.max_connections, args.max_connections is not None)}", flush=True)
     tasks: list[asyncio.Task[None]] = []
@@ -435,11 +435,14 @@ def _settings(args: argparse.Namespace, secret: str | None) -> Settings:
         max_connections=args.max_connections,
         idle_spin_us=default_spin_us() if args.idle_spin_us is None else args.idle_spin_us,
         engine_metrics_worker=args.engine_metrics_worker, metrics_port=_own_metrics_port(args),
+        metrics_host=args.metrics_host, private_metrics=bool(args.private_metrics),
     )
 
 
 def _own_metrics_port(args: argparse.Namespace) -> int | None:
     """This worker's metrics port: the `metrics_port` setting is a base (shell/ports.py)."""
+    if args.private_metrics and args.metrics_port is None:
+        raise SystemExit("dgdo: private_metrics needs metrics_port: else no port serves /metrics")
     try:
         return ports.worker_metrics_port(args.metrics_port, args.worker)
     except ValueError as e:

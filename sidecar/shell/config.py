@@ -167,6 +167,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("metrics_port", int, None, "a base port: worker N also serves /metrics and /healthz (only) on port "
                                   "metrics_port + N - 1 of host, its own when workers share port (0: any free "
                                   "one for each; default: none)", lo=0, hi=65535),
+    _s("metrics_host", str, None, "the address the metrics port listens on, e.g. one only the scraper "
+                                  "reaches (default: host)"),
+    _s("private_metrics", bool, False, "serve /metrics on the metrics port only: the public port answers "
+                                       "404 for it (needs metrics_port)"),
 
     Setting("run", "demo", int, 20, "simulated drivers (0: none, as --no-demo)", lo=0, commands=("run",),
             metavar="N"),

@@ -195,6 +195,9 @@ class Settings:
     # worker, and workers that share the public port are reached at random through it. None: no such
     # port. (The `metrics_port` setting is a base: this is worker N's, base + N - 1; shell/ports.py.)
     metrics_port: int | None = None
+    metrics_host: str | None = None  # where the metrics port listens (None: where the public port does)
+    # /metrics on the metrics port only: the public port, which apps reach, answers 404 for it.
+    private_metrics: bool = False
 
 
 def settle_heap() -> None:
@@ -265,7 +268,8 @@ class App:
             try:
                 # Its own front door: HEAD and HTTP/1.0 scrapes answered alike, a few sockets at most.
                 self.metrics_server = await Front(self.metrics_page, METRICS_PORT_CONNECTIONS).start(
-                    self.metrics_listener_factory, host, self.settings.metrics_port, **PICOWS_SERVER_OPTIONS)
+                    self.metrics_listener_factory, self.settings.metrics_host or host, self.settings.metrics_port,
+                    **PICOWS_SERVER_OPTIONS)
             except OSError:
                 self.server.close()
                 raise
@@ -423,7 +427,7 @@ class App:
             if self.link.available:
                 return _page(200, "ok")
             return _page(503, self.engine_state())
-        if r.path == "/metrics":
+        if r.path == "/metrics" and not self.settings.private_metrics:
             return _page(200, self.metrics_text(), metrics.CONTENT_TYPE_LATEST)
         if r.path == dashboard.WHOAMI:
             status, body = dashboard.whoami(self.auth, r.query, authorization)
@@ -445,7 +449,9 @@ class App:
 
     def metrics_page(self, r: HttpRoute, authorization: str | None = None) -> Page:
         """The --metrics-port: /metrics and /healthz of this worker, nothing else."""
-        if r.path in ("/metrics", "/healthz"):
+        if r.path == "/metrics":
+            return _page(200, self.metrics_text(), metrics.CONTENT_TYPE_LATEST)
+        if r.path == "/healthz":
             return self.page(r)
         return _page(404, "this port serves /metrics and /healthz only")
 
