@@ -644,3 +644,32 @@ async def test_after_a_lost_journal_tail_no_order_id_is_reused_and_a_last_seq_fr
             await c.close()
     finally:
         stop_split(s)
+
+
+async def test_a_restarted_engine_replays_the_ts_the_live_message_carried(durable: Split, state_dir: str) -> None:
+    d = await online_driver(durable.url, "d1")
+    p = await AppClient.open(f"{durable.url}/ws/passenger/p1")
+    await p.expect("welcome")
+    live = await ride_accepted(p, d)
+    await p.close()
+    # The engine journals when a batch went out ahead of its next input: the ack of this later command
+    # comes once that is on disk (fsync batch).
+    await d.send({"type": "driver_status", "status": "online", "id": "later"})  # (a position would be news)
+    await d.expect("ack", id="later")
+
+    kill_and_restart(durable, state_dir)
+
+    back = await AppClient.open(f"{durable.url}/ws/passenger/p1?last_seq={live['seq'] - 1}")
+    welcome = await back.expect("welcome")
+    assert welcome["resumed"] is True and welcome["ts"] > live["ts"]
+    replayed = await back.expect("order_update", order_id=live["order_id"], status="accepted")
+    assert (replayed["seq"], replayed["ts"]) == (live["seq"], live["ts"])
+    # The sidecar told the new engine where d1 is: its trip is `arriving` now, sent after the restart.
+    arriving = await back.expect("order_update", order_id=live["order_id"], status="arriving")
+    await back.close()
+    fresh = await AppClient.open(f"{durable.url}/ws/passenger/p1")
+    await fresh.expect("welcome")
+    snap = await fresh.expect("order_update", order_id=live["order_id"], status="arriving")
+    assert snap["seq"] > arriving["seq"] and snap["ts"] == arriving["ts"]
+    await fresh.close()
+    await d.close()
