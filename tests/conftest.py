@@ -102,6 +102,19 @@ def new_state_dir() -> str:
     return tempfile.mkdtemp(prefix="stack-", dir=_state_root[0] if _state_root else None)
 
 
+@pytest.fixture
+def small_disk() -> Iterator[str]:
+    """A 2 MiB tmpfs for a state directory: a disk that fills up (test_state_dir_faults.fill_up)."""
+    d = tempfile.mkdtemp(prefix="dgdo-disk-")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", d], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        os.rmdir(d)
+        pytest.skip(f"cannot mount a small tmpfs here (needs root in the initial mount namespace): {mounted.stderr}")
+    yield d
+    subprocess.run(["umount", "-l", d], check=True)
+    os.rmdir(d)
+
+
 class LineReader:
     """Reads a process's stdout on a thread so the pipe never fills; lines can be awaited."""
 

@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, LineReader, mint, new_state_dir, stack_env
 from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
+from test_engine_death import answers, start_split, stop_split
+from test_state_dir_faults import fill_up
 from wsclient import AppClient
 
 DRIVERS = 6
@@ -344,3 +346,45 @@ async def test_an_apps_text_reaches_the_page_as_text_never_as_markup(run: Run, b
     assert await page.locator("#log img, #log b, #timeline img, #pwned").count() == 0
     assert await page.evaluate("() => window.pwned") is None
     await page.screenshot(path=tmp_path / "markup-reason.png")
+
+
+async def test_the_engine_pill_names_a_full_journal_disk_and_goes_back_once_there_is_room(
+    engine_bin: Path, small_disk: str, browser: Browser, tmp_path: Path
+) -> None:
+    """The engine holds on a full disk (test_state_dir_faults.py): the pill says why, not only that
+    the engine is silent, so the operator knows to free space rather than restart anything, and
+    for how long; once there is room it is back to "engine up" by itself."""
+    args = ("--state-dir", f"{small_disk}/state", "--fsync", "batch")
+    s = start_split(engine_bin, *args, sidecar_args=("--engine-timeout-s", "0.5"))
+    pax = None
+    try:
+        page = await new_page(browser)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.goto(f"http://127.0.0.1:{s.port}/admin?token={mint('admin', 'ops')}")
+        pill = page.locator("#engine-status")
+        await expect(pill).to_have_text("engine up", timeout=WAIT_MS)
+        await expect(pill).to_have_attribute("data-state", "up", timeout=WAIT_MS)
+
+        pax = await AppClient.open(f"{s.url}/ws/passenger/pill")
+        await pax.expect("welcome")
+        filler, flood = await fill_up(small_disk, pax)
+        held = re.compile(r"^journal not writable \(No space left on device\) for \d+ s$")
+        await expect(pill).to_have_text(held, timeout=WAIT_MS)
+        await expect(pill).to_have_attribute("data-state", "silent", timeout=WAIT_MS)  # no heartbeat while it holds
+        # For how long: it counts on while the engine holds.
+        await expect(pill).to_have_text(re.compile(r" for [1-9]\d* s$"), timeout=WAIT_MS)
+        await page.screenshot(path=tmp_path / "journal-full.png")
+
+        filler.unlink()
+        await expect(pill).to_have_text("engine up", timeout=WAIT_MS)
+        await expect(pill).to_have_attribute("data-state", "up", timeout=WAIT_MS)
+        await page.screenshot(path=tmp_path / "journal-back.png")
+        assert errors == [], errors
+        # Each ride request has its answer now (an order, or "retry"); read, else the client's full
+        # queue keeps the close handshake unread until its timeout.
+        assert len(await answers(pax, flood)) == len(flood)
+    finally:
+        if pax is not None:
+            await pax.close()
+        stop_split(s)

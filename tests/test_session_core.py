@@ -981,6 +981,27 @@ def test_an_engine_holding_on_its_journal_is_named_with_the_error_and_for_how_lo
     assert core.engine_hold() is None  # detached: nothing to say of an engine we no longer see
 
 
+def test_how_long_the_engine_has_held_is_read_off_the_cores_clock_once_for_every_reader() -> None:
+    """One reading of the hold's duration, on the clock the core is fed: /metrics takes it as is
+    (fractional seconds), system_stats and /healthz in whole seconds; never negative, and none
+    while the engine does not hold or is not attached."""
+    clock = [50_000_000_000]
+    core = SessionCore(1, wall_ns=lambda: WALL_NS, mono_ns=lambda: clock[0])
+    core.engine_attached()
+    feed(core, engine_stats(5, 4, 3))
+    assert core.engine_held_ns() is None
+    feed(core, engine_stats(5, 4, 3, errno.ENOSPC, 1, clock[0] - 2_999_999_999))
+    assert core.engine_held_ns() == 2_999_999_999
+    assert core.system_stats()["engine_hold"]["for_s"] == 2
+    clock[0] += 1
+    assert core.engine_held_ns() == 3_000_000_000
+    assert core.system_stats()["engine_hold"]["for_s"] == 3
+    feed(core, engine_stats(5, 4, 3, errno.ENOSPC, 1, clock[0] + 5))  # stamped after the core's last reading
+    assert core.engine_held_ns() == 0
+    core.engine_detached()
+    assert core.engine_held_ns() is None
+
+
 def test_order_rates_start_from_the_engines_first_stats_not_from_zero() -> None:
     """A sidecar (re)started beside an engine that has run for a while: its counters are in the
     thousands. A dashboard that subscribes before the engine's first ENGINE_STATS (they come once a

@@ -148,19 +148,6 @@ async def test_truncated_snapshots_the_journal_cannot_replace_refuse_the_start_a
         stop_split(s)
 
 
-@pytest.fixture
-def small_disk() -> Iterator[str]:
-    """A 2 MiB tmpfs for a state directory: a disk that fills up."""
-    d = tempfile.mkdtemp(prefix="dgdo-disk-")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", d], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        os.rmdir(d)
-        pytest.skip(f"cannot mount a small tmpfs here (needs root in the initial mount namespace): {mounted.stderr}")
-    yield d
-    subprocess.run(["umount", "-l", d], check=True)
-    os.rmdir(d)
-
-
 def fill(path: Path) -> None:
     """Takes every free byte of the file system `path` is on."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -173,6 +160,18 @@ def fill(path: Path) -> None:
                 pass
     finally:
         os.close(fd)
+
+
+async def fill_up(disk: str, pax: AppClient) -> tuple[Path, list[str]]:
+    """Fills `disk` (the state directory's, `small_disk`) while `pax` asks for rides, until a journal
+    write must fail: the engine holds. Returns the file taking the space (unlink it: room again)
+    and the ids of the requests sent."""
+    filler = Path(disk) / "filler"
+    fill(filler)
+    flood = [f"f{i}" for i in range(100)]  # far more than the page the journal's file has left
+    for rid in flood:
+        await pax.send({"type": "ride_request", "id": rid, "pickup": PICKUP, "dropoff": DROPOFF})
+    return filler, flood
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -243,11 +242,7 @@ async def test_a_full_disk_holds_the_engine_refuses_commands_clearly_and_it_goes
             await pax.send({"type": "ride_request", "id": f"r{i}", "pickup": PICKUP, "dropoff": DROPOFF})
             before[f"r{i}"] = (await pax.expect("ack", id=f"r{i}"))["order_id"]
 
-        filler = Path(small_disk) / "filler"
-        fill(filler)
-        flood = [f"f{i}" for i in range(100)]  # far more than the page the journal's file has left
-        for rid in flood:
-            await pax.send({"type": "ride_request", "id": rid, "pickup": PICKUP, "dropoff": DROPOFF})
+        filler, flood = await fill_up(small_disk, pax)
         s.wait_health(503)
         assert s.engine.poll() is None, log.read_text()
         said = log.read_text()

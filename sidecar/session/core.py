@@ -1038,13 +1038,23 @@ class SessionCore:
             return None
         return f"journal not writable ({hold['error']}) for {hold['for_s']} s, {hold['inputs_held']} input(s) held"
 
-    def _hold(self) -> dict[str, Any] | None:
-        """`system_stats.engine_hold`: what the engine's last ENGINE_STATS said of its journal, while it holds."""
+    def engine_held_ns(self) -> int | None:
+        """How long the attached engine has held, its journal not writable, as its last ENGINE_STATS
+        said (held since, on the engine's CLOCK_MONOTONIC: the one `mono_ns` reads); None when it
+        does not. The one reckoning of it: system_stats and /healthz say it in whole seconds,
+        /metrics (dgdo_engine_journal_hold_seconds) in fractional ones."""
         e = self.stats.engine
         if not (self.attached and e.journal_errno):
             return None
-        return {"error": os.strerror(e.journal_errno),
-                "for_s": max(0, self.mono_ns() - e.held_since_ns) // 1_000_000_000, "inputs_held": e.held_inputs}
+        return max(0, self.mono_ns() - e.held_since_ns)  # stats stamped after our reading: just began
+
+    def _hold(self) -> dict[str, Any] | None:
+        """`system_stats.engine_hold`: what the engine's last ENGINE_STATS said of its journal, while it holds."""
+        held_ns = self.engine_held_ns()
+        if held_ns is None:
+            return None
+        e = self.stats.engine
+        return {"error": os.strerror(e.journal_errno), "for_s": held_ns // 1_000_000_000, "inputs_held": e.held_inputs}
 
     # ---- several workers ---------------------------------------------------------------------
 

@@ -21,7 +21,6 @@ Metric names are listed, with the ones to alert on, in README "Metrics to alert 
 from __future__ import annotations
 
 import errno
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
@@ -110,12 +109,13 @@ class WorkerCollector(Collector):
         if link.attached and e.known:  # as the engine's last ENGINE_STATS said; absent while unknown
             yield _gauge("dgdo_engine_journal_writable", "0 while the engine holds because its journal cannot be "
                          "written (a full or failing disk), else 1", w, int(not e.journal_errno))
-            if e.journal_errno:
+            held_ns = app.core.engine_held_ns()  # reckoned where system_stats and /healthz reckon it
+            if held_ns is not None:
                 hold = GaugeMetricFamily("dgdo_engine_journal_hold_seconds", "how long the engine has held, its "
                                          "journal not writable, by the error (an errno name)",
                                          labels=["worker", "error"])
                 hold.add_metric([self.worker, errno.errorcode.get(e.journal_errno, str(e.journal_errno))],
-                                max(0, time.monotonic_ns() - e.held_since_ns) / 1e9)
+                                held_ns / 1e9)
                 yield hold
         yield counter("dgdo_engine_restarts", "attaches to a new engine run (another epoch) after the first",
                       link.engine_restarts)
