@@ -321,10 +321,12 @@
     $("ring-backlog").textContent = fmt(rd.in_backlog_bytes);
     $("ring-out").textContent = fmt(rd.out_bytes);
     const eng = $("engine-status");
-    const state = !m.engine_attached ? "down" : m.engine_available ? "up" : "silent";
+    // A hold is known from the engine's own word before its heartbeat is missed (engine_timeout_s):
+    // amber at once, not green with a hold's text.
+    const hold = m.engine_hold;  // the engine said why: its journal cannot be written
+    const state = !m.engine_attached ? "down" : m.engine_available && !hold ? "up" : "silent";
     eng.dataset.state = state;
     eng.textContent = { up: "engine up", down: "engine detached", silent: "engine not responding" }[state];
-    const hold = m.engine_hold;  // the engine said why: its journal cannot be written
     if (hold && state !== "down") eng.textContent = `journal not writable (${hold.error}) for ${hold.for_s} s`;
   }
 
