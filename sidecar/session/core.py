@@ -900,8 +900,13 @@ class SessionCore:
                 else:
                     self._trips.pop(to_id, None)
         if not to_conn:  # a change as it happens (not a replay or snapshot to one session)
-            self.feed.order_update(order_id, status_name, ID_NAMES.get(passenger_id) or id_str(passenger_id), driver,
-                                   self._now_s, ts)
+            # A change reaches the passenger and its driver, in two records: the feed takes the first, and the
+            # second is a no-op it is not called for (as order_update() tests it: AdminFeed.orders). The call and
+            # the passenger id's str cost ~2,000 instructions (bench/push/core_cost.py), the test ~150.
+            known = self.feed.orders.get(order_id)
+            if known is None or not known.announced or known.status != status_name or known.driver_id != driver:
+                self.feed.order_update(order_id, status_name, ID_NAMES.get(passenger_id) or id_str(passenger_id),
+                                       driver, self._now_s, ts)
             if role == _PASSENGER and self.admins:
                 # Each change reaches the passenger (and the driver, once there is one): admins see it once,
                 # and not again when a replay or snapshot (to one session) repeats it.
