@@ -176,7 +176,9 @@ class AdminFeed:
         self.full_every_s = full_every_s
         self.stale_order_s = stale_order_s
         self._drivers: dict[str, _Driver] = {}
-        self._orders: dict[int, _Order] = {}
+        # Read by the core's push path too: it skips `order_update()` for a change the model has already
+        # (session/core.py `_order_update`), so that test and the one order_update() starts with must agree.
+        self.orders: dict[int, _Order] = {}
         self._moved: dict[str, Position] = {}  # positions since the last tick: the latest per driver
         self._dirty: set[str] = set()  # drivers whose state changed since the last tick
         self._gone: set[str] = set()
@@ -269,15 +271,16 @@ class AdminFeed:
             if d.trip == order_id:
                 d.trip = 0
                 self._dirty.add(driver_id)
-        o = self._orders.get(order_id)
+        o = self.orders.get(order_id)
         if o is not None and o.offered_to == driver_id:
             o.offered_to = ""
             self._orders_dirty.add(order_id)
 
     def order_update(self, order_id: int, status: str, passenger_id: str, driver_id: str, now: float,
                      ts_ms: int) -> None:
-        """An `order_update` delivered to a party of the order; the second copy of a change is a no-op."""
-        known = self._orders.get(order_id)
+        """An `order_update` delivered to a party of the order; the second copy of a change is a no-op
+        (which the core does not even call for: `orders`)."""
+        known = self.orders.get(order_id)
         if known is not None and known.announced and known.status == status and known.driver_id == driver_id:
             return
         o = self._order(order_id, now, ts_ms)
@@ -307,7 +310,7 @@ class AdminFeed:
 
     def estimate(self, order_id: int, eta_s: float) -> None:
         """A fresh ETA (to the pickup, then to the dropoff) for a live order."""
-        o = self._orders.get(order_id)
+        o = self.orders.get(order_id)
         if o is not None and o.status not in TERMINAL_STATUSES:
             o.eta_s = eta_s
             self._orders_dirty.add(order_id)
@@ -428,13 +431,13 @@ class AdminFeed:
         orders_dirty, self._orders_dirty = self._orders_dirty, set()
         orders = []
         for order_id in orders_dirty:
-            o = self._orders.get(order_id)
+            o = self.orders.get(order_id)
             if o is None:
                 continue
             if want:
                 orders.append(o.as_map())
             if o.status in TERMINAL_STATUSES:
-                del self._orders[order_id]  # its last word goes out in this delta
+                del self.orders[order_id]  # its last word goes out in this delta
         if not want or not (rows or gone or orders):
             return None
         return {"type": "fleet", "full": False, "drivers": rows, "gone": sorted(gone), "orders": orders,
@@ -463,7 +466,7 @@ class AdminFeed:
             d = self._driver(driver_id)
             d.lat, d.lon = pos.lat, pos.lon
         rows = [d.row(i) for i, d in self._drivers.items() if d.lat is not None]
-        orders = [o.as_map() for o in self._orders.values()]
+        orders = [o.as_map() for o in self.orders.values()]
         return {"type": "fleet", "full": True, "drivers": rows, "gone": [], "orders": orders, "ts": ts_ms}
 
     def driver_counts(self) -> dict[str, int]:
@@ -476,7 +479,7 @@ class AdminFeed:
     def live_orders(self) -> dict[str, int]:
         """Live orders by status."""
         out = dict.fromkeys(LIVE_STATUSES, 0)
-        for o in self._orders.values():
+        for o in self.orders.values():
             if o.status in out:
                 out[o.status] += 1
         return out
@@ -494,17 +497,17 @@ class AdminFeed:
         return d
 
     def _order(self, order_id: int, now: float, ts_ms: int) -> _Order:
-        o = self._orders.get(order_id)
+        o = self.orders.get(order_id)
         if o is None:
-            o = self._orders[order_id] = _Order(order_id, "searching", created_ms=ts_ms, changed_ms=ts_ms)
+            o = self.orders[order_id] = _Order(order_id, "searching", created_ms=ts_ms, changed_ms=ts_ms)
         o.seen_at = now
         self._orders_dirty.add(order_id)
         return o
 
     def _prune(self, now: float) -> None:
-        stale = [i for i, o in self._orders.items() if now - o.seen_at > self.stale_order_s]
+        stale = [i for i, o in self.orders.items() if now - o.seen_at > self.stale_order_s]
         for order_id in stale:
-            del self._orders[order_id]
+            del self.orders[order_id]
         self._orders_dirty.difference_update(stale)
         silent = [i for i, (_w, heard) in self._remote.items() if now - heard > 3 * self.full_every_s]
         for driver_id in silent:  # its worker stopped reporting it (died): nobody else will say it left

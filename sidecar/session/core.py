@@ -124,8 +124,12 @@ _CONN_MASK = (1 << _CONN_BITS) - 1
 EXPIRED_LOG_EACH = 8  # expiry closes in one tick logged to admins one by one; more: one line for all
 
 ROLE_OF_WIRE = {R.Role.DRIVER: Role.DRIVER, R.Role.PASSENGER: Role.PASSENGER, R.Role.ADMIN: Role.ADMIN}
-STATUS_NAME = {s: s.name.lower() for s in R.OrderStatus}
-REASON_NAME = {r: r.name.lower() for r in R.Reason}
+# The push path's tables and constants are keyed by plain ints, not the IntEnum members: a record's
+# fields unpack as ints, and an int finds an IntEnum key (or equals an IntEnum) only through a rich
+# comparison, where an int key matches by identity (small ints are shared) and `==` of two ints is
+# the interpreter's fast path (~450 instructions per pushed message, bench/push/core_cost.py).
+STATUS_NAME = {int(s): s.name.lower() for s in R.OrderStatus}
+REASON_NAME = {int(r): r.name.lower() for r in R.Reason}
 RESULT_ERROR = {
     Result.CONFLICT: (ErrorCode.CONFLICT, "invalid transition for the order's current state"),
     Result.NOT_FOUND: (ErrorCode.NOT_FOUND, "order_id: no such order"),
@@ -136,13 +140,14 @@ _HEADER = R.HEADER.unpack_from
 _ORDER_UPDATE = R.OUT_ORDER_UPDATE.unpack_from
 _DRIVER_POSITION = R.OUT_DRIVER_POSITION.unpack_from
 _NEW_ORDER = R.OUT_NEW_ORDER.unpack_from
-_DRIVER = R.Role.DRIVER
-_PASSENGER = R.Role.PASSENGER
+_DRIVER = int(R.Role.DRIVER)
+_PASSENGER = int(R.Role.PASSENGER)
 # FLEET entries per record: 72 + 64 x 32 = 2,120 bytes, within the record cap of any ring of 32 KiB or more.
 FLEET_CHUNK = 32
 _NO_GAUGES = LinkGauges()
 # An order in these states has a driver whose positions the engine forwards to its passenger.
-_ON_TRIP = frozenset({R.OrderStatus.ACCEPTED, R.OrderStatus.ARRIVING, R.OrderStatus.ARRIVED, R.OrderStatus.STARTED})
+_ON_TRIP = frozenset(int(s) for s in (R.OrderStatus.ACCEPTED, R.OrderStatus.ARRIVING, R.OrderStatus.ARRIVED,
+                                       R.OrderStatus.STARTED))
 Message = Push | dict[str, Any]  # a server message: typed on the push path (wire/pushes.py), else a map
 # A session's open and close: nobody could send them again, so the link takes them even behind a
 # backlog past its bounds (only commands, which an app can retry, are refused `overloaded`).
@@ -202,7 +207,7 @@ class SessionCore:
         # registry
         self._next_conn = 0
         self.by_conn: dict[int, Session] = {}
-        self.by_wire: dict[int, dict[bytes, Session]] = {r: {} for r in WIRE_ROLE.values()}  # role -> padded id
+        self.by_wire: dict[int, dict[bytes, Session]] = {int(r): {} for r in WIRE_ROLE.values()}  # role -> padded id
         self.admins: set[Session] = set()
         # Token expiry: one entry per session opened with a token, soonest first: an int, the deadline
         # above the conn id (a tuple and its two ints cost ~70 bytes more a connection: README,
@@ -252,7 +257,7 @@ class SessionCore:
             AdminSubscribe: self._admin_subscribe,
             Ping: self._ping,
         }
-        self._by_record: dict[int, Callable[[Any, int, int], None]] = {
+        self._by_record: dict[int, Callable[[Any, int, int], None]] = {int(t): h for t, h in {  # (int keys: above)
             T.OUT_COMMAND_RESULT: self._command_result,
             T.OUT_ORDER_UPDATE: self._order_update,
             T.OUT_NEW_ORDER: self._new_order,
@@ -264,7 +269,7 @@ class SessionCore:
             T.OUT_SESSION_STATE: self._session_state,
             T.OUT_SESSION_REPLACED: self._session_replaced,
             T.OUT_FLEET: self._fleet,
-        }
+        }.items()}
 
     # ---- drain ---------------------------------------------------------------------------
 
@@ -895,8 +900,13 @@ class SessionCore:
                 else:
                     self._trips.pop(to_id, None)
         if not to_conn:  # a change as it happens (not a replay or snapshot to one session)
-            self.feed.order_update(order_id, status_name, ID_NAMES.get(passenger_id) or id_str(passenger_id), driver,
-                                   self._now_s, ts)
+            # A change reaches the passenger and its driver, in two records: the feed takes the first, and the
+            # second is a no-op it is not called for (as order_update() tests it: AdminFeed.orders). The call and
+            # the passenger id's str cost ~2,000 instructions (bench/push/core_cost.py), the test ~150.
+            known = self.feed.orders.get(order_id)
+            if known is None or not known.announced or known.status != status_name or known.driver_id != driver:
+                self.feed.order_update(order_id, status_name, ID_NAMES.get(passenger_id) or id_str(passenger_id),
+                                       driver, self._now_s, ts)
             if role == _PASSENGER and self.admins:
                 # Each change reaches the passenger (and the driver, once there is one): admins see it once,
                 # and not again when a replay or snapshot (to one session) repeats it.
