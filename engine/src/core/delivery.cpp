@@ -147,18 +147,20 @@ uint32_t Deliveries::box(uint8_t role, const IdKey& id) {
     return fresh;
 }
 
-void Deliveries::push(Box& b, const Held& rec) {
+uint32_t Deliveries::push(Box& b, const Held& rec) {
     if (depth_ == 0) {
         b.base = rec.seq();
-        return;
+        return kNoSlot;
     }
     if (b.ring.size() < depth_) {
         b.ring.push_back(rec);
-        return;
+        return static_cast<uint32_t>(b.ring.size() - 1);
     }
     b.base = b.ring[b.head].seq();  // the oldest goes: a resume from it still replays the rest
-    b.ring[b.head] = rec;
+    const uint32_t slot = b.head;
+    b.ring[slot] = rec;
     b.head = (b.head + 1) % static_cast<uint32_t>(b.ring.size());
+    return slot;
 }
 
 uint64_t Deliveries::stamp(OutRecord& rec) {
@@ -169,10 +171,11 @@ uint64_t Deliveries::stamp(OutRecord& rec) {
     Box& b = boxes_[me];
     const uint64_t seq = ++b.seq;
     std::memcpy(rec.body.data() + off, &seq, sizeof seq);
-    push(b, Held::of(rec));
+    const uint32_t slot = push(b, Held::of(rec));
     ++stamped_;
-    if (commit_of(rec.body.data()) == 0) undated_.push_back({stamped_, me, seq});
-    auto& who = recipients_of_[read_u64(rec.body.data(), rec.body.size(), kOrderOffset)];
+    const uint64_t order = read_u64(rec.body.data(), rec.body.size(), kOrderOffset);
+    if (commit_of(rec.body.data()) == 0) undated_.push_back({stamped_, me, seq, order, slot});
+    auto& who = recipients_of_[order];
     if (std::find(who.begin(), who.end(), me) == who.end()) {
         who.push_back(me);
         ++b.orders;
@@ -204,35 +207,18 @@ void Deliveries::resent_final(const OutRecord& rec, uint64_t was) {
 }
 
 void Deliveries::dated(uint64_t real_ns, uint64_t upto) {
+    // Each kept copy is found where it was put, never looked for: a burst of thousands of records to
+    // one recipient (a tick's search timeouts) is dated in as many steps, whatever it has kept.
     while (!undated_.empty() && undated_.front().n <= upto) {
         const Undated u = undated_.front();
         undated_.pop_front();
         Box& b = boxes_[u.box];
         auto date = [&](Held& h) {
-            if (h.seq() != u.seq) return false;
-            if (commit_of(h.bytes.data()) == 0) set_commit(h.bytes.data(), real_ns);
-            return true;
+            if (h.seq() == u.seq && commit_of(h.bytes.data()) == 0) set_commit(h.bytes.data(), real_ns);
         };
-        // A record is dated with the batch after its publish, so it is among the newest of its
-        // recipient's history: looked for newest first, and its order read from it. A seq is
-        // kept once in the history, and once more at most among its order's final records.
-        const Held* kept = nullptr;
-        for (std::size_t i = b.ring.size(); i-- > 0;) {
-            Held& h = b.ring[(b.head + i) % b.ring.size()];
-            if (date(h)) {
-                kept = &h;
-                break;
-            }
-        }
-        if (kept != nullptr) {
-            auto it = b.ended.find(read_u64(kept->bytes.data(), kept->len, kOrderOffset));
-            if (it != b.ended.end())
-                for (Held& h : it->second)
-                    if (date(h)) break;
-            continue;
-        }
-        for (auto& [order, recs] : b.ended)  // out of the history already (depth 0, or wrapped)
-            for (Held& h : recs) date(h);
+        if (u.slot < b.ring.size()) date(b.ring[u.slot]);  // (a newer record in that slot since: another seq)
+        if (auto it = b.ended.find(u.order); it != b.ended.end())
+            for (Held& h : it->second) date(h);  // its copy among its order's final records, if it ended it
     }
 }
 
@@ -383,7 +369,7 @@ bool Deliveries::operator==(const Deliveries& o) const {
 //     u32 n, n records oldest first (u32 type, u32 len, body),
 //     u32 orders with final records, per order in id order: u64 order, u32 n, n records
 //   u32 orders with recipients, per order in id order: u64 order, u32 n, n keys in first-stamp order
-//   u64 stamped, u32 n, n undated records in stamp order: u64 count, key, u64 seq (version 3)
+//   u64 stamped, u32 n, n undated records in stamp order: u64 count, key, u64 seq, u64 order (version 3)
 void Deliveries::save(std::string& out) const {
     auto put_held = [&out](const Held& r) {
         put(out, static_cast<uint32_t>(r.type), 4);
@@ -429,6 +415,7 @@ void Deliveries::save(std::string& out) const {
         put(out, u.n, 8);
         put_key(out, boxes_[u.box].key());
         put(out, u.seq, 8);
+        put(out, u.order, 8);  // (its slot is where the loaded history puts it: found again by load())
     }
 }
 
@@ -497,7 +484,7 @@ bool Deliveries::load(const uint8_t*& p, const uint8_t* end) {
     if (version >= 3) {
         fresh.stamped_ = in.get(8);
         uint64_t n = 0;
-        if (!in.count(n, 18)) return false;
+        if (!in.count(n, 26)) return false;
         for (uint64_t i = 0; i < n; ++i) {
             Undated u{};
             u.n = in.get(8);
@@ -506,6 +493,11 @@ bool Deliveries::load(const uint8_t*& p, const uint8_t* end) {
             u.box = fresh.find(k.first, key_of(k.second));
             if (u.box == IdTable::kNone) return false;
             u.seq = in.get(8);
+            u.order = in.get(8);
+            u.slot = kNoSlot;
+            const Box& b = fresh.boxes_[u.box];
+            for (uint32_t j = 0; j < b.ring.size(); ++j)
+                if (b.ring[j].seq() == u.seq) u.slot = j;
             fresh.undated_.push_back(u);
         }
     }

@@ -165,12 +165,15 @@ private:
     uint32_t find(uint8_t role, const IdKey& id) const;  // index into boxes_, or IdTable::kNone
     const Box* find(const Key& k) const;
     uint32_t box(uint8_t role, const IdKey& id);  // found or made: its index
-    void push(Box& b, const Held& rec);
+    static constexpr uint32_t kNoSlot = UINT32_MAX;
+    uint32_t push(Box& b, const Held& rec);  // its slot in b.ring (kNoSlot: no history kept)
 
     struct Undated {  // a stamped record whose kept copies wait for dated()
         uint64_t n;       // its stamped_ count
         uint32_t box;
         uint64_t seq;
+        uint64_t order;   // its order: where its final copy, if any, is kept (Box::ended)
+        uint32_t slot;    // where its history copy was put (Box::ring), unless overwritten since
     };
 
     uint32_t depth_;
