@@ -380,7 +380,10 @@
         tr = document.createElement("tr");
         tr.dataset.orderId = o.order_id;
         for (let i = 0; i < 6; i++) tr.append(el("td"));
-        tr.addEventListener("click", () => select({ kind: "order", id: o.order_id }));
+        // On the press, not the click: a new order inserted above between press and release (the
+        // demo's, each second) moves this row from under the pointer, and a click whose press and
+        // release land on two rows goes to neither: the operator's click would be lost.
+        tr.addEventListener("pointerdown", () => select({ kind: "order", id: o.order_id }));
       }
       const c = tr.cells;
       c[0].textContent = o.order_id;
