@@ -413,8 +413,11 @@ class EngineLink:
             self._latest[key] = (type_, body)
             return
         ring.frame(self._pending, type_, body)
-        self._reply_due |= reply_due
-        self._schedule_flush()
+        if reply_due:
+            self._reply_due = True
+        if not self._flush_scheduled:  # (_schedule_flush, without its call for every position)
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     def flush(self) -> None:
         """Writes what is pending now, instead of at the end of this loop turn (the caller batched already)."""

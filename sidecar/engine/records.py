@@ -30,14 +30,18 @@ def aligned(length: int) -> int:
     return (length + ALIGN - 1) & ~(ALIGN - 1)
 
 
+_PACK_HEADER = HEADER.pack
+_PADDING = tuple(b"\0" * (-n % ALIGN) for n in range(ALIGN))  # length % ALIGN -> the zeros after it
+
+
 def frame(buf: bytearray, type_: int, body: bytes | bytearray | memoryview) -> None:
     """Appends one record to `buf`, with its header and padding, as a batch holds it."""
+    # (Once per record the sidecar publishes, every position among them: no call to aligned().)
     length = HEADER_SIZE + len(body)
-    buf += HEADER.pack(length, type_)
+    buf += _PACK_HEADER(length, type_)
     buf += body
-    pad = aligned(length) - length
-    if pad:
-        buf += b"\0" * pad
+    if length % ALIGN:
+        buf += _PADDING[length % ALIGN]
 
 
 class T(IntEnum):

@@ -143,40 +143,6 @@ ALLOWED: dict[Role, dict[type, Callable[[Any, str], None] | None]] = {
 _FORBIDDEN: Any = object()  # what a role's table gives for a class it does not hold
 
 
-def decode(payload: bytes, binary: bool, role: Role, conn_id: str) -> Request:
-    """Decodes and validates one whole message: text frames are JSON, binary frames msgpack.
-
-    Args:
-        payload: the message's bytes.
-        binary: True for msgpack (a binary frame), False for JSON (a text frame).
-        role, conn_id: the connection's role and id, which the message must fit.
-    Raises:
-        InvalidText: a text frame's payload that is not UTF-8.
-        BadFrame: not decodable, nesting too deep, or not a map at the top level.
-        BadMessage, UnknownType, Forbidden: with the request id attached when the
-            message has a valid one, whatever else is wrong with it.
-    """
-    try:
-        if binary:
-            m = _decode_msgpack(payload)
-        else:
-            if not payload.isascii():  # (the usual message is ASCII: one fast scan, no copy)
-                _check_utf8(payload)
-            m = _decode_json(payload)
-    except msgspec.ValidationError as e:
-        raise refusal(payload, binary, role, str(e)) from None
-    except msgspec.DecodeError as e:
-        raise BadFrame(undecodable(binary, e)) from None
-    except RecursionError:
-        raise BadFrame(NESTING_TOO_DEEP) from None
-    check = ALLOWED[role].get(type(m), _FORBIDDEN)
-    if check is not None:
-        if check is _FORBIDDEN:
-            raise Forbidden(f"type: {type_name(type(m))} is not allowed for {A_ROLE[role]}", m.id)
-        check(m, conn_id)
-    return Request(m, m.id)
-
-
 def _check_utf8(payload: bytes) -> None:
     """A text message is UTF-8 throughout (RFC 6455 §5.6). msgspec checks the strings it keeps, not
     those it skips unread in unknown fields, so a non-ASCII payload is checked whole first: the whole
@@ -275,13 +241,14 @@ class Decoder:
     connection is these few slots (one is made for every connection).
     """
 
-    __slots__ = ("_binary", "_parts", "_size", "conn_id", "frames", "last_frames", "max_bytes", "max_fragments",
-                 "role")
+    __slots__ = ("_allowed", "_binary", "_parts", "_size", "conn_id", "frames", "last_frames", "max_bytes",
+                 "max_fragments", "role")
 
     def __init__(self, role: Role, conn_id: str, max_bytes: int = MAX_MESSAGE_BYTES,
                  max_fragments: int = MAX_FRAGMENTS) -> None:
         self.role = role
         self.conn_id = conn_id
+        self._allowed = ALLOWED[role]  # (a reference: one table per role, shared)
         self.max_bytes = max_bytes
         self.max_fragments = max_fragments
         self.frames = 0  # data frames fed so far (a count for tests and metrics)
@@ -312,7 +279,7 @@ class Decoder:
             self.last_frames = 1
             if len(payload) > self.max_bytes:
                 raise MessageTooBig(f"message of {len(payload)} bytes exceeds the limit of {self.max_bytes} bytes")
-            return decode(payload, binary, self.role, self.conn_id)
+            return self._decode(payload, binary)
         if binary is None:
             if not self._parts:
                 self.last_frames = 1
@@ -347,11 +314,44 @@ class Decoder:
             payload = b"".join(self._parts)
         is_binary = self._binary
         self._reset()
-        return decode(payload, is_binary, self.role, self.conn_id)
+        return self._decode(payload, is_binary)
 
     def _reset(self) -> None:
         self._parts = []
         self._size = 0
+
+    def _decode(self, payload: bytes, binary: bool) -> Request:
+        """Decodes and validates one whole message: text frames are JSON, binary frames msgpack.
+
+        Args:
+            payload: the message's bytes.
+            binary: True for msgpack (a binary frame), False for JSON (a text frame).
+        Raises:
+            InvalidText: a text frame's payload that is not UTF-8.
+            BadFrame: not decodable, nesting too deep, or not a map at the top level.
+            BadMessage, UnknownType, Forbidden: with the request id attached when the
+                message has a valid one, whatever else is wrong with it; Forbidden also for
+                a message that does not fit the connection's role and id.
+        """
+        try:
+            if binary:
+                m = _decode_msgpack(payload)
+            else:
+                if not payload.isascii():  # (the usual message is ASCII: one fast scan, no copy)
+                    _check_utf8(payload)
+                m = _decode_json(payload)
+        except msgspec.ValidationError as e:
+            raise refusal(payload, binary, self.role, str(e)) from None
+        except msgspec.DecodeError as e:
+            raise BadFrame(undecodable(binary, e)) from None
+        except RecursionError:
+            raise BadFrame(NESTING_TOO_DEEP) from None
+        check = self._allowed.get(type(m), _FORBIDDEN)
+        if check is not None:
+            if check is _FORBIDDEN:
+                raise Forbidden(f"type: {type_name(type(m))} is not allowed for {A_ROLE[self.role]}", m.id)
+            check(m, self.conn_id)
+        return Request(m, m.id)
 
 
 # msgspec's encoders write a typical push in ~0.2-0.4 µs (the stdlib's json takes ~5 µs). One of
