@@ -84,6 +84,7 @@ from sidecar.session.limits import (
     POSITIONS_RATE,
     Rate,
     RateLimiter,
+    Verdict,
 )
 from sidecar.session.session import Session
 from sidecar.session.stats import LinkGauges, SidecarStats
@@ -624,6 +625,10 @@ class AppListener(WSListener):
         verdict = self.limiter.check(self.last_rx, position, frames)
         if verdict is ADMIT:
             return True
+        self._refused(verdict, request_id)
+        return False
+
+    def _refused(self, verdict: Verdict, request_id: str | int | None) -> None:
         # Refused: answered only the first few times a second, and the socket is not read until the
         # bucket refills, so that a flood costs its sender (TCP backpressure), not everyone else.
         self._pause_reading(self.limiter.pause_s())
@@ -633,7 +638,6 @@ class AppListener(WSListener):
             self.core.rate_limited(self.session, request_id)
         else:
             self.app.stats.rate_limited += 1  # DROPPED: refused unanswered
-        return False
 
     def _pause_reading(self, seconds: float) -> None:
         t: WSTransport | None = self.session.io
@@ -679,10 +683,13 @@ class AppListener(WSListener):
                 if self._admit(False, e.request_id, self.decoder.last_frames):
                     self.core.refuse(session, e)
             else:
-                if req is not None:
-                    m = req.message
-                    if self._admit(isinstance(m, _POSITIONS), req.request_id, self.decoder.last_frames):
+                if req is not None:  # (_admit written out: the path of every message)
+                    verdict = self.limiter.check(self.last_rx, isinstance(req.message, _POSITIONS),
+                                                 self.decoder.last_frames)
+                    if verdict is ADMIT:
                         self.core.receive(session, req)
+                    else:
+                        self._refused(verdict, req.request_id)
             self.app.flush_soon()
         elif t is _PING:
             # Answered here rather than by picows' auto-pong, so that a PING flood is charged like any other.
