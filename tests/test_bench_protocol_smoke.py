@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,14 @@ def test_bench_protocol_smoke_reports_codec_and_ingest_figures(engine_bin: Path,
         assert result["ingest"][f"{fmt}/4"]["frames_per_cpu_s"] > 0
     assert "frames per sidecar CPU-second" in out
     assert "legacy JSON µs" in out, "the previous codec's figures stand beside the new ones"
+
+
+def test_ingest_cost_harness_reports_a_sane_cost_per_message() -> None:
+    """bench/protocol/ingest_cost.py: frames through the real frame callback, core and link framing."""
+    for binary in ([], ["--binary"]):
+        done = subprocess.run([sys.executable, str(BENCH.parent / "ingest_cost.py"), "--conns", "4", "--rounds", "20",
+                               "--repeats", "1", *binary], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]  # it asserts that every message reached the link
+        m = re.search(r"4 drivers (JSON|msgpack): ([0-9.]+) µs CPU per message", done.stdout)
+        assert m and m.group(1) == ("msgpack" if binary else "JSON"), done.stdout
+        assert 0 < float(m.group(2)) < 10_000, done.stdout

@@ -230,7 +230,7 @@ class Origin:
 
     conn: int
     worker: int
-    role: Role
+    role: int  # a Role's value (sessions keep a plain int: packed into every record they send)
     actor: bytes
 
 

@@ -62,29 +62,44 @@ PAUSE_MAX_S = 0.25
 
 
 class TokenBucket:
-    """`burst` tokens, refilled at `per_s` a second; starts full."""
+    """`burst` tokens, refilled at `per_s` a second; starts full.
 
-    __slots__ = ("burst", "per_s", "stamp", "tokens")
+    Kept as one time rather than a count and a stamp (GCRA, the generic cell rate algorithm:
+    the same verdicts as a token bucket): `full_at`, when the bucket will be full again. Taking
+    `cost` tokens moves it `cost / per_s` later, and is refused when that would put it more
+    than `burst / per_s` ahead of now. A refill is no arithmetic at all (any time in the past
+    is "full"), so a frame costs a comparison, an addition and a store: this runs for every
+    inbound frame, twice for a position. Times are floats of seconds: `SLACK` of a token absorbs
+    their rounding, so a burst taken in one instant is never short by one.
+    """
+
+    __slots__ = ("ahead", "full_at", "interval", "span")
+
+    SLACK = 1e-3  # of a token's interval: a take that early is admitted (at 10/s, 0.1 ms)
 
     def __init__(self, rate: Rate, now: float) -> None:
-        self.per_s = rate.per_s
-        self.burst = rate.burst
-        self.tokens = rate.burst
-        self.stamp = now
+        self.interval = 1.0 / rate.per_s  # (per_s > 0: config.py)
+        self.span = rate.burst * self.interval  # a full bucket's worth of time
+        self.ahead = self.span + self.SLACK * self.interval  # how far ahead of now `full_at` may go
+        self.full_at = now
 
     def take(self, now: float, cost: float = 1.0) -> bool:
         """Takes `cost` tokens (at most a full bucket's worth) if there are that many."""
-        # Plain comparisons rather than min(): this runs for every inbound frame.
-        if now > self.stamp:
-            tokens = self.tokens + (now - self.stamp) * self.per_s
-            self.tokens = tokens if tokens < self.burst else self.burst
-            self.stamp = now
-        if cost > self.burst:
-            cost = self.burst
-        if self.tokens >= cost:
-            self.tokens -= cost
+        at = self.full_at
+        if at < now:
+            at = now
+        step = cost * self.interval
+        if step > self.span:
+            step = self.span
+        at += step
+        if at - now <= self.ahead:
+            self.full_at = at
             return True
         return False
+
+    def wait_s(self, now: float) -> float:
+        """How long until the bucket holds a token again."""
+        return self.full_at + self.interval - self.span - now
 
 
 class Verdict(Enum):
@@ -106,8 +121,8 @@ class RateLimiter:
     timestamps.
     """
 
-    __slots__ = ("abuse_after", "answered", "messages", "positions", "refused", "refused_before", "refused_by",
-                 "window_start")
+    __slots__ = ("abuse_after", "answered", "messages", "positions", "refused", "refused_at", "refused_before",
+                 "refused_by", "window_start")
 
     def __init__(self, now: float, positions: Rate = POSITIONS_RATE, messages: Rate = MESSAGES_RATE,
                  abuse_after: int = ABUSE_AFTER) -> None:
@@ -119,6 +134,7 @@ class RateLimiter:
         self.refused_before = 0  # in the previous window
         self.answered = 0  # refusals answered in the current window
         self.refused_by: TokenBucket | None = None  # the bucket of the latest refusal
+        self.refused_at = now  # ... and when it was
 
     def check(self, now: float, position: bool, frames: int = 1) -> Verdict:
         """Charges one message of `frames` frames (and one position when `position`).
@@ -135,6 +151,7 @@ class RateLimiter:
         return self._refuse(now)
 
     def _refuse(self, now: float) -> Verdict:
+        self.refused_at = now
         window = ABUSE_WINDOW_S
         elapsed = now - self.window_start
         if elapsed >= window:
@@ -154,7 +171,7 @@ class RateLimiter:
     def pause_s(self) -> float:
         """How long to stop reading after a refusal: until the bucket that refused holds a token again."""
         b = self.refused_by
-        wait = (1.0 - b.tokens) / b.per_s if b is not None and b.per_s > 0 else PAUSE_MAX_S
+        wait = b.wait_s(self.refused_at) if b is not None else PAUSE_MAX_S
         return PAUSE_MIN_S if wait < PAUSE_MIN_S else PAUSE_MAX_S if wait > PAUSE_MAX_S else wait
 
 
