@@ -125,7 +125,8 @@ bench-ring: build/bench/ring_bench dev-venv
 	$(BIN)/python bench/ring/py_bench.py $(ARGS)
 
 # Protocol micro-benchmark (bench/protocol): codec µs per message JSON vs msgpack, and driver_location
-# ingest per sidecar core against the real stack. ARGS=--smoke for a ~10 s check.
+# ingest per sidecar core against the real stack. ARGS=--smoke for a ~10 s check. The ingest path's
+# Python alone, without sockets: bench/protocol/ingest_cost.py [--instructions] [--root DIR].
 .PHONY: bench-protocol
 bench-protocol: engine dev-venv
 	$(BIN)/python bench/protocol/bench_codec.py $(ARGS)

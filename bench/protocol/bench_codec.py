@@ -21,6 +21,10 @@
    nothing back (no errors, no rate_limited): a refused frame is not ingest. Median of R runs,
    per format.
 
+`ingest_cost.py` beside this file takes the ingest path apart: the sidecar's Python per position
+from the frame callback to the ring, without sockets, timed or counted by callgrind, for two
+checkouts side by side.
+
 Progress goes to stderr, a Markdown table to stdout. On a 2-vCPU machine the load process and
 the engine share the cores with the sidecar; the per-CPU-second figure is what compares.
 """
