@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 import msgpack  # noqa: E402
 import psutil  # noqa: E402
 
+from bench import callgrind  # noqa: E402
 from bench.machine import describe, host_busy, one_line  # noqa: E402
 from bench.workers import WorkerPorts  # noqa: E402
 from sidecar.shell import lifetime  # noqa: E402
@@ -164,15 +165,7 @@ def instructions(calls: int) -> list[dict[str, Any]]:
     imports and sets up the same (`codec_cases()`), so the difference is the calls alone.
     """
     def run(case: str, n: int) -> int:
-        out = Path(os.environ.get("TMPDIR", "/tmp")) / f"dgdo-callgrind-{uuid.uuid4().hex[:8]}.out"
-        try:
-            subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
-                            "--count-calls", case, str(n)], check=True, capture_output=True, timeout=900)
-            m = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
-            assert m, "no totals in the callgrind output"
-            return int(m.group(1))
-        finally:
-            out.unlink(missing_ok=True)
+        return callgrind.instructions([sys.executable, __file__, "--count-calls", case, str(n)], timeout_s=900)
 
     base = run("0/json", 0)
     rows = []

@@ -23,13 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
 import statistics
-import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -120,21 +116,15 @@ async def run(listeners: list[tuple[Any, Any]], frames: list[Any], rounds: int) 
 
 
 def instructions(args: argparse.Namespace) -> float:
-    def count(rounds: int) -> int:
-        out = Path(os.environ.get("TMPDIR", "/tmp")) / f"dgdo-callgrind-{uuid.uuid4().hex[:8]}.out"
-        try:
-            cmd = [sys.executable, str(HERE), "--root", str(args.root), "--conns", str(args.conns),
-                   "--count", str(rounds), *(["--binary"] if args.binary else [])]
-            subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
-                           check=True, capture_output=True, timeout=1800)
-            m = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
-            assert m, "no totals in the callgrind output"
-            return int(m.group(1))
-        finally:
-            out.unlink(missing_ok=True)
+    sys.path.insert(0, str(ROOT))
+    from bench.callgrind import instructions as count
 
-    base = count(1)  # set-up plus one round: the first round warms caches
-    return (count(1 + args.rounds) - base) / (args.conns * args.rounds)
+    def run(rounds: int) -> int:
+        return count([sys.executable, str(HERE), "--root", str(args.root), "--conns", str(args.conns),
+                      "--count", str(rounds), *(["--binary"] if args.binary else [])])
+
+    base = run(1)  # set-up plus one round: the first round warms caches
+    return (run(1 + args.rounds) - base) / (args.conns * args.rounds)
 
 
 async def timed(args: argparse.Namespace, root: Path) -> int:

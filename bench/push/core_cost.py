@@ -21,13 +21,9 @@ messages), which a busy machine does not disturb.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import statistics
-import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
@@ -104,20 +100,15 @@ def run(core, drain, write, buf: bytearray, seq_at: list[int], first: int, passe
 
 
 def instructions(args: argparse.Namespace) -> float:
-    def count(passes: int) -> int:
-        out = Path(os.environ.get("TMPDIR", "/tmp")) / f"dgdo-callgrind-{uuid.uuid4().hex[:8]}.out"
-        try:
-            cmd = [sys.executable, str(HERE), "--root", str(args.root), "--n", str(args.n), "--count", str(passes)]
-            subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd,
-                            *(["--binary"] if args.binary else [])], check=True, capture_output=True, timeout=1800)
-            m = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
-            assert m, "no totals in the callgrind output"
-            return int(m.group(1))
-        finally:
-            out.unlink(missing_ok=True)
+    sys.path.insert(0, str(ROOT))
+    from bench.callgrind import instructions as count
 
-    base = count(1)  # set-up plus one pass: the first pass warms caches (ids, dicts)
-    return (count(1 + args.passes) - base) / (2 * args.n * args.passes)
+    def run(passes: int) -> int:
+        return count([sys.executable, str(HERE), "--root", str(args.root), "--n", str(args.n), "--count", str(passes),
+                      *(["--binary"] if args.binary else [])])
+
+    base = run(1)  # set-up plus one pass: the first pass warms caches (ids, dicts)
+    return (run(1 + args.passes) - base) / (2 * args.n * args.passes)
 
 
 def main() -> int:
