@@ -31,6 +31,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[2]
+sys.path.insert(0, str(ROOT))  # (bench.*; the sidecar is imported from --root, put ahead in setup())
+from bench import callgrind  # noqa: E402
+from bench.stub_transport import StubTransport  # noqa: E402
+
 MESSAGE = {"type": "driver_location", "lat": 38.5605, "lon": 68.784, "heading": 90.0, "speed_kmh": 32.5,
            "accuracy_m": 8.0}
 
@@ -45,21 +49,6 @@ async def setup(root: Path, conns: int, binary: bool) -> tuple[Any, list[tuple[A
     from sidecar.wire.codec import JSON, MSGPACK
     from sidecar.wire.messages import DRIVER
     from sidecar.wire.router import WsRoute
-
-    class Transport:
-        """A WSTransport and its underlying transport in one: takes what it is given."""
-
-        is_disconnected = False
-        is_close_frame_sent = False
-
-        def __init__(self) -> None:
-            self.underlying_transport = self
-
-        def set_write_buffer_limits(self, **_kw: int) -> None:
-            pass
-
-        def write(self, data: bytes) -> None:
-            pass
 
     class Frame:
         """A data frame as picows hands it over: its attributes, and the payload as bytes."""
@@ -95,7 +84,7 @@ async def setup(root: Path, conns: int, binary: bool) -> tuple[Any, list[tuple[A
     for i in range(conns):
         session = app.core.new_session(DRIVER, f"bench{i}", MSGPACK if binary else JSON)
         listener = AppListener(app, session, WsRoute(DRIVER, f"bench{i}", {}, None))
-        transport = Transport()
+        transport = StubTransport(binary)
         listener.on_ws_connected(transport)
         listeners.append((listener, transport))
     frames = []
@@ -116,12 +105,9 @@ async def run(listeners: list[tuple[Any, Any]], frames: list[Any], rounds: int) 
 
 
 def instructions(args: argparse.Namespace) -> float:
-    sys.path.insert(0, str(ROOT))
-    from bench.callgrind import instructions as count
-
     def run(rounds: int) -> int:
-        return count([sys.executable, str(HERE), "--root", str(args.root), "--conns", str(args.conns),
-                      "--count", str(rounds), *(["--binary"] if args.binary else [])])
+        return callgrind.instructions([sys.executable, str(HERE), "--root", str(args.root), "--conns", str(args.conns),
+                                       "--count", str(rounds), *(["--binary"] if args.binary else [])])
 
     base = run(1)  # set-up plus one round: the first round warms caches
     return (run(1 + args.rounds) - base) / (args.conns * args.rounds)

@@ -28,6 +28,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[2]
+sys.path.insert(0, str(ROOT))  # (bench.*; the sidecar is imported from --root, put ahead in setup())
+from bench import callgrind  # noqa: E402
+from bench.stub_transport import StubTransport  # noqa: E402
 
 
 def setup(root: Path, n: int, binary: bool):  # type: ignore[no-untyped-def]
@@ -39,32 +42,12 @@ def setup(root: Path, n: int, binary: bool):  # type: ignore[no-untyped-def]
     from sidecar.wire.codec import JSON, MSGPACK
     from sidecar.wire.messages import PASSENGER
 
-    class Stub:
-        """A WSTransport and its underlying transport in one: keeps what it is given."""
-
-        is_disconnected = False
-        is_close_frame_sent = False
-
-        def __init__(self) -> None:
-            self.underlying_transport = self
-            self.out: list[bytes] = []
-
-        def send(self, _type: object, data: bytes) -> None:  # one frame's payload: framed as picows would
-            n = len(data)
-            op = 0x82 if binary else 0x81
-            head = bytes((op, n)) if n < 126 else bytes((op, 126)) + n.to_bytes(2, "big") if n < 65536 else \
-                bytes((op, 127)) + n.to_bytes(8, "big")
-            self.out.append(head + bytes(data))
-
-        def write(self, data: bytes) -> None:  # whole frames
-            self.out.append(bytes(data))
-
     core = SessionCore(1)
     sessions = []
     for i in range(n):
         s = core.new_session(PASSENGER, f"bp{i}", MSGPACK if binary else JSON)
         core.open(s)
-        s.io = Stub()
+        s.io = StubTransport(binary)
         core.welcome(s, 0, False, 1764090000000)
         sessions.append(s)
     drain = getattr(core, "writes_to_send", core.data_to_send)  # (the previous core: one bytes per message)
@@ -100,12 +83,9 @@ def run(core, drain, write, buf: bytearray, seq_at: list[int], first: int, passe
 
 
 def instructions(args: argparse.Namespace) -> float:
-    sys.path.insert(0, str(ROOT))
-    from bench.callgrind import instructions as count
-
     def run(passes: int) -> int:
-        return count([sys.executable, str(HERE), "--root", str(args.root), "--n", str(args.n), "--count", str(passes),
-                      *(["--binary"] if args.binary else [])])
+        return callgrind.instructions([sys.executable, str(HERE), "--root", str(args.root), "--n", str(args.n),
+                                       "--count", str(passes), *(["--binary"] if args.binary else [])])
 
     base = run(1)  # set-up plus one pass: the first pass warms caches (ids, dicts)
     return (run(1 + args.passes) - base) / (2 * args.n * args.passes)
