@@ -143,6 +143,15 @@ ALLOWED: dict[Role, dict[type, Callable[[Any, str], None] | None]] = {
 _FORBIDDEN: Any = object()  # what a role's table gives for a class it does not hold
 
 
+def decode(payload: bytes, binary: bool, role: Role, conn_id: str) -> Request:
+    """Decodes and validates one whole message as a connection of `role` and `conn_id` would
+    (`Decoder.feed` with a decoder of its own: the size cap applies too). For tools and tests;
+    the server keeps one Decoder per connection."""
+    request = Decoder(role, conn_id).feed(binary, True, payload)
+    assert request is not None  # a whole message is never held
+    return request
+
+
 def _check_utf8(payload: bytes) -> None:
     """A text message is UTF-8 throughout (RFC 6455 §5.6). msgspec checks the strings it keeps, not
     those it skips unread in unknown fields, so a non-ASCII payload is checked whole first: the whole
