@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from fractions import Fraction
+
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sidecar.session.limits import (
@@ -153,17 +155,22 @@ def test_each_frame_of_a_fragmented_message_costs_a_token() -> None:
 
 
 class _CountingBucket:
-    """The token bucket as a count and a stamp, refilled on every take: what TokenBucket must agree with."""
+    """The token bucket as a count and a stamp, refilled on every take, in exact arithmetic on the
+    test's 10 ms grid: what TokenBucket must agree with. Floats here would make the reference itself
+    wrong at the boundary: at 4e6 s of uptime, 0.3 s after an empty bucket of 10/s is 2.9999999981
+    tokens in floats and exactly 3 on the grid (the case CI found)."""
 
-    def __init__(self, rate: Rate, now: float) -> None:
-        self.rate, self.tokens, self.stamp = rate, rate.burst, now
+    def __init__(self, rate: Rate, tick: int) -> None:
+        self.per_tick = Fraction(int(rate.per_s), 100)
+        self.burst = Fraction(int(rate.burst))
+        self.tokens, self.tick = self.burst, tick
 
-    def take(self, now: float, cost: float = 1.0) -> bool:
-        self.tokens = min(self.rate.burst, self.tokens + (now - self.stamp) * self.rate.per_s)
-        self.stamp = now
-        cost = min(cost, self.rate.burst)
-        if self.tokens >= cost:
-            self.tokens -= cost
+    def take(self, tick: int, cost: int = 1) -> bool:
+        self.tokens = min(self.burst, self.tokens + (tick - self.tick) * self.per_tick)
+        self.tick = tick
+        need = min(Fraction(cost), self.burst)
+        if self.tokens >= need:
+            self.tokens -= need
             return True
         return False
 
@@ -171,14 +178,16 @@ class _CountingBucket:
 @settings(max_examples=300, deadline=None)
 @given(per_s=st.integers(1, 50), burst=st.integers(1, 40), start=st.sampled_from([0.0, 1e5, 4e6]),
        steps=st.lists(st.tuples(st.integers(0, 30), st.integers(1, 3)), min_size=1, max_size=300))
+@example(per_s=10, burst=3, start=4e6, steps=[(0, 1), (0, 1), (0, 1), (30, 3)])
 def test_the_bucket_gives_a_counting_token_buckets_verdicts(per_s: int, burst: int, start: float,
                                                            steps: list[tuple[int, int]]) -> None:
-    # Times on a 10 ms grid and integer rates: a shortfall is a whole 0.01 of a token or more, far
-    # beyond the slack (0.001) and the rounding of times up to 46 days of uptime.
+    # Times on a 10 ms grid and integer rates: the exact token count is a multiple of 0.01, so a real
+    # shortfall is 0.01 of a token or more, far beyond the bucket's slack (0.001), and the slack
+    # absorbs the float rounding of times up to 46 days of uptime when the exact count is enough.
     rate = Rate(float(per_s), float(burst))
-    bucket, counting = TokenBucket(rate, start), _CountingBucket(rate, start)
+    bucket, counting = TokenBucket(rate, start), _CountingBucket(rate, 0)
     ticks = 0
     for dt, cost in steps:
         ticks += dt
         now = start + ticks / 100
-        assert bucket.take(now, cost) == counting.take(now, cost), (now, cost)
+        assert bucket.take(now, cost) == counting.take(ticks, cost), (now, cost)
