@@ -204,7 +204,7 @@ def feed_checked(dec: Decoder, frame: Frame) -> tuple[str, Any]:
     return "ok", req
 
 
-@settings(max_examples=1500, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(runs=st.lists(frame_runs(), min_size=1, max_size=6), role=st.sampled_from(list(Role)))
 def test_decoder_answers_any_frames_with_a_request_or_a_client_error(runs: list[list[Frame]], role: Role) -> None:
     dec = Decoder(role, "d1" if role is Role.DRIVER else "p1")
@@ -213,7 +213,7 @@ def test_decoder_answers_any_frames_with_a_request_or_a_client_error(runs: list[
             feed_checked(dec, frame)
 
 
-@settings(max_examples=200, deadline=2000)
+@settings(max_examples=200, deadline=None)
 @given(binary=st.booleans(), extra=st.integers(1, 5000), pieces=st.integers(1, 8))
 def test_decoder_refuses_oversize_messages_before_buffering_them(binary: bool, extra: int, pieces: int) -> None:
     dec = Decoder(Role.DRIVER, "d1")
@@ -292,7 +292,8 @@ def _values(m: Any) -> tuple[Any, ...]:
 
 
 def _beyond_64_bits(v: Any) -> bool:
-    """orjson refused integers past 64 bits anywhere in a frame; msgspec reads them (and range-checks)."""
+    """Integers past 64 bits anywhere in a frame: some orjson releases refuse the frame (3.13, pinned, reads
+    them as floats), msgspec reads them and range-checks. Either way no field takes one."""
     if isinstance(v, int) and not isinstance(v, bool):
         return not -(2**63) <= v < 2**64
     if isinstance(v, list):
@@ -302,7 +303,7 @@ def _beyond_64_bits(v: Any) -> bool:
     return False
 
 
-@settings(max_examples=1000, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(m=mutated_messages(), binary=st.booleans(), role=st.sampled_from(list(Role)))
 def test_the_new_codec_accepts_exactly_what_the_old_one_did_with_the_same_values(
         m: dict[str, Any], binary: bool, role: Role) -> None:
