@@ -44,3 +44,24 @@ def test_percentiles_read_the_most_recent_window_only() -> None:
     assert w.percentiles(0, 100) == [100, 900]
     buckets, _sum, count = w.histogram()
     assert count == 6 and buckets[0] == 6
+
+
+def test_a_drain_of_any_size_counts_as_its_samples_added_one_by_one() -> None:
+    # Drains of one push (at idle, every drain) and of a few, around and across the window's wrap.
+    rng = random.Random(11)
+    by_drain, one_by_one = LatencyWindow(size=8), LatencyWindow(size=8)
+    now = 10**15
+    for drain in range(300):
+        size = 1 if drain < 20 else rng.choice((1, 1, 1, 2, 3, 7, 8, 9, 17))  # one-push drains first: fill, wrap
+        stamps = [now - rng.choice((5_000, 30_000, 2_000_000)) for _ in range(size)]
+        if drain % 5 == 4:
+            stamps[rng.randrange(len(stamps))] = -1  # no commit time: skipped, one-push drains too
+        by_drain.add_since(now, stamps)
+        for s in stamps:
+            if s >= 0:
+                one_by_one.add(now - s)
+        assert (len(by_drain), by_drain.count) == (len(one_by_one), one_by_one.count)
+        assert by_drain.percentiles(0, 50, 100) == one_by_one.percentiles(0, 50, 100)
+        if drain % 13 == 0:
+            assert by_drain.histogram() == one_by_one.histogram()
+    assert by_drain.histogram() == one_by_one.histogram()

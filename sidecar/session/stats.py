@@ -44,8 +44,27 @@ class LatencyWindow:
     def add_since(self, now: int, stamps: list[int]) -> None:
         """Adds `now - stamp` for each stamp >= 0: one drain's worth in one call (a comprehension and
         slice stores: a loop that stores one sample at a time costs as much as a push's framing)."""
+        if len(stamps) == 1:  # a drain of one push (at idle, each drain): no list, no loop
+            stamp = stamps[0]
+            if stamp >= 0:
+                i = self._i
+                self._samples[i] = now - stamp
+                self._i = i = i + 1
+                if self.filled < self.size:
+                    self.filled += 1
+                if i == self.size:
+                    self._fold(self._from, i)
+                    self._from = self._i = 0
+            return
         values = [now - stamp for stamp in stamps if stamp >= 0]
         samples, size, i = self._samples, self.size, self._i
+        end = i + len(values)
+        if end < size:  # (the usual case: the drain fits before the window wraps)
+            samples[i:end] = values
+            self._i = end
+            if self.filled < size:
+                self.filled = min(size, self.filled + len(values))
+            return
         at = 0
         while at < len(values):
             take = min(size - i, len(values) - at)
