@@ -51,12 +51,13 @@ class IdleStrategy:
         unpark: called when polling starts (e.g. tell the producer not to ring the doorbell).
     """
 
-    __slots__ = ("_half_ns", "_last_work_ns", "_loop", "_polling", "budget_ns", "park", "poll", "polls", "unpark",
-                 "wins")
+    __slots__ = ("_half_ns", "_last_work_ns", "_loop", "_polling", "budget_ns", "enabled", "park", "poll", "polls",
+                 "unpark", "wins")
 
     def __init__(self, budget_us: float, poll: Callable[[], bool], park: Callable[[], None],
                  unpark: Callable[[], None] = lambda: None, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.budget_ns = int(budget_us * 1000)
+        self.enabled = self.budget_ns > 0  # (an attribute: the link reads it for every engine batch)
         self._half_ns = self.budget_ns // 2
         self.poll = poll
         self.park = park
@@ -66,10 +67,6 @@ class IdleStrategy:
         self._last_work_ns = 0
         self.polls = 0  # loop turns spent polling
         self.wins = 0  # polls that found work (a wake-up saved)
-
-    @property
-    def enabled(self) -> bool:
-        return self.budget_ns > 0
 
     def worked(self) -> None:
         """Call after doing work: keep polling for the budget instead of parking."""

@@ -164,7 +164,6 @@ class EngineLink:
         self._up = asyncio.Event()
         self.wakeups = 0
         self.idle = IdleStrategy(idle_spin_us, self._poll_ring, self._drain, self._unpark, self._loop)
-        self._idle_spin = self.idle.budget_ns > 0
 
     # ---- attach / detach -------------------------------------------------------
 
@@ -514,12 +513,11 @@ class EngineLink:
         c = self.consumer
         if c is None:
             return
-        if self._due_since:
-            self._answered()  # (a spin that missed: the answer took longer; the budget learns it)
+        self._answered()  # (a spin that missed: the answer took longer; the budget learns it)
         # Hand over first, then clear the eventfd: its read() is a syscall the push need not wait
         # for. No wake-up is lost: the producer rings only after we park again, which _drain()
         # does after this read. (Every engine batch comes through here at idle: no context
-        # manager, property or second drain on the way, each a microsecond on a small VM.)
+        # manager or second drain on the way, each a microsecond on a small VM.)
         c.unpark()
         n = c.drain()
         if n:
@@ -529,7 +527,7 @@ class EngineLink:
                 os.read(self._worker_bell, 8)
             except BlockingIOError:
                 pass
-        if self._idle_spin:
+        if self.idle.enabled:
             self._hand_over()
             self.idle.worked()  # more may follow: poll a while before parking
         else:

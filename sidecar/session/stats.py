@@ -39,7 +39,7 @@ class LatencyWindow:
 
     def add(self, ns: int) -> None:
         self._samples[self._i] = ns
-        self._advance(1)
+        self._advance()
 
     def add_since(self, now: int, stamps: list[int]) -> None:
         """Adds `now - stamp` for each stamp >= 0: one drain's worth in one call (a comprehension and
@@ -47,24 +47,11 @@ class LatencyWindow:
         if len(stamps) == 1:  # a drain of one push (at idle, each drain): no list, no loop
             stamp = stamps[0]
             if stamp >= 0:
-                i = self._i
-                self._samples[i] = now - stamp
-                self._i = i = i + 1
-                if self.filled < self.size:
-                    self.filled += 1
-                if i == self.size:
-                    self._fold(self._from, i)
-                    self._from = self._i = 0
+                self._samples[self._i] = now - stamp
+                self._advance()
             return
         values = [now - stamp for stamp in stamps if stamp >= 0]
         samples, size, i = self._samples, self.size, self._i
-        end = i + len(values)
-        if end < size:  # (the usual case: the drain fits before the window wraps)
-            samples[i:end] = values
-            self._i = end
-            if self.filled < size:
-                self.filled = min(size, self.filled + len(values))
-            return
         at = 0
         while at < len(values):
             take = min(size - i, len(values) - at)
@@ -78,12 +65,13 @@ class LatencyWindow:
         if self.filled < size:
             self.filled = min(size, self.filled + len(values))
 
-    def _advance(self, n: int) -> None:
-        self._i += n
+    def _advance(self) -> None:
+        """Past the sample just stored (plain comparisons: at idle this is every drain's)."""
+        i = self._i = self._i + 1
         if self.filled < self.size:
-            self.filled = min(self.size, self.filled + n)
-        if self._i == self.size:
-            self._fold(self._from, self.size)
+            self.filled += 1
+        if i == self.size:
+            self._fold(self._from, i)
             self._from = self._i = 0
 
     def _fold(self, lo: int, hi: int) -> None:
