@@ -1,5 +1,11 @@
 # DG Do dispatch. The two commands: `make run` and `make test`.
-PYTHON ?= python3
+# The interpreter the venvs are made from: the distribution's /usr/bin/python3 when it is 3.11 or newer
+# (Debian and Ubuntu build it with PGO and LTO: the sidecar's per-message Python takes ~15 % less CPU
+# than on a plain source build, README "Which Python"), else the first python3 on PATH.
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 \
+            && echo /usr/bin/python3 || echo python3)
+endif
 VENV   := .venv
 BIN    := $(VENV)/bin
 BUILD  := build/engine
@@ -47,7 +53,7 @@ test-python: engine dev-venv
 
 deps: build/.deps
 build/.deps: scripts/install-deps.sh
-	./scripts/install-deps.sh
+	PYTHON=$(PYTHON) ./scripts/install-deps.sh
 	@mkdir -p build && touch $@
 
 engine: deps

@@ -13,8 +13,11 @@ compgen -G '/usr/lib/*/cmake/GTest/GTestConfig.cmake' >/dev/null || need+=(libgt
 [ -f /usr/include/toml++/toml.h ] || need+=(libtomlplusplus-dev)
 # The unit tests check systemd/ with systemd-analyze (verify, security) and systemd-sysusers.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
-python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
-python3 -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' \
+# The interpreter the Makefile makes the venvs from ($PYTHON): venv and the headers the ring's cffi
+# module compiles against.
+py="${PYTHON:-python3}"
+"$py" -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+"$py" -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' \
   || need+=(python3-dev)
 # The dashboard's browser test drives Debian's Chromium through Playwright (no browser download).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
