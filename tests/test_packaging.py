@@ -94,3 +94,32 @@ def test_wheel_in_a_fresh_venv_runs_with_the_installed_engine(dist: Path, tmp_pa
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def _distribution_python() -> str | None:
+    """/usr/bin/python3 when it is 3.11 or newer (what the Makefile prefers), else None."""
+    try:
+        ok = subprocess.run(["/usr/bin/python3", "-c", "import sys; sys.exit(sys.version_info < (3, 11))"],
+                            capture_output=True, timeout=30).returncode == 0
+    except OSError:
+        return None
+    return "/usr/bin/python3" if ok else None
+
+
+def test_the_venvs_are_made_from_the_distributions_python_unless_told_otherwise() -> None:
+    """README "Which Python": the Makefile makes the venvs from the distribution's python3 when it is new
+    enough (an optimised build), else from python3 on PATH; `make PYTHON=...` wins, and install-deps
+    checks the interpreter the venv is made from. (`make -n`: the commands, printed, not run.)"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+
+    def planned(*args: str) -> str:
+        return subprocess.run(["make", "-n", "-B", "venv", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, check=True, timeout=60).stdout
+
+    chosen = _distribution_python() or "python3"
+    plan = planned()
+    assert f"|| {chosen} -m venv .venv" in plan
+    assert f"PYTHON={chosen} ./scripts/install-deps.sh" in plan
+    plan = planned("PYTHON=/opt/other/bin/python3")
+    assert "|| /opt/other/bin/python3 -m venv .venv" in plan
+    assert "PYTHON=/opt/other/bin/python3 ./scripts/install-deps.sh" in plan
