@@ -24,7 +24,10 @@ fds closed at once: the mappings alone keep them. Then:
   reads the out ring's producer heartbeat (the engine beats every
   DGDO_CTL_HEARTBEAT_MS): silent longer than `engine_timeout_s` and the link
   reports `available = False` (commands are refused at once) until the
-  beats return.
+  beats return. The same timer stores this worker's own heartbeat in the out
+  ring's consumer slot (ring.h CONSUMER_HB; attach stores the first), a few
+  times a second rather than at every park: a mark for whoever inspects the
+  segment. The engine itself learns of a dead worker from its control socket.
 """
 
 from __future__ import annotations
