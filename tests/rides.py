@@ -41,3 +41,14 @@ async def accept(driver: AppClient, order_id: int, pax: AppClient, rid: str = "a
     await driver.send({"type": "order_accept", "order_id": order_id, "id": rid})
     await driver.expect("ack", id=rid)
     return await pax.expect("order_update", order_id=order_id, status="accepted")
+
+
+async def accepted_ride(stack: Stack) -> tuple[AppClient, AppClient, int, dict[str, Any]]:
+    """Driver d1 online near the pickup, passenger p1 requests a ride, d1 is offered it and accepts.
+
+    Returns (the driver, the passenger, the order id, the passenger's `accepted` update)."""
+    d = await online_driver(stack, "d1", NEAR)
+    p = await passenger(stack, "p1")
+    order = await request_ride(p)
+    await d.expect("new_order", order_id=order)
+    return d, p, order, await accept(d, order, p)

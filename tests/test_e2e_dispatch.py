@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import Stack, start_stack
-from rides import FAR, NEAR, PICKUP, accept, online_driver, passenger, request_ride
+from rides import FAR, NEAR, PICKUP, accept, accepted_ride, online_driver, passenger, request_ride
 from wsclient import AppClient
 
 KM_LAT = 1 / 111.195  # degrees of latitude per km
@@ -193,11 +193,7 @@ async def test_going_offline_withdraws_the_offer_and_reoffers_it(stack: Stack) -
 
 @pytest.mark.parametrize("stage", ["arriving", "arrived"])
 async def test_passenger_cancel_on_the_way_frees_the_driver_for_a_new_order(stack: Stack, stage: str) -> None:
-    d1 = await online_driver(stack, "d1", NEAR)
-    p = await passenger(stack)
-    order_id = await request_ride(p)
-    await d1.expect("new_order", order_id=order_id)
-    await accept(d1, order_id, p)
+    d1, p, order_id, _ = await accepted_ride(stack)
     await d1.send({"type": "driver_location", "lat": 38.5605, "lon": 68.7865})  # the first move: arriving
     await p.expect("order_update", order_id=order_id, status="arriving")
     if stage == "arrived":
@@ -223,11 +219,7 @@ async def test_passenger_cancel_on_the_way_frees_the_driver_for_a_new_order(stac
 
 
 async def test_passenger_cannot_cancel_a_started_trip(stack: Stack) -> None:
-    d1 = await online_driver(stack, "d1", NEAR)
-    p = await passenger(stack)
-    order_id = await request_ride(p)
-    await d1.expect("new_order", order_id=order_id)
-    await accept(d1, order_id, p)
+    d1, p, order_id, _ = await accepted_ride(stack)
     for step in ("order_arrived", "trip_start"):
         await d1.send({"type": step, "order_id": order_id, "id": step})
         await d1.expect("ack", id=step)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 from conftest import Stack, start_stack
-from rides import FAR, NEAR, accept, online_driver, passenger, request_ride
+from rides import FAR, NEAR, accept, accepted_ride, online_driver, passenger, request_ride
 from wsclient import AppClient
 
 
@@ -35,11 +35,7 @@ async def test_passenger_cancel_while_offered_withdraws_the_offer(stack: Stack) 
 
 
 async def test_passenger_cancel_after_accept_tells_the_driver(stack: Stack) -> None:
-    d1 = await online_driver(stack, "d1", NEAR)
-    p = await passenger(stack)
-    order_id = await request_ride(p)
-    await d1.expect("new_order", order_id=order_id)
-    await accept(d1, order_id, p)
+    d1, p, order_id, _ = await accepted_ride(stack)
     await p.send({"type": "order_cancel", "order_id": order_id, "reason": "changed my mind", "id": "c"})
     await p.expect("ack", id="c")
     assert (await p.expect("order_update", order_id=order_id))["status"] == "canceled"
@@ -92,11 +88,7 @@ async def test_invalid_transitions_are_conflicts_and_change_nothing(stack: Stack
 
 
 async def test_first_position_after_accept_makes_the_order_arriving(stack: Stack) -> None:
-    d1 = await online_driver(stack, "d1", NEAR)
-    p = await passenger(stack)
-    order_id = await request_ride(p)
-    await d1.expect("new_order", order_id=order_id)
-    await accept(d1, order_id, p)
+    d1, p, order_id, _ = await accepted_ride(stack)
     await d1.send({"type": "driver_location", "lat": 38.5605, "lon": 68.7865})
     assert (await p.expect("order_update", order_id=order_id))["status"] == "arriving"
     pos = await p.expect("driver_location")
@@ -117,11 +109,7 @@ async def test_an_operator_ends_a_started_trip_whose_driver_is_gone(stack: Stack
     await admin.expect("welcome")
     await admin.send({"type": "subscribe", "topics": ["active_orders", "drivers"], "id": "s"})
     await admin.expect("ack", id="s")
-    d1 = await online_driver(stack, "d1", NEAR)
-    p = await passenger(stack)
-    order_id = await request_ride(p)
-    await d1.expect("new_order", order_id=order_id)
-    await accept(d1, order_id, p)
+    d1, p, order_id, _ = await accepted_ride(stack)
     for step, status in (("order_arrived", "arrived"), ("trip_start", "started")):
         await d1.send({"type": step, "order_id": order_id, "id": step})
         await d1.expect("ack", id=step)

@@ -8,16 +8,12 @@ from __future__ import annotations
 import asyncio
 
 from conftest import Stack
-from rides import NEAR, accept, online_driver, passenger, request_ride
+from rides import accepted_ride
 from wsclient import AppClient
 
 
 async def test_a_resumed_or_snapshot_accepted_carries_the_ts_it_had_live(stack: Stack) -> None:
-    d = await online_driver(stack, "d1", NEAR)
-    p = await passenger(stack, "p1")
-    order = await request_ride(p)
-    await d.expect("new_order", order_id=order)
-    live = await accept(d, order, p)
+    d, p, order, live = await accepted_ride(stack)
     await p.close()
     # A real gap, not a synchronisation: what is sent again comes more than a millisecond later.
     await asyncio.sleep(1.1)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, LineReader, Stack, stack_env, start_stack
-from rides import DROPOFF, NEAR, PICKUP, accept, online_driver, passenger, request_ride
+from rides import DROPOFF, NEAR, PICKUP, accept, accepted_ride, passenger, request_ride
 from test_engine_death import Split, start_split, stop_split
 from wsclient import AppClient
 
@@ -36,11 +36,7 @@ async def drive(driver: AppClient, order_id: int, *steps: str) -> None:
 
 
 async def test_a_passenger_offline_while_its_order_completes_resumes_and_gets_the_completed(stack: Stack) -> None:
-    d = await online_driver(stack, "d1", NEAR)
-    p = await passenger(stack, "p1")
-    order = await request_ride(p)
-    await d.expect("new_order", order_id=order)
-    accepted = await accept(d, order, p)
+    d, p, order, accepted = await accepted_ride(stack)
     await p.close()  # into a tunnel
     await drive(d, order, "order_arrived", "trip_start", "trip_complete")
 
@@ -57,11 +53,7 @@ async def test_a_passenger_offline_while_its_order_completes_resumes_and_gets_th
 async def test_when_the_history_no_longer_holds_them_the_snapshot_still_brings_the_completed() -> None:
     s = start_stack("--history-depth", "2")
     try:
-        d = await online_driver(s, "d1", NEAR)
-        p = await passenger(s, "p1")
-        order = await request_ride(p)
-        await d.expect("new_order", order_id=order)
-        accepted = await accept(d, order, p)
+        d, p, order, accepted = await accepted_ride(s)
         await p.close()
         await drive(d, order, "order_arrived", "trip_start", "trip_complete")  # 3 > 2: arrived is gone
 
