@@ -110,7 +110,8 @@ def test_the_venvs_are_made_from_the_distributions_python_unless_told_otherwise(
     """README "Which Python": the Makefile makes the venvs from the distribution's python3 when it is new
     enough (an optimised build), else from python3 on PATH; `make PYTHON=...` wins, and install-deps
     checks the interpreter the venv is made from. (`make -n`: the commands, printed, not run.)"""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    # Not the outer make's either (`make test` runs this): its MAKEFLAGS would carry its command line's variables.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
 
     def planned(*args: str) -> str:
         return subprocess.run(["make", "-n", "-B", "venv", *args], cwd=ROOT, env=env, capture_output=True,
