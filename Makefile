@@ -1,6 +1,6 @@
 # DG Do dispatch. The two commands: `make run` and `make test`.
 # The interpreter the venvs are made from: the distribution's /usr/bin/python3 when it is 3.11 or newer
-# (Debian and Ubuntu build it with PGO and LTO: the sidecar's per-message Python takes ~15-30 % less CPU
+# (Debian and Ubuntu build it with PGO and LTO: the sidecar's per-message Python takes ~16-30 % less CPU
 # than on a plain source build, README "Which Python"), else the first python3 on PATH.
 ifeq ($(origin PYTHON),undefined)
 PYTHON := $(shell /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 \
