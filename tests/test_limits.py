@@ -191,3 +191,23 @@ def test_the_bucket_gives_a_counting_token_buckets_verdicts(per_s: int, burst: i
         ticks += dt
         now = start + ticks / 100
         assert bucket.take(now, cost) == counting.take(ticks, cost), (now, cost)
+
+
+@settings(max_examples=300, deadline=None)
+@given(positions=st.tuples(st.integers(1, 50), st.integers(1, 40)), messages=st.tuples(st.integers(1, 50),
+       st.integers(1, 60)), start=st.sampled_from([0.0, 1e5, 4e6]),
+       steps=st.lists(st.tuples(st.integers(0, 30), st.booleans(), st.integers(1, 3)), min_size=1, max_size=300))
+def test_the_limiter_admits_as_its_two_buckets_take(positions: tuple[int, int], messages: tuple[int, int],
+                                                    start: float, steps: list[tuple[int, bool, int]]) -> None:
+    # RateLimiter.check writes the two takes out (the hot path): it must admit exactly when a message
+    # bucket, then (a position) a position bucket, driven alongside by TokenBucket.take would.
+    p_rate, m_rate = Rate(*map(float, positions)), Rate(*map(float, messages))
+    lim = RateLimiter(start, positions=p_rate, messages=m_rate, abuse_after=10**9)
+    p_bucket, m_bucket = TokenBucket(p_rate, start), TokenBucket(m_rate, start)
+    ticks = 0
+    for dt, position, frames in steps:
+        ticks += dt
+        now = start + ticks / 100
+        expected = m_bucket.take(now, frames) and (not position or p_bucket.take(now))
+        assert (lim.check(now, position, frames) is ADMIT) == expected, (now, position, frames)
+        assert (lim.messages.full_at, lim.positions.full_at) == (m_bucket.full_at, p_bucket.full_at)

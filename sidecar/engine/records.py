@@ -30,18 +30,20 @@ def aligned(length: int) -> int:
     return (length + ALIGN - 1) & ~(ALIGN - 1)
 
 
-_PACK_HEADER = HEADER.pack
-_PADDING = tuple(b"\0" * (-n % ALIGN) for n in range(ALIGN))  # length % ALIGN -> the zeros after it
+PACK_HEADER = HEADER.pack
+ALIGN_ZEROS = tuple(b"\0" * (-n % ALIGN) for n in range(ALIGN))  # length % ALIGN -> the zeros after it
 
 
 def frame(buf: bytearray, type_: int, body: bytes | bytearray | memoryview) -> None:
-    """Appends one record to `buf`, with its header and padding, as a batch holds it."""
+    """Appends one record to `buf`, with its header and padding, as a batch holds it.
+
+    (Written out in engine/link.py `publish_latest`, every position's path.)"""
     # (Once per record the sidecar publishes, every position among them: no call to aligned().)
     length = HEADER_SIZE + len(body)
-    buf += _PACK_HEADER(length, type_)
+    buf += PACK_HEADER(length, type_)
     buf += body
     if length % ALIGN:
-        buf += _PADDING[length % ALIGN]
+        buf += ALIGN_ZEROS[length % ALIGN]
 
 
 class T(IntEnum):

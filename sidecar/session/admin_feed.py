@@ -179,7 +179,9 @@ class AdminFeed:
         # Read by the core's push path too: it skips `order_update()` for a change the model has already
         # (session/core.py `_order_update`), so that test and the one order_update() starts with must agree.
         self.orders: dict[int, _Order] = {}
-        self._moved: dict[str, Position] = {}  # positions since the last tick: the latest per driver
+        # Positions since the last tick, the latest per driver. Public: the core's driver_location
+        # path stores here itself (position()'s one line, without the call).
+        self.moved: dict[str, Position] = {}
         self._dirty: set[str] = set()  # drivers whose state changed since the last tick
         self._gone: set[str] = set()
         self._orders_dirty: set[int] = set()
@@ -199,7 +201,7 @@ class AdminFeed:
 
     def position(self, driver_id: str, pos: Position) -> None:
         """A driver's fix. Hot path (every `driver_location`): one dict store, folded in at tick."""
-        self._moved[driver_id] = pos
+        self.moved[driver_id] = pos
 
     def driver_status(self, driver_id: str, online: bool, relay: bool = True) -> bool:
         """The driver's `online` / `offline`, as it said or as the engine had it at its welcome;
@@ -221,7 +223,7 @@ class AdminFeed:
             self._relay.append((driver_id, 0.0, 0.0, FLEET_GONE))
         self._remote.pop(driver_id, None)
         self._remote_moved.pop(driver_id, None)
-        self._moved.pop(driver_id, None)
+        self.moved.pop(driver_id, None)
         self._offers.pop(driver_id, None)
         if self._drivers.pop(driver_id, None) is not None:
             self._gone.add(driver_id)
@@ -389,7 +391,7 @@ class AdminFeed:
             self._prune(now)
         drivers = self._drivers
         rows = []
-        moved, self._moved = self._moved, {}
+        moved, self.moved = self.moved, {}
         remote = self._remote
         relay = self._relay
         if remote:  # (drivers that moved here are ours now)
@@ -462,7 +464,7 @@ class AdminFeed:
         Positions not yet folded in are included (and still go out in the next delta: a row
         repeated is harmless, a driver missing until it moves again is not).
         """
-        for driver_id, pos in self._moved.items():
+        for driver_id, pos in self.moved.items():
             d = self._driver(driver_id)
             d.lat, d.lon = pos.lat, pos.lon
         rows = [d.row(i) for i, d in self._drivers.items() if d.lat is not None]

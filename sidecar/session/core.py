@@ -591,21 +591,25 @@ class SessionCore:
         self.error(record.session, code, message, record.request_id)
 
     def _driver_location(self, session: Session, m: DriverLocation, rid: str | int | None) -> None:
-        # The hot path of client input (every driver, every few seconds): R.driver_location's pack
-        # and _publish's queueing written out here, int constants for the enums (a call and an
-        # enum lookup cost more than the line they save, at 100k positions a second).
+        # The hot path of client input (every driver, every few seconds): R.driver_location's pack,
+        # keep_for_resync, _publish's queueing and feed.position written out here, int constants
+        # for the enums (a Python call costs ~450 instructions and an enum lookup more than the
+        # line they save, at 100k positions a second).
         corr = self._expect_reply(session, rid) if rid is not None else 0
         o = session.origin
         body = _PACK_DRIVER_LOCATION(self.mono_ns(), corr, o.conn, o.worker, o.role, o.actor,
                                      m.lat, m.lon, m.heading, m.speed_kmh, m.accuracy_m)
-        session.keep_for_resync(_IN_DRIVER_LOCATION, body)  # kept even when refused: the next engine's resync
+        resync = session.resync  # kept even when refused: the next engine's resync
+        if resync is None:
+            resync = session.resync = {}
+        resync[_IN_DRIVER_LOCATION] = body
         if not self.available:
             self._publish(session, rid, _IN_DRIVER_LOCATION, body, corr)  # refused: engine_unavailable
             return
         passenger = self._trips.get(session.wire_id)
         self._records.append(ToEngine(_IN_DRIVER_LOCATION, body, corr, None if corr else session.app_id, session, rid,
                                       passenger is not None and passenger in self.by_wire[_PASSENGER]))
-        self.feed.position(session.app_id, m)
+        self.feed.moved[session.app_id] = m
 
     def _driver_status(self, session: Session, m: DriverStatus, rid: str | int | None) -> None:
         corr = self._expect_reply(session, rid) if rid is not None else 0

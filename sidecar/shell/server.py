@@ -238,7 +238,7 @@ class App:
         self.front: Front | None = None  # counts the connections (front.open) and caps them
         self.metrics_server: asyncio.Server | None = None  # --metrics-port
         self._loop = asyncio.get_running_loop()
-        self._flush_due = False
+        self.flush_due = False  # a drain is queued for the end of this loop turn (flush_soon)
         self._stats_task: asyncio.Task[None] | None = None
         self._feed_task: asyncio.Task[None] | None = None
         self.keepalive = Keepalive(settings.ping_idle_s, settings.ping_reply_s)
@@ -353,13 +353,13 @@ class App:
                 t.underlying_transport.write(data)  # (picows' own send checks is_close_frame_sent too)
 
     def _flush_turn(self) -> None:
-        self._flush_due = False
+        self.flush_due = False
         self.flush()
 
     def flush_soon(self) -> None:
         """Drains the core once at the end of this event-loop turn (client input arrives frame by frame)."""
-        if not self._flush_due:
-            self._flush_due = True
+        if not self.flush_due:
+            self.flush_due = True
             self._loop.call_soon(self._flush_turn)
 
     def _close(self, session: Session, code: int, reason: str) -> None:
@@ -669,7 +669,8 @@ class AppListener(WSListener):
             session = self.session
             if session.closing:
                 return
-            self.app.stats.frames_in += 1
+            app = self.app
+            app.stats.frames_in += 1
             binary = None if t is _CONTINUATION else t is _BINARY
             try:
                 req = self.decoder.feed(binary, frame.fin, frame.get_payload_as_bytes())
@@ -690,7 +691,8 @@ class AppListener(WSListener):
                         self.core.receive(session, req)
                     else:
                         self._refused(verdict, req.request_id)
-            self.app.flush_soon()
+            if not app.flush_due:  # (flush_soon()'s test: else a call for every message)
+                app.flush_soon()
         elif t is _PING:
             # Answered here rather than by picows' auto-pong, so that a PING flood is charged like any other.
             if not self.session.closing:
