@@ -5,7 +5,8 @@
     alt_sidecar.py --feed pipe                             --port P   (records on stdin)
     alt_sidecar.py --feed http --endpoint 127.0.0.1:Q      --port P   (POST /events)
 
-Only the feed differs from the production sidecar: every received batch of
+Only the feed differs from the production sidecar (the same App, its timers running as
+`App.start()` starts them): every received batch of
 engine records (the batch layout a ring drain yields) goes to the same
 `SessionCore.receive_records()` -> registry lookup -> `encode()` -> picows send
 as the ring path. The engine link stays unattached (commands get
@@ -164,6 +165,7 @@ async def main(args: argparse.Namespace) -> None:
     )
 
     settle_heap()  # as App.start() does
+    app.start_timers()  # and its periodic work (admin ticks, keepalive sweep): the same tail as the ring's sidecar
 
     def deliver(data: bytes) -> None:
         app.records(data, len(data))
@@ -185,7 +187,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"alt-sidecar: {args.feed} ready on port {app.port}", file=sys.stderr, flush=True)
     await stop.wait()
     del keep
-    app.server.close()
+    await app.stop()
 
 
 if __name__ == "__main__":

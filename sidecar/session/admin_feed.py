@@ -200,7 +200,8 @@ class AdminFeed:
     # ---- inputs: what passes through the sidecar ------------------------------------
 
     def position(self, driver_id: str, pos: Position) -> None:
-        """A driver's fix. Hot path (every `driver_location`): one dict store, folded in at tick."""
+        """A driver's fix: one dict store, folded in at tick (the core's driver_location path makes
+        this store itself, without the call)."""
         self.moved[driver_id] = pos
 
     def driver_status(self, driver_id: str, online: bool, relay: bool = True) -> bool:

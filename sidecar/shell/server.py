@@ -281,6 +281,13 @@ class App:
                 self.server.close()
                 raise
         self.link.start()
+        self.start_timers()
+
+    def start_timers(self) -> None:
+        """The periodic work of a serving sidecar: the admin topics' ticks and the keepalive sweep.
+
+        (Apart from start(): bench/latency/alt_sidecar.py serves another feed than the link, with
+        the same timers, so that its latency tail pays what the production sidecar's does.)"""
         self._stats_task = self._loop.create_task(self._admin_loop(self.settings.stats_interval_s, self.core.tick))
         self._feed_task = self._loop.create_task(self._admin_loop(self.settings.feed_interval_s, self.core.feed_tick))
         self._keepalive_task = self._loop.create_task(self._keepalive_loop())
