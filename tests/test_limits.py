@@ -208,6 +208,9 @@ def test_the_limiter_admits_as_its_two_buckets_take(positions: tuple[int, int], 
     for dt, position, frames in steps:
         ticks += dt
         now = start + ticks / 100
-        expected = m_bucket.take(now, frames) and (not position or p_bucket.take(now))
+        message_ok = m_bucket.take(now, frames)
+        expected = message_ok and (not position or p_bucket.take(now))
         assert (lim.check(now, position, frames) is ADMIT) == expected, (now, position, frames)
+        if not expected:  # the bucket that refused: how long the shell stops reading (pause_s)
+            assert lim.refused_by is (lim.positions if message_ok else lim.messages)
         assert (lim.messages.full_at, lim.positions.full_at) == (m_bucket.full_at, p_bucket.full_at)
