@@ -71,6 +71,24 @@ def test_smoke_run_reports_every_variant_with_ordered_percentiles(engine_bin: Pa
     assert leftovers(before) == [], "the bench left something behind"
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pin needs 2 CPUs")
+def test_pin_gives_each_feeds_sidecar_a_cpu_the_runner_does_not_use(engine_bin: Path, tmp_path: Path) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "latency" / "run.py"), "--smoke", "--pin", "--out", str(tmp_path),
+         "--variants", "ring spin,unix socket"],
+        capture_output=True, text=True, timeout=110, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(tmp_path.glob("latency-*-smoke.json")).read_text())
+    assert result["pinned"] == {"sidecar": cpus[-1:], "others": cpus[:-1], "runner": cpus[:-1]}
+    # As the kernel reported each sidecar's affinity while it served the phase:
+    assert result["sidecar_cpus"] == {"ring spin": cpus[-1:], "unix socket": cpus[-1:]}
+    assert all(r["offers"]["n"] > 0 for r in result["rows"])
+    assert "Pinned (--pin)" in next(tmp_path.glob("latency-*-smoke.md")).read_text()
+
+
 def _abstract_names(prefix: str) -> list[str]:
     with open("/proc/net/unix") as f:
         return [line.split()[-1] for line in f if line.rstrip().split(" ")[-1].startswith(prefix)]

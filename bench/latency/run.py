@@ -32,6 +32,14 @@ What is measured (all on 127.0.0.1, one host, CLOCK_REALTIME on both ends):
   goes in through one worker's ring and the offer out through another's. Reported beside
   `engine e2e` with the ratio of the same repeat.
 
+`--pin`: every sidecar the runner starts for a feed gets a CPU of its own (the last one the runner
+may use) and everything else (the runner and its clients, the feeders) the others, as an
+operator gives a spinning sidecar its core (`CPUAffinity=`; README "Idle strategy"). Unpinned on a
+small machine, the clients' process is woken on the CPU of the sidecar that writes to it (a TCP
+wake-up is a "sync" one: the kernel places the woken task beside its waker when that CPU has
+nothing else to run, which a sidecar that never sleeps always looks like), and there preempts
+it at each write of a batch. `engine e2e` rows run `dgdo run` on every CPU either way.
+
 Phases: idle = ~1k offers/s; load = ~10k offers/s + ~10k driver positions/s
 (engine batches every 1 ms). Variants run one after another in each repeat,
 in a rotated order; the table gives medians over repeats and the median of
@@ -134,6 +142,32 @@ TAG = f"@dgdo-bench-{os.getpid()}"
 child_env = common.child_env
 
 
+@dataclass(frozen=True)
+class Pinning:
+    """`--pin`: the CPU each feed's sidecar runs on alone, and the CPUs of everything else."""
+
+    sidecar: frozenset[int]
+    others: frozenset[int]
+    every: frozenset[int]
+
+    @classmethod
+    def split(cls, cpus: set[int]) -> Pinning:
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs at least 2 CPUs")
+        last = max(cpus)
+        return cls(frozenset({last}), frozenset(cpus - {last}), frozenset(cpus))
+
+    def sidecar_preexec(self):
+        return lambda: os.sched_setaffinity(0, self.sidecar)
+
+    def every_preexec(self):
+        return lambda: os.sched_setaffinity(0, self.every)
+
+
+PIN: Pinning | None = None  # set by main_async with --pin; the runner itself then runs on `others`
+SIDECAR_CPUS: dict[str, list[int]] = {}  # variant -> the CPUs its sidecar may run on, as the kernel reports them
+
+
 def start_stack(variant: str, logf, spin_us: float = SPIN_US, sidecar_args: tuple[str, ...] = (),
                 workers: int = 1, sidecar_root: Path = ROOT) -> Stack:
     """The processes of `variant`; `sidecar_args` go to the production sidecar ("ring": bench/tls adds TLS).
@@ -147,6 +181,8 @@ def start_stack(variant: str, logf, spin_us: float = SPIN_US, sidecar_args: tupl
     st = Stack(port=port, cmd_path=cmd_path)
     feeder = [PY, str(HERE / "feeder.py"), "--cmd", cmd_path]
     kw = {"env": child_env(), "stderr": logf, "cwd": str(ROOT)}
+    # The sidecar's own CPU under --pin; the feeders inherit the runner's (the others).
+    side_kw = {**kw, "preexec_fn": PIN.sidecar_preexec()} if PIN is not None else kw
     if variant == "ring":
         control = f"{TAG}-engine-{port}"
         inst = f"bench{os.getpid()}p{port}"
@@ -159,7 +195,7 @@ def start_stack(variant: str, logf, spin_us: float = SPIN_US, sidecar_args: tupl
             st.procs.append(subprocess.Popen([PY, "-m", "sidecar", "sidecar", "--control", control, "--port", str(port),
                                               "--status-interval", "0", "--log-level", "WARNING",
                                               "--idle-spin-us", spin[1] if spin else "0", *own, *sidecar_args],
-                                             stdout=subprocess.DEVNULL, **{**kw, "cwd": str(sidecar_root)}))
+                                             stdout=subprocess.DEVNULL, **{**side_kw, "cwd": str(sidecar_root)}))
             st.sidecars.append(st.procs[-1])
             if own:
                 st.metrics_ports.append(mp)
@@ -170,7 +206,7 @@ def start_stack(variant: str, logf, spin_us: float = SPIN_US, sidecar_args: tupl
         f = subprocess.Popen([*feeder, "--transport", "pipe"], stdout=subprocess.PIPE, **kw)
         st.procs.append(f)
         st.procs.append(subprocess.Popen([PY, str(HERE / "alt_sidecar.py"), "--feed", "pipe", "--port", str(port)],
-                                         stdin=f.stdout, stdout=subprocess.DEVNULL, **kw))
+                                         stdin=f.stdout, stdout=subprocess.DEVNULL, **side_kw))
         st.sidecar = st.procs[-1]
         assert f.stdout is not None
         f.stdout.close()  # the sidecar holds the read end now
@@ -186,7 +222,7 @@ def start_stack(variant: str, logf, spin_us: float = SPIN_US, sidecar_args: tupl
         else:
             side = [PY, str(HERE / "alt_sidecar.py"), "--feed", transport, "--endpoint", endpoint, "--port", str(port),
                     *spin]
-        st.procs.append(subprocess.Popen(side, stdout=subprocess.DEVNULL, **kw))
+        st.procs.append(subprocess.Popen(side, stdout=subprocess.DEVNULL, **side_kw))
         st.sidecar = st.procs[-1]
         _wait_port(port)
         st.procs.append(subprocess.Popen([*feeder, "--transport", transport, "--endpoint", endpoint],
@@ -335,6 +371,8 @@ async def run_variant(variant: str, phases: list[dict], logf, n_clients: int,
             spec = {**ph, "drivers": n_clients, "passengers": n_clients}
             prof = start_profile(variant, st, ph["name"], ph["seconds"], profile)
             side_proc = psutil.Process(st.sidecar.pid) if st.sidecar is not None else None
+            if side_proc is not None:
+                SIDECAR_CPUS[variant] = sorted(side_proc.cpu_affinity())
             cpu0 = sum(side_proc.cpu_times()[:2]) if side_proc is not None else 0.0
             sent = await feeder.call(spec)
             cpu_pct = (100 * (sum(side_proc.cpu_times()[:2]) - cpu0) / float(sent.get("seconds") or spec["seconds"])
@@ -449,7 +487,8 @@ async def run_e2e(seconds: float, max_rate: float, logf, state_dir: Path, fsync:
     proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "dgdo"), "run", "--no-demo", "--port", str(port),
                              "--instance", f"bench{os.getpid()}e{port}", "--status-interval", "0", *journal,
                              *(["--workers", str(workers)] if workers > 1 else [])],
-                            env=child_env(), stdout=logf, stderr=logf, cwd=str(ROOT))
+                            env=child_env(), stdout=logf, stderr=logf, cwd=str(ROOT),
+                            preexec_fn=PIN.every_preexec() if PIN is not None else None)
     samples: list[int] = []
     try:
         deadline = time.monotonic() + 30
@@ -542,7 +581,9 @@ def markdown(results: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, "
         f"load avg at start {m['loadavg_at_start']}",
         f"Command: `{results['command']}` — {results['repeats']} repeats, phases of {results['seconds']} s; "
-        "µs, median over repeats; ratio = median of per-repeat p50 (p99) ratios vs `ring`, same run.",
+        "µs, median over repeats; ratio = median of per-repeat p50 (p99) ratios vs `ring`, same run."
+        + (f" Pinned (--pin): each feed's sidecar on CPU {results['pinned']['sidecar']}, the rest on "
+           f"{results['pinned']['others']}." if results.get("pinned") else ""),
         "",
         "| feed → sidecar | phase | n | p50 | p90 | p99 | p99.9 | max | p50 ×ring | p99 ×ring "
         "| sidecar commit→write p50 / p99 | sidecar CPU % |",
@@ -643,6 +684,12 @@ async def main_async(args: argparse.Namespace) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = out_dir / f"latency-{stamp}{'-smoke' if args.smoke else ''}"
     machine = common.machine()
+    if args.pin:
+        global PIN
+        PIN = Pinning.split(os.sched_getaffinity(0))
+        for tid in os.listdir("/proc/self/task"):  # every thread of the runner (its clients), and what it starts
+            os.sched_setaffinity(int(tid), PIN.others)
+        log(f"[bench] --pin: each feed's sidecar on CPU {sorted(PIN.sidecar)}, everything else on {sorted(PIN.others)}")
     log(f"[bench] {machine['cpu']} ×{machine['cores']}, Linux {machine['kernel']}, Python {machine['python']}")
     log(f"[bench] {len(variants)} variants × {repeats} repeats, phases {seconds} s "
         f"(idle {idle_rate}/s; load {load_rate}/s offers + {pos_rate}/s positions); logs in {base}.log")
@@ -749,7 +796,11 @@ async def main_async(args: argparse.Namespace) -> int:
                          f"--workers {args.workers}" if workers != [1] else "") if f]
     cmd = "make bench-latency" + (f" ARGS='{' '.join(flags)}'" if len(flags) > 1 else
                                   "".join(f" ARGS={f}" for f in flags))
-    results = {"command": cmd, "argv": sys.argv[1:], "machine": machine, "repeats": repeats, "seconds": seconds,
+    results = {"command": cmd, "argv": sys.argv[1:], "machine": machine,
+               "pinned": None if PIN is None else {"sidecar": sorted(PIN.sidecar), "others": sorted(PIN.others),
+                                                   "runner": sorted(os.sched_getaffinity(0))},
+               "sidecar_cpus": SIDECAR_CPUS,
+               "repeats": repeats, "seconds": seconds,
                "rates": {"idle_offers_per_s": idle_rate, "load_offers_per_s": load_rate,
                          "load_positions_per_s": pos_rate, "clients_per_role": n_clients},
                "rows": rows, "targets": targets, "e2e_push_metrics": e2e_push, "failures": failures,
@@ -778,6 +829,8 @@ def main() -> int:
     ap.add_argument("--spin-us", type=float, default=SPIN_US,
                     help=f"idle-spin budget of the '... spin' variants (default {SPIN_US:g})")
     ap.add_argument("--profile", default="", help="directory for py-spy profiles of the ring sidecar (needs py-spy)")
+    ap.add_argument("--pin", action="store_true", help="each feed's sidecar on a CPU of its own, everything else on "
+                                                        "the others (module doc)")
     return uvloop.run(_cancel_on_sigterm(main_async(ap.parse_args())))
 
 
