@@ -11,7 +11,8 @@ with SCM_RIGHTS, beats the out ring's producer heartbeat, then per batch
 writes records into the out ring and rings the worker's doorbell only when
 `dgdo_ring_producer_should_wake()` says it parked. It answers each session
 open with a SESSION_STATE, as the engine does, so that the sidecar welcomes
-its apps.
+its apps; between answers it parks on its own doorbell as the engine does (no
+polling thread that wakes on the cores it shares with the sidecar and the clients).
 For the other transports the same batch bytes go out with one send per batch.
 
 Sockets named "@..." are Linux abstract names, as the engine's: with memfd
@@ -29,10 +30,12 @@ immediately before the batch is handed to the transport.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
 import secrets
+import select
 import signal
 import socket
 import sys
@@ -66,11 +69,13 @@ RING_CAPACITY = 1 << 22
 class Attachment:
     """One worker's pair of rings and its doorbell, as the engine holds them."""
 
-    def __init__(self, worker: int, producer: ring.Producer, consumer: ring.Consumer, bell: int) -> None:
+    def __init__(self, worker: int, producer: ring.Producer, consumer: ring.Consumer, bell: int,
+                 engine_bell: int) -> None:
         self.worker = worker
         self.producer = producer
         self.consumer = consumer
-        self.bell = bell
+        self.bell = bell  # the worker's doorbell: rung when the worker parked and a batch came
+        self.engine_bell = engine_bell  # ours: the worker rings it when it publishes while we are parked
         self.wakeups = 0
 
 
@@ -89,6 +94,7 @@ class RingSender:
         self.last: Attachment | None = None
         self.sessions: dict[str, int] = {}  # app id -> the worker its session opened on
         self.keep: list[object] = []
+        self.attached = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # wakes the answer thread: a new link
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.listener.bind(socket_address(control))
         self.listener.listen(4)
@@ -130,7 +136,8 @@ class RingSender:
             producer = ring.Producer(segs[1])
             producer.heartbeat(time.monotonic_ns())  # as the engine does at attach
             with self.lock:
-                self.last = self.links[worker] = Attachment(worker, producer, ring.Consumer(segs[0]), worker_bell)
+                self.last = self.links[worker] = Attachment(worker, producer, ring.Consumer(segs[0]), worker_bell,
+                                                            engine_bell)
                 self.keep += [conn, engine_bell, *segs]
             reply = ATTACH.pack(CTL_MAGIC, CTL_VERSION, worker, os.getpid(), 0, self.epoch, RING_CAPACITY,
                                 RING_CAPACITY)
@@ -141,6 +148,8 @@ class RingSender:
             print(f"feeder: worker {worker} attached", file=sys.stderr, flush=True)
             if len(self.links) == 1:
                 threading.Thread(target=self._answer_forever, daemon=True).start()
+            else:
+                os.write(self.attached, ONE)
 
     @property
     def ready(self) -> bool:
@@ -184,9 +193,21 @@ class RingSender:
                     self._write(answers, a)
 
     def _answer_forever(self) -> None:
+        """Answers the workers as the engine does: drains their rings, parks, and sleeps on the doorbells
+        until a worker that published rings one (or a worker attaches). A thread that polled instead
+        would wake every few ms on the cores the sidecar and the clients share, only in the ring runs."""
         while True:  # a daemon thread: it ends with the process
             self.idle()
-            time.sleep(0.002)
+            with self.lock:
+                links = list(self.links.values())
+            if not all(a.consumer.park() for a in links):
+                continue  # records came in meanwhile: answer them first
+            ready, _, _ = select.select([self.attached, *(a.engine_bell for a in links)], [], [])
+            for fd in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(fd, 8)
+            for a in links:
+                a.consumer.unpark()
 
     def close(self) -> None:
         pass  # memfds and an abstract name: the kernel takes them back with the process
