@@ -173,7 +173,7 @@ class RingSender:
             if buf:
                 time.sleep(0.0001)  # full ring: never drop, wait for the sidecar
 
-    def idle(self) -> None:
+    def answer(self) -> None:
         """Takes what the workers sent the engine: session opens are noted and answered, the rest ignored."""
         with self.lock:
             for a in list(self.links.values()):
@@ -197,7 +197,7 @@ class RingSender:
         until a worker that published rings one (or a worker attaches). A thread that polled instead
         would wake every few ms on the cores the sidecar and the clients share, only in the ring runs."""
         while True:  # a daemon thread: it ends with the process
-            self.idle()
+            self.answer()
             with self.lock:
                 links = list(self.links.values())
             if not all(a.consumer.park() for a in links):
@@ -226,9 +226,6 @@ class ZmqSender:
     def send(self, data: bytes) -> None:
         self.sock.send(data, copy=True)
 
-    def idle(self) -> None:
-        pass
-
     def close(self) -> None:
         self.sock.close(linger=0)
         self.ctx.term()
@@ -251,9 +248,6 @@ class UnixSender:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def idle(self) -> None:
-        pass
-
     def close(self) -> None:
         self.sock.close()
 
@@ -270,9 +264,6 @@ class PipeSender:
         while view:
             n = os.write(self.fd, view)
             view = view[n:]
-
-    def idle(self) -> None:
-        pass
 
     def close(self) -> None:
         pass
@@ -300,9 +291,6 @@ class HttpSender:
         self.conn.request("POST", "/events", body=data, headers={"Content-Type": "application/octet-stream"})
         r = self.conn.getresponse()
         r.read()
-
-    def idle(self) -> None:
-        pass
 
     def close(self) -> None:
         self.conn.close()
@@ -346,8 +334,6 @@ def run_phase(sender, spec: dict) -> dict:
         n_batches += 1
         n_offers += no
         n_pos += len(positions)
-        if k % 64 == 0:
-            sender.idle()
     return {"batches": n_batches, "offers": n_offers, "positions": n_pos, "seconds": time.monotonic() - t0,
             "wakeups": getattr(sender, "wakeups", None)}
 
