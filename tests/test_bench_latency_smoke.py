@@ -61,6 +61,7 @@ def test_smoke_run_reports_every_variant_with_ordered_percentiles(engine_bin: Pa
     for v in ("ring", "ring spin", "unix socket", "unix socket spin"):  # what the idle strategy costs is shown
         for ph in ("idle", "load"):
             assert 0 <= rows[(v, ph)]["sidecar_cpu_pct"] < 400, (v, ph, rows[(v, ph)].get("sidecar_cpu_pct"))
+            assert rows[(v, ph)]["sidecar_preempted_per_s"] >= 0, (v, ph)  # the kernel's count, read per phase
 
     md = reports[0].with_suffix(".md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ")]

@@ -374,14 +374,19 @@ async def run_variant(variant: str, phases: list[dict], logf, n_clients: int,
             if side_proc is not None:
                 SIDECAR_CPUS[variant] = sorted(side_proc.cpu_affinity())
             cpu0 = sum(side_proc.cpu_times()[:2]) if side_proc is not None else 0.0
+            # Preemptions (the kernel's involuntary context switches of its main thread): a sidecar that
+            # another process takes the CPU from in the middle of a batch, what --pin is about.
+            pre0 = side_proc.num_ctx_switches().involuntary if side_proc is not None else 0
             sent = await feeder.call(spec)
-            cpu_pct = (100 * (sum(side_proc.cpu_times()[:2]) - cpu0) / float(sent.get("seconds") or spec["seconds"])
-                       if side_proc is not None else None)
+            took = float(sent.get("seconds") or spec["seconds"])
+            cpu_pct = 100 * (sum(side_proc.cpu_times()[:2]) - cpu0) / took if side_proc is not None else None
+            preempted = (side_proc.num_ctx_switches().involuntary - pre0) / took if side_proc is not None else None
             if prof is not None:
                 await asyncio.get_running_loop().run_in_executor(None, prof.wait)
             await asyncio.sleep(0.25)  # stragglers
             offers, positions = harvest(sinks)
             out[ph["name"]] = {"offers": offers, "positions": positions, "sent": sent, "sidecar_cpu_pct": cpu_pct,
+                               "sidecar_preempted_per_s": preempted,
                                "sidecar_push": scrape_push(st.port) if variant != "fastapi+zmq" else {}}
         await feeder.quit()
     finally:
@@ -586,22 +591,23 @@ def markdown(results: dict) -> str:
            f"{results['pinned']['others']}." if results.get("pinned") else ""),
         "",
         "| feed → sidecar | phase | n | p50 | p90 | p99 | p99.9 | max | p50 ×ring | p99 ×ring "
-        "| sidecar commit→write p50 / p99 | sidecar CPU % |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| sidecar commit→write p50 / p99 | sidecar CPU % | sidecar preempted /s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["rows"]:
         s = row["offers"]
         if not s.get("n"):
-            lines.append(f"| {row['variant']} | {row['phase']} | 0 | – | – | – | – | – | – | – | – | – |")
+            lines.append(f"| {row['variant']} | {row['phase']} | 0 | – | – | – | – | – | – | – | – | – | – |")
             continue
         r50, r99 = row.get("ratio_p50"), row.get("ratio_p99")
         w = row.get("sidecar_commit_to_write")
         cw = f"{w['p50']:.0f} / {w['p99']:.0f}" if w and "p50" in w else "–"
-        cpu = row.get("sidecar_cpu_pct")
+        cpu, pre = row.get("sidecar_cpu_pct"), row.get("sidecar_preempted_per_s")
         lines.append(
             f"| {row['variant']} | {row['phase']} | {s['n']} | {s['p50']:.1f} | {s['p90']:.1f} | {s['p99']:.1f} | "
             f"{s['p99.9']:.1f} | {s['max']:.1f} | {f'{r50:.2f}' if r50 else '–'} | "
-            f"{f'{r99:.2f}' if r99 else '–'} | {cw} | {'–' if cpu is None else f'{cpu:.0f}'} |"
+            f"{f'{r99:.2f}' if r99 else '–'} | {cw} | {'–' if cpu is None else f'{cpu:.0f}'} | "
+            f"{'–' if pre is None else f'{pre:.0f}'} |"
         )
     if results.get("targets"):
         t = results["targets"]
@@ -624,10 +630,12 @@ def markdown(results: dict) -> str:
     if results.get("failures"):
         lines += ["", f"{len(results['failures'])} variant runs failed and are left out (see the JSON): "
                       + "; ".join(f"rep {f['repeat']} {f['variant']}" for f in results["failures"])]
-    lines += ["", "Last column: the sidecar's own histogram (engine commit → picows send returned, the "
+    lines += ["", "Sidecar commit→write: the sidecar's own histogram (engine commit → picows send returned, the "
                   "pushes of the phase, offers and positions), from its /metrics, p50/p99 interpolated within "
                   "its buckets as histogram_quantile does; the rest of the total is socket → client. The "
-                  "FastAPI server has no such histogram."]
+                  "FastAPI server has no such histogram. Sidecar preempted: the kernel's involuntary context "
+                  "switches of the sidecar's main thread a second (psutil): another process took its CPU, "
+                  "mostly mid-batch (README \"Idle strategy\", --pin)."]
     return "\n".join(lines) + "\n"
 
 
@@ -702,6 +710,7 @@ async def main_async(args: argparse.Namespace) -> int:
     placements: dict[str, list[dict[str, int]]] = {}  # `engine e2e N workers`: the driver's and passenger's worker
     side: dict[tuple[str, str], list[dict]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}  # sidecar CPU % per phase
+    preempted: dict[tuple[str, str], list[float]] = {}  # its preemptions a second, per phase
     per_rep: dict[tuple[str, str], dict[int, dict]] = {}  # ratios pair runs of the same repeat only
     failures: list[dict] = []
     total = repeats * len(variants)
@@ -747,6 +756,7 @@ async def main_async(args: argparse.Namespace) -> int:
                         side.setdefault((variant, ph), []).append(r["sidecar_push"])
                     if r.get("sidecar_cpu_pct") is not None:
                         cpu.setdefault((variant, ph), []).append(r["sidecar_cpu_pct"])
+                        preempted.setdefault((variant, ph), []).append(r["sidecar_preempted_per_s"])
                     if s.get("n"):
                         log(f"[{step}/{total}] rep {rep + 1} {variant:16s} {ph:5s} n={s['n']:6d} "
                             f"p50={s['p50']:8.1f} p99={s['p99']:9.1f} max={s['max']:9.1f} µs "
@@ -766,6 +776,7 @@ async def main_async(args: argparse.Namespace) -> int:
                    "positions": summarize(pooled_pos.get((variant, ph), []))}
             if cpu.get((variant, ph)):
                 row["sidecar_cpu_pct"] = statistics.median(cpu[(variant, ph)])
+                row["sidecar_preempted_per_s"] = statistics.median(preempted[(variant, ph)])
             sp = side.get((variant, ph))
             if sp:
                 row["sidecar_commit_to_write"] = {k: statistics.median(d[k] for d in sp) for k in sp[0]}
