@@ -804,7 +804,7 @@ async def main_async(args: argparse.Namespace) -> int:
                    "p50_ok": "met" if ring_idle["p50"] <= 40 else f"missed by {ring_idle['p50'] - 40:.1f} µs",
                    "p99_ok": "met" if ring_idle["p99"] <= 150 else f"missed by {ring_idle['p99'] - 150:.1f} µs"}
     flags = [f for f in ("--quick" if args.quick else "", "--smoke" if args.smoke else "",
-                         f"--workers {args.workers}" if workers != [1] else "") if f]
+                         f"--workers {args.workers}" if workers != [1] else "", "--pin" if args.pin else "") if f]
     cmd = "make bench-latency" + (f" ARGS='{' '.join(flags)}'" if len(flags) > 1 else
                                   "".join(f" ARGS={f}" for f in flags))
     results = {"command": cmd, "argv": sys.argv[1:], "machine": machine,
