@@ -99,7 +99,9 @@ def state_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def new_state_dir() -> str:
-    return tempfile.mkdtemp(prefix="stack-", dir=_state_root[0] if _state_root else None)
+    # Empty only in a second copy of this module (`import tests.conftest`): its dirs would land in /tmp, never removed.
+    assert _state_root, "no state root: import this module as `conftest`, the copy pytest loaded"
+    return tempfile.mkdtemp(prefix="stack-", dir=_state_root[0])
 
 
 @pytest.fixture

@@ -14,13 +14,13 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import ENGINE, JWT_SECRET, ROOT, stack_env
 from websockets.exceptions import InvalidStatus
+from wsclient import AppClient
 
 from sidecar.session.stats import SidecarStats
 from sidecar.shell.cli import CREDENTIAL_SECRET, configured_secret
 from sidecar.wire import auth
-from tests.conftest import ENGINE, JWT_SECRET, ROOT, stack_env
-from tests.wsclient import AppClient
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 

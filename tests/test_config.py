@@ -17,12 +17,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import ENGINE, JWT_SECRET, ROOT, LineReader, new_state_dir, stack_env
 from websockets.exceptions import InvalidStatus
+from wsclient import AppClient
 
 from sidecar.shell import config, jwt_secret
 from sidecar.wire import auth
-from tests.conftest import ENGINE, JWT_SECRET, ROOT, LineReader, new_state_dir, stack_env
-from tests.wsclient import AppClient
 
 DOCS = ROOT / "docs" / "dgdo.toml"
 UNITS = ROOT / "systemd"

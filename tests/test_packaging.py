@@ -20,9 +20,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import BUILD, JWT_SECRET, ROOT, LineReader, Stack
 
 from sidecar.shell import lifetime
-from tests.conftest import BUILD, JWT_SECRET, ROOT, LineReader, Stack
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 DEV_ONLY = ("pytest", "ruff", "hypothesis", "websockets", "playwright", "build")

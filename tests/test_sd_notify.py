@@ -22,9 +22,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import ROOT, LineReader, engine_cmd, new_state_dir, stack_env
 
 from sidecar.shell import sd_notify
-from tests.conftest import ROOT, LineReader, engine_cmd, new_state_dir, stack_env
 
 WATCHDOG_S = 1.0  # pings every 0.5 s
 SILENCE_S = 3 * WATCHDOG_S  # a stopped process sends nothing for this long: six pings missed

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ENGINE, ROOT
 
 from sidecar.shell.cli import CREDENTIAL_SECRET
-from tests.conftest import ENGINE, ROOT
 
 UNITS = ROOT / "systemd"
 ANALYZE = shutil.which("systemd-analyze")
