@@ -171,6 +171,33 @@ def test_engine_and_sidecar_notify_ready_status_and_watchdog(
                 _stop(p)
 
 
+def test_a_sidecar_started_before_its_engine_is_ready_and_attaches_when_the_engine_comes(
+        engine_bin: Path, systemd: tuple[SystemdSide, SystemdSide], tmp_path: Path) -> None:
+    """Waiting for the engine is a state the worker serves in, not an unfinished start: held back from
+    READY, systemd would kill it at TimeoutStartSec= and start it again for as long as the engine is down."""
+    eng_side, car_side = systemd
+    control = str(tmp_path / "engine.sock")
+    cmd = [sys.executable, "-m", "sidecar", "sidecar", "--control", control, "--port", "0", "--status-interval", "0"]
+    sidecar = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, env=stack_env(**car_side.env()))
+    engine = None
+    try:
+        out = LineReader(sidecar.stdout)
+        out.wait_for(r"sidecar listening on ws://127\.0\.0\.1:(\d+)")
+        ready = car_side.expect("READY", "1")
+        assert ready.pid == sidecar.pid
+        assert f"waiting for the engine on {control}" in ready.fields["STATUS"]
+        assert car_side.expect("WATCHDOG", "1").pid == sidecar.pid
+
+        engine = subprocess.Popen(engine_cmd(engine_bin, control, "--state-dir", new_state_dir()),
+                                  stdout=subprocess.DEVNULL, env={**os.environ, **eng_side.env()})
+        assert car_side.expect("STATUS", "worker 1 port").pid == sidecar.pid  # attached
+        assert _stop(sidecar) == 0
+    finally:
+        for p in (sidecar, engine):
+            if p is not None:
+                _stop(p)
+
+
 def test_dgdo_run_notifies_as_its_own_main_process_only(systemd: tuple[SystemdSide, SystemdSide]) -> None:
     """`dgdo run` under systemd: READY and pings come from dgdo; the engine and the demo it starts do
     not inherit NOTIFY_SOCKET (systemd with NotifyAccess=main would log and drop theirs)."""

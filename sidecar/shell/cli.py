@@ -178,16 +178,16 @@ def _systemd_status(app: App, control: str) -> str:
 
 
 async def _notify_systemd(app: App, notifier: sd_notify.Notifier, control: str) -> None:
-    """Type=notify: the watchdog pings (and status) start at once, from this loop; READY=1 once the
-    worker listens and is attached to the engine, i.e. can serve a ride."""
-    pings = asyncio.get_running_loop().create_task(
-        sd_notify.keep_alive(notifier, lambda: _systemd_status(app, control)))
-    try:
-        await app.link.wait_attached()
-        notifier.send("READY=1", f"STATUS={sd_notify.one_line(_systemd_status(app, control))}")
-        await pings
-    finally:
-        pings.cancel()
+    """Type=notify: READY=1 as soon as the worker listens (this task starts then), with the watchdog
+    pings and the status from this loop.
+
+    Not once it is attached: a worker that waits for its engine serves as one whose engine went away
+    does (apps get `engine_unavailable`, /healthz says 503, STATUS "waiting for the engine") and
+    attaches when the engine comes. Held back from READY, it would be killed at TimeoutStartSec= and
+    started again, every minute for as long as the engine is down, dropping its connections each time.
+    """
+    notifier.send("READY=1", f"STATUS={sd_notify.one_line(_systemd_status(app, control))}")
+    await sd_notify.keep_alive(notifier, lambda: _systemd_status(app, control))
 
 
 async def serve(args: argparse.Namespace, control: str, engine: EngineSupervisor | None, secret: str | None) -> int:
