@@ -55,6 +55,9 @@ deps: build/.deps
 build/.deps: scripts/install-deps.sh
 	PYTHON=$(PYTHON) ./scripts/install-deps.sh
 	@mkdir -p build && touch $@
+build/.deps-build: scripts/install-deps.sh
+	PYTHON=$(PYTHON) ./scripts/install-deps.sh --build
+	@mkdir -p build && touch $@
 
 engine: deps
 	cmake -S engine -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
@@ -81,13 +84,21 @@ clean:
 # A production install into PREFIX (README "Bare-metal install"): PREFIX is a venv holding the
 # runtime dependencies only (pinned) and dgdo built as a wheel, not an editable checkout; bin/
 # holds dgdo and dgdo-engine side by side; share/dgdo the systemd units, the sysusers file and the
-# reference config file (docs/dgdo.toml).
-install: engine
+# reference config file (docs/dgdo.toml). Built apart from `make engine`, without the engine's
+# tests, so that the host needs the build's packages only (install-deps.sh --build): no GoogleTest,
+# browser, nginx or promtool. A PREFIX that is a symlink is the live install the units run
+# (README "Upgrade and rollback"): refused, not rewritten under the running processes.
+INSTALL_BUILD := build/engine-install
+install: build/.deps-build
+	@if [ -L "$(PREFIX)" ]; then echo "make install: $(PREFIX) is a symlink, the install the units run;" \
+	  "install the new version beside it (PREFIX=$(PREFIX)-VERSION) and switch the link" >&2; exit 1; fi
+	cmake -S engine -B $(INSTALL_BUILD) -DCMAKE_BUILD_TYPE=Release -DDGDO_BUILD_TESTS=OFF
+	cmake --build $(INSTALL_BUILD) -j2
 	test -x $(PREFIX)/bin/python || $(PYTHON) -m venv $(PREFIX)
 	$(PREFIX)/bin/python -m pip install -q -c constraints.txt --upgrade pip
 	rm -rf build/lib.* build/temp.* build/bdist.*  # setuptools' in-tree build: no stale module gets in
 	$(PREFIX)/bin/python -m pip install -q -c constraints.txt .
-	cmake --install $(BUILD) --prefix $(PREFIX)
+	cmake --install $(INSTALL_BUILD) --prefix $(PREFIX)
 	install -d $(PREFIX)/share/dgdo/systemd
 	for f in systemd/*; do sed 's|/opt/dgdo|$(UNIT_PREFIX)|g' $$f > $(PREFIX)/share/dgdo/systemd/$$(basename $$f); done
 	install -m 0644 docs/dgdo.toml $(PREFIX)/share/dgdo/dgdo.toml  # the reference: every setting, its default

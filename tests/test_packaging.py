@@ -110,8 +110,7 @@ def test_the_venvs_are_made_from_the_distributions_python_unless_told_otherwise(
     """README "Which Python": the Makefile makes the venvs from the distribution's python3 when it is new
     enough (an optimised build), else from python3 on PATH; `make PYTHON=...` wins, and install-deps
     checks the interpreter the venv is made from. (`make -n`: the commands, printed, not run.)"""
-    # Not the outer make's either (`make test` runs this): its MAKEFLAGS would carry its command line's variables.
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env = _make_env()  # (not the outer make's PYTHON either)
 
     def planned(*args: str) -> str:
         return subprocess.run(["make", "-n", "-B", "venv", *args], cwd=ROOT, env=env, capture_output=True,
@@ -124,3 +123,33 @@ def test_the_venvs_are_made_from_the_distributions_python_unless_told_otherwise(
     plan = planned("PYTHON=/opt/other/bin/python3")
     assert "|| /opt/other/bin/python3 -m venv .venv" in plan
     assert "PYTHON=/opt/other/bin/python3 ./scripts/install-deps.sh" in plan
+
+
+def _make_env() -> dict[str, str]:
+    # Not the outer make's variables (`make test` runs this): its MAKEFLAGS would carry its command line's.
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHON", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+
+def test_install_builds_without_the_tests_and_asks_for_build_packages_only(tmp_path: Path) -> None:
+    """A production host gets what the install needs: the engine built without its GoogleTest suite, in a
+    build dir of its own, and install-deps.sh --build (no browser, nginx or promtool). `make -n`: printed."""
+    plan = subprocess.run(["make", "-n", "-B", "install", f"PREFIX={tmp_path / 'dgdo-1'}"], cwd=ROOT, env=_make_env(),
+                          capture_output=True, text=True, check=True, timeout=60).stdout
+    assert "./scripts/install-deps.sh --build" in plan
+    assert "-DDGDO_BUILD_TESTS=OFF" in plan
+    assert f"cmake --install build/engine-install --prefix {tmp_path / 'dgdo-1'}" in plan
+    assert "ctest" not in plan and "cmake -S engine -B build/engine " not in plan
+
+
+def test_install_refuses_a_prefix_that_is_the_live_symlink(tmp_path: Path) -> None:
+    """`make install` with PREFIX the /opt/dgdo symlink would rewrite the running install in place and lose
+    the rollback (README "Upgrade and rollback"): refused before anything is built or written."""
+    live = tmp_path / "dgdo-0.1.0"
+    live.mkdir()
+    link = tmp_path / "dgdo"
+    link.symlink_to(live)
+    r = subprocess.run(["make", "install", f"PREFIX={link}"], cwd=ROOT, env=_make_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0
+    assert f"{link} is a symlink, the install the units run" in r.stderr
+    assert list(live.iterdir()) == []
