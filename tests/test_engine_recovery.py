@@ -471,6 +471,64 @@ async def test_commands_the_engine_took_but_had_not_answered_when_killed_get_the
         stop_split(s)
 
 
+async def test_a_snapshot_waits_for_a_held_batch_so_its_commands_run_once_after_a_kill(
+        engine_bin: Path, state_dir: str) -> None:
+    """A batch held behind a full out ring is applied but still in its ring: after a kill -9 the sidecar
+    sends it again, and the next engine recognises a command sent again only among the records it replays
+    after its snapshot. A snapshot taken while the batch was held covered it, and the next engine applied
+    those cancels a second time, answering `conflict` to apps whose cancel had worked. With snapshots due
+    every 0.2 s, the engine is kept holding for 0.6 s of its own clock before the kill: every cancel must
+    get one ack."""
+    flags = ("--state-dir", state_dir, "--fsync", "batch", "--ring-capacity", "4096", "--snapshot-every-s", "0.2")
+    s = start_split(engine_bin, *flags)
+    rings: list[EngineRing] = []
+    try:
+        passengers = [await AppClient.open(f"{s.url}/ws/passenger/hs{i}") for i in range(20)]
+        orders = []
+        for i, p in enumerate(passengers):
+            await p.expect("welcome")
+            await p.send({"type": "ride_request", "id": f"r{i}", "pickup": PICKUP, "dropoff": DROPOFF})
+            orders.append((await p.expect("ack", id=f"r{i}"))["order_id"])
+        assert s.engine is not None
+        in_ring = EngineRing(s.engine.pid, s.instance, "in")
+        out_ring = EngineRing(s.engine.pid, s.instance, "out")
+        rings += [in_ring, out_ring]
+        s.engine.send_signal(signal.SIGSTOP)
+        before = in_ring.depth()
+        for i, p in enumerate(passengers):
+            await p.send({"type": "order_cancel", "order_id": orders[i], "id": f"c{i}"})
+        command = ring.aligned(ring.RECORD_HEADER + ring.sizeof("dgdo_in_order_command"))
+        await asyncio.to_thread(in_ring.wait, "all cancels in the ring",
+                                lambda: in_ring.depth() >= before + len(passengers) * command)
+        s.sidecar.send_signal(signal.SIGSTOP)  # it reads no answer now: the out ring fills, the batch is held
+        try:
+            s.engine.send_signal(signal.SIGCONT)
+            await asyncio.to_thread(out_ring.wait, "a full out ring", lambda: out_ring.depth() > 4096 - 512)
+            full_at = time.monotonic_ns()  # (CLOCK_MONOTONIC, the engine's heartbeat clock)
+            await asyncio.to_thread(out_ring.wait, "0.6 s of the engine's heartbeats: three snapshots due",
+                                    lambda: out_ring.seg.producer_heartbeat_ns() > full_at + 600_000_000)
+            assert in_ring.depth() > 0  # still held
+            for r in rings:
+                r.close()
+            rings.clear()
+            s.engine.send_signal(signal.SIGKILL)
+            s.engine.wait()
+        finally:
+            s.sidecar.send_signal(signal.SIGCONT)
+        s.wait_health(503)
+        s.start_engine(*flags)
+        s.wait_health(200)
+        for i, p in enumerate(passengers):
+            got = (await answers(p, [f"c{i}"]))[f"c{i}"]
+            assert [m["type"] for m in got] == ["ack"], got
+        for p in passengers:
+            await p.close()
+    finally:
+        for r in rings:
+            r.close()
+        stop_split(s)
+
+
 def _journal_files(state_dir: str) -> dict[str, bytes]:
     d = Path(state_dir) / "journal"
     return {p.name: p.read_bytes() for p in sorted(d.iterdir())}

@@ -566,8 +566,20 @@ size_t EventLoop::drain_all() {
     const size_t n = stop_ ? 0 : drain(all);
     ring_doorbells();
     detach_wedged();
-    if (n > 0) persist_.after_batch(core_, clock_ns(CLOCK_MONOTONIC));
+    if (n > 0) snapshot_if_due(clock_ns(CLOCK_MONOTONIC));
     return n;
+}
+
+// Not while a worker's batch is held: its commands are applied but still in its ring, and a kill
+// now sends them again (the sidecar's salvage) to the next engine, which recognises a command sent
+// again only among the records it replays after its snapshot (Persistence::already_journaled). A
+// snapshot that covered them would make the next engine apply them twice: a cancel answered
+// `conflict`, a ride_request without an id a second order. A held batch is released as soon as the
+// out ring takes its answers, or its worker is detached as wedged: the snapshot waits that long.
+void EventLoop::snapshot_if_due(uint64_t now) {
+    for (const auto& [id, w] : workers_)
+        if (w->held) return;
+    persist_.after_batch(core_, now);
 }
 
 bool EventLoop::publish() {
@@ -844,7 +856,7 @@ void EventLoop::retry_journal(uint64_t now) {
         if (Worker* w = by_serial(serial)) release(*w);  // (one detached meanwhile took its ring with it)
     send_stats_now(now);  // the sidecars stop saying the journal is not writable now, not at the next stats
     ring_doorbells();
-    persist_.after_batch(core_, now);
+    snapshot_if_due(now);
 }
 
 std::string EventLoop::status_line() const {
@@ -866,7 +878,7 @@ void EventLoop::tick() {
     if (stalled_) return;  // time stands still for the core until its inputs can be journaled again
     const uint64_t now = clock_ns(CLOCK_MONOTONIC);
     input(Tick{now + clock_offset_});
-    if (!stalled_) persist_.after_batch(core_, now);
+    if (!stalled_) snapshot_if_due(now);
 }
 
 }  // namespace dgdo

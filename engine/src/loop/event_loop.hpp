@@ -100,6 +100,8 @@ private:
     void unpark_all();
     void tick();
     void beat();
+    // A snapshot if one is due (Persistence::after_batch), but never while a batch is held (see the .cpp).
+    void snapshot_if_due(uint64_t now);
     // The journal refused a write (rc -errno): see stalled_.
     void stall(int rc, uint64_t now);
     // While stalled: writes the held batch if the journal takes it now, then applies, publishes
