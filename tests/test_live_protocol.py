@@ -306,6 +306,8 @@ async def test_a_close_is_echoed_only_with_a_code_a_close_frame_may_carry(
     await c.expect("welcome")
     c.send_frame(WSMsgType.CLOSE, payload)  # raw: picows' send_close would pack the code itself
     assert await c.wait_closed() == answer
+    if answer == 1002:  # docs/protocol.md: a 1002's reason says what the frame did wrong
+        assert c.listener.close_reason, "a 1002 without a reason"
 
 
 @pytest.mark.parametrize("rsv", ["rsv1", "rsv2", "rsv3"])

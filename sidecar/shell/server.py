@@ -556,20 +556,21 @@ def _http(status: int, body: str | bytes, content_type: str = "text/plain; chars
     return WSUpgradeResponseWithListener(resp, None)
 
 
-def _close_reply(frame: WSFrame) -> WSCloseCode:
-    """The code that answers a client's CLOSE: its own, 1000 when it gave none, 1002 when it gave one
-    that no CLOSE frame may carry (RFC 6455 §7.4: 1005, 1006, 1015 and anything outside 1000-4999).
+def _close_reply(frame: WSFrame) -> tuple[WSCloseCode, bytes]:
+    """The code (and reason) that answers a client's CLOSE: its own, 1000 when it gave none, 1002 when
+    it gave one that no CLOSE frame may carry (RFC 6455 §7.4: 1005, 1006, 1015 and anything outside
+    1000-4999), with a reason that says so, as picows' own 1002s do.
 
     picows refuses some of these itself (1005, 1015, the unassigned 1xxx-2xxx codes, a 1-byte
     payload) but lets through 0 (its own NO_INFO), 1006 and codes of 5000 and up, which echoed
     back would be our protocol error on the wire.
     """
     if frame.payload_size == 0:
-        return WSCloseCode.OK
+        return WSCloseCode.OK, b""
     code = frame.get_close_code()
     if code == WSCloseCode.ABNORMAL_CLOSURE or not 1000 <= code <= 4999:
-        return WSCloseCode.PROTOCOL_ERROR
-    return code
+        return WSCloseCode.PROTOCOL_ERROR, f"close code {int(code)} is not one a CLOSE frame may carry".encode()
+    return code, b""
 
 
 class AppListener(WSListener):
@@ -720,7 +721,7 @@ class AppListener(WSListener):
         elif t is _CLOSE:
             # picows leaves the reply to us (RFC 6455 §5.5.1): echo the code, then hang up.
             if not transport.is_close_frame_sent:  # we may have closed first: then this is the echo
-                transport.send_close(_close_reply(frame))
+                transport.send_close(*_close_reply(frame))
             transport.disconnect()  # graceful: what is buffered, then FIN
             # A client that reads nothing more would hold the socket until that is written (never):
             # aborted as after a CLOSE of ours (App._close).

@@ -48,7 +48,7 @@ from urllib.parse import urlsplit
 import jwt
 
 from sidecar.wire.errors import EXPIRED, ErrorCode
-from sidecar.wire.messages import Role, is_valid_id
+from sidecar.wire.messages import A_ROLE, Role, is_valid_id
 
 ALGORITHM = "HS256"
 ENV_SECRET = "DGDO_JWT_SECRET"
@@ -203,7 +203,7 @@ def authorize(claims: Claims, role: Role, app_id: str | None) -> None:
         WrongRole, WrongSubject.
     """
     if claims.role is not role:
-        raise WrongRole(f"a {claims.role.value} token cannot open a {role.value} path")
+        raise WrongRole(f"{A_ROLE[claims.role]} token cannot open {A_ROLE[role]} path")
     if app_id is not None and claims.sub != app_id:
         raise WrongSubject("the token's sub does not match the path's id")
 

@@ -33,6 +33,7 @@ from msgspec import UNSET, Raw, Struct
 
 from sidecar.wire.errors import BadFrame, BadMessage, ClientError, Forbidden, UnknownType
 from sidecar.wire.messages import (
+    A_ROLE,
     CLIENT_MESSAGE,
     FIELD_RULES,
     MAX_REASON_BYTES,
@@ -134,8 +135,6 @@ def _check_reason(m: OrderCancel, conn_id: str) -> None:
 # nothing to check). A class missing from a role's table is forbidden to that role. One dict
 # lookup per message decides both.
 _CHECKS: dict[type, Callable[[Any, str], None]] = {DriverLocation: _check_driver_id, OrderCancel: _check_reason}
-# Forbidden's wording: "for a driver", "for an admin".
-A_ROLE = {role: ("an " if role.value[0] in "aeiou" else "a ") + role.value for role in Role}
 
 ALLOWED: dict[Role, dict[type, Callable[[Any, str], None] | None]] = {
     role: {cls: _CHECKS.get(cls) for cls in MESSAGE_TYPES if role in cls.roles} for role in Role

@@ -39,6 +39,8 @@ class Role(StrEnum):
 
 
 DRIVER, PASSENGER, ADMIN = Role.DRIVER, Role.PASSENGER, Role.ADMIN
+# A role with its article, for messages: "a driver", "an admin".
+A_ROLE = {role: ("an " if role.value[0] in "aeiou" else "a ") + role.value for role in Role}
 
 
 def is_valid_id(value: object) -> bool:
