@@ -365,3 +365,19 @@ def test_refused_values_are_not_kept_by_the_error_texts_cache() -> None:
     finally:
         tracemalloc.stop()
     assert kept < 4_000_000, f"{kept} bytes kept after 1100 refusals"
+
+
+@pytest.mark.parametrize("raw", [rb'{"type":"ping","id":"\ud800"}', rb'{"type":"ping","id":"\uDBFF"}',
+                                 rb'{"type":"ping","id":"\\\ud800"}'])
+def test_a_lone_high_surrogate_is_named_as_such_not_as_truncated_input(raw: bytes) -> None:
+    """msgspec 0.23 calls a lone high surrogate escape within 6 bytes of the end "Input data was truncated",
+    the words for a message cut short; the error says what msgspec says of a lone low one."""
+    with pytest.raises(X.BadFrame, match=r"^undecodable JSON: malformed: invalid utf-16 surrogate pair \(byte \d+\)$"):
+        Decoder(E.DRIVER, "d1").feed(False, True, raw)
+
+
+@pytest.mark.parametrize("raw", [b'{"type":"ping","id":"abc', rb'{"type":"ping","id":"\\ud800',
+                                 rb'{"id":"\ud800\udc00'])
+def test_a_message_cut_short_is_still_truncated(raw: bytes) -> None:
+    with pytest.raises(X.BadFrame, match=r"^undecodable JSON: input data was truncated$"):
+        Decoder(E.DRIVER, "d1").feed(False, True, raw)
