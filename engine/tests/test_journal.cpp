@@ -326,8 +326,9 @@ TEST(Journal, IntervalPolicyWriterWritesAReadableJournal) {
 }
 
 // A disk that takes part of a batch and refuses the rest (here the file size limit, EFBIG, as a
-// full disk gives ENOSPC): the part is taken back and the batch kept, so the loop can hold and
-// try again; the retry writes it whole, at the same place, with the same indexes.
+// full disk gives ENOSPC; the batch is bigger than the limit, so the new segment EFBIG moves it to
+// refuses it as well): the part is taken back and the batch kept, so the loop can hold and try
+// again; the retry writes it whole, at the same place, with the same indexes.
 TEST(Journal, ABatchTheDiskTookOnlyPartOfIsTakenBackAndWrittenWholeByTheRetry) {
     TempStateDir t;
     write_records(t.dir, 10, 10);
@@ -360,6 +361,40 @@ TEST(Journal, ABatchTheDiskTookOnlyPartOfIsTakenBackAndWrittenWholeByTheRetry) {
     for (size_t i = 0; i < v.size(); ++i) EXPECT_EQ(v[i].index, i + 1);
     EXPECT_EQ(v[10].payload, payload);
     EXPECT_EQ(v[30].type, 8);
+    EXPECT_FALSE(end.cut);
+}
+
+// A file size limit (LimitFSIZE=) below the segment size: the segment reaches it, and no space freed
+// lets it grow. The batch goes to a new segment, named after its first index, instead of holding
+// the engine for good (and again after each restart, which reopened the same segment).
+TEST(Journal, ABatchPastTheFileSizeLimitGoesToANewSegment) {
+    TempStateDir t;
+    write_records(t.dir, 10, 10);
+    JournalEnd end;
+    ASSERT_EQ(read_all(t.dir, 1, &end).size(), 10u);
+    const uint64_t before = size_of(end.path);
+    JournalWriter w(JournalOptions{t.dir.journal(), FsyncPolicy::Never, 100, 64ull << 20});
+    ASSERT_EQ(w.open(end), 0);
+    const std::string payload(100, 'p');
+    for (int i = 0; i < 4; ++i) w.add(7, payload.data(), static_cast<uint32_t>(payload.size()));
+
+    struct rlimit old{};
+    ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+    const auto prev = signal(SIGXFSZ, SIG_IGN);
+    struct rlimit small = old;
+    small.rlim_cur = before + 500;  // the 4 records (512 bytes) fit a new segment, not behind the 10
+    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+    const int rc = w.commit();
+    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, prev);
+
+    EXPECT_EQ(rc, 0);
+    EXPECT_EQ(size_of(end.path), before);  // the full segment as it was
+    EXPECT_EQ(w.batch_records(), 0u);
+    const auto v = read_all(t.dir, 1, &end);
+    ASSERT_EQ(v.size(), 14u);
+    for (size_t i = 0; i < v.size(); ++i) EXPECT_EQ(v[i].index, i + 1);
+    EXPECT_EQ(end.path, t.dir.journal() + "/" + segment_name(11));
     EXPECT_FALSE(end.cut);
 }
 

@@ -422,17 +422,19 @@ uint64_t JournalWriter::add(const InputEvent& ev) {
     return add(type, payload.data(), static_cast<uint32_t>(payload.size()));
 }
 
+int JournalWriter::start_batch_segment() {
+    const uint64_t keep = next_index_;
+    next_index_ = keep - batch_n_;
+    const int rc = rotate();
+    next_index_ = keep;
+    return rc;
+}
+
 int JournalWriter::commit() {
     if (batch_.empty()) return 0;
     if (fd_ < 0 || seg_bytes_ >= opt_.segment_bytes) {
-        // The batch's first index names the next segment. (No segment open: a rotation failed, on a
-        // full disk, and this is the retry.)
-        const uint64_t first = next_index_ - batch_n_;
-        const uint64_t keep = next_index_;
-        next_index_ = first;
-        const int rc = rotate();
-        next_index_ = keep;
-        if (rc != 0) return rc;
+        // (No segment open: a rotation failed, on a full disk, and this is the retry.)
+        if (const int rc = start_batch_segment(); rc != 0) return rc;
     }
     if (!write_all(fd_, batch_.data(), batch_.size())) {
         const int err = errno != 0 ? errno : EIO;
@@ -444,6 +446,14 @@ int JournalWriter::commit() {
         const bool taken_back = ftruncate(fd_, static_cast<off_t>(seg_bytes_)) == 0;
         (void)taken_back;
         lseek(fd_, static_cast<off_t>(seg_bytes_), SEEK_SET);
+        // A file size limit (RLIMIT_FSIZE, systemd's LimitFSIZE=) below --journal-segment-mb: no
+        // space freed ever lets this segment grow, and a restart reopens it. The batch goes to a
+        // segment of its own, once, and only if it would not be alone here too; a batch bigger
+        // than the limit holds as on a full disk.
+        if (err == EFBIG && seg_bytes_ > kSegmentHeader) {
+            if (const int rc = start_batch_segment(); rc != 0) return rc;
+            return commit();
+        }
         return -err;
     }
     seg_bytes_ += batch_.size();

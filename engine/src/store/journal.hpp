@@ -131,7 +131,8 @@ public:
     uint64_t add(const InputEvent& ev);
     size_t batch_records() const { return batch_n_; }
 
-    // Writes the batch with one write() (rotating first when the segment is full).
+    // Writes the batch with one write() (rotating first when the segment is full, or when the file
+    // size limit refuses it in a segment that already holds records: EFBIG).
     // 0 or -errno; on an error nothing of the batch may be applied: the file is as it was before
     // the call and the batch is kept, so commit() may be called again (more add()s first, too).
     int commit();
@@ -150,6 +151,8 @@ public:
 
 private:
     int start_segment();
+    // A new segment for the batch, named after its first index (a rotation between add() and commit()).
+    int start_batch_segment();
     void sync_loop();
 
     JournalOptions opt_;
