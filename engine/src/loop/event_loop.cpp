@@ -576,7 +576,11 @@ size_t EventLoop::drain_all() {
 // snapshot that covered them would make the next engine apply them twice: a cancel answered
 // `conflict`, a ride_request without an id a second order. A held batch is released as soon as the
 // out ring takes its answers, or its worker is detached as wedged: the snapshot waits that long.
+// Nor while stalled: the held inputs have their indexes but are neither written nor applied (one
+// can stall us between drain() and here: detach_wedged()'s WorkerDetached), and a snapshot at
+// next_index() would skip them, and name the segment it starts after an index not yet written.
 void EventLoop::snapshot_if_due(uint64_t now) {
+    if (stalled_) return;
     for (const auto& [id, w] : workers_)
         if (w->held) return;
     persist_.after_batch(core_, now);
@@ -878,7 +882,7 @@ void EventLoop::tick() {
     if (stalled_) return;  // time stands still for the core until its inputs can be journaled again
     const uint64_t now = clock_ns(CLOCK_MONOTONIC);
     input(Tick{now + clock_offset_});
-    if (!stalled_) snapshot_if_due(now);
+    snapshot_if_due(now);
 }
 
 }  // namespace dgdo

@@ -372,9 +372,17 @@ int JournalWriter::start_segment() {
         unlink(path.c_str());  // (a full disk) an empty name in the way of nothing; the retry makes it again
         return err;
     }
-    if (opt_.fsync != FsyncPolicy::Never) {
-        fdatasync(fd);
-        fsync_dir(opt_.dir);  // the new name must survive a power loss too
+    if (opt_.fsync != FsyncPolicy::Never) {  // the new name must survive a power loss too
+        int rc = fdatasync(fd) == 0 ? 0 : -errno;
+        if (rc == 0) rc = fsync_dir(opt_.dir);
+        // --fsync batch promises that what is answered is on disk: a segment whose name may not
+        // survive is not started (the caller holds and tries again, as on a full disk). The
+        // interval policy promises less, and its sync thread reports failing syncs.
+        if (rc != 0 && opt_.fsync == FsyncPolicy::Batch) {
+            ::close(fd);
+            unlink(path.c_str());
+            return rc;
+        }
     }
     {
         std::lock_guard<std::mutex> lock(mu_);
