@@ -636,6 +636,40 @@ TEST(Persistence, AfterALostJournalTailNoOrderIdIsHandedOutAgain) {
     EXPECT_EQ(again.next_order_id(), fresh);
 }
 
+// A command the journal holds, sent again by a sidecar's salvage, is recognised for a while after
+// the start; an engine that held on a refused journal write at its start (a full disk) read its
+// rings only when the hold ended, so the while starts again then (recent_from).
+TEST(Persistence, ASalvagedCommandIsRecognisedForAWhileAfterTheRingsAreReadAgain) {
+    TempStateDir t;
+    Harness h;
+    {
+        Recorder rec(t.dir);
+        std::vector<InputEvent> in{Tick{h.now}};
+        const auto r = rides(h, 0, 2);
+        in.insert(in.end(), r.begin(), r.end());
+        rec.run(in, 0, in.size());
+    }
+    std::vector<std::string> commands;
+    for (const auto& [type, payload] : journal_records(t.dir))
+        if (type == DGDO_IN_RIDE_REQUEST) commands.push_back(payload);
+    ASSERT_EQ(commands.size(), 2u);
+    const auto bytes = [](const std::string& p) { return reinterpret_cast<const uint8_t*>(p.data()); };
+    const uint64_t t0 = 1'000'000'000, minute = 60'000'000'000;
+
+    PersistOptions o = t.options(FsyncPolicy::Never);
+    Persistence p(o);
+    Core core;
+    ASSERT_EQ(p.start(core, Config{}, t0), 0);
+    p.recent_from(t0 + minute);  // held a minute
+    std::vector<OutRecord> answers;
+    EXPECT_TRUE(p.already_journaled(DGDO_IN_RIDE_REQUEST, bytes(commands[0]), static_cast<uint32_t>(commands[0].size()),
+                                    t0 + minute + minute / 2, answers));
+    ASSERT_EQ(answers.size(), 1u);  // its answer, as the replay made it
+    EXPECT_EQ(answers[0].type, DGDO_OUT_COMMAND_RESULT);
+    EXPECT_FALSE(p.already_journaled(DGDO_IN_RIDE_REQUEST, bytes(commands[1]), static_cast<uint32_t>(commands[1].size()),
+                                     t0 + 2 * minute + 1, answers));  // past the window
+}
+
 TEST(Persistence, ReplayingAJournalWithTheJumpGivesTheLiveDigest) {
     TempStateDir t;
     const auto in = scripted_inputs(61, 1500);

@@ -848,6 +848,7 @@ void EventLoop::retry_journal(uint64_t now) {
         return;
     }
     stalled_ = false;
+    persist_.recent_from(now);  // (a hold at the first start: the salvage is read only from now)
     std::fprintf(stderr, "dgdo-engine: = journal written again after %.1f s; applying the %zu input(s) held\n",
                  static_cast<double>(now - stalled_since_ns_) / 1e9, unapplied_.size());
     std::vector<InputEvent> held;

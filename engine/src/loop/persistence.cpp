@@ -348,6 +348,10 @@ bool Persistence::reap(bool wait) {
     return true;
 }
 
+void Persistence::recent_from(uint64_t mono_now_ns) {
+    if (!recent_.empty()) recent_until_ns_ = std::max(recent_until_ns_, mono_now_ns + kRecentWindowNs);
+}
+
 bool Persistence::already_journaled(int32_t type, const uint8_t* body, uint32_t len, uint64_t mono_now_ns,
                                     std::vector<OutRecord>& answers) {
     if (recent_.empty() || !runs_once(type)) return false;

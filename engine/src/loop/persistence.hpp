@@ -84,6 +84,9 @@ public:
     // COMMAND_RESULT as the replay produced it, if it had one, is appended to `answers`.
     bool already_journaled(int32_t type, const uint8_t* body, uint32_t len, uint64_t mono_now_ns,
                            std::vector<OutRecord>& answers);
+    // The rings are read again after a hold (a journal the disk refused: EventLoop::stall): what
+    // the sidecars salvaged waited there unread, so the window for recognising it starts now.
+    void recent_from(uint64_t mono_now_ns);
 
     // Waits for a snapshot being written (forked child or thread), so that its log line comes
     // before the loop's last one ("shutting down").
