@@ -21,6 +21,16 @@ def test_a_head_that_never_ends_is_refused_at_the_limit_with_431() -> None:
     assert e.value.status == 431
 
 
+@pytest.mark.parametrize("raw", [b"GET /healthz HTTP/1.1\nHost: x\n\n", b"GET /healthz HTTP/1.1\r\nHost: x\n\n",
+                                 b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"])
+def test_a_head_that_can_never_end_here_is_refused_at_once_with_400(raw: bytes) -> None:
+    """Bare-LF lines (RFC 9112 §2.2 lets a server refuse them; picows, which reads the upgrades, does) and
+    a TLS ClientHello on the plain port: answered now, not after the head timeout."""
+    with pytest.raises(http1.BadRequest) as e:
+        http1.head_size(raw)
+    assert e.value.status == 400
+
+
 def test_parse_reads_the_request_line_and_case_insensitive_fields() -> None:
     head = http1.parse_head(b"GET /ws/driver/d1?token=t HTTP/1.1\r\nHost: a\r\nUPGRADE: WebSocket\r\n"
                             b"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Version:13\r\n\r\n")

@@ -172,6 +172,7 @@ def test_an_http_1_1_request_without_host_gets_400(stack: Stack, request_: bytes
     (b"GET /nowhere HTTP/1.0\r\n\r\n", 404),
     (b"GET /ws/driver/d1?last_seq=%C2%B2 HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # a "digit" int() refuses
     (b"GET /healthz HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),  # RFC 9112 §3.2: one Host line
+    (b"GET /healthz HTTP/1.1\nHost: x\n\n", 400),  # bare-LF lines: answered at once, not at the head timeout
 ])
 def test_bad_heads_get_their_status(stack: Stack, request_: bytes, status: int) -> None:
     assert parse(exchange(stack, request_))[0] == status

@@ -21,6 +21,7 @@ from http import HTTPStatus
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADERS = 100  # as picows (and h11, nginx's default large_client_header_buffers count)
 HEAD_END = b"\r\n\r\n"
+TLS_HANDSHAKE = b"\x16"  # the first byte of a TLS record carrying a ClientHello: never the start of a method
 VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 WS_VERSION = "13"  # RFC 6455 §4.1: the only version; 7 and 8 were drafts
 
@@ -58,11 +59,18 @@ def head_size(buf: bytes) -> int:
     """Length of the complete head at the start of `buf` (with its empty line), or 0 while more is due.
 
     Raises:
-        BadRequest: 431 when no head has ended within MAX_HEAD_BYTES.
+        BadRequest: 431 when no head has ended within MAX_HEAD_BYTES; 400 for a head that will never
+            end here: one with bare-LF lines (its empty line is `\n\n`; picows, which takes the
+            upgrades, reads CRLF only), or a TLS handshake sent to a plain-HTTP port. Without this
+            both waited out the head timeout in silence.
     """
     end = buf.find(HEAD_END, 0, MAX_HEAD_BYTES)
     if end >= 0:
         return end + len(HEAD_END)
+    if buf[:1] == TLS_HANDSHAKE:
+        raise BadRequest(400, "a TLS handshake on a plain-HTTP port: use ws:// and http:// here")
+    if buf.find(b"\n\n", 0, MAX_HEAD_BYTES) >= 0:
+        raise BadRequest(400, "header lines must end in CRLF")
     if len(buf) >= MAX_HEAD_BYTES:
         raise BadRequest(431, f"request head over {MAX_HEAD_BYTES} bytes")
     return 0
