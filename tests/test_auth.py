@@ -64,9 +64,9 @@ def test_role_and_subject_must_match_the_path_else_403() -> None:
             auth.authorize(claims, role, app_id)
         assert auth.http_status(e.value) == 403
     auth.authorize(auth.Claims("ops-1", Role.ADMIN, 2**40), Role.ADMIN, None)  # any admin opens /ws/admin
-    with pytest.raises(auth.WrongRole, match="^a driver token cannot open an admin path$"):
+    with pytest.raises(auth.WrongRole, match=r"^a driver token cannot open an admin path$"):
         auth.authorize(claims, Role.ADMIN, None)
-    with pytest.raises(auth.WrongRole, match="^an admin token cannot open a passenger path$"):
+    with pytest.raises(auth.WrongRole, match=r"^an admin token cannot open a passenger path$"):
         auth.authorize(auth.Claims("ops-1", Role.ADMIN, 2**40), Role.PASSENGER, "p1")
 
 

@@ -145,6 +145,9 @@ async def test_sighup_takes_a_renewed_certificate_and_keeps_connections(
         await old.send({"type": "driver_status", "status": "online", "id": "after"})  # still connected
         await old.expect("ack", id="after")
 
+        s.proc.send_signal(signal.SIGHUP)  # nothing renewed (a credential's copy): said, not "reloaded"
+        s.out.wait_for(r"the TLS certificate .* is unchanged: still serving the one loaded before", timeout=10)
+
         key.write_text("not a key\n")  # a botched renewal: the sidecar keeps what it serves
         s.proc.send_signal(signal.SIGHUP)
         s.out.wait_for(r"still serving the certificate loaded before", timeout=10)

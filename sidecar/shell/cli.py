@@ -417,11 +417,15 @@ def _on_sighup(ctx: ssl.SSLContext | None, args: argparse.Namespace, workers: Wo
 
 def _reload_tls(ctx: ssl.SSLContext, args: argparse.Namespace) -> None:
     try:
-        tls.reload(ctx, args.tls_cert, args.tls_key)
+        changed = tls.reload(ctx, args.tls_cert, args.tls_key)
     except tls.TlsError as e:
         log.error("! SIGHUP: %s; still serving the certificate loaded before", e)
     else:
-        log.warning("SIGHUP: reloaded the TLS certificate %s (new connections present it)", args.tls_cert)
+        if changed:
+            log.warning("SIGHUP: reloaded the TLS certificate %s (new connections present it)", args.tls_cert)
+        else:
+            log.warning("SIGHUP: the TLS certificate %s is unchanged: still serving the one loaded before (a "
+                        "systemd credential is a copy made at start: a renewal there takes a restart)", args.tls_cert)
 
 
 def _settings(args: argparse.Namespace, secret: str | None) -> Settings:

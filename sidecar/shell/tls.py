@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import ssl
 import subprocess
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,10 +57,18 @@ def server_context(cert: Path | str, key: Path | str) -> ssl.SSLContext:
     return ctx
 
 
-def reload(ctx: ssl.SSLContext, cert: Path | str, key: Path | str) -> None:
-    """Loads `cert`/`key` again into `ctx`: new handshakes present them. Raises TlsError (and
-    leaves the context as it was) when they cannot be used."""
+def reload(ctx: ssl.SSLContext, cert: Path | str, key: Path | str) -> bool:
+    """Loads `cert`/`key` again into `ctx`: new handshakes present them. Returns whether the
+    certificate file changed since it was last loaded: a reload that finds the same bytes renewed
+    nothing (a systemd credential is a copy made at start: its renewal takes a restart). Raises
+    TlsError (and leaves the context as it was) when they cannot be used."""
+    before = _loaded.get(ctx)
     load(ctx, Path(cert), Path(key))
+    return _loaded.get(ctx) != before
+
+
+# What each context was last loaded with: the certificate file's bytes (a few KB).
+_loaded: weakref.WeakKeyDictionary[ssl.SSLContext, bytes] = weakref.WeakKeyDictionary()
 
 
 def load(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
@@ -71,6 +80,8 @@ def load(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
             raise TlsError(f"cannot read the TLS {what} {path}: {e.strerror or e}") from None
         if b"-----BEGIN " not in head:
             raise TlsError(f"the TLS {what} {path} is not a PEM file (no -----BEGIN line)")
+        if path is cert:
+            cert_bytes = head
     try:  # OpenSSL's "PEM lib" says neither which file nor what: the certificate is read alone first
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
     except ssl.SSLError:
@@ -85,6 +96,7 @@ def load(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
                            "(readable by its user only)") from None
         except ssl.SSLError as e:
             raise TlsError(f"cannot use the TLS certificate {cert} with the key {key}: {_why(e)}") from None
+    _loaded[ctx] = cert_bytes
 
 
 class _Encrypted(Exception):
