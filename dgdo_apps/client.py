@@ -269,7 +269,8 @@ def token_query(role: str, sub: str) -> str:
         return ""
     import jwt  # only needed when auth is on
 
-    token = jwt.encode({"sub": sub, "role": role, "exp": int(time.time()) + TOKEN_TTL_S}, secret, "HS256")
+    key = secret.split("\n")[0].rstrip("\r")  # a secret of several lines signs with its first (rotation)
+    token = jwt.encode({"sub": sub, "role": role, "exp": int(time.time()) + TOKEN_TTL_S}, key, "HS256")
     return f"?token={token}"
 
 

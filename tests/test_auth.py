@@ -55,6 +55,23 @@ def test_alg_none_is_refused() -> None:
         auth.verify(unsigned, JWT_SECRET)
 
 
+def test_a_secret_of_two_lines_signs_with_the_first_and_accepts_both() -> None:
+    """Rotation (README "Secret"): every worker takes the next key as a second line, then the issuer
+    switches to it, then the first line goes; no worker refuses a token another accepts meanwhile."""
+    old, new = "o" * 32, "n" * 32
+    both = f"{old}\n{new}"
+    assert auth.verify(auth.mint(new, "driver", "d1"), both).sub == "d1"
+    assert auth.verify(auth.mint(old, "driver", "d1"), both).sub == "d1"
+    assert auth.verify(auth.mint(both, "driver", "d1"), old).sub == "d1"  # the first line signs
+    assert auth.verify(auth.mint(old, "driver", "d1"), f"{old}\r\n{new}\r").sub == "d1"  # (CRLF lines)
+    with pytest.raises(auth.BadToken):
+        auth.verify(auth.mint(new, "driver", "d1"), old)
+    with pytest.raises(auth.BadToken):
+        auth.verify(auth.mint("x" * 32, "driver", "d1"), both)  # a key of neither line
+    with pytest.raises(auth.ExpiredToken):  # an expired token of the second key is expired, not "invalid"
+        auth.verify(auth.mint(new, "driver", "d1", ttl_s=-60), both)
+
+
 def test_role_and_subject_must_match_the_path_else_403() -> None:
     claims = auth.Claims("d1", Role.DRIVER, 2**40)
     auth.authorize(claims, Role.DRIVER, "d1")
@@ -206,6 +223,22 @@ async def test_refusals_are_counted_in_metrics(stack: Stack) -> None:
     assert status == 200
     assert any(line.startswith('dgdo_auth_refused_total{worker="1"} ') and float(line.split()[1]) >= 1
                for line in body.decode().splitlines())
+
+
+async def test_a_sidecar_given_two_keys_accepts_tokens_of_either(engine_bin: object) -> None:
+    """A rotation in progress: the worker holds the current key and the next, and the apps' tokens of both connect."""
+    from conftest import start_stack
+
+    old, new = "o" * 32, "n" * 32
+    s = start_stack(env={auth.ENV_SECRET: f"{old}\n{new}"})
+    try:
+        for sub, key in (("d1", old), ("d2", new)):
+            app = await AppClient.open(f"{s.url}/ws/driver/{sub}", token=auth.mint(key, "driver", sub))
+            await app.expect("welcome")
+            await app.close()
+        assert await _ws_status(f"{s.url}/ws/driver/d3", token=auth.mint("x" * 32, "driver", "d3")) == 401
+    finally:
+        assert s.stop() == 0
 
 
 async def test_no_token_or_secret_reaches_the_log_even_at_debug(engine_bin: object) -> None:

@@ -258,6 +258,17 @@ def test_a_short_secret_is_refused_from_every_source(tmp_path: Path) -> None:
         assert out.returncode == 1 and line.startswith("dgdo: the JWT secret from ") and says in line, (args, line)
 
 
+def test_each_line_of_a_secret_of_several_is_held_to_32_bytes(tmp_path: Path) -> None:
+    """A secret being rotated holds two keys, one per line (auth.keys): a short one is refused too, by line."""
+    path = write(tmp_path, "a" * 32 + "\n" + SHORT + "\n", "two")
+    out = dgdo("token", "--role", "driver", "--sub", "d1", "--secret-file", str(path))
+    assert out.returncode == 1
+    assert one_line(out.stderr).startswith(f"dgdo: line 2 of the JWT secret from {path} is 31 bytes; at least 32")
+    write(tmp_path, "a" * 32 + "\n" + "b" * 32 + "\n", "two")
+    out = dgdo("token", "--role", "driver", "--sub", "d1", "--secret-file", str(path))
+    assert out.returncode == 0 and auth.verify(out.stdout.strip(), "a" * 32).sub == "d1"  # the first line signs
+
+
 def test_where_the_secret_comes_from(tmp_path: Path) -> None:
     a, b, c, d = ("a" * 32, "b" * 32, "c" * 32, "d" * 32)
     flag, conf = write(tmp_path, a, "flag"), write(tmp_path, d, "conf")

@@ -11,6 +11,9 @@ The first source that has one wins:
        /proc/PID/environ would show)
     4. [auth] secret_file in the config file
 
+A secret may hold several keys, one per line (auth.keys): the first signs what `dgdo token`
+mints, and every one verifies. That is how it is rotated (README "Secret").
+
 Every problem ends the command with one line (SystemExit, status 1).
 """
 
@@ -34,11 +37,14 @@ class Found:
 
 
 def checked(secret: str, source: str) -> str:
-    """The secret, or SystemExit when it is too short."""
-    n = len(secret.encode())
-    if n < auth.MIN_SECRET_BYTES:
-        raise SystemExit(f"dgdo: the JWT secret from {source} is {n} bytes; at least {auth.MIN_SECRET_BYTES} "
-                         f"are needed (make one: {MAKE_ONE})")
+    """The secret, or SystemExit when it (or, in a secret of several lines, any line: auth.keys) is too short."""
+    lines = auth.keys(secret)
+    for i, key in enumerate(lines, 1):
+        n = len(key.encode())
+        if n < auth.MIN_SECRET_BYTES:
+            which = f"line {i} of the JWT secret" if len(lines) > 1 else "the JWT secret"
+            raise SystemExit(f"dgdo: {which} from {source} is {n} bytes; at least {auth.MIN_SECRET_BYTES} "
+                             f"are needed (make one: {MAKE_ONE})")
     return secret
 
 

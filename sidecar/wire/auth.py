@@ -149,11 +149,18 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
+def keys(secret: str) -> list[str]:
+    """The keys a secret holds: one per line. The first signs; every one verifies, so that a secret
+    can be rotated without a moment when some worker refuses the tokens another accepts (README
+    "Secret": the new key as a second line everywhere, then the issuer switches, then the old goes)."""
+    return [line.rstrip("\r") for line in secret.split("\n")]
+
+
 def mint(secret: str, role: Role | str, sub: str, ttl_s: float = DEFAULT_TTL_S, now: float | None = None) -> str:
-    """Signs a token for `role`/`sub` valid for `ttl_s` seconds."""
+    """Signs a token for `role`/`sub` valid for `ttl_s` seconds (with the secret's first key)."""
     issued = int(time.time() if now is None else now)
     payload = {"sub": sub, "role": str(Role(role)), "iat": issued, "exp": issued + int(ttl_s)}
-    return jwt.encode(payload, secret, algorithm=ALGORITHM)
+    return jwt.encode(payload, keys(secret)[0], algorithm=ALGORITHM)
 
 
 def token_from(query: dict[str, str], authorization: str | None) -> str:
@@ -173,7 +180,7 @@ def token_from(query: dict[str, str], authorization: str | None) -> str:
 
 
 def verify(token: str, secret: str) -> Claims:
-    """Checks the signature and the claims.
+    """Checks the signature (with each of the secret's `keys` in turn) and the claims.
 
     Raises:
         BadToken: malformed, wrong signature or algorithm, a claim missing or invalid.
@@ -182,8 +189,16 @@ def verify(token: str, secret: str) -> Claims:
     if len(token) > MAX_TOKEN_LEN:
         raise BadToken("token too long")
     options: dict[str, Any] = {"require": ["exp", "sub", "role"], "verify_sub": False}
+    *earlier, last = keys(secret)
     try:
-        payload = jwt.decode(token, secret, algorithms=[ALGORITHM], options=options, leeway=LEEWAY_S)
+        for key in earlier:  # (a rotation: tokens of the next key fail the first one's signature only)
+            try:
+                payload = jwt.decode(token, key, algorithms=[ALGORITHM], options=options, leeway=LEEWAY_S)
+                break
+            except jwt.InvalidSignatureError:
+                continue
+        else:
+            payload = jwt.decode(token, last, algorithms=[ALGORITHM], options=options, leeway=LEEWAY_S)
     except jwt.ExpiredSignatureError:
         raise ExpiredToken(EXPIRED) from None
     except jwt.InvalidTokenError as e:
