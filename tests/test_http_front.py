@@ -318,6 +318,20 @@ async def test_with_auth_off_a_page_of_another_site_cannot_open_a_websocket(open
         assert json.loads(await ws.recv())["type"] == "welcome"
 
 
+def _auth_enabled(s: Stack) -> float:
+    status, body = s.http_get("/metrics")
+    assert status == 200
+    return next(sample.value for family in text_string_to_metric_families(body.decode())
+                for sample in family.samples if sample.name == "dgdo_auth_enabled")
+
+
+def test_a_worker_without_auth_says_so_in_its_metrics(open_stack: Stack, stack: Stack) -> None:
+    """`dgdo_auth_enabled` (README "Metrics to alert on", "auth off"): one shared config file can turn
+    auth off on every worker, with a warning line each; the metric is what an alert sees."""
+    assert _auth_enabled(open_stack) == 0
+    assert _auth_enabled(stack) == 1
+
+
 # ---- what a client can make the sidecar log -------------------------------------------------------
 
 

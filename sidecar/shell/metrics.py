@@ -100,6 +100,9 @@ class WorkerCollector(Collector):
         info = InfoMetricFamily("dgdo_build", "the sidecar's version", labels=["worker"])
         info.add_metric(w, {"version": self.version})
         yield info
+        # (0 only with --insecure-no-auth: anyone who reaches the port connects as anyone. Alert on it.)
+        yield _gauge("dgdo_auth_enabled", "1 while upgrades need a valid token, 0 with auth turned off", w,
+                     int(app.auth.enabled))
         yield _gauge("dgdo_engine_attached", "1 while the engine is attached", w, int(link.attached))
         yield _gauge("dgdo_engine_available", "1 while the engine is attached and beating", w, int(link.available))
         age = link.heartbeat_age_ns
