@@ -193,6 +193,9 @@ int EventLoop::run() {
         for (int i = 0; i < k; ++i) handle(events[i]);
         if (k > 0) busy_at = clock_ns(CLOCK_MONOTONIC);
     }
+    // Said before the wait for a snapshot being written (a big one takes seconds): systemd shows the
+    // unit deactivating from the moment we stop taking input, not from the last line.
+    notify_.send("STOPPING=1\nSTATUS=shutting down: finishing the snapshot being written, syncing the journal\n");
     persist_.finish();
     if (stalled_)
         std::fprintf(stderr,
@@ -200,7 +203,6 @@ int EventLoop::run() {
                      "the sidecars sent of them is still in their rings, and they send it to the next engine\n",
                      unapplied_.size());
     std::fprintf(stderr, "dgdo-engine: x shutting down\n");
-    notify_.send("STOPPING=1\nSTATUS=shutting down\n");
     return failed_ ? 1 : 0;
 }
 
