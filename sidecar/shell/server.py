@@ -243,6 +243,7 @@ class App:
         self._feed_task: asyncio.Task[None] | None = None
         self.keepalive = Keepalive(settings.ping_idle_s, settings.ping_reply_s)
         self.listeners: set[AppListener] = set()  # every open connection, for the keepalive sweep
+        self._hangups: dict[WSTransport, list[asyncio.TimerHandle]] = {}  # hang_up_later's timers, by connection
         self._keepalive_task: asyncio.Task[None] | None = None
         self.tls = False  # serving wss:// (start)
 
@@ -377,8 +378,21 @@ class App:
         # Not disconnect() now: closing a socket with unread input sends RST, and the client's
         # kernel then drops our CLOSE frame unread (a flooding client always has input in flight).
         # The client's CLOSE echo normally ends it (AppListener); these only bound the wait.
-        self._loop.call_later(CLOSE_WAIT_S, t.disconnect)  # graceful: buffered frames, the CLOSE, then FIN
-        self._loop.call_later(CLOSE_GRACE_S, t.disconnect, False)  # a client that never reads: abort
+        self.hang_up_later(t, CLOSE_WAIT_S, True)  # graceful: buffered frames, the CLOSE, then FIN
+        self.hang_up_later(t, CLOSE_GRACE_S, False)  # a client that never reads: abort
+
+    def hang_up_later(self, t: WSTransport, delay_s: float, graceful: bool) -> None:
+        """Disconnects `t` in `delay_s` unless it is gone before (`hung_up`, from on_ws_disconnected).
+
+        Cancelled then, not left to fire on a dead transport: a timer holds its transport, and with it
+        the connection's buffers and upgrade (~8 KB), for its whole delay. At hundreds of closes a
+        second that was tens of MB of peak RSS, which the allocators then kept.
+        """
+        self._hangups.setdefault(t, []).append(self._loop.call_later(delay_s, t.disconnect, graceful))
+
+    def hung_up(self, t: WSTransport) -> None:
+        for timer in self._hangups.pop(t, ()):
+            timer.cancel()
 
     # ---- engine link callbacks -------------------------------------------------------------
 
@@ -725,10 +739,11 @@ class AppListener(WSListener):
             transport.disconnect()  # graceful: what is buffered, then FIN
             # A client that reads nothing more would hold the socket until that is written (never):
             # aborted as after a CLOSE of ours (App._close).
-            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.disconnect, False)
+            self.app.hang_up_later(transport, CLOSE_GRACE_S, False)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.app.listeners.discard(self)
+        self.app.hung_up(transport)
         if self._paused_timer is not None:
             self._paused_timer.cancel()
             self._paused_timer = None
