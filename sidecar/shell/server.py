@@ -736,10 +736,11 @@ class AppListener(WSListener):
             # picows leaves the reply to us (RFC 6455 §5.5.1): echo the code, then hang up.
             if not transport.is_close_frame_sent:  # we may have closed first: then this is the echo
                 transport.send_close(*_close_reply(frame))
-            transport.disconnect()  # graceful: what is buffered, then FIN
-            # A client that reads nothing more would hold the socket until that is written (never):
-            # aborted as after a CLOSE of ours (App._close).
+            # A client that reads nothing more would hold the socket until what is buffered is written
+            # (never): aborted as after a CLOSE of ours (App._close). Timed before the disconnect, whose
+            # on_ws_disconnected cancels it.
             self.app.hang_up_later(transport, CLOSE_GRACE_S, False)
+            transport.disconnect()  # graceful: what is buffered, then FIN
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.app.listeners.discard(self)
