@@ -409,6 +409,23 @@ class EngineRing:
         self.seg.close()
 
 
+def _kill(s: Split, rings: list[EngineRing]) -> None:
+    """kill -9 of the engine, once the test's own views of its rings are closed."""
+    for r in rings:
+        r.close()
+    rings.clear()
+    assert s.engine is not None
+    s.engine.send_signal(signal.SIGKILL)
+    s.engine.wait()
+
+
+def _restart(s: Split, *flags: str) -> None:
+    """The next engine, once the sidecar has seen the last one gone, and until the sidecar has attached."""
+    s.wait_health(503)
+    s.start_engine(*flags)
+    s.wait_health(200)
+
+
 async def test_commands_the_engine_took_but_had_not_answered_when_killed_get_their_answer_not_a_retry(
         engine_bin: Path, state_dir: str) -> None:
     """An engine killed after it journaled and applied commands but before their answers were in the
@@ -447,16 +464,10 @@ async def test_commands_the_engine_took_but_had_not_answered_when_killed_get_the
             beat = out_ring.seg.producer_heartbeat_ns()
             await asyncio.to_thread(out_ring.wait, "a heartbeat after the batch",
                                     lambda: out_ring.seg.producer_heartbeat_ns() != beat)
-            for r in rings:
-                r.close()
-            rings.clear()
-            s.engine.send_signal(signal.SIGKILL)
-            s.engine.wait()
+            _kill(s, rings)
         finally:
             s.sidecar.send_signal(signal.SIGCONT)
-        s.wait_health(503)
-        s.start_engine("--state-dir", state_dir, "--fsync", "batch", "--ring-capacity", "4096")
-        s.wait_health(200)
+        _restart(s, "--state-dir", state_dir, "--fsync", "batch", "--ring-capacity", "4096")
         order_ids = []
         for i, p in enumerate(passengers):
             got = (await answers(p, [f"r{i}"]))[f"r{i}"]
@@ -508,16 +519,10 @@ async def test_a_snapshot_waits_for_a_held_batch_so_its_commands_run_once_after_
             await asyncio.to_thread(out_ring.wait, "0.6 s of the engine's heartbeats: three snapshots due",
                                     lambda: out_ring.seg.producer_heartbeat_ns() > full_at + 600_000_000)
             assert in_ring.depth() > 0  # still held
-            for r in rings:
-                r.close()
-            rings.clear()
-            s.engine.send_signal(signal.SIGKILL)
-            s.engine.wait()
+            _kill(s, rings)
         finally:
             s.sidecar.send_signal(signal.SIGCONT)
-        s.wait_health(503)
-        s.start_engine(*flags)
-        s.wait_health(200)
+        _restart(s, *flags)
         for i, p in enumerate(passengers):
             got = (await answers(p, [f"c{i}"]))[f"c{i}"]
             assert [m["type"] for m in got] == ["ack"], got
