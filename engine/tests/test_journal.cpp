@@ -398,5 +398,39 @@ TEST(Journal, ABatchPastTheFileSizeLimitGoesToANewSegment) {
     EXPECT_FALSE(end.cut);
 }
 
+// A new segment that cannot be started (a full disk refuses even its header; here a file size
+// limit below it): nothing is written and the batch is kept; the retry starts the segment, named
+// after the batch's first index, and writes the batch whole.
+TEST(Journal, ASegmentThatCannotBeStartedIsStartedByTheRetry) {
+    TempStateDir t;
+    write_records(t.dir, 10, 10);
+    JournalEnd end;
+    ASSERT_EQ(read_all(t.dir, 1, &end).size(), 10u);
+    JournalWriter w(JournalOptions{t.dir.journal(), FsyncPolicy::Never, 100, 64ull << 20});
+    ASSERT_EQ(w.open(end), 0);
+    const std::string payload(100, 'p');
+    for (int i = 0; i < 3; ++i) w.add(7, payload.data(), static_cast<uint32_t>(payload.size()));
+
+    struct rlimit old{};
+    ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+    const auto prev = signal(SIGXFSZ, SIG_IGN);
+    struct rlimit tiny = old;
+    tiny.rlim_cur = 16;  // below a segment's header: the full segment refuses the batch, the new one its header
+    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &tiny), 0);
+    const int failed = w.commit();
+    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, prev);
+
+    EXPECT_EQ(failed, -EFBIG);
+    EXPECT_EQ(w.batch_records(), 3u);  // kept
+    EXPECT_EQ(list_segments(t.dir.journal()).size(), 1u);  // no empty segment left in the way
+    ASSERT_EQ(w.commit(), 0);
+    const auto v = read_all(t.dir, 1, &end);
+    ASSERT_EQ(v.size(), 13u);
+    for (size_t i = 0; i < v.size(); ++i) EXPECT_EQ(v[i].index, i + 1);
+    EXPECT_EQ(end.path, t.dir.journal() + "/" + segment_name(11));
+    EXPECT_FALSE(end.cut);
+}
+
 }  // namespace
 }  // namespace dgdo::test
