@@ -129,6 +129,12 @@ def test_a_websocket_version_other_than_13_gets_426_naming_13(stack: Stack, vers
     assert status == 426 and fields["sec-websocket-version"] == "13"
 
 
+def test_an_upgrade_with_two_keys_is_refused(stack: Stack) -> None:
+    request = upgrade(f"/ws/driver/d1?token={mint('driver', 'd1')}", extra="Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n")
+    status, _, body = parse(exchange(stack, request))
+    assert status == 400 and b"one Sec-WebSocket-Key" in body
+
+
 def test_an_upgrade_over_http_1_0_is_refused(stack: Stack) -> None:
     request = upgrade(f"/ws/driver/d1?token={mint('driver', 'd1')}").replace(b"HTTP/1.1", b"HTTP/1.0", 1)
     assert parse(exchange(stack, request))[0] == 400

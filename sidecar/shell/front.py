@@ -166,6 +166,10 @@ class Front:
             # RFC 6455 §4.2.2: the versions we speak go with the refusal.
             return self.refuse(426, b"WebSocket version 13 only",
                                {"Sec-WebSocket-Version": http1.WS_VERSION, "Upgrade": "websocket"})
+        if "," in (head.get("sec-websocket-key") or ""):
+            # RFC 6455 §11.3.1: the field appears once. Two were joined (http1.Head), and picows would
+            # answer the first: a client that sent two cannot tell which one our accept answers.
+            return self.refuse(400, b"one Sec-WebSocket-Key field only (RFC 6455 section 11.3.1)")
         if self.open > self.max_connections:
             answer = self.refuse(503, b"this worker is at its connection limit; retry later",
                                  {"Retry-After": str(RETRY_AFTER_S)})
