@@ -130,7 +130,8 @@ def test_a_websocket_version_other_than_13_gets_426_naming_13(stack: Stack, vers
 
 
 def test_an_upgrade_with_two_keys_is_refused(stack: Stack) -> None:
-    request = upgrade(f"/ws/driver/d1?token={mint('driver', 'd1')}", extra="Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n")
+    second = "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"
+    request = upgrade(f"/ws/driver/d1?token={mint('driver', 'd1')}", extra=second)
     status, _, body = parse(exchange(stack, request))
     assert status == 400 and b"one Sec-WebSocket-Key" in body
 
