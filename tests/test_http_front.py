@@ -383,10 +383,13 @@ def test_each_kind_of_picows_line_is_written_once_a_window_with_the_count_left_o
         quiet.info("New connection accepted")
         now[0] += server.PICOWS_LOG_EVERY_S
         quiet.error("WS parser error: %s", "bad opcode")
+        quiet.error("Exception from WSListener.on_ws_disconnected: %s", "ours")
+    # A client's bad frame is its fault: WARNING, so that `journalctl -p err` shows only ours.
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
-        (logging.ERROR, "WS parser error: bad length"),
+        (logging.WARNING, "WS parser error: bad length"),
         (logging.WARNING, "another kind"),
         (logging.DEBUG, "New connection accepted"),
         (logging.DEBUG, "New connection accepted"),
-        (logging.ERROR, "WS parser error: bad opcode (4 more like this left out before)"),
+        (logging.WARNING, "WS parser error: bad opcode (4 more like this left out before)"),
+        (logging.ERROR, "Exception from WSListener.on_ws_disconnected: ours"),
     ]

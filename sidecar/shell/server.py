@@ -127,6 +127,7 @@ METRICS_PORT_CONNECTIONS = 64  # scrapers and health checks on --metrics-port, a
 WORKER_HEADER = "X-Dgdo-Worker"  # in every 101: the sidecar worker id that took the connection
 FIRST_ATTACH_S = 1.0  # the one attach tried before listening (App.start)
 PICOWS_LOG_EVERY_S = 10.0  # at most one of each kind of picows warning or error this often (_QuietLog)
+PICOWS_CLIENT_FAULTS = ("WS parser error",)  # picows' ERROR lines about what a client sent: WARNING here
 
 
 class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -149,6 +150,8 @@ class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         self.debug(msg, *args, **kwargs)
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level > logging.WARNING and isinstance(msg, str) and msg.startswith(PICOWS_CLIENT_FAULTS):
+            level = logging.WARNING  # a client's bad frame: `journalctl -p err` is for faults of ours
         if level < logging.WARNING or not self.isEnabledFor(level):
             super().log(level, msg, *args, **kwargs)
             return
