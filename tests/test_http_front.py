@@ -366,6 +366,7 @@ async def test_clients_without_a_token_cannot_flood_the_log(engine_bin: Path) ->
         assert s.stop() == 0  # every line is out once the process has ended
     parser_errors = [line for line in s.out.all if "WS parser error" in line]
     assert len(parser_errors) == 1, parser_errors[:3]
+    assert " WARNING picows.server " in parser_errors[0]  # the client's fault, not ours: not ERROR
 
 
 def test_each_kind_of_picows_line_is_written_once_a_window_with_the_count_left_out(
