@@ -264,6 +264,25 @@ TEST(Recovery, AJournalSegmentOfANewerFormatIsRefusedAndLeftWhole) {
     EXPECT_FALSE(expect_refused_untouched(t, "newer than this engine's").end.cut);
 }
 
+// A segment whose header is garbled (its magic: not a journal segment of any version) but whose
+// records follow it is damage, not a newer format and not a torn tail: refused, every byte kept.
+TEST(Recovery, AJournalSegmentWithAGarbledHeaderIsRefusedAndLeftWhole) {
+    TempStateDir t;
+    const auto in = scripted_inputs(62, 1500);
+    Recorder rec(t.dir);
+    rec.run(in, 0, in.size());
+    const auto seg = list_segments(t.dir.journal()).back().path;
+    write_u32(seg, 0, 0xdeadbeef);  // the first half of the magic
+    const auto before = files_and_sizes(t.dir);
+    Core core;
+    const Recovery r = recover(core, Config{}, t.dir);
+    EXPECT_FALSE(r.ok);
+    EXPECT_FALSE(r.end.newer);
+    EXPECT_FALSE(r.end.cut);
+    EXPECT_FALSE(r.end.problem.empty());
+    EXPECT_EQ(files_and_sizes(t.dir), before);
+}
+
 // Sets a snapshot file's format version, with a header checksum that still holds.
 void set_snapshot_version(const std::string& path, uint32_t version) {
     const int fd = ::open(path.c_str(), O_RDWR);
