@@ -325,31 +325,47 @@ TEST(Journal, IntervalPolicyWriterWritesAReadableJournal) {
     EXPECT_EQ(read_all(t.dir, 1).size(), 50u);
 }
 
+// A journal of 10 records in one segment (`before` bytes, ending at `end`), and a writer that continues it.
+struct TenRecords {
+    TempStateDir t;
+    JournalEnd end;
+    uint64_t before = 0;
+    JournalWriter w{JournalOptions{t.dir.journal(), FsyncPolicy::Never, 100, 64ull << 20}};
+    TenRecords() {
+        write_records(t.dir, 10, 10);
+        EXPECT_EQ(read_all(t.dir, 1, &end).size(), 10u);
+        before = size_of(end.path);
+        EXPECT_EQ(w.open(end), 0);
+    }
+};
+
+// w.commit() with the file size limit (RLIMIT_FSIZE) at `limit` bytes, and SIGXFSZ ignored (EFBIG
+// instead of the signal), both restored after.
+int commit_under_file_size_limit(JournalWriter& w, rlim_t limit) {
+    struct rlimit old{};
+    EXPECT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+    const auto prev = signal(SIGXFSZ, SIG_IGN);
+    struct rlimit small = old;
+    small.rlim_cur = limit;
+    EXPECT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+    const int rc = w.commit();
+    EXPECT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, prev);
+    return rc;
+}
+
 // A disk that takes part of a batch and refuses the rest (here the file size limit, EFBIG, as a
 // full disk gives ENOSPC; the batch is bigger than the limit, so the new segment EFBIG moves it to
 // refuses it as well): the part is taken back and the batch kept, so the loop can hold and try
 // again; the retry writes it whole, at the same place, with the same indexes.
 TEST(Journal, ABatchTheDiskTookOnlyPartOfIsTakenBackAndWrittenWholeByTheRetry) {
-    TempStateDir t;
-    write_records(t.dir, 10, 10);
-    JournalEnd end;
-    ASSERT_EQ(read_all(t.dir, 1, &end).size(), 10u);
-    const uint64_t before = size_of(end.path);
-    JournalWriter w(JournalOptions{t.dir.journal(), FsyncPolicy::Never, 100, 64ull << 20});
-    ASSERT_EQ(w.open(end), 0);
+    TenRecords j;
+    auto& [t, end, before, w] = j;
     const std::string payload(200, 'p');
     for (int i = 0; i < 20; ++i) w.add(7, payload.data(), static_cast<uint32_t>(payload.size()));
 
-    struct rlimit old{};
-    ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
-    const auto prev = signal(SIGXFSZ, SIG_IGN);  // EFBIG instead of the signal
-    struct rlimit small = old;
-    small.rlim_cur = before + 1000;  // room for some of the 20 records, not all
-    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
-    const int failed = w.commit();
+    const int failed = commit_under_file_size_limit(w, before + 1000);  // room for some of the 20, not all
     const uint64_t after_failure = size_of(end.path);
-    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
-    signal(SIGXFSZ, prev);
 
     EXPECT_EQ(failed, -EFBIG);
     EXPECT_EQ(after_failure, before);  // the part it took is taken back
@@ -368,25 +384,13 @@ TEST(Journal, ABatchTheDiskTookOnlyPartOfIsTakenBackAndWrittenWholeByTheRetry) {
 // lets it grow. The batch goes to a new segment, named after its first index, instead of holding
 // the engine for good (and again after each restart, which reopened the same segment).
 TEST(Journal, ABatchPastTheFileSizeLimitGoesToANewSegment) {
-    TempStateDir t;
-    write_records(t.dir, 10, 10);
-    JournalEnd end;
-    ASSERT_EQ(read_all(t.dir, 1, &end).size(), 10u);
-    const uint64_t before = size_of(end.path);
-    JournalWriter w(JournalOptions{t.dir.journal(), FsyncPolicy::Never, 100, 64ull << 20});
-    ASSERT_EQ(w.open(end), 0);
+    TenRecords j;
+    auto& [t, end, before, w] = j;
     const std::string payload(100, 'p');
     for (int i = 0; i < 4; ++i) w.add(7, payload.data(), static_cast<uint32_t>(payload.size()));
 
-    struct rlimit old{};
-    ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
-    const auto prev = signal(SIGXFSZ, SIG_IGN);
-    struct rlimit small = old;
-    small.rlim_cur = before + 500;  // the 4 records (512 bytes) fit a new segment, not behind the 10
-    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
-    const int rc = w.commit();
-    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
-    signal(SIGXFSZ, prev);
+    // The 4 records (512 bytes) fit a new segment, not behind the 10.
+    const int rc = commit_under_file_size_limit(w, before + 500);
 
     EXPECT_EQ(rc, 0);
     EXPECT_EQ(size_of(end.path), before);  // the full segment as it was
@@ -402,24 +406,13 @@ TEST(Journal, ABatchPastTheFileSizeLimitGoesToANewSegment) {
 // limit below it): nothing is written and the batch is kept; the retry starts the segment, named
 // after the batch's first index, and writes the batch whole.
 TEST(Journal, ASegmentThatCannotBeStartedIsStartedByTheRetry) {
-    TempStateDir t;
-    write_records(t.dir, 10, 10);
-    JournalEnd end;
-    ASSERT_EQ(read_all(t.dir, 1, &end).size(), 10u);
-    JournalWriter w(JournalOptions{t.dir.journal(), FsyncPolicy::Never, 100, 64ull << 20});
-    ASSERT_EQ(w.open(end), 0);
+    TenRecords j;
+    auto& [t, end, before, w] = j;
     const std::string payload(100, 'p');
     for (int i = 0; i < 3; ++i) w.add(7, payload.data(), static_cast<uint32_t>(payload.size()));
 
-    struct rlimit old{};
-    ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
-    const auto prev = signal(SIGXFSZ, SIG_IGN);
-    struct rlimit tiny = old;
-    tiny.rlim_cur = 16;  // below a segment's header: the full segment refuses the batch, the new one its header
-    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &tiny), 0);
-    const int failed = w.commit();
-    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
-    signal(SIGXFSZ, prev);
+    // Below a segment's header: the full segment refuses the batch, the new one its header.
+    const int failed = commit_under_file_size_limit(w, 16);
 
     EXPECT_EQ(failed, -EFBIG);
     EXPECT_EQ(w.batch_records(), 3u);  // kept
