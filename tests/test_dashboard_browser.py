@@ -150,12 +150,17 @@ async def test_dashboard_shows_the_demo_fleet_live_orders_and_numbers(run: Run, 
         await expect(page.locator("#log li").filter(has_text=f"order {order_id} completed")).to_have_count(1)
         await expect(page.locator("#timeline-steps li").filter(has_text="completed")).to_have_count(1)
 
-        # Hovering a driver marker tells who it is.
-        box = await page.locator("#map").bounding_box()
-        assert box is not None
-        marker = await page.evaluate("() => window.dgdo.markers().find((m) => m.kind === 'driver')")
-        await page.mouse.move(box["x"] + marker["x"], box["y"] + marker["y"])
-        await expect(page.locator("#tooltip")).to_contain_text(f"driver {marker['id']}")
+        # Hovering a driver marker tells who it is. The marker is found and the mouse moved onto it in
+        # one turn of the page's loop: the demo's drivers move, and a redraw between reading a marker's
+        # place and a mouse.move() from here put the mouse where the marker no longer was.
+        driver = await page.evaluate("""() => {
+            const m = window.dgdo.markers().find((m) => m.kind === 'driver');
+            const map = document.getElementById('map'), r = map.getBoundingClientRect();
+            const at = {bubbles: true, clientX: r.left + m.x, clientY: r.top + m.y};
+            map.dispatchEvent(new MouseEvent('mousemove', at));
+            return m.id;
+        }""")
+        await expect(page.locator("#tooltip")).to_contain_text(f"driver {driver}")
         assert errors == [], errors
     finally:
         await page.screenshot(path=tmp_path / "dashboard-end.png")
