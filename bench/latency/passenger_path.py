@@ -382,25 +382,33 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 30) -> None
         time.sleep(0.05)
 
 
+def pinned(cpus: str):
+    """A preexec_fn that pins the child to CPUS ("1" or "0,1"), as `taskset -c` does; None for no pinning."""
+    if not cpus:
+        return None
+    pin = {int(c) for c in cpus.split(",")}
+    return lambda: os.sched_setaffinity(0, pin)
+
+
 def start_server(variant: str, port: int, logf, state: Path, extra: list[str],
-                 env: dict[str, str] | None = None) -> subprocess.Popen:
+                 env: dict[str, str] | None = None, server_cpus: str = "") -> subprocess.Popen:
     if variant in (BARE, FASTAPI):
         kind = "picows" if variant == BARE else "fastapi"
         proc = subprocess.Popen([PY, str(HERE / "relays.py"), "--kind", kind, "--port", str(port)],
-                                env=child_env(), stdout=logf, stderr=logf, cwd=str(ROOT))
+                                env=child_env(), stdout=logf, stderr=logf, cwd=str(ROOT),
+                                preexec_fn=pinned(server_cpus))
         wait_port(port, proc)
         return proc
     journal = ["--no-journal"] if variant != STACK_JOURNAL else ["--state-dir", str(state / f"j{port}")]
     workers = stack_workers(variant)
     dgdo = (env or {}).pop("DGDO_BENCH_DGDO", "") or str(Path(PY).with_name("dgdo"))
-    cpus = (env or {}).pop("DGDO_BENCH_CPUS", "")
-    pin = {int(c) for c in cpus.split(",")} if cpus else None
+    cpus = (env or {}).pop("DGDO_BENCH_CPUS", "") or server_cpus
     proc = subprocess.Popen([dgdo, "run", "--no-demo", "--port", str(port),
                              "--instance", f"pp{os.getpid()}x{port}", "--status-interval", "0",
                              "--log-level", "WARNING", *journal, *extra,
                              *(["--workers", str(workers)] if workers > 1 else [])],
                             env={**child_env(), **(env or {})}, stdout=logf, stderr=logf, cwd=str(ROOT),
-                            preexec_fn=(lambda: os.sched_setaffinity(0, pin)) if pin else None)
+                            preexec_fn=pinned(cpus))
     wait_healthy(port, proc)
     if workers > 1:  # every worker attached before a client connects
         from bench.workers import wait_workers
@@ -436,7 +444,7 @@ async def run_variant(variant: str, args: argparse.Namespace, logf, state: Path,
             env["DGDO_BENCH_CPUS"] = env.pop("cpus")
         if "dgdo" in env:  # another build's `dgdo` (e.g. the main checkout's venv): old and new in one run
             env["DGDO_BENCH_DGDO"] = env.pop("dgdo")
-    proc = start_server(STACK if config is not None else variant, port, logf, state, extra, env)
+    proc = start_server(STACK if config is not None else variant, port, logf, state, extra, env, args.server_cpus)
     timing = Timing()
     prof = drivers = None
     passengers: list[Peer] = []
@@ -545,6 +553,8 @@ def markdown(res: dict) -> str:
         f"{res['pairs']} driver/passenger pairs; {res['repeats']} repeats; per repeat and variant {res['singles']} "
         f"sends one at a time ({res['gap_s'] * 1e3:g} ms apart) and {res['bursts']} bursts of {res['pairs']} "
         f"(every {res['interval_s']:g} s). µs, median over repeats; ×bare / ×FastAPI = median of per-repeat ratios.",
+        *([f"Every server pinned to CPU {res['server_cpus']} (the relays; the stacks' engine and sidecar), "
+           "the clients not."] if res.get("server_cpus") else []),
         "",
         "| variant | mode | n | p50 | p90 | p99 | max | p50 ×bare | p99 ×bare | p50 ×FastAPI | p50 ×bare per repeat |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -635,7 +645,8 @@ async def main_async(args: argparse.Namespace) -> int:
     rows = analyse(per_rep, variants, args.repeats)
     res = {"machine": machine, "argv": sys.argv[1:], "repeats": args.repeats, "pairs": args.pairs,
            "singles": args.singles, "bursts": args.bursts, "gap_s": args.gap_s, "interval_s": args.interval_s,
-           "idle_spin_us": args.idle_spin_us, "rows": rows, "goals": goals(rows), "failures": failures,
+           "idle_spin_us": args.idle_spin_us, "server_cpus": args.server_cpus,
+           "rows": rows, "goals": goals(rows), "failures": failures,
            "workers": args.workers, "placement": placement, "link_counters": link_counters}
     md = markdown(res)
     Path(f"{base}.json").write_text(json.dumps(res, indent=1))
@@ -666,6 +677,10 @@ def main() -> int:
                          "/work/main/.venv/bin/dgdo: old and new side by side); e.g. 'nospin=--reply-spin-us 0'")
     ap.add_argument("--stack-args", default="", help="more `dgdo run` options for the stack variants, e.g. "
                                                     "'--reply-spin-us 0 --spin-us 100'")
+    ap.add_argument("--server-cpus", default="", metavar="LIST",
+                    help="every server (the relays, the stacks' engine and sidecar) pinned to these CPUs, as "
+                         "taskset -c; a stack config's own cpus=LIST wins (e.g. --server-cpus 1 "
+                         "--stack-configs 'unpinned=cpus=0,1')")
     ap.add_argument("--workers", default="1", help="1,N adds `stack N workers` (dgdo run --workers N) beside `stack`, "
                                                   "with the ratio (default 1: none)")
     ap.add_argument("--drivers", type=int, default=0, help=argparse.SUPPRESS)  # the drivers' process: its port
