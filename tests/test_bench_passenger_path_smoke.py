@@ -5,6 +5,7 @@ No timing assertions (those are the bench's to report)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,4 +60,24 @@ def test_stack_configs_run_beside_the_bare_relay_and_report_the_links_wake_ups_a
     assert counters["stack spin"]["dgdo_reply_spins"] >= res["singles"]
     assert counters["stack nospin"]["dgdo_reply_spins"] == 0
     assert counters["stack nospin"]["dgdo_doorbell_wakeups"] >= res["singles"]
+    assert leftovers(before) == [], "the bench left something behind"
+
+
+@pytest.mark.timeout(240)
+def test_server_cpus_pins_the_relays_and_the_stacks_and_a_stack_config_may_unpin(
+        engine_bin: Path, tmp_path: Path) -> None:
+    before = dgdo_entries()
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "latency" / "passenger_path.py"), "--smoke",
+                           "--variants", "bare picows relay,fastapi relay,stack", "--server-cpus", "0",
+                           "--stack-configs", "unpinned=cpus=0,1", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=220, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (report,) = tmp_path.glob("passenger-path-*-smoke.json")
+    res = json.loads(report.read_text())
+    assert res["failures"] == []
+    # As the kernel has them: the relays, and the stack's sidecar with its engine (a child).
+    every = sorted(os.sched_getaffinity(0))
+    assert res["server_affinity"] == {"bare picows relay": [0], "fastapi relay": [0], "stack": [0],
+                                      "stack unpinned": [c for c in every if c in (0, 1)]}
+    assert "Every server pinned to CPU 0" in report.with_suffix(".md").read_text()
     assert leftovers(before) == [], "the bench left something behind"

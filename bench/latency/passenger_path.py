@@ -390,6 +390,17 @@ def pinned(cpus: str):
     return lambda: os.sched_setaffinity(0, pin)
 
 
+AFFINITY: dict[str, list[int]] = {}  # variant -> the CPUs its server's processes may run on (the report's)
+
+
+def affinity(pid: int) -> list[int]:
+    """The CPUs the server and its children (a stack's engine) may run on, as the kernel has them."""
+    import psutil
+
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return sorted(set().union(*(p.cpu_affinity() for p in procs)))
+
+
 def start_server(variant: str, port: int, logf, state: Path, extra: list[str],
                  env: dict[str, str] | None = None, server_cpus: str = "") -> subprocess.Popen:
     if variant in (BARE, FASTAPI):
@@ -445,6 +456,7 @@ async def run_variant(variant: str, args: argparse.Namespace, logf, state: Path,
         if "dgdo" in env:  # another build's `dgdo` (e.g. the main checkout's venv): old and new in one run
             env["DGDO_BENCH_DGDO"] = env.pop("dgdo")
     proc = start_server(STACK if config is not None else variant, port, logf, state, extra, env, args.server_cpus)
+    AFFINITY[variant] = affinity(proc.pid)
     timing = Timing()
     prof = drivers = None
     passengers: list[Peer] = []
@@ -645,7 +657,7 @@ async def main_async(args: argparse.Namespace) -> int:
     rows = analyse(per_rep, variants, args.repeats)
     res = {"machine": machine, "argv": sys.argv[1:], "repeats": args.repeats, "pairs": args.pairs,
            "singles": args.singles, "bursts": args.bursts, "gap_s": args.gap_s, "interval_s": args.interval_s,
-           "idle_spin_us": args.idle_spin_us, "server_cpus": args.server_cpus,
+           "idle_spin_us": args.idle_spin_us, "server_cpus": args.server_cpus, "server_affinity": AFFINITY,
            "rows": rows, "goals": goals(rows), "failures": failures,
            "workers": args.workers, "placement": placement, "link_counters": link_counters}
     md = markdown(res)
