@@ -397,8 +397,12 @@ def affinity(pid: int) -> list[int]:
     """The CPUs the server and its children (a stack's engine) may run on, as the kernel has them."""
     import psutil
 
-    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    return sorted(set().union(*(p.cpu_affinity() for p in procs)))
+    server = psutil.Process(pid)
+    cpus = set(server.cpu_affinity())
+    for child in server.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):  # a child that ended meanwhile (a snapshot's fork)
+            cpus.update(child.cpu_affinity())
+    return sorted(cpus)
 
 
 def start_server(variant: str, port: int, logf, state: Path, extra: list[str],
