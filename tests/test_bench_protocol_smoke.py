@@ -44,6 +44,27 @@ def test_bench_protocol_smoke_reports_codec_and_ingest_figures(engine_bin: Path,
     assert "legacy JSON µs" in out, "the previous codec's figures stand beside the new ones"
 
 
+def test_a_baseline_checkout_runs_after_each_repeat_and_stands_beside(engine_bin: Path, tmp_path: Path) -> None:
+    """--baseline DIR: another checkout's own bench over the same sweep (here this checkout: what is
+    checked is the plumbing, that its runs are taken, kept apart and put beside ours)."""
+    out_json = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(BENCH), "--smoke", "--repeats", "2", "--seconds", "0.5",
+                           "--baseline", str(ROOT), "--json", str(out_json)],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out_json.read_text())
+    base = result["baseline"]
+    assert base["dir"] == str(ROOT) and re.fullmatch(r"[0-9a-f]{7,}", base["commit"]), base
+    for fmt in ("json", "msgpack"):
+        assert len(result["ingest_runs"][fmt]) == 2
+        assert len(base["ingest_runs"][fmt]) == 2, "one baseline sweep after each of the 2 repeats"
+        assert all(r["conns"] == 4 and r["records_per_cpu_s"] > 0 for r in base["ingest_runs"][fmt])
+        assert base["records_per_cpu_s"][f"{fmt}/4"] > 0
+    rows = [ln for ln in done.stdout.splitlines() if ln.startswith(("| json | 4 |", "| msgpack | 4 |"))]
+    assert len(rows) == 2 and all(ln.endswith("x |") for ln in rows), rows  # the × baseline column
+    assert "Baseline: " in done.stdout
+
+
 def test_ingest_cost_harness_reports_a_sane_cost_per_message() -> None:
     """bench/protocol/ingest_cost.py: frames through the real frame callback, core and link framing."""
     for binary in ([], ["--binary"]):

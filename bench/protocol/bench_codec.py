@@ -1,7 +1,7 @@
 """Protocol micro-benchmark and the sidecar's driver_location ingest rate per core.
 
     python bench/protocol/bench_codec.py [--smoke] [--repeats R] [--seconds S] [--conns 4,16,64] [--json PATH]
-                                         [--codec-only] [--instructions N]
+                                         [--codec-only] [--instructions N] [--baseline DIR]
 
 1. Codec: µs per message, JSON vs msgpack, for decode + validate through the sidecar's own
    `Decoder.feed` (driver_location, ride_request) and the push path's encode (new_order,
@@ -19,7 +19,9 @@
    the engine's counted apart), and so records into the engine per sidecar CPU-second ("per
    core", the headline), against DESIGN §6's ≥ 100k/s. A run counts only if the sidecar sent
    nothing back (no errors, no rate_limited): a refused frame is not ingest. Median of R runs,
-   per format.
+   per format. `--baseline DIR` runs another checkout's own bench (its sidecar and engine) over
+   the same sweep after each repeat, and puts its records per sidecar CPU-second beside these:
+   the previous implementation measured interleaved with this one.
 
 `ingest_cost.py` beside this file takes the ingest path apart: the sidecar's Python per position
 from the frame callback to the ring, without sockets, timed or counted by callgrind, for two
@@ -403,6 +405,27 @@ def ingest_once(conns: int, seconds: float, binary: bool, n_workers: int = 1) ->
         state.cleanup()
 
 
+def baseline_ingest(root: Path, sweep: list[int], seconds: float) -> dict[str, list[dict[str, float]]]:
+    """One ingest sweep by another checkout's own bench (its sidecar, its engine, its load): the runs it reports."""
+    if not (root / ".venv" / "bin" / "python").exists():
+        raise SystemExit(f"bench_codec: {root} has no .venv: run `make venv engine` there first")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "baseline.json"
+        bench = root / "bench" / "protocol" / "bench_codec.py"
+        argv = [str(root / ".venv" / "bin" / "python"), str(bench), "--repeats", "1", "--seconds", f"{seconds:g}",
+                "--conns", ",".join(map(str, sweep)), "--json", str(out)]
+        done = subprocess.run(argv, cwd=root, capture_output=True, text=True)
+        if done.returncode != 0 or not out.exists():
+            raise SystemExit(f"bench_codec: the baseline in {root} failed ({done.returncode}): {done.stderr[-2000:]}")
+        runs = json.loads(out.read_text())["ingest_runs"]
+    return {fmt: [r for r in runs[fmt] if r.get("workers", 1) == 1] for fmt in ("json", "msgpack")}
+
+
+def commit_of(root: Path) -> str:
+    done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "not a git checkout"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny counts: checks that everything runs")
@@ -413,6 +436,10 @@ def main() -> int:
     p.add_argument("--workers", default="1", help="sidecar workers sharing the port, a comma list: 1,2 runs both "
                                                   "in turn and reports the ratio (default 1)")
     p.add_argument("--codec-only", action="store_true", help="the codec table alone, no ingest runs")
+    p.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                   help="another checkout (its venv and engine built: make venv engine), e.g. 2573970, before the "
+                        "msgspec codec and the session core: its own bench_codec.py runs the same ingest sweep after "
+                        "each repeat here, and its figures stand beside these (interleaved)")
     p.add_argument("--instructions", type=int, default=0, metavar="N",
                    help="also count instructions per decode with valgrind's callgrind (N calls per count)")
     p.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)
@@ -438,6 +465,7 @@ def main() -> int:
     rows = codec(number, repeats)
     counted = instructions(a.instructions) if a.instructions else []
     ingest: dict[str, list[dict[str, float]]] = {"json": [], "msgpack": []}
+    baseline: dict[str, list[dict[str, float]]] = {"json": [], "msgpack": []}
     # Round-robin over formats and connection counts, rotated each repeat.
     for r in range(0 if a.codec_only else repeats):
         combos = [(fmt, c, w) for w in worker_counts for c in sweep for fmt in ("json", "msgpack")]
@@ -451,6 +479,12 @@ def main() -> int:
                 f"{res['records_to_engine_per_s']:,.0f} records/s "
                 f"into the engine, sidecar CPU {res['sidecar_cpu_util']:.2f} -> {res['records_per_cpu_s']:,.0f} "
                 f"records per CPU-second ({res['frames_per_cpu_s']:,.0f} frames)")
+        if a.baseline:
+            for fmt, runs in baseline_ingest(a.baseline, sweep, seconds).items():
+                baseline[fmt] += runs
+                for res in runs:
+                    log(f"ingest {fmt} x{res['conns']} baseline run {r + 1}/{repeats}: "
+                        f"{res['records_per_cpu_s']:,.0f} records per CPU-second")
 
     def med(fmt: str, conns: int, key: str, workers: int = 1) -> float:
         vals = [r[key] for r in ingest[fmt] if r["conns"] == conns and r["workers"] == workers and key in r]
@@ -492,11 +526,19 @@ def main() -> int:
             a.json.write_text(json.dumps({"mode": mode, "machine": describe(), "repeats": repeats, "codec": rows,
                                           "instructions": counted}, indent=2))
         return 0
+    def before(fmt: str, conns: int) -> float:
+        vals = [r["records_per_cpu_s"] for r in baseline[fmt] if r["conns"] == conns]
+        return statistics.median(vals) if vals else float("nan")
+
     print(f"\n### Ingest of driver_location (median of {repeats} runs of {seconds:g} s; one load process)\n")
+    if a.baseline:
+        print(f"Baseline: {a.baseline} ({commit_of(a.baseline)}), its own bench and sidecar, one run after each "
+              "repeat here.\n")
+    extra_cols = " baseline per sidecar CPU-second | × baseline |" if a.baseline else ""
     print("| format | connections | workers | records into the engine/s (wall) | sidecar CPU | "
           "records into the engine per sidecar CPU-second | vs 100k/s per core | "
-          "frames per sidecar CPU-second | engine CPU | load process CPU |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "frames per sidecar CPU-second | engine CPU | load process CPU |" + extra_cols)
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if a.baseline else ""))
     summary: dict[str, dict[str, float]] = {}
     for fmt in ("json", "msgpack"):
         for conns in sweep:
@@ -510,7 +552,9 @@ def main() -> int:
                 print(f"| {fmt} | {conns} | {w} | {med(fmt, conns, 'records_to_engine_per_s', w):,.0f} | "
                       f"{med(fmt, conns, 'sidecar_cpu_util', w):.2f} | {per_core:,.0f} | "
                       f"{per_core / TARGET_PER_CORE:.2f}x | {med(fmt, conns, 'frames_per_cpu_s', w):,.0f} | "
-                      f"{med(fmt, conns, 'engine_cpu_util', w):.2f} | {med(fmt, conns, 'loader_cpu_util', w):.2f} |")
+                      f"{med(fmt, conns, 'engine_cpu_util', w):.2f} | {med(fmt, conns, 'loader_cpu_util', w):.2f} |"
+                      + (f" {before(fmt, conns):,.0f} | {per_core / before(fmt, conns):.2f}x |"
+                         if a.baseline and w == 1 else " – | – |" if a.baseline else ""))
     print("\nEvery run: no reply, no rate_limited (asserted; the bench lifts the limits with the sidecar's flags)."
           " Records are those the sidecar published for the engine; behind a full ring, positions may coalesce"
           " per driver before they are written. With N workers the sidecar CPU is the sum over the N processes"
@@ -535,6 +579,9 @@ def main() -> int:
               "seconds": seconds,
               "codec": rows, "instructions": counted, "ingest_runs": ingest, "ingest": summary,
               "target_per_core": TARGET_PER_CORE}
+    if a.baseline:
+        result["baseline"] = {"dir": str(a.baseline), "commit": commit_of(a.baseline), "ingest_runs": baseline,
+                              "records_per_cpu_s": {f"{fmt}/{c}": before(fmt, c) for fmt in baseline for c in sweep}}
     if a.json:
         a.json.write_text(json.dumps(result, indent=2))
     return 0
